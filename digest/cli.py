@@ -1,0 +1,238 @@
+"""The `digest` command line: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import webbrowser
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import pipeline, schedule, store
+from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
+from .errors import ConfigError, DigestError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(func: F) -> F:
+    """The --config option every command takes."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=DEFAULT_CONFIG,
+        envvar="DIGEST_CONFIG",
+        show_default=True,
+        help="Path to digest.toml (env DIGEST_CONFIG).",
+    )(func)
+
+
+def _now() -> datetime:
+    # DIGEST_NOW pins the clock (ISO 8601 with offset) for tests and reproducible previews.
+    pinned = os.environ.get("DIGEST_NOW")
+    if pinned:
+        when = datetime.fromisoformat(pinned)
+        if when.tzinfo is None:
+            raise DigestError(f"DIGEST_NOW={pinned!r} has no timezone offset",
+                              hint="write it like 2026-11-25T07:30:00+00:00")
+        return when
+    return datetime.now(UTC)
+
+
+def _settings(config_path: Path) -> Settings:
+    return load_settings(config_path)
+
+
+class _Bar:
+    """Draws pipeline progress as a rich progress bar on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def start(self, total: int, label: str) -> None:
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, label: str) -> None:
+        self.progress.update(self.task, advance=1, description=label)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
+    )
+
+
+def _fail(exc: DigestError) -> None:
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    if exc.hint:
+        err.print(f"hint: {exc.hint}", highlight=False, markup=False)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="digest")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
+def cli(verbose: int) -> None:
+    """digest: a personalised daily email of new papers that match what you care about."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    handler = RichHandler(console=err, show_path=False, show_time=verbose > 0)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        cli(standalone_mode=True)
+    except DigestError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@config_option
+def fetch(config_path: Path) -> None:
+    """Fetch every source into the store and print what was new, updated or skipped."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    with _progress() as bar:
+        results = pipeline.fetch(settings, db, _now(), _Bar(bar))
+    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds", "result")
+    for r in results:
+        table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.skipped),
+                      f"{r.seconds:.2f}", f"[red]{r.error}[/]" if r.error else "ok")
+    out.print(table)
+    out.print(f"{store.count_listings(db)} listings in {settings.store.path}")
+    if any(r.error for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@config_option
+def validate(config_path: Path) -> None:
+    """Check digest.toml and every subscriber file; print one line per problem."""
+    settings = _settings(config_path)
+    problems = 0
+    count = 0
+    for entry in iter_subscribers(settings.subscribers.dir, settings.defaults):
+        if isinstance(entry, ConfigError):
+            problems += 1
+            err.print(f"[red]invalid:[/] {entry.message}", highlight=False)
+        else:
+            count += 1
+            topics = ", ".join(t.name for t in entry.topics)
+            out.print(f"ok: {entry.id} <{entry.email}> {entry.timezone} {entry.send_at:%H:%M}"
+                      f" - {topics}", highlight=False, markup=False)
+    out.print(f"{config_path}: ok; {count} valid subscriber(s), {problems} invalid",
+              highlight=False)
+    if problems:
+        sys.exit(1)
+
+
+@cli.command()
+@config_option
+@click.argument("subscriber")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the HTML (or, with --text, the text part) to this file.")
+@click.option("--text", is_flag=True, help="Show the plain-text part instead of the HTML.")
+@click.option("--open", "open_browser", is_flag=True,
+              help="Open the HTML in a web browser (written to --out or a temp file).")
+def preview(config_path: Path, subscriber: str, out_path: Path | None, text: bool,
+            open_browser: bool) -> None:
+    """Render what SUBSCRIBER would get now. Sends nothing and changes no state."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    composed = pipeline.preview(settings, db, subscriber, _now())
+    if composed is None:
+        out.print(f"{subscriber}: nothing matches right now, so no email would be sent.")
+        return
+    body = composed.rendered.text if text else composed.rendered.html
+    if out_path is None and open_browser:
+        import tempfile
+
+        out_path = Path(tempfile.mkstemp(prefix=f"digest-{subscriber}-", suffix=".html")[1])
+    if out_path is not None:
+        out_path.write_text(body, encoding="utf-8")
+        err.print(f"Subject: {composed.rendered.subject}", highlight=False, markup=False)
+        err.print(f"{len(composed.digest.matches)} item(s) written to {out_path}",
+                  highlight=False)
+        if open_browser:
+            webbrowser.open(out_path.resolve().as_uri())
+    else:
+        click.echo(f"Subject: {composed.rendered.subject}\n")
+        click.echo(body)
+
+
+def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run: bool) -> None:
+    table = Table("subscriber", "result", "items", "detail")
+    colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red"}
+    for o in report.outcomes:
+        if o.status == "not-due":
+            continue
+        colour = colours.get(o.status, "yellow")
+        table.add_row(o.subscriber_id, f"[{colour}]{o.status}[/]", str(o.items or ""),
+                      o.detail)
+    out.print(table)
+    summary = ", ".join(
+        f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
+                                            "failed", "invalid") if report.count(s)
+    )
+    out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
+    if report.fatal:
+        err.print(f"[bold red]error:[/] {report.fatal}", highlight=False)
+    if not dry_run and settings.delivery.transport == "file" and report.count("sent"):
+        out.print(f"emails (.eml) and HTML previews (.html) are in {settings.delivery.outbox}",
+                  highlight=False)
+
+
+@cli.command()
+@config_option
+@click.option("--subscriber", "subscribers", multiple=True, metavar="ID",
+              help="Only this subscriber (repeatable). Default: everyone.")
+@click.option("--dry-run", is_flag=True,
+              help="Build and render every digest, but send nothing and record nothing.")
+def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool) -> None:
+    """Send today's digest now, whatever each subscriber's send_at; never twice a day."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    with _progress() as bar:
+        report = pipeline.send(settings, db, _now(), only=list(subscribers) or None,
+                               dry_run=dry_run, progress=_Bar(bar))
+    _print_send_report(report, settings, dry_run)
+    if report.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True,
+              help="Fetch once, send the digests that are due, and exit.")
+def run(config_path: Path, once: bool) -> None:
+    """Run the scheduler: fetch periodically and send each digest at its local send_at."""
+    settings = _settings(config_path)
+    if once:
+        db = store.open_db(settings.store.path)
+        now = _now()
+        results = pipeline.fetch(settings, db, now)
+        for r in results:
+            if r.error:
+                err.print(f"[red]source {r.name}:[/] {r.error}", highlight=False)
+        report = pipeline.send(settings, db, now, due_only=True)
+        _print_send_report(report, settings, dry_run=False)
+        if report.failed or any(r.error for r in results):
+            sys.exit(1)
+        return
+    out.print(f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False)
+    schedule.run_forever(settings)

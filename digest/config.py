@@ -1,0 +1,401 @@
+"""Typed, documented configuration: the main `digest.toml` and one TOML file per subscriber.
+
+Every problem becomes a `ConfigError` naming the file, the field and what is wrong, in one line.
+Relative paths in `digest.toml` resolve against the folder that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import unicodedata
+from collections.abc import Iterator
+from datetime import time
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import ConfigError
+from .models import Subscriber, Topic
+from .tokens import words
+
+DEFAULT_CONFIG = Path("config/digest.toml")
+
+
+# --- shared field checks ------------------------------------------------------------------
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {value!r}: use an IANA name such as 'Europe/London'"
+        ) from None
+    return value
+
+
+def _check_send_at(value: str) -> str:
+    parse_send_at(value)
+    return value
+
+
+def parse_send_at(value: str) -> time:
+    """Parse a local time of day written as HH:MM (24-hour clock)."""
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a time of day: write HH:MM, e.g. '07:30'")
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+def _check_keyword(value: str) -> str:
+    body = value.strip()
+    if body.endswith("*"):
+        body = body[:-1]
+    if "*" in body:
+        raise ValueError(f"keyword {value!r}: '*' is only allowed at the end of a keyword")
+    if not words(body):
+        raise ValueError(f"keyword {value!r} has no words in it")
+    return value.strip()
+
+
+def _check_plain_text(value: str) -> str:
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters such as newlines")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _check_email(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not a valid email address: {exc}") from None
+
+
+def _check_from(value: str) -> str:
+    _check_plain_text(value)
+    _name, addr = parseaddr(value)
+    if not addr:
+        raise ValueError(f"{value!r} is not an address like 'Digest <digest@example.org>'")
+    _check_email(addr)
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
+SendAt = Annotated[str, AfterValidator(_check_send_at)]
+Keyword = Annotated[str, AfterValidator(_check_keyword)]
+PlainText = Annotated[str, AfterValidator(_check_plain_text)]
+EmailAddress = Annotated[str, AfterValidator(_check_email)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- digest.toml ----------------------------------------------------------------------------
+
+
+class StoreConfig(_Strict):
+    """Where the SQLite database lives."""
+
+    path: Path = Field(Path("../var/digest.db"), description="SQLite file for listings and deliveries.")
+
+
+class SourceConfig(_Strict):
+    """One place listings come from."""
+
+    name: str = Field(description="A short unique name, used in reports and the store.")
+    type: Literal["hf-page"] = Field(
+        description="'hf-page': Hugging Face Daily Papers page captures (text files)."
+    )
+    path: Path = Field(description="A capture file, or a folder whose *.txt files are read.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-'")
+        return value
+
+
+class SubscribersConfig(_Strict):
+    """Where subscriber files live."""
+
+    dir: Path = Field(Path("subscribers"), description="Folder of <id>.toml subscriber files.")
+
+
+class DeliveryConfig(_Strict):
+    """How digests leave the machine."""
+
+    transport: Literal["smtp", "file"] = Field(
+        "file", description="'smtp' sends through [smtp]; 'file' writes .eml files to `outbox`."
+    )
+    from_: str = Field(
+        "Paper Digest <digest@example.org>",
+        alias="from",
+        description="The From header, e.g. 'Paper Digest <digest@example.org>'.",
+    )
+    outbox: Path = Field(Path("../var/outbox"), description="Folder for the file transport.")
+    unsubscribe_url: str | None = Field(
+        None,
+        description="An https URL for List-Unsubscribe; '{subscriber}' is replaced by the id.",
+    )
+    list_id: str | None = Field(
+        None, description="The List-Id header value; defaults to 'digest.<from domain>'."
+    )
+
+    @field_validator("from_")
+    @classmethod
+    def _valid_from(cls, value: str) -> str:
+        return _check_from(value)
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"{value!r} must be an https:// URL")
+        return value
+
+    @property
+    def from_address(self) -> str:
+        """The bare address of the From header."""
+        return parseaddr(self.from_)[1]
+
+
+class SmtpConfig(_Strict):
+    """The SMTP server for the `smtp` transport. The password only ever comes from the env."""
+
+    host: str = Field("localhost", description="Server name (env DIGEST_SMTP_HOST overrides).")
+    port: int = Field(587, ge=1, le=65535, description="Port (env DIGEST_SMTP_PORT overrides).")
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls",
+        description="'starttls' (required, never a plain fallback), 'ssl' (implicit TLS), 'none'.",
+    )
+    username: str | None = Field(
+        None, description="AUTH user; no AUTH when unset (env DIGEST_SMTP_USERNAME overrides)."
+    )
+    password_env: str = Field(
+        "DIGEST_SMTP_PASSWORD", description="Name of the env variable that holds the password."
+    )
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for the server.")
+    ca_file: Path | None = Field(
+        None, description="A PEM bundle to verify the server with, for a private CA."
+    )
+
+    def password(self) -> str | None:
+        """The password, read from the environment variable named by `password_env`."""
+        return os.environ.get(self.password_env) or None
+
+
+class DefaultsConfig(_Strict):
+    """Values a subscriber file may leave out."""
+
+    timezone: TimeZoneName = Field("UTC", description="IANA timezone name.")
+    send_at: SendAt = Field("07:00", description="Local time of day to send, HH:MM.")
+    max_items: int = Field(10, ge=1, le=100, description="Most items in one digest.")
+    lookback_days: int = Field(
+        7, ge=1, le=365, description="Only listings first seen this many days back are candidates."
+    )
+
+
+class ScheduleConfig(_Strict):
+    """What `digest run` does on its own."""
+
+    fetch_every_minutes: int = Field(
+        60, ge=1, description="Minutes between fetches of all sources."
+    )
+
+
+class Settings(_Strict):
+    """The whole of digest.toml."""
+
+    store: StoreConfig = StoreConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+    subscribers: SubscribersConfig = SubscribersConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    defaults: DefaultsConfig = DefaultsConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    path: Path = Field(Path("."), exclude=True, description="The file this was loaded from.")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for source in value:
+            if source.name in seen:
+                raise ValueError(f"two sources are named {source.name!r}")
+            seen.add(source.name)
+        return value
+
+
+# --- subscriber files -----------------------------------------------------------------------
+
+
+class TopicFile(_Strict):
+    """A [[topics]] table in a subscriber file."""
+
+    name: PlainText = Field(description="Shown as the section heading.")
+    keywords: list[Keyword] = Field(
+        min_length=1, description="Words or phrases; a trailing * makes the last word a prefix."
+    )
+    weight: float = Field(1.0, gt=0, le=100, description="Multiplies this topic's scores.")
+
+
+class SubscriberFile(_Strict):
+    """One subscriber file; its file stem is the subscriber id."""
+
+    name: PlainText = Field(description="Used in the greeting and the To header.")
+    email: EmailAddress = Field(description="Where the digest goes.")
+    timezone: TimeZoneName | None = Field(None, description="IANA timezone name.")
+    send_at: SendAt | None = Field(None, description="Local time of day, HH:MM.")
+    max_items: int | None = Field(None, ge=1, le=100, description="Most items in one digest.")
+    lookback_days: int | None = Field(None, ge=1, le=365, description="Candidate window in days.")
+    exclude: list[Keyword] = Field(
+        default_factory=list, description="A listing matching any of these is never sent."
+    )
+    topics: list[TopicFile] = Field(min_length=1, description="What this person follows.")
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + ("from" if part == "from_" else part)
+    return out or "(file)"
+
+
+def _problem(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see the README's reference)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "too_short":
+        return "must not be empty"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
+    errors = exc.errors()
+    first = errors[0]
+    problem = _problem(first)
+    if len(errors) > 1:
+        problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return ConfigError(path, _field_name(tuple(first["loc"])), problem)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning every failure into a one-line ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read file: {exc}") from None
+
+
+def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
+    smtp = dict(data.get("smtp", {}))
+    for key, env in (
+        ("host", "DIGEST_SMTP_HOST"),
+        ("port", "DIGEST_SMTP_PORT"),
+        ("username", "DIGEST_SMTP_USERNAME"),
+    ):
+        if os.environ.get(env):
+            smtp[key] = os.environ[env]
+    return {**data, "smtp": smtp} if smtp else data
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_settings(path: Path) -> Settings:
+    """Load and validate digest.toml, apply env overrides, and resolve relative paths."""
+    data = _env_overrides(read_toml(path))
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(path, exc) from None
+    base = path.resolve().parent
+    smtp = settings.smtp
+    if smtp.ca_file is not None:
+        smtp = smtp.model_copy(update={"ca_file": _resolve(base, smtp.ca_file)})
+    return settings.model_copy(
+        update={
+            "path": path.resolve(),
+            "store": StoreConfig(path=_resolve(base, settings.store.path)),
+            "subscribers": SubscribersConfig(dir=_resolve(base, settings.subscribers.dir)),
+            "sources": [
+                s.model_copy(update={"path": _resolve(base, s.path)}) for s in settings.sources
+            ],
+            "delivery": settings.delivery.model_copy(
+                update={"outbox": _resolve(base, settings.delivery.outbox)}
+            ),
+            "smtp": smtp,
+        }
+    )
+
+
+def load_subscriber(path: Path, defaults: DefaultsConfig) -> Subscriber:
+    """Load one subscriber file, filling what it leaves out from [defaults]."""
+    try:
+        parsed = SubscriberFile.model_validate(read_toml(path))
+    except ValidationError as exc:
+        raise _validation_error(path, exc) from None
+    return Subscriber(
+        id=path.stem,
+        name=parsed.name,
+        email=parsed.email,
+        timezone=parsed.timezone or defaults.timezone,
+        send_at=parse_send_at(parsed.send_at or defaults.send_at),
+        max_items=parsed.max_items or defaults.max_items,
+        lookback_days=parsed.lookback_days or defaults.lookback_days,
+        topics=tuple(Topic(t.name, tuple(t.keywords), t.weight) for t in parsed.topics),
+        exclude=tuple(parsed.exclude),
+        path=path,
+    )
+
+
+def subscriber_files(folder: Path) -> list[Path]:
+    """The subscriber files in `folder`, in id order; hidden files are ignored."""
+    if not folder.is_dir():
+        raise ConfigError(folder, None, "subscribers folder not found",
+                          hint="set [subscribers] dir in digest.toml")
+    return sorted(p for p in folder.glob("*.toml") if not p.name.startswith("."))
+
+
+def iter_subscribers(
+    folder: Path, defaults: DefaultsConfig
+) -> Iterator[Subscriber | ConfigError]:
+    """Each subscriber in `folder`, or the ConfigError its file raised: one bad file never
+    hides the others."""
+    for path in subscriber_files(folder):
+        try:
+            yield load_subscriber(path, defaults)
+        except ConfigError as exc:
+            yield exc

@@ -1,0 +1,143 @@
+"""The nouns that cross pipeline stages: listings, subscribers, matches, digests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from urllib.parse import quote_plus
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One paper (or any listing) as the store knows it."""
+
+    id: str
+    title: str
+    abstract: str
+    url: str | None = None
+    arxiv_id: str | None = None
+    authors: tuple[str, ...] = ()
+    author_count: int | None = None
+    organization: str | None = None
+    published: date | None = None
+    upvotes: int | None = None
+    categories: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    first_seen: datetime | None = None
+
+    @property
+    def link(self) -> str:
+        """Where the title links to: the listing's own URL, its paper page, or a search for it."""
+        if self.url:
+            return self.url
+        if self.arxiv_id:
+            return f"https://huggingface.co/papers/{self.arxiv_id}"
+        return f"https://huggingface.co/papers?q={quote_plus(self.title)}"
+
+    @property
+    def byline(self) -> str | None:
+        """Authors, or the organisation, or the author count: whatever the source gave."""
+        if self.authors:
+            shown = ", ".join(self.authors[:3])
+            more = len(self.authors) - 3
+            return f"{shown} and {more} more" if more > 0 else shown
+        if self.organization:
+            return self.organization
+        if self.author_count:
+            return f"{self.author_count} author{'s' if self.author_count != 1 else ''}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A named group of keywords in a subscriber's profile."""
+
+    name: str
+    keywords: tuple[str, ...]
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """A person and the profile their digest is built from."""
+
+    id: str
+    name: str
+    email: str
+    timezone: str
+    send_at: time
+    max_items: int
+    lookback_days: int
+    topics: tuple[Topic, ...]
+    exclude: tuple[str, ...] = ()
+    path: Path | None = None
+
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Why one listing is in one subscriber's digest.
+
+    Spans are character offsets into the NFKC-normalised title and abstract, which is the
+    text the email shows, so the renderer can highlight exactly what matched.
+    """
+
+    listing: Listing
+    topic: str
+    score: float
+    keywords: tuple[str, ...]
+    title_spans: tuple[Span, ...] = ()
+    abstract_spans: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """The items of one topic, best first."""
+
+    topic: str
+    matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """One subscriber's email for one local date."""
+
+    subscriber: Subscriber
+    local_date: date
+    sections: tuple[Section, ...]
+    generated_at: datetime
+
+    @property
+    def matches(self) -> tuple[Match, ...]:
+        """All items in the order the email shows them."""
+        return tuple(m for s in self.sections for m in s.matches)
+
+    @property
+    def id(self) -> str:
+        """The digest's stable key: one per subscriber and local date."""
+        return f"{self.subscriber.id}/{self.local_date.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """The finished content of a digest, before it becomes a MIME message."""
+
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(slots=True)
+class ParseReport:
+    """What a source produced: good listings, and warnings for entries it had to skip."""
+
+    listings: list[Listing] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """How many entries were malformed and left out."""
+        return len(self.warnings)

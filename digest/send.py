@@ -1,0 +1,289 @@
+"""Sending: build the MIME message, and hand it to a transport (SMTP or .eml files).
+
+Headers are built with `email.message.EmailMessage` under a strict policy and every value
+that comes from a listing or a subscriber file has control characters removed first, so no
+title or name can add a header. The SMTP password is read from the environment when the
+connection is made and is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import smtplib
+import ssl
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+from urllib.parse import quote
+
+from .config import DeliveryConfig, SmtpConfig
+from .errors import SendError
+from .models import Digest, RenderedEmail
+
+log = logging.getLogger("digest")
+
+# Strict: refuse to serialise a header that would need a raw newline, rather than fold it.
+STRICT = policy.SMTP.clone(raise_on_defect=True)
+
+
+def clean_header(value: str) -> str:
+    """`value` with control characters and line separators replaced by spaces."""
+    cleaned = "".join(
+        " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value
+    )
+    return re.sub(r"\s+", " ", cleaned).strip()
+
+
+def message_id(digest: Digest, domain: str) -> str:
+    """A Message-ID that is the same every time this digest is built, so a resend can be
+    recognised as a copy."""
+    token = hashlib.sha256(digest.id.encode()).hexdigest()[:24]
+    return f"<{digest.local_date.strftime('%Y%m%d')}.{token}@{domain}>"
+
+
+def unsubscribe_links(delivery: DeliveryConfig, subscriber_id: str) -> tuple[str, str]:
+    """The https (if configured) and mailto unsubscribe links for one subscriber."""
+    mailto = f"mailto:{delivery.from_address}?subject={quote('unsubscribe ' + subscriber_id)}"
+    https = (
+        delivery.unsubscribe_url.replace("{subscriber}", quote(subscriber_id, safe=""))
+        if delivery.unsubscribe_url
+        else ""
+    )
+    return https, mailto
+
+
+def list_id(delivery: DeliveryConfig) -> str:
+    """The List-Id header value."""
+    domain = delivery.from_address.rpartition("@")[2]
+    return delivery.list_id or f"Paper digest <digest.{domain}>"
+
+
+def build_message(
+    rendered: RenderedEmail,
+    digest: Digest,
+    delivery: DeliveryConfig,
+    now: datetime,
+) -> EmailMessage:
+    """The multipart/alternative message for a rendered digest."""
+    subscriber = digest.subscriber
+    from_name, from_addr = _split_from(delivery.from_)
+    domain = from_addr.rpartition("@")[2]
+    msg = EmailMessage(policy=STRICT)
+    msg["From"] = Address(display_name=clean_header(from_name), addr_spec=from_addr)
+    msg["To"] = Address(display_name=clean_header(subscriber.name), addr_spec=subscriber.email)
+    msg["Subject"] = clean_header(rendered.subject)
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = message_id(digest, domain)
+    https, mailto = unsubscribe_links(delivery, subscriber.id)
+    msg["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in (https, mailto) if u)
+    if https:
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["List-Id"] = clean_header(list_id(delivery))
+    msg["X-Digest-Id"] = clean_header(digest.id)
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    return msg
+
+
+def _split_from(value: str) -> tuple[str, str]:
+    name, addr = parseaddr(value)
+    return name, addr
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A finished message and its envelope."""
+
+    digest_id: str
+    message_id: str
+    envelope_from: str
+    recipient: str
+    data: bytes
+    html: str
+
+
+def outgoing(msg: EmailMessage, digest: Digest, html: str, envelope_from: str) -> Outgoing:
+    """Serialise a message once: these exact bytes are what gets sent or written."""
+    return Outgoing(
+        digest_id=digest.id,
+        message_id=str(msg["Message-ID"]),
+        envelope_from=envelope_from,
+        recipient=digest.subscriber.email,
+        data=msg.as_bytes(policy=STRICT),
+        html=html,
+    )
+
+
+class Sender(Protocol):
+    """A transport. `send` returns once the message is accepted, or raises SendError."""
+
+    def send(self, message: Outgoing) -> str:
+        """Deliver one message; returns a short description of where it went."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class FileSender:
+    """Writes each message as an .eml file, with an .html preview beside it."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+
+    def send(self, message: Outgoing) -> str:
+        """Write `<date>_<subscriber>.eml` and `.html` into the outbox, atomically."""
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        subscriber_id, _, day = message.digest_id.rpartition("/")
+        stem = f"{day}_{subscriber_id}"
+        eml = self.outbox / f"{stem}.eml"
+        _atomic_write(eml, message.data)
+        _atomic_write(self.outbox / f"{stem}.html", message.html.encode("utf-8"))
+        return str(eml)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class SmtpSender:
+    """Sends over one SMTP connection, opened on first use and reused for the whole batch."""
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+        self._smtp: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.config
+        # smtplib verifies nothing unless given a context: always verify certificates.
+        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        try:
+            smtp: smtplib.SMTP
+            if cfg.security == "ssl":
+                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context)
+            else:
+                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+            smtp.ehlo()
+            if cfg.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    smtp.close()
+                    raise SendError(
+                        f"SMTP server {self._where()} does not offer STARTTLS",
+                        fatal=True,
+                        hint="set [smtp] security = 'ssl' or 'none' if that is intended",
+                    )
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if cfg.username:
+                password = cfg.password()
+                if password is None:
+                    smtp.close()
+                    raise SendError(
+                        f"no SMTP password: environment variable {cfg.password_env} is not set",
+                        fatal=True,
+                    )
+                smtp.login(cfg.username, password)
+        except SendError:
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            raise SendError(
+                f"SMTP server {self._where()} rejected the login for {cfg.username!r}"
+                f" ({exc.smtp_code})",
+                fatal=True,
+                hint=f"check [smtp] username and the password in ${cfg.password_env}",
+            ) from exc
+        except ssl.SSLError as exc:
+            raise SendError(
+                f"TLS with SMTP server {self._where()} failed: {exc.reason or exc}",
+                fatal=True,
+                hint="check the server certificate, or set [smtp] ca_file for a private CA",
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise SendError(
+                f"cannot connect to SMTP server {self._where()}: {exc}", fatal=True
+            ) from exc
+        log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
+        return smtp
+
+    def send(self, message: Outgoing) -> str:
+        """Send one message; a refusal raises SendError (permanent for 5xx)."""
+        if self._smtp is None:
+            self._smtp = self._connect()
+        try:
+            refused = self._smtp.sendmail(
+                message.envelope_from, [message.recipient], message.data
+            )
+        except smtplib.SMTPRecipientsRefused as exc:
+            # Raised when every recipient is refused; the codes are only in the dict.
+            code, text = next(iter(exc.recipients.values()))
+            raise SendError(
+                f"server refused {message.recipient}: {code} {_text(text)}",
+                permanent=500 <= code < 600,
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise SendError(
+                f"server answered {exc.smtp_code} {_text(exc.smtp_error)}",
+                permanent=500 <= exc.smtp_code < 600,
+            ) from exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise SendError(f"connection to {self._where()} lost: {exc}") from exc
+        if refused:
+            code, text = refused[message.recipient]
+            raise SendError(
+                f"server refused {message.recipient}: {code} {_text(text)}",
+                permanent=500 <= code < 600,
+            )
+        return self._where()
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            finally:
+                self._smtp = None
+
+    def close(self) -> None:
+        """QUIT and close the connection, if one is open."""
+        if self._smtp is None:
+            return
+        try:
+            self._smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            self._drop()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
