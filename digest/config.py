@@ -112,7 +112,9 @@ class _Strict(BaseModel):
 class StoreConfig(_Strict):
     """Where the SQLite database lives."""
 
-    path: Path = Field(Path("../var/digest.db"), description="SQLite file for listings and deliveries.")
+    path: Path = Field(
+        Path("../var/digest.db"), description="SQLite file for listings and deliveries."
+    )
 
 
 class SourceConfig(_Strict):

@@ -11,11 +11,11 @@ import time as timer
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from email.message import EmailMessage
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import jinja2
-from email.message import EmailMessage
 from sqlite_utils import Database
 
 from . import store
@@ -24,8 +24,15 @@ from .errors import ConfigError, DigestError, SendError, SourceError, UnknownSub
 from .match import Document, build_digest, document
 from .models import Digest, Listing, RenderedEmail, Subscriber
 from .render import Links, environment, render
-from .send import FileSender, Outgoing, Sender, SmtpSender, build_message, outgoing
-from .send import unsubscribe_links
+from .send import (
+    FileSender,
+    Outgoing,
+    Sender,
+    SmtpSender,
+    build_message,
+    outgoing,
+    unsubscribe_links,
+)
 from .sources import read_source
 
 log = logging.getLogger("digest")
@@ -261,7 +268,9 @@ def send(
         for entry in entries:
             if report.fatal is not None:
                 sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
-                report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
+                report.outcomes.append(
+                    Outcome(sid, "failed", detail="not attempted: batch stopped")
+                )
             else:
                 report.outcomes.append(
                     _send_one(settings, db, entry, now, env, cache, transport, dry_run,

@@ -10,7 +10,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 from .config import SourceConfig
 from .errors import SourceError
@@ -21,7 +20,9 @@ log = logging.getLogger("digest")
 
 _MONTHS = {m: i for i, m in enumerate(
     "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), start=1)}
-_DATE = re.compile(r"(?P<mon>[A-Z][a-z]{2}) (?P<day>\d{1,2})(?:, (?P<year>\d{4}))?(?: (?P<up>\d+))?")
+_DATE = re.compile(
+    r"(?P<mon>[A-Z][a-z]{2}) (?P<day>\d{1,2})(?:, (?P<year>\d{4}))?(?: (?P<up>\d+))?"
+)
 _AUTHORS = re.compile(r"•\s*(?P<n>\d+)\s+authors?", re.IGNORECASE)
 _DOT = "·"
 # Page chrome that precedes the first paper. "Subscribe" can be glued to the first title in

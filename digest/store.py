@@ -24,7 +24,7 @@ migrations = Migrations("digest")
 @migrations()
 def m001_initial(db: Database) -> None:
     """Listings, digests (one per subscriber and local date) and their items."""
-    db["listings"].create(
+    db.table("listings").create(
         {
             "id": str,
             "title": str,
@@ -45,9 +45,9 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null={"title", "title_key", "abstract", "first_seen", "updated_at"},
     )
-    db["listings"].create_index(["first_seen"])
-    db["listings"].create_index(["title_key"])
-    db["digests"].create(
+    db.table("listings").create_index(["first_seen"])
+    db.table("listings").create_index(["title_key"])
+    db.table("digests").create(
         {
             "id": str,
             "subscriber_id": str,
@@ -66,14 +66,14 @@ def m001_initial(db: Database) -> None:
         not_null={"subscriber_id", "local_date", "state", "created_at", "updated_at"},
         defaults={"attempts": 0, "item_count": 0},
     )
-    db["digests"].create_index(["subscriber_id", "local_date"], unique=True)
-    db["digest_items"].create(
+    db.table("digests").create_index(["subscriber_id", "local_date"], unique=True)
+    db.table("digest_items").create(
         {"digest_id": str, "listing_id": str, "position": int, "topic": str, "score": float},
         pk=("digest_id", "listing_id"),
         foreign_keys=[("digest_id", "digests", "id"), ("listing_id", "listings", "id")],
     )
-    db["digest_items"].create_index(["listing_id"])
-    db["runs"].create(
+    db.table("digest_items").create_index(["listing_id"])
+    db.table("runs").create(
         {"id": int, "kind": str, "started_at": str, "finished_at": str, "summary": str},
         pk="id",
     )
