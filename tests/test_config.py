@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from digest.config import DefaultsConfig, iter_subscribers, load_settings, load_subscriber
+from digest.errors import ConfigError
+from tests.conftest import REPO, Project
+
+GOOD = """
+name = "Ada"
+email = "ada@example.org"
+[[topics]]
+name = "T"
+keywords = ["kv cache"]
+"""
+
+
+def load(project: Project, body: str) -> ConfigError:
+    path = project.subscriber("broken", body)
+    with pytest.raises(ConfigError) as info:
+        load_subscriber(path, DefaultsConfig())
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message
+    return info.value
+
+
+def test_example_config_and_every_example_subscriber_parse() -> None:
+    settings = load_settings(REPO / "config" / "digest.toml")
+    assert settings.delivery.transport == "file"
+    assert settings.store.path == (REPO / "var" / "digest.db").resolve()
+    assert settings.sources[0].path == (REPO / "seeds").resolve()
+    loaded = list(iter_subscribers(settings.subscribers.dir, settings.defaults))
+    assert len(loaded) >= 3
+    assert all(not isinstance(s, ConfigError) for s in loaded), loaded
+    assert len({s.timezone for s in loaded if not isinstance(s, ConfigError)}) >= 3
+
+
+def test_defaults_fill_what_a_subscriber_leaves_out(project: Project) -> None:
+    path = project.subscriber("min", GOOD)
+    sub = load_subscriber(path, DefaultsConfig(timezone="Asia/Tokyo", send_at="06:15",
+                                               max_items=4, lookback_days=3))
+    assert (sub.id, sub.timezone, sub.send_at, sub.max_items, sub.lookback_days) == (
+        "min", "Asia/Tokyo", dt.time(6, 15), 4, 3)
+    assert sub.topics[0].weight == 1.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        ("colour = 'red'\n" + GOOD, "colour", "unknown key"),
+        (GOOD.replace("ada@example.org", "ada-at-example.org"), "email",
+         "not a valid email address"),
+        ('timezone = "Europe/Londn"\n' + GOOD, "timezone", "unknown timezone 'Europe/Londn'"),
+        (GOOD.replace('["kv cache"]', "[]"), "topics[0].keywords", "must not be empty"),
+        ('send_at = "7.30"\n' + GOOD, "send_at", "not a time of day"),
+        (GOOD.replace('"Ada"', '"Ada\\nBcc: x@evil.example"'), "name", "control characters"),
+        (GOOD.replace('["kv cache"]', '["kv*cache"]'), "topics[0].keywords[0]",
+         "only allowed at the end"),
+        (GOOD.replace('["kv cache"]', '["--"]'), "topics[0].keywords[0]", "no words"),
+        ("max_items = 0\n" + GOOD, "max_items", "greater than or equal to 1"),
+        (GOOD.replace('name = "T"\n', ""), "topics[0].name", "required key is missing"),
+        ('name = "Ada"\nemail = "ada@example.org"\n', "topics", "required key is missing"),
+        (GOOD + "[[topics]]\nname = 'U'\nkeywords = ['x']\nweight = -1\n", "topics[1].weight",
+         "greater than 0"),
+    ],
+)
+def test_subscriber_errors_name_file_field_and_problem(
+    project: Project, body: str, field: str, problem: str
+) -> None:
+    err = load(project, body)
+    assert err.field == field
+    assert problem in err.problem
+
+
+def test_invalid_toml_names_the_file_and_position(project: Project) -> None:
+    err = load(project, 'name = "Ada\nemail = 3')
+    assert "invalid TOML" in err.problem and "line 1" in err.problem
+
+
+def test_several_problems_are_counted_in_the_one_line(project: Project) -> None:
+    err = load(project, "colour = 1\nsize = 2\n" + GOOD.replace("ada@example.org", "nope"))
+    assert "(and 2 more problems)" in err.problem
+
+
+def test_one_bad_file_does_not_hide_the_others(project: Project) -> None:
+    project.subscriber("broken", "name = ")
+    loaded = list(iter_subscribers(project.subscribers, DefaultsConfig()))
+    ids = [s.path.stem if isinstance(s, ConfigError) else s.id for s in loaded]
+    assert ids == ["ada", "broken", "grace"]
+    assert isinstance(loaded[1], ConfigError)
+
+
+def test_settings_errors_name_the_field(project: Project) -> None:
+    project.write_config("[smtp]\nsecurity = 'tls'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "smtp.security"
+    assert "'starttls', 'ssl' or 'none'" in info.value.problem
+
+
+def test_bad_from_address_is_rejected(project: Project) -> None:
+    project.config.write_text('[delivery]\nfrom = "Digest <nobody>"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "delivery.from"
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_relative_paths_resolve_against_the_config_folder(project: Project) -> None:
+    settings = load_settings(project.config)
+    assert settings.store.path == project.db_path
+    assert settings.delivery.outbox == project.outbox
+    assert settings.subscribers.dir == project.subscribers
+
+
+def test_env_overrides_smtp_but_password_only_from_named_env(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.write_config("[smtp]\nhost = 'file-host'\npassword_env = 'MY_SMTP_PW'\n")
+    monkeypatch.setenv("DIGEST_SMTP_HOST", "env-host")
+    monkeypatch.setenv("DIGEST_SMTP_PORT", "2525")
+    monkeypatch.setenv("DIGEST_SMTP_USERNAME", "env-user")
+    monkeypatch.setenv("MY_SMTP_PW", "pw")
+    smtp = load_settings(project.config).smtp
+    assert (smtp.host, smtp.port, smtp.username, smtp.password()) == (
+        "env-host", 2525, "env-user", "pw")
+    project.write_config("[smtp]\npassword = 'in-file'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "smtp.password" and "unknown key" in info.value.problem

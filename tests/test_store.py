@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from digest import store
+from digest.match import build_digest, document
+from digest.models import Listing, Subscriber, Topic
+from tests.conftest import NOW
+
+
+def make(lid: str, **kw: object) -> Listing:
+    return Listing(id=lid, title=kw.pop("title", f"Pruning paper {lid}"),  # type: ignore[arg-type]
+                   abstract="Abstract text.", **kw)  # type: ignore[arg-type]
+
+
+SUB = Subscriber(id="ada", name="Ada", email="ada@example.org", timezone="UTC",
+                 send_at=dt.time(7), max_items=10, lookback_days=7,
+                 topics=(Topic("P", ("pruning",)),))
+
+
+def test_open_db_applies_migrations_once(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "digest.db"
+    db = store.open_db(path)
+    assert {"listings", "digests", "digest_items", "runs"} <= set(db.table_names())
+    db.close()
+    db = store.open_db(path)  # reopening applies nothing twice
+    assert store.migrations.pending(db) == []
+
+
+def test_upsert_counts_keeps_first_seen_and_updates_changing_fields(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    counts = store.upsert_listings(db, [make("a", upvotes=1), make("b"), make("a", upvotes=1)],
+                                   NOW)
+    assert counts == store.UpsertCounts(new=2, updated=0, unchanged=1)
+    later = NOW + dt.timedelta(days=1)
+    counts = store.upsert_listings(db, [make("a", upvotes=5), make("b")], later)
+    assert counts == store.UpsertCounts(new=0, updated=1, unchanged=1)
+    a = store.get_listing(db, "a")
+    assert a is not None and a.upvotes == 5 and a.first_seen == NOW
+
+
+def test_unknown_values_never_erase_known_ones_and_lists_are_united(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("a", upvotes=3, author_count=4, sources=("one",))], NOW)
+    store.upsert_listings(db, [make("a", sources=("two",))], NOW)
+    a = store.get_listing(db, "a")
+    assert a is not None
+    assert (a.upvotes, a.author_count, a.sources) == (3, 4, ("one", "two"))
+
+
+def test_listing_round_trips_through_the_store(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    full = make("x", url="https://example.org/x", arxiv_id="2405.00332", authors=("A", "B"),
+                author_count=2, organization="Org", published=dt.date(2025, 1, 2), upvotes=7,
+                categories=("cs.LG",), sources=("s",))
+    store.upsert_listings(db, [full], NOW)
+    assert store.get_listing(db, "x") == dataclasses.replace(full, first_seen=NOW)
+
+
+def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("old")], NOW - dt.timedelta(days=10))
+    store.upsert_listings(db, [make("a"), make("b")], NOW)
+    since = NOW - dt.timedelta(days=7)
+    assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
+    digest = build_digest(SUB, [document(c) for c in store.candidates(db, "ada", since)
+                                if c.id == "a"], NOW.date(), NOW)
+    assert digest is not None
+    store.begin_delivery(db, digest, "<m@x>", "subj", NOW)
+    # In flight is not yet sent: still a candidate if the send fails.
+    assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
+    store.mark_failed(db, digest, "boom", NOW)
+    assert store.digest_state(db, "ada", NOW.date()) == "failed"
+    assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
+    store.begin_delivery(db, digest, "<m@x>", "subj", NOW)
+    store.mark_sent(db, digest, NOW)
+    assert store.digest_state(db, "ada", NOW.date()) == "sent"
+    assert {c.id for c in store.candidates(db, "ada", since)} == {"b"}
+    assert {c.id for c in store.candidates(db, "grace", since)} == {"a", "b"}
+    row = next(store.digests(db, "ada"))
+    assert (row["attempts"], row["item_count"], row["last_error"]) == (2, 1, None)
+    assert store.sent_listing_ids(db, "ada/2026-11-25") == ["a"]
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        store.timestamp(dt.datetime(2026, 1, 1))
+
+
+def test_timestamps_sort_as_text() -> None:
+    a = store.timestamp(dt.datetime(2026, 1, 1, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))))
+    b = store.timestamp(dt.datetime(2026, 1, 2, 4, 30, tzinfo=dt.UTC))
+    assert a < b and len(a) == len(b)
