@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from digest.match import build_digest, document
+from digest.models import Digest, Listing, Subscriber, Topic
+from digest.render import Links, environment, excerpt, render, subject_for, wrap_text
+from tests.conftest import NOW
+
+HOSTILE = '<script>alert("x")</script> "><img src=x onerror=alert(1)> & Pruning'
+
+
+def digest_of(listings: list[Listing], name: str = "Ada <b>Lovelace</b>") -> Digest:
+    sub = Subscriber(id="ada", name=name, email="ada@example.org", timezone="UTC",
+                     send_at=dt.time(7), max_items=25, lookback_days=7,
+                     topics=(Topic("Pruning & <co>", ("pruning",)), Topic("Cache", ("kv cache",))))
+    digest = build_digest(sub, [document(x) for x in listings], NOW.date(), NOW)
+    assert digest is not None
+    return digest
+
+
+def listings(n: int) -> list[Listing]:
+    words = ("We study pruning of large models with a new structured method " * 12).strip()
+    return [Listing(id=f"2401.{i:05d}", arxiv_id=f"2401.{i:05d}",
+                    title=f"Pruning paper number {i} with a long enough title to wrap",
+                    abstract=words, upvotes=i, author_count=3, published=dt.date(2025, 1, 2))
+            for i in range(n)]
+
+
+def test_untrusted_text_is_escaped_in_html() -> None:
+    evil = Listing(id="e", title=HOSTILE, abstract=HOSTILE + " in the abstract, pruning.",
+                   organization="<i>Org</i>")
+    rendered = render(digest_of([evil]), Links("https://example.org/u?a=1&b=2"), environment())
+    assert "<script>" not in rendered.html and "<img src=x" not in rendered.html
+    assert "&lt;script&gt;" in rendered.html
+    assert "<b>Lovelace</b>" not in rendered.html and "Ada &lt;b&gt;Lovelace&lt;/b&gt;" in rendered.html
+    assert "&lt;i&gt;Org&lt;/i&gt;" in rendered.html
+    assert "Pruning &amp; &lt;co&gt;" in rendered.html
+    assert "https://example.org/u?a=1&amp;b=2" in rendered.html
+    # The text part is plain text: shown as written, never as markup.
+    assert '<script>alert("x")</script>' in rendered.text
+
+
+def test_css_is_inlined_into_style_attributes() -> None:
+    html = render(digest_of(listings(3)), Links("mailto:x@example.org"), environment()).html
+    assert re.search(r'<span class="hl" style="[^"]*background-color', html)
+    for block in re.findall(r"<style[^>]*>(.*?)</style>", html, flags=re.S):
+        assert not re.search(r"\.(hl|meta|kw)\s*\{", block)
+
+
+def test_highlights_and_matched_keywords_are_shown() -> None:
+    rendered = render(digest_of(listings(1)), Links("mailto:x@example.org"), environment())
+    assert re.search(r'<span class="hl"[^>]*>pruning</span>', rendered.html)
+    assert "Matched: pruning" in rendered.html and "Matched: pruning" in rendered.text
+
+
+def test_text_part_has_every_item_and_link_in_html_order_within_78_columns() -> None:
+    digest = digest_of(listings(25))
+    rendered = render(digest, Links("mailto:x@example.org"), environment())
+    for line in rendered.text.splitlines():
+        assert len(line) <= 78 or re.fullmatch(r"<\S+>", line), line
+    links = [m.listing.link for m in digest.matches]
+    text_links = re.findall(r"^<(https?://\S+)>$", rendered.text, flags=re.M)
+    assert text_links == links
+    html_order = [int(n) for n in re.findall(r"Pruning paper number (\d+)", rendered.html)]
+    assert list(dict.fromkeys(html_order)) == [int(m.listing.id[-5:]) for m in digest.matches]
+    assert rendered.subject == subject_for(digest) == "25 new papers: Pruning & <co>"
+
+
+def test_excerpt_cuts_at_a_word_boundary_and_keeps_highlights() -> None:
+    text = "alpha beta gamma delta epsilon " * 30
+    segs = excerpt(text, ((6, 10),), limit=50)
+    shown = "".join(t for t, _ in segs)
+    assert shown.endswith(" …") and len(shown) <= 52
+    body = shown.removesuffix(" …")
+    assert text.startswith(body) and text[len(body)] == " "
+    assert ("beta", True) in segs
+
+
+def test_excerpt_moves_to_a_late_highlight() -> None:
+    text = ("filler " * 100) + "the pruning result " + ("tail " * 50)
+    start = text.index("pruning")
+    segs = excerpt(text, ((start, start + 7),), limit=80)
+    assert segs[0] == ("… ", False) and ("pruning", True) in segs
+
+
+def test_wrap_text_never_breaks_urls() -> None:
+    url = "<https://example.org/" + "a" * 100 + ">"
+    assert wrap_text("word " * 40 + "\n" + url).splitlines()[-1] == url

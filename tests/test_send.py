@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import datetime as dt
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from digest.config import DeliveryConfig, SmtpConfig
+from digest.errors import SendError
+from digest.match import build_digest, document
+from digest.models import Digest, Listing, RenderedEmail, Subscriber, Topic
+from digest.send import FileSender, SmtpSender, build_message, clean_header, outgoing
+from tests.conftest import NOW, PASSWORD, USER, SmtpServer
+
+DELIVERY = DeliveryConfig.model_validate({"from": "Paper Digest <digest@example.org>"})
+
+
+def digest_for(name: str = "Ada Lovelace", email: str = "ada@example.org") -> Digest:
+    sub = Subscriber(id="ada", name=name, email=email, timezone="UTC", send_at=dt.time(7),
+                     max_items=5, lookback_days=7, topics=(Topic("P", ("pruning",)),))
+    digest = build_digest(sub, [document(Listing(id="x", title="Pruning", abstract="a"))],
+                          NOW.date(), NOW)
+    assert digest is not None
+    return digest
+
+
+def message(digest: Digest, subject: str = "1 new paper: P") -> bytes:
+    rendered = RenderedEmail(subject=subject, html="<p>Grüße</p>", text="Grüße\n")
+    msg = build_message(rendered, digest, DELIVERY, NOW)
+    return outgoing(msg, digest, rendered.html, DELIVERY.from_address).data
+
+
+def test_message_headers_and_parts() -> None:
+    parsed = message_from_bytes(message(digest_for()), policy=policy.default)
+    assert parsed["From"] == "Paper Digest <digest@example.org>"
+    assert parsed["To"] == "Ada Lovelace <ada@example.org>"
+    assert parsed["Subject"] == "1 new paper: P"
+    assert parsed["Message-ID"].endswith("@example.org>")
+    assert parsed["List-Unsubscribe"] == "<mailto:digest@example.org?subject=unsubscribe%20ada>"
+    assert parsed["Date"].datetime == NOW
+    assert parsed.get_content_type() == "multipart/alternative"
+    plain, html = parsed.iter_parts()
+    assert plain.get_content_type() == "text/plain" and html.get_content_type() == "text/html"
+    for part in (plain, html):
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert part.get_content_charset() == "utf-8"
+    assert plain.get_content().replace("\r\n", "\n") == "Grüße\n"
+
+
+def test_message_id_is_stable_per_digest() -> None:
+    a = message_from_bytes(message(digest_for()), policy=policy.default)
+    b = message_from_bytes(message(digest_for()), policy=policy.default)
+    assert a["Message-ID"] == b["Message-ID"]
+
+
+@pytest.mark.parametrize("evil", [
+    "Ada\r\nBcc: victim@example.net",
+    "Ada\nSubject: pwned",
+    "Ada\u2028Bcc: x@example.net",
+])
+def test_untrusted_text_cannot_inject_headers(evil: str) -> None:
+    raw = message(digest_for(name=evil), subject=evil)
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed["Bcc"] is None
+    assert parsed.get_all("Subject") == [clean_header(evil)]
+    assert parsed["To"].addresses[0].addr_spec == "ada@example.org"
+    assert parsed["To"].addresses[0].display_name == clean_header(evil)
+    assert sorted(parsed.keys()) == sorted(
+        ["From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Id",
+         "X-Digest-Id", "MIME-Version", "Content-Type"])
+
+
+def test_file_sender_writes_eml_and_html(tmp_path: Path) -> None:
+    digest = digest_for()
+    rendered = RenderedEmail(subject="s", html="<p>x</p>", text="x\n")
+    out = outgoing(build_message(rendered, digest, DELIVERY, NOW), digest, rendered.html,
+                   DELIVERY.from_address)
+    where = FileSender(tmp_path / "outbox").send(out)
+    assert where.endswith("2026-11-25_ada.eml")
+    assert (tmp_path / "outbox" / "2026-11-25_ada.eml").read_bytes() == out.data
+    assert (tmp_path / "outbox" / "2026-11-25_ada.html").read_text() == "<p>x</p>"
+
+
+def _out(digest: Digest) -> object:
+    rendered = RenderedEmail(subject="s", html="<p>x</p>", text="x\n")
+    return outgoing(build_message(rendered, digest, DELIVERY, NOW), digest, rendered.html,
+                    DELIVERY.from_address)
+
+
+def test_plain_smtp_reuses_one_connection(smtp_server: SmtpServer) -> None:
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender:
+        for email in ("a@example.org", "b@example.org", "c@example.org"):
+            sender.send(_out(digest_for(email=email)))  # type: ignore[arg-type]
+    assert [r.rcpt_tos for r in smtp_server.sink.received] == [
+        ["a@example.org"], ["b@example.org"], ["c@example.org"]]
+    assert smtp_server.sink.sessions == 1
+    assert smtp_server.sink.received[0].mail_from == "digest@example.org"
+
+
+def test_starttls_with_auth(smtp_tls_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", PASSWORD)
+    config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port,
+                        security="starttls", username=USER, password_env="TEST_SMTP_PW",
+                        ca_file=smtp_tls_server.cert)
+    with SmtpSender(config) as sender:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert len(smtp_tls_server.sink.received) == 1
+
+
+def test_wrong_password_is_fatal_and_never_shown(
+    smtp_tls_server: SmtpServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "wrong-password-123")
+    config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port, username=USER,
+                        password_env="TEST_SMTP_PW", ca_file=smtp_tls_server.cert)
+    with pytest.raises(SendError) as info, SmtpSender(config) as sender:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert info.value.fatal and "rejected the login" in info.value.message
+    assert "wrong-password-123" not in str(info.value) + (info.value.hint or "") + caplog.text
+
+
+def test_missing_password_env_is_fatal(smtp_tls_server: SmtpServer) -> None:
+    config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port, username=USER,
+                        password_env="DIGEST_TEST_UNSET_PW", ca_file=smtp_tls_server.cert)
+    with pytest.raises(SendError, match="DIGEST_TEST_UNSET_PW is not set") as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert info.value.fatal
+
+
+def test_untrusted_certificate_is_refused(smtp_tls_server: SmtpServer) -> None:
+    config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port)
+    with pytest.raises(SendError, match="TLS with SMTP server") as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert info.value.fatal
+    assert smtp_tls_server.sink.received == []
+
+
+def test_starttls_required_but_not_offered(smtp_server: SmtpServer) -> None:
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="starttls")
+    with pytest.raises(SendError, match="does not offer STARTTLS") as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert info.value.fatal and smtp_server.sink.received == []
+
+
+def test_refused_recipient_is_a_permanent_failure(smtp_server: SmtpServer) -> None:
+    smtp_server.sink.refuse["bad@example.org"] = "550 5.1.1 No such user"
+    smtp_server.sink.refuse["later@example.org"] = "451 4.3.0 Try later"
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender:
+        with pytest.raises(SendError, match="550") as info:
+            sender.send(_out(digest_for(email="bad@example.org")))  # type: ignore[arg-type]
+        assert info.value.permanent and not info.value.fatal
+        with pytest.raises(SendError, match="451") as info:
+            sender.send(_out(digest_for(email="later@example.org")))  # type: ignore[arg-type]
+        assert not info.value.permanent
+        sender.send(_out(digest_for(email="ok@example.org")))  # type: ignore[arg-type]
+    assert [r.rcpt_tos for r in smtp_server.sink.received] == [["ok@example.org"]]
+
+
+def test_unreachable_server_is_fatal() -> None:
+    from tests.conftest import free_port
+
+    config = SmtpConfig(host="127.0.0.1", port=free_port(), security="none", timeout=2)
+    with pytest.raises(SendError, match="cannot connect") as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert info.value.fatal
