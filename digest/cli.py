@@ -9,7 +9,7 @@ import webbrowser
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -22,7 +22,7 @@ from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
 from .errors import ConfigError, DigestError
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -76,14 +76,24 @@ def _progress() -> Progress:
     )
 
 
-def _fail(exc: DigestError) -> None:
+def _fail(exc: DigestError) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
     if exc.hint:
         err.print(f"hint: {exc.hint}", highlight=False, markup=False)
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns library errors into a one-line message, an optional hint and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DigestError as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="digest")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
 def cli(verbose: int) -> None:
@@ -95,10 +105,7 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     """Entry point of the console script."""
-    try:
-        cli(standalone_mode=True)
-    except DigestError as exc:
-        _fail(exc)
+    cli()
 
 
 @cli.command()

@@ -7,6 +7,7 @@ package (`digest/templates`), or the top-level `templates/` of a source checkout
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from dataclasses import dataclass
 from datetime import date
@@ -203,7 +204,13 @@ def inline_css(html: str) -> str:
         # cssutils warns about every mso-* property MJML emits; those are expected.
         cssutils_logging_level=logging.CRITICAL,
     )
-    return str(inliner.transform())
+    inlined = str(inliner.transform())
+    # premailer re-serialises through lxml and drops the doctype, which would put clients
+    # into quirks mode; put MJML's doctype back.
+    doctype = re.match(r"\s*(<!doctype[^>]*>)", html, flags=re.IGNORECASE)
+    if doctype and not inlined.lstrip().lower().startswith("<!doctype"):
+        inlined = doctype.group(1) + "\n" + inlined
+    return inlined
 
 
 def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEmail:

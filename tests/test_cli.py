@@ -1,0 +1,163 @@
+"""The CLI through click's runner and as a real process, with assertions on the store after."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from digest import store
+from digest.cli import cli
+from tests.conftest import REPO, Project, SmtpServer
+
+PINNED = {"DIGEST_NOW": "2026-11-25T12:00:00+00:00"}
+
+
+def invoke(project: Project, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    runner = CliRunner()
+    result = runner.invoke(cli, [args[0], "--config", str(project.config), *args[1:]],
+                           env={**PINNED, **(env or {})}, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_fetch_prints_counts_and_fills_the_store(project: Project) -> None:
+    code, output = invoke(project, "fetch")
+    assert code == 0, output
+    assert "seeds" in output and "350" in output and "31" in output
+    assert store.count_listings(store.open_db(project.db_path)) == 350
+    code, output = invoke(project, "fetch")
+    assert code == 0
+    assert "│ 0   │ 0       │ 381       │" in output  # second time: nothing new or updated
+
+
+def test_fetch_reports_a_failing_source_and_keeps_the_others(project: Project) -> None:
+    project.write_config(sources=f"""
+        [[sources]]
+        name = "gone"
+        type = "hf-page"
+        path = "{project.root / 'missing'}"
+
+        [[sources]]
+        name = "seeds"
+        type = "hf-page"
+        path = "{REPO / 'seeds'}"
+        """)
+    code, output = invoke(project, "fetch")
+    assert code == 1
+    assert "gone" in output and "does not exist" in output
+    assert store.count_listings(store.open_db(project.db_path)) == 350
+
+
+def test_send_with_file_transport_then_again(project: Project) -> None:
+    invoke(project, "fetch")
+    code, output = invoke(project, "send")
+    assert code == 0, output
+    assert "2 sent" in output and str(project.outbox) in output
+    emls = sorted(p.name for p in project.outbox.glob("*.eml"))
+    assert emls == ["2026-11-25_ada.eml", "2026-11-25_grace.eml"]
+    assert (project.outbox / "2026-11-25_ada.html").read_text().startswith("<!doctype html>")
+    msg = message_from_bytes((project.outbox / emls[0]).read_bytes(), policy=policy.default)
+    assert msg["To"] == "Ada Lovelace <ada@example.org>"
+    code, output = invoke(project, "send")
+    assert code == 0 and "2 already-sent" in output
+
+
+def test_send_over_smtp_with_starttls_and_auth(project: Project,
+                                                smtp_tls_server: SmtpServer) -> None:
+    from tests.conftest import PASSWORD, USER
+
+    project.write_config(
+        f"[smtp]\nhost = '{smtp_tls_server.host}'\nport = {smtp_tls_server.port}\n"
+        f"security = 'starttls'\nusername = '{USER}'\npassword_env = 'CLI_TEST_PW'\n"
+        f"ca_file = '{smtp_tls_server.cert}'\n",
+        transport="smtp",
+    )
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", "--subscriber", "grace",
+                          env={"CLI_TEST_PW": PASSWORD})
+    assert code == 0, output
+    assert [r.rcpt_tos for r in smtp_tls_server.sink.received] == [["grace@example.com"]]
+    assert PASSWORD not in output
+
+
+def test_send_exit_code_says_something_failed(project: Project) -> None:
+    project.subscriber("broken", "name = 'X'\nemail = 'not-an-address'\n")
+    invoke(project, "fetch")
+    code, output = invoke(project, "send")
+    assert code == 1
+    assert "invalid" in output and "2 sent" in output
+
+
+def test_dry_run_records_nothing(project: Project) -> None:
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", "--dry-run")
+    assert code == 0 and "2 would-send" in output
+    db = store.open_db(project.db_path)
+    assert db.execute("select count(*) from digests").fetchone()[0] == 0
+    assert not project.outbox.exists()
+
+
+def test_preview_writes_html_or_text_and_changes_nothing(project: Project, tmp_path: Path) -> None:
+    invoke(project, "fetch")
+    out = tmp_path / "ada.html"
+    code, output = invoke(project, "preview", "ada", "--out", str(out))
+    assert code == 0, output
+    assert "Efficient inference" in out.read_text()
+    code, output = invoke(project, "preview", "ada", "--text")
+    assert code == 0 and output.startswith("Subject: 10 new papers")
+    assert "Hi Ada Lovelace," in output
+    db = store.open_db(project.db_path)
+    assert db.execute("select count(*) from digests").fetchone()[0] == 0
+    code, output = invoke(project, "preview", "nobody")
+    assert code == 1 and "no subscriber 'nobody'" in output and "hint:" in output
+
+
+def test_validate_lists_problems_one_line_each(project: Project) -> None:
+    project.subscriber("bad1", "name = 'X'\nemail = 'x@example.org'\ntimezone = 'Mars/Base'\n"
+                       "[[topics]]\nname = 't'\nkeywords = ['a']\n")
+    project.subscriber("bad2", "name = 'X\n")
+    code, output = invoke(project, "validate")
+    assert code == 1
+    lines = [line for line in output.splitlines() if line.startswith("invalid:")]
+    assert len(lines) == 2
+    assert "bad1.toml: timezone: unknown timezone 'Mars/Base'" in lines[0]
+    assert "bad2.toml: invalid TOML" in lines[1]
+    assert "2 valid subscriber(s), 2 invalid" in output
+
+
+def test_bad_config_is_one_line_and_exit_1(project: Project) -> None:
+    project.config.write_text("[delivery]\ntransport = 'pigeon'\n")
+    code, output = invoke(project, "send")
+    assert code == 1
+    assert f"error: {project.config}: delivery.transport: " in output
+
+
+def test_run_once_sends_only_what_is_due(project: Project) -> None:
+    code, output = invoke(project, "run", "--once",
+                          env={"DIGEST_NOW": "2026-11-25T07:45:00+00:00"})
+    assert code == 0, output
+    assert [p.name for p in project.outbox.glob("*.eml")] == ["2026-11-25_ada.eml"]
+
+
+def test_the_console_script_runs_as_a_real_process(project: Project) -> None:
+    exe = Path(sys.executable).with_name("digest")
+    env = {**os.environ, **PINNED, "DIGEST_CONFIG": str(project.config)}
+    done = subprocess.run([str(exe), "fetch"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([str(exe), "send", "--subscriber", "ada"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (project.outbox / "2026-11-25_ada.eml").exists()
+
+
+@pytest.mark.parametrize("command", ["fetch", "validate", "preview", "send", "run"])
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--config" in result.output

@@ -1,0 +1,176 @@
+"""End to end through the library: seeds -> SQLite -> match -> email -> a real SMTP server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.message import EmailMessage
+
+import pytest
+
+from digest import pipeline, store
+from digest.config import load_settings
+from tests.conftest import NOW, Project, SmtpServer
+
+
+def smtp_project(project: Project, server: SmtpServer) -> None:
+    project.write_config(
+        f"[smtp]\nhost = '{server.host}'\nport = {server.port}\nsecurity = 'none'\n",
+        transport="smtp",
+    )
+
+
+def body(msg: EmailMessage, kind: str) -> str:
+    part = msg.get_body((kind,))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_send_delivers_the_right_papers_to_each_subscriber(
+    project: Project, smtp_server: SmtpServer
+) -> None:
+    smtp_project(project, smtp_server)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    results = pipeline.fetch(settings, db, NOW)
+    assert [(r.name, r.new, r.unchanged, r.skipped, r.error) for r in results] == [
+        ("seeds", 350, 31, 0, None)]
+    report = pipeline.send(settings, db, NOW)
+    assert [(o.subscriber_id, o.status) for o in report.outcomes] == [
+        ("ada", "sent"), ("grace", "sent")]
+    got = smtp_server.sink.by_recipient()
+    assert set(got) == {"ada@example.org", "grace@example.com"}
+    (ada,) = got["ada@example.org"]
+    assert ada["To"] == "Ada Lovelace <ada@example.org>"
+    assert ada["Subject"].startswith("10 new papers: Efficient inference")
+    html, text = body(ada, "html"), body(ada, "plain")
+    assert "Hi Ada Lovelace," in text and "Hi Ada Lovelace," in html
+    # Every item matches one of Ada's keywords, none her exclude.
+    items = store.sent_listing_ids(db, "ada/2026-11-25")
+    assert len(items) == 10
+    for lid in items:
+        listing = store.get_listing(db, lid)
+        assert listing is not None
+        blob = (listing.title + " " + listing.abstract).lower()
+        assert any(k in blob for k in ("speculative decod", "kv cache", "kv-cache", "quantiz"))
+        assert "survey" not in blob
+        assert listing.title in " ".join(text.split())
+    (grace,) = got["grace@example.com"]
+    assert "diffusion" in body(grace, "plain").lower()
+    # Grace lives in New York: at 12:00 UTC her local date is the same day.
+    assert store.digest_state(db, "grace", dt.date(2026, 11, 25)) == "sent"
+
+
+def test_second_send_the_same_day_sends_nothing(project: Project, smtp_server: SmtpServer) -> None:
+    smtp_project(project, smtp_server)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    pipeline.send(settings, db, NOW)
+    assert len(smtp_server.sink.received) == 2
+    again = pipeline.send(settings, db, NOW + dt.timedelta(hours=2))
+    assert {o.status for o in again.outcomes} == {"already-sent"}
+    assert len(smtp_server.sink.received) == 2
+
+
+def test_next_day_never_resends_a_paper(project: Project, smtp_server: SmtpServer) -> None:
+    smtp_project(project, smtp_server)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    pipeline.send(settings, db, NOW)
+    tomorrow = NOW + dt.timedelta(days=1)
+    pipeline.send(settings, db, tomorrow, only=["ada"])
+    first = set(store.sent_listing_ids(db, "ada/2026-11-25"))
+    second = set(store.sent_listing_ids(db, "ada/2026-11-26"))
+    assert first and second and not first & second
+    # After the lookback window nothing is a candidate any more.
+    later = pipeline.send(settings, db, NOW + dt.timedelta(days=8), only=["ada"])
+    assert later.outcomes[0].status == "no-matches"
+
+
+def test_a_bad_subscriber_file_and_a_refused_address_do_not_stop_the_others(
+    project: Project, smtp_server: SmtpServer
+) -> None:
+    smtp_project(project, smtp_server)
+    project.subscriber("broken", 'name = "X"\nemail = "x@example.org"\ntopics = []\n')
+    project.subscriber("refused", (project.subscribers / "ada.toml").read_text().replace(
+        "ada@example.org", "refused@example.org"))
+    smtp_server.sink.refuse["refused@example.org"] = "550 5.1.1 No such user"
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    report = pipeline.send(settings, db, NOW)
+    status = {o.subscriber_id: o.status for o in report.outcomes}
+    assert status == {"ada": "sent", "broken": "invalid", "grace": "sent", "refused": "failed"}
+    assert report.failed
+    detail = {o.subscriber_id: o.detail for o in report.outcomes}
+    assert "topics: must not be empty" in detail["broken"]
+    assert "550" in detail["refused"]
+    assert store.digest_state(db, "refused", NOW.date()) == "failed"
+    # The refused subscriber's papers were not marked as sent.
+    since = NOW - dt.timedelta(days=7)
+    assert len(store.candidates(db, "refused", since)) == 350
+
+
+def test_fatal_transport_error_stops_the_batch(project: Project) -> None:
+    from tests.conftest import free_port
+
+    project.write_config(f"[smtp]\nhost = '127.0.0.1'\nport = {free_port()}\nsecurity = 'none'\n"
+                         "timeout = 2\n", transport="smtp")
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    report = pipeline.send(settings, db, NOW)
+    assert report.fatal is not None and "cannot connect" in report.fatal
+    assert [o.detail for o in report.outcomes][1] == "not attempted: batch stopped"
+    assert store.digest_state(db, "grace", NOW.date()) is None
+
+
+def test_no_match_means_no_email(project: Project, smtp_server: SmtpServer) -> None:
+    smtp_project(project, smtp_server)
+    project.subscriber("nobody", 'name = "N"\nemail = "n@example.org"\n'
+                       '[[topics]]\nname = "T"\nkeywords = ["zzzyzzx unheard of"]\n')
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    report = pipeline.send(settings, db, NOW, only=["nobody"])
+    assert report.outcomes[0].status == "no-matches" and not report.failed
+    assert smtp_server.sink.received == []
+
+
+def test_dry_run_and_preview_change_nothing(project: Project, smtp_server: SmtpServer) -> None:
+    smtp_project(project, smtp_server)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    before = db.execute("select count(*) from digests").fetchone()[0]
+    report = pipeline.send(settings, db, NOW, dry_run=True)
+    assert {o.status for o in report.outcomes} == {"would-send"}
+    composed = pipeline.preview(settings, db, "ada", NOW)
+    assert composed is not None and composed.rendered.subject.startswith("10 new papers")
+    assert db.execute("select count(*) from digests").fetchone()[0] == before == 0
+    assert smtp_server.sink.received == []
+
+
+def test_unknown_subscriber_is_a_clear_error(project: Project) -> None:
+    from digest.errors import UnknownSubscriberError
+
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    with pytest.raises(UnknownSubscriberError, match="no subscriber 'zed'"):
+        pipeline.send(settings, db, NOW, only=["zed"])
+
+
+def test_due_only_respects_local_send_time(project: Project, smtp_server: SmtpServer) -> None:
+    smtp_project(project, smtp_server)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    # 07:00 UTC: Ada (London, 07:30) and Grace (New York 02:00, default 07:00) are not due.
+    early = dt.datetime(2026, 11, 25, 7, 0, tzinfo=dt.UTC)
+    report = pipeline.send(settings, db, early, due_only=True)
+    assert {o.status for o in report.outcomes} == {"not-due"}
+    at_730 = dt.datetime(2026, 11, 25, 7, 30, tzinfo=dt.UTC)
+    report = pipeline.send(settings, db, at_730, due_only=True)
+    assert [(o.subscriber_id, o.status) for o in report.outcomes] == [
+        ("ada", "sent"), ("grace", "not-due")]
