@@ -4,8 +4,14 @@ import datetime as dt
 
 import pytest
 
-from digest.match import build_digest, compile_keyword, document, find, match_document
-from digest.match import compile_profile
+from digest.match import (
+    build_digest,
+    compile_keyword,
+    compile_profile,
+    document,
+    find,
+    match_document,
+)
 from digest.models import Listing, Subscriber, Topic
 from tests.conftest import NOW
 

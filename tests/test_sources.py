@@ -142,7 +142,7 @@ def test_malformed_entries_are_skipped_with_a_warning_and_counted() -> None:
 
 
 def test_a_missing_path_fails_the_source_by_name(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="source 'x': .* does not exist"):
+    with pytest.raises(SourceError, match=r"source 'x': .* does not exist"):
         read_source(SourceConfig(name="x", type="hf-page", path=tmp_path / "nope"), NOW)
 
 
