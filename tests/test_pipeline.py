@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +175,19 @@ def test_due_only_respects_local_send_time(project: Project, smtp_server: SmtpSe
     report = pipeline.send(settings, db, at_730, due_only=True)
     assert [(o.subscriber_id, o.status) for o in report.outcomes] == [
         ("ada", "sent"), ("grace", "not-due")]
+
+
+def test_every_example_subscriber_gets_several_seed_papers(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import REPO
+
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(REPO / "seeds", tmp_path / "seeds")
+    settings = load_settings(tmp_path / "config" / "digest.toml")
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    report = pipeline.send(settings, db, NOW, dry_run=True)
+    assert len(report.outcomes) >= 3
+    for outcome in report.outcomes:
+        assert outcome.status == "would-send" and outcome.items >= 5, outcome
