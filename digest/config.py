@@ -313,7 +313,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
+        raise ConfigError(
+            path, None, "file not found",
+            hint="pass --config PATH or set DIGEST_CONFIG (default: config/digest.toml)",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
