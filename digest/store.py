@@ -185,9 +185,9 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
     Sources know different things, so each field combines rather than overwrites: known
     values from `new` win (upvotes, title, organisation, ...); categories, sources and links
-    are united; authors are replaced only by a non-empty list; the first known `url` stays
-    (so the link does not flip between sources fetched in turn), as do the earliest
-    `published` date and the longest abstract (an excerpt never replaces a full abstract).
+    are united; the first known `url` stays, as do the earliest `published` date, the longest
+    author list and the longest abstract (an excerpt never replaces a full abstract). So two
+    sources fetched in turn never flip a listing back and forth.
     """
     merged = dict(old)
     for key, value in new.items():
@@ -202,7 +202,7 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             links.update(json.loads(old.get(key) or "{}"))
             merged[key] = json.dumps(links, sort_keys=True)
         elif key == "authors":
-            if json.loads(value or "[]"):
+            if len(json.loads(value or "[]")) > len(json.loads(old[key] or "[]")):
                 merged[key] = value
         elif key == "url":
             merged[key] = old[key] or value
