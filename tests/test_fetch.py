@@ -37,6 +37,9 @@ def sources_toml(loopback: Loopback) -> str:
     broken = loopback.route("/rss/cs.LG", Reply(b"<?xml version='1.0'?><rss version='2.0'>"
                                                 b"<channel><item><title>cut",
                                                 content_type="application/rss+xml"))
+    # Another host name for the arXiv source: arXiv hosts are paced (3 s between requests
+    # to the host), and the CLI sleeps for real.
+    broken = broken.replace("127.0.0.1", "localhost")
     return f"""
     [[sources]]
     name = "seeds"
@@ -255,3 +258,43 @@ def test_jsonl_schema_is_in_the_readme() -> None:
     section = readme.split("## JSON Lines schema")[1].split("\n## ")[0]
     for name in JsonlItem.model_fields:
         assert f"| `{name}` |" in section, name
+
+
+def test_arxiv_pause_holds_across_sources(project: Project, loopback: Loopback) -> None:
+    api = loopback.route("/api/query", Reply.fixture("arxiv_api_page2.xml",
+                                                     "application/atom+xml"))
+    other = loopback.route("/feed.atom", Reply.fixture("atom.xml", "application/atom+xml"))
+    project.write_config(sources=f"""
+        [[sources]]
+        name = "a"
+        type = "arxiv"
+        query = "cat:cs.CL"
+        api_url = "{api}"
+
+        [[sources]]
+        name = "b"
+        type = "arxiv"
+        query = "cat:hep-th"
+        api_url = "{api}"
+
+        [[sources]]
+        name = "blog"
+        type = "feed"
+        url = "{other.replace('127.0.0.1', 'localhost')}"
+        """)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    time_ = FakeTime()
+    with make_fetcher(time_) as fetcher:
+        results = pipeline.fetch(settings, db, NOW, fetcher=fetcher)
+    assert [r.error for r in results] == [None, None, None]
+    assert len(loopback.hits("/api/query")) == 2
+    # Three seconds between the two API requests; none before the other host.
+    assert time_.sleeps == [3.0]
+
+
+@pytest.mark.parametrize("command", ["fetch", "sources"])
+def test_readme_cli_reference_matches_help(command: str) -> None:
+    readme = (REPO / "README.md").read_text("utf-8")
+    doc = cli.commands[command].help or ""
+    assert f"| `digest {command}` | {doc.splitlines()[0]} |" in readme

@@ -286,3 +286,14 @@ def test_jsonl_file_with_bad_encoding_fails_the_source(tmp_path: Path) -> None:
     path.write_bytes('{"title": "Café"}\n'.encode("latin-1"))
     with pytest.raises(SourceError, match="is not UTF-8 text"):
         read(source(type="jsonl", path=str(path)))
+
+
+def test_rss1_rdf_feed(loopback: Loopback) -> None:
+    url = loopback.route("/toc.rdf", Reply.fixture("rss1.rdf", "application/rdf+xml"))
+    (letter,) = read(source(type="feed", url=url)).listings
+    assert letter.title == "Quantized Attention Kernels"
+    assert letter.abstract == "Eight-bit attention without accuracy loss."
+    assert letter.authors == ("Grace Hopper",)
+    assert letter.published == dt.date(2024, 4, 29)
+    assert letter.categories == ("Systems",)
+    assert letter.url == "https://toc.example.org/letters/7"

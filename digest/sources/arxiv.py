@@ -6,8 +6,8 @@ answers an Atom feed with `opensearch:totalResults`, `startIndex` and `itemsPerP
 `entry` has `id` (`http://arxiv.org/abs/2405.00332v2`), `title`, `summary`, `author/name`,
 `published` (v1), `updated`, `arxiv:primary_category`, `category@term` and links (the
 abstract page, `title="pdf"`, `title="doi"`). arXiv asks for three seconds between
-requests; the fetcher paces the API host accordingly, even across sources. An error comes
-back as a single entry whose id is `http://arxiv.org/api/errors#...`.
+requests; the fetcher paces arXiv hosts (API and RSS) accordingly, even across sources.
+An error comes back as a single entry whose id is `http://arxiv.org/api/errors#...`.
 
 RSS (`https://rss.arxiv.org/rss/cs.LG`): one item per announcement with
 `arxiv:announce_type` `new`, `cross` (a cross-list: new to this feed), `replace` or
@@ -17,6 +17,7 @@ already in the store: a new version is not a new paper.
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
@@ -27,6 +28,8 @@ from ..errors import SourceError
 from ..models import Listing
 from .feed import FEED_ACCEPT, entry_authors, entry_date, entry_tags, parse_feed
 from .items import Context, arxiv_id, clean, decode, html_to_text, parse_date
+
+log = logging.getLogger("digest")
 
 ARXIV_PAUSE = 3.0
 _ATOM = "{http://www.w3.org/2005/Atom}"
@@ -124,8 +127,14 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
                 old = True
                 continue
             ctx.report.listings.append(listing)
+        served_from = _int(root, "startIndex")
         start += len(entries)
         if old or not entries or start >= total:
+            break
+        if served_from is not None and served_from != start - len(entries):
+            # Paging would not move through the results; stop rather than re-read a page.
+            log.warning("source %s: asked for results from %d, got them from %d; "
+                        "stopping here", ctx.name, start - len(entries), served_from)
             break
 
 
@@ -161,6 +170,7 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
 def read_arxiv_rss(config: ArxivSource, ctx: Context) -> None:
     """Read a listing feed: new and cross-listed papers, and replacements as updates."""
     assert config.rss is not None
+    ctx.fetcher.pace(config.rss, ARXIV_PAUSE)
     fetched = ctx.get(config.rss, accept=FEED_ACCEPT)
     if fetched is None:
         return
