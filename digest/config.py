@@ -226,10 +226,14 @@ class JsonlSource(_Strict):
         return self
 
 
-SourceConfig = Annotated[
+AnySource = Annotated[
     HfPageSource | HfDailySource | ArxivSource | FeedSource | JsonlSource,
     Field(discriminator="type"),
 ]
+"""One [[sources]] table: a model per `type`."""
+
+# The foundation's name for the (then only) hf-page model; kept so its callers still work.
+SourceConfig = HfPageSource
 
 
 class HttpConfig(_Strict):
@@ -361,7 +365,7 @@ class Settings(_Strict):
     """The whole of digest.toml."""
 
     store: StoreConfig = StoreConfig()
-    sources: list[SourceConfig] = Field(default_factory=list)
+    sources: list[AnySource] = Field(default_factory=list)
     http: HttpConfig = HttpConfig()
     subscribers: SubscribersConfig = SubscribersConfig()
     delivery: DeliveryConfig = DeliveryConfig()
@@ -372,7 +376,7 @@ class Settings(_Strict):
 
     @field_validator("sources")
     @classmethod
-    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+    def _unique_names(cls, value: list[AnySource]) -> list[AnySource]:
         seen: set[str] = set()
         for source in value:
             if source.name in seen:
@@ -472,7 +476,7 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _resolve_source(base: Path, source: SourceConfig) -> SourceConfig:
+def _resolve_source(base: Path, source: AnySource) -> AnySource:
     if isinstance(source, HfPageSource | JsonlSource) and source.path is not None:
         return source.model_copy(update={"path": _resolve(base, source.path)})
     return source

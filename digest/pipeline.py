@@ -19,7 +19,7 @@ import jinja2
 from sqlite_utils import Database
 
 from . import store
-from .config import Settings, SourceConfig, iter_subscribers, load_subscriber
+from .config import AnySource, Settings, iter_subscribers, load_subscriber
 from .errors import ConfigError, DigestError, SendError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
 from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber
@@ -85,7 +85,7 @@ def _note(report: ParseReport, counts: store.UpsertCounts) -> str:
 
 
 def _fetch_one(
-    source: SourceConfig, db: Database, now: datetime, fetcher: Fetcher
+    source: AnySource, db: Database, now: datetime, fetcher: Fetcher
 ) -> SourceResult:
     t0 = timer.perf_counter()
     try:

@@ -15,7 +15,7 @@ from digest.sources.http import retry_after_seconds
 
 from .conftest import free_port
 from .loopback import FakeTime, Loopback, Reply, make_fetcher
-from .test_sources import NOW, read, source
+from .test_source_types import NOW, read, source
 
 JSON = "application/json"
 ONE_PAPER = b'[{"paper": {"id": "2405.00332v1", "title": "One paper", "summary": "Text."}}]'

@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from ..config import (
+    AnySource,
     ArxivSource,
     FeedSource,
     HfDailySource,
     HfPageSource,
     HttpConfig,
     JsonlSource,
-    SourceConfig,
 )
 from ..errors import SourceError
 from ..models import CacheValidators, ParseReport
@@ -40,7 +40,7 @@ __all__ = ["Fetcher", "parse_hf_page", "read_source", "where"]
 log = logging.getLogger("digest")
 
 
-def _read(config: SourceConfig, ctx: Context) -> None:
+def _read(config: AnySource, ctx: Context) -> None:
     if isinstance(config, HfDailySource):
         read_hf_daily(config, ctx)
     elif isinstance(config, ArxivSource):
@@ -54,7 +54,7 @@ def _read(config: SourceConfig, ctx: Context) -> None:
 
 
 def read_source(
-    config: SourceConfig,
+    config: AnySource,
     now: datetime,
     fetcher: Fetcher | None = None,
     cache: Mapping[str, CacheValidators] | None = None,
@@ -87,7 +87,7 @@ def read_source(
     return report
 
 
-def where(config: SourceConfig) -> str:
+def where(config: AnySource) -> str:
     """Where a source reads from, in a few words, for `digest sources`."""
     if isinstance(config, HfPageSource):
         return str(config.path)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from digest.config import SourceConfig
+from digest.config import AnySource
 from digest.errors import SourceError
 from digest.models import Listing, ParseReport
 from digest.sources import parse_hf_page, read_source
@@ -19,7 +19,7 @@ from .conftest import SEEDS
 from .loopback import FIXTURES, FakeTime, Loopback, Reply, make_fetcher
 
 NOW = dt.datetime(2024, 5, 2, 12, 0, tzinfo=dt.UTC)
-_SOURCE: TypeAdapter[Any] = TypeAdapter(SourceConfig)
+_SOURCE: TypeAdapter[Any] = TypeAdapter(AnySource)
 
 
 def source(**fields: Any) -> Any:
