@@ -248,6 +248,10 @@ class HttpConfig(_Strict):
     read_timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for each chunk of the response."
     )
+    total_timeout: float = Field(
+        120.0, gt=0, le=3600,
+        description="Most seconds one response may take in all, however slowly it arrives.",
+    )
     retries: int = Field(
         3, ge=0, le=10,
         description="Extra attempts after a connection error, timeout, 429 or 5xx.",

@@ -175,6 +175,9 @@ class Fetcher:
         headers: dict[str, str],
     ) -> Fetched | None:
         cap = self.config.max_bytes
+        total = self.config.total_timeout
+        deadline = time.monotonic() + total
+        log.debug("source %s: GET %s %s", source, url, dict(params or {}))
         try:
             with self.client.stream("GET", url, params=params, headers=headers) as response:
                 status = response.status_code
@@ -204,6 +207,10 @@ class Fetcher:
                     if size > cap:
                         raise _TooLarge
                     chunks.append(chunk)
+                    # The read timeout is per chunk; a server that trickles bytes forever
+                    # would never trip it. (The real clock: this guards real time.)
+                    if time.monotonic() > deadline:
+                        raise _Retryable(f"timed out (total, {total:g}s) fetching {url}")
                 content_type = response.headers.get("Content-Type", "")
                 return Fetched(
                     url=shown,
