@@ -154,6 +154,31 @@ def test_arxiv_api_pages_through_results_with_a_pause(loopback: Loopback) -> Non
     assert report.skipped == 1 and "not an arXiv id" in report.warnings[0]
 
 
+def test_arxiv_api_asks_again_after_an_empty_page(loopback: Loopback) -> None:
+    url = loopback.route(
+        "/api/query",
+        Reply.fixture("arxiv_api_page1.xml", "application/atom+xml"),
+        Reply.fixture("arxiv_api_empty.xml", "application/atom+xml"),
+        Reply.fixture("arxiv_api_page2.xml", "application/atom+xml"),
+    )
+    time_ = FakeTime()
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3), time_)
+    assert [h.query["start"] for h in loopback.hits("/api/query")] == ["0", "3", "3"]
+    assert len(report.listings) == 4
+    assert time_.sleeps == [3.0, 3.0]
+
+
+def test_arxiv_api_gives_up_on_a_page_that_stays_empty(loopback: Loopback) -> None:
+    url = loopback.route(
+        "/api/query",
+        Reply.fixture("arxiv_api_page1.xml", "application/atom+xml"),
+        Reply.fixture("arxiv_api_empty.xml", "application/atom+xml"),
+    )
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3))
+    assert [h.query["start"] for h in loopback.hits("/api/query")] == ["0", "3", "3", "3"]
+    assert len(report.listings) == 2
+
+
 def test_arxiv_api_stops_at_max_results(loopback: Loopback) -> None:
     url = _arxiv_pages(loopback)
     report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3,

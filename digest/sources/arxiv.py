@@ -32,6 +32,7 @@ from .items import Context, arxiv_id, clean, decode, html_to_text, parse_date
 log = logging.getLogger("digest")
 
 ARXIV_PAUSE = 3.0
+_EMPTY_PAGE_RETRIES = 2
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _ARXIV = "{http://arxiv.org/schemas/atom}"
 _OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
@@ -93,6 +94,7 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
     ctx.fetcher.pace(config.api_url, ARXIV_PAUSE)
     cutoff = (ctx.now - timedelta(days=config.days)).date() if config.days else None
     start = 0
+    empty_retries = 0
     while start < config.max_results:
         size = min(config.page_size, config.max_results - start)
         params: dict[str, str | int] = {
@@ -127,9 +129,19 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
                 old = True
                 continue
             ctx.report.listings.append(listing)
+        if not entries and start < total and empty_retries < _EMPTY_PAGE_RETRIES:
+            # A known arXiv API quirk: now and then a page comes back empty although
+            # totalResults says there is more. Asking again (after the pause) usually works.
+            empty_retries += 1
+            log.info("source %s: empty page at start=%d of %d; asking again", ctx.name,
+                     start, total)
+            continue
         served_from = _int(root, "startIndex")
         start += len(entries)
         if old or not entries or start >= total:
+            if not entries and start < total:
+                log.warning("source %s: the API kept returning an empty page at start=%d "
+                            "of %d results; stopping there", ctx.name, start, total)
             break
         if served_from is not None and served_from != start - len(entries):
             # Paging would not move through the results; stop rather than re-read a page.
