@@ -232,7 +232,8 @@ def _same_listing(db: Database, row: dict[str, Any]) -> tuple[dict[str, Any] | N
         alias = db.execute("select listing_id from listing_aliases where alias = ?",
                            [row["id"]]).fetchone()
         target = _row(db, alias[0]) if alias else None
-    if row["id"].startswith("url:"):
+    if row["id"].startswith("url:") or not row["title_key"]:
+        # Keyed by link, or a title without a single word ("???"): never matched by title.
         return target, []
     same_title = [
         r for r in db.query(

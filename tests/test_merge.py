@@ -135,6 +135,12 @@ def test_link_keyed_listings_never_merge_by_title(tmp_path: Path) -> None:
     assert store.count_listings(db) == 3
 
 
+def test_titles_without_words_never_merge(tmp_path: Path) -> None:
+    db = db_at(tmp_path)
+    store.upsert_listings(db, [arxiv(title="???"), title_only("!!!")], NOW)
+    assert store.count_listings(db) == 2
+
+
 def test_update_only_refreshes_known_papers_and_ignores_unknown(tmp_path: Path) -> None:
     db = db_at(tmp_path)
     store.upsert_listings(db, [hf()], NOW)
