@@ -125,7 +125,7 @@ def _check_source_name(value: str) -> str:
 
 
 def _check_http_url(value: str) -> str:
-    if not re.match(r"https?://[^/\s]+", value):
+    if not re.fullmatch(r"https?://[^/\s?#]+([/?#]\S*)?", value):
         raise ValueError(f"{value!r} is not an http:// or https:// URL")
     return value
 

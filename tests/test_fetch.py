@@ -220,6 +220,8 @@ def test_example_config_and_its_live_sources_parse(tmp_path: Path) -> None:
         ('type = "jsonl"', "sources[0].jsonl: set exactly one of 'path' or 'url'"),
         ('type = "feed"\nurl = "ftp://example.org/x"',
          "sources[0].feed.url: 'ftp://example.org/x' is not an http:// or https:// URL"),
+        ('type = "feed"\nurl = "https://example.org/a feed"',
+         "sources[0].feed.url: 'https://example.org/a feed' is not an http:// or https:// URL"),
         ('type = "hf-daily"\ndays = 0', "sources[0].hf-daily.days: Input should be greater"),
         ('type = "gopher"', "sources[0]: Input tag 'gopher' found using 'type' does not match"),
     ],
