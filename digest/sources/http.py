@@ -196,7 +196,8 @@ class Fetcher:
                         )
                     raise _Retryable(f"HTTP {status} from {shown}", wait)
                 if status >= 400 or status < 200:
-                    raise SourceError(source, f"HTTP {status} from {shown}")
+                    raise SourceError(source, f"HTTP {status} from {shown}",
+                                      hint="check the source's url (or query) in digest.toml")
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > cap:
                     raise _TooLarge
