@@ -14,12 +14,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
 from .errors import ConfigError, DigestError
+from .sources import where
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -119,11 +121,36 @@ def fetch(config_path: Path) -> None:
     table = Table("source", "new", "updated", "unchanged", "skipped", "seconds", "result")
     for r in results:
         table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.skipped),
-                      f"{r.seconds:.2f}", f"[red]{r.error}[/]" if r.error else "ok")
+                      f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]" if r.error
+                      else escape(r.note or "ok"))
     out.print(table)
     out.print(f"{store.count_listings(db)} listings in {settings.store.path}")
     if any(r.error for r in results):
         sys.exit(1)
+
+
+@cli.command()
+@config_option
+def sources(config_path: Path) -> None:
+    """List the sources with their type, where they read from, and their last fetch."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    statuses = store.source_statuses(db)
+    table = Table("source", "type", "reads", "last fetch (UTC)", "result", "last success")
+    for source in settings.sources:
+        status = statuses.get(source.name)
+        if status is None:
+            table.add_row(source.name, source.type, escape(where(source)), "never", "", "")
+            continue
+        result = escape(status["result"])
+        if status["ok"]:
+            result = (f"{status['new']} new, {status['updated']} updated, "
+                      f"{status['skipped']} skipped" + ("" if result == "ok" else f"; {result}"))
+        table.add_row(source.name, source.type, escape(where(source)),
+                      status["fetched_at"][:19].replace("T", " "),
+                      result if status["ok"] else f"[red]{result}[/]",
+                      (status["last_ok_at"] or "never")[:19].replace("T", " "))
+    out.print(table)
 
 
 @cli.command()

@@ -25,6 +25,8 @@ class Listing:
     categories: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     first_seen: datetime | None = None
+    # (label, url) pairs such as ("pdf", ...), ("code", ...), ("hf", ...), one per label.
+    links: tuple[tuple[str, str], ...] = ()
 
     @property
     def link(self) -> str:
@@ -130,12 +132,29 @@ class RenderedEmail:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class CacheValidators:
+    """What a server said about a response, to ask next time whether it changed (HTTP 304)."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
 @dataclass(slots=True)
 class ParseReport:
-    """What a source produced: good listings, and warnings for entries it had to skip."""
+    """What a source produced: good listings, and warnings for entries it had to skip.
+
+    `updates` only refresh listings the store already holds (arXiv 'replace' announcements:
+    a new version is not a new paper). `validators` maps each URL fetched to what the server
+    said about it, kept for conditional GET; `not_modified` counts URLs answered with 304.
+    """
 
     listings: list[Listing] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    updates: list[Listing] = field(default_factory=list)
+    validators: dict[str, CacheValidators] = field(default_factory=dict)
+    not_modified: int = 0
+    requests: int = 0
 
     @property
     def skipped(self) -> int:

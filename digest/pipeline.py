@@ -19,10 +19,10 @@ import jinja2
 from sqlite_utils import Database
 
 from . import store
-from .config import Settings, iter_subscribers, load_subscriber
+from .config import AnySource, Settings, iter_subscribers, load_subscriber
 from .errors import ConfigError, DigestError, SendError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
-from .models import Digest, Listing, RenderedEmail, Subscriber
+from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber
 from .render import Links, environment, render
 from .send import (
     FileSender,
@@ -33,7 +33,7 @@ from .send import (
     outgoing,
     unsubscribe_links,
 )
-from .sources import read_source
+from .sources import Fetcher, read_source
 
 log = logging.getLogger("digest")
 
@@ -70,31 +70,69 @@ class SourceResult:
     skipped: int = 0
     seconds: float = 0.0
     error: str | None = None
+    note: str = ""
+
+
+def _note(report: ParseReport, counts: store.UpsertCounts) -> str:
+    parts = []
+    if report.requests and report.not_modified == report.requests:
+        parts.append("not modified")
+    elif report.not_modified:
+        parts.append(f"{report.not_modified} of {report.requests} not modified")
+    if counts.ignored:
+        parts.append(f"{counts.ignored} replacement(s) of unknown papers ignored")
+    return "; ".join(parts)
+
+
+def _fetch_one(
+    source: AnySource, db: Database, now: datetime, fetcher: Fetcher
+) -> SourceResult:
+    t0 = timer.perf_counter()
+    try:
+        report = read_source(source, now, fetcher, store.http_validators(db, source.name))
+    except SourceError as exc:
+        log.error("%s", exc)
+        seconds = timer.perf_counter() - t0
+        store.record_source_result(db, source.name, now, result=exc.reason, ok=False,
+                                   seconds=seconds)
+        return SourceResult(source.name, seconds=seconds, error=exc.reason)
+    counts = store.upsert_listings(db, report.listings, now)
+    if report.updates:
+        more = store.upsert_listings(db, report.updates, now, update_only=True)
+        counts = store.UpsertCounts(counts.new, counts.updated + more.updated,
+                                    counts.unchanged + more.unchanged, more.ignored)
+    # Only now that the listings are stored: a 304 next time must not hide unstored data.
+    store.save_validators(db, source.name, report.validators, now)
+    seconds = timer.perf_counter() - t0
+    note = _note(report, counts)
+    store.record_source_result(
+        db, source.name, now, result=note or "ok", ok=True, counts=counts,
+        skipped=report.skipped, seconds=seconds,
+    )
+    return SourceResult(source.name, counts.new, counts.updated, counts.unchanged,
+                        report.skipped, seconds, note=note)
 
 
 def fetch(
-    settings: Settings, db: Database, now: datetime, progress: ProgressHook | None = None
+    settings: Settings, db: Database, now: datetime, progress: ProgressHook | None = None,
+    fetcher: Fetcher | None = None,
 ) -> list[SourceResult]:
-    """Read every source and store what it offers; a failing source is reported, not fatal."""
+    """Read every source and store what it offers; a failing source is reported, not fatal.
+
+    `fetcher` is the HTTP client shared by the sources (made from `[http]` if None).
+    """
     progress = progress or _NoProgress()
     progress.start(len(settings.sources), "fetching")
     results = []
     started = now
-    for source in settings.sources:
-        t0 = timer.perf_counter()
-        try:
-            report = read_source(source, now)
-            counts = store.upsert_listings(db, report.listings, now)
-            result = SourceResult(
-                source.name, counts.new, counts.updated, counts.unchanged, report.skipped,
-                timer.perf_counter() - t0,
-            )
-        except SourceError as exc:
-            log.error("%s", exc)
-            result = SourceResult(source.name, seconds=timer.perf_counter() - t0,
-                                  error=exc.reason)
-        results.append(result)
-        progress.advance(source.name)
+    client = fetcher or Fetcher(settings.http)
+    try:
+        for source in settings.sources:
+            results.append(_fetch_one(source, db, now, client))
+            progress.advance(source.name)
+    finally:
+        if fetcher is None:
+            client.close()
     store.record_run(
         db, "fetch", started, datetime.now(tz=now.tzinfo),
         {r.name: (r.error or f"{r.new} new, {r.updated} updated") for r in results},

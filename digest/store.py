@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
-from .models import Digest, Listing
+from .models import CacheValidators, Digest, Listing
 from .tokens import title_key
 
 migrations = Migrations("digest")
@@ -79,6 +79,36 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m03_sources(db: Database) -> None:
+    """Issue 3: links per listing, ids a listing was re-keyed from, conditional-GET
+    validators per source URL, and each source's last fetch."""
+    db.table("listings").add_column("links", str)
+    db.table("listing_aliases").create(
+        {"alias": str, "listing_id": str, "created_at": str}, pk="alias", not_null={"listing_id"}
+    )
+    db.table("listing_aliases").create_index(["listing_id"])
+    db.table("source_http").create(
+        {"source": str, "url": str, "etag": str, "last_modified": str, "updated_at": str},
+        pk=("source", "url"),
+    )
+    db.table("source_status").create(
+        {
+            "source": str,
+            "fetched_at": str,
+            "ok": int,
+            "result": str,
+            "new": int,
+            "updated": int,
+            "unchanged": int,
+            "skipped": int,
+            "seconds": float,
+            "last_ok_at": str,
+        },
+        pk="source",
+    )
+
+
 def timestamp(when: datetime) -> str:
     """A fixed-width UTC string for `when`, which must be timezone-aware."""
     if when.tzinfo is None:
@@ -102,11 +132,13 @@ def open_db(path: Path) -> Database:
 
 @dataclass(frozen=True, slots=True)
 class UpsertCounts:
-    """What an ingest did to the store."""
+    """What an ingest did to the store. `ignored` counts update-only listings (arXiv
+    replacements) for papers the store does not hold."""
 
     new: int = 0
     updated: int = 0
     unchanged: int = 0
+    ignored: int = 0
 
 
 _LIST_FIELDS = ("authors", "categories", "sources")
@@ -118,6 +150,8 @@ def _to_row(listing: Listing) -> dict[str, Any]:
         value = getattr(listing, f.name)
         if f.name in _LIST_FIELDS:
             value = json.dumps(list(value))
+        elif f.name == "links":
+            value = json.dumps(dict(value), sort_keys=True)
         elif isinstance(value, datetime):
             value = timestamp(value)
         elif isinstance(value, date):
@@ -142,48 +176,154 @@ def _from_row(row: dict[str, Any]) -> Listing:
         categories=tuple(json.loads(row["categories"] or "[]")),
         sources=tuple(json.loads(row["sources"] or "[]")),
         first_seen=datetime.fromisoformat(row["first_seen"]) if row["first_seen"] else None,
+        links=tuple(sorted(json.loads(row.get("links") or "{}").items())),
     )
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """What the stored row becomes: known values from `new` win, lists are united."""
+    """What the stored row becomes when `new` (from any source) describes the same listing.
+
+    Sources know different things, so each field combines rather than overwrites: known
+    values from `new` win (upvotes, title, organisation, ...); categories, sources and links
+    are united; the first known `url` stays, as do the earliest `published` date, the longest
+    author list and the longest abstract (an excerpt never replaces a full abstract). So two
+    sources fetched in turn never flip a listing back and forth.
+    """
     merged = dict(old)
     for key, value in new.items():
         if key in ("first_seen", "updated_at", "id"):
             continue
-        if key in _LIST_FIELDS:
+        if key in ("categories", "sources"):
             values = json.loads(old[key] or "[]")
             values += [v for v in json.loads(value) if v not in values]
             merged[key] = json.dumps(values)
+        elif key == "links":
+            links = json.loads(value or "{}")
+            links.update(json.loads(old.get(key) or "{}"))
+            merged[key] = json.dumps(links, sort_keys=True)
+        elif key == "authors":
+            if len(json.loads(value or "[]")) > len(json.loads(old[key] or "[]")):
+                merged[key] = value
+        elif key == "url":
+            merged[key] = old[key] or value
+        elif key == "published":
+            merged[key] = min((d for d in (old[key], value) if d), default=None)
+        elif key == "abstract":
+            merged[key] = value if len(value or "") > len(old[key] or "") else old[key]
         elif value not in (None, ""):
             merged[key] = value
     return merged
 
 
-def upsert_listings(db: Database, listings: Iterable[Listing], now: datetime) -> UpsertCounts:
-    """Store listings by id: new ones get `first_seen = now`; known ones keep it and take the
-    new values of changing fields (upvotes, abstract, ...)."""
-    new = updated = unchanged = 0
+def _row(db: Database, listing_id: str) -> dict[str, Any] | None:
+    return next(iter(db.query("select * from listings where id = ?", [listing_id])), None)
+
+
+def _same_listing(db: Database, row: dict[str, Any]) -> tuple[dict[str, Any] | None,
+                                                               list[dict[str, Any]]]:
+    """The stored row `row` updates, and other stored rows that are the same paper.
+
+    A row is found by id, then by an id it was re-keyed from, then by normalised title;
+    title matching never joins two different arXiv ids, nor rows keyed by link (`url:`).
+    With an arXiv id, stored title-only rows of the same title are returned to be folded in.
+    """
+    target = _row(db, row["id"])
+    if target is None:
+        alias = db.execute("select listing_id from listing_aliases where alias = ?",
+                           [row["id"]]).fetchone()
+        target = _row(db, alias[0]) if alias else None
+    if row["id"].startswith("url:") or not row["title_key"]:
+        # Keyed by link, or a title without a single word ("???"): never matched by title.
+        return target, []
+    same_title = [
+        r for r in db.query(
+            "select * from listings where title_key = ? and id not like 'url:%'"
+            " order by arxiv_id is null, first_seen desc, id",
+            [row["title_key"]],
+        )
+        if target is None or r["id"] != target["id"]
+    ]
+    if row["arxiv_id"]:
+        others = [r for r in same_title if not r["arxiv_id"]]
+        if target is None and others:
+            target = others.pop(0)
+        return target, others
+    if target is None and same_title:
+        target = same_title[0]
+    return target, []
+
+
+def _move_references(db: Database, old_id: str, new_id: str, stamp: str) -> None:
+    """Point everything that referenced listing `old_id` at `new_id`, then drop `old_id`.
+
+    Every foreign key to listings.id is followed (digest_items, and any table added later),
+    so "never the same paper twice" survives re-keying. Where the new id is already
+    referenced (a digest that held both rows), the duplicate reference is dropped.
+    """
+    for table in db.tables:
+        for fk in table.foreign_keys:
+            if fk.other_table == "listings" and fk.other_column == "id":
+                db.execute(f"update or ignore [{table.name}] set [{fk.column}] = ? "
+                           f"where [{fk.column}] = ?", [new_id, old_id])
+                db.execute(f"delete from [{table.name}] where [{fk.column}] = ?", [old_id])
+    db.execute("update listing_aliases set listing_id = ? where listing_id = ?",
+               [new_id, old_id])
+    db.execute("delete from listings where id = ?", [old_id])
+    db.execute("insert or replace into listing_aliases (alias, listing_id, created_at)"
+               " values (?, ?, ?)", [old_id, new_id, stamp])
+
+
+def upsert_listings(
+    db: Database, listings: Iterable[Listing], now: datetime, *, update_only: bool = False
+) -> UpsertCounts:
+    """Store listings, merging each with what the store already knows about the same paper.
+
+    New ones get `first_seen = now`; known ones keep their earliest `first_seen` and combine
+    fields (see `_merge`). The same arXiv id, or the same normalised title when one side has
+    no arXiv id, is one listing: a row first stored under a `title:` id is re-keyed to the
+    arXiv id when one arrives, with every reference to it moved along. With `update_only`,
+    listings the store does not hold are ignored rather than added.
+    """
+    new = updated = unchanged = ignored = 0
     stamp = timestamp(now)
     table = db.table("listings")
     with db.atomic():
         for listing in listings:
             row = _to_row(listing)
-            old = next(iter(db.query("select * from listings where id = ?", [listing.id])), None)
-            if old is None:
+            target, others = _same_listing(db, row)
+            if target is None:
+                if update_only:
+                    ignored += 1
+                    continue
                 row["first_seen"] = stamp
                 row["updated_at"] = stamp
                 table.insert(row)
                 new += 1
                 continue
-            merged = _merge(old, row)
-            if merged == old:
-                unchanged += 1
+            merged = _merge(target, row)
+            for other in others:
+                merged = {**_merge(other, merged), "id": merged["id"],
+                          "first_seen": min(merged["first_seen"], other["first_seen"])}
+            rekey = bool(row["arxiv_id"]) and target["id"] != row["id"]
+            if not rekey and not others:
+                if merged == target:
+                    unchanged += 1
+                    continue
+                merged["updated_at"] = stamp
+                table.update(target["id"], merged)
+                updated += 1
                 continue
             merged["updated_at"] = stamp
-            table.update(listing.id, merged)
+            if rekey:
+                merged["id"] = row["id"]
+                table.insert(merged)
+                _move_references(db, target["id"], row["id"], stamp)
+            else:
+                table.update(target["id"], merged)
+            for other in others:
+                _move_references(db, other["id"], merged["id"], stamp)
             updated += 1
-    return UpsertCounts(new, updated, unchanged)
+    return UpsertCounts(new, updated, unchanged, ignored)
 
 
 def get_listing(db: Database, listing_id: str) -> Listing | None:
@@ -323,3 +463,50 @@ def record_run(
             {"kind": kind, "started_at": timestamp(started), "finished_at": timestamp(finished),
              "summary": json.dumps(summary)}
         )
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+def http_validators(db: Database, source: str) -> dict[str, CacheValidators]:
+    """The ETag / Last-Modified kept for each URL of a source, for conditional GET."""
+    return {
+        r["url"]: CacheValidators(r["etag"], r["last_modified"])
+        for r in db.query("select * from source_http where source = ?", [source])
+    }
+
+
+def save_validators(
+    db: Database, source: str, validators: dict[str, CacheValidators], now: datetime
+) -> None:
+    """Keep what the server said about each URL; call only once its listings are stored."""
+    with db.atomic():
+        db.table("source_http").upsert_all(
+            ({"source": source, "url": url, "etag": v.etag, "last_modified": v.last_modified,
+              "updated_at": timestamp(now)} for url, v in validators.items()),
+            pk=("source", "url"),
+        )
+
+
+def record_source_result(
+    db: Database, source: str, now: datetime, *, result: str, ok: bool,
+    counts: UpsertCounts | None = None, skipped: int = 0, seconds: float = 0.0,
+) -> None:
+    """Remember a source's last fetch, for `digest sources`."""
+    stamp = timestamp(now)
+    counts = counts or UpsertCounts()
+    previous = db.execute("select last_ok_at from source_status where source = ?",
+                          [source]).fetchone()
+    with db.atomic():
+        db.table("source_status").upsert(
+            {"source": source, "fetched_at": stamp, "ok": int(ok), "result": result,
+             "new": counts.new, "updated": counts.updated, "unchanged": counts.unchanged,
+             "skipped": skipped, "seconds": round(seconds, 3),
+             "last_ok_at": stamp if ok else (previous[0] if previous else None)},
+            pk="source",
+        )
+
+
+def source_statuses(db: Database) -> dict[str, dict[str, Any]]:
+    """Each source's last fetch, by source name."""
+    return {r["source"]: r for r in db.query("select * from source_status")}

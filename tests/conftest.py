@@ -254,3 +254,18 @@ def smtp_tls_server(tmp_path: Path) -> Iterator[SmtpServer]:
         yield SmtpServer("127.0.0.1", controller.port, sink, cert)
     finally:
         controller.stop()
+
+
+# --- HTTP (issue 3) --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback() -> Iterator[Any]:
+    """A real HTTP server on 127.0.0.1 serving canned replies (see tests/loopback.py)."""
+    from .loopback import Loopback
+
+    server = Loopback()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,20 +1,16 @@
-"""Listing sources: one parser per source type, dispatched on the type; each returns Listings.
-
-Only `hf-page` exists so far: text captures of the Hugging Face Daily Papers page.
-"""
+"""The `hf-page` source: text captures of the Hugging Face Daily Papers page."""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from .config import SourceConfig
-from .errors import SourceError
-from .models import Listing, ParseReport
-from .tokens import title_id
+from ..config import HfPageSource
+from ..errors import SourceError
+from ..models import Listing, ParseReport
+from ..tokens import title_id
 
 log = logging.getLogger("digest")
 
@@ -190,7 +186,8 @@ def parse_hf_page(text: str, source: str, now: datetime) -> ParseReport:
     return report
 
 
-def _read_hf_pages(config: SourceConfig, now: datetime) -> ParseReport:
+def read_hf_pages(config: HfPageSource, now: datetime) -> ParseReport:
+    """Read every capture file the source names."""
     path = config.path
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
@@ -213,17 +210,4 @@ def _read_hf_pages(config: SourceConfig, now: datetime) -> ParseReport:
         part = parse_hf_page(text, config.name, now)
         report.listings.extend(part.listings)
         report.warnings.extend(f"{file.name}: {w}" for w in part.warnings)
-    return report
-
-
-_READERS: dict[str, Callable[[SourceConfig, datetime], ParseReport]] = {
-    "hf-page": _read_hf_pages,
-}
-
-
-def read_source(config: SourceConfig, now: datetime) -> ParseReport:
-    """Read every listing a source offers now; raises SourceError if the source as a whole fails."""
-    report = _READERS[config.type](config, now)
-    for warning in report.warnings:
-        log.warning("source %s: %s", config.name, warning)
     return report

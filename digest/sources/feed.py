@@ -1,0 +1,113 @@
+"""The `feed` source: any RSS 0.9x/1.0/2.0 or Atom feed, read by feedparser.
+
+feedparser is untyped and is touched only here (the arXiv RSS reader uses `parse_feed`).
+The body is checked first (an HTML page in place of a feed and undecodable text fail the
+source) and XML that is not well-formed fails the source too, rather than storing whatever
+feedparser's lenient mode salvages from a truncated or broken document.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import xml.sax
+from datetime import UTC, date, datetime
+from typing import Any
+
+import feedparser
+
+from ..config import FeedSource
+from ..errors import SourceError
+from ..models import Listing
+from .http import Fetched
+from .items import Context, arxiv_id, clean, decode, html_to_text, listing_id, safe_url
+
+FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, "
+               "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1")
+
+
+def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
+    """The entries of a fetched RSS or Atom document, as feedparser dicts."""
+    decode(source, fetched, "a feed")  # fails on an HTML page or undecodable bytes
+    headers = {"content-type": fetched.content_type
+               + (f"; charset={fetched.charset}" if fetched.charset else "")}
+    # A stream, never a str: feedparser treats a str that looks like a URL or a file name
+    # as something to open.
+    parsed = feedparser.parse(io.BytesIO(fetched.body), response_headers=headers)
+    if parsed.get("bozo"):
+        exc = parsed.get("bozo_exception")
+        if isinstance(exc, xml.sax.SAXException):
+            raise SourceError(source, f"{fetched.url} is not well-formed XML ({exc})")
+    if not parsed.get("version"):
+        raise SourceError(source, f"{fetched.url} is not an RSS or Atom feed")
+    return [dict(e) for e in parsed.get("entries", [])]
+
+
+def entry_date(entry: dict[str, Any]) -> date | None:
+    """The entry's publication date (else its update date), in UTC."""
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(key)
+        if isinstance(value, time.struct_time):
+            return datetime(*value[:6], tzinfo=UTC).date()
+    return None
+
+
+def entry_authors(entry: dict[str, Any]) -> tuple[str, ...]:
+    """Author names: Atom has one <author> each, RSS often one comma-separated line."""
+    names: list[str] = []
+    for author in entry.get("authors") or []:
+        name = clean(author.get("name")) if isinstance(author, dict) else ""
+        names.extend(n.strip() for n in name.replace(" and ", ", ").split(",") if n.strip())
+    return tuple(dict.fromkeys(names))
+
+
+def entry_tags(entry: dict[str, Any]) -> tuple[str, ...]:
+    """The entry's category terms, in order, without repeats."""
+    terms = (clean(t.get("term")) for t in entry.get("tags") or [] if isinstance(t, dict))
+    return tuple(dict.fromkeys(t for t in terms if t))
+
+
+def feed_item(entry: dict[str, Any], config: FeedSource) -> Listing:
+    """One feed entry as a Listing; ValueError says why an entry is unusable."""
+    title = html_to_text(entry.get("title"))
+    if not title:
+        raise ValueError("no title")
+    link = safe_url(entry.get("link"))
+    guid = clean(entry.get("id")) or None
+    arxiv = arxiv_id(link) or arxiv_id(guid)
+    content = entry.get("content") or []
+    body = entry.get("summary") or (content[0].get("value") if content else "")
+    links = {"abs": f"https://arxiv.org/abs/{arxiv}"} if arxiv else {}
+    for extra in entry.get("links") or []:
+        href = safe_url(extra.get("href"))
+        if href and extra.get("rel") == "enclosure":
+            links.setdefault("enclosure", href)
+    key = None
+    if config.identity == "link":
+        key = guid or link
+        if not key:
+            raise ValueError("no guid or link to key it by (identity = 'link')")
+    return Listing(
+        id=listing_id(arxiv, title, key),
+        title=title,
+        abstract=html_to_text(body),
+        url=link,
+        arxiv_id=arxiv,
+        authors=entry_authors(entry),
+        published=entry_date(entry),
+        categories=entry_tags(entry),
+        sources=(config.name,),
+        links=tuple(sorted(links.items())),
+    )
+
+
+def read_feed(config: FeedSource, ctx: Context) -> None:
+    """Fetch the feed (conditionally) and add its entries to the report."""
+    fetched = ctx.get(config.url, accept=FEED_ACCEPT)
+    if fetched is None:
+        return
+    for i, entry in enumerate(parse_feed(ctx.name, fetched)):
+        try:
+            ctx.report.listings.append(feed_item(entry, config))
+        except (ValueError, TypeError, AttributeError) as exc:
+            ctx.skip(f"entry {i + 1}", str(exc))

@@ -1,0 +1,244 @@
+"""HTTP for every source: timeouts, retries with backoff, a size cap, a polite User-Agent and
+conditional GET.
+
+Retries cover connection errors, timeouts, HTTP 429 and 5xx. The delay doubles from
+`[http] backoff` up to `max_backoff`, times a random factor in [0.5, 1] ("jitter", so many
+clients do not retry in step); a `Retry-After` header replaces it, unless it asks for more
+than `max_retry_after`, in which case the source fails at once rather than hang the run.
+The body cap counts decoded bytes, so a small gzip bomb is stopped as well as a huge file.
+
+The transport, the sleep function, the monotonic clock and the random source are
+parameters, so tests run against a loopback server without waiting for real seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httpx
+
+from .. import __version__
+from ..config import HttpConfig
+from ..errors import SourceError
+from ..models import CacheValidators
+
+log = logging.getLogger("digest")
+
+
+def user_agent(config: HttpConfig) -> str:
+    """The User-Agent: the tool, its version and, when configured, a contact URL."""
+    base = f"digest/{__version__} (python-httpx/{httpx.__version__})"
+    return f"{base} (+{config.contact})" if config.contact else base
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A successful response, read in full."""
+
+    url: str
+    body: bytes
+    content_type: str
+    charset: str | None
+    validators: CacheValidators
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """The wait a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+class Fetcher:
+    """An HTTP client for the sources of one fetch run; share it across sources so per-host
+    pacing (arXiv's three seconds) holds across them."""
+
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.sleep = sleep
+        self.clock = clock
+        self.rng = rng
+        self.client = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+            headers={"User-Agent": user_agent(config)},
+            follow_redirects=True,
+            max_redirects=5,
+        )
+        self._intervals: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.client.close()
+
+    def pace(self, url: str, seconds: float) -> None:
+        """Leave at least `seconds` between the end of one request to this host and the
+        start of the next."""
+        host = urlsplit(url).netloc
+        self._intervals[host] = max(seconds, self._intervals.get(host, 0.0))
+
+    def _wait_turn(self, host: str) -> None:
+        interval = self._intervals.get(host)
+        last = self._last.get(host)
+        if interval and last is not None:
+            wait = last + interval - self.clock()
+            if wait > 0:
+                log.debug("waiting %.1fs before the next request to %s", wait, host)
+                self.sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.config.max_backoff, self.config.backoff * 2.0**attempt)
+        return delay * (0.5 + 0.5 * self.rng())
+
+    def get(
+        self,
+        source: str,
+        url: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        validators: CacheValidators | None = None,
+        accept: str = "*/*",
+    ) -> Fetched | None:
+        """GET `url`; None when the server says it has not changed since `validators`.
+
+        Raises SourceError naming `source` and the reason once retries are used up.
+        """
+        headers = {"Accept": accept}
+        if validators and validators.etag:
+            headers["If-None-Match"] = validators.etag
+        if validators and validators.last_modified:
+            headers["If-Modified-Since"] = validators.last_modified
+        host = urlsplit(url).netloc
+        attempts = self.config.retries + 1
+        for attempt in range(attempts):
+            self._wait_turn(host)
+            try:
+                try:
+                    return self._once(source, url, params, headers)
+                finally:
+                    self._last[host] = self.clock()
+            except _Retryable as exc:
+                if attempt + 1 == attempts:
+                    tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
+                    raise SourceError(source, f"{exc.reason} (gave up after {tries})") from None
+                delay = exc.wait if exc.wait is not None else self._backoff(attempt)
+                log.warning("source %s: %s; retrying in %.1fs", source, exc.reason, delay)
+                self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(
+        self, source: str, url: str, params: Mapping[str, str | int] | None,
+        headers: dict[str, str],
+    ) -> Fetched | None:
+        cap = self.config.max_bytes
+        total = self.config.total_timeout
+        deadline = time.monotonic() + total
+        log.debug("source %s: GET %s %s", source, url, dict(params or {}))
+        try:
+            with self.client.stream("GET", url, params=params, headers=headers) as response:
+                status = response.status_code
+                shown = str(response.url)
+                if status == 304:
+                    return None
+                if status == 429 or status >= 500:
+                    wait = retry_after_seconds(response.headers.get("Retry-After"),
+                                               datetime.now(UTC))
+                    if wait is not None and wait > self.config.max_retry_after:
+                        raise SourceError(
+                            source,
+                            f"HTTP {status} from {shown}; the server asks to retry after "
+                            f"{wait:.0f}s, more than [http] max_retry_after "
+                            f"({self.config.max_retry_after:.0f}s)",
+                        )
+                    raise _Retryable(f"HTTP {status} from {shown}", wait)
+                if status >= 400 or status < 200:
+                    raise SourceError(source, f"HTTP {status} from {shown}",
+                                      hint="check the source's url (or query) in digest.toml")
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise _TooLarge
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise _TooLarge
+                    chunks.append(chunk)
+                    # The read timeout is per chunk; a server that trickles bytes forever
+                    # would never trip it. (The real clock: this guards real time.)
+                    if time.monotonic() > deadline:
+                        raise _Retryable(f"timed out (total, {total:g}s) fetching {url}")
+                content_type = response.headers.get("Content-Type", "")
+                return Fetched(
+                    url=shown,
+                    body=b"".join(chunks),
+                    content_type=content_type.split(";")[0].strip().lower(),
+                    charset=response.charset_encoding,
+                    validators=CacheValidators(
+                        etag=response.headers.get("ETag"),
+                        last_modified=response.headers.get("Last-Modified"),
+                    ),
+                )
+        except _TooLarge:
+            raise SourceError(
+                source, f"response from {url} is larger than [http] max_bytes ({cap} bytes)"
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise _Retryable(f"timed out ({_kind(exc)}) fetching {url}") from None
+        except httpx.TooManyRedirects:
+            raise SourceError(source, f"too many redirects from {url}") from None
+        except httpx.DecodingError as exc:
+            raise SourceError(source, f"cannot decode the response from {url}: {exc}") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+
+
+def _kind(exc: httpx.TimeoutException) -> str:
+    return {
+        httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read",
+        httpx.WriteTimeout: "write", httpx.PoolTimeout: "pool",
+    }.get(type(exc), "timeout")

@@ -1,0 +1,149 @@
+"""The `jsonl` source: listings you produce yourself, one JSON object per line (UTF-8),
+from a local file or a URL. The schema is `JsonlItem` (and the README's "JSON Lines
+schema"); blank lines are ignored, a malformed line is skipped and counted, and keys the
+schema does not know are ignored with one warning per source, so producers can add fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..config import JsonlSource
+from ..errors import SourceError
+from ..models import Listing
+from .items import Context, arxiv_id, clean, decode, listing_id, safe_url
+
+log = logging.getLogger("digest")
+
+
+class JsonlItem(BaseModel):
+    """One line of a `jsonl` source."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    title: str = Field(min_length=1, description="Required. The listing's title.")
+    abstract: str = Field("", description="The text that is matched and excerpted.")
+    id: str | None = Field(
+        None, description="Your stable id; an arXiv id here counts as `arxiv_id`."
+    )
+    arxiv_id: str | None = Field(None, description="e.g. '2405.00332' (a version is dropped).")
+    url: str | None = Field(None, description="Where the title links to (http or https).")
+    authors: list[str] = Field(default_factory=list, description="Author names, in order.")
+    organization: str | None = Field(None, description="Shown when there are no authors.")
+    published: date | datetime | None = Field(
+        None, description="ISO 8601 date or date-time."
+    )
+    upvotes: int | None = Field(None, ge=0, description="A popularity count, if you have one.")
+    categories: list[str] = Field(default_factory=list, description="e.g. arXiv categories.")
+    links: dict[str, str] = Field(
+        default_factory=dict, description="More links by label, e.g. {\"pdf\": \"https://...\"}."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and safe_url(value) is None:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("links")
+    @classmethod
+    def _http_links(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, url in value.items():
+            if safe_url(url) is None:
+                raise ValueError(f"{label!r}: must be an http:// or https:// URL")
+        return value
+
+
+_KNOWN = set(JsonlItem.model_fields)
+
+
+def jsonl_item(data: Any, config: JsonlSource) -> Listing:
+    """One decoded line as a Listing; ValueError says why it is unusable."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        item = JsonlItem.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(line)"
+        problem = "required key is missing" if first["type"] == "missing" else first["msg"]
+        raise ValueError(f"{where}: {problem.removeprefix('Value error, ')}") from None
+    arxiv = arxiv_id(item.arxiv_id) or arxiv_id(item.id)
+    if item.arxiv_id and not arxiv:
+        raise ValueError(f"arxiv_id: {item.arxiv_id!r} is not an arXiv id")
+    key = None
+    if config.identity == "link" and not arxiv:
+        key = item.id or item.url
+        if not key:
+            raise ValueError("no id or url to key it by (identity = 'link')")
+    published = item.published.date() if isinstance(item.published, datetime) \
+        else item.published
+    return Listing(
+        id=listing_id(arxiv, clean(item.title), key),
+        title=clean(item.title),
+        abstract=clean(item.abstract),
+        url=item.url or (f"https://arxiv.org/abs/{arxiv}" if arxiv else None),
+        arxiv_id=arxiv,
+        authors=tuple(clean(a) for a in item.authors if a.strip()),
+        organization=clean(item.organization) or None,
+        published=published,
+        upvotes=item.upvotes,
+        categories=tuple(dict.fromkeys(clean(c) for c in item.categories if c.strip())),
+        sources=(config.name,),
+        links=tuple(sorted(item.links.items())),
+    )
+
+
+def parse_jsonl(text: str, config: JsonlSource, ctx: Context) -> None:
+    """Add each line's listing to the report; bad lines are skipped and counted."""
+    unknown: Counter[str] = Counter()
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            if isinstance(data, dict):
+                unknown.update(k for k in data if k not in _KNOWN)
+            ctx.report.listings.append(jsonl_item(data, config))
+        except json.JSONDecodeError as exc:
+            ctx.skip(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except ValueError as exc:
+            ctx.skip(f"line {number}", str(exc))
+    if unknown:
+        keys = ", ".join(f"{k!r} ({n} line{'s' if n > 1 else ''})" for k, n in unknown.items())
+        log.warning("source %s: unknown keys ignored: %s", config.name, keys)
+
+
+def read_jsonl(config: JsonlSource, ctx: Context) -> None:
+    """Read the file or URL."""
+    if config.url is not None:
+        fetched = ctx.get(config.url, accept="application/jsonl, application/x-ndjson, */*")
+        if fetched is None:
+            return
+        text = decode(ctx.name, fetched, "JSON Lines")
+    else:
+        assert config.path is not None
+        cap = ctx.fetcher.config.max_bytes
+        try:
+            if config.path.stat().st_size > cap:
+                raise SourceError(ctx.name, f"{config.path} is larger than [http] max_bytes "
+                                            f"({cap} bytes)")
+            body = config.path.read_bytes()
+        except FileNotFoundError:
+            raise SourceError(ctx.name, f"{config.path} does not exist",
+                              hint="check [[sources]] path") from None
+        except OSError as exc:
+            raise SourceError(ctx.name, f"cannot read {config.path}: {exc.strerror}") from None
+        try:
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SourceError(ctx.name, f"{config.path} is not UTF-8 text (byte {exc.start}: "
+                                        f"{exc.reason})") from None
+    parse_jsonl(text, config, ctx)

@@ -1,0 +1,324 @@
+"""Each source type against fixtures that follow the real formats, served over loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from digest.config import AnySource
+from digest.errors import SourceError
+from digest.models import Listing, ParseReport
+from digest.sources import parse_hf_page, read_source
+from digest.sources.items import arxiv_id, html_to_text
+
+from .conftest import SEEDS
+from .loopback import FIXTURES, FakeTime, Loopback, Reply, make_fetcher
+
+NOW = dt.datetime(2024, 5, 2, 12, 0, tzinfo=dt.UTC)
+_SOURCE: TypeAdapter[Any] = TypeAdapter(AnySource)
+
+
+def source(**fields: Any) -> Any:
+    """A validated [[sources]] entry."""
+    return _SOURCE.validate_python({"name": "src", **fields})
+
+
+def read(config: Any, time_: FakeTime | None = None, **http: Any) -> ParseReport:
+    with make_fetcher(time_ or FakeTime(), **http) as fetcher:
+        return read_source(config, NOW, fetcher)
+
+
+def by_id(listings: list[Listing]) -> dict[str, Listing]:
+    return {x.id: x for x in listings}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2405.00332v2", "2405.00332"),
+        ("2405.00332", "2405.00332"),
+        ("arXiv:2405.00332v12", "2405.00332"),
+        ("http://arxiv.org/abs/2405.00332v2", "2405.00332"),
+        ("https://arxiv.org/pdf/2405.00332v1", "2405.00332"),
+        ("oai:arXiv.org:2405.00332v3", "2405.00332"),
+        ("https://huggingface.co/papers/2405.00332", "2405.00332"),
+        ("http://arxiv.org/abs/hep-th/9901001v1", "hep-th/9901001"),
+        ("math.CO/0102003v2", "math.CO/0102003"),
+        ("0704.0001", "0704.0001"),
+        ("https://example.org/2405.00332", None),
+        ("not-an-id", None),
+        ("", None),
+    ],
+)
+def test_arxiv_ids_lose_their_version_suffix(raw: str, expected: str | None) -> None:
+    assert arxiv_id(raw) == expected
+
+
+def test_html_to_text_keeps_only_visible_text() -> None:
+    assert html_to_text("<p>A <b>bold</b> &amp; brave</p><script>x()</script> end") == \
+        "A bold & brave end"
+
+
+def test_hf_page_seeds_are_parsed_exactly_as_before() -> None:
+    listings = []
+    for path in sorted(SEEDS.glob("*.txt")):
+        listings += parse_hf_page(path.read_text("utf-8"), "seeds", NOW).listings
+    assert len(listings) == 381
+    assert len({x.id for x in listings}) == 350
+    assert all(x.id.startswith("title:") for x in listings)
+
+
+# --- hf-daily ---------------------------------------------------------------------------------
+
+
+def test_hf_daily_maps_every_known_field(loopback: Loopback) -> None:
+    url = loopback.route("/api/daily_papers",
+                         Reply.fixture("hf_daily_2024-05-02.json", "application/json"))
+    report = read(source(type="hf-daily", url=url, days=1))
+    got = by_id(report.listings)
+    assert set(got) == {"2405.00332", "2405.00451", "2405.00677"}
+    paper = got["2405.00332"]
+    assert paper.title.startswith("A Careful Examination of Large Language Model")
+    assert paper.abstract.startswith("Large language models (LLMs) have achieved impressive "
+                                     "success on many benchmarks for mathematical reasoning.")
+    assert "\n" not in paper.abstract
+    assert paper.authors == ("Hugh Zhang", "Jeff Da", "Dean Lee")
+    assert paper.upvotes == 31
+    assert paper.published == dt.date(2024, 5, 1)
+    assert paper.organization == "Scale AI"
+    assert paper.arxiv_id == "2405.00332"
+    assert paper.url == "https://huggingface.co/papers/2405.00332"
+    assert dict(paper.links)["code"] == "https://github.com/example/gsm1k"
+    assert dict(paper.links)["pdf"] == "https://arxiv.org/pdf/2405.00332"
+    assert paper.sources == ("src",)
+    # The organisation can sit on the item rather than the paper; a project page is a link.
+    second = got["2405.00451"]
+    assert second.organization == "University of Illinois"
+    assert dict(second.links)["project"] == "https://example.org/shared-kv"
+    assert "code" not in dict(second.links)  # githubRepo: null
+    minimal = got["2405.00677"]
+    assert (minimal.abstract, minimal.authors, minimal.upvotes, minimal.published) == \
+        ("", (), None, None)
+    assert report.skipped == 2
+    assert any("no 'paper' object" in w for w in report.warnings)
+    assert any("no title" in w for w in report.warnings)
+
+
+def test_hf_daily_asks_for_each_of_the_last_days(loopback: Loopback) -> None:
+    url = loopback.route("/api/daily_papers", Reply(b"[]", content_type="application/json"))
+    read(source(type="hf-daily", url=url, days=3, limit=50))
+    queries = [r.query for r in loopback.hits("/api/daily_papers")]
+    assert queries == [{"date": d, "limit": "50"}
+                       for d in ("2024-05-02", "2024-05-01", "2024-04-30")]
+
+
+# --- arxiv ------------------------------------------------------------------------------------
+
+
+def _arxiv_pages(loopback: Loopback) -> str:
+    return loopback.route(
+        "/api/query",
+        Reply.fixture("arxiv_api_page1.xml", "application/atom+xml; charset=utf-8"),
+        Reply.fixture("arxiv_api_page2.xml", "application/atom+xml; charset=utf-8"),
+    )
+
+
+def test_arxiv_api_pages_through_results_with_a_pause(loopback: Loopback) -> None:
+    url = _arxiv_pages(loopback)
+    time_ = FakeTime()
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3,
+                         max_results=50), time_)
+    hits = loopback.hits("/api/query")
+    assert [h.query["start"] for h in hits] == ["0", "3"]
+    assert hits[0].query == {"search_query": "cat:cs.CL", "start": "0", "max_results": "3",
+                             "sortBy": "submittedDate", "sortOrder": "descending"}
+    # The three seconds arXiv asks for, between the two requests (and only there).
+    assert time_.sleeps == [3.0]
+    got = by_id(report.listings)
+    assert list(got) == ["2405.00332", "2405.00200", "2404.19756", "hep-th/9901001"]
+    paper = got["2405.00332"]
+    assert paper.title == ("A Careful Examination of Large Language Model Performance on "
+                           "Grade School Arithmetic")
+    assert paper.categories == ("cs.CL", "cs.AI", "cs.LG")
+    assert paper.authors == ("Hugh Zhang", "Jeff Da", "Dean Lee")
+    assert paper.published == dt.date(2024, 5, 1)
+    assert paper.url == "https://arxiv.org/abs/2405.00332"
+    assert dict(paper.links)["pdf"] == "https://arxiv.org/pdf/2405.00332"
+    assert paper.upvotes is None
+    assert dict(got["2405.00200"].links)["doi"] == "http://dx.doi.org/10.1234/rag.2024.1"
+    assert got["hep-th/9901001"].categories == ("hep-th", "cs.CL")
+    assert report.skipped == 1 and "not an arXiv id" in report.warnings[0]
+
+
+def test_arxiv_api_asks_again_after_an_empty_page(loopback: Loopback) -> None:
+    url = loopback.route(
+        "/api/query",
+        Reply.fixture("arxiv_api_page1.xml", "application/atom+xml"),
+        Reply.fixture("arxiv_api_empty.xml", "application/atom+xml"),
+        Reply.fixture("arxiv_api_page2.xml", "application/atom+xml"),
+    )
+    time_ = FakeTime()
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3), time_)
+    assert [h.query["start"] for h in loopback.hits("/api/query")] == ["0", "3", "3"]
+    assert len(report.listings) == 4
+    assert time_.sleeps == [3.0, 3.0]
+
+
+def test_arxiv_api_gives_up_on_a_page_that_stays_empty(loopback: Loopback) -> None:
+    url = loopback.route(
+        "/api/query",
+        Reply.fixture("arxiv_api_page1.xml", "application/atom+xml"),
+        Reply.fixture("arxiv_api_empty.xml", "application/atom+xml"),
+    )
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3))
+    assert [h.query["start"] for h in loopback.hits("/api/query")] == ["0", "3", "3", "3"]
+    assert len(report.listings) == 2
+
+
+def test_arxiv_api_stops_at_max_results(loopback: Loopback) -> None:
+    url = _arxiv_pages(loopback)
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3,
+                         max_results=3))
+    assert len(loopback.hits("/api/query")) == 1
+    assert len(report.listings) == 2
+
+
+def test_arxiv_api_stops_paging_at_entries_older_than_days(loopback: Loopback) -> None:
+    url = _arxiv_pages(loopback)
+    report = read(source(type="arxiv", query="cat:cs.CL", api_url=url, page_size=3, days=2))
+    assert [x.id for x in report.listings] == ["2405.00332", "2405.00200", "2404.19756"]
+    assert len(loopback.hits("/api/query")) == 2
+
+
+def test_arxiv_api_error_entry_fails_the_source_with_arxivs_message(
+        loopback: Loopback) -> None:
+    url = loopback.route("/api/query", Reply.fixture("arxiv_api_error.xml",
+                                                     "application/atom+xml"))
+    with pytest.raises(SourceError, match="refused the query: incorrect id format for cat:"):
+        read(source(type="arxiv", query="cat:", api_url=url))
+
+
+def test_arxiv_rss_new_cross_and_replace(loopback: Loopback) -> None:
+    url = loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
+                                                     "application/rss+xml; charset=utf-8"))
+    report = read(source(type="arxiv", rss=url))
+    new = by_id(report.listings)
+    assert set(new) == {"2405.00501", "2405.00200"}  # new + cross
+    moe = new["2405.00501"]
+    assert moe.authors == ("Lin Chen", "Maria Garcia", "Tom Baker")
+    assert moe.categories == ("cs.LG", "cs.AI")
+    assert moe.abstract.startswith("We route tokens to experts")
+    assert "Announce Type" not in moe.abstract
+    assert moe.published == dt.date(2024, 5, 2)
+    assert moe.url == "https://arxiv.org/abs/2405.00501"
+    # replace and replace-cross are updates of older papers, never new listings.
+    assert {x.id for x in report.updates} == {"2405.00332", "2301.01234"}
+    assert report.skipped == 1 and "no arXiv id" in report.warnings[0]
+
+
+# --- feed -------------------------------------------------------------------------------------
+
+
+def test_rss2_feed_in_latin1(loopback: Loopback) -> None:
+    url = loopback.route("/toc.rss", Reply.fixture("rss2.xml", "application/rss+xml"))
+    report = read(source(type="feed", url=url))
+    first, second = report.listings
+    assert first.title == "Diffusion Models for Protein Design"
+    assert first.abstract == "We use diffusion models to design proteins & binders."
+    assert first.url == "https://journal.example.org/articles/101"
+    assert first.categories == ("Biology", "Generative models")
+    assert first.published == dt.date(2024, 5, 1)
+    assert first.id.startswith("title:")
+    assert second.title == "Café au lait: text-to-image in Latin-1"
+    assert second.authors == ("René Dupont",)
+    assert report.skipped == 1 and "no title" in report.warnings[0]
+
+
+def test_atom_feed(loopback: Loopback) -> None:
+    url = loopback.route("/feed.atom", Reply.fixture("atom.xml", "application/atom+xml"))
+    report = read(source(type="feed", url=url, identity="link"))
+    blog, repro = report.listings
+    assert blog.title == "Notes on KV cache compression"
+    assert blog.abstract == "How we shrank the KV cache by 4x."
+    assert blog.authors == ("Ada Lovelace", "Charles Babbage")
+    assert blog.categories == ("inference", "systems")
+    assert blog.published == dt.date(2024, 5, 2)
+    assert blog.id.startswith("url:")
+    assert dict(blog.links)["enclosure"] == "https://blog.example.org/2024/05/kv-cache.mp3"
+    # An entry that links to an arXiv paper is that paper, whatever the identity setting.
+    assert repro.id == "2405.00451" and repro.arxiv_id == "2405.00451"
+    assert repro.abstract == "A full reproduction ."
+
+
+# --- jsonl ------------------------------------------------------------------------------------
+
+
+def _check_jsonl(report: ParseReport) -> None:
+    got = by_id(report.listings)
+    paper = got["2405.01111"]
+    assert paper.arxiv_id == "2405.01111"
+    assert paper.authors == ("Kenji Sato", "Ada Lovelace")
+    assert paper.categories == ("cs.LG", "cs.AR")
+    assert paper.upvotes == 7
+    assert paper.published == dt.date(2024, 5, 1)
+    assert paper.url == "https://arxiv.org/abs/2405.01111"
+    assert dict(paper.links) == {"code": "https://github.com/example/edge-spec"}
+    titles = {x.title for x in report.listings}
+    assert titles == {"Speculative Decoding for Edge Devices",
+                      "Senior Research Engineer, Inference", "Only a title"}
+    job = next(x for x in report.listings if x.title.startswith("Senior"))
+    assert (job.organization, job.url, job.published) == (
+        "Example Labs", "https://jobs.example.org/4411", dt.date(2024, 5, 2))
+    assert report.skipped == 4
+    joined = "\n".join(report.warnings)
+    for expected in ("line 4: url: must be an http:// or https:// URL",
+                     "line 5: title: required key is missing",
+                     "line 6: not valid JSON", "line 7: expected a JSON object, got list"):
+        assert expected in joined
+
+
+def test_jsonl_file(tmp_path: Path) -> None:
+    _check_jsonl(read(source(type="jsonl", path=str(FIXTURES / "listings.jsonl"))))
+
+
+def test_jsonl_url(loopback: Loopback) -> None:
+    url = loopback.route("/listings.jsonl", Reply.fixture("listings.jsonl",
+                                                          "application/jsonl"))
+    _check_jsonl(read(source(type="jsonl", url=url)))
+
+
+def test_jsonl_identity_link_keys_by_id(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"title": "Engineer", "id": "a"}\n{"title": "Engineer", "id": "b"}\n'
+                    '{"title": "Engineer"}\n', "utf-8")
+    report = read(source(type="jsonl", path=str(path), identity="link"))
+    assert len({x.id for x in report.listings}) == 2
+    assert all(x.id.startswith("url:") for x in report.listings)
+    assert report.skipped == 1 and "no id or url" in report.warnings[0]
+
+
+def test_jsonl_missing_file_fails_the_source(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"source 'src': .*missing.jsonl does not exist"):
+        read(source(type="jsonl", path=str(tmp_path / "missing.jsonl")))
+
+
+def test_jsonl_file_with_bad_encoding_fails_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"title": "Café"}\n'.encode("latin-1"))
+    with pytest.raises(SourceError, match="is not UTF-8 text"):
+        read(source(type="jsonl", path=str(path)))
+
+
+def test_rss1_rdf_feed(loopback: Loopback) -> None:
+    url = loopback.route("/toc.rdf", Reply.fixture("rss1.rdf", "application/rdf+xml"))
+    (letter,) = read(source(type="feed", url=url)).listings
+    assert letter.title == "Quantized Attention Kernels"
+    assert letter.abstract == "Eight-bit attention without accuracy loss."
+    assert letter.authors == ("Grace Hopper",)
+    assert letter.published == dt.date(2024, 4, 29)
+    assert letter.categories == ("Systems",)
+    assert letter.url == "https://toc.example.org/letters/7"
