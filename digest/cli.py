@@ -237,3 +237,18 @@ def run(config_path: Path, once: bool) -> None:
         return
     out.print(f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False)
     schedule.run_forever(settings)
+
+
+@cli.command()
+@config_option
+@click.option("--host", help="Address to listen on (default: [server] host).")
+@click.option("--port", type=int, help="Port to listen on (default: [server] port).")
+def serve(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve one-click unsubscribe links and live previews of every digest (/preview)."""
+    from . import web
+
+    settings = _settings(config_path)
+    where = f"http://{host or settings.server.host}:{port or settings.server.port}"
+    out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
+              highlight=False)
+    web.serve(settings, host, port)
