@@ -40,7 +40,7 @@ log = logging.getLogger("digest")
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
-    "form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
 )
 
 _PAGES = jinja2.Environment(
