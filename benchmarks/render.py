@@ -15,8 +15,14 @@ import time
 from collections.abc import Callable
 
 from digest.models import Digest, Listing, Match, Section, Subscriber, Topic
-from digest.render import Links, RenderedEmail, compiled_template, environment, render
-from digest.render import render_reference
+from digest.render import (
+    Links,
+    RenderedEmail,
+    compiled_template,
+    environment,
+    render,
+    render_reference,
+)
 
 ABSTRACT = (
     "Large language models are expensive to serve. We study speculative decoding with a "
