@@ -251,4 +251,4 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     where = f"http://{host or settings.server.host}:{port or settings.server.port}"
     out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
               highlight=False)
-    web.serve(settings, host, port)
+    web.serve(settings, host, port, now=_now)

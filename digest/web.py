@@ -132,6 +132,11 @@ def _bad_link(reason: str) -> HTMLResponse:
                  text=f"We could not use this link: {reason}. Nothing was changed.")
 
 
+def _previews_off() -> HTMLResponse:
+    return _page("error.html", 404, title="Not found", heading="Not found",
+                 text="Previews are turned off ([server] preview = false).")
+
+
 def create_app(
     settings: Settings, now: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Starlette:
@@ -206,8 +211,7 @@ def create_app(
 
     def preview_list(request: Request) -> Response:
         if not settings.server.preview:
-            return _page("error.html", 404, title="Not found", heading="Not found",
-                         text="Previews are turned off ([server] preview = false).")
+            return _previews_off()
         database = db()
         rows = []
         for entry in iter_subscribers(folder, settings.defaults):
@@ -224,11 +228,13 @@ def create_app(
 
     def composed_for(request: Request) -> tuple[pipeline.Composed | None, Subscriber] | Response:
         if not settings.server.preview:
-            return _page("error.html", 404, title="Not found", heading="Not found",
-                         text="Previews are turned off ([server] preview = false).")
+            return _previews_off()
         sid = request.path_params["sid"]
         path = folder / f"{sid}.toml"
-        if "/" in sid or sid.startswith(".") or not path.is_file():
+        part = request.path_params.get("part")
+        if "/" in sid or sid.startswith(".") or not path.is_file() or part not in (
+            None, "html", "message.eml"
+        ):
             return _page("error.html", 404, title="Not found", heading="No such subscriber",
                          text=f"There is no subscriber file for {sid!r}.")
         try:
@@ -255,7 +261,8 @@ def create_app(
             unsubscribed=store.is_unsubscribed(db(), subscriber.id),
         )
 
-    def preview_html(request: Request) -> Response:
+    def preview_raw(request: Request) -> Response:
+        """The HTML part alone, or the whole message as it would be sent (.eml)."""
         found = composed_for(request)
         if isinstance(found, Response):
             return found
@@ -263,16 +270,9 @@ def create_app(
         if composed is None:
             return _page("error.html", 404, title="Nothing to send", heading="Nothing to send",
                          text="Nothing matches right now.")
-        return HTMLResponse(composed.rendered.html, headers={"Content-Security-Policy": CSP})
-
-    def preview_eml(request: Request) -> Response:
-        found = composed_for(request)
-        if isinstance(found, Response):
-            return found
-        composed, _subscriber = found
-        if composed is None:
-            return _page("error.html", 404, title="Nothing to send", heading="Nothing to send",
-                         text="Nothing matches right now.")
+        if request.path_params["part"] == "html":
+            return HTMLResponse(composed.rendered.html,
+                                headers={"Content-Security-Policy": CSP})
         return Response(composed.outgoing.data, media_type="text/plain; charset=utf-8")
 
     def home(request: Request) -> Response:
@@ -287,15 +287,17 @@ def create_app(
         Route("/resubscribe", resubscribe, methods=["GET", "POST"]),
         Route("/preview", preview_list),
         Route("/preview/{sid}", preview_one),
-        Route("/preview/{sid}/html", preview_html),
-        Route("/preview/{sid}/message.eml", preview_eml),
+        Route("/preview/{sid}/{part:str}", preview_raw),
     ])
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+def serve(
+    settings: Settings, host: str | None = None, port: int | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> None:
     """Run the app under uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(settings)
+    app = create_app(settings, now)
     uvicorn.run(app, host=host or settings.server.host, port=port or settings.server.port,
                 log_level="warning", proxy_headers=False)
