@@ -248,7 +248,9 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     from . import web
 
     settings = _settings(config_path)
-    where = f"http://{host or settings.server.host}:{port or settings.server.port}"
+    app = web.create_app(settings, now=_now)
+    host, port = host or settings.server.host, port or settings.server.port
+    where = f"http://{host}:{port}"
     out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
               highlight=False)
-    web.serve(settings, host, port, now=_now)
+    web.serve(app, host, port)

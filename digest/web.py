@@ -291,13 +291,8 @@ def create_app(
     ])
 
 
-def serve(
-    settings: Settings, host: str | None = None, port: int | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> None:
-    """Run the app under uvicorn until interrupted."""
+def serve(app: Starlette, host: str, port: int) -> None:
+    """Run `app` under uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(settings, now)
-    uvicorn.run(app, host=host or settings.server.host, port=port or settings.server.port,
-                log_level="warning", proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

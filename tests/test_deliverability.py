@@ -21,7 +21,7 @@ from digest.config import load_settings
 from digest.errors import ConfigError
 from digest.render import environment
 
-from .conftest import Project
+from .conftest import REPO, Project
 from .samples import HOSTILE_TITLES, NOW, digest, subscriber
 
 SECRET = "test-secret-0123456789"
@@ -152,11 +152,15 @@ def test_spamassassin_scores_the_example_digests_low(project: Project,
     if spamassassin is None:
         pytest.skip("spamassassin is not installed (apt-get install spamassassin; .ci/run does)")
     configured(project, monkeypatch)
+    # The example subscribers of config/, as well as the fixture's two.
+    for example in (REPO / "config" / "subscribers").glob("*.toml"):
+        shutil.copy(example, project.subscribers / f"example-{example.name}")
     settings = load_settings(project.config)
     db = store.open_db(settings.store.path)
     pipeline.fetch(settings, db, NOW)
     report = pipeline.send(settings, db, NOW)
     assert {o.status for o in report.outcomes} == {"sent"}
+    assert len(report.outcomes) >= 6
     for eml in sorted(project.outbox.glob("*.eml")):
         # -L: local tests only (no DNS, no network); -t: report the score and the rules hit.
         run = subprocess.run([spamassassin, "-L", "-t"], input=eml.read_bytes(),

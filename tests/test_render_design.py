@@ -3,7 +3,11 @@ the fast path producing the same content as the straightforward pipeline."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import time
+from pathlib import Path
 
 import lxml.html
 import pytest
@@ -11,6 +15,7 @@ import pytest
 from digest.render import (
     Links,
     compiled_template,
+    default_template_dir,
     environment,
     render,
     render_reference,
@@ -130,3 +135,16 @@ def test_excerpts_are_cut_at_a_word_boundary() -> None:
     last_word = text[:-2].split()[-1]
     assert re.search(rf"\b{re.escape(last_word)}\b", text)
     assert text[:-2].rstrip() + " " in (excerpt.text_content()[:-2] + " ")
+
+
+def test_an_edited_template_is_recompiled(tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    shutil.copytree(default_template_dir(), folder)
+    env = environment(folder)
+    first = render(digest(2), LINKS, env).html
+    assert "for you</h1>" in first
+    source = folder / "digest.mjml.j2"
+    source.write_text(source.read_text().replace("for you</h1>", "today</h1>"))
+    os.utime(source, (time.time() + 5, time.time() + 5))  # a new mtime, whatever the clock
+    second = render(digest(2), LINKS, env).html
+    assert "today</h1>" in second and "for you</h1>" not in second

@@ -3,11 +3,15 @@ unsubscribe (RFC 8058), resubscribe, forged tokens, and the preview pages."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from email import message_from_bytes, policy
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -194,3 +198,56 @@ def test_preview_renders_live_from_the_current_templates(project: Project, serve
     first = httpx.get(server + "/preview/grace/html").text
     assert "Diffusion" in first
     assert httpx.get(server + "/preview/nobody").status_code == 404
+
+
+def test_unsubscribe_never_rewrites_subscriber_files(project: Project, server: str) -> None:
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+              for p in project.subscribers.iterdir()}
+    r = httpx.post(unsubscribe_link(project, "ada"), content=b"List-Unsubscribe=One-Click")
+    assert r.status_code == 200 and state(project, "ada")
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+             for p in project.subscribers.iterdir()}
+    assert before == after
+    events = list(store.open_db(project.db_path).query(
+        "select subscriber_id, email, action, via from subscription_events"))
+    assert events == [{"subscriber_id": "ada", "email": "ada@example.org",
+                       "action": "unsubscribe", "via": "web"}]
+
+
+def test_digest_serve_command_listens_where_configured(project: Project,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    project.write_config(f"""
+    [server]
+    host = "127.0.0.1"
+    port = {port}
+    """)
+    env = {**os.environ, "DIGEST_SECRET": SECRET, "DIGEST_NOW": NOW.isoformat()}
+    digest_bin = Path(sys.executable).parent / "digest"
+    proc = subprocess.Popen([str(digest_bin), "serve", "--config", str(project.config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/preview", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.05)
+        else:
+            pytest.fail("digest serve did not start listening")
+        assert r.status_code == 200 and "Ada Lovelace (ada)" in r.text
+        assert "2026-11-25T12:00+00:00" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_digest_serve_without_a_secret_is_a_one_line_error(project: Project) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DIGEST_SECRET"} | {"COLUMNS": "200"}
+    digest_bin = Path(sys.executable).parent / "digest"
+    run = subprocess.run([str(digest_bin), "serve", "--config", str(project.config)],
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1 and run.stdout == ""
+    assert "environment variable DIGEST_SECRET is not set" in run.stderr
+    assert "hint: export DIGEST_SECRET=" in run.stderr
