@@ -164,13 +164,20 @@ class DkimSigner:
         return bytes(signature) + data
 
 
+_signers: dict[tuple[str, str, Path, int], DkimSigner] = {}
+
+
 def load_signer(config: DkimConfig) -> DkimSigner | None:
-    """The signer `[dkim]` asks for, or None when DKIM is not configured."""
+    """The signer `[dkim]` asks for, or None when DKIM is not configured. The key is read
+    and checked once, and again only when the key file changes."""
     if not config.enabled:
         return None
     assert config.private_key_path and config.selector and config.domain
     path = config.private_key_path
     try:
+        cache_key = (config.selector, config.domain, path, path.stat().st_mtime_ns)
+        if cache_key in _signers:
+            return _signers[cache_key]
         key = path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read the DKIM private key: {exc.strerror}",
@@ -180,7 +187,8 @@ def load_signer(config: DkimConfig) -> DkimSigner | None:
     except dkim.crypto.UnparsableKeyError:
         raise ConfigError(path, None, "not a PEM RSA private key",
                           hint="make one with: openssl genrsa -out dkim.pem 2048") from None
-    return DkimSigner(config.selector, config.domain, key)
+    signer = _signers[cache_key] = DkimSigner(config.selector, config.domain, key)
+    return signer
 
 
 class Sender(Protocol):

@@ -3,6 +3,7 @@ the fast path producing the same content as the straightforward pipeline."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -148,3 +149,13 @@ def test_an_edited_template_is_recompiled(tmp_path: Path) -> None:
     os.utime(source, (time.time() + 5, time.time() + 5))  # a new mtime, whatever the clock
     second = render(digest(2), LINKS, env).html
     assert "today</h1>" in second and "for you</h1>" not in second
+
+
+def test_compiling_prints_no_cssutils_or_premailer_warnings(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    env = environment()
+    render_reference(digest(3), LINKS, env)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
