@@ -12,6 +12,32 @@ from digest.render import Links, environment, render
 from .browser import chromium  # noqa: F401 - fixture
 from .samples import HOSTILE_TITLES, digest, listing
 
+# WCAG contrast of every element's own text against the background it is painted on.
+CONTRAST_JS = """() => {
+  const rgb = s => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const worst = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const style = getComputedStyle(el);
+    if (!own || style.display === 'none' || el.closest('.preheader')) continue;
+    const a = lum(rgb(style.color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) worst.push([el.tagName, el.className, el.textContent.slice(0, 40), ratio]);
+  }
+  return worst;
+}"""
+
 LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def")
 
 
@@ -54,6 +80,8 @@ def test_screenshots_and_no_horizontal_overflow(
         bg = page.evaluate(
             "getComputedStyle(document.querySelector('.card')).backgroundColor")
         assert (bg == "rgb(26, 29, 35)") == (scheme == "dark")
+        # Every piece of text is readable: WCAG AA contrast (4.5:1) in light and dark.
+        assert page.evaluate(CONTRAST_JS) == []
         # No script ran: hostile titles stayed text.
         assert page.evaluate("document.querySelectorAll('script, img').length") == 0
     finally:
