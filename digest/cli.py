@@ -187,7 +187,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
     out.print(table)
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "failed", "invalid") if report.count(s)
+                                            "unsubscribed", "failed", "invalid") if report.count(s)
     )
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.fatal:
