@@ -270,7 +270,13 @@ def inline_css(html: str) -> str:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return str(inliner.transform())
+        inlined = str(inliner.transform())
+    # premailer re-serialises through lxml and drops the doctype, which would put clients
+    # into quirks mode; put MJML's doctype back.
+    doctype = re.match(r"\s*(<!doctype[^>]*>)", html, flags=re.IGNORECASE)
+    if doctype and not inlined.lstrip().lower().startswith("<!doctype"):
+        inlined = doctype.group(1) + "\n" + inlined
+    return inlined
 
 
 def compile_mjml(source: str) -> str:

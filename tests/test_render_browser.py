@@ -62,6 +62,8 @@ def test_screenshots_and_no_horizontal_overflow(
         page.set_viewport_size({"width": width, "height": 1000})
         page.emulate_media(color_scheme=scheme)
         page.goto(email_file.as_uri())
+        # The doctype survived premailer: standards mode, not quirks mode.
+        assert page.evaluate("document.compatMode") == "CSS1Compat"
         shot = tmp_path / f"digest-{width}-{scheme}.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
