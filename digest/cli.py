@@ -221,7 +221,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
     out.print(table)
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "failed", "invalid") if report.count(s)
+                                            "unsubscribed", "failed", "invalid") if report.count(s)
     )
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.fatal:
@@ -271,3 +271,20 @@ def run(config_path: Path, once: bool) -> None:
         return
     out.print(f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False)
     schedule.run_forever(settings)
+
+
+@cli.command()
+@config_option
+@click.option("--host", help="Address to listen on (default: [server] host).")
+@click.option("--port", type=int, help="Port to listen on (default: [server] port).")
+def serve(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve one-click unsubscribe links and live previews of every digest (/preview)."""
+    from . import web
+
+    settings = _settings(config_path)
+    app = web.create_app(settings, now=_now)
+    host, port = host or settings.server.host, port or settings.server.port
+    where = f"http://{host}:{port}"
+    out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
+              highlight=False)
+    web.serve(app, host, port)

@@ -365,6 +365,56 @@ class ScheduleConfig(_Strict):
     )
 
 
+class DkimConfig(_Strict):
+    """DKIM signing of every outgoing message; off unless all three keys are set."""
+
+    selector: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="The selector: the key is published at <selector>._domainkey.<domain>.",
+    )
+    domain: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+        description="The signing domain (d=), usually the From domain.",
+    )
+    private_key_path: Path | None = Field(
+        None, description="PEM RSA private key, relative to digest.toml's folder."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether messages are signed."""
+        return bool(self.selector and self.domain and self.private_key_path)
+
+
+class ServerConfig(_Strict):
+    """`digest serve`: one-click unsubscribe and the preview pages."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8025, ge=1, le=65535, description="Port to listen on.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL the app is reachable at from the internet, e.g. "
+        "'https://digest.example.org'; List-Unsubscribe points at <public_url>/unsubscribe.",
+    )
+    secret_env: str = Field(
+        "DIGEST_SECRET", description="Name of the env variable holding the HMAC token secret."
+    )
+    preview: bool = Field(
+        True, description="Serve /preview (every subscriber's next digest): keep it private."
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"{value!r} must be a URL like 'https://digest.example.org'")
+        return value.rstrip("/") if value else value
+
+    def secret(self) -> str | None:
+        """The token secret, read from the environment variable named by `secret_env`."""
+        return os.environ.get(self.secret_env) or None
+
+
 class Settings(_Strict):
     """The whole of digest.toml."""
 
@@ -376,6 +426,8 @@ class Settings(_Strict):
     smtp: SmtpConfig = SmtpConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    dkim: DkimConfig = DkimConfig()
+    server: ServerConfig = ServerConfig()
     path: Path = Field(Path("."), exclude=True, description="The file this was loaded from.")
 
     @field_validator("sources")
@@ -500,6 +552,11 @@ def load_settings(path: Path) -> Settings:
     smtp = settings.smtp
     if smtp.ca_file is not None:
         smtp = smtp.model_copy(update={"ca_file": _resolve(base, smtp.ca_file)})
+    dkim = settings.dkim
+    if dkim.private_key_path is not None:
+        dkim = dkim.model_copy(
+            update={"private_key_path": _resolve(base, dkim.private_key_path)}
+        )
     return settings.model_copy(
         update={
             "path": path.resolve(),
@@ -510,6 +567,7 @@ def load_settings(path: Path) -> Settings:
                 update={"outbox": _resolve(base, settings.delivery.outbox)}
             ),
             "smtp": smtp,
+            "dkim": dkim,
         }
     )
 

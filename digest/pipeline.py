@@ -30,10 +30,12 @@ from .send import (
     Sender,
     SmtpSender,
     build_message,
+    load_signer,
     outgoing,
     unsubscribe_links,
 )
 from .sources import Fetcher, read_source
+from .unsubscribe import unsubscribe_url
 
 log = logging.getLogger("digest")
 
@@ -187,12 +189,15 @@ class Composed:
 
 
 def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
-    """Render a digest and build the exact bytes that will be sent."""
+    """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
+    is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set."""
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
-    rendered = render(digest, Links(unsubscribe=https or mailto), env)
+    one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
+    rendered = render(digest, Links(unsubscribe=one_click or https or mailto), env)
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
-    message = build_message(rendered, digest, settings.delivery, sent_at)
-    out = outgoing(message, digest, rendered.html, settings.delivery.from_address)
+    message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
+    out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
+                   load_signer(settings.dkim))
     return Composed(digest, rendered, message, out)
 
 
@@ -343,6 +348,9 @@ def _send_one(
         log.error("%s", entry)
         return Outcome(entry.path.stem, "invalid", detail=entry.message)
     subscriber = entry
+    # Issue 5: whoever unsubscribed (digest serve's /unsubscribe) gets no more mail.
+    if store.is_unsubscribed(db, subscriber.id):
+        return Outcome(subscriber.id, "unsubscribed", detail="unsubscribed")
     day = local_date(subscriber, now)
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":

@@ -510,3 +510,50 @@ def record_source_result(
 def source_statuses(db: Database) -> dict[str, dict[str, Any]]:
     """Each source's last fetch, by source name."""
     return {r["source"]: r for r in db.query("select * from source_status")}
+
+
+# --- unsubscribes (issue 5) -------------------------------------------------------------------
+
+
+@migrations()
+def m05_unsubscribes(db: Database) -> None:
+    """Who has unsubscribed (subscriber files are never rewritten), and the history of it."""
+    db.table("subscriptions").create(
+        {"subscriber_id": str, "email": str, "state": str, "changed_at": str, "via": str},
+        pk="subscriber_id",
+        not_null={"state", "changed_at"},
+    )
+    db.table("subscription_events").create(
+        {"id": int, "subscriber_id": str, "email": str, "action": str, "at": str, "via": str},
+        pk="id",
+        not_null={"subscriber_id", "action", "at"},
+    )
+    db.table("subscription_events").create_index(["subscriber_id"])
+
+
+def set_subscribed(
+    db: Database, subscriber_id: str, email: str, subscribed: bool, now: datetime, via: str
+) -> bool:
+    """Record an unsubscribe (or a resubscribe); returns whether the state changed."""
+    state = "subscribed" if subscribed else "unsubscribed"
+    with db.atomic():
+        before = is_unsubscribed(db, subscriber_id)
+        db.table("subscriptions").upsert(
+            {"subscriber_id": subscriber_id, "email": email, "state": state,
+             "changed_at": timestamp(now), "via": via},
+            pk="subscriber_id",
+        )
+        db.table("subscription_events").insert(
+            {"subscriber_id": subscriber_id, "email": email,
+             "action": "resubscribe" if subscribed else "unsubscribe",
+             "at": timestamp(now), "via": via}
+        )
+    return before == subscribed
+
+
+def is_unsubscribed(db: Database, subscriber_id: str) -> bool:
+    """Whether this subscriber asked for no more mail (and has not resubscribed)."""
+    row = db.execute(
+        "select state from subscriptions where subscriber_id = ?", [subscriber_id]
+    ).fetchone()
+    return bool(row and row[0] == "unsubscribed")

@@ -1,0 +1,298 @@
+"""`digest serve`: one-click unsubscribe (RFC 8058) and live previews of every digest.
+
+- `GET /unsubscribe?token=...` shows a confirm page and changes nothing (link scanners follow
+  GETs); `POST` to the same URL unsubscribes: that is the one-click request mailbox providers
+  send. No cookie is needed or set, and the answer is a page, never a redirect.
+  `/resubscribe?token=...` works the same way and undoes it. State lives in the store
+  (`subscriptions` table); subscriber files are never rewritten.
+- `GET /preview` lists the subscribers; `/preview/<id>` shows their next digest exactly as it
+  would be sent (desktop and phone-width views, the text part, the headers), built live from
+  the current templates and store. Previews send nothing and write nothing.
+
+Bad or forged tokens get a 400 page that says what is wrong. Every page is rendered by an
+autoescaping Jinja environment, and a Content-Security-Policy forbids scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email import policy as email_policy
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from sqlite_utils import Database
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from . import pipeline, store
+from .config import Settings, iter_subscribers, load_subscriber
+from .errors import ConfigError, DigestError
+from .models import Subscriber
+from .unsubscribe import TokenError, require_secret, token_subscriber, verify_token
+
+log = logging.getLogger("digest")
+
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+)
+
+_PAGES = jinja2.Environment(
+    loader=jinja2.DictLoader(
+        {
+            "base.html": """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>{{ title }}</title>
+<style>
+body { font: 16px/1.5 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif;
+       max-width: {{ width | default(640) }}px; margin: 40px auto; padding: 0 20px; }
+button { font: inherit; padding: 10px 18px; border-radius: 6px; border: 0;
+         background: #0b57d0; color: #fff; cursor: pointer; }
+.muted { color: #57606a; } .bad { color: #b42318; }
+table { border-collapse: collapse; } td, th { text-align: left; padding: 4px 12px 4px 0;
+        vertical-align: top; } th { white-space: nowrap; }
+pre { white-space: pre-wrap; background: rgba(127,127,127,.1); padding: 12px; }
+iframe { border: 1px solid #d0d7de; background: #fff; }
+.views { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+</style></head><body>{% block body %}{% endblock %}</body></html>""",
+            "confirm.html": """{% extends "base.html" %}{% block body %}
+<h1>{{ heading }}</h1>
+<p>{{ text }}</p>
+<form method="post" action="{{ action }}"><button type="submit">{{ button }}</button></form>
+{% endblock %}""",
+            "done.html": """{% extends "base.html" %}{% block body %}
+<h1>{{ heading }}</h1>
+<p>{{ text }}</p>
+{% if undo %}<p class="muted">{{ undo_text }}</p>
+<form method="post" action="{{ undo }}"><button type="submit">{{ undo_button }}</button></form>
+{% endif %}{% endblock %}""",
+            "error.html": """{% extends "base.html" %}{% block body %}
+<h1 class="bad">{{ heading }}</h1>
+<p>{{ text }}</p>
+<p class="muted">If you copied the link from an email, make sure it is complete.</p>
+{% endblock %}""",
+            "list.html": """{% extends "base.html" %}{% block body %}
+<h1>Digest previews</h1>
+<p class="muted">The digest each subscriber would get if it were sent now ({{ now }}).
+Nothing is sent and nothing is recorded.</p>
+<table><tr><th>subscriber</th><th>address</th><th>status</th></tr>
+{% for row in rows %}<tr>
+{% if row.error %}<td>{{ row.id }}</td><td colspan="2" class="bad">{{ row.error }}</td>
+{% else %}<td><a href="/preview/{{ row.id | urlencode }}">{{ row.name }} ({{ row.id }})</a></td>
+<td>{{ row.email }}</td><td>{{ row.status }}</td>{% endif %}</tr>
+{% endfor %}</table>{% endblock %}""",
+            "preview.html": """{% extends "base.html" %}{% block body %}
+<p><a href="/preview">&larr; all subscribers</a></p>
+<h1>{{ subscriber.name }} ({{ subscriber.id }})</h1>
+{% if unsubscribed %}<p class="bad" id="status">Unsubscribed: this digest would not be sent.
+</p>{% endif %}
+{% if composed is none %}<p id="nothing">Nothing matches right now, so no email would be
+sent.</p>{% else %}
+<h2>Headers</h2>
+<table id="headers">{% for name, value in headers %}<tr><th>{{ name }}</th>
+<td>{{ value }}</td></tr>{% endfor %}</table>
+<div class="views">
+<section><h2>Desktop (600 px)</h2>
+<iframe id="desktop" title="HTML part, desktop width" width="640" height="900"
+ sandbox srcdoc="{{ html }}"></iframe></section>
+<section><h2>Phone (375 px)</h2>
+<iframe id="mobile" title="HTML part, phone width" width="375" height="900"
+ sandbox srcdoc="{{ html }}"></iframe></section>
+</div>
+<p><a href="/preview/{{ subscriber.id | urlencode }}/html">HTML part alone</a> &middot;
+<a href="/preview/{{ subscriber.id | urlencode }}/message.eml">the message as sent
+(.eml)</a></p>
+<h2>Text part</h2>
+<pre id="text">{{ text }}</pre>{% endif %}
+{% endblock %}""",
+        }
+    ),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+    html = _PAGES.get_template(name).render(**values)
+    return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP,
+                                                          "Cache-Control": "no-store",
+                                                          "Referrer-Policy": "no-referrer"})
+
+
+def _bad_link(reason: str) -> HTMLResponse:
+    return _page("error.html", 400, title="Invalid link", heading="This link is not valid",
+                 text=f"We could not use this link: {reason}. Nothing was changed.")
+
+
+def _previews_off() -> HTMLResponse:
+    return _page("error.html", 404, title="Not found", heading="Not found",
+                 text="Previews are turned off ([server] preview = false).")
+
+
+def create_app(
+    settings: Settings, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> Starlette:
+    """The web app for `settings`. The token secret must be in the environment."""
+    secret = require_secret(settings.server)
+    folder = settings.subscribers.dir
+
+    def db() -> Database:
+        # One connection per request: sqlite3 connections must stay on their thread.
+        return store.open_db(settings.store.path)
+
+    def subscriber_for(request: Request) -> Subscriber | HTMLResponse:
+        token = request.query_params.get("token", "")
+        if not token:
+            return _bad_link("it has no token")
+        try:
+            sid = token_subscriber(token)
+            path = folder / f"{sid}.toml"
+            if not path.is_file():
+                raise TokenError("it names a subscriber that does not exist")
+            subscriber = load_subscriber(path, settings.defaults)
+            verify_token(secret, token, subscriber.id, subscriber.email)
+        except TokenError as exc:
+            log.warning("rejected %s token: %s", request.url.path, exc)
+            return _bad_link(exc.message)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return _bad_link("the subscription it belongs to cannot be read right now")
+        return subscriber
+
+    def action_url(request: Request, path: str) -> str:
+        return f"{path}?token={quote(request.query_params['token'], safe='')}"
+
+    def subscription(request: Request, subscribe: bool) -> Response:
+        subscriber = subscriber_for(request)
+        if isinstance(subscriber, HTMLResponse):
+            return subscriber
+        verb = "resubscribe" if subscribe else "unsubscribe"
+        if request.method == "GET":
+            return _page(
+                "confirm.html", title=verb.capitalize(),
+                heading=("Resubscribe to" if subscribe else "Unsubscribe from")
+                + " the paper digest?",
+                text=f"This is for {subscriber.email}. Confirm with the button below.",
+                action=action_url(request, f"/{verb}"),
+                button=("Resubscribe " if subscribe else "Unsubscribe ") + subscriber.email,
+            )
+        changed = store.set_subscribed(
+            db(), subscriber.id, subscriber.email, subscribe, now(), via="web"
+        )
+        log.info("subscriber %s: %s (%s)", subscriber.id, verb,
+                 "changed" if changed else "no change")
+        if subscribe:
+            return _page("done.html", title="Resubscribed", heading="You are subscribed again",
+                         text=f"{subscriber.email} will get the paper digest again.", undo="",
+                         undo_text="", undo_button="")
+        return _page(
+            "done.html", title="Unsubscribed", heading="You are unsubscribed",
+            text=f"{subscriber.email} will get no more paper digests.",
+            undo=action_url(request, "/resubscribe"),
+            undo_text="Changed your mind? One click brings the digest back.",
+            undo_button="Resubscribe",
+        )
+
+    # The body of a one-click POST is "List-Unsubscribe=One-Click"; the token in the URL is
+    # what identifies the subscriber, so the body is not needed.
+    def unsubscribe(request: Request) -> Response:
+        return subscription(request, subscribe=False)
+
+    def resubscribe(request: Request) -> Response:
+        return subscription(request, subscribe=True)
+
+    def preview_list(request: Request) -> Response:
+        if not settings.server.preview:
+            return _previews_off()
+        database = db()
+        rows = []
+        for entry in iter_subscribers(folder, settings.defaults):
+            if isinstance(entry, ConfigError):
+                rows.append({"id": entry.path.stem, "error": entry.message})
+                continue
+            rows.append({
+                "id": entry.id, "name": entry.name, "email": entry.email, "error": "",
+                "status": "unsubscribed" if store.is_unsubscribed(database, entry.id)
+                else "subscribed",
+            })
+        return _page("list.html", title="Digest previews", rows=rows,
+                     now=now().isoformat(timespec="minutes"))
+
+    def composed_for(request: Request) -> tuple[pipeline.Composed | None, Subscriber] | Response:
+        if not settings.server.preview:
+            return _previews_off()
+        sid = request.path_params["sid"]
+        path = folder / f"{sid}.toml"
+        part = request.path_params.get("part")
+        if "/" in sid or sid.startswith(".") or not path.is_file() or part not in (
+            None, "html", "message.eml"
+        ):
+            return _page("error.html", 404, title="Not found", heading="No such subscriber",
+                         text=f"There is no subscriber file for {sid!r}.")
+        try:
+            subscriber = load_subscriber(path, settings.defaults)
+            return pipeline.preview(settings, db(), sid, now()), subscriber
+        except DigestError as exc:
+            return _page("error.html", 500, title="Cannot preview", heading="Cannot preview",
+                         text=exc.message)
+
+    def preview_one(request: Request) -> Response:
+        found = composed_for(request)
+        if isinstance(found, Response):
+            return found
+        composed, subscriber = found
+        headers: list[tuple[str, str]] = []
+        html = text = ""
+        if composed is not None:
+            parsed = message_from_bytes(composed.outgoing.data, policy=email_policy.default)
+            headers = [(k, str(v)) for k, v in parsed.items()]
+            html, text = composed.rendered.html, composed.rendered.text
+        return _page(
+            "preview.html", title=f"Preview: {subscriber.id}", width=1100,
+            subscriber=subscriber, composed=composed, headers=headers, html=html, text=text,
+            unsubscribed=store.is_unsubscribed(db(), subscriber.id),
+        )
+
+    def preview_raw(request: Request) -> Response:
+        """The HTML part alone, or the whole message as it would be sent (.eml)."""
+        found = composed_for(request)
+        if isinstance(found, Response):
+            return found
+        composed, _subscriber = found
+        if composed is None:
+            return _page("error.html", 404, title="Nothing to send", heading="Nothing to send",
+                         text="Nothing matches right now.")
+        if request.path_params["part"] == "html":
+            return HTMLResponse(composed.rendered.html,
+                                headers={"Content-Security-Policy": CSP})
+        return Response(composed.outgoing.data, media_type="text/plain; charset=utf-8")
+
+    def home(request: Request) -> Response:
+        return _page("done.html", title="digest", heading="digest",
+                     text="This server handles unsubscribe links"
+                     + (" and shows previews at /preview." if settings.server.preview else "."),
+                     undo="", undo_text="", undo_button="")
+
+    return Starlette(routes=[
+        Route("/", home),
+        Route("/unsubscribe", unsubscribe, methods=["GET", "POST"]),
+        Route("/resubscribe", resubscribe, methods=["GET", "POST"]),
+        Route("/preview", preview_list),
+        Route("/preview/{sid}", preview_one),
+        Route("/preview/{sid}/{part:str}", preview_raw),
+    ])
+
+
+def serve(app: Starlette, host: str, port: int) -> None:
+    """Run `app` under uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

@@ -1,0 +1,69 @@
+"""Sample digests built directly from models (no store), for render and delivery tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from digest.models import Digest, Listing, Match, Section, Subscriber, Topic
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+ABSTRACT = (
+    "Large language models are expensive to serve. We study speculative decoding with a "
+    "small draft model and a KV cache that is quantized to four bits, and show that the "
+    "combination cuts inference latency by half on long prompts without any loss in quality. "
+    "We release code, checkpoints and a benchmark suite covering summarisation, translation, "
+    "question answering and code generation, and analyse when drafting stops paying off."
+)
+
+HOSTILE_TITLES = (
+    "<script>alert('x')</script> Speculative decoding",
+    '"><img src=x onerror=alert(1)> KV cache tricks',
+    "Quantized KV cache\r\nBcc: victim@example.net",
+    "Speculative decoding & <b>bold</b> claims \u2028 with a line separator",
+)
+
+
+def subscriber(name: str = "Ada Lovelace", sid: str = "ada",
+               email: str = "ada@example.org") -> Subscriber:
+    """A subscriber with two topics."""
+    return Subscriber(
+        id=sid, name=name, email=email, timezone="Europe/London",
+        send_at=dt.time(7, 30), max_items=25, lookback_days=7,
+        topics=(Topic("Efficient inference", ("speculative decoding", "KV cache")),
+                Topic("Model compression", ("quantiz*",))),
+    )
+
+
+def listing(i: int, title: str | None = None, url: str | None = None) -> Listing:
+    """A plausible listing number `i`."""
+    return Listing(
+        id=f"arxiv:2411.{10000 + i}",
+        title=title or f"Paper {i}: Faster speculative decoding with a quantized KV cache",
+        abstract=ABSTRACT,
+        url=url,
+        arxiv_id=f"2411.{10000 + i}",
+        authors=("Grace Hopper", "Alan Turing", "Katherine Johnson", "Edsger Dijkstra"),
+        published=dt.date(2026, 11, 24),
+        upvotes=i,
+    )
+
+
+def digest(items: int = 10, titles: tuple[str, ...] = (), sub: Subscriber | None = None,
+           url: str | None = None) -> Digest:
+    """A digest of `items` listings in two sections; `titles` replace the first titles."""
+    sub = sub or subscriber()
+    matches = []
+    for i in range(items):
+        title = titles[i] if i < len(titles) else None
+        start = ABSTRACT.index("speculative decoding")
+        matches.append(Match(listing(i, title, url), "Efficient inference" if i % 3 else
+                             "Model compression", 6.0 - i * 0.1,
+                             ("speculative decoding", "KV cache"),
+                             abstract_spans=((start, start + len("speculative decoding")),)))
+    sections = tuple(
+        Section(topic, tuple(m for m in matches if m.topic == topic))
+        for topic in ("Efficient inference", "Model compression")
+        if any(m.topic == topic for m in matches)
+    )
+    return Digest(sub, dt.date(2026, 11, 25), sections, NOW)
