@@ -7,6 +7,7 @@ A digest is recorded as sent only after the transport accepted it.
 from __future__ import annotations
 
 import logging
+import threading
 import time as timer
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import store
-from .config import Settings, iter_subscribers, load_subscriber
-from .errors import ConfigError, DigestError, SendError, SourceError, UnknownSubscriberError
+from . import delivery, store
+from .config import Settings, iter_subscribers, load_subscriber, subscriber_files
+from .errors import ConfigError, DigestError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
 from .models import Digest, Listing, RenderedEmail, Subscriber
 from .render import Links, environment, render
@@ -175,17 +176,19 @@ def preview(
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one subscriber in a send."""
+    """What happened to one subscriber's digest in a send."""
 
     subscriber_id: str
-    status: str  # sent | would-send | already-sent | no-matches | failed | invalid | not-due
+    # sent | would-send | already-sent | no-matches | failed | invalid | not-due
+    # | retry (a passing refusal; tried again later) | queued (stored, not sent yet)
+    status: str
     items: int = 0
     detail: str = ""
 
     @property
     def is_failure(self) -> bool:
         """Whether this outcome should make the command exit non-zero."""
-        return self.status in ("failed", "invalid")
+        return self.status in ("failed", "invalid", "retry", "queued")
 
 
 @dataclass(slots=True)
@@ -210,6 +213,21 @@ def make_sender(settings: Settings) -> Sender:
     if settings.delivery.transport == "smtp":
         return SmtpSender(settings.smtp)
     return FileSender(settings.delivery.outbox)
+
+
+def make_senders(settings: Settings) -> list[Sender]:
+    """One transport per parallel connection (`[smtp] connections`; the file transport
+    always has one)."""
+    count = settings.smtp.connections if settings.delivery.transport == "smtp" else 1
+    return [make_sender(settings) for _ in range(count)]
+
+
+def retry_policy(settings: Settings) -> delivery.RetryPolicy:
+    """The retry policy from `[smtp]`."""
+    return delivery.RetryPolicy(
+        max_attempts=settings.smtp.max_attempts,
+        base=timedelta(seconds=settings.smtp.retry_after_seconds),
+    )
 
 
 def _load(settings: Settings, only: list[str] | None) -> list[Subscriber | ConfigError]:
@@ -249,44 +267,92 @@ def send(
     due_only: bool = False,
     sender: Sender | None = None,
     progress: ProgressHook | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Build and send today's digest for each subscriber (or those in `only`).
+    """Build, queue and send today's digest for each subscriber (or those in `only`).
 
-    A digest already sent today is not sent again. `dry_run` renders everything and changes
-    nothing. `due_only` skips subscribers whose local send time has not come yet (the
-    scheduler's mode). A fatal transport error (login, TLS) stops the batch.
+    Two steps. First every subscriber's digest for their local date is built, rendered and
+    stored in the outbox as the exact bytes to send (a digest already sent or queued is not
+    built again). Then everything these subscribers have waiting in the outbox is sent,
+    including digests left queued, in 'sending' or in 'retry' by an earlier run or a crash.
+
+    `dry_run` renders everything and changes nothing. `due_only` is the scheduler's mode:
+    subscribers whose local send time has not come are skipped, and retries wait for their
+    next attempt time (a manual send retries at once). A fatal transport error (login, TLS,
+    unreachable server) stops the batch; `stop` (set by a signal handler) stops it cleanly
+    after the messages on the wire.
     """
     progress = progress or _NoProgress()
+    stop = stop or threading.Event()
+    started = timer.monotonic()
     entries = _load(settings, only)
-    progress.start(len(entries), "sending" if not dry_run else "rendering")
+    if dry_run:
+        return _build_all(settings, db, entries, now, due_only, dry_run, progress, stop)
+    with delivery.send_lock(settings.store.path):
+        report = _build_all(settings, db, entries, now, due_only, dry_run, progress, stop)
+        today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
+        rows = store.pending(db, today, now if due_only else None)
+        if rows and not stop.is_set():
+            _deliver(settings, db, rows, now, today, sender, progress, stop, report)
+    store.record_run(
+        db, "send", now, now + timedelta(seconds=timer.monotonic() - started),
+        {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
+                                       "already-sent", "queued")},
+    )
+    return report
+
+
+def _build_all(
+    settings: Settings, db: Database, entries: list[Subscriber | ConfigError], now: datetime,
+    due_only: bool, dry_run: bool, progress: ProgressHook, stop: threading.Event,
+) -> SendReport:
+    progress.start(len(entries), "rendering")
     report = SendReport()
     env = environment()
     cache = DocumentCache()
-    own_sender = sender is None and not dry_run
-    transport = sender or (None if dry_run else make_sender(settings))
-    try:
-        for entry in entries:
-            if report.fatal is not None:
-                sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
-                report.outcomes.append(
-                    Outcome(sid, "failed", detail="not attempted: batch stopped")
-                )
-            else:
-                report.outcomes.append(
-                    _send_one(settings, db, entry, now, env, cache, transport, dry_run,
-                              due_only, report)
-                )
-            progress.advance(report.outcomes[-1].subscriber_id)
-    finally:
-        if own_sender and transport is not None:
-            transport.close()
-    if not dry_run:
-        store.record_run(
-            db, "send", now, datetime.now(tz=now.tzinfo),
-            {s: report.count(s) for s in ("sent", "failed", "invalid", "no-matches",
-                                           "already-sent")},
-        )
+    for entry in entries:
+        if stop.is_set():
+            break
+        outcome = _send_one(settings, db, entry, now, env, cache, dry_run, due_only)
+        if outcome is not None:
+            report.outcomes.append(outcome)
+        progress.advance(entry.path.stem if isinstance(entry, ConfigError) else entry.id)
     return report
+
+
+def _deliver(
+    settings: Settings, db: Database, rows: list[store.Pending], now: datetime,
+    today: dict[str, date], sender: Sender | None, progress: ProgressHook,
+    stop: threading.Event, report: SendReport,
+) -> None:
+    progress.start(len(rows), "sending")
+    started = timer.monotonic()
+
+    def clock() -> datetime:
+        # `now` (possibly pinned) advanced by the real time the batch has taken.
+        return now + timedelta(seconds=timer.monotonic() - started)
+
+    def on_result(result: delivery.Delivered) -> None:
+        progress.advance(result.pending.subscriber_id)
+
+    senders = [sender] if sender is not None else make_senders(settings)
+    try:
+        result = delivery.deliver(
+            db, rows, senders, clock, policy=retry_policy(settings),
+            rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
+            stop=stop, on_result=on_result,
+        )
+    finally:
+        if sender is None:
+            for own in senders:
+                own.close()
+    report.fatal = result.fatal
+    for done in result.results:
+        row = done.pending
+        detail = done.detail
+        if row.local_date != today.get(row.subscriber_id):
+            detail = f"digest for {row.local_date}: {detail}"
+        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail))
 
 
 def _send_one(
@@ -296,11 +362,10 @@ def _send_one(
     now: datetime,
     env: jinja2.Environment,
     cache: DocumentCache,
-    transport: Sender | None,
     dry_run: bool,
     due_only: bool,
-    report: SendReport,
-) -> Outcome:
+) -> Outcome | None:
+    """Build and queue one subscriber's digest for today; None when it is (now) queued."""
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(entry.path.stem, "invalid", detail=entry.message)
@@ -309,7 +374,15 @@ def _send_one(
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
-    if due_only and (state == "empty" or state == "failed" or not is_due(subscriber, now)):
+    if state in store.PENDING_STATES:
+        return None if not dry_run else Outcome(subscriber.id, "queued",
+                                                detail=f"digest for {day} is {state}")
+    if state == "failed":
+        if due_only:
+            return Outcome(subscriber.id, "not-due")
+        return Outcome(subscriber.id, "failed",
+                       detail=f"digest for {day} failed; 'digest retry' queues it again")
+    if due_only and (state == "empty" or not is_due(subscriber, now)):
         return Outcome(subscriber.id, "not-due")
     try:
         digest = build(settings, db, subscriber, now, cache)
@@ -321,19 +394,64 @@ def _send_one(
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
-    items = len(digest.matches)
     out = composed.outgoing
-    if dry_run or transport is None:
-        return Outcome(subscriber.id, "would-send", items, detail=composed.rendered.subject)
-    store.begin_delivery(db, digest, out.message_id, composed.rendered.subject, now)
-    try:
-        where = transport.send(out)
-    except SendError as exc:
-        store.mark_failed(db, digest, exc.reason, now)
-        log.error("subscriber %s: %s message_id=%s", subscriber.id, exc.reason, out.message_id)
-        if exc.fatal:
-            report.fatal = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-        return Outcome(subscriber.id, "failed", items, detail=exc.reason)
-    store.mark_sent(db, digest, now)
-    log.info("subscriber %s: sent message_id=%s to %s", subscriber.id, out.message_id, where)
-    return Outcome(subscriber.id, "sent", items, detail=where)
+    if dry_run:
+        return Outcome(subscriber.id, "would-send", len(digest.matches),
+                       detail=composed.rendered.subject)
+    # The bytes compose() produced (signed or not) are stored now and are what gets sent.
+    store.enqueue(
+        db, key=digest.id, subscriber_id=subscriber.id, local_date=digest.local_date,
+        message_id=out.message_id, subject=composed.rendered.subject,
+        envelope_from=out.envelope_from, recipient=out.recipient, data=out.data,
+        items=[store.OutboxItem(m.listing.id, m.topic, m.score) for m in digest.matches],
+        now=now,
+    )
+    log.info("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
+             len(digest.matches))
+    return None
+
+
+# --- status and retry -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStatus:
+    """A subscriber's most recent digest as the outbox records it."""
+
+    subscriber_id: str
+    local_date: str | None = None
+    state: str | None = None  # None: no digest yet
+    items: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+    message_id: str | None = None
+    known: bool = True  # False: recorded in the store, but the subscriber file is gone
+
+
+def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
+    """Each subscriber's last digest (date, state, items, attempts, last error), including
+    subscribers with no digest yet and ones whose file was removed."""
+    latest = store.latest_digests(db)
+    ids = {p.stem for p in subscriber_files(settings.subscribers.dir)}
+    rows = []
+    for sid in sorted(ids | latest.keys()):
+        row = latest.get(sid)
+        if row is None:
+            rows.append(SubscriberStatus(sid))
+            continue
+        rows.append(SubscriberStatus(
+            sid, row["local_date"], row["state"], row["item_count"] or 0,
+            row["attempts"] or 0, row["last_error"], row["next_attempt_at"],
+            row["message_id"], known=sid in ids,
+        ))
+    return rows
+
+
+def retry(db: Database, now: datetime, only: list[str] | None = None) -> list[str]:
+    """Queue failed digests again (all, or those of `only`); the next send or tick sends
+    them as the bytes stored the first time. Returns the digest ids."""
+    ids = store.requeue_failed(db, only, now)
+    for key in ids:
+        log.info("digest %s queued again on request", key)
+    return ids

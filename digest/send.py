@@ -163,11 +163,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class SmtpSender:
-    """Sends over one SMTP connection, opened on first use and reused for the whole batch."""
+    """Sends over one SMTP connection, opened on first use and reused for the batch.
+
+    The connection is renewed after `max_per_connection` messages, and dropped after a 421
+    or a lost connection so that the next message reconnects. One sender is one connection:
+    for parallel sending, make one per connection and use each from one thread at a time.
+    """
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
         self._smtp: smtplib.SMTP | None = None
+        self._sent_on_connection = 0
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -233,38 +239,52 @@ class SmtpSender:
                 f"cannot connect to SMTP server {self._where()}: {exc}", fatal=True
             ) from exc
         log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
+        self._sent_on_connection = 0
         return smtp
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises SendError (permanent for 5xx)."""
+        cap = self.config.max_per_connection
+        if self._smtp is not None and cap and self._sent_on_connection >= cap:
+            self.close()
         if self._smtp is None:
             self._smtp = self._connect()
+        smtp = self._smtp
         try:
-            refused = self._smtp.sendmail(
-                message.envelope_from, [message.recipient], message.data
-            )
+            refused = smtp.sendmail(message.envelope_from, [message.recipient], message.data)
         except smtplib.SMTPRecipientsRefused as exc:
-            # Raised when every recipient is refused; the codes are only in the dict.
+            # Raised when every recipient is refused, with no smtp_code: the codes are only in
+            # the dict. smtplib closes the connection itself after a 421.
             code, text = next(iter(exc.recipients.values()))
+            self._drop_if_closed(code)
             raise SendError(
                 f"server refused {message.recipient}: {code} {_text(text)}",
                 permanent=500 <= code < 600,
             ) from exc
         except smtplib.SMTPResponseException as exc:
+            self._drop_if_closed(exc.smtp_code)
             raise SendError(
                 f"server answered {exc.smtp_code} {_text(exc.smtp_error)}",
                 permanent=500 <= exc.smtp_code < 600,
             ) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Possibly after DATA: the server may have the message. It is sent again later as
+            # the same bytes with the same Message-ID.
             self._drop()
             raise SendError(f"connection to {self._where()} lost: {exc}") from exc
+        self._sent_on_connection += 1
         if refused:
+            # With several recipients smtplib reports partial refusals only in this dict.
             code, text = refused[message.recipient]
             raise SendError(
                 f"server refused {message.recipient}: {code} {_text(text)}",
                 permanent=500 <= code < 600,
             )
         return self._where()
+
+    def _drop_if_closed(self, code: int) -> None:
+        if code == 421 or self._smtp is None or self._smtp.sock is None:
+            self._drop()
 
     def _drop(self) -> None:
         if self._smtp is not None:

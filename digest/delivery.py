@@ -1,0 +1,231 @@
+"""The outbox sender: hands queued digests to the transport, one state change per message.
+
+Part of the pipeline layer (only `pipeline` calls it). Every message is claimed ('sending')
+before it goes on the wire and marked 'sent' as soon as the server accepted it, never per
+batch, so a crash leaves at most one message per connection in doubt, and that one is sent
+again as the very same bytes. Only the calling thread touches the database; worker threads
+(one per connection) only talk SMTP.
+
+Refusals: 5xx fails the digest for good; 4xx, 421 and a dropped connection schedule a retry
+with exponential backoff and jitter until `[smtp] max_attempts`; a login or TLS failure, or a
+server that cannot be reached, stops the batch at once and puts the message back unharmed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from queue import SimpleQueue
+
+from sqlite_utils import Database
+
+from . import store
+from .errors import DigestError, SendError
+from .send import Outgoing, Sender
+
+log = logging.getLogger("digest")
+
+MAX_BACKOFF = timedelta(hours=6)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long after a passing refusal a message is tried again."""
+
+    max_attempts: int = 6
+    base: timedelta = timedelta(seconds=60)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempts: int) -> timedelta:
+        """The wait after the `attempts`-th failed attempt: base * 2^(n-1), at most 6 h,
+        times a random factor in [0.5, 1.5) so that many retries do not arrive together."""
+        exact: timedelta = min(self.base * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+        factor: float = self.rng.uniform(0.5, 1.5)
+        return exact * factor
+
+
+class Pacer:
+    """Spaces out messages to at most `rate` per second (0: no limit)."""
+
+    def __init__(self, rate: float, stop: threading.Event | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.stop = stop or threading.Event()
+        self.monotonic = monotonic
+        self._next = 0.0
+
+    def wait(self) -> None:
+        """Block until the next message may go (returns early when stopping)."""
+        if not self.interval:
+            return
+        now = self.monotonic()
+        if self._next > now:
+            self.stop.wait(self._next - now)
+            now = self.monotonic()
+        self._next = max(self._next, now) + self.interval
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What became of one outbox row in this batch."""
+
+    pending: store.Pending
+    status: str  # sent | retry | failed | queued (not attempted)
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class DeliveryReport:
+    """Each row's result, and why the batch stopped early, if it did."""
+
+    results: list[Delivered] = field(default_factory=list)
+    fatal: str | None = None
+
+
+def html_part(data: bytes) -> str:
+    """The HTML alternative of a stored message (for the file transport's preview)."""
+    msg = message_from_bytes(data, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    part = msg.get_body(preferencelist=("html",))
+    return str(part.get_content()) if part is not None else ""
+
+
+def _outgoing(db: Database, row: store.Pending) -> Outgoing:
+    data = store.message_bytes(db, row.id)
+    return Outgoing(row.id, row.message_id, row.envelope_from, row.recipient, data,
+                    html_part(data))
+
+
+def _transmit(pool: SimpleQueue[Sender], message: Outgoing) -> str | SendError:
+    sender = pool.get()
+    try:
+        return sender.send(message)
+    except SendError as exc:
+        return exc
+    except Exception as exc:  # a bug or an odd transport error: retry rather than crash
+        log.exception("unexpected error sending %s", message.message_id)
+        return SendError(f"unexpected error: {exc!r}")
+    finally:
+        pool.put(sender)
+
+
+def deliver(
+    db: Database,
+    rows: list[store.Pending],
+    senders: list[Sender],
+    clock: Callable[[], datetime],
+    *,
+    policy: RetryPolicy,
+    rate: float = 0.0,
+    stop: threading.Event | None = None,
+    on_result: Callable[[Delivered], None] | None = None,
+) -> DeliveryReport:
+    """Send `rows` over `senders` (one thread each) and record each outcome as it happens.
+
+    Stops submitting when `stop` is set or a fatal error comes back; messages already on
+    the wire are finished and recorded. Rows not attempted stay queued.
+    """
+    stop = stop or threading.Event()
+    report = DeliveryReport()
+    pool: SimpleQueue[Sender] = SimpleQueue()
+    for sender in senders:
+        pool.put(sender)
+    pacer = Pacer(rate, stop)
+    inflight: dict[Future[str | SendError], store.Pending] = {}
+
+    def settle(done: set[Future[str | SendError]]) -> None:
+        for fut in done:
+            row = inflight.pop(fut)
+            result = _record(db, row, fut.result(), clock, policy)
+            if result.status == "queued" and report.fatal is None:
+                report.fatal = result.detail
+            report.results.append(result)
+            if on_result:
+                on_result(result)
+
+    with ThreadPoolExecutor(max_workers=len(senders), thread_name_prefix="smtp") as executor:
+        queue = iter(rows)
+        for row in queue:
+            while len(inflight) >= len(senders):
+                settle(wait(inflight, return_when=FIRST_COMPLETED).done)
+            if report.fatal is not None or stop.is_set():
+                report.results.append(Delivered(row, "queued", "not attempted"))
+                break
+            pacer.wait()
+            if stop.is_set():
+                report.results.append(Delivered(row, "queued", "not attempted"))
+                break
+            message = _outgoing(db, row)
+            store.claim(db, row.id, clock())
+            inflight[executor.submit(_transmit, pool, message)] = row
+        report.results.extend(Delivered(r, "queued", "not attempted") for r in queue)
+        while inflight:
+            settle(wait(inflight, return_when=FIRST_COMPLETED).done)
+    if report.fatal is None and stop.is_set():
+        log.warning("stopping: %d message(s) left queued for the next run",
+                    sum(1 for r in report.results if r.status == "queued"))
+    return report
+
+
+def _record(db: Database, row: store.Pending, result: str | SendError,
+            clock: Callable[[], datetime], policy: RetryPolicy) -> Delivered:
+    now = clock()
+    attempts = row.attempts + 1
+    who = f"subscriber {row.subscriber_id} message_id={row.message_id}"
+    if isinstance(result, str):
+        store.mark_sent(db, row.id, now)
+        log.info("%s outcome=sent via=%s attempt=%d", who, result, attempts)
+        return Delivered(row, "sent", result)
+    exc = result
+    if exc.fatal:
+        store.release(db, row.id, exc.reason, now)
+        detail = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+        log.error("%s outcome=batch-stopped error=%s", who, exc.reason)
+        return Delivered(row, "queued", detail)
+    if exc.permanent or attempts >= policy.max_attempts:
+        reason = exc.reason if exc.permanent else (
+            f"gave up after {attempts} attempts: {exc.reason}")
+        store.mark_failed(db, row.id, reason, now)
+        log.error("%s outcome=failed error=%s", who, reason)
+        return Delivered(row, "failed", reason)
+    retry_at = now + policy.delay(attempts)
+    store.mark_retry(db, row.id, exc.reason, retry_at, now)
+    log.warning("%s outcome=retry attempt=%d next=%s error=%s", who, attempts,
+                retry_at.isoformat(timespec="seconds"), exc.reason)
+    return Delivered(row, "retry", f"{exc.reason}; retry at {retry_at:%Y-%m-%d %H:%M:%S %Z}")
+
+
+@contextmanager
+def send_lock(store_path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the store's send lock: one process sends at a time (the daemon's tick and a
+    manual `digest send` take turns). So a row found in 'sending' was left by a crash."""
+    path = store_path.with_name(store_path.name + ".send.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DigestError(
+                        f"another digest process kept sending from {store_path}"
+                        f" for {timeout:.0f} s", hint=f"the lock is {path}",
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
