@@ -222,7 +222,9 @@ def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
                    auth_data: Any) -> AuthResult:
     ok = (isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode()
           and auth_data.password == PASSWORD.encode())
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd then answers 535 itself (with the default True it answers nothing
+    # and the client waits for its timeout).
+    return AuthResult(success=ok, handled=False)
 
 
 @pytest.fixture
