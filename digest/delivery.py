@@ -23,8 +23,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from queue import SimpleQueue
 
@@ -93,18 +91,10 @@ class DeliveryReport:
     fatal: str | None = None
 
 
-def html_part(data: bytes) -> str:
-    """The HTML alternative of a stored message (for the file transport's preview)."""
-    msg = message_from_bytes(data, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    part = msg.get_body(preferencelist=("html",))
-    return str(part.get_content()) if part is not None else ""
-
-
 def _outgoing(db: Database, row: store.Pending) -> Outgoing:
+    # html is left empty: only the file transport wants it, and takes it from the bytes.
     data = store.message_bytes(db, row.id)
-    return Outgoing(row.id, row.message_id, row.envelope_from, row.recipient, data,
-                    html_part(data))
+    return Outgoing(row.id, row.message_id, row.envelope_from, row.recipient, data, "")
 
 
 def _transmit(pool: SimpleQueue[Sender], message: Outgoing) -> str | SendError:

@@ -8,16 +8,18 @@ connection is made and is never logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
 import smtplib
+import socket
 import ssl
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from email import policy
+from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -149,11 +151,19 @@ class FileSender:
         stem = f"{day}_{subscriber_id}"
         eml = self.outbox / f"{stem}.eml"
         _atomic_write(eml, message.data)
-        _atomic_write(self.outbox / f"{stem}.html", message.html.encode("utf-8"))
+        html = message.html or html_part(message.data)
+        _atomic_write(self.outbox / f"{stem}.html", html.encode("utf-8"))
         return str(eml)
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def html_part(data: bytes) -> str:
+    """The HTML alternative of a serialised message (for a preview of stored bytes)."""
+    msg = message_from_bytes(data, policy=policy.default)
+    part = msg.get_body(preferencelist=("html",)) if isinstance(msg, EmailMessage) else None
+    return str(part.get_content()) if part is not None else ""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -174,6 +184,7 @@ class SmtpSender:
         self.config = config
         self._smtp: smtplib.SMTP | None = None
         self._sent_on_connection = 0
+        self._context: ssl.SSLContext | None = None
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -189,16 +200,26 @@ class SmtpSender:
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.port}"
 
+    def _tls_context(self) -> ssl.SSLContext:
+        # smtplib verifies nothing unless given a context: always verify certificates. Made
+        # once per sender, as loading the CA store costs more than the connection itself.
+        if self._context is None:
+            cfg = self.config
+            self._context = ssl.create_default_context(
+                cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        return self._context
+
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
-        # smtplib verifies nothing unless given a context: always verify certificates.
-        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         try:
+            context = self._tls_context()
             smtp: smtplib.SMTP
             if cfg.security == "ssl":
-                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context)
+                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context,
+                                        local_hostname=_local_hostname())
             else:
-                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout,
+                                    local_hostname=_local_hostname())
             smtp.ehlo()
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -303,6 +324,12 @@ class SmtpSender:
             pass
         finally:
             self._drop()
+
+
+@functools.cache
+def _local_hostname() -> str:
+    # smtplib calls socket.getfqdn() (a DNS lookup) for every new connection otherwise.
+    return socket.getfqdn()
 
 
 def _text(value: bytes | str) -> str:
