@@ -195,6 +195,9 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.fatal:
         err.print(f"[bold red]error:[/] {report.fatal}", highlight=False)
+    if report.stopped:
+        err.print("stopped on request: digests not sent yet stay queued for the next run",
+                  highlight=False)
     if (not dry_run and settings.delivery.transport == "file"
             and (report.count("sent") or report.count("already-sent"))):
         out.print(f"emails (.eml) and HTML previews (.html) are in {settings.delivery.outbox}",

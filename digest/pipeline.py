@@ -197,11 +197,14 @@ class SendReport:
 
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str | None = None
+    stopped: bool = False  # a signal asked to stop; what was not sent stays queued
 
     @property
     def failed(self) -> bool:
-        """Whether anything failed."""
-        return self.fatal is not None or any(o.is_failure for o in self.outcomes)
+        """Whether anything failed (digests left queued by a requested stop do not count)."""
+        return self.fatal is not None or any(
+            o.is_failure and not (self.stopped and o.status == "queued") for o in self.outcomes
+        )
 
     def count(self, status: str) -> int:
         """How many subscribers ended with `status`."""
@@ -294,6 +297,7 @@ def send(
         rows = store.pending(db, today, now if due_only else None)
         if rows and not stop.is_set():
             _deliver(settings, db, rows, now, today, sender, progress, stop, report)
+    report.stopped = stop.is_set()
     store.record_run(
         db, "send", now, now + timedelta(seconds=timer.monotonic() - started),
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",

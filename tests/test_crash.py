@@ -123,3 +123,24 @@ def test_daemon_stops_cleanly_on_signal_and_refuses_a_second_instance(
     assert rerun.returncode == 0, rerun.stderr
     recipients = Counter(r.rcpt_tos[0] for r in server.sink.received)
     assert len(recipients) == 30 and set(recipients.values()) == {1}
+
+
+@pytest.mark.slow
+def test_send_stops_cleanly_on_sigterm(project: Project, server: FaultServer) -> None:
+    prepare(project, NOW, 20)
+    project.write_config(smtp_config(server.port), transport="smtp", sources="")
+    server.sink.always_slow = 0.05
+    proc = subprocess.Popen([DIGEST, "send", "--config", str(project.config)], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(server.sink.received) >= 3, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped on request" in err
+    after = Counter(states(project).values())
+    assert after["sending"] == 0 and after["sent"] == len(server.sink.received)
+    assert after["queued"] == 20 - after["sent"] > 0
