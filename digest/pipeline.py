@@ -379,8 +379,9 @@ def _send_one(
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
     if state in store.PENDING_STATES:
-        return None if not dry_run else Outcome(subscriber.id, "queued",
-                                                detail=f"digest for {day} is {state}")
+        # Sent from the outbox in the second step, as the bytes stored when it was queued.
+        return None if not dry_run else Outcome(
+            subscriber.id, "would-send", detail=f"digest for {day} is already {state}")
     if state == "failed":
         if due_only:
             return Outcome(subscriber.id, "not-due")

@@ -250,3 +250,11 @@ def test_a_late_retry_from_yesterday_goes_out_and_is_not_repeated_today(
     assert [o.status for o in report.outcomes] == ["no-matches", "sent"]
     assert "2026-11-25" in report.outcomes[1].detail
     assert len(server.sink.received) == 1
+
+
+def test_dry_run_records_and_sends_nothing(project: Project, server: FaultServer) -> None:
+    settings = setup(project, server, 2)
+    report = send(settings, dry_run=True)
+    assert statuses(report) == {"s000": "would-send", "s001": "would-send"}
+    assert not report.failed
+    assert rows(settings) == {} and server.sink.received == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlite_utils import Database
 
 from digest import schedule, store
 from digest.config import Settings, load_settings
@@ -172,3 +174,30 @@ def test_a_fatal_error_pauses_sending_with_backoff(project: Project,
     assert ticker.paused_until == start + dt.timedelta(minutes=3)  # then two minutes
     db = store.open_db(settings.store.path)
     assert [r["state"] for r in store.digests(db)] == ["queued"]
+
+
+def test_a_message_left_sending_by_a_crash_is_sent_again_once(project: Project,
+                                                             server: FaultServer) -> None:
+    start = dt.datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    settings = setup(project, server, start)
+    add_subscriber(project, "a")
+    add_subscriber(project, "b")
+    clock = [start]
+    server.sink.script.extend(["451", "451"])  # both wait in the outbox as 'retry'
+    run_ticks(schedule.SendTicker(settings, lambda: clock[0]), clock, iter([start]))
+    db = store.open_db(settings.store.path)
+    store.claim(db, "a/2026-11-25", start)  # the process died with 'a' on the wire
+    b_due = dt.datetime.fromisoformat(rows_by_id(db)["b/2026-11-25"]["next_attempt_at"])
+    later = start + dt.timedelta(seconds=20)
+    sent = run_ticks(schedule.SendTicker(settings, lambda: clock[0]), clock,
+                     ticks(later, later + dt.timedelta(minutes=30), minutes=1))
+    # 'a' goes at once (it may have been delivered: the copy is identical); 'b' waits for
+    # its retry time (30-90 s after the 451).
+    assert sent["a"] == [later]
+    assert len(sent["b"]) == 1 and b_due <= sent["b"][0] < b_due + dt.timedelta(minutes=1)
+    states = {r["subscriber_id"]: (r["state"], r["attempts"]) for r in store.digests(db)}
+    assert states == {"a": ("sent", 3), "b": ("sent", 2)}
+
+
+def rows_by_id(db: Database) -> dict[str, dict[str, Any]]:
+    return {str(r["id"]): r for r in store.digests(db)}
