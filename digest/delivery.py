@@ -110,6 +110,91 @@ def _transmit(pool: SimpleQueue[Sender], message: Outgoing) -> str | SendError:
         pool.put(sender)
 
 
+class Delivery:
+    """A batch of outbox rows on their way out over `senders` (one thread each).
+
+    `offer` sends one row (waiting for a free connection and the rate limit first) and
+    returns at once; results are recorded by the calling thread as they come back, each the
+    moment it is known. Use as a context manager: leaving it waits for the messages on the
+    wire and records them.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        senders: list[Sender],
+        clock: Callable[[], datetime],
+        *,
+        policy: RetryPolicy,
+        rate: float = 0.0,
+        stop: threading.Event | None = None,
+        on_result: Callable[[Delivered], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.width = len(senders)
+        self.clock = clock
+        self.policy = policy
+        self.stop = stop or threading.Event()
+        self.on_result = on_result
+        self.report = DeliveryReport()
+        self._pool: SimpleQueue[Sender] = SimpleQueue()
+        for sender in senders:
+            self._pool.put(sender)
+        self._pacer = Pacer(rate, self.stop)
+        self._inflight: dict[Future[str | SendError], store.Pending] = {}
+        self._executor = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="smtp")
+
+    def __enter__(self) -> Delivery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    @property
+    def halted(self) -> bool:
+        """Whether the batch stopped (fatal error or stop requested): offer no more."""
+        return self.report.fatal is not None or self.stop.is_set()
+
+    def offer(self, row: store.Pending) -> bool:
+        """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
+        while len(self._inflight) >= self.width:
+            self._settle(wait(self._inflight, return_when=FIRST_COMPLETED).done)
+        if not self.halted:
+            self._pacer.wait()
+        if self.halted:
+            self._skip(row)
+            return False
+        message = _outgoing(self.db, row)
+        store.claim(self.db, row.id, self.clock())
+        self._inflight[self._executor.submit(_transmit, self._pool, message)] = row
+        # Record whatever already came back, so 'sent' is written as soon as possible.
+        self._settle({f for f in self._inflight if f.done()})
+        return True
+
+    def finish(self) -> DeliveryReport:
+        """Wait for the messages on the wire, record them, and return the report."""
+        while self._inflight:
+            self._settle(wait(self._inflight, return_when=FIRST_COMPLETED).done)
+        self._executor.shutdown()
+        return self.report
+
+    def _skip(self, row: store.Pending) -> None:
+        result = Delivered(row, "queued", "not attempted")
+        self.report.results.append(result)
+        if self.on_result:
+            self.on_result(result)
+
+    def _settle(self, done: set[Future[str | SendError]]) -> None:
+        for fut in done:
+            row = self._inflight.pop(fut)
+            result = _record(self.db, row, fut.result(), self.clock, self.policy)
+            if result.status == "queued" and self.report.fatal is None:
+                self.report.fatal = result.detail
+            self.report.results.append(result)
+            if self.on_result:
+                self.on_result(result)
+
+
 def deliver(
     db: Database,
     rows: list[store.Pending],
@@ -121,51 +206,19 @@ def deliver(
     stop: threading.Event | None = None,
     on_result: Callable[[Delivered], None] | None = None,
 ) -> DeliveryReport:
-    """Send `rows` over `senders` (one thread each) and record each outcome as it happens.
+    """Send `rows` over `senders` and record each outcome as it happens.
 
-    Stops submitting when `stop` is set or a fatal error comes back; messages already on
-    the wire are finished and recorded. Rows not attempted stay queued.
+    Stops when `stop` is set or a fatal error comes back; messages already on the wire are
+    finished and recorded. Rows not attempted stay queued.
     """
-    stop = stop or threading.Event()
-    report = DeliveryReport()
-    pool: SimpleQueue[Sender] = SimpleQueue()
-    for sender in senders:
-        pool.put(sender)
-    pacer = Pacer(rate, stop)
-    inflight: dict[Future[str | SendError], store.Pending] = {}
-
-    def settle(done: set[Future[str | SendError]]) -> None:
-        for fut in done:
-            row = inflight.pop(fut)
-            result = _record(db, row, fut.result(), clock, policy)
-            if result.status == "queued" and report.fatal is None:
-                report.fatal = result.detail
-            report.results.append(result)
-            if on_result:
-                on_result(result)
-
-    with ThreadPoolExecutor(max_workers=len(senders), thread_name_prefix="smtp") as executor:
-        queue = iter(rows)
-        for row in queue:
-            while len(inflight) >= len(senders):
-                settle(wait(inflight, return_when=FIRST_COMPLETED).done)
-            if report.fatal is not None or stop.is_set():
-                report.results.append(Delivered(row, "queued", "not attempted"))
-                break
-            pacer.wait()
-            if stop.is_set():
-                report.results.append(Delivered(row, "queued", "not attempted"))
-                break
-            message = _outgoing(db, row)
-            store.claim(db, row.id, clock())
-            inflight[executor.submit(_transmit, pool, message)] = row
-        report.results.extend(Delivered(r, "queued", "not attempted") for r in queue)
-        while inflight:
-            settle(wait(inflight, return_when=FIRST_COMPLETED).done)
-    if report.fatal is None and stop.is_set():
+    with Delivery(db, senders, clock, policy=policy, rate=rate, stop=stop,
+                  on_result=on_result) as batch:
+        for row in rows:
+            batch.offer(row)
+    if batch.stop.is_set() and batch.report.fatal is None:
         log.warning("stopping: %d message(s) left queued for the next run",
-                    sum(1 for r in report.results if r.status == "queued"))
-    return report
+                    sum(1 for r in batch.report.results if r.status == "queued"))
+    return batch.report
 
 
 def _record(db: Database, row: store.Pending, result: str | SendError,
@@ -174,7 +227,7 @@ def _record(db: Database, row: store.Pending, result: str | SendError,
     attempts = row.attempts + 1
     who = f"subscriber {row.subscriber_id} message_id={row.message_id}"
     if isinstance(result, str):
-        store.mark_sent(db, row.id, now)
+        store.record_sent(db, row.id, now)
         log.info("%s outcome=sent via=%s attempt=%d", who, result, attempts)
         return Delivered(row, "sent", result)
     exc = result
@@ -186,11 +239,11 @@ def _record(db: Database, row: store.Pending, result: str | SendError,
     if exc.permanent or attempts >= policy.max_attempts:
         reason = exc.reason if exc.permanent else (
             f"gave up after {attempts} attempts: {exc.reason}")
-        store.mark_failed(db, row.id, reason, now)
+        store.record_failed(db, row.id, reason, now)
         log.error("%s outcome=failed error=%s", who, reason)
         return Delivered(row, "failed", reason)
     retry_at = now + policy.delay(attempts)
-    store.mark_retry(db, row.id, exc.reason, retry_at, now)
+    store.record_retry(db, row.id, exc.reason, retry_at, now)
     log.warning("%s outcome=retry attempt=%d next=%s error=%s", who, attempts,
                 retry_at.isoformat(timespec="seconds"), exc.reason)
     return Delivered(row, "retry", f"{exc.reason}; retry at {retry_at:%Y-%m-%d %H:%M:%S %Z}")

@@ -274,89 +274,107 @@ def send(
 ) -> SendReport:
     """Build, queue and send today's digest for each subscriber (or those in `only`).
 
-    Two steps. First every subscriber's digest for their local date is built, rendered and
-    stored in the outbox as the exact bytes to send (a digest already sent or queued is not
-    built again). Then everything these subscribers have waiting in the outbox is sent,
-    including digests left queued, in 'sending' or in 'retry' by an earlier run or a crash.
+    First whatever these subscribers have waiting in the outbox is sent: retries, and
+    digests a crash left 'queued' or 'sending'. Then, subscriber by subscriber, today's digest
+    is built, rendered, stored in the outbox as the exact bytes to send, and handed to the
+    next free connection while the next one is built. A digest already sent or queued is
+    never built again.
 
     `dry_run` renders everything and changes nothing. `due_only` is the scheduler's mode:
     subscribers whose local send time has not come are skipped, and retries wait for their
     next attempt time (a manual send retries at once). A fatal transport error (login, TLS,
     unreachable server) stops the batch; `stop` (set by a signal handler) stops it cleanly
-    after the messages on the wire.
+    after the messages on the wire, leaving the rest for the next run.
     """
     progress = progress or _NoProgress()
     stop = stop or threading.Event()
     started = timer.monotonic()
     entries = _load(settings, only)
+    report = SendReport()
+    env = environment()
+    cache = DocumentCache()
     if dry_run:
-        return _build_all(settings, db, entries, now, due_only, dry_run, progress, stop)
+        progress.start(len(entries), "rendering")
+        for entry in entries:
+            outcome = _send_one(settings, db, entry, now, env, cache, True, due_only)
+            assert outcome is not None  # a dry run queues nothing
+            report.outcomes.append(outcome)
+            progress.advance(outcome.subscriber_id)
+        return report
+
+    def clock() -> datetime:
+        # `now` (possibly pinned) advanced by the real time the batch has taken.
+        return now + timedelta(seconds=timer.monotonic() - started)
+
+    today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
+
+    def on_result(done: delivery.Delivered) -> None:
+        row = done.pending
+        detail = done.detail
+        if row.local_date != today.get(row.subscriber_id):
+            detail = f"digest for {row.local_date}: {detail}"
+        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail))
+
     with delivery.send_lock(settings.store.path):
-        report = _build_all(settings, db, entries, now, due_only, dry_run, progress, stop)
-        today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
-        rows = store.pending(db, today, now if due_only else None)
-        if rows and not stop.is_set():
-            _deliver(settings, db, rows, now, today, sender, progress, stop, report)
+        senders = [sender] if sender is not None else make_senders(settings)
+        try:
+            with delivery.Delivery(
+                db, senders, clock, policy=retry_policy(settings),
+                rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
+                stop=stop, on_result=on_result,
+            ) as batch:
+                offered = set()
+                for row in store.pending(db, today, now if due_only else None):
+                    batch.offer(row)
+                    offered.add(row.id)
+                progress.start(len(entries), "sending")
+                for entry in entries:
+                    if stop.is_set():
+                        break
+                    _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
+                               batch, report)
+                    progress.advance(entry.path.stem if isinstance(entry, ConfigError)
+                                     else entry.id)
+        finally:
+            if sender is None:
+                for own in senders:
+                    own.close()
+    report.fatal = batch.report.fatal
     report.stopped = stop.is_set()
+    order = {sid: i for i, sid in enumerate(today)}
+    report.outcomes.sort(key=lambda o: order.get(o.subscriber_id, len(order)))
     store.record_run(
-        db, "send", now, now + timedelta(seconds=timer.monotonic() - started),
+        db, "send", now, clock(),
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
                                        "already-sent", "queued")},
     )
     return report
 
 
-def _build_all(
-    settings: Settings, db: Database, entries: list[Subscriber | ConfigError], now: datetime,
-    due_only: bool, dry_run: bool, progress: ProgressHook, stop: threading.Event,
-) -> SendReport:
-    progress.start(len(entries), "rendering")
-    report = SendReport()
-    env = environment()
-    cache = DocumentCache()
-    for entry in entries:
-        if stop.is_set():
-            break
-        outcome = _send_one(settings, db, entry, now, env, cache, dry_run, due_only)
-        if outcome is not None:
-            report.outcomes.append(outcome)
-        progress.advance(entry.path.stem if isinstance(entry, ConfigError) else entry.id)
-    return report
+def digest_key(subscriber: Subscriber, day: date) -> str:
+    """The outbox key of a subscriber's digest for one local date."""
+    return store.digest_key(subscriber.id, day)
 
 
-def _deliver(
-    settings: Settings, db: Database, rows: list[store.Pending], now: datetime,
-    today: dict[str, date], sender: Sender | None, progress: ProgressHook,
-    stop: threading.Event, report: SendReport,
+def _queue_one(
+    settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
+    env: jinja2.Environment, cache: DocumentCache, due_only: bool, today: dict[str, date],
+    offered: set[str], batch: delivery.Delivery, report: SendReport,
 ) -> None:
-    progress.start(len(rows), "sending")
-    started = timer.monotonic()
-
-    def clock() -> datetime:
-        # `now` (possibly pinned) advanced by the real time the batch has taken.
-        return now + timedelta(seconds=timer.monotonic() - started)
-
-    def on_result(result: delivery.Delivered) -> None:
-        progress.advance(result.pending.subscriber_id)
-
-    senders = [sender] if sender is not None else make_senders(settings)
-    try:
-        result = delivery.deliver(
-            db, rows, senders, clock, policy=retry_policy(settings),
-            rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
-            stop=stop, on_result=on_result,
-        )
-    finally:
-        if sender is None:
-            for own in senders:
-                own.close()
-    report.fatal = result.fatal
-    for done in result.results:
-        row = done.pending
-        detail = done.detail
-        if row.local_date != today.get(row.subscriber_id):
-            detail = f"digest for {row.local_date}: {detail}"
-        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail))
+    """Build and queue one subscriber's digest and hand it to the batch."""
+    sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
+    if batch.report.fatal is not None:
+        report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
+        return
+    if isinstance(entry, Subscriber) and store.digest_key(sid, today[sid]) in offered:
+        return  # already handed over, from what was waiting in the outbox
+    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only)
+    if outcome is not None:
+        report.outcomes.append(outcome)
+        return
+    queued = store.pending_row(db, store.digest_key(sid, today[sid]))
+    if queued is not None:
+        batch.offer(queued)
 
 
 def _send_one(
@@ -369,7 +387,7 @@ def _send_one(
     dry_run: bool,
     due_only: bool,
 ) -> Outcome | None:
-    """Build and queue one subscriber's digest for today; None when it is (now) queued."""
+    """Build and queue one subscriber's digest for today; None when it was just queued."""
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(entry.path.stem, "invalid", detail=entry.message)
@@ -378,10 +396,14 @@ def _send_one(
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
-    if state in store.PENDING_STATES:
-        # Sent from the outbox in the second step, as the bytes stored when it was queued.
-        return None if not dry_run else Outcome(
-            subscriber.id, "would-send", detail=f"digest for {day} is already {state}")
+    if state in store.PENDING_STATES and store.pending_row(db, digest_key(subscriber, day)):
+        # What was due of it has been handed over already, from the outbox: a retry whose
+        # time has not come is what is left.
+        if dry_run:
+            return Outcome(subscriber.id, "would-send",
+                           detail=f"digest for {day} is already {state}")
+        return Outcome(subscriber.id, "not-due", detail=f"digest for {day} is {state}")
+    # (A pending row without stored bytes was left by an older version: build it again.)
     if state == "failed":
         if due_only:
             return Outcome(subscriber.id, "not-due")

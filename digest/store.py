@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
-from .models import Listing
+from .models import Digest, Listing
 from .tokens import title_key
 
 migrations = Migrations("digest")
@@ -209,8 +209,8 @@ def count_listings(db: Database) -> int:
 
 
 def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listing]:
-    """Listings first seen at or after `since` that no sent digest gave this subscriber
-    (nor one still in the outbox, so a late retry never repeats an item)."""
+    """Listings first seen at or after `since` that no sent digest gave this subscriber,
+    nor one whose final bytes wait in the outbox (so a late retry never repeats an item)."""
     rows = db.query(
         """
         select * from listings
@@ -219,7 +219,8 @@ def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listin
             select di.listing_id from digest_items di
             join digests d on d.id = di.digest_id
             where d.subscriber_id = :subscriber
-              and d.state in ('sent', 'queued', 'sending', 'retry')
+              and (d.state = 'sent' or (d.state in ('queued', 'sending', 'retry')
+                                        and d.message is not null))
           )
         order by first_seen desc, id
         """,
@@ -259,6 +260,45 @@ def _write_digest_row(
         )
     else:
         db.table("digests").update(key, {"updated_at": stamp, **values})
+
+
+def begin_delivery(
+    db: Database, digest: Digest, message_id: str, subject: str, now: datetime
+) -> None:
+    """Record that `digest` is about to be handed to the server, with the listings it holds."""
+    key = digest.id
+    with db.atomic():
+        attempts = db.execute(
+            "select attempts from digests where id = ?", [key]
+        ).fetchone()
+        _write_digest_row(
+            db, key, digest.subscriber.id, digest.local_date, now,
+            state="sending", message_id=message_id, subject=subject,
+            item_count=len(digest.matches), attempts=(attempts[0] if attempts else 0) + 1,
+            last_error=None,
+        )
+        db.execute("delete from digest_items where digest_id = ?", [key])
+        db.table("digest_items").insert_all(
+            {"digest_id": key, "listing_id": m.listing.id, "position": i,
+             "topic": m.topic, "score": m.score}
+            for i, m in enumerate(digest.matches)
+        )
+
+
+def mark_sent(db: Database, digest: Digest, now: datetime) -> None:
+    """Record that the server accepted the digest."""
+    with db.atomic():
+        db.table("digests").update(
+            digest.id, {"state": "sent", "sent_at": timestamp(now), "updated_at": timestamp(now)}
+        )
+
+
+def mark_failed(db: Database, digest: Digest, error: str, now: datetime) -> None:
+    """Record that sending failed; its listings stay candidates for the next attempt."""
+    with db.atomic():
+        db.table("digests").update(
+            digest.id, {"state": "failed", "last_error": error, "updated_at": timestamp(now)}
+        )
 
 
 def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime) -> None:
@@ -314,8 +354,10 @@ def enqueue(
     Refuses to replace a digest that is pending or sent: those bytes are final.
     """
     with db.atomic():
-        state = db.execute("select state from digests where id = ?", [key]).fetchone()
-        if state is not None and state[0] in (*PENDING_STATES, "sent"):
+        state = db.execute(
+            "select state, message is not null from digests where id = ?", [key]).fetchone()
+        if state is not None and (state[0] == "sent" or (state[0] in PENDING_STATES
+                                                          and state[1])):
             raise ValueError(f"digest {key} is already {state[0]}")
         items = list(items)
         _write_digest_row(
@@ -367,6 +409,14 @@ def pending(
     return [_pending(r) for r in rows]
 
 
+def pending_row(db: Database, key: str) -> Pending | None:
+    """One digest, if it waits in the outbox."""
+    row = next(iter(db.query(
+        "select * from digests where id = ? and state in ('queued', 'sending', 'retry')"
+        " and message is not null", [key])), None)
+    return _pending(row) if row else None
+
+
 def message_bytes(db: Database, key: str) -> bytes:
     """The stored bytes of a queued digest: exactly what is (re)sent."""
     row = db.execute("select message from digests where id = ?", [key]).fetchone()
@@ -389,7 +439,7 @@ def claim(db: Database, key: str, now: datetime) -> None:
         )
 
 
-def mark_sent(db: Database, key: str, now: datetime) -> None:
+def record_sent(db: Database, key: str, now: datetime) -> None:
     """Record that the server accepted the digest. Called for each message, at once."""
     with db.atomic():
         db.execute(
@@ -399,7 +449,7 @@ def mark_sent(db: Database, key: str, now: datetime) -> None:
         )
 
 
-def mark_retry(db: Database, key: str, error: str, next_attempt: datetime,
+def record_retry(db: Database, key: str, error: str, next_attempt: datetime,
                now: datetime) -> None:
     """Record a refusal that may pass; the digest is tried again from `next_attempt`."""
     with db.atomic():
@@ -410,7 +460,7 @@ def mark_retry(db: Database, key: str, error: str, next_attempt: datetime,
         )
 
 
-def mark_failed(db: Database, key: str, reason: str, now: datetime) -> None:
+def record_failed(db: Database, key: str, reason: str, now: datetime) -> None:
     """Record a permanent failure; its listings become candidates again."""
     with db.atomic():
         db.execute(

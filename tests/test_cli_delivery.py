@@ -42,7 +42,7 @@ def test_retry_only_requeues_the_named_subscribers(project: Project) -> None:
                          env=env).exit_code == 0
     db = store.open_db(project.db_path)
     for sid in ("s000", "s001"):
-        store.mark_failed(db, f"{sid}/2026-11-25", "550 test", NOW)
+        store.record_failed(db, f"{sid}/2026-11-25", "550 test", NOW)
     result = runner.invoke(cli.cli, ["retry", "--config", str(project.config),
                                      "--subscriber", "s001"], env=env)
     assert result.exit_code == 0 and "1 failed digest(s) queued again" in result.output

@@ -74,7 +74,7 @@ def test_451_schedules_a_retry_with_backoff_then_sends(project: Project,
     assert NOW + dt.timedelta(seconds=30) <= next_at <= NOW + dt.timedelta(seconds=91)
     # The scheduler's mode waits for the next attempt time...
     waiting = send(settings, NOW + dt.timedelta(seconds=20), due_only=True)
-    assert statuses(waiting) == {"s001": "already-sent"}
+    assert statuses(waiting) == {"s000": "not-due", "s001": "already-sent"}
     assert rows(settings)["s000"]["state"] == "retry"
     assert len(server.sink.received) == 1
     # ...and sends once it has come.
