@@ -155,10 +155,15 @@ class Delivery:
         """Whether the batch stopped (fatal error or stop requested): offer no more."""
         return self.report.fatal is not None or self.stop.is_set()
 
-    def offer(self, row: store.Pending) -> bool:
-        """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
+    def wait_for_connection(self) -> None:
+        """Block until a connection is free, recording what comes back meanwhile (so a
+        fatal error is known before the caller prepares another message)."""
         while len(self._inflight) >= self.width:
             self._settle(wait(self._inflight, return_when=FIRST_COMPLETED).done)
+
+    def offer(self, row: store.Pending) -> bool:
+        """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
+        self.wait_for_connection()
         if not self.halted:
             self._pacer.wait()
         if self.halted:
@@ -179,7 +184,8 @@ class Delivery:
         return self.report
 
     def _skip(self, row: store.Pending) -> None:
-        result = Delivered(row, "queued", "not attempted")
+        why = "batch stopped" if self.report.fatal is not None else "stopped on request"
+        result = Delivered(row, "queued", f"not attempted: {why}")
         self.report.results.append(result)
         if self.on_result:
             self.on_result(result)

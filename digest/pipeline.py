@@ -363,6 +363,7 @@ def _queue_one(
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
     sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
+    batch.wait_for_connection()
     if batch.report.fatal is not None:
         report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
         return

@@ -247,8 +247,8 @@ def test_a_late_retry_from_yesterday_goes_out_and_is_not_repeated_today(
     tomorrow = NOW + dt.timedelta(days=1)
     report = send(settings, tomorrow)
     # Yesterday's digest goes out; today's has nothing new (its items were in yesterday's).
-    assert [o.status for o in report.outcomes] == ["no-matches", "sent"]
-    assert "2026-11-25" in report.outcomes[1].detail
+    assert [o.status for o in report.outcomes] == ["sent", "no-matches"]
+    assert "digest for 2026-11-25" in report.outcomes[0].detail
     assert len(server.sink.received) == 1
 
 
