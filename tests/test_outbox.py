@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from digest import cli, delivery, pipeline, store
-from digest.config import Settings, load_settings
+from digest.config import Settings, load_settings, load_subscriber
 
 from .conftest import PASSWORD, USER, Project, SmtpServer
 from .delivery_support import FaultServer, fault_server, prepare, smtp_config
@@ -258,3 +258,17 @@ def test_dry_run_records_and_sends_nothing(project: Project, server: FaultServer
     assert statuses(report) == {"s000": "would-send", "s001": "would-send"}
     assert not report.failed
     assert rows(settings) == {} and server.sink.received == []
+
+
+def test_a_row_left_sending_by_the_old_version_without_bytes_is_built_again(
+        project: Project, server: FaultServer) -> None:
+    settings = setup(project, server, 1)
+    db = store.open_db(settings.store.path)
+    digest = pipeline.build(settings, db, load_subscriber(project.subscribers / "s000.toml",
+                                                          settings.defaults), NOW)
+    assert digest is not None
+    store.begin_delivery(db, digest, "<old@example.org>", "old", NOW)  # no stored bytes
+    assert statuses(send(settings)) == {"s000": "sent"}
+    row = rows(settings)["s000"]
+    assert row["state"] == "sent" and row["message_id"] != "<old@example.org>"
+    assert len(server.sink.received) == 1
