@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -211,7 +212,8 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
 
 def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run: bool) -> None:
     table = Table("subscriber", "result", "items", "detail")
-    colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red"}
+    colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
+               "retry": "yellow", "queued": "yellow"}
     for o in report.outcomes:
         if o.status == "not-due":
             continue
@@ -221,11 +223,16 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
     out.print(table)
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "unsubscribed", "failed", "invalid") if report.count(s)
+                                            "unsubscribed", "retry", "queued", "failed",
+                                            "invalid")
+        if report.count(s)
     )
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.fatal:
         err.print(f"[bold red]error:[/] {report.fatal}", highlight=False)
+    if report.stopped:
+        err.print("stopped on request: digests not sent yet stay queued for the next run",
+                  highlight=False)
     if (not dry_run and settings.delivery.transport == "file"
             and (report.count("sent") or report.count("already-sent"))):
         out.print(f"emails (.eml) and HTML previews (.html) are in {settings.delivery.outbox}",
@@ -242,9 +249,9 @@ def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool) -> None
     """Send today's digest now, whatever each subscriber's send_at; never twice a day."""
     settings = _settings(config_path)
     db = store.open_db(settings.store.path)
-    with _progress() as bar:
+    with schedule.stop_on_signals() as stop, _progress() as bar:
         report = pipeline.send(settings, db, _now(), only=list(subscribers) or None,
-                               dry_run=dry_run, progress=_Bar(bar))
+                               dry_run=dry_run, progress=_Bar(bar), stop=stop)
     _print_send_report(report, settings, dry_run)
     if report.failed:
         sys.exit(1)
@@ -264,13 +271,14 @@ def run(config_path: Path, once: bool) -> None:
         for r in results:
             if r.error:
                 err.print(f"[red]source {r.name}:[/] {r.error}", highlight=False)
-        report = pipeline.send(settings, db, now, due_only=True)
+        with schedule.stop_on_signals() as stop:
+            report = pipeline.send(settings, db, now, due_only=True, stop=stop)
         _print_send_report(report, settings, dry_run=False)
         if report.failed or any(r.error for r in results):
             sys.exit(1)
         return
     out.print(f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False)
-    schedule.run_forever(settings)
+    schedule.run_forever(settings, _now)
 
 
 @cli.command()
@@ -288,3 +296,49 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
               highlight=False)
     web.serve(app, host, port)
+
+
+@cli.command()
+@config_option
+@click.option("--runs", default=10, show_default=True, help="How many recent runs to show.")
+def status(config_path: Path, runs: int) -> None:
+    """Show each subscriber's last digest (date, state, items, attempts, error) and recent runs."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
+               "queued": "yellow"}
+    table = Table("subscriber", "date", "state", "items", "attempts", "last error / next try")
+    for row in pipeline.status(settings, db):
+        state = row.state or "-"
+        if row.state in colours:
+            state = f"[{colours[row.state]}]{state}[/]"
+        note = row.last_error or ""
+        if row.state == "retry" and row.next_attempt_at:
+            note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
+        name = row.subscriber_id if row.known else f"{row.subscriber_id} (file removed)"
+        table.add_row(name, row.local_date or "-", state,
+                      str(row.items) if row.state else "", str(row.attempts or ""), note)
+    out.print(table)
+    history = Table("run", "kind", "started (UTC)", "seconds", "summary", title="recent runs")
+    for run_row in store.recent_runs(db, runs):
+        started = datetime.fromisoformat(run_row["started_at"])
+        seconds = (datetime.fromisoformat(run_row["finished_at"]) - started).total_seconds()
+        summary = json.loads(run_row["summary"] or "{}")
+        history.add_row(str(run_row["id"]), run_row["kind"], f"{started:%Y-%m-%d %H:%M:%S}",
+                        f"{seconds:.1f}",
+                        ", ".join(f"{k}: {v}" for k, v in summary.items() if v))
+    out.print(history)
+
+
+@cli.command()
+@config_option
+@click.option("--subscriber", "subscribers", multiple=True, metavar="ID",
+              help="Only this subscriber's failed digests (repeatable). Default: all.")
+def retry(config_path: Path, subscribers: tuple[str, ...]) -> None:
+    """Queue failed digests again; the next `send` or scheduler tick sends them."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    ids = pipeline.retry(db, _now(), list(subscribers) or None)
+    for key in ids:
+        out.print(f"queued again: {key}", highlight=False)
+    out.print(f"{len(ids)} failed digest(s) queued again", highlight=False)

@@ -340,6 +340,23 @@ class SmtpConfig(_Strict):
     ca_file: Path | None = Field(
         None, description="A PEM bundle to verify the server with, for a private CA."
     )
+    connections: int = Field(
+        1, ge=1, le=32, description="How many connections send in parallel."
+    )
+    rate_limit: float = Field(
+        0.0, ge=0, description="Most messages per second over all connections; 0 = no limit."
+    )
+    max_per_connection: int = Field(
+        100, ge=0, description="Messages sent over one connection before it is renewed; 0 = no cap."
+    )
+    max_attempts: int = Field(
+        6, ge=1, le=100,
+        description="Attempts at one message (4xx, 421, dropped connection) before it fails.",
+    )
+    retry_after_seconds: float = Field(
+        60.0, gt=0,
+        description="Wait before the first retry; doubles each attempt (max 6 h), +/-50% jitter.",
+    )
 
     def password(self) -> str | None:
         """The password, read from the environment variable named by `password_env`."""

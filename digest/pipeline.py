@@ -7,6 +7,7 @@ A digest is recorded as sent only after the transport accepted it.
 from __future__ import annotations
 
 import logging
+import threading
 import time as timer
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import store
-from .config import AnySource, Settings, iter_subscribers, load_subscriber
-from .errors import ConfigError, DigestError, SendError, SourceError, UnknownSubscriberError
+from . import delivery, store
+from .config import AnySource, Settings, iter_subscribers, load_subscriber, subscriber_files
+from .errors import ConfigError, DigestError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
 from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber
 from .render import Links, environment, render
@@ -218,17 +219,19 @@ def preview(
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one subscriber in a send."""
+    """What happened to one subscriber's digest in a send."""
 
     subscriber_id: str
-    status: str  # sent | would-send | already-sent | no-matches | failed | invalid | not-due
+    # sent | would-send | already-sent | no-matches | failed | invalid | not-due
+    # | retry (a passing refusal; tried again later) | queued (stored, not sent yet)
+    status: str
     items: int = 0
     detail: str = ""
 
     @property
     def is_failure(self) -> bool:
         """Whether this outcome should make the command exit non-zero."""
-        return self.status in ("failed", "invalid")
+        return self.status in ("failed", "invalid", "retry", "queued")
 
 
 @dataclass(slots=True)
@@ -237,11 +240,14 @@ class SendReport:
 
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str | None = None
+    stopped: bool = False  # a signal asked to stop; what was not sent stays queued
 
     @property
     def failed(self) -> bool:
-        """Whether anything failed."""
-        return self.fatal is not None or any(o.is_failure for o in self.outcomes)
+        """Whether anything failed (digests left queued by a requested stop do not count)."""
+        return self.fatal is not None or any(
+            o.is_failure and not (self.stopped and o.status == "queued") for o in self.outcomes
+        )
 
     def count(self, status: str) -> int:
         """How many subscribers ended with `status`."""
@@ -253,6 +259,21 @@ def make_sender(settings: Settings) -> Sender:
     if settings.delivery.transport == "smtp":
         return SmtpSender(settings.smtp)
     return FileSender(settings.delivery.outbox)
+
+
+def make_senders(settings: Settings) -> list[Sender]:
+    """One transport per parallel connection (`[smtp] connections`; the file transport
+    always has one)."""
+    count = settings.smtp.connections if settings.delivery.transport == "smtp" else 1
+    return [make_sender(settings) for _ in range(count)]
+
+
+def retry_policy(settings: Settings) -> delivery.RetryPolicy:
+    """The retry policy from `[smtp]`."""
+    return delivery.RetryPolicy(
+        max_attempts=settings.smtp.max_attempts,
+        base=timedelta(seconds=settings.smtp.retry_after_seconds),
+    )
 
 
 def _load(settings: Settings, only: list[str] | None) -> list[Subscriber | ConfigError]:
@@ -292,44 +313,112 @@ def send(
     due_only: bool = False,
     sender: Sender | None = None,
     progress: ProgressHook | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Build and send today's digest for each subscriber (or those in `only`).
+    """Build, queue and send today's digest for each subscriber (or those in `only`).
 
-    A digest already sent today is not sent again. `dry_run` renders everything and changes
-    nothing. `due_only` skips subscribers whose local send time has not come yet (the
-    scheduler's mode). A fatal transport error (login, TLS) stops the batch.
+    First whatever these subscribers have waiting in the outbox is sent: retries, and
+    digests a crash left 'queued' or 'sending'. Then, subscriber by subscriber, today's digest
+    is built, rendered, stored in the outbox as the exact bytes to send, and handed to the
+    next free connection while the next one is built. A digest already sent or queued is
+    never built again.
+
+    `dry_run` renders everything and changes nothing. `due_only` is the scheduler's mode:
+    subscribers whose local send time has not come are skipped, and retries wait for their
+    next attempt time (a manual send retries at once). A fatal transport error (login, TLS,
+    unreachable server) stops the batch; `stop` (set by a signal handler) stops it cleanly
+    after the messages on the wire, leaving the rest for the next run.
     """
     progress = progress or _NoProgress()
+    stop = stop or threading.Event()
+    started = timer.monotonic()
     entries = _load(settings, only)
-    progress.start(len(entries), "sending" if not dry_run else "rendering")
     report = SendReport()
     env = environment()
     cache = DocumentCache()
-    own_sender = sender is None and not dry_run
-    transport = sender or (None if dry_run else make_sender(settings))
-    try:
+    if dry_run:
+        progress.start(len(entries), "rendering")
         for entry in entries:
-            if report.fatal is not None:
-                sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
-                report.outcomes.append(
-                    Outcome(sid, "failed", detail="not attempted: batch stopped")
-                )
-            else:
-                report.outcomes.append(
-                    _send_one(settings, db, entry, now, env, cache, transport, dry_run,
-                              due_only, report)
-                )
-            progress.advance(report.outcomes[-1].subscriber_id)
-    finally:
-        if own_sender and transport is not None:
-            transport.close()
-    if not dry_run:
-        store.record_run(
-            db, "send", now, datetime.now(tz=now.tzinfo),
-            {s: report.count(s) for s in ("sent", "failed", "invalid", "no-matches",
-                                           "already-sent")},
-        )
+            outcome = _send_one(settings, db, entry, now, env, cache, True, due_only)
+            assert outcome is not None  # a dry run queues nothing
+            report.outcomes.append(outcome)
+            progress.advance(outcome.subscriber_id)
+        return report
+
+    def clock() -> datetime:
+        # `now` (possibly pinned) advanced by the real time the batch has taken.
+        return now + timedelta(seconds=timer.monotonic() - started)
+
+    today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
+
+    def on_result(done: delivery.Delivered) -> None:
+        row = done.pending
+        detail = done.detail
+        if row.local_date != today.get(row.subscriber_id):
+            detail = f"digest for {row.local_date}: {detail}"
+        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail))
+
+    with delivery.send_lock(settings.store.path):
+        senders = [sender] if sender is not None else make_senders(settings)
+        try:
+            with delivery.Delivery(
+                db, senders, clock, policy=retry_policy(settings),
+                rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
+                stop=stop, on_result=on_result,
+            ) as batch:
+                offered = set()
+                for row in store.pending(db, today, now if due_only else None):
+                    batch.offer(row)
+                    offered.add(row.id)
+                progress.start(len(entries), "sending")
+                for entry in entries:
+                    if stop.is_set():
+                        break
+                    _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
+                               batch, report)
+                    progress.advance(entry.path.stem if isinstance(entry, ConfigError)
+                                     else entry.id)
+        finally:
+            if sender is None:
+                for own in senders:
+                    own.close()
+    report.fatal = batch.report.fatal
+    report.stopped = stop.is_set()
+    order = {sid: i for i, sid in enumerate(today)}
+    report.outcomes.sort(key=lambda o: order.get(o.subscriber_id, len(order)))
+    store.record_run(
+        db, "send", now, clock(),
+        {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
+                                       "already-sent", "queued")},
+    )
     return report
+
+
+def digest_key(subscriber: Subscriber, day: date) -> str:
+    """The outbox key of a subscriber's digest for one local date."""
+    return store.digest_key(subscriber.id, day)
+
+
+def _queue_one(
+    settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
+    env: jinja2.Environment, cache: DocumentCache, due_only: bool, today: dict[str, date],
+    offered: set[str], batch: delivery.Delivery, report: SendReport,
+) -> None:
+    """Build and queue one subscriber's digest and hand it to the batch."""
+    sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
+    batch.wait_for_connection()
+    if batch.report.fatal is not None:
+        report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
+        return
+    if isinstance(entry, Subscriber) and store.digest_key(sid, today[sid]) in offered:
+        return  # already handed over, from what was waiting in the outbox
+    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only)
+    if outcome is not None:
+        report.outcomes.append(outcome)
+        return
+    queued = store.pending_row(db, store.digest_key(sid, today[sid]))
+    if queued is not None:
+        batch.offer(queued)
 
 
 def _send_one(
@@ -339,11 +428,10 @@ def _send_one(
     now: datetime,
     env: jinja2.Environment,
     cache: DocumentCache,
-    transport: Sender | None,
     dry_run: bool,
     due_only: bool,
-    report: SendReport,
-) -> Outcome:
+) -> Outcome | None:
+    """Build and queue one subscriber's digest for today; None when it was just queued."""
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(entry.path.stem, "invalid", detail=entry.message)
@@ -355,7 +443,20 @@ def _send_one(
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
-    if due_only and (state == "empty" or state == "failed" or not is_due(subscriber, now)):
+    if state in store.PENDING_STATES and store.pending_row(db, digest_key(subscriber, day)):
+        # What was due of it has been handed over already, from the outbox: a retry whose
+        # time has not come is what is left.
+        if dry_run:
+            return Outcome(subscriber.id, "would-send",
+                           detail=f"digest for {day} is already {state}")
+        return Outcome(subscriber.id, "not-due", detail=f"digest for {day} is {state}")
+    # (A pending row without stored bytes was left by an older version: build it again.)
+    if state == "failed":
+        if due_only:
+            return Outcome(subscriber.id, "not-due")
+        return Outcome(subscriber.id, "failed",
+                       detail=f"digest for {day} failed; 'digest retry' queues it again")
+    if due_only and (state == "empty" or not is_due(subscriber, now)):
         return Outcome(subscriber.id, "not-due")
     try:
         digest = build(settings, db, subscriber, now, cache)
@@ -367,19 +468,64 @@ def _send_one(
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
-    items = len(digest.matches)
     out = composed.outgoing
-    if dry_run or transport is None:
-        return Outcome(subscriber.id, "would-send", items, detail=composed.rendered.subject)
-    store.begin_delivery(db, digest, out.message_id, composed.rendered.subject, now)
-    try:
-        where = transport.send(out)
-    except SendError as exc:
-        store.mark_failed(db, digest, exc.reason, now)
-        log.error("subscriber %s: %s message_id=%s", subscriber.id, exc.reason, out.message_id)
-        if exc.fatal:
-            report.fatal = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-        return Outcome(subscriber.id, "failed", items, detail=exc.reason)
-    store.mark_sent(db, digest, now)
-    log.info("subscriber %s: sent message_id=%s to %s", subscriber.id, out.message_id, where)
-    return Outcome(subscriber.id, "sent", items, detail=where)
+    if dry_run:
+        return Outcome(subscriber.id, "would-send", len(digest.matches),
+                       detail=composed.rendered.subject)
+    # The bytes compose() produced (signed or not) are stored now and are what gets sent.
+    store.enqueue(
+        db, key=digest.id, subscriber_id=subscriber.id, local_date=digest.local_date,
+        message_id=out.message_id, subject=composed.rendered.subject,
+        envelope_from=out.envelope_from, recipient=out.recipient, data=out.data,
+        items=[store.OutboxItem(m.listing.id, m.topic, m.score) for m in digest.matches],
+        now=now,
+    )
+    log.info("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
+             len(digest.matches))
+    return None
+
+
+# --- status and retry -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStatus:
+    """A subscriber's most recent digest as the outbox records it."""
+
+    subscriber_id: str
+    local_date: str | None = None
+    state: str | None = None  # None: no digest yet
+    items: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+    message_id: str | None = None
+    known: bool = True  # False: recorded in the store, but the subscriber file is gone
+
+
+def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
+    """Each subscriber's last digest (date, state, items, attempts, last error), including
+    subscribers with no digest yet and ones whose file was removed."""
+    latest = store.latest_digests(db)
+    ids = {p.stem for p in subscriber_files(settings.subscribers.dir)}
+    rows = []
+    for sid in sorted(ids | latest.keys()):
+        row = latest.get(sid)
+        if row is None:
+            rows.append(SubscriberStatus(sid))
+            continue
+        rows.append(SubscriberStatus(
+            sid, row["local_date"], row["state"], row["item_count"] or 0,
+            row["attempts"] or 0, row["last_error"], row["next_attempt_at"],
+            row["message_id"], known=sid in ids,
+        ))
+    return rows
+
+
+def retry(db: Database, now: datetime, only: list[str] | None = None) -> list[str]:
+    """Queue failed digests again (all, or those of `only`); the next send or tick sends
+    them as the bytes stored the first time. Returns the digest ids."""
+    ids = store.requeue_failed(db, only, now)
+    for key in ids:
+        log.info("digest %s queued again on request", key)
+    return ids

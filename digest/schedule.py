@@ -1,7 +1,10 @@
 """The `digest run` daemon, on APScheduler 3.x. It only ever calls `pipeline`.
 
 Two jobs: a fetch on the configured interval, and a send tick every minute that sends the
-digests that are due (local `send_at` passed, nothing recorded for today's local date).
+digests that are due (local `send_at` passed, nothing recorded for today's local date) and
+whatever waits in the outbox (retries whose time has come, messages a crash left behind).
+Each tick reads the subscriber folder again, so added, changed and removed files take effect
+without a restart.
 Sending is not one cron job per subscriber on purpose: APScheduler 3 drops runs that start
 late and fires a daily cron job twice on the DST fall-back day, while the (subscriber, local
 date) key in the store makes every tick idempotent.
@@ -13,12 +16,15 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Callable
-from datetime import UTC, datetime
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import pipeline, store
@@ -70,40 +76,119 @@ def fetch_job(settings: Settings, clock: Callable[[], datetime]) -> None:
     log.info("fetch: %s", ", ".join(f"{r.name}={r.error or r.new}" for r in results))
 
 
-def send_tick(settings: Settings, clock: Callable[[], datetime]) -> pipeline.SendReport:
-    """Send every digest that is due now."""
+def send_tick(
+    settings: Settings, clock: Callable[[], datetime], stop: threading.Event | None = None
+) -> pipeline.SendReport:
+    """Send every digest that is due now (the subscriber files are read again each tick)."""
     db = store.open_db(settings.store.path)
-    report = pipeline.send(settings, db, clock(), due_only=True)
+    report = pipeline.send(settings, db, clock(), due_only=True, stop=stop)
     sent = report.count("sent")
     if sent or report.failed:
-        log.warning("send tick: %d sent, %d failed", sent, report.count("failed"))
+        log.warning("send tick: %d sent, %d to retry, %d failed", sent, report.count("retry"),
+                    report.count("failed"))
     return report
 
 
+class SendTicker:
+    """The send tick, with a pause after a fatal error so a wrong password or a broken TLS
+    setup is not retried every minute: 1, 2, 4 ... minutes, at most an hour."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime],
+                 stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop
+        self.failures = 0
+        self.paused_until: datetime | None = None
+
+    def __call__(self) -> pipeline.SendReport | None:
+        """Run one tick, unless paused; returns the report, or None when paused."""
+        now = self.clock()
+        if self.paused_until is not None and now < self.paused_until:
+            return None
+        report = send_tick(self.settings, lambda: now, self.stop)
+        if report.fatal is None:
+            self.failures, self.paused_until = 0, None
+        else:
+            self.failures += 1
+            self.paused_until = now + min(timedelta(minutes=2 ** (self.failures - 1)),
+                                          timedelta(hours=1))
+            log.error("sending paused until %s: %s",
+                      self.paused_until.isoformat(timespec="seconds"), report.fatal)
+        return report
+
+
 def build_scheduler(
-    settings: Settings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    settings: Settings,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    stop: threading.Event | None = None,
+    busy: threading.Lock | None = None,
 ) -> BlockingScheduler:
-    """A scheduler with the fetch job and the send tick, both starting at once."""
+    """A scheduler with the fetch job and the send tick, both starting at once.
+
+    `busy` is held while a job runs, so the caller can wait for it after a shutdown.
+    """
     scheduler = BlockingScheduler(timezone=UTC, job_defaults=dict(JOB_DEFAULTS))
-    now = clock()
-    scheduler.add_job(fetch_job, "interval", args=[settings, clock], id="fetch",
+    busy = busy or threading.Lock()
+    ticker = SendTicker(settings, clock, stop)
+
+    def fetch() -> None:
+        with busy:
+            if not (stop and stop.is_set()):
+                fetch_job(settings, clock)
+
+    def tick() -> None:
+        with busy:
+            if not (stop and stop.is_set()):
+                ticker()
+
+    now = datetime.now(UTC)
+    scheduler.add_job(fetch, "interval", id="fetch",
                       minutes=settings.schedule.fetch_every_minutes, next_run_time=now)
-    scheduler.add_job(send_tick, "interval", args=[settings, clock], id="send",
-                      minutes=1, next_run_time=now)
+    scheduler.add_job(tick, "interval", id="send", minutes=1,
+                      next_run_time=now + timedelta(seconds=1))
     return scheduler
 
 
-def run_forever(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT; the tick in progress finishes before the process exits."""
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT (instead of dying mid-message) while in the block."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.warning("received %s: finishing the message in flight, then stopping",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_forever(
+    settings: Settings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> None:
+    """Run until SIGTERM or SIGINT; the message in flight is finished and recorded, the rest
+    stays queued, and the function returns (the process exits 0)."""
     with StoreLock(settings.store.path):
-        scheduler = build_scheduler(settings)
+        stop = threading.Event()
+        busy = threading.Lock()
+        scheduler = build_scheduler(settings, clock, stop, busy)
 
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            log.warning("received %s, finishing the current job", signal.Signals(signum).name)
-            scheduler.shutdown(wait=False)
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.warning("received %s: finishing the message in flight, then stopping",
+                        signal.Signals(signum).name)
+            stop.set()
+            with suppress(SchedulerNotRunningError):
+                scheduler.shutdown(wait=False)
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         scheduler.start()
-
-
+        # start() returns on shutdown while a job may still be running in its thread: wait for
+        # it, so its state is recorded before the lock is released.
+        with busy:
+            log.warning("scheduler stopped")

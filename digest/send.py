@@ -8,16 +8,18 @@ connection is made and is never logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
 import smtplib
+import socket
 import ssl
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
-from email import policy
+from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -216,11 +218,19 @@ class FileSender:
         stem = f"{day}_{subscriber_id}"
         eml = self.outbox / f"{stem}.eml"
         _atomic_write(eml, message.data)
-        _atomic_write(self.outbox / f"{stem}.html", message.html.encode("utf-8"))
+        html = message.html or html_part(message.data)
+        _atomic_write(self.outbox / f"{stem}.html", html.encode("utf-8"))
         return str(eml)
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def html_part(data: bytes) -> str:
+    """The HTML alternative of a serialised message (for a preview of stored bytes)."""
+    msg = message_from_bytes(data, policy=policy.default)
+    part = msg.get_body(preferencelist=("html",)) if isinstance(msg, EmailMessage) else None
+    return str(part.get_content()) if part is not None else ""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -230,11 +240,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class SmtpSender:
-    """Sends over one SMTP connection, opened on first use and reused for the whole batch."""
+    """Sends over one SMTP connection, opened on first use and reused for the batch.
+
+    The connection is renewed after `max_per_connection` messages, and dropped after a 421
+    or a lost connection so that the next message reconnects. One sender is one connection:
+    for parallel sending, make one per connection and use each from one thread at a time.
+    """
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
         self._smtp: smtplib.SMTP | None = None
+        self._sent_on_connection = 0
+        self._context: ssl.SSLContext | None = None
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -250,16 +267,26 @@ class SmtpSender:
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.port}"
 
+    def _tls_context(self) -> ssl.SSLContext:
+        # smtplib verifies nothing unless given a context: always verify certificates. Made
+        # once per sender, as loading the CA store costs more than the connection itself.
+        if self._context is None:
+            cfg = self.config
+            self._context = ssl.create_default_context(
+                cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        return self._context
+
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
-        # smtplib verifies nothing unless given a context: always verify certificates.
-        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         try:
+            context = self._tls_context()
             smtp: smtplib.SMTP
             if cfg.security == "ssl":
-                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context)
+                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context,
+                                        local_hostname=_local_hostname())
             else:
-                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout,
+                                    local_hostname=_local_hostname())
             smtp.ehlo()
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -300,38 +327,52 @@ class SmtpSender:
                 f"cannot connect to SMTP server {self._where()}: {exc}", fatal=True
             ) from exc
         log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
+        self._sent_on_connection = 0
         return smtp
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises SendError (permanent for 5xx)."""
+        cap = self.config.max_per_connection
+        if self._smtp is not None and cap and self._sent_on_connection >= cap:
+            self.close()
         if self._smtp is None:
             self._smtp = self._connect()
+        smtp = self._smtp
         try:
-            refused = self._smtp.sendmail(
-                message.envelope_from, [message.recipient], message.data
-            )
+            refused = smtp.sendmail(message.envelope_from, [message.recipient], message.data)
         except smtplib.SMTPRecipientsRefused as exc:
-            # Raised when every recipient is refused; the codes are only in the dict.
+            # Raised when every recipient is refused, with no smtp_code: the codes are only in
+            # the dict. smtplib closes the connection itself after a 421.
             code, text = next(iter(exc.recipients.values()))
+            self._drop_if_closed(code)
             raise SendError(
                 f"server refused {message.recipient}: {code} {_text(text)}",
                 permanent=500 <= code < 600,
             ) from exc
         except smtplib.SMTPResponseException as exc:
+            self._drop_if_closed(exc.smtp_code)
             raise SendError(
                 f"server answered {exc.smtp_code} {_text(exc.smtp_error)}",
                 permanent=500 <= exc.smtp_code < 600,
             ) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Possibly after DATA: the server may have the message. It is sent again later as
+            # the same bytes with the same Message-ID.
             self._drop()
             raise SendError(f"connection to {self._where()} lost: {exc}") from exc
+        self._sent_on_connection += 1
         if refused:
+            # With several recipients smtplib reports partial refusals only in this dict.
             code, text = refused[message.recipient]
             raise SendError(
                 f"server refused {message.recipient}: {code} {_text(text)}",
                 permanent=500 <= code < 600,
             )
         return self._where()
+
+    def _drop_if_closed(self, code: int) -> None:
+        if code == 421 or self._smtp is None or self._smtp.sock is None:
+            self._drop()
 
     def _drop(self) -> None:
         if self._smtp is not None:
@@ -350,6 +391,12 @@ class SmtpSender:
             pass
         finally:
             self._drop()
+
+
+@functools.cache
+def _local_hostname() -> str:
+    # smtplib calls socket.getfqdn() (a DNS lookup) for every new connection otherwise.
+    return socket.getfqdn()
 
 
 def _text(value: bytes | str) -> str:

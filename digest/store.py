@@ -109,6 +109,17 @@ def m03_sources(db: Database) -> None:
     )
 
 
+@migrations()
+def m06_outbox(db: Database) -> None:
+    """The digests table becomes an outbox: the exact bytes to send, and when to retry."""
+    table = db.table("digests")
+    table.add_column("message", bytes)
+    table.add_column("envelope_from", str)
+    table.add_column("recipient", str)
+    table.add_column("next_attempt_at", str)
+    table.create_index(["state"])
+
+
 def timestamp(when: datetime) -> str:
     """A fixed-width UTC string for `when`, which must be timezone-aware."""
     if when.tzinfo is None:
@@ -338,7 +349,8 @@ def count_listings(db: Database) -> int:
 
 
 def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listing]:
-    """Listings first seen at or after `since` that no sent digest gave this subscriber."""
+    """Listings first seen at or after `since` that no sent digest gave this subscriber,
+    nor one whose final bytes wait in the outbox (so a late retry never repeats an item)."""
     rows = db.query(
         """
         select * from listings
@@ -346,7 +358,9 @@ def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listin
           and id not in (
             select di.listing_id from digest_items di
             join digests d on d.id = di.digest_id
-            where d.subscriber_id = :subscriber and d.state = 'sent'
+            where d.subscriber_id = :subscriber
+              and (d.state = 'sent' or (d.state in ('queued', 'sending', 'retry')
+                                        and d.message is not null))
           )
         order by first_seen desc, id
         """,
@@ -364,7 +378,7 @@ def digest_key(subscriber_id: str, local_date: date) -> str:
 
 
 def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | None:
-    """The state of that day's digest: 'sending', 'sent', 'failed', 'empty', or None."""
+    """The state of that day's digest (see `OUTBOX_STATES`), 'empty', or None."""
     row = next(
         iter(db.query("select state from digests where id = ?",
                       [digest_key(subscriber_id, local_date)])),
@@ -432,6 +446,226 @@ def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime
     key = digest_key(subscriber_id, local_date)
     with db.atomic():
         _write_digest_row(db, key, subscriber_id, local_date, now, state="empty", item_count=0)
+
+
+# --- the outbox -----------------------------------------------------------------------------
+#
+# A digest row moves queued -> sending -> sent. A refusal that may pass (4xx, 421, a dropped
+# connection) moves it to retry, with next_attempt_at and last_error; a permanent refusal (5xx)
+# or too many attempts to failed, with the reason in last_error. The message bytes are stored
+# when the row is queued and never rebuilt, so a resend is byte-identical (same Message-ID).
+
+OUTBOX_STATES = ("queued", "sending", "retry", "sent", "failed")
+PENDING_STATES = ("queued", "sending", "retry")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One listing of a queued digest, as recorded in digest_items."""
+
+    listing_id: str
+    topic: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A digest waiting in the outbox (its bytes are read separately, when it is sent)."""
+
+    id: str
+    subscriber_id: str
+    local_date: date
+    state: str
+    message_id: str
+    envelope_from: str
+    recipient: str
+    attempts: int
+    next_attempt_at: datetime | None
+    item_count: int = 0
+
+
+def enqueue(
+    db: Database, *, key: str, subscriber_id: str, local_date: date, message_id: str,
+    subject: str, envelope_from: str, recipient: str, data: bytes,
+    items: Iterable[OutboxItem], now: datetime,
+) -> None:
+    """Put a finished message into the outbox (state 'queued') with the listings it holds.
+
+    Refuses to replace a digest that is pending or sent: those bytes are final.
+    """
+    with db.atomic():
+        state = db.execute(
+            "select state, message is not null from digests where id = ?", [key]).fetchone()
+        if state is not None and (state[0] == "sent" or (state[0] in PENDING_STATES
+                                                          and state[1])):
+            raise ValueError(f"digest {key} is already {state[0]}")
+        items = list(items)
+        _write_digest_row(
+            db, key, subscriber_id, local_date, now,
+            state="queued", message_id=message_id, subject=subject, item_count=len(items),
+            attempts=0, last_error=None, next_attempt_at=None, sent_at=None,
+            message=data, envelope_from=envelope_from, recipient=recipient,
+        )
+        db.execute("delete from digest_items where digest_id = ?", [key])
+        db.table("digest_items").insert_all(
+            {"digest_id": key, "listing_id": item.listing_id, "position": i,
+             "topic": item.topic, "score": item.score}
+            for i, item in enumerate(items)
+        )
+
+
+def _pending(row: dict[str, Any]) -> Pending:
+    return Pending(
+        id=row["id"], subscriber_id=row["subscriber_id"],
+        local_date=date.fromisoformat(row["local_date"]), state=row["state"],
+        message_id=row["message_id"], envelope_from=row["envelope_from"],
+        recipient=row["recipient"], attempts=row["attempts"] or 0,
+        next_attempt_at=(datetime.fromisoformat(row["next_attempt_at"])
+                         if row["next_attempt_at"] else None),
+        item_count=row["item_count"] or 0,
+    )
+
+
+def pending(
+    db: Database, subscriber_ids: Iterable[str], due_at: datetime | None = None
+) -> list[Pending]:
+    """Digests of these subscribers that wait to be sent, oldest first. With `due_at`,
+    a 'retry' row is only included once its next attempt time has come."""
+    ids = list(subscriber_ids)
+    if not ids:
+        return []
+    rows = db.query(
+        """
+        select id, subscriber_id, local_date, state, message_id, envelope_from, recipient,
+               attempts, next_attempt_at, item_count
+        from digests
+        where state in ('queued', 'sending', 'retry') and message is not null
+          and subscriber_id in (select value from json_each(:ids))
+          and (:due is null or state != 'retry' or next_attempt_at <= :due)
+        order by local_date, subscriber_id
+        """,
+        {"ids": json.dumps(ids), "due": timestamp(due_at) if due_at else None},
+    )
+    return [_pending(r) for r in rows]
+
+
+def pending_row(db: Database, key: str) -> Pending | None:
+    """One digest, if it waits in the outbox."""
+    row = next(iter(db.query(
+        "select * from digests where id = ? and state in ('queued', 'sending', 'retry')"
+        " and message is not null", [key])), None)
+    return _pending(row) if row else None
+
+
+def message_bytes(db: Database, key: str) -> bytes:
+    """The stored bytes of a queued digest: exactly what is (re)sent."""
+    row = db.execute("select message from digests where id = ?", [key]).fetchone()
+    if row is None or row[0] is None:
+        raise KeyError(key)
+    return bytes(row[0])
+
+
+def claim(db: Database, key: str, now: datetime) -> None:
+    """Mark a pending digest 'sending' (one more attempt) just before it goes on the wire.
+
+    A row found in 'sending' later was on the wire when a process died: it is sent again,
+    as the same bytes, since the server may or may not have taken it.
+    """
+    with db.atomic():
+        db.execute(
+            "update digests set state = 'sending', attempts = attempts + 1, updated_at = ?"
+            " where id = ? and state in ('queued', 'sending', 'retry')",
+            [timestamp(now), key],
+        )
+
+
+def record_sent(db: Database, key: str, now: datetime) -> None:
+    """Record that the server accepted the digest. Called for each message, at once."""
+    with db.atomic():
+        db.execute(
+            "update digests set state = 'sent', sent_at = ?, updated_at = ?,"
+            " next_attempt_at = null where id = ?",
+            [timestamp(now), timestamp(now), key],
+        )
+
+
+def record_retry(db: Database, key: str, error: str, next_attempt: datetime,
+               now: datetime) -> None:
+    """Record a refusal that may pass; the digest is tried again from `next_attempt`."""
+    with db.atomic():
+        db.execute(
+            "update digests set state = 'retry', last_error = ?, next_attempt_at = ?,"
+            " updated_at = ? where id = ?",
+            [error, timestamp(next_attempt), timestamp(now), key],
+        )
+
+
+def record_failed(db: Database, key: str, reason: str, now: datetime) -> None:
+    """Record a permanent failure; its listings become candidates again."""
+    with db.atomic():
+        db.execute(
+            "update digests set state = 'failed', last_error = ?, next_attempt_at = null,"
+            " updated_at = ? where id = ?",
+            [reason, timestamp(now), key],
+        )
+
+
+def release(db: Database, key: str, error: str, now: datetime) -> None:
+    """Put a claimed digest back in the queue without counting the attempt: the batch
+    stopped (login, TLS, unreachable server) before this message reached a server."""
+    with db.atomic():
+        db.execute(
+            "update digests set state = 'queued', attempts = max(attempts - 1, 0),"
+            " last_error = ?, updated_at = ? where id = ? and state = 'sending'",
+            [error, timestamp(now), key],
+        )
+
+
+def requeue_failed(
+    db: Database, subscriber_ids: Iterable[str] | None, now: datetime
+) -> list[str]:
+    """Queue failed digests again (all, or those of some subscribers); returns their ids.
+
+    A failed row without stored bytes is removed instead, so the next send builds it anew.
+    """
+    ids = list(subscriber_ids) if subscriber_ids is not None else None
+    with db.atomic():
+        rows = list(db.query(
+            "select id, message is not null as stored from digests where state = 'failed'"
+            " and (:ids is null or subscriber_id in (select value from json_each(:ids)))"
+            " order by local_date, subscriber_id",
+            {"ids": json.dumps(ids) if ids is not None else None},
+        ))
+        for row in rows:
+            if row["stored"]:
+                db.execute(
+                    "update digests set state = 'queued', attempts = 0, next_attempt_at = null,"
+                    " updated_at = ? where id = ?", [timestamp(now), row["id"]],
+                )
+            else:
+                db.execute("delete from digest_items where digest_id = ?", [row["id"]])
+                db.execute("delete from digests where id = ?", [row["id"]])
+    return [r["id"] for r in rows]
+
+
+def latest_digests(db: Database) -> dict[str, dict[str, Any]]:
+    """Each subscriber's most recent digest row (without the message bytes)."""
+    rows = db.query(
+        """
+        select id, subscriber_id, local_date, state, message_id, subject, item_count,
+               attempts, last_error, next_attempt_at, sent_at, updated_at
+        from digests d
+        where local_date = (select max(local_date) from digests x
+                            where x.subscriber_id = d.subscriber_id)
+        order by subscriber_id
+        """
+    )
+    return {r["subscriber_id"]: r for r in rows}
+
+
+def recent_runs(db: Database, limit: int = 10) -> list[dict[str, Any]]:
+    """The last `limit` fetch and send runs, newest first."""
+    return list(db.query("select * from runs order by id desc limit ?", [limit]))
 
 
 def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
