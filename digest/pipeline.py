@@ -368,6 +368,10 @@ def send(
             ) as batch:
                 offered = set()
                 for row in store.pending(db, today, now if due_only else None):
+                    if store.is_unsubscribed(db, row.subscriber_id):
+                        # Queued before they unsubscribed: it must not go out any more.
+                        store.record_failed(db, row.id, "unsubscribed before it was sent", now)
+                        continue
                     batch.offer(row)
                     offered.add(row.id)
                 progress.start(len(entries), "sending")

@@ -191,3 +191,21 @@ def test_every_example_subscriber_gets_several_seed_papers(tmp_path: Path) -> No
     assert len(report.outcomes) >= 3
     for outcome in report.outcomes:
         assert outcome.status == "would-send" and outcome.items >= 5, outcome
+
+
+def test_a_digest_waiting_for_retry_is_dropped_when_they_unsubscribe(
+    project: Project, smtp_server: SmtpServer
+) -> None:
+    smtp_project(project, smtp_server)
+    smtp_server.sink.refuse["grace@example.com"] = "451 4.3.0 Try again later"
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    first = pipeline.send(settings, db, NOW)
+    assert {o.subscriber_id: o.status for o in first.outcomes}["grace"] == "retry"
+    del smtp_server.sink.refuse["grace@example.com"]
+    store.set_subscribed(db, "grace", "grace@example.com", False, NOW, via="test")
+    later = pipeline.send(settings, db, NOW + dt.timedelta(minutes=30))
+    assert {o.subscriber_id: o.status for o in later.outcomes}["grace"] == "unsubscribed"
+    assert set(smtp_server.sink.by_recipient()) == {"ada@example.org"}
+    assert store.digest_state(db, "grace", NOW.date()) == "failed"
