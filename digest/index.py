@@ -23,8 +23,7 @@ never-resend) is applied when their digest is read out of the scan.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -43,12 +42,13 @@ from .match import (
     compile_keyword,
     compile_profile,
     document,
+    find,
     group,
     topic_filter,
     trending_key,
 )
 from .models import Digest, Listing, Match, Section, Span, Subscriber
-from .tokens import Token, name_words, names_match
+from .tokens import folded_words, name_words, names_match, stem
 
 IntArray = npt.NDArray[np.int64]
 _Key = tuple[tuple[str, ...], str | None]
@@ -121,6 +121,22 @@ class Index:
         self._G = _ones((list(range(self.rows)), row_sub), (self.rows, len(self.subscribers)))
         self._req_n = np.array(req_n, dtype=np.int64)
         self._row_min = np.array(row_min, dtype=np.int64)
+        self._has_categories = np.zeros(self.rows, dtype=np.bool_)
+        self._has_categories[list(self._row_categories)] = True
+        # Topics without rules (most of them) go straight from keywords to subscribers in one
+        # product; topics with rules keep a topic-level step where the rules are applied.
+        ruled = (self._row_min > 0) | (self._req_n > 0) | self._has_categories
+        plain = ~ruled
+        self._PG: sparse.csr_matrix = (self._P[:, plain] @ self._G[plain, :]).tocsr()
+        # The product is the hot loop: int32 halves its memory traffic whenever no
+        # subscriber's total can reach 2**31 thousandths (3 x the sum of their weights).
+        most = (self._P.T @ np.full(self.columns, TITLE_FACTOR, dtype=np.int64)) @ self._G
+        self.dtype = np.int32 if (most.max() if most.size else 0) < 2**31 - 1 else np.int64
+        self._PG = self._PG.astype(self.dtype)
+        self._ruled = np.flatnonzero(ruled)
+        self._P_ruled: sparse.csr_matrix = self._P[:, ruled].tocsr()
+        self._R_ruled: sparse.csr_matrix = self._R[:, ruled].tocsr()
+        self._G_ruled: sparse.csr_matrix = self._G[ruled, :].tocsr()
         self._build_lookup()
 
     # --- registries -----------------------------------------------------------------------
@@ -157,56 +173,53 @@ class Index:
         return self._aid[words]
 
     def _build_lookup(self) -> None:
-        # Patterns are found from their first token: a stem, or (for a lone `word*`) a prefix.
-        self._single: dict[str, list[int]] = {}
-        self._multi: dict[str, list[tuple[int, tuple[str, ...], str | None, int]]] = {}
+        # Every stem that starts or continues a keyword gets a small integer id, so a scan can
+        # find keywords with array operations: single stems by table lookup, two-stem phrases
+        # by a sorted array of pair keys, and the rare longer or prefix-ending phrases from
+        # their first stem.
+        self._stem_id: dict[str, int] = {}
+        for stems, _prefix in self._keys:
+            for st in stems:
+                self._stem_id.setdefault(st, len(self._stem_id))
+        n_stems = max(1, len(self._stem_id))
+        self._n_stems = n_stems
+        self._single_pid = np.full(n_stems, -1, dtype=np.int64)
+        pair_keys: list[int] = []
+        pair_pids: list[int] = []
+        self._long: dict[int, list[tuple[int, tuple[str, ...], str | None]]] = {}
         self._prefix: dict[str, list[int]] = {}
         for pid, (stems, prefix) in enumerate(self._keys):
+            ids = [self._stem_id[st] for st in stems]
             if not stems:
                 assert prefix is not None
                 self._prefix.setdefault(prefix, []).append(pid)
             elif len(stems) == 1 and prefix is None:
-                self._single.setdefault(stems[0], []).append(pid)
+                self._single_pid[ids[0]] = pid
+            elif len(stems) == 2 and prefix is None:
+                pair_keys.append(ids[0] * n_stems + ids[1])
+                pair_pids.append(pid)
             else:
-                length = len(stems) + (prefix is not None)
-                self._multi.setdefault(stems[0], []).append((pid, stems, prefix, length))
+                self._long.setdefault(ids[0], []).append((pid, stems, prefix))
+        order = np.argsort(np.array(pair_keys, dtype=np.int64), kind="stable")
+        self._pair_keys = np.array(pair_keys, dtype=np.int64)[order]
+        self._pair_pids = np.array(pair_pids, dtype=np.int64)[order]
+        self._long_first = np.zeros(n_stems, dtype=np.bool_)
+        self._long_first[list(self._long)] = True
         self._prefix_lengths = sorted({len(p) for p in self._prefix})
-        self._prefix_cache: dict[str, tuple[int, ...]] = {}
         self._by_surname: dict[str, list[int]] = {}
         for aid, words in enumerate(self._authors):
             self._by_surname.setdefault(words[-1], []).append(aid)
 
     # --- scanning -------------------------------------------------------------------------
 
-    def _prefix_hits(self, word: str) -> tuple[int, ...]:
-        hits = self._prefix_cache.get(word)
-        if hits is None:
-            found: list[int] = []
-            for k in self._prefix_lengths:
-                if k > len(word):
-                    break
-                found += self._prefix.get(word[:k], ())
-            hits = self._prefix_cache[word] = tuple(found)
-        return hits
-
-    def find_all(self, tokens: Sequence[Token]) -> dict[int, list[Span]]:
-        """Every indexed keyword that occurs in `tokens`, with the spans of its occurrences."""
-        out: dict[int, list[Span]] = {}
-        n = len(tokens)
-        for i, tok in enumerate(tokens):
-            for pid in self._single.get(tok.stem, ()):
-                out.setdefault(pid, []).append((tok.start, tok.end))
-            for pid, stems, prefix, length in self._multi.get(tok.stem, ()):
-                if i + length > n:
-                    continue
-                if all(tokens[i + j].stem == stems[j] for j in range(1, len(stems))) and (
-                    prefix is None or tokens[i + length - 1].folded.startswith(prefix)
-                ):
-                    out.setdefault(pid, []).append((tok.start, tokens[i + length - 1].end))
-            if self._prefix_lengths:
-                for pid in self._prefix_hits(tok.folded):
-                    out.setdefault(pid, []).append((tok.start, tok.end))
-        return out
+    def prefix_hits(self, word: str) -> list[int]:
+        """The lone `prefix*` keywords that a case-folded word matches."""
+        found: list[int] = []
+        for k in self._prefix_lengths:
+            if k > len(word):
+                break
+            found += self._prefix.get(word[:k], ())
+        return found
 
     def find_authors(self, listing: Listing) -> set[int]:
         """The followed authors (author ids) among a listing's authors."""
@@ -221,16 +234,8 @@ class Index:
         return found
 
     def scan(self, listings: Iterable[Listing]) -> Scan:
-        """Match every listing against every subscriber at once."""
-        return Scan(self, [document(listing) for listing in listings])
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(when: datetime) -> int:
-    """Microseconds since the epoch, exact (a float timestamp is not, at this size)."""
-    return (when - _EPOCH) // timedelta(microseconds=1)
+        """Find every subscriber's keywords in every listing, in one pass over their words."""
+        return Scan(self, list(listings))
 
 
 def _ones(coords: tuple[list[int], list[int]], shape: tuple[int, int]) -> sparse.csr_matrix:
@@ -243,116 +248,290 @@ def _ones(coords: tuple[list[int], list[int]], shape: tuple[int, int]) -> sparse
     return matrix
 
 
-@dataclass(frozen=True, slots=True)
-class _Hits:
-    title: dict[int, list[Span]]
-    abstract: dict[int, list[Span]]
-    authors: set[int]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(when: datetime) -> int:
+    """Microseconds since the epoch, exact (a float timestamp is not, at this size)."""
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+_NEVER = np.iinfo(np.int64).min
+_EXCLUDED = 2**40  # more than any total score in thousandths
+
+
+def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matrix:
+    """Listings x keyword columns: 3 where a keyword is in the title, 1 where it is only in
+    the abstract. Phrases never cross from the title into the abstract or between listings."""
+    word_id: dict[str, int] = {}
+    tok: list[int] = []
+    tok_doc: list[int] = []
+    tok_title: list[bool] = []
+    for i, listing in enumerate(listings):
+        for is_title, text in ((True, listing.title), (False, listing.abstract)):
+            ids = [word_id.setdefault(w, len(word_id)) for w in folded_words(text)]
+            tok += ids
+            tok.append(-1)  # a boundary no keyword matches across
+            tok_doc += [i] * (len(ids) + 1)
+            tok_title += [is_title] * (len(ids) + 1)
+    words = list(word_id)
+    word_sid = np.array([index._stem_id.get(stem(w), -1) for w in words] + [-1],
+                        dtype=np.int64)  # the extra last entry is the boundary's (-1)
+    t = np.array(tok, dtype=np.int64)
+    sid = word_sid[t]
+    docs = np.array(tok_doc, dtype=np.int64)
+    factor = np.where(np.array(tok_title, dtype=np.bool_), TITLE_FACTOR, 1)
+    found_pos: list[npt.NDArray[np.int64]] = []
+    found_pid: list[npt.NDArray[np.int64]] = []
+    # Single stems: a table lookup per token.
+    known = sid >= 0
+    single = np.full(t.size, -1, dtype=np.int64)
+    single[known] = index._single_pid[sid[known]]
+    pos = np.flatnonzero(single >= 0)
+    found_pos.append(pos)
+    found_pid.append(single[pos])
+    # Two-stem phrases: a binary search of the pair key of each adjacent pair of tokens.
+    if index._pair_keys.size and t.size > 1:
+        both = np.flatnonzero(known[:-1] & known[1:])
+        keys = sid[both] * index._n_stems + sid[both + 1]
+        at = np.searchsorted(index._pair_keys, keys).clip(max=index._pair_keys.size - 1)
+        hit = index._pair_keys[at] == keys
+        found_pos.append(both[hit])
+        found_pid.append(index._pair_pids[at[hit]])
+    # Longer phrases, and phrases that end in a prefix: checked where their first stem is.
+    extra_pos: list[int] = []
+    extra_pid: list[int] = []
+    if index._long:
+        for p in np.flatnonzero(known & index._long_first[sid.clip(min=0)]).tolist():
+            for pid, stems, prefix in index._long[int(sid[p])]:
+                length = len(stems) + (prefix is not None)
+                seq = tok[p:p + length]
+                if len(seq) < length or -1 in seq:
+                    continue
+                if all(stem(words[seq[j]]) == stems[j] for j in range(1, len(stems))) and (
+                    prefix is None or words[seq[-1]].startswith(prefix)
+                ):
+                    extra_pos.append(p)
+                    extra_pid.append(pid)
+    # Lone `prefix*` keywords: worked out once per distinct word.
+    if index._prefix:
+        per_word = [index.prefix_hits(w) for w in words]
+        for p, w in enumerate(tok):
+            if w >= 0 and per_word[w]:
+                extra_pos += [p] * len(per_word[w])
+                extra_pid += per_word[w]
+    found_pos.append(np.array(extra_pos, dtype=np.int64))
+    found_pid.append(np.array(extra_pid, dtype=np.int64))
+    all_pos = np.concatenate(found_pos)
+    cols = np.concatenate(found_pid)
+    # One entry per (listing, keyword): the best factor wins (a title hit counts 3).
+    return _max_entries(docs[all_pos], cols, factor[all_pos], (len(listings), index.columns))
+
+
+def _max_entries(
+    rows: IntArray, cols: IntArray, vals: IntArray, shape: tuple[int, int]
+) -> sparse.csr_matrix:
+    """A sparse matrix that keeps the largest value given for each (row, col)."""
+    key = rows * shape[1] + cols
+    order = np.lexsort((-vals, key))
+    key, vals = key[order], vals[order]
+    first = np.ones(key.size, dtype=np.bool_)
+    first[1:] = key[1:] != key[:-1]
+    key, vals = key[first], vals[first]
+    return sparse.csr_matrix((vals, (key // shape[1], key % shape[1])), shape=shape)
+
+
+def _merge_top(
+    best: tuple[IntArray, IntArray, IntArray],
+    new: tuple[IntArray, IntArray, IntArray],
+    limits: IntArray,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Each column's `limits[col]` entries with the largest keys among `best` (already in
+    order: column, then key descending) and `new`, in that order. Entries are (col, key, row)."""
+    cols = np.concatenate([best[0], new[0]])
+    if cols.size == 0:
+        return best
+    keys = np.concatenate([best[1], new[1]])
+    rows = np.concatenate([best[2], new[2]])
+    span = int(keys.max()) + 1
+    if span * (int(cols.max()) + 1) < 2**62:
+        # `best` is one sorted run: the stable sort (timsort) finds it and merges into it.
+        order = np.argsort(cols * span + (span - 1 - keys), kind="stable")
+    else:
+        order = np.lexsort((-keys, cols))
+    cols, keys, rows = cols[order], keys[order], rows[order]
+    starts = np.ones(cols.size, dtype=np.bool_)
+    starts[1:] = cols[1:] != cols[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(cols.size), 0))
+    keep = (np.arange(cols.size) - group_start) < limits[cols]
+    return cols[keep], keys[keep], rows[keep]
 
 
 class Scan:
-    """The listings of one run, matched against the whole index."""
+    """The listings of one run with every indexed keyword found in them."""
 
-    def __init__(self, index: Index, docs: Sequence[Document]) -> None:
+    def __init__(self, index: Index, listings: Sequence[Listing]) -> None:
         self.index = index
-        self.docs = list(docs)
-        self.row_of = {d.listing.id: i for i, d in enumerate(self.docs)}
+        self.listings = list(listings)
+        self.row_of = {li.id: i for i, li in enumerate(self.listings)}
+        hits = _keyword_hits(index, self.listings).tocoo()
         n_pat = len(index._keys)
-        hits: list[_Hits] = []
-        v_row: list[int] = []
-        v_col: list[int] = []
-        v_val: list[int] = []
-        for i, doc in enumerate(self.docs):
-            found = _Hits(index.find_all(doc.title), index.find_all(doc.abstract),
-                          index.find_authors(doc.listing))
-            hits.append(found)
-            for pid in found.title:
-                v_row.append(i)
-                v_col.append(pid)
-                v_val.append(TITLE_FACTOR)
-            for pid in found.abstract:
-                if pid not in found.title:
-                    v_row.append(i)
-                    v_col.append(pid)
-                    v_val.append(1)
-            for aid in found.authors:
-                v_row.append(i)
-                v_col.append(n_pat + aid)
-                v_val.append(TITLE_FACTOR)
-        self._hits = hits
-        n_docs = len(self.docs)
-        V = sparse.csr_matrix(
-            (np.array(v_val, dtype=np.int64),
-             (np.array(v_row, dtype=np.int64), np.array(v_col, dtype=np.int64))),
-            shape=(n_docs, index.columns),
+        a_rows = [i for i, li in enumerate(self.listings) for _ in index.find_authors(li)]
+        a_cols = [n_pat + a for li in self.listings for a in index.find_authors(li)]
+        self.hits: sparse.csr_matrix = sparse.csr_matrix(
+            (np.concatenate([hits.data, np.full(len(a_rows), TITLE_FACTOR)]).astype(np.int64),
+             (np.concatenate([hits.row, a_rows]).astype(np.int64),
+              np.concatenate([hits.col, a_cols]).astype(np.int64))),
+            shape=(len(self.listings), index.columns),
         )
-        any_hit = V.copy()
-        any_hit.data[:] = 1
+        self.hits.sort_indices()
+        self._hits_product = self.hits.astype(index.dtype)
         # Authors never count for `require` or `exclude`: R and E have no author rows.
-        topic_scores = (V @ index._P).tocoo()
-        d = topic_scores.row.astype(np.int64)
-        r = topic_scores.col.astype(np.int64)
-        v = topic_scores.data.astype(np.int64)
-        upvotes = np.array([doc.listing.upvotes or 0 for doc in self.docs], dtype=np.int64)
-        keep = upvotes[d] >= index._row_min[r]
+        self.any_hit: sparse.csr_matrix = self.hits.copy()
+        self.any_hit.data[:] = 1
+        self.upvotes = np.array([li.upvotes or 0 for li in self.listings], dtype=np.int64)
+        self.first_seen = np.array(
+            [_micros(li.first_seen) if li.first_seen else _NEVER for li in self.listings],
+            dtype=np.int64,
+        )
+        # One global order of listings: most upvotes, newest, id (the tie-break of scores).
+        self.by_rank = sorted(range(len(self.listings)),
+                              key=lambda i: trending_key(self.listings[i]))
+        self.rank = np.empty(len(self.listings), dtype=np.int64)
+        self.rank[np.array(self.by_rank, dtype=np.int64)] = np.arange(len(self.listings))
+        self._docs: dict[int, Document] = {}
+        self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
+
+    def document(self, row: int) -> Document:
+        """The tokenised listing (for highlights), made when first needed."""
+        doc = self._docs.get(row)
+        if doc is None:
+            doc = self._docs[row] = document(self.listings[row])
+        return doc
+
+    def row_hits(self, row: int) -> dict[int, int]:
+        """A listing's hits: column -> 3 (in the title) or 1 (only in the abstract)."""
+        a, b = self.hits.indptr[row], self.hits.indptr[row + 1]
+        return dict(zip(self.hits.indices[a:b].tolist(), self.hits.data[a:b].tolist(),
+                        strict=True))
+
+    def _block(
+        self, a: int, b: int, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
+    ) -> tuple[IntArray, IntArray, IntArray]:
+        """(subscriber, listing, score) of the matches among listings a..b that may beat the
+        subscriber's k-th best so far (a score at least as high), with every topic rule and
+        exclude applied."""
+        index = self.index
+        hits = self.hits[a:b]
+        totals = self._hits_product[a:b] @ index._PG
+        if index._ruled.size:
+            totals = (totals + self._ruled_totals(a, hits)).tocsr()
+        # The one pass over every (listing, subscriber) match: most score below the k-th best
+        # so far; ties on the score are settled on the survivors by the listing's rank.
+        n_docs = len(self.listings)
+        self.pairs += totals.nnz
+        at = np.flatnonzero(totals.data >= kth_score[totals.indices])
+        subs = totals.indices[at].astype(np.int64)
+        rows = np.searchsorted(totals.indptr, at, side="right") - 1
+        scores = totals.data[at].astype(np.int64)
+        keys = scores * n_docs + (n_docs - 1 - self.rank[rows + a])
+        beats = keys > kth[subs]
+        subs, rows, scores = subs[beats], rows[beats], scores[beats]
+        if index._E.nnz and at.size:
+            excluded = (self.any_hit[a:b] @ index._E).tocsr()
+            if excluded.nnz:
+                excluded.sort_indices()  # then the row-major keys below are in order
+                n_subs = len(index.subscribers)
+                ex_rows = np.repeat(np.arange(b - a, dtype=np.int64), np.diff(excluded.indptr))
+                ex_keys = ex_rows * n_subs + excluded.indices
+                query = rows * n_subs + subs
+                at_ex = np.searchsorted(ex_keys, query).clip(max=ex_keys.size - 1)
+                hit = ex_keys[at_ex] == query
+                subs, rows, scores = subs[~hit], rows[~hit], scores[~hit]
+        return subs, rows.astype(np.int64) + a, scores
+
+    def _ruled_totals(self, a: int, hits: sparse.csr_matrix) -> sparse.csr_matrix:
+        """Subscriber totals from the topics with rules: categories, min_upvotes, require."""
+        index = self.index
+        topic = (hits @ index._P_ruled).tocoo()
+        d = topic.row.astype(np.int64)
+        j = topic.col.astype(np.int64)
+        r = index._ruled[j]
+        keep = self.upvotes[a + d] >= index._row_min[r]
         needs = index._req_n[r] > 0
         if needs.any():
-            counts = any_hit @ index._R
-            got = np.asarray(counts[d[needs], r[needs]]).ravel()
+            counts = (self.any_hit[a:a + hits.shape[0]] @ index._R_ruled).tocsr()
+            got = np.asarray(counts[d[needs], j[needs]]).ravel()
             keep[needs] &= got == index._req_n[r[needs]]
-        if index._row_categories:
-            filtered_rows = np.zeros(index.rows, dtype=np.bool_)
-            filtered_rows[list(index._row_categories)] = True
-            for j in np.flatnonzero(keep & filtered_rows[r]):
-                allowed = index._row_categories[int(r[j])]
-                if allowed.isdisjoint(self.docs[d[j]].listing.categories):
-                    keep[j] = False
-        filtered = sparse.csr_matrix((v[keep], (d[keep], r[keep])), shape=topic_scores.shape)
-        totals = (filtered @ index._G).tocsc()
-        excluded = (any_hit @ index._E).tocsc()
-        if excluded.nnz:
-            mask = excluded.copy()
-            mask.data[:] = 1
-            totals = (totals - totals.multiply(mask)).tocsc()
-            totals.eliminate_zeros()
-        totals.sort_indices()
-        excluded.sort_indices()
-        self.totals: sparse.csc_matrix = totals
-        self.excluded: sparse.csc_matrix = excluded
-        # One global order of listings: most upvotes, newest, id (the tie-break of scores).
-        order = sorted(range(n_docs), key=lambda i: trending_key(self.docs[i].listing))
-        self.rank = np.empty(n_docs, dtype=np.int64)
-        self.rank[np.array(order, dtype=np.int64)] = np.arange(n_docs, dtype=np.int64)
-        self.by_rank = order
-        # A listing never seen (no first_seen) is outside every lookback window.
-        never = np.iinfo(np.int64).min
-        self._first_seen = np.array(
-            [_micros(d.listing.first_seen) if d.listing.first_seen else never
-             for d in self.docs], dtype=np.int64)
+        for k in np.flatnonzero(keep & index._has_categories[r]).tolist():
+            allowed = index._row_categories[int(r[k])]
+            if allowed.isdisjoint(self.listings[a + int(d[k])].categories):
+                keep[k] = False
+        kept = sparse.csr_matrix((topic.data[keep], (d[keep], j[keep])), shape=topic.shape)
+        result: sparse.csr_matrix = kept @ index._G_ruled
+        return result
 
-    # --- one subscriber -------------------------------------------------------------------
-
-    def scores(self, subscriber_id: str) -> tuple[IntArray, IntArray]:
-        """The listings (rows) that match a subscriber and their scores in thousandths."""
-        s = self.index.position[subscriber_id]
-        a, b = self.totals.indptr[s], self.totals.indptr[s + 1]
-        return (self.totals.indices[a:b].astype(np.int64),
-                self.totals.data[a:b].astype(np.int64))
-
-    def _excluded_rows(self, s: int) -> set[int]:
-        a, b = self.excluded.indptr[s], self.excluded.indptr[s + 1]
-        return set(self.excluded.indices[a:b].tolist())
-
-    def _allowed(self, since: datetime | None, sent: Collection[str]) -> npt.NDArray[np.bool_]:
-        if since is None:
-            ok = np.ones(len(self.docs), dtype=np.bool_)
-        else:
-            ok = self._first_seen >= _micros(since)
-        for listing_id in sent:
-            row = self.row_of.get(listing_id)
-            if row is not None:
-                ok[row] = False
+    def _candidates(
+        self, subs: IntArray, rows: IntArray, since: IntArray, sent_keys: IntArray
+    ) -> npt.NDArray[np.bool_]:
+        """Which (subscriber, listing) pairs are candidates: in the lookback, never sent."""
+        ok = self.first_seen[rows] >= since[subs]
+        if sent_keys.size:
+            ok &= ~np.isin(subs * len(self.listings) + rows, sent_keys)
         return ok
+
+    def select(
+        self,
+        since: Mapping[str, datetime | None] | None = None,
+        sent: Mapping[str, Collection[str]] | None = None,
+        block: int = 200,
+    ) -> Selection:
+        """Every subscriber's top `max_items` among their candidates: the listings first seen
+        at or after `since[id]` (all when absent) and not in `sent[id]`."""
+        index = self.index
+        n_subs = len(index.subscribers)
+        since_arr = np.full(n_subs, _NEVER, dtype=np.int64)
+        for sid, when in (since or {}).items():
+            if when is not None:
+                since_arr[index.position[sid]] = _micros(when)
+        sent_rows: dict[int, set[int]] = {}
+        for sid, ids in (sent or {}).items():
+            rows = {self.row_of[i] for i in ids if i in self.row_of}
+            if rows:
+                sent_rows[index.position[sid]] = rows
+        sent_keys = np.sort(np.array(
+            [s * len(self.listings) + r for s, rows in sent_rows.items() for r in rows],
+            dtype=np.int64))
+        limits = np.array([sub.max_items for sub in index.subscribers], dtype=np.int64)
+        n_docs = len(self.listings)
+        empty = np.zeros(0, dtype=np.int64)
+        best_cols, best_keys, best_rows = empty, empty, empty
+        # The k-th best of each subscriber so far: later blocks only bring what may beat it,
+        # so after the first (small) block little is left to sort.
+        kth = np.full(n_subs, -1, dtype=np.int64)
+        kth_score: npt.NDArray[np.int32 | np.int64] = np.zeros(n_subs, dtype=index.dtype)
+        a, size = 0, max(1, block // 8)
+        filtering = bool(sent_keys.size) or bool((since_arr > _NEVER).any())
+        self.pairs = 0
+        while a < n_docs:
+            b = min(a + size, n_docs)
+            s, r, v = self._block(a, b, kth, kth_score)
+            if filtering:
+                ok = self._candidates(s, r, since_arr, sent_keys)
+                s, r, v = s[ok], r[ok], v[ok]
+            # One key orders a subscriber's matches: the score, then the listing's rank.
+            key = v * n_docs + (n_docs - 1 - self.rank[r])
+            best_cols, best_keys, best_rows = _merge_top(
+                (best_cols, best_keys, best_rows), (s, key, r), limits)
+            counts = np.bincount(best_cols, minlength=n_subs)
+            full = np.flatnonzero(counts >= limits)
+            ends = np.cumsum(counts)
+            kth[full] = best_keys[ends[full] - 1]
+            kth_score[full] = kth[full] // n_docs
+            a, size = b, min(block, 2 * size)
+        scores = best_keys // n_docs if n_docs else best_keys
+        best = (best_cols, best_rows, scores)
+        return Selection(self, *best, since_arr, sent_rows)
 
     def digest(
         self,
@@ -361,23 +540,43 @@ class Scan:
         now: datetime,
         since: datetime | None = None,
         sent: Collection[str] = (),
+        block: int = 200,
     ) -> Digest | None:
-        """The digest `subscriber` gets from the scanned listings first seen at or after
-        `since` and not in `sent` (their own candidate set); None if there is nothing."""
-        s = self.index.position[subscriber.id]
-        allowed = self._allowed(since, sent) if (since is not None or sent) else None
-        rows, scores = self.scores(subscriber.id)
-        if allowed is not None:
-            keep = allowed[rows]
-            rows, scores = rows[keep], scores[keep]
-        # Best score first, then the global listing order (upvotes, newest, id).
-        order = np.lexsort((self.rank[rows], -scores))[: subscriber.max_items]
+        """The digest of one subscriber from their candidates (see `select`)."""
+        selection = self.select({subscriber.id: since}, {subscriber.id: sent}, block)
+        return selection.digest(subscriber, local_date, now)
+
+
+class Selection:
+    """Every subscriber's selected listings; digests are built from it one at a time."""
+
+    def __init__(
+        self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray,
+        since: IntArray, sent: dict[int, set[int]],
+    ) -> None:
+        self.scan = scan
+        self._subs, self._rows, self._scores = subs, rows, scores
+        self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
+        self._since = since
+        self._sent = sent
+
+    def __len__(self) -> int:
+        return int(self._subs.size)
+
+    def items(self, subscriber_id: str) -> list[tuple[int, int]]:
+        """A subscriber's selected (listing row, score in thousandths), best first."""
+        s = self.scan.index.position[subscriber_id]
+        a, b = self._starts[s], self._starts[s + 1]
+        return list(zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True))
+
+    def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
+        """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
-        top = [self._match(profile, int(rows[j]), int(scores[j])) for j in order]
+        items = self.items(subscriber.id)
+        top = [self._match(profile, row, score) for row, score in items]
         sections = group(top)
         if profile.trending > 0:
-            trending = self._trending(s, profile.trending, allowed,
-                                      {int(rows[j]) for j in order})
+            trending = self._trending(subscriber, profile, {row for row, _ in items})
             if trending is not None:
                 sections += (trending,)
         if not sections:
@@ -385,52 +584,52 @@ class Scan:
         return Digest(subscriber, local_date, sections, now)
 
     def _trending(
-        self, s: int, count: int, allowed: npt.NDArray[np.bool_] | None, taken: set[int]
+        self, subscriber: Subscriber, profile: Profile, taken: set[int]
     ) -> Section | None:
-        excluded = self._excluded_rows(s)
+        scan, index = self.scan, self.scan.index
+        s = index.position[subscriber.id]
+        since, sent = self._since[s], self._sent.get(s, set())
+        exclude = {index.pattern_id(p) for p in profile.exclude}
         picked: list[Match] = []
-        for i in self.by_rank:
-            if len(picked) == count:
-                break
-            listing = self.docs[i].listing
-            if (i in taken or i in excluded or (allowed is not None and not allowed[i])
-                    or (listing.upvotes or 0) <= 0):
+        for i in scan.by_rank:
+            if len(picked) == profile.trending or scan.upvotes[i] <= 0:
+                break  # the rest of the ranking has no upvotes either
+            if i in taken or i in sent or scan.first_seen[i] < since:
                 continue
-            picked.append(Match(listing, TRENDING, 0.0, ()))
+            if exclude and not exclude.isdisjoint(scan.row_hits(i)):
+                continue
+            picked.append(Match(scan.listings[i], TRENDING, 0.0, ()))
         return Section(TRENDING, tuple(picked), trending=True) if picked else None
 
     def _match(self, profile: Profile, row: int, score: int) -> Match:
         """The Match of a selected listing: best topic, keywords in profile order, spans."""
-        doc = self.docs[row]
-        hits = self._hits[row]
-        index = self.index
+        scan, index = self.scan, self.scan.index
+        listing = scan.listings[row]
+        hits = scan.row_hits(row)
+        doc = scan.document(row)
+        n_pat = len(index._keys)
         best_topic: str | None = None
         best_units = 0
         matched: list[str] = []
         title_spans: list[Span] = []
         abstract_spans: list[Span] = []
         for topic in profile.topics:
-            if topic_filter(topic, doc.listing) is not None:
+            if topic_filter(topic, listing) is not None:
                 continue
-            if any(index.pattern_id(p) not in hits.title
-                   and index.pattern_id(p) not in hits.abstract for p in topic.require):
+            if any(index.pattern_id(p) not in hits for p in topic.require):
                 continue
             topic_units = 0
             names: list[str] = []
-            t_spans: list[Span] = []
-            a_spans: list[Span] = []
+            spans: list[tuple[list[Span], list[Span]]] = []
             for pattern in topic.patterns:
-                pid = index.pattern_id(pattern)
-                in_title = hits.title.get(pid, [])
-                in_abstract = hits.abstract.get(pid, [])
-                if not (in_title or in_abstract):
+                factor = hits.get(index.pattern_id(pattern))
+                if factor is None:
                     continue
-                topic_units += topic.units * (TITLE_FACTOR if in_title else 1)
+                topic_units += topic.units * factor
                 names.append(pattern.text)
-                t_spans += in_title
-                a_spans += in_abstract
+                spans.append((find(pattern, doc.title), find(pattern, doc.abstract)))
             for author in topic.authors:
-                if index.author_id(author.words) in hits.authors:
+                if n_pat + index.author_id(author.words) in hits:
                     topic_units += topic.units * TITLE_FACTOR
                     names.append(author.text)
             if not names:
@@ -438,31 +637,11 @@ class Scan:
             for name in names:
                 if name not in matched:
                     matched.append(name)
-            title_spans += t_spans
-            abstract_spans += a_spans
+            for in_title, in_abstract in spans:
+                title_spans += in_title
+                abstract_spans += in_abstract
             if topic_units > best_units:
                 best_topic, best_units = topic.name, topic_units
-        assert best_topic is not None, "a scored listing has a best topic"
-        return Match(doc.listing, best_topic, score / UNITS, tuple(matched),
+        assert best_topic is not None, "a selected listing has a best topic"
+        return Match(listing, best_topic, score / UNITS, tuple(matched),
                      _merge_spans(title_spans), _merge_spans(abstract_spans))
-
-    # --- everyone at once -----------------------------------------------------------------
-
-    def top_items(self) -> tuple[IntArray, IntArray, IntArray]:
-        """Every subscriber's top `max_items` over all scanned listings, vectorised:
-        (subscriber positions, listing rows, scores in thousandths), best first per
-        subscriber. What the benchmark times; `digest` builds one subscriber's digest."""
-        totals = self.totals
-        n_docs = len(self.docs)
-        counts = np.diff(totals.indptr)
-        cols = np.repeat(np.arange(totals.shape[1], dtype=np.int64), counts)
-        rows = totals.indices.astype(np.int64)
-        scores = totals.data.astype(np.int64)
-        # One int64 key per entry: subscriber ascending, then score descending, then rank.
-        span = (int(scores.max()) + 1 if scores.size else 1) * n_docs
-        key = cols * span + (span - 1 - (scores * n_docs + (n_docs - 1 - self.rank[rows])))
-        order = np.argsort(key, kind="stable")
-        within = np.arange(order.size, dtype=np.int64) - totals.indptr[cols[order]]
-        limits = np.array([s.max_items for s in self.index.subscribers], dtype=np.int64)
-        keep = order[within < limits[cols[order]]]
-        return cols[keep], rows[keep], scores[keep]

@@ -101,3 +101,20 @@ def names_match(followed: tuple[str, ...], author: tuple[str, ...]) -> bool:
     if f_mid and a_mid and len(f_mid) == len(a_mid):
         return all(_same_given(f, a) for f, a in zip(f_mid, a_mid, strict=True))
     return True
+
+
+_PARTS: dict[str, tuple[str, ...]] = {}
+
+
+def folded_words(text: str) -> list[str]:
+    """The case-folded words of `text`, exactly the `folded` of `tokenize(text)`, but fast:
+    no offsets, no stems, and each distinct raw word is folded once per process."""
+    out: list[str] = []
+    for raw in _WORD.findall(nfkc(text)):
+        parts = _PARTS.get(raw)
+        if parts is None:
+            parts = tuple(_WORD.findall(raw.casefold()))
+            if len(_PARTS) < 1_000_000:
+                _PARTS[raw] = parts
+        out += parts
+    return out

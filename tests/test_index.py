@@ -107,10 +107,11 @@ def test_index_gives_the_reference_digests(
             if li.id not in sent and (since is None or (li.first_seen or since) >= since)
         ]
         expected = build_digest(sub, [document(li) for li in candidates], DAY, NOW)
-        assert scan.digest(sub, DAY, NOW, since=since, sent=sent) == expected
+        block = data.draw(st.sampled_from([1, 3, 200]), label="block")
+        assert scan.digest(sub, DAY, NOW, since=since, sent=sent, block=block) == expected
 
 
-def test_top_items_agrees_with_the_per_subscriber_digests() -> None:
+def test_selection_for_everyone_agrees_with_each_digest() -> None:
     subs = [
         Subscriber(f"s{i}", "S", "s@example.org", "UTC", dt.time(7), max_items=2,
                    lookback_days=7, topics=(Topic("T", ("model", "video", "quantiz*")),))
@@ -121,10 +122,12 @@ def test_top_items_agrees_with_the_per_subscriber_digests() -> None:
         for i, title in enumerate(["Video models", "Quantized video", "Graphs", "A model"])
     ]
     scan = Index(subs).scan(items)
-    who, rows, scores = scan.top_items()
-    assert who.tolist() == [0, 0, 1, 1, 2, 2]
-    digest = scan.digest(subs[0], DAY, NOW)
-    assert digest is not None
-    assert [scan.docs[r].listing.id for r in rows[:2]] == [m.listing.id for m in digest.matches]
-    assert [s / 1000 for s in scores[:2]] == [m.score for m in digest.matches]
-    assert [m.listing.id for m in digest.matches] == ["L1", "L0"]
+    selection = scan.select(block=2)  # blocks smaller than the listings: merged top items
+    assert len(selection) == 6
+    for sub in subs:
+        digest = selection.digest(sub, DAY, NOW)
+        assert digest is not None
+        assert [m.listing.id for m in digest.matches] == ["L1", "L0"]
+        assert [m.score for m in digest.matches] == [7.0, 6.0]
+        ids = [scan.listings[row].id for row, _score in selection.items(sub.id)]
+        assert ids == ["L1", "L0"]
