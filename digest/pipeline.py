@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import store
-from .config import Settings, iter_subscribers, load_subscriber
+from . import batch, store
+from .config import Settings, load_subscriber
 from .errors import ConfigError, DigestError, SendError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
 from .models import Digest, Listing, RenderedEmail, Subscriber
@@ -129,9 +129,11 @@ class DocumentCache:
 
 def build(
     settings: Settings, db: Database, subscriber: Subscriber, now: datetime,
-    cache: DocumentCache | None = None,
+    cache: DocumentCache | batch.MatchRun | None = None,
 ) -> Digest | None:
     """The digest `subscriber` would get now, from the store; None if nothing matches."""
+    if isinstance(cache, batch.MatchRun):
+        return cache.digest(subscriber, local_date(subscriber, now))
     since = now - timedelta(days=subscriber.lookback_days)
     listings = store.candidates(db, subscriber.id, since)
     docs = (cache or DocumentCache()).documents(listings)
@@ -212,20 +214,11 @@ def make_sender(settings: Settings) -> Sender:
     return FileSender(settings.delivery.outbox)
 
 
-def _load(settings: Settings, only: list[str] | None) -> list[Subscriber | ConfigError]:
-    folder = settings.subscribers.dir
-    if only:
-        missing = [s for s in only if not (folder / f"{s}.toml").is_file()]
-        if missing:
-            raise UnknownSubscriberError(missing[0], folder)
-        loaded: list[Subscriber | ConfigError] = []
-        for sid in dict.fromkeys(only):
-            try:
-                loaded.append(load_subscriber(folder / f"{sid}.toml", settings.defaults))
-            except ConfigError as exc:
-                loaded.append(exc)
-        return loaded
-    return list(iter_subscribers(folder, settings.defaults))
+def _load(
+    settings: Settings, only: list[str] | None, db: Database, now: datetime
+) -> list[Subscriber | ConfigError]:
+    return list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults, only,
+                                       now))
 
 
 def is_due(subscriber: Subscriber, now: datetime) -> bool:
@@ -257,11 +250,12 @@ def send(
     scheduler's mode). A fatal transport error (login, TLS) stops the batch.
     """
     progress = progress or _NoProgress()
-    entries = _load(settings, only)
+    entries = _load(settings, only, db, now)
     progress.start(len(entries), "sending" if not dry_run else "rendering")
     report = SendReport()
     env = environment()
-    cache = DocumentCache()
+    # One shared index for everyone in this run (digest.index); built on first use.
+    cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
     own_sender = sender is None and not dry_run
     transport = sender or (None if dry_run else make_sender(settings))
     try:
@@ -295,7 +289,7 @@ def _send_one(
     entry: Subscriber | ConfigError,
     now: datetime,
     env: jinja2.Environment,
-    cache: DocumentCache,
+    cache: batch.MatchRun,
     transport: Sender | None,
     dry_run: bool,
     due_only: bool,

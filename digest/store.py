@@ -323,3 +323,98 @@ def record_run(
             {"kind": kind, "started_at": timestamp(started), "finished_at": timestamp(finished),
              "summary": json.dumps(summary)}
         )
+
+
+# --- issue 8: matching at scale ---------------------------------------------------------------
+
+
+@migrations()
+def m08_subscriber_cache(db: Database) -> None:
+    """Validated subscriber files, keyed by path and content hash, so unchanged files are
+    not validated again on every run."""
+    db.table("subscriber_cache").create(
+        {"path": str, "sha256": str, "data": str, "cached_at": str},
+        pk="path",
+        not_null={"sha256", "data", "cached_at"},
+    )
+
+
+def cached_subscribers(db: Database) -> dict[str, tuple[str, str]]:
+    """Every cached subscriber file: path -> (content hash, validated data as JSON)."""
+    return {
+        r["path"]: (r["sha256"], r["data"])
+        for r in db.query("select path, sha256, data from subscriber_cache")
+    }
+
+
+def cache_subscribers(
+    db: Database, entries: Iterable[tuple[str, str, str]], drop: Iterable[str], now: datetime
+) -> None:
+    """Store (path, content hash, JSON data) entries and forget the paths in `drop`."""
+    stamp = timestamp(now)
+    with db.atomic():
+        db.table("subscriber_cache").upsert_all(
+            ({"path": p, "sha256": h, "data": d, "cached_at": stamp} for p, h, d in entries),
+            pk="path",
+        )
+        for path in drop:
+            db.execute("delete from subscriber_cache where path = ?", [path])
+
+
+def recent_listings(db: Database, since: datetime) -> list[Listing]:
+    """Every listing first seen at or after `since`, newest first."""
+    rows = db.query(
+        "select * from listings where first_seen >= ? order by first_seen desc, id",
+        [timestamp(since)],
+    )
+    return [_from_row(r) for r in rows]
+
+
+def sent_since(db: Database, since: datetime) -> dict[str, set[str]]:
+    """subscriber id -> the listings first seen at or after `since` that a sent digest gave
+    them: what never-resend takes out of each subscriber's candidates."""
+    out: dict[str, set[str]] = {}
+    rows = db.execute(
+        """
+        select d.subscriber_id, di.listing_id from digest_items di
+        join digests d on d.id = di.digest_id
+        join listings l on l.id = di.listing_id
+        where d.state = 'sent' and l.first_seen >= ?
+        """,
+        [timestamp(since)],
+    ).fetchall()
+    for subscriber_id, listing_id in rows:
+        out.setdefault(subscriber_id, set()).add(listing_id)
+    return out
+
+
+def sent_in(db: Database, subscriber_id: str, listing_id: str) -> str | None:
+    """The local date of the sent digest that gave `listing_id` to the subscriber, if any."""
+    row = db.execute(
+        """
+        select d.local_date from digest_items di join digests d on d.id = di.digest_id
+        where d.subscriber_id = ? and di.listing_id = ? and d.state = 'sent'
+        order by d.local_date limit 1
+        """,
+        [subscriber_id, listing_id],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def find_listings(db: Database, query: str, limit: int = 20) -> list[Listing]:
+    """Listings whose id or arXiv id is `query`, else whose title contains it (compared in
+    normalised form: case, accents of case folding and punctuation do not matter)."""
+    exact = list(db.query(
+        "select * from listings where id = :q or arxiv_id = :q order by id", {"q": query.strip()}
+    ))
+    if exact:
+        return [_from_row(r) for r in exact]
+    key = title_key(query)
+    if not key:
+        return []
+    rows = db.query(
+        "select * from listings where instr(title_key, ?) > 0"
+        " order by first_seen desc, id limit ?",
+        [key, limit],
+    )
+    return [_from_row(r) for r in rows]
