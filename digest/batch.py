@@ -163,10 +163,10 @@ def explain(
         verdict = explain_document(profile, document(listing))
         details = []
         for topic in verdict.topics:
-            if not topic.hits and topic.blocked is None:
+            if not topic.hits:
                 continue
             hits = ", ".join(f"'{h.keyword}' in {' and '.join(h.where)}" for h in topic.hits)
-            line = f"topic '{topic.name}': {hits or 'no keyword matched'}"
+            line = f"topic '{topic.name}': {hits}"
             if topic.blocked:
                 line += f"; kept out by {topic.blocked}"
             elif topic.hits:
