@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from digest import batch, pipeline, store
 from digest.cli import cli
 from digest.config import load_settings
-from digest.models import Digest, Listing, Section
 from digest.match import Match
+from digest.models import Digest, Listing, Section
 from tests.conftest import Project
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
