@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     scan = index.scan(listings)
     scanned = time.perf_counter() - t0
+    scan.count_pairs = True
     selection = scan.select()
     match = time.perf_counter() - t0
     print(f"match:        {match:8.2f} s  (scan {scanned:.2f} s, score and select"

@@ -133,6 +133,8 @@ class Index:
         most = (self._P.T @ np.full(self.columns, TITLE_FACTOR, dtype=np.int64)) @ self._G
         self.dtype = np.int32 if (most.max() if most.size else 0) < 2**31 - 1 else np.int64
         self._PG = self._PG.astype(self.dtype)
+        self._PG_T: sparse.csr_matrix = self._PG.T.tocsr()
+        self._E_T: sparse.csr_matrix = self._E.T.tocsr().astype(self.dtype)
         self._ruled = np.flatnonzero(ruled)
         self._P_ruled: sparse.csr_matrix = self._P[:, ruled].tocsr()
         self._R_ruled: sparse.csr_matrix = self._R[:, ruled].tocsr()
@@ -401,6 +403,7 @@ class Scan:
         self.rank[np.array(self.by_rank, dtype=np.int64)] = np.arange(len(self.listings))
         self._docs: dict[int, Document] = {}
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
+        self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
 
     def document(self, row: int) -> Document:
         """The tokenised listing (for highlights), made when first needed."""
@@ -416,56 +419,52 @@ class Scan:
                         strict=True))
 
     def _block(
-        self, a: int, b: int, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
+        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
     ) -> tuple[IntArray, IntArray, IntArray]:
-        """(subscriber, listing, score) of the matches among listings a..b that may beat the
-        subscriber's k-th best so far (a score at least as high), with every topic rule and
-        exclude applied."""
+        """(subscriber, listing, score) of the matches among the listings `sel` that may beat
+        the subscriber's k-th best so far, with every topic rule and exclude applied."""
         index = self.index
-        hits = self.hits[a:b]
-        totals = self._hits_product[a:b] @ index._PG
+        # Dense (subscribers x listings of the block) totals: at the match density of real
+        # profiles this beats a sparse result, and the block size bounds its memory.
+        dense_hits = np.ascontiguousarray(self._hits_product[sel].T.toarray())
+        totals = index._PG_T @ dense_hits
         if index._ruled.size:
-            totals = (totals + self._ruled_totals(a, hits)).tocsr()
-        # The one pass over every (listing, subscriber) match: most score below the k-th best
+            ruled = self._ruled_totals(sel).tocoo()
+            totals[ruled.col, ruled.row] += ruled.data.astype(totals.dtype)
+        # The one pass over every (listing, subscriber) pair: most score below the k-th best
         # so far; ties on the score are settled on the survivors by the listing's rank.
         n_docs = len(self.listings)
-        self.pairs += totals.nnz
-        at = np.flatnonzero(totals.data >= kth_score[totals.indices])
-        subs = totals.indices[at].astype(np.int64)
-        rows = np.searchsorted(totals.indptr, at, side="right") - 1
-        scores = totals.data[at].astype(np.int64)
-        keys = scores * n_docs + (n_docs - 1 - self.rank[rows + a])
+        threshold = np.maximum(kth_score, 1).astype(totals.dtype)
+        at = np.flatnonzero(totals >= threshold[:, None])
+        subs, local = np.divmod(at, sel.size)
+        scores = totals.ravel()[at].astype(np.int64)
+        if self.count_pairs:
+            self.pairs += int(np.count_nonzero(totals))
+        keys = scores * n_docs + (n_docs - 1 - self.rank[sel[local]])
         beats = keys > kth[subs]
-        subs, rows, scores = subs[beats], rows[beats], scores[beats]
-        if index._E.nnz and at.size:
-            excluded = (self.any_hit[a:b] @ index._E).tocsr()
-            if excluded.nnz:
-                excluded.sort_indices()  # then the row-major keys below are in order
-                n_subs = len(index.subscribers)
-                ex_rows = np.repeat(np.arange(b - a, dtype=np.int64), np.diff(excluded.indptr))
-                ex_keys = ex_rows * n_subs + excluded.indices
-                query = rows * n_subs + subs
-                at_ex = np.searchsorted(ex_keys, query).clip(max=ex_keys.size - 1)
-                hit = ex_keys[at_ex] == query
-                subs, rows, scores = subs[~hit], rows[~hit], scores[~hit]
-        return subs, rows.astype(np.int64) + a, scores
+        subs, local, scores = subs[beats], local[beats], scores[beats]
+        if index._E_T.nnz and subs.size:
+            # Excluded pairs, also dense (few subscribers have excludes: a cheap product).
+            excluded = (index._E_T @ dense_hits).ravel()[subs * sel.size + local] > 0
+            subs, local, scores = subs[~excluded], local[~excluded], scores[~excluded]
+        return subs, sel[local], scores
 
-    def _ruled_totals(self, a: int, hits: sparse.csr_matrix) -> sparse.csr_matrix:
+    def _ruled_totals(self, sel: IntArray) -> sparse.csr_matrix:
         """Subscriber totals from the topics with rules: categories, min_upvotes, require."""
         index = self.index
-        topic = (hits @ index._P_ruled).tocoo()
+        topic = (self.hits[sel] @ index._P_ruled).tocoo()
         d = topic.row.astype(np.int64)
         j = topic.col.astype(np.int64)
         r = index._ruled[j]
-        keep = self.upvotes[a + d] >= index._row_min[r]
+        keep = self.upvotes[sel[d]] >= index._row_min[r]
         needs = index._req_n[r] > 0
         if needs.any():
-            counts = (self.any_hit[a:a + hits.shape[0]] @ index._R_ruled).tocsr()
+            counts = (self.any_hit[sel] @ index._R_ruled).tocsr()
             got = np.asarray(counts[d[needs], j[needs]]).ravel()
             keep[needs] &= got == index._req_n[r[needs]]
         for k in np.flatnonzero(keep & index._has_categories[r]).tolist():
             allowed = index._row_categories[int(r[k])]
-            if allowed.isdisjoint(self.listings[a + int(d[k])].categories):
+            if allowed.isdisjoint(self.listings[int(sel[d[k]])].categories):
                 keep[k] = False
         kept = sparse.csr_matrix((topic.data[keep], (d[keep], j[keep])), shape=topic.shape)
         result: sparse.csr_matrix = kept @ index._G_ruled
@@ -485,6 +484,7 @@ class Scan:
         since: Mapping[str, datetime | None] | None = None,
         sent: Mapping[str, Collection[str]] | None = None,
         block: int = 200,
+        cells: int = 20_000_000,
     ) -> Selection:
         """Every subscriber's top `max_items` among their candidates: the listings first seen
         at or after `since[id]` (all when absent) and not in `sent[id]`."""
@@ -510,12 +510,18 @@ class Scan:
         # so after the first (small) block little is left to sort.
         kth = np.full(n_subs, -1, dtype=np.int64)
         kth_score: npt.NDArray[np.int32 | np.int64] = np.zeros(n_subs, dtype=index.dtype)
+        # Blocks of listings small enough that a dense block stays near `cells` entries.
+        block = max(1, min(block, cells // max(1, n_subs)))
         a, size = 0, max(1, block // 8)
         filtering = bool(sent_keys.size) or bool((since_arr > _NEVER).any())
         self.pairs = 0
+        # Listings with the most keyword hits first: they raise the thresholds fastest. The
+        # order changes nothing else (ties are broken by the global rank).
+        weight = np.asarray(self.hits.sum(axis=1)).ravel()
+        visit = np.argsort(-weight, kind="stable").astype(np.int64)
         while a < n_docs:
             b = min(a + size, n_docs)
-            s, r, v = self._block(a, b, kth, kth_score)
+            s, r, v = self._block(visit[a:b], kth, kth_score)
             if filtering:
                 ok = self._candidates(s, r, since_arr, sent_keys)
                 s, r, v = s[ok], r[ok], v[ok]
