@@ -131,3 +131,12 @@ def test_selection_for_everyone_agrees_with_each_digest() -> None:
         assert [m.score for m in digest.matches] == [7.0, 6.0]
         ids = [scan.listings[row].id for row, _score in selection.items(sub.id)]
         assert ids == ["L1", "L0"]
+
+
+def test_the_benchmark_runs(capsys: object) -> None:
+    from benchmarks.match import main
+
+    main(["--subscribers", "40", "--listings", "15", "--naive-subset", "4"])
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    for label in ("index build:", "match:", "peak memory:", "naive:", "SCALED", "ratio:"):
+        assert label in out
