@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,18 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     assert report.count("sent") == 3
     eve_digest = store.sent_listing_ids(db, "eve/2026-11-25")
     assert eve_digest == ["top", "second", "hot"]
+    # The Trending section is in both parts of the email; its item lists no keywords.
+    message = message_from_bytes((eve.outbox / "2026-11-25_eve.eml").read_bytes(),
+                                 policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    text_part = message.get_body(("plain",))
+    html_part = message.get_body(("html",))
+    assert text_part is not None and html_part is not None
+    text = text_part.get_content()
+    assert "== Trending (1) ==" in text
+    trending = text.split("== Trending (1) ==")[1]
+    assert "Unrelated but popular" in trending and "Matched:" not in trending
+    assert "Trending" in html_part.get_content()
     # The next day the same listings are never sent again: candidates exclude them.
     later = NOW + dt.timedelta(days=1)
     run = batch.MatchRun(db, subscribers, later)

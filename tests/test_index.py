@@ -140,3 +140,13 @@ def test_the_benchmark_runs(capsys: object) -> None:
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     for label in ("index build:", "match:", "peak memory:", "naive:", "SCALED", "ratio:"):
         assert label in out
+
+
+def test_no_listings_and_author_only_profiles() -> None:
+    s = Subscriber("s", "S", "s@example.org", "UTC", dt.time(7), 5, 7,
+                   (Topic("People", (), authors=("Y. LeCun",)),), trending=2)
+    assert Index([s]).scan([]).digest(s, DAY, NOW) is None
+    items = [Listing("a", "Energy", "", authors=("Yann LeCun",), upvotes=1, first_seen=NOW)]
+    digest = Index([s]).scan(items).digest(s, DAY, NOW)
+    assert digest == build_digest(s, [document(i) for i in items], DAY, NOW)
+    assert digest is not None and digest.matches[0].keywords == ("Y. LeCun",)
