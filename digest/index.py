@@ -3,22 +3,24 @@
 This is the stored-query design of Lucene Monitor and the Elasticsearch percolator. Built
 once per run over all subscribers:
 
-- every distinct compiled keyword (stems, prefix) and followed author gets a column id;
-- sparse matrices map columns to topic rows with the topic weight (`P`), to the topics that
-  require them (`R`) and to the subscribers that exclude them (`E`); `G` maps topic rows to
-  their subscriber.
+- every distinct compiled keyword (stems, prefix) and followed author gets a column;
+- sparse matrices map columns to topic rows with the topic weight in thousandths (`P`), to
+  the topics that require them (`R`) and to the subscribers that exclude them (`E`); `G` maps
+  topic rows to their subscriber. Topics without rules are folded into one keyword ->
+  subscriber matrix (`P @ G`) up front.
 
-A scan tokenises each listing once, finds every indexed keyword in it in one pass over its
-tokens (a dictionary lookup per token, plus per distinct word a lookup per prefix length),
-and builds `V`, listings x columns, holding 3 for a title hit and 1 for an abstract-only
-hit. The scores of every subscriber for every listing are then two sparse products,
-`(V @ P)` filtered by the topic rules, then `@ G`, in exact integer thousandths: the cost
-grows with the text of the listings and the number of (listing, subscriber) matches, not
-with subscribers x listings.
+A scan reads each listing's words once and finds every indexed keyword with array lookups
+over word ids (single stems by table, two-stem phrases by sorted pair keys, longer phrases
+and `prefix*` keywords from their first word), giving `V`: listings x columns, 3 for a title
+hit, 1 for an abstract-only hit. `Scan.select` then scores blocks of listings against every
+subscriber with one sparse-by-dense product per block (exact integer arithmetic), applies
+topic rules, excludes and each subscriber's candidate set (lookback, never-resend), and keeps
+each subscriber's top `max_items` with a running k-th best that prunes almost every later
+pair. Matching cost grows with the listings' text and the matches, not with a loop over
+subscribers x listings x keywords.
 
-The semantics are those of `digest.match`, the reference implementation, and a property test
-checks that both give identical digests. Each subscriber's candidate set (lookback and
-never-resend) is applied when their digest is read out of the scan.
+The semantics are those of `digest.match`, the reference implementation; a property test
+checks that both give identical digests.
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ def test_the_benchmark_runs(capsys: object) -> None:
 
     main(["--subscribers", "40", "--listings", "15", "--naive-subset", "4"])
     out = capsys.readouterr().out  # type: ignore[attr-defined]
-    for label in ("index build:", "match:", "peak memory:", "naive:", "SCALED", "ratio:"):
+    for label in ("index build:", "match:", "density:", "peak memory:", "naive:", "SCALED",
+                  "ratio:"):
         assert label in out
 
 
