@@ -50,7 +50,7 @@ from .match import (
     trending_key,
 )
 from .models import Digest, Listing, Match, Section, Span, Subscriber
-from .tokens import folded_words, name_words, names_match, stem
+from .tokens import Token, folded_words, name_words, names_match, stem
 
 IntArray = npt.NDArray[np.int64]
 _Key = tuple[tuple[str, ...], str | None]
@@ -345,6 +345,30 @@ def _max_entries(
     return sparse.csr_matrix((vals, (key // shape[1], key % shape[1])), shape=shape)
 
 
+def _by_stem(tokens: Sequence[Token]) -> dict[str, list[int]]:
+    """Where each stem occurs in a token sequence."""
+    out: dict[str, list[int]] = {}
+    for i, tok in enumerate(tokens):
+        out.setdefault(tok.stem, []).append(i)
+    return out
+
+
+def _find(pattern: Pattern, tokens: Sequence[Token], by_stem: dict[str, list[int]]) -> list[Span]:
+    """`match.find`, starting only where the pattern's first stem occurs."""
+    if not pattern.stems:
+        return find(pattern, tokens)  # a lone `prefix*`: every token is a start
+    n = pattern.length
+    spans: list[Span] = []
+    for i in by_stem.get(pattern.stems[0], ()):
+        if i + n > len(tokens):
+            break
+        if all(tokens[i + j].stem == s for j, s in enumerate(pattern.stems)) and (
+            pattern.prefix is None or tokens[i + n - 1].folded.startswith(pattern.prefix)
+        ):
+            spans.append((tokens[i].start, tokens[i + n - 1].end))
+    return spans
+
+
 def _merge_top(
     best: tuple[IntArray, IntArray, IntArray],
     new: tuple[IntArray, IntArray, IntArray],
@@ -404,6 +428,9 @@ class Scan:
         self.rank = np.empty(len(self.listings), dtype=np.int64)
         self.rank[np.array(self.by_rank, dtype=np.int64)] = np.arange(len(self.listings))
         self._docs: dict[int, Document] = {}
+        self._spans: dict[tuple[int, tuple[str, ...], str | None],
+                          tuple[list[Span], list[Span]]] = {}
+        self._stem_positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
         self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
 
@@ -413,6 +440,25 @@ class Scan:
         if doc is None:
             doc = self._docs[row] = document(self.listings[row])
         return doc
+
+    def spans(self, row: int, pattern: Pattern) -> tuple[list[Span], list[Span]]:
+        """Where a keyword occurs in a listing's title and abstract; kept, since many
+        subscribers share a keyword."""
+        key = (row, pattern.stems, pattern.prefix)
+        found = self._spans.get(key)
+        if found is None:
+            doc = self.document(row)
+            title, abstract = self._positions(row)
+            found = self._spans[key] = (_find(pattern, doc.title, title),
+                                        _find(pattern, doc.abstract, abstract))
+        return found
+
+    def _positions(self, row: int) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        found = self._stem_positions.get(row)
+        if found is None:
+            doc = self.document(row)
+            found = self._stem_positions[row] = (_by_stem(doc.title), _by_stem(doc.abstract))
+        return found
 
     def row_hits(self, row: int) -> dict[int, int]:
         """A listing's hits: column -> 3 (in the title) or 1 (only in the abstract)."""
@@ -614,7 +660,6 @@ class Selection:
         scan, index = self.scan, self.scan.index
         listing = scan.listings[row]
         hits = scan.row_hits(row)
-        doc = scan.document(row)
         n_pat = len(index._keys)
         best_topic: str | None = None
         best_units = 0
@@ -635,7 +680,7 @@ class Selection:
                     continue
                 topic_units += topic.units * factor
                 names.append(pattern.text)
-                spans.append((find(pattern, doc.title), find(pattern, doc.abstract)))
+                spans.append(scan.spans(row, pattern))
             for author in topic.authors:
                 if n_pat + index.author_id(author.words) in hits:
                     topic_units += topic.units * TITLE_FACTOR
