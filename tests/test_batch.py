@@ -232,3 +232,13 @@ def test_a_bad_file_is_reported_and_never_cached(project: Project) -> None:
     (project.subscribers / "grace.toml").unlink()
     list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults, now=NOW))
     assert [Path(p).name for p in store.cached_subscribers(db)] == ["ada.toml"]
+
+
+def test_readme_documents_explain() -> None:
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert cli.commands["explain"].help is not None
+    help_text = " ".join(cli.commands["explain"].help.split())
+    assert f"| `digest explain SUBSCRIBER QUERY` | {help_text} |" in readme
+    for key in ("`trending`", "`[[topics]] require`", "`[[topics]] authors`",
+                "`[[topics]] categories`", "`[[topics]] min_upvotes`"):
+        assert f"| {key} |" in readme
