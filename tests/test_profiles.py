@@ -203,3 +203,23 @@ def test_bad_rules_name_file_and_field(tmp_path: Path, body: str, message: str) 
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "title", "abstract", "score"),
+    [
+        (("graph graph",), "graph graph graph", "", 3.0),  # overlapping occurrences count once
+        (("kv cache", "cache kv"), "x", "KV-cache kv caches", 2.0),  # overlapping phrases
+        (("model", "models", "modeling"), "Models", "", 9.0),  # one stem, three keywords
+        (("quant*",), "Dequantization", "quantized", 1.0),  # prefix of the unstemmed word
+        (("speculative decod*",), "x", "speculative decoders", 1.0),  # phrase ending in a prefix
+        (("a b c",), "a b a b c", "", 3.0),  # a longer phrase after a false start
+    ],
+)
+def test_phrase_edge_cases(keywords: tuple[str, ...], title: str, abstract: str,
+                           score: float) -> None:
+    s = sub(Topic("T", keywords))
+    item = listing("a", title, abstract)
+    assert ids(s, [item]) == ["a"]
+    digest = build_digest(s, [document(item)], DAY, NOW)
+    assert digest is not None and digest.matches[0].score == score
