@@ -372,7 +372,8 @@ def recent_listings(db: Database, since: datetime) -> list[Listing]:
 
 def sent_since(db: Database, since: datetime) -> dict[str, set[str]]:
     """subscriber id -> the listings first seen at or after `since` that a sent digest gave
-    them: what never-resend takes out of each subscriber's candidates."""
+    them: what never-resend takes out of each subscriber's candidates. Must leave out exactly
+    what `candidates` leaves out (the index and the reference matcher see the same listings)."""
     out: dict[str, set[str]] = {}
     rows = db.execute(
         """

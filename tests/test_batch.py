@@ -17,7 +17,7 @@ from digest.cli import cli
 from digest.config import load_settings
 from digest.match import Match
 from digest.models import Digest, Listing, Section
-from tests.conftest import Project
+from tests.conftest import Project, SmtpServer
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -242,3 +242,27 @@ def test_readme_documents_explain() -> None:
     for key in ("`trending`", "`[[topics]] require`", "`[[topics]] authors`",
                 "`[[topics]] categories`", "`[[topics]] min_upvotes`"):
         assert f"| {key} |" in readme
+
+
+def test_index_candidates_follow_the_store_after_refused_and_failed_sends(
+    project: Project, smtp_server: SmtpServer
+) -> None:
+    """Whatever states a refused send leaves digests in, the index's candidates are exactly
+    `store.candidates` (a listing waiting in an undelivered digest is handled alike)."""
+    project.write_config(
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n',
+        transport="smtp",
+    )
+    smtp_server.sink.refuse["grace@example.com"] = "451 4.3.0 try again later"
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW - dt.timedelta(days=1))
+    pipeline.send(settings, db, NOW)
+    assert len(smtp_server.sink.received) == 1  # ada's; grace's was refused
+    for later in (NOW, NOW + dt.timedelta(hours=3), NOW + dt.timedelta(days=1)):
+        subscribers = [e for e in pipeline._load(settings, None, db, later)
+                       if not isinstance(e, Exception)]
+        run = batch.MatchRun(db, subscribers, later)
+        for s in subscribers:
+            assert run.digest(s, pipeline.local_date(s, later)) == pipeline.build(
+                settings, db, s, later)
