@@ -62,8 +62,9 @@ def load_subscribers(
         paths = subscriber_files(folder)
     cached = store.cached_subscribers(db)
     fresh: list[tuple[str, str, str]] = []
-    for path in paths:
-        key = str(path.resolve())
+    base = folder.resolve()
+    keys = [str(base / p.name) for p in paths]  # the folder is resolved once, not each file
+    for path, key in zip(paths, keys, strict=True):
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -82,7 +83,7 @@ def load_subscribers(
                 continue
             fresh.append((key, digest, json.dumps(data)))
         yield subscriber_from_data(path, data, defaults)
-    gone = [] if only else sorted(set(cached) - {str(p.resolve()) for p in paths})
+    gone = [] if only else sorted(set(cached) - set(keys))
     if fresh or gone:
         store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
         log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",
