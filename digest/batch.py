@@ -109,12 +109,11 @@ class MatchRun:
             longest = max((s.lookback_days for s in self.subscribers), default=1)
             oldest = self.now - timedelta(days=longest)
             listings = store.recent_listings(self.db, oldest)
-            sent = store.sent_since(self.db, oldest)
             index = Index(self.subscribers)
             scan = index.scan(listings)
             self._selection = scan.select(
                 {s.id: self.now - timedelta(days=s.lookback_days) for s in self.subscribers},
-                {s.id: sent.get(s.id, set()) for s in self.subscribers},
+                store.sent_since(self.db, oldest),
             )
             log.info("index: %d subscribers, %d keywords, %d listings scanned",
                      len(self.subscribers), index.columns, len(listings))

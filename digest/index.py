@@ -530,28 +530,27 @@ class Scan:
     def select(
         self,
         since: Mapping[str, datetime | None] | None = None,
-        sent: Mapping[str, Collection[str]] | None = None,
+        sent: Iterable[tuple[str, str]] = (),
         block: int = 200,
         cells: int = 20_000_000,
     ) -> Selection:
         """Every subscriber's top `max_items` among their candidates: the listings first seen
-        at or after `since[id]` (all when absent) and not in `sent[id]`."""
+        at or after `since[id]` (all when absent) and not in a (subscriber id, listing id)
+        pair of `sent` (streamed: only integer keys are kept)."""
         index = self.index
         n_subs = len(index.subscribers)
         since_arr = np.full(n_subs, _NEVER, dtype=np.int64)
         for sid, when in (since or {}).items():
             if when is not None:
                 since_arr[index.position[sid]] = _micros(when)
-        sent_rows: dict[int, set[int]] = {}
-        for sid, ids in (sent or {}).items():
-            rows = {self.row_of[i] for i in ids if i in self.row_of}
-            if rows:
-                sent_rows[index.position[sid]] = rows
-        sent_keys = np.sort(np.array(
-            [s * len(self.listings) + r for s, rows in sent_rows.items() for r in rows],
-            dtype=np.int64))
-        limits = np.array([sub.max_items for sub in index.subscribers], dtype=np.int64)
         n_docs = len(self.listings)
+        position, row_of = index.position, self.row_of
+        sent_keys = np.unique(np.fromiter(
+            (position[sid] * n_docs + row_of[lid] for sid, lid in sent
+             if sid in position and lid in row_of),
+            dtype=np.int64,
+        ))
+        limits = np.array([sub.max_items for sub in index.subscribers], dtype=np.int64)
         empty = np.zeros(0, dtype=np.int64)
         best_cols, best_keys, best_rows = empty, empty, empty
         # The k-th best of each subscriber so far: later blocks only bring what may beat it,
@@ -585,7 +584,7 @@ class Scan:
             a, size = b, min(block, 2 * size)
         scores = best_keys // n_docs if n_docs else best_keys
         best = (best_cols, best_rows, scores)
-        return Selection(self, *best, since_arr, sent_rows)
+        return Selection(self, *best, since_arr, sent_keys)
 
     def digest(
         self,
@@ -597,7 +596,8 @@ class Scan:
         block: int = 200,
     ) -> Digest | None:
         """The digest of one subscriber from their candidates (see `select`)."""
-        selection = self.select({subscriber.id: since}, {subscriber.id: sent}, block)
+        selection = self.select({subscriber.id: since}, ((subscriber.id, i) for i in sent),
+                                block)
         return selection.digest(subscriber, local_date, now)
 
 
@@ -606,13 +606,13 @@ class Selection:
 
     def __init__(
         self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray,
-        since: IntArray, sent: dict[int, set[int]],
+        since: IntArray, sent_keys: IntArray,
     ) -> None:
         self.scan = scan
         self._subs, self._rows, self._scores = subs, rows, scores
         self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
         self._since = since
-        self._sent = sent
+        self._sent_keys = sent_keys  # sorted subscriber * listings + row
 
     def __len__(self) -> int:
         return int(self._subs.size)
@@ -642,7 +642,10 @@ class Selection:
     ) -> Section | None:
         scan, index = self.scan, self.scan.index
         s = index.position[subscriber.id]
-        since, sent = self._since[s], self._sent.get(s, set())
+        since = self._since[s]
+        n_docs = len(scan.listings)
+        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
+        sent = set((self._sent_keys[lo:hi] - s * n_docs).tolist())
         exclude = {index.pattern_id(p) for p in profile.exclude}
         picked: list[Match] = []
         for i in scan.by_rank:

@@ -370,12 +370,12 @@ def recent_listings(db: Database, since: datetime) -> list[Listing]:
     return [_from_row(r) for r in rows]
 
 
-def sent_since(db: Database, since: datetime) -> dict[str, set[str]]:
-    """subscriber id -> the listings first seen at or after `since` that a sent digest gave
-    them: what never-resend takes out of each subscriber's candidates. Must leave out exactly
-    what `candidates` leaves out (the index and the reference matcher see the same listings)."""
-    out: dict[str, set[str]] = {}
-    rows = db.execute(
+def sent_since(db: Database, since: datetime) -> Iterator[tuple[str, str]]:
+    """(subscriber id, listing id) for each listing first seen at or after `since` that a
+    sent digest gave that subscriber: what never-resend takes out of their candidates.
+    Streamed, as there can be millions. Must leave out exactly what `candidates` leaves out
+    (the index and the reference matcher see the same listings)."""
+    cursor = db.execute(
         """
         select d.subscriber_id, di.listing_id from digest_items di
         join digests d on d.id = di.digest_id
@@ -383,10 +383,8 @@ def sent_since(db: Database, since: datetime) -> dict[str, set[str]]:
         where d.state = 'sent' and l.first_seen >= ?
         """,
         [timestamp(since)],
-    ).fetchall()
-    for subscriber_id, listing_id in rows:
-        out.setdefault(subscriber_id, set()).add(listing_id)
-    return out
+    )
+    yield from cursor
 
 
 def sent_in(db: Database, subscriber_id: str, listing_id: str) -> str | None:
