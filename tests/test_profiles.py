@@ -223,3 +223,15 @@ def test_phrase_edge_cases(keywords: tuple[str, ...], title: str, abstract: str,
     assert ids(s, [item]) == ["a"]
     digest = build_digest(s, [document(item)], DAY, NOW)
     assert digest is not None and digest.matches[0].score == score
+
+
+def test_every_profile_example_in_the_readme_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Profiles people can tune", 1)[1].split("\n## ", 1)[0]
+    snippets = [block.split("```", 1)[0] for block in section.split("```toml\n")[1:]]
+    assert len(snippets) == 9  # one per rule
+    for snippet in snippets:
+        body = snippet if "[[topics]]" in snippet else (
+            snippet + '\n[[topics]]\nname = "T"\nkeywords = ["x"]\n')
+        subscriber = load_subscriber(write(tmp_path, body), DefaultsConfig())
+        assert subscriber.topics
