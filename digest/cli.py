@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import pipeline, schedule, store
+from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
 from .errors import ConfigError, DigestError
 from .sources import where
@@ -342,3 +342,25 @@ def retry(config_path: Path, subscribers: tuple[str, ...]) -> None:
     for key in ids:
         out.print(f"queued again: {key}", highlight=False)
     out.print(f"{len(ids)} failed digest(s) queued again", highlight=False)
+
+
+@cli.command()
+@config_option
+@click.argument("subscriber")
+@click.argument("query")
+def explain(config_path: Path, subscriber: str, query: str) -> None:
+    """Say whether listings found by QUERY (an id, or part of a title) would be in SUBSCRIBER's
+    next digest, and why: keywords matched and where, score, or the rule that kept it out."""
+    settings = _settings(config_path)
+    db = store.open_db(settings.store.path)
+    results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
+                                       subscriber, query, _now())
+    if not results:
+        err.print(f"no listing has the id {query!r} or {query!r} in its title", highlight=False)
+        sys.exit(1)
+    for r in results:
+        out.print(f"{r.listing.title} [{r.listing.id}]", highlight=False, markup=False)
+        verdict = "IN the next digest" if r.included else "NOT in the next digest"
+        out.print(f"  {verdict}: {r.reason}", highlight=False, markup=False)
+        for line in r.details:
+            out.print(f"  - {line}", highlight=False, markup=False)

@@ -30,7 +30,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .models import Subscriber, Topic
-from .tokens import words
+from .tokens import name_words, words
 
 DEFAULT_CONFIG = Path("config/digest.toml")
 
@@ -96,11 +96,26 @@ def _check_from(value: str) -> str:
     return value
 
 
+def _check_author(value: str) -> str:
+    _check_plain_text(value)
+    if not name_words(value):
+        raise ValueError(f"author {value!r} has no letters in it")
+    return value.strip()
+
+
+def _check_category(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9.-]*", value.strip()):
+        raise ValueError(f"category {value!r}: write an arXiv category such as 'cs.CL'")
+    return value.strip()
+
+
 TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
 SendAt = Annotated[str, AfterValidator(_check_send_at)]
 Keyword = Annotated[str, AfterValidator(_check_keyword)]
 PlainText = Annotated[str, AfterValidator(_check_plain_text)]
 EmailAddress = Annotated[str, AfterValidator(_check_email)]
+AuthorName = Annotated[str, AfterValidator(_check_author)]
+Category = Annotated[str, AfterValidator(_check_category)]
 
 
 class _Strict(BaseModel):
@@ -466,9 +481,28 @@ class TopicFile(_Strict):
 
     name: PlainText = Field(description="Shown as the section heading.")
     keywords: list[Keyword] = Field(
-        min_length=1, description="Words or phrases; a trailing * makes the last word a prefix."
+        default_factory=list,
+        description="Words or phrases; a trailing * makes the last word a prefix.",
     )
-    weight: float = Field(1.0, gt=0, le=100, description="Multiplies this topic's scores.")
+    weight: float = Field(
+        1.0, ge=0.001, le=100, description="Multiplies this topic's scores (to 0.001)."
+    )
+    require: list[Keyword] = Field(
+        default_factory=list, description="Keywords that must all match too for the topic."
+    )
+    authors: list[AuthorName] = Field(
+        default_factory=list, description="People to follow; scored like a title match."
+    )
+    categories: list[Category] = Field(
+        default_factory=list, description="The listing must have one of these categories."
+    )
+    min_upvotes: int = Field(0, ge=0, description="The listing needs at least this many upvotes.")
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> TopicFile:
+        if not self.keywords and not self.authors:
+            raise ValueError("keywords: must not be empty (or follow some `authors`)")
+        return self
 
 
 class SubscriberFile(_Strict):
@@ -484,6 +518,9 @@ class SubscriberFile(_Strict):
         default_factory=list, description="A listing matching any of these is never sent."
     )
     topics: list[TopicFile] = Field(min_length=1, description="What this person follows.")
+    trending: int = Field(
+        0, ge=0, le=100, description="Add a Trending section with this many top-upvoted papers."
+    )
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -514,10 +551,15 @@ def _problem(error: Any) -> str:
 def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
     errors = exc.errors()
     first = errors[0]
+    loc = tuple(first["loc"])
     problem = _problem(first)
+    # A check across fields (a model validator) names its field as "key: problem".
+    named = re.fullmatch(r"(\w+): (.+)", problem, flags=re.S)
+    if named:
+        loc, problem = (*loc, named.group(1)), named.group(2)
     if len(errors) > 1:
         problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return ConfigError(path, _field_name(tuple(first["loc"])), problem)
+    return ConfigError(path, _field_name(loc), problem)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -591,21 +633,47 @@ def load_settings(path: Path) -> Settings:
 
 def load_subscriber(path: Path, defaults: DefaultsConfig) -> Subscriber:
     """Load one subscriber file, filling what it leaves out from [defaults]."""
+    return subscriber_from_data(path, parse_subscriber(path), defaults)
+
+
+def parse_subscriber(path: Path, raw: bytes | None = None) -> dict[str, Any]:
+    """Validate one subscriber file (its bytes may be given) into plain data: the expensive
+    step, which `digest.profiles` caches by content hash."""
+    if raw is None:
+        data = read_toml(path)
+    else:
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, None, f"cannot read file: {exc}") from None
     try:
-        parsed = SubscriberFile.model_validate(read_toml(path))
+        return SubscriberFile.model_validate(data).model_dump()
     except ValidationError as exc:
         raise _validation_error(path, exc) from None
+
+
+def subscriber_from_data(
+    path: Path, data: dict[str, Any], defaults: DefaultsConfig
+) -> Subscriber:
+    """The Subscriber of validated file data (from `parse_subscriber`), with [defaults]."""
     return Subscriber(
         id=path.stem,
-        name=parsed.name,
-        email=parsed.email,
-        timezone=parsed.timezone or defaults.timezone,
-        send_at=parse_send_at(parsed.send_at or defaults.send_at),
-        max_items=parsed.max_items or defaults.max_items,
-        lookback_days=parsed.lookback_days or defaults.lookback_days,
-        topics=tuple(Topic(t.name, tuple(t.keywords), t.weight) for t in parsed.topics),
-        exclude=tuple(parsed.exclude),
+        name=data["name"],
+        email=data["email"],
+        timezone=data["timezone"] or defaults.timezone,
+        send_at=parse_send_at(data["send_at"] or defaults.send_at),
+        max_items=data["max_items"] or defaults.max_items,
+        lookback_days=data["lookback_days"] or defaults.lookback_days,
+        topics=tuple(
+            Topic(t["name"], tuple(t["keywords"]), t["weight"], tuple(t["require"]),
+                  tuple(t["authors"]), tuple(t["categories"]), t["min_upvotes"])
+            for t in data["topics"]
+        ),
+        exclude=tuple(data["exclude"]),
         path=path,
+        trending=data["trending"],
     )
 
 

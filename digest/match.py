@@ -6,6 +6,26 @@ prefix of the unstemmed word. A listing matches when some topic keyword matches 
 `exclude` keyword does. Its score is the sum, over matched keywords, of the topic weight
 times 3 for a title match or 1 for an abstract-only match. Ties go to more upvotes, then to
 the newer listing, then to the smaller id, so a digest is the same every time it is built.
+
+Rules a topic may add (see the README, "Profiles people can tune"):
+
+- `authors`: followed people; each one among the listing's authors (`tokens.names_match`)
+  scores like a title keyword match (weight x 3);
+- `require`: keywords that must all match too (anywhere) for the topic to count; they gate,
+  they do not score;
+- `categories`: the listing must carry one of these categories for the topic to count;
+- `min_upvotes`: the listing must have at least this many upvotes (unknown counts as 0).
+
+Scores are kept in integer thousandths of a point (weights are rounded to 0.001), so the
+sum is exact in any order: the shared index (`digest.index`) adds the same numbers in
+another order and must reach the very same digests.
+
+`trending = N` on the subscriber adds a "Trending" section after the topics: the N most
+upvoted candidates that are not already in the digest, whatever their keywords (never an
+excluded one, never one without upvotes), ranked by upvotes, then newest, then id.
+
+This module is the reference implementation; `digest.index` is the fast one for many
+subscribers, and a property test checks that both give identical digests.
 """
 
 from __future__ import annotations
@@ -15,9 +35,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from .models import Digest, Listing, Match, Section, Span, Subscriber
-from .tokens import Token, stem, tokenize, words
+from .tokens import Token, name_words, names_match, stem, tokenize, words
 
-TITLE_FACTOR = 3.0
+TITLE_FACTOR = 3
+UNITS = 1000  # scores are integer thousandths of a point
+TRENDING = "Trending"
+
+
+def units(weight: float) -> int:
+    """A topic weight in integer thousandths (at least 1)."""
+    return max(1, round(weight * UNITS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +102,37 @@ def find(pattern: Pattern, tokens: Sequence[Token]) -> list[Span]:
 
 
 @dataclass(frozen=True, slots=True)
+class Author:
+    """A followed person: the name as written and its normalised words."""
+
+    text: str
+    words: tuple[str, ...]
+
+
+def compile_author(name: str) -> Author:
+    """Compile one followed name as written in a subscriber file."""
+    folded = name_words(name)
+    if not folded:
+        raise ValueError(f"author {name!r} has no words in it")
+    return Author(name.strip(), folded)
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledTopic:
-    """A topic with its keywords compiled."""
+    """A topic with its keywords, required keywords and followed authors compiled."""
 
     name: str
     weight: float
     patterns: tuple[Pattern, ...]
+    require: tuple[Pattern, ...] = ()
+    authors: tuple[Author, ...] = ()
+    categories: frozenset[str] = frozenset()
+    min_upvotes: int = 0
+
+    @property
+    def units(self) -> int:
+        """The weight in integer thousandths."""
+        return units(self.weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +141,35 @@ class Profile:
 
     topics: tuple[CompiledTopic, ...]
     exclude: tuple[Pattern, ...]
+    trending: int = 0
 
 
 def compile_profile(subscriber: Subscriber) -> Profile:
     """Compile every keyword of a subscriber's profile."""
     return Profile(
         topics=tuple(
-            CompiledTopic(t.name, t.weight, tuple(compile_keyword(k) for k in t.keywords))
+            CompiledTopic(
+                t.name, t.weight, tuple(compile_keyword(k) for k in t.keywords),
+                require=tuple(compile_keyword(k) for k in t.require),
+                authors=tuple(compile_author(a) for a in t.authors),
+                categories=frozenset(t.categories),
+                min_upvotes=t.min_upvotes,
+            )
             for t in subscriber.topics
         ),
         exclude=tuple(compile_keyword(k) for k in subscriber.exclude),
+        trending=subscriber.trending,
     )
+
+
+def topic_filter(topic: CompiledTopic, listing: Listing) -> str | None:
+    """Why the topic's category or upvote filter keeps `listing` out, or None."""
+    if topic.categories and not topic.categories.intersection(listing.categories):
+        has = ", ".join(listing.categories) or "none"
+        return f"categories: needs one of {', '.join(sorted(topic.categories))}; it has {has}"
+    if (listing.upvotes or 0) < topic.min_upvotes:
+        return f"min_upvotes: needs {topic.min_upvotes}; it has {listing.upvotes or 0}"
+    return None
 
 
 def excluded_by(profile: Profile, doc: Document) -> str | None:
@@ -110,39 +180,103 @@ def excluded_by(profile: Profile, doc: Document) -> str | None:
     return None
 
 
-def match_document(profile: Profile, doc: Document) -> Match | None:
-    """Score one listing for one profile; None when nothing matches or an exclude does."""
+@dataclass(frozen=True, slots=True)
+class KeywordHit:
+    """One keyword or followed author that matched, and where: title, abstract, authors."""
+
+    keyword: str
+    where: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicVerdict:
+    """How one topic judged one listing: what matched, the points, or what blocked it."""
+
+    name: str
+    hits: tuple[KeywordHit, ...]
+    score: float
+    blocked: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How a profile judged one listing, topic by topic; `match` is set when it matches."""
+
+    topics: tuple[TopicVerdict, ...]
+    excluded_by: str | None
+    match: Match | None
+
+
+def author_hit(author: Author, listing_authors: Sequence[tuple[str, ...]]) -> bool:
+    """Whether a followed author is among a listing's (normalised) author names."""
+    return any(names_match(author.words, a) for a in listing_authors)
+
+
+def explain_document(profile: Profile, doc: Document) -> Verdict:
+    """Judge one listing for one profile, keeping every reason (for `digest explain`)."""
+    listing = doc.listing
+    listing_authors = [name_words(a) for a in listing.authors]
     best_topic: str | None = None
-    best_topic_score = 0.0
-    total = 0.0
+    best_topic_units = 0
+    total = 0
     matched: list[str] = []
     title_spans: list[Span] = []
     abstract_spans: list[Span] = []
+    verdicts: list[TopicVerdict] = []
     for topic in profile.topics:
-        topic_score = 0.0
+        topic_units = 0
+        hits: list[KeywordHit] = []
+        t_spans: list[Span] = []
+        a_spans: list[Span] = []
         for pattern in topic.patterns:
             in_title = find(pattern, doc.title)
             in_abstract = find(pattern, doc.abstract)
             if not (in_title or in_abstract):
                 continue
-            topic_score += topic.weight * (TITLE_FACTOR if in_title else 1.0)
-            if pattern.text not in matched:
-                matched.append(pattern.text)
-            title_spans += in_title
-            abstract_spans += in_abstract
-        total += topic_score
-        if topic_score > best_topic_score:
-            best_topic, best_topic_score = topic.name, topic_score
-    if best_topic is None or excluded_by(profile, doc):
-        return None
-    return Match(
-        listing=doc.listing,
-        topic=best_topic,
-        score=total,
-        keywords=tuple(matched),
-        title_spans=_merge_spans(title_spans),
-        abstract_spans=_merge_spans(abstract_spans),
-    )
+            topic_units += topic.units * (TITLE_FACTOR if in_title else 1)
+            where = ("title",) * bool(in_title) + ("abstract",) * bool(in_abstract)
+            hits.append(KeywordHit(pattern.text, where))
+            t_spans += in_title
+            a_spans += in_abstract
+        for author in topic.authors:
+            if author_hit(author, listing_authors):
+                topic_units += topic.units * TITLE_FACTOR
+                hits.append(KeywordHit(author.text, ("authors",)))
+        blocked = topic_filter(topic, listing)
+        if blocked is None and hits:
+            missing = [p.text for p in topic.require
+                       if not (find(p, doc.title) or find(p, doc.abstract))]
+            if missing:
+                blocked = "require: " + ", ".join(repr(m) for m in missing) + " did not match"
+        if blocked is not None or not hits:
+            verdicts.append(TopicVerdict(topic.name, tuple(hits), 0.0, blocked))
+            continue
+        verdicts.append(TopicVerdict(topic.name, tuple(hits), topic_units / UNITS))
+        for hit in hits:
+            if hit.keyword not in matched:
+                matched.append(hit.keyword)
+        title_spans += t_spans
+        abstract_spans += a_spans
+        total += topic_units
+        if topic_units > best_topic_units:
+            best_topic, best_topic_units = topic.name, topic_units
+    excluded = excluded_by(profile, doc)
+    match = None
+    if best_topic is not None and excluded is None:
+        match = Match(
+            listing=listing,
+            topic=best_topic,
+            score=total / UNITS,
+            keywords=tuple(matched),
+            title_spans=_merge_spans(title_spans),
+            abstract_spans=_merge_spans(abstract_spans),
+        )
+    return Verdict(tuple(verdicts), excluded, match)
+
+
+def match_document(profile: Profile, doc: Document) -> Match | None:
+    """Score one listing for one profile; None when nothing matches or an exclude does."""
+    return explain_document(profile, doc).match
 
 
 def _merge_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
@@ -169,6 +303,24 @@ def select(matches: Iterable[Match], max_items: int) -> list[Match]:
     return sorted(matches, key=rank_key)[:max_items]
 
 
+def trending_key(listing: Listing) -> tuple[float, int, int, float, str]:
+    """Sort key of the Trending section: most upvotes, then newest, then id."""
+    return rank_key(Match(listing, TRENDING, 0.0, ()))
+
+
+def trending(
+    candidates: Iterable[Listing], taken: set[str], count: int
+) -> Section | None:
+    """The Trending section: the `count` most upvoted candidates not in `taken`."""
+    if count <= 0:
+        return None
+    pool = [c for c in candidates if c.id not in taken and (c.upvotes or 0) > 0]
+    top = sorted(pool, key=trending_key)[:count]
+    if not top:
+        return None
+    return Section(TRENDING, tuple(Match(c, TRENDING, 0.0, ()) for c in top), trending=True)
+
+
 def group(matches: Sequence[Match]) -> tuple[Section, ...]:
     """Group ranked matches by topic; sections appear in the order of their best item."""
     order: list[str] = []
@@ -190,8 +342,19 @@ def build_digest(
 ) -> Digest | None:
     """The digest `subscriber` gets from the candidate documents, or None if nothing matched."""
     profile = profile or compile_profile(subscriber)
-    found = [m for d in docs if (m := match_document(profile, d)) is not None]
-    if not found:
-        return None
+    found: list[Match] = []
+    allowed: list[Listing] = []
+    for d in docs:
+        verdict = explain_document(profile, d)
+        if verdict.match is not None:
+            found.append(verdict.match)
+        if verdict.excluded_by is None:
+            allowed.append(d.listing)
     top = select(found, subscriber.max_items)
-    return Digest(subscriber, local_date, group(top), now)
+    sections = group(top)
+    extra = trending(allowed, {m.listing.id for m in top}, profile.trending)
+    if extra is not None:
+        sections += (extra,)
+    if not sections:
+        return None
+    return Digest(subscriber, local_date, sections, now)

@@ -58,6 +58,10 @@ class Topic:
     name: str
     keywords: tuple[str, ...]
     weight: float = 1.0
+    require: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    min_upvotes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class Subscriber:
     topics: tuple[Topic, ...]
     exclude: tuple[str, ...] = ()
     path: Path | None = None
+    trending: int = 0
 
 
 Span = tuple[int, int]
@@ -97,10 +102,12 @@ class Match:
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """The items of one topic, best first."""
+    """The items of one topic, best first; `trending` marks the Trending section, which holds
+    the most upvoted new listings whatever their keywords."""
 
     topic: str
     matches: tuple[Match, ...]
+    trending: bool = False
 
 
 @dataclass(frozen=True, slots=True)

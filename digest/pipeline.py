@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import delivery, store
-from .config import AnySource, Settings, iter_subscribers, load_subscriber, subscriber_files
+from . import batch, delivery, store
+from .config import AnySource, Settings, load_subscriber, subscriber_files
 from .errors import ConfigError, DigestError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
 from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber
@@ -170,9 +170,11 @@ class DocumentCache:
 
 def build(
     settings: Settings, db: Database, subscriber: Subscriber, now: datetime,
-    cache: DocumentCache | None = None,
+    cache: DocumentCache | batch.MatchRun | None = None,
 ) -> Digest | None:
     """The digest `subscriber` would get now, from the store; None if nothing matches."""
+    if isinstance(cache, batch.MatchRun):
+        return cache.digest(subscriber, local_date(subscriber, now))
     since = now - timedelta(days=subscriber.lookback_days)
     listings = store.candidates(db, subscriber.id, since)
     docs = (cache or DocumentCache()).documents(listings)
@@ -276,20 +278,11 @@ def retry_policy(settings: Settings) -> delivery.RetryPolicy:
     )
 
 
-def _load(settings: Settings, only: list[str] | None) -> list[Subscriber | ConfigError]:
-    folder = settings.subscribers.dir
-    if only:
-        missing = [s for s in only if not (folder / f"{s}.toml").is_file()]
-        if missing:
-            raise UnknownSubscriberError(missing[0], folder)
-        loaded: list[Subscriber | ConfigError] = []
-        for sid in dict.fromkeys(only):
-            try:
-                loaded.append(load_subscriber(folder / f"{sid}.toml", settings.defaults))
-            except ConfigError as exc:
-                loaded.append(exc)
-        return loaded
-    return list(iter_subscribers(folder, settings.defaults))
+def _load(
+    settings: Settings, only: list[str] | None, db: Database, now: datetime
+) -> list[Subscriber | ConfigError]:
+    return list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults, only,
+                                       now))
 
 
 def is_due(subscriber: Subscriber, now: datetime) -> bool:
@@ -332,10 +325,11 @@ def send(
     progress = progress or _NoProgress()
     stop = stop or threading.Event()
     started = timer.monotonic()
-    entries = _load(settings, only)
+    entries = _load(settings, only, db, now)
     report = SendReport()
     env = environment()
-    cache = DocumentCache()
+    # One shared index for everyone in this run (digest.index); built on first use.
+    cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
     if dry_run:
         progress.start(len(entries), "rendering")
         for entry in entries:
@@ -365,28 +359,28 @@ def send(
                 db, senders, clock, policy=retry_policy(settings),
                 rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
                 stop=stop, on_result=on_result,
-            ) as batch:
+            ) as outbox:
                 offered = set()
                 for row in store.pending(db, today, now if due_only else None):
                     if store.is_unsubscribed(db, row.subscriber_id):
                         # Queued before they unsubscribed: it must not go out any more.
                         store.record_failed(db, row.id, "unsubscribed before it was sent", now)
                         continue
-                    batch.offer(row)
+                    outbox.offer(row)
                     offered.add(row.id)
                 progress.start(len(entries), "sending")
                 for entry in entries:
                     if stop.is_set():
                         break
                     _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
-                               batch, report)
+                               outbox, report)
                     progress.advance(entry.path.stem if isinstance(entry, ConfigError)
                                      else entry.id)
         finally:
             if sender is None:
                 for own in senders:
                     own.close()
-    report.fatal = batch.report.fatal
+    report.fatal = outbox.report.fatal
     report.stopped = stop.is_set()
     order = {sid: i for i, sid in enumerate(today)}
     report.outcomes.sort(key=lambda o: order.get(o.subscriber_id, len(order)))
@@ -405,13 +399,13 @@ def digest_key(subscriber: Subscriber, day: date) -> str:
 
 def _queue_one(
     settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
-    env: jinja2.Environment, cache: DocumentCache, due_only: bool, today: dict[str, date],
-    offered: set[str], batch: delivery.Delivery, report: SendReport,
+    env: jinja2.Environment, cache: batch.MatchRun, due_only: bool, today: dict[str, date],
+    offered: set[str], outbox: delivery.Delivery, report: SendReport,
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
     sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
-    batch.wait_for_connection()
-    if batch.report.fatal is not None:
+    outbox.wait_for_connection()
+    if outbox.report.fatal is not None:
         report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
         return
     if isinstance(entry, Subscriber) and store.digest_key(sid, today[sid]) in offered:
@@ -422,7 +416,7 @@ def _queue_one(
         return
     queued = store.pending_row(db, store.digest_key(sid, today[sid]))
     if queued is not None:
-        batch.offer(queued)
+        outbox.offer(queued)
 
 
 def _send_one(
@@ -431,7 +425,7 @@ def _send_one(
     entry: Subscriber | ConfigError,
     now: datetime,
     env: jinja2.Environment,
-    cache: DocumentCache,
+    cache: batch.MatchRun,
     dry_run: bool,
     due_only: bool,
 ) -> Outcome | None:

@@ -348,19 +348,27 @@ def count_listings(db: Database) -> int:
     return int(db.execute("select count(*) from listings").fetchone()[0])
 
 
+# A digest has given its listings to the subscriber once it was sent, or once its final bytes
+# wait in the outbox (so a late retry never repeats an item). Every "never twice" query uses
+# this one condition, so the index and the reference matcher see the same candidates.
+GIVEN = (
+    "(d.state = 'sent' or (d.state in ('queued', 'sending', 'retry')"
+    " and d.message is not null))"
+)
+
+
 def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listing]:
     """Listings first seen at or after `since` that no sent digest gave this subscriber,
     nor one whose final bytes wait in the outbox (so a late retry never repeats an item)."""
     rows = db.query(
-        """
+        f"""
         select * from listings
         where first_seen >= :since
           and id not in (
             select di.listing_id from digest_items di
             join digests d on d.id = di.digest_id
             where d.subscriber_id = :subscriber
-              and (d.state = 'sent' or (d.state in ('queued', 'sending', 'retry')
-                                        and d.message is not null))
+              and {GIVEN}
           )
         order by first_seen desc, id
         """,
@@ -791,3 +799,97 @@ def is_unsubscribed(db: Database, subscriber_id: str) -> bool:
         "select state from subscriptions where subscriber_id = ?", [subscriber_id]
     ).fetchone()
     return bool(row and row[0] == "unsubscribed")
+
+
+# --- issue 8: matching at scale ---------------------------------------------------------------
+
+
+@migrations()
+def m08_subscriber_cache(db: Database) -> None:
+    """Validated subscriber files, keyed by path and content hash, so unchanged files are
+    not validated again on every run."""
+    db.table("subscriber_cache").create(
+        {"path": str, "sha256": str, "data": str, "cached_at": str},
+        pk="path",
+        not_null={"sha256", "data", "cached_at"},
+    )
+
+
+def cached_subscribers(db: Database) -> dict[str, tuple[str, str]]:
+    """Every cached subscriber file: path -> (content hash, validated data as JSON)."""
+    return {
+        r["path"]: (r["sha256"], r["data"])
+        for r in db.query("select path, sha256, data from subscriber_cache")
+    }
+
+
+def cache_subscribers(
+    db: Database, entries: Iterable[tuple[str, str, str]], drop: Iterable[str], now: datetime
+) -> None:
+    """Store (path, content hash, JSON data) entries and forget the paths in `drop`."""
+    stamp = timestamp(now)
+    with db.atomic():
+        db.table("subscriber_cache").upsert_all(
+            ({"path": p, "sha256": h, "data": d, "cached_at": stamp} for p, h, d in entries),
+            pk="path",
+        )
+        for path in drop:
+            db.execute("delete from subscriber_cache where path = ?", [path])
+
+
+def recent_listings(db: Database, since: datetime) -> list[Listing]:
+    """Every listing first seen at or after `since`, newest first."""
+    rows = db.query(
+        "select * from listings where first_seen >= ? order by first_seen desc, id",
+        [timestamp(since)],
+    )
+    return [_from_row(r) for r in rows]
+
+
+def sent_since(db: Database, since: datetime) -> Iterator[tuple[str, str]]:
+    """(subscriber id, listing id) for each listing first seen at or after `since` that a
+    sent digest gave that subscriber: what never-resend takes out of their candidates.
+    Streamed, as there can be millions. Must leave out exactly what `candidates` leaves out
+    (the index and the reference matcher see the same listings)."""
+    cursor = db.execute(
+        f"""
+        select d.subscriber_id, di.listing_id from digest_items di
+        join digests d on d.id = di.digest_id
+        join listings l on l.id = di.listing_id
+        where {GIVEN} and l.first_seen >= ?
+        """,
+        [timestamp(since)],
+    )
+    yield from cursor
+
+
+def sent_in(db: Database, subscriber_id: str, listing_id: str) -> str | None:
+    """The local date of the sent digest that gave `listing_id` to the subscriber, if any."""
+    row = db.execute(
+        f"""
+        select d.local_date from digest_items di join digests d on d.id = di.digest_id
+        where d.subscriber_id = ? and di.listing_id = ? and {GIVEN}
+        order by d.local_date limit 1
+        """,
+        [subscriber_id, listing_id],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def find_listings(db: Database, query: str, limit: int = 20) -> list[Listing]:
+    """Listings whose id or arXiv id is `query`, else whose title contains it (compared in
+    normalised form: case, accents of case folding and punctuation do not matter)."""
+    exact = list(db.query(
+        "select * from listings where id = :q or arxiv_id = :q order by id", {"q": query.strip()}
+    ))
+    if exact:
+        return [_from_row(r) for r in exact]
+    key = title_key(query)
+    if not key:
+        return []
+    rows = db.query(
+        "select * from listings where instr(title_key, ?) > 0"
+        " order by first_seen desc, id limit ?",
+        [key, limit],
+    )
+    return [_from_row(r) for r in rows]

@@ -66,3 +66,55 @@ def title_key(title: str) -> str:
 def title_id(title: str) -> str:
     """A stable listing id for a listing known only by its title."""
     return "title:" + hashlib.sha256(title_key(title).encode()).hexdigest()[:16]
+
+
+def name_words(name: str) -> tuple[str, ...]:
+    """The words of a person's name with accents and case removed: "Yann Le-Cún" ->
+    ("yann", "le", "cun"). Dots, hyphens and other punctuation separate words."""
+    decomposed = unicodedata.normalize("NFKD", nfkc(name))
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return tuple(_WORD.findall(plain.casefold()))
+
+
+def _same_given(a: str, b: str) -> bool:
+    # An initial ("y") stands for any given name that starts with it ("yann").
+    return a == b or (len(a) == 1 and b.startswith(a)) or (len(b) == 1 and a.startswith(b))
+
+
+def names_match(followed: tuple[str, ...], author: tuple[str, ...]) -> bool:
+    """Whether an author name (from `name_words`) is the person a subscriber follows.
+
+    The last words (surnames) must be equal. When both names have given names, the first ones
+    must be equal or one must be the initial of the other; middle names are compared the same
+    way, pairwise, only when both names have the same number of them and are otherwise
+    ignored ("Geoffrey E. Hinton" is "Geoffrey Hinton"). A followed name that is a surname
+    alone matches every author with that surname; an author known by a surname alone matches
+    only such a followed name.
+    """
+    if not followed or not author or followed[-1] != author[-1]:
+        return False
+    if len(followed) == 1:
+        return True
+    if len(author) == 1 or not _same_given(followed[0], author[0]):
+        return False
+    f_mid, a_mid = followed[1:-1], author[1:-1]
+    if f_mid and a_mid and len(f_mid) == len(a_mid):
+        return all(_same_given(f, a) for f, a in zip(f_mid, a_mid, strict=True))
+    return True
+
+
+_PARTS: dict[str, tuple[str, ...]] = {}
+
+
+def folded_words(text: str) -> list[str]:
+    """The case-folded words of `text`, exactly the `folded` of `tokenize(text)`, but fast:
+    no offsets, no stems, and each distinct raw word is folded once per process."""
+    out: list[str] = []
+    for raw in _WORD.findall(nfkc(text)):
+        parts = _PARTS.get(raw)
+        if parts is None:
+            parts = tuple(_WORD.findall(raw.casefold()))
+            if len(_PARTS) < 1_000_000:
+                _PARTS[raw] = parts
+        out += parts
+    return out

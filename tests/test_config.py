@@ -65,7 +65,7 @@ def test_defaults_fill_what_a_subscriber_leaves_out(project: Project) -> None:
         (GOOD.replace('name = "T"\n', ""), "topics[0].name", "required key is missing"),
         ('name = "Ada"\nemail = "ada@example.org"\n', "topics", "required key is missing"),
         (GOOD + "[[topics]]\nname = 'U'\nkeywords = ['x']\nweight = -1\n", "topics[1].weight",
-         "greater than 0"),
+         "greater than or equal to 0.001"),
     ],
 )
 def test_subscriber_errors_name_file_field_and_problem(

@@ -1,0 +1,233 @@
+"""Matching a whole run: cached subscriber files, one shared index, and `digest explain`.
+
+Pipeline glue (like `pipeline.py`, it may use several stages): the pipeline calls
+`load_subscribers` and `MatchRun`; the CLI's `explain` calls `explain`.
+
+- Subscriber files are validated once per content: the validated data is cached in the store,
+  keyed by the file's path and the SHA-256 of its bytes (and of this cache's format), so a run
+  over 100,000 unchanged files reads and hashes them but validates none.
+- `MatchRun` builds the shared index (`digest.index`) over every subscriber of the run, scans
+  the listings of the longest lookback once, and selects each subscriber's digest from their
+  own candidates: first seen within their `lookback_days`, never in a digest sent to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlite_utils import Database
+
+from . import store
+from .config import (
+    DefaultsConfig,
+    parse_subscriber,
+    subscriber_files,
+    subscriber_from_data,
+)
+from .errors import ConfigError, UnknownSubscriberError
+from .index import Index, Selection
+from .match import build_digest, compile_profile, document, explain_document, rank_key
+from .models import Digest, Listing, Match, Section, Subscriber
+
+log = logging.getLogger("digest")
+
+# Bump when the validated data's shape changes: every cached entry is then validated again.
+CACHE_FORMAT = b"digest-subscriber-cache-1\n"
+
+
+def _hash(raw: bytes) -> str:
+    return hashlib.sha256(CACHE_FORMAT + raw).hexdigest()
+
+
+def load_subscribers(
+    db: Database, folder: Path, defaults: DefaultsConfig, only: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> Iterator[Subscriber | ConfigError]:
+    """Each subscriber in `folder` (or those in `only`, in that order), or the ConfigError its
+    file raised; unchanged files come from the cache instead of being validated again."""
+    if only:
+        missing = [s for s in only if not (folder / f"{s}.toml").is_file()]
+        if missing:
+            raise UnknownSubscriberError(missing[0], folder)
+        paths = [folder / f"{sid}.toml" for sid in dict.fromkeys(only)]
+    else:
+        paths = subscriber_files(folder)
+    cached = store.cached_subscribers(db)
+    fresh: list[tuple[str, str, str]] = []
+    base = folder.resolve()
+    keys = [str(base / p.name) for p in paths]  # the folder is resolved once, not each file
+    for path, key in zip(paths, keys, strict=True):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            yield ConfigError(path, None, f"cannot read file: {exc}")
+            continue
+        digest = _hash(raw)
+        hit = cached.get(key)
+        data: dict[str, Any]
+        if hit is not None and hit[0] == digest:
+            data = json.loads(hit[1])
+        else:
+            try:
+                data = parse_subscriber(path, raw)
+            except ConfigError as exc:
+                yield exc
+                continue
+            fresh.append((key, digest, json.dumps(data)))
+        yield subscriber_from_data(path, data, defaults)
+    gone = [] if only else sorted(set(cached) - set(keys))
+    if fresh or gone:
+        store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
+        log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",
+                 len(fresh), len(gone))
+
+
+class MatchRun:
+    """Once per run: every subscriber in one index, the recent listings scanned once.
+
+    Built lazily on the first digest asked for, so a run that sends nothing costs nothing.
+    """
+
+    def __init__(self, db: Database, subscribers: Sequence[Subscriber], now: datetime) -> None:
+        self.db = db
+        self.subscribers = list(subscribers)
+        self._ids = {s.id for s in self.subscribers}
+        self.now = now
+        self._selection: Selection | None = None
+
+    def selection(self) -> Selection:
+        """Every subscriber's selected listings (built on first use)."""
+        if self._selection is None:
+            longest = max((s.lookback_days for s in self.subscribers), default=1)
+            oldest = self.now - timedelta(days=longest)
+            listings = store.recent_listings(self.db, oldest)
+            index = Index(self.subscribers)
+            scan = index.scan(listings)
+            self._selection = scan.select(
+                {s.id: self.now - timedelta(days=s.lookback_days) for s in self.subscribers},
+                store.sent_since(self.db, oldest),
+            )
+            log.info("index: %d subscribers, %d keywords, %d listings scanned",
+                     len(self.subscribers), index.columns, len(listings))
+        return self._selection
+
+    def digest(self, subscriber: Subscriber, local_date: date) -> Digest | None:
+        """The digest `subscriber` gets now; the same as `match.build_digest` would give."""
+        if subscriber.id not in self._ids:
+            raise KeyError(f"subscriber {subscriber.id!r} is not part of this run")
+        return self.selection().digest(subscriber, local_date, self.now)
+
+
+# --- explain --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Whether one listing would be in a subscriber's next digest, and why."""
+
+    listing: Listing
+    included: bool
+    reason: str
+    details: list[str] = field(default_factory=list)
+
+
+def explain(
+    db: Database, subscriber: Subscriber, query: str, local_date: date, now: datetime
+) -> list[Explanation]:
+    """For each listing that `query` finds (an id, or part of a title): would it be in the
+    subscriber's next digest, and why or what rule kept it out."""
+    found = store.find_listings(db, query)
+    if not found:
+        return []
+    since = now - timedelta(days=subscriber.lookback_days)
+    candidates = store.candidates(db, subscriber.id, since)
+    digest = build_digest(subscriber, [document(c) for c in candidates], local_date, now)
+    placed: dict[str, tuple[Section, int, Match]] = {}
+    if digest is not None:
+        for section in digest.sections:
+            for i, m in enumerate(section.matches, start=1):
+                placed[m.listing.id] = (section, i, m)
+    profile = compile_profile(subscriber)
+    verdicts = [explain_document(profile, document(c)).match for c in candidates]
+    ranked = sorted((m for m in verdicts if m is not None), key=rank_key)
+    out = []
+    for listing in found:
+        verdict = explain_document(profile, document(listing))
+        details = []
+        for topic in verdict.topics:
+            if not topic.hits:
+                continue
+            hits = ", ".join(f"'{h.keyword}' in {' and '.join(h.where)}" for h in topic.hits)
+            line = f"topic '{topic.name}': {hits}"
+            if topic.blocked:
+                line += f"; kept out by {topic.blocked}"
+            elif topic.hits:
+                line += f"; score {topic.score:g}"
+            details.append(line)
+        if verdict.excluded_by:
+            details.append(f"exclude '{verdict.excluded_by}' matches")
+        out.append(_verdict(listing, verdict.match is not None, verdict.excluded_by, placed,
+                            ranked, subscriber, db, since, details))
+    return out
+
+
+def _verdict(
+    listing: Listing, matched: bool, excluded: str | None,
+    placed: dict[str, tuple[Section, int, Match]], ranked: list[Match],
+    subscriber: Subscriber, db: Database, since: datetime,
+    details: list[str],
+) -> Explanation:
+    sent_on = store.sent_in(db, subscriber.id, listing.id)
+    if sent_on is not None:
+        return Explanation(listing, False, f"already sent, in the digest of {sent_on}", details)
+    if listing.first_seen is None or listing.first_seen < since:
+        seen = listing.first_seen.date().isoformat() if listing.first_seen else "never"
+        return Explanation(
+            listing, False,
+            f"outside the lookback: first seen {seen}, lookback_days is"
+            f" {subscriber.lookback_days}", details)
+    if listing.id in placed:
+        section, position, m = placed[listing.id]
+        if section.trending:
+            return Explanation(listing, True, f"in the Trending section, #{position}, with"
+                               f" {listing.upvotes} upvotes", details)
+        return Explanation(listing, True, f"under '{m.topic}', #{position} in that section,"
+                           f" score {m.score:g}", details)
+    if excluded is not None:
+        return Explanation(listing, False, f"excluded: the exclude keyword '{excluded}'"
+                           " matches", details)
+    if matched:
+        position = next(i for i, m in enumerate(ranked, start=1) if m.listing.id == listing.id)
+        last = ranked[subscriber.max_items - 1]
+        return Explanation(
+            listing, False,
+            f"below the max_items cut: ranked #{position} of {len(ranked)} matches, and"
+            f" max_items is {subscriber.max_items} (the last one kept scored {last.score:g})",
+            details)
+    trending = (f"; nor is it among the {subscriber.trending} most upvoted for Trending"
+                if subscriber.trending else "")
+    if any("kept out by" in d for d in details):
+        return Explanation(listing, False, f"a topic rule keeps it out{trending}", details)
+    return Explanation(listing, False, "no keyword or followed author of any topic matches"
+                       + trending, details)
+
+
+def explain_subscriber(
+    subscribers_dir: Path, defaults: DefaultsConfig, db: Database, subscriber_id: str,
+    query: str, now: datetime,
+) -> list[Explanation]:
+    """`explain` for the subscriber whose file is `<subscribers_dir>/<subscriber_id>.toml`."""
+    path = subscribers_dir / f"{subscriber_id}.toml"
+    if not path.is_file():
+        raise UnknownSubscriberError(subscriber_id, subscribers_dir)
+    subscriber = subscriber_from_data(path, parse_subscriber(path), defaults)
+    day = now.astimezone(ZoneInfo(subscriber.timezone)).date()
+    return explain(db, subscriber, query, day, now)

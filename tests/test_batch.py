@@ -1,0 +1,268 @@
+"""A whole run: the subscriber cache, `digest send` through the shared index, `digest explain`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from digest import batch, pipeline, store
+from digest.cli import cli
+from digest.config import load_settings
+from digest.match import Match
+from digest.models import Digest, Listing, Section
+from tests.conftest import Project, SmtpServer
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+EVE = """
+name = "Eve"
+email = "eve@example.org"
+max_items = 2
+lookback_days = 3
+exclude = ["survey"]
+trending = 1
+
+[[topics]]
+name = "Video diffusion"
+keywords = ["diffusion"]
+require = ["video"]
+
+[[topics]]
+name = "NLP"
+keywords = ["parsing"]
+categories = ["cs.CL"]
+
+[[topics]]
+name = "Popular graphs"
+keywords = ["graph"]
+min_upvotes = 10
+
+[[topics]]
+name = "People"
+authors = ["Y. LeCun"]
+"""
+
+
+def listings() -> list[Listing]:
+    """One listing per way a listing can end up, for the subscriber above."""
+    return [
+        Listing("top", "Video diffusion at scale", "diffusion for video", upvotes=5,
+                authors=("Yann LeCun",)),
+        Listing("second", "Video diffusion", "", upvotes=4),
+        Listing("cut", "Diffusion", "for video", upvotes=1),
+        Listing("require", "Diffusion for images", "", upvotes=2),
+        Listing("category", "Parsing", "", categories=("cs.CV",)),
+        Listing("upvotes", "Graph learning", "", upvotes=9),
+        Listing("excluded", "A survey of video diffusion", "", upvotes=3),
+        Listing("hot", "Unrelated but popular", "", upvotes=80),
+        Listing("nothing", "Unrelated", "", upvotes=0),
+        Listing("old", "Video diffusion, old", "", upvotes=1),
+        Listing("sent", "Video diffusion, sent", "", upvotes=1),
+    ]
+
+
+@pytest.fixture
+def eve(project: Project) -> Project:
+    project.subscriber("eve", EVE)
+    db = store.open_db(project.db_path)
+    items = listings()
+    store.upsert_listings(db, [i for i in items if i.id != "old"], NOW - dt.timedelta(hours=1))
+    store.upsert_listings(db, [i for i in items if i.id == "old"], NOW - dt.timedelta(days=5))
+    # A digest sent yesterday held "sent".
+    settings = load_settings(project.config)
+    subscriber = next(s for s in batch.load_subscribers(db, project.subscribers,
+                                                        settings.defaults, ["eve"]))
+    assert not isinstance(subscriber, Exception)
+    sent = store.get_listing(db, "sent")
+    assert sent is not None
+    digest = Digest(subscriber, (NOW - dt.timedelta(days=1)).date(),
+                    (Section("Video diffusion", (Match(sent, "Video diffusion", 3.0, ()),)),),
+                    NOW)
+    store.begin_delivery(db, digest, "<id@example.org>", "subject", NOW)
+    store.mark_sent(db, digest, NOW)
+    return project
+
+
+def explain(project: Project, query: str) -> batch.Explanation:
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    found = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db, "eve",
+                                     query, NOW)
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("query", "included", "reason", "detail"),
+    [
+        ("top", True, "under 'Video diffusion', #1 in that section, score 6",
+         "topic 'People': 'Y. LeCun' in authors; score 3"),
+        ("second", True, "under 'Video diffusion', #2", "'diffusion' in title"),
+        ("hot", True, "in the Trending section, #1, with 80 upvotes", None),
+        ("cut", False, "below the max_items cut: ranked #3 of 3 matches, and max_items is 2"
+         " (the last one kept scored 3)", "'diffusion' in title; score 3"),
+        ("require", False, "a topic rule keeps it out",
+         "kept out by require: 'video' did not match"),
+        ("category", False, "a topic rule keeps it out",
+         "kept out by categories: needs one of cs.CL; it has cs.CV"),
+        ("upvotes", False, "a topic rule keeps it out",
+         "kept out by min_upvotes: needs 10; it has 9"),
+        ("excluded", False, "excluded: the exclude keyword 'survey' matches", None),
+        ("nothing", False, "no keyword or followed author of any topic matches; nor is it"
+         " among the 1 most upvoted for Trending", None),
+        ("old", False, "outside the lookback: first seen 2026-11-20, lookback_days is 3", None),
+        ("sent", False, "already sent, in the digest of 2026-11-24", None),
+    ],
+)
+def test_explain_says_why(eve: Project, query: str, included: bool, reason: str,
+                          detail: str | None) -> None:
+    found = explain(eve, query)
+    assert found.listing.id == query
+    assert found.included is included
+    assert reason in found.reason
+    if detail is not None:
+        assert any(detail in line for line in found.details), found.details
+
+
+def test_explain_finds_listings_by_part_of_the_title(eve: Project) -> None:
+    settings = load_settings(eve.config)
+    db = store.open_db(settings.store.path)
+    found = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db, "eve",
+                                     "VIDEO-diffusion", NOW)
+    assert {f.listing.id for f in found} == {"top", "second", "excluded", "old", "sent"}
+
+
+def test_explain_command(eve: Project) -> None:
+    env = {"DIGEST_NOW": NOW.isoformat(), "DIGEST_CONFIG": str(eve.config)}
+    result = CliRunner().invoke(cli, ["explain", "eve", "graph learning"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "Graph learning [upvotes]" in result.output
+    assert "NOT in the next digest: a topic rule keeps it out" in result.output
+    assert "kept out by min_upvotes: needs 10; it has 9" in result.output
+    missing = CliRunner().invoke(cli, ["explain", "eve", "no such paper"], env=env)
+    assert missing.exit_code == 1
+    unknown = CliRunner().invoke(cli, ["explain", "nobody", "graph"], env=env)
+    assert unknown.exit_code == 1
+
+
+def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> None:
+    settings = load_settings(eve.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW - dt.timedelta(days=2))
+    entries = pipeline._load(settings, None, db, NOW)
+    subscribers = [e for e in entries if not isinstance(e, Exception)]
+    run = batch.MatchRun(db, subscribers, NOW)
+    for s in subscribers:
+        reference = pipeline.build(settings, db, s, NOW)
+        assert run.digest(s, pipeline.local_date(s, NOW)) == reference
+        assert reference is not None
+    report = pipeline.send(settings, db, NOW)
+    assert report.count("sent") == 3
+    eve_digest = store.sent_listing_ids(db, "eve/2026-11-25")
+    assert eve_digest == ["top", "second", "hot"]
+    # The Trending section is in both parts of the email; its item lists no keywords.
+    message = message_from_bytes((eve.outbox / "2026-11-25_eve.eml").read_bytes(),
+                                 policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    text_part = message.get_body(("plain",))
+    html_part = message.get_body(("html",))
+    assert text_part is not None and html_part is not None
+    text = text_part.get_content().replace("\r\n", "\n")
+    assert "\nTRENDING - 1 paper\n" in text
+    trending = text.split("\nTRENDING - 1 paper\n")[1]
+    assert "Unrelated but popular" in trending and "Matched:" not in trending
+    assert "Trending" in html_part.get_content()
+    # The next day the same listings are never sent again: candidates exclude them.
+    later = NOW + dt.timedelta(days=1)
+    run = batch.MatchRun(db, subscribers, later)
+    for s in subscribers:
+        digest = run.digest(s, pipeline.local_date(s, later))
+        assert digest == pipeline.build(settings, db, s, later)
+        sent = set(store.sent_listing_ids(db, f"{s.id}/{pipeline.local_date(s, NOW)}"))
+        assert digest is None or not sent & {m.listing.id for m in digest.matches}
+
+
+def test_unchanged_subscriber_files_are_not_validated_again(project: Project) -> None:
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    folder, defaults = settings.subscribers.dir, settings.defaults
+    first = list(batch.load_subscribers(db, folder, defaults, now=NOW))
+    assert [s.id for s in first if not isinstance(s, Exception)] == ["ada", "grace"]
+    assert len(store.cached_subscribers(db)) == 2
+    # Tamper with the cached data: a run that read it (instead of the file) shows it.
+    path = str((project.subscribers / "ada.toml").resolve())
+    digest, data = store.cached_subscribers(db)[path]
+    changed = json.loads(data) | {"name": "From the cache"}
+    store.cache_subscribers(db, [(path, digest, json.dumps(changed))], [], NOW)
+    again = {s.id: s for s in batch.load_subscribers(db, folder, defaults, now=NOW)
+             if not isinstance(s, Exception)}
+    assert again["ada"].name == "From the cache"
+    # Any change to the file's bytes means validating it again.
+    with (project.subscribers / "ada.toml").open("a", encoding="utf-8") as fh:
+        fh.write("\n# edited\n")
+    again = {s.id: s for s in batch.load_subscribers(db, folder, defaults, now=NOW)
+             if not isinstance(s, Exception)}
+    assert again["ada"].name == "Ada Lovelace"
+    # Defaults are applied after the cache: changing them needs no revalidation.
+    later = list(batch.load_subscribers(db, folder, defaults.model_copy(update={"max_items": 3}),
+                                        now=NOW))
+    assert {s.max_items for s in later if not isinstance(s, Exception)} == {3}
+
+
+def test_a_bad_file_is_reported_and_never_cached(project: Project) -> None:
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    project.subscriber("bad", 'name = "B"\nemail = "not an address"\n[[topics]]\nname = "T"\n'
+                              'keywords = ["x"]\n')
+    for _ in range(2):
+        entries = list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults,
+                                              now=NOW))
+        errors = [e for e in entries if isinstance(e, Exception)]
+        assert len(errors) == 1 and "bad.toml: email:" in str(errors[0])
+        assert len(entries) == 3
+    assert str((project.subscribers / "bad.toml").resolve()) not in store.cached_subscribers(db)
+    os.remove(project.subscribers / "bad.toml")
+    (project.subscribers / "grace.toml").unlink()
+    list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults, now=NOW))
+    assert [Path(p).name for p in store.cached_subscribers(db)] == ["ada.toml"]
+
+
+def test_readme_documents_explain() -> None:
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert cli.commands["explain"].help is not None
+    help_text = " ".join(cli.commands["explain"].help.split())
+    assert f"| `digest explain SUBSCRIBER QUERY` | {help_text} |" in readme
+    for key in ("`trending`", "`[[topics]] require`", "`[[topics]] authors`",
+                "`[[topics]] categories`", "`[[topics]] min_upvotes`"):
+        assert f"| {key} |" in readme
+
+
+def test_index_candidates_follow_the_store_after_refused_and_failed_sends(
+    project: Project, smtp_server: SmtpServer
+) -> None:
+    """Whatever states a refused send leaves digests in, the index's candidates are exactly
+    `store.candidates` (a listing waiting in an undelivered digest is handled alike)."""
+    project.write_config(
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n',
+        transport="smtp",
+    )
+    smtp_server.sink.refuse["grace@example.com"] = "451 4.3.0 try again later"
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW - dt.timedelta(days=1))
+    pipeline.send(settings, db, NOW)
+    assert len(smtp_server.sink.received) == 1  # ada's; grace's was refused
+    for later in (NOW, NOW + dt.timedelta(hours=3), NOW + dt.timedelta(days=1)):
+        subscribers = [e for e in pipeline._load(settings, None, db, later)
+                       if not isinstance(e, Exception)]
+        run = batch.MatchRun(db, subscribers, later)
+        for s in subscribers:
+            assert run.digest(s, pipeline.local_date(s, later)) == pipeline.build(
+                settings, db, s, later)
