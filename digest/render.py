@@ -104,6 +104,10 @@ def _meta(match: Match) -> str:
         parts.append(listing.published.strftime("%-d %b %Y"))
     if listing.upvotes:
         parts.append(f"▲ {listing.upvotes} upvote{'s' if listing.upvotes != 1 else ''}")
+    if listing.categories:
+        shown = ", ".join(listing.categories[:3])
+        parts.append(shown + (f" +{len(listing.categories) - 3}" if len(listing.categories) > 3
+                              else ""))
     return " · ".join(parts)
 
 
@@ -182,7 +186,7 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
     """Everything the templates show, as plain data."""
     subscriber = digest.subscriber
     count = len(digest.matches)
-    topics = [s.topic for s in digest.sections]
+    topics = [s.topic for s in digest.sections if not s.trending]
     sections = []
     for section in digest.sections:
         items = []
@@ -211,10 +215,7 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
         "name": subscriber.name,
         "date_label": _date_label(digest.local_date),
         "count_label": _plural(count, "new paper"),
-        "intro": (
-            f"{'these papers' if count != 1 else 'this paper'} matched your topics"
-            f" ({', '.join(topics)}) since your last digest."
-        ),
+        "intro": _intro(count, topics),
         "sections": sections,
         "footer": (
             f"You get this digest because {subscriber.email} follows "
@@ -226,6 +227,13 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
         "unsubscribe_host": _link_host(links.unsubscribe),
         "generated_label": digest.generated_at.strftime("%Y-%m-%d %H:%M %Z").strip(),
     }
+
+
+def _intro(count: int, topics: list[str]) -> str:
+    these = "these papers" if count != 1 else "this paper"
+    if not topics:  # a day with only the Trending section
+        return f"nothing new matched your topics, but {these} drew the most upvotes."
+    return f"{these} matched your topics ({', '.join(topics)}) since your last digest."
 
 
 def _date_label(day: date) -> str:

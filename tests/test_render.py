@@ -89,3 +89,22 @@ def test_excerpt_moves_to_a_late_highlight() -> None:
 def test_wrap_text_never_breaks_urls() -> None:
     url = "<https://example.org/" + "a" * 100 + ">"
     assert wrap_text("word " * 40 + "\n" + url).splitlines()[-1] == url
+
+
+def test_categories_show_in_the_item_line() -> None:
+    item = Listing(id="c", title="Pruning", abstract="pruning", author_count=2,
+                   categories=("cs.LG", "cs.CL", "stat.ML", "cs.AI"))
+    rendered = render(digest_of([item]), Links("mailto:x@example.org"), environment())
+    assert "2 authors · cs.LG, cs.CL, stat.ML +1" in rendered.text
+
+
+def test_a_trending_only_digest_does_not_call_trending_a_topic() -> None:
+    from digest.models import Section
+
+    digest = digest_of(listings(2))
+    only_trending = Digest(digest.subscriber, digest.local_date,
+                           (Section("Trending", digest.matches, trending=True),),
+                           digest.generated_at)
+    rendered = render(only_trending, Links("mailto:x@example.org"), environment())
+    assert "nothing new matched your topics" in " ".join(rendered.text.split())
+    assert "matched your topics (Trending)" not in rendered.html
