@@ -39,8 +39,9 @@ from .models import Digest, Listing, Match, Section, Subscriber
 
 log = logging.getLogger("digest")
 
-# Bump when the validated data's shape changes: every cached entry is then validated again.
-CACHE_FORMAT = b"digest-subscriber-cache-1\n"
+# Bump when the validated data's shape or the validation rules change: every cached entry is
+# then validated again. (2: email addresses are stored in their ASCII/IDNA form.)
+CACHE_FORMAT = b"digest-subscriber-cache-2\n"
 
 
 def _hash(raw: bytes) -> str:

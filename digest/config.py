@@ -82,9 +82,17 @@ def _check_plain_text(value: str) -> str:
 
 def _check_email(value: str) -> str:
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        info = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"{value!r} is not a valid email address: {exc}") from None
+    # Headers and the SMTP envelope need the ASCII form: an internationalised domain becomes
+    # its IDNA (xn--) form. A non-ASCII local part would need SMTPUTF8 end to end.
+    if info.ascii_email is None:
+        raise ValueError(
+            f"{value!r}: non-ASCII characters before the @ are not supported (they need"
+            " SMTPUTF8 at every server on the way)"
+        )
+    return str(info.ascii_email)
 
 
 def _check_from(value: str) -> str:

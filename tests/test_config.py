@@ -94,6 +94,16 @@ def test_one_bad_file_does_not_hide_the_others(project: Project) -> None:
     assert isinstance(loaded[1], ConfigError)
 
 
+def test_internationalised_domains_become_idna_and_utf8_local_parts_are_refused(
+    project: Project,
+) -> None:
+    path = project.subscriber("zoe", GOOD.replace("ada@example.org", "zoë@exämple.org"))
+    with pytest.raises(ConfigError, match="non-ASCII characters before the @"):
+        load_subscriber(path, DefaultsConfig())
+    path = project.subscriber("zoe", GOOD.replace("ada@example.org", "zoe@exämple.org"))
+    assert load_subscriber(path, DefaultsConfig()).email == "zoe@xn--exmple-cua.org"
+
+
 def test_settings_errors_name_the_field(project: Project) -> None:
     project.write_config("[smtp]\nsecurity = 'tls'\n")
     with pytest.raises(ConfigError) as info:
