@@ -269,3 +269,21 @@ def loopback() -> Iterator[Any]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def smtp_ssl_server(tmp_path: Path) -> Iterator[SmtpServer]:
+    """An SMTP server on 127.0.0.1 speaking implicit TLS (as on port 465), with AUTH."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = Sink()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=free_port(), ssl_context=context,
+        authenticator=_authenticator, auth_required=True, auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield SmtpServer("127.0.0.1", controller.port, sink, cert)
+    finally:
+        controller.stop()

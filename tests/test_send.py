@@ -166,3 +166,20 @@ def test_unreachable_server_is_fatal() -> None:
     with pytest.raises(SendError, match="cannot connect") as info:
         SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
     assert info.value.fatal
+
+
+# aiosmtpd cannot tell that an implicit-TLS session is encrypted, so it warns about AUTH.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_implicit_tls_with_auth(smtp_ssl_server: SmtpServer,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", PASSWORD)
+    config = SmtpConfig(host=smtp_ssl_server.host, port=smtp_ssl_server.port, security="ssl",
+                        username=USER, password_env="TEST_SMTP_PW", ca_file=smtp_ssl_server.cert)
+    with SmtpSender(config) as sender:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert [r.rcpt_tos for r in smtp_ssl_server.sink.received] == [["ada@example.org"]]
+    # Without the CA the certificate is refused: implicit TLS verifies too.
+    bad = SmtpConfig(host=smtp_ssl_server.host, port=smtp_ssl_server.port, security="ssl")
+    with pytest.raises(SendError, match="TLS with SMTP server") as info:
+        SmtpSender(bad).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert info.value.fatal
