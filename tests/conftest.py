@@ -8,6 +8,7 @@ import socket
 import ssl
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -215,6 +216,24 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _server_tls(tmp: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server-side TLS context with a fresh self-signed certificate, and that certificate."""
+    cert, key = _self_signed(tmp)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+@contextmanager
+def _running(controller: Controller, sink: Sink, cert: Path | None = None
+             ) -> Iterator[SmtpServer]:
+    controller.start()
+    try:
+        yield SmtpServer("127.0.0.1", controller.port, sink, cert)
+    finally:
+        controller.stop()
+
+
 USER, PASSWORD = "digest-user", "s3cret-Pa55"
 
 
@@ -229,31 +248,22 @@ def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
 def smtp_server() -> Iterator[SmtpServer]:
     """A plain SMTP server on 127.0.0.1 (no TLS, no AUTH)."""
     sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", controller.port, sink)
-    finally:
-        controller.stop()
+    with _running(Controller(sink, hostname="127.0.0.1", port=free_port()), sink) as server:
+        yield server
 
 
 @pytest.fixture
 def smtp_tls_server(tmp_path: Path) -> Iterator[SmtpServer]:
     """An SMTP server on 127.0.0.1 that offers STARTTLS and requires AUTH over TLS."""
-    cert, key = _self_signed(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context, cert = _server_tls(tmp_path)
     sink = Sink()
     controller = Controller(
         sink, hostname="127.0.0.1", port=free_port(), tls_context=context,
         require_starttls=True, auth_require_tls=True, authenticator=_authenticator,
         auth_required=True,
     )
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", controller.port, sink, cert)
-    finally:
-        controller.stop()
+    with _running(controller, sink, cert) as server:
+        yield server
 
 
 # --- HTTP (issue 3) --------------------------------------------------------------------------
@@ -274,16 +284,11 @@ def loopback() -> Iterator[Any]:
 @pytest.fixture
 def smtp_ssl_server(tmp_path: Path) -> Iterator[SmtpServer]:
     """An SMTP server on 127.0.0.1 speaking implicit TLS (as on port 465), with AUTH."""
-    cert, key = _self_signed(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context, cert = _server_tls(tmp_path)
     sink = Sink()
     controller = Controller(
         sink, hostname="127.0.0.1", port=free_port(), ssl_context=context,
         authenticator=_authenticator, auth_required=True, auth_require_tls=False,
     )
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", controller.port, sink, cert)
-    finally:
-        controller.stop()
+    with _running(controller, sink, cert) as server:
+        yield server
