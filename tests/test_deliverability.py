@@ -161,10 +161,20 @@ def test_spamassassin_scores_the_example_digests_low(project: Project,
     report = pipeline.send(settings, db, NOW)
     assert {o.status for o in report.outcomes} == {"sent"}
     assert len(report.outcomes) >= 6
-    for eml in sorted(project.outbox.glob("*.eml")):
+    def score(message: bytes) -> tuple[float, str]:
         # -L: local tests only (no DNS, no network); -t: report the score and the rules hit.
-        run = subprocess.run([spamassassin, "-L", "-t"], input=eml.read_bytes(),
+        run = subprocess.run([spamassassin, "-L", "-t"], input=message,
                              capture_output=True, timeout=120, check=False)
         out = run.stdout.decode("utf-8", "replace")
-        score = float(re.search(r"X-Spam-Status: \w+, score=(-?[\d.]+)", out).group(1))  # type: ignore[union-attr]
-        assert score < 2.0, f"{eml.name} scored {score}:\n{out[out.find('Content analysis'):]}"
+        found = re.search(r"X-Spam-Status: \w+, score=(-?[\d.]+)", out)
+        assert found is not None, out[:500] + run.stderr.decode("utf-8", "replace")[:500]
+        return float(found.group(1)), out
+
+    # A control: with its rules loaded SpamAssassin must flag the GTUBE test string, or a
+    # low score below would mean nothing.
+    gtube = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test\r\n\r\n"
+             b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n")
+    assert score(gtube)[0] >= 100, "SpamAssassin has no rules loaded (run sa-update?)"
+    for eml in sorted(project.outbox.glob("*.eml")):
+        points, out = score(eml.read_bytes())
+        assert points < 2.0, f"{eml.name} scored {points}:\n{out[out.find('Content analysis'):]}"
