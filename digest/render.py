@@ -149,10 +149,11 @@ def safe_link(url: str, fallback: str) -> str:
     return quote(url, safe=_URL_SAFE)
 
 
-def _link_host(url: str) -> str:
+def _unsubscribe_how(url: str) -> str:
+    """How the unsubscribe link works, said next to it: honest for a mailto link."""
     if url.startswith("mailto:"):
         return "by email to " + url[7:].split("?", 1)[0]
-    return url.split("//", 1)[-1].split("/", 1)[0]
+    return "one click, no login, at " + url.split("//", 1)[-1].split("/", 1)[0]
 
 
 def _plural(count: int, noun: str) -> str:
@@ -224,7 +225,7 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
             "and you never get the same paper twice."
         ),
         "unsubscribe_link": links.unsubscribe,
-        "unsubscribe_host": _link_host(links.unsubscribe),
+        "unsubscribe_how": _unsubscribe_how(links.unsubscribe),
         "generated_label": digest.generated_at.strftime("%Y-%m-%d %H:%M %Z").strip(),
     }
 

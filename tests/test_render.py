@@ -108,3 +108,12 @@ def test_a_trending_only_digest_does_not_call_trending_a_topic() -> None:
     rendered = render(only_trending, Links("mailto:x@example.org"), environment())
     assert "nothing new matched your topics" in " ".join(rendered.text.split())
     assert "matched your topics (Trending)" not in rendered.html
+
+
+def test_the_unsubscribe_line_says_how_it_works() -> None:
+    digest = digest_of(listings(1))
+    by_mail = render(digest, Links("mailto:digest@example.org?subject=x"), environment())
+    assert "Unsubscribe from this digest (by email to digest@example.org)" in by_mail.text
+    assert "one click" not in by_mail.text + by_mail.html
+    web = render(digest, Links("https://digest.example.org/unsubscribe?token=t"), environment())
+    assert "(one click, no login, at digest.example.org)" in web.html
