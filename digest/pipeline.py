@@ -12,7 +12,6 @@ import time as timer
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from email.message import EmailMessage
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -31,6 +30,8 @@ from .send import (
     Sender,
     SmtpSender,
     build_message,
+    fast_outgoing,
+    load_fast_signer,
     load_signer,
     outgoing,
     unsubscribe_links,
@@ -187,21 +188,30 @@ class Composed:
 
     digest: Digest
     rendered: RenderedEmail
-    message: EmailMessage
     outgoing: Outgoing
 
 
-def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
+def compose(
+    settings: Settings, digest: Digest, env: jinja2.Environment, *, reference: bool = False,
+) -> Composed:
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
-    is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set."""
+    is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
+
+    The fast path (`send.fast_outgoing`: bodies QP-encoded once, OpenSSL signatures) is what
+    is sent; `reference=True` takes the straightforward one (`EmailMessage.as_bytes` and
+    dkimpy), kept as what tests and benchmarks compare against."""
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     rendered = render(digest, Links(unsubscribe=one_click or https or mailto), env)
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
-    message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
-    out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
-                   load_signer(settings.dkim))
-    return Composed(digest, rendered, message, out)
+    if reference:
+        message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
+        out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
+                       load_signer(settings.dkim))
+    else:
+        out = fast_outgoing(rendered, digest, settings.delivery, sent_at, one_click,
+                            load_fast_signer(settings.dkim))
+    return Composed(digest, rendered, out)
 
 
 def preview(
