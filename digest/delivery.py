@@ -170,10 +170,12 @@ class Delivery:
             self._skip(row)
             return False
         message = _outgoing(self.db, row)
-        store.claim(self.db, row.id, self.clock())
+        # One transaction: record whatever already came back ('sent' as soon as possible),
+        # and claim this row just before it goes on the wire.
+        with self.db.atomic():
+            self._settle({f for f in self._inflight if f.done()})
+            store.claim(self.db, row.id, self.clock())
         self._inflight[self._executor.submit(_transmit, self._pool, message)] = row
-        # Record whatever already came back, so 'sent' is written as soon as possible.
-        self._settle({f for f in self._inflight if f.done()})
         return True
 
     def finish(self) -> DeliveryReport:
@@ -191,9 +193,16 @@ class Delivery:
             self.on_result(result)
 
     def _settle(self, done: set[Future[str | SendError]]) -> None:
-        for fut in done:
-            row = self._inflight.pop(fut)
-            result = _record(self.db, row, fut.result(), self.clock, self.policy)
+        # The results that came back together are recorded in one transaction: each only
+        # after the server answered, so batching never marks sent what was not accepted.
+        if not done:
+            return
+        results = []
+        with self.db.atomic():
+            for fut in done:
+                row = self._inflight.pop(fut)
+                results.append(_record(self.db, row, fut.result(), self.clock, self.policy))
+        for result in results:
             if result.status == "queued" and self.report.fatal is None:
                 self.report.fatal = result.detail
             self.report.results.append(result)

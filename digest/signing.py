@@ -90,9 +90,32 @@ def split_headers(head: bytes) -> list[tuple[bytes, bytes]]:
     return [(bytes(n), bytes(v)) for n, v in fields]
 
 
+# dkimpy's relaxed body steps, with patterns that match only what they change: dkimpy's
+# `[\t ]+ -> " "` replaces every single space by a space, thousands per digest.
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
+_SPACES = re.compile(rb"  +")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed canonical body (RFC 6376 3.4.4), equal to dkimpy's
+    `Relaxed.canonicalize_body` (a property test holds them together)."""
+    # `in` scans in C: the regular expressions run only where there is something to change.
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body:
+        body = _WSP_RUN.sub(b" ", body)
+    elif b"  " in body:
+        body = _SPACES.sub(b" ", body)
+    end = len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    return body[:end] + b"\r\n" if end else b""
+
+
 def canonical_body_hash(body: bytes) -> bytes:
     """base64 of the SHA-256 of the relaxed-canonicalised body (RFC 6376 3.4.4)."""
-    return base64.b64encode(hashlib.sha256(Relaxed.canonicalize_body(body)).digest())
+    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
 
 
 def _select(fields: list[tuple[bytes, bytes]], names: Sequence[bytes]) -> list[tuple[bytes,

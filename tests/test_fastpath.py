@@ -14,6 +14,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from digest.send import (
     load_fast_signer,
     outgoing,
 )
-from digest.signing import FastSigner, load_key, public_record
+from digest.signing import FastSigner, load_key, public_record, relaxed_body
 
 from .conftest import Project
 from .samples import HOSTILE_TITLES, NOW, digest
@@ -180,6 +181,13 @@ def test_qp_is_valid_short_and_decodes_to_the_same_bytes(text: str) -> None:
     encoded = encode_qp(text)
     qp_lines_ok(encoded)
     assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == normal_body(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"\r", b"\n", b"a", b"b c", b"  ",
+                                 b"\r\n\r\n"]), max_size=30).map(b"".join))
+def test_relaxed_body_equals_dkimpys(body: bytes) -> None:
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
 
 
 SIGNABLE = {
