@@ -17,6 +17,7 @@ import time as timer
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -561,6 +562,7 @@ def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
 
 PARALLEL_MIN = 64  # fewer subscribers than this are built in-process: a fork costs more
 CHUNK = 32  # units per task; a task's outbox writes are one transaction
+UNFINISHED = "not finished: a worker process failed (the next run completes it)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,8 +697,13 @@ class _Pool:
         while chunks or inflight:
             while (chunks and len(inflight) < 2 * self.workers and not outbox.halted
                    and not stop.is_set() and self.broken is None):
-                chunk = chunks.popleft()
-                inflight[self.executor.submit(_work, chunk)] = chunk
+                try:
+                    inflight[self.executor.submit(_work, chunks[0])] = chunks[0]
+                except BrokenProcessPool as exc:  # a worker died since the last result
+                    self.broken = f"a worker process failed: {exc!r}"
+                    log.error("%s", self.broken)
+                    break
+                chunks.popleft()
             if not inflight:
                 break
             for future in wait(inflight, return_when=FIRST_COMPLETED).done:
@@ -705,10 +712,9 @@ class _Pool:
                     results = future.result()
                 except Exception as exc:  # BrokenProcessPool: a worker died
                     self.broken = self.broken or f"a worker process failed: {exc!r}"
-                    log.error("%s; %d digest(s) not built", self.broken, len(chunk))
+                    log.error("%s; %d digest(s) unfinished", self.broken, len(chunk))
                     results = [(i, Outcome(_entry_id(self.entries[i]), "failed",
-                                           detail="not built: a worker process failed"))
-                               for i in chunk]
+                                           detail=UNFINISHED)) for i in chunk]
                 for i, result in results:
                     if isinstance(result, Outcome):
                         report.outcomes.append(result)
@@ -716,7 +722,7 @@ class _Pool:
                         outbox.offer(result)
                     progress.advance(_entry_id(self.entries[i]))
         why = ("not attempted: batch stopped" if outbox.report.fatal is not None else
-               "not built: a worker process failed" if self.broken else "")
+               UNFINISHED if self.broken else "")
         for chunk in chunks if why else ():
             report.outcomes.extend(Outcome(_entry_id(self.entries[i]), "failed", detail=why)
                                    for i in chunk)
