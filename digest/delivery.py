@@ -163,20 +163,32 @@ class Delivery:
 
     def offer(self, row: store.Pending) -> bool:
         """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
-        self.wait_for_connection()
+        self._wait_free()
         if not self.halted:
             self._pacer.wait()
-        if self.halted:
+        # One transaction (one commit, the cost that bounds a batch on one core): record
+        # what came back meanwhile, each result only after the server's answer, then claim
+        # this row just before it goes on the wire, unless a result stopped the batch.
+        with self.db.atomic():
+            self._settle({f for f in self._inflight if f.done()})
+            go = not self.halted
+            if go:
+                store.claim(self.db, row.id, self.clock())
+        if not go:
             self._skip(row)
             return False
         message = _outgoing(self.db, row)
-        # One transaction: record whatever already came back ('sent' as soon as possible),
-        # and claim this row just before it goes on the wire.
-        with self.db.atomic():
-            self._settle({f for f in self._inflight if f.done()})
-            store.claim(self.db, row.id, self.clock())
         self._inflight[self._executor.submit(_transmit, self._pool, message)] = row
         return True
+
+    def _wait_free(self) -> None:
+        # Until a connection is free; finished sends count as free and are recorded by the
+        # caller, in its transaction.
+        while True:
+            busy = [f for f in self._inflight if not f.done()]
+            if len(busy) < self.width:
+                return
+            wait(busy, return_when=FIRST_COMPLETED)
 
     def finish(self) -> DeliveryReport:
         """Wait for the messages on the wire, record them, and return the report."""
