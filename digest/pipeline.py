@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -677,7 +678,13 @@ class _Pool:
         self.broken: str | None = None
         self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
                                             initializer=_worker_init)
-        self.executor.submit(_ready).result()  # fork now, while this is the only thread
+        # Freeze what exists (the index, the subscribers) out of the cyclic GC's sight before
+        # the fork: the workers' collections then never walk it, nor copy its pages.
+        gc.freeze()
+        try:
+            self.executor.submit(_ready).result()  # fork now, while this is the only thread
+        finally:
+            gc.unfreeze()
 
     def run(self, db: Database, today: dict[str, date], offered: set[str],
             outbox: delivery.Delivery, report: SendReport, stop: threading.Event,
