@@ -249,3 +249,24 @@ def test_a_key_of_the_wrong_type_is_a_one_line_error(
     with pytest.raises(ConfigError, match="not a PEM private key"):
         load_fast_signer(DkimConfig(selector="s", domain="example.org",
                                     private_key_path=garbage))
+
+
+def test_ed25519_key_paths_are_relative_to_the_config(
+        project: Project, keys: dict[str, tuple[Path, bytes]]) -> None:
+    folder = project.root / "keys"
+    folder.mkdir()
+    for name in ("rsa", "ed25519"):
+        (folder / f"{name}.pem").write_bytes(keys[name][0].read_bytes())
+    project.write_config("""
+    [dkim]
+    selector = "mail2026"
+    domain = "example.org"
+    private_key_path = "keys/rsa.pem"
+    ed25519_selector = "ed2026"
+    ed25519_private_key_path = "keys/ed25519.pem"
+    """)
+    settings = load_settings(project.config)
+    assert settings.dkim.ed25519_private_key_path == folder / "ed25519.pem"
+    data = pipeline.compose(settings, digest(2), environment()).outgoing.data
+    all_verify(data, keys, 2)
+    assert b"a=ed25519-sha256" in data.split(b"\r\n\r\n")[0].replace(b"\r\n", b"")
