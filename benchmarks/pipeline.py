@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -241,20 +242,29 @@ def stages(config: Path, sample: int) -> dict[str, float]:
     return per
 
 
-def run_send(config: Path, name: str, workers: int, sender: Any = None,
-             only: list[str] | None = None, reference: bool = False) -> tuple[float, int]:
-    """`pipeline.send` on a fresh store: (seconds, messages sent)."""
+def _send_in_process(config: Path, name: str, workers: int, null: bool,
+                     only: list[str] | None, reference: bool) -> tuple[float, int, float, float]:
     settings = fresh(config, name)
     db = store.open_db(settings.store.path)
     t0 = time.perf_counter()
-    report = pipeline.send(settings, db, NOW, sender=sender, workers=workers, only=only,
-                           reference=reference)
+    report = pipeline.send(settings, db, NOW, sender=NullSender() if null else None,
+                           workers=workers, only=only, reference=reference)
     seconds = time.perf_counter() - t0
     if report.fatal:
         raise SystemExit(f"{name}: {report.fatal}")
     db.close()
     settings.store.path.unlink()
-    return seconds, report.count("sent")
+    return seconds, report.count("sent"), peak_mb(), peak_mb(resource.RUSAGE_CHILDREN)
+
+
+def run_send(config: Path, name: str, workers: int, null: bool,
+             only: list[str] | None = None, reference: bool = False,
+             ) -> tuple[float, int, float, float]:
+    """`pipeline.send` on a fresh store, in a fresh process (so its peak memory is its
+    own): seconds, messages sent, peak MB of that process and of its largest worker."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as one:
+        return one.submit(_send_in_process, config, name, workers, null, only,
+                          reference).result()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-subset", type=int, default=1000,
                         help="subscribers the straightforward path is timed on (then scaled)")
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--only-null", action="store_true",
+                        help="stop after the null-transport run")
     args = parser.parse_args(argv)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -289,14 +301,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:7s} {seconds * 1000:6.3f} ms  {seconds / total:5.1%}")
         print(f"  total   {total * 1000:6.3f} ms  (= {1 / total:,.0f} msg/s on one core)")
 
-        null_seconds, sent = run_send(config, "null", args.workers, NullSender())
+        null_seconds, sent, main_mb, worker_mb = run_send(config, "null", args.workers, True)
         null_rate = sent / null_seconds
         print(f"null transport:   {sent:,} signed messages in {null_seconds:6.1f} s ="
               f" {null_rate:7,.0f} msg/s  (send() end to end: subscriber cache, index,"
               f" outbox)")
-        children = peak_mb(resource.RUSAGE_CHILDREN)
-        print(f"peak memory:      {peak_mb():,.0f} MB main process, {children:,.0f} MB largest"
-              " worker")
+        print(f"peak memory:      {main_mb:,.0f} MB main process, {worker_mb:,.0f} MB largest"
+              " worker (RSS: the worker's includes the pages it shares with the main one)")
+        if args.only_null:
+            return
 
         ctx = mp.get_context("spawn")
         ready, stop = ctx.Event(), ctx.Event()
@@ -305,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if not ready.wait(30):
                 raise SystemExit("the loopback sink did not start")
-            smtp_seconds, smtp_sent = run_send(config, "smtp", args.workers)
+            smtp_seconds, smtp_sent, _, _ = run_send(config, "smtp", args.workers, False)
         finally:
             stop.set()
             sink.join(timeout=10)
@@ -314,8 +327,8 @@ def main(argv: list[str] | None = None) -> None:
               f" discarding sink)")
 
         subset = [f"s{i:06d}" for i in range(min(args.reference_subset, args.subscribers))]
-        ref_seconds, ref_sent = run_send(config, "reference", 1, NullSender(), only=subset,
-                                         reference=True)
+        ref_seconds, ref_sent, _, _ = run_send(config, "reference", 1, True, only=subset,
+                                               reference=True)
         ref_rate = ref_sent / ref_seconds
         print(f"straightforward:  {args.subscribers / ref_rate:6.0f} s for all (SCALED from"
               f" {ref_sent:,} messages in {ref_seconds:.1f} s on one process ="
