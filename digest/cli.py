@@ -245,13 +245,17 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
               help="Only this subscriber (repeatable). Default: everyone.")
 @click.option("--dry-run", is_flag=True,
               help="Build and render every digest, but send nothing and record nothing.")
-def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--workers", type=click.IntRange(1, 256), default=os.cpu_count() or 1,
+              show_default="the number of cores",
+              help="Processes building digests (1: all in this process).")
+def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool, workers: int) -> None:
     """Send today's digest now, whatever each subscriber's send_at; never twice a day."""
     settings = _settings(config_path)
     db = store.open_db(settings.store.path)
     with schedule.stop_on_signals() as stop, _progress() as bar:
         report = pipeline.send(settings, db, _now(), only=list(subscribers) or None,
-                               dry_run=dry_run, progress=_Bar(bar), stop=stop)
+                               dry_run=dry_run, progress=_Bar(bar), stop=stop,
+                               workers=workers)
     _print_send_report(report, settings, dry_run)
     if report.failed:
         sys.exit(1)

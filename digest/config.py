@@ -419,6 +419,23 @@ class DkimConfig(_Strict):
     private_key_path: Path | None = Field(
         None, description="PEM RSA private key, relative to digest.toml's folder."
     )
+    ed25519_selector: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="Selector of a second, Ed25519 key (RFC 8463), signed next to RSA.",
+    )
+    ed25519_private_key_path: Path | None = Field(
+        None, description="PEM Ed25519 private key, relative to digest.toml's folder.",
+    )
+
+    @model_validator(mode="after")
+    def _ed25519_pair(self) -> DkimConfig:
+        if bool(self.ed25519_selector) != bool(self.ed25519_private_key_path):
+            raise ValueError("set both ed25519_selector and ed25519_private_key_path, or"
+                             " neither")
+        if self.ed25519_selector and not self.enabled:
+            raise ValueError("an Ed25519 key is signed next to an RSA key: set selector,"
+                             " domain and private_key_path too")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -623,6 +640,10 @@ def load_settings(path: Path) -> Settings:
     if dkim.private_key_path is not None:
         dkim = dkim.model_copy(
             update={"private_key_path": _resolve(base, dkim.private_key_path)}
+        )
+    if dkim.ed25519_private_key_path is not None:
+        dkim = dkim.model_copy(
+            update={"ed25519_private_key_path": _resolve(base, dkim.ed25519_private_key_path)}
         )
     return settings.model_copy(
         update={

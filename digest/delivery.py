@@ -163,18 +163,32 @@ class Delivery:
 
     def offer(self, row: store.Pending) -> bool:
         """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
-        self.wait_for_connection()
+        self._wait_free()
         if not self.halted:
             self._pacer.wait()
-        if self.halted:
+        # One transaction (one commit, the cost that bounds a batch on one core): record
+        # what came back meanwhile, each result only after the server's answer, then claim
+        # this row just before it goes on the wire, unless a result stopped the batch.
+        with self.db.atomic():
+            self._settle({f for f in self._inflight if f.done()})
+            go = not self.halted
+            if go:
+                store.claim(self.db, row.id, self.clock())
+        if not go:
             self._skip(row)
             return False
         message = _outgoing(self.db, row)
-        store.claim(self.db, row.id, self.clock())
         self._inflight[self._executor.submit(_transmit, self._pool, message)] = row
-        # Record whatever already came back, so 'sent' is written as soon as possible.
-        self._settle({f for f in self._inflight if f.done()})
         return True
+
+    def _wait_free(self) -> None:
+        # Until a connection is free; finished sends count as free and are recorded by the
+        # caller, in its transaction.
+        while True:
+            busy = [f for f in self._inflight if not f.done()]
+            if len(busy) < self.width:
+                return
+            wait(busy, return_when=FIRST_COMPLETED)
 
     def finish(self) -> DeliveryReport:
         """Wait for the messages on the wire, record them, and return the report."""
@@ -191,9 +205,16 @@ class Delivery:
             self.on_result(result)
 
     def _settle(self, done: set[Future[str | SendError]]) -> None:
-        for fut in done:
-            row = self._inflight.pop(fut)
-            result = _record(self.db, row, fut.result(), self.clock, self.policy)
+        # The results that came back together are recorded in one transaction: each only
+        # after the server answered, so batching never marks sent what was not accepted.
+        if not done:
+            return
+        results = []
+        with self.db.atomic():
+            for fut in done:
+                row = self._inflight.pop(fut)
+                results.append(_record(self.db, row, fut.result(), self.clock, self.policy))
+        for result in results:
             if result.status == "queued" and self.report.fatal is None:
                 self.report.fatal = result.detail
             self.report.results.append(result)

@@ -44,7 +44,6 @@ from .match import (
     compile_keyword,
     compile_profile,
     document,
-    find,
     group,
     topic_filter,
     trending_key,
@@ -355,8 +354,10 @@ def _by_stem(tokens: Sequence[Token]) -> dict[str, list[int]]:
 
 def _find(pattern: Pattern, tokens: Sequence[Token], by_stem: dict[str, list[int]]) -> list[Span]:
     """`match.find`, starting only where the pattern's first stem occurs."""
-    if not pattern.stems:
-        return find(pattern, tokens)  # a lone `prefix*`: every token is a start
+    if not pattern.stems:  # a lone `prefix*`: every token is a start
+        prefix = pattern.prefix
+        assert prefix is not None
+        return [(t.start, t.end) for t in tokens if t.folded.startswith(prefix)]
     n = pattern.length
     spans: list[Span] = []
     for i in by_stem.get(pattern.stems[0], ()):
@@ -431,6 +432,7 @@ class Scan:
         self._spans: dict[tuple[int, tuple[str, ...], str | None],
                           tuple[list[Span], list[Span]]] = {}
         self._stem_positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
+        self._row_hits: dict[int, dict[int, int]] = {}
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
         self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
 
@@ -461,10 +463,14 @@ class Scan:
         return found
 
     def row_hits(self, row: int) -> dict[int, int]:
-        """A listing's hits: column -> 3 (in the title) or 1 (only in the abstract)."""
-        a, b = self.hits.indptr[row], self.hits.indptr[row + 1]
-        return dict(zip(self.hits.indices[a:b].tolist(), self.hits.data[a:b].tolist(),
-                        strict=True))
+        """A listing's hits: column -> 3 (in the title) or 1 (only in the abstract). Made
+        once per listing and shared: do not change it."""
+        found = self._row_hits.get(row)
+        if found is None:
+            a, b = self.hits.indptr[row], self.hits.indptr[row + 1]
+            found = self._row_hits[row] = dict(zip(self.hits.indices[a:b].tolist(),
+                                                   self.hits.data[a:b].tolist(), strict=True))
+        return found
 
     def _block(
         self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]

@@ -30,6 +30,7 @@ subscribers, and a property test checks that both give identical digests.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -61,8 +62,10 @@ class Pattern:
         return len(self.stems) + (1 if self.prefix is not None else 0)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def compile_keyword(keyword: str) -> Pattern:
-    """Compile one keyword as written in a subscriber file."""
+    """Compile one keyword as written in a subscriber file (patterns are immutable and
+    cached: 100,000 subscribers share a few thousand keywords)."""
     text = keyword.strip()
     is_prefix = text.endswith("*")
     folded = words(text[:-1] if is_prefix else text)

@@ -6,13 +6,21 @@ A digest is recorded as sent only after the transport accepted it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
+import multiprocessing as mp
+import os
+import signal
 import threading
 import time as timer
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from email.message import EmailMessage
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -31,6 +39,8 @@ from .send import (
     Sender,
     SmtpSender,
     build_message,
+    fast_outgoing,
+    load_fast_signer,
     load_signer,
     outgoing,
     unsubscribe_links,
@@ -187,21 +197,30 @@ class Composed:
 
     digest: Digest
     rendered: RenderedEmail
-    message: EmailMessage
     outgoing: Outgoing
 
 
-def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
+def compose(
+    settings: Settings, digest: Digest, env: jinja2.Environment, *, reference: bool = False,
+) -> Composed:
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
-    is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set."""
+    is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
+
+    The fast path (`send.fast_outgoing`: bodies QP-encoded once, OpenSSL signatures) is what
+    is sent; `reference=True` takes the straightforward one (`EmailMessage.as_bytes` and
+    dkimpy), kept as what tests and benchmarks compare against."""
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     rendered = render(digest, Links(unsubscribe=one_click or https or mailto), env)
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
-    message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
-    out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
-                   load_signer(settings.dkim))
-    return Composed(digest, rendered, message, out)
+    if reference:
+        message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
+        out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
+                       load_signer(settings.dkim))
+    else:
+        out = fast_outgoing(rendered, digest, settings.delivery, sent_at, one_click,
+                            load_fast_signer(settings.dkim))
+    return Composed(digest, rendered, out)
 
 
 def preview(
@@ -307,6 +326,8 @@ def send(
     sender: Sender | None = None,
     progress: ProgressHook | None = None,
     stop: threading.Event | None = None,
+    workers: int = 1,
+    reference: bool = False,
 ) -> SendReport:
     """Build, queue and send today's digest for each subscriber (or those in `only`).
 
@@ -321,6 +342,11 @@ def send(
     next attempt time (a manual send retries at once). A fatal transport error (login, TLS,
     unreachable server) stops the batch; `stop` (set by a signal handler) stops it cleanly
     after the messages on the wire, leaving the rest for the next run.
+
+    `workers` > 1 builds the digests in that many worker processes (see `_Pool`); this
+    process sends them as they come. Below PARALLEL_MIN subscribers, or with `dry_run`, all
+    work stays in this process. `reference` builds with the straightforward MIME and DKIM
+    path (for the benchmark's comparison).
     """
     progress = progress or _NoProgress()
     stop = stop or threading.Event()
@@ -344,6 +370,7 @@ def send(
         return now + timedelta(seconds=timer.monotonic() - started)
 
     today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
+    parallel = workers > 1 and len(today) >= PARALLEL_MIN
 
     def on_result(done: delivery.Delivered) -> None:
         row = done.pending
@@ -354,6 +381,9 @@ def send(
 
     with delivery.send_lock(settings.store.path):
         senders = [sender] if sender is not None else make_senders(settings)
+        # Forked before any sending thread exists (a fork copies only the calling thread).
+        pool = _Pool(settings, entries, now, cache, due_only, reference, workers) \
+            if parallel else None
         try:
             with delivery.Delivery(
                 db, senders, clock, policy=retry_policy(settings),
@@ -369,18 +399,22 @@ def send(
                     outbox.offer(row)
                     offered.add(row.id)
                 progress.start(len(entries), "sending")
-                for entry in entries:
+                if pool is not None:
+                    pool.run(db, today, offered, outbox, report, stop, progress)
+                for entry in entries if pool is None else ():
                     if stop.is_set():
                         break
                     _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
-                               outbox, report)
+                               outbox, report, reference)
                     progress.advance(entry.path.stem if isinstance(entry, ConfigError)
                                      else entry.id)
         finally:
+            if pool is not None:
+                pool.close()
             if sender is None:
                 for own in senders:
                     own.close()
-    report.fatal = outbox.report.fatal
+    report.fatal = outbox.report.fatal or (pool.broken if pool is not None else None)
     report.stopped = stop.is_set()
     order = {sid: i for i, sid in enumerate(today)}
     report.outcomes.sort(key=lambda o: order.get(o.subscriber_id, len(order)))
@@ -400,7 +434,7 @@ def digest_key(subscriber: Subscriber, day: date) -> str:
 def _queue_one(
     settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
     env: jinja2.Environment, cache: batch.MatchRun, due_only: bool, today: dict[str, date],
-    offered: set[str], outbox: delivery.Delivery, report: SendReport,
+    offered: set[str], outbox: delivery.Delivery, report: SendReport, reference: bool = False,
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
     sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
@@ -410,7 +444,7 @@ def _queue_one(
         return
     if isinstance(entry, Subscriber) and store.digest_key(sid, today[sid]) in offered:
         return  # already handed over, from what was waiting in the outbox
-    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only)
+    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only, reference)
     if outcome is not None:
         report.outcomes.append(outcome)
         return
@@ -428,8 +462,36 @@ def _send_one(
     cache: batch.MatchRun,
     dry_run: bool,
     due_only: bool,
+    reference: bool = False,
 ) -> Outcome | None:
     """Build and queue one subscriber's digest for today; None when it was just queued."""
+    result = _prepare_one(settings, db, entry, now, env, cache, dry_run, due_only, reference)
+    return result if isinstance(result, Outcome) else _write_one(db, result, now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """What one unit of work leaves for the outbox: a finished message, or (composed None)
+    a day on which nothing matched."""
+
+    subscriber: Subscriber
+    day: date
+    composed: Composed | None
+
+
+def _prepare_one(
+    settings: Settings,
+    db: Database,
+    entry: Subscriber | ConfigError,
+    now: datetime,
+    env: jinja2.Environment,
+    cache: batch.MatchRun,
+    dry_run: bool,
+    due_only: bool,
+    reference: bool,
+) -> Outcome | _Write:
+    """Decide about and build one (subscriber, local date) digest, reading the store only:
+    an Outcome, or what `_write_one` is to store. The unit of work of a worker process."""
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(entry.path.stem, "invalid", detail=entry.message)
@@ -459,21 +521,30 @@ def _send_one(
     try:
         digest = build(settings, db, subscriber, now, cache)
         if digest is None:
-            if not dry_run:
-                store.mark_empty(db, subscriber.id, day, now)
-            return Outcome(subscriber.id, "no-matches")
-        composed = compose(settings, digest, env)
+            if dry_run:
+                return Outcome(subscriber.id, "no-matches")
+            return _Write(subscriber, day, None)
+        composed = compose(settings, digest, env, reference=reference)
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
-    out = composed.outgoing
     if dry_run:
         return Outcome(subscriber.id, "would-send", len(digest.matches),
                        detail=composed.rendered.subject)
+    return _Write(subscriber, day, composed)
+
+
+def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
+    """Store what `_prepare_one` built: the outbox row (None) or the empty day."""
+    subscriber = write.subscriber
+    if write.composed is None:
+        store.mark_empty(db, subscriber.id, write.day, now)
+        return Outcome(subscriber.id, "no-matches")
+    digest, out = write.composed.digest, write.composed.outgoing
     # The bytes compose() produced (signed or not) are stored now and are what gets sent.
     store.enqueue(
         db, key=digest.id, subscriber_id=subscriber.id, local_date=digest.local_date,
-        message_id=out.message_id, subject=composed.rendered.subject,
+        message_id=out.message_id, subject=write.composed.rendered.subject,
         envelope_from=out.envelope_from, recipient=out.recipient, data=out.data,
         items=[store.OutboxItem(m.listing.id, m.topic, m.score) for m in digest.matches],
         now=now,
@@ -481,6 +552,193 @@ def _send_one(
     log.info("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
              len(digest.matches))
     return None
+
+
+# --- worker processes -----------------------------------------------------------------------
+#
+# The unit of work is one (subscriber, local date) digest: `_prepare_one` builds it from the
+# store and the subscriber's profile alone, `_write_one` stores it in the outbox. The outbox
+# row is the only state the units share, which is what lets the same unit move to another
+# executor (a distributed task queue) without a redesign; see the README's Architecture.
+
+PARALLEL_MIN = 64  # fewer subscribers than this are built in-process: a fork costs more
+CHUNK = 32  # units per task; a task's outbox writes are one transaction
+UNFINISHED = "not finished: a worker process failed (the next run completes it)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What every worker process needs, inherited through the fork (never pickled)."""
+
+    settings: Settings
+    entries: list[Subscriber | ConfigError]
+    now: datetime
+    cache: batch.MatchRun
+    due_only: bool
+    reference: bool
+
+
+_job: _Job | None = None
+_worker: tuple[Database, jinja2.Environment] | None = None
+
+
+def _worker_init() -> None:
+    global _worker
+    # Ctrl-C reaches the whole process group: the parent decides what stops, and when.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    assert _job is not None
+    _die_with_parent()
+    _worker = (store.open_db(_job.settings.store.path), environment())
+
+
+def _die_with_parent() -> None:
+    # A SIGKILLed `digest send` must not leave workers behind: they hold a copy of the send
+    # lock's file descriptor, and would keep the next run waiting. Linux: PR_SET_PDEATHSIG.
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        log.warning("cannot tie worker %d to its parent's life (not Linux?)", os.getpid())
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _entry_id(entry: Subscriber | ConfigError) -> str:
+    return entry.path.stem if isinstance(entry, ConfigError) else entry.id
+
+
+def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
+    """In a worker: build the digests of these entries, then store them all in one
+    transaction (built first, so the write lock is held only for the writes). A queued
+    digest comes back as its outbox row, for the parent to send."""
+    assert _job is not None and _worker is not None
+    job, (db, env) = _job, _worker
+    built: list[tuple[int, Outcome | _Write]] = []
+    for i in indices:
+        entry = job.entries[i]
+        try:
+            built.append((i, _prepare_one(job.settings, db, entry, job.now, env, job.cache,
+                                          False, job.due_only, job.reference)))
+        except Exception as exc:  # a bug must cost one digest, not the batch
+            log.exception("subscriber %s: unexpected error", _entry_id(entry))
+            built.append((i, Outcome(_entry_id(entry), "failed",
+                                     detail=f"unexpected error: {exc!r}")))
+    out: list[tuple[int, Outcome | str]] = []
+    # IMMEDIATE: take the write lock up front (waiting up to the busy timeout), since a read
+    # transaction that later writes fails at once when another process wrote meanwhile.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for i, item in built:
+            if isinstance(item, Outcome):
+                out.append((i, item))
+                continue
+            try:
+                with db.atomic():  # a savepoint: one failing write spoils no other
+                    outcome = _write_one(db, item, job.now)
+            except Exception as exc:
+                log.exception("subscriber %s: cannot store the digest", item.subscriber.id)
+                outcome = Outcome(item.subscriber.id, "failed",
+                                  detail=f"unexpected error: {exc!r}")
+            out.append((i, outcome or store.digest_key(item.subscriber.id, item.day)))
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+    results: list[tuple[int, Outcome | store.Pending]] = []
+    for i, result in out:
+        row = store.pending_row(db, result) if isinstance(result, str) else result
+        results.append((i, row or Outcome(_entry_id(job.entries[i]), "queued",
+                                          detail="stored, not sent yet")))
+    return results
+
+
+class _Pool:
+    """Worker processes building digests for `send`; the parent sends what they queue.
+
+    Forked (on Linux) so that the workers share the run's index instead of building their
+    own; at most two tasks per worker are in flight, so memory stays flat however many
+    subscribers there are. A worker that dies (killed, out of memory) fails the tasks it
+    held and stops the batch: what it had committed stays queued in the outbox for the next
+    run, and nothing is marked sent that no server accepted.
+    """
+
+    def __init__(self, settings: Settings, entries: list[Subscriber | ConfigError],
+                 now: datetime, cache: batch.MatchRun, due_only: bool, reference: bool,
+                 workers: int) -> None:
+        global _job
+        cache.selection()  # built once, here, and inherited by every worker
+        _job = _Job(settings, entries, now, cache, due_only, reference)
+        self.entries = entries
+        self.workers = workers
+        self.broken: str | None = None
+        self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
+                                            initializer=_worker_init)
+        # Freeze what exists (the index, the subscribers) out of the cyclic GC's sight before
+        # the fork: the workers' collections then never walk it, nor copy its pages.
+        gc.freeze()
+        try:
+            self.executor.submit(_ready).result()  # fork now, while this is the only thread
+        finally:
+            gc.unfreeze()
+
+    def run(self, db: Database, today: dict[str, date], offered: set[str],
+            outbox: delivery.Delivery, report: SendReport, stop: threading.Event,
+            progress: ProgressHook) -> None:
+        """Build every entry's digest in the workers and offer each queued one to `outbox`
+        as it comes back."""
+        todo = []
+        for i, entry in enumerate(self.entries):
+            if isinstance(entry, Subscriber) and store.digest_key(
+                    entry.id, today[entry.id]) in offered:
+                progress.advance(entry.id)  # already handed over, from the outbox
+            else:
+                todo.append(i)
+        size = max(1, min(CHUNK, len(todo) // (self.workers * 4)))
+        chunks = deque(todo[k:k + size] for k in range(0, len(todo), size))
+        inflight: dict[Future[list[tuple[int, Outcome | store.Pending]]], list[int]] = {}
+        while chunks or inflight:
+            while (chunks and len(inflight) < 2 * self.workers and not outbox.halted
+                   and not stop.is_set() and self.broken is None):
+                try:
+                    inflight[self.executor.submit(_work, chunks[0])] = chunks[0]
+                except BrokenProcessPool as exc:  # a worker died since the last result
+                    self.broken = f"a worker process failed: {exc!r}"
+                    log.error("%s", self.broken)
+                    break
+                chunks.popleft()
+            if not inflight:
+                break
+            for future in wait(inflight, return_when=FIRST_COMPLETED).done:
+                chunk = inflight.pop(future)
+                try:
+                    results = future.result()
+                except Exception as exc:  # BrokenProcessPool: a worker died
+                    self.broken = self.broken or f"a worker process failed: {exc!r}"
+                    log.error("%s; %d digest(s) unfinished", self.broken, len(chunk))
+                    results = [(i, Outcome(_entry_id(self.entries[i]), "failed",
+                                           detail=UNFINISHED)) for i in chunk]
+                for i, result in results:
+                    if isinstance(result, Outcome):
+                        report.outcomes.append(result)
+                    else:
+                        outbox.offer(result)
+                    progress.advance(_entry_id(self.entries[i]))
+        why = ("not attempted: batch stopped" if outbox.report.fatal is not None else
+               UNFINISHED if self.broken else "")
+        for chunk in chunks if why else ():
+            report.outcomes.extend(Outcome(_entry_id(self.entries[i]), "failed", detail=why)
+                                   for i in chunk)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        global _job
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        _job = None
 
 
 # --- status and retry -----------------------------------------------------------------------

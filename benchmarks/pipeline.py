@@ -1,0 +1,341 @@
+"""Benchmark: the whole send path, from the store to the bytes on the wire.
+
+    python -m benchmarks.pipeline --subscribers 100000 --listings 1000 [--workers 2]
+
+Builds synthetic subscribers and listings as `benchmarks.match` does (same generators), writes
+the subscriber files, stores the listings, makes an RSA-2048 DKIM key, and then runs the real
+`pipeline.send` (subscriber cache, shared index, render, fast MIME, DKIM, outbox, delivery),
+each run on a fresh copy of the same store, measured in the same run:
+
+1. a per-stage breakdown on a sample, one core: match, render, MIME, DKIM, outbox writes;
+2. `send` to a null transport (everything but the socket): messages/s, peak memory;
+3. `send` to a loopback SMTP sink that discards (a minimal asyncio server in its own
+   process), over `[smtp] connections` connections;
+4. the straightforward path (`EmailMessage.as_bytes` + dkimpy's pure-Python RSA, one process)
+   on a subset, scaled to all subscribers and labelled so, and the ratio.
+
+Not a test: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import resource
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from benchmarks.match import NOW, Vocabulary, make_listings, make_subscribers, seed_abstracts
+from digest import batch, pipeline, store
+from digest.config import Settings, load_settings
+from digest.models import Subscriber
+from digest.render import Links, environment, render
+from digest.send import Outgoing, fast_outgoing, load_fast_signer
+
+CONNECTIONS = 4
+
+
+class NullSender:
+    """A transport that accepts every message and sends nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def send(self, message: Outgoing) -> str:
+        """Accept `message`."""
+        self.count += 1
+        return "null"
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# --- the loopback sink ----------------------------------------------------------------------
+
+
+async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Just enough SMTP for smtplib: EHLO, MAIL, RCPT, DATA (read up to CRLF.CRLF), RSET, QUIT.
+    writer.write(b"220 sink ESMTP\r\n")
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            writer.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+        elif verb == b"DATA":
+            writer.write(b"354 go ahead\r\n")
+            await reader.readuntil(b"\r\n.\r\n")
+            writer.write(b"250 OK\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            break
+        else:
+            writer.write(b"250 OK\r\n")
+        await writer.drain()
+    writer.close()
+
+
+def _sink(port: int, ready: Any, stop: Any) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(_session, "127.0.0.1", port, limit=2 ** 24)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        server.close()
+
+    asyncio.run(main())
+
+
+# --- the data -------------------------------------------------------------------------------
+
+
+def _toml_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                           for v in values) + "]"
+
+
+def write_subscriber(folder: Path, sub: Subscriber) -> None:
+    """`sub` as a subscriber file."""
+    lines = [f'name = "{sub.name}"', f'email = "{sub.email}"', f'timezone = "{sub.timezone}"',
+             f"max_items = {sub.max_items}", f"lookback_days = {sub.lookback_days}",
+             f"exclude = {_toml_list(sub.exclude)}"]
+    for topic in sub.topics:
+        lines += ["", "[[topics]]", f'name = "{topic.name}"',
+                  f"keywords = {_toml_list(topic.keywords)}", f"weight = {topic.weight}"]
+    (folder / f"{sub.id}.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def prepare(root: Path, subscribers: int, listings: int, seed: int, port: int) -> Path:
+    """A project in `root` (config, key, subscriber files, stored listings); its config."""
+    rng = random.Random(seed)
+    vocab = Vocabulary(seed_abstracts())
+    folder = root / "subscribers"
+    folder.mkdir()
+    for sub in make_subscribers(vocab, subscribers, rng):
+        write_subscriber(folder, sub)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (root / "dkim.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    config = root / "digest.toml"
+    config.write_text(f"""
+[store]
+path = "template.db"
+
+[subscribers]
+dir = "subscribers"
+
+[delivery]
+transport = "smtp"
+from = "Paper Digest <digest@example.org>"
+
+[smtp]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+connections = {CONNECTIONS}
+max_per_connection = 0
+
+[defaults]
+timezone = "UTC"
+send_at = "07:00"
+
+[dkim]
+selector = "mail2026"
+domain = "example.org"
+private_key_path = "dkim.pem"
+""", encoding="utf-8")
+    settings = load_settings(config)
+    db = store.open_db(settings.store.path)
+    # First seen a few hours before the send, so every subscriber's lookback holds them all.
+    store.upsert_listings(db, make_listings(vocab, listings, rng), NOW - timedelta(hours=3))
+    # The subscriber cache is filled once, as after the first daily run.
+    for entry in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults,
+                                        now=NOW):
+        if isinstance(entry, Exception):
+            raise SystemExit(f"bad generated subscriber: {entry}")
+    db.close()
+    return config
+
+
+def fresh(config: Path, name: str) -> Settings:
+    """The settings with a fresh copy of the template store (no digests yet)."""
+    settings = load_settings(config)
+    path = settings.store.path.with_name(f"{name}.db")
+    for old in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        old.unlink(missing_ok=True)
+    shutil.copyfile(settings.store.path, path)
+    return settings.model_copy(update={"store": settings.store.model_copy(
+        update={"path": path})})
+
+
+def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or of its largest child), in MB."""
+    kb = resource.getrusage(who).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
+
+
+# --- the runs -------------------------------------------------------------------------------
+
+
+def stages(config: Path, sample: int) -> dict[str, float]:
+    """Seconds per message of each stage, measured one after the other on `sample`
+    subscribers in this process."""
+    settings = fresh(config, "stages")
+    db = store.open_db(settings.store.path)
+    subs = [e for e in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults)
+            if isinstance(e, Subscriber)]
+    run = batch.MatchRun(db, subs, NOW)
+    t0 = time.perf_counter()
+    run.selection()
+    index_seconds = time.perf_counter() - t0
+    env = environment()
+    signer = load_fast_signer(settings.dkim)
+    assert signer is not None
+    times = dict.fromkeys(("match", "render", "MIME", "DKIM", "outbox"), 0.0)
+    done = 0
+    for sub in subs[:sample]:
+        t0 = time.perf_counter()
+        digest = run.digest(sub, NOW.date())
+        t1 = time.perf_counter()
+        times["match"] += t1 - t0
+        if digest is None:
+            continue
+        rendered = render(digest, Links(unsubscribe="mailto:digest@example.org"), env)
+        t2 = time.perf_counter()
+        out = fast_outgoing(rendered, digest, settings.delivery, NOW, None, None)
+        t3 = time.perf_counter()
+        head, _, body = out.data.partition(b"\r\n\r\n")
+        data = signer.sign_parts(head + b"\r\n", body) + out.data
+        t4 = time.perf_counter()
+        with db.atomic():
+            store.enqueue(db, key=digest.id, subscriber_id=sub.id, local_date=digest.local_date,
+                          message_id=out.message_id, subject=rendered.subject,
+                          envelope_from=out.envelope_from, recipient=out.recipient, data=data,
+                          items=[store.OutboxItem(m.listing.id, m.topic, m.score)
+                                 for m in digest.matches], now=NOW)
+            store.claim(db, digest.id, NOW)
+            store.record_sent(db, digest.id, NOW)
+        t5 = time.perf_counter()
+        for name, seconds in zip(("render", "MIME", "DKIM", "outbox"),
+                                 (t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            times[name] += seconds
+        done += 1
+    db.close()
+    per = {name: seconds / max(done, 1) for name, seconds in times.items()}
+    per["match"] = (times["match"] + index_seconds * sample / len(subs)) / max(done, 1)
+    per["size"] = len(data)
+    return per
+
+
+def _send_in_process(config: Path, name: str, workers: int, null: bool,
+                     only: list[str] | None, reference: bool) -> tuple[float, int, float, float]:
+    settings = fresh(config, name)
+    db = store.open_db(settings.store.path)
+    t0 = time.perf_counter()
+    report = pipeline.send(settings, db, NOW, sender=NullSender() if null else None,
+                           workers=workers, only=only, reference=reference)
+    seconds = time.perf_counter() - t0
+    if report.fatal:
+        raise SystemExit(f"{name}: {report.fatal}")
+    db.close()
+    settings.store.path.unlink()
+    return seconds, report.count("sent"), peak_mb(), peak_mb(resource.RUSAGE_CHILDREN)
+
+
+def run_send(config: Path, name: str, workers: int, null: bool,
+             only: list[str] | None = None, reference: bool = False,
+             ) -> tuple[float, int, float, float]:
+    """`pipeline.send` on a fresh store, in a fresh process (so its peak memory is its
+    own): seconds, messages sent, peak MB of that process and of its largest worker."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as one:
+        return one.submit(_send_in_process, config, name, workers, null, only,
+                          reference).result()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--listings", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=mp.cpu_count())
+    parser.add_argument("--sample", type=int, default=2000,
+                        help="subscribers the per-stage breakdown is measured on")
+    parser.add_argument("--reference-subset", type=int, default=1000,
+                        help="subscribers the straightforward path is timed on (then scaled)")
+    parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--only-null", action="store_true",
+                        help="stop after the null-transport run")
+    args = parser.parse_args(argv)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        config = prepare(Path(tmp), args.subscribers, args.listings, args.seed, port)
+        print(f"data: {args.subscribers:,} subscribers, {args.listings:,} listings, DKIM"
+              f" rsa-sha256 2048 bits; {args.workers} worker(s), {CONNECTIONS} SMTP"
+              f" connections (prepared in {time.perf_counter() - t0:.0f} s)")
+
+        per = stages(config, args.sample)
+        size = per.pop("size")
+        total = sum(per.values())
+        print(f"per-stage, one core, {args.sample:,} subscribers (ms per message,"
+              f" ~{size / 1000:.0f} KB each):")
+        for name, seconds in per.items():
+            print(f"  {name:7s} {seconds * 1000:6.3f} ms  {seconds / total:5.1%}")
+        print(f"  total   {total * 1000:6.3f} ms  (= {1 / total:,.0f} msg/s on one core)")
+
+        null_seconds, sent, main_mb, worker_mb = run_send(config, "null", args.workers, True)
+        null_rate = sent / null_seconds
+        print(f"null transport:   {sent:,} signed messages in {null_seconds:6.1f} s ="
+              f" {null_rate:7,.0f} msg/s  (send() end to end: subscriber cache, index,"
+              f" outbox)")
+        print(f"peak memory:      {main_mb:,.0f} MB main process, {worker_mb:,.0f} MB largest"
+              " worker (RSS: the worker's includes the pages it shares with the main one)")
+        if args.only_null:
+            return
+
+        ctx = mp.get_context("spawn")
+        ready, stop = ctx.Event(), ctx.Event()
+        sink = ctx.Process(target=_sink, args=(port, ready, stop), daemon=True)
+        sink.start()
+        try:
+            if not ready.wait(30):
+                raise SystemExit("the loopback sink did not start")
+            smtp_seconds, smtp_sent, _, _ = run_send(config, "smtp", args.workers, False)
+        finally:
+            stop.set()
+            sink.join(timeout=10)
+        print(f"loopback SMTP:    {smtp_sent:,} messages in {smtp_seconds:6.1f} s ="
+              f" {smtp_sent / smtp_seconds:7,.0f} msg/s  ({CONNECTIONS} connections to a"
+              f" discarding sink)")
+
+        subset = [f"s{i:06d}" for i in range(min(args.reference_subset, args.subscribers))]
+        ref_seconds, ref_sent, _, _ = run_send(config, "reference", 1, True, only=subset,
+                                               reference=True)
+        ref_rate = ref_sent / ref_seconds
+        print(f"straightforward:  {args.subscribers / ref_rate:6.0f} s for all (SCALED from"
+              f" {ref_sent:,} messages in {ref_seconds:.1f} s on one process ="
+              f" {ref_rate:,.0f} msg/s; EmailMessage.as_bytes + dkimpy, null transport)")
+        print(f"ratio:            {null_rate / ref_rate:6.1f}x the straightforward path"
+              " (null transport)")
+
+
+if __name__ == "__main__":
+    main()

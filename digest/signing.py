@@ -1,0 +1,215 @@
+"""DKIM signing on the fast path: dkimpy's relaxed/relaxed canonicalisation, the signature
+itself done by OpenSSL through `cryptography`.
+
+dkimpy's `dkim.sign` does RSA in pure Python (about 7 ms per RSA-2048 signature); OpenSSL does
+the same signature in about 0.3 ms. The canonicalisation is dkimpy's own (`dkim.canonicalization.
+Relaxed`), so what is hashed is exactly what `dkim.verify` hashes. Ed25519 (RFC 8463,
+`ed25519-sha256`) can sign next to RSA: the message then carries two DKIM-Signature headers,
+Ed25519 on top, and receivers that do not know Ed25519 still find the RSA one.
+
+The signature header is folded to stay under 78 characters a line; its `b=` value is what the
+verifier removes (with its folding whitespace) before hashing, so the folding of `b=` does not
+matter and everything before it is hashed exactly as written.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from dkim.canonicalization import Relaxed
+
+# One header field: its name, and its value including folded continuation lines and the CRLF.
+_FIELD = re.compile(rb"([^:\r\n]+):((?:[^\r\n]*\r?\n)(?:[ \t][^\r\n]*\r?\n)*)")
+_END_OF_HEADERS = re.compile(rb"\r?\n\r?\n")
+# A line of the signature header holds at most this many characters.
+_WIDTH = 76
+
+
+class SigningKeyError(ValueError):
+    """The key file does not hold a usable private key of the expected type."""
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One DKIM key: `algorithm` is 'rsa-sha256' or 'ed25519-sha256'."""
+
+    selector: str
+    domain: str
+    algorithm: str
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = field(repr=False)
+
+    def raw_sign(self, data: bytes) -> bytes:
+        """The signature over `data` (the canonicalised headers), as the algorithm defines."""
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        # RFC 8463: Ed25519 (PureEdDSA) signs the SHA-256 hash of the header data.
+        return self.key.sign(hashlib.sha256(data).digest())
+
+
+def load_key(pem: bytes, selector: str, domain: str, algorithm: str) -> SigningKey:
+    """A signing key from PEM bytes (an RSA key for rsa-sha256, an Ed25519 one for
+    ed25519-sha256); SigningKeyError when it is not one."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise SigningKeyError(f"not a PEM private key ({exc})") from None
+    if algorithm == "rsa-sha256" and isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 1024:
+            raise SigningKeyError(f"RSA key of {key.key_size} bits is too small (use 2048)")
+        return SigningKey(selector, domain, algorithm, key)
+    if algorithm == "ed25519-sha256" and isinstance(key, ed25519.Ed25519PrivateKey):
+        return SigningKey(selector, domain, algorithm, key)
+    wanted = "RSA" if algorithm == "rsa-sha256" else "Ed25519"
+    raise SigningKeyError(f"not a PEM {wanted} private key")
+
+
+def public_record(key: SigningKey) -> bytes:
+    """The DNS TXT record to publish at <selector>._domainkey.<domain> for `key`."""
+    public = key.key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        der = public.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
+
+
+def split_headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields of a header block as (name, raw value) pairs, in order."""
+    fields = _FIELD.findall(head)
+    if sum(len(n) + len(v) + 1 for n, v in fields) != len(head):
+        raise ValueError("malformed header block")
+    return [(bytes(n), bytes(v)) for n, v in fields]
+
+
+# dkimpy's relaxed body steps, with patterns that match only what they change: dkimpy's
+# `[\t ]+ -> " "` replaces every single space by a space, thousands per digest.
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
+_SPACES = re.compile(rb"  +")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed canonical body (RFC 6376 3.4.4), equal to dkimpy's
+    `Relaxed.canonicalize_body` (a property test holds them together)."""
+    # `in` scans in C: the regular expressions run only where there is something to change.
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body:
+        body = _WSP_RUN.sub(b" ", body)
+    elif b"  " in body:
+        body = _SPACES.sub(b" ", body)
+    end = len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    return body[:end] + b"\r\n" if end else b""
+
+
+def canonical_body_hash(body: bytes) -> bytes:
+    """base64 of the SHA-256 of the relaxed-canonicalised body (RFC 6376 3.4.4)."""
+    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+
+
+def _select(fields: list[tuple[bytes, bytes]], names: Sequence[bytes]) -> list[tuple[bytes,
+                                                                                     bytes]]:
+    # RFC 6376 5.4.2: for a name listed n times, the n last instances, from the bottom up; a
+    # name with no (more) instances contributes nothing but stays in h=, so it cannot be added.
+    lowered = [n.lower() for n in (f[0] for f in fields)]
+    used: dict[bytes, int] = {}
+    out = []
+    for name in names:
+        seen = used.get(name, 0)
+        found = [i for i, n in enumerate(lowered) if n == name]
+        if seen < len(found):
+            out.append(fields[found[-1 - seen]])
+        used[name] = seen + 1
+    return out
+
+
+def _fold(tags: list[tuple[str, str]]) -> str:
+    # "tag=value;" pieces joined by spaces, folded where a line would grow past _WIDTH; h= is
+    # split at its colons, which relaxed canonicalisation leaves alone.
+    lines = ["DKIM-Signature:"]
+    for name, value in tags:
+        pieces = [f"{name}={value};"] if name != "h" else _split_h(value)
+        for i, piece in enumerate(pieces):
+            sep = " " if i == 0 else ""
+            if len(lines[-1]) + len(sep) + len(piece) > _WIDTH:
+                lines.append(" " + piece if sep else "\t" + piece)
+            else:
+                lines[-1] += sep + piece
+    return "\r\n".join(lines)
+
+
+def _split_h(value: str) -> list[str]:
+    names = value.split(":")
+    return [f"h={names[0]}:"] + [f"{n}:" for n in names[1:-1]] + [f"{names[-1]};"]
+
+
+def _fold_b(start: int, signature: str) -> str:
+    first = max(_WIDTH - start, 8)
+    chunks = [signature[:first]]
+    rest = signature[first:]
+    chunks += [rest[i:i + _WIDTH - 1] for i in range(0, len(rest), _WIDTH - 1)]
+    return "\r\n ".join(chunks)
+
+
+def signature_header(
+    key: SigningKey, head: bytes, body_hash: bytes, names: Sequence[str], timestamp: int,
+) -> bytes:
+    """The DKIM-Signature header (with its CRLF) for a message of header block `head` (each
+    field ending in CRLF) and relaxed body hash `body_hash`, signing the fields `names`."""
+    wanted = [n.lower().encode("ascii") for n in names]
+    tags = [("v", "1"), ("a", key.algorithm), ("c", "relaxed/relaxed"), ("d", key.domain),
+            ("s", key.selector), ("t", str(timestamp)),
+            ("h", ":".join(n.decode() for n in wanted)), ("bh", body_hash.decode("ascii"))]
+    unsigned = _fold(tags) + "\r\n b="
+    name, value = unsigned.split(":", 1)
+    signed = Relaxed.canonicalize_headers(_select(split_headers(head), wanted))
+    # The signature field itself: canonicalised with b= empty, and without its final CRLF.
+    own = Relaxed.canonicalize_headers([(name.encode(), value.encode())])[0]
+    data = b"".join(n + b":" + v for n, v in signed) + own[0] + b":" + own[1].rstrip(b"\r\n")
+    signature = base64.b64encode(key.raw_sign(data)).decode("ascii")
+    last_line = len(unsigned) - unsigned.rfind("\n") - 1
+    return (unsigned + _fold_b(last_line, signature) + "\r\n").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class FastSigner:
+    """Signs finished message bytes with each of `keys` (relaxed/relaxed), fastest first.
+
+    The same interface as `send.DkimSigner`: `sign(data)` returns `data` with the
+    DKIM-Signature header(s) in front.
+    """
+
+    keys: tuple[SigningKey, ...]
+    names: tuple[str, ...]
+    clock: Callable[[], float] = time.time
+
+    def sign(self, data: bytes) -> bytes:
+        """`data` with a DKIM-Signature header per key in front (the last key's on top)."""
+        end = _END_OF_HEADERS.search(data)
+        if end is None:
+            head, body = data, b""
+        else:
+            head, body = data[:end.start() + (2 if data[end.start()] == 13 else 1)], \
+                data[end.end():]
+        return self.sign_parts(head, body) + data
+
+    def sign_parts(self, head: bytes, body: bytes) -> bytes:
+        """The DKIM-Signature header(s) for the message whose header block is `head` (fields
+        ending in CRLF, without the blank line) and whose body is `body`."""
+        body_hash = canonical_body_hash(body)
+        now = int(self.clock())
+        out = b""
+        for key in self.keys:
+            out = signature_header(key, head, body_hash, self.names, now) + out
+        return out

@@ -1,0 +1,116 @@
+"""`send` with worker processes: the same messages as one process, each sent once, and a
+worker that dies is reported without losing or duplicating a digest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from digest import pipeline, store
+from digest.config import load_settings
+
+from .conftest import Project
+from .delivery_support import FaultServer, fault_server, prepare, smtp_config
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+COUNT = pipeline.PARALLEL_MIN + 16
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    yield from fault_server()
+
+
+def received_by(server: FaultServer) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for r in server.sink.received:
+        out.setdefault(r.rcpt_tos[0].split("@")[0], []).append(r.data)
+    return out
+
+
+def stored(project: Project) -> dict[str, tuple[str, bytes | None]]:
+    db = store.open_db(project.db_path)
+    return {r["subscriber_id"]: (r["state"], store.message_bytes(db, r["id"])
+                                 if r["state"] != "empty" else None)
+            for r in store.digests(db)}
+
+
+@pytest.mark.slow
+def test_workers_send_what_one_process_sends(tmp_path_factory: pytest.TempPathFactory,
+                                             server: FaultServer) -> None:
+    results = []
+    for workers in (1, 2):
+        root = tmp_path_factory.mktemp(f"w{workers}")
+        (root / "subscribers").mkdir()
+        project = Project(root, root / "digest.toml", root / "subscribers",
+                          root / "var" / "outbox", root / "var" / "digest.db")
+        project.write_config(smtp_config(server.port, connections=2), transport="smtp",
+                             sources="")
+        prepare(project, NOW, COUNT)
+        settings = load_settings(project.config)
+        before = len(server.sink.received)
+        report = pipeline.send(settings, store.open_db(project.db_path), NOW, workers=workers)
+        assert not report.failed and report.count("sent") == COUNT
+        assert len(server.sink.received) - before == COUNT
+        rows = stored(project)
+        assert {state for state, _ in rows.values()} == {"sent"}
+        results.append({sid: data for sid, (_, data) in rows.items()})
+    one, two = results
+    # The same bytes whichever process built them (pinned clock, DKIM off).
+    assert one == two
+    copies = received_by(server)
+    assert all(len(datas) == 2 for datas in copies.values())  # once per run
+    assert all(one[sid] in datas for sid, datas in copies.items())
+
+
+class KillAWorker:
+    """A progress hook that SIGKILLs one worker process when the first result is in."""
+
+    def __init__(self) -> None:
+        self.killed: int | None = None
+
+    def start(self, total: int, label: str) -> None:
+        pass
+
+    def advance(self, label: str) -> None:
+        if self.killed is None:
+            children = mp.active_children()
+            assert children, "the workers are child processes"
+            self.killed = children[0].pid
+            assert self.killed is not None
+            os.kill(self.killed, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_is_reported_and_loses_nothing(project: Project,
+                                                     server: FaultServer) -> None:
+    prepare(project, NOW, COUNT * 2)
+    project.write_config(smtp_config(server.port), transport="smtp", sources="")
+    settings = load_settings(project.config)
+    hook = KillAWorker()
+    report = pipeline.send(settings, store.open_db(project.db_path), NOW, workers=2,
+                           progress=hook)
+    assert hook.killed is not None
+    assert report.failed and report.fatal is not None and "worker process" in report.fatal
+    not_built = [o for o in report.outcomes if "worker process failed" in o.detail]
+    assert not_built and all(o.status == "failed" for o in not_built)
+    received = received_by(server)
+    rows = stored(project)
+    # Nothing is marked sent that the server did not take.
+    assert {sid for sid, (state, _) in rows.items() if state == "sent"} == set(received)
+    assert len(received) < COUNT * 2
+
+    again = pipeline.send(settings, store.open_db(project.db_path), NOW, workers=1)
+    assert not again.failed, [o for o in again.outcomes if o.is_failure]
+    received = received_by(server)
+    assert len(received) == COUNT * 2
+    assert Counter(len(d) for d in received.values()) == {1: COUNT * 2}
+    rows = stored(project)
+    assert {state for state, _ in rows.values()} == {"sent"}
+    assert all(received[sid] == [data] for sid, (_, data) in rows.items())
