@@ -281,8 +281,8 @@ def run(config_path: Path, once: bool) -> None:
         if report.failed or any(r.error for r in results):
             sys.exit(1)
         return
-    out.print(f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False)
-    schedule.run_forever(settings, _now)
+    schedule.run_forever(settings, _now, on_start=lambda: out.print(
+        f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False))
 
 
 @cli.command()

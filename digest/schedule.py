@@ -169,11 +169,16 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def run_forever(
-    settings: Settings, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    settings: Settings,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_start: Callable[[], None] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; the message in flight is finished and recorded, the rest
-    stays queued, and the function returns (the process exits 0)."""
+    stays queued, and the function returns (the process exits 0). `on_start` is called once
+    the store's lock is held, so "started" is never said by a daemon that then refuses."""
     with StoreLock(settings.store.path):
+        if on_start is not None:
+            on_start()
         stop = threading.Event()
         busy = threading.Lock()
         scheduler = build_scheduler(settings, clock, stop, busy)

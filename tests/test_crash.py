@@ -106,6 +106,7 @@ def test_daemon_stops_cleanly_on_signal_and_refuses_a_second_instance(
                                 capture_output=True, text=True, timeout=30)
         assert second.returncode == 1
         assert "another 'digest run' is already using" in second.stderr
+        assert "scheduler started" not in second.stdout
         daemon.send_signal(signum)
         _out, err = daemon.communicate(timeout=30)
     finally:
