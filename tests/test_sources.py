@@ -152,3 +152,11 @@ def test_an_undecodable_capture_is_skipped_and_the_rest_read(tmp_path: Path) -> 
     report = read_source(SourceConfig(name="x", type="hf-page", path=tmp_path), NOW)
     assert len(report.listings) == 63
     assert report.skipped == 1 and "a.txt: not UTF-8" in report.warnings[0]
+
+
+def test_windows_line_endings_and_a_bom_change_nothing(tmp_path: Path) -> None:
+    original = (SEEDS / FILES[0].name).read_text(encoding="utf-8")
+    (tmp_path / "win.txt").write_bytes(b"\xef\xbb\xbf" + original.replace("\n", "\r\n").encode())
+    report = read_source(SourceConfig(name="x", type="hf-page", path=tmp_path), NOW)
+    expected = parse_hf_page(original, "x", NOW)
+    assert report.listings == expected.listings and report.skipped == 0

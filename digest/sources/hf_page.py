@@ -200,7 +200,7 @@ def read_hf_pages(config: HfPageSource, now: datetime) -> ParseReport:
     report = ParseReport()
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8-sig")  # a BOM is not text
         except UnicodeDecodeError as exc:
             report.warnings.append(f"{file.name}: not UTF-8 text ({exc.reason}), skipped")
             continue
