@@ -587,11 +587,13 @@ def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
     return ConfigError(path, _field_name(loc), problem)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file, turning every failure into a one-line ConfigError."""
+def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
+    """Read a TOML file (or its bytes, when given), turning every failure into a one-line
+    ConfigError. A UTF-8 byte-order mark, as some Windows editors write, is allowed."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        if raw is None:
+            raw = path.read_bytes()
+        return tomllib.loads(raw.decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(
             path, None, "file not found",
@@ -599,8 +601,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, f"cannot read file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                          hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
 
 
 def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
@@ -667,16 +672,8 @@ def load_subscriber(path: Path, defaults: DefaultsConfig) -> Subscriber:
 
 def parse_subscriber(path: Path, raw: bytes | None = None) -> dict[str, Any]:
     """Validate one subscriber file (its bytes may be given) into plain data: the expensive
-    step, which `digest.profiles` caches by content hash."""
-    if raw is None:
-        data = read_toml(path)
-    else:
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(path, None, f"invalid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, None, f"cannot read file: {exc}") from None
+    step, which `digest.batch` caches by content hash."""
+    data = read_toml(path, raw)
     try:
         return SubscriberFile.model_validate(data).model_dump()
     except ValidationError as exc:

@@ -146,3 +146,16 @@ def test_env_overrides_smtp_but_password_only_from_named_env(
     with pytest.raises(ConfigError) as info:
         load_settings(project.config)
     assert info.value.field == "smtp.password" and "unknown key" in info.value.problem
+
+
+def test_a_bom_is_fine_and_latin1_is_a_clear_error(project: Project) -> None:
+    path = project.subscribers / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_subscriber(path, DefaultsConfig()).name == "Ada"
+    loaded = {s.id: s for s in iter_subscribers(project.subscribers, DefaultsConfig())
+              if not isinstance(s, ConfigError)}
+    assert loaded["bom"].email == "ada@example.org"
+    path.write_bytes(GOOD.replace("Ada", "Zoë").encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text") as info:
+        load_subscriber(path, DefaultsConfig())
+    assert info.value.hint == "save the file as UTF-8"
