@@ -266,6 +266,19 @@ def smtp_tls_server(tmp_path: Path) -> Iterator[SmtpServer]:
         yield server
 
 
+@pytest.fixture
+def smtp_ssl_server(tmp_path: Path) -> Iterator[SmtpServer]:
+    """An SMTP server on 127.0.0.1 speaking implicit TLS (as on port 465), with AUTH."""
+    context, cert = _server_tls(tmp_path)
+    sink = Sink()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=free_port(), ssl_context=context,
+        authenticator=_authenticator, auth_required=True, auth_require_tls=False,
+    )
+    with _running(controller, sink, cert) as server:
+        yield server
+
+
 # --- HTTP (issue 3) --------------------------------------------------------------------------
 
 
@@ -279,16 +292,3 @@ def loopback() -> Iterator[Any]:
         yield server
     finally:
         server.close()
-
-
-@pytest.fixture
-def smtp_ssl_server(tmp_path: Path) -> Iterator[SmtpServer]:
-    """An SMTP server on 127.0.0.1 speaking implicit TLS (as on port 465), with AUTH."""
-    context, cert = _server_tls(tmp_path)
-    sink = Sink()
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=free_port(), ssl_context=context,
-        authenticator=_authenticator, auth_required=True, auth_require_tls=False,
-    )
-    with _running(controller, sink, cert) as server:
-        yield server
