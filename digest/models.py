@@ -110,6 +110,11 @@ class Section:
     trending: bool = False
 
 
+def digest_key(subscriber_id: str, local_date: date) -> str:
+    """The key of a subscriber's digest for one local date: the outbox row's id."""
+    return f"{subscriber_id}/{local_date.isoformat()}"
+
+
 @dataclass(frozen=True, slots=True)
 class Digest:
     """One subscriber's email for one local date."""
@@ -127,7 +132,7 @@ class Digest:
     @property
     def id(self) -> str:
         """The digest's stable key: one per subscriber and local date."""
-        return f"{self.subscriber.id}/{self.local_date.isoformat()}"
+        return digest_key(self.subscriber.id, self.local_date)
 
 
 @dataclass(frozen=True, slots=True)

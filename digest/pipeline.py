@@ -31,7 +31,7 @@ from . import batch, delivery, store
 from .config import AnySource, Settings, load_subscriber, subscriber_files
 from .errors import ConfigError, DigestError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
-from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber
+from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber, digest_key
 from .render import Links, environment, render
 from .send import (
     FileSender,
@@ -426,11 +426,6 @@ def send(
     return report
 
 
-def digest_key(subscriber: Subscriber, day: date) -> str:
-    """The outbox key of a subscriber's digest for one local date."""
-    return store.digest_key(subscriber.id, day)
-
-
 def _queue_one(
     settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
     env: jinja2.Environment, cache: batch.MatchRun, due_only: bool, today: dict[str, date],
@@ -442,13 +437,13 @@ def _queue_one(
     if outbox.report.fatal is not None:
         report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
         return
-    if isinstance(entry, Subscriber) and store.digest_key(sid, today[sid]) in offered:
+    if isinstance(entry, Subscriber) and digest_key(sid, today[sid]) in offered:
         return  # already handed over, from what was waiting in the outbox
     outcome = _send_one(settings, db, entry, now, env, cache, False, due_only, reference)
     if outcome is not None:
         report.outcomes.append(outcome)
         return
-    queued = store.pending_row(db, store.digest_key(sid, today[sid]))
+    queued = store.pending_row(db, digest_key(sid, today[sid]))
     if queued is not None:
         outbox.offer(queued)
 
@@ -503,7 +498,7 @@ def _prepare_one(
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
-    if state in store.PENDING_STATES and store.pending_row(db, digest_key(subscriber, day)):
+    if state in store.PENDING_STATES and store.pending_row(db, digest_key(subscriber.id, day)):
         # What was due of it has been handed over already, from the outbox: a retry whose
         # time has not come is what is left.
         if dry_run:
@@ -644,7 +639,7 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
                 log.exception("subscriber %s: cannot store the digest", item.subscriber.id)
                 outcome = Outcome(item.subscriber.id, "failed",
                                   detail=f"unexpected error: {exc!r}")
-            out.append((i, outcome or store.digest_key(item.subscriber.id, item.day)))
+            out.append((i, outcome or digest_key(item.subscriber.id, item.day)))
     except BaseException:
         db.conn.rollback()
         raise
@@ -693,7 +688,7 @@ class _Pool:
         as it comes back."""
         todo = []
         for i, entry in enumerate(self.entries):
-            if isinstance(entry, Subscriber) and store.digest_key(
+            if isinstance(entry, Subscriber) and digest_key(
                     entry.id, today[entry.id]) in offered:
                 progress.advance(entry.id)  # already handed over, from the outbox
             else:

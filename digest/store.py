@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
-from .models import CacheValidators, Digest, Listing
+from .models import CacheValidators, Digest, Listing, digest_key
 from .tokens import title_key
 
 migrations = Migrations("digest")
@@ -378,11 +378,6 @@ def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listin
 
 
 # --- digests --------------------------------------------------------------------------------
-
-
-def digest_key(subscriber_id: str, local_date: date) -> str:
-    """The id of a subscriber's digest for one local date."""
-    return f"{subscriber_id}/{local_date.isoformat()}"
 
 
 def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | None:
