@@ -1,17 +1,19 @@
 """The fast MIME path: the same message as `send.build_message`, without the generic machinery.
 
 `send.build_message` + `as_bytes()` costs ~2.7 ms for a 38 KB digest, mostly the `email`
-package encoding and re-flattening the bodies in Python. Here the headers are still made by an
-`EmailMessage` under the strict policy (so no header string is ever concatenated and nothing
-can be injected), and folded by that policy; each body is encoded once by the C encoder
-(`binascii.b2a_qp`) and the parts are joined as bytes.
+package encoding and re-flattening the bodies in Python. Here each header field is still
+parsed and folded by the `email` header registry under the strict policy, exactly as
+`EmailMessage` does it (so no header string is ever concatenated and nothing can be
+injected); fields whose values repeat (From, Date, List-Id...) are folded once per process.
+Each body is quoted-printable encoded by the C encoder (`binascii.b2a_qp`), line by line with
+the lines remembered (QP is line-local), and the parts are joined as bytes.
 
-What differs from `build_message`'s output, on purpose: the boundary is derived from the
-Message-ID (so the bytes are the same each time the digest is built), the HTML part does not
-carry the stray `MIME-Version` header `add_alternative` leaves in it, QP lines are at most 76
-characters (the `email` package allows 78), and a line starting with `.` or `From ` has that
-character encoded (`=2E`, `=46`) so that neither SMTP dot-stuffing nor mbox `>From` quoting
-can touch it. Parsed back, the headers and decoded parts are the same (tests compare them).
+What differs from `build_message`'s output, on purpose: the boundary is a constant (so the
+bytes are the same each time the digest is built), the HTML part does not carry the stray
+`MIME-Version` header `add_alternative` leaves in it, QP lines are at most 76 characters (the
+`email` package allows 78), and a line starting with `.` or `From ` has that character
+encoded (`=2E`, `=46`) so that neither SMTP dot-stuffing nor mbox `>From` quoting can touch
+it. Parsed back, the headers and decoded parts are the same (tests compare them).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email import policy
 from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
 
 
 class _Registry(HeaderRegistry):
@@ -54,9 +56,45 @@ def normal_body(text: str) -> bytes:
 
 def encode_qp(text: str) -> bytes:
     """Quoted-printable of `text` (normalised as `normal_body`), CRLF line ends, lines of at
-    most 76 characters, no line starting with '.' or 'From '."""
-    data = b"\n" + binascii.b2a_qp(normal_body(text), quotetabs=False, istext=True,
-                                    header=False)
+    most 76 characters, no line starting with '.' or 'From '.
+
+    Quoted-printable is line-local (each line's encoding depends on that line alone), so each
+    distinct line is encoded once per process and remembered: a digest is mostly template
+    lines and listing lines that every other digest of the run has too."""
+    cache = _qp_lines
+    out = []
+    # `or`: an empty text is one empty line, as `normal_body` makes it.
+    for line in text.encode("utf-8").splitlines() or [b""]:
+        encoded = cache.get(line)
+        if encoded is None:
+            encoded = _remember(line)
+        out.append(encoded)
+    out.append(b"")
+    return b"\r\n".join(out)
+
+
+# The line cache is bounded (and simply emptied when full), so memory stays flat however many
+# digests a process builds.
+QP_CACHE_BYTES = 32 * 1024 * 1024
+_qp_lines: dict[bytes, bytes] = {}
+_qp_cached = 0
+
+
+def _remember(line: bytes) -> bytes:
+    global _qp_cached
+    encoded = encode_qp_block(line + b"\n")[:-2]
+    if _qp_cached + 2 * len(line) > QP_CACHE_BYTES:
+        _qp_lines.clear()
+        _qp_cached = 0
+    _qp_lines[line] = encoded
+    _qp_cached += len(line) + len(encoded)
+    return encoded
+
+
+def encode_qp_block(data: bytes) -> bytes:
+    """`encode_qp` of bytes already normalised by `normal_body`, encoded in one piece (what
+    `encode_qp` does line by line; a property test holds the two equal)."""
+    data = b"\n" + binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     # bytes.replace and split run in C; the Python re-wrap only touches the rare long line
     # (b2a_qp can exceed 76 where it encodes a space or tab that ends a line, and an escaped
     # first character adds two).
@@ -100,25 +138,52 @@ class Parts:
     message_id: str
 
 
-def boundary(message_id: str) -> str:
-    """The multipart boundary of a message: the `email` package's form, derived from the
-    Message-ID. It can never occur in a QP body, where every '=' is encoded."""
-    digits = int.from_bytes(hashlib.sha256(message_id.encode()).digest()[:8], "big")
-    return f"==============={digits:019d}=="
+# One boundary for every message: the `email` package's form. It can never occur in a QP
+# body, where every '=' is encoded, and a constant one makes Content-Type a shared header.
+BOUNDARY = "===============" + str(
+    int.from_bytes(hashlib.sha256(b"digest multipart/alternative").digest()[:8], "big")
+).rjust(19, "0") + "=="
+
+# Fields whose values repeat from message to message (the sender, the run's Date, the list):
+# folded once per process and value instead of once per message.
+_SHARED = frozenset({"from", "date", "list-id", "list-unsubscribe-post", "mime-version",
+                     "content-type"})
+_folded: dict[tuple[str, str], bytes] = {}
 
 
-def assemble(headers: EmailMessage, text: str, html: str) -> Parts:
-    """The multipart/alternative message of `headers` (an EmailMessage holding only
-    headers) with a plain-text and an HTML part, each QP-encoded once."""
-    message_id = str(headers["Message-ID"])
-    mark = boundary(message_id)
-    headers["MIME-Version"] = "1.0"
-    headers["Content-Type"] = f'multipart/alternative; boundary="{mark}"'
-    head = b"".join(STRICT.fold_binary(name, value) for name, value in headers.items())
-    delimiter = f"--{mark}\r\n".encode("ascii")
+def fold_field(name: str, value: object) -> bytes:
+    """One header field as `EmailMessage` under the strict policy stores and serialises it:
+    parsed by the header registry (which refuses a value with a line break), then folded."""
+    return STRICT.fold_binary(*STRICT.header_store_parse(name, value))
+
+
+def _fold_shared(name: str, value: object) -> bytes:
+    # The registry parses str(value) (an Address is formatted first), so that is the key.
+    key = (name, str(value))
+    folded = _folded.get(key)
+    if folded is None:
+        if len(_folded) >= 1024:
+            _folded.clear()
+        folded = _folded[key] = fold_field(name, value)
+    return folded
+
+
+def header_block(fields: Iterable[tuple[str, object]]) -> bytes:
+    """The folded header fields, in order, each ending in CRLF."""
+    return b"".join(_fold_shared(name, value) if name.lower() in _SHARED
+                    else fold_field(name, value) for name, value in fields)
+
+
+def assemble(fields: Sequence[tuple[str, object]], text: str, html: str) -> Parts:
+    """The multipart/alternative message of the header `fields` (see `send.header_fields`;
+    one of them is Message-ID) with a plain-text and an HTML part, each QP-encoded once."""
+    message_id = str(next(value for name, value in fields if name.lower() == "message-id"))
+    head = header_block([*fields, ("MIME-Version", "1.0"),
+                         ("Content-Type", f'multipart/alternative; boundary="{BOUNDARY}"')])
+    delimiter = f"--{BOUNDARY}\r\n".encode("ascii")
     body = b"".join((
         delimiter, _PART_HEAD["plain"], encode_qp(text), b"\r\n",
         delimiter, _PART_HEAD["html"], encode_qp(html), b"\r\n",
-        f"--{mark}--\r\n".encode("ascii"),
+        f"--{BOUNDARY}--\r\n".encode("ascii"),
     ))
     return Parts(head, body, message_id)

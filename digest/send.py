@@ -88,6 +88,39 @@ def build_message(
     return msg
 
 
+HeaderValue = str | Address
+
+
+def header_fields(
+    rendered: RenderedEmail,
+    digest: Digest,
+    delivery: DeliveryConfig,
+    now: datetime,
+    unsubscribe_https: str | None = None,
+) -> list[tuple[str, HeaderValue]]:
+    """The header fields of a digest's message (From to X-Digest-Id), in order, as values for
+    the strict policy's header registry: shared by `message_headers` (the straightforward
+    path) and the fast path (`digest.mime.assemble`), which parse and fold them the same way."""
+    subscriber = digest.subscriber
+    from_name, from_addr = _split_from(delivery.from_)
+    domain = from_addr.rpartition("@")[2]
+    https, mailto = unsubscribe_links(delivery, subscriber.id)
+    https = unsubscribe_https or https
+    fields: list[tuple[str, HeaderValue]] = [
+        ("From", Address(display_name=clean_header(from_name), addr_spec=from_addr)),
+        ("To", Address(display_name=clean_header(subscriber.name), addr_spec=subscriber.email)),
+        ("Subject", clean_header(rendered.subject)),
+        ("Date", format_datetime(now)),
+        ("Message-ID", message_id(digest, domain)),
+        ("List-Unsubscribe", ", ".join(f"<{u}>" for u in (https, mailto) if u)),
+    ]
+    if https:
+        fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    fields += [("List-Id", clean_header(list_id(delivery))),
+               ("X-Digest-Id", clean_header(digest.id))]
+    return fields
+
+
 def message_headers(
     rendered: RenderedEmail,
     digest: Digest,
@@ -95,24 +128,11 @@ def message_headers(
     now: datetime,
     unsubscribe_https: str | None = None,
 ) -> EmailMessage:
-    """The headers of a digest's message (From to X-Digest-Id), in an EmailMessage with no
-    body yet: shared by `build_message` and the fast path (`digest.mime`)."""
-    subscriber = digest.subscriber
-    from_name, from_addr = _split_from(delivery.from_)
-    domain = from_addr.rpartition("@")[2]
+    """The headers of a digest's message (see `header_fields`) in an EmailMessage with no body
+    yet, under the strict policy."""
     msg = EmailMessage(policy=STRICT)
-    msg["From"] = Address(display_name=clean_header(from_name), addr_spec=from_addr)
-    msg["To"] = Address(display_name=clean_header(subscriber.name), addr_spec=subscriber.email)
-    msg["Subject"] = clean_header(rendered.subject)
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id(digest, domain)
-    https, mailto = unsubscribe_links(delivery, subscriber.id)
-    https = unsubscribe_https or https
-    msg["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in (https, mailto) if u)
-    if https:
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg["List-Id"] = clean_header(list_id(delivery))
-    msg["X-Digest-Id"] = clean_header(digest.id)
+    for name, value in header_fields(rendered, digest, delivery, now, unsubscribe_https):
+        msg[name] = value
     return msg
 
 
@@ -260,11 +280,11 @@ def fast_outgoing(
     rendered: RenderedEmail, digest: Digest, delivery: DeliveryConfig, now: datetime,
     unsubscribe_https: str | None, signer: FastSigner | None,
 ) -> Outgoing:
-    """The fast path to the finished bytes: the same headers as `build_message` (made by
-    `message_headers`), bodies QP-encoded once (`digest.mime`), signed by OpenSSL.
+    """The fast path to the finished bytes: the same headers as `build_message` (from
+    `header_fields`), bodies QP-encoded once (`digest.mime`), signed by OpenSSL.
     Parsed back it equals `outgoing(build_message(...))`; tests compare the two."""
-    headers = message_headers(rendered, digest, delivery, now, unsubscribe_https)
-    parts = assemble(headers, rendered.text, rendered.html)
+    fields = header_fields(rendered, digest, delivery, now, unsubscribe_https)
+    parts = assemble(fields, rendered.text, rendered.html)
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
         try:

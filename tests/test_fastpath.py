@@ -18,10 +18,10 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest import pipeline
+from digest import mime, pipeline
 from digest.config import DeliveryConfig, DkimConfig, load_settings
 from digest.errors import ConfigError
-from digest.mime import encode_qp, normal_body
+from digest.mime import encode_qp, encode_qp_block, normal_body
 from digest.models import RenderedEmail
 from digest.render import environment
 from digest.send import (
@@ -170,7 +170,7 @@ def test_sample_digests_with_hostile_titles_match_too(keys: dict[str, tuple[Path
 def test_the_fast_bytes_are_the_same_each_time(keys: dict[str, tuple[Path, bytes]]) -> None:
     rendered = RenderedEmail("s", "<p>h</p>", "t")
     first, second = both(rendered, None)[1], both(rendered, None)[1]
-    assert first == second  # the boundary comes from the Message-ID, not a random number
+    assert first == second  # the boundary is a constant, not a random number
 
 
 @settings(max_examples=300, deadline=None)
@@ -181,6 +181,24 @@ def test_qp_is_valid_short_and_decodes_to_the_same_bytes(text: str) -> None:
     encoded = encode_qp(text)
     qp_lines_ok(encoded)
     assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == normal_body(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=120)
+                | st.sampled_from([".", "From x", " ", "\t", "=", "y" * 75 + " ", "z" * 200]),
+                max_size=12).map("\n".join))
+def test_qp_line_by_line_equals_qp_in_one_piece(text: str) -> None:
+    # Twice: the second time every line comes from the line cache.
+    for _ in range(2):
+        assert encode_qp(text) == encode_qp_block(normal_body(text))
+
+
+def test_the_qp_line_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mime, "QP_CACHE_BYTES", 10_000)
+    for i in range(200):
+        text = f"line {i} " * 20
+        assert encode_qp(text) == encode_qp_block(normal_body(text))
+    assert sum(len(k) + len(v) for k, v in mime._qp_lines.items()) <= 10_000
 
 
 @settings(max_examples=500, deadline=None)
