@@ -6,6 +6,7 @@ Relative paths in `digest.toml` resolve against the folder that holds it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -341,7 +342,14 @@ class DeliveryConfig(_Strict):
     @property
     def from_address(self) -> str:
         """The bare address of the From header."""
-        return parseaddr(self.from_)[1]
+        return split_address(self.from_)[1]
+
+
+@functools.lru_cache(maxsize=64)
+def split_address(value: str) -> tuple[str, str]:
+    """`email.utils.parseaddr` of a configured address, parsed once: it is asked for with
+    every message sent."""
+    return parseaddr(value)
 
 
 class SmtpConfig(_Strict):

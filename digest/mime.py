@@ -82,7 +82,11 @@ _qp_cached = 0
 
 def _remember(line: bytes) -> bytes:
     global _qp_cached
-    encoded = encode_qp_block(line + b"\n")[:-2]
+    encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)[:-1]
+    # Most lines need nothing more: short enough (so no soft breaks either), and not starting
+    # with what must be escaped.
+    if len(encoded) > MAX_LINE or encoded.startswith((b".", b"From ")):
+        encoded = encode_qp_block(line + b"\n")[:-2]
     if _qp_cached + 2 * len(line) > QP_CACHE_BYTES:
         _qp_lines.clear()
         _qp_cached = 0

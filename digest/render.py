@@ -20,7 +20,7 @@ import jinja2
 from mjml import mjml2html
 from premailer import Premailer
 
-from .models import Digest, Match, RenderedEmail, Span
+from .models import Digest, Listing, RenderedEmail, Span
 from .tokens import nfkc
 
 EXCERPT_CHARS = 320
@@ -95,8 +95,26 @@ def _word_start(text: str, pos: int) -> int:
     return cut + 1 if 0 <= cut < len(text) - 1 else pos
 
 
-def _meta(match: Match) -> str:
-    listing = match.listing
+# What an item shows of its listing alone (title, link, link label, meta line) is the same in
+# every digest that holds it: made once per process and listing (a bounded cache).
+_views: dict[Listing, tuple[str, str, str, str]] = {}
+VIEW_CACHE = 20_000
+
+
+def _listing_view(listing: Listing) -> tuple[str, str, str, str]:
+    view = _views.get(listing)
+    if view is None:
+        link = safe_link(listing.link, "")
+        if not link:
+            link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
+        view = (nfkc(listing.title), link, _link_label(link), _meta(listing))
+        if len(_views) >= VIEW_CACHE:
+            _views.clear()
+        _views[listing] = view
+    return view
+
+
+def _meta(listing: Listing) -> str:
     parts = []
     if listing.byline:
         parts.append(listing.byline)
@@ -193,15 +211,13 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
         items = []
         for m in section.matches:
             segs = excerpt(m.listing.abstract, m.abstract_spans)
-            link = safe_link(m.listing.link, "")
-            if not link:
-                link = f"https://huggingface.co/papers?q={quote_plus(m.listing.title)}"
+            title, link, link_label, meta = _listing_view(m.listing)
             items.append(
                 ItemView(
-                    title=nfkc(m.listing.title),
+                    title=title,
                     link=link,
-                    link_label=_link_label(link),
-                    meta=_meta(m),
+                    link_label=link_label,
+                    meta=meta,
                     excerpt=segs,
                     excerpt_text="".join(t for t, _ in segs),
                     keywords=list(m.keywords),
@@ -245,23 +261,40 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
     """Wrap each line at `width` columns, greedily at spaces; a line that is a bare <URL> or
     ends in one is never broken inside the URL, and a word longer than `width` stays whole.
 
-    (textwrap.wrap did the same but was half of the per-email render time.)"""
+    (textwrap.wrap did the same but was half of the per-email render time. A long line, such
+    as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
     out: list[str] = []
     for line in text.splitlines():
         if len(line) <= width:
             out.append(line)
             continue
-        current = ""
-        for word in line.split():
-            if not current:
-                current = word
-            elif len(current) + 1 + len(word) <= width:
-                current += " " + word
-            else:
-                out.append(current)
-                current = word
-        out.append(current)
+        wrapped = _wrapped.get((line, width))
+        if wrapped is None:
+            wrapped = _wrap_line(line, width)
+        out += wrapped
     return "\n".join(out).strip() + "\n"
+
+
+_wrapped: dict[tuple[str, int], list[str]] = {}
+WRAP_CACHE = 20_000
+
+
+def _wrap_line(line: str, width: int) -> list[str]:
+    out: list[str] = []
+    current = ""
+    for word in line.split():
+        if not current:
+            current = word
+        elif len(current) + 1 + len(word) <= width:
+            current += " " + word
+        else:
+            out.append(current)
+            current = word
+    out.append(current)
+    if len(_wrapped) >= WRAP_CACHE:
+        _wrapped.clear()
+    _wrapped[(line, width)] = out
+    return out
 
 
 def inline_css(html: str) -> str:

@@ -22,7 +22,7 @@ from datetime import datetime
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -31,7 +31,7 @@ from urllib.parse import quote
 import dkim
 
 from . import signing
-from .config import DeliveryConfig, DkimConfig, SmtpConfig
+from .config import DeliveryConfig, DkimConfig, SmtpConfig, split_address
 from .errors import ConfigError, SendError
 from .mime import STRICT, assemble
 from .models import Digest, RenderedEmail
@@ -102,12 +102,12 @@ def header_fields(
     the strict policy's header registry: shared by `message_headers` (the straightforward
     path) and the fast path (`digest.mime.assemble`), which parse and fold them the same way."""
     subscriber = digest.subscriber
-    from_name, from_addr = _split_from(delivery.from_)
+    from_addr = delivery.from_address
     domain = from_addr.rpartition("@")[2]
     https, mailto = unsubscribe_links(delivery, subscriber.id)
     https = unsubscribe_https or https
     fields: list[tuple[str, HeaderValue]] = [
-        ("From", Address(display_name=clean_header(from_name), addr_spec=from_addr)),
+        ("From", _from_header(delivery.from_)),
         ("To", Address(display_name=clean_header(subscriber.name), addr_spec=subscriber.email)),
         ("Subject", clean_header(rendered.subject)),
         ("Date", format_datetime(now)),
@@ -136,9 +136,11 @@ def message_headers(
     return msg
 
 
-def _split_from(value: str) -> tuple[str, str]:
-    name, addr = parseaddr(value)
-    return name, addr
+@functools.lru_cache(maxsize=64)
+def _from_header(value: str) -> Address:
+    # Made once per configured sender (an Address parses its addr_spec when made).
+    name, addr = split_address(value)
+    return Address(display_name=clean_header(name), addr_spec=addr)
 
 
 @dataclass(frozen=True, slots=True)
