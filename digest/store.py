@@ -132,6 +132,9 @@ def open_db(path: Path) -> Database:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(path)
     db.enable_wal()
+    # Every commit reaches the disk before it returns (the default, said out loud): the
+    # outbox's 'sending' and 'sent' marks must survive a power cut, not just a crash.
+    db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")
     migrations.apply(db)
