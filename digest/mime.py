@@ -56,43 +56,60 @@ def normal_body(text: str) -> bytes:
 
 def encode_qp(text: str) -> bytes:
     """Quoted-printable of `text` (normalised as `normal_body`), CRLF line ends, lines of at
-    most 76 characters, no line starting with '.' or 'From '.
+    most 76 characters, no line starting with '.' or 'From '."""
+    return encode_qp_checked(text)[0]
+
+
+def encode_qp_checked(text: str) -> tuple[bytes, bool]:
+    """`encode_qp(text)`, and whether DKIM's relaxed body canonicalisation leaves every line
+    of it as it is (no tab, no two blanks in a row; QP never leaves a blank at a line's end).
 
     Quoted-printable is line-local (each line's encoding depends on that line alone), so each
     distinct line is encoded once per process and remembered: a digest is mostly template
-    lines and listing lines that every other digest of the run has too."""
+    lines and listing lines that other digests of the run have too."""
     cache = _qp_lines
     out = []
+    stable = True
     # `or`: an empty text is one empty line, as `normal_body` makes it.
     for line in text.encode("utf-8").splitlines() or [b""]:
         encoded = cache.get(line)
         if encoded is None:
-            encoded = _remember(line)
+            encoded = _qp_unstable.get(line)
+            if encoded is None:
+                encoded, ok = _remember(line)
+                stable = stable and ok
+            else:
+                stable = False
         out.append(encoded)
     out.append(b"")
-    return b"\r\n".join(out)
+    return b"\r\n".join(out), stable
 
 
-# The line cache is bounded (and simply emptied when full), so memory stays flat however many
-# digests a process builds.
+# The line caches are bounded (and simply emptied when full), so memory stays flat however
+# many digests a process builds. Lines that relaxed canonicalisation would change are kept
+# apart, so that the common case costs one lookup.
 QP_CACHE_BYTES = 32 * 1024 * 1024
 _qp_lines: dict[bytes, bytes] = {}
+_qp_unstable: dict[bytes, bytes] = {}
 _qp_cached = 0
 
 
-def _remember(line: bytes) -> bytes:
+def _remember(line: bytes) -> tuple[bytes, bool]:
     global _qp_cached
     encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)[:-1]
     # Most lines need nothing more: short enough (so no soft breaks either), and not starting
     # with what must be escaped.
     if len(encoded) > MAX_LINE or encoded.startswith((b".", b"From ")):
         encoded = encode_qp_block(line + b"\n")[:-2]
+    stable = not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
+                  or encoded.endswith(b" "))
     if _qp_cached + 2 * len(line) > QP_CACHE_BYTES:
         _qp_lines.clear()
+        _qp_unstable.clear()
         _qp_cached = 0
-    _qp_lines[line] = encoded
+    (_qp_lines if stable else _qp_unstable)[line] = encoded
     _qp_cached += len(line) + len(encoded)
-    return encoded
+    return encoded, stable
 
 
 def encode_qp_block(data: bytes) -> bytes:
@@ -135,11 +152,14 @@ def _guard_start(line: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Parts:
-    """A finished message as its header block (fields ending in CRLF) and its body."""
+    """A finished message as its header block (fields ending in CRLF) and its body.
+    `relaxed_stable`: DKIM's relaxed canonicalisation changes no line of the body (see
+    `encode_qp_checked`), so the signer need not look for blanks to rewrite."""
 
     head: bytes
     body: bytes
     message_id: str
+    relaxed_stable: bool = False
 
 
 # One boundary for every message: the `email` package's form. It can never occur in a QP
@@ -185,9 +205,12 @@ def assemble(fields: Sequence[tuple[str, object]], text: str, html: str) -> Part
     head = header_block([*fields, ("MIME-Version", "1.0"),
                          ("Content-Type", f'multipart/alternative; boundary="{BOUNDARY}"')])
     delimiter = f"--{BOUNDARY}\r\n".encode("ascii")
+    plain, plain_stable = encode_qp_checked(text)
+    rich, rich_stable = encode_qp_checked(html)
+    # The delimiters and part headers have single blanks only: stable too.
     body = b"".join((
-        delimiter, _PART_HEAD["plain"], encode_qp(text), b"\r\n",
-        delimiter, _PART_HEAD["html"], encode_qp(html), b"\r\n",
+        delimiter, _PART_HEAD["plain"], plain, b"\r\n",
+        delimiter, _PART_HEAD["html"], rich, b"\r\n",
         f"--{BOUNDARY}--\r\n".encode("ascii"),
     ))
-    return Parts(head, body, message_id)
+    return Parts(head, body, message_id, plain_stable and rich_stable)

@@ -290,7 +290,7 @@ def fast_outgoing(
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
         try:
-            data = signer.sign_parts(parts.head, parts.body) + data
+            data = signer.sign_parts(parts.head, parts.body, parts.relaxed_stable) + data
         except (ValueError, TypeError) as exc:
             raise SendError(f"DKIM signing failed: {exc}", fatal=True) from exc
     return Outgoing(digest.id, parts.message_id, delivery.from_address,

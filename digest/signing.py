@@ -97,25 +97,29 @@ _WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
 _SPACES = re.compile(rb"  +")
 
 
-def relaxed_body(body: bytes) -> bytes:
+def relaxed_body(body: bytes, stable: bool = False) -> bytes:
     """The relaxed canonical body (RFC 6376 3.4.4), equal to dkimpy's
-    `Relaxed.canonicalize_body` (a property test holds them together)."""
+    `Relaxed.canonicalize_body` (a property test holds them together). `stable`: the caller
+    knows no line has a tab, two blanks in a row or a blank at its end (see
+    `mime.encode_qp_checked`), so only the trailing empty lines are left to remove."""
     # `in` scans in C: the regular expressions run only where there is something to change.
-    if b" \r\n" in body or b"\t\r\n" in body:
-        body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body:
-        body = _WSP_RUN.sub(b" ", body)
-    elif b"  " in body:
-        body = _SPACES.sub(b" ", body)
+    # (Still, each scan of a 40 KB body for a blank costs ~40 us: `stable` skips them.)
+    if not stable:
+        if b" \r\n" in body or b"\t\r\n" in body:
+            body = _TRAILING_WSP.sub(b"\r\n", body)
+        if b"\t" in body:
+            body = _WSP_RUN.sub(b" ", body)
+        elif b"  " in body:
+            body = _SPACES.sub(b" ", body)
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2
     return body[:end] + b"\r\n" if end else b""
 
 
-def canonical_body_hash(body: bytes) -> bytes:
+def canonical_body_hash(body: bytes, stable: bool = False) -> bytes:
     """base64 of the SHA-256 of the relaxed-canonicalised body (RFC 6376 3.4.4)."""
-    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    return base64.b64encode(hashlib.sha256(relaxed_body(body, stable)).digest())
 
 
 def _select(fields: list[tuple[bytes, bytes]], names: Sequence[bytes]) -> list[tuple[bytes,
@@ -204,10 +208,11 @@ class FastSigner:
                 data[end.end():]
         return self.sign_parts(head, body) + data
 
-    def sign_parts(self, head: bytes, body: bytes) -> bytes:
+    def sign_parts(self, head: bytes, body: bytes, stable: bool = False) -> bytes:
         """The DKIM-Signature header(s) for the message whose header block is `head` (fields
-        ending in CRLF, without the blank line) and whose body is `body`."""
-        body_hash = canonical_body_hash(body)
+        ending in CRLF, without the blank line) and whose body is `body` (`stable`: see
+        `relaxed_body`)."""
+        body_hash = canonical_body_hash(body, stable)
         now = int(self.clock())
         out = b""
         for key in self.keys:

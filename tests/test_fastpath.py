@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from digest import mime, pipeline
 from digest.config import DeliveryConfig, DkimConfig, load_settings
 from digest.errors import ConfigError
-from digest.mime import encode_qp, encode_qp_block, normal_body
+from digest.mime import encode_qp, encode_qp_block, encode_qp_checked, normal_body
 from digest.models import RenderedEmail
 from digest.render import environment
 from digest.send import (
@@ -193,12 +193,25 @@ def test_qp_line_by_line_equals_qp_in_one_piece(text: str) -> None:
         assert encode_qp(text) == encode_qp_block(normal_body(text))
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b c", " ", "  ", "\t", "x" * 74, "\n", "\r\n", "=",
+                                 "\u00e9", ".", "From "]), max_size=30).map("".join))
+def test_a_body_said_stable_is_left_alone_by_relaxed_canonicalisation(text: str) -> None:
+    for _ in range(2):  # encoded, then from the line cache
+        encoded, stable = encode_qp_checked(text)
+        assert encoded == encode_qp(text)
+        if stable:
+            assert relaxed_body(encoded, stable=True) == Relaxed.canonicalize_body(encoded)
+        assert stable == (b"\t" not in encoded and b"  " not in encoded)
+
+
 def test_the_qp_line_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mime, "QP_CACHE_BYTES", 10_000)
     for i in range(200):
         text = f"line {i} " * 20
         assert encode_qp(text) == encode_qp_block(normal_body(text))
-    assert sum(len(k) + len(v) for k, v in mime._qp_lines.items()) <= 10_000
+    cached = [*mime._qp_lines.items(), *mime._qp_unstable.items()]
+    assert sum(len(k) + len(v) for k, v in cached) <= 10_000
 
 
 @settings(max_examples=500, deadline=None)
