@@ -96,11 +96,13 @@ _qp_cached = 0
 
 def _remember(line: bytes) -> tuple[bytes, bool]:
     global _qp_cached
-    encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)[:-1]
+    encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)
     # Most lines need nothing more: short enough (so no soft breaks either), and not starting
     # with what must be escaped.
-    if len(encoded) > MAX_LINE or encoded.startswith((b".", b"From ")):
-        encoded = encode_qp_block(line + b"\n")[:-2]
+    if len(encoded) > MAX_LINE + 1 or encoded.startswith((b".", b"From ")):
+        encoded = _finish(encoded)[:-2]
+    else:
+        encoded = encoded[:-1]
     stable = not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
                   or encoded.endswith(b" "))
     if _qp_cached + 2 * len(line) > QP_CACHE_BYTES:
@@ -115,7 +117,12 @@ def _remember(line: bytes) -> tuple[bytes, bool]:
 def encode_qp_block(data: bytes) -> bytes:
     """`encode_qp` of bytes already normalised by `normal_body`, encoded in one piece (what
     `encode_qp` does line by line; a property test holds the two equal)."""
-    data = b"\n" + binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return _finish(binascii.b2a_qp(data, quotetabs=False, istext=True, header=False))
+
+
+def _finish(encoded: bytes) -> bytes:
+    # b2a_qp's output made safe for SMTP and mbox, lines cut to 76, and CRLF line ends.
+    data = b"\n" + encoded
     # bytes.replace and split run in C; the Python re-wrap only touches the rare long line
     # (b2a_qp can exceed 76 where it encodes a space or tab that ends a line, and an escaped
     # first character adds two).
