@@ -644,9 +644,12 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
         db.conn.rollback()
         raise
     db.conn.commit()
+    # One query for the chunk's rows, without their bytes: the parent reads those itself,
+    # for the rows it claims, so what goes out is what the store holds.
+    rows = store.pending_rows(db, [r for _, r in out if isinstance(r, str)])
     results: list[tuple[int, Outcome | store.Pending]] = []
     for i, result in out:
-        row = store.pending_row(db, result) if isinstance(result, str) else result
+        row = rows.get(result) if isinstance(result, str) else result
         results.append((i, row or Outcome(_entry_id(job.entries[i]), "queued",
                                           detail="stored, not sent yet")))
     return results
