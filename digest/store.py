@@ -694,14 +694,15 @@ def record_failed(db: Database, key: str, reason: str, now: datetime) -> None:
         )
 
 
-def release(db: Database, key: str, error: str, now: datetime) -> None:
+def release(db: Database, key: str, error: str | None, now: datetime) -> None:
     """Put a claimed digest back in the queue without counting the attempt: the batch
     stopped (login, TLS, unreachable server, a stop request) before this message reached
-    a server."""
+    a server. `error` None keeps the last error recorded."""
     with _transaction(db):
         db.execute(
             "update digests set state = 'queued', attempts = max(attempts - 1, 0),"
-            " last_error = ?, updated_at = ? where id = ? and state = 'sending'",
+            " last_error = coalesce(?, last_error), updated_at = ?"
+            " where id = ? and state = 'sending'",
             [error, timestamp(now), key],
         )
 
