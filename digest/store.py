@@ -134,6 +134,11 @@ def open_db(path: Path) -> Database:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(path)
     db.enable_wal()
+    # FULL, stated here rather than left to how SQLite was built (some builds make WAL
+    # default to NORMAL): with NORMAL a commit is not on disk until the next checkpoint, so
+    # a power cut could take back a 'sent' the server already has (a duplicate) or a claim.
+    # The outbox's promises are per commit; delivery batches commits instead of weakening them.
+    db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")
     migrations.apply(db)
