@@ -156,6 +156,7 @@ class Delivery:
         self.limit = self.width + self.claim_batch  # claimed and not yet recorded, at most
         self._claimed = 0  # rows claimed whose result is not recorded yet
         self._fatal = threading.Event()  # set by the connection that met a fatal error
+        self._abort = threading.Event()  # set when the caller's own code failed
         self._pacer = Pacer(rate, self.stop)
         self._todo: SimpleQueue[tuple[store.Pending, Outgoing] | None] = SimpleQueue()
         self._done: SimpleQueue[_Result] = SimpleQueue()
@@ -170,16 +171,21 @@ class Delivery:
     def __enter__(self) -> Delivery:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            # The caller failed: what is on the wire is finished and recorded, the rows still
+            # waiting for a connection are put back rather than sent.
+            self._abort.set()
         self.finish()
 
     @property
     def halted(self) -> bool:
-        """Whether the batch stopped (fatal error or stop requested): offer no more."""
-        return self.report.fatal is not None or self._fatal.is_set() or self.stop.is_set()
+        """Whether the batch stopped (fatal error, stop requested, or the caller failed):
+        offer no more."""
+        return self.report.fatal is not None or self._stopping()
 
     def _stopping(self) -> bool:
-        return self._fatal.is_set() or self.stop.is_set()
+        return self._fatal.is_set() or self._abort.is_set() or self.stop.is_set()
 
     def _connection(self, sender: Sender) -> None:
         # One per connection, for the batch's life: nothing here touches the database.
@@ -308,8 +314,9 @@ class Delivery:
         if not results:
             return []
         now = self.clock()
-        sent = [row for row, result, _ in results if isinstance(result, str)]
-        store.record_sent_many(self.db, [row.id for row in sent], now)
+        sent = [row.id for row, result, _ in results if isinstance(result, str)]
+        if sent:
+            store.record_sent_many(self.db, sent, now)
         delivered = []
         for row, result, _ in results:
             if isinstance(result, str):
@@ -333,8 +340,9 @@ class Delivery:
                 self.on_result(result)
 
     def _why(self) -> str:
-        return "batch stopped" if self._fatal.is_set() or self.report.fatal is not None \
-            else "stopped on request"
+        return "stopped on request" if self.stop.is_set() and not (
+            self._fatal.is_set() or self._abort.is_set() or self.report.fatal is not None
+        ) else "batch stopped"
 
     def _skip(self, row: store.Pending) -> None:
         self._report([Delivered(row, "queued", f"not attempted: {self._why()}")])

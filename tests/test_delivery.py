@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import pytest
 from sqlite_utils import Database
 
 from digest import delivery, store
@@ -148,3 +149,30 @@ def test_the_message_bytes_live_outside_the_digest_row(tmp_path: Path) -> None:
     row = next(store.digests(db))
     assert row["message_size"] == len(b"bytes 0\r\n")
     assert store.message_bytes(db, row["id"]) == b"bytes 0\r\n"
+
+
+def test_when_the_caller_fails_the_rows_waiting_for_a_connection_are_put_back(
+        tmp_path: Path) -> None:
+    path = tmp_path / "digest.db"
+    db = store.open_db(path)
+    rows = queued(db, 10)
+    on_the_wire = threading.Event()
+    box: list[delivery.Delivery] = []
+
+    def answer(n: int) -> None:
+        if n == 1:
+            on_the_wire.set()
+            while not box[0].halted:  # until the caller's error is known
+                threading.Event().wait(0.01)
+
+    sender = Scripted(path, answer)
+    batch = delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY)
+    box.append(batch)
+    with pytest.raises(RuntimeError), batch:
+        batch.offer_many(rows)
+        on_the_wire.wait()
+        raise RuntimeError("a bug in the caller")
+    assert len(sender.handed) == 1
+    after = states(path)
+    assert after["s000"] == ("sent", 1)
+    assert {after[f"s{i:03d}"] for i in range(1, 10)} == {("queued", 0)}
