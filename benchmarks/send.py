@@ -4,9 +4,9 @@
 
 Measures, in the same run, messages per second for: a new SMTP connection per message (the
 naive way), one reused connection, and N parallel connections. Every mode goes through the
-real outbox path (`digest.delivery.deliver`): each message is read from SQLite, claimed,
-sent, and marked sent, one commit per state change. The sink runs in its own process so it
-does not share the GIL with the sender.
+real outbox path (`digest.delivery.deliver`): each message is claimed, read from SQLite,
+sent, and marked sent, claims and answers committed in batches. The sink runs in its own
+process so it does not share the GIL with the sender.
 """
 
 from __future__ import annotations

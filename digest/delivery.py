@@ -1,10 +1,22 @@
-"""The outbox sender: hands queued digests to the transport, one state change per message.
+"""The outbox sender: hands queued digests to the transport, state changes in batches.
 
-Part of the pipeline layer (only `pipeline` calls it). Every message is claimed ('sending')
-before it goes on the wire and marked 'sent' as soon as the server accepted it, never per
-batch, so a crash leaves at most one message per connection in doubt, and that one is sent
-again as the very same bytes. Only the calling thread touches the database; worker threads
-(one per connection) only talk SMTP.
+Part of the pipeline layer (only `pipeline` calls it). Rows are claimed ('sending', one more
+attempt) in batches, in one transaction with the results that came back meanwhile, just
+before they are handed to the connections; a result is recorded only after the server
+answered, and at the latest LINGER later (or as soon as RECORD_BATCH results wait, and
+always when the batch stops or finishes). One commit (one fsync: the store keeps
+synchronous=FULL) thus covers many messages instead of two per message.
+
+What a crash (kill -9) can leave: at most `width + CLAIM_BATCH` rows in 'sending' (the ones
+on the wire and those claimed for the connections' queue), and results of at most LINGER
+or RECORD_BATCH messages accepted but not yet recorded ('sending' too). Every 'sending' row
+is sent again by the next run as the very same bytes (same Message-ID); only those that were
+on the wire or accepted can reach the recipient twice. Nothing is ever 'sent' before the
+server accepted it. Claimed rows that never went on the wire because the batch stopped are
+put back ('queued', the attempt not counted).
+
+Only the calling thread touches the database; one long-lived thread per connection takes
+messages from a queue, talks SMTP, and hands results back through another queue.
 
 Refusals: 5xx fails the digest for good; 4xx, 421 and a dropped connection schedule a retry
 with exponential backoff and jitter until `[smtp] max_attempts`; a login or TLS failure, or a
@@ -18,13 +30,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 
 from sqlite_utils import Database
 
@@ -35,6 +46,9 @@ from .send import Outgoing, Sender
 log = logging.getLogger("digest")
 
 MAX_BACKOFF = timedelta(hours=6)
+CLAIM_BATCH = 32  # rows claimed ahead of the connections (the crash bound, with `width`)
+RECORD_BATCH = 64  # results recorded together at most...
+LINGER = 0.05  # ...and the longest (seconds) an accepted message waits to be recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +76,19 @@ class Pacer:
         self.stop = stop or threading.Event()
         self.monotonic = monotonic
         self._next = 0.0
+        self._lock = threading.Lock()
 
     def wait(self) -> None:
-        """Block until the next message may go (returns early when stopping)."""
+        """Block until the next message may go (returns early when stopping). Safe to call
+        from several threads: they take the slots in turn."""
         if not self.interval:
             return
-        now = self.monotonic()
-        if self._next > now:
-            self.stop.wait(self._next - now)
+        with self._lock:
             now = self.monotonic()
-        self._next = max(self._next, now) + self.interval
+            if self._next > now:
+                self.stop.wait(self._next - now)
+                now = self.monotonic()
+            self._next = max(self._next, now) + self.interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +108,7 @@ class DeliveryReport:
     fatal: str | None = None
 
 
-def _outgoing(db: Database, row: store.Pending) -> Outgoing:
-    # html is left empty: only the file transport wants it, and takes it from the bytes.
-    data = store.message_bytes(db, row.id)
-    return Outgoing(row.id, row.message_id, row.envelope_from, row.recipient, data, "")
-
-
-def _transmit(pool: SimpleQueue[Sender], message: Outgoing) -> str | SendError:
-    sender = pool.get()
+def _transmit(sender: Sender, message: Outgoing) -> str | SendError:
     try:
         return sender.send(message)
     except SendError as exc:
@@ -106,17 +116,21 @@ def _transmit(pool: SimpleQueue[Sender], message: Outgoing) -> str | SendError:
     except Exception as exc:  # a bug or an odd transport error: retry rather than crash
         log.exception("unexpected error sending %s", message.message_id)
         return SendError(f"unexpected error: {exc!r}")
-    finally:
-        pool.put(sender)
+
+
+# What a connection thread hands back: the row, the server's answer (None: not attempted,
+# the batch stopped first) and when it came (time.monotonic).
+_Result = tuple[store.Pending, str | SendError | None, float]
 
 
 class Delivery:
     """A batch of outbox rows on their way out over `senders` (one thread each).
 
-    `offer` sends one row (waiting for a free connection and the rate limit first) and
-    returns at once; results are recorded by the calling thread as they come back, each the
-    moment it is known. Use as a context manager: leaving it waits for the messages on the
-    wire and records them.
+    `offer_many` claims rows in batches (waiting for room in the connections' queue first)
+    and returns once they are queued; results are recorded by the calling thread as they
+    come back, in batches, each only after the server answered. Call `poll` now and then
+    while doing other work, so that what came back is recorded within LINGER. Use as a
+    context manager: leaving it waits for the queued messages, and records them.
     """
 
     def __init__(
@@ -129,6 +143,7 @@ class Delivery:
         rate: float = 0.0,
         stop: threading.Event | None = None,
         on_result: Callable[[Delivered], None] | None = None,
+        claim_batch: int = CLAIM_BATCH,
     ) -> None:
         self.db = db
         self.width = len(senders)
@@ -137,89 +152,200 @@ class Delivery:
         self.stop = stop or threading.Event()
         self.on_result = on_result
         self.report = DeliveryReport()
-        self._pool: SimpleQueue[Sender] = SimpleQueue()
-        for sender in senders:
-            self._pool.put(sender)
+        self.claim_batch = max(1, claim_batch)
+        self.limit = self.width + self.claim_batch  # claimed and not yet recorded, at most
+        self._claimed = 0  # rows claimed whose result is not recorded yet
+        self._fatal = threading.Event()  # set by the connection that met a fatal error
+        self._abort = threading.Event()  # set when the caller's own code failed
         self._pacer = Pacer(rate, self.stop)
-        self._inflight: dict[Future[str | SendError], store.Pending] = {}
-        self._executor = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="smtp")
+        self._todo: SimpleQueue[tuple[store.Pending, Outgoing] | None] = SimpleQueue()
+        self._done: SimpleQueue[_Result] = SimpleQueue()
+        self._results: list[_Result] = []  # came back, not recorded yet
+        self._threads = [threading.Thread(target=self._connection, args=(sender,),
+                                          name=f"smtp-{i}", daemon=True)
+                         for i, sender in enumerate(senders)]
+        for thread in self._threads:
+            thread.start()
+        self._finished = False
 
     def __enter__(self) -> Delivery:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            # The caller failed: what is on the wire is finished and recorded, the rows still
+            # waiting for a connection are put back rather than sent.
+            self._abort.set()
         self.finish()
 
     @property
     def halted(self) -> bool:
-        """Whether the batch stopped (fatal error or stop requested): offer no more."""
-        return self.report.fatal is not None or self.stop.is_set()
+        """Whether the batch stopped (fatal error, stop requested, or the caller failed):
+        offer no more."""
+        return self.report.fatal is not None or self._stopping()
+
+    def _stopping(self) -> bool:
+        return self._fatal.is_set() or self._abort.is_set() or self.stop.is_set()
+
+    def _connection(self, sender: Sender) -> None:
+        # One per connection, for the batch's life: nothing here touches the database.
+        while (item := self._todo.get()) is not None:
+            row, message = item
+            result: str | SendError | None = None
+            if not self._stopping():
+                self._pacer.wait()
+                if not self._stopping():
+                    result = _transmit(sender, message)
+                    if isinstance(result, SendError) and result.fatal:
+                        self._fatal.set()  # the other connections take nothing more
+            self._done.put((row, result, time.monotonic()))
 
     def wait_for_connection(self) -> None:
         """Block until a connection is free, recording what comes back meanwhile (so a
         fatal error is known before the caller prepares another message)."""
-        while len(self._inflight) >= self.width:
-            self._settle(wait(self._inflight, return_when=FIRST_COMPLETED).done)
+        while self._claimed - len(self._results) >= self.width:
+            self._collect(block=True)
+        self.poll()
 
     def offer(self, row: store.Pending) -> bool:
         """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
-        self._wait_free()
-        if not self.halted:
-            self._pacer.wait()
-        # One transaction (one commit, the cost that bounds a batch on one core): record
-        # what came back meanwhile, each result only after the server's answer, then claim
-        # this row just before it goes on the wire, unless a result stopped the batch.
-        with self.db.atomic():
-            self._settle({f for f in self._inflight if f.done()})
-            go = not self.halted
-            if go:
-                store.claim(self.db, row.id, self.clock())
-        if not go:
-            self._skip(row)
-            return False
-        message = _outgoing(self.db, row)
-        self._inflight[self._executor.submit(_transmit, self._pool, message)] = row
-        return True
+        return self.offer_many([row]) == 1
 
-    def _wait_free(self) -> None:
-        # Until a connection is free; finished sends count as free and are recorded by the
-        # caller, in its transaction.
-        while True:
-            busy = [f for f in self._inflight if not f.done()]
-            if len(busy) < self.width:
-                return
-            wait(busy, return_when=FIRST_COMPLETED)
+    def offer_many(self, rows: Sequence[store.Pending]) -> int:
+        """Claim `rows` (in batches, as room frees up) and queue them for the connections;
+        returns how many were queued. Those left when the batch stops stay queued."""
+        done = 0
+        while done < len(rows) and not self.halted:
+            want = min(len(rows) - done, max(1, self.claim_batch // 2))
+            while self._room() < want and not self.halted:
+                self._collect(block=True)
+                self._record_if_due()
+            if self.halted:
+                break
+            batch = list(rows[done:done + self._room()])
+            if not self._claim(batch):
+                break
+            done += len(batch)
+        for row in rows[done:]:
+            self._skip(row)
+        return done
+
+    def _room(self) -> int:
+        # Results that came back are recorded in the claim's own transaction: their rows
+        # leave 'sending' as the new ones enter it, so 'sending' never holds more than
+        # `limit` rows.
+        return self.limit - (self._claimed - len(self._results))
+
+    def poll(self) -> None:
+        """Record what came back if it has waited long enough (LINGER) or is a full batch."""
+        self._collect(block=False)
+        self._record_if_due()
 
     def finish(self) -> DeliveryReport:
-        """Wait for the messages on the wire, record them, and return the report."""
-        while self._inflight:
-            self._settle(wait(self._inflight, return_when=FIRST_COMPLETED).done)
-        self._executor.shutdown()
+        """Wait for the queued messages, record them, and return the report."""
+        if self._finished:
+            return self.report
+        self._finished = True
+        for _ in self._threads:
+            self._todo.put(None)
+        while self._claimed > len(self._results):
+            self._collect(block=True)
+            self._record_if_due()
+        for thread in self._threads:
+            thread.join()
+        self._record()
         return self.report
 
-    def _skip(self, row: store.Pending) -> None:
-        why = "batch stopped" if self.report.fatal is not None else "stopped on request"
-        result = Delivered(row, "queued", f"not attempted: {why}")
-        self.report.results.append(result)
-        if self.on_result:
-            self.on_result(result)
+    def _collect(self, block: bool) -> None:
+        # Move what the connections handed back into _results (waiting for one if `block`,
+        # but never past the moment the oldest waiting result is due to be recorded).
+        if block and self._claimed > len(self._results):
+            timeout = LINGER
+            if self._results:
+                timeout = max(0.0, self._results[0][2] + LINGER - time.monotonic())
+            try:
+                self._results.append(self._done.get(timeout=timeout))
+            except Empty:
+                return
+        while True:
+            try:
+                self._results.append(self._done.get_nowait())
+            except Empty:
+                return
 
-    def _settle(self, done: set[Future[str | SendError]]) -> None:
-        # The results that came back together are recorded in one transaction: each only
-        # after the server answered, so batching never marks sent what was not accepted.
-        if not done:
-            return
-        results = []
+    def _record_if_due(self) -> None:
+        results = self._results
+        if results and (len(results) >= RECORD_BATCH or self._stopping()
+                        or results[0][2] + LINGER <= time.monotonic()):
+            self._record()
+
+    def _claim(self, rows: list[store.Pending]) -> bool:
+        # One transaction (one commit, the cost that bounds a batch on one core): record
+        # what came back meanwhile, each result only after the server's answer, then claim
+        # these rows just before they are queued, unless a result stopped the batch.
         with self.db.atomic():
-            for fut in done:
-                row = self._inflight.pop(fut)
-                results.append(_record(self.db, row, fut.result(), self.clock, self.policy))
-        for result in results:
-            if result.status == "queued" and self.report.fatal is None:
-                self.report.fatal = result.detail
+            delivered = self._record_in_transaction()
+            go = not self.halted
+            if go:
+                store.claim_many(self.db, [row.id for row in rows], self.clock())
+        self._report(delivered)
+        if not go:
+            return False
+        self._claimed += len(rows)
+        data = store.messages(self.db, [row.id for row in rows])
+        for row in rows:
+            # html is left empty: only the file transport wants it, and takes it from
+            # the bytes.
+            message = Outgoing(row.id, row.message_id, row.envelope_from, row.recipient,
+                               data[row.id], "")
+            self._todo.put((row, message))
+        return True
+
+    def _record(self) -> None:
+        if not self._results:
+            return
+        with self.db.atomic():
+            delivered = self._record_in_transaction()
+        self._report(delivered)
+
+    def _record_in_transaction(self) -> list[Delivered]:
+        results, self._results = self._results, []
+        self._claimed -= len(results)
+        if not results:
+            return []
+        now = self.clock()
+        sent = [row.id for row, result, _ in results if isinstance(result, str)]
+        if sent:
+            store.record_sent_many(self.db, sent, now)
+        delivered = []
+        for row, result, _ in results:
+            if isinstance(result, str):
+                log.info("subscriber %s message_id=%s outcome=sent via=%s attempt=%d",
+                         row.subscriber_id, row.message_id, result, row.attempts + 1)
+                delivered.append(Delivered(row, "sent", result))
+            elif result is None:
+                store.release(self.db, row.id, None, now)
+                delivered.append(Delivered(row, "queued", f"not attempted: {self._why()}"))
+            else:
+                delivered.append(_record(self.db, row, result, now, self.policy))
+                if result.fatal and self.report.fatal is None:
+                    self.report.fatal = delivered[-1].detail
+        return delivered
+
+    def _report(self, delivered: Iterable[Delivered]) -> None:
+        # After the commit: whoever hears of a result hears of a recorded one.
+        for result in delivered:
             self.report.results.append(result)
             if self.on_result:
                 self.on_result(result)
+
+    def _why(self) -> str:
+        return "stopped on request" if self.stop.is_set() and not (
+            self._fatal.is_set() or self._abort.is_set() or self.report.fatal is not None
+        ) else "batch stopped"
+
+    def _skip(self, row: store.Pending) -> None:
+        self._report([Delivered(row, "queued", f"not attempted: {self._why()}")])
 
 
 def deliver(
@@ -233,31 +359,24 @@ def deliver(
     stop: threading.Event | None = None,
     on_result: Callable[[Delivered], None] | None = None,
 ) -> DeliveryReport:
-    """Send `rows` over `senders` and record each outcome as it happens.
+    """Send `rows` over `senders` and record each outcome once the server answered.
 
     Stops when `stop` is set or a fatal error comes back; messages already on the wire are
     finished and recorded. Rows not attempted stay queued.
     """
     with Delivery(db, senders, clock, policy=policy, rate=rate, stop=stop,
                   on_result=on_result) as batch:
-        for row in rows:
-            batch.offer(row)
+        batch.offer_many(rows)
     if batch.stop.is_set() and batch.report.fatal is None:
         log.warning("stopping: %d message(s) left queued for the next run",
                     sum(1 for r in batch.report.results if r.status == "queued"))
     return batch.report
 
 
-def _record(db: Database, row: store.Pending, result: str | SendError,
-            clock: Callable[[], datetime], policy: RetryPolicy) -> Delivered:
-    now = clock()
+def _record(db: Database, row: store.Pending, exc: SendError, now: datetime,
+            policy: RetryPolicy) -> Delivered:
     attempts = row.attempts + 1
     who = f"subscriber {row.subscriber_id} message_id={row.message_id}"
-    if isinstance(result, str):
-        store.record_sent(db, row.id, now)
-        log.info("%s outcome=sent via=%s attempt=%d", who, result, attempts)
-        return Delivered(row, "sent", result)
-    exc = result
     if exc.fatal:
         store.release(db, row.id, exc.reason, now)
         detail = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")

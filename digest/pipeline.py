@@ -248,6 +248,7 @@ class Outcome:
     status: str
     items: int = 0
     detail: str = ""
+    day: date | None = None  # the digest's local date, when it is not today's
 
     @property
     def is_failure(self) -> bool:
@@ -375,9 +376,12 @@ def send(
     def on_result(done: delivery.Delivered) -> None:
         row = done.pending
         detail = done.detail
+        day = None
         if row.local_date != today.get(row.subscriber_id):
             detail = f"digest for {row.local_date}: {detail}"
-        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail))
+            day = row.local_date
+        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail,
+                                       day))
 
     with delivery.send_lock(settings.store.path):
         senders = [sender] if sender is not None else make_senders(settings)
@@ -390,14 +394,15 @@ def send(
                 rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
                 stop=stop, on_result=on_result,
             ) as outbox:
-                offered = set()
+                waiting = []
                 for row in store.pending(db, today, now if due_only else None):
                     if store.is_unsubscribed(db, row.subscriber_id):
                         # Queued before they unsubscribed: it must not go out any more.
                         store.record_failed(db, row.id, "unsubscribed before it was sent", now)
                         continue
-                    outbox.offer(row)
-                    offered.add(row.id)
+                    waiting.append(row)
+                outbox.offer_many(waiting)
+                offered = {row.id for row in waiting}
                 progress.start(len(entries), "sending")
                 if pool is not None:
                     pool.run(db, today, offered, outbox, report, stop, progress)
@@ -417,7 +422,10 @@ def send(
     report.fatal = outbox.report.fatal or (pool.broken if pool is not None else None)
     report.stopped = stop.is_set()
     order = {sid: i for i, sid in enumerate(today)}
-    report.outcomes.sort(key=lambda o: order.get(o.subscriber_id, len(order)))
+    # By subscriber, then day: an older digest from the outbox before today's, however the
+    # results came back.
+    report.outcomes.sort(key=lambda o: (order.get(o.subscriber_id, len(order)),
+                                        o.day or today.get(o.subscriber_id) or date.max))
     store.record_run(
         db, "send", now, clock(),
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
@@ -650,9 +658,12 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
         db.conn.rollback()
         raise
     db.conn.commit()
+    # One query for the chunk's rows, without their bytes: the parent reads those itself,
+    # for the rows it claims, so what goes out is what the store holds.
+    rows = store.pending_rows(db, [r for _, r in out if isinstance(r, str)])
     results: list[tuple[int, Outcome | store.Pending]] = []
     for i, result in out:
-        row = store.pending_row(db, result) if isinstance(result, str) else result
+        row = rows.get(result) if isinstance(result, str) else result
         results.append((i, row or Outcome(_entry_id(job.entries[i]), "queued",
                                           detail="stored, not sent yet")))
     return results
@@ -714,7 +725,11 @@ class _Pool:
                 chunks.popleft()
             if not inflight:
                 break
-            for future in wait(inflight, return_when=FIRST_COMPLETED).done:
+            # Not longer than the outbox's linger: what the connections hand back meanwhile
+            # is recorded on time.
+            finished = wait(inflight, timeout=delivery.LINGER, return_when=FIRST_COMPLETED).done
+            outbox.poll()
+            for future in finished:
                 chunk = inflight.pop(future)
                 try:
                     results = future.result()
@@ -723,11 +738,11 @@ class _Pool:
                     log.error("%s; %d digest(s) unfinished", self.broken, len(chunk))
                     results = [(i, Outcome(_entry_id(self.entries[i]), "failed",
                                            detail=UNFINISHED)) for i in chunk]
+                # The chunk's queued rows are claimed together (one commit for them all).
+                outbox.offer_many([r for _, r in results if isinstance(r, store.Pending)])
                 for i, result in results:
                     if isinstance(result, Outcome):
                         report.outcomes.append(result)
-                    else:
-                        outbox.offer(result)
                     progress.advance(_entry_id(self.entries[i]))
         why = ("not attempted: batch stopped" if outbox.report.fatal is not None else
                UNFINISHED if self.broken else "")

@@ -7,7 +7,9 @@ Timestamps are stored as UTC ISO-8601 strings of one fixed width, so they sort a
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -132,8 +134,12 @@ def open_db(path: Path) -> Database:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(path)
     db.enable_wal()
-    # Every commit reaches the disk before it returns (the default, said out loud): the
-    # outbox's 'sending' and 'sent' marks must survive a power cut, not just a crash.
+    # FULL, stated here rather than left to how SQLite was built (some builds make WAL
+    # default to NORMAL): with NORMAL a commit is not on disk until the next checkpoint, so
+    # a power cut could take back a 'sent' the server already has (a duplicate) or a claim.
+    # The outbox's promises are per commit; delivery batches commits instead of weakening them.
+    # (A `send --workers` worker alone commits its queued messages with NORMAL: see
+    # pipeline._worker_init for why that is safe.)
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")
@@ -356,7 +362,7 @@ def count_listings(db: Database) -> int:
 # this one condition, so the index and the reference matcher see the same candidates.
 GIVEN = (
     "(d.state = 'sent' or (d.state in ('queued', 'sending', 'retry')"
-    " and d.message is not null))"
+    " and d.message_size is not null))"
 )
 
 
@@ -461,6 +467,26 @@ def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime
 # or too many attempts to failed, with the reason in last_error. The message bytes are stored
 # when the row is queued and never rebuilt, so a resend is byte-identical (same Message-ID).
 
+@migrations()
+def m09_outbox_messages(db: Database) -> None:
+    """The message bytes move out of the digests table into outbox_messages.
+
+    SQLite rewrites a whole row on every update, overflow pages included, once its size
+    changes ('queued' -> 'sending' does): with ~40 KB of bytes in the row, each state change
+    wrote ~80 KB to the WAL. The digests row keeps the size of the bytes (message_size, null
+    when none are stored), which is what "its final bytes wait in the outbox" tests.
+    """
+    db.execute("create table outbox_messages (id text primary key, message blob not null)")
+    db.table("digests").add_column("message_size", int)
+    db.execute("insert into outbox_messages (id, message)"
+               " select id, message from digests where message is not null")
+    db.execute("update digests set message_size = length(message) where message is not null")
+    try:
+        db.execute("alter table digests drop column message")
+    except sqlite3.OperationalError:  # SQLite before 3.35: the column stays, empty
+        db.execute("update digests set message = null")
+
+
 OUTBOX_STATES = ("queued", "sending", "retry", "sent", "failed")
 PENDING_STATES = ("queued", "sending", "retry")
 
@@ -501,7 +527,8 @@ def enqueue(
     """
     with db.atomic():
         state = db.execute(
-            "select state, message is not null from digests where id = ?", [key]).fetchone()
+            "select state, message_size is not null from digests where id = ?",
+            [key]).fetchone()
         if state is not None and (state[0] == "sent" or (state[0] in PENDING_STATES
                                                           and state[1])):
             raise ValueError(f"digest {key} is already {state[0]}")
@@ -511,7 +538,7 @@ def enqueue(
         stamp = timestamp(now)
         values = {"state": "queued", "message_id": message_id, "subject": subject,
                   "item_count": len(items), "attempts": 0, "last_error": None,
-                  "next_attempt_at": None, "sent_at": None, "message": data,
+                  "next_attempt_at": None, "sent_at": None, "message_size": len(data),
                   "envelope_from": envelope_from, "recipient": recipient,
                   "updated_at": stamp}
         if state is None:
@@ -523,11 +550,18 @@ def enqueue(
             db.execute(f"update digests set {', '.join(f'{k} = :{k}' for k in values)}"
                        " where id = :id", values | {"id": key})
             db.execute("delete from digest_items where digest_id = ?", [key])
+        db.execute("insert or replace into outbox_messages (id, message) values (?, ?)",
+                   [key, data])
         db.conn.executemany(
             "insert into digest_items (digest_id, listing_id, position, topic, score)"
             " values (?, ?, ?, ?, ?)",
             [(key, item.listing_id, i, item.topic, item.score) for i, item in enumerate(items)],
         )
+
+
+# The columns of a Pending row: never the message bytes, which live in outbox_messages.
+_PENDING_COLUMNS = ("id, subscriber_id, local_date, state, message_id, envelope_from,"
+                    " recipient, attempts, next_attempt_at, item_count")
 
 
 def _pending(row: dict[str, Any]) -> Pending:
@@ -551,11 +585,10 @@ def pending(
     if not ids:
         return []
     rows = db.query(
-        """
-        select id, subscriber_id, local_date, state, message_id, envelope_from, recipient,
-               attempts, next_attempt_at, item_count
+        f"""
+        select {_PENDING_COLUMNS}
         from digests
-        where state in ('queued', 'sending', 'retry') and message is not null
+        where state in ('queued', 'sending', 'retry') and message_size is not null
           and subscriber_id in (select value from json_each(:ids))
           and (:due is null or state != 'retry' or next_attempt_at <= :due)
         order by local_date, subscriber_id
@@ -567,48 +600,90 @@ def pending(
 
 def pending_row(db: Database, key: str) -> Pending | None:
     """One digest, if it waits in the outbox."""
-    row = next(iter(db.query(
-        "select * from digests where id = ? and state in ('queued', 'sending', 'retry')"
-        " and message is not null", [key])), None)
-    return _pending(row) if row else None
+    return pending_rows(db, [key]).get(key)
+
+
+def pending_rows(db: Database, keys: Iterable[str]) -> dict[str, Pending]:
+    """Those of these digests that wait in the outbox, by id (one query for many)."""
+    rows = db.query(
+        f"select {_PENDING_COLUMNS} from digests"
+        " where id in (select value from json_each(?))"
+        " and state in ('queued', 'sending', 'retry') and message_size is not null",
+        [json.dumps(list(keys))],
+    )
+    return {r["id"]: _pending(r) for r in rows}
 
 
 def message_bytes(db: Database, key: str) -> bytes:
     """The stored bytes of a queued digest: exactly what is (re)sent."""
-    row = db.execute("select message from digests where id = ?", [key]).fetchone()
-    if row is None or row[0] is None:
+    data = messages(db, [key]).get(key)
+    if data is None:
         raise KeyError(key)
-    return bytes(row[0])
+    return data
+
+
+def messages(db: Database, keys: Iterable[str]) -> dict[str, bytes]:
+    """The stored bytes of these digests, by id (one query for a whole batch)."""
+    cursor = db.execute(
+        "select id, message from outbox_messages where id in (select value from json_each(?))",
+        [json.dumps(list(keys))],
+    )
+    return {key: bytes(data) for key, data in cursor}
+
+
+@contextmanager
+def _transaction(db: Database) -> Iterator[None]:
+    # One statement is atomic by itself: inside the caller's transaction it needs no
+    # savepoint of its own (sqlite-utils' nested atomic() costs a getrandom() per call).
+    if db.conn.in_transaction:
+        yield
+    else:
+        with db.atomic():
+            yield
 
 
 def claim(db: Database, key: str, now: datetime) -> None:
-    """Mark a pending digest 'sending' (one more attempt) just before it goes on the wire.
+    """Mark a pending digest 'sending' (one more attempt) just before it goes on the wire."""
+    claim_many(db, [key], now)
 
-    A row found in 'sending' later was on the wire when a process died: it is sent again,
-    as the same bytes, since the server may or may not have taken it.
+
+def claim_many(db: Database, keys: Iterable[str], now: datetime) -> None:
+    """Mark pending digests 'sending' (one more attempt each) just before they are handed to
+    the connections: call it in the same transaction as the results that came back.
+
+    A row found in 'sending' later was claimed when a process died: it is sent again, as the
+    same bytes, since the server may or may not have taken it. Rows claimed but never
+    attempted in this run are put back with `release`.
     """
-    with db.atomic():
+    with _transaction(db):
         db.execute(
             "update digests set state = 'sending', attempts = attempts + 1, updated_at = ?"
-            " where id = ? and state in ('queued', 'sending', 'retry')",
-            [timestamp(now), key],
+            " where id in (select value from json_each(?))"
+            " and state in ('queued', 'sending', 'retry')",
+            [timestamp(now), json.dumps(list(keys))],
         )
 
 
 def record_sent(db: Database, key: str, now: datetime) -> None:
-    """Record that the server accepted the digest. Called for each message, at once."""
-    with db.atomic():
+    """Record that the server accepted the digest."""
+    record_sent_many(db, [key], now)
+
+
+def record_sent_many(db: Database, keys: Iterable[str], now: datetime) -> None:
+    """Record that the server accepted these digests (each only once it did)."""
+    stamp = timestamp(now)
+    with _transaction(db):
         db.execute(
             "update digests set state = 'sent', sent_at = ?, updated_at = ?,"
-            " next_attempt_at = null where id = ?",
-            [timestamp(now), timestamp(now), key],
+            " next_attempt_at = null where id in (select value from json_each(?))",
+            [stamp, stamp, json.dumps(list(keys))],
         )
 
 
 def record_retry(db: Database, key: str, error: str, next_attempt: datetime,
                now: datetime) -> None:
     """Record a refusal that may pass; the digest is tried again from `next_attempt`."""
-    with db.atomic():
+    with _transaction(db):
         db.execute(
             "update digests set state = 'retry', last_error = ?, next_attempt_at = ?,"
             " updated_at = ? where id = ?",
@@ -618,7 +693,7 @@ def record_retry(db: Database, key: str, error: str, next_attempt: datetime,
 
 def record_failed(db: Database, key: str, reason: str, now: datetime) -> None:
     """Record a permanent failure; its listings become candidates again."""
-    with db.atomic():
+    with _transaction(db):
         db.execute(
             "update digests set state = 'failed', last_error = ?, next_attempt_at = null,"
             " updated_at = ? where id = ?",
@@ -626,13 +701,15 @@ def record_failed(db: Database, key: str, reason: str, now: datetime) -> None:
         )
 
 
-def release(db: Database, key: str, error: str, now: datetime) -> None:
+def release(db: Database, key: str, error: str | None, now: datetime) -> None:
     """Put a claimed digest back in the queue without counting the attempt: the batch
-    stopped (login, TLS, unreachable server) before this message reached a server."""
-    with db.atomic():
+    stopped (login, TLS, unreachable server, a stop request) before this message reached
+    a server. `error` None keeps the last error recorded."""
+    with _transaction(db):
         db.execute(
             "update digests set state = 'queued', attempts = max(attempts - 1, 0),"
-            " last_error = ?, updated_at = ? where id = ? and state = 'sending'",
+            " last_error = coalesce(?, last_error), updated_at = ?"
+            " where id = ? and state = 'sending'",
             [error, timestamp(now), key],
         )
 
@@ -647,7 +724,7 @@ def requeue_failed(
     ids = list(subscriber_ids) if subscriber_ids is not None else None
     with db.atomic():
         rows = list(db.query(
-            "select id, message is not null as stored from digests where state = 'failed'"
+            "select id, message_size is not null as stored from digests where state = 'failed'"
             " and (:ids is null or subscriber_id in (select value from json_each(:ids)))"
             " order by local_date, subscriber_id",
             {"ids": json.dumps(ids) if ids is not None else None},
@@ -660,6 +737,7 @@ def requeue_failed(
                 )
             else:
                 db.execute("delete from digest_items where digest_id = ?", [row["id"]])
+                db.execute("delete from outbox_messages where id = ?", [row["id"]])
                 db.execute("delete from digests where id = ?", [row["id"]])
     return [r["id"] for r in rows]
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import smtplib
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +12,14 @@ from digest.config import DeliveryConfig, SmtpConfig
 from digest.errors import SendError
 from digest.match import build_digest, document
 from digest.models import Digest, Listing, RenderedEmail, Subscriber, Topic
-from digest.send import FileSender, SmtpSender, build_message, clean_header, outgoing
+from digest.send import (
+    FileSender,
+    Outgoing,
+    SmtpSender,
+    build_message,
+    clean_header,
+    outgoing,
+)
 from tests.conftest import NOW, PASSWORD, USER, SmtpServer
 
 DELIVERY = DeliveryConfig.model_validate({"from": "Paper Digest <digest@example.org>"})
@@ -183,3 +192,50 @@ def test_implicit_tls_with_auth(smtp_ssl_server: SmtpServer,
     with pytest.raises(SendError, match="TLS with SMTP server") as info:
         SmtpSender(bad).send(_out(digest_for()))  # type: ignore[arg-type]
     assert info.value.fatal
+
+
+def _raw(data: bytes, email: str = "ada@example.org") -> Outgoing:
+    return Outgoing(digest_id="k", message_id="<m@example.org>", envelope_from="digest@example.org",
+                    recipient=email, data=data, html="")
+
+
+def _count_sendmail(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    # A spy, not a stand-in: smtplib's sendmail still runs; only its uses are noted.
+    calls: list[bytes] = []
+    original = smtplib.SMTP.sendmail
+
+    def spy(self: smtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args[2])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(smtplib.SMTP, "sendmail", spy)
+    return calls
+
+
+def test_stored_bytes_go_out_unchanged_without_sendmails_pass(
+        smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = message(digest_for())
+    assert b"\n." not in data and not data.startswith(b".")  # what the fast path relies on
+    calls = _count_sendmail(monkeypatch)
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender:
+        sender.send(_raw(data))
+        sender.send(_raw(data.removesuffix(b"\r\n"), "b@example.org"))  # no final CRLF
+    assert calls == []
+    first, second = smtp_server.sink.received
+    assert first.data == data and first.rcpt_tos == ["ada@example.org"]
+    assert second.data == data  # the missing line end is added, as sendmail does
+
+
+@pytest.mark.parametrize("data", [
+    b"Subject: dots\r\n\r\nfirst\r\n.second starts with a dot\r\n..two\r\n.\r\nend\r\n",
+    b".Leading: dot\r\n\r\nbody\r\n",
+])
+def test_a_line_starting_with_a_dot_goes_through_sendmail(
+        smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    calls = _count_sendmail(monkeypatch)
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender:
+        sender.send(_raw(data))
+    assert calls == [data]
+    assert [r.data for r in smtp_server.sink.received] == [data]  # dot-stuffed and unstuffed

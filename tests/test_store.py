@@ -5,6 +5,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
 
 from digest import store
 from digest.match import build_digest, document
@@ -95,3 +96,20 @@ def test_timestamps_sort_as_text() -> None:
     a = store.timestamp(dt.datetime(2026, 1, 1, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))))
     b = store.timestamp(dt.datetime(2026, 1, 2, 4, 30, tzinfo=dt.UTC))
     assert a < b and len(a) == len(b)
+
+
+def test_m09_moves_the_stored_bytes_out_of_the_digests_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = Database(path)
+    store.migrations.apply(old, stop_before="m09_outbox_messages")
+    old.execute("insert into digests (id, subscriber_id, local_date, state, attempts, message,"
+                " message_id, created_at, updated_at) values"
+                " ('a/2026-11-25', 'a', '2026-11-25', 'sending', 1, x'0d0a', '<m@x>', 't', 't'),"
+                " ('b/2026-11-25', 'b', '2026-11-25', 'sending', 1, null, '<n@x>', 't', 't')")
+    old.conn.commit()
+    old.close()
+    db = store.open_db(path)
+    assert store.message_bytes(db, "a/2026-11-25") == b"\r\n"
+    # A pending row without bytes (left by an older version) is still not pending.
+    assert [p.id for p in store.pending(db, ["a", "b"])] == ["a/2026-11-25"]
+    assert "message" not in {c.name for c in db.table("digests").columns}
