@@ -716,7 +716,10 @@ def subscriber_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ConfigError(folder, None, "subscribers folder not found",
                           hint="set [subscribers] dir in digest.toml")
-    return sorted(p for p in folder.glob("*.toml") if not p.name.startswith("."))
+    # Sorted by name (the same order as by path, all being in one folder): comparing Path
+    # objects costs a second at 100,000 files.
+    return sorted((p for p in folder.glob("*.toml") if not p.name.startswith(".")),
+                  key=lambda p: p.name)
 
 
 def iter_subscribers(
