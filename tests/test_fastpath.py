@@ -29,13 +29,15 @@ from digest.send import (
     DkimSigner,
     build_message,
     fast_outgoing,
+    header_fields,
     load_fast_signer,
+    message_headers,
     outgoing,
 )
 from digest.signing import FastSigner, load_key, public_record, relaxed_body
 
 from .conftest import Project
-from .samples import HOSTILE_TITLES, NOW, digest
+from .samples import HOSTILE_TITLES, NOW, digest, subscriber
 
 LONG = "word " * 60 + "end"
 TRICKY_TEXTS = {
@@ -301,3 +303,22 @@ def test_ed25519_key_paths_are_relative_to_the_config(
     data = pipeline.compose(settings, digest(2), environment()).outgoing.data
     all_verify(data, keys, 2)
     assert b"a=ed25519-sha256" in data.split(b"\r\n\r\n")[0].replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize("name", ["Ada Lovelace", "Zoë O'Brien-Łukasiewicz", 'Quote " and, comma',
+                                  "x" * 90])
+def test_the_header_block_is_what_emailmessage_folds(name: str) -> None:
+    # Field by field as EmailMessage would fold them; the second time the shared fields
+    # (From, Date, List-Id, MIME-Version, Content-Type) come from the per-process cache.
+    d = digest(2, sub=subscriber(name=name))
+    delivery = DeliveryConfig(from_="Paper Digest Ünïcode <digest@example.org>")
+    rendered = RenderedEmail("2 new papers: Efficient inference", "<p>h</p>", "t")
+    when = NOW.astimezone(dt.timezone(dt.timedelta(hours=-5)))
+    msg = message_headers(rendered, d, delivery, when, "https://x.org/u?t=1")
+    msg["MIME-Version"] = "1.0"
+    msg["Content-Type"] = f'multipart/alternative; boundary="{mime.BOUNDARY}"'
+    expected = b"".join(mime.STRICT.fold_binary(n, v) for n, v in msg.items())
+    for _ in range(2):
+        parts = mime.assemble(header_fields(rendered, d, delivery, when, "https://x.org/u?t=1"),
+                              rendered.text, rendered.html)
+        assert parts.head == expected

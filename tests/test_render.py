@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from digest import render as rendering
 from digest.match import build_digest, document
 from digest.models import Digest, Listing, Subscriber, Topic
 from digest.render import Links, environment, excerpt, render, subject_for, wrap_text
@@ -117,3 +118,14 @@ def test_the_unsubscribe_line_says_how_it_works() -> None:
     assert "one click" not in by_mail.text + by_mail.html
     web = render(digest, Links("https://digest.example.org/unsubscribe?token=t"), environment())
     assert "(one click, no login, at digest.example.org)" in web.html
+
+
+def test_a_long_line_wraps_the_same_from_the_cache() -> None:
+    line = " ".join(f"word{i}" for i in range(60)) + " <https://example.org/" + "p" * 90 + ">"
+    rendering._wrapped.clear()
+    first = wrap_text(line + "\nshort\n" + line)
+    assert len(rendering._wrapped) == 1  # the same long line is wrapped once
+    assert wrap_text(line + "\nshort\n" + line) == first
+    lines = first.splitlines()
+    assert all(len(x) <= rendering.TEXT_WIDTH or " " not in x for x in lines)
+    assert " ".join(" ".join(lines).split()) == " ".join((line + " short " + line).split())
