@@ -113,6 +113,20 @@ def test_a_25_item_digest_stays_under_gmail_clipping() -> None:
     assert len(html.encode("utf-8")) < 90_000
 
 
+def test_each_item_part_is_on_a_line_of_its_own_and_reads_as_before() -> None:
+    # The line layout that lets QP lines be shared (see the template's head comment) must not
+    # glue words together: the keywords, a space, then the link.
+    r = render(digest(3, titles=HOSTILE_TITLES), LINKS, environment())
+    root = lxml.html.document_fromstring(r.html)
+    for kw in root.xpath("//p[@class='kw']"):
+        text = " ".join(kw.text_content().split())
+        assert re.fullmatch(r"Matched: .+ \u00b7 \S.*\u2192", text), text
+    lines = r.html.splitlines()
+    for opening in ('<p class="excerpt"', '<p class="kw"', '<a class="go"', '<h3 class="title"'):
+        found = [line for line in lines if opening in line]
+        assert len(found) == 3 and all(line.startswith(opening) for line in found), opening
+
+
 def test_text_part_is_a_real_alternative() -> None:
     d = digest(12, titles=HOSTILE_TITLES)
     r = render(d, LINKS, environment())
