@@ -92,6 +92,7 @@ QP_CACHE_BYTES = 32 * 1024 * 1024
 _qp_lines: dict[bytes, bytes] = {}
 _qp_unstable: dict[bytes, bytes] = {}
 _qp_cached = 0
+_ENTRY_OVERHEAD = 120  # two bytes objects and a dict slot, about
 
 
 def _remember(line: bytes) -> tuple[bytes, bool]:
@@ -105,12 +106,12 @@ def _remember(line: bytes) -> tuple[bytes, bool]:
         encoded = encoded[:-1]
     stable = not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
                   or encoded.endswith(b" "))
-    if _qp_cached + 2 * len(line) > QP_CACHE_BYTES:
+    if _qp_cached + 2 * len(line) + _ENTRY_OVERHEAD > QP_CACHE_BYTES:
         _qp_lines.clear()
         _qp_unstable.clear()
         _qp_cached = 0
     (_qp_lines if stable else _qp_unstable)[line] = encoded
-    _qp_cached += len(line) + len(encoded)
+    _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
     return encoded, stable
 
 
