@@ -210,17 +210,32 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
         click.echo(body)
 
 
+# Above this many subscribers the report lists only those that need attention: a table of
+# 100,000 rows took 28 s to print and helps nobody (`digest status` lists everyone).
+REPORT_ROWS = 50
+_ATTENTION = ("failed", "invalid", "retry", "queued")
+
+
 def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run: bool) -> None:
     table = Table("subscriber", "result", "items", "detail")
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
                "retry": "yellow", "queued": "yellow"}
-    for o in report.outcomes:
-        if o.status == "not-due":
-            continue
+    rows = [o for o in report.outcomes if o.status != "not-due"]
+    left_out = 0
+    if len(rows) > REPORT_ROWS:
+        attention = [o for o in rows if o.status in _ATTENTION]
+        left_out = len(rows) - min(len(attention), REPORT_ROWS)
+        rows = attention[:REPORT_ROWS]
+    for o in rows:
         colour = colours.get(o.status, "yellow")
         table.add_row(o.subscriber_id, f"[{colour}]{o.status}[/]", str(o.items or ""),
                       o.detail)
-    out.print(table)
+    if rows:
+        out.print(table)
+    if left_out:
+        out.print(f"{left_out} subscriber(s) not listed"
+                  f"{' (only failures, retries and queued ones are)' if rows else ''};"
+                  " 'digest status' shows everyone", highlight=False)
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
                                             "unsubscribed", "retry", "queued", "failed",

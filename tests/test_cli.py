@@ -93,6 +93,24 @@ def test_send_exit_code_says_something_failed(project: Project) -> None:
     assert "invalid" in output and "2 sent" in output
 
 
+def test_a_large_send_lists_only_who_needs_attention(project: Project,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from digest import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "REPORT_ROWS", 3)  # the same rule as at 50, with 5 rows
+    for i in range(2):
+        project.subscriber(f"more{i}", f"name = 'More {i}'\nemail = 'more{i}@example.org'\n"
+                           "[[topics]]\nname = 'LLM'\nkeywords = ['language model']\n")
+    project.subscriber("broken", "name = 'X'\nemail = 'not-an-address'\n")
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", "--workers", "1")
+    assert code == 1
+    assert "broken" in output and "invalid" in output
+    assert "ada" not in output.replace(str(project.root), "")  # sent: not listed
+    assert "4 subscriber(s) not listed" in output and "digest status" in output
+    assert "4 sent, 1 invalid" in output
+
+
 def test_dry_run_records_nothing(project: Project) -> None:
     invoke(project, "fetch")
     code, output = invoke(project, "send", "--dry-run")
