@@ -102,16 +102,23 @@ VIEW_CACHE = 20_000
 
 
 def _listing_view(listing: Listing) -> tuple[str, str, str, str]:
-    view = _views.get(listing)
+    try:
+        view = _views.get(listing)
+    except TypeError:  # a listing made with a list somewhere (not by the store): no cache
+        return _make_view(listing)
     if view is None:
-        link = safe_link(listing.link, "")
-        if not link:
-            link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
-        view = (nfkc(listing.title), link, _link_label(link), _meta(listing))
+        view = _make_view(listing)
         if len(_views) >= VIEW_CACHE:
             _views.clear()
         _views[listing] = view
     return view
+
+
+def _make_view(listing: Listing) -> tuple[str, str, str, str]:
+    link = safe_link(listing.link, "")
+    if not link:
+        link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
+    return nfkc(listing.title), link, _link_label(link), _meta(listing)
 
 
 def _meta(listing: Listing) -> str:

@@ -129,3 +129,12 @@ def test_a_long_line_wraps_the_same_from_the_cache() -> None:
     lines = first.splitlines()
     assert all(len(x) <= rendering.TEXT_WIDTH or " " not in x for x in lines)
     assert " ".join(" ".join(lines).split()) == " ".join((line + " short " + line).split())
+
+
+def test_a_listing_made_with_lists_still_renders() -> None:
+    # Not hashable, so not cached: rendered all the same.
+    odd = Listing(id="2401.99999", title="Unhashable pruning paper", abstract="On pruning.",
+                  authors=["A. Author"])  # type: ignore[arg-type]
+    html = render(digest_of([odd]), Links(unsubscribe="mailto:x@example.org"),
+                  environment()).html
+    assert "Unhashable pruning paper" in html
