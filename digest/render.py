@@ -6,6 +6,7 @@ package (`digest/templates`), or the top-level `templates/` of a source checkout
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import warnings
@@ -95,23 +96,13 @@ def _word_start(text: str, pos: int) -> int:
     return cut + 1 if 0 <= cut < len(text) - 1 else pos
 
 
-# What an item shows of its listing alone (title, link, link label, meta line) is the same in
-# every digest that holds it: made once per process and listing (a bounded cache).
-_views: dict[Listing, tuple[str, str, str, str]] = {}
-VIEW_CACHE = 20_000
-
-
 def _listing_view(listing: Listing) -> tuple[str, str, str, str]:
+    # What an item shows of its listing alone (title, link, link label, meta line) is the
+    # same in every digest that holds it: made once per process and listing.
     try:
-        view = _views.get(listing)
+        return _cached_view(listing)
     except TypeError:  # a listing made with a list somewhere (not by the store): no cache
         return _make_view(listing)
-    if view is None:
-        view = _make_view(listing)
-        if len(_views) >= VIEW_CACHE:
-            _views.clear()
-        _views[listing] = view
-    return view
 
 
 def _make_view(listing: Listing) -> tuple[str, str, str, str]:
@@ -121,6 +112,9 @@ def _make_view(listing: Listing) -> tuple[str, str, str, str]:
     return nfkc(listing.title), link, _link_label(link), _meta(listing)
 
 
+_cached_view = functools.lru_cache(maxsize=20_000)(_make_view)
+
+
 def _meta(listing: Listing) -> str:
     parts = []
     if listing.byline:
@@ -128,7 +122,7 @@ def _meta(listing: Listing) -> str:
     if listing.published:
         parts.append(listing.published.strftime("%-d %b %Y"))
     if listing.upvotes:
-        parts.append(f"▲ {listing.upvotes} upvote{'s' if listing.upvotes != 1 else ''}")
+        parts.append("▲ " + _plural(listing.upvotes, "upvote"))
     if listing.categories:
         shown = ", ".join(listing.categories[:3])
         parts.append(shown + (f" +{len(listing.categories) - 3}" if len(listing.categories) > 3
@@ -152,7 +146,7 @@ def subject_for(digest: Digest) -> str:
     count = len(digest.matches)
     topics = [s.topic for s in digest.sections]
     shown = ", ".join(topics[:2]) + (f" +{len(topics) - 2} more" if len(topics) > 2 else "")
-    return f"{count} new paper{'s' if count != 1 else ''}: {shown}"
+    return f"{_plural(count, 'new paper')}: {shown}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,18 +269,12 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
         if len(line) <= width:
             out.append(line)
             continue
-        wrapped = _wrapped.get((line, width))
-        if wrapped is None:
-            wrapped = _wrap_line(line, width)
-        out += wrapped
+        out += _wrap_line(line, width)
     return "\n".join(out).strip() + "\n"
 
 
-_wrapped: dict[tuple[str, int], list[str]] = {}
-WRAP_CACHE = 20_000
-
-
-def _wrap_line(line: str, width: int) -> list[str]:
+@functools.lru_cache(maxsize=20_000)
+def _wrap_line(line: str, width: int) -> tuple[str, ...]:
     out: list[str] = []
     current = ""
     for word in line.split():
@@ -298,10 +286,7 @@ def _wrap_line(line: str, width: int) -> list[str]:
             out.append(current)
             current = word
     out.append(current)
-    if len(_wrapped) >= WRAP_CACHE:
-        _wrapped.clear()
-    _wrapped[(line, width)] = out
-    return out
+    return tuple(out)
 
 
 def inline_css(html: str) -> str:

@@ -360,10 +360,13 @@ def count_listings(db: Database) -> int:
 # A digest has given its listings to the subscriber once it was sent, or once its final bytes
 # wait in the outbox (so a late retry never repeats an item). Every "never twice" query uses
 # this one condition, so the index and the reference matcher see the same candidates.
-GIVEN = (
-    "(d.state = 'sent' or (d.state in ('queued', 'sending', 'retry')"
-    " and d.message_size is not null))"
-)
+def _waiting(table: str = "") -> str:
+    """SQL: the digest (of `table`, an alias with its dot) waits in the outbox with its bytes."""
+    return (f"{table}state in ('queued', 'sending', 'retry')"
+            f" and {table}message_size is not null")
+
+
+GIVEN = f"(d.state = 'sent' or ({_waiting('d.')}))"
 
 
 def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listing]:
@@ -588,7 +591,7 @@ def pending(
         f"""
         select {_PENDING_COLUMNS}
         from digests
-        where state in ('queued', 'sending', 'retry') and message_size is not null
+        where {_waiting()}
           and subscriber_id in (select value from json_each(:ids))
           and (:due is null or state != 'retry' or next_attempt_at <= :due)
         order by local_date, subscriber_id
@@ -608,7 +611,7 @@ def pending_rows(db: Database, keys: Iterable[str]) -> dict[str, Pending]:
     rows = db.query(
         f"select {_PENDING_COLUMNS} from digests"
         " where id in (select value from json_each(?))"
-        " and state in ('queued', 'sending', 'retry') and message_size is not null",
+        f" and {_waiting()}",
         [json.dumps(list(keys))],
     )
     return {r["id"]: _pending(r) for r in rows}

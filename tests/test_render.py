@@ -122,9 +122,9 @@ def test_the_unsubscribe_line_says_how_it_works() -> None:
 
 def test_a_long_line_wraps_the_same_from_the_cache() -> None:
     line = " ".join(f"word{i}" for i in range(60)) + " <https://example.org/" + "p" * 90 + ">"
-    rendering._wrapped.clear()
+    rendering._wrap_line.cache_clear()
     first = wrap_text(line + "\nshort\n" + line)
-    assert len(rendering._wrapped) == 1  # the same long line is wrapped once
+    assert rendering._wrap_line.cache_info().misses == 1  # the same long line wrapped once
     assert wrap_text(line + "\nshort\n" + line) == first
     lines = first.splitlines()
     assert all(len(x) <= rendering.TEXT_WIDTH or " " not in x for x in lines)
