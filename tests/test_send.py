@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import smtplib
+import unicodedata
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from digest.config import DeliveryConfig, SmtpConfig
 from digest.errors import SendError
@@ -239,3 +243,15 @@ def test_a_line_starting_with_a_dot_goes_through_sendmail(
         sender.send(_raw(data))
     assert calls == [data]
     assert [r.data for r in smtp_server.sink.received] == [data]  # dot-stuffed and unstuffed
+
+
+def _clean_header_by_hand(value: str) -> str:
+    # The definition: control characters and line separators become spaces, blanks collapse.
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                      for c in value)
+    return re.sub(r"\s+", " ", cleaned).strip()
+
+
+@given(st.text() | st.sampled_from([" lead", "trail ", "a  b", "a\u2028b", "a\xa0b", "ok"]))
+def test_clean_header_fast_path_changes_nothing(value: str) -> None:
+    assert clean_header(value) == _clean_header_by_hand(value)
