@@ -67,58 +67,36 @@ def encode_qp_checked(text: str) -> tuple[bytes, bool]:
     Quoted-printable is line-local (each line's encoding depends on that line alone), so each
     distinct line is encoded once per process and remembered: a digest is mostly template
     lines and listing lines that other digests of the run have too."""
-    young, old = _qp_young, _qp_old
+    cache = _qp_lines
     out = []
     stable = True
     # `or`: an empty text is one empty line, as `normal_body` makes it.
     for line in text.encode("utf-8").splitlines() or [b""]:
-        encoded = young.get(line)
+        encoded = cache.get(line)
         if encoded is None:
-            encoded = old.get(line)
-            if encoded is not None:
-                _keep(line, encoded)
+            encoded = _qp_unstable.get(line)
+            if encoded is None:
+                encoded, ok = _remember(line)
+                stable = stable and ok
             else:
-                encoded = _qp_unstable.get(line)
-                if encoded is None:
-                    encoded, ok = _remember(line)
-                    stable = stable and ok
-                else:
-                    stable = False
+                stable = False
         out.append(encoded)
     out.append(b"")
     return b"\r\n".join(out), stable
 
 
-# The line caches are bounded, so memory stays flat however many digests a process builds.
-# Two generations: new lines go into the young one; when it is full it becomes the old one
-# and the former old one is dropped, while a line found in the old generation moves back to
-# the young one. So the lines every digest shares (the template's, each listing's) stay,
-# and the lines of one digest alone (its highlights, its keywords) pass through. Lines that
-# relaxed canonicalisation would change (rare: the template has no runs of blanks) are kept
-# apart, and simply emptied when full, so that the common case costs one lookup.
+# The line caches are bounded (and simply emptied when full), so memory stays flat however
+# many digests a process builds. Lines that relaxed canonicalisation would change are kept
+# apart, so that the common case costs one lookup.
 QP_CACHE_BYTES = 32 * 1024 * 1024
-_qp_young: dict[bytes, bytes] = {}
-_qp_old: dict[bytes, bytes] = {}
+_qp_lines: dict[bytes, bytes] = {}
 _qp_unstable: dict[bytes, bytes] = {}
-_qp_young_bytes = 0
-_qp_unstable_bytes = 0
+_qp_cached = 0
 _ENTRY_OVERHEAD = 120  # two bytes objects and a dict slot, about
 
 
-def _keep(line: bytes, encoded: bytes) -> None:
-    # Into the young generation, which becomes the old one when it holds 3/8 of the budget
-    # (two generations and the unstable lines' quarter make the whole).
-    global _qp_young, _qp_old, _qp_young_bytes
-    size = len(line) + len(encoded) + _ENTRY_OVERHEAD
-    if _qp_young_bytes + size > QP_CACHE_BYTES * 3 // 8:
-        _qp_old, _qp_young = _qp_young, {}
-        _qp_young_bytes = 0
-    _qp_young[line] = encoded
-    _qp_young_bytes += size
-
-
 def _remember(line: bytes) -> tuple[bytes, bool]:
-    global _qp_unstable_bytes
+    global _qp_cached
     encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)
     # Most lines need nothing more: short enough (so no soft breaks either), and not starting
     # with what must be escaped.
@@ -128,16 +106,13 @@ def _remember(line: bytes) -> tuple[bytes, bool]:
         encoded = encoded[:-1]
     stable = not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
                   or encoded.endswith(b" "))
-    if stable:
-        _keep(line, encoded)
-        return encoded, True
-    size = len(line) + len(encoded) + _ENTRY_OVERHEAD
-    if _qp_unstable_bytes + size > QP_CACHE_BYTES // 4:
+    if _qp_cached + 2 * len(line) + _ENTRY_OVERHEAD > QP_CACHE_BYTES:
+        _qp_lines.clear()
         _qp_unstable.clear()
-        _qp_unstable_bytes = 0
-    _qp_unstable[line] = encoded
-    _qp_unstable_bytes += size
-    return encoded, False
+        _qp_cached = 0
+    (_qp_lines if stable else _qp_unstable)[line] = encoded
+    _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
+    return encoded, stable
 
 
 def encode_qp_block(data: bytes) -> bytes:
