@@ -25,7 +25,9 @@ checks that both give identical digests.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -349,23 +351,41 @@ def _max_entries(
     return sparse.csr_matrix((vals, (key // shape[1], key % shape[1])), shape=shape)
 
 
-def _by_stem(tokens: Sequence[Token]) -> dict[str, list[int]]:
-    """Where each stem occurs in a token sequence."""
-    out: dict[str, list[int]] = {}
+@dataclass(frozen=True, slots=True)
+class _Positions:
+    """Where each stem and each case-folded word occurs in a token sequence, and the distinct
+    folded words in order (the words a `prefix*` keyword matches are one run of them)."""
+
+    by_stem: dict[str, list[int]]
+    by_word: dict[str, list[int]]
+    words: list[str]
+
+
+def _positions_of(tokens: Sequence[Token]) -> _Positions:
+    by_stem: dict[str, list[int]] = {}
+    by_word: dict[str, list[int]] = {}
     for i, tok in enumerate(tokens):
-        out.setdefault(tok.stem, []).append(i)
-    return out
+        by_stem.setdefault(tok.stem, []).append(i)
+        by_word.setdefault(tok.folded, []).append(i)
+    return _Positions(by_stem, by_word, sorted(by_word))
 
 
-def _find(pattern: Pattern, tokens: Sequence[Token], by_stem: dict[str, list[int]]) -> list[Span]:
-    """`match.find`, starting only where the pattern's first stem occurs."""
-    if not pattern.stems:  # a lone `prefix*`: every token is a start
+def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> list[Span]:
+    """`match.find`, starting only where the pattern's first stem occurs (or, for a lone
+    `prefix*`, only at the words that start with the prefix)."""
+    if not pattern.stems:  # a lone `prefix*`
         prefix = pattern.prefix
         assert prefix is not None
-        return [(t.start, t.end) for t in tokens if t.folded.startswith(prefix)]
+        words = positions.words
+        at = bisect_left(words, prefix)
+        found: list[int] = []
+        while at < len(words) and words[at].startswith(prefix):
+            found += positions.by_word[words[at]]
+            at += 1
+        return [(tokens[i].start, tokens[i].end) for i in sorted(found)]
     n = pattern.length
     spans: list[Span] = []
-    for i in by_stem.get(pattern.stems[0], ()):
+    for i in positions.by_stem.get(pattern.stems[0], ()):
         if i + n > len(tokens):
             break
         if all(tokens[i + j].stem == s for j, s in enumerate(pattern.stems)) and (
@@ -435,7 +455,7 @@ class Scan:
         self.rank[np.array(self.by_rank, dtype=np.int64)] = np.arange(len(self.listings))
         self._docs: dict[int, Document] = {}
         self._spans: dict[tuple[int, int], tuple[list[Span], list[Span]]] = {}
-        self._stem_positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
+        self._positions_cache: dict[int, tuple[_Positions, _Positions]] = {}
         self._row_hits: dict[int, dict[int, int]] = {}
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
         self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
@@ -459,11 +479,12 @@ class Scan:
                                         _find(pattern, doc.abstract, abstract))
         return found
 
-    def _positions(self, row: int) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-        found = self._stem_positions.get(row)
+    def _positions(self, row: int) -> tuple[_Positions, _Positions]:
+        found = self._positions_cache.get(row)
         if found is None:
             doc = self.document(row)
-            found = self._stem_positions[row] = (_by_stem(doc.title), _by_stem(doc.abstract))
+            found = self._positions_cache[row] = (_positions_of(doc.title),
+                                                  _positions_of(doc.abstract))
         return found
 
     def row_hits(self, row: int) -> dict[int, int]:

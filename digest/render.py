@@ -264,28 +264,30 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
 
     (textwrap.wrap did the same but was half of the per-email render time. A long line, such
     as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
-    out: list[str] = []
-    for line in text.splitlines():
-        if len(line) <= width:
-            out.append(line)
-            continue
-        out += _wrap_line(line, width)
-    return "\n".join(out).strip() + "\n"
+    lines = text.splitlines()
+    # Only the long lines (a few in a digest's text) take Python work of their own.
+    for i in reversed([i for i, n in enumerate(map(len, lines)) if n > width]):
+        lines[i:i + 1] = _wrap_line(lines[i], width)
+    return "\n".join(lines).strip() + "\n"
 
 
 @functools.lru_cache(maxsize=20_000)
 def _wrap_line(line: str, width: int) -> tuple[str, ...]:
+    # The words joined by single spaces, then cut greedily: each piece is the longest run of
+    # words that fits in `width` (the last space at or before the width, found in C), or one
+    # word alone when it is longer than that.
+    joined = " ".join(line.split())
     out: list[str] = []
-    current = ""
-    for word in line.split():
-        if not current:
-            current = word
-        elif len(current) + 1 + len(word) <= width:
-            current += " " + word
-        else:
-            out.append(current)
-            current = word
-    out.append(current)
+    start = 0
+    while len(joined) - start > width:
+        cut = joined.rfind(" ", start, start + width + 1)
+        if cut <= start:
+            cut = joined.find(" ", start + width + 1)
+            if cut < 0:
+                break
+        out.append(joined[start:cut])
+        start = cut + 1
+    out.append(joined[start:])
     return tuple(out)
 
 

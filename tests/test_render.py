@@ -3,6 +3,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from digest import render as rendering
 from digest.match import build_digest, document
 from digest.models import Digest, Listing, Subscriber, Topic
@@ -138,3 +141,34 @@ def test_a_listing_made_with_lists_still_renders() -> None:
     html = render(digest_of([odd]), Links(unsubscribe="mailto:x@example.org"),
                   environment()).html
     assert "Unhashable pruning paper" in html
+
+
+def _wrap_by_hand(text: str, width: int) -> str:
+    # The definition: each line's words, greedily, as many as fit in `width`; a longer word
+    # alone on its line.
+    out: list[str] = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+            continue
+        current = ""
+        for word in line.split():
+            if current and len(current) + 1 + len(word) <= width:
+                current += " " + word
+            else:
+                if current:
+                    out.append(current)
+                current = word
+        out.append(current)
+    return "\n".join(out).strip() + "\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "word", "x" * 20, "y" * 78, "z" * 90, " ", "  ",
+                                 "\t", "\n", "\r\n", "\u2028", "<https://e.org/" + "p" * 70 + ">",
+                                 "\u00e9t\u00e9"]),
+                max_size=60).map("".join),
+       st.sampled_from([10, 20, 78]))
+def test_wrap_text_wraps_greedily_at_spaces(text: str, width: int) -> None:
+    for _ in range(2):  # wrapped, then from the cache
+        assert wrap_text(text, width) == _wrap_by_hand(text, width)
