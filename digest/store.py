@@ -464,7 +464,7 @@ def mark_failed(db: Database, digest: Digest, error: str, now: datetime) -> None
 def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime) -> None:
     """Record that nothing matched for that day, so no email went out."""
     key = digest_key(subscriber_id, local_date)
-    with db.atomic():
+    with _transaction(db):  # one write: inside the caller's transaction, no savepoint
         _write_digest_row(db, key, subscriber_id, local_date, now, state="empty", item_count=0)
 
 
@@ -531,9 +531,13 @@ def enqueue(
 ) -> None:
     """Put a finished message into the outbox (state 'queued') with the listings it holds.
 
-    Refuses to replace a digest that is pending or sent: those bytes are final.
+    Refuses to replace a digest that is pending or sent: those bytes are final. All or
+    nothing on its own; inside a transaction the caller holds, it opens no savepoint (a
+    savepoint copies every page the writes touch into a statement journal first, more bytes
+    than the message), so a failure part-way leaves that transaction for the caller to roll
+    back, or to isolate with `atomic` around the call.
     """
-    with atomic(db):
+    with _transaction(db):
         state = db.execute(
             "select state, message_size is not null from digests where id = ?",
             [key]).fetchone()

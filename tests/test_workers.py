@@ -12,9 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from digest import pipeline, store
+from digest import pipeline, render, store
 from digest.config import load_settings
 
+from . import samples
 from .conftest import Project
 from .delivery_support import FaultServer, fault_server, prepare, smtp_config
 
@@ -114,3 +115,32 @@ def test_a_dead_worker_is_reported_and_loses_nothing(project: Project,
     rows = stored(project)
     assert {state for state, _ in rows.values()} == {"sent"}
     assert all(received[sid] == [data] for sid, (_, data) in rows.items())
+
+
+def test_a_digest_that_cannot_be_stored_spoils_no_other_in_its_task(project: Project) -> None:
+    # A task's digests are written in one transaction without a savepoint each; when one
+    # fails (here: an item whose listing the store does not hold), the task is written again,
+    # each digest in a savepoint, and only that one fails.
+    settings = load_settings(project.config)
+    db = store.open_db(project.db_path)
+    store.upsert_listings(db, [samples.listing(i) for i in range(5)], samples.NOW)
+    env = render.environment()
+    built: list[tuple[int, pipeline.Outcome | pipeline._Write]] = []
+    for i, (sid, items) in enumerate((("ann", 3), ("bob", 6), ("cat", 4))):
+        d = samples.digest(items, sub=samples.subscriber(sid=sid, email=f"{sid}@example.org"))
+        built.append((i, pipeline._Write(d.subscriber, d.local_date,
+                                         pipeline.compose(settings, d, env))))
+    built.append((3, pipeline.Outcome("dan", "invalid")))
+    out = pipeline._store_task(db, built, samples.NOW)
+    day = samples.NOW.date()
+    assert [r for _, r in out if isinstance(r, str)] == [f"ann/{day}", f"cat/{day}"]
+    failed = out[1][1]
+    assert isinstance(failed, pipeline.Outcome) and failed.status == "failed"
+    assert "FOREIGN KEY" in failed.detail
+    assert out[3][1] == pipeline.Outcome("dan", "invalid")
+    assert not db.conn.in_transaction
+    rows = {r["subscriber_id"]: r["state"] for r in store.digests(db)}
+    assert rows == {"ann": "queued", "cat": "queued"}
+    cat = built[2][1]
+    assert isinstance(cat, pipeline._Write) and cat.composed is not None
+    assert store.message_bytes(db, f"cat/{day}") == cat.composed.outgoing.data
