@@ -61,7 +61,11 @@ def excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> l
     """A word-boundary cut of `text` of at most about `limit` characters, as (text, highlighted)
     segments. The window starts at the beginning, or just before the first highlight when that
     would otherwise be cut off."""
-    text = nfkc(text)
+    return _excerpt(nfkc(text), spans, limit)
+
+
+def _excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> list[Segment]:
+    # `excerpt` of a text already in NFKC form.
     start = 0
     if spans and spans[0][1] > limit:
         start = _word_start(text, max(0, spans[0][0] - limit // 4))
@@ -96,20 +100,22 @@ def _word_start(text: str, pos: int) -> int:
     return cut + 1 if 0 <= cut < len(text) - 1 else pos
 
 
-def _listing_view(listing: Listing) -> tuple[str, str, str, str]:
-    # What an item shows of its listing alone (title, link, link label, meta line) is the
-    # same in every digest that holds it: made once per process and listing.
+def _listing_view(listing: Listing) -> tuple[str, str, str, str, str]:
+    # What an item shows of its listing alone (title, link, link label, meta line, and the
+    # abstract in NFKC form to cut the excerpt from) is the same in every digest that holds
+    # it: made once per process and listing.
     try:
         return _cached_view(listing)
     except TypeError:  # a listing made with a list somewhere (not by the store): no cache
         return _make_view(listing)
 
 
-def _make_view(listing: Listing) -> tuple[str, str, str, str]:
+def _make_view(listing: Listing) -> tuple[str, str, str, str, str]:
     link = safe_link(listing.link, "")
     if not link:
         link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
-    return nfkc(listing.title), link, _link_label(link), _meta(listing)
+    return (nfkc(listing.title), link, _link_label(link), _meta(listing),
+            nfkc(listing.abstract))
 
 
 _cached_view = functools.lru_cache(maxsize=20_000)(_make_view)
@@ -190,6 +196,7 @@ class ItemView:
     excerpt: list[Segment]
     excerpt_text: str
     keywords: list[str]
+    matched: str  # the keywords as the email lists them: "a, b, c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +218,8 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
     for section in digest.sections:
         items = []
         for m in section.matches:
-            segs = excerpt(m.listing.abstract, m.abstract_spans)
-            title, link, link_label, meta = _listing_view(m.listing)
+            title, link, link_label, meta, abstract = _listing_view(m.listing)
+            segs = _excerpt(abstract, m.abstract_spans)
             items.append(
                 ItemView(
                     title=title,
@@ -220,8 +227,9 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
                     link_label=link_label,
                     meta=meta,
                     excerpt=segs,
-                    excerpt_text="".join(t for t, _ in segs),
+                    excerpt_text="".join([t for t, _ in segs]),
                     keywords=list(m.keywords),
+                    matched=", ".join(m.keywords),
                 )
             )
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))

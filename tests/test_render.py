@@ -54,6 +54,19 @@ def test_css_is_inlined_into_style_attributes() -> None:
         assert not re.search(r"\.(hl|meta|kw)\s*\{", block)
 
 
+def test_matched_keywords_from_a_subscriber_file_are_escaped() -> None:
+    sub = Subscriber(id="ada", name="Ada", email="ada@example.org", timezone="UTC",
+                     send_at=dt.time(7), max_items=5, lookback_days=7,
+                     topics=(Topic("T", ("pruning & <co>", "'quoted\" words")),))
+    item = Listing(id="k", title="Pruning & co", abstract="On 'quoted\" words.")
+    d = build_digest(sub, [document(item)], NOW.date(), NOW)
+    assert d is not None
+    rendered = render(d, Links("mailto:x@example.org"), environment())
+    assert "Matched: pruning &amp; &lt;co&gt;, &#39;quoted&#34; words" in rendered.html
+    assert "<co>" not in rendered.html
+    assert "Matched: pruning & <co>, 'quoted\" words" in rendered.text
+
+
 def test_highlights_and_matched_keywords_are_shown() -> None:
     rendered = render(digest_of(listings(1)), Links("mailto:x@example.org"), environment())
     assert re.search(r'<span class="hl"[^>]*>pruning</span>', rendered.html)
