@@ -54,6 +54,7 @@ def _check_send_at(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)  # asked for each subscriber of every run; few values
 def parse_send_at(value: str) -> time:
     """Parse a local time of day written as HH:MM (24-hour clock)."""
     m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
