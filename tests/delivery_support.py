@@ -78,7 +78,15 @@ class FaultSink(Sink):
     script: deque[str] = field(default_factory=deque)
     delay: float = 0.0
     always_slow: float = 0.0
+    pipelining: bool = False  # offer RFC 2920 PIPELINING (aiosmtpd takes pipelined commands)
     _current: str = ""
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: Any) -> str:

@@ -15,14 +15,15 @@ from digest import cli, delivery, pipeline, store
 from digest.config import Settings, load_settings, load_subscriber
 
 from .conftest import PASSWORD, USER, Project, SmtpServer
-from .delivery_support import FaultServer, fault_server, prepare, smtp_config
+from .delivery_support import FaultServer, FaultSink, fault_server, prepare, smtp_config
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    yield from fault_server()
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
+def server(request: pytest.FixtureRequest) -> Iterator[FaultServer]:
+    # Every fault, against a server that offers PIPELINING and one that does not.
+    yield from fault_server(FaultSink(pipelining=request.param))
 
 
 def setup(project: Project, server: FaultServer | SmtpServer, subscribers: int,

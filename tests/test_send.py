@@ -3,6 +3,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import smtplib
+import socket
+import socketserver
+import threading
 import unicodedata
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -255,3 +258,55 @@ def _clean_header_by_hand(value: str) -> str:
 @given(st.text() | st.sampled_from([" lead", "trail ", "a  b", "a\u2028b", "a\xa0b", "ok"]))
 def test_clean_header_fast_path_changes_nothing(value: str) -> None:
     assert clean_header(value) == _clean_header_by_hand(value)
+
+
+class _PipeliningOnly(socketserver.BaseRequestHandler):
+    """One SMTP session that offers PIPELINING and answers MAIL, RCPT and DATA only once it
+    has all three: a client that waits for each reply before the next command times out."""
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        conn.settimeout(5)
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 strict ESMTP\r\n")
+        server: Any = self.server
+        while line := reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-strict\r\n250-PIPELINING\r\n250 SIZE 100000\r\n")
+            elif verb == b"MAIL":
+                envelope = [line, reader.readline(), reader.readline()]
+                server.envelopes.append(envelope)
+                conn.sendall(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
+                data = b""
+                while not data.endswith(b"\r\n.\r\n"):
+                    data += reader.readline()
+                server.messages.append(data)
+                conn.sendall(b"250 accepted\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 ok\r\n")
+
+
+def test_mail_rcpt_and_data_go_in_one_write_when_the_server_offers_pipelining() -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _PipeliningOnly)
+    server.envelopes, server.messages = [], []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = message(digest_for())
+    try:
+        config = SmtpConfig(host="127.0.0.1", port=server.server_address[1], security="none",
+                            timeout=5)
+        with SmtpSender(config) as sender:
+            sender.send(_raw(data))
+            sender.send(_raw(data, "b@example.org"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    envelopes: list[list[bytes]] = server.envelopes  # type: ignore[attr-defined]
+    assert [e[1] for e in envelopes] == [b"RCPT TO:<ada@example.org>\r\n",
+                                         b"RCPT TO:<b@example.org>\r\n"]
+    assert envelopes[0][0] == f"MAIL FROM:<digest@example.org> size={len(data)}\r\n".encode()
+    assert all(e[2] == b"DATA\r\n" for e in envelopes)
+    assert server.messages == [data + b".\r\n"] * 2  # type: ignore[attr-defined]
