@@ -688,7 +688,7 @@ def _write_task(db: Database, built: list[tuple[int, Outcome | _Write]], now: da
                 outcome = _write_one(db, item, now)
             else:
                 try:
-                    with store.atomic(db):
+                    with db.atomic():  # a savepoint
                         outcome = _write_one(db, item, now)
                 except Exception as exc:
                     log.exception("subscriber %s: cannot store the digest", item.subscriber.id)

@@ -135,8 +135,8 @@ def open_db(path: Path) -> Database:
     db = Database(path)
     # 16 KB pages (SQLite's default is 4 KB): a queued message (30-45 KB) then takes 3 pages
     # of the write-ahead log instead of 10, each written with its own two system calls and
-    # copied again at the checkpoint; storing, claiming and sending a message costs about
-    # 15% less. Only a new file takes it: an existing store keeps the page size it has.
+    # copied again at the checkpoint; storing, claiming and marking a message costs about
+    # 10% less. Only a new file takes it: an existing store keeps the page size it has.
     db.execute("PRAGMA page_size = 16384")
     db.enable_wal()
     # FULL, stated here rather than left to how SQLite was built (some builds make WAL
@@ -535,7 +535,7 @@ def enqueue(
     nothing on its own; inside a transaction the caller holds, it opens no savepoint (a
     savepoint copies every page the writes touch into a statement journal first, more bytes
     than the message), so a failure part-way leaves that transaction for the caller to roll
-    back, or to isolate with `atomic` around the call.
+    back, or to isolate with a savepoint (`db.atomic()`) around the call.
     """
     with _transaction(db):
         state = db.execute(
@@ -641,29 +641,6 @@ def messages(db: Database, keys: Iterable[str]) -> dict[str, bytes]:
         [json.dumps(list(keys))],
     )
     return {key: bytes(data) for key, data in cursor}
-
-
-@contextmanager
-def atomic(db: Database) -> Iterator[None]:
-    """A transaction, or inside one a savepoint: what sqlite-utils' `db.atomic()` does, with
-    one fixed savepoint name. (sqlite-utils names each savepoint with `secrets.token_hex`:
-    a getrandom() call and a statement SQLite has never seen, so prepared anew, per call; at
-    two savepoints per queued digest that showed in the profile.) SQLite nests savepoints
-    of one name: RELEASE and ROLLBACK TO act on the innermost."""
-    if not db.conn.in_transaction:
-        with db.atomic():
-            yield
-        return
-    db.conn.execute("SAVEPOINT digest_atomic")
-    try:
-        yield
-    except BaseException:
-        # A RAISE(ROLLBACK) can end the whole transaction, savepoints included.
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK TO SAVEPOINT digest_atomic")
-            db.conn.execute("RELEASE SAVEPOINT digest_atomic")
-        raise
-    db.conn.execute("RELEASE SAVEPOINT digest_atomic")
 
 
 @contextmanager

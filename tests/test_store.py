@@ -123,25 +123,3 @@ def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path
     db = store.open_db(tmp_path / "old.db")
     assert db.execute("pragma page_size").fetchone() == (4096,)
     assert "digests" in db.table_names()
-
-
-def test_atomic_savepoints_nest_and_a_failing_one_spoils_nothing_else(tmp_path: Path) -> None:
-    db = store.open_db(tmp_path / "d.db")
-    db.execute("create table t (x)")
-    with store.atomic(db):  # the transaction
-        db.execute("insert into t values (1)")
-        with store.atomic(db):  # a savepoint that commits with it
-            db.execute("insert into t values (2)")
-            with pytest.raises(ZeroDivisionError), store.atomic(db):  # one that fails
-                db.execute("insert into t values (3)")
-                1 / 0  # noqa: B018
-        with pytest.raises(ZeroDivisionError), store.atomic(db):
-            db.execute("insert into t values (4)")
-            1 / 0  # noqa: B018
-        db.execute("insert into t values (5)")
-    assert not db.conn.in_transaction
-    assert [r[0] for r in db.execute("select x from t order by x")] == [1, 2, 5]
-    with pytest.raises(ZeroDivisionError), store.atomic(db):  # a whole failing transaction
-        db.execute("insert into t values (6)")
-        1 / 0  # noqa: B018
-    assert [r[0] for r in db.execute("select x from t order by x")] == [1, 2, 5]
