@@ -516,6 +516,7 @@ class SmtpSender:
         smtp.putcmd("data")
         code, reply = smtp.getreply()
         if code != 354:
+            SmtpSender._abandon(smtp, code)  # MAIL and RCPT were taken: reset, as sendmail does
             raise smtplib.SMTPDataError(code, reply)
 
     @staticmethod

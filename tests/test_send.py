@@ -310,3 +310,60 @@ def test_mail_rcpt_and_data_go_in_one_write_when_the_server_offers_pipelining() 
     assert envelopes[0][0] == f"MAIL FROM:<digest@example.org> size={len(data)}\r\n".encode()
     assert all(e[2] == b"DATA\r\n" for e in envelopes)
     assert server.messages == [data + b".\r\n"] * 2  # type: ignore[attr-defined]
+
+
+class _StrictTransactions(socketserver.StreamRequestHandler):
+    """One SMTP session, without PIPELINING, that refuses the first DATA command and then
+    takes a new MAIL only once the open transaction was reset (RSET), as RFC 5321 asks."""
+
+    def handle(self) -> None:
+        server: Any = self.server
+        self.wfile.write(b"220 strict ESMTP\r\n")
+        open_transaction, refused = False, False
+        while line := self.rfile.readline():
+            verb = line[:4].upper()
+            server.verbs.append(verb.decode())
+            if verb == b"EHLO":
+                self.wfile.write(b"250-strict\r\n250 SIZE 100000\r\n")
+            elif verb == b"MAIL":
+                self.wfile.write(b"503 5.5.1 nested MAIL\r\n" if open_transaction
+                                 else b"250 sender ok\r\n")
+                open_transaction = True
+            elif verb == b"RSET":
+                open_transaction = False
+                self.wfile.write(b"250 reset\r\n")
+            elif verb == b"DATA" and not refused:
+                refused = True
+                self.wfile.write(b"451 4.3.0 not now\r\n")
+            elif verb == b"DATA":
+                self.wfile.write(b"354 go ahead\r\n")
+                data = b""
+                while not data.endswith(b"\r\n.\r\n"):
+                    data += self.rfile.readline()
+                open_transaction = False
+                self.wfile.write(b"250 accepted\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+def test_a_refused_data_command_resets_the_transaction_before_the_next_message() -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _StrictTransactions)
+    server.verbs = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = message(digest_for())
+    try:
+        config = SmtpConfig(host="127.0.0.1", port=server.server_address[1], security="none",
+                            timeout=5)
+        with SmtpSender(config) as sender:
+            with pytest.raises(SendError, match="451") as refused:
+                sender.send(_raw(data))
+            assert not refused.value.permanent
+            assert sender.send(_raw(data, "b@example.org"))  # the same connection, reset
+    finally:
+        server.shutdown()
+        server.server_close()
+    verbs: list[str] = server.verbs  # type: ignore[attr-defined]
+    assert verbs[:8] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]
