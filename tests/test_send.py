@@ -3,10 +3,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 import smtplib
-import socket
 import socketserver
 import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -260,110 +261,128 @@ def test_clean_header_fast_path_changes_nothing(value: str) -> None:
     assert clean_header(value) == _clean_header_by_hand(value)
 
 
-class _PipeliningOnly(socketserver.BaseRequestHandler):
-    """One SMTP session that offers PIPELINING and answers MAIL, RCPT and DATA only once it
-    has all three: a client that waits for each reply before the next command times out."""
+class _RawServer(socketserver.ThreadingTCPServer):
+    """An SMTP server on 127.0.0.1 run by a scripted handler (in a thread), which notes in
+    `seen` what the test asserts on."""
 
-    def handle(self) -> None:
-        conn: socket.socket = self.request
-        conn.settimeout(5)
-        reader = conn.makefile("rb")
-        conn.sendall(b"220 strict ESMTP\r\n")
-        server: Any = self.server
-        while line := reader.readline():
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                conn.sendall(b"250-strict\r\n250-PIPELINING\r\n250 SIZE 100000\r\n")
-            elif verb == b"MAIL":
-                envelope = [line, reader.readline(), reader.readline()]
-                server.envelopes.append(envelope)
-                conn.sendall(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
-                data = b""
-                while not data.endswith(b"\r\n.\r\n"):
-                    data += reader.readline()
-                server.messages.append(data)
-                conn.sendall(b"250 accepted\r\n")
-            elif verb == b"QUIT":
-                conn.sendall(b"221 bye\r\n")
-                return
-            else:
-                conn.sendall(b"250 ok\r\n")
+    def __init__(self, handler: type[socketserver.BaseRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.seen: list[Any] = []
+        self.messages: list[bytes] = []
+
+    def config(self) -> SmtpConfig:
+        """An [smtp] table for this server."""
+        return SmtpConfig(host="127.0.0.1", port=self.server_address[1], security="none",
+                          timeout=5)
 
 
-def test_mail_rcpt_and_data_go_in_one_write_when_the_server_offers_pipelining() -> None:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _PipeliningOnly)
-    server.envelopes, server.messages = [], []  # type: ignore[attr-defined]
+@contextmanager
+def _raw_server(handler: type[socketserver.BaseRequestHandler]) -> Iterator[_RawServer]:
+    server = _RawServer(handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    data = message(digest_for())
     try:
-        config = SmtpConfig(host="127.0.0.1", port=server.server_address[1], security="none",
-                            timeout=5)
-        with SmtpSender(config) as sender:
-            sender.send(_raw(data))
-            sender.send(_raw(data, "b@example.org"))
+        yield server
     finally:
         server.shutdown()
         server.server_close()
-    envelopes: list[list[bytes]] = server.envelopes  # type: ignore[attr-defined]
+
+
+class _ScriptedSmtp(socketserver.StreamRequestHandler):
+    """One SMTP session: the greeting, QUIT and "250 ok" to anything else are here; each
+    test's server answers the commands it is about in `answer`."""
+
+    timeout = 5
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 strict ESMTP\r\n")
+        while line := self.rfile.readline():
+            verb = line[:4].upper()
+            if verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            if not self.answer(verb, line):
+                self.wfile.write(b"250 ok\r\n")
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        """Answer one command; False leaves it to the default reply."""
+        raise NotImplementedError
+
+    def take_data(self) -> None:
+        """Read the message after a 354 up to its final dot, keep it, and accept it."""
+        data = b""
+        while not data.endswith(b"\r\n.\r\n"):
+            data += self.rfile.readline()
+        server: Any = self.server
+        server.messages.append(data)
+        self.wfile.write(b"250 accepted\r\n")
+
+
+class _PipeliningOnly(_ScriptedSmtp):
+    """Offers PIPELINING and answers MAIL, RCPT and DATA only once it has all three: a
+    client that waits for each reply before the next command times out."""
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        server: Any = self.server
+        if verb == b"EHLO":
+            self.wfile.write(b"250-strict\r\n250-PIPELINING\r\n250 SIZE 100000\r\n")
+        elif verb == b"MAIL":
+            server.seen.append([line, self.rfile.readline(), self.rfile.readline()])
+            self.wfile.write(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
+            self.take_data()
+        else:
+            return False
+        return True
+
+
+def test_mail_rcpt_and_data_go_in_one_write_when_the_server_offers_pipelining() -> None:
+    data = message(digest_for())
+    with _raw_server(_PipeliningOnly) as server, SmtpSender(server.config()) as sender:
+        sender.send(_raw(data))
+        sender.send(_raw(data, "b@example.org"))
+    envelopes: list[list[bytes]] = server.seen
     assert [e[1] for e in envelopes] == [b"RCPT TO:<ada@example.org>\r\n",
                                          b"RCPT TO:<b@example.org>\r\n"]
     assert envelopes[0][0] == f"MAIL FROM:<digest@example.org> size={len(data)}\r\n".encode()
     assert all(e[2] == b"DATA\r\n" for e in envelopes)
-    assert server.messages == [data + b".\r\n"] * 2  # type: ignore[attr-defined]
+    assert server.messages == [data + b".\r\n"] * 2
 
 
-class _StrictTransactions(socketserver.StreamRequestHandler):
-    """One SMTP session, without PIPELINING, that refuses the first DATA command and then
-    takes a new MAIL only once the open transaction was reset (RSET), as RFC 5321 asks."""
+class _StrictTransactions(_ScriptedSmtp):
+    """Without PIPELINING; refuses the first DATA command, then takes a new MAIL only once
+    the open transaction was reset (RSET), as RFC 5321 asks."""
 
-    def handle(self) -> None:
+    open_transaction = False
+    refused = False
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
         server: Any = self.server
-        self.wfile.write(b"220 strict ESMTP\r\n")
-        open_transaction, refused = False, False
-        while line := self.rfile.readline():
-            verb = line[:4].upper()
-            server.verbs.append(verb.decode())
-            if verb == b"EHLO":
-                self.wfile.write(b"250-strict\r\n250 SIZE 100000\r\n")
-            elif verb == b"MAIL":
-                self.wfile.write(b"503 5.5.1 nested MAIL\r\n" if open_transaction
-                                 else b"250 sender ok\r\n")
-                open_transaction = True
-            elif verb == b"RSET":
-                open_transaction = False
-                self.wfile.write(b"250 reset\r\n")
-            elif verb == b"DATA" and not refused:
-                refused = True
-                self.wfile.write(b"451 4.3.0 not now\r\n")
-            elif verb == b"DATA":
-                self.wfile.write(b"354 go ahead\r\n")
-                data = b""
-                while not data.endswith(b"\r\n.\r\n"):
-                    data += self.rfile.readline()
-                open_transaction = False
-                self.wfile.write(b"250 accepted\r\n")
-            elif verb == b"QUIT":
-                self.wfile.write(b"221 bye\r\n")
-                return
-            else:
-                self.wfile.write(b"250 ok\r\n")
+        server.seen.append(verb.decode())
+        if verb == b"EHLO":
+            self.wfile.write(b"250-strict\r\n250 SIZE 100000\r\n")
+        elif verb == b"MAIL":
+            self.wfile.write(b"503 5.5.1 nested MAIL\r\n" if self.open_transaction
+                             else b"250 sender ok\r\n")
+            self.open_transaction = True
+        elif verb == b"RSET":
+            self.open_transaction = False
+            self.wfile.write(b"250 reset\r\n")
+        elif verb == b"DATA" and not self.refused:
+            self.refused = True
+            self.wfile.write(b"451 4.3.0 not now\r\n")
+        elif verb == b"DATA":
+            self.wfile.write(b"354 go ahead\r\n")
+            self.take_data()
+            self.open_transaction = False
+        else:
+            return False
+        return True
 
 
 def test_a_refused_data_command_resets_the_transaction_before_the_next_message() -> None:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _StrictTransactions)
-    server.verbs = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     data = message(digest_for())
-    try:
-        config = SmtpConfig(host="127.0.0.1", port=server.server_address[1], security="none",
-                            timeout=5)
-        with SmtpSender(config) as sender:
-            with pytest.raises(SendError, match="451") as refused:
-                sender.send(_raw(data))
-            assert not refused.value.permanent
-            assert sender.send(_raw(data, "b@example.org"))  # the same connection, reset
-    finally:
-        server.shutdown()
-        server.server_close()
-    verbs: list[str] = server.verbs  # type: ignore[attr-defined]
-    assert verbs[:8] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]
+    with _raw_server(_StrictTransactions) as server, SmtpSender(server.config()) as sender:
+        with pytest.raises(SendError, match="451") as refused:
+            sender.send(_raw(data))
+        assert not refused.value.permanent
+        assert sender.send(_raw(data, "b@example.org"))  # the same connection, reset
+    assert server.seen[:8] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]
