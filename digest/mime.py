@@ -176,10 +176,11 @@ BOUNDARY = "===============" + str(
     int.from_bytes(hashlib.sha256(b"digest multipart/alternative").digest()[:8], "big")
 ).rjust(19, "0") + "=="
 
-# Fields whose values repeat from message to message (the sender, the run's Date, the list):
-# folded once per process and value instead of once per message.
-_SHARED = frozenset({"from", "date", "list-id", "list-unsubscribe-post", "mime-version",
-                     "content-type"})
+# Fields whose values repeat from message to message (the sender, the run's Date, the list,
+# and the Subject, which is the count and the top topics): folded once per process and value
+# instead of once per message.
+_SHARED = frozenset({"from", "date", "subject", "list-id", "list-unsubscribe-post",
+                     "mime-version", "content-type"})
 _folded: dict[tuple[str, str], bytes] = {}
 
 

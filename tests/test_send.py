@@ -9,6 +9,7 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
+from email.headerregistry import Address
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from digest.config import DeliveryConfig, SmtpConfig
+from digest.config import DeliveryConfig, SmtpConfig, _check_email
 from digest.errors import SendError
 from digest.match import build_digest, document
+from digest.mime import fold_field
 from digest.models import Digest, Listing, RenderedEmail, Subscriber, Topic
 from digest.send import (
     FileSender,
     Outgoing,
     SmtpSender,
+    _to_address,
     build_message,
     clean_header,
     outgoing,
@@ -259,6 +262,20 @@ def _clean_header_by_hand(value: str) -> str:
 @given(st.text() | st.sampled_from([" lead", "trail ", "a  b", "a\u2028b", "a\xa0b", "ok"]))
 def test_clean_header_fast_path_changes_nothing(value: str) -> None:
     assert clean_header(value) == _clean_header_by_hand(value)
+
+
+# Addresses as a subscriber file may give them: each goes through the config's validation.
+_ADDRESSES = ["ada@example.org", "o'brien+digest@mail.example.co.uk",
+              "!#$%&'*+-/=?^_`{|}~@example.org", "first.last@xn--bcher-kva.example",
+              "user@bücher.example", "UPPER.Case@Example.ORG", "a@b.example"]
+
+
+@given(st.text(max_size=40), st.sampled_from(_ADDRESSES))
+def test_the_to_field_made_from_the_address_parts_is_the_parsed_one(name: str,
+                                                                    email: str) -> None:
+    valid = _check_email(email)
+    parsed = Address(display_name=clean_header(name), addr_spec=valid)
+    assert fold_field("To", _to_address(name, valid)) == fold_field("To", parsed)
 
 
 class _RawServer(socketserver.ThreadingTCPServer):
