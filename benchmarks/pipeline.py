@@ -29,13 +29,15 @@ import socket
 import sys
 import tempfile
 import time
+import timeit
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from sqlite_utils import Database
 
 from benchmarks.match import NOW, Vocabulary, make_listings, make_subscribers, seed_abstracts
@@ -304,29 +306,63 @@ def _outbox_writes(worker: Database, parent: Database, settings: Settings,
     return time.perf_counter() - t0
 
 
+class SendRun(NamedTuple):
+    """What one `pipeline.send` run measured."""
+
+    seconds: float  # wall clock, send() end to end
+    sent: int
+    main_mb: float  # peak RSS of the process that ran send()
+    worker_mb: float  # peak RSS of its largest worker
+    cpu_seconds: float  # user + system time of that process and all its workers
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _send_in_process(config: Path, name: str, workers: int, null: bool,
-                     only: list[str] | None, reference: bool) -> tuple[float, int, float, float]:
+                     only: list[str] | None, reference: bool) -> SendRun:
     settings = fresh(config, name)
     db = store.open_db(settings.store.path)
+    cpu0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     report = pipeline.send(settings, db, NOW, sender=NullSender() if null else None,
                            workers=workers, only=only, reference=reference)
     seconds = time.perf_counter() - t0
+    # send() has joined its workers by now, so their time is in RUSAGE_CHILDREN.
+    cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - cpu0
     if report.fatal:
         raise SystemExit(f"{name}: {report.fatal}")
     db.close()
     settings.store.path.unlink()
-    return seconds, report.count("sent"), peak_mb(), peak_mb(resource.RUSAGE_CHILDREN)
+    return SendRun(seconds, report.count("sent"), peak_mb(),
+                   peak_mb(resource.RUSAGE_CHILDREN), cpu)
 
 
 def run_send(config: Path, name: str, workers: int, null: bool,
-             only: list[str] | None = None, reference: bool = False,
-             ) -> tuple[float, int, float, float]:
-    """`pipeline.send` on a fresh store, in a fresh process (so its peak memory is its
-    own): seconds, messages sent, peak MB of that process and of its largest worker."""
+             only: list[str] | None = None, reference: bool = False) -> SendRun:
+    """`pipeline.send` on a fresh store, in a fresh process (so its peak memory and CPU time
+    are its own)."""
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as one:
         return one.submit(_send_in_process, config, name, workers, null, only,
                           reference).result()
+
+
+def machine() -> str:
+    """How fast this machine is at two things the send path does, so that figures from
+    different machines can be compared: an RSA-2048 signature through OpenSSL, and a plain
+    Python loop (best of five)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"calibration")
+    prehashed = digest.finalize()
+    signing = min(timeit.repeat(
+        lambda: key.sign(prehashed, padding.PKCS1v15(), Prehashed(hashes.SHA256())),
+        number=200, repeat=5)) / 200
+    loop = min(timeit.repeat("for i in range(1_000_000): pass", number=1, repeat=5))
+    return (f"machine: {mp.cpu_count()} cores; RSA-2048 signature {signing * 1000:.2f} ms"
+            f" (OpenSSL); a 1,000,000-step Python loop {loop * 1000:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -347,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
+    print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         config = prepare(Path(tmp), args.subscribers, args.listings, args.seed, port)
@@ -363,13 +400,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:7s} {seconds * 1000:6.3f} ms  {seconds / total:5.1%}")
         print(f"  total   {total * 1000:6.3f} ms  (= {1 / total:,.0f} msg/s on one core)")
 
-        null_seconds, sent, main_mb, worker_mb = run_send(config, "null", args.workers, True)
-        null_rate = sent / null_seconds
-        print(f"null transport:   {sent:,} signed messages in {null_seconds:6.1f} s ="
+        null = run_send(config, "null", args.workers, True)
+        null_rate = null.sent / null.seconds
+        print(f"null transport:   {null.sent:,} signed messages in {null.seconds:6.1f} s ="
               f" {null_rate:7,.0f} msg/s  (send() end to end: subscriber cache, index,"
-              f" outbox)")
-        print(f"peak memory:      {main_mb:,.0f} MB main process, {worker_mb:,.0f} MB largest"
-              " worker (RSS: the worker's includes the pages it shares with the main one)")
+              f" outbox); CPU {null.cpu_seconds / null.sent * 1000:.2f} ms a message, all"
+              " processes")
+        print(f"peak memory:      {null.main_mb:,.0f} MB main process, {null.worker_mb:,.0f}"
+              " MB largest worker (RSS: the worker's includes the pages it shares with the main"
+              " one)")
         if args.only_null:
             return
 
@@ -380,20 +419,20 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if not ready.wait(30):
                 raise SystemExit("the loopback sink did not start")
-            smtp_seconds, smtp_sent, _, _ = run_send(config, "smtp", args.workers, False)
+            smtp = run_send(config, "smtp", args.workers, False)
         finally:
             stop.set()
             sink.join(timeout=10)
-        print(f"loopback SMTP:    {smtp_sent:,} messages in {smtp_seconds:6.1f} s ="
-              f" {smtp_sent / smtp_seconds:7,.0f} msg/s  ({CONNECTIONS} connections to a"
-              f" discarding sink)")
+        print(f"loopback SMTP:    {smtp.sent:,} messages in {smtp.seconds:6.1f} s ="
+              f" {smtp.sent / smtp.seconds:7,.0f} msg/s  ({CONNECTIONS} connections to a"
+              f" discarding sink); CPU {smtp.cpu_seconds / smtp.sent * 1000:.2f} ms a message"
+              " without the sink's")
 
         subset = [f"s{i:06d}" for i in range(min(args.reference_subset, args.subscribers))]
-        ref_seconds, ref_sent, _, _ = run_send(config, "reference", 1, True, only=subset,
-                                               reference=True)
-        ref_rate = ref_sent / ref_seconds
+        ref = run_send(config, "reference", 1, True, only=subset, reference=True)
+        ref_rate = ref.sent / ref.seconds
         print(f"straightforward:  {args.subscribers / ref_rate:6.0f} s for all (SCALED from"
-              f" {ref_sent:,} messages in {ref_seconds:.1f} s on one process ="
+              f" {ref.sent:,} messages in {ref.seconds:.1f} s on one process ="
               f" {ref_rate:,.0f} msg/s; EmailMessage.as_bytes + dkimpy, null transport)")
         print(f"ratio:            {null_rate / ref_rate:6.1f}x the straightforward path"
               " (null transport)")
