@@ -61,9 +61,8 @@ def encode_qp(text: str) -> bytes:
 
 
 def encode_qp_checked(text: str) -> tuple[bytes, bool]:
-    """`encode_qp(text)`, and whether DKIM's relaxed body canonicalisation surely leaves every
-    line of it as it is (no tab, no two blanks in a row; QP never leaves a blank at a line's
-    end). False can be said of a body that would be left alone: the signer then looks.
+    """`encode_qp(text)`, and whether DKIM's relaxed body canonicalisation leaves every line
+    of it as it is (no tab, no two blanks in a row; QP never leaves a blank at a line's end).
 
     Quoted-printable is line-local (each line's encoding depends on that line alone), so each
     distinct line is encoded once per process and remembered: a digest is mostly template
@@ -98,12 +97,15 @@ _ENTRY_OVERHEAD = 120  # two bytes objects and a dict slot, about
 
 def _remember(line: bytes) -> tuple[bytes, bool]:
     global _qp_cached
-    encoded = _encode_line(line)
-    # Judged on the line itself, which is shorter: QP keeps tabs and blanks as they are, but
-    # for a blank ending the line (encoded) or one a soft break separates from the next, so
-    # a line without them never encodes with them. (The converse fails only for those rare
-    # lines, which are then signed the slower way.)
-    stable = b"\t" not in line and b"  " not in line
+    encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)
+    # Most lines need nothing more: short enough (so no soft breaks either), and not starting
+    # with what must be escaped.
+    if len(encoded) > MAX_LINE + 1 or encoded.startswith((b".", b"From ")):
+        encoded = _finish(encoded)[:-2]
+    else:
+        encoded = encoded[:-1]
+    stable = not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
+                  or encoded.endswith(b" "))
     if _qp_cached + 2 * len(line) + _ENTRY_OVERHEAD > QP_CACHE_BYTES:
         _qp_lines.clear()
         _qp_unstable.clear()
@@ -111,23 +113,6 @@ def _remember(line: bytes) -> tuple[bytes, bool]:
     (_qp_lines if stable else _qp_unstable)[line] = encoded
     _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
     return encoded, stable
-
-
-def _encode_line(line: bytes) -> bytes:
-    # One line's QP (CRLF between its soft-broken pieces, none at the end): `_finish` of
-    # b2a_qp's output, with the checks most lines pass done first. b2a_qp itself breaks lines
-    # at 76 characters; only a blank ending the line (which it escapes after the fact) or an
-    # escaped first character can make a piece longer.
-    encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)
-    body = encoded[:-1]
-    if body.startswith((b".", b"From ")):
-        return _finish(encoded)[:-2]
-    if len(body) <= MAX_LINE:
-        return body
-    if (b"\n." in body or b"\nFrom " in body
-            or max(map(len, body.split(b"\n"))) > MAX_LINE):
-        return _finish(encoded)[:-2]
-    return body.replace(b"\n", b"\r\n")
 
 
 def encode_qp_block(data: bytes) -> bytes:
