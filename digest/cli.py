@@ -243,6 +243,10 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
         if report.count(s)
     )
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
+    if report.dropped:
+        out.print(f"dropped the stored bytes of {report.dropped} message(s) sent more than"
+                  f" {settings.store.keep_sent_days} day(s) ago ([store] keep_sent_days)",
+                  highlight=False)
     if report.fatal:
         err.print(f"[bold red]error:[/] {report.fatal}", highlight=False)
     if report.stopped:

@@ -141,6 +141,12 @@ class StoreConfig(_Strict):
     path: Path = Field(
         Path("../var/digest.db"), description="SQLite file for listings and deliveries."
     )
+    keep_sent_days: int = Field(
+        7, ge=0, le=3650,
+        description="Days the exact bytes of a sent message stay in the store; each send"
+        " drops older ones once it has sent (0: every message sent before it started). The"
+        " digest's record (state, Message-ID, subject, items) stays for good.",
+    )
 
 
 def _check_source_name(value: str) -> str:

@@ -263,6 +263,7 @@ class SendReport:
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str | None = None
     stopped: bool = False  # a signal asked to stop; what was not sent stays queued
+    dropped: int = 0  # stored bytes of old sent messages dropped ([store] keep_sent_days)
 
     @property
     def failed(self) -> bool:
@@ -337,6 +338,10 @@ def send(
     is built, rendered, stored in the outbox as the exact bytes to send, and handed to the
     next free connection while the next one is built. A digest already sent or queued is
     never built again.
+
+    Then (unless stopped) the stored bytes of messages sent more than `[store]
+    keep_sent_days` before `now` are dropped (`store.drop_sent_messages`); their digest rows
+    stay.
 
     `dry_run` renders everything and changes nothing. `due_only` is the scheduler's mode:
     subscribers whose local send time has not come are skipped, and retries wait for their
@@ -419,6 +424,13 @@ def send(
             if sender is None:
                 for own in senders:
                     own.close()
+        if not stop.is_set():
+            # After the sending, not before: today's messages should not wait for it.
+            report.dropped = store.drop_sent_messages(
+                db, now - timedelta(days=settings.store.keep_sent_days))
+            if report.dropped:
+                log.info("dropped the stored bytes of %d message(s) sent before the last %d"
+                         " day(s)", report.dropped, settings.store.keep_sent_days)
     report.fatal = outbox.report.fatal or (pool.broken if pool is not None else None)
     report.stopped = stop.is_set()
     order = {sid: i for i, sid in enumerate(today)}
@@ -429,7 +441,8 @@ def send(
     store.record_run(
         db, "send", now, clock(),
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
-                                       "already-sent", "queued")},
+                                       "already-sent", "queued")}
+        | {"bytes dropped": report.dropped},
     )
     return report
 

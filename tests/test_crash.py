@@ -104,7 +104,9 @@ def test_daemon_stops_cleanly_on_signal_and_refuses_a_second_instance(
     for i in range(30):
         add_subscriber(project, f"s{i:03d}", send_at="00:00")
     project.write_config(smtp_config(server.port), transport="smtp", sources="")
-    server.sink.always_slow = 0.05
+    # Slow enough that the 30 messages outlast starting the second process on a loaded
+    # machine (at 0.05 s each they did not, one time in three).
+    server.sink.always_slow = 0.25
     daemon = subprocess.Popen([DIGEST, "run", "--config", str(project.config)], env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -126,6 +128,7 @@ def test_daemon_stops_cleanly_on_signal_and_refuses_a_second_instance(
     sent = {sid for sid, state in after.items() if state == "sent"}
     assert len(sent) == len(server.sink.received) and 3 <= len(sent) < 30
     # The rest goes out with the next run, each exactly once.
+    server.sink.always_slow = 0
     rerun = subprocess.run([DIGEST, "send", "--config", str(project.config)], env=env(),
                            capture_output=True, text=True, timeout=60)
     assert rerun.returncode == 0, rerun.stderr

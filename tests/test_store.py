@@ -123,3 +123,46 @@ def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path
     db = store.open_db(tmp_path / "old.db")
     assert db.execute("pragma page_size").fetchone() == (4096,)
     assert "digests" in db.table_names()
+
+
+def _queue(db: Database, sid: str, day: dt.date, listing: str) -> str:
+    key = f"{sid}/{day.isoformat()}"
+    store.enqueue(db, key=key, subscriber_id=sid, local_date=day, message_id=f"<{sid}@x>",
+                  subject="s", envelope_from="d@example.org", recipient=f"{sid}@example.org",
+                  data=b"bytes of " + key.encode(), items=[store.OutboxItem(listing, "P", 1.0)],
+                  now=NOW)
+    return key
+
+
+def test_old_sent_bytes_are_dropped_and_the_record_kept(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "DROP_BATCH", 2)  # several transactions
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("a"), make("b")], NOW)
+    day = NOW.date()
+    old = [_queue(db, f"old{i}", day, "a") for i in range(5)]
+    recent, waiting, failed = (_queue(db, name, day, "a") for name in ("recent", "q", "f"))
+    with db.atomic():
+        store.claim_many(db, [*old, recent, waiting, failed], NOW)
+        store.record_sent_many(db, old, NOW - dt.timedelta(days=8))
+        store.record_sent_many(db, [recent], NOW - dt.timedelta(days=6))
+    store.record_failed(db, failed, "550 no such user", NOW - dt.timedelta(days=9))
+    assert store.drop_sent_messages(db, NOW - dt.timedelta(days=7)) == 5
+    assert store.messages(db, [*old, recent, waiting, failed]) == {
+        key: b"bytes of " + key.encode() for key in (recent, waiting, failed)}
+    # The record stays: still sent, its item still given (never offered again).
+    assert store.digest_state(db, "old0", day) == "sent"
+    assert store.sent_listing_ids(db, old[0]) == ["a"]
+    since = NOW - dt.timedelta(days=7)
+    assert {c.id for c in store.candidates(db, "old0", since)} == {"b"}
+    assert store.drop_sent_messages(db, NOW - dt.timedelta(days=7)) == 0
+    assert store.drop_sent_messages(db, NOW) == 1  # the recent one's turn
+
+
+def test_finding_old_sent_bytes_reads_no_history(tmp_path: Path) -> None:
+    # The query behind drop_sent_messages must use the partial index: a scan of the digests
+    # table would read every digest ever sent, every day.
+    db = store.open_db(tmp_path / "d.db")
+    plan = " ".join(str(row[-1]) for row in db.execute(
+        "explain query plan " + store._OLD_SENT, ["x", 1]).fetchall())
+    assert "USING INDEX digests_sent_with_bytes (sent_at<?)" in plan, plan
