@@ -426,11 +426,7 @@ def send(
                     own.close()
         if not stop.is_set():
             # After the sending, not before: today's messages should not wait for it.
-            report.dropped = store.drop_sent_messages(
-                db, now - timedelta(days=settings.store.keep_sent_days))
-            if report.dropped:
-                log.info("dropped the stored bytes of %d message(s) sent before the last %d"
-                         " day(s)", report.dropped, settings.store.keep_sent_days)
+            report.dropped = drop_old_messages(settings, db, now, progress, stop)
     report.fatal = outbox.report.fatal or (pool.broken if pool is not None else None)
     report.stopped = stop.is_set()
     order = {sid: i for i, sid in enumerate(today)}
@@ -445,6 +441,27 @@ def send(
         | {"bytes dropped": report.dropped},
     )
     return report
+
+
+def drop_old_messages(settings: Settings, db: Database, now: datetime,
+                      progress: ProgressHook, stop: threading.Event) -> int:
+    """Drop the stored bytes of messages sent more than `[store] keep_sent_days` before
+    `now`, a transaction at a time (about 12 s at 100,000 messages); returns how many."""
+    before = now - timedelta(days=settings.store.keep_sent_days)
+    total = store.count_old_sent(db, before)
+    if not total:
+        return 0
+    progress.start(-(-total // store.DROP_BATCH), "dropping old messages")
+    dropped = 0
+    while not stop.is_set():
+        batch_count = store.drop_sent_messages(db, before)
+        dropped += batch_count
+        progress.advance("dropping old messages")
+        if batch_count < store.DROP_BATCH:
+            break
+    log.info("dropped the stored bytes of %d message(s) sent more than %d day(s) ago",
+             dropped, settings.store.keep_sent_days)
+    return dropped
 
 
 def _queue_one(

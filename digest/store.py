@@ -767,36 +767,37 @@ def requeue_failed(
 DROP_BATCH = 2000  # messages per transaction when old bytes are dropped
 # INDEXED BY: left to itself the planner takes the index on state, which holds every digest
 # ever sent.
-_OLD_SENT = ("select id from digests indexed by digests_sent_with_bytes"
-             " where state = 'sent' and message_size is not null and sent_at < ? limit ?")
+_OLD_SENT = ("from digests indexed by digests_sent_with_bytes"
+             " where state = 'sent' and message_size is not null and sent_at < ?")
 
 
-def drop_sent_messages(db: Database, before: datetime) -> int:
-    """Drop the stored bytes of the messages sent before `before`; returns how many.
+def count_old_sent(db: Database, before: datetime) -> int:
+    """How many sent messages still have their bytes stored and were sent before `before`."""
+    return int(db.execute(f"select count(*) {_OLD_SENT}", [timestamp(before)]).fetchone()[0])
+
+
+def drop_sent_messages(db: Database, before: datetime, limit: int = DROP_BATCH) -> int:
+    """Drop the stored bytes of up to `limit` messages sent before `before`, in one
+    transaction (so the write lock is never held for long); returns how many.
 
     At 100,000 subscribers the bytes are 3-4 GB a day, while what the store must keep for
     good is small: the digest row (state, Message-ID, subject) and its items, which keep a
     paper from being sent twice. Those stay; message_size becomes null (no bytes stored).
-    Pending and failed digests keep their bytes: they may still be sent. Done in
-    transactions of DROP_BATCH messages, so the write lock is never held for long."""
-    cutoff = timestamp(before)
-    dropped = 0
-    while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            ids = [row[0] for row in db.execute(_OLD_SENT, [cutoff, DROP_BATCH]).fetchall()]
-            keys = json.dumps(ids)
-            db.execute("delete from outbox_messages where id in (select value from json_each(?))",
-                       [keys])
-            db.execute("update digests set message_size = null"
-                       " where id in (select value from json_each(?))", [keys])
-        except BaseException:
-            db.conn.rollback()
-            raise
-        db.conn.commit()
-        dropped += len(ids)
-        if len(ids) < DROP_BATCH:
-            return dropped
+    Pending and failed digests keep their bytes: they may still be sent."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ids = [row[0] for row in db.execute(f"select id {_OLD_SENT} limit ?",
+                                            [timestamp(before), limit]).fetchall()]
+        keys = json.dumps(ids)
+        db.execute("delete from outbox_messages where id in (select value from json_each(?))",
+                   [keys])
+        db.execute("update digests set message_size = null"
+                   " where id in (select value from json_each(?))", [keys])
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+    return len(ids)
 
 
 def latest_digests(db: Database) -> dict[str, dict[str, Any]]:
