@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import webbrowser
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
-from .errors import ConfigError, DigestError
+from .errors import ConfigError, DigestError, UnknownSubscriberError
 from .sources import where
 
 out = Console(soft_wrap=True)
@@ -213,6 +214,27 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
 # Above this many subscribers the report lists only those that need attention: a table of
 # 100,000 rows took 28 s to print and helps nobody (`digest status` lists everyone).
 REPORT_ROWS = 50
+_Row = TypeVar("_Row")
+
+
+def _attention_only(rows: list[_Row], needs_attention: Callable[[_Row], bool],
+                    ) -> tuple[list[_Row], int]:
+    """All rows, or above REPORT_ROWS only those that need attention (at most REPORT_ROWS);
+    and how many were left out."""
+    if len(rows) <= REPORT_ROWS:
+        return rows, 0
+    attention = [row for row in rows if needs_attention(row)]
+    return attention[:REPORT_ROWS], len(rows) - min(len(attention), REPORT_ROWS)
+
+
+def _print_table(table: Table, left_out: int, listed: str, more: str) -> None:
+    # The table when it has rows, and a line about the subscribers left out of it.
+    if table.row_count:
+        out.print(table)
+    if left_out:
+        only = f" (only {listed} are)" if table.row_count else ""
+        out.print(f"{left_out} subscriber(s) not listed{only}; {more}", highlight=False)
+
 _ATTENTION = ("failed", "invalid", "retry", "queued")
 
 
@@ -220,22 +242,15 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
     table = Table("subscriber", "result", "items", "detail")
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
                "retry": "yellow", "queued": "yellow"}
-    rows = [o for o in report.outcomes if o.status != "not-due"]
-    left_out = 0
-    if len(rows) > REPORT_ROWS:
-        attention = [o for o in rows if o.status in _ATTENTION]
-        left_out = len(rows) - min(len(attention), REPORT_ROWS)
-        rows = attention[:REPORT_ROWS]
+    rows, left_out = _attention_only([o for o in report.outcomes if o.status != "not-due"],
+                                     lambda o: o.status in _ATTENTION)
     for o in rows:
         colour = colours.get(o.status, "yellow")
-        table.add_row(o.subscriber_id, f"[{colour}]{o.status}[/]", str(o.items or ""),
-                      o.detail)
-    if rows:
-        out.print(table)
-    if left_out:
-        out.print(f"{left_out} subscriber(s) not listed"
-                  f"{' (only failures, retries and queued ones are)' if rows else ''};"
-                  " 'digest status' shows everyone", highlight=False)
+        # Escaped: a server's reply in the detail may hold [brackets], rich's markup.
+        table.add_row(escape(o.subscriber_id), f"[{colour}]{o.status}[/]", str(o.items or ""),
+                      escape(o.detail))
+    _print_table(table, left_out, "failures, retries and queued ones",
+                 "'digest status --all' shows everyone")
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
                                             "unsubscribed", "retry", "queued", "failed",
@@ -321,17 +336,36 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     web.serve(app, host, port)
 
 
+_STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
+
+
 @cli.command()
 @config_option
 @click.option("--runs", default=10, show_default=True, help="How many recent runs to show.")
-def status(config_path: Path, runs: int) -> None:
+@click.option("--subscriber", "subscribers", multiple=True, metavar="ID",
+              help="Only this subscriber (repeatable).")
+@click.option("--all", "show_all", is_flag=True,
+              help=f"List every subscriber; above {REPORT_ROWS}, only those whose last digest"
+                   " needs attention (failed, retry, queued, sending) are listed by default.")
+def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all: bool) -> None:
     """Show each subscriber's last digest (date, state, items, attempts, error) and recent runs."""
     settings = _settings(config_path)
     db = store.open_db(settings.store.path)
+    everyone = pipeline.status(settings, db)
+    rows = everyone
+    if subscribers:
+        known = {row.subscriber_id: row for row in everyone}
+        for sid in subscribers:
+            if sid not in known:
+                _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
+        rows = [known[sid] for sid in dict.fromkeys(subscribers)]
+    left_out = 0
+    if not show_all and not subscribers:
+        rows, left_out = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
     colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
                "queued": "yellow"}
     table = Table("subscriber", "date", "state", "items", "attempts", "last error / next try")
-    for row in pipeline.status(settings, db):
+    for row in rows:
         state = row.state or "-"
         if row.state in colours:
             state = f"[{colours[row.state]}]{state}[/]"
@@ -339,9 +373,15 @@ def status(config_path: Path, runs: int) -> None:
         if row.state == "retry" and row.next_attempt_at:
             note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
         name = row.subscriber_id if row.known else f"{row.subscriber_id} (file removed)"
-        table.add_row(name, row.local_date or "-", state,
-                      str(row.items) if row.state else "", str(row.attempts or ""), note)
-    out.print(table)
+        # Escaped: a server's reply (the last error) may hold [brackets], rich's markup.
+        table.add_row(escape(name), row.local_date or "-", state,
+                      str(row.items) if row.state else "", str(row.attempts or ""),
+                      escape(note))
+    _print_table(table, left_out, "those that need attention",
+                 "--all lists everyone, --subscriber ID one")
+    counts = Counter(row.state or "no digest yet" for row in everyone)
+    out.print(f"{len(everyone)} subscriber(s), by their last digest: "
+              + ", ".join(f"{n} {state}" for state, n in counts.most_common()), highlight=False)
     history = Table("run", "kind", "started (UTC)", "seconds", "summary", title="recent runs")
     for run_row in store.recent_runs(db, runs):
         started = datetime.fromisoformat(run_row["started_at"])

@@ -109,11 +109,13 @@ def test_send_over_smtp_with_starttls_and_auth(project: Project,
 
 
 def test_send_exit_code_says_something_failed(project: Project) -> None:
-    project.subscriber("broken", "name = 'X'\nemail = 'not-an-address'\n")
+    project.subscriber("broken", "name = 'X'\nemail = '[bold]not-an-address'\n")
     invoke(project, "fetch")
-    code, output = invoke(project, "send")
+    code, output = invoke(project, "send", env={"COLUMNS": "250"})
     assert code == 1
     assert "invalid" in output and "2 sent" in output
+    (row,) = [line for line in output.splitlines() if line.startswith("│ broken")]
+    assert "'[bold]not-an-address'" in row  # the detail is text, not rich markup
 
 
 def test_a_large_send_lists_only_who_needs_attention(project: Project,

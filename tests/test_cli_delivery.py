@@ -33,6 +33,41 @@ def test_status_lists_every_subscriber_and_recent_runs(project: Project) -> None
     assert "recent runs" in after.output and "sent: 1" in after.output
 
 
+def test_status_of_many_lists_who_needs_attention_and_counts_the_rest(
+        project: Project) -> None:
+    prepare(project, NOW, cli.REPORT_ROWS + 10)
+    project.write_config(sources="")
+    runner = CliRunner()
+    env = {"DIGEST_NOW": NOW.isoformat(), "COLUMNS": "200"}
+    assert runner.invoke(cli.cli, ["send", "--config", str(project.config)],
+                         env=env).exit_code == 0
+    db = store.open_db(project.db_path)
+    for sid in ("s003", "s041"):
+        store.record_failed(db, f"{sid}/2026-11-25", "550 5.1.1 [mailbox unknown]", NOW)
+    total = cli.REPORT_ROWS + 10
+
+    def status(*args: str) -> tuple[int, str]:
+        result = runner.invoke(cli.cli, ["status", "--config", str(project.config), *args],
+                               env=env)
+        return result.exit_code, result.output
+
+    code, output = status()
+    assert code == 0, output
+    listed = [line.split("│")[1].strip() for line in output.splitlines()
+              if line.startswith("│ s0")]
+    assert listed == ["s003", "s041"]
+    assert "550 5.1.1 [mailbox unknown]" in output  # a reply's brackets are not markup
+    assert f"{total - 2} subscriber(s) not listed" in output
+    assert f"{total} subscriber(s), by their last digest: {total - 2} sent, 2 failed" in output
+    code, output = status("--all")
+    assert code == 0 and output.count("│ s0") == total
+    code, output = status("--subscriber", "s010", "--subscriber", "s003")
+    assert [line.split("│")[1].strip() for line in output.splitlines()
+            if line.startswith("│ s0")] == ["s010", "s003"]
+    code, output = status("--subscriber", "nobody")
+    assert code != 0 and "no subscriber 'nobody'" in output
+
+
 def test_retry_only_requeues_the_named_subscribers(project: Project) -> None:
     prepare(project, NOW, 2)
     project.write_config(sources="")
