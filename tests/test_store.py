@@ -168,3 +168,25 @@ def test_finding_old_sent_bytes_reads_no_history(tmp_path: Path) -> None:
         plan = " ".join(str(row[-1]) for row in db.execute(f"explain query plan {query}",
                                                            args).fetchall())
         assert "INDEX digests_sent_with_bytes (sent_at<?)" in plan, plan
+
+
+def test_latest_digests_is_each_subscribers_newest_without_reading_the_history(
+        tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    days = ["2026-11-03", "2026-11-01", "2026-11-20", "2026-11-07"]
+    rows = [(f"{sid}/{day}", sid, day, state, "t", "t")
+            for n, sid in enumerate(["b", "a", "c/x", "a2"])
+            for day, state in zip(days[: n + 1], ["sent", "failed", "retry", "queued"],
+                                  strict=False)]
+    db.conn.executemany("insert into digests (id, subscriber_id, local_date, state, created_at,"
+                        " updated_at) values (?, ?, ?, ?, ?, ?)", rows)
+    db.conn.commit()
+    latest = store.latest_digests(db)
+    assert list(latest) == ["a", "a2", "b", "c/x"]
+    assert {sid: (r["local_date"], r["state"]) for sid, r in latest.items()} == {
+        "b": ("2026-11-03", "sent"), "a": ("2026-11-03", "sent"),
+        "c/x": ("2026-11-20", "retry"), "a2": ("2026-11-20", "retry")}
+    # Every step is a seek: nothing scans the digests table or its index.
+    plan = [row[-1] for row in db.execute(
+        "explain query plan " + store._LATEST).fetchall()]
+    assert not any(step.startswith("SCAN d") for step in plan), plan
