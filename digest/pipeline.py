@@ -454,7 +454,7 @@ def drop_old_messages(settings: Settings, db: Database, now: datetime,
     progress.start(-(-total // store.DROP_BATCH), "dropping old messages")
     dropped = 0
     while not stop.is_set():
-        batch_count = store.drop_sent_messages(db, before)
+        batch_count = store.drop_sent_messages(db, before, store.DROP_BATCH)
         dropped += batch_count
         progress.advance("dropping old messages")
         if batch_count < store.DROP_BATCH:
