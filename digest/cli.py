@@ -212,7 +212,7 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
 
 
 # Above this many subscribers the report lists only those that need attention: a table of
-# 100,000 rows took 28 s to print and helps nobody (`digest status` lists everyone).
+# 100,000 rows took 28 s to print and helps nobody (`--all` lists everyone in `digest status`).
 REPORT_ROWS = 50
 _Row = TypeVar("_Row")
 

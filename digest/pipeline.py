@@ -706,10 +706,7 @@ def _store_task(db: Database, built: list[tuple[int, Outcome | _Write]],
 def _write_task(db: Database, built: list[tuple[int, Outcome | _Write]], now: datetime,
                 isolate: bool) -> list[tuple[int, Outcome | str]]:
     out: list[tuple[int, Outcome | str]] = []
-    # IMMEDIATE: take the write lock up front (waiting up to the busy timeout), since a read
-    # transaction that later writes fails at once when another process wrote meanwhile.
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with store.write_transaction(db):
         for i, item in built:
             if isinstance(item, Outcome):
                 out.append((i, item))
@@ -725,10 +722,6 @@ def _write_task(db: Database, built: list[tuple[int, Outcome | _Write]], now: da
                     outcome = Outcome(item.subscriber.id, "failed",
                                       detail=f"unexpected error: {exc!r}")
             out.append((i, outcome or digest_key(item.subscriber.id, item.day)))
-    except BaseException:
-        db.conn.rollback()
-        raise
-    db.conn.commit()
     return out
 
 

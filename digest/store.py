@@ -654,6 +654,20 @@ def messages(db: Database, keys: Iterable[str]) -> dict[str, bytes]:
 
 
 @contextmanager
+def write_transaction(db: Database) -> Iterator[None]:
+    """A transaction that takes the write lock up front (BEGIN IMMEDIATE, waiting up to the
+    busy timeout): a read transaction that later writes fails at once when another process
+    wrote meanwhile. Committed at the end, rolled back on any exception."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+
+
+@contextmanager
 def _transaction(db: Database) -> Iterator[None]:
     # One statement is atomic by itself: inside the caller's transaction it needs no
     # savepoint of its own (sqlite-utils' nested atomic() costs a getrandom() per call).
@@ -784,8 +798,7 @@ def drop_sent_messages(db: Database, before: datetime, limit: int = DROP_BATCH) 
     good is small: the digest row (state, Message-ID, subject) and its items, which keep a
     paper from being sent twice. Those stay; message_size becomes null (no bytes stored).
     Pending and failed digests keep their bytes: they may still be sent."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         ids = [row[0] for row in db.execute(f"select id {_OLD_SENT} limit ?",
                                             [timestamp(before), limit]).fetchall()]
         keys = json.dumps(ids)
@@ -793,10 +806,6 @@ def drop_sent_messages(db: Database, before: datetime, limit: int = DROP_BATCH) 
                    [keys])
         db.execute("update digests set message_size = null"
                    " where id in (select value from json_each(?))", [keys])
-    except BaseException:
-        db.conn.rollback()
-        raise
-    db.conn.commit()
     return len(ids)
 
 
