@@ -7,10 +7,23 @@ from datetime import date, datetime, time
 from pathlib import Path
 from urllib.parse import quote_plus
 
+# How far each source type is trusted for a listing's bibliographic fields (title, authors,
+# abstract, url, published): arXiv and Hugging Face, which hold the paper's own record, over
+# page captures, over generic feeds and your own JSON Lines. When sources disagree about a
+# listing, each of those fields keeps the value from the highest-ranked source that has one
+# (see `store._merge`); `feed` and `jsonl` can fill a field nobody better has filled, never
+# replace one.
+AUTHORITY: dict[str, int] = {"arxiv": 3, "hf-daily": 3, "hf-page": 2, "feed": 1, "jsonl": 1}
+
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """One paper (or any listing) as the store knows it."""
+    """One paper (or any listing) as the store knows it.
+
+    `arxiv_id` is set only when the listing *is* that arXiv paper (then `id` is the arXiv id
+    too); a post that merely links to a paper is its own listing. `authority` is the rank
+    (`AUTHORITY`) of the source type it came from; 0 when unknown.
+    """
 
     id: str
     title: str
@@ -27,6 +40,7 @@ class Listing:
     first_seen: datetime | None = None
     # (label, url) pairs such as ("pdf", ...), ("code", ...), ("hf", ...), one per label.
     links: tuple[tuple[str, str], ...] = ()
+    authority: int = 0
 
     @property
     def link(self) -> str:
@@ -42,7 +56,8 @@ class Listing:
         """Authors, or the organisation, or the author count: whatever the source gave."""
         if self.authors:
             shown = ", ".join(self.authors[:3])
-            more = len(self.authors) - 3
+            # A very long author list is stored cut; `author_count` keeps the real number.
+            more = max(len(self.authors), self.author_count or 0) - 3
             return f"{shown} and {more} more" if more > 0 else shown
         if self.organization:
             return self.organization

@@ -167,12 +167,29 @@ class UpsertCounts:
 
 
 _LIST_FIELDS = ("authors", "categories", "sources")
+# The fields the most authoritative source decides (see models.AUTHORITY and `_merge`).
+BIBLIOGRAPHIC = ("title", "authors", "abstract", "url", "published")
+# The rank of the fields of a row stored before ranks were recorded: that of a generic feed,
+# so the rules of before apply to them until a better-ranked source gives them again.
+_LEGACY_RANK = 1
+
+
+@migrations()
+def m11_listing_ranks(db: Database) -> None:
+    """Issue 15: which rank of source gave each bibliographic field of a listing (JSON)."""
+    db.table("listings").add_column("ranks", str)
+
+
+def _empty(value: Any) -> bool:
+    return value in (None, "", "[]")
 
 
 def _to_row(listing: Listing) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for f in fields(Listing):
         value = getattr(listing, f.name)
+        if f.name == "authority":
+            continue
         if f.name in _LIST_FIELDS:
             value = json.dumps(list(value))
         elif f.name == "links":
@@ -183,6 +200,8 @@ def _to_row(listing: Listing) -> dict[str, Any]:
             value = value.isoformat()
         row[f.name] = value
     row["title_key"] = title_key(listing.title)
+    row["ranks"] = json.dumps({k: listing.authority for k in BIBLIOGRAPHIC
+                               if not _empty(row[k])}, sort_keys=True)
     return row
 
 
@@ -202,23 +221,59 @@ def _from_row(row: dict[str, Any]) -> Listing:
         sources=tuple(json.loads(row["sources"] or "[]")),
         first_seen=datetime.fromisoformat(row["first_seen"]) if row["first_seen"] else None,
         links=tuple(sorted(json.loads(row.get("links") or "{}").items())),
+        authority=max(_ranks(row).values(), default=0),
     )
+
+
+def _ranks(row: dict[str, Any]) -> dict[str, int]:
+    """The rank of the source that gave each bibliographic field of a stored row."""
+    if row.get("ranks") is None:
+        return {k: _LEGACY_RANK for k in BIBLIOGRAPHIC if not _empty(row.get(k))}
+    return {k: int(v) for k, v in json.loads(row["ranks"]).items()}
+
+
+def _tie(key: str, old: Any, new: Any) -> Any:
+    """Which of two values of one field, from sources of equal rank, the row keeps: a
+    correction of the title wins, the first URL stays, the earliest date, the longest author
+    list and the longest abstract (an excerpt never replaces a full abstract)."""
+    if key == "url":
+        return old
+    if key == "published":
+        return min(old, new)
+    if key == "authors":
+        return new if len(json.loads(new)) > len(json.loads(old)) else old
+    if key == "abstract":
+        return new if len(new) > len(old) else old
+    return new
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """What the stored row becomes when `new` (from any source) describes the same listing.
 
-    Sources know different things, so each field combines rather than overwrites: known
-    values from `new` win (upvotes, title, organisation, ...); categories, sources and links
-    are united; the first known `url` stays, as do the earliest `published` date, the longest
-    author list and the longest abstract (an excerpt never replaces a full abstract). So two
-    sources fetched in turn never flip a listing back and forth.
+    Bibliographic fields (`BIBLIOGRAPHIC`: title, authors, abstract, url, published) come
+    from the most authoritative source that has them: a value from a better-ranked source
+    (`models.AUTHORITY`, recorded per field in `ranks`) replaces one from a lesser source,
+    never the other way round, and a value fills a field that has none; between sources of
+    equal rank see `_tie`. Of the other fields, known values from `new` win (upvotes,
+    organisation, ...) and categories, sources and links are united. So a blog post that
+    joins a paper cannot rename it, re-link it or re-date it, and two sources fetched in turn
+    never flip a listing back and forth.
     """
     merged = dict(old)
+    old_ranks, new_ranks = _ranks(old), _ranks(new)
+    ranks = dict(old_ranks)
     for key, value in new.items():
-        if key in ("first_seen", "updated_at", "id"):
+        if key in ("first_seen", "updated_at", "id", "ranks", "title_key"):
             continue
-        if key in ("categories", "sources"):
+        if key in BIBLIOGRAPHIC:
+            if _empty(value):
+                continue
+            rank, held = new_ranks.get(key, 0), old_ranks.get(key, 0)
+            if _empty(old[key]) or rank > held:
+                merged[key], ranks[key] = value, rank
+            elif rank == held:
+                merged[key] = _tie(key, old[key], value)
+        elif key in ("categories", "sources"):
             values = json.loads(old[key] or "[]")
             values += [v for v in json.loads(value) if v not in values]
             merged[key] = json.dumps(values)
@@ -226,17 +281,10 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             links = json.loads(value or "{}")
             links.update(json.loads(old.get(key) or "{}"))
             merged[key] = json.dumps(links, sort_keys=True)
-        elif key == "authors":
-            if len(json.loads(value or "[]")) > len(json.loads(old[key] or "[]")):
-                merged[key] = value
-        elif key == "url":
-            merged[key] = old[key] or value
-        elif key == "published":
-            merged[key] = min((d for d in (old[key], value) if d), default=None)
-        elif key == "abstract":
-            merged[key] = value if len(value or "") > len(old[key] or "") else old[key]
         elif value not in (None, ""):
             merged[key] = value
+    merged["title_key"] = title_key(merged["title"])
+    merged["ranks"] = json.dumps(ranks, sort_keys=True)
     return merged
 
 

@@ -68,12 +68,34 @@ def title_id(title: str) -> str:
     return "title:" + hashlib.sha256(title_key(title).encode()).hexdigest()[:16]
 
 
+_NAME_SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
+
+
+def _given_first(name: str) -> str:
+    """`name` in the order given names, surname: 'Kaur, M.' -> 'M. Kaur' (an inverted name,
+    as bioRxiv and many journals write them) and 'Kaur M' or 'Smith JR' -> 'M Kaur',
+    'J R Smith' (PubMed: initials in capitals after the surname). Other names are as written
+    ('Li Wei' stays: nothing says which part is the surname)."""
+    if "," in name:
+        surname, _, given = name.partition(",")
+        return f"{given} {surname}"
+    tokens = name.split()
+    last = tokens[-1] if tokens else ""
+    if (len(tokens) >= 2 and last.isalpha() and last.isupper() and len(last) <= 3
+            and not all(t.isupper() for t in tokens[:-1])):
+        return " ".join([*last, *tokens[:-1]])
+    return name
+
+
 def name_words(name: str) -> tuple[str, ...]:
-    """The words of a person's name with accents and case removed: "Yann Le-Cún" ->
-    ("yann", "le", "cun"). Dots, hyphens and other punctuation separate words."""
-    decomposed = unicodedata.normalize("NFKD", nfkc(name))
+    """The words of a person's name, given names first, with accents, case and suffixes
+    ('Jr.', 'III') removed: "Yann Le-Cún" -> ("yann", "le", "cun"), "Kaur, M." and "Kaur M"
+    -> ("m", "kaur"). Dots, hyphens and other punctuation separate words."""
+    decomposed = unicodedata.normalize("NFKD", _given_first(nfkc(name).strip()))
     plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return tuple(_WORD.findall(plain.casefold()))
+    words = _WORD.findall(plain.casefold())
+    kept = [w for w in words if w not in _NAME_SUFFIXES]
+    return tuple(kept if len(kept) >= 1 else words)
 
 
 def _same_given(a: str, b: str) -> bool:

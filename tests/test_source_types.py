@@ -249,8 +249,10 @@ def test_atom_feed(loopback: Loopback) -> None:
     assert blog.published == dt.date(2024, 5, 2)
     assert blog.id.startswith("url:")
     assert dict(blog.links)["enclosure"] == "https://blog.example.org/2024/05/kv-cache.mp3"
-    # An entry that links to an arXiv paper is that paper, whatever the identity setting.
-    assert repro.id == "2405.00451" and repro.arxiv_id == "2405.00451"
+    # A post that links to an arXiv paper is about the paper, not the paper: its own listing.
+    assert repro.id.startswith("url:") and repro.arxiv_id is None
+    assert repro.title == "We reproduced arXiv:2405.00451"
+    assert repro.url == "https://arxiv.org/abs/2405.00451v2"
     assert repro.abstract == "A full reproduction ."
 
 

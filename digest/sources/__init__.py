@@ -26,13 +26,13 @@ from ..config import (
     JsonlSource,
 )
 from ..errors import SourceError
-from ..models import CacheValidators, ParseReport
+from ..models import AUTHORITY, CacheValidators, ParseReport
 from .arxiv import read_arxiv
 from .feed import read_feed
 from .hf_daily import read_hf_daily
 from .hf_page import parse_hf_page, read_hf_pages
 from .http import Fetcher
-from .items import Context
+from .items import Context, bounded
 from .jsonl import read_jsonl
 
 __all__ = ["Fetcher", "parse_hf_page", "read_source", "where"]
@@ -82,6 +82,10 @@ def read_source(
             if own:
                 client.close()
         report = ctx.report
+    # The one boundary every listing crosses, whatever its source (see `items.bounded`).
+    rank = AUTHORITY[config.type]
+    report.listings = [bounded(x, rank) for x in report.listings]
+    report.updates = [bounded(x, rank) for x in report.updates]
     for warning in report.warnings:
         log.warning("source %s: %s", config.name, warning)
     return report

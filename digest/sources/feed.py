@@ -20,7 +20,17 @@ from ..config import FeedSource
 from ..errors import SourceError
 from ..models import Listing
 from .http import Fetched
-from .items import Context, arxiv_id, clean, decode, html_to_text, listing_id, safe_url
+from .items import (
+    Context,
+    arxiv_id,
+    clean,
+    decode,
+    html_to_text,
+    is_arxiv_url,
+    listing_id,
+    safe_url,
+    split_authors,
+)
 
 FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, "
                "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1")
@@ -53,11 +63,13 @@ def entry_date(entry: dict[str, Any]) -> date | None:
 
 
 def entry_authors(entry: dict[str, Any]) -> tuple[str, ...]:
-    """Author names: Atom has one <author> each, RSS often one comma-separated line."""
+    """Whole author names, in order: Atom has one <author> each, RSS one `dc:creator` each
+    or one line listing them all ('A. Smith, B. Jones and C. Lee', 'Kaur, M., Shukla, A.',
+    'Smith J, Jones B, et al.'); see `items.split_authors`."""
     names: list[str] = []
     for author in entry.get("authors") or []:
-        name = clean(author.get("name")) if isinstance(author, dict) else ""
-        names.extend(n.strip() for n in name.replace(" and ", ", ").split(",") if n.strip())
+        if isinstance(author, dict) and isinstance(author.get("name"), str):
+            names += split_authors(author["name"])
     return tuple(dict.fromkeys(names))
 
 
@@ -74,7 +86,10 @@ def feed_item(entry: dict[str, Any], config: FeedSource) -> Listing:
         raise ValueError("no title")
     link = safe_url(entry.get("link"))
     guid = clean(entry.get("id")) or None
-    arxiv = arxiv_id(link) or arxiv_id(guid)
+    # An item is an arXiv paper only in a feed arXiv itself serves (a listing feed read as a
+    # plain feed). Elsewhere a link to a paper is what the post is about, not what it is: the
+    # post stays its own listing, and joins the paper only if its title is the paper's.
+    arxiv = (arxiv_id(guid) or arxiv_id(link)) if is_arxiv_url(str(config.url)) else None
     content = entry.get("content") or []
     body = entry.get("summary") or (content[0].get("value") if content else "")
     links = {"abs": f"https://arxiv.org/abs/{arxiv}"} if arxiv else {}

@@ -6,14 +6,16 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SourceError
-from ..models import CacheValidators, ParseReport
+from ..models import CacheValidators, Listing, ParseReport
 from ..tokens import title_id
 from .http import Fetched, Fetcher
 
@@ -101,26 +103,73 @@ def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
 # New-style ids (0704.0001 onwards: YYMM.NNNN, YYMM.NNNNN from 2015) and old-style
 # ("hep-th/9901001", "math.CO/0102003"), each with an optional version suffix.
 _ARXIV_ID = r"(\d{4}\.\d{4,5}|[a-z][a-z-]*(?:\.[A-Z]{2})?/\d{7})(v\d+)?"
-_BARE = re.compile(rf"(?:arxiv:)?{_ARXIV_ID}", re.IGNORECASE)
-_IN_URL = re.compile(
-    rf"(?:arxiv\.org/(?:abs|pdf|html)/|oai:arxiv\.org:|huggingface\.co/papers/){_ARXIV_ID}",
-    re.IGNORECASE,
-)
+_BARE = re.compile(rf"(?:arxiv:|oai:arxiv\.org:)?{_ARXIV_ID}", re.IGNORECASE)
+# The paths that name one paper on arXiv's hosts (abstract page, PDF, HTML rendering) and on
+# Hugging Face, whose paper pages are keyed by the arXiv id.
+_ARXIV_PATH = re.compile(rf"/(?:abs|pdf|html)/{_ARXIV_ID}(?:\.pdf)?/?", re.IGNORECASE)
+_HF_PATH = re.compile(rf"/papers/{_ARXIV_ID}/?", re.IGNORECASE)
+ARXIV_HOSTS = frozenset({"arxiv.org", "www.arxiv.org", "export.arxiv.org", "rss.arxiv.org"})
+HF_HOSTS = frozenset({"huggingface.co"})
 
 
 def arxiv_id(value: str | None) -> str | None:
-    """The arXiv id in `value` (a bare id, 'arXiv:...', or an arXiv / HF paper URL), without
-    its version suffix: '2405.00332v2' -> '2405.00332'."""
+    """The arXiv id `value` names, without its version suffix: '2405.00332v2' -> '2405.00332'.
+
+    `value` is a bare id ('2405.00332', 'arXiv:2405.00332', arXiv's RSS guid
+    'oai:arXiv.org:2405.00332v1'), or the URL of the paper's page on arXiv's own hosts
+    (`ARXIV_HOSTS`: /abs/, /pdf/, /html/) or on Hugging Face (/papers/<id>). A URL on any
+    other host names no paper, whatever its path or query holds, nor does one with userinfo.
+    """
     if not value:
         return None
     value = value.strip()
-    m = _BARE.fullmatch(value) or _IN_URL.search(value)
+    m = _BARE.fullmatch(value)
+    if m:
+        return m.group(1)
+    url = safe_url(value)
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.hostname in ARXIV_HOSTS:
+        m = _ARXIV_PATH.fullmatch(parts.path)
+    elif parts.hostname in HF_HOSTS:
+        m = _HF_PATH.fullmatch(parts.path)
+    else:
+        return None
     return m.group(1) if m else None
 
 
+def is_arxiv_url(value: str | None) -> bool:
+    """Whether `value` is an http(s) URL on one of arXiv's own hosts."""
+    url = safe_url(value)
+    return url is not None and urlsplit(url).hostname in ARXIV_HOSTS
+
+
+# Text from a source loses, at the boundary: Unicode format characters (category Cf: bidi
+# embeddings, overrides and isolates, zero-width spaces, soft hyphens, BOMs, invisible
+# operators, tag characters), control characters (Cc) and lone surrogates (Cs, which JSON's
+# \ud800 escapes can produce and no mail encoder accepts). The one exception: a zero-width
+# joiner or non-joiner (U+200D, U+200C) between two visible characters stays, because emoji
+# sequences and Indic, Persian and Arabic script need it to render as written.
+_DROPPED = frozenset({"Cf", "Cc", "Cs"})
+_JOINERS = "\u200c\u200d"
+_LONE_JOINER = re.compile(r"(?:^|(?<=\s))[\u200c\u200d]+|[\u200c\u200d]+(?=\s|$)")
+
+
+def strip_invisible(text: str) -> str:
+    """`text` without format, control and surrogate characters (whitespace is left alone);
+    a joiner between two visible characters is kept."""
+    if text.isprintable():  # the common case: nothing to drop (and no joiner)
+        return text
+    kept = "".join(c for c in text if c.isspace() or c in _JOINERS
+                   or unicodedata.category(c) not in _DROPPED)
+    return _LONE_JOINER.sub("", kept) if "\u200c" in kept or "\u200d" in kept else kept
+
+
 def clean(value: Any) -> str:
-    """Text with runs of whitespace (newlines in XML, tabs) made single spaces."""
-    return " ".join(str(value).split()) if value is not None else ""
+    """Text with format and control characters removed and runs of whitespace (newlines in
+    XML, tabs) made single spaces."""
+    return " ".join(strip_invisible(str(value)).split()) if value is not None else ""
 
 
 def parse_date(value: Any) -> date | None:
@@ -149,11 +198,44 @@ def listing_id(arxiv: str | None, title: str, key: str | None = None) -> str:
     return title_id(title)
 
 
+MAX_URL = 2_000
+_URL_CHARS = re.compile(r"[^\s<>\"'\\`^{}|]+")
+
+
 def safe_url(value: Any) -> str | None:
-    """`value` when it is an http(s) URL, else None (no javascript: links in an email)."""
-    if isinstance(value, str) and re.match(r"https?://[^\s<>\"']+$", value.strip()):
-        return value.strip()
-    return None
+    """`value` as a canonical http(s) URL, or None when it is not one a reader can trust.
+
+    Refused: other schemes (no javascript: links in an email), userinfo
+    ('https://arxiv.org@evil.example/' goes to evil.example), backslashes (browsers read them
+    as '/'), whitespace, control and format characters, a missing or malformed host or port,
+    and URLs longer than `MAX_URL`. The scheme and host are lower-cased, an internationalised
+    host is written in its ASCII (punycode) form, and an empty path becomes '/', so the host a
+    reader is shown is the host the link opens.
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if len(text) > MAX_URL or not text.isprintable() or not _URL_CHARS.fullmatch(text):
+        return None
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or "@" in parts.netloc:
+        return None
+    host = parts.hostname or ""
+    if not host or host.startswith(".") or ".." in host:
+        return None
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return None
+    netloc = ascii_host if port is None else f"{ascii_host}:{port}"
+    if ":" in ascii_host:  # an IPv6 literal keeps its brackets
+        netloc = f"[{ascii_host}]" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query,
+                       parts.fragment))
 
 
 class _TextOnly(HTMLParser):
@@ -190,3 +272,132 @@ def html_to_text(value: str | None) -> str:
     parser.feed(value)
     parser.close()
     return clean("".join(parser.parts))
+
+
+# --- author names ---------------------------------------------------------------------------
+
+# Name particles written in lower case before a surname ("van der Berg, J.").
+_PARTICLES = frozenset("van von der den de del della di da dos das du la le bin ibn al el ter"
+                       .split())
+_SUFFIXES = frozenset({"Jr", "Jr.", "Sr", "Sr.", "II", "III", "IV"})
+_ET_AL = re.compile(r"[,;]?\s*\bet\.?\s+al\b\.?", re.IGNORECASE)
+_AND = re.compile(r"\s*,?\s+(?:and|&)\s+", re.IGNORECASE)
+
+
+def _is_initial(token: str) -> bool:
+    """'M.', 'M', 'JR', 'M.-L.', 'A.B.', 'Ch.': initials of given names."""
+    letters = [p for p in re.split(r"[.\-‐]", token) if p]
+    if not letters or not all(p.isalpha() for p in letters):
+        return False
+    if "." in token:
+        return all(p[0].isupper() and (len(p) == 1 or (len(p) == 2 and p[1].islower()))
+                   for p in letters)
+    return token.isupper() and len(token) <= 3
+
+
+def _is_initials(piece: str) -> bool:
+    tokens = piece.split()
+    return bool(tokens) and all(_is_initial(t) for t in tokens)
+
+
+def _is_given_names(piece: str) -> bool:
+    """One to four given names or initials: 'Rafael F.', 'Manpreet', 'J. R.'."""
+    tokens = piece.split()
+    return 0 < len(tokens) <= 4 and all(t[0].isupper() for t in tokens)
+
+
+def _is_surname(piece: str) -> bool:
+    """A surname alone: one capitalised word, after lower-case particles ('van der Berg')."""
+    tokens = piece.split()
+    if not tokens or _is_initial(tokens[-1]) or not tokens[-1][0].isupper():
+        return False
+    return all(t in _PARTICLES for t in tokens[:-1])
+
+
+def split_authors(text: str) -> list[str]:
+    """The whole names in one line of authors, in order.
+
+    Understood: 'A. Smith, B. Jones and C. Lee'; 'Kaur, M., Shukla, A., Singh, R. K.'
+    (bioRxiv and medRxiv `dc:creator`, many journals), kept as 'Kaur, M.'; 'Smith J, Jones B'
+    (PubMed); 'Smith, John; Doe, Jane' (a semicolon always separates names); a single
+    'Surname, Given Names'; a trailing 'et al.' is dropped. Commas pair a surname with the
+    given names or initials after it when every second piece is such a surname and the
+    pieces between are given names or initials; otherwise each comma separates two names.
+    """
+    text = _ET_AL.sub("", clean(text)).strip(" ,;")
+    if ";" in text:
+        names = (_AND.sub(" ", p).strip(" ,") for p in text.split(";"))
+        return [n for n in names if n]
+    pieces = [p.strip() for p in _AND.sub(", ", text).split(",") if p.strip()]
+    merged: list[str] = []
+    for piece in pieces:  # "King, M. L., Jr.": a suffix belongs to the piece before it
+        if merged and piece in _SUFFIXES:
+            merged[-1] = f"{merged[-1]}, {piece}"
+        else:
+            merged.append(piece)
+    pieces = merged
+    if len(pieces) % 2 == 0 and all(
+        _is_surname(s) and (_is_initials(g) or _is_given_names(g.split(", ")[0]))
+        for s, g in zip(pieces[0::2], pieces[1::2], strict=True)
+    ):
+        return [f"{s}, {g}" for s, g in zip(pieces[0::2], pieces[1::2], strict=True)]
+    if len(pieces) == 2 and not _is_initials(pieces[0]) and (
+            _is_initials(pieces[1]) or len(pieces[1].split()) == 1):
+        return [f"{pieces[0]}, {pieces[1]}"]  # one "Surname Surname, Given"
+    return pieces
+
+
+# --- the boundary: what every listing from every source goes through ----------------------
+
+# Generous for real papers (the longest arXiv abstracts run to a few thousand characters,
+# titles to a few hundred; collaborations list thousands of authors), small enough that one
+# hostile feed cannot fill the store or an email.
+MAX_TITLE = 1_000
+MAX_ABSTRACT = 20_000
+MAX_AUTHORS = 1_000
+MAX_NAME = 300
+MAX_CATEGORIES = 50
+MAX_LINKS = 20
+MAX_SHORT = 300  # an organisation, a category, a link label
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` at most `limit` characters long: cut at the last space before the limit (when
+    that keeps most of it) and marked with '…'."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space > limit * 4 // 5:
+        head = head[:space]
+    return head.rstrip(" ,;:") + "…"
+
+
+def bounded(listing: Listing, authority: int) -> Listing:
+    """`listing` as it may enter the store: every text field cleaned of format and control
+    characters and cut to its limit (`MAX_*` above), URLs made canonical and unsafe ones
+    dropped, at most `MAX_AUTHORS` names (`author_count` keeps the real number), and
+    `authority`, the rank of the source type that gave it (`models.AUTHORITY`), set.
+    A listing keyed by its title is re-keyed from the title it ends up with."""
+    title = cut(clean(listing.title), MAX_TITLE)
+    names = [cut(n, MAX_NAME) for n in (clean(a) for a in listing.authors) if n]
+    names = list(dict.fromkeys(names))
+    count = listing.author_count
+    if len(names) > MAX_AUTHORS:
+        count, names = max(count or 0, len(names)), names[:MAX_AUTHORS]
+    categories = [cut(c, MAX_SHORT) for c in (clean(c) for c in listing.categories) if c]
+    links = [(cut(clean(label), MAX_SHORT), safe) for label, raw in listing.links
+             if (safe := safe_url(raw)) is not None and clean(label)]
+    return replace(
+        listing,
+        id=title_id(title) if listing.id.startswith("title:") else listing.id,
+        title=title,
+        abstract=cut(clean(listing.abstract), MAX_ABSTRACT),
+        url=safe_url(listing.url),
+        authors=tuple(names),
+        author_count=count,
+        organization=cut(clean(listing.organization), MAX_SHORT) or None,
+        categories=tuple(dict.fromkeys(categories))[:MAX_CATEGORIES],
+        links=tuple(sorted(dict(links).items()))[:MAX_LINKS],
+        authority=authority,
+    )
