@@ -49,7 +49,8 @@ class JsonlItem(BaseModel):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and safe_url(value) is None:
-            raise ValueError("must be an http:// or https:// URL")
+            raise ValueError("must be an http:// or https:// URL (with a host, and no user "
+                             "name, spaces, backslashes or control characters)")
         return value
 
     @field_validator("links")
