@@ -371,3 +371,13 @@ def test_stored_text_is_capped_at_word_boundaries(tmp_path: Path) -> None:
     path.write_text(json.dumps({"title": "T", "abstract": real}) + "\n", "utf-8")
     (item,) = read(source(type="jsonl", path=str(path))).listings
     assert item.abstract == real.strip()
+
+
+def test_a_title_of_only_invisible_characters_is_skipped(tmp_path: Path) -> None:
+    capture = tmp_path / "page.txt"
+    capture.write_text("\u200b\u202e\n" + "An abstract long enough to be one. " * 8 + "\n"
+                       "Real Title\n" + "Another abstract that reads as a paragraph. " * 8
+                       + "\n", "utf-8")
+    report = read(source(type="hf-page", path=str(capture)))
+    assert [x.title for x in report.listings] == ["Real Title"]
+    assert report.warnings[-1].endswith(": no visible title, skipped")

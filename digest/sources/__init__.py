@@ -84,8 +84,15 @@ def read_source(
         report = ctx.report
     # The one boundary every listing crosses, whatever its source (see `items.bounded`).
     rank = AUTHORITY[config.type]
-    report.listings = [bounded(x, rank) for x in report.listings]
-    report.updates = [bounded(x, rank) for x in report.updates]
+    for kind in ("listings", "updates"):
+        kept = []
+        for listing in getattr(report, kind):
+            fit = bounded(listing, rank)
+            if fit.title:
+                kept.append(fit)
+            else:  # a title made only of invisible characters
+                report.warnings.append(f"{listing.id}: no visible title, skipped")
+        setattr(report, kind, kept)
     for warning in report.warnings:
         log.warning("source %s: %s", config.name, warning)
     return report

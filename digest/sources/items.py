@@ -1,5 +1,6 @@
-"""What every source shares: the per-source fetch context, decoding bodies, and turning raw
-fields (arXiv ids, dates, text) into Listing fields."""
+"""What every source shares: the per-source fetch context, decoding bodies, turning raw
+fields (arXiv ids, dates, text, author lines, URLs) into Listing fields, and `bounded`, the
+boundary every listing of every source crosses before it may be stored."""
 
 from __future__ import annotations
 
