@@ -381,3 +381,31 @@ def test_a_title_of_only_invisible_characters_is_skipped(tmp_path: Path) -> None
     report = read(source(type="hf-page", path=str(capture)))
     assert [x.title for x in report.listings] == ["Real Title"]
     assert report.warnings[-1].endswith(": no visible title, skipped")
+
+
+def test_a_real_aggregator_feed_of_arxiv_links_joins_papers_by_title_only(
+        loopback: Loopback, tmp_path: Path) -> None:
+    # A third-party feed (hedgehog.den.dev) whose items link to, and use as guid, arXiv pages.
+    url = loopback.route("/home.xml", Reply.fixture("arxiv_sanity_home.xml",
+                                                    "application/rss+xml"))
+    items = read(source(type="feed", url=url)).listings
+    assert len(items) == 25 and all(x.arxiv_id is None for x in items)
+    first = items[0]
+    assert first.url == "https://arxiv.org/abs/2312.04567"
+    assert first.authors[:2] == ("Lijie Fan", "Kaifeng Chen")
+    db = db_at(tmp_path)
+    store.upsert_listings(db, items, NOW)
+    paper = Listing(id="2312.04567", arxiv_id="2312.04567", title=first.title,
+                    abstract="The paper's own abstract.", url="https://arxiv.org/abs/2312.04567",
+                    authors=("Lijie Fan",), published=dt.date(2023, 12, 7), authority=3,
+                    sources=("arxiv",))
+    other = replace(paper, id="2312.04566", arxiv_id="2312.04566", title="A different title")
+    store.upsert_listings(db, [paper, other], NOW)
+    # The item with the paper's title was that paper: re-keyed, with arXiv's abstract.
+    got = store.get_listing(db, "2312.04567")
+    assert got is not None and got.abstract == "The paper's own abstract."
+    assert store.get_listing(db, first.id) is None
+    # "Gen2Det: Generate to Detect" links to 2312.04566, but its title is not that paper's.
+    gen2det = next(x for x in items if x.url == "https://arxiv.org/abs/2312.04566")
+    assert store.get_listing(db, gen2det.id) is not None
+    assert store.count_listings(db) == 25 + 1
