@@ -294,7 +294,7 @@ def test_following_a_biorxiv_author_works(loopback: Loopback) -> None:
 
 def test_bidi_and_zero_width_characters_never_reach_a_listing(loopback: Loopback) -> None:
     url = serve_feed(loopback, """
-      <item><title>Safe&#x202E;txt.exe&#x202C; paper&#x200B; on &#x2067;RLI&#x2069;</title>
+      <item><title>Safe&#x202E;txt.exe&#x202C; pa&#x200D;per&#x200B; on &#x2067;RLI&#x2069;</title>
         <link>https://blog.example.org/p/1</link>
         <description>Ab&#xAD;stract &#xFEFF;with a scientist &#x1F469;&#x200D;&#x1F52C; and
         &#x0915;&#x094D;&#x200D;&#x0937; kept&#x200D; whole.</description>

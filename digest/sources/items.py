@@ -150,21 +150,34 @@ def is_arxiv_url(value: str | None) -> bool:
 # embeddings, overrides and isolates, zero-width spaces, soft hyphens, BOMs, invisible
 # operators, tag characters), control characters (Cc) and lone surrogates (Cs, which JSON's
 # \ud800 escapes can produce and no mail encoder accepts). The one exception: a zero-width
-# joiner or non-joiner (U+200D, U+200C) between two visible characters stays, because emoji
-# sequences and Indic, Persian and Arabic script need it to render as written.
+# joiner or non-joiner (U+200D, U+200C) between two visible characters of which one is from
+# U+0590 on (Hebrew, Arabic, Persian, the Indic scripts, emoji...) stays, because those
+# scripts and emoji sequences need it to render as written; inside a Latin, Greek or Cyrillic
+# word it only hides text from matching, and goes.
 _DROPPED = frozenset({"Cf", "Cc", "Cs"})
 _JOINERS = "\u200c\u200d"
-_LONE_JOINER = re.compile(r"(?:^|(?<=\s))[\u200c\u200d]+|[\u200c\u200d]+(?=\s|$)")
+_SCRIPTS_WITH_JOINERS = 0x0590
+
+
+def _keeps_joiner(before: str, after: str) -> bool:
+    return (bool(before) and bool(after) and not before.isspace() and not after.isspace()
+            and before not in _JOINERS and after not in _JOINERS
+            and max(ord(before), ord(after)) >= _SCRIPTS_WITH_JOINERS)
 
 
 def strip_invisible(text: str) -> str:
     """`text` without format, control and surrogate characters (whitespace is left alone);
-    a joiner between two visible characters is kept."""
+    a joiner that a script or an emoji sequence needs is kept (see above)."""
     if text.isprintable():  # the common case: nothing to drop (and no joiner)
         return text
     kept = "".join(c for c in text if c.isspace() or c in _JOINERS
                    or unicodedata.category(c) not in _DROPPED)
-    return _LONE_JOINER.sub("", kept) if "\u200c" in kept or "\u200d" in kept else kept
+    if "\u200c" not in kept and "\u200d" not in kept:
+        return kept
+    return "".join(
+        c for i, c in enumerate(kept)
+        if c not in _JOINERS or _keeps_joiner(kept[i - 1] if i else "", kept[i + 1: i + 2])
+    )
 
 
 def clean(value: Any) -> str:
