@@ -183,7 +183,12 @@ def strip_invisible(text: str) -> str:
 def clean(value: Any) -> str:
     """Text with format and control characters removed and runs of whitespace (newlines in
     XML, tabs) made single spaces."""
-    return " ".join(strip_invisible(str(value)).split()) if value is not None else ""
+    if value is None:
+        return ""
+    text = str(value)
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text  # already clean: the common case, checked without copying
+    return " ".join(strip_invisible(text).split())
 
 
 def parse_date(value: Any) -> date | None:
@@ -404,7 +409,8 @@ def bounded(listing: Listing, authority: int) -> Listing:
              if (safe := safe_url(raw)) is not None and clean(label)]
     return replace(
         listing,
-        id=title_id(title) if listing.id.startswith("title:") else listing.id,
+        id=title_id(title) if title != listing.title and listing.id.startswith("title:")
+        else listing.id,
         title=title,
         abstract=cut(clean(listing.abstract), MAX_ABSTRACT),
         url=safe_url(listing.url),
