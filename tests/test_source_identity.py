@@ -218,6 +218,8 @@ def test_rows_stored_before_ranks_count_as_a_generic_feed(tmp_path: Path) -> Non
         ("Castañeda-Ruiz, Rafael F., Ma, Jian", ["Castañeda-Ruiz, Rafael F.", "Ma, Jian"]),
         ("John Smith, Jane Doe", ["John Smith", "Jane Doe"]),
         ("Ada Lovelace", ["Ada Lovelace"]),
+        ("XU, J., LI, M.", ["XU, J.", "LI, M."]),
+        ("Smith JR, Jones B", ["Smith JR", "Jones B"]),
     ],
 )
 def test_author_lines_split_into_whole_names(line: str, names: list[str]) -> None:

@@ -328,8 +328,11 @@ def _is_given_names(piece: str) -> bool:
 def _is_surname(piece: str) -> bool:
     """A surname alone: one capitalised word, after lower-case particles ('van der Berg')."""
     tokens = piece.split()
-    if not tokens or _is_initial(tokens[-1]) or not tokens[-1][0].isupper():
+    if not tokens or not tokens[-1][0].isupper():
         return False
+    last = tokens[-1]
+    if _is_initial(last) and ("." in last or len(last) == 1):
+        return False  # 'M.' or 'M' is an initial; 'XU' may be a surname in capitals
     return all(t in _PARTICLES for t in tokens[:-1])
 
 
