@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import TypeAdapter
@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 from digest import store
 from digest.config import AnySource
 from digest.match import build_digest, document
-from digest.models import Listing, ParseReport, Subscriber, Topic
+from digest.models import AUTHORITY, Listing, ParseReport, Subscriber, Topic
 from digest.sources import read_source
 from digest.sources.feed import feed_item
 from digest.sources.items import (
@@ -411,3 +411,11 @@ def test_a_real_aggregator_feed_of_arxiv_links_joins_papers_by_title_only(
     gen2det = next(x for x in items if x.url == "https://arxiv.org/abs/2312.04566")
     assert store.get_listing(db, gen2det.id) is not None
     assert store.count_listings(db) == 25 + 1
+
+
+def test_every_source_type_has_a_rank() -> None:
+    union = get_args(AnySource)[0]
+    types = {get_args(model.model_fields["type"].annotation)[0] for model in get_args(union)}
+    assert set(AUTHORITY) == types
+    assert AUTHORITY["arxiv"] == AUTHORITY["hf-daily"] > AUTHORITY["hf-page"] \
+        > AUTHORITY["feed"] == AUTHORITY["jsonl"]
