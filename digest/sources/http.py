@@ -5,7 +5,12 @@ Retries cover connection errors, timeouts, HTTP 429 and 5xx. The delay doubles f
 `[http] backoff` up to `max_backoff`, times a random factor in [0.5, 1] ("jitter", so many
 clients do not retry in step); a `Retry-After` header replaces it, unless it asks for more
 than `max_retry_after`, in which case the source fails at once rather than hang the run.
-The body cap counts decoded bytes, so a small gzip bomb is stopped as well as a huge file.
+The body cap counts bytes on the wire and decoded bytes alike, so a small gzip bomb is stopped
+as well as a huge file. Content codings are decoded here, not by httpx, in steps of at most
+`_STEP` bytes through every layer: `Content-Encoding: gzip, gzip` of a few kilobytes would
+otherwise expand to gigabytes in one call before any cap could look at it. Only gzip and
+deflate are asked for and understood (at most `_MAX_CODINGS` of them stacked); any other
+coding fails the source.
 
 The transport, the sleep function, the monotonic clock and the random source are
 parameters, so tests run against a loopback server without waiting for real seconds.
@@ -16,7 +21,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -31,6 +37,13 @@ from ..errors import SourceError
 from ..models import CacheValidators
 
 log = logging.getLogger("digest")
+
+# The content codings `_decoded` understands, which are all that is asked for.
+ACCEPT_ENCODING = "gzip, deflate"
+_MAX_CODINGS = 3
+# Most bytes one decoding step may produce: each layer holds at most this much at a time.
+_STEP = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def user_agent(config: HttpConfig) -> str:
@@ -52,6 +65,70 @@ class Fetched:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def content_codings(values: Iterable[str]) -> list[str]:
+    """The content codings of a response (its Content-Encoding values), in the order they
+    were applied, without `identity`; raises _Undecodable for any not understood, or too many."""
+    codings = [v.strip().lower() for v in values if v.strip().lower() not in ("", "identity")]
+    for coding in codings:
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise _Undecodable(f"Content-Encoding {coding!r} is not supported (only gzip and "
+                               f"deflate are)")
+    if len(codings) > _MAX_CODINGS:
+        raise _Undecodable(f"{len(codings)} stacked content codings (at most {_MAX_CODINGS} "
+                           f"are read)")
+    return codings
+
+
+def _wbits(head: bytes, gzip: bool) -> int:
+    if gzip:
+        return 16 + zlib.MAX_WBITS
+    # 'deflate' should be a zlib stream (RFC 9110), but some servers send raw deflate.
+    zlib_header = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+    return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+
+def _inflate(chunks: Iterable[bytes], coding: str) -> Iterator[bytes]:
+    """Undo one gzip or deflate layer, lazily, never producing more than `_STEP` bytes from
+    one step, so a chain of these holds a few steps' worth however much the data expands."""
+    gzip = coding != "deflate"
+    stream: zlib._Decompress | None = None
+    pending = b""
+    more = False  # the last step was cut at _STEP: zlib may hold output for no more input
+    try:
+        for chunk in chunks:
+            pending += chunk
+            while pending or more:
+                if stream is None or stream.eof:
+                    if stream is not None and not gzip:
+                        return  # bytes after the end of a deflate stream are ignored
+                    if len(pending) < 2:
+                        break  # a new stream's header: wait for the next chunk
+                    if stream is not None and not pending.startswith(_GZIP_MAGIC):
+                        return  # trailing bytes after the last gzip member: ignored
+                    # A gzip body may hold several members one after another.
+                    stream = zlib.decompressobj(_wbits(pending, gzip))
+                out = stream.decompress(pending, _STEP)
+                pending = stream.unused_data if stream.eof else stream.unconsumed_tail
+                more = len(out) == _STEP and not stream.eof
+                if out:
+                    yield out
+    except zlib.error as exc:
+        raise _Undecodable(f"bad {coding} data ({exc})") from None
+    if pending or (stream is not None and not stream.eof):
+        raise _Undecodable(f"the {coding} data ends early")
+
+
+def _decoded(raw: Iterable[bytes], codings: list[str]) -> Iterable[bytes]:
+    """The body with its content codings undone, last applied first, step by step."""
+    for coding in reversed(codings):
+        raw = _inflate(raw, coding)
+    return raw
 
 
 class _Retryable(Exception):
@@ -97,7 +174,7 @@ class Fetcher:
         self.client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
-            headers={"User-Agent": user_agent(config)},
+            headers={"User-Agent": user_agent(config), "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=True,
             max_redirects=5,
         )
@@ -201,17 +278,29 @@ class Fetcher:
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > cap:
                     raise _TooLarge
+                codings = content_codings(
+                    response.headers.get_list("Content-Encoding", split_commas=True))
+
+                def wire() -> Iterator[bytes]:
+                    received = 0
+                    for chunk in response.iter_raw():
+                        received += len(chunk)
+                        if received > cap:
+                            raise _TooLarge
+                        # The read timeout is per chunk; a server that trickles bytes
+                        # forever would never trip it. (The real clock: this guards real
+                        # time.)
+                        if time.monotonic() > deadline:
+                            raise _Retryable(f"timed out (total, {total:g}s) fetching {url}")
+                        yield chunk
+
                 chunks: list[bytes] = []
                 size = 0
-                for chunk in response.iter_bytes():
+                for chunk in _decoded(wire(), codings):
                     size += len(chunk)
                     if size > cap:
                         raise _TooLarge
                     chunks.append(chunk)
-                    # The read timeout is per chunk; a server that trickles bytes forever
-                    # would never trip it. (The real clock: this guards real time.)
-                    if time.monotonic() > deadline:
-                        raise _Retryable(f"timed out (total, {total:g}s) fetching {url}")
                 content_type = response.headers.get("Content-Type", "")
                 return Fetched(
                     url=shown,
@@ -231,7 +320,7 @@ class Fetcher:
             raise _Retryable(f"timed out ({_kind(exc)}) fetching {url}") from None
         except httpx.TooManyRedirects:
             raise SourceError(source, f"too many redirects from {url}") from None
-        except httpx.DecodingError as exc:
+        except (_Undecodable, httpx.DecodingError) as exc:
             raise SourceError(source, f"cannot decode the response from {url}: {exc}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"cannot reach {url}: {exc or type(exc).__name__}") from None

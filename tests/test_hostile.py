@@ -1,0 +1,144 @@
+"""Hostile servers on 127.0.0.1: compression bombs, DTDs, deep nesting. Each fetch that
+could blow up runs in a child process with its memory capped (tests/hostile.py) and must
+end with the source's one-line error, not a MemoryError or a kill."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from digest.errors import SourceError
+
+from .hostile import LIMIT_MB, deflate_bomb, entity_bomb, fetch_limited
+from .loopback import Loopback, Reply
+from .test_source_types import read, source
+
+JSON = "application/json"
+ATOM = "application/atom+xml"
+RSS = "application/rss+xml"
+
+
+# --- stacked content codings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("codings", "inner_gzip", "outer"),
+    [("gzip, gzip", True, lambda b: gzip.compress(b, 9)),
+     ("deflate, gzip", False, lambda b: gzip.compress(b, 9)),
+     ("gzip, deflate", True, lambda b: zlib.compress(b, 9))],
+    ids=["gzip-gzip", "deflate-gzip", "gzip-deflate"],
+)
+def test_stacked_compression_bomb_stops_at_max_bytes(loopback: Loopback, codings: str,
+                                                    inner_gzip: bool, outer: object) -> None:
+    # 1 GiB of spaces in two layers: a few kilobytes on the wire.
+    body = outer(deflate_bomb(1024, gzip=inner_gzip))  # type: ignore[operator]
+    assert len(body) < 10_000
+    url = loopback.route("/d", Reply(body, content_type=JSON,
+                                     headers={"Content-Encoding": codings}))
+    outcome = fetch_limited({"type": "hf-daily", "url": url, "days": 1}, {"retries": 0})
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.result["error"] == (
+        f"source 'src': response from {url} is larger than [http] max_bytes "
+        f"(20000000 bytes)")
+
+
+def test_compressed_bodies_still_read(loopback: Loopback) -> None:
+    paper = b'[{"paper": {"id": "2405.00332v1", "title": "One paper", "summary": "Text."}}]'
+    raw = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bodies = {
+        "gzip": gzip.compress(paper),
+        "x-gzip": gzip.compress(paper[:20]) + gzip.compress(paper[20:]),  # two members
+        "deflate": zlib.compress(paper),
+        "Deflate": raw.compress(paper) + raw.flush(),  # raw deflate, as some servers send
+        "identity, gzip, gzip": gzip.compress(gzip.compress(paper)),
+    }
+    for coding, body in bodies.items():
+        url = loopback.route("/d", Reply(body, content_type=JSON,
+                                         headers={"Content-Encoding": coding}))
+        report = read(source(type="hf-daily", url=url, days=1))
+        assert [x.id for x in report.listings] == ["2405.00332"], coding
+    assert loopback.hits("/d")[0].headers["accept-encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "message"),
+    [("br", b"\x0b\x02\x80[]\x03", r"Content-Encoding 'br' is not supported"),
+     ("gzip, gzip, gzip, gzip", b"[]", r"4 stacked content codings \(at most 3"),
+     ("gzip", gzip.compress(b"[]" * 1000)[:-4], r"the gzip data ends early"),
+     ("gzip", b"[]", r"bad gzip data")],
+    ids=["unknown", "too-many", "truncated", "not-gzip"],
+)
+def test_undecodable_bodies_fail_the_source(loopback: Loopback, coding: str, body: bytes,
+                                            message: str) -> None:
+    url = loopback.route("/d", Reply(body, content_type=JSON,
+                                     headers={"Content-Encoding": coding}))
+    with pytest.raises(SourceError, match=r"cannot decode the response from .*: " + message):
+        read(source(type="hf-daily", url=url, days=1), retries=0)
+
+
+# --- DTDs -----------------------------------------------------------------------------------
+
+_REFERENCES = 2_600_000  # 7.8 MB of '&a;', 650 MB of text once expanded
+_ATOM_OPEN = ("<feed xmlns='http://www.w3.org/2005/Atom' "
+              "xmlns:opensearch='http://a9.com/-/spec/opensearch/1.1/'>"
+              "<opensearch:totalResults>1</opensearch:totalResults><entry>"
+              "<id>http://arxiv.org/abs/2405.00001v1</id><title>Bomb</title><summary>")
+_ATOM_CLOSE = "</summary></entry></feed>"
+_RSS_OPEN = ("<rss version='2.0'><channel><title>x</title><item><title>Bomb</title>"
+             "<link>https://arxiv.org/abs/2405.00001</link><description>")
+_RSS_CLOSE = "</description></item></channel></rss>"
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type", "before", "after"),
+    [("arxiv-api", ATOM, _ATOM_OPEN, _ATOM_CLOSE),
+     ("arxiv-rss", RSS, _RSS_OPEN, _RSS_CLOSE),
+     ("feed", ATOM, _ATOM_OPEN, _ATOM_CLOSE)],
+)
+def test_a_dtd_anywhere_is_refused_before_it_expands(loopback: Loopback, kind: str,
+                                                     content_type: str, before: str,
+                                                     after: str) -> None:
+    body = entity_bomb(before, after, _REFERENCES)
+    assert body.index(b"<!DOCTYPE") > 4096 and len(body) < 20_000_000
+    url = loopback.route("/x", Reply(body, content_type=content_type))
+    config = {"arxiv-api": {"type": "arxiv", "query": "cat:cs.LG", "api_url": url},
+              "arxiv-rss": {"type": "arxiv", "rss": url},
+              "feed": {"type": "feed", "url": url}}[kind]
+    outcome = fetch_limited(config, {"retries": 0})
+    assert outcome.returncode == 0, outcome.stderr
+    assert "contains a DTD (<!DOCTYPE doc"in outcome.result["error"], outcome.result
+    assert outcome.result["error"].startswith("source 'src': ")
+    assert "\n" not in outcome.result["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<?xml version='1.0'?>\n<!DOCTYPE rss PUBLIC \"-//Netscape Communications//DTD RSS "
+     b"0.91//EN\" \"http://my.netscape.com/publish/formats/rss-0.91.dtd\">\n<rss version="
+     b"'0.91'><channel><title>x</title></channel></rss>",
+     # A DOCTYPE inside the root element is not well-formed XML: it must never reach a
+     # lenient parser that might read it anyway.
+     b"<rss version='2.0'><channel><title>x</title><!DOCTYPE rss [<!ENTITY a 'b'>]>"
+     b"<item><title>&a;</title></item></channel></rss>",
+     # Declared as UTF-7: '+ADw-' is '<', so the DTD is only there once decoded.
+     b"<?xml version='1.0' encoding='utf-7'?><rss version='2.0'>+ADw-!DOCTYPE x+AD4-"
+     b"<channel><title>x</title></channel></rss>"],
+    ids=["rss091-doctype", "doctype-in-content", "utf-7"],
+)
+def test_feeds_with_any_dtd_fail_with_one_line(loopback: Loopback, body: bytes) -> None:
+    url = loopback.route("/feed", Reply(body, content_type="application/xml"))
+    with pytest.raises(SourceError, match=r"^source 'src': .*/feed (contains a DTD|is not "
+                                          r"well-formed XML)") as caught:
+        read(source(type="feed", url=url))
+    assert "\n" not in str(caught.value)
+
+
+def test_memory_limit_is_real(loopback: Loopback) -> None:
+    """The cap the bomb tests rely on holds: without it they would prove nothing."""
+    url = loopback.route("/d", Reply(b"[]", content_type=JSON))
+    outcome = fetch_limited({"type": "hf-daily", "url": url, "days": 1}, limit_mb=LIMIT_MB)
+    assert outcome.returncode == 0 and outcome.result["listings"] == 0, outcome.stderr
+    starved = fetch_limited({"type": "hf-daily", "url": url, "days": 1}, limit_mb=20)
+    assert starved.returncode != 0
