@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from pathlib import Path
 
 import pytest
 
+from digest import pipeline, store
+from digest.config import load_settings
 from digest.errors import SourceError
 
+from .conftest import Project
 from .hostile import LIMIT_MB, deflate_bomb, entity_bomb, fetch_limited
-from .loopback import Loopback, Reply
-from .test_source_types import read, source
+from .loopback import FakeTime, Loopback, Reply, make_fetcher
+from .test_source_types import NOW, read, source
 
 JSON = "application/json"
 ATOM = "application/atom+xml"
@@ -142,3 +146,49 @@ def test_memory_limit_is_real(loopback: Loopback) -> None:
     assert outcome.returncode == 0 and outcome.result["listings"] == 0, outcome.stderr
     starved = fetch_limited({"type": "hf-daily", "url": url, "days": 1}, limit_mb=20)
     assert starved.returncode != 0
+
+
+# --- deeply nested JSON ---------------------------------------------------------------------
+
+_DEEP = b"[" * 200_000 + b"]" * 200_000
+
+
+@pytest.mark.parametrize("where", ["url", "path"])
+def test_a_deeply_nested_json_line_is_skipped(loopback: Loopback, tmp_path: Path,
+                                              where: str) -> None:
+    body = (b'{"title": "Before", "id": "a"}\n' + _DEEP + b"\n"
+            + b'{"title": "Deep", "links": ' + b'{"x": ' * 50_000 + b"1" + b"}" * 50_000
+            + b"}\n" + b'{"title": "After", "id": "b"}\n')
+    if where == "url":
+        config = source(type="jsonl", url=loopback.route("/l.jsonl", Reply(body)))
+    else:
+        (tmp_path / "l.jsonl").write_bytes(body)
+        config = source(type="jsonl", path=str(tmp_path / "l.jsonl"))
+    report = read(config)
+    assert [x.title for x in report.listings] == ["Before", "After"]
+    assert report.warnings == ["line 2: JSON nested too deeply, skipped",
+                               "line 3: JSON nested too deeply, skipped"]
+
+
+def test_a_deeply_nested_hf_answer_fails_only_its_source(project: Project,
+                                                        loopback: Loopback) -> None:
+    deep = loopback.route("/api/daily_papers", Reply(_DEEP, content_type=JSON))
+    good = loopback.route("/feed.atom", Reply.fixture("atom.xml", ATOM))
+    project.write_config(sources=f"""
+    [[sources]]
+    name = "hf"
+    type = "hf-daily"
+    url = "{deep}"
+    days = 1
+
+    [[sources]]
+    name = "blog"
+    type = "feed"
+    url = "{good}"
+    """)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    with make_fetcher(FakeTime(), retries=0) as fetcher:
+        results = {r.name: r for r in pipeline.fetch(settings, db, NOW, fetcher=fetcher)}
+    assert results["hf"].error == "date 2024-05-02: the JSON is nested too deeply to read"
+    assert results["blog"].error is None and results["blog"].new > 0

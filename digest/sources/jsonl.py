@@ -2,6 +2,7 @@
 from a local file or a URL. The schema is `JsonlItem` (and the README's "JSON Lines
 schema"); blank lines are ignored, a malformed line is skipped and counted, and keys the
 schema does not know are ignored with one warning per source, so producers can add fields.
+A line nested deeper than Python's recursion limit (about 1,000 levels) is a malformed line.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ def parse_jsonl(text: str, config: JsonlSource, ctx: Context) -> None:
             ctx.report.listings.append(jsonl_item(data, config))
         except json.JSONDecodeError as exc:
             ctx.skip(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            # json's decoder recurses once per level of nesting: '[[[[...' deeper than
+            # Python's recursion limit is a hostile or broken line, not a broken source.
+            ctx.skip(f"line {number}", "JSON nested too deeply")
         except ValueError as exc:
             ctx.skip(f"line {number}", str(exc))
     if unknown:
