@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -96,3 +98,51 @@ def entity_bomb(before: str, after: str, references: int) -> bytes:
     comment = "<!--" + "c" * 5000 + "-->\n"
     dtd = ('<!DOCTYPE doc [\n<!ENTITY tag "<i>">\n<!ENTITY a "' + "y" * 250 + '">\n]>\n')
     return (comment + dtd + before).encode() + b"&a;" * references + after.encode()
+
+
+class Trickle:
+    """A raw TCP server on 127.0.0.1 that sends one fixed HTTP response a byte at a time,
+    status line and headers included, `every` seconds apart; `sent` holds the bytes sent
+    on each connection so far."""
+
+    def __init__(self, response: bytes, every: float) -> None:
+        self.response = response
+        self.every = every
+        self.sent: list[int] = []
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/") -> str:
+        """This server's URL (every path gets the same response)."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            self.sent.append(0)
+            threading.Thread(target=self._drip, args=(conn, len(self.sent) - 1),
+                             daemon=True).start()
+
+    def _drip(self, conn: socket.socket, number: int) -> None:
+        with conn:
+            try:
+                for i in range(len(self.response)):
+                    if self._stop.wait(self.every):
+                        return
+                    conn.sendall(self.response[i:i + 1])
+                    self.sent[number] += 1
+            except OSError:
+                pass  # the client gave up
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()

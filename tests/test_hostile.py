@@ -5,18 +5,22 @@ end with the source's one-line error, not a MemoryError or a kill."""
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
 from digest import pipeline, store
-from digest.config import load_settings
+from digest.config import HttpConfig, load_settings
 from digest.errors import SourceError
+from digest.sources import Fetcher, read_source
 
-from .conftest import Project
-from .hostile import LIMIT_MB, deflate_bomb, entity_bomb, fetch_limited
-from .loopback import FakeTime, Loopback, Reply, make_fetcher
+from .conftest import REPO, Project
+from .hostile import LIMIT_MB, Trickle, deflate_bomb, entity_bomb, fetch_limited
+from .loopback import FIXTURES, FakeTime, Loopback, Reply, make_fetcher
 from .test_source_types import NOW, read, source
 
 JSON = "application/json"
@@ -192,3 +196,85 @@ def test_a_deeply_nested_hf_answer_fails_only_its_source(project: Project,
         results = {r.name: r for r in pipeline.fetch(settings, db, NOW, fetcher=fetcher)}
     assert results["hf"].error == "date 2024-05-02: the JSON is nested too deeply to read"
     assert results["blog"].error is None and results["blog"].new > 0
+
+
+# --- slow servers ---------------------------------------------------------------------------
+
+
+def test_a_trickling_source_stops_at_its_deadline_and_the_run_goes_on(
+        project: Project, loopback: Loopback) -> None:
+    # A byte every half second: no read timeout ever trips, and each of the three dates
+    # would take 20 s per attempt, four attempts each.
+    slow = loopback.route("/api/daily_papers", Reply(b"[" + b" " * 40 + b"]",
+                                                     content_type=JSON, drip=0.5))
+    project.write_config(sources=f"""
+    [[sources]]
+    name = "slow"
+    type = "hf-daily"
+    url = "{slow}"
+    days = 3
+    timeout = 2
+
+    [[sources]]
+    name = "mine"
+    type = "jsonl"
+    path = "{FIXTURES / 'listings.jsonl'}"
+    """, extra="[http]\nretries = 3\nbackoff = 0.1\n")
+    done = subprocess.run(
+        [sys.executable, "-c", "from digest.cli import main; main()", "fetch", "--config",
+         str(project.config)],
+        capture_output=True, text=True, timeout=90, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO), "DIGEST_NOW": NOW.isoformat(),
+             "COLUMNS": "250"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines()
+            if line.count("│") > 3}
+    assert "stopped at its 2s deadline ([[sources]] timeout) while fetching" in rows["slow"]
+    assert "ok" in rows["mine"]
+    assert len(loopback.hits("/api/daily_papers")) == 1  # no retry, no second date
+    db = store.open_db(load_settings(project.config).store.path)
+    status = store.source_statuses(db)
+    assert status["slow"]["ok"] == 0 and "deadline" in status["slow"]["result"]
+    assert status["mine"]["ok"] == 1
+
+
+@pytest.mark.parametrize(
+    ("http", "message"),
+    [({"source_timeout": 2}, r"stopped at its 2s deadline \(\[http\] source_timeout\) while "
+                             r"fetching http://127\.0\.0\.1:\d+/d"),
+     ({"total_timeout": 1, "retries": 1},
+      r"timed out \(total, 1s\) fetching .* \(gave up after 2 attempts\)")],
+    ids=["source-deadline", "total-timeout"],
+)
+def test_trickled_headers_are_bounded_too(http: dict[str, float], message: str) -> None:
+    # The status line and headers alone take 30 s at a byte every half second.
+    headers = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    server = Trickle(headers + b"[]", every=0.5)
+    try:
+        config = HttpConfig.model_validate({"read_timeout": 5, "backoff": 0.1, **http})
+        with Fetcher(config) as fetcher, pytest.raises(SourceError, match=message):
+            read_source(source(type="hf-daily", url=server.url("/d"), days=1), NOW, fetcher)
+        assert len(server.sent) == (2 if "retries" in http else 1)
+        # Each attempt was given up before the headers were even complete.
+        assert max(server.sent) < len(headers) - 10
+    finally:
+        server.close()
+
+
+def test_no_wait_starts_that_would_end_past_the_deadline(loopback: Loopback) -> None:
+    url = loopback.route("/d", Reply(b"busy", 503))
+    time_ = FakeTime()
+    with pytest.raises(SourceError, match=r"stopped at its 50s deadline \(\[\[sources\]\] "
+                                          r"timeout\) before retrying after: HTTP 503 from"):
+        read(source(type="hf-daily", url=url, days=1, timeout=50), time_, backoff=40,
+             retries=3)
+    assert time_.sleeps == [40.0] and len(loopback.hits("/d")) == 2  # 40 + 80 > 50
+    # arXiv's pause between pages counts as well.
+    api = loopback.route("/api", Reply.fixture("arxiv_api_page1.xml", ATOM))
+    time_ = FakeTime()
+    with pytest.raises(SourceError, match=r"stopped at its 2s deadline \(\[\[sources\]\] "
+                                          r"timeout\) before fetching .*/api"):
+        read(source(type="arxiv", query="cat:cs.LG", api_url=api, page_size=2,
+                    max_results=10, timeout=2), time_)
+    assert time_.sleeps == [] and len(loopback.hits("/api")) == 1

@@ -22,19 +22,20 @@ from defusedxml.expatreader import DefusedExpatParser
 from ..errors import SourceError
 from ..models import CacheValidators, ParseReport
 from ..tokens import title_id
-from .http import Fetched, Fetcher
+from .http import Deadline, Fetched, Fetcher
 
 
 @dataclass(slots=True)
 class Context:
     """One source's view of a fetch run: its name, the clock, the HTTP client, the cache
-    validators stored for its URLs, and the report it fills."""
+    validators stored for its URLs, the report it fills, and its deadline."""
 
     name: str
     now: datetime
     fetcher: Fetcher
     cache: dict[str, CacheValidators] = field(default_factory=dict)
     report: ParseReport = field(default_factory=ParseReport)
+    deadline: Deadline | None = None
 
     def get(
         self, url: str, *, params: dict[str, str | int] | None = None,
@@ -45,7 +46,7 @@ class Context:
         self.report.requests += 1
         fetched = self.fetcher.get(
             self.name, url, params=params, accept=accept,
-            validators=self.cache.get(key) if conditional else None,
+            validators=self.cache.get(key) if conditional else None, deadline=self.deadline,
         )
         if fetched is None:
             self.report.not_modified += 1
