@@ -8,7 +8,9 @@ import gzip
 import os
 import subprocess
 import sys
+import threading
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from digest.config import HttpConfig, load_settings
 from digest.errors import SourceError
 from digest.sources import Fetcher, read_source
 
-from .conftest import REPO, Project
+from .conftest import REPO, Project, _server_tls
 from .hostile import LIMIT_MB, Trickle, deflate_bomb, entity_bomb, fetch_limited
 from .loopback import FIXTURES, FakeTime, Loopback, Reply, make_fetcher
 from .test_source_types import NOW, read, source
@@ -278,3 +280,48 @@ def test_no_wait_starts_that_would_end_past_the_deadline(loopback: Loopback) -> 
         read(source(type="arxiv", query="cat:cs.LG", api_url=api, page_size=2,
                     max_results=10, timeout=2), time_)
     assert time_.sleeps == [] and len(loopback.hits("/api")) == 1
+
+
+def test_https_goes_through_the_guarded_transport(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline guard wraps TLS connections too; certificates are still verified."""
+    context, cert = _server_tls(tmp_path)
+    paper = b'[{"paper": {"id": "2405.00332v1", "title": "One paper", "summary": "Text."}}]'
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", JSON)
+            self.send_header("Content-Length", str(len(paper)))
+            self.end_headers()
+            self.wfile.write(paper)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/d"
+    try:
+        with pytest.raises(SourceError, match=r"CERTIFICATE_VERIFY_FAILED"):
+            read(source(type="hf-daily", url=url, days=1), retries=0)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        report = read(source(type="hf-daily", url=url, days=1, timeout=30), retries=0)
+        assert [x.id for x in report.listings] == ["2405.00332"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_jsonl_path_that_is_not_a_regular_file_fails_at_once(tmp_path: Path,
+                                                               kind: str) -> None:
+    path = {"device": Path("/dev/zero"), "fifo": tmp_path / "pipe"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    # In a child with capped memory: reading /dev/zero to its end would never finish.
+    outcome = fetch_limited({"type": "jsonl", "path": str(path)}, timeout=60)
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.result["error"] == f"source 'src': {path} is not a regular file"

@@ -334,20 +334,20 @@ class Fetcher:
         host = urlsplit(url).netloc
         self._intervals[host] = max(seconds, self._intervals.get(host, 0.0))
 
-    def _wait(self, source: str, seconds: float, deadline: Deadline | None, doing: str) -> None:
-        if deadline is not None and self.clock() + max(seconds, 0.0) >= deadline.at:
+    def _check(self, source: str, wait: float, deadline: Deadline | None, doing: str) -> None:
+        """Fail now if waiting `wait` seconds would reach the deadline."""
+        if deadline is not None and self.clock() + max(wait, 0.0) >= deadline.at:
             raise deadline.error(source, doing)
-        if seconds > 0:
-            self.sleep(seconds)
 
     def _wait_turn(self, source: str, url: str, deadline: Deadline | None) -> None:
         host = urlsplit(url).netloc
         interval = self._intervals.get(host)
         last = self._last.get(host)
         wait = last + interval - self.clock() if interval and last is not None else 0.0
+        self._check(source, wait, deadline, f"before fetching {url}")
         if wait > 0:
             log.debug("waiting %.1fs before the next request to %s", wait, host)
-        self._wait(source, wait, deadline, f"before fetching {url}")
+            self.sleep(wait)
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.config.max_backoff, self.config.backoff * 2.0**attempt)
@@ -387,8 +387,9 @@ class Fetcher:
                     tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
                     raise SourceError(source, f"{exc.reason} (gave up after {tries})") from None
                 delay = exc.wait if exc.wait is not None else self._backoff(attempt)
+                self._check(source, delay, deadline, f"before retrying after: {exc.reason}")
                 log.warning("source %s: %s; retrying in %.1fs", source, exc.reason, delay)
-                self._wait(source, delay, deadline, f"before retrying after: {exc.reason}")
+                self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(

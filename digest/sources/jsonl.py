@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections import Counter
 from datetime import date, datetime
 from typing import Any
@@ -137,10 +139,17 @@ def read_jsonl(config: JsonlSource, ctx: Context) -> None:
         assert config.path is not None
         cap = ctx.fetcher.config.max_bytes
         try:
-            if config.path.stat().st_size > cap:
+            # Only a regular file: a device (/dev/zero) or a pipe has no end, or no size to
+            # check (and opening a pipe would wait for a writer, hence O_NONBLOCK). Never
+            # more than the cap is read, even from a file that grows meanwhile.
+            with open(os.open(config.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    raise SourceError(ctx.name, f"{config.path} is not a regular file",
+                                      hint="check [[sources]] path")
+                body = file.read(cap + 1)
+            if len(body) > cap:
                 raise SourceError(ctx.name, f"{config.path} is larger than [http] max_bytes "
                                             f"({cap} bytes)")
-            body = config.path.read_bytes()
         except FileNotFoundError:
             raise SourceError(ctx.name, f"{config.path} does not exist",
                               hint="check [[sources]] path") from None
