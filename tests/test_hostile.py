@@ -106,6 +106,7 @@ _RSS_CLOSE = "</description></item></channel></rss>"
     [("arxiv-api", ATOM, _ATOM_OPEN, _ATOM_CLOSE),
      ("arxiv-rss", RSS, _RSS_OPEN, _RSS_CLOSE),
      ("feed", ATOM, _ATOM_OPEN, _ATOM_CLOSE)],
+    ids=["arxiv-api", "arxiv-rss", "feed"],
 )
 def test_a_dtd_anywhere_is_refused_before_it_expands(loopback: Loopback, kind: str,
                                                      content_type: str, before: str,
@@ -118,7 +119,7 @@ def test_a_dtd_anywhere_is_refused_before_it_expands(loopback: Loopback, kind: s
               "feed": {"type": "feed", "url": url}}[kind]
     outcome = fetch_limited(config, {"retries": 0})
     assert outcome.returncode == 0, outcome.stderr
-    assert "contains a DTD (<!DOCTYPE doc"in outcome.result["error"], outcome.result
+    assert "contains a DTD (<!DOCTYPE doc>)" in outcome.result["error"], outcome.result
     assert outcome.result["error"].startswith("source 'src': ")
     assert "\n" not in outcome.result["error"]
 
