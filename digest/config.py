@@ -188,6 +188,10 @@ class HfDailySource(_Strict):
         description="Fetch the papers of this many dates (UTC), today and the days before.",
     )
     limit: int = Field(100, ge=1, le=1000, description="Most papers asked for per date.")
+    timeout: float | None = Field(
+        None, gt=0, le=86400,
+        description="Most seconds this source may take in all; default [http] source_timeout.",
+    )
 
 
 class ArxivSource(_Strict):
@@ -216,6 +220,10 @@ class ArxivSource(_Strict):
         None, ge=1, le=365,
         description="With `query`: stop paging at entries older than this many days.",
     )
+    timeout: float | None = Field(
+        None, gt=0, le=86400,
+        description="Most seconds this source may take in all; default [http] source_timeout.",
+    )
 
     @model_validator(mode="after")
     def _one_mode(self) -> ArxivSource:
@@ -235,6 +243,10 @@ class FeedSource(_Strict):
         description="'title': items with the same normalised title are one listing, across "
         "sources; 'link': each item is its own listing, keyed by its guid or link.",
     )
+    timeout: float | None = Field(
+        None, gt=0, le=86400,
+        description="Most seconds this source may take in all; default [http] source_timeout.",
+    )
 
 
 class JsonlSource(_Strict):
@@ -248,6 +260,10 @@ class JsonlSource(_Strict):
         "title",
         description="'title': lines without an id or arXiv id are keyed by their title; "
         "'link': by their id or url.",
+    )
+    timeout: float | None = Field(
+        None, gt=0, le=86400,
+        description="Most seconds this source may take in all; default [http] source_timeout.",
     )
 
     @model_validator(mode="after")
@@ -282,6 +298,11 @@ class HttpConfig(_Strict):
     total_timeout: float = Field(
         120.0, gt=0, le=3600,
         description="Most seconds one response may take in all, however slowly it arrives.",
+    )
+    source_timeout: float = Field(
+        300.0, gt=0, le=86400,
+        description="Most seconds one source may take in all: every request, retry, wait, "
+        "page and date; past it the source fails.",
     )
     retries: int = Field(
         3, ge=0, le=10,

@@ -6,7 +6,9 @@
 - `feed`     (`feed.py`): any RSS or Atom feed.
 - `jsonl`    (`jsonl.py`): JSON Lines you produce, from a file or a URL.
 
-All HTTP goes through `http.Fetcher`. Sources never touch the store: the pipeline hands in
+All HTTP goes through `http.Fetcher`, within the source's deadline (`timeout`, else `[http]
+source_timeout`), which spans all its requests, retries, waits, pages and dates; a source
+past it fails like any other. Sources never touch the store: the pipeline hands in
 the conditional-GET validators it kept and stores the new ones a source reports.
 """
 
@@ -62,14 +64,18 @@ def read_source(
     """Read every listing a source offers now; raises SourceError if the source as a whole fails.
 
     `fetcher` is the HTTP client to use (one is made, with default settings, if None);
-    `cache` holds the validators stored for this source's URLs, for conditional GET.
+    `cache` holds the validators stored for this source's URLs, for conditional GET. The
+    source's deadline starts now.
     """
     if isinstance(config, HfPageSource):
         report = read_hf_pages(config, now)
     else:
         own = fetcher is None
         client = fetcher or Fetcher(HttpConfig())
-        ctx = Context(config.name, now, client, dict(cache or {}))
+        deadline = (client.deadline(config.timeout, "[[sources]] timeout")
+                    if config.timeout is not None else
+                    client.deadline(client.config.source_timeout, "[http] source_timeout"))
+        ctx = Context(config.name, now, client, dict(cache or {}), deadline=deadline)
         try:
             _read(config, ctx)
         except SourceError:

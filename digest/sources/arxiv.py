@@ -27,7 +27,7 @@ from ..config import ArxivSource
 from ..errors import SourceError
 from ..models import Listing
 from .feed import FEED_ACCEPT, entry_authors, entry_date, entry_tags, parse_feed
-from .items import Context, arxiv_id, clean, decode, html_to_text, parse_date
+from .items import Context, arxiv_id, clean, decode, html_to_text, parse_date, xml_root
 
 log = logging.getLogger("digest")
 
@@ -73,16 +73,6 @@ def api_entry(entry: ET.Element, source: str) -> Listing:
     )
 
 
-def _xml(source: str, text: str, where: str) -> ET.Element:
-    # The API never sends a DTD; refusing one rules out entity-expansion tricks.
-    if "<!DOCTYPE" in text[:4096] or "<!ENTITY" in text[:4096]:
-        raise SourceError(source, f"{where} contains a DTD, which an arXiv API page never has")
-    try:
-        return ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise SourceError(source, f"{where} is not well-formed XML ({exc})") from None
-
-
 def _int(root: ET.Element, tag: str) -> int | None:
     text = (root.findtext(f"{_OPENSEARCH}{tag}") or "").strip()
     return int(text) if text.isdigit() else None
@@ -106,7 +96,7 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
                           accept="application/atom+xml", conditional=False)
         assert fetched is not None
         where = f"page at start={start}"
-        root = _xml(ctx.name, decode(ctx.name, fetched, "an Atom feed"), where)
+        root = xml_root(ctx.name, decode(ctx.name, fetched, "an Atom feed"), where)
         if root.tag != f"{_ATOM}feed":
             raise SourceError(ctx.name, f"{where} is not an Atom feed (root <{root.tag}>)")
         entries = root.findall(f"{_ATOM}entry")

@@ -2,8 +2,9 @@
 
 feedparser is untyped and is touched only here (the arXiv RSS reader uses `parse_feed`).
 The body is checked first (an HTML page in place of a feed and undecodable text fail the
-source) and XML that is not well-formed fails the source too, rather than storing whatever
-feedparser's lenient mode salvages from a truncated or broken document.
+source), then read once by defusedxml: a DTD anywhere, or XML that is not well-formed, fails
+the source before feedparser sees it, rather than storing whatever feedparser's lenient mode
+salvages from a truncated or broken document (or letting it expand entities).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .http import Fetched
 from .items import (
     Context,
     arxiv_id,
+    check_xml,
     clean,
     decode,
     html_to_text,
@@ -38,12 +40,16 @@ FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml;q
 
 def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
     """The entries of a fetched RSS or Atom document, as feedparser dicts."""
-    decode(source, fetched, "a feed")  # fails on an HTML page or undecodable bytes
-    headers = {"content-type": fetched.content_type
-               + (f"; charset={fetched.charset}" if fetched.charset else "")}
+    text = decode(source, fetched, "a feed")  # fails on an HTML page or undecodable bytes
+    # Before feedparser sees it: no DTD anywhere, and well-formed, so feedparser's strict
+    # parser reads it and its lenient fallback never runs.
+    check_xml(source, text, fetched.url)
+    # feedparser gets the very text checked: UTF-8, said so by the only header it is given
+    # (an XML media type with a charset outranks the XML declaration, which it rewrites).
     # A stream, never a str: feedparser treats a str that looks like a URL or a file name
     # as something to open.
-    parsed = feedparser.parse(io.BytesIO(fetched.body), response_headers=headers)
+    parsed = feedparser.parse(io.BytesIO(text.encode("utf-8")),
+                              response_headers={"content-type": "application/xml; charset=utf-8"})
     if parsed.get("bozo"):
         exc = parsed.get("bozo_exception")
         if isinstance(exc, xml.sax.SAXException):

@@ -87,6 +87,9 @@ def parse_hf_daily(text: str, ctx: Context, where: str) -> None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SourceError(ctx.name, f"{where} is not valid JSON ({exc})") from None
+    except RecursionError:
+        # json's decoder recurses once per level: no real answer nests ~1,000 levels deep.
+        raise SourceError(ctx.name, f"{where}: the JSON is nested too deeply to read") from None
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         raise SourceError(ctx.name, f"{where} answered with an error: {clean(data['error'])}")
     if not isinstance(data, list):

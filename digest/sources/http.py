@@ -5,10 +5,25 @@ Retries cover connection errors, timeouts, HTTP 429 and 5xx. The delay doubles f
 `[http] backoff` up to `max_backoff`, times a random factor in [0.5, 1] ("jitter", so many
 clients do not retry in step); a `Retry-After` header replaces it, unless it asks for more
 than `max_retry_after`, in which case the source fails at once rather than hang the run.
-The body cap counts decoded bytes, so a small gzip bomb is stopped as well as a huge file.
+The body cap counts bytes on the wire and decoded bytes alike, so a small gzip bomb is stopped
+as well as a huge file. Content codings are decoded here, not by httpx, in steps of at most
+`_STEP` bytes through every layer: `Content-Encoding: gzip, gzip` of a few kilobytes would
+otherwise expand to gigabytes in one call before any cap could look at it. Only gzip and
+deflate are asked for and understood (at most `_MAX_CODINGS` of them stacked); any other
+coding fails the source.
+
+Time is bounded twice. One response may take `total_timeout` seconds in all, and one
+source (every request, retry, wait, page and date) its deadline (`Deadline`: `[http]
+source_timeout` or the source's own `timeout`). The read timeout alone bounds neither: it
+is per network read, and a server that trickles a byte at a time never trips it, in the
+headers as well as the body. So every network read, write and connect of the default
+transport gets no more time than is left (`_GuardedBackend`), the body loop checks the
+clock after every chunk, and no retry or pacing wait starts that would end past the
+deadline. A source past its deadline fails with one line, like any failed source.
 
 The transport, the sleep function, the monotonic clock and the random source are
 parameters, so tests run against a loopback server without waiting for real seconds.
+The source deadline is measured on that clock; `total_timeout` on the real one.
 """
 
 from __future__ import annotations
@@ -16,13 +31,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from .. import __version__
@@ -31,6 +49,13 @@ from ..errors import SourceError
 from ..models import CacheValidators
 
 log = logging.getLogger("digest")
+
+# The content codings `_decoded` understands, which are all that is asked for.
+ACCEPT_ENCODING = "gzip, deflate"
+_MAX_CODINGS = 3
+# Most bytes one decoding step may produce: each layer holds at most this much at a time.
+_STEP = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def user_agent(config: HttpConfig) -> str:
@@ -50,8 +75,182 @@ class Fetched:
     validators: CacheValidators
 
 
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When one source must be done (on the fetcher's clock), and the setting that says so."""
+
+    at: float
+    seconds: float
+    setting: str
+
+    def error(self, source: str, doing: str) -> SourceError:
+        """The one-line failure of a source stopped at this deadline while `doing`."""
+        return SourceError(source, f"stopped at its {self.seconds:g}s deadline "
+                                   f"({self.setting}) {doing}",
+                           hint=f"raise {self.setting} if the source is only slow")
+
+
 class _TooLarge(Exception):
     pass
+
+
+class _OutOfTime(Exception):
+    """No time left for the request in flight: the source's deadline (`whole_source`) or
+    the response's `total_timeout`."""
+
+    def __init__(self, whole_source: bool) -> None:
+        super().__init__("source deadline" if whole_source else "total timeout")
+        self.whole_source = whole_source
+
+
+# The seconds left for the request in flight and whether the source's deadline is the
+# nearer limit; None when nothing limits it.
+TimeLeft = Callable[[], tuple[float, bool] | None]
+_T = TypeVar("_T")
+
+
+def _within(left: TimeLeft, timeout: float | None, call: Callable[[float | None], _T]) -> _T:
+    """`call(timeout)`, with the timeout cut to the time left; _OutOfTime when there is none
+    left or the cut timeout expires."""
+    limit = left()
+    if limit is None:
+        return call(timeout)
+    seconds, whole_source = limit
+    if seconds <= 0:
+        raise _OutOfTime(whole_source)
+    if timeout is not None and timeout <= seconds:
+        return call(timeout)
+    try:
+        return call(seconds)
+    except httpcore.TimeoutException:
+        raise _OutOfTime(whole_source) from None
+
+
+class _GuardedStream(httpcore.NetworkStream):
+    """A connection whose every read and write gets no more time than is left."""
+
+    def __init__(self, stream: httpcore.NetworkStream, left: TimeLeft) -> None:
+        self._stream = stream
+        self._left = left
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return _within(self._left, timeout, lambda t: self._stream.read(max_bytes, t))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _within(self._left, timeout, lambda t: self._stream.write(buffer, t))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        tls = _within(self._left, timeout,
+                      lambda t: self._stream.start_tls(ssl_context, server_hostname, t))
+        return _GuardedStream(tls, self._left)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, with connects and connections bounded by the time left."""
+
+    def __init__(self, left: TimeLeft) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._left = left
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        stream = _within(self._left, timeout, lambda t: self._backend.connect_tcp(
+            host, port, t, local_address, socket_options))
+        return _GuardedStream(stream, self._left)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None,
+                            ) -> httpcore.NetworkStream:
+        stream = _within(self._left, timeout, lambda t: self._backend.connect_unix_socket(
+            path, t, socket_options))
+        return _GuardedStream(stream, self._left)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport over `_GuardedBackend`."""
+
+    def __init__(self, left: TimeLeft) -> None:
+        super().__init__()
+        # httpx takes no network backend, so its connection pool is made again with one
+        # (the same defaults: verified TLS, HTTP/1.1). Proxies from the environment get
+        # httpx's own transports; the body loop's checks still bound those.
+        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
+                                             network_backend=_GuardedBackend(left))
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def content_codings(values: Iterable[str]) -> list[str]:
+    """The content codings of a response (its Content-Encoding values), in the order they
+    were applied, without `identity`; raises _Undecodable for any not understood, or too many."""
+    codings = [v.strip().lower() for v in values if v.strip().lower() not in ("", "identity")]
+    for coding in codings:
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise _Undecodable(f"Content-Encoding {coding!r} is not supported (only gzip and "
+                               f"deflate are)")
+    if len(codings) > _MAX_CODINGS:
+        raise _Undecodable(f"{len(codings)} stacked content codings (at most {_MAX_CODINGS} "
+                           f"are read)")
+    return codings
+
+
+def _wbits(head: bytes, gzip: bool) -> int:
+    if gzip:
+        return 16 + zlib.MAX_WBITS
+    # 'deflate' should be a zlib stream (RFC 9110), but some servers send raw deflate.
+    zlib_header = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+    return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+
+def _inflate(chunks: Iterable[bytes], coding: str) -> Iterator[bytes]:
+    """Undo one gzip or deflate layer, lazily, never producing more than `_STEP` bytes from
+    one step, so a chain of these holds a few steps' worth however much the data expands."""
+    gzip = coding != "deflate"
+    stream: zlib._Decompress | None = None
+    pending = b""
+    more = False  # the last step was cut at _STEP: zlib may hold output for no more input
+    try:
+        for chunk in chunks:
+            pending += chunk
+            while pending or more:
+                if stream is None or stream.eof:
+                    if stream is not None and not gzip:
+                        return  # bytes after the end of a deflate stream are ignored
+                    if len(pending) < 2:
+                        break  # a new stream's header: wait for the next chunk
+                    if stream is not None and not pending.startswith(_GZIP_MAGIC):
+                        return  # trailing bytes after the last gzip member: ignored
+                    # A gzip body may hold several members one after another.
+                    stream = zlib.decompressobj(_wbits(pending, gzip))
+                out = stream.decompress(pending, _STEP)
+                pending = stream.unused_data if stream.eof else stream.unconsumed_tail
+                more = len(out) == _STEP and not stream.eof
+                if out:
+                    yield out
+    except zlib.error as exc:
+        raise _Undecodable(f"bad {coding} data ({exc})") from None
+    if pending or (stream is not None and not stream.eof):
+        raise _Undecodable(f"the {coding} data ends early")
+
+
+def _decoded(raw: Iterable[bytes], codings: list[str]) -> Iterable[bytes]:
+    """The body with its content codings undone, last applied first, step by step."""
+    for coding in reversed(codings):
+        raw = _inflate(raw, coding)
+    return raw
 
 
 class _Retryable(Exception):
@@ -94,10 +293,11 @@ class Fetcher:
         self.sleep = sleep
         self.clock = clock
         self.rng = rng
+        self._flight: tuple[Deadline | None, float] | None = None
         self.client = httpx.Client(
-            transport=transport,
+            transport=transport or _GuardedTransport(self._time_left),
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
-            headers={"User-Agent": user_agent(config)},
+            headers={"User-Agent": user_agent(config), "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=True,
             max_redirects=5,
         )
@@ -115,20 +315,39 @@ class Fetcher:
         """Close the connections."""
         self.client.close()
 
+    def deadline(self, seconds: float, setting: str) -> Deadline:
+        """A deadline `seconds` from now, set by `setting` (named in the error)."""
+        return Deadline(self.clock() + seconds, seconds, setting)
+
+    def _time_left(self) -> tuple[float, bool] | None:
+        if self._flight is None:
+            return None
+        deadline, response_end = self._flight
+        left = (response_end - time.monotonic(), False)
+        if deadline is not None:
+            left = min(left, (deadline.at - self.clock(), True))
+        return left
+
     def pace(self, url: str, seconds: float) -> None:
         """Leave at least `seconds` between the end of one request to this host and the
         start of the next."""
         host = urlsplit(url).netloc
         self._intervals[host] = max(seconds, self._intervals.get(host, 0.0))
 
-    def _wait_turn(self, host: str) -> None:
+    def _check(self, source: str, wait: float, deadline: Deadline | None, doing: str) -> None:
+        """Fail now if waiting `wait` seconds would reach the deadline."""
+        if deadline is not None and self.clock() + max(wait, 0.0) >= deadline.at:
+            raise deadline.error(source, doing)
+
+    def _wait_turn(self, source: str, url: str, deadline: Deadline | None) -> None:
+        host = urlsplit(url).netloc
         interval = self._intervals.get(host)
         last = self._last.get(host)
-        if interval and last is not None:
-            wait = last + interval - self.clock()
-            if wait > 0:
-                log.debug("waiting %.1fs before the next request to %s", wait, host)
-                self.sleep(wait)
+        wait = last + interval - self.clock() if interval and last is not None else 0.0
+        self._check(source, wait, deadline, f"before fetching {url}")
+        if wait > 0:
+            log.debug("waiting %.1fs before the next request to %s", wait, host)
+            self.sleep(wait)
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.config.max_backoff, self.config.backoff * 2.0**attempt)
@@ -142,10 +361,12 @@ class Fetcher:
         params: Mapping[str, str | int] | None = None,
         validators: CacheValidators | None = None,
         accept: str = "*/*",
+        deadline: Deadline | None = None,
     ) -> Fetched | None:
         """GET `url`; None when the server says it has not changed since `validators`.
 
-        Raises SourceError naming `source` and the reason once retries are used up.
+        Raises SourceError naming `source` and the reason once retries are used up, or
+        as soon as `deadline` has passed or a wait would pass it.
         """
         headers = {"Accept": accept}
         if validators and validators.etag:
@@ -155,10 +376,10 @@ class Fetcher:
         host = urlsplit(url).netloc
         attempts = self.config.retries + 1
         for attempt in range(attempts):
-            self._wait_turn(host)
+            self._wait_turn(source, url, deadline)
             try:
                 try:
-                    return self._once(source, url, params, headers)
+                    return self._once(source, url, params, headers, deadline)
                 finally:
                     self._last[host] = self.clock()
             except _Retryable as exc:
@@ -166,17 +387,33 @@ class Fetcher:
                     tries = f"{attempts} attempts" if attempts > 1 else "1 attempt"
                     raise SourceError(source, f"{exc.reason} (gave up after {tries})") from None
                 delay = exc.wait if exc.wait is not None else self._backoff(attempt)
+                self._check(source, delay, deadline, f"before retrying after: {exc.reason}")
                 log.warning("source %s: %s; retrying in %.1fs", source, exc.reason, delay)
                 self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(
         self, source: str, url: str, params: Mapping[str, str | int] | None,
-        headers: dict[str, str],
+        headers: dict[str, str], deadline: Deadline | None,
+    ) -> Fetched | None:
+        self._flight = (deadline, time.monotonic() + self.config.total_timeout)
+        try:
+            return self._response(source, url, params, headers, deadline)
+        except _OutOfTime as exc:
+            if exc.whole_source and deadline is not None:
+                raise deadline.error(source, f"while fetching {url}") from None
+            raise _Retryable(f"timed out (total, {self.config.total_timeout:g}s) fetching "
+                             f"{url}") from None
+        finally:
+            self._flight = None
+
+    def _response(
+        self, source: str, url: str, params: Mapping[str, str | int] | None,
+        headers: dict[str, str], deadline: Deadline | None,
     ) -> Fetched | None:
         cap = self.config.max_bytes
-        total = self.config.total_timeout
-        deadline = time.monotonic() + total
+        assert self._flight is not None
+        response_end = self._flight[1]
         log.debug("source %s: GET %s %s", source, url, dict(params or {}))
         try:
             with self.client.stream("GET", url, params=params, headers=headers) as response:
@@ -201,17 +438,30 @@ class Fetcher:
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > cap:
                     raise _TooLarge
+                codings = content_codings(
+                    response.headers.get_list("Content-Encoding", split_commas=True))
+
+                def wire() -> Iterator[bytes]:
+                    received = 0
+                    for chunk in response.iter_raw():
+                        received += len(chunk)
+                        if received > cap:
+                            raise _TooLarge
+                        # Also checked here for a transport given by the caller, which
+                        # the network-level guard does not cover.
+                        if time.monotonic() > response_end:
+                            raise _OutOfTime(whole_source=False)
+                        if deadline is not None and self.clock() >= deadline.at:
+                            raise _OutOfTime(whole_source=True)
+                        yield chunk
+
                 chunks: list[bytes] = []
                 size = 0
-                for chunk in response.iter_bytes():
+                for chunk in _decoded(wire(), codings):
                     size += len(chunk)
                     if size > cap:
                         raise _TooLarge
                     chunks.append(chunk)
-                    # The read timeout is per chunk; a server that trickles bytes forever
-                    # would never trip it. (The real clock: this guards real time.)
-                    if time.monotonic() > deadline:
-                        raise _Retryable(f"timed out (total, {total:g}s) fetching {url}")
                 content_type = response.headers.get("Content-Type", "")
                 return Fetched(
                     url=shown,
@@ -231,7 +481,7 @@ class Fetcher:
             raise _Retryable(f"timed out ({_kind(exc)}) fetching {url}") from None
         except httpx.TooManyRedirects:
             raise SourceError(source, f"too many redirects from {url}") from None
-        except httpx.DecodingError as exc:
+        except (_Undecodable, httpx.DecodingError) as exc:
             raise SourceError(source, f"cannot decode the response from {url}: {exc}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"cannot reach {url}: {exc or type(exc).__name__}") from None

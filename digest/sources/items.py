@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import re
 import unicodedata
+import xml.etree.ElementTree as ET
+import xml.sax
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
@@ -15,22 +18,27 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from defusedxml import DefusedXmlException, DTDForbidden
+from defusedxml.ElementTree import fromstring as defused_fromstring
+from defusedxml.expatreader import DefusedExpatParser
+
 from ..errors import SourceError
 from ..models import CacheValidators, Listing, ParseReport
 from ..tokens import title_id
-from .http import Fetched, Fetcher
+from .http import Deadline, Fetched, Fetcher
 
 
 @dataclass(slots=True)
 class Context:
     """One source's view of a fetch run: its name, the clock, the HTTP client, the cache
-    validators stored for its URLs, and the report it fills."""
+    validators stored for its URLs, the report it fills, and its deadline."""
 
     name: str
     now: datetime
     fetcher: Fetcher
     cache: dict[str, CacheValidators] = field(default_factory=dict)
     report: ParseReport = field(default_factory=ParseReport)
+    deadline: Deadline | None = None
 
     def get(
         self, url: str, *, params: dict[str, str | int] | None = None,
@@ -41,7 +49,7 @@ class Context:
         self.report.requests += 1
         fetched = self.fetcher.get(
             self.name, url, params=params, accept=accept,
-            validators=self.cache.get(key) if conditional else None,
+            validators=self.cache.get(key) if conditional else None, deadline=self.deadline,
         )
         if fetched is None:
             self.report.not_modified += 1
@@ -97,6 +105,53 @@ def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
         raise SourceError(
             source, f"{where} is not valid {charset} text (byte {exc.start}: {exc.reason})"
         ) from None
+
+
+# XML: documents are parsed from the text `decode` made of them (so every reader sees the
+# same characters, whatever the HTTP header and the XML declaration claim) by defusedxml,
+# which refuses a DTD wherever it is. No source we read needs one, and a DTD can declare
+# entities that expand a few megabytes into gigabytes within expat's amplification limit.
+
+
+def _xml_refused(source: str, where: str, exc: DefusedXmlException) -> SourceError:
+    if isinstance(exc, DTDForbidden):
+        return SourceError(source, f"{where} contains a DTD (<!DOCTYPE {str(exc.name)[:40]}>), "
+                                   f"which is never read",
+                           hint="a DTD can declare entities that expand to gigabytes")
+    return SourceError(source, f"{where} declares entities or external references, which are "
+                               f"never read")
+
+
+def xml_root(source: str, text: str, where: str) -> ET.Element:
+    """The element tree of an XML document; a DTD anywhere in it, or XML that is not
+    well-formed, fails the source."""
+    try:
+        root: ET.Element = defused_fromstring(text, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise _xml_refused(source, where, exc) from None
+    except ET.ParseError as exc:
+        raise SourceError(source, f"{where} is not well-formed XML ({exc})") from None
+    return root
+
+
+def check_xml(source: str, text: str, where: str) -> None:
+    """Read a whole XML document once, building nothing, before a lenient parser (feedparser,
+    which falls back to an HTML-style parser on broken XML) is given it: a DTD anywhere, or
+    XML that is not well-formed (namespaces included), fails the source."""
+    parser = DefusedExpatParser(namespaceHandling=1, forbid_dtd=True)
+    parser.setContentHandler(xml.sax.ContentHandler())
+    document = xml.sax.xmlreader.InputSource()
+    # A character stream: pyexpat then reads the text as it is and ignores the encoding the
+    # XML declaration names (the text is already decoded).
+    document.setCharacterStream(io.StringIO(text))
+    try:
+        parser.parse(document)
+    except DefusedXmlException as exc:
+        raise _xml_refused(source, where, exc) from None
+    except xml.sax.SAXParseException as exc:
+        raise SourceError(source, f"{where} is not well-formed XML ({exc.getMessage()}: "
+                                  f"line {exc.getLineNumber()}, column "
+                                  f"{exc.getColumnNumber()})") from None
 
 
 # --- fields ---------------------------------------------------------------------------------

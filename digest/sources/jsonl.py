@@ -2,12 +2,15 @@
 from a local file or a URL. The schema is `JsonlItem` (and the README's "JSON Lines
 schema"); blank lines are ignored, a malformed line is skipped and counted, and keys the
 schema does not know are ignored with one warning per source, so producers can add fields.
+A line nested deeper than Python's recursion limit (about 1,000 levels) is a malformed line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections import Counter
 from datetime import date, datetime
 from typing import Any
@@ -115,6 +118,10 @@ def parse_jsonl(text: str, config: JsonlSource, ctx: Context) -> None:
             ctx.report.listings.append(jsonl_item(data, config))
         except json.JSONDecodeError as exc:
             ctx.skip(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            # json's decoder recurses once per level of nesting: '[[[[...' deeper than
+            # Python's recursion limit is a hostile or broken line, not a broken source.
+            ctx.skip(f"line {number}", "JSON nested too deeply")
         except ValueError as exc:
             ctx.skip(f"line {number}", str(exc))
     if unknown:
@@ -133,10 +140,17 @@ def read_jsonl(config: JsonlSource, ctx: Context) -> None:
         assert config.path is not None
         cap = ctx.fetcher.config.max_bytes
         try:
-            if config.path.stat().st_size > cap:
+            # Only a regular file: a device (/dev/zero) or a pipe has no end, or no size to
+            # check (and opening a pipe would wait for a writer, hence O_NONBLOCK). Never
+            # more than the cap is read, even from a file that grows meanwhile.
+            with open(os.open(config.path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    raise SourceError(ctx.name, f"{config.path} is not a regular file",
+                                      hint="check [[sources]] path")
+                body = file.read(cap + 1)
+            if len(body) > cap:
                 raise SourceError(ctx.name, f"{config.path} is larger than [http] max_bytes "
                                             f"({cap} bytes)")
-            body = config.path.read_bytes()
         except FileNotFoundError:
             raise SourceError(ctx.name, f"{config.path} does not exist",
                               hint="check [[sources]] path") from None
