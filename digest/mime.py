@@ -26,10 +26,19 @@ from dataclasses import dataclass
 from email import policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 
+from .headers import FIELD_CLASSES
+
 
 class _Registry(HeaderRegistry):
     """The standard header registry, with each header class made once: the stock one builds
-    a new class with `type()` on every lookup, about 20 us per header set or checked."""
+    a new class with `type()` on every lookup, about 20 us per header set or checked. The
+    fields we write are formatted and folded by `digest.headers`, not by the `email`
+    package's folder (see that module for why)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, cls in FIELD_CLASSES.items():
+            self.map_to_type(name, cls)
 
     @functools.cache  # noqa: B019 - one registry for the life of the process
     def __getitem__(self, name: str) -> type[BaseHeader]:

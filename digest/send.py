@@ -1,9 +1,12 @@
 """Sending: build the MIME message, and hand it to a transport (SMTP or .eml files).
 
-Headers are built with `email.message.EmailMessage` under a strict policy and every value
-that comes from a listing or a subscriber file has control characters removed first, so no
-title or name can add a header. The SMTP password is read from the environment when the
-connection is made and is never logged.
+Headers are built with `email.message.EmailMessage` under a strict policy whose fields are
+written by `digest.headers` (never the `email` package's folder), and every value that comes
+from a listing or a subscriber file has control characters removed first, so no title or name
+can add a header. Every finished message's header block is checked once more
+(`check_headers`: only the fields below, CRLF only as folding) when it is built and again
+right before a transport sends or writes it. The SMTP password is read from the environment
+when the connection is made and is never logged.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from urllib.parse import quote
 
 import dkim
 
-from . import signing
+from . import headers, signing
 from .config import DeliveryConfig, DkimConfig, SmtpConfig, split_address
 from .errors import ConfigError, SendError
 from .mime import STRICT, assemble
@@ -157,6 +160,21 @@ def _from_header(value: str) -> Address:
     return Address(display_name=clean_header(name), addr_spec=addr)
 
 
+# The header fields of a digest on the wire (lowercase name -> most times it may appear), and
+# those it must have: anything else in a finished header block is a bug, never sent.
+WIRE_FIELDS = {"dkim-signature": 2, "from": 1, "to": 1, "subject": 1, "date": 1,
+               "message-id": 1, "list-unsubscribe": 1, "list-unsubscribe-post": 1,
+               "list-id": 1, "x-digest-id": 1, "mime-version": 1, "content-type": 1}
+REQUIRED_FIELDS = ("from", "to", "subject", "date", "message-id", "list-unsubscribe",
+                   "list-id", "x-digest-id", "mime-version", "content-type")
+
+
+def check_headers(data: bytes) -> None:
+    """The last check on a finished message's header block (see `headers.check_block`);
+    HeaderError, a permanent SendError, names the problem."""
+    headers.check_block(data, WIRE_FIELDS, REQUIRED_FIELDS)
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A finished message and its envelope."""
@@ -176,12 +194,15 @@ def outgoing(
     """Serialise a message once (and DKIM-sign those bytes): these exact bytes are what gets
     sent or written."""
     data = msg.as_bytes(policy=STRICT)
+    if signer:
+        data = signer.sign(data)
+    check_headers(data)
     return Outgoing(
         digest_id=digest.id,
         message_id=str(msg["Message-ID"]),
         envelope_from=envelope_from,
         recipient=digest.subscriber.email,
-        data=signer.sign(data) if signer else data,
+        data=data,
         html=html,
     )
 
@@ -307,6 +328,7 @@ def fast_outgoing(
             data = signer.sign_parts(parts.head, parts.body, parts.relaxed_stable) + data
         except (ValueError, TypeError) as exc:
             raise SendError(f"DKIM signing failed: {exc}", fatal=True) from exc
+    check_headers(data)
     return Outgoing(digest.id, parts.message_id, delivery.from_address,
                     digest.subscriber.email, data, rendered.html)
 
@@ -331,6 +353,7 @@ class FileSender:
 
     def send(self, message: Outgoing) -> str:
         """Write `<date>_<subscriber>.eml` and `.html` into the outbox, atomically."""
+        check_headers(message.data)
         self.outbox.mkdir(parents=True, exist_ok=True)
         subscriber_id, _, day = message.digest_id.rpartition("/")
         stem = f"{day}_{subscriber_id}"
@@ -450,6 +473,7 @@ class SmtpSender:
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises SendError (permanent for 5xx)."""
+        check_headers(message.data)
         cap = self.config.max_per_connection
         if self._smtp is not None and cap and self._sent_on_connection >= cap:
             self.close()
