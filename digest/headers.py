@@ -231,13 +231,18 @@ def fold_unstructured(name: str, value: object, linesep: str = "\r\n") -> str:
     return folder.folded(linesep)
 
 
+def is_plain_uri(text: str) -> bool:
+    """Whether `text` is one URI that List-Unsubscribe can carry as it is."""
+    return _URI.fullmatch(text) is not None
+
+
 def unsubscribe_uris(value: object) -> list[str]:
     """The URIs of a List-Unsubscribe value written as `<uri>, <uri>`; HeaderError when it
     is not that."""
     uris = []
     for item in str(value).split(","):
         item = item.strip(" ")
-        if not (item.startswith("<") and item.endswith(">")) or not _URI.fullmatch(item[1:-1]):
+        if not (item.startswith("<") and item.endswith(">")) or not is_plain_uri(item[1:-1]):
             raise HeaderError(f"List-Unsubscribe: {item!r} is not a <URI> that can be sent as"
                               " it is")
         uris.append(item[1:-1])

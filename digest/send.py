@@ -34,7 +34,7 @@ from urllib.parse import quote
 import dkim
 
 from . import headers, signing
-from .config import DeliveryConfig, DkimConfig, SmtpConfig, split_address
+from .config import DeliveryConfig, DkimConfig, Settings, SmtpConfig, split_address
 from .errors import ConfigError, SendError
 from .mime import STRICT, assemble
 from .models import Digest, RenderedEmail
@@ -73,6 +73,22 @@ def unsubscribe_links(delivery: DeliveryConfig, subscriber_id: str) -> tuple[str
         else ""
     )
     return https, mailto
+
+
+def deliverability_warnings(settings: Settings) -> list[str]:
+    """One line per setting that will not stop sending but that large mailbox providers
+    will hold against it (`digest validate` prints them)."""
+    if settings.delivery.transport != "smtp":
+        return []
+    server, where = settings.server, settings.path
+    if server.public_url is None and settings.delivery.unsubscribe_url is None:
+        return [f"{where}: server.public_url: not set, so List-Unsubscribe has only a mailto"
+                " link; Gmail and Yahoo require bulk senders to offer one-click unsubscribe"
+                " (RFC 8058), an https link served by `digest serve`"]
+    if server.public_url is not None and not server.public_url.startswith("https://"):
+        return [f"{where}: server.public_url: {server.public_url!r} is not https; RFC 8058"
+                " one-click unsubscribe needs an https link"]
+    return []
 
 
 def list_id(delivery: DeliveryConfig) -> str:

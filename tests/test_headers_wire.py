@@ -15,12 +15,14 @@ from email.utils import format_datetime
 
 import dkim
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest import pipeline, store
+from digest.cli import cli
 from digest.config import DeliveryConfig, Settings, SmtpConfig, load_settings
-from digest.errors import HeaderError
+from digest.errors import ConfigError, HeaderError
 from digest.headers import check_block, fold_address, fold_unstructured
 from digest.mime import fold_field
 from digest.models import Digest, Section
@@ -342,3 +344,84 @@ def test_dates_are_left_to_the_email_package_and_stay_plain() -> None:
     when = dt.datetime(2026, 11, 25, 7, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
     assert fold_field("Date", format_datetime(when)) == b"Date: Wed, 25 Nov 2026 07:30:00 -0500\r\n"
 
+
+
+# --- refused when the files are read ----------------------------------------------------------
+
+
+def _validate(project: Project) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["validate", "--config", str(project.config)],
+                                catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ('name = "=?utf-8?q?Bob=0D=0AReply-To:_evil@example.net?="\n'
+     'email = "bob@example.org"\n[[topics]]\nname = "t"\nkeywords = ["a"]\n', "name"),
+    ('name = "Bob"\nemail = "bob@example.org"\n[[topics]]\n'
+     'name = "Topic =?utf-8?b?eA0KWC1JbmplY3RlZDogMQ==?="\nkeywords = ["a"]\n', "topics[0].name"),
+    ('name = "Bob\\u2028Bcc: x@example.net"\nemail = "bob@example.org"\n[[topics]]\n'
+     'name = "t"\nkeywords = ["a"]\n', "name"),
+    ('name = "Bob"\nemail = "=?x?=@example.org"\n[[topics]]\nname = "t"\nkeywords = ["a"]\n',
+     "email"),
+])
+def test_subscriber_values_that_would_read_as_encoded_words_are_refused(
+        project: Project, body: str, where: str) -> None:
+    project.subscriber("bob", body)
+    code, output = _validate(project)
+    assert code == 1
+    invalid = [line for line in output.splitlines() if line.startswith("invalid:")]
+    assert len(invalid) == 1 and f"bob.toml: {where}: " in invalid[0], output
+
+
+@pytest.mark.parametrize(("table", "problem"), [
+    ('list_id = "Digest <not an id>"', "delivery.list_id: "),
+    ('list_id = "=?utf-8?q?x?= <digest.example.org>"', "delivery.list_id: "),
+    ('unsubscribe_url = "https://example.org/u?a=1,2"', "delivery.unsubscribe_url: "),
+    ('unsubscribe_url = "https://example.org/u>, <https://evil.example"',
+     "delivery.unsubscribe_url: "),
+])
+def test_delivery_values_that_reach_headers_are_checked(project: Project, table: str,
+                                                        problem: str) -> None:
+    text = project.config.read_text().replace('outbox = "var/outbox"',
+                                              f'outbox = "var/outbox"\n{table}')
+    project.config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert str(info.value).startswith(f"{project.config}: {problem}")
+    assert "\n" not in str(info.value)
+
+
+def test_an_encoded_word_in_the_from_name_is_refused(project: Project) -> None:
+    text = project.config.read_text().replace('"Paper Digest <digest@example.org>"',
+                                              '"=?utf-8?q?Bank?= <digest@example.org>"')
+    project.config.write_text(text)
+    with pytest.raises(ConfigError, match=r"delivery\.from: .*encoded-word syntax"):
+        load_settings(project.config)
+
+
+def test_a_bare_list_id_gets_its_brackets(project: Project) -> None:
+    text = project.config.read_text().replace(
+        'outbox = "var/outbox"', 'outbox = "var/outbox"\nlist_id = "papers.example.org"')
+    project.config.write_text(text)
+    assert load_settings(project.config).delivery.list_id == "<papers.example.org>"
+
+
+@pytest.mark.parametrize(("extra", "transport", "warned"), [
+    ("", "smtp", "server.public_url: not set"),
+    ('[server]\npublic_url = "http://digest.example.org"\n', "smtp",
+     "server.public_url: 'http://digest.example.org' is not https"),
+    ('[server]\npublic_url = "https://digest.example.org"\n', "smtp", None),
+    ("", "file", None),
+])
+def test_validate_warns_when_bulk_senders_would_lack_one_click_unsubscribe(
+        project: Project, extra: str, transport: str, warned: str | None) -> None:
+    project.write_config(extra, transport=transport)
+    code, output = _validate(project)
+    assert code == 0
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and f"{project.config}: {warned}" in warnings[0]
+        assert "RFC 8058" in warnings[0]
