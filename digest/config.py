@@ -412,6 +412,12 @@ class SmtpConfig(_Strict):
         "DIGEST_SMTP_PASSWORD", description="Name of the env variable that holds the password."
     )
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for the server.")
+    deadline: float = Field(
+        120.0, gt=0, le=3600,
+        description="Most seconds one step with the server may take in all, however slowly"
+        " it answers: opening the session (greeting, EHLO, STARTTLS, login), and each message"
+        " (MAIL FROM to the reply after the data).",
+    )
     ca_file: Path | None = Field(
         None, description="A PEM bundle to verify the server with, for a private CA."
     )

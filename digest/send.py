@@ -19,6 +19,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,7 +29,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import dkim
@@ -396,6 +397,131 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+MAX_REPLY = 64 * 1024  # bytes of one server reply, all its lines together
+MAX_REPLY_LINE = 8192  # bytes of one reply line (smtplib's own limit; RFC 5321 says 512)
+
+
+class SessionLimitError(smtplib.SMTPServerDisconnected):
+    """The server broke a limit of the session (a reply too long, or no complete reply
+    before the deadline): the connection has been closed."""
+
+
+class _Session(smtplib.SMTP):
+    """smtplib.SMTP with replies read under limits, so that a hostile or broken server can
+    neither exhaust memory nor hold a send for ever.
+
+    smtplib reads a reply line by line with no bound on the number of lines (an endless
+    multi-line greeting grew to 10 GB), and its timeout is per socket read, so a server
+    that trickles one byte every few seconds never trips it. Here a reply is at most
+    MAX_REPLY bytes, and every read and write must end before `deadline` (time.monotonic),
+    which the sender sets for each step: opening the session, then each message.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float, deadline: float,
+                 local_hostname: str, **kwargs: Any) -> None:
+        # Set before smtplib's __init__, which connects and reads the greeting.
+        self.limit = deadline
+        self.deadline = time.monotonic() + deadline
+        self._buffer = b""
+        super().__init__(host, port, local_hostname=local_hostname,
+                         timeout=min(timeout, deadline), **kwargs)
+        self.timeout = timeout
+
+    def renew_deadline(self, seconds: float | None = None) -> None:
+        """Give the next step `seconds` (by default the configured deadline) from now."""
+        self.limit = self.limit if seconds is None else seconds
+        self.deadline = time.monotonic() + self.limit
+
+    def _budget(self) -> float:
+        # What a socket operation may take now: the per-read timeout, cut to the deadline.
+        assert self.sock is not None
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self.close()
+            raise SessionLimitError(
+                f"no complete reply within the {self.limit:g} s deadline ([smtp] deadline)")
+        budget = min(float(self.timeout), remaining)
+        self.sock.settimeout(budget)
+        return budget
+
+    def getreply(self) -> tuple[int, bytes]:
+        """smtplib's getreply, reading from the socket under MAX_REPLY and the deadline."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = self._readline()
+            size += len(line)
+            if size > MAX_REPLY:
+                self.close()
+                raise SessionLimitError(f"a reply longer than {MAX_REPLY} bytes")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = -1  # as smtplib: a broken code ends the reply
+                break
+            if line[3:4] != b"-":
+                break
+        return code, b"\n".join(lines)
+
+    def _readline(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n", 0, MAX_REPLY_LINE + 1)
+            if end >= 0:
+                line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
+                return line
+            if len(self._buffer) > MAX_REPLY_LINE:
+                self.close()
+                raise SessionLimitError(f"a reply line longer than {MAX_REPLY_LINE} bytes")
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("please run connect() first")
+            budget = self._budget()
+            try:
+                chunk = self.sock.recv(16384)
+            except TimeoutError:
+                self.close()
+                if self.deadline <= time.monotonic():
+                    raise SessionLimitError(f"no complete reply within the {self.limit:g} s"
+                                            " deadline ([smtp] deadline)") from None
+                raise smtplib.SMTPServerDisconnected(
+                    f"no reply for {budget:g} s ([smtp] timeout)") from None
+            except OSError as exc:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(
+                    f"Connection unexpectedly closed: {exc}") from None
+            if not chunk:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            self._buffer += chunk
+
+    def send(self, s: Any) -> None:  # smtplib: bytes-like or str
+        """smtplib's send, within the deadline (sendall's timeout covers the whole write)."""
+        if self.sock is not None:
+            self._budget()
+        super().send(s)
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        """smtplib's starttls; what the server sent after its 220 (in the clear, before the
+        handshake) is refused, not read as if it came over TLS."""
+        if self.sock is not None:
+            self._budget()  # the handshake inherits the socket's timeout
+        reply = super().starttls(*args, **kwargs)
+        leftover, self._buffer = self._buffer, b""
+        if leftover:
+            self.close()
+            raise SessionLimitError("the server sent data after its STARTTLS reply")
+        return reply
+
+    def close(self) -> None:
+        """Close the connection and forget what was read ahead."""
+        self._buffer = b""
+        super().close()
+
+
+class _SslSession(_Session, smtplib.SMTP_SSL):
+    """`_Session` over implicit TLS."""
+
+
 class SmtpSender:
     """Sends over one SMTP connection, opened on first use and reused for the batch.
 
@@ -406,7 +532,7 @@ class SmtpSender:
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _Session | None = None
         self._sent_on_connection = 0
         self._context: ssl.SSLContext | None = None
 
@@ -433,17 +559,20 @@ class SmtpSender:
                 cafile=str(cfg.ca_file) if cfg.ca_file else None)
         return self._context
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self) -> _Session:
         cfg = self.config
         try:
             context = self._tls_context()
-            smtp: smtplib.SMTP
+            # The deadline covers the whole opening: connecting, greeting, EHLO, STARTTLS
+            # and login.
+            smtp: _Session
             if cfg.security == "ssl":
-                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context,
-                                        local_hostname=_local_hostname())
+                smtp = _SslSession(cfg.host, cfg.port, timeout=cfg.timeout,
+                                   deadline=cfg.deadline, context=context,
+                                   local_hostname=_local_hostname())
             else:
-                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout,
-                                    local_hostname=_local_hostname())
+                smtp = _Session(cfg.host, cfg.port, timeout=cfg.timeout,
+                                deadline=cfg.deadline, local_hostname=_local_hostname())
             smtp.ehlo()
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -496,8 +625,15 @@ class SmtpSender:
         if self._smtp is None:
             self._smtp = self._connect()
         smtp = self._smtp
+        smtp.renew_deadline()  # each message has the whole deadline: MAIL to the final reply
         try:
             refused = self._sendmail(smtp, message)
+        except SessionLimitError as exc:
+            # The server kept the reply coming too long or too slowly: the connection is
+            # closed; the message is tried again later (a server that does this again
+            # when the session opens stops the batch).
+            self._drop()
+            raise SendError(f"SMTP server {self._where()}: {exc}; connection closed") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             # Raised when every recipient is refused, with no smtp_code: the codes are only in
             # the dict. smtplib closes the connection itself after a 421.
@@ -625,6 +761,8 @@ class SmtpSender:
         if self._smtp is None:
             return
         try:
+            # QUIT gets a short deadline of its own: the last message's may be long gone.
+            self._smtp.renew_deadline(min(self.config.timeout, self.config.deadline))
             self._smtp.quit()
         except (smtplib.SMTPException, OSError):
             pass
