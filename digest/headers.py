@@ -357,6 +357,13 @@ stay with the `email` package's own classes."""
 # --- the last line of defence ---------------------------------------------------------------
 
 
+# One well-formed field: a name, a colon and a value, each line ending in CRLF, continuation
+# lines starting with a blank and holding something else too. The block must be such fields
+# back to back; only a block that is not gets walked line by line, to name the problem.
+_FIELD_LINES = re.compile(rb"([!-9;-~]+):([^\r\n]*\r\n(?:[ \t]+[^ \t\r\n][^\r\n]*\r\n)*)")
+_CHECKED_VALUES = ("list-unsubscribe", "message-id")
+
+
 def check_block(data: bytes, allowed: Mapping[str, int], required: Iterable[str]) -> None:
     """Check the header block at the start of message `data` before it is stored or sent:
     ASCII, CRLF line ends and no other CR or LF, every line within 998 octets, a folded line
@@ -368,11 +375,42 @@ def check_block(data: bytes, allowed: Mapping[str, int], required: Iterable[str]
     if end < 0:
         raise HeaderError("the message has no blank line after its header block")
     head = data[:end + 2]
-    if not head.isascii():
-        raise HeaderError("the header block holds a non-ASCII byte")
+    if not head.isascii() or max(map(len, head.split(b"\r\n"))) > MAX_LINE:
+        _diagnose(head)
     seen: dict[str, int] = {}
     values: dict[str, bytes] = {}
-    current = ""
+    position = 0
+    for field in _FIELD_LINES.finditer(head):
+        if field.start() != position:
+            break
+        position = field.end()
+        raw = field.group(1)
+        name = raw.decode("ascii").lower()
+        if name not in allowed:
+            raise HeaderError(f"unexpected header line {raw[:40].decode('ascii')!r}")
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > allowed[name]:
+            raise HeaderError(f"header {raw.decode('ascii')} appears {seen[name]} times")
+        if name in _CHECKED_VALUES:
+            values[name] = field.group(2)
+    if position != len(head):
+        _diagnose(head)
+    missing = [name for name in required if name not in seen]
+    if missing:
+        raise HeaderError(f"header {missing[0]} is missing")
+    for name, value in values.items():
+        text = re.sub(rb"\r\n(?=[ \t])", b"", value).strip().decode("ascii")
+        if name == "list-unsubscribe":
+            unsubscribe_uris(text)
+        else:
+            fold_message_id("Message-ID", text)
+
+
+def _diagnose(head: bytes) -> None:
+    # Name what makes `head` (which failed _BLOCK, ASCII or the line limit) malformed.
+    if not head.isascii():
+        raise HeaderError("the header block holds a non-ASCII byte")
+    current = False
     for line in head[:-2].split(b"\r\n"):
         if b"\r" in line or b"\n" in line:
             raise HeaderError("the header block holds a CR or LF that does not end a line")
@@ -381,22 +419,10 @@ def check_block(data: bytes, allowed: Mapping[str, int], required: Iterable[str]
         if line[:1] in (b" ", b"\t"):
             if not current or not line.strip(b" \t"):
                 raise HeaderError("the header block holds a misplaced folded line")
-            values[current] += line
             continue
-        name, colon, value = line.partition(b":")
-        current = name.decode("ascii").lower()
-        if not colon or current not in allowed:
-            shown = name[:40].decode("ascii", "replace") if colon else "(no colon)"
+        name, colon, _value = line.partition(b":")
+        if not colon or not re.fullmatch(rb"[!-9;-~]+", name):
+            shown = name[:40].decode("ascii") if colon else "(no colon)"
             raise HeaderError(f"unexpected header line {shown!r}")
-        seen[current] = seen.get(current, 0) + 1
-        if seen[current] > allowed[current]:
-            raise HeaderError(f"header {name.decode()} appears {seen[current]} times")
-        values[current] = value
-    missing = [name for name in required if name not in seen]
-    if missing:
-        raise HeaderError(f"header {missing[0]} is missing")
-    if "list-unsubscribe" in values:
-        unsubscribe_uris(values["list-unsubscribe"].decode("ascii"))
-    if "message-id" in values:
-        fold_message_id("Message-ID", re.sub(r"[ \t]+", " ",
-                                             values["message-id"].decode("ascii")).strip())
+        current = True
+    raise HeaderError("the header block is malformed")
