@@ -164,8 +164,8 @@ def message_headers(
 def _to_address(name: str, email: str) -> Address:
     # From the parts: `addr_spec=` would parse the address again (30 us, a seventh of a
     # message's headers), and a subscriber's address is validated when the file is loaded
-    # (config._check_email: ASCII, no quoted local part, so the last '@' splits it). The
-    # header registry still parses and checks the whole field as it folds it.
+    # (config._check_email: ASCII, no quoted local part, so the last '@' splits it).
+    # `headers.fold_address` checks the addr-spec again as it folds the field.
     username, _, domain = email.rpartition("@")
     return Address(display_name=clean_header(name), username=username, domain=domain)
 
