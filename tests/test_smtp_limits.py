@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from digest.config import load_settings
 from digest.errors import SendError
 from digest.send import MAX_REPLY, Outgoing, SmtpSender
 
-from .conftest import REPO, Project, SmtpServer
+from .conftest import REPO, Project, SmtpServer, _server_tls
 from .delivery_support import prepare, smtp_config
 from .loopback import ScriptedSmtp, raw_smtp_server
 
@@ -197,3 +198,28 @@ def test_through_the_outbox_a_hostile_greeting_stops_the_batch_and_loses_nothing
     settings = load_settings(project.config)
     again = bounded(lambda: pipeline.send(settings, store.open_db(settings.store.path), NOW))
     assert isinstance(again, pipeline.SendReport) and again.count("sent") == 3
+
+
+def test_data_sent_after_the_starttls_reply_is_refused(tmp_path: Path) -> None:
+    # The STARTTLS response injection (as in CVE-2011-0411 for servers): what a man in the
+    # middle puts after the 220, in the clear, must not be read as the first reply over TLS.
+    context, cert = _server_tls(tmp_path)
+
+    class Injecting(ScriptedSmtp):
+        def answer(self, verb: bytes, line: bytes) -> bool:
+            if verb == b"EHLO":
+                self.wfile.write(b"250-strict\r\n250 STARTTLS\r\n")
+            elif verb == b"STAR":
+                self.wfile.write(b"220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n")
+                tls = context.wrap_socket(self.request, server_side=True)
+                self.rfile, self.wfile = tls.makefile("rb"), tls.makefile("wb", buffering=0)
+            else:
+                return False
+            return True
+
+    with raw_smtp_server(Injecting) as server:
+        sender = SmtpSender(server.config(security="starttls", ca_file=str(cert)))
+        result = bounded(lambda: sender.send(outgoing()))
+    assert isinstance(result, SendError) and result.fatal
+    assert str(result).endswith("the server sent data after its STARTTLS reply")
+    assert server.messages == []
