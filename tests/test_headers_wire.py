@@ -234,12 +234,17 @@ def test_encoded_words_in_names_and_topics_cannot_add_headers(
     # such names; this is the layer below, given them anyway.)
     name = "=?utf-8?q?Bob=0D=0AReply-To:_evil@example.net?="
     topic = "=?utf-8?q?x=0D=0AX-Injected:_1?="
+    # An id is a file name, which may hold anything but '/' (the loader's rules are not
+    # this layer's concern): it reaches X-Digest-Id and the mailto link.
+    sid = "eve\r\nBcc: x@example.net =?utf-8?q?=0D=0AX-Injected:_2?="
     settings = configure(project, monkeypatch, smtp_server)
-    d = renamed(digest(3, sub=subscriber(name=name)), topic, "Model compression")
+    d = renamed(digest(3, sub=subscriber(name=name, sid=sid)), topic, "Model compression")
     data = send_through(smtp_server, settings, d, path)
     names = [n.lower() for n, _ in raw_fields(data)]
     assert sorted(names) == sorted(WIRE_FIELDS)
-    assert not re.search(rb"\r\n(Reply-To|X-Injected):", data.split(b"\r\n\r\n")[0], re.I)
+    assert not re.search(rb"\r\n(Reply-To|X-Injected|Bcc):", data.split(b"\r\n\r\n")[0], re.I)
+    assert decoded(field(data, "X-Digest-Id")) == (
+        "eve Bcc: x@example.net =?utf-8?q?=0D=0AX-Injected:_2?=/2026-11-25")
     # A client shows the literal text: the lookalike was encoded, so it decodes once, to
     # itself. (RFC 2047 decoding: the email package's address parser keeps the blank between
     # two adjacent encoded-words of a display name, which RFC 2047 6.2 says to drop.)
