@@ -35,6 +35,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from email.headerregistry import Address, BaseHeader
 from email.policy import Policy
+from email.utils import parseaddr
 from typing import Any, ClassVar, Literal
 
 from .errors import HeaderError
@@ -204,12 +205,16 @@ def add_phrase(folder: _Folder, text: str) -> None:
 
 
 def _address(value: object) -> tuple[str, str]:
-    if not isinstance(value, Address):
-        raise HeaderError(f"an address field needs an Address, not {type(value).__name__}")
-    addr_spec = value.addr_spec
+    # An Address, or 'Name <addr>' (split by `parseaddr`, which decodes nothing).
+    if isinstance(value, Address):
+        display_name, addr_spec = value.display_name, value.addr_spec
+    elif isinstance(value, str):
+        display_name, addr_spec = parseaddr(value)
+    else:
+        raise HeaderError(f"an address field needs an address, not {type(value).__name__}")
     if not _ADDR_SPEC.fullmatch(addr_spec) or looks_encoded(addr_spec) or len(addr_spec) > 254:
         raise HeaderError(f"address {addr_spec!r} cannot be written in a header as it is")
-    return value.display_name, addr_spec
+    return display_name, addr_spec
 
 
 def fold_address(name: str, value: object, linesep: str = "\r\n") -> str:

@@ -181,7 +181,8 @@ def _from_header(value: str) -> Address:
 # those it must have: anything else in a finished header block is a bug, never sent.
 WIRE_FIELDS = {"dkim-signature": 2, "from": 1, "to": 1, "subject": 1, "date": 1,
                "message-id": 1, "list-unsubscribe": 1, "list-unsubscribe-post": 1,
-               "list-id": 1, "x-digest-id": 1, "mime-version": 1, "content-type": 1}
+               "list-id": 1, "x-digest-id": 1, "mime-version": 1, "content-type": 1,
+               "content-transfer-encoding": 1}
 REQUIRED_FIELDS = ("from", "to", "subject", "date", "message-id", "list-unsubscribe",
                    "list-id", "x-digest-id", "mime-version", "content-type")
 
