@@ -142,7 +142,8 @@ class SlowSecondMessage(ScriptedSmtp):
         self.wfile.write(b"354 go ahead\r\n")
         self.read_data()
         if len(self.raw.messages) == 2:
-            self.trickle(b"250 accepted, eventually\r\n" * 100, every=0.05, limit=120)
+            self.trickle(b"250-" + b"x" * 5000 + b"\r\n250 accepted\r\n", every=0.05,
+                         limit=120)
         else:
             self.wfile.write(b"250 accepted\r\n")
         return True
