@@ -56,7 +56,12 @@ def _message(i: int, size: int) -> bytes:
     msg["From"] = "Paper Digest <digest@example.org>"
     msg["To"] = f"reader{i}@example.org"
     msg["Subject"] = "7 new papers: Efficient inference"
+    msg["Date"] = "Wed, 25 Nov 2026 12:00:00 +0000"
     msg["Message-ID"] = f"<bench.{i}@example.org>"
+    # What SmtpSender checks every message for before it goes out (send.check_headers).
+    msg["List-Unsubscribe"] = f"<mailto:digest@example.org?subject=unsubscribe%20reader{i}>"
+    msg["List-Id"] = "Paper digest <digest.example.org>"
+    msg["X-Digest-Id"] = f"reader{i}/2026-11-25"
     line = "A paragraph of an abstract about speculative decoding and KV caches.\n"
     msg.set_content(line * max(1, size // len(line)), cte="quoted-printable")
     return msg.as_bytes(policy=STRICT)

@@ -23,6 +23,7 @@ from rich.table import Table
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError
+from .send import deliverability_warnings
 from .sources import where
 
 out = Console(soft_wrap=True)
@@ -173,6 +174,8 @@ def validate(config_path: Path) -> None:
                       f" - {topics}", highlight=False, markup=False)
     out.print(f"{config_path}: ok; {count} valid subscriber(s), {problems} invalid",
               highlight=False)
+    for warning in deliverability_warnings(settings):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if problems:
         sys.exit(1)
 

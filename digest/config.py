@@ -29,7 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, HeaderError
+from .headers import is_plain_uri, list_id_parts, looks_encoded
 from .models import Subscriber, Topic
 from .tokens import name_words, words
 
@@ -75,8 +76,14 @@ def _check_keyword(value: str) -> str:
 
 
 def _check_plain_text(value: str) -> str:
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    # Names and topic names reach mail headers (To, Subject): besides control characters,
+    # line separators (U+2028/9) and RFC 2047 encoded-word syntax are refused, which a mail
+    # client (or Python's email package, CVE-2024-6923) would decode into something else.
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
         raise ValueError("must not contain control characters such as newlines")
+    if looks_encoded(value):
+        raise ValueError(f"{value!r}: '=?...?=' is RFC 2047 encoded-word syntax, which mail"
+                         " headers would decode: write the text itself (any script is fine)")
     if not value.strip():
         raise ValueError("must not be empty")
     return value.strip()
@@ -94,6 +101,9 @@ def _check_email(value: str) -> str:
             f"{value!r}: non-ASCII characters before the @ are not supported (they need"
             " SMTPUTF8 at every server on the way)"
         )
+    if looks_encoded(value):
+        raise ValueError(f"{value!r}: '=?...?=' in an address would read as an RFC 2047"
+                         " encoded-word")
     return str(info.ascii_email)
 
 
@@ -152,6 +162,29 @@ class StoreConfig(_Strict):
 def _check_source_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-'")
+    return value
+
+
+def _check_header_url(value: str) -> str:
+    # A URL that goes into List-Unsubscribe as it is: https, and only URI characters less the
+    # comma (RFC 2369 wants it encoded there), so receivers read exactly this <URL>.
+    sample = value.replace("{subscriber}", "id")
+    if not (re.fullmatch(r"https://[^/?#]+([/?#].*)?", sample) and is_plain_uri(sample)):
+        raise ValueError(f"{value!r} must be an https:// URL (URI characters only, no comma)")
+    return value
+
+
+def _check_list_id(value: str) -> str:
+    # RFC 2919: 'Label <list-label.namespace>'; a bare 'list.example.org' gets its brackets.
+    value = value.strip()
+    if re.fullmatch(r"[^<>\s]+\.[^<>\s]+", value):
+        value = f"<{value}>"
+    try:
+        label, _id = list_id_parts(value)
+    except HeaderError:
+        raise ValueError(f"{value!r} is not like 'Paper digest <digest.example.org>'") from None
+    if label:
+        _check_plain_text(label)
     return value
 
 
@@ -352,7 +385,8 @@ class DeliveryConfig(_Strict):
         description="An https URL for List-Unsubscribe; '{subscriber}' is replaced by the id.",
     )
     list_id: str | None = Field(
-        None, description="The List-Id header value; defaults to 'digest.<from domain>'."
+        None, description="The List-Id header, 'Label <list.example.org>' (RFC 2919); defaults"
+        " to 'Paper digest <digest.<from domain>>'.",
     )
 
     @field_validator("from_")
@@ -363,9 +397,12 @@ class DeliveryConfig(_Strict):
     @field_validator("unsubscribe_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("https://"):
-            raise ValueError(f"{value!r} must be an https:// URL")
-        return value
+        return value if value is None else _check_header_url(value)
+
+    @field_validator("list_id")
+    @classmethod
+    def _list_id(cls, value: str | None) -> str | None:
+        return value if value is None else _check_list_id(value)
 
     @property
     def from_address(self) -> str:
@@ -396,6 +433,12 @@ class SmtpConfig(_Strict):
         "DIGEST_SMTP_PASSWORD", description="Name of the env variable that holds the password."
     )
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for the server.")
+    deadline: float = Field(
+        120.0, gt=0, le=3600,
+        description="Most seconds one step with the server may take in all, however slowly"
+        " it answers: opening the session (greeting, EHLO, STARTTLS, login), and each message"
+        " (MAIL FROM to the reply after the data).",
+    )
     ca_file: Path | None = Field(
         None, description="A PEM bundle to verify the server with, for a private CA."
     )
@@ -499,7 +542,9 @@ class ServerConfig(_Strict):
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        # List-Unsubscribe carries it as it is: URI characters only, no comma.
+        if value is not None and not (re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value)
+                                      and is_plain_uri(value)):
             raise ValueError(f"{value!r} must be a URL like 'https://digest.example.org'")
         return value.rstrip("/") if value else value
 

@@ -55,6 +55,15 @@ class SendError(DigestError):
         super().__init__(reason, hint)
 
 
+class HeaderError(SendError):
+    """A header field cannot be written as the standards want it (or a finished header
+    block fails the last check before sending): permanent, as the same message would fail
+    again."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"cannot write the message's headers: {problem}", permanent=True)
+
+
 class UnknownSubscriberError(DigestError):
     """A command named a subscriber id that has no file in the subscribers folder."""
 

@@ -2,9 +2,11 @@
 
 `send.build_message` + `as_bytes()` costs ~2.7 ms for a 38 KB digest, mostly the `email`
 package encoding and re-flattening the bodies in Python. Here each header field is still
-parsed and folded by the `email` header registry under the strict policy, exactly as
-`EmailMessage` does it (so no header string is ever concatenated and nothing can be
-injected); fields whose values repeat (From, Date, List-Id...) are folded once per process.
+made by the strict policy's header registry, exactly as `EmailMessage` makes it: the fields
+we write are formatted and folded by `digest.headers` (so no header string is ever
+concatenated and nothing can be injected), Date, MIME-Version and Content-Type by the
+`email` package; fields whose values repeat (From, Date, List-Id...) are folded once per
+process.
 Each body is quoted-printable encoded by the C encoder (`binascii.b2a_qp`), line by line with
 the lines remembered (QP is line-local), and the parts are joined as bytes.
 
@@ -26,10 +28,19 @@ from dataclasses import dataclass
 from email import policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 
+from .headers import FIELD_CLASSES
+
 
 class _Registry(HeaderRegistry):
     """The standard header registry, with each header class made once: the stock one builds
-    a new class with `type()` on every lookup, about 20 us per header set or checked."""
+    a new class with `type()` on every lookup, about 20 us per header set or checked. The
+    fields we write are formatted and folded by `digest.headers`, not by the `email`
+    package's folder (see that module for why)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, cls in FIELD_CLASSES.items():
+            self.map_to_type(name, cls)
 
     @functools.cache  # noqa: B019 - one registry for the life of the process
     def __getitem__(self, name: str) -> type[BaseHeader]:
@@ -186,7 +197,7 @@ _folded: dict[tuple[str, str], bytes] = {}
 
 def fold_field(name: str, value: object) -> bytes:
     """One header field as `EmailMessage` under the strict policy stores and serialises it:
-    parsed by the header registry (which refuses a value with a line break), then folded."""
+    made by the header registry (see `_Registry`), then folded."""
     return STRICT.fold_binary(*STRICT.header_store_parse(name, value))
 
 

@@ -1,9 +1,12 @@
 """Sending: build the MIME message, and hand it to a transport (SMTP or .eml files).
 
-Headers are built with `email.message.EmailMessage` under a strict policy and every value
-that comes from a listing or a subscriber file has control characters removed first, so no
-title or name can add a header. The SMTP password is read from the environment when the
-connection is made and is never logged.
+Headers are built with `email.message.EmailMessage` under a strict policy whose fields are
+written by `digest.headers` (never the `email` package's folder), and every value that comes
+from a listing or a subscriber file has control characters removed first, so no title or name
+can add a header. Every finished message's header block is checked once more
+(`check_headers`: only the fields below, CRLF only as folding) when it is built and again
+right before a transport sends or writes it. The SMTP password is read from the environment
+when the connection is made and is never logged.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,13 +29,13 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import dkim
 
-from . import signing
-from .config import DeliveryConfig, DkimConfig, SmtpConfig, split_address
+from . import headers, signing
+from .config import DeliveryConfig, DkimConfig, Settings, SmtpConfig, split_address
 from .errors import ConfigError, SendError
 from .mime import STRICT, assemble
 from .models import Digest, RenderedEmail
@@ -70,6 +74,22 @@ def unsubscribe_links(delivery: DeliveryConfig, subscriber_id: str) -> tuple[str
         else ""
     )
     return https, mailto
+
+
+def deliverability_warnings(settings: Settings) -> list[str]:
+    """One line per setting that will not stop sending but that large mailbox providers
+    will hold against it (`digest validate` prints them)."""
+    if settings.delivery.transport != "smtp":
+        return []
+    server, where = settings.server, settings.path
+    if server.public_url is None and settings.delivery.unsubscribe_url is None:
+        return [f"{where}: server.public_url: not set, so List-Unsubscribe has only a mailto"
+                " link; Gmail and Yahoo require bulk senders to offer one-click unsubscribe"
+                " (RFC 8058), an https link served by `digest serve`"]
+    if server.public_url is not None and not server.public_url.startswith("https://"):
+        return [f"{where}: server.public_url: {server.public_url!r} is not https; RFC 8058"
+                " one-click unsubscribe needs an https link"]
+    return []
 
 
 def list_id(delivery: DeliveryConfig) -> str:
@@ -144,8 +164,8 @@ def message_headers(
 def _to_address(name: str, email: str) -> Address:
     # From the parts: `addr_spec=` would parse the address again (30 us, a seventh of a
     # message's headers), and a subscriber's address is validated when the file is loaded
-    # (config._check_email: ASCII, no quoted local part, so the last '@' splits it). The
-    # header registry still parses and checks the whole field as it folds it.
+    # (config._check_email: ASCII, no quoted local part, so the last '@' splits it).
+    # `headers.fold_address` checks the addr-spec again as it folds the field.
     username, _, domain = email.rpartition("@")
     return Address(display_name=clean_header(name), username=username, domain=domain)
 
@@ -155,6 +175,22 @@ def _from_header(value: str) -> Address:
     # Made once per configured sender (an Address parses its addr_spec when made).
     name, addr = split_address(value)
     return Address(display_name=clean_header(name), addr_spec=addr)
+
+
+# The header fields of a digest on the wire (lowercase name -> most times it may appear), and
+# those it must have: anything else in a finished header block is a bug, never sent.
+WIRE_FIELDS = {"dkim-signature": 2, "from": 1, "to": 1, "subject": 1, "date": 1,
+               "message-id": 1, "list-unsubscribe": 1, "list-unsubscribe-post": 1,
+               "list-id": 1, "x-digest-id": 1, "mime-version": 1, "content-type": 1,
+               "content-transfer-encoding": 1}
+REQUIRED_FIELDS = ("from", "to", "subject", "date", "message-id", "list-unsubscribe",
+                   "list-id", "x-digest-id", "mime-version", "content-type")
+
+
+def check_headers(data: bytes) -> None:
+    """The last check on a finished message's header block (see `headers.check_block`);
+    HeaderError, a permanent SendError, names the problem."""
+    headers.check_block(data, WIRE_FIELDS, REQUIRED_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +212,15 @@ def outgoing(
     """Serialise a message once (and DKIM-sign those bytes): these exact bytes are what gets
     sent or written."""
     data = msg.as_bytes(policy=STRICT)
+    if signer:
+        data = signer.sign(data)
+    check_headers(data)
     return Outgoing(
         digest_id=digest.id,
         message_id=str(msg["Message-ID"]),
         envelope_from=envelope_from,
         recipient=digest.subscriber.email,
-        data=signer.sign(data) if signer else data,
+        data=data,
         html=html,
     )
 
@@ -307,6 +346,7 @@ def fast_outgoing(
             data = signer.sign_parts(parts.head, parts.body, parts.relaxed_stable) + data
         except (ValueError, TypeError) as exc:
             raise SendError(f"DKIM signing failed: {exc}", fatal=True) from exc
+    check_headers(data)
     return Outgoing(digest.id, parts.message_id, delivery.from_address,
                     digest.subscriber.email, data, rendered.html)
 
@@ -331,6 +371,7 @@ class FileSender:
 
     def send(self, message: Outgoing) -> str:
         """Write `<date>_<subscriber>.eml` and `.html` into the outbox, atomically."""
+        check_headers(message.data)
         self.outbox.mkdir(parents=True, exist_ok=True)
         subscriber_id, _, day = message.digest_id.rpartition("/")
         stem = f"{day}_{subscriber_id}"
@@ -357,6 +398,131 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+MAX_REPLY = 64 * 1024  # bytes of one server reply, all its lines together
+MAX_REPLY_LINE = 8192  # bytes of one reply line (smtplib's own limit; RFC 5321 says 512)
+
+
+class SessionLimitError(smtplib.SMTPServerDisconnected):
+    """The server broke a limit of the session (a reply too long, or no complete reply
+    before the deadline): the connection has been closed."""
+
+
+class _Session(smtplib.SMTP):
+    """smtplib.SMTP with replies read under limits, so that a hostile or broken server can
+    neither exhaust memory nor hold a send for ever.
+
+    smtplib reads a reply line by line with no bound on the number of lines (an endless
+    multi-line greeting grew to 10 GB), and its timeout is per socket read, so a server
+    that trickles one byte every few seconds never trips it. Here a reply is at most
+    MAX_REPLY bytes, and every read and write must end before `deadline` (time.monotonic),
+    which the sender sets for each step: opening the session, then each message.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float, deadline: float,
+                 local_hostname: str, **kwargs: Any) -> None:
+        # Set before smtplib's __init__, which connects and reads the greeting.
+        self.limit = deadline
+        self.deadline = time.monotonic() + deadline
+        self._buffer = b""
+        super().__init__(host, port, local_hostname=local_hostname,
+                         timeout=min(timeout, deadline), **kwargs)
+        self.timeout = timeout
+
+    def renew_deadline(self, seconds: float | None = None) -> None:
+        """Give the next step `seconds` (by default the configured deadline) from now."""
+        self.limit = self.limit if seconds is None else seconds
+        self.deadline = time.monotonic() + self.limit
+
+    def _budget(self) -> float:
+        # What a socket operation may take now: the per-read timeout, cut to the deadline.
+        assert self.sock is not None
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self.close()
+            raise SessionLimitError(
+                f"no complete reply within the {self.limit:g} s deadline ([smtp] deadline)")
+        budget = min(float(self.timeout), remaining)
+        self.sock.settimeout(budget)
+        return budget
+
+    def getreply(self) -> tuple[int, bytes]:
+        """smtplib's getreply, reading from the socket under MAX_REPLY and the deadline."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = self._readline()
+            size += len(line)
+            if size > MAX_REPLY:
+                self.close()
+                raise SessionLimitError(f"a reply longer than {MAX_REPLY} bytes")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = -1  # as smtplib: a broken code ends the reply
+                break
+            if line[3:4] != b"-":
+                break
+        return code, b"\n".join(lines)
+
+    def _readline(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n", 0, MAX_REPLY_LINE + 1)
+            if end >= 0:
+                line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
+                return line
+            if len(self._buffer) > MAX_REPLY_LINE:
+                self.close()
+                raise SessionLimitError(f"a reply line longer than {MAX_REPLY_LINE} bytes")
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("please run connect() first")
+            budget = self._budget()
+            try:
+                chunk = self.sock.recv(16384)
+            except TimeoutError:
+                self.close()
+                if self.deadline <= time.monotonic():
+                    raise SessionLimitError(f"no complete reply within the {self.limit:g} s"
+                                            " deadline ([smtp] deadline)") from None
+                raise smtplib.SMTPServerDisconnected(
+                    f"no reply for {budget:g} s ([smtp] timeout)") from None
+            except OSError as exc:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(
+                    f"Connection unexpectedly closed: {exc}") from None
+            if not chunk:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            self._buffer += chunk
+
+    def send(self, s: Any) -> None:  # smtplib: bytes-like or str
+        """smtplib's send, within the deadline (sendall's timeout covers the whole write)."""
+        if self.sock is not None:
+            self._budget()
+        super().send(s)
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        """smtplib's starttls; what the server sent after its 220 (in the clear, before the
+        handshake) is refused, not read as if it came over TLS."""
+        if self.sock is not None:
+            self._budget()  # the handshake inherits the socket's timeout
+        reply = super().starttls(*args, **kwargs)
+        leftover, self._buffer = self._buffer, b""
+        if leftover:
+            self.close()
+            raise SessionLimitError("the server sent data after its STARTTLS reply")
+        return reply
+
+    def close(self) -> None:
+        """Close the connection and forget what was read ahead."""
+        self._buffer = b""
+        super().close()
+
+
+class _SslSession(_Session, smtplib.SMTP_SSL):
+    """`_Session` over implicit TLS."""
+
+
 class SmtpSender:
     """Sends over one SMTP connection, opened on first use and reused for the batch.
 
@@ -367,7 +533,7 @@ class SmtpSender:
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _Session | None = None
         self._sent_on_connection = 0
         self._context: ssl.SSLContext | None = None
 
@@ -394,17 +560,20 @@ class SmtpSender:
                 cafile=str(cfg.ca_file) if cfg.ca_file else None)
         return self._context
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self) -> _Session:
         cfg = self.config
         try:
             context = self._tls_context()
-            smtp: smtplib.SMTP
+            # The deadline covers the whole opening: connecting, greeting, EHLO, STARTTLS
+            # and login.
+            smtp: _Session
             if cfg.security == "ssl":
-                smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context,
-                                        local_hostname=_local_hostname())
+                smtp = _SslSession(cfg.host, cfg.port, timeout=cfg.timeout,
+                                   deadline=cfg.deadline, context=context,
+                                   local_hostname=_local_hostname())
             else:
-                smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout,
-                                    local_hostname=_local_hostname())
+                smtp = _Session(cfg.host, cfg.port, timeout=cfg.timeout,
+                                deadline=cfg.deadline, local_hostname=_local_hostname())
             smtp.ehlo()
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -450,14 +619,22 @@ class SmtpSender:
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises SendError (permanent for 5xx)."""
+        check_headers(message.data)
         cap = self.config.max_per_connection
         if self._smtp is not None and cap and self._sent_on_connection >= cap:
             self.close()
         if self._smtp is None:
             self._smtp = self._connect()
         smtp = self._smtp
+        smtp.renew_deadline()  # each message has the whole deadline: MAIL to the final reply
         try:
             refused = self._sendmail(smtp, message)
+        except SessionLimitError as exc:
+            # The server kept the reply coming too long or too slowly: the connection is
+            # closed; the message is tried again later (a server that does this again
+            # when the session opens stops the batch).
+            self._drop()
+            raise SendError(f"SMTP server {self._where()}: {exc}; connection closed") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             # Raised when every recipient is refused, with no smtp_code: the codes are only in
             # the dict. smtplib closes the connection itself after a 421.
@@ -585,6 +762,8 @@ class SmtpSender:
         if self._smtp is None:
             return
         try:
+            # QUIT gets a short deadline of its own: the last message's may be long gone.
+            self._smtp.renew_deadline(min(self.config.timeout, self.config.deadline))
             self._smtp.quit()
         except (smtplib.SMTPException, OSError):
             pass

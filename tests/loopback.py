@@ -3,19 +3,25 @@
 Each path has a list of replies used in turn (the last one repeats). A reply that carries an
 ETag or Last-Modified answers 304 to a request that presents it, as a real server does.
 Every request is recorded with its query and headers.
+
+And a raw SMTP server (`raw_smtp_server`) whose sessions a test scripts byte by byte, for
+what aiosmtpd will not do: answer pipelined commands only together, flood, trickle.
 """
 
 from __future__ import annotations
 
+import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from digest.config import HttpConfig
+from digest.config import HttpConfig, SmtpConfig
 from digest.sources import Fetcher
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sources"
@@ -142,3 +148,113 @@ def make_fetcher(time_: FakeTime, rng: Callable[[], float] = lambda: 1.0,
     """A Fetcher with the given [http] settings whose waiting is recorded, not done."""
     config = HttpConfig.model_validate({"backoff": 1.0, **http})
     return Fetcher(config, sleep=time_.sleep, clock=time_.clock, rng=rng)
+
+
+# --- a scripted raw SMTP server ------------------------------------------------------------
+
+
+class RawSmtpServer(socketserver.ThreadingTCPServer):
+    """An SMTP server on 127.0.0.1 run by a scripted handler (a thread per connection), which
+    notes in `seen` and `messages` what the test asserts on. `stopping` is set when the test
+    is done: a handler that floods or trickles stops then at the latest."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, handler: type[socketserver.BaseRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.seen: list[Any] = []
+        self.messages: list[bytes] = []
+        self.stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self.server_address[1])
+
+    def config(self, **extra: Any) -> SmtpConfig:
+        """An [smtp] table for this server; `extra` sets or overrides keys."""
+        return SmtpConfig.model_validate({"host": "127.0.0.1", "port": self.port,
+                                          "security": "none", "timeout": 5, **extra})
+
+
+@contextmanager
+def raw_smtp_server(handler: type[socketserver.BaseRequestHandler]) -> Iterator[RawSmtpServer]:
+    """Run a RawSmtpServer with `handler` for the duration of the block."""
+    server = RawSmtpServer(handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+
+
+class ScriptedSmtp(socketserver.StreamRequestHandler):
+    """One SMTP session: the greeting (`greet`), QUIT and "250 ok" to anything else are
+    here; each test's server answers the commands it is about in `answer`. A client that
+    hangs up ends the session quietly."""
+
+    timeout = 5
+
+    def handle(self) -> None:
+        try:
+            self.greet()
+            while line := self.rfile.readline():
+                verb = line[:4].upper()
+                if verb == b"QUIT":
+                    self.wfile.write(b"221 bye\r\n")
+                    return
+                if not self.answer(verb, line):
+                    self.wfile.write(b"250 ok\r\n")
+        except OSError:
+            pass  # the client gave up (a limit test) or the test ended
+
+    @property
+    def raw(self) -> RawSmtpServer:
+        """The server this session belongs to."""
+        assert isinstance(self.server, RawSmtpServer)
+        return self.server
+
+    def greet(self) -> None:
+        """Send the greeting."""
+        self.wfile.write(b"220 strict ESMTP\r\n")
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        """Answer one command; False leaves it to the default reply."""
+        return False
+
+    def read_data(self) -> bytes:
+        """Read the message after a 354 up to its final dot, and keep it."""
+        data = b""
+        while not data.endswith(b"\r\n.\r\n"):
+            line = self.rfile.readline()
+            if not line:
+                raise ConnectionResetError("the client left in the middle of DATA")
+            data += line
+        self.raw.messages.append(data)
+        return data
+
+    def take_data(self) -> None:
+        """Read the message after a 354 up to its final dot, keep it, and accept it."""
+        self.read_data()
+        self.wfile.write(b"250 accepted\r\n")
+
+    def flood(self, line: bytes, limit: int) -> None:
+        """Send `line` again and again (a reply that never ends) until the client hangs up,
+        the test ends, or `limit` bytes went out."""
+        chunk = line * max(1, 65536 // len(line))
+        sent = 0
+        while sent < limit and not self.raw.stopping.is_set():
+            self.wfile.write(chunk)
+            sent += len(chunk)
+
+    def trickle(self, data: bytes, every: float, limit: float) -> None:
+        """Send `data` one byte every `every` seconds (a server too slow to ever time out a
+        read) until the client hangs up, the test ends, or `limit` seconds passed."""
+        end = time.monotonic() + limit
+        for i in range(len(data)):
+            if self.raw.stopping.wait(every) or time.monotonic() > end:
+                return
+            self.wfile.write(data[i:i + 1])

@@ -3,11 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import smtplib
-import socketserver
-import threading
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from pathlib import Path
@@ -32,6 +28,7 @@ from digest.send import (
     outgoing,
 )
 from tests.conftest import NOW, PASSWORD, USER, SmtpServer
+from tests.loopback import ScriptedSmtp, raw_smtp_server
 
 DELIVERY = DeliveryConfig.model_validate({"from": "Paper Digest <digest@example.org>"})
 
@@ -238,16 +235,22 @@ def test_stored_bytes_go_out_unchanged_without_sendmails_pass(
     assert second.data == data  # the missing line end is added, as sendmail does
 
 
-@pytest.mark.parametrize("data", [
-    b"Subject: dots\r\n\r\nfirst\r\n.second starts with a dot\r\n..two\r\n.\r\nend\r\n",
-    b".Leading: dot\r\n\r\nbody\r\n",
-])
 def test_a_line_starting_with_a_dot_goes_through_sendmail(
-        smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+        smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = digest_for()
+    text = "first\n.second starts with a dot\n..two\n.\nend\n"
+    rendered = RenderedEmail("dots", "<p>x</p>", text)
+    data = outgoing(build_message(rendered, digest, DELIVERY, NOW), digest, rendered.html,
+                    DELIVERY.from_address).data
+    assert b"\r\n.second" in data  # the email package's QP leaves a leading dot as it is
     calls = _count_sendmail(monkeypatch)
     config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
     with SmtpSender(config) as sender:
         sender.send(_raw(data))
+        # A message that starts with a dot has no header block: refused before the wire.
+        with pytest.raises(SendError, match=r"unexpected header line '\.Leading'") as info:
+            sender.send(_raw(b".Leading: dot\r\n\r\nbody\r\n"))
+        assert info.value.permanent
     assert calls == [data]
     assert [r.data for r in smtp_server.sink.received] == [data]  # dot-stuffed and unstuffed
 
@@ -278,63 +281,7 @@ def test_the_to_field_made_from_the_address_parts_is_the_parsed_one(name: str,
     assert fold_field("To", _to_address(name, valid)) == fold_field("To", parsed)
 
 
-class _RawServer(socketserver.ThreadingTCPServer):
-    """An SMTP server on 127.0.0.1 run by a scripted handler (in a thread), which notes in
-    `seen` what the test asserts on."""
-
-    def __init__(self, handler: type[socketserver.BaseRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.seen: list[Any] = []
-        self.messages: list[bytes] = []
-
-    def config(self) -> SmtpConfig:
-        """An [smtp] table for this server."""
-        return SmtpConfig(host="127.0.0.1", port=self.server_address[1], security="none",
-                          timeout=5)
-
-
-@contextmanager
-def _raw_server(handler: type[socketserver.BaseRequestHandler]) -> Iterator[_RawServer]:
-    server = _RawServer(handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _ScriptedSmtp(socketserver.StreamRequestHandler):
-    """One SMTP session: the greeting, QUIT and "250 ok" to anything else are here; each
-    test's server answers the commands it is about in `answer`."""
-
-    timeout = 5
-
-    def handle(self) -> None:
-        self.wfile.write(b"220 strict ESMTP\r\n")
-        while line := self.rfile.readline():
-            verb = line[:4].upper()
-            if verb == b"QUIT":
-                self.wfile.write(b"221 bye\r\n")
-                return
-            if not self.answer(verb, line):
-                self.wfile.write(b"250 ok\r\n")
-
-    def answer(self, verb: bytes, line: bytes) -> bool:
-        """Answer one command; False leaves it to the default reply."""
-        raise NotImplementedError
-
-    def take_data(self) -> None:
-        """Read the message after a 354 up to its final dot, keep it, and accept it."""
-        data = b""
-        while not data.endswith(b"\r\n.\r\n"):
-            data += self.rfile.readline()
-        server: Any = self.server
-        server.messages.append(data)
-        self.wfile.write(b"250 accepted\r\n")
-
-
-class _PipeliningOnly(_ScriptedSmtp):
+class _PipeliningOnly(ScriptedSmtp):
     """Offers PIPELINING and answers MAIL, RCPT and DATA only once it has all three: a
     client that waits for each reply before the next command times out."""
 
@@ -353,7 +300,7 @@ class _PipeliningOnly(_ScriptedSmtp):
 
 def test_mail_rcpt_and_data_go_in_one_write_when_the_server_offers_pipelining() -> None:
     data = message(digest_for())
-    with _raw_server(_PipeliningOnly) as server, SmtpSender(server.config()) as sender:
+    with raw_smtp_server(_PipeliningOnly) as server, SmtpSender(server.config()) as sender:
         sender.send(_raw(data))
         sender.send(_raw(data, "b@example.org"))
     envelopes: list[list[bytes]] = server.seen
@@ -364,7 +311,7 @@ def test_mail_rcpt_and_data_go_in_one_write_when_the_server_offers_pipelining() 
     assert server.messages == [data + b".\r\n"] * 2
 
 
-class _StrictTransactions(_ScriptedSmtp):
+class _StrictTransactions(ScriptedSmtp):
     """Without PIPELINING; refuses the first DATA command, then takes a new MAIL only once
     the open transaction was reset (RSET), as RFC 5321 asks."""
 
@@ -397,7 +344,7 @@ class _StrictTransactions(_ScriptedSmtp):
 
 def test_a_refused_data_command_resets_the_transaction_before_the_next_message() -> None:
     data = message(digest_for())
-    with _raw_server(_StrictTransactions) as server, SmtpSender(server.config()) as sender:
+    with raw_smtp_server(_StrictTransactions) as server, SmtpSender(server.config()) as sender:
         with pytest.raises(SendError, match="451") as refused:
             sender.send(_raw(data))
         assert not refused.value.permanent
