@@ -27,6 +27,8 @@ class Listing:
     first_seen: datetime | None = None
     # (label, url) pairs such as ("pdf", ...), ("code", ...), ("hf", ...), one per label.
     links: tuple[tuple[str, str], ...] = ()
+    # A one-sentence summary the source wrote (Hugging Face's `ai_summary`), if any.
+    tldr: str | None = None
 
     @property
     def link(self) -> str:
