@@ -15,9 +15,9 @@ Only what looks like TeX is converted, piece by piece, with pylatexenc:
 Everything else (plain text, braces, `~`, `%`) is kept byte for byte. A macro pylatexenc
 does not know is dropped and its arguments kept; no `\\name` is ever left behind.
 
-Bounded for hostile input: a piece is at most `MAX_PIECE` characters (a longer run is not
-taken for TeX), at most `MAX_PIECES` pieces of a text go through pylatexenc and the rest are
-stripped of their markup by a regular expression, and converted pieces are remembered.
+Bounded for hostile input: at most `MAX_PIECES` pieces of a text, each at most `MAX_PIECE`
+characters long, go through pylatexenc; the rest are stripped of their markup by a regular
+expression (linear), and converted pieces are remembered.
 """
 
 from __future__ import annotations
@@ -42,19 +42,20 @@ MAX_PIECES = 200
 # A brace group nested at most two deep (pylatexenc recurses per level; deeper is not TeX
 # anyone writes in an abstract).
 _GROUP = r"\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}"
+_CONTENT = r"(?:\\.|[^$\\]){1,N}?".replace("N", str(MAX_PIECE))
 _MATH = (
     # $$display$$, then $\command...$ (which may touch a digit: "$\sim$10x"), then Pandoc's
     # rule for the rest.
-    r"(?<!\\)\$\$(?=\S)(?:\\.|[^$\\]){1,%(n)d}?(?<=\S)\$\$"
-    r"|(?<!\\)\$(?=[\\^_])(?:\\.|[^$\\]){1,%(n)d}?\$"
-    r"|(?<!\\)\$(?=[^\s$])(?:\\.|[^$\\]){1,%(n)d}?(?<=\S)\$(?!\d)"
-) % {"n": MAX_PIECE}
+    rf"(?<!\\)\$\$(?=\S){_CONTENT}(?<=\S)\$\$"
+    rf"|(?<!\\)\$(?=[\\^_]){_CONTENT}\$"
+    rf"|(?<!\\)\$(?=[^\s$]){_CONTENT}(?<=\S)\$(?!\d)"
+)
 _TEXT_COMMAND = (
     r"\{\\(?:em|it|bf|sc|tt|rm|sl|sf|small|tiny|large|Large)\b(?:[^{}]|\{[^{}]*\}){0,400}\}"
     r"|\\['\"^`~=.](?:[A-Za-z]|\{[A-Za-z]?\})"
-    r"|\\[A-Za-z]+\*?(?:\[[^\[\]{}]{0,100}\])?(?:%s){0,4}"
-    r"|\\[%%&_#$\\{}, ;!]"
-) % _GROUP
+    r"|\\[A-Za-z]+\*?(?:\[[^\[\]{}]{0,100}\])?(?:" + _GROUP + r"){0,4}"
+    r"|\\[%&_#$\\{}, ;!]"
+)
 _PIECE = re.compile(f"{_MATH}|{_TEXT_COMMAND}", re.DOTALL)
 # A cheap test first: most titles and many abstracts have neither character.
 _MARKERS = ("$", "\\")
@@ -107,7 +108,7 @@ def convert_piece(piece: str) -> str:
     """One TeX piece (a math span or a command with its arguments) as readable text."""
     try:
         text = str(_L2T.latex_to_text(piece, latex_context=_PARSE_DB, tolerant_parsing=True))
-    except Exception as exc:  # noqa: BLE001 - pylatexenc raises many kinds on odd input
+    except Exception as exc:  # pylatexenc raises many kinds on odd input (and RecursionError)
         log.debug("TeX piece %r not converted (%s); stripped instead", piece[:60], exc)
         text = piece
     # pylatexenc leaves a backslash when it meets one it cannot place: strip what is left.
@@ -130,7 +131,10 @@ def readable(text: str) -> str:
     for count, m in enumerate(_PIECE.finditer(text)):
         out.append(text[pos:m.start()])
         piece = m.group()
-        shown = convert_piece(piece) if count < MAX_PIECES else strip_markup(piece)
+        if count < MAX_PIECES and len(piece) <= MAX_PIECE + 4:  # + "$$" twice
+            shown = convert_piece(piece)
+        else:
+            shown = strip_markup(piece)
         pos = m.end()
         if not shown.strip():
             # A piece that shows nothing (a citation, a line break) leaves one blank, not two.

@@ -90,8 +90,9 @@ def test_excerpt_cuts_at_a_word_boundary_and_keeps_highlights() -> None:
     text = "alpha beta gamma delta epsilon " * 30
     segs = excerpt(text, ((6, 10),), limit=50)
     shown = "".join(t for t, _ in segs)
-    assert shown.endswith(" …") and len(shown) <= 52
-    body = shown.removesuffix(" …")
+    # A no-break space before the ellipsis: it never stands alone on a line.
+    assert shown.endswith("\u00a0…") and len(shown) <= 52
+    body = shown.removesuffix("\u00a0…")
     assert text.startswith(body) and text[len(body)] == " "
     assert ("beta", True) in segs
 
@@ -100,7 +101,7 @@ def test_excerpt_moves_to_a_late_highlight() -> None:
     text = ("filler " * 100) + "the pruning result " + ("tail " * 50)
     start = text.index("pruning")
     segs = excerpt(text, ((start, start + 7),), limit=80)
-    assert segs[0] == ("… ", False) and ("pruning", True) in segs
+    assert segs[0] == ("…\u00a0", False) and ("pruning", True) in segs
 
 
 def test_wrap_text_never_breaks_urls() -> None:
@@ -112,7 +113,7 @@ def test_categories_show_in_the_item_line() -> None:
     item = Listing(id="c", title="Pruning", abstract="pruning", author_count=2,
                    categories=("cs.LG", "cs.CL", "stat.ML", "cs.AI"))
     rendered = render(digest_of([item]), Links("mailto:x@example.org"), environment())
-    assert "2 authors · cs.LG, cs.CL, stat.ML +1" in rendered.text
+    assert "2 authors\u00a0· cs.LG, cs.CL, stat.ML +1" in rendered.text
 
 
 def test_a_trending_only_digest_does_not_call_trending_a_topic() -> None:
