@@ -565,7 +565,7 @@ def _prepare_one(
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
     if dry_run:
-        return Outcome(subscriber.id, "would-send", len(digest.matches),
+        return Outcome(subscriber.id, "would-send", len(composed.digest.matches),
                        detail=composed.rendered.subject)
     return _Write(subscriber, day, composed)
 

@@ -159,14 +159,17 @@ def test_a_listing_made_with_lists_still_renders() -> None:
 
 def _wrap_by_hand(text: str, width: int) -> str:
     # The definition: each line's words, greedily, as many as fit in `width`; a longer word
-    # alone on its line.
+    # alone on its line. Words are split at blanks, but never at a no-break space (the email
+    # puts one before "…" and "·" so that they never start a line).
     out: list[str] = []
     for line in text.splitlines():
         if len(line) <= width:
             out.append(line)
             continue
         current = ""
-        for word in line.split():
+        for word in re.split(r"[^\S\u00a0\u2007\u202f]+", line):
+            if not word:
+                continue
             if current and len(current) + 1 + len(word) <= width:
                 current += " " + word
             else:
@@ -180,7 +183,7 @@ def _wrap_by_hand(text: str, width: int) -> str:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["a", "bb", "word", "x" * 20, "y" * 78, "z" * 90, " ", "  ",
                                  "\t", "\n", "\r\n", "\u2028", "<https://e.org/" + "p" * 70 + ">",
-                                 "\u00e9t\u00e9"]),
+                                 "\u00e9t\u00e9", "\u00a0…", "a\u00a0·", "\u00a0"]),
                 max_size=60).map("".join),
        st.sampled_from([10, 20, 78]))
 def test_wrap_text_wraps_greedily_at_spaces(text: str, width: int) -> None:

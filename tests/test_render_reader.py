@@ -28,10 +28,12 @@ from digest.render import (
     render_reference,
 )
 from digest.sources.hf_daily import hf_item
+from digest.tex import readable
 
 from .browser import chromium, open_email  # noqa: F401 - fixture
 from .conftest import NOW, Project, SmtpServer
 from .samples import HOSTILE_TITLES, TLDR, digest
+from .test_render_browser import CONTRAST_JS
 
 LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def")
 FIXTURES = Path(__file__).parent / "fixtures" / "sources"
@@ -307,9 +309,10 @@ def big_digest(items: int) -> Digest:
         matches = []
         for m in section.matches:
             real = REAL[len(matches) % len(REAL)]
+            # As the store gives them: TeX made readable.
             listing: Listing = dataclasses.replace(
-                m.listing, title=real["title"] + " " + "and a long subtitle " * 8,
-                abstract=real["abstract"], tldr=TLDR * 2)
+                m.listing, title=readable(real["title"]) + " " + "and a long subtitle " * 8,
+                abstract=readable(real["abstract"]), tldr=TLDR * 2)
             matches.append(Match(listing, m.topic, m.score, keywords,
                                  abstract_spans=((900, 910),)))
         sections.append(dataclasses.replace(section, matches=tuple(matches)))
@@ -337,6 +340,23 @@ def test_every_digest_fits_the_budget_with_its_footer(items: int) -> None:
     if items in (1, 50):
         slow = fit(d, LINKS, environment(), reference=True)
         assert len(slow.digest.matches) == shown and slow.rendered.text == fitted.rendered.text
+
+
+@pytest.mark.parametrize(("width", "scheme"), [(375, "light"), (375, "dark"), (600, "dark")])
+def test_a_clipped_digest_reads_well_at_every_width_and_scheme(
+    chromium: Any, width: int, scheme: str, tmp_path: Path  # noqa: F811
+) -> None:
+    fitted = fit(big_digest(100), LINKS, environment())
+    assert fitted.left_out > 0
+    page = open_email(chromium, fitted.rendered.html, width, scheme)
+    try:
+        page.screenshot(path=str(tmp_path / f"clipped-{width}-{scheme}.png"), full_page=True)
+        assert page.evaluate(CONTRAST_JS) == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        more = page.evaluate("document.querySelector('p.more').innerText")
+    finally:
+        page.close()
+    assert more.startswith(f"{fitted.left_out} more papers matched")
 
 
 @pytest.mark.parametrize("width", WIDTHS)
