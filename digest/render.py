@@ -37,6 +37,7 @@ TEXT_WIDTH = 78
 # about 10%: the '=' of every attribute, non-ASCII characters, soft line breaks), whichever
 # of the two a client counts.
 HTML_BUDGET = 92_000
+FIT_ROUNDS = 8  # renders `fit` may spend finding how many items fit
 MATCHED_SHOWN = 8  # keywords listed by name on an item; more are counted
 NBSP = "\u00a0"
 # After the preheader: inbox snippets show the first ~100-150 characters of the body text,
@@ -529,17 +530,30 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
     size = html_size(short)
     if size <= budget:
         return Fitted(digest, short)
+    # Fewer items: the most that fit. Size grows about linearly with the items, so each
+    # guess interpolates between the largest count known to fit and the smallest known not
+    # to; the bracket shrinks every round, and at most FIT_ROUNDS renders are spent.
     total = len(digest.matches)
-    keep = total
     best = _by_merit(digest)
-    while keep > 1:
-        # Bytes shrink about in step with items; aim a little under, and always step down.
-        keep = max(1, min(keep - 1, int(keep * budget / size * 0.98)))
+    fits: Fitted | None = None
+    lo, lo_size, hi, hi_size = 0, 0, total, size
+    for _ in range(FIT_ROUNDS):
+        if hi - lo <= 1:
+            break
+        if fits is None:  # no point inside yet: assume the fixed part costs nothing
+            guess = int(hi * budget / hi_size)
+        else:
+            guess = lo + int((budget - lo_size) * (hi - lo) / max(1, hi_size - lo_size))
+        keep = min(hi - 1, max(lo + 1, guess))
         kept = _keep(digest, best[:keep])
-        short = draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
-        size = html_size(short)
+        attempt = draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
+        size = html_size(attempt)
         if size <= budget:
-            return Fitted(kept, short, total - keep)
+            fits, lo, lo_size = Fitted(kept, attempt, total - keep), keep, size
+        else:
+            hi, hi_size = keep, size
+    if fits is not None:
+        return fits
     kept = _keep(digest, best[:1])  # a single item is bounded (titles and excerpts are cut)
     return Fitted(kept, draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - 1), env),
                   total - 1)

@@ -332,7 +332,9 @@ def test_every_digest_fits_the_budget_with_its_footer(items: int) -> None:
     if fitted.left_out:
         assert f"{fitted.left_out} more paper" in html and f"{fitted.left_out} more paper" in (
             " ".join(fitted.rendered.text.split()))
-        # The best are kept: every item left out scored no better than every item shown.
+        # As many as fit are kept (no item is left out that the budget had room for) ...
+        assert html_size(fitted.rendered) > HTML_BUDGET - 2 * 2_000
+        # ... and the best: every item left out scored no better than every item shown.
         kept = {m.listing.id for m in fitted.digest.matches}
         worst_kept = min(m.score for m in fitted.digest.matches)
         assert all(m.score <= worst_kept for m in d.matches if m.listing.id not in kept)
