@@ -264,6 +264,8 @@ def test_the_text_part_numbers_items_and_sets_them_apart(project: Project,
         # Its link under its title (which may wrap), then a blank line before the excerpt.
         head = lines[i:lines.index("", i)]
         assert any(re.fullmatch(r"<https://\S+>", line) for line in head), head
+        # (title, perhaps on two lines, link, meta): the excerpt is not run into it.
+        assert len(head) <= 4, head
     # The signature separator: "-- " with its space, which QP writes as "--=20".
     raw = received.data.split(b"\r\n\r\n", 1)[1]
     assert b"\r\n--=20\r\n" in raw and "-- " in lines
