@@ -27,13 +27,6 @@ import logging
 import re
 from typing import Any
 
-from pylatexenc import latexwalker, macrospec
-from pylatexenc.latex2text import (
-    LatexNodes2Text,
-    MacroTextSpec,
-    get_default_latex_context_db,
-)
-
 log = logging.getLogger("digest")
 
 MAX_PIECE = 400
@@ -65,16 +58,25 @@ _LEFTOVER = re.compile(r"\\+[A-Za-z]+\*?|\\+([^A-Za-z\\])?|[{}$]")
 _STRAY = re.compile(r"\\+(?=\S|$)")
 
 
-def _arg(node: Any, l2t: LatexNodes2Text, index: int) -> str:
+def _arg(node: Any, l2t: Any, index: int) -> str:
     args = node.nodeargd.argnlist if node.nodeargd is not None else []
     if len(args) > index and args[index] is not None:
         return str(l2t.nodelist_to_text([args[index]]))
     return ""
 
 
-def _converter() -> tuple[LatexNodes2Text, Any]:
+@functools.cache
+def _converter() -> tuple[Any, Any]:
+    # Made on first use: a process that meets no TeX never loads pylatexenc.
+    from pylatexenc import latexwalker, macrospec
+    from pylatexenc.latex2text import (
+        LatexNodes2Text,
+        MacroTextSpec,
+        get_default_latex_context_db,
+    )
+
     # pylatexenc's defaults with a few fixes for what abstracts use: \texttt gives its text
-    # (pylatexenc 2.10 drops it), \href its link text (its parser takes no arguments for
+    # (pylatexenc 2 drops it), \href its link text (its parser takes no arguments for
     # \href and then fails), citations and labels nothing ("<cit.>" means nothing to a reader).
     text_db = get_default_latex_context_db()
     text_db.add_context_category("digest", prepend=True, macros=[
@@ -94,9 +96,6 @@ def _converter() -> tuple[LatexNodes2Text, Any]:
     return LatexNodes2Text(latex_context=text_db, math_mode="text"), parse_db
 
 
-_L2T, _PARSE_DB = _converter()
-
-
 def strip_markup(piece: str) -> str:
     """`piece` with TeX markup removed by pattern alone: `\\name` dropped, `\\%` made `%`,
     braces and dollars dropped. The fallback when pylatexenc is not used or fails."""
@@ -107,19 +106,15 @@ def strip_markup(piece: str) -> str:
 def convert_piece(piece: str) -> str:
     """One TeX piece (a math span or a command with its arguments) as readable text."""
     try:
-        text = str(_L2T.latex_to_text(piece, latex_context=_PARSE_DB, tolerant_parsing=True))
+        l2t, parse_db = _converter()
+        text = str(l2t.latex_to_text(piece, latex_context=parse_db, tolerant_parsing=True))
     except Exception as exc:  # pylatexenc raises many kinds on odd input (and RecursionError)
         log.debug("TeX piece %r not converted (%s); stripped instead", piece[:60], exc)
-        text = piece
+        text = strip_markup(piece)
     # pylatexenc leaves a backslash when it meets one it cannot place: strip what is left.
     if "\\" in text:
         text = strip_markup(text)
     return " ".join(text.split()) if text.strip() else text.replace("\n", " ")
-
-
-def looks_like_tex(text: str) -> bool:
-    """Whether `text` has anything `readable` would change."""
-    return any(m in text for m in _MARKERS) and _PIECE.search(text) is not None
 
 
 def readable(text: str) -> str:
