@@ -41,6 +41,8 @@ class Listing:
     # (label, url) pairs such as ("pdf", ...), ("code", ...), ("hf", ...), one per label.
     links: tuple[tuple[str, str], ...] = ()
     authority: int = 0
+    # A one-sentence summary the source wrote (Hugging Face's `ai_summary`), if any.
+    tldr: str | None = None
 
     @property
     def link(self) -> str:

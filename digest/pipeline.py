@@ -32,7 +32,7 @@ from .config import AnySource, Settings, load_subscriber, subscriber_files
 from .errors import ConfigError, DigestError, SourceError, UnknownSubscriberError
 from .match import Document, build_digest, document
 from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber, digest_key
-from .render import Links, environment, render
+from .render import Links, environment, fit
 from .send import (
     FileSender,
     Outgoing,
@@ -211,7 +211,10 @@ def compose(
     dkimpy), kept as what tests and benchmarks compare against."""
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
-    rendered = render(digest, Links(unsubscribe=one_click or https or mailto), env)
+    # The email shows (and the outbox records as sent) only what fits its size budget: the
+    # items left out stay candidates for a later digest.
+    fitted = fit(digest, Links(unsubscribe=one_click or https or mailto), env)
+    digest, rendered = fitted.digest, fitted.rendered
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
     if reference:
         message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
@@ -562,7 +565,7 @@ def _prepare_one(
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
     if dry_run:
-        return Outcome(subscriber.id, "would-send", len(digest.matches),
+        return Outcome(subscriber.id, "would-send", len(composed.digest.matches),
                        detail=composed.rendered.subject)
     return _Write(subscriber, day, composed)
 

@@ -16,16 +16,34 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
+from zoneinfo import ZoneInfo
 
 import jinja2
 from mjml import mjml2html
 from premailer import Premailer
 
-from .models import Digest, Listing, RenderedEmail, Span
+from .models import Digest, Listing, RenderedEmail, Section, Span
 from .tokens import nfkc
 
 EXCERPT_CHARS = 320
+SHORT_EXCERPT_CHARS = 160  # what an excerpt becomes when the email is over its budget
+TITLE_CHARS = 400  # arXiv titles are under 250; a longer one is cut, so every item is bounded
+TLDR_CHARS = 400
+META_CHARS = 300
 TEXT_WIDTH = 78
+# Gmail clips an HTML part over about 102 KB (102,400 bytes) and hides the rest, footer and
+# unsubscribe link included. The HTML as sent (the decoded part: UTF-8, CRLF line ends) is
+# kept under this, which is also under 102,400 bytes once quoted-printable encoded (QP adds
+# about 10%: the '=' of every attribute, non-ASCII characters, soft line breaks), whichever
+# of the two a client counts.
+HTML_BUDGET = 92_000
+FIT_ROUNDS = 8  # renders `fit` may spend finding how many items fit
+MATCHED_SHOWN = 8  # keywords listed by name on an item; more are counted
+NBSP = "\u00a0"
+# After the preheader: inbox snippets show the first ~100-150 characters of the body text,
+# and this fills them, so the snippet is the preheader alone (zero-width non-joiner and
+# no-break space pairs, which no client collapses).
+PREHEADER_PAD = "\u200c\u00a0" * 90
 HTML_TEMPLATE = "digest.mjml.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
 
@@ -72,7 +90,7 @@ def _excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> 
     end = len(text) if len(text) - start <= limit else _word_end(text, start + limit)
     segments: list[Segment] = []
     if start > 0:
-        segments.append(("… ", False))
+        segments.append(("…" + NBSP, False))
     pos = start
     for s, e in spans:
         s, e = max(s, start), min(e, end)
@@ -85,7 +103,7 @@ def _excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> 
     if pos < end:
         segments.append((text[pos:end], False))
     if end < len(text):
-        segments.append((" …", False))
+        segments.append((NBSP + "…", False))
     return segments
 
 
@@ -100,25 +118,58 @@ def _word_start(text: str, pos: int) -> int:
     return cut + 1 if 0 <= cut < len(text) - 1 else pos
 
 
-def _listing_view(listing: Listing) -> tuple[str, str, str, str, str]:
-    # What an item shows of its listing alone (title, link, link label, meta line, and the
-    # abstract in NFKC form to cut the excerpt from) is the same in every digest that holds
-    # it: made once per process and listing.
+_View = tuple[str, str, str, str, str, tuple[tuple[str, str], ...]]
+
+
+def _listing_view(listing: Listing) -> _View:
+    # What an item shows of its listing alone (title, link, meta line, the abstract in NFKC
+    # form to cut the excerpt from, the TL;DR and the extra links) is the same in every
+    # digest that holds it: made once per process and listing.
     try:
         return _cached_view(listing)
     except TypeError:  # a listing made with a list somewhere (not by the store): no cache
         return _make_view(listing)
 
 
-def _make_view(listing: Listing) -> tuple[str, str, str, str, str]:
+def _make_view(listing: Listing) -> _View:
     link = safe_link(listing.link, "")
     if not link:
         link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
-    return (nfkc(listing.title), link, _link_label(link), _meta(listing),
-            nfkc(listing.abstract))
+    abstract = nfkc(listing.abstract)
+    tldr = _cut(nfkc(listing.tldr or "").strip(), TLDR_CHARS)
+    # The TL;DR is shown when it says something the excerpt does not: a source that had no
+    # abstract gave the TL;DR as the abstract.
+    if tldr == abstract.strip():
+        tldr = ""
+    return (_cut(nfkc(listing.title), TITLE_CHARS), link, _cut(_meta(listing), META_CHARS),
+            abstract, tldr, item_links(listing, link))
 
 
 _cached_view = functools.lru_cache(maxsize=20_000)(_make_view)
+
+# The extra links an item shows, in this order, under these names.
+ITEM_LINKS = (("code", "Code"), ("pdf", "PDF"), ("project", "Project page"))
+
+
+def item_links(listing: Listing, title_link: str) -> tuple[tuple[str, str], ...]:
+    """The listing's code, PDF and project links as (label, URL): only http(s) URLs (see
+    `safe_link`), none that is the title's own link, no URL twice."""
+    stored = dict(listing.links)
+    out: list[tuple[str, str]] = []
+    seen = {title_link}
+    for key, label in ITEM_LINKS:
+        url = safe_link(stored.get(key, ""), "")
+        if url and url not in seen:
+            out.append((label, url))
+            seen.add(url)
+    return tuple(out)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters cut at a space with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[:_word_end(text, limit - 2)].rstrip() + NBSP + "…"
 
 
 def _meta(listing: Listing) -> str:
@@ -128,23 +179,13 @@ def _meta(listing: Listing) -> str:
     if listing.published:
         parts.append(listing.published.strftime("%-d %b %Y"))
     if listing.upvotes:
-        parts.append("▲ " + _plural(listing.upvotes, "upvote"))
+        parts.append("▲" + NBSP + _plural(listing.upvotes, "upvote").replace(" ", NBSP))
     if listing.categories:
         shown = ", ".join(listing.categories[:3])
         parts.append(shown + (f" +{len(listing.categories) - 3}" if len(listing.categories) > 3
                               else ""))
-    return " · ".join(parts)
-
-
-def _link_label(url: str) -> str:
-    if url.startswith("https://arxiv.org/"):
-        return "Read on arXiv (arxiv.org)"
-    if url.startswith("https://huggingface.co/papers?"):
-        return "Search for it on Hugging Face (huggingface.co)"
-    if url.startswith("https://huggingface.co/papers/"):
-        return "Read on Hugging Face (huggingface.co)"
-    host = url.split("//", 1)[-1].split("/", 1)[0]
-    return f"Read on {host or url}"
+    # A no-break space before each dot, so a line never starts with one.
+    return (NBSP + "· ").join(parts)
 
 
 def subject_for(digest: Digest) -> str:
@@ -189,14 +230,16 @@ def _plural(count: int, noun: str) -> str:
 class ItemView:
     """One item as the templates show it."""
 
+    number: int  # 1, 2, ... through the whole digest (the text part numbers its items)
     title: str
     link: str
-    link_label: str
     meta: str
+    tldr: str
     excerpt: list[Segment]
     excerpt_text: str
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
+    links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,40 +252,48 @@ class SectionView:
     count_label: str
 
 
-def context(digest: Digest, links: Links) -> dict[str, Any]:
-    """Everything the templates show, as plain data."""
+def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
+            more: int = 0) -> dict[str, Any]:
+    """Everything the templates show, as plain data. `more`: how many further papers
+    matched but were left out to keep the email within its size budget (see `fit`)."""
     subscriber = digest.subscriber
     count = len(digest.matches)
     topics = [s.topic for s in digest.sections if not s.trending]
     sections = []
+    number = 0
     for section in digest.sections:
         items = []
         for m in section.matches:
-            title, link, link_label, meta, abstract = _listing_view(m.listing)
-            segs = _excerpt(abstract, m.abstract_spans)
+            number += 1
+            title, link, meta, abstract, tldr, extra = _listing_view(m.listing)
+            segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
             items.append(
                 ItemView(
+                    number=number,
                     title=title,
                     link=link,
-                    link_label=link_label,
                     meta=meta,
+                    tldr=tldr,
                     excerpt=segs,
                     excerpt_text="".join([t for t, _ in segs]),
                     keywords=list(m.keywords),
-                    matched=", ".join(m.keywords),
+                    matched=_matched(m.keywords),
+                    links=extra,
                 )
             )
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
-    first = nfkc(digest.matches[0].listing.title)
-    more = f" and {count - 1} more" if count > 1 else ""
+    first = _cut(nfkc(digest.matches[0].listing.title), 120)
+    also = f" and {count - 1} more" if count > 1 else ""
     return {
         "subject": subject_for(digest),
-        "preheader": f"Top pick: {first}{more}.",
+        "preheader": f"Top pick: {first}{also}.",
+        "preheader_pad": PREHEADER_PAD,
         "name": subscriber.name,
         "date_label": _date_label(digest.local_date),
         "count_label": _plural(count, "new paper"),
         "intro": _intro(count, topics),
         "sections": sections,
+        "more_label": _more_label(more),
         "footer": (
             f"You get this digest because {subscriber.email} follows "
             f"{', '.join(t.name for t in subscriber.topics)}. "
@@ -251,8 +302,31 @@ def context(digest: Digest, links: Links) -> dict[str, Any]:
         ),
         "unsubscribe_link": links.unsubscribe,
         "unsubscribe_how": _unsubscribe_how(links.unsubscribe),
-        "generated_label": digest.generated_at.strftime("%Y-%m-%d %H:%M %Z").strip(),
+        "generated_label": _local_time(digest),
     }
+
+
+def _matched(keywords: tuple[str, ...]) -> str:
+    shown = ", ".join(keywords[:MATCHED_SHOWN])
+    return shown + (f" +{len(keywords) - MATCHED_SHOWN} more" if len(keywords) > MATCHED_SHOWN
+                    else "")
+
+
+def _more_label(more: int) -> str:
+    if more <= 0:
+        return ""
+    return (f"{_plural(more, 'more paper')} matched but did not fit in this email. "
+            f"{'They were' if more != 1 else 'It was'} not counted as sent, so "
+            f"{'they' if more != 1 else 'it'} can come in a later digest.")
+
+
+def _local_time(digest: Digest) -> str:
+    """When the digest was made, in the subscriber's own time zone: '2026-11-25 07:00 EST'."""
+    try:
+        zone = ZoneInfo(digest.subscriber.timezone)
+    except (KeyError, ValueError):  # checked when the subscriber file is loaded; be safe
+        zone = ZoneInfo("UTC")
+    return digest.generated_at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _intro(count: int, topics: list[str]) -> str:
@@ -279,12 +353,20 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+# Blanks a line may break at: every Unicode space but the no-break ones, which the email puts
+# where a break would leave a lone "…" or "·".
+_NO_BREAK = "\u00a0\u2007\u202f"
+_BREAKABLE_CHARS = "".join(c for c in map(chr, range(0x3000 + 1))
+                           if c.isspace() and c not in _NO_BREAK)
+_BREAKABLE = re.compile(f"[{re.escape(_BREAKABLE_CHARS)}]+")
+
+
 @functools.lru_cache(maxsize=20_000)
 def _wrap_line(line: str, width: int) -> tuple[str, ...]:
     # The words joined by single spaces, then cut greedily: each piece is the longest run of
     # words that fits in `width` (the last space at or before the width, found in C), or one
     # word alone when it is longer than that.
-    joined = " ".join(line.split())
+    joined = " ".join(w for w in _BREAKABLE.split(line) if w)
     out: list[str] = []
     start = 0
     while len(joined) - start > width:
@@ -299,9 +381,32 @@ def _wrap_line(line: str, width: int) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Presentational attributes are valid (and useful, to old Outlook) only on these elements.
+_BASIC_ATTRIBUTES = {
+    "table": frozenset({"bgcolor", "align", "width"}),
+    "td": frozenset({"bgcolor", "align", "valign", "width", "height"}),
+    "th": frozenset({"bgcolor", "align", "valign", "width", "height"}),
+    "body": frozenset({"bgcolor"}),
+}
+
+
+class _Inliner(Premailer):  # type: ignore[misc]  # premailer is untyped
+    """premailer, minus its habit of copying background-color, text-align and the like into
+    bgcolor/align/... attributes on every element it styles: on a <span> or a <p> those are
+    invalid HTML (and ignored). Attributes the element already had are left as they are."""
+
+    def _style_to_basic_html_attributes(self, element: Any, style_content: str,
+                                        force: bool = False) -> None:
+        before = set(element.attrib)
+        super()._style_to_basic_html_attributes(element, style_content, force)
+        allowed = _BASIC_ATTRIBUTES.get(element.tag, frozenset())
+        for name in set(element.attrib) - before - allowed:
+            del element.attrib[name]
+
+
 def inline_css(html: str) -> str:
     """Inline the stylesheet into style attributes; @media rules stay in a <style> block."""
-    inliner = Premailer(
+    inliner = _Inliner(
         html,
         keep_style_tags=False,
         remove_classes=False,
@@ -324,14 +429,19 @@ def inline_css(html: str) -> str:
 
 
 def compile_mjml(source: str) -> str:
-    """MJML source -> HTML with the CSS inlined (the slow, once-per-template part)."""
-    return inline_css(mjml2html(source))
+    """MJML source -> HTML with the CSS inlined (the slow, once-per-template part).
+    `fonts={}`: MJML would otherwise add a Google Fonts <link> for Roboto (named in the font
+    stack), a request no major mail client makes use of."""
+    return inline_css(mjml2html(source, fonts={}))
 
 
 def render_reference(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEmail:
     """The straightforward pipeline: Jinja -> MJML -> premailer for every email. Kept as the
     reference the fast path is tested and benchmarked against."""
-    ctx = context(digest, links)
+    return fit(digest, links, env, reference=True).rendered
+
+
+def _render_reference(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
     html = compile_mjml(env.get_template(HTML_TEMPLATE).render(ctx))
     text = wrap_text(env.get_template(TEXT_TEMPLATE).render(ctx))
     return RenderedEmail(subject=ctx["subject"], html=html, text=text)
@@ -378,8 +488,90 @@ def compiled_template(env: jinja2.Environment) -> jinja2.Template:
 
 def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEmail:
     """Render a digest to its subject, inlined HTML and wrapped plain text: one Jinja render
-    of a template that was compiled from MJML and inlined once."""
-    ctx = context(digest, links)
+    of a template that was compiled from MJML and inlined once. Kept within `HTML_BUDGET`
+    (see `fit`, which also says which items were left out)."""
+    return fit(digest, links, env).rendered
+
+
+def _render_fast(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
     html = compiled_template(env).render(ctx)
     text = wrap_text(env.get_template(TEXT_TEMPLATE).render(ctx))
     return RenderedEmail(subject=ctx["subject"], html=html, text=text)
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """A rendered digest that fits the budget: `digest` holds the items the email shows
+    (what is recorded as sent), `left_out` how many matched items did not fit."""
+
+    digest: Digest
+    rendered: RenderedEmail
+    left_out: int = 0
+
+
+def html_size(rendered: RenderedEmail) -> int:
+    """The size of the HTML part as sent: its UTF-8 bytes, each line ending as CRLF."""
+    html = rendered.html
+    return len(html.encode("utf-8")) + html.count("\n")
+
+
+def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
+        budget: int = HTML_BUDGET, reference: bool = False) -> Fitted:
+    """Render `digest` with its HTML part within `budget` bytes (Gmail clips above ~102 KB,
+    footer and unsubscribe link included), whatever its number of items and their length:
+    as it is if it fits; else with excerpts of `SHORT_EXCERPT_CHARS`; else with fewer items:
+    the best-scored are kept (Trending after every topic's items), in the order the email
+    shows them, and a line says how many more matched. The footer is always inside."""
+    draw = _render_reference if reference else _render_fast
+    rendered = draw(context(digest, links), env)
+    if html_size(rendered) <= budget:
+        return Fitted(digest, rendered)
+    short = draw(context(digest, links, SHORT_EXCERPT_CHARS), env)
+    size = html_size(short)
+    if size <= budget:
+        return Fitted(digest, short)
+    # Fewer items: the most that fit. Size grows about linearly with the items, so each
+    # guess interpolates between the largest count known to fit and the smallest known not
+    # to; the bracket shrinks every round, and at most FIT_ROUNDS renders are spent.
+    total = len(digest.matches)
+    best = _by_merit(digest)
+    fits: Fitted | None = None
+    lo, lo_size, hi, hi_size = 0, 0, total, size
+    for _ in range(FIT_ROUNDS):
+        if hi - lo <= 1:
+            break
+        if fits is None:  # no point inside yet: assume the fixed part costs nothing
+            guess = int(hi * budget / hi_size)
+        else:
+            guess = lo + int((budget - lo_size) * (hi - lo) / max(1, hi_size - lo_size))
+        keep = min(hi - 1, max(lo + 1, guess))
+        kept = _keep(digest, best[:keep])
+        attempt = draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
+        size = html_size(attempt)
+        if size <= budget:
+            fits, lo, lo_size = Fitted(kept, attempt, total - keep), keep, size
+        else:
+            hi, hi_size = keep, size
+    if fits is not None:
+        return fits
+    kept = _keep(digest, best[:1])  # a single item is bounded (titles and excerpts are cut)
+    return Fitted(kept, draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - 1), env),
+                  total - 1)
+
+
+def _by_merit(digest: Digest) -> list[tuple[int, int]]:
+    # (section, position) of every item, best first: topic items by score, then Trending;
+    # ties in the order the email shows them (each section is already ranked).
+    order = [(s.trending, -m.score, si, mi, (si, mi))
+             for si, s in enumerate(digest.sections) for mi, m in enumerate(s.matches)]
+    return [key for *_, key in sorted(order)]
+
+
+def _keep(digest: Digest, chosen: list[tuple[int, int]]) -> Digest:
+    keep = set(chosen)
+    sections = tuple(
+        Section(s.topic, kept, s.trending)
+        for si, s in enumerate(digest.sections)
+        if (kept := tuple(m for mi, m in enumerate(s.matches) if (si, mi) in keep))
+    )
+    return Digest(digest.subscriber, digest.local_date, sections, digest.generated_at)

@@ -18,6 +18,7 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 
 from .models import CacheValidators, Digest, Listing, digest_key
+from .tex import readable
 from .tokens import title_key
 
 migrations = Migrations("digest")
@@ -122,6 +123,13 @@ def m06_outbox(db: Database) -> None:
     table.create_index(["state"])
 
 
+@migrations()
+def m11_listing_tldr(db: Database) -> None:
+    """Issue 15: a source's one-sentence summary of a listing (Hugging Face's ai_summary),
+    kept apart from the abstract so the email can show it above the excerpt."""
+    db.table("listings").add_column("tldr", str)
+
+
 def timestamp(when: datetime) -> str:
     """A fixed-width UTC string for `when`, which must be timezone-aware."""
     if when.tzinfo is None:
@@ -175,7 +183,7 @@ _LEGACY_RANK = 1
 
 
 @migrations()
-def m11_listing_ranks(db: Database) -> None:
+def m12_listing_ranks(db: Database) -> None:
     """Issue 15: which rank of source gave each bibliographic field of a listing (JSON)."""
     db.table("listings").add_column("ranks", str)
 
@@ -206,10 +214,13 @@ def _to_row(listing: Listing) -> dict[str, Any]:
 
 
 def _from_row(row: dict[str, Any]) -> Listing:
+    # The one place a stored listing becomes the Listing that matching and rendering use:
+    # its TeX is made readable here (the row keeps what the source sent), so the text that
+    # is matched and highlighted is the text the email shows.
     return Listing(
         id=row["id"],
-        title=row["title"],
-        abstract=row["abstract"],
+        title=readable(row["title"]),
+        abstract=readable(row["abstract"]),
         url=row["url"],
         arxiv_id=row["arxiv_id"],
         authors=tuple(json.loads(row["authors"] or "[]")),
@@ -222,6 +233,7 @@ def _from_row(row: dict[str, Any]) -> Listing:
         first_seen=datetime.fromisoformat(row["first_seen"]) if row["first_seen"] else None,
         links=tuple(sorted(json.loads(row.get("links") or "{}").items())),
         authority=max(_ranks(row).values(), default=0),
+        tldr=readable(row["tldr"]) if row.get("tldr") else None,
     )
 
 

@@ -31,3 +31,25 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             yield context
         finally:
             context.close()
+
+
+def open_email(browser: Any, html: str, width: int = 600, scheme: str = "light") -> Any:
+    """A new page showing `html` at `width` px in the light or dark scheme, with every
+    request that would leave the machine refused (an email must not need any)."""
+    page = browser.new_page()
+    page.route("**/*", lambda route: route.abort()
+               if route.request.url.startswith(("http:", "https:")) else route.continue_())
+    page.set_viewport_size({"width": width, "height": 900})
+    page.emulate_media(color_scheme=scheme)
+    page.set_content(html, wait_until="load")
+    return page
+
+
+def visible_text(browser: Any, html: str, width: int = 600) -> str:
+    """The text a reader sees of `html` (innerText: hidden elements left out), blanks made
+    single spaces."""
+    page = open_email(browser, html, width)
+    try:
+        return " ".join(str(page.evaluate("document.body.innerText")).split())
+    finally:
+        page.close()

@@ -35,30 +35,43 @@ def subscriber(name: str = "Ada Lovelace", sid: str = "ada",
     )
 
 
-def listing(i: int, title: str | None = None, url: str | None = None) -> Listing:
-    """A plausible listing number `i`."""
+TLDR = "Speculative decoding with a 4-bit KV cache halves latency on long prompts."
+
+
+def listing(i: int, title: str | None = None, url: str | None = None,
+            links: bool = False, abstract: str = ABSTRACT) -> Listing:
+    """A plausible listing number `i`; with `links`, also code and PDF links and a TL;DR,
+    as Hugging Face's daily papers give them."""
+    extra: tuple[tuple[str, str], ...] = ()
+    if links:
+        extra = (("code", f"https://github.com/example/paper-{i}"),
+                 ("hf", f"https://huggingface.co/papers/2411.{10000 + i}"),
+                 ("pdf", f"https://arxiv.org/pdf/2411.{10000 + i}"))
     return Listing(
         id=f"arxiv:2411.{10000 + i}",
         title=title or f"Paper {i}: Faster speculative decoding with a quantized KV cache",
-        abstract=ABSTRACT,
+        abstract=abstract,
         url=url,
         arxiv_id=f"2411.{10000 + i}",
         authors=("Grace Hopper", "Alan Turing", "Katherine Johnson", "Edsger Dijkstra"),
         published=dt.date(2026, 11, 24),
         upvotes=i,
+        links=extra,
+        tldr=TLDR if links else None,
     )
 
 
 def digest(items: int = 10, titles: tuple[str, ...] = (), sub: Subscriber | None = None,
-           url: str | None = None) -> Digest:
+           url: str | None = None, links: bool = False, abstract: str = ABSTRACT) -> Digest:
     """A digest of `items` listings in two sections; `titles` replace the first titles."""
     sub = sub or subscriber()
     matches = []
     for i in range(items):
         title = titles[i] if i < len(titles) else None
-        start = ABSTRACT.index("speculative decoding")
-        matches.append(Match(listing(i, title, url), "Efficient inference" if i % 3 else
-                             "Model compression", 6.0 - i * 0.1,
+        start = max(0, abstract.find("speculative decoding"))
+        matches.append(Match(listing(i, title, url, links, abstract),
+                             "Efficient inference" if i % 3 else "Model compression",
+                             6.0 - i * 0.1,
                              ("speculative decoding", "KV cache"),
                              abstract_spans=((start, start + len("speculative decoding")),)))
     sections = tuple(

@@ -90,8 +90,9 @@ def test_excerpt_cuts_at_a_word_boundary_and_keeps_highlights() -> None:
     text = "alpha beta gamma delta epsilon " * 30
     segs = excerpt(text, ((6, 10),), limit=50)
     shown = "".join(t for t, _ in segs)
-    assert shown.endswith(" …") and len(shown) <= 52
-    body = shown.removesuffix(" …")
+    # A no-break space before the ellipsis: it never stands alone on a line.
+    assert shown.endswith("\u00a0…") and len(shown) <= 52
+    body = shown.removesuffix("\u00a0…")
     assert text.startswith(body) and text[len(body)] == " "
     assert ("beta", True) in segs
 
@@ -100,7 +101,7 @@ def test_excerpt_moves_to_a_late_highlight() -> None:
     text = ("filler " * 100) + "the pruning result " + ("tail " * 50)
     start = text.index("pruning")
     segs = excerpt(text, ((start, start + 7),), limit=80)
-    assert segs[0] == ("… ", False) and ("pruning", True) in segs
+    assert segs[0] == ("…\u00a0", False) and ("pruning", True) in segs
 
 
 def test_wrap_text_never_breaks_urls() -> None:
@@ -112,7 +113,7 @@ def test_categories_show_in_the_item_line() -> None:
     item = Listing(id="c", title="Pruning", abstract="pruning", author_count=2,
                    categories=("cs.LG", "cs.CL", "stat.ML", "cs.AI"))
     rendered = render(digest_of([item]), Links("mailto:x@example.org"), environment())
-    assert "2 authors · cs.LG, cs.CL, stat.ML +1" in rendered.text
+    assert "2 authors\u00a0· cs.LG, cs.CL, stat.ML +1" in rendered.text
 
 
 def test_a_trending_only_digest_does_not_call_trending_a_topic() -> None:
@@ -158,14 +159,17 @@ def test_a_listing_made_with_lists_still_renders() -> None:
 
 def _wrap_by_hand(text: str, width: int) -> str:
     # The definition: each line's words, greedily, as many as fit in `width`; a longer word
-    # alone on its line.
+    # alone on its line. Words are split at blanks, but never at a no-break space (the email
+    # puts one before "…" and "·" so that they never start a line).
     out: list[str] = []
     for line in text.splitlines():
         if len(line) <= width:
             out.append(line)
             continue
         current = ""
-        for word in line.split():
+        for word in re.split(r"[^\S\u00a0\u2007\u202f]+", line):
+            if not word:
+                continue
             if current and len(current) + 1 + len(word) <= width:
                 current += " " + word
             else:
@@ -179,7 +183,7 @@ def _wrap_by_hand(text: str, width: int) -> str:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["a", "bb", "word", "x" * 20, "y" * 78, "z" * 90, " ", "  ",
                                  "\t", "\n", "\r\n", "\u2028", "<https://e.org/" + "p" * 70 + ">",
-                                 "\u00e9t\u00e9"]),
+                                 "\u00e9t\u00e9", "\u00a0…", "a\u00a0·", "\u00a0"]),
                 max_size=60).map("".join),
        st.sampled_from([10, 20, 78]))
 def test_wrap_text_wraps_greedily_at_spaces(text: str, width: int) -> None:

@@ -46,7 +46,7 @@ def email_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-item digest with hostile and very long titles, as an HTML file."""
     long_word = "Supercalifragilistic" * 6
     d = digest(12, titles=(*HOSTILE_TITLES, f"A {long_word} title",
-                           "https://example.org/" + "a" * 120))
+                           "https://example.org/" + "a" * 120), links=True)
     path = tmp_path_factory.mktemp("email") / "digest.html"
     path.write_text(render(d, LINKS, environment()).html, encoding="utf-8")
     assert listing(0).title

@@ -115,14 +115,15 @@ def test_a_25_item_digest_stays_under_gmail_clipping() -> None:
 
 def test_each_item_part_is_on_a_line_of_its_own_and_reads_as_before() -> None:
     # The line layout that lets QP lines be shared (see the template's head comment) must not
-    # glue words together: the keywords, a space, then the link.
-    r = render(digest(3, titles=HOSTILE_TITLES), LINKS, environment())
+    # glue words together: the keywords, then the links after a no-break space and a dot.
+    r = render(digest(3, titles=HOSTILE_TITLES, links=True), LINKS, environment())
     root = lxml.html.document_fromstring(r.html)
     for kw in root.xpath("//p[@class='kw']"):
-        text = " ".join(kw.text_content().split())
-        assert re.fullmatch(r"Matched: .+ \u00b7 \S.*\u2192", text), text
+        text = re.sub(r"[ \t\r\n]+", " ", kw.text_content()).strip()
+        assert re.fullmatch(r"Matched: .+\u00a0· Code\u00a0· PDF", text), text
     lines = r.html.splitlines()
-    for opening in ('<p class="excerpt"', '<p class="kw"', '<a class="go"', '<h3 class="title"'):
+    for opening in ('<p class="excerpt"', '<p class="kw"', '<h3 class="title"',
+                    '<tr><td class="item"', '<p class="tldr"'):
         found = [line for line in lines if opening in line]
         assert len(found) == 3 and all(line.startswith(opening) for line in found), opening
 
@@ -146,7 +147,7 @@ def test_excerpts_are_cut_at_a_word_boundary() -> None:
     r = render(digest(1), LINKS, environment())
     excerpt = lxml.html.document_fromstring(r.html).xpath("//p[@class='excerpt']")[0]
     text = excerpt.text_content()
-    assert text.endswith(" …")
+    assert text.endswith("\u00a0…")
     last_word = text[:-2].split()[-1]
     assert re.search(rf"\b{re.escape(last_word)}\b", text)
     assert text[:-2].rstrip() + " " in (excerpt.text_content()[:-2] + " ")

@@ -78,6 +78,7 @@ def hf_item(item: Any, source: str) -> Listing:
         upvotes=upvotes if isinstance(upvotes, int) and not isinstance(upvotes, bool) else None,
         sources=(source,),
         links=tuple(sorted(links.items())),
+        tldr=_text(paper.get("ai_summary")) or None,
     )
 
 

@@ -1,0 +1,435 @@
+"""The email as a reader and mail clients see it (issue 15): what each item shows (TL;DR,
+code and PDF links), markup mail clients honour, the preheader, the text part's layout, the
+footer's time zone, and the size budget that keeps Gmail from clipping a big digest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import quopri
+import re
+from pathlib import Path
+from typing import Any
+
+import lxml.html
+import pytest
+
+from digest import pipeline, store
+from digest.config import load_settings
+from digest.models import Digest, Listing, Match
+from digest.render import (
+    HTML_BUDGET,
+    PREHEADER_PAD,
+    Links,
+    environment,
+    fit,
+    html_size,
+    render,
+    render_reference,
+)
+from digest.sources.hf_daily import hf_item
+from digest.tex import readable
+
+from .browser import chromium, open_email  # noqa: F401 - fixture
+from .conftest import NOW, Project, SmtpServer
+from .samples import HOSTILE_TITLES, TLDR, digest
+from .test_render_browser import CONTRAST_JS
+
+LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def")
+FIXTURES = Path(__file__).parent / "fixtures" / "sources"
+WIDTHS = [375, 600]
+# Real arXiv abstracts (with TeX), 1,100-1,900 characters: the longest arXiv allows is 1,920.
+REAL = [json.loads(line) for line in
+        (FIXTURES / "arxiv_tex.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def items_of(page: Any) -> list[dict[str, Any]]:
+    """Each item as Chromium lays it out: its links, and the tops of its parts."""
+    return list(page.evaluate(r"""() => [...document.querySelectorAll('td.item')].map(td => ({
+        links: [...td.querySelectorAll('a')].map(
+            a => [a.textContent.replace(/\s+/g, ' ').trim(), a.href]),
+        title: td.querySelector('h3').textContent.replace(/\s+/g, ' ').trim(),
+        tldr: td.querySelector('p.tldr') && td.querySelector('p.tldr').innerText,
+        tldrTop: td.querySelector('p.tldr')
+            && td.querySelector('p.tldr').getBoundingClientRect().top,
+        excerptTop: td.querySelector('p.excerpt').getBoundingClientRect().top,
+        padTop: getComputedStyle(td).paddingTop,
+        border: getComputedStyle(td).borderBottomWidth,
+    }))"""))
+
+
+# --- 5: the TL;DR and the code / PDF links ---------------------------------------------------
+
+
+def test_hf_daily_keeps_the_ai_summary_as_the_tldr_in_the_store(tmp_path: Path) -> None:
+    papers = json.loads((FIXTURES / "hf_daily_2024-05-02.json").read_text(encoding="utf-8"))
+    listings, summaries = [], {}
+    for p in papers:
+        try:
+            listings.append(hf_item(p, "hf"))
+        except ValueError:  # the capture has a few unusable items on purpose
+            continue
+        summaries[p["paper"]["id"]] = p["paper"].get("ai_summary")
+    db = store.open_db(tmp_path / "digest.db")
+    store.upsert_listings(db, listings, NOW)
+    with_tldr = [li for li in listings if li.tldr]
+    assert with_tldr
+    for li in with_tldr:
+        stored = store.get_listing(db, li.id)
+        assert stored is not None and stored.tldr == summaries[li.arxiv_id]
+        assert stored.abstract and stored.abstract != stored.tldr
+        assert dict(stored.links)["pdf"].startswith("https://arxiv.org/pdf/")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_tldr_is_above_the_excerpt_and_code_and_pdf_links_are_on_each_item(
+    chromium: Any, width: int  # noqa: F811
+) -> None:
+    d = digest(4, links=True)
+    hostile = dataclasses.replace(
+        d.sections[0].matches[0].listing,
+        links=(("code", "javascript:alert(1)"), ("pdf", "https://arxiv.org/pdf/2411.1"),
+               ("project", "https://huggingface.co/papers/2411.10001")))
+    first = dataclasses.replace(d.sections[0].matches[0], listing=hostile)
+    sections = (dataclasses.replace(d.sections[0], matches=(first, *d.sections[0].matches[1:])),
+                *d.sections[1:])
+    d = dataclasses.replace(d, sections=sections)
+    rendered = render(d, LINKS, environment())
+    page = open_email(chromium, rendered.html, width)
+    try:
+        items = items_of(page)
+    finally:
+        page.close()
+    assert len(items) == 4
+    for item, m in zip(items, d.matches, strict=True):
+        assert item["tldr"] == f"TL;DR: {TLDR}"
+        assert item["tldrTop"] < item["excerptTop"]
+        labels = [label for label, _ in item["links"]]
+        links = dict(item["links"])
+        assert links[item["title"]] == m.listing.link
+        if m.listing is hostile:
+            # javascript: is never a link; a project link that is the title's is not repeated.
+            assert labels[1:] == ["PDF"] and links["PDF"] == "https://arxiv.org/pdf/2411.1"
+        else:
+            assert labels[1:] == ["Code", "PDF"]
+            assert links["Code"] == dict(m.listing.links)["code"]
+            assert links["PDF"] == dict(m.listing.links)["pdf"]
+    assert "javascript" not in rendered.html.lower()
+    text = rendered.text
+    assert text.count(f"TL;DR: {TLDR[:40]}") == 4
+    assert text.index("TL;DR:") < text.index("Large language models")
+    assert "Code: <https://github.com/example/paper-2>" in text
+    assert "PDF: <https://arxiv.org/pdf/2411.10002>" in text
+
+
+def test_a_tldr_that_is_the_abstract_is_shown_once() -> None:
+    d = digest(1, links=True, abstract=TLDR)
+    rendered = render(d, LINKS, environment())
+    assert rendered.text.count(TLDR[:30]) == 1
+    assert 'class="tldr"' not in rendered.html
+
+
+# --- 8: markup mail clients honour ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_item_spacing_and_dividers_are_on_table_cells_not_divs(
+    chromium: Any, width: int  # noqa: F811
+) -> None:
+    html = render(digest(5, links=True), LINKS, environment()).html
+    root = lxml.html.document_fromstring(html)
+    for div in root.iter("div"):
+        style = div.get("style") or ""
+        assert not re.search(r"(^|;)\s*(padding|border)", style), style
+    page = open_email(chromium, html, width)
+    try:
+        items = items_of(page)
+    finally:
+        page.close()
+    assert len(items) == 5
+    assert all(i["padTop"] == "18px" and i["border"] == "1px" for i in items)
+
+
+def test_no_web_font_is_requested_and_no_invalid_presentational_attribute(
+    chromium: Any,  # noqa: F811
+) -> None:
+    for html in (render(digest(3, links=True), LINKS, environment()).html,
+                 render_reference(digest(3, links=True), LINKS, environment()).html):
+        assert "fonts.googleapis" not in html
+        root = lxml.html.document_fromstring(html)
+        assert not root.xpath("//link")
+        bad = [(el.tag, name) for el in root.iter() if isinstance(el.tag, str)
+               for name in ("bgcolor", "align", "valign") if el.get(name) is not None
+               and el.tag in ("span", "p", "a", "h1", "h2", "h3", "div")]
+        assert bad == []
+        requested: list[str] = []
+        page = chromium.new_page()
+        try:
+            page.on("request", lambda r, seen=requested: seen.append(r.url))
+            page.route("**/*", lambda route: route.abort()
+                       if route.request.url.startswith(("http:", "https:"))
+                       else route.continue_())
+            page.set_content(html, wait_until="load")
+        finally:
+            page.close()
+        assert [u for u in requested if u.startswith(("http:", "https:"))] == []
+
+
+NO_LONE_MARK_JS = """() => {
+  // For every '…' and '·' in an item: the character before it, and whether Chromium put
+  // the mark at the start of a line (its box left of the previous character's box).
+  const out = [];
+  for (const p of document.querySelectorAll('p.excerpt, p.meta, p.kw')) {
+    const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      for (let i = 1; i < n.data.length; i++) {
+        if (n.data[i] !== '…' && n.data[i] !== '·') continue;
+        const r = document.createRange();
+        r.setStart(n, i); r.setEnd(n, i + 1);
+        const mark = r.getBoundingClientRect();
+        r.setStart(n, i - 1); r.setEnd(n, i);
+        const before = r.getBoundingClientRect();
+        out.push([n.data.codePointAt(i - 1), mark.top > before.top + 2]);
+      }
+    }
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_an_ellipsis_or_a_dot_never_starts_a_line(chromium: Any, width: int) -> None:  # noqa: F811
+    # The excerpts end in "…", metas and keyword lines have "·": each after a no-break space.
+    html = render(digest(12, links=True), LINKS, environment()).html
+    page = open_email(chromium, html, width)
+    try:
+        marks = page.evaluate(NO_LONE_MARK_JS)
+    finally:
+        page.close()
+    assert len(marks) > 24
+    assert all(before == 0xA0 for before, _ in marks), {hex(b) for b, _ in marks}
+    assert not any(alone for _, alone in marks)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_each_item_has_one_link_to_its_paper(chromium: Any, width: int) -> None:  # noqa: F811
+    html = render(digest(6, titles=HOSTILE_TITLES, links=True), LINKS, environment()).html
+    page = open_email(chromium, html, width)
+    try:
+        items = items_of(page)
+    finally:
+        page.close()
+    texts = []
+    for item in items:
+        hrefs = [href for _, href in item["links"]]
+        assert len(hrefs) == len(set(hrefs)), item["links"]
+        assert item["links"][0][0] == item["title"]  # the one link to the paper is its title
+        texts += [label for label, _ in item["links"][1:]]
+    assert set(texts) == {"Code", "PDF"}
+
+
+def test_the_preheader_is_padded_so_the_snippet_ends_with_it(chromium: Any) -> None:  # noqa: F811
+    html = render(digest(3), LINKS, environment()).html
+    page = open_email(chromium, html)
+    try:
+        pre = page.evaluate("document.querySelector('.preheader').textContent")
+        shown = page.evaluate("document.body.innerText")
+    finally:
+        page.close()
+    text, _, pad = pre.partition("cache and 2 more.")
+    assert text.startswith("Top pick: Paper 1: Faster")
+    # What inbox snippets show after the preheader: only characters that show nothing.
+    assert len(pad) >= 150 and set(pad) <= {"\u200c", "\u00a0"}
+    assert pad == PREHEADER_PAD
+    assert "Top pick" not in shown  # hidden in the body
+
+
+def test_the_text_part_numbers_items_and_sets_them_apart(project: Project,
+                                                         smtp_server: SmtpServer) -> None:
+    project.write_config(
+        f"[smtp]\nhost = '{smtp_server.host}'\nport = {smtp_server.port}\nsecurity = 'none'\n",
+        transport="smtp")
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    pipeline.send(settings, db, NOW, only=["grace"])
+    (received,) = smtp_server.sink.received
+    plain = raw_part(received.data, "plain")
+    lines = plain.decode("utf-8").split("\r\n")
+    numbered = [i for i, line in enumerate(lines) if re.match(r"\d+\. \S", line)]
+    assert [int(lines[i].split(".")[0]) for i in numbered] == list(range(1, len(numbered) + 1))
+    assert len(numbered) >= 2
+    for i in numbered:
+        assert lines[i - 1] == ""  # a blank line before every item
+        # Its link under its title (which may wrap), then a blank line before the excerpt.
+        head = lines[i:lines.index("", i)]
+        assert any(re.fullmatch(r"<https://\S+>", line) for line in head), head
+        # (title, perhaps on two lines, link, meta): the excerpt is not run into it.
+        assert len(head) <= 4, head
+    # The signature separator: "-- " with its space, which QP writes as "--=20".
+    raw = received.data.split(b"\r\n\r\n", 1)[1]
+    assert b"\r\n--=20\r\n" in raw and "-- " in lines
+    # Grace lives in New York: the footer says her time, not UTC.
+    html = raw_part(received.data, "html").decode("utf-8")
+    assert "Sent by digest - 2026-11-25 07:00 EST" in plain.decode("utf-8")
+    assert "2026-11-25 07:00 EST" in " ".join(lxml.html.document_fromstring(html)
+                                             .text_content().split())
+
+
+def raw_part(data: bytes, subtype: str) -> bytes:
+    """One text part of a message, QP-decoded by hand from the raw bytes."""
+    boundary = re.search(rb'boundary="([^"]+)"', data)
+    assert boundary is not None
+    for chunk in data.split(b"\r\n--" + boundary.group(1)):
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        if f"Content-Type: text/{subtype}".encode() in head:
+            return quopri.decodestring(body)
+    raise AssertionError(f"no text/{subtype} part")
+
+
+def raw_encoded_part(data: bytes, subtype: str) -> bytes:
+    """One text part of a message as it travels (still QP-encoded)."""
+    boundary = re.search(rb'boundary="([^"]+)"', data)
+    assert boundary is not None
+    for chunk in data.split(b"\r\n--" + boundary.group(1)):
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        if f"Content-Type: text/{subtype}".encode() in head:
+            return body
+    raise AssertionError(f"no text/{subtype} part")
+
+
+# --- 6: every digest fits under Gmail's clipping size --------------------------------------
+
+
+def big_digest(items: int) -> Digest:
+    """`items` real arXiv abstracts (1,100-1,900 characters) with long titles, TL;DRs, code
+    and PDF links, many keywords: the most an item shows."""
+    base = digest(items, links=True)
+    keywords = tuple(f"keyword {k}" for k in range(12))
+    sections = []
+    for section in base.sections:
+        matches = []
+        for m in section.matches:
+            real = REAL[len(matches) % len(REAL)]
+            # As the store gives them: TeX made readable.
+            listing: Listing = dataclasses.replace(
+                m.listing, title=readable(real["title"]) + " " + "and a long subtitle " * 8,
+                abstract=readable(real["abstract"]), tldr=TLDR * 2)
+            matches.append(Match(listing, m.topic, m.score, keywords,
+                                 abstract_spans=((900, 910),)))
+        sections.append(dataclasses.replace(section, matches=tuple(matches)))
+    return dataclasses.replace(base, sections=tuple(sections))
+
+
+@pytest.mark.parametrize("items", [1, 10, 43, 50, 100])
+def test_every_digest_fits_the_budget_with_its_footer(items: int) -> None:
+    d = big_digest(items)
+    fitted = fit(d, LINKS, environment())
+    assert html_size(fitted.rendered) <= HTML_BUDGET < 102_400
+    html = fitted.rendered.html
+    assert "Unsubscribe from this digest" in html and LINKS.unsubscribe in html
+    shown = len(fitted.digest.matches)
+    assert html.count('<td class="item"') == shown
+    assert shown + fitted.left_out == items
+    if fitted.left_out:
+        assert f"{fitted.left_out} more paper" in html and f"{fitted.left_out} more paper" in (
+            " ".join(fitted.rendered.text.split()))
+        # As many as fit are kept (no item is left out that the budget had room for) ...
+        assert html_size(fitted.rendered) > HTML_BUDGET - 2 * 2_000
+        # ... and the best: every item left out scored no better than every item shown.
+        kept = {m.listing.id for m in fitted.digest.matches}
+        worst_kept = min(m.score for m in fitted.digest.matches)
+        assert all(m.score <= worst_kept for m in d.matches if m.listing.id not in kept)
+    # The fast path and the straightforward one fit the same way.
+    if items in (1, 50):
+        slow = fit(d, LINKS, environment(), reference=True)
+        assert len(slow.digest.matches) == shown and slow.rendered.text == fitted.rendered.text
+
+
+@pytest.mark.parametrize(("width", "scheme"), [(375, "light"), (375, "dark"), (600, "dark")])
+def test_a_clipped_digest_reads_well_at_every_width_and_scheme(
+    chromium: Any, width: int, scheme: str, tmp_path: Path  # noqa: F811
+) -> None:
+    fitted = fit(big_digest(100), LINKS, environment())
+    assert fitted.left_out > 0
+    page = open_email(chromium, fitted.rendered.html, width, scheme)
+    try:
+        page.screenshot(path=str(tmp_path / f"clipped-{width}-{scheme}.png"), full_page=True)
+        assert page.evaluate(CONTRAST_JS) == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        more = page.evaluate("document.querySelector('p.more').innerText")
+    finally:
+        page.close()
+    assert more.startswith(f"{fitted.left_out} more papers matched")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
+    project: Project, smtp_server: SmtpServer, chromium: Any,  # noqa: F811
+    tmp_path: Path, width: int,
+) -> None:
+    # 130 listings with real abstracts; a subscriber with max_items = 100 who matches all.
+    source = tmp_path / "many.jsonl"
+    with source.open("w", encoding="utf-8") as f:
+        for i in range(130):
+            real = REAL[i % len(REAL)]
+            f.write(json.dumps({
+                "title": f"{real['title']} (part {i})", "abstract": real["abstract"],
+                "id": f"paper-{i}", "url": f"https://example.org/papers/{i}",
+                "upvotes": i, "links": {"code": f"https://github.com/example/p{i}",
+                                        "pdf": f"https://example.org/papers/{i}.pdf"},
+            }) + "\n")
+    project.write_config(
+        f"[smtp]\nhost = '{smtp_server.host}'\nport = {smtp_server.port}\nsecurity = 'none'\n",
+        transport="smtp",
+        sources=f'[[sources]]\nname = "many"\ntype = "jsonl"\npath = "{source}"\n')
+    for sid in ("ada", "grace"):
+        (project.subscribers / f"{sid}.toml").unlink()
+    project.subscriber("reader", """
+        name = "Reader"
+        email = "reader@example.org"
+        timezone = "UTC"
+        max_items = 100
+        lookback_days = 7
+
+        [[topics]]
+        name = "Everything"
+        keywords = ["the", "model", "video", "robot", "quantization", "vision"]
+        """)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    pipeline.send(settings, db, NOW)
+    (received,) = smtp_server.sink.received
+    html = raw_part(received.data, "html")
+    # As sent: the decoded part, and the part as it travels (QP), both under ~102 KB.
+    assert len(html) <= HTML_BUDGET
+    assert len(raw_encoded_part(received.data, "html")) < 102_400
+    page = open_email(chromium, html.decode("utf-8"), width)
+    try:
+        shown = page.evaluate("document.querySelectorAll('td.item').length")
+        unsubscribe = page.evaluate("""() => {
+            const a = [...document.querySelectorAll('a')].find(
+                a => a.textContent.includes('Unsubscribe'));
+            return a ? [a.href, a.getBoundingClientRect().height > 0] : null; }""")
+        text = " ".join(str(page.evaluate("document.body.innerText")).split())
+    finally:
+        page.close()
+    assert 30 <= shown < 100
+    assert unsubscribe is not None and unsubscribe[1]
+    left_out = 100 - shown
+    assert f"{left_out} more papers matched but did not fit in this email." in text
+    # Only what the email shows is recorded as sent; the rest stay candidates.
+    sent = store.sent_listing_ids(db, "reader/2026-11-25")
+    assert len(sent) == shown
+    sent_titles = []
+    for lid in sent:
+        listing = store.get_listing(db, lid)
+        assert listing is not None
+        sent_titles.append(listing.title)
+    shown_parts = sorted(re.findall(r"\(part (\d+)\)", text))
+    assert shown_parts == sorted(re.findall(r"\(part (\d+)\)", " ".join(sent_titles)))
+    pipeline.send(settings, db, NOW.replace(day=26))
+    later = set(store.sent_listing_ids(db, "reader/2026-11-26"))
+    assert later and not later & set(sent)
+    assert len(later) == min(100, 130 - shown)
