@@ -419,3 +419,17 @@ def test_every_source_type_has_a_rank() -> None:
     assert set(AUTHORITY) == types
     assert AUTHORITY["arxiv"] == AUTHORITY["hf-daily"] > AUTHORITY["hf-page"] \
         > AUTHORITY["feed"] == AUTHORITY["jsonl"]
+
+
+def test_a_tldr_is_cleaned_and_capped_like_the_other_text(loopback: Loopback) -> None:
+    body = json.loads((Path(__file__).parent / "fixtures" / "sources"
+                       / "hf_daily_2024-05-02.json").read_text(encoding="utf-8"))
+    first = next(p for p in body if p["paper"].get("ai_summary"))
+    first["paper"]["ai_summary"] = "Safe\u202e summary\u200b. " + "word " * 1000
+    url = loopback.route("/api/daily_papers",
+                         Reply(json.dumps(body).encode(), content_type="application/json"))
+    report = read(source(type="hf-daily", url=url, days=1))
+    (item,) = [x for x in report.listings if x.arxiv_id == first["paper"]["id"]]
+    assert item.tldr is not None and item.tldr.startswith("Safe summary. word")
+    assert "\u202e" not in item.tldr and "\u200b" not in item.tldr
+    assert len(item.tldr) <= MAX_TITLE and item.tldr.endswith("…")

@@ -471,6 +471,7 @@ def bounded(listing: Listing, authority: int) -> Listing:
         else listing.id,
         title=title,
         abstract=cut(clean(listing.abstract), MAX_ABSTRACT),
+        tldr=cut(clean(listing.tldr), MAX_TITLE) or None,
         url=safe_url(listing.url),
         authors=tuple(names),
         author_count=count,
