@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -207,10 +207,19 @@ _URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
 
 
 def safe_link(url: str, fallback: str) -> str:
-    """`url` if it is an http(s) URL, percent-encoded so it is the same string in every
-    serialiser (premailer escapes spaces and non-ASCII in href); else `fallback`."""
+    """`url` if it is an http(s) URL without userinfo, percent-encoded so it is the same
+    string in every serialiser (premailer escapes spaces and non-ASCII in href); else
+    `fallback`."""
     scheme = url.split(":", 1)[0].lower()
     if scheme not in ("http", "https") or not url.split(":", 1)[1].startswith("//"):
+        return fallback
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return fallback
+    if "@" in parts.netloc:
+        # `https://arxiv.org@evil.example/` opens evil.example: never shown, even from a
+        # row stored before sources refused such URLs.
         return fallback
     return quote(url, safe=_URL_SAFE)
 

@@ -174,3 +174,12 @@ def test_compiling_prints_no_cssutils_or_premailer_warnings(
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_links_with_userinfo_are_never_rendered() -> None:
+    # A row stored before sources refused such URLs must not reach a reader either.
+    d = digest(1, url="https://arxiv.org@evil.example/abs/2405.00001")
+    html = render(d, LINKS, environment()).html
+    hrefs = lxml.html.document_fromstring(html).xpath("//a/@href")
+    assert hrefs and not any("evil.example" in h for h in hrefs)
+    assert "evil.example" not in render(d, LINKS, environment()).text
