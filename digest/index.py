@@ -43,11 +43,13 @@ from .match import (
     Pattern,
     Profile,
     _merge_spans,
+    choose,
     compile_author,
     compile_keyword,
     compile_profile,
     document,
     group,
+    topic_caps,
     topic_filter,
     trending_key,
 )
@@ -87,14 +89,25 @@ class Index:
         row_sub: list[int] = []
         req_n: list[int] = []
         row_min: list[int] = []
+        row_group: list[int] = []
+        group_sub: list[int] = []
+        group_cap: list[int] = []
         self._row_categories: dict[int, frozenset[str]] = {}
         for subscriber in subscribers:
             s = len(self.subscribers)
             self.subscribers.append(subscriber)
             self.position[subscriber.id] = s
+            # Topics that share a name are one section (a "group") and share its cap.
+            names = list(dict.fromkeys(t.name for t in subscriber.topics))
+            caps = topic_caps((t.name, t.max_items) for t in subscriber.topics)
+            first = len(group_sub)
+            for name in names:
+                group_sub.append(s)
+                group_cap.append(caps.get(name, 0))
             for topic in subscriber.topics:
                 row = len(row_sub)
                 row_sub.append(s)
+                row_group.append(first + names.index(topic.name))
                 row_min.append(topic.min_upvotes)
                 weight = max(1, round(topic.weight * UNITS))
                 for keyword in topic.keywords:
@@ -115,6 +128,7 @@ class Index:
             e_col += excluded
             e_sub += [s] * len(excluded)
         self.rows = len(row_sub)
+        self._groups(row_sub, row_group, group_sub, group_cap)
         n_pat = len(self._keys)
         self.columns = n_pat + len(self._authors)
         shape_p = (self.columns, self.rows)
@@ -134,7 +148,11 @@ class Index:
         # Topics without rules (most of them) go straight from keywords to subscribers in one
         # product; topics with rules keep a topic-level step where the rules are applied.
         ruled = (self._row_min > 0) | (self._req_n > 0) | self._has_categories
-        plain = ~ruled
+        # Subscribers with one section fold every plain topic into one keyword -> subscriber
+        # product; those with several keep one row per topic (`_P_multi_T`): the topic that
+        # scores a listing highest decides its section.
+        multi_row = self._multi[np.array(row_sub, dtype=np.int64)]
+        plain = ~ruled & ~multi_row
         self._PG: sparse.csr_matrix = (self._P[:, plain] @ self._G[plain, :]).tocsr()
         # The product is the hot loop: int32 halves its memory traffic whenever no
         # subscriber's total can reach 2**31 thousandths (3 x the sum of their weights).
@@ -147,7 +165,57 @@ class Index:
         self._P_ruled: sparse.csr_matrix = self._P[:, ruled].tocsr()
         self._R_ruled: sparse.csr_matrix = self._R[:, ruled].tocsr()
         self._G_ruled: sparse.csr_matrix = self._G[ruled, :].tocsr()
+        self._ruled_multi = multi_row[self._ruled]
+        # Topic rows of the subscribers with several sections, in row order: each one's rows
+        # are a contiguous run starting at `_multi_start`, and `_multi_pos` maps a topic row
+        # to its place in that run (-1 for the other subscribers' rows).
+        self._multi_rows = np.flatnonzero(multi_row)
+        self._multi_pos = np.full(self.rows, -1, dtype=np.int64)
+        self._multi_pos[self._multi_rows] = np.arange(self._multi_rows.size)
+        self._multi_subs = np.flatnonzero(self._multi)
+        self._multi_start = np.searchsorted(self._multi_rows, self._row_start[self._multi_subs])
+        self._multi_count = np.diff(np.append(self._multi_start, self._multi_rows.size))
+        self._multi_index = np.full(len(self.subscribers), -1, dtype=np.int64)
+        self._multi_index[self._multi_subs] = np.arange(self._multi_subs.size)
+        self._multi_group = self._row_group[self._multi_rows]
+        self._multi_ruled = self._multi_pos[self._ruled[self._ruled_multi]]
+        self._P_multi_T: sparse.csr_matrix = self._P[:, multi_row].T.tocsr().astype(self.dtype)
         self._build_lookup()
+
+    def _groups(self, row_sub: list[int], row_group: list[int], group_sub: list[int],
+                group_cap: list[int]) -> None:
+        """Each subscriber's sections ("groups"), and what selection keeps of each: a capped
+        group its top `cap` items; an uncapped one its best item (its guaranteed slot), the
+        rest competing in the subscriber's top `max_items` among uncapped groups."""
+        n_subs = len(self.subscribers)
+        self.groups = len(group_sub)
+        self._row_group = np.array(row_group, dtype=np.int64)
+        self._row_start = np.searchsorted(np.array(row_sub, dtype=np.int64), np.arange(n_subs))
+        self._group_sub = np.array(group_sub, dtype=np.int64)
+        self._group_start = np.searchsorted(self._group_sub, np.arange(n_subs + 1))
+        n_groups = np.diff(self._group_start)
+        self._multi = n_groups > 1
+        limit = np.array([sub.max_items for sub in self.subscribers], dtype=np.int64)
+        cap = np.array(group_cap, dtype=np.int64)
+        # A cap of max_items or more never binds: the digest is full first.
+        cap[cap >= limit[self._group_sub]] = 0
+        self._group_cap = cap
+        self._group_uncapped = cap == 0
+        # A lone uncapped section's best item is in the top max_items anyway.
+        self._group_keep = np.where(cap > 0, cap, self._multi[self._group_sub].astype(np.int64))
+        uncapped = np.zeros(n_subs, dtype=np.bool_)
+        uncapped[self._group_sub[self._group_uncapped]] = True
+        self._limit_top = np.where(uncapped, limit, 0)
+        # Where each subscriber's groups start, for `lowest_of_groups` (one past the end, an
+        # entry holding _ALL, for subscribers without any).
+        self._group_first = np.where(n_groups > 0, self._group_start[:-1], self.groups)
+
+    def lowest_of_groups(self, per_group: IntArray) -> IntArray:
+        """Each subscriber's smallest value of `per_group` (_ALL when it has no groups)."""
+        padded = np.append(per_group, _ALL)
+        lowest = np.minimum.reduceat(padded, self._group_first)
+        lowest[self._group_first == self.groups] = _ALL
+        return lowest
 
     # --- registries -----------------------------------------------------------------------
 
@@ -268,6 +336,7 @@ def _micros(when: datetime) -> int:
 
 _NEVER = np.iinfo(np.int64).min
 _EXCLUDED = 2**40  # more than any total score in thousandths
+_ALL = np.iinfo(np.int64).max  # a k-th best key no match beats: nothing more is kept
 
 
 def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matrix:
@@ -396,29 +465,36 @@ def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> l
 
 
 def _merge_top(
-    best: tuple[IntArray, IntArray, IntArray],
-    new: tuple[IntArray, IntArray, IntArray],
-    limits: IntArray,
-) -> tuple[IntArray, IntArray, IntArray]:
+    best: tuple[IntArray, ...], new: tuple[IntArray, ...], limits: IntArray
+) -> tuple[IntArray, ...]:
     """Each column's `limits[col]` entries with the largest keys among `best` (already in
-    order: column, then key descending) and `new`, in that order. Entries are (col, key, row)."""
+    order: column, then key descending) and `new`, in that order. Entries are (col, key, ...):
+    any further arrays travel with them."""
     cols = np.concatenate([best[0], new[0]])
     if cols.size == 0:
         return best
     keys = np.concatenate([best[1], new[1]])
-    rows = np.concatenate([best[2], new[2]])
     span = int(keys.max()) + 1
     if span * (int(cols.max()) + 1) < 2**62:
         # `best` is one sorted run: the stable sort (timsort) finds it and merges into it.
         order = np.argsort(cols * span + (span - 1 - keys), kind="stable")
     else:
         order = np.lexsort((-keys, cols))
-    cols, keys, rows = cols[order], keys[order], rows[order]
+    cols = cols[order]
     starts = np.ones(cols.size, dtype=np.bool_)
     starts[1:] = cols[1:] != cols[:-1]
     group_start = np.maximum.accumulate(np.where(starts, np.arange(cols.size), 0))
-    keep = (np.arange(cols.size) - group_start) < limits[cols]
-    return cols[keep], keys[keep], rows[keep]
+    keep = order[(np.arange(cols.size) - group_start) < limits[cols]]
+    return tuple(np.concatenate([b, n])[keep] for b, n in zip(best, new, strict=True))
+
+
+def _update_kth(kth: IntArray, entries: tuple[IntArray, ...], limits: IntArray) -> None:
+    """Set `kth[col]` to the key of the last entry of each column that holds `limits[col]`
+    entries (entries in order: column, then key descending)."""
+    counts = np.bincount(entries[0], minlength=limits.size)
+    full = np.flatnonzero((counts >= limits) & (limits > 0))
+    ends = np.cumsum(counts)
+    kth[full] = entries[1][ends[full] - 1]
 
 
 class Scan:
@@ -498,38 +574,50 @@ class Scan:
         return found
 
     def _block(
-        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
-    ) -> tuple[IntArray, IntArray, IntArray]:
-        """(subscriber, listing, score) of the matches among the listings `sel` that may beat
-        the subscriber's k-th best so far, with every topic rule and exclude applied."""
+        self, sel: IntArray, floor: IntArray, since: IntArray, sent_keys: IntArray
+    ) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+        """(subscriber, listing, score, group) of the candidate matches among the listings
+        `sel` whose key beats the subscriber's `floor`, with every topic rule and exclude
+        applied; the group is the section the listing goes under."""
         index = self.index
         # Dense (subscribers x listings of the block) totals: at the match density of real
         # profiles this beats a sparse result, and the block size bounds its memory.
         dense_hits = np.ascontiguousarray(self._hits_product[sel].T.toarray())
         totals = index._PG_T @ dense_hits
+        # Per topic for subscribers with several sections (their rows of `totals` are zero
+        # until summed from here).
+        topics = index._P_multi_T @ dense_hits
         if index._ruled.size:
-            ruled = self._ruled_totals(sel).tocoo()
-            totals[ruled.col, ruled.row] += ruled.data.astype(totals.dtype)
-        # The one pass over every (listing, subscriber) pair: most score below the k-th best
-        # so far; ties on the score are settled on the survivors by the listing's rank.
+            self._add_ruled(sel, totals, topics)
+        if index._multi_subs.size:
+            totals[index._multi_subs] = np.add.reduceat(topics, index._multi_start, axis=0)
+        # The one pass over every (listing, subscriber) pair: most score below the floor;
+        # ties on the score are settled on the survivors by the listing's rank.
         n_docs = len(self.listings)
-        threshold = np.maximum(kth_score, 1).astype(totals.dtype)
+        top = np.iinfo(totals.dtype).max
+        threshold = np.clip(floor // max(1, n_docs), 1, top).astype(totals.dtype)
         at = np.flatnonzero(totals >= threshold[:, None])
         subs, local = np.divmod(at, sel.size)
         scores = totals.ravel()[at].astype(np.int64)
         if self.count_pairs:
             self.pairs += int(np.count_nonzero(totals))
         keys = scores * n_docs + (n_docs - 1 - self.rank[sel[local]])
-        beats = keys > kth[subs]
+        beats = keys > floor[subs]
         subs, local, scores = subs[beats], local[beats], scores[beats]
         if index._E_T.nnz and subs.size:
             # Excluded pairs, also dense (few subscribers have excludes: a cheap product).
             excluded = (index._E_T @ dense_hits).ravel()[subs * sel.size + local] > 0
             subs, local, scores = subs[~excluded], local[~excluded], scores[~excluded]
-        return subs, sel[local], scores
+        if sent_keys.size or (since > _NEVER).any():
+            ok = self._candidates(subs, sel[local], since, sent_keys)
+            subs, local, scores = subs[ok], local[ok], scores[ok]
+        return subs, sel[local], scores, self._place(subs, local, topics)
 
-    def _ruled_totals(self, sel: IntArray) -> sparse.csr_matrix:
-        """Subscriber totals from the topics with rules: categories, min_upvotes, require."""
+    def _add_ruled(self, sel: IntArray, totals: npt.NDArray[np.int32 | np.int64],
+                   topics: npt.NDArray[np.int32 | np.int64]) -> None:
+        """Add the scores of the topics with rules (categories, min_upvotes, require) that
+        let the listings through: to `totals`, or to `topics` for subscribers with several
+        sections."""
         index = self.index
         topic = (self.hits[sel] @ index._P_ruled).tocoo()
         d = topic.row.astype(np.int64)
@@ -545,9 +633,36 @@ class Scan:
             allowed = index._row_categories[int(r[k])]
             if allowed.isdisjoint(self.listings[int(sel[d[k]])].categories):
                 keep[k] = False
-        kept = sparse.csr_matrix((topic.data[keep], (d[keep], j[keep])), shape=topic.shape)
-        result: sparse.csr_matrix = kept @ index._G_ruled
-        return result
+        multi = index._ruled_multi[j]
+        one = keep & ~multi
+        kept = sparse.csr_matrix((topic.data[one], (d[one], j[one])), shape=topic.shape)
+        summed = (kept @ index._G_ruled).tocoo()
+        totals[summed.col, summed.row] += summed.data.astype(totals.dtype)
+        if index._multi_ruled.size:
+            topics[index._multi_ruled] = 0  # the product counted them whatever the rules
+            several = keep & multi
+            topics[index._multi_pos[r[several]], d[several]] = topic.data[several]
+
+    def _place(self, subs: IntArray, local: IntArray,
+               topics: npt.NDArray[np.int32 | np.int64]) -> IntArray:
+        """The group (section) each (subscriber, listing of the block) match goes under: the
+        first of the subscriber's topics that scores it highest."""
+        index = self.index
+        groups = index._group_start[subs]
+        m = np.flatnonzero(index._multi[subs])
+        if m.size:
+            k = index._multi_index[subs[m]]
+            start, count, cols = index._multi_start[k], index._multi_count[k], local[m]
+            best_at = start.copy()
+            best = topics[start, cols]
+            for j in range(1, int(count.max())):
+                a = np.flatnonzero(count > j)
+                v = topics[start[a] + j, cols[a]]
+                better = v > best[a]
+                best[a[better]] = v[better]
+                best_at[a[better]] = start[a[better]] + j
+            groups[m] = index._multi_group[best_at]
+        return groups
 
     def _candidates(
         self, subs: IntArray, rows: IntArray, since: IntArray, sent_keys: IntArray
@@ -565,9 +680,12 @@ class Scan:
         block: int = 200,
         cells: int = 20_000_000,
     ) -> Selection:
-        """Every subscriber's top `max_items` among their candidates: the listings first seen
-        at or after `since[id]` (all when absent) and not in a (subscriber id, listing id)
-        pair of `sent` (streamed: only integer keys are kept)."""
+        """What every subscriber's digest may hold, among their candidates: the listings first
+        seen at or after `since[id]` (all when absent) and not in a (subscriber id, listing
+        id) pair of `sent` (streamed: only integer keys are kept). Kept per subscriber: the
+        top `max_items` of the sections without a cap of their own, the top `max_items` of
+        each section with one, and each section's best item; `Selection.items` picks the
+        digest from these with `match.choose`, as `match.select` does from every match."""
         index = self.index
         n_subs = len(index.subscribers)
         since_arr = np.full(n_subs, _NEVER, dtype=np.int64)
@@ -581,17 +699,19 @@ class Scan:
              if sid in position and lid in row_of),
             dtype=np.int64,
         ))
-        limits = np.array([sub.max_items for sub in index.subscribers], dtype=np.int64)
         empty = np.zeros(0, dtype=np.int64)
-        best_cols, best_keys, best_rows = empty, empty, empty
-        # The k-th best of each subscriber so far: later blocks only bring what may beat it,
-        # so after the first (small) block little is left to sort.
-        kth = np.full(n_subs, -1, dtype=np.int64)
-        kth_score: npt.NDArray[np.int32 | np.int64] = np.zeros(n_subs, dtype=index.dtype)
+        # Entries (subscriber, key, row, group) of the top `max_items` among uncapped groups,
+        # and (group, key, row) of each group's top `_group_keep`.
+        top: tuple[IntArray, ...] = (empty, empty, empty, empty)
+        kept: tuple[IntArray, ...] = (empty, empty, empty)
+        # The k-th best key of each so far (-1 until there are k; _ALL when nothing is kept):
+        # later blocks only bring what may beat one of them, so little is left to sort.
+        kth_top = np.where(index._limit_top > 0, -1, _ALL)
+        kth_group = np.where(index._group_keep > 0, -1, _ALL)
         # Blocks of listings small enough that a dense block stays near `cells` entries.
-        block = max(1, min(block, cells // max(1, n_subs)))
+        per_listing = max(1, n_subs + index._multi_rows.size)
+        block = max(1, min(block, cells // per_listing))
         a, size = 0, max(1, block // 8)
-        filtering = bool(sent_keys.size) or bool((since_arr > _NEVER).any())
         self.pairs = 0
         # Listings with the most keyword hits first: they raise the thresholds fastest. The
         # order changes nothing else (ties are broken by the global rank).
@@ -599,23 +719,31 @@ class Scan:
         visit = np.argsort(-weight, kind="stable").astype(np.int64)
         while a < n_docs:
             b = min(a + size, n_docs)
-            s, r, v = self._block(visit[a:b], kth, kth_score)
-            if filtering:
-                ok = self._candidates(s, r, since_arr, sent_keys)
-                s, r, v = s[ok], r[ok], v[ok]
+            # A match may be dropped when it can enter neither the top nor any group's top.
+            floor = np.minimum(kth_top, index.lowest_of_groups(kth_group))
+            s, r, v, g = self._block(visit[a:b], floor, since_arr, sent_keys)
             # One key orders a subscriber's matches: the score, then the listing's rank.
             key = v * n_docs + (n_docs - 1 - self.rank[r])
-            best_cols, best_keys, best_rows = _merge_top(
-                (best_cols, best_keys, best_rows), (s, key, r), limits)
-            counts = np.bincount(best_cols, minlength=n_subs)
-            full = np.flatnonzero(counts >= limits)
-            ends = np.cumsum(counts)
-            kth[full] = best_keys[ends[full] - 1]
-            kth_score[full] = kth[full] // n_docs
+            to_top = index._group_uncapped[g] & (key > kth_top[s])
+            to_group = key > kth_group[g]
+            top = _merge_top(top, (s[to_top], key[to_top], r[to_top], g[to_top]),
+                             index._limit_top)
+            kept = _merge_top(kept, (g[to_group], key[to_group], r[to_group]),
+                              index._group_keep)
+            _update_kth(kth_top, top, index._limit_top)
+            _update_kth(kth_group, kept, index._group_keep)
             a, size = b, min(block, 2 * size)
-        scores = best_keys // n_docs if n_docs else best_keys
-        best = (best_cols, best_rows, scores)
-        return Selection(self, *best, since_arr, sent_keys)
+        subs = np.concatenate([top[0], index._group_sub[kept[0]]])
+        keys = np.concatenate([top[1], kept[1]])
+        rows = np.concatenate([top[2], kept[2]])
+        groups = np.concatenate([top[3], kept[0]])
+        order = np.lexsort((-keys, subs))
+        subs, keys, rows, groups = subs[order], keys[order], rows[order], groups[order]
+        once = np.ones(subs.size, dtype=np.bool_)  # a listing kept twice has one key
+        once[1:] = (subs[1:] != subs[:-1]) | (keys[1:] != keys[:-1])
+        scores = keys[once] // n_docs if n_docs else keys[once]
+        return Selection(self, subs[once], rows[once], scores, groups[once], since_arr,
+                         sent_keys)
 
     def digest(
         self,
@@ -636,23 +764,30 @@ class Selection:
     """Every subscriber's selected listings; digests are built from it one at a time."""
 
     def __init__(
-        self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray,
+        self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray, groups: IntArray,
         since: IntArray, sent_keys: IntArray,
     ) -> None:
         self.scan = scan
-        self._subs, self._rows, self._scores = subs, rows, scores
+        # Every subscriber's kept candidates, best first, with the group each goes under.
+        self._subs, self._rows, self._scores, self._groups = subs, rows, scores, groups
         self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
         self._since = since
         self._sent_keys = sent_keys  # sorted subscriber * listings + row
 
     def __len__(self) -> int:
-        return int(self._subs.size)
+        """How many items all the digests hold (trending sections apart)."""
+        return sum(len(self.items(sub.id)) for sub in self.scan.index.subscribers)
 
     def items(self, subscriber_id: str) -> list[tuple[int, int]]:
         """A subscriber's selected (listing row, score in thousandths), best first."""
-        s = self.scan.index.position[subscriber_id]
+        index = self.scan.index
+        s = index.position[subscriber_id]
         a, b = self._starts[s], self._starts[s + 1]
-        return list(zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True))
+        groups = self._groups[a:b].tolist()
+        caps = {g: int(index._group_cap[g]) for g in set(groups) if index._group_cap[g]}
+        rows, scores = self._rows[a:b].tolist(), self._scores[a:b].tolist()
+        return [(rows[i], scores[i])
+                for i in choose(groups, index.subscribers[s].max_items, caps)]
 
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""

@@ -4,8 +4,9 @@ Text and keywords go through the same steps: Unicode NFKC, case folding, splitti
 word tokens (hyphens and all punctuation separate tokens), and the Snowball English
 stemmer on each token of at most `MAX_STEMMED` characters; a longer token is its own stem
 (compared whole, case-folded), since the stemmer's work grows with the square of a word's
-length and any source can store a 300,000-letter "word". Offsets refer to the NFKC form of the text, which is also the form
-the email shows, so highlights line up with what the reader sees.
+length and any source can store a 300,000-letter "word". Offsets refer to the NFKC form of
+the text, which is also the form the email shows, so highlights line up with what the reader
+sees.
 """
 
 from __future__ import annotations
