@@ -178,8 +178,11 @@ class Index:
         self._multi_index = np.full(len(self.subscribers), -1, dtype=np.int64)
         self._multi_index[self._multi_subs] = np.arange(self._multi_subs.size)
         self._multi_group = self._row_group[self._multi_rows]
+        self._multi_row_sub = np.array(row_sub, dtype=np.int64)[self._multi_rows]
         self._multi_ruled = self._multi_pos[self._ruled[self._ruled_multi]]
         self._P_multi_T: sparse.csr_matrix = self._P[:, multi_row].T.tocsr().astype(self.dtype)
+        self._G_multi_T: sparse.csr_matrix = (
+            self._G[multi_row][:, self._multi_subs].T.tocsr().astype(self.dtype))
         self._build_lookup()
 
     def _groups(self, row_sub: list[int], row_group: list[int], group_sub: list[int],
@@ -574,11 +577,14 @@ class Scan:
         return found
 
     def _block(
-        self, sel: IntArray, floor: IntArray, since: IntArray, sent_keys: IntArray
+        self, sel: IntArray, floor: IntArray, low: IntArray, low_floor: IntArray,
+        since: IntArray, sent_keys: IntArray,
     ) -> tuple[IntArray, IntArray, IntArray, IntArray]:
         """(subscriber, listing, score, group) of the candidate matches among the listings
-        `sel` whose key beats the subscriber's `floor`, with every topic rule and exclude
-        applied; the group is the section the listing goes under."""
+        `sel` whose key beats the subscriber's `floor`, or that one of the `low` topic rows
+        (of subscribers with several sections) scores and whose key beats that row's
+        `low_floor`; every topic rule and exclude applied. The group is the section the
+        listing goes under."""
         index = self.index
         # Dense (subscribers x listings of the block) totals: at the match density of real
         # profiles this beats a sparse result, and the block size bounds its memory.
@@ -590,7 +596,8 @@ class Scan:
         if index._ruled.size:
             self._add_ruled(sel, totals, topics)
         if index._multi_subs.size:
-            totals[index._multi_subs] = np.add.reduceat(topics, index._multi_start, axis=0)
+            # A sparse product sums each subscriber's run of rows (much faster than reduceat).
+            totals[index._multi_subs] = index._G_multi_T @ topics
         # The one pass over every (listing, subscriber) pair: most score below the floor;
         # ties on the score are settled on the survivors by the listing's rank.
         n_docs = len(self.listings)
@@ -603,7 +610,20 @@ class Scan:
             self.pairs += int(np.count_nonzero(totals))
         keys = scores * n_docs + (n_docs - 1 - self.rank[sel[local]])
         beats = keys > floor[subs]
-        subs, local, scores = subs[beats], local[beats], scores[beats]
+        at, subs, local = at[beats], subs[beats], local[beats]
+        if low.size:
+            # A section whose floor is below its subscriber's may take a listing under that
+            # floor, but only one that its own topics score (exact keys are compared later).
+            low_subs = index._multi_row_sub[low]
+            low_threshold = np.clip(low_floor // max(1, n_docs), 1, top).astype(totals.dtype)
+            t_row, t_local = np.nonzero((topics[low] > 0)
+                                        & (totals[low_subs] >= low_threshold[:, None]))
+            wanted = np.zeros(totals.size, dtype=np.bool_)
+            wanted[at] = True
+            wanted[low_subs[t_row] * sel.size + t_local] = True
+            at = np.flatnonzero(wanted)
+            subs, local = np.divmod(at, sel.size)
+        scores = totals.ravel()[at].astype(np.int64)
         if index._E_T.nnz and subs.size:
             # Excluded pairs, also dense (few subscribers have excludes: a cheap product).
             excluded = (index._E_T @ dense_hits).ravel()[subs * sel.size + local] > 0
@@ -649,19 +669,30 @@ class Scan:
         first of the subscriber's topics that scores it highest."""
         index = self.index
         groups = index._group_start[subs]
-        m = np.flatnonzero(index._multi[subs])
+        k = index._multi_index[subs]
+        m = np.flatnonzero(k >= 0)
         if m.size:
-            k = index._multi_index[subs[m]]
-            start, count, cols = index._multi_start[k], index._multi_count[k], local[m]
-            best_at = start.copy()
-            best = topics[start, cols]
+            k = k[m]
+            start, count = index._multi_start[k], index._multi_count[k]
+            width = topics.shape[1]
+            flat = topics.ravel()
+            at = start * width + local[m]  # each match's first topic row
+            best = flat[at]
+            best_j = np.zeros(m.size, dtype=np.int64)
             for j in range(1, int(count.max())):
-                a = np.flatnonzero(count > j)
-                v = topics[start[a] + j, cols[a]]
-                better = v > best[a]
-                best[a[better]] = v[better]
-                best_at[a[better]] = start[a[better]] + j
-            groups[m] = index._multi_group[best_at]
+                has = count > j
+                if has.all():
+                    v = flat[at + j * width]
+                    better = v > best
+                    best = np.where(better, v, best)
+                    best_j[better] = j
+                else:  # only the subscribers with more topics
+                    a = np.flatnonzero(has)
+                    v = flat[at[a] + j * width]
+                    better = v > best[a]
+                    best[a[better]] = v[better]
+                    best_j[a[better]] = j
+            groups[m] = index._multi_group[start + best_j]
         return groups
 
     def _candidates(
@@ -708,6 +739,10 @@ class Scan:
         # later blocks only bring what may beat one of them, so little is left to sort.
         kth_top = np.where(index._limit_top > 0, -1, _ALL)
         kth_group = np.where(index._group_keep > 0, -1, _ALL)
+        # The groups of subscribers with several sections are checked topic row by topic row
+        # when their floor is below the subscriber's top (see `_block`).
+        multi_group = index._multi[index._group_sub]
+        row_sub = index._multi_row_sub
         # Blocks of listings small enough that a dense block stays near `cells` entries.
         per_listing = max(1, n_subs + index._multi_rows.size)
         block = max(1, min(block, cells // per_listing))
@@ -720,8 +755,12 @@ class Scan:
         while a < n_docs:
             b = min(a + size, n_docs)
             # A match may be dropped when it can enter neither the top nor any group's top.
-            floor = np.minimum(kth_top, index.lowest_of_groups(kth_group))
-            s, r, v, g = self._block(visit[a:b], floor, since_arr, sent_keys)
+            floor = np.minimum(kth_top, index.lowest_of_groups(np.where(multi_group, _ALL,
+                                                                        kth_group)))
+            row_floor = kth_group[index._multi_group]
+            low = np.flatnonzero(row_floor < kth_top[row_sub])
+            s, r, v, g = self._block(visit[a:b], floor, low, row_floor[low], since_arr,
+                                     sent_keys)
             # One key orders a subscriber's matches: the score, then the listing's rank.
             key = v * n_docs + (n_docs - 1 - self.rank[r])
             to_top = index._group_uncapped[g] & (key > kth_top[s])
