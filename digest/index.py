@@ -49,7 +49,6 @@ from .match import (
     compile_profile,
     document,
     group,
-    topic_caps,
     topic_filter,
     trending_key,
 )
@@ -89,25 +88,14 @@ class Index:
         row_sub: list[int] = []
         req_n: list[int] = []
         row_min: list[int] = []
-        row_group: list[int] = []
-        group_sub: list[int] = []
-        group_cap: list[int] = []
         self._row_categories: dict[int, frozenset[str]] = {}
         for subscriber in subscribers:
             s = len(self.subscribers)
             self.subscribers.append(subscriber)
             self.position[subscriber.id] = s
-            # Topics that share a name are one section (a "group") and share its cap.
-            names = list(dict.fromkeys(t.name for t in subscriber.topics))
-            caps = topic_caps((t.name, t.max_items) for t in subscriber.topics)
-            first = len(group_sub)
-            for name in names:
-                group_sub.append(s)
-                group_cap.append(caps.get(name, 0))
             for topic in subscriber.topics:
                 row = len(row_sub)
                 row_sub.append(s)
-                row_group.append(first + names.index(topic.name))
                 row_min.append(topic.min_upvotes)
                 weight = max(1, round(topic.weight * UNITS))
                 for keyword in topic.keywords:
@@ -128,7 +116,6 @@ class Index:
             e_col += excluded
             e_sub += [s] * len(excluded)
         self.rows = len(row_sub)
-        self._groups(row_sub, row_group, group_sub, group_cap)
         n_pat = len(self._keys)
         self.columns = n_pat + len(self._authors)
         shape_p = (self.columns, self.rows)
@@ -148,11 +135,7 @@ class Index:
         # Topics without rules (most of them) go straight from keywords to subscribers in one
         # product; topics with rules keep a topic-level step where the rules are applied.
         ruled = (self._row_min > 0) | (self._req_n > 0) | self._has_categories
-        # Subscribers with one section fold every plain topic into one keyword -> subscriber
-        # product; those with several keep one row per topic (`_P_multi_T`): the topic that
-        # scores a listing highest decides its section.
-        multi_row = self._multi[np.array(row_sub, dtype=np.int64)]
-        plain = ~ruled & ~multi_row
+        plain = ~ruled
         self._PG: sparse.csr_matrix = (self._P[:, plain] @ self._G[plain, :]).tocsr()
         # The product is the hot loop: int32 halves its memory traffic whenever no
         # subscriber's total can reach 2**31 thousandths (3 x the sum of their weights).
@@ -165,60 +148,7 @@ class Index:
         self._P_ruled: sparse.csr_matrix = self._P[:, ruled].tocsr()
         self._R_ruled: sparse.csr_matrix = self._R[:, ruled].tocsr()
         self._G_ruled: sparse.csr_matrix = self._G[ruled, :].tocsr()
-        self._ruled_multi = multi_row[self._ruled]
-        # Topic rows of the subscribers with several sections, in row order: each one's rows
-        # are a contiguous run starting at `_multi_start`, and `_multi_pos` maps a topic row
-        # to its place in that run (-1 for the other subscribers' rows).
-        self._multi_rows = np.flatnonzero(multi_row)
-        self._multi_pos = np.full(self.rows, -1, dtype=np.int64)
-        self._multi_pos[self._multi_rows] = np.arange(self._multi_rows.size)
-        self._multi_subs = np.flatnonzero(self._multi)
-        self._multi_start = np.searchsorted(self._multi_rows, self._row_start[self._multi_subs])
-        self._multi_count = np.diff(np.append(self._multi_start, self._multi_rows.size))
-        self._multi_index = np.full(len(self.subscribers), -1, dtype=np.int64)
-        self._multi_index[self._multi_subs] = np.arange(self._multi_subs.size)
-        self._multi_group = self._row_group[self._multi_rows]
-        self._multi_row_sub = np.array(row_sub, dtype=np.int64)[self._multi_rows]
-        self._multi_ruled = self._multi_pos[self._ruled[self._ruled_multi]]
-        self._P_multi_T: sparse.csr_matrix = self._P[:, multi_row].T.tocsr().astype(self.dtype)
-        self._G_multi_T: sparse.csr_matrix = (
-            self._G[multi_row][:, self._multi_subs].T.tocsr().astype(self.dtype))
         self._build_lookup()
-
-    def _groups(self, row_sub: list[int], row_group: list[int], group_sub: list[int],
-                group_cap: list[int]) -> None:
-        """Each subscriber's sections ("groups"), and what selection keeps of each: a capped
-        group its top `cap` items; an uncapped one its best item (its guaranteed slot), the
-        rest competing in the subscriber's top `max_items` among uncapped groups."""
-        n_subs = len(self.subscribers)
-        self.groups = len(group_sub)
-        self._row_group = np.array(row_group, dtype=np.int64)
-        self._row_start = np.searchsorted(np.array(row_sub, dtype=np.int64), np.arange(n_subs))
-        self._group_sub = np.array(group_sub, dtype=np.int64)
-        self._group_start = np.searchsorted(self._group_sub, np.arange(n_subs + 1))
-        n_groups = np.diff(self._group_start)
-        self._multi = n_groups > 1
-        limit = np.array([sub.max_items for sub in self.subscribers], dtype=np.int64)
-        cap = np.array(group_cap, dtype=np.int64)
-        # A cap of max_items or more never binds: the digest is full first.
-        cap[cap >= limit[self._group_sub]] = 0
-        self._group_cap = cap
-        self._group_uncapped = cap == 0
-        # A lone uncapped section's best item is in the top max_items anyway.
-        self._group_keep = np.where(cap > 0, cap, self._multi[self._group_sub].astype(np.int64))
-        uncapped = np.zeros(n_subs, dtype=np.bool_)
-        uncapped[self._group_sub[self._group_uncapped]] = True
-        self._limit_top = np.where(uncapped, limit, 0)
-        # Where each subscriber's groups start, for `lowest_of_groups` (one past the end, an
-        # entry holding _ALL, for subscribers without any).
-        self._group_first = np.where(n_groups > 0, self._group_start[:-1], self.groups)
-
-    def lowest_of_groups(self, per_group: IntArray) -> IntArray:
-        """Each subscriber's smallest value of `per_group` (_ALL when it has no groups)."""
-        padded = np.append(per_group, _ALL)
-        lowest = np.minimum.reduceat(padded, self._group_first)
-        lowest[self._group_first == self.groups] = _ALL
-        return lowest
 
     # --- registries -----------------------------------------------------------------------
 
@@ -339,7 +269,6 @@ def _micros(when: datetime) -> int:
 
 _NEVER = np.iinfo(np.int64).min
 _EXCLUDED = 2**40  # more than any total score in thousandths
-_ALL = np.iinfo(np.int64).max  # a k-th best key no match beats: nothing more is kept
 
 
 def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matrix:
@@ -468,36 +397,29 @@ def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> l
 
 
 def _merge_top(
-    best: tuple[IntArray, ...], new: tuple[IntArray, ...], limits: IntArray
-) -> tuple[IntArray, ...]:
+    best: tuple[IntArray, IntArray, IntArray],
+    new: tuple[IntArray, IntArray, IntArray],
+    limits: IntArray,
+) -> tuple[IntArray, IntArray, IntArray]:
     """Each column's `limits[col]` entries with the largest keys among `best` (already in
-    order: column, then key descending) and `new`, in that order. Entries are (col, key, ...):
-    any further arrays travel with them."""
+    order: column, then key descending) and `new`, in that order. Entries are (col, key, row)."""
     cols = np.concatenate([best[0], new[0]])
     if cols.size == 0:
         return best
     keys = np.concatenate([best[1], new[1]])
+    rows = np.concatenate([best[2], new[2]])
     span = int(keys.max()) + 1
     if span * (int(cols.max()) + 1) < 2**62:
         # `best` is one sorted run: the stable sort (timsort) finds it and merges into it.
         order = np.argsort(cols * span + (span - 1 - keys), kind="stable")
     else:
         order = np.lexsort((-keys, cols))
-    cols = cols[order]
+    cols, keys, rows = cols[order], keys[order], rows[order]
     starts = np.ones(cols.size, dtype=np.bool_)
     starts[1:] = cols[1:] != cols[:-1]
     group_start = np.maximum.accumulate(np.where(starts, np.arange(cols.size), 0))
-    keep = order[(np.arange(cols.size) - group_start) < limits[cols]]
-    return tuple(np.concatenate([b, n])[keep] for b, n in zip(best, new, strict=True))
-
-
-def _update_kth(kth: IntArray, entries: tuple[IntArray, ...], limits: IntArray) -> None:
-    """Set `kth[col]` to the key of the last entry of each column that holds `limits[col]`
-    entries (entries in order: column, then key descending)."""
-    counts = np.bincount(entries[0], minlength=limits.size)
-    full = np.flatnonzero((counts >= limits) & (limits > 0))
-    ends = np.cumsum(counts)
-    kth[full] = entries[1][ends[full] - 1]
+    keep = (np.arange(cols.size) - group_start) < limits[cols]
+    return cols[keep], keys[keep], rows[keep]
 
 
 class Scan:
@@ -536,6 +458,7 @@ class Scan:
         self._spans: dict[tuple[int, int], tuple[list[Span], list[Span]]] = {}
         self._positions_cache: dict[int, tuple[_Positions, _Positions]] = {}
         self._row_hits: dict[int, dict[int, int]] = {}
+        self._by_column: sparse.csc_matrix | None = None
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
         self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
 
@@ -576,68 +499,45 @@ class Scan:
                                                    self.hits.data[a:b].tolist(), strict=True))
         return found
 
+    def by_column(self) -> sparse.csc_matrix:
+        """The hits by column: which listings each keyword or author hits (made once)."""
+        if self._by_column is None:
+            self._by_column = self.hits.tocsc()
+        return self._by_column
+
     def _block(
-        self, sel: IntArray, floor: IntArray, low: IntArray, low_floor: IntArray,
-        since: IntArray, sent_keys: IntArray,
-    ) -> tuple[IntArray, IntArray, IntArray, IntArray]:
-        """(subscriber, listing, score, group) of the candidate matches among the listings
-        `sel` whose key beats the subscriber's `floor`, or that one of the `low` topic rows
-        (of subscribers with several sections) scores and whose key beats that row's
-        `low_floor`; every topic rule and exclude applied. The group is the section the
-        listing goes under."""
+        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
+    ) -> tuple[IntArray, IntArray, IntArray]:
+        """(subscriber, listing, score) of the matches among the listings `sel` that may beat
+        the subscriber's k-th best so far, with every topic rule and exclude applied."""
         index = self.index
         # Dense (subscribers x listings of the block) totals: at the match density of real
         # profiles this beats a sparse result, and the block size bounds its memory.
         dense_hits = np.ascontiguousarray(self._hits_product[sel].T.toarray())
         totals = index._PG_T @ dense_hits
-        # Per topic for subscribers with several sections (their rows of `totals` are zero
-        # until summed from here).
-        topics = index._P_multi_T @ dense_hits
         if index._ruled.size:
-            self._add_ruled(sel, totals, topics)
-        if index._multi_subs.size:
-            # A sparse product sums each subscriber's run of rows (much faster than reduceat).
-            totals[index._multi_subs] = index._G_multi_T @ topics
-        # The one pass over every (listing, subscriber) pair: most score below the floor;
-        # ties on the score are settled on the survivors by the listing's rank.
+            ruled = self._ruled_totals(sel).tocoo()
+            totals[ruled.col, ruled.row] += ruled.data.astype(totals.dtype)
+        # The one pass over every (listing, subscriber) pair: most score below the k-th best
+        # so far; ties on the score are settled on the survivors by the listing's rank.
         n_docs = len(self.listings)
-        top = np.iinfo(totals.dtype).max
-        threshold = np.clip(floor // max(1, n_docs), 1, top).astype(totals.dtype)
+        threshold = np.maximum(kth_score, 1).astype(totals.dtype)
         at = np.flatnonzero(totals >= threshold[:, None])
         subs, local = np.divmod(at, sel.size)
         scores = totals.ravel()[at].astype(np.int64)
         if self.count_pairs:
             self.pairs += int(np.count_nonzero(totals))
         keys = scores * n_docs + (n_docs - 1 - self.rank[sel[local]])
-        beats = keys > floor[subs]
-        at, subs, local = at[beats], subs[beats], local[beats]
-        if low.size:
-            # A section whose floor is below its subscriber's may take a listing under that
-            # floor, but only one that its own topics score (exact keys are compared later).
-            low_subs = index._multi_row_sub[low]
-            low_threshold = np.clip(low_floor // max(1, n_docs), 1, top).astype(totals.dtype)
-            t_row, t_local = np.nonzero((topics[low] > 0)
-                                        & (totals[low_subs] >= low_threshold[:, None]))
-            wanted = np.zeros(totals.size, dtype=np.bool_)
-            wanted[at] = True
-            wanted[low_subs[t_row] * sel.size + t_local] = True
-            at = np.flatnonzero(wanted)
-            subs, local = np.divmod(at, sel.size)
-        scores = totals.ravel()[at].astype(np.int64)
+        beats = keys > kth[subs]
+        subs, local, scores = subs[beats], local[beats], scores[beats]
         if index._E_T.nnz and subs.size:
             # Excluded pairs, also dense (few subscribers have excludes: a cheap product).
             excluded = (index._E_T @ dense_hits).ravel()[subs * sel.size + local] > 0
             subs, local, scores = subs[~excluded], local[~excluded], scores[~excluded]
-        if sent_keys.size or (since > _NEVER).any():
-            ok = self._candidates(subs, sel[local], since, sent_keys)
-            subs, local, scores = subs[ok], local[ok], scores[ok]
-        return subs, sel[local], scores, self._place(subs, local, topics)
+        return subs, sel[local], scores
 
-    def _add_ruled(self, sel: IntArray, totals: npt.NDArray[np.int32 | np.int64],
-                   topics: npt.NDArray[np.int32 | np.int64]) -> None:
-        """Add the scores of the topics with rules (categories, min_upvotes, require) that
-        let the listings through: to `totals`, or to `topics` for subscribers with several
-        sections."""
+    def _ruled_totals(self, sel: IntArray) -> sparse.csr_matrix:
+        """Subscriber totals from the topics with rules: categories, min_upvotes, require."""
         index = self.index
         topic = (self.hits[sel] @ index._P_ruled).tocoo()
         d = topic.row.astype(np.int64)
@@ -653,47 +553,9 @@ class Scan:
             allowed = index._row_categories[int(r[k])]
             if allowed.isdisjoint(self.listings[int(sel[d[k]])].categories):
                 keep[k] = False
-        multi = index._ruled_multi[j]
-        one = keep & ~multi
-        kept = sparse.csr_matrix((topic.data[one], (d[one], j[one])), shape=topic.shape)
-        summed = (kept @ index._G_ruled).tocoo()
-        totals[summed.col, summed.row] += summed.data.astype(totals.dtype)
-        if index._multi_ruled.size:
-            topics[index._multi_ruled] = 0  # the product counted them whatever the rules
-            several = keep & multi
-            topics[index._multi_pos[r[several]], d[several]] = topic.data[several]
-
-    def _place(self, subs: IntArray, local: IntArray,
-               topics: npt.NDArray[np.int32 | np.int64]) -> IntArray:
-        """The group (section) each (subscriber, listing of the block) match goes under: the
-        first of the subscriber's topics that scores it highest."""
-        index = self.index
-        groups = index._group_start[subs]
-        k = index._multi_index[subs]
-        m = np.flatnonzero(k >= 0)
-        if m.size:
-            k = k[m]
-            start, count = index._multi_start[k], index._multi_count[k]
-            width = topics.shape[1]
-            flat = topics.ravel()
-            at = start * width + local[m]  # each match's first topic row
-            best = flat[at]
-            best_j = np.zeros(m.size, dtype=np.int64)
-            for j in range(1, int(count.max())):
-                has = count > j
-                if has.all():
-                    v = flat[at + j * width]
-                    better = v > best
-                    best = np.where(better, v, best)
-                    best_j[better] = j
-                else:  # only the subscribers with more topics
-                    a = np.flatnonzero(has)
-                    v = flat[at[a] + j * width]
-                    better = v > best[a]
-                    best[a[better]] = v[better]
-                    best_j[a[better]] = j
-            groups[m] = index._multi_group[start + best_j]
-        return groups
+        kept = sparse.csr_matrix((topic.data[keep], (d[keep], j[keep])), shape=topic.shape)
+        result: sparse.csr_matrix = kept @ index._G_ruled
+        return result
 
     def _candidates(
         self, subs: IntArray, rows: IntArray, since: IntArray, sent_keys: IntArray
@@ -711,12 +573,9 @@ class Scan:
         block: int = 200,
         cells: int = 20_000_000,
     ) -> Selection:
-        """What every subscriber's digest may hold, among their candidates: the listings first
-        seen at or after `since[id]` (all when absent) and not in a (subscriber id, listing
-        id) pair of `sent` (streamed: only integer keys are kept). Kept per subscriber: the
-        top `max_items` of the sections without a cap of their own, the top `max_items` of
-        each section with one, and each section's best item; `Selection.items` picks the
-        digest from these with `match.choose`, as `match.select` does from every match."""
+        """Every subscriber's top `max_items` among their candidates: the listings first seen
+        at or after `since[id]` (all when absent) and not in a (subscriber id, listing id)
+        pair of `sent` (streamed: only integer keys are kept)."""
         index = self.index
         n_subs = len(index.subscribers)
         since_arr = np.full(n_subs, _NEVER, dtype=np.int64)
@@ -730,23 +589,17 @@ class Scan:
              if sid in position and lid in row_of),
             dtype=np.int64,
         ))
+        limits = np.array([sub.max_items for sub in index.subscribers], dtype=np.int64)
         empty = np.zeros(0, dtype=np.int64)
-        # Entries (subscriber, key, row, group) of the top `max_items` among uncapped groups,
-        # and (group, key, row) of each group's top `_group_keep`.
-        top: tuple[IntArray, ...] = (empty, empty, empty, empty)
-        kept: tuple[IntArray, ...] = (empty, empty, empty)
-        # The k-th best key of each so far (-1 until there are k; _ALL when nothing is kept):
-        # later blocks only bring what may beat one of them, so little is left to sort.
-        kth_top = np.where(index._limit_top > 0, -1, _ALL)
-        kth_group = np.where(index._group_keep > 0, -1, _ALL)
-        # The groups of subscribers with several sections are checked topic row by topic row
-        # when their floor is below the subscriber's top (see `_block`).
-        multi_group = index._multi[index._group_sub]
-        row_sub = index._multi_row_sub
+        best_cols, best_keys, best_rows = empty, empty, empty
+        # The k-th best of each subscriber so far: later blocks only bring what may beat it,
+        # so after the first (small) block little is left to sort.
+        kth = np.full(n_subs, -1, dtype=np.int64)
+        kth_score: npt.NDArray[np.int32 | np.int64] = np.zeros(n_subs, dtype=index.dtype)
         # Blocks of listings small enough that a dense block stays near `cells` entries.
-        per_listing = max(1, n_subs + index._multi_rows.size)
-        block = max(1, min(block, cells // per_listing))
+        block = max(1, min(block, cells // max(1, n_subs)))
         a, size = 0, max(1, block // 8)
+        filtering = bool(sent_keys.size) or bool((since_arr > _NEVER).any())
         self.pairs = 0
         # Listings with the most keyword hits first: they raise the thresholds fastest. The
         # order changes nothing else (ties are broken by the global rank).
@@ -754,35 +607,23 @@ class Scan:
         visit = np.argsort(-weight, kind="stable").astype(np.int64)
         while a < n_docs:
             b = min(a + size, n_docs)
-            # A match may be dropped when it can enter neither the top nor any group's top.
-            floor = np.minimum(kth_top, index.lowest_of_groups(np.where(multi_group, _ALL,
-                                                                        kth_group)))
-            row_floor = kth_group[index._multi_group]
-            low = np.flatnonzero(row_floor < kth_top[row_sub])
-            s, r, v, g = self._block(visit[a:b], floor, low, row_floor[low], since_arr,
-                                     sent_keys)
+            s, r, v = self._block(visit[a:b], kth, kth_score)
+            if filtering:
+                ok = self._candidates(s, r, since_arr, sent_keys)
+                s, r, v = s[ok], r[ok], v[ok]
             # One key orders a subscriber's matches: the score, then the listing's rank.
             key = v * n_docs + (n_docs - 1 - self.rank[r])
-            to_top = index._group_uncapped[g] & (key > kth_top[s])
-            to_group = key > kth_group[g]
-            top = _merge_top(top, (s[to_top], key[to_top], r[to_top], g[to_top]),
-                             index._limit_top)
-            kept = _merge_top(kept, (g[to_group], key[to_group], r[to_group]),
-                              index._group_keep)
-            _update_kth(kth_top, top, index._limit_top)
-            _update_kth(kth_group, kept, index._group_keep)
+            best_cols, best_keys, best_rows = _merge_top(
+                (best_cols, best_keys, best_rows), (s, key, r), limits)
+            counts = np.bincount(best_cols, minlength=n_subs)
+            full = np.flatnonzero(counts >= limits)
+            ends = np.cumsum(counts)
+            kth[full] = best_keys[ends[full] - 1]
+            kth_score[full] = kth[full] // n_docs
             a, size = b, min(block, 2 * size)
-        subs = np.concatenate([top[0], index._group_sub[kept[0]]])
-        keys = np.concatenate([top[1], kept[1]])
-        rows = np.concatenate([top[2], kept[2]])
-        groups = np.concatenate([top[3], kept[0]])
-        order = np.lexsort((-keys, subs))
-        subs, keys, rows, groups = subs[order], keys[order], rows[order], groups[order]
-        once = np.ones(subs.size, dtype=np.bool_)  # a listing kept twice has one key
-        once[1:] = (subs[1:] != subs[:-1]) | (keys[1:] != keys[:-1])
-        scores = keys[once] // n_docs if n_docs else keys[once]
-        return Selection(self, subs[once], rows[once], scores, groups[once], since_arr,
-                         sent_keys)
+        scores = best_keys // n_docs if n_docs else best_keys
+        best = (best_cols, best_rows, scores)
+        return Selection(self, *best, since_arr, sent_keys)
 
     def digest(
         self,
@@ -803,36 +644,118 @@ class Selection:
     """Every subscriber's selected listings; digests are built from it one at a time."""
 
     def __init__(
-        self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray, groups: IntArray,
+        self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray,
         since: IntArray, sent_keys: IntArray,
     ) -> None:
         self.scan = scan
-        # Every subscriber's kept candidates, best first, with the group each goes under.
-        self._subs, self._rows, self._scores, self._groups = subs, rows, scores, groups
+        self._subs, self._rows, self._scores = subs, rows, scores
         self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
         self._since = since
         self._sent_keys = sent_keys  # sorted subscriber * listings + row
 
     def __len__(self) -> int:
-        """How many items all the digests hold (trending sections apart)."""
-        return sum(len(self.items(sub.id)) for sub in self.scan.index.subscribers)
+        """How many (subscriber, listing) pairs the scoring kept: every subscriber's top
+        `max_items` by score, before `items` applies the sections' rule."""
+        return int(self._subs.size)
 
     def items(self, subscriber_id: str) -> list[tuple[int, int]]:
-        """A subscriber's selected (listing row, score in thousandths), best first."""
-        index = self.scan.index
-        s = index.position[subscriber_id]
+        """A subscriber's digest items (listing row, score in thousandths), best first."""
+        subscriber = self.scan.index.subscribers[self.scan.index.position[subscriber_id]]
+        profile = compile_profile(subscriber)
+        return [(row, score) for row, score, _name in
+                self._pick(subscriber, profile, self._plan(profile))]
+
+    def _pick(
+        self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan]
+    ) -> list[tuple[int, int, str]]:
+        """The digest's (listing row, score, section) by the rule of `match.select`.
+
+        Scoring kept the top `max_items` by score; that is the digest when the subscriber has
+        one section and no cap of its own. Otherwise it still holds every section's best item
+        whenever that section has an item there, so only the sections without one are looked
+        up, among the listings their own keywords and authors hit (few, or the section would
+        be there). A cap below `max_items` can let in items from far down the ranking: then
+        every match of the subscriber is placed.
+        """
+        index, scan = self.scan.index, self.scan
+        s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
-        groups = self._groups[a:b].tolist()
-        caps = {g: int(index._group_cap[g]) for g in set(groups) if index._group_cap[g]}
-        rows, scores = self._rows[a:b].tolist(), self._scores[a:b].tolist()
-        return [(rows[i], scores[i])
-                for i in choose(groups, index.subscribers[s].max_items, caps)]
+        top = list(zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True))
+        names = list(dict.fromkeys(t.name for t in profile.topics))
+        caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
+        if len(names) == 1:
+            return [(row, score, names[0]) for row, score in top[:caps.get(names[0])]]
+        placed: dict[int, tuple[int, str]] = {}
+        for row, _score in top:
+            name, total = self._place(plan, row)
+            assert name is not None, "a selected listing has a best topic"
+            placed[row] = (total, name)
+        missing = set(names) - {name for _total, name in placed.values()}
+        wanted = {*names} if caps else missing
+        if wanted:
+            leaders: dict[str, tuple[int, int]] = {}  # section -> (row, total) of its best
+            for row in self._hit_by(s, plan, wanted, set(placed)):
+                name, total = self._place(plan, row)
+                if name is None or name not in wanted:
+                    continue
+                if caps:
+                    placed[row] = (total, name)
+                elif name not in leaders or self._before(row, total, *leaders[name]):
+                    leaders[name] = (row, total)
+            for name, (row, total) in leaders.items():
+                placed[row] = (total, name)
+        ranked = sorted(placed, key=lambda r: (-placed[r][0], scan.rank[r]))
+        chosen = choose([placed[r][1] for r in ranked], subscriber.max_items, caps)
+        return [(ranked[i], *placed[ranked[i]]) for i in chosen]
+
+    def _before(self, row: int, total: int, other: int, other_total: int) -> bool:
+        """Whether a listing (row, score) ranks before another."""
+        return (-total, self.scan.rank[row]) < (-other_total, self.scan.rank[other])
+
+    def _hit_by(
+        self, s: int, plan: list[_TopicPlan], names: set[str], skip: set[int]
+    ) -> list[int]:
+        """The candidate listings (rows) of subscriber `s` that a keyword or followed author
+        of a topic named in `names` hits, none excluded, apart from those in `skip`."""
+        scan, index = self.scan, self.scan.index
+        columns = {pid for topic, _u, keywords, _r, authors in plan if topic.name in names
+                   for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
+        by_column = scan.by_column()
+        rows = {int(r) for c in columns
+                for r in by_column.indices[by_column.indptr[c]:by_column.indptr[c + 1]]}
+        n_docs = len(scan.listings)
+        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
+        sent = set((self._sent_keys[lo:hi] - s * n_docs).tolist())
+        exclude = {index.pattern_id(p) for p in compile_profile(index.subscribers[s]).exclude}
+        return [r for r in sorted(rows - skip - sent)
+                if scan.first_seen[r] >= self._since[s]
+                and not (exclude and not exclude.isdisjoint(scan.row_hits(r)))]
+
+    def _place(self, plan: list[_TopicPlan], row: int) -> tuple[str | None, int]:
+        """The section a listing goes under (None when no topic lets it in) and its score in
+        thousandths: `_match` without the highlights."""
+        scan = self.scan
+        listing = scan.listings[row]
+        hits = scan.row_hits(row)
+        best: str | None = None
+        best_units = total = 0
+        for topic, topic_units, keywords, required, authors in plan:
+            if topic_filter(topic, listing) is not None:
+                continue
+            if any(pid not in hits for pid in required):
+                continue
+            units = sum(topic_units * hits[pid] for _p, pid in keywords if pid in hits)
+            units += sum(topic_units * TITLE_FACTOR for _a, col in authors if col in hits)
+            total += units
+            if units > best_units:
+                best, best_units = topic.name, units
+        return best, total
 
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
-        items = self.items(subscriber.id)
         plan = self._plan(profile)
+        items = [(row, score) for row, score, _name in self._pick(subscriber, profile, plan)]
         top = [self._match(plan, row, score) for row, score in items]
         sections = group(top)
         if profile.trending > 0:
