@@ -662,58 +662,53 @@ class Selection:
         """A subscriber's digest items (listing row, score in thousandths), best first."""
         subscriber = self.scan.index.subscribers[self.scan.index.position[subscriber_id]]
         profile = compile_profile(subscriber)
-        return [(row, score) for row, score, _name in
+        return [(row, score) for row, score, _m in
                 self._pick(subscriber, profile, self._plan(profile))]
 
     def _pick(
         self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan]
-    ) -> list[tuple[int, int, str]]:
-        """The digest's (listing row, score, section) by the rule of `match.select`.
+    ) -> list[tuple[int, int, Match]]:
+        """The digest's (listing row, score, Match), by the rule of `match.select`.
 
         Scoring kept the top `max_items` by score; that is the digest when the subscriber has
         one section and no cap of its own. Otherwise it still holds every section's best item
         whenever that section has an item there, so only the sections without one are looked
-        up, among the listings their own keywords and authors hit (few, or the section would
-        be there). A cap below `max_items` can let in items from far down the ranking: then
-        every match of the subscriber is placed.
+        up, among the listings their own keywords and authors hit. A cap below `max_items`
+        can let in items from far down the ranking: then every match is placed.
         """
         index, scan = self.scan.index, self.scan
         s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
-        top = list(zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True))
+        top = {row: (score, self._match(plan, row, score)) for row, score in
+               zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True)}
         names = list(dict.fromkeys(t.name for t in profile.topics))
         caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
         if len(names) == 1:
-            return [(row, score, names[0]) for row, score in top[:caps.get(names[0])]]
-        placed: dict[int, tuple[int, str]] = {}
-        for row, _score in top:
-            name, total = self._place(plan, row)
-            assert name is not None, "a selected listing has a best topic"
-            placed[row] = (total, name)
-        missing = set(names) - {name for _total, name in placed.values()}
-        wanted = {*names} if caps else missing
+            return [(row, score, m) for row, (score, m) in top.items()][:caps.get(names[0])]
+        placed = {row: (score, m.topic) for row, (score, m) in top.items()}
+        wanted = set(names) if caps else set(names) - {m.topic for _s, m in top.values()}
         if wanted:
-            leaders: dict[str, tuple[int, int]] = {}  # section -> (row, total) of its best
-            for row in self._hit_by(s, plan, wanted, set(placed)):
-                name, total = self._place(plan, row)
+            rows = self._hit_by(s, profile, plan, wanted, set(top))
+            leaders: dict[str, tuple[int, int]] = {}  # section -> (score, row) of its best
+            for row, (name, total) in zip(rows, self._place(plan, rows), strict=True):
                 if name is None or name not in wanted:
                     continue
                 if caps:
                     placed[row] = (total, name)
-                elif name not in leaders or self._before(row, total, *leaders[name]):
-                    leaders[name] = (row, total)
-            for name, (row, total) in leaders.items():
+                elif name not in leaders or (-total, scan.rank[row]) < (
+                        -leaders[name][0], scan.rank[leaders[name][1]]):
+                    leaders[name] = (total, row)
+            for name, (total, row) in leaders.items():
                 placed[row] = (total, name)
         ranked = sorted(placed, key=lambda r: (-placed[r][0], scan.rank[r]))
-        chosen = choose([placed[r][1] for r in ranked], subscriber.max_items, caps)
-        return [(ranked[i], *placed[ranked[i]]) for i in chosen]
-
-    def _before(self, row: int, total: int, other: int, other_total: int) -> bool:
-        """Whether a listing (row, score) ranks before another."""
-        return (-total, self.scan.rank[row]) < (-other_total, self.scan.rank[other])
+        chosen = [ranked[i] for i in choose([placed[r][1] for r in ranked],
+                                            subscriber.max_items, caps)]
+        return [(row, placed[row][0], top[row][1] if row in top
+                 else self._match(plan, row, placed[row][0])) for row in chosen]
 
     def _hit_by(
-        self, s: int, plan: list[_TopicPlan], names: set[str], skip: set[int]
+        self, s: int, profile: Profile, plan: list[_TopicPlan], names: set[str],
+        skip: set[int],
     ) -> list[int]:
         """The candidate listings (rows) of subscriber `s` that a keyword or followed author
         of a topic named in `names` hits, none excluded, apart from those in `skip`."""
@@ -726,40 +721,47 @@ class Selection:
         n_docs = len(scan.listings)
         lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
         sent = set((self._sent_keys[lo:hi] - s * n_docs).tolist())
-        exclude = {index.pattern_id(p) for p in compile_profile(index.subscribers[s]).exclude}
-        return [r for r in sorted(rows - skip - sent)
-                if scan.first_seen[r] >= self._since[s]
-                and not (exclude and not exclude.isdisjoint(scan.row_hits(r)))]
+        exclude = [index.pattern_id(p) for p in profile.exclude]
+        since = self._since[s]
+        return [r for r in sorted(rows - skip - sent) if scan.first_seen[r] >= since
+                and not any(pid in scan.row_hits(r) for pid in exclude)]
 
-    def _place(self, plan: list[_TopicPlan], row: int) -> tuple[str | None, int]:
-        """The section a listing goes under (None when no topic lets it in) and its score in
-        thousandths: `_match` without the highlights."""
+    def _place(self, plan: list[_TopicPlan], rows: list[int]) -> list[tuple[str | None, int]]:
+        """For each listing (row): the section it goes under (None when no topic lets it in)
+        and its score in thousandths. `_match`'s arithmetic, as one product for all rows."""
         scan = self.scan
-        listing = scan.listings[row]
-        hits = scan.row_hits(row)
-        best: str | None = None
-        best_units = total = 0
-        for topic, topic_units, keywords, required, authors in plan:
-            if topic_filter(topic, listing) is not None:
-                continue
-            if any(pid not in hits for pid in required):
-                continue
-            units = sum(topic_units * hits[pid] for _p, pid in keywords if pid in hits)
-            units += sum(topic_units * TITLE_FACTOR for _a, col in authors if col in hits)
-            total += units
-            if units > best_units:
-                best, best_units = topic.name, units
-        return best, total
+        if not rows:
+            return []
+        columns = sorted({pid for _t, _u, keywords, _r, authors in plan
+                          for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]})
+        at = {c: i for i, c in enumerate(columns)}
+        weights = np.zeros((len(columns), len(plan)), dtype=np.int64)
+        for t, (_topic, units, keywords, _required, authors) in enumerate(plan):
+            for _k, pid in keywords:  # a keyword listed twice counts twice, as in `_match`
+                weights[at[pid], t] += units
+            for _a, col in authors:  # an author's hit is already TITLE_FACTOR
+                weights[at[col], t] += units
+        scores = scan.hits[rows][:, columns].toarray() @ weights
+        for t, (topic, _units, _keywords, required, _authors) in enumerate(plan):
+            if required or topic.categories or topic.min_upvotes:
+                for i, row in enumerate(rows):
+                    if scores[i, t] and (
+                        topic_filter(topic, scan.listings[row]) is not None
+                        or any(pid not in scan.row_hits(row) for pid in required)
+                    ):
+                        scores[i, t] = 0
+        best = scores.argmax(axis=1).tolist()  # the first topic on a tie
+        totals = scores.sum(axis=1).tolist()
+        return [(plan[t][0].name if total else None, total)
+                for t, total in zip(best, totals, strict=True)]
 
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
-        plan = self._plan(profile)
-        items = [(row, score) for row, score, _name in self._pick(subscriber, profile, plan)]
-        top = [self._match(plan, row, score) for row, score in items]
-        sections = group(top)
+        picked = self._pick(subscriber, profile, self._plan(profile))
+        sections = group([m for _row, _score, m in picked])
         if profile.trending > 0:
-            trending = self._trending(subscriber, profile, {row for row, _ in items})
+            trending = self._trending(subscriber, profile, {row for row, _s, _m in picked})
             if trending is not None:
                 sections += (trending,)
         if not sections:
