@@ -17,7 +17,10 @@ subscriber with one sparse-by-dense product per block (exact integer arithmetic)
 topic rules, excludes and each subscriber's candidate set (lookback, never-resend), and keeps
 each subscriber's top `max_items` with a running k-th best that prunes almost every later
 pair. Matching cost grows with the listings' text and the matches, not with a loop over
-subscribers x listings x keywords.
+subscribers x listings x keywords. `Selection` then applies the sections' rule of
+`match.select` (every topic with matches gets a slot, a topic's own cap) one subscriber at a
+time, as each digest is built: the top by score holds the best item of every section it
+reaches, so only the sections missing from it are looked up (see `Selection._pick`).
 
 The semantics are those of `digest.match`, the reference implementation; a property test
 checks that both give identical digests.
