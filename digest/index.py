@@ -682,12 +682,14 @@ class Selection:
         index, scan = self.scan.index, self.scan
         s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
-        top = {row: (score, self._match(plan, row, score)) for row, score in
-               zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True)}
         names = list(dict.fromkeys(t.name for t in profile.topics))
         caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
-        if len(names) == 1:
-            return [(row, score, m) for row, (score, m) in top.items()][:caps.get(names[0])]
+        if len(names) == 1:  # one section: its top, up to its cap
+            b = min(b, a + caps.get(names[0], b - a))
+        top = {row: (score, self._match(plan, row, score)) for row, score in
+               zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True)}
+        if len(names) <= 1:
+            return [(row, score, m) for row, (score, m) in top.items()]
         placed = {row: (score, m.topic) for row, (score, m) in top.items()}
         wanted = set(names) if caps else set(names) - {m.topic for _s, m in top.values()}
         if wanted:
