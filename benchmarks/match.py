@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     scan.count_pairs = True  # an extra pass, so counted in a second, untimed selection
     scan.select()
     print(f"match:        {match:8.2f} s  (scan {scanned:.2f} s, score and select"
-          f" {match - scanned:.2f} s; {len(selection):,} digest items)")
+          f" {match - scanned:.2f} s; {len(selection):,} top items kept)")
     print(f"density:      {scan.pairs / len(subs):8.0f} matching listings per subscriber"
           f" ({scan.pairs:,} (listing, subscriber) matches, counted apart)")
     print(f"peak memory:  {peak_mb():8,.0f} MB  (whole process, data included)")
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     for sub in sample:
         selection.digest(sub, NOW.date(), NOW)
     per = (time.perf_counter() - t0) / len(sample)
-    print(f"digests:      {per * 1000:8.2f} ms per subscriber (the Digest with highlights, built"
-          f" as each email is rendered; timed on {len(sample):,})")
+    print(f"digests:      {per * 1000:8.2f} ms per subscriber (the Digest with highlights and"
+          f" every topic's slot, built as each email is rendered; timed on {len(sample):,})")
 
     subset = subs[: min(args.naive_subset, len(subs))]
     t0 = time.perf_counter()

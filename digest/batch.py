@@ -35,7 +35,14 @@ from .config import (
 )
 from .errors import ConfigError, UnknownSubscriberError
 from .index import Index, Selection
-from .match import build_digest, compile_profile, document, explain_document, rank_key
+from .match import (
+    build_digest,
+    compile_profile,
+    document,
+    explain_document,
+    rank_key,
+    topic_full,
+)
 from .models import Digest, Listing, Match, Section, Subscriber
 
 log = logging.getLogger("digest")
@@ -176,6 +183,9 @@ def explain(
     profile = compile_profile(subscriber)
     verdicts = [explain_document(profile, document(c)).match for c in candidates]
     ranked = sorted((m for m in verdicts if m is not None), key=rank_key)
+    chosen = [m for m in ranked if m.listing.id in placed
+              and not placed[m.listing.id][0].trending]
+    caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
     out = []
     for listing in found:
         verdict = explain_document(profile, document(listing))
@@ -192,14 +202,28 @@ def explain(
             details.append(line)
         if verdict.excluded_by:
             details.append(f"exclude '{verdict.excluded_by}' matches")
-        out.append(_verdict(listing, verdict.match is not None, verdict.excluded_by, placed,
-                            ranked, subscriber, db, since, details))
+        out.append(_verdict(listing, verdict.match, verdict.excluded_by, placed,
+                            _Ranking(ranked, chosen, caps), subscriber, db, since, details))
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Ranking:
+    """Every match among the candidates in rank order, those the digest chose, the caps."""
+
+    ranked: list[Match]
+    chosen: list[Match]
+    caps: dict[str, int]
+
+    def position(self, listing: Listing) -> int:
+        """The rank (from 1) of a listing among the matches."""
+        return next(i for i, m in enumerate(self.ranked, start=1)
+                    if m.listing.id == listing.id)
+
+
 def _verdict(
-    listing: Listing, matched: bool, excluded: str | None,
-    placed: dict[str, tuple[Section, int, Match]], ranked: list[Match],
+    listing: Listing, match: Match | None, excluded: str | None,
+    placed: dict[str, tuple[Section, int, Match]], ranking: _Ranking,
     subscriber: Subscriber, db: Database, since: datetime,
     details: list[str],
 ) -> Explanation:
@@ -217,17 +241,27 @@ def _verdict(
         if section.trending:
             return Explanation(listing, True, f"in the Trending section, #{position}, with"
                                f" {listing.upvotes} upvotes", details)
+        rank = ranking.position(listing)
+        slot = (f"; in as the best of its topic (every topic with matches gets a slot),"
+                f" though ranked #{rank} of {len(ranking.ranked)} by score"
+                if rank > subscriber.max_items else "")
         return Explanation(listing, True, f"under '{m.topic}', #{position} in that section,"
-                           f" score {m.score:g}", details)
+                           f" score {m.score:g}{slot}", details)
     if excluded is not None:
         return Explanation(listing, False, f"excluded: the exclude keyword '{excluded}'"
                            " matches", details)
-    if matched:
-        position = next(i for i, m in enumerate(ranked, start=1) if m.listing.id == listing.id)
-        last = ranked[subscriber.max_items - 1]
+    if match is not None:
+        position = ranking.position(listing)
+        full = topic_full(match.topic, ranking.chosen, ranking.caps)
+        if full is not None:
+            return Explanation(
+                listing, False,
+                f"cut: topic '{match.topic}' is full (max_items {full}): ranked #{position} of"
+                f" {len(ranking.ranked)} matches, and the topic scored it highest", details)
+        last = ranking.chosen[-1]
         return Explanation(
             listing, False,
-            f"below the max_items cut: ranked #{position} of {len(ranked)} matches, and"
+            f"below the max_items cut: ranked #{position} of {len(ranking.ranked)} matches, and"
             f" max_items is {subscriber.max_items} (the last one kept scored {last.score:g})",
             details)
     trending = (f"; nor is it among the {subscriber.trending} most upvoted for Trending"

@@ -603,6 +603,9 @@ class TopicFile(_Strict):
         default_factory=list, description="The listing must have one of these categories."
     )
     min_upvotes: int = Field(0, ge=0, description="The listing needs at least this many upvotes.")
+    max_items: int | None = Field(
+        None, ge=1, le=100, description="Most items of this topic in one digest."
+    )
 
     @model_validator(mode="after")
     def _something_to_match(self) -> TopicFile:
@@ -775,7 +778,8 @@ def subscriber_from_data(
         lookback_days=data["lookback_days"] or defaults.lookback_days,
         topics=tuple(
             Topic(t["name"], tuple(t["keywords"]), t["weight"], tuple(t["require"]),
-                  tuple(t["authors"]), tuple(t["categories"]), t["min_upvotes"])
+                  tuple(t["authors"]), tuple(t["categories"]), t["min_upvotes"],
+                  t.get("max_items"))  # absent from data cached before topics had it
             for t in data["topics"]
         ),
         exclude=tuple(data["exclude"]),

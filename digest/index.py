@@ -17,7 +17,10 @@ subscriber with one sparse-by-dense product per block (exact integer arithmetic)
 topic rules, excludes and each subscriber's candidate set (lookback, never-resend), and keeps
 each subscriber's top `max_items` with a running k-th best that prunes almost every later
 pair. Matching cost grows with the listings' text and the matches, not with a loop over
-subscribers x listings x keywords.
+subscribers x listings x keywords. `Selection` then applies the sections' rule of
+`match.select` (every topic with matches gets a slot, a topic's own cap) one subscriber at a
+time, as each digest is built: the top by score holds the best item of every section it
+reaches, so only the sections missing from it are looked up (see `Selection._pick`).
 
 The semantics are those of `digest.match`, the reference implementation; a property test
 checks that both give identical digests.
@@ -43,6 +46,7 @@ from .match import (
     Pattern,
     Profile,
     _merge_spans,
+    choose,
     compile_author,
     compile_keyword,
     compile_profile,
@@ -457,6 +461,7 @@ class Scan:
         self._spans: dict[tuple[int, int], tuple[list[Span], list[Span]]] = {}
         self._positions_cache: dict[int, tuple[_Positions, _Positions]] = {}
         self._row_hits: dict[int, dict[int, int]] = {}
+        self._by_column: sparse.csc_matrix | None = None
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
         self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
 
@@ -496,6 +501,12 @@ class Scan:
             found = self._row_hits[row] = dict(zip(self.hits.indices[a:b].tolist(),
                                                    self.hits.data[a:b].tolist(), strict=True))
         return found
+
+    def by_column(self) -> sparse.csc_matrix:
+        """The hits by column: which listings each keyword or author hits (made once)."""
+        if self._by_column is None:
+            self._by_column = self.hits.tocsc()
+        return self._by_column
 
     def _block(
         self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
@@ -646,23 +657,116 @@ class Selection:
         self._sent_keys = sent_keys  # sorted subscriber * listings + row
 
     def __len__(self) -> int:
+        """How many (subscriber, listing) pairs the scoring kept: every subscriber's top
+        `max_items` by score, before `items` applies the sections' rule."""
         return int(self._subs.size)
 
     def items(self, subscriber_id: str) -> list[tuple[int, int]]:
-        """A subscriber's selected (listing row, score in thousandths), best first."""
-        s = self.scan.index.position[subscriber_id]
+        """A subscriber's digest items (listing row, score in thousandths), best first."""
+        subscriber = self.scan.index.subscribers[self.scan.index.position[subscriber_id]]
+        profile = compile_profile(subscriber)
+        return [(row, score) for row, score, _m in
+                self._pick(subscriber, profile, self._plan(profile))]
+
+    def _pick(
+        self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan]
+    ) -> list[tuple[int, int, Match]]:
+        """The digest's (listing row, score, Match), by the rule of `match.select`.
+
+        Scoring kept the top `max_items` by score; that is the digest when the subscriber has
+        one section and no cap of its own. Otherwise it still holds every section's best item
+        whenever that section has an item there, so only the sections without one are looked
+        up, among the listings their own keywords and authors hit. A cap below `max_items`
+        can let in items from far down the ranking: then every match is placed.
+        """
+        index, scan = self.scan.index, self.scan
+        s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
-        return list(zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True))
+        names = list(dict.fromkeys(t.name for t in profile.topics))
+        caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
+        if len(names) == 1:  # one section: its top, up to its cap
+            b = min(b, a + caps.get(names[0], b - a))
+        top = {row: (score, self._match(plan, row, score)) for row, score in
+               zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True)}
+        if len(names) <= 1:
+            return [(row, score, m) for row, (score, m) in top.items()]
+        placed = {row: (score, m.topic) for row, (score, m) in top.items()}
+        wanted = set(names) if caps else set(names) - {m.topic for _s, m in top.values()}
+        if wanted:
+            rows = self._hit_by(s, profile, plan, wanted, set(top))
+            leaders: dict[str, tuple[int, int]] = {}  # section -> (score, row) of its best
+            for row, (name, total) in zip(rows, self._place(plan, rows), strict=True):
+                if name is None or name not in wanted:
+                    continue
+                if caps:
+                    placed[row] = (total, name)
+                elif name not in leaders or (-total, scan.rank[row]) < (
+                        -leaders[name][0], scan.rank[leaders[name][1]]):
+                    leaders[name] = (total, row)
+            for name, (total, row) in leaders.items():
+                placed[row] = (total, name)
+        ranked = sorted(placed, key=lambda r: (-placed[r][0], scan.rank[r]))
+        chosen = [ranked[i] for i in choose([placed[r][1] for r in ranked],
+                                            subscriber.max_items, caps)]
+        return [(row, placed[row][0], top[row][1] if row in top
+                 else self._match(plan, row, placed[row][0])) for row in chosen]
+
+    def _hit_by(
+        self, s: int, profile: Profile, plan: list[_TopicPlan], names: set[str],
+        skip: set[int],
+    ) -> list[int]:
+        """The candidate listings (rows) of subscriber `s` that a keyword or followed author
+        of a topic named in `names` hits, none excluded, apart from those in `skip`."""
+        scan, index = self.scan, self.scan.index
+        columns = {pid for topic, _u, keywords, _r, authors in plan if topic.name in names
+                   for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
+        by_column = scan.by_column()
+        rows = {int(r) for c in columns
+                for r in by_column.indices[by_column.indptr[c]:by_column.indptr[c + 1]]}
+        n_docs = len(scan.listings)
+        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
+        sent = set((self._sent_keys[lo:hi] - s * n_docs).tolist())
+        exclude = [index.pattern_id(p) for p in profile.exclude]
+        since = self._since[s]
+        return [r for r in sorted(rows - skip - sent) if scan.first_seen[r] >= since
+                and not any(pid in scan.row_hits(r) for pid in exclude)]
+
+    def _place(self, plan: list[_TopicPlan], rows: list[int]) -> list[tuple[str | None, int]]:
+        """For each listing (row): the section it goes under (None when no topic lets it in)
+        and its score in thousandths. `_match`'s arithmetic, as one product for all rows."""
+        scan = self.scan
+        if not rows:
+            return []
+        columns = sorted({pid for _t, _u, keywords, _r, authors in plan
+                          for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]})
+        at = {c: i for i, c in enumerate(columns)}
+        weights = np.zeros((len(columns), len(plan)), dtype=np.int64)
+        for t, (_topic, units, keywords, _required, authors) in enumerate(plan):
+            for _k, pid in keywords:  # a keyword listed twice counts twice, as in `_match`
+                weights[at[pid], t] += units
+            for _a, col in authors:  # an author's hit is already TITLE_FACTOR
+                weights[at[col], t] += units
+        scores = scan.hits[rows][:, columns].toarray() @ weights
+        for t, (topic, _units, _keywords, required, _authors) in enumerate(plan):
+            if required or topic.categories or topic.min_upvotes:
+                for i, row in enumerate(rows):
+                    if scores[i, t] and (
+                        topic_filter(topic, scan.listings[row]) is not None
+                        or any(pid not in scan.row_hits(row) for pid in required)
+                    ):
+                        scores[i, t] = 0
+        best = scores.argmax(axis=1).tolist()  # the first topic on a tie
+        totals = scores.sum(axis=1).tolist()
+        return [(plan[t][0].name if total else None, total)
+                for t, total in zip(best, totals, strict=True)]
 
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
-        items = self.items(subscriber.id)
-        plan = self._plan(profile)
-        top = [self._match(plan, row, score) for row, score in items]
-        sections = group(top)
+        picked = self._pick(subscriber, profile, self._plan(profile))
+        sections = group([m for _row, _score, m in picked])
         if profile.trending > 0:
-            trending = self._trending(subscriber, profile, {row for row, _ in items})
+            trending = self._trending(subscriber, profile, {row for row, _s, _m in picked})
             if trending is not None:
                 sections += (trending,)
         if not sections:

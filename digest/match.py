@@ -20,6 +20,16 @@ Scores are kept in integer thousandths of a point (weights are rounded to 0.001)
 sum is exact in any order: the shared index (`digest.index`) adds the same numbers in
 another order and must reach the very same digests.
 
+Which matches make the digest (`select`): each listing is placed under the topic that scored
+it highest (the first such topic on a tie); topics with the same name form one section. Then:
+
+1. every section with matches gets its best item, sections in the order of those items'
+   rank, as far as the subscriber's `max_items` allows;
+2. the remaining slots go to the remaining matches in rank order, skipping those whose
+   section is full: a topic's own `max_items` caps its section (the smallest one given when
+   several topics share the name). An item whose section is full is cut, never moved to
+   another topic: a cap means "no more of these".
+
 `trending = N` on the subscriber adds a "Trending" section after the topics: the N most
 upvoted candidates that are not already in the digest, whatever their keywords (never an
 excluded one, never one without upvotes), ranked by upvotes, then newest, then id.
@@ -31,9 +41,11 @@ subscribers, and a property test checks that both give identical digests.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import TypeVar
 
 from .models import Digest, Listing, Match, Section, Span, Subscriber
 from .tokens import Token, name_words, names_match, stem, tokenize, words
@@ -41,6 +53,7 @@ from .tokens import Token, name_words, names_match, stem, tokenize, words
 TITLE_FACTOR = 3
 UNITS = 1000  # scores are integer thousandths of a point
 TRENDING = "Trending"
+T = TypeVar("T")
 
 
 def units(weight: float) -> int:
@@ -131,6 +144,7 @@ class CompiledTopic:
     authors: tuple[Author, ...] = ()
     categories: frozenset[str] = frozenset()
     min_upvotes: int = 0
+    max_items: int | None = None
 
     @property
     def units(self) -> int:
@@ -146,6 +160,20 @@ class Profile:
     exclude: tuple[Pattern, ...]
     trending: int = 0
 
+    @property
+    def caps(self) -> dict[str, int]:
+        """Each capped section's `max_items`: the smallest given by its topics."""
+        return topic_caps((t.name, t.max_items) for t in self.topics)
+
+
+def topic_caps(topics: Iterable[tuple[str, int | None]]) -> dict[str, int]:
+    """Each topic name's cap from (name, max_items) pairs: the smallest given."""
+    caps: dict[str, int] = {}
+    for name, cap in topics:
+        if cap is not None:
+            caps[name] = min(cap, caps.get(name, cap))
+    return caps
+
 
 def compile_profile(subscriber: Subscriber) -> Profile:
     """Compile every keyword of a subscriber's profile."""
@@ -157,6 +185,7 @@ def compile_profile(subscriber: Subscriber) -> Profile:
                 authors=tuple(compile_author(a) for a in t.authors),
                 categories=frozenset(t.categories),
                 min_upvotes=t.min_upvotes,
+                max_items=t.max_items,
             )
             for t in subscriber.topics
         ),
@@ -301,9 +330,39 @@ def rank_key(match: Match) -> tuple[float, int, int, float, str]:
     return (-match.score, -(listing.upvotes or 0), published, seen, listing.id)
 
 
-def select(matches: Iterable[Match], max_items: int) -> list[Match]:
-    """The top `max_items` matches in rank order."""
-    return sorted(matches, key=rank_key)[:max_items]
+def select(
+    matches: Iterable[Match], max_items: int, caps: Mapping[str, int] | None = None
+) -> list[Match]:
+    """The digest's matches, in rank order: first each topic's best match (topics in the order
+    of those matches), then the best of the rest, at most `max_items` in all and at most
+    `caps[topic]` of one topic (see the module docstring)."""
+    ranked = sorted(matches, key=rank_key)
+    return [ranked[i] for i in choose([m.topic for m in ranked], max_items, caps or {})]
+
+
+def choose(topics: Sequence[T], max_items: int, caps: Mapping[T, int]) -> list[int]:
+    """The selection rule, on ranked items given by their topics (best first): the positions
+    of the items that make the digest, in order. Shared with `digest.index`."""
+    leaders: dict[T, int] = {}
+    for i, topic in enumerate(topics):
+        leaders.setdefault(topic, i)
+    chosen = set(list(leaders.values())[:max_items])
+    held = Counter(topics[i] for i in chosen)
+    for i, topic in enumerate(topics):
+        if len(chosen) >= max_items:
+            break
+        if i not in chosen and held[topic] < caps.get(topic, max_items):
+            chosen.add(i)
+            held[topic] += 1
+    return sorted(chosen)
+
+
+def topic_full(topic: str, chosen: Iterable[Match], caps: Mapping[str, int]) -> int | None:
+    """The cap of `topic` when the chosen matches fill it (so it took no more), else None."""
+    cap = caps.get(topic)
+    if cap is not None and sum(m.topic == topic for m in chosen) >= cap:
+        return cap
+    return None
 
 
 def trending_key(listing: Listing) -> tuple[float, int, int, float, str]:
@@ -353,7 +412,7 @@ def build_digest(
             found.append(verdict.match)
         if verdict.excluded_by is None:
             allowed.append(d.listing)
-    top = select(found, subscriber.max_items)
+    top = select(found, subscriber.max_items, profile.caps)
     sections = group(top)
     extra = trending(allowed, {m.listing.id for m in top}, profile.trending)
     if extra is not None:

@@ -79,6 +79,7 @@ class Topic:
     authors: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     min_upvotes: int = 0
+    max_items: int | None = None  # most items of this topic in one digest; None: no own cap
 
 
 @dataclass(frozen=True, slots=True)

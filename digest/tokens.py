@@ -2,8 +2,11 @@
 
 Text and keywords go through the same steps: Unicode NFKC, case folding, splitting into
 word tokens (hyphens and all punctuation separate tokens), and the Snowball English
-stemmer on each token. Offsets refer to the NFKC form of the text, which is also the form
-the email shows, so highlights line up with what the reader sees.
+stemmer on each token of at most `MAX_STEMMED` characters; a longer token is its own stem
+(compared whole, case-folded), since the stemmer's work grows with the square of a word's
+length and any source can store a 300,000-letter "word". Offsets refer to the NFKC form of
+the text, which is also the form the email shows, so highlights line up with what the reader
+sees.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import snowballstemmer
 # \w without the underscore: "snake_case" is two words, as a reader would see it.
 _WORD = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("english")
+# No English word is longer than about 45 letters: longer tokens (hashes, DNA, junk) are not
+# stemmed. This bounds the work per token for every path (text, keywords, the shared index).
+MAX_STEMMED = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +42,16 @@ def nfkc(text: str) -> str:
     return unicodedata.normalize("NFKC", text)
 
 
-@lru_cache(maxsize=200_000)
 def stem(word: str) -> str:
-    """The Snowball English stem of one case-folded word."""
+    """The Snowball English stem of one case-folded word; a word longer than `MAX_STEMMED`
+    characters is its own stem."""
+    if len(word) > MAX_STEMMED:
+        return word  # and kept out of the cache, which would hold on to huge strings
+    return _stem(word)
+
+
+@lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
     return str(_STEMMER.stemWord(word))
 
 
@@ -136,7 +149,7 @@ def folded_words(text: str) -> list[str]:
         parts = _PARTS.get(raw)
         if parts is None:
             parts = tuple(_WORD.findall(raw.casefold()))
-            if len(_PARTS) < 1_000_000:
+            if len(_PARTS) < 1_000_000 and len(raw) <= MAX_STEMMED:
                 _PARTS[raw] = parts
         out += parts
     return out

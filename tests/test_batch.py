@@ -131,6 +131,49 @@ def test_explain_says_why(eve: Project, query: str, included: bool, reason: str,
         assert any(detail in line for line in found.details), found.details
 
 
+def test_explain_says_when_a_topic_share_decides(eve: Project) -> None:
+    # Video diffusion scores 6 per listing, Graphs 3: without the guaranteed slot "upvotes"
+    # (ranked far down) would never make a two-item digest.
+    topics = """
+[[topics]]
+name = "Video diffusion"
+keywords = ["diffusion"]
+weight = 2.0
+{cap}
+[[topics]]
+name = "Graphs"
+keywords = ["graph"]
+"""
+    head = 'name = "Mo"\nemail = "mo@example.org"\nlookback_days = 3\n'
+    eve.subscriber("mo", head + "max_items = 2\n" + topics.format(cap=""))
+    eve.subscriber("cap", head + "max_items = 3\n" + topics.format(cap="max_items = 1"))
+    settings = load_settings(eve.config)
+    db = store.open_db(settings.store.path)
+
+    def why(subscriber: str, query: str) -> batch.Explanation:
+        [found] = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
+                                           subscriber, query, NOW)
+        return found
+
+    graph = why("mo", "upvotes")
+    assert graph.included and graph.reason == (
+        "under 'Graphs', #1 in that section, score 3; in as the best of its topic (every"
+        " topic with matches gets a slot), though ranked #7 of 7 by score")
+    assert why("mo", "second").reason == (
+        "below the max_items cut: ranked #2 of 7 matches, and max_items is 2 (the last one"
+        " kept scored 3)")
+    # With the topic capped at 1 and room in the digest, the topic's share is what cuts.
+    assert why("cap", "top").included
+    assert why("cap", "second").reason == (
+        "cut: topic 'Video diffusion' is full (max_items 1): ranked #2 of 7 matches, and the"
+        " topic scored it highest")
+    env = {"DIGEST_NOW": NOW.isoformat(), "DIGEST_CONFIG": str(eve.config)}
+    result = CliRunner().invoke(cli, ["explain", "cap", "second"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "NOT in the next digest: cut: topic 'Video diffusion' is full (max_items 1)" in (
+        result.output)
+
+
 def test_explain_finds_listings_by_part_of_the_title(eve: Project) -> None:
     settings = load_settings(eve.config)
     db = store.open_db(settings.store.path)

@@ -76,6 +76,7 @@ def topics(draw: st.DrawFn, n: int) -> Topic:
         authors=authors,
         categories=tuple(draw(st.lists(st.sampled_from(CATEGORIES), max_size=2))),
         min_upvotes=draw(st.sampled_from([0, 0, 1, 3])),
+        max_items=draw(st.sampled_from([None, None, 1, 2, 4])),
     )
 
 
@@ -86,7 +87,7 @@ def subscribers(draw: st.DrawFn) -> list[Subscriber]:
         out.append(Subscriber(
             id=f"s{i}", name="S", email="s@example.org", timezone="UTC",
             send_at=dt.time(7), max_items=draw(st.integers(1, 6)), lookback_days=7,
-            topics=tuple(draw(topics(j)) for j in range(draw(st.integers(1, 3)))),
+            topics=tuple(draw(topics(j)) for j in range(draw(st.integers(1, 5)))),
             exclude=tuple(draw(st.lists(keywords(), max_size=2))),
             trending=draw(st.sampled_from([0, 0, 1, 3])),
         ))

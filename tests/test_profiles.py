@@ -171,6 +171,7 @@ keywords = ["diffusion"]
 require = ["video"]
 categories = ["cs.CV"]
 min_upvotes = 3
+max_items = 4
 
 [[topics]]
 name = "People"
@@ -179,7 +180,8 @@ authors = ["Yann LeCun"]
     s = load_subscriber(path, DefaultsConfig())
     assert s.trending == 5
     assert s.topics[0] == Topic("Video diffusion", ("diffusion",), 1.0, ("video",), (),
-                                ("cs.CV",), 3)
+                                ("cs.CV",), 3, 4)
+    assert s.topics[1].max_items is None
     assert s.topics[1].authors == ("Yann LeCun",) and s.topics[1].keywords == ()
 
 
@@ -194,6 +196,8 @@ authors = ["Yann LeCun"]
          "topics[0].min_upvotes"),
         ('trending = -2\n[[topics]]\nname = "T"\nkeywords = ["x"]\n', "trending"),
         ('[[topics]]\nname = "T"\nkeywords = ["x"]\nrequire = ["*"]\n', "topics[0].require[0]"),
+        ('[[topics]]\nname = "T"\nkeywords = ["x"]\nmax_items = 0\n', "topics[0].max_items"),
+        ('[[topics]]\nname = "T"\nkeywords = ["x"]\nmax_items = 101\n', "topics[0].max_items"),
     ],
 )
 def test_bad_rules_name_file_and_field(tmp_path: Path, body: str, message: str) -> None:
@@ -229,9 +233,53 @@ def test_every_profile_example_in_the_readme_is_valid(tmp_path: Path) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Profiles people can tune", 1)[1].split("\n## ", 1)[0]
     snippets = [block.split("```", 1)[0] for block in section.split("```toml\n")[1:]]
-    assert len(snippets) == 9  # one per rule
+    assert len(snippets) == 10  # one per rule
     for snippet in snippets:
         body = snippet if "[[topics]]" in snippet else (
             snippet + '\n[[topics]]\nname = "T"\nkeywords = ["x"]\n')
         subscriber = load_subscriber(write(tmp_path, body), DefaultsConfig())
         assert subscriber.topics
+
+
+def test_every_topic_with_matches_gets_a_slot() -> None:
+    # Issue 15: a weight-2 topic and four more; the first topic's matches outscore the rest.
+    s = sub(Topic("Main", ("diffusion",), weight=2.0), Topic("B", ("graph",)),
+            Topic("C", ("parsing",)), Topic("D", ("pruning",)), Topic("E", ("robot",)),
+            max_items=5)
+    items = [listing(f"m{i}", f"Diffusion {i}", upvotes=10) for i in range(8)]
+    items += [listing("b", "x", "graph"), listing("c", "Parsing"), listing("d", "x", "pruning"),
+              listing("d2", "x", "pruning", upvotes=3)]
+    digest = build_digest(s, [document(i) for i in items], DAY, NOW)
+    assert digest is not None
+    # Each topic's best item, topics in the order of those items' scores (ties by upvotes);
+    # E has no match and no section.
+    assert [(sec.topic, [m.listing.id for m in sec.matches]) for sec in digest.sections] == [
+        ("Main", ["m0", "m1"]), ("C", ["c"]), ("D", ["d2"]), ("B", ["b"])]
+    assert ids(s, items) == ["m0", "m1", "c", "d2", "b"]
+    # The remaining slots go by score; fewer slots than topics: the best topics' best items.
+    assert ids(sub(*s.topics, max_items=7), items) == ["m0", "m1", "m2", "m3", "c", "d2", "b"]
+    assert ids(sub(*s.topics, max_items=2), items) == ["m0", "c"]
+
+
+def test_a_topic_max_items_caps_its_section_and_a_cut_item_is_not_moved() -> None:
+    s = sub(Topic("Main", ("diffusion",), weight=2.0, max_items=2), Topic("B", ("graph",)),
+            max_items=10)
+    items = [listing(f"m{i}", f"Diffusion {i}", "graph", upvotes=10 - i) for i in range(5)]
+    items.append(listing("b", "x", "graph"))
+    # m2.. also match B, but Main scored them highest: cut, not shown under B.
+    assert ids(s, items) == ["m0", "m1", "b"]
+    digest = build_digest(s, [document(i) for i in items], DAY, NOW)
+    assert digest is not None and [sec.topic for sec in digest.sections] == ["Main", "B"]
+    # Topics with the same name are one section; the smallest cap of theirs holds.
+    twice = sub(Topic("Main", ("diffusion",), max_items=3), Topic("Main", ("graph",),
+                                                                   max_items=1))
+    assert ids(twice, items) == ["m0"]
+
+
+def test_a_listing_goes_under_the_first_topic_that_scores_it_highest() -> None:
+    # "both" ties between A and B, so it is A's; B's own item keeps B's slot. Were it B's,
+    # the digest would be both + a.
+    s = sub(Topic("A", ("graph",)), Topic("B", ("video",)), max_items=2)
+    items = [listing("both", "Graph video"), listing("a", "Graph", "graph"),
+             listing("b", "x", "video")]
+    assert ids(s, items) == ["both", "b"]

@@ -1,4 +1,9 @@
-from digest.tokens import nfkc, title_id, title_key, tokenize, words
+import subprocess
+import sys
+
+from digest.match import compile_keyword, document, find
+from digest.models import Listing
+from digest.tokens import MAX_STEMMED, nfkc, stem, title_id, title_key, tokenize, words
 
 
 def test_tokens_are_folded_stemmed_and_split_on_punctuation() -> None:
@@ -19,3 +24,61 @@ def test_title_key_ignores_case_and_punctuation() -> None:
     assert title_key("Attention Is All You Need!") == title_key("attention is all  you need")
     assert title_id("Attention Is All You Need") == title_id("ATTENTION is all you need.")
     assert title_id("Attention Is All You Need") != title_id("Attention Is Not All You Need")
+
+
+def test_words_longer_than_the_cap_are_compared_whole() -> None:
+    long = "y" * (MAX_STEMMED + 1)
+    [token] = tokenize(long.upper())
+    assert token.folded == token.stem == long  # not stemmed: folded only
+    assert stem("models") == "model"  # ordinary words still are
+    # The keyword goes through the same steps, so a long keyword still finds its word.
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis" * 2  # 90 letters
+    doc = document(Listing("L", f"On {word.title()}s and {word}", ""))
+    assert find(compile_keyword(word), doc.title) == [(len("On ") + len(word) + 6,
+                                                       len("On ") + 2 * len(word) + 6)]
+
+
+# Matching a listing of huge words, in a process that may use a few seconds of CPU: the
+# Snowball stemmer is quadratic on long words ("y" * 300_000 took 12 s), so without the cap
+# the kernel stops the process (SIGXCPU) before it prints anything.
+_HUGE_WORDS = """
+import datetime as dt, random, resource, sys
+resource.setrlimit(resource.RLIMIT_CPU, (int(sys.argv[1]), int(sys.argv[1])))
+from digest.index import Index
+from digest.match import build_digest, document
+from digest.models import Listing, Subscriber, Topic
+
+now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+rng = random.Random(5)
+# One megabyte of long words, each distinct: runs of y (the stemmer's worst case) and letters.
+parts, size = [], 0
+while size < 1_000_000:
+    n = rng.randint(1_000, 40_000)
+    word = "y" * n + rng.choice("abcdefgh") if rng.random() < 0.5 else "".join(
+        rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n))
+    parts.append(word)
+    size += n + 1
+huge = Listing("huge", "y" * 300_000 + " diffusion", " ".join(parts) + " model",
+               first_seen=now)
+items = [huge] + [Listing(f"L{i}", f"Diffusion models {i}", "A video model.", first_seen=now)
+                  for i in range(3)]
+sub = Subscriber("s", "S", "s@example.org", "UTC", dt.time(7), 10, 7,
+                 (Topic("T", ("diffusion model", "video")), Topic("Y", ("y" * 300_000,))))
+reference = build_digest(sub, [document(li) for li in items], now.date(), now)
+fast = Index([sub]).scan(items).digest(sub, now.date(), now)
+assert fast == reference, (fast, reference)
+assert reference is not None
+print(sorted((m.listing.id, m.topic) for m in reference.matches))
+"""
+
+
+def test_a_listing_of_huge_words_is_matched_with_bounded_work() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _HUGE_WORDS, "6"], capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The ordinary listings still match, and the huge one matches its own keyword.
+    assert result.stdout.split("\n")[0] == (
+        "[('L0', 'T'), ('L1', 'T'), ('L2', 'T'), ('huge', 'Y')]"
+    )
