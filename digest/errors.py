@@ -30,6 +30,15 @@ class ConfigError(DigestError):
         super().__init__(f"{where}{problem}", hint)
 
 
+class StoreError(DigestError):
+    """The store cannot be opened, read or written: names its path, the problem and a fix."""
+
+    def __init__(self, path: Path, problem: str, hint: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"store {path}: {problem}", hint)
+
+
 class SourceError(DigestError):
     """A listing source could not be read or parsed."""
 
