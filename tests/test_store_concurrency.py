@@ -95,7 +95,7 @@ def test_concurrent_unsubscribes_during_a_send_are_all_recorded(
         with ThreadPoolExecutor(CLIENTS) as pool:
             for k in range(CLIENTS):
                 pool.submit(burst, verb, sids[k::CLIENTS])
-    out, err = send.communicate(timeout=300)
+    _out, err = send.communicate(timeout=300)
     failures = [a for a in answers if a[1] != 200]
     assert failures == [], failures[:5]
     assert len(answers) == 3 * SUBSCRIBERS
