@@ -164,11 +164,16 @@ class Store(Database):
                 yield self
 
 
-def store_error(path: Path, exc: sqlite3.Error | OSError) -> StoreError:
-    """The one-line StoreError for what SQLite or the OS said about the store at `path`."""
+def store_error(path: Path, exc: sqlite3.Error | OSError,
+                doing: str = "create its folder") -> StoreError:
+    """The one-line StoreError for what SQLite or the OS (when `doing` what) said about the
+    store at `path`."""
     if isinstance(exc, OSError):
-        return StoreError(path, f"cannot create its folder: {exc.strerror or exc}",
-                          hint="set [store] path in digest.toml to a file in a writable folder")
+        why = (f"{exc.filename} is a file" if isinstance(exc, FileExistsError | NotADirectoryError)
+               and exc.filename else exc.strerror or str(exc))
+        return StoreError(path, f"cannot {doing}: {why}",
+                          hint="set [store] path in digest.toml to a file in a folder this"
+                               " user can write")
     name = getattr(exc, "sqlite_errorname", "") or ""
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StoreError(path, "busy: another process kept it locked for too long",
