@@ -28,7 +28,14 @@ import jinja2
 from sqlite_utils import Database
 
 from . import batch, delivery, store
-from .config import AnySource, Settings, load_subscriber, subscriber_files, subscriber_path
+from .config import (
+    AnySource,
+    Settings,
+    is_subscriber_id,
+    load_subscriber,
+    subscriber_files,
+    subscriber_path,
+)
 from .errors import ConfigError, DigestError, SourceError, printable
 from .match import Document, build_digest, document
 from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber, digest_key
@@ -869,7 +876,8 @@ def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
     """Each subscriber's last digest (date, state, items, attempts, last error), including
     subscribers with no digest yet and ones whose file was removed."""
     latest = store.latest_digests(db)
-    ids = {printable(p.stem) for p in subscriber_files(settings.subscribers.dir)}
+    # A file whose name is no valid id is no subscriber (`digest validate` says so).
+    ids = {p.stem for p in subscriber_files(settings.subscribers.dir) if is_subscriber_id(p.stem)}
     rows = []
     for sid in sorted(ids | latest.keys()):
         row = latest.get(sid)
