@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from digest import store
+from digest import schedule, store
 from digest.config import load_settings
 from digest.pipeline import fetch
 
@@ -192,3 +192,18 @@ def test_a_read_only_store(project: Project) -> None:
     finally:
         var.chmod(0o755)
         db_path.chmod(0o644)
+
+
+def test_the_daemons_jobs_on_a_broken_store_log_one_line(
+        project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    settings = load_settings(project.config)
+    settings.store.path.mkdir(parents=True)
+    scheduler = schedule.build_scheduler(settings, lambda: NOW)
+    for job_id in ("fetch", "send"):
+        job = scheduler.get_job(job_id)
+        assert job is not None
+        job.func()  # does not raise: the next run of the job tries again
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all(r.exc_info is None for r in errors)
+    assert all("it is a folder" in r.getMessage() and "hint:" in r.getMessage()
+               for r in errors)
