@@ -411,12 +411,11 @@ def create_app(
 
     def http_error(request: Request, exc: Exception) -> Response:
         # The framework's own 404 and 405, as pages like the others.
-        code = exc.status_code if isinstance(exc, HTTPException) else 500
-        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-        text = "There is no such page." if code == 404 else str(
-            getattr(exc, "detail", "")) or "The request could not be handled."
-        return _page("error.html", code, headers, title="Not found" if code == 404
-                     else "Error", heading="Not found" if code == 404 else "Error", text=text)
+        assert isinstance(exc, HTTPException)
+        text = {404: "There is no such page.",
+                405: f"{request.method} is not served here."}.get(exc.status_code, exc.detail)
+        return _page("error.html", exc.status_code, dict(exc.headers or {}), title=exc.detail,
+                     heading=exc.detail, text=text)
 
     return Starlette(middleware=[Middleware(SecurityHeaders)], exception_handlers={
         StoreError: store_fault, sqlite3.Error: store_fault, HTTPException: http_error,
