@@ -127,3 +127,17 @@ def test_a_read_then_write_waits_for_the_lock_instead_of_failing(project: Projec
     assert done == [True]
     assert store.is_unsubscribed(store.open_db(path), "ada")
 
+
+
+def test_processes_opening_a_new_store_at_once_migrate_it_once(tmp_path: Path) -> None:
+    code = ("import sys; from pathlib import Path; from digest import store;"
+            " db = store.open_db(Path(sys.argv[1])); db.close()")
+    for round_ in range(3):
+        path = tmp_path / f"new{round_}.db"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path)],
+                                  stderr=subprocess.PIPE) for _ in range(6)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
+        db = store.open_db(path)
+        names = [r["name"] for r in db.query("select name from _sqlite_migrations")]
+        assert len(names) == len(set(names)) == len(store.migrations._migrations)
