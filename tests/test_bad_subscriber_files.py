@@ -84,8 +84,11 @@ def test_file_names_that_are_no_valid_id_are_one_line_each(project: Project) -> 
     assert all(is_subscriber_id(sid) for sid in states)
 
 
-@pytest.mark.parametrize("sid", ["../grace", "a" * 300, "evil\nline", "x/../grace"])
+@pytest.mark.parametrize("sid", ["../outside", "a" * 300, "evil\nline", "subscribers/../outside"])
 def test_commands_naming_a_bad_id_say_no_such_subscriber(project: Project, sid: str) -> None:
+    # A subscriber file outside the folder, which a path in the id would reach.
+    (project.root / "outside.toml").write_text(ADA, encoding="utf-8")
+    (project.subscribers / "subscribers").symlink_to(project.subscribers)
     for args in (["preview", sid], ["send", "--subscriber", sid], ["explain", sid, "x"]):
         run = _digest(project, *args)
         assert run.returncode == 1, (args, run.stdout)
