@@ -347,7 +347,8 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     app = web.create_app(settings, now=_now)
     host, port = host or settings.server.host, port or settings.server.port
     where = f"http://{host}:{port}"
-    out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
+    previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
+    out.print(f"digest: serving {where}/unsubscribe{previews}; Ctrl-C to stop",
               highlight=False)
     web.serve(app, host, port)
 

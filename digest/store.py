@@ -148,10 +148,9 @@ class Store(Database):
     a savepoint, as in sqlite-utils. Plain reads (`query`, `execute` of a select) take no lock.
     """
 
-    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.path = path
-        self.busy_timeout = busy_timeout
 
     @contextmanager
     def atomic(self) -> Iterator[Database]:
@@ -216,7 +215,7 @@ def open_db(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> Store:
     except OSError as exc:
         raise store_error(path, exc) from exc
     with faults(path):
-        db = Store(path, busy_timeout)
+        db = Store(path)
         try:
             _prepare(db, busy_timeout)
         except BaseException:
