@@ -29,11 +29,13 @@ from sqlite_utils import Database
 from . import store
 from .config import (
     DefaultsConfig,
+    check_subscriber_id,
     parse_subscriber,
     subscriber_files,
     subscriber_from_data,
+    subscriber_path,
 )
-from .errors import ConfigError, UnknownSubscriberError
+from .errors import ConfigError
 from .index import Index, Selection
 from .match import (
     build_digest,
@@ -63,10 +65,7 @@ def load_subscribers(
     """Each subscriber in `folder` (or those in `only`, in that order), or the ConfigError its
     file raised; unchanged files come from the cache instead of being validated again."""
     if only:
-        missing = [s for s in only if not (folder / f"{s}.toml").is_file()]
-        if missing:
-            raise UnknownSubscriberError(missing[0], folder)
-        paths = [folder / f"{sid}.toml" for sid in dict.fromkeys(only)]
+        paths = [subscriber_path(folder, sid) for sid in dict.fromkeys(only)]
     else:
         paths = subscriber_files(folder)
     cached = store.cached_subscribers(db)
@@ -76,6 +75,11 @@ def load_subscribers(
     base = os.fspath(folder.resolve())
     keys = [os.path.join(base, p.name) for p in paths]
     for path, key in zip(paths, keys, strict=True):
+        try:
+            check_subscriber_id(path)
+        except ConfigError as exc:
+            yield exc
+            continue
         try:
             raw = _read(path)
         except OSError as exc:
@@ -277,9 +281,7 @@ def explain_subscriber(
     query: str, now: datetime,
 ) -> list[Explanation]:
     """`explain` for the subscriber whose file is `<subscribers_dir>/<subscriber_id>.toml`."""
-    path = subscribers_dir / f"{subscriber_id}.toml"
-    if not path.is_file():
-        raise UnknownSubscriberError(subscriber_id, subscribers_dir)
+    path = subscriber_path(subscribers_dir, subscriber_id)
     subscriber = subscriber_from_data(path, parse_subscriber(path), defaults)
     day = now.astimezone(ZoneInfo(subscriber.timezone)).date()
     return explain(db, subscriber, query, day, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 import webbrowser
 from collections import Counter
@@ -89,13 +90,28 @@ def _fail(exc: DigestError) -> NoReturn:
 
 
 class _Group(click.Group):
-    """Turns library errors into a one-line message, an optional hint and exit code 1."""
+    """Turns library errors into a one-line message, an optional hint and exit code 1; so
+    too what SQLite raises about the store a command opened (disk full, read-only, ...)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DigestError as exc:
             _fail(exc)
+        except sqlite3.Error as exc:
+            path = ctx.meta.get(_STORE)
+            if path is None:
+                raise
+            _fail(store.store_error(path, exc))
+
+
+_STORE = "digest.store"
+
+
+def _open_store(settings: Settings) -> store.Store:
+    # Remembered for _Group: a store fault after opening still names the store.
+    click.get_current_context().meta[_STORE] = settings.store.path
+    return store.open_db(settings.store.path)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +134,7 @@ def main() -> None:
 def fetch(config_path: Path) -> None:
     """Fetch every source into the store and print what was new, updated or skipped."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     with _progress() as bar:
         results = pipeline.fetch(settings, db, _now(), _Bar(bar))
     table = Table("source", "new", "updated", "unchanged", "skipped", "seconds", "result")
@@ -137,7 +153,7 @@ def fetch(config_path: Path) -> None:
 def sources(config_path: Path) -> None:
     """List the sources with their type, where they read from, and their last fetch."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     statuses = store.source_statuses(db)
     table = Table("source", "type", "reads", "last fetch (UTC)", "result", "last success")
     for source in settings.sources:
@@ -192,7 +208,7 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
             open_browser: bool) -> None:
     """Render what SUBSCRIBER would get now. Sends nothing and changes no state."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     composed = pipeline.preview(settings, db, subscriber, _now())
     if composed is None:
         out.print(f"{subscriber}: nothing matches right now, so no email would be sent.")
@@ -238,13 +254,13 @@ def _print_table(table: Table, left_out: int, listed: str, more: str) -> None:
         only = f" (only {listed} are)" if table.row_count else ""
         out.print(f"{left_out} subscriber(s) not listed{only}; {more}", highlight=False)
 
-_ATTENTION = ("failed", "invalid", "retry", "queued")
+_ATTENTION = ("failed", "invalid", "retry", "queued", "not-sent")
 
 
 def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run: bool) -> None:
     table = Table("subscriber", "result", "items", "detail")
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
-               "retry": "yellow", "queued": "yellow"}
+               "retry": "yellow", "queued": "yellow", "not-sent": "yellow"}
     rows, left_out = _attention_only([o for o in report.outcomes if o.status != "not-due"],
                                      lambda o: o.status in _ATTENTION)
     for o in rows:
@@ -256,8 +272,8 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                  "'digest status --all' shows everyone")
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "unsubscribed", "retry", "queued", "failed",
-                                            "invalid")
+                                            "unsubscribed", "retry", "queued", "not-sent",
+                                            "failed", "invalid")
         if report.count(s)
     )
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
@@ -288,7 +304,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
 def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool, workers: int) -> None:
     """Send today's digest now, whatever each subscriber's send_at; never twice a day."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     with schedule.stop_on_signals() as stop, _progress() as bar:
         report = pipeline.send(settings, db, _now(), only=list(subscribers) or None,
                                dry_run=dry_run, progress=_Bar(bar), stop=stop,
@@ -306,7 +322,7 @@ def run(config_path: Path, once: bool) -> None:
     """Run the scheduler: fetch periodically and send each digest at its local send_at."""
     settings = _settings(config_path)
     if once:
-        db = store.open_db(settings.store.path)
+        db = _open_store(settings)
         now = _now()
         results = pipeline.fetch(settings, db, now)
         for r in results:
@@ -334,7 +350,8 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     app = web.create_app(settings, now=_now)
     host, port = host or settings.server.host, port or settings.server.port
     where = f"http://{host}:{port}"
-    out.print(f"digest: serving {where}/unsubscribe and {where}/preview; Ctrl-C to stop",
+    previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
+    out.print(f"digest: serving {where}/unsubscribe{previews}; Ctrl-C to stop",
               highlight=False)
     web.serve(app, host, port)
 
@@ -353,7 +370,7 @@ _STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
 def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all: bool) -> None:
     """Show each subscriber's last digest (date, state, items, attempts, error) and recent runs."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     everyone = pipeline.status(settings, db)
     rows = everyone
     if subscribers:
@@ -403,7 +420,7 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
 def retry(config_path: Path, subscribers: tuple[str, ...]) -> None:
     """Queue failed digests again; the next `send` or scheduler tick sends them."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     ids = pipeline.retry(db, _now(), list(subscribers) or None)
     for key in ids:
         out.print(f"queued again: {key}", highlight=False)
@@ -418,7 +435,7 @@ def explain(config_path: Path, subscriber: str, query: str) -> None:
     """Say whether listings found by QUERY (an id, or part of a title) would be in SUBSCRIBER's
     next digest, and why: keywords matched and where, score, or the rule that kept it out."""
     settings = _settings(config_path)
-    db = store.open_db(settings.store.path)
+    db = _open_store(settings)
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
                                        subscriber, query, _now())
     if not results:

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError, HeaderError
+from .errors import ConfigError, HeaderError, UnknownSubscriberError
 from .headers import is_plain_uri, list_id_parts, looks_encoded
 from .models import Subscriber, Topic
 from .tokens import name_words, words
@@ -536,7 +536,12 @@ class ServerConfig(_Strict):
         "DIGEST_SECRET", description="Name of the env variable holding the HMAC token secret."
     )
     preview: bool = Field(
-        True, description="Serve /preview (every subscriber's next digest): keep it private."
+        False, description="Serve /preview (every subscriber's address, next digest and"
+        " unsubscribe link), behind the password in the env variable `preview_secret_env`."
+    )
+    preview_secret_env: str = Field(
+        "DIGEST_PREVIEW_SECRET",
+        description="Name of the env variable holding the /preview password (HTTP Basic auth).",
     )
 
     @field_validator("public_url")
@@ -551,6 +556,10 @@ class ServerConfig(_Strict):
     def secret(self) -> str | None:
         """The token secret, read from the environment variable named by `secret_env`."""
         return os.environ.get(self.secret_env) or None
+
+    def preview_secret(self) -> str | None:
+        """The /preview password, read from the env variable named by `preview_secret_env`."""
+        return os.environ.get(self.preview_secret_env) or None
 
 
 class Settings(_Strict):
@@ -685,6 +694,10 @@ def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(path, None, "invalid TOML: arrays or tables nested too deeply")\
+            from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}",
                           hint="save the file as UTF-8") from None
@@ -751,6 +764,7 @@ def load_settings(path: Path) -> Settings:
 
 def load_subscriber(path: Path, defaults: DefaultsConfig) -> Subscriber:
     """Load one subscriber file, filling what it leaves out from [defaults]."""
+    check_subscriber_id(path)  # before reading: the name alone may be wrong
     return subscriber_from_data(path, parse_subscriber(path), defaults)
 
 
@@ -764,12 +778,40 @@ def parse_subscriber(path: Path, raw: bytes | None = None) -> dict[str, Any]:
         raise _validation_error(path, exc) from None
 
 
+# A subscriber id (a file stem) goes into log lines, report rows, Message-IDs, URLs and
+# file names: letters, digits, '.', '_' and '-', starting with a letter or digit.
+SUBSCRIBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def is_subscriber_id(value: str) -> bool:
+    """Whether `value` is a valid subscriber id (see SUBSCRIBER_ID)."""
+    return SUBSCRIBER_ID.fullmatch(value) is not None
+
+
+def check_subscriber_id(path: Path) -> str:
+    """The subscriber id of the file at `path`, or a ConfigError when its name is not one."""
+    if not is_subscriber_id(path.stem):
+        raise ConfigError(path, None, "the file name is not a valid subscriber id",
+                          hint="name it <id>.toml, the id being 1-64 letters, digits, '.',"
+                               " '_' or '-', starting with a letter or digit")
+    return path.stem
+
+
+def subscriber_path(folder: Path, subscriber_id: str) -> Path:
+    """The file of `subscriber_id` in `folder`, or UnknownSubscriberError when the id is not
+    valid (checked before the file system sees it) or has no file."""
+    path = folder / f"{subscriber_id}.toml"
+    if not is_subscriber_id(subscriber_id) or not path.is_file():
+        raise UnknownSubscriberError(subscriber_id, folder)
+    return path
+
+
 def subscriber_from_data(
     path: Path, data: dict[str, Any], defaults: DefaultsConfig
 ) -> Subscriber:
     """The Subscriber of validated file data (from `parse_subscriber`), with [defaults]."""
     return Subscriber(
-        id=path.stem,
+        id=check_subscriber_id(path),
         name=data["name"],
         email=data["email"],
         timezone=data["timezone"] or defaults.timezone,

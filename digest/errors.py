@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (a newline in a file name, say) escaped as in Python
+    literals, so that a message or a report row stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class DigestError(Exception):
     """Base class: a one-line message for the user and an optional hint on how to fix it."""
 
@@ -26,8 +32,18 @@ class ConfigError(DigestError):
         self.path = Path(path)
         self.field = field
         self.problem = problem
-        where = f"{self.path}: {field}: " if field else f"{self.path}: "
+        shown = printable(str(self.path))
+        where = f"{shown}: {field}: " if field else f"{shown}: "
         super().__init__(f"{where}{problem}", hint)
+
+
+class StoreError(DigestError):
+    """The store cannot be opened, read or written: names its path, the problem and a fix."""
+
+    def __init__(self, path: Path, problem: str, hint: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"store {path}: {problem}", hint)
 
 
 class SourceError(DigestError):
@@ -69,6 +85,7 @@ class UnknownSubscriberError(DigestError):
 
     def __init__(self, subscriber_id: str, folder: Path) -> None:
         super().__init__(
-            f"no subscriber '{subscriber_id}' in {folder}",
-            hint=f"subscriber ids are file stems: create {folder / (subscriber_id + '.toml')}",
+            f"no subscriber '{printable(subscriber_id)}' in {folder}",
+            hint="subscriber ids are file stems: create "
+                 f"{folder / printable(subscriber_id + '.toml')}",
         )

@@ -28,8 +28,15 @@ import jinja2
 from sqlite_utils import Database
 
 from . import batch, delivery, store
-from .config import AnySource, Settings, load_subscriber, subscriber_files
-from .errors import ConfigError, DigestError, SourceError, UnknownSubscriberError
+from .config import (
+    AnySource,
+    Settings,
+    is_subscriber_id,
+    load_subscriber,
+    subscriber_files,
+    subscriber_path,
+)
+from .errors import ConfigError, DigestError, SourceError, printable
 from .match import Document, build_digest, document
 from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber, digest_key
 from .render import Links, environment, fit
@@ -230,9 +237,7 @@ def preview(
     settings: Settings, db: Database, subscriber_id: str, now: datetime
 ) -> Composed | None:
     """What `subscriber_id` would get if their digest were sent now. Changes nothing."""
-    path = settings.subscribers.dir / f"{subscriber_id}.toml"
-    if not path.is_file():
-        raise UnknownSubscriberError(subscriber_id, settings.subscribers.dir)
+    path = subscriber_path(settings.subscribers.dir, subscriber_id)
     subscriber = load_subscriber(path, settings.defaults)
     digest = build(settings, db, subscriber, now)
     return compose(settings, digest, environment()) if digest else None
@@ -248,6 +253,7 @@ class Outcome:
     subscriber_id: str
     # sent | would-send | already-sent | no-matches | failed | invalid | not-due
     # | retry (a passing refusal; tried again later) | queued (stored, not sent yet)
+    # | not-sent (the batch stopped before it was built; the next run builds it)
     status: str
     items: int = 0
     detail: str = ""
@@ -256,7 +262,7 @@ class Outcome:
     @property
     def is_failure(self) -> bool:
         """Whether this outcome should make the command exit non-zero."""
-        return self.status in ("failed", "invalid", "retry", "queued")
+        return self.status in ("failed", "invalid", "retry", "queued", "not-sent")
 
 
 @dataclass(slots=True)
@@ -272,7 +278,8 @@ class SendReport:
     def failed(self) -> bool:
         """Whether anything failed (digests left queued by a requested stop do not count)."""
         return self.fatal is not None or any(
-            o.is_failure and not (self.stopped and o.status == "queued") for o in self.outcomes
+            o.is_failure and not (self.stopped and o.status in ("queued", "not-sent"))
+            for o in self.outcomes
         )
 
     def count(self, status: str) -> int:
@@ -419,8 +426,7 @@ def send(
                         break
                     _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
                                outbox, report, reference)
-                    progress.advance(entry.path.stem if isinstance(entry, ConfigError)
-                                     else entry.id)
+                    progress.advance(_entry_id(entry))
         finally:
             if pool is not None:
                 pool.close()
@@ -440,7 +446,7 @@ def send(
     store.record_run(
         db, "send", now, clock(),
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
-                                       "already-sent", "queued")}
+                                       "already-sent", "queued", "not-sent")}
         | {"bytes dropped": report.dropped},
     )
     return report
@@ -473,10 +479,12 @@ def _queue_one(
     offered: set[str], outbox: delivery.Delivery, report: SendReport, reference: bool = False,
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
-    sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
+    sid = _entry_id(entry)
     outbox.wait_for_connection()
     if outbox.report.fatal is not None:
-        report.outcomes.append(Outcome(sid, "failed", detail="not attempted: batch stopped"))
+        left = _left_over(db, entry, now, due_only, today, offered, "batch stopped")
+        if left is not None:
+            report.outcomes.append(left)
         return
     if isinstance(entry, Subscriber) and digest_key(sid, today[sid]) in offered:
         return  # already handed over, from what was waiting in the outbox
@@ -487,6 +495,31 @@ def _queue_one(
     queued = store.pending_row(db, digest_key(sid, today[sid]))
     if queued is not None:
         outbox.offer(queued)
+
+
+def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due_only: bool,
+               today: dict[str, date], offered: set[str], why: str) -> Outcome | None:
+    """The outcome of a subscriber the batch stopped before (`why`): what the store holds
+    for their day. None when their digest was handed to the outbox, which reports it."""
+    if isinstance(entry, ConfigError):
+        return Outcome(_entry_id(entry), "invalid", detail=entry.message)
+    sid, day = entry.id, today[entry.id]
+    key = digest_key(sid, day)
+    if key in offered:
+        return None
+    if store.is_unsubscribed(db, sid):
+        return Outcome(sid, "unsubscribed", detail="unsubscribed")
+    state = store.digest_state(db, sid, day)
+    if state in store.PENDING_STATES and store.pending_row(db, key):
+        return Outcome(sid, "queued", detail=f"stored, not sent ({why}); the next run sends it")
+    if state == "sent":
+        return Outcome(sid, "already-sent", detail=f"digest for {day} already sent")
+    if state == "failed":
+        return Outcome(sid, "failed",
+                       detail=f"digest for {day} failed; 'digest retry' queues it again")
+    if state == "empty" or (due_only and not is_due(entry, now)):
+        return Outcome(sid, "not-due" if due_only else "no-matches")
+    return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
 def _send_one(
@@ -530,7 +563,7 @@ def _prepare_one(
     an Outcome, or what `_write_one` is to store. The unit of work of a worker process."""
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
-        return Outcome(entry.path.stem, "invalid", detail=entry.message)
+        return Outcome(_entry_id(entry), "invalid", detail=entry.message)
     subscriber = entry
     # Issue 5: whoever unsubscribed (digest serve's /unsubscribe) gets no more mail.
     if store.is_unsubscribed(db, subscriber.id):
@@ -599,7 +632,7 @@ def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
 
 PARALLEL_MIN = 64  # fewer subscribers than this are built in-process: a fork costs more
 CHUNK = 32  # units per task; a task's outbox writes are one transaction
-UNFINISHED = "not finished: a worker process failed (the next run completes it)"
+UNFINISHED = "a worker process failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -660,7 +693,8 @@ def _ready() -> int:
 
 
 def _entry_id(entry: Subscriber | ConfigError) -> str:
-    return entry.path.stem if isinstance(entry, ConfigError) else entry.id
+    # An invalid file's name may be no valid id (a newline in it): shown escaped.
+    return printable(entry.path.stem) if isinstance(entry, ConfigError) else entry.id
 
 
 def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
@@ -745,6 +779,7 @@ class _Pool:
         cache.selection()  # built once, here, and inherited by every worker
         _job = _Job(settings, entries, now, cache, due_only, reference)
         self.entries = entries
+        self.now, self.due_only = now, due_only
         self.workers = workers
         self.broken: str | None = None
         self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
@@ -795,19 +830,25 @@ class _Pool:
                 except Exception as exc:  # BrokenProcessPool: a worker died
                     self.broken = self.broken or f"a worker process failed: {exc!r}"
                     log.error("%s; %d digest(s) unfinished", self.broken, len(chunk))
-                    results = [(i, Outcome(_entry_id(self.entries[i]), "failed",
-                                           detail=UNFINISHED)) for i in chunk]
+                    # The worker may have committed the chunk before it died: the store says.
+                    results = [(i, self._left_over(db, i, today, UNFINISHED))
+                               for i in chunk]
                 # The chunk's queued rows are claimed together (one commit for them all).
                 outbox.offer_many([r for _, r in results if isinstance(r, store.Pending)])
                 for i, result in results:
                     if isinstance(result, Outcome):
                         report.outcomes.append(result)
                     progress.advance(_entry_id(self.entries[i]))
-        why = ("not attempted: batch stopped" if outbox.report.fatal is not None else
+        why = ("batch stopped" if outbox.report.fatal is not None else
                UNFINISHED if self.broken else "")
         for chunk in chunks if why else ():
-            report.outcomes.extend(Outcome(_entry_id(self.entries[i]), "failed", detail=why)
-                                   for i in chunk)
+            report.outcomes.extend(self._left_over(db, i, today, why) for i in chunk)
+
+    def _left_over(self, db: Database, i: int, today: dict[str, date], why: str) -> Outcome:
+        # Entries whose digest was offered from the outbox never reach a task.
+        outcome = _left_over(db, self.entries[i], self.now, self.due_only, today, set(), why)
+        assert outcome is not None
+        return outcome
 
     def close(self) -> None:
         """Stop the worker processes."""
@@ -838,7 +879,8 @@ def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
     """Each subscriber's last digest (date, state, items, attempts, last error), including
     subscribers with no digest yet and ones whose file was removed."""
     latest = store.latest_digests(db)
-    ids = {p.stem for p in subscriber_files(settings.subscribers.dir)}
+    # A file whose name is no valid id is no subscriber (`digest validate` says so).
+    ids = {p.stem for p in subscriber_files(settings.subscribers.dir) if is_subscriber_id(p.stem)}
     rows = []
     for sid in sorted(ids | latest.keys()):
         row = latest.get(sid)

@@ -46,8 +46,12 @@ class StoreLock:
         self._fh: IO[str] | None = None
 
     def __enter__(self) -> StoreLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = self.path.open("a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self.path.open("a+")
+        except OSError as exc:
+            raise store.store_error(self.path.with_suffix(""), exc,
+                                    f"create its lock file {self.path}") from exc
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,7 +76,8 @@ class StoreLock:
 def fetch_job(settings: Settings, clock: Callable[[], datetime]) -> None:
     """Fetch every source; failures are logged by the pipeline."""
     db = store.open_db(settings.store.path)
-    results = pipeline.fetch(settings, db, clock())
+    with store.faults(settings.store.path):
+        results = pipeline.fetch(settings, db, clock())
     log.info("fetch: %s", ", ".join(f"{r.name}={r.error or r.new}" for r in results))
 
 
@@ -81,7 +86,8 @@ def send_tick(
 ) -> pipeline.SendReport:
     """Send every digest that is due now (the subscriber files are read again each tick)."""
     db = store.open_db(settings.store.path)
-    report = pipeline.send(settings, db, clock(), due_only=True, stop=stop)
+    with store.faults(settings.store.path):
+        report = pipeline.send(settings, db, clock(), due_only=True, stop=stop)
     sent = report.count("sent")
     if sent or report.failed:
         log.warning("send tick: %d sent, %d to retry, %d failed", sent, report.count("retry"),
@@ -118,6 +124,16 @@ class SendTicker:
         return report
 
 
+@contextmanager
+def _one_line(job: str) -> Iterator[None]:
+    # A store fault (disk full, busy past the timeout) or a bad config in a job is one log
+    # line, not APScheduler's traceback; the next run of the job tries again.
+    try:
+        yield
+    except DigestError as exc:
+        log.error("%s: %s%s", job, exc, f" (hint: {exc.hint})" if exc.hint else "")
+
+
 def build_scheduler(
     settings: Settings,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -133,12 +149,12 @@ def build_scheduler(
     ticker = SendTicker(settings, clock, stop)
 
     def fetch() -> None:
-        with busy:
+        with busy, _one_line("fetch"):
             if not (stop and stop.is_set()):
                 fetch_job(settings, clock)
 
     def tick() -> None:
-        with busy:
+        with busy, _one_line("send tick"):
             if not (stop and stop.is_set()):
                 ticker()
 
@@ -177,6 +193,7 @@ def run_forever(
     stays queued, and the function returns (the process exits 0). `on_start` is called once
     the store's lock is held, so "started" is never said by a daemon that then refuses."""
     with StoreLock(settings.store.path):
+        store.open_db(settings.store.path).close()  # a broken store fails here, in one line
         if on_start is not None:
             on_start()
         stop = threading.Event()

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
+from .errors import StoreError
 from .models import CacheValidators, Digest, Listing, digest_key
 from .tex import readable
 from .tokens import title_key
@@ -137,10 +138,102 @@ def timestamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def open_db(path: Path) -> Database:
-    """Open (creating if needed) the store at `path` and apply pending migrations."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = Database(path)
+# How long a write waits for another process's write to finish (SQLite's busy handler
+# retries until then). Every write transaction takes the write lock up front (BEGIN
+# IMMEDIATE, see `Store.atomic`), so waiting is all a busy store ever needs: a read
+# transaction that later writes cannot wait (SQLite fails it at once when another process
+# wrote meanwhile: "database is locked" whatever the timeout). The longest writes (a source's
+# listings, a worker's task, a batch of old messages dropped) take seconds, not this long.
+BUSY_TIMEOUT = 30.0
+
+
+class Store(Database):
+    """sqlite-utils' Database for the store at `path`, whose transactions all write.
+
+    `atomic()` outside a transaction begins with BEGIN IMMEDIATE: the write lock is taken
+    before the first read (sqlite-utils reads the schema before an insert, and most writes
+    here read first), so a concurrent writer makes it wait instead of failing. Nested, it is
+    a savepoint, as in sqlite-utils. Plain reads (`query`, `execute` of a select) take no lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.path = path
+
+    @contextmanager
+    def atomic(self) -> Iterator[Database]:
+        """A write transaction (a savepoint inside one): see the class docstring."""
+        if self.conn.in_transaction:
+            with super().atomic():
+                yield self
+        else:
+            with write_transaction(self):
+                yield self
+
+
+def store_error(path: Path, exc: sqlite3.Error | OSError,
+                doing: str = "create its folder") -> StoreError:
+    """The one-line StoreError for what SQLite or the OS (when `doing` what) said about the
+    store at `path`."""
+    if isinstance(exc, OSError):
+        why = (f"{exc.filename} is a file" if isinstance(exc, FileExistsError | NotADirectoryError)
+               and exc.filename else exc.strerror or str(exc))
+        return StoreError(path, f"cannot {doing}: {why}",
+                          hint="set [store] path in digest.toml to a file in a folder this"
+                               " user can write")
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreError(path, "busy: another process kept it locked for too long",
+                          hint="try again once the running send or fetch has finished")
+    if name.startswith("SQLITE_READONLY"):
+        return StoreError(path, "read-only: the file or its folder cannot be written",
+                          hint=f"make {path} and its folder writable by this user")
+    if name == "SQLITE_FULL":
+        return StoreError(path, "the disk is full",
+                          hint=f"free space on the disk that holds {path.parent}")
+    if name.startswith("SQLITE_IOERR"):
+        return StoreError(path, f"cannot write the file: {exc}",
+                          hint="check for a full disk or a file size limit (ulimit -f),"
+                               " then the system log")
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        return StoreError(path, "not a SQLite database, or damaged",
+                          hint="restore it from a backup, or move it aside to start an empty"
+                               " store (the record of what was sent is then lost)")
+    if name.startswith("SQLITE_CANTOPEN") or name in ("SQLITE_PERM", "SQLITE_AUTH"):
+        why = "it is a folder" if path.is_dir() else "cannot open the file"
+        return StoreError(path, why, hint="set [store] path in digest.toml to a file this user"
+                                          " can read and write")
+    return StoreError(path, str(exc))
+
+
+@contextmanager
+def faults(path: Path) -> Iterator[None]:
+    """Turn what SQLite raises about the store at `path` into a one-line StoreError."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise store_error(path, exc) from exc
+
+
+def open_db(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> Store:
+    """Open (creating if needed) the store at `path` and apply pending migrations; a store
+    that cannot be opened, read or written is a one-line StoreError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise store_error(path, exc) from exc
+    with faults(path):
+        db = Store(path)
+        try:
+            _prepare(db, busy_timeout)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def _prepare(db: Store, busy_timeout: float) -> None:
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     # 16 KB pages (SQLite's default is 4 KB): a queued message (30-45 KB) then takes 3 pages
     # of the write-ahead log instead of 10, each written with its own two system calls and
     # copied again at the checkpoint; storing, claiming and marking a message costs about
@@ -155,9 +248,13 @@ def open_db(path: Path) -> Database:
     # pipeline._worker_init for why that is safe.)
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
-    db.execute("PRAGMA busy_timeout = 5000")
-    migrations.apply(db)
-    return db
+    # Checked first without a lock; applied under the write lock, checked again there: two
+    # processes opening a store that needs a migration apply it once.
+    if migrations.pending(db):
+        with write_transaction(db):
+            migrations.apply(db)
+    # A read, so that a damaged file or a folder in its place says so here, not later.
+    db.execute("select count(*) from sqlite_master").fetchone()
 
 
 # --- listings -------------------------------------------------------------------------------
@@ -962,9 +1059,9 @@ def record_source_result(
     """Remember a source's last fetch, for `digest sources`."""
     stamp = timestamp(now)
     counts = counts or UpsertCounts()
-    previous = db.execute("select last_ok_at from source_status where source = ?",
-                          [source]).fetchone()
-    with db.atomic():
+    with write_transaction(db):  # the lock before the read of the last success
+        previous = db.execute("select last_ok_at from source_status where source = ?",
+                              [source]).fetchone()
         db.table("source_status").upsert(
             {"source": source, "fetched_at": stamp, "ok": int(ok), "result": result,
              "new": counts.new, "updated": counts.updated, "unchanged": counts.unchanged,
@@ -1001,21 +1098,22 @@ def m05_unsubscribes(db: Database) -> None:
 def set_subscribed(
     db: Database, subscriber_id: str, email: str, subscribed: bool, now: datetime, via: str
 ) -> bool:
-    """Record an unsubscribe (or a resubscribe); returns whether the state changed."""
+    """Record an unsubscribe (or a resubscribe); returns whether the state changed. A
+    request that changes nothing (a replayed POST, a second click) records nothing."""
     state = "subscribed" if subscribed else "unsubscribed"
-    with db.atomic():
-        before = is_unsubscribed(db, subscriber_id)
-        db.table("subscriptions").upsert(
-            {"subscriber_id": subscriber_id, "email": email, "state": state,
-             "changed_at": timestamp(now), "via": via},
-            pk="subscriber_id",
-        )
-        db.table("subscription_events").insert(
-            {"subscriber_id": subscriber_id, "email": email,
-             "action": "resubscribe" if subscribed else "unsubscribe",
-             "at": timestamp(now), "via": via}
-        )
-    return before == subscribed
+    # The write lock before the read: two requests at once each see the other's change.
+    with write_transaction(db):
+        if is_unsubscribed(db, subscriber_id) != subscribed:
+            return False
+        db.execute(
+            "insert or replace into subscriptions (subscriber_id, email, state, changed_at, via)"
+            " values (?, ?, ?, ?, ?)", [subscriber_id, email, state, timestamp(now), via])
+        db.execute(
+            "insert into subscription_events (subscriber_id, email, action, at, via)"
+            " values (?, ?, ?, ?, ?)",
+            [subscriber_id, email, "resubscribe" if subscribed else "unsubscribe",
+             timestamp(now), via])
+    return True
 
 
 def is_unsubscribed(db: Database, subscriber_id: str) -> bool:

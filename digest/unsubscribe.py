@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from urllib.parse import quote
 
-from .config import ServerConfig
+from .config import ServerConfig, is_subscriber_id
 from .errors import DigestError
 
 _PURPOSE = b"digest-unsubscribe-v1"
@@ -62,7 +62,7 @@ def token_subscriber(token: str) -> str:
         subscriber_id = _unb64(head).decode("utf-8")
     except (binascii.Error, ValueError):
         raise TokenError("the link is incomplete or malformed") from None
-    if not subscriber_id or "/" in subscriber_id or subscriber_id.startswith("."):
+    if not is_subscriber_id(subscriber_id):  # checked before it names a file
         raise TokenError("the link is incomplete or malformed")
     return subscriber_id
 

@@ -7,16 +7,29 @@
   (`subscriptions` table); subscriber files are never rewritten.
 - `GET /preview` lists the subscribers; `/preview/<id>` shows their next digest exactly as it
   would be sent (desktop and phone-width views, the text part, the headers), built live from
-  the current templates and store. Previews send nothing and write nothing.
+  the current templates and store. Previews send nothing and write nothing. They show every
+  address and each subscriber's working unsubscribe link, so they are off unless `[server]
+  preview = true`, and then ask for the password in `[server] preview_secret_env` (HTTP
+  Basic auth, any user name; compared in constant time); without it the server refuses to
+  start.
 
-Bad or forged tokens get a 400 page that says what is wrong. Every page is rendered by an
-autoescaping Jinja environment, and a Content-Security-Policy forbids scripts.
+Bad or forged tokens get a 400 page that says what is wrong; an id that is not a valid
+subscriber id (`config.SUBSCRIBER_ID`) never reaches the file system. A store that is busy
+past its timeout, or broken, gets a one-line 503 page (the detail goes to the log). Every
+page is rendered by an autoescaping Jinja environment, and every response, the framework's
+404 and 405 included, carries the security headers (`SECURITY_HEADERS`: a
+Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email import policy as email_policy
@@ -26,13 +39,17 @@ from urllib.parse import quote
 import jinja2
 from sqlite_utils import Database
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import pipeline, store
-from .config import Settings, iter_subscribers, load_subscriber
-from .errors import ConfigError, DigestError
+from .config import ServerConfig, Settings, is_subscriber_id, iter_subscribers, load_subscriber
+from .errors import ConfigError, DigestError, StoreError, printable
 from .models import Subscriber
 from .unsubscribe import TokenError, require_secret, token_subscriber, verify_token
 
@@ -120,11 +137,88 @@ sent.</p>{% else %}
 )
 
 
-def _page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+# On every response (a route may set its own Content-Security-Policy): pages hold addresses
+# and unsubscribe links, so nothing is cached, framed by others, or sent on as a referrer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Cache-Control": "no-store",
+}
+# How long a request waits for another process's write (a send, a fetch) before it gives up
+# with a 503: a mailbox provider's one-click POST does not wait for minutes.
+BUSY_TIMEOUT = 10.0
+
+
+class SecurityHeaders:
+    """ASGI middleware: adds SECURITY_HEADERS to every HTTP response that lacks them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _page(name: str, status: int = 200, response_headers: dict[str, str] | None = None,
+          **values: Any) -> HTMLResponse:
     html = _PAGES.get_template(name).render(**values)
-    return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP,
-                                                          "Cache-Control": "no-store",
-                                                          "Referrer-Policy": "no-referrer"})
+    return HTMLResponse(html, status_code=status,
+                        headers=SECURITY_HEADERS | (response_headers or {}))
+
+
+def require_preview_secret(server: ServerConfig) -> str | None:
+    """The /preview password when previews are on (None when off); DigestError when they
+    are on without one: previews are never served open."""
+    if not server.preview:
+        return None
+    secret = server.preview_secret()
+    if secret is None:
+        raise DigestError(
+            f"[server] preview = true needs a password: environment variable"
+            f" {server.preview_secret_env} is not set",
+            hint=f"export {server.preview_secret_env}=$(python -c 'import secrets;"
+                 " print(secrets.token_urlsafe(24))'), or set [server] preview = false",
+        )
+    return secret
+
+
+def _authorized(request: Request, secret: str) -> bool:
+    # HTTP Basic: the user name is ignored, the password compared in constant time.
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        password = base64.b64decode(encoded.strip(), validate=True).partition(b":")[2]
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(password, secret.encode("utf-8"))
+
+
+def _login() -> HTMLResponse:
+    return _page("error.html", 401, {"WWW-Authenticate": 'Basic realm="digest previews",'
+                                                         ' charset="UTF-8"'},
+                 title="Password needed", heading="Password needed",
+                 text="Previews need the operator's password ([server] preview_secret_env).")
+
+
+def _busy() -> HTMLResponse:
+    return _page("error.html", 503, {"Retry-After": "60"}, title="Try again later",
+                 heading="Try again later",
+                 text="This could not be done right now; nothing was changed.")
 
 
 def _bad_link(reason: str) -> HTMLResponse:
@@ -134,19 +228,28 @@ def _bad_link(reason: str) -> HTMLResponse:
 
 def _previews_off() -> HTMLResponse:
     return _page("error.html", 404, title="Not found", heading="Not found",
-                 text="Previews are turned off ([server] preview = false).")
+                 text="Previews are turned off ([server] preview).")
 
 
 def create_app(
     settings: Settings, now: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Starlette:
-    """The web app for `settings`. The token secret must be in the environment."""
+    """The web app for `settings`. The token secret (and with previews on, the preview
+    password) must be in the environment; the store must open."""
     secret = require_secret(settings.server)
+    preview_secret = require_preview_secret(settings.server)
     folder = settings.subscribers.dir
+    store.open_db(settings.store.path).close()  # a broken store fails here, in one line
 
-    def db() -> Database:
+    @contextmanager
+    def db() -> Iterator[Database]:
         # One connection per request: sqlite3 connections must stay on their thread.
-        return store.open_db(settings.store.path)
+        database = store.open_db(settings.store.path, busy_timeout=BUSY_TIMEOUT)
+        try:
+            with store.faults(settings.store.path):
+                yield database
+        finally:
+            database.close()
 
     def subscriber_for(request: Request) -> Subscriber | HTMLResponse:
         token = request.query_params.get("token", "")
@@ -184,9 +287,10 @@ def create_app(
                 action=action_url(request, f"/{verb}"),
                 button=("Resubscribe " if subscribe else "Unsubscribe ") + subscriber.email,
             )
-        changed = store.set_subscribed(
-            db(), subscriber.id, subscriber.email, subscribe, now(), via="web"
-        )
+        with db() as database:
+            changed = store.set_subscribed(
+                database, subscriber.id, subscriber.email, subscribe, now(), via="web"
+            )
         log.info("subscriber %s: %s (%s)", subscriber.id, verb,
                  "changed" if changed else "no change")
         if subscribe:
@@ -209,39 +313,54 @@ def create_app(
     def resubscribe(request: Request) -> Response:
         return subscription(request, subscribe=True)
 
-    def preview_list(request: Request) -> Response:
-        if not settings.server.preview:
+    def previews_closed(request: Request) -> Response | None:
+        if preview_secret is None:
             return _previews_off()
-        database = db()
+        if not _authorized(request, preview_secret):
+            log.warning("%s: preview password missing or wrong", request.url.path)
+            return _login()
+        return None
+
+    def preview_list(request: Request) -> Response:
+        closed = previews_closed(request)
+        if closed is not None:
+            return closed
         rows = []
-        for entry in iter_subscribers(folder, settings.defaults):
-            if isinstance(entry, ConfigError):
-                rows.append({"id": entry.path.stem, "error": entry.message})
-                continue
-            rows.append({
-                "id": entry.id, "name": entry.name, "email": entry.email, "error": "",
-                "status": "unsubscribed" if store.is_unsubscribed(database, entry.id)
-                else "subscribed",
-            })
+        with db() as database:
+            for entry in iter_subscribers(folder, settings.defaults):
+                if isinstance(entry, ConfigError):
+                    rows.append({"id": printable(entry.path.stem), "error": entry.message})
+                    continue
+                rows.append({
+                    "id": entry.id, "name": entry.name, "email": entry.email, "error": "",
+                    "status": "unsubscribed" if store.is_unsubscribed(database, entry.id)
+                    else "subscribed",
+                })
         return _page("list.html", title="Digest previews", rows=rows,
                      now=now().isoformat(timespec="minutes"))
 
     def composed_for(request: Request) -> tuple[pipeline.Composed | None, Subscriber] | Response:
-        if not settings.server.preview:
-            return _previews_off()
+        closed = previews_closed(request)
+        if closed is not None:
+            return closed
         sid = request.path_params["sid"]
-        path = folder / f"{sid}.toml"
         part = request.path_params.get("part")
-        if "/" in sid or sid.startswith(".") or not path.is_file() or part not in (
+        # The id is checked before the file system sees it (a 300-character id would fail
+        # there with "file name too long").
+        if not is_subscriber_id(sid) or not (folder / f"{sid}.toml").is_file() or part not in (
             None, "html", "message.eml"
         ):
             return _page("error.html", 404, title="Not found", heading="No such subscriber",
-                         text=f"There is no subscriber file for {sid!r}.")
+                         text=f"There is no subscriber file for {sid!r}." if is_subscriber_id(
+                             sid) else "That is not a subscriber id.")
         try:
-            subscriber = load_subscriber(path, settings.defaults)
-            return pipeline.preview(settings, db(), sid, now()), subscriber
+            subscriber = load_subscriber(folder / f"{sid}.toml", settings.defaults)
+            with db() as database:
+                return pipeline.preview(settings, database, sid, now()), subscriber
+        except StoreError:
+            raise
         except DigestError as exc:
-            return _page("error.html", 500, title="Cannot preview", heading="Cannot preview",
+            return _page("error.html", 422, title="Cannot preview", heading="Cannot preview",
                          text=exc.message)
 
     def preview_one(request: Request) -> Response:
@@ -255,10 +374,12 @@ def create_app(
             parsed = message_from_bytes(composed.outgoing.data, policy=email_policy.default)
             headers = [(k, str(v)) for k, v in parsed.items()]
             html, text = composed.rendered.html, composed.rendered.text
+        with db() as database:
+            unsubscribed = store.is_unsubscribed(database, subscriber.id)
         return _page(
             "preview.html", title=f"Preview: {subscriber.id}", width=1100,
             subscriber=subscriber, composed=composed, headers=headers, html=html, text=text,
-            unsubscribed=store.is_unsubscribed(db(), subscriber.id),
+            unsubscribed=unsubscribed,
         )
 
     def preview_raw(request: Request) -> Response:
@@ -278,10 +399,27 @@ def create_app(
     def home(request: Request) -> Response:
         return _page("done.html", title="digest", heading="digest",
                      text="This server handles unsubscribe links"
-                     + (" and shows previews at /preview." if settings.server.preview else "."),
+                     + (" and shows previews at /preview." if preview_secret else "."),
                      undo="", undo_text="", undo_button="")
 
-    return Starlette(routes=[
+    def store_fault(request: Request, exc: Exception) -> Response:
+        # One line in the log, never a traceback; the page says only "try again later".
+        fault = exc if isinstance(exc, StoreError) else store.store_error(
+            settings.store.path, exc if isinstance(exc, sqlite3.Error) else sqlite3.Error(exc))
+        log.error("%s %s: %s", request.method, request.url.path, fault)
+        return _busy()
+
+    def http_error(request: Request, exc: Exception) -> Response:
+        # The framework's own 404 and 405, as pages like the others.
+        assert isinstance(exc, HTTPException)
+        text = {404: "There is no such page.",
+                405: f"{request.method} is not served here."}.get(exc.status_code, exc.detail)
+        return _page("error.html", exc.status_code, dict(exc.headers or {}), title=exc.detail,
+                     heading=exc.detail, text=text)
+
+    return Starlette(middleware=[Middleware(SecurityHeaders)], exception_handlers={
+        StoreError: store_fault, sqlite3.Error: store_fault, HTTPException: http_error,
+    }, routes=[
         Route("/", home),
         Route("/unsubscribe", unsubscribe, methods=["GET", "POST"]),
         Route("/resubscribe", resubscribe, methods=["GET", "POST"]),

@@ -123,7 +123,12 @@ def test_fatal_transport_error_stops_the_batch(project: Project) -> None:
     pipeline.fetch(settings, db, NOW)
     report = pipeline.send(settings, db, NOW)
     assert report.fatal is not None and "cannot connect" in report.fatal
-    assert [o.detail for o in report.outcomes][1] == "not attempted: batch stopped"
+    # The report says what the store holds: ada's digest stays queued, grace's was not built.
+    outcomes = {o.subscriber_id: (o.status, o.detail) for o in report.outcomes}
+    assert outcomes["ada"][0] == "queued" and "cannot connect" in outcomes["ada"][1]
+    assert outcomes["grace"] == ("not-sent", "not built (batch stopped); the next run builds it")
+    assert len(report.outcomes) == 2
+    assert store.digest_state(db, "ada", NOW.date()) == "queued"
     assert store.digest_state(db, "grace", NOW.date()) is None
 
 

@@ -3,6 +3,7 @@ unsubscribe (RFC 8058), resubscribe, forged tokens, and the preview pages."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -29,18 +31,25 @@ from .browser import chromium  # noqa: F401 - fixture
 from .conftest import NOW, Project, free_port
 
 SECRET = "web-test-secret-abcdef"
+PREVIEW_SECRET = "preview-password-0123"
+OPERATOR = ("operator", PREVIEW_SECRET)
+BASIC = {"Authorization": "Basic " + base64.b64encode(
+    f"operator:{PREVIEW_SECRET}".encode()).decode()}
 
 
-@pytest.fixture
-def server(project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@contextmanager
+def running(project: Project, monkeypatch: pytest.MonkeyPatch,
+            preview: bool = True) -> Iterator[str]:
     """The app on a free loopback port, over a store holding the seeds; yields its URL."""
     monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    monkeypatch.setenv("DIGEST_PREVIEW_SECRET", PREVIEW_SECRET)
     port = free_port()
     project.write_config(f"""
     [server]
     host = "127.0.0.1"
     port = {port}
     public_url = "http://127.0.0.1:{port}"
+    preview = {"true" if preview else "false"}
     """)
     settings = load_settings(project.config)
     pipeline.fetch(settings, store.open_db(settings.store.path), NOW)
@@ -58,6 +67,13 @@ def server(project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The app with previews on (and their password in the environment)."""
+    with running(project, monkeypatch) as url:
+        yield url
 
 
 def unsubscribe_link(project: Project, sid: str) -> str:
@@ -164,6 +180,7 @@ def test_preview_click_through_shows_the_message_as_sent(project: Project, serve
     page = chromium.new_page()
     try:
         page.set_viewport_size({"width": 1280, "height": 900})
+        page.set_extra_http_headers(BASIC)
         page.goto(server + "/preview")
         assert "Digest previews" in page.text_content("h1")
         page.click("text=Ada Lovelace (ada)")
@@ -186,7 +203,7 @@ def test_preview_click_through_shows_the_message_as_sent(project: Project, serve
         assert inner <= 375, "the phone view overflows horizontally"
         shot = page.screenshot(full_page=True)
         assert len(shot) > 10_000
-        eml = httpx.get(server + "/preview/ada/message.eml").content
+        eml = httpx.get(server + "/preview/ada/message.eml", auth=OPERATOR).content
         assert scrub(eml) == scrub(expected.outgoing.data)
     finally:
         page.close()
@@ -195,9 +212,9 @@ def test_preview_click_through_shows_the_message_as_sent(project: Project, serve
 
 
 def test_preview_renders_live_from_the_current_templates(project: Project, server: str) -> None:
-    first = httpx.get(server + "/preview/grace/html").text
+    first = httpx.get(server + "/preview/grace/html", auth=OPERATOR).text
     assert "Diffusion" in first
-    assert httpx.get(server + "/preview/nobody").status_code == 404
+    assert httpx.get(server + "/preview/nobody", auth=OPERATOR).status_code == 404
 
 
 def test_unsubscribe_never_rewrites_subscriber_files(project: Project, server: str) -> None:
@@ -221,15 +238,17 @@ def test_digest_serve_command_listens_where_configured(project: Project,
     [server]
     host = "127.0.0.1"
     port = {port}
+    preview = true
     """)
-    env = {**os.environ, "DIGEST_SECRET": SECRET, "DIGEST_NOW": NOW.isoformat()}
+    env = {**os.environ, "DIGEST_SECRET": SECRET, "DIGEST_NOW": NOW.isoformat(),
+           "DIGEST_PREVIEW_SECRET": PREVIEW_SECRET}
     digest_bin = Path(sys.executable).parent / "digest"
     proc = subprocess.Popen([str(digest_bin), "serve", "--config", str(project.config)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(300):
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/preview", timeout=1)
+                r = httpx.get(f"http://127.0.0.1:{port}/preview", timeout=1, auth=OPERATOR)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -251,3 +270,151 @@ def test_digest_serve_without_a_secret_is_a_one_line_error(project: Project) -> 
     assert run.returncode == 1 and run.stdout == ""
     assert "environment variable DIGEST_SECRET is not set" in run.stderr
     assert "hint: export DIGEST_SECRET=" in run.stderr
+
+
+# --- hardening (issue 16) ---------------------------------------------------------------------
+
+
+def test_previews_are_off_by_default(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(project.config)
+    assert settings.server.preview is False
+    with running(project, monkeypatch, preview=False) as url:
+        for path in ("/preview", "/preview/ada", "/preview/ada/message.eml"):
+            r = httpx.get(url + path, auth=OPERATOR)
+            assert r.status_code == 404 and "Previews are turned off" in r.text
+            assert "ada@example.org" not in r.text
+        assert "/preview" not in httpx.get(url + "/").text
+
+
+def test_previews_on_without_a_password_refuse_to_start(project: Project) -> None:
+    project.write_config("[server]\npreview = true\n")
+    env = {k: v for k, v in os.environ.items() if k != "DIGEST_PREVIEW_SECRET"}
+    run = subprocess.run([str(Path(sys.executable).parent / "digest"), "serve", "--config",
+                          str(project.config)], env=env | {"DIGEST_SECRET": SECRET,
+                                                          "COLUMNS": "200"},
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "environment variable DIGEST_PREVIEW_SECRET is not set" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 2  # the line and its hint
+
+
+@pytest.mark.parametrize("path", ["/preview", "/preview/ada", "/preview/ada/html",
+                                  "/preview/ada/message.eml"])
+def test_previews_ask_for_the_password(server: str, path: str) -> None:
+    for auth in (None, ("operator", "wrong"), ("operator", PREVIEW_SECRET[:-1])):
+        r = httpx.get(server + path, auth=auth)
+        assert r.status_code == 401, (auth, r.status_code)
+        assert r.headers["WWW-Authenticate"].startswith("Basic ")
+        assert "ada@example.org" not in r.text and "token=" not in r.text
+    for garbage in ("Basic !!!", "Bearer " + PREVIEW_SECRET, "Basic " + PREVIEW_SECRET):
+        assert httpx.get(server + path, headers={"Authorization": garbage}).status_code == 401
+    # Any user name, the right password.
+    assert httpx.get(server + path, auth=("anyone", PREVIEW_SECRET)).status_code == 200
+
+
+def test_previews_behind_the_password_in_a_browser(server: str,
+                                                   chromium: Any) -> None:  # noqa: F811
+    page = chromium.new_page()
+    try:
+        # A browser asks for the password (Basic auth); headless, it has none to give.
+        with pytest.raises(Exception, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            page.goto(server + "/preview")
+        page.set_extra_http_headers(BASIC)
+        response = page.goto(server + "/preview")
+        assert response.status == 200 and "ada@example.org" in page.content()
+    finally:
+        page.close()
+
+
+def _headers_ok(r: httpx.Response) -> None:
+    assert r.headers.get("X-Content-Type-Options") == "nosniff", (r.request.url, r.status_code)
+    assert "default-src 'none'" in r.headers.get("Content-Security-Policy", ""), r.request.url
+    assert r.headers.get("Referrer-Policy") == "no-referrer"
+    assert r.headers.get("Cache-Control") == "no-store"
+
+
+def test_every_response_carries_the_security_headers(server: str) -> None:
+    long_id = "a" * 300
+    long_token = make_token(SECRET, long_id, "x@example.org")
+    cases = [
+        ("GET", "/", None, 200),
+        ("GET", "/unsubscribe?token=" + quote(make_token(SECRET, "ada", "ada@example.org"),
+                                               safe=""), None, 200),
+        ("GET", "/unsubscribe?token=garbage", None, 400),
+        ("GET", "/unsubscribe?token=" + quote(long_token, safe=""), None, 400),
+        ("POST", "/unsubscribe?token=" + quote(long_token, safe=""), None, 400),
+        ("GET", "/preview", None, 401),
+        ("GET", "/preview", OPERATOR, 200),
+        ("GET", "/preview/ada/html", OPERATOR, 200),
+        ("GET", "/preview/ada/message.eml", OPERATOR, 200),
+        ("GET", "/preview/" + long_id, OPERATOR, 404),
+        ("GET", "/preview/" + long_id + "/html", OPERATOR, 404),
+        ("GET", "/preview/..%2Fdigest", OPERATOR, 404),
+        ("GET", "/no/such/page", None, 404),
+        ("PUT", "/unsubscribe", None, 405),
+        ("DELETE", "/", None, 405),
+    ]
+    for method, path, auth, status in cases:
+        r = httpx.request(method, server + path, auth=auth)
+        assert r.status_code == status, (method, path, r.status_code, r.text[:200])
+        _headers_ok(r)
+    assert "a" * 300 not in httpx.get(server + "/preview/" + long_id, auth=OPERATOR).text
+
+
+def test_a_replayed_unsubscribe_records_one_event(project: Project, server: str) -> None:
+    link = unsubscribe_link(project, "ada")
+    for _ in range(5):
+        r = httpx.post(link, content=b"List-Unsubscribe=One-Click")
+        assert r.status_code == 200 and "You are unsubscribed" in r.text
+    events = store.open_db(project.db_path).execute(
+        "select count(*) from subscription_events").fetchone()[0]
+    assert events == 1
+
+
+def test_a_busy_store_is_a_one_line_503_and_the_link_works_later(
+        project: Project, server: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from digest import web
+
+    monkeypatch.setattr(web, "BUSY_TIMEOUT", 0.3)
+    link = unsubscribe_link(project, "ada")
+    # Another process's long write: a connection holding the write lock past the timeout.
+    holder = store.open_db(project.db_path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        r = httpx.post(link, content=b"List-Unsubscribe=One-Click", timeout=30)
+    finally:
+        holder.conn.rollback()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "60"
+    assert "nothing was changed" in r.text
+    _headers_ok(r)
+    assert not state(project, "ada")
+    errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert errors and all(rec.exc_info is None for rec in errors), "one line, no traceback"
+    assert any("busy" in rec.getMessage() and str(project.db_path) in rec.getMessage()
+               for rec in errors)
+    r = httpx.post(link, content=b"List-Unsubscribe=One-Click", timeout=30)
+    assert r.status_code == 200 and state(project, "ada")
+
+
+def test_a_broken_store_is_a_503_not_a_traceback(project: Project, server: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    link = unsubscribe_link(project, "ada")
+    for suffix in ("-wal", "-shm", ""):
+        Path(str(project.db_path) + suffix).unlink(missing_ok=True)
+    project.db_path.write_bytes(b"this is not a database " * 400)
+    r = httpx.post(link, content=b"List-Unsubscribe=One-Click")
+    assert r.status_code == 503
+    _headers_ok(r)
+    assert all(rec.exc_info is None for rec in caplog.records)
+    assert any("not a SQLite database" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_deeply_nested_subscriber_file_is_one_row(project: Project, server: str) -> None:
+    project.subscriber("deep", "name = 'D'\nemail = 'd@example.org'\nx = "
+                       + "[" * 5000 + "]" * 5000 + "\n")
+    r = httpx.get(server + "/preview", auth=OPERATOR)
+    assert r.status_code == 200
+    assert "nested too deeply" in r.text and "Ada Lovelace (ada)" in r.text
+    r = httpx.get(server + "/preview/deep", auth=OPERATOR)
+    assert r.status_code == 422 and "nested too deeply" in r.text

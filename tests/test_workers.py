@@ -100,7 +100,12 @@ def test_a_dead_worker_is_reported_and_loses_nothing(project: Project,
     assert hook.killed is not None
     assert report.failed and report.fatal is not None and "worker process" in report.fatal
     not_built = [o for o in report.outcomes if "worker process failed" in o.detail]
-    assert not_built and all(o.status == "failed" for o in not_built)
+    assert not_built and {o.status for o in not_built} <= {"not-sent", "queued"}
+    # Each says what the store holds for the subscriber.
+    db = store.open_db(project.db_path)
+    for o in not_built:
+        held = store.digest_state(db, o.subscriber_id, NOW.date())
+        assert (held == "queued") if o.status == "queued" else held is None, (o, held)
     received = received_by(server)
     rows = stored(project)
     # Nothing is marked sent that the server did not take.

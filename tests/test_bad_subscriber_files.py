@@ -1,0 +1,97 @@
+"""Subscriber files that must cost only themselves (issue 16): one nested too deeply for the
+TOML parser, one whose name is no valid subscriber id (a newline in it). `digest validate`
+and `digest send` run as real processes: one line for the bad file, the others go out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digest import store
+from digest.config import is_subscriber_id, iter_subscribers, load_settings
+
+from .conftest import ADA, Project
+
+DIGEST = str(Path(sys.executable).with_name("digest"))
+DEEP = 'name = "Deep"\nemail = "deep@example.org"\nx = ' + "[" * 20_000 + "]" * 20_000 + "\n"
+DEEP_TABLES = ('name = "Deep"\nemail = "deep@example.org"\nx = '
+               + "{a = " * 5000 + "1" + "}" * 5000 + "\n")
+
+
+def _digest(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DIGEST_NOW": "2026-11-25T12:00:00+00:00", "NO_COLOR": "1",
+           "COLUMNS": "300"}
+    return subprocess.run([DIGEST, *args, "--config", str(project.config)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("body", [DEEP, DEEP_TABLES], ids=["arrays", "inline-tables"])
+def test_a_deeply_nested_file_is_one_line_and_the_others_go_out(project: Project,
+                                                                body: str) -> None:
+    (project.subscribers / "deep.toml").write_text(body, encoding="utf-8")
+    run = _digest(project, "validate")
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
+    invalid = [line for line in run.stderr.splitlines() if line.startswith("invalid:")]
+    assert invalid == [f"invalid: {project.subscribers / 'deep.toml'}: invalid TOML: arrays or"
+                       " tables nested too deeply"]
+    assert "ok: ada" in run.stdout and "ok: grace" in run.stdout
+    assert _digest(project, "fetch").returncode == 0
+    run = _digest(project, "send")
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
+        project.db_path))}
+    assert states == {"ada": "sent", "grace": "sent"}
+    assert "deep" in run.stdout and "nested too deeply" in run.stdout
+
+
+BAD_NAMES = ["evil\nline", "-dash-first", ".hidden-is-ignored", "x" * 65, "sp ace", "tab\tbed",
+             "ümlaut", "semi;colon"]
+
+
+def test_file_names_that_are_no_valid_id_are_one_line_each(project: Project) -> None:
+    for name in BAD_NAMES:
+        (project.subscribers / f"{name}.toml").write_text(ADA, encoding="utf-8")
+    settings = load_settings(project.config)
+    entries = list(iter_subscribers(settings.subscribers.dir, settings.defaults))
+    ids = sorted(e.id for e in entries if not isinstance(e, Exception))
+    assert ids == ["ada", "grace"]
+    assert len(entries) == 2 + len(BAD_NAMES) - 1  # hidden files are not subscriber files
+
+    run = _digest(project, "validate")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    invalid = [line for line in run.stderr.splitlines() if line.startswith("invalid:")]
+    # One line each, the newline and the tab shown escaped.
+    assert len(invalid) == len(BAD_NAMES) - 1, run.stderr
+    assert all("the file name is not a valid subscriber id" in line for line in invalid)
+    assert any("evil\\nline.toml" in line for line in invalid)
+    assert any("tab\\tbed.toml" in line for line in invalid)
+    assert len(run.stderr.splitlines()) == len(invalid)
+
+    assert _digest(project, "fetch").returncode == 0
+    run = _digest(project, "send")
+    assert "Traceback" not in run.stderr
+    db = store.open_db(project.db_path)
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(db)}
+    assert states == {"ada": "sent", "grace": "sent"}
+    # Every report row is one line: the bad names appear escaped, never split.
+    rows = [line for line in run.stdout.splitlines() if line.startswith("│")]
+    assert any("evil\\nline" in row and "invalid" in row for row in rows), run.stdout
+    assert not any(row.strip() == "│ line" or row.startswith("│ line ") for row in rows)
+    assert all(is_subscriber_id(sid) for sid in states)
+
+
+@pytest.mark.parametrize("sid", ["../outside", "a" * 300, "evil\nline", "subscribers/../outside"])
+def test_commands_naming_a_bad_id_say_no_such_subscriber(project: Project, sid: str) -> None:
+    # A subscriber file outside the folder, which a path in the id would reach.
+    (project.root / "outside.toml").write_text(ADA, encoding="utf-8")
+    (project.subscribers / "subscribers").symlink_to(project.subscribers)
+    for args in (["preview", sid], ["send", "--subscriber", sid], ["explain", sid, "x"]):
+        run = _digest(project, *args)
+        assert run.returncode == 1, (args, run.stdout)
+        assert "Traceback" not in run.stderr, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("error: no subscriber "), run.stderr
