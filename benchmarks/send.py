@@ -24,7 +24,8 @@ from typing import Any
 
 from digest import delivery, store
 from digest.config import SmtpConfig
-from digest.send import STRICT, Sender, SmtpSender
+from digest.mime import STRICT
+from digest.send import Sender, SmtpSender
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 

@@ -38,9 +38,6 @@ from .send import (
     Outgoing,
     Sender,
     SmtpSender,
-    build_message,
-    fast_outgoing,
-    load_fast_signer,
     load_signer,
     outgoing,
     unsubscribe_links,
@@ -200,15 +197,10 @@ class Composed:
     outgoing: Outgoing
 
 
-def compose(
-    settings: Settings, digest: Digest, env: jinja2.Environment, *, reference: bool = False,
-) -> Composed:
+def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
     is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
-
-    The fast path (`send.fast_outgoing`: bodies QP-encoded once, OpenSSL signatures) is what
-    is sent; `reference=True` takes the straightforward one (`EmailMessage.as_bytes` and
-    dkimpy), kept as what tests and benchmarks compare against."""
+    """
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     # The email shows (and the outbox records as sent) only what fits its size budget: the
@@ -216,13 +208,8 @@ def compose(
     fitted = fit(digest, Links(unsubscribe=one_click or https or mailto), env)
     digest, rendered = fitted.digest, fitted.rendered
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
-    if reference:
-        message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
-        out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
-                       load_signer(settings.dkim))
-    else:
-        out = fast_outgoing(rendered, digest, settings.delivery, sent_at, one_click,
-                            load_fast_signer(settings.dkim))
+    out = outgoing(rendered, digest, settings.delivery, sent_at, one_click,
+                   load_signer(settings.dkim))
     return Composed(digest, rendered, out)
 
 
@@ -332,7 +319,6 @@ def send(
     progress: ProgressHook | None = None,
     stop: threading.Event | None = None,
     workers: int = 1,
-    reference: bool = False,
 ) -> SendReport:
     """Build, queue and send today's digest for each subscriber (or those in `only`).
 
@@ -354,8 +340,7 @@ def send(
 
     `workers` > 1 builds the digests in that many worker processes (see `_Pool`); this
     process sends them as they come. Below PARALLEL_MIN subscribers, or with `dry_run`, all
-    work stays in this process. `reference` builds with the straightforward MIME and DKIM
-    path (for the benchmark's comparison).
+    work stays in this process.
     """
     progress = progress or _NoProgress()
     stop = stop or threading.Event()
@@ -394,7 +379,7 @@ def send(
     with delivery.send_lock(settings.store.path):
         senders = [sender] if sender is not None else make_senders(settings)
         # Forked before any sending thread exists (a fork copies only the calling thread).
-        pool = _Pool(settings, entries, now, cache, due_only, reference, workers) \
+        pool = _Pool(settings, entries, now, cache, due_only, workers) \
             if parallel else None
         try:
             with delivery.Delivery(
@@ -418,7 +403,7 @@ def send(
                     if stop.is_set():
                         break
                     _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
-                               outbox, report, reference)
+                               outbox, report)
                     progress.advance(entry.path.stem if isinstance(entry, ConfigError)
                                      else entry.id)
         finally:
@@ -470,7 +455,7 @@ def drop_old_messages(settings: Settings, db: Database, now: datetime,
 def _queue_one(
     settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
     env: jinja2.Environment, cache: batch.MatchRun, due_only: bool, today: dict[str, date],
-    offered: set[str], outbox: delivery.Delivery, report: SendReport, reference: bool = False,
+    offered: set[str], outbox: delivery.Delivery, report: SendReport,
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
     sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
@@ -480,7 +465,7 @@ def _queue_one(
         return
     if isinstance(entry, Subscriber) and digest_key(sid, today[sid]) in offered:
         return  # already handed over, from what was waiting in the outbox
-    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only, reference)
+    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only)
     if outcome is not None:
         report.outcomes.append(outcome)
         return
@@ -498,10 +483,9 @@ def _send_one(
     cache: batch.MatchRun,
     dry_run: bool,
     due_only: bool,
-    reference: bool = False,
 ) -> Outcome | None:
     """Build and queue one subscriber's digest for today; None when it was just queued."""
-    result = _prepare_one(settings, db, entry, now, env, cache, dry_run, due_only, reference)
+    result = _prepare_one(settings, db, entry, now, env, cache, dry_run, due_only)
     return result if isinstance(result, Outcome) else _write_one(db, result, now)
 
 
@@ -524,7 +508,6 @@ def _prepare_one(
     cache: batch.MatchRun,
     dry_run: bool,
     due_only: bool,
-    reference: bool,
 ) -> Outcome | _Write:
     """Decide about and build one (subscriber, local date) digest, reading the store only:
     an Outcome, or what `_write_one` is to store. The unit of work of a worker process."""
@@ -560,7 +543,7 @@ def _prepare_one(
             if dry_run:
                 return Outcome(subscriber.id, "no-matches")
             return _Write(subscriber, day, None)
-        composed = compose(settings, digest, env, reference=reference)
+        composed = compose(settings, digest, env)
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
@@ -611,7 +594,6 @@ class _Job:
     now: datetime
     cache: batch.MatchRun
     due_only: bool
-    reference: bool
 
 
 _job: _Job | None = None
@@ -674,7 +656,7 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
         entry = job.entries[i]
         try:
             built.append((i, _prepare_one(job.settings, db, entry, job.now, env, job.cache,
-                                          False, job.due_only, job.reference)))
+                                          False, job.due_only)))
         except Exception as exc:  # a bug must cost one digest, not the batch
             log.exception("subscriber %s: unexpected error", _entry_id(entry))
             built.append((i, Outcome(_entry_id(entry), "failed",
@@ -739,11 +721,11 @@ class _Pool:
     """
 
     def __init__(self, settings: Settings, entries: list[Subscriber | ConfigError],
-                 now: datetime, cache: batch.MatchRun, due_only: bool, reference: bool,
+                 now: datetime, cache: batch.MatchRun, due_only: bool,
                  workers: int) -> None:
         global _job
         cache.selection()  # built once, here, and inherited by every worker
-        _job = _Job(settings, entries, now, cache, due_only, reference)
+        _job = _Job(settings, entries, now, cache, due_only)
         self.entries = entries
         self.workers = workers
         self.broken: str | None = None

@@ -15,7 +15,7 @@ import pytest
 from sqlite_utils import Database
 
 from digest import delivery, store
-from digest.errors import SendError
+from digest.errors import FatalSendError, TransientSendError
 from digest.send import Outgoing
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -66,7 +66,7 @@ def test_a_fatal_error_puts_back_every_claimed_row_not_attempted(tmp_path: Path)
 
     def answer(n: int) -> None:
         if n == 3:
-            raise SendError("cannot connect to SMTP server x: refused", fatal=True)
+            raise FatalSendError("cannot connect to SMTP server x: refused")
 
     sender = Scripted(path, answer)
     report = delivery.deliver(db, rows, [sender], lambda: NOW, policy=POLICY)
@@ -112,7 +112,7 @@ def test_sent_only_after_acceptance_and_claims_stay_bounded(tmp_path: Path) -> N
 
     def answer(n: int) -> None:
         if n % 7 == 0:
-            raise SendError("server answered 451 try later")
+            raise TransientSendError("server answered 451 try later")
 
     sender = Scripted(path, answer)
     with delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY, on_result=on_result,
