@@ -342,33 +342,21 @@ class Delivery:
             self._fatal.is_set() or self._abort.is_set() or self.report.fatal is not None
         ) else "batch stopped"
 
+    def send_all(self, rows: Sequence[store.Pending]) -> DeliveryReport:
+        """Send `rows` and record each outcome once the server answered; the report.
+
+        Stops when `stop` is set or a fatal error comes back; messages already on the wire
+        are finished and recorded. Rows not attempted stay queued.
+        """
+        with self:
+            self.offer_many(rows)
+        if self.stop.is_set() and self.report.fatal is None:
+            log.warning("stopping: %d message(s) left queued for the next run",
+                        sum(1 for r in self.report.results if r.status == "queued"))
+        return self.report
+
     def _skip(self, row: store.Pending) -> None:
         self._report([Delivered(row, "queued", f"not attempted: {self._why()}")])
-
-
-def deliver(
-    db: Database,
-    rows: list[store.Pending],
-    senders: list[Sender],
-    clock: Callable[[], datetime],
-    *,
-    policy: RetryPolicy,
-    rate: float = 0.0,
-    stop: threading.Event | None = None,
-    on_result: Callable[[Delivered], None] | None = None,
-) -> DeliveryReport:
-    """Send `rows` over `senders` and record each outcome once the server answered.
-
-    Stops when `stop` is set or a fatal error comes back; messages already on the wire are
-    finished and recorded. Rows not attempted stay queued.
-    """
-    with Delivery(db, senders, clock, policy=policy, rate=rate, stop=stop,
-                  on_result=on_result) as batch:
-        batch.offer_many(rows)
-    if batch.stop.is_set() and batch.report.fatal is None:
-        log.warning("stopping: %d message(s) left queued for the next run",
-                    sum(1 for r in batch.report.results if r.status == "queued"))
-    return batch.report
 
 
 def _record(db: Database, row: store.Pending, exc: SendError, now: datetime,

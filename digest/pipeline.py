@@ -350,10 +350,11 @@ def send(
     env = environment()
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
+    job = _Job(settings, entries, now, cache, due_only)
     if dry_run:
         progress.start(len(entries), "rendering")
         for entry in entries:
-            outcome = _send_one(settings, db, entry, now, env, cache, True, due_only)
+            outcome = _send_one(job, db, env, entry, True)
             assert outcome is not None  # a dry run queues nothing
             report.outcomes.append(outcome)
             progress.advance(outcome.subscriber_id)
@@ -379,7 +380,7 @@ def send(
     with delivery.send_lock(settings.store.path):
         senders = [sender] if sender is not None else make_senders(settings)
         # Forked before any sending thread exists (a fork copies only the calling thread).
-        pool = _Pool(settings, entries, now, cache, due_only, workers) \
+        pool = _Pool(job, workers) \
             if parallel else None
         try:
             with delivery.Delivery(
@@ -402,8 +403,7 @@ def send(
                 for entry in entries if pool is None else ():
                     if stop.is_set():
                         break
-                    _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
-                               outbox, report)
+                    _queue_one(job, db, env, entry, today, offered, outbox, report)
                     progress.advance(entry.path.stem if isinstance(entry, ConfigError)
                                      else entry.id)
         finally:
@@ -453,9 +453,8 @@ def drop_old_messages(settings: Settings, db: Database, now: datetime,
 
 
 def _queue_one(
-    settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
-    env: jinja2.Environment, cache: batch.MatchRun, due_only: bool, today: dict[str, date],
-    offered: set[str], outbox: delivery.Delivery, report: SendReport,
+    job: _Job, db: Database, env: jinja2.Environment, entry: Subscriber | ConfigError,
+    today: dict[str, date], offered: set[str], outbox: delivery.Delivery, report: SendReport,
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
     sid = entry.path.stem if isinstance(entry, ConfigError) else entry.id
@@ -465,7 +464,7 @@ def _queue_one(
         return
     if isinstance(entry, Subscriber) and digest_key(sid, today[sid]) in offered:
         return  # already handed over, from what was waiting in the outbox
-    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only)
+    outcome = _send_one(job, db, env, entry, False)
     if outcome is not None:
         report.outcomes.append(outcome)
         return
@@ -474,19 +473,11 @@ def _queue_one(
         outbox.offer(queued)
 
 
-def _send_one(
-    settings: Settings,
-    db: Database,
-    entry: Subscriber | ConfigError,
-    now: datetime,
-    env: jinja2.Environment,
-    cache: batch.MatchRun,
-    dry_run: bool,
-    due_only: bool,
-) -> Outcome | None:
+def _send_one(job: _Job, db: Database, env: jinja2.Environment, entry: Subscriber | ConfigError,
+              dry_run: bool) -> Outcome | None:
     """Build and queue one subscriber's digest for today; None when it was just queued."""
-    result = _prepare_one(settings, db, entry, now, env, cache, dry_run, due_only)
-    return result if isinstance(result, Outcome) else _write_one(db, result, now)
+    result = _prepare_one(job, db, env, entry, dry_run)
+    return result if isinstance(result, Outcome) else _write_one(db, result, job.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,18 +490,11 @@ class _Write:
     composed: Composed | None
 
 
-def _prepare_one(
-    settings: Settings,
-    db: Database,
-    entry: Subscriber | ConfigError,
-    now: datetime,
-    env: jinja2.Environment,
-    cache: batch.MatchRun,
-    dry_run: bool,
-    due_only: bool,
-) -> Outcome | _Write:
+def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
+                 entry: Subscriber | ConfigError, dry_run: bool) -> Outcome | _Write:
     """Decide about and build one (subscriber, local date) digest, reading the store only:
     an Outcome, or what `_write_one` is to store. The unit of work of a worker process."""
+    settings, now, cache, due_only = job.settings, job.now, job.cache, job.due_only
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(entry.path.stem, "invalid", detail=entry.message)
@@ -587,7 +571,9 @@ UNFINISHED = "not finished: a worker process failed (the next run completes it)"
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """What every worker process needs, inherited through the fork (never pickled)."""
+    """What building one subscriber's digest needs besides the store and the Jinja
+    environment: passed to `_prepare_one` in this process, and inherited by every worker
+    process through the fork (never pickled)."""
 
     settings: Settings
     entries: list[Subscriber | ConfigError]
@@ -655,8 +641,7 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
     for i in indices:
         entry = job.entries[i]
         try:
-            built.append((i, _prepare_one(job.settings, db, entry, job.now, env, job.cache,
-                                          False, job.due_only)))
+            built.append((i, _prepare_one(job, db, env, entry, False)))
         except Exception as exc:  # a bug must cost one digest, not the batch
             log.exception("subscriber %s: unexpected error", _entry_id(entry))
             built.append((i, Outcome(_entry_id(entry), "failed",
@@ -720,13 +705,11 @@ class _Pool:
     run, and nothing is marked sent that no server accepted.
     """
 
-    def __init__(self, settings: Settings, entries: list[Subscriber | ConfigError],
-                 now: datetime, cache: batch.MatchRun, due_only: bool,
-                 workers: int) -> None:
+    def __init__(self, job: _Job, workers: int) -> None:
         global _job
-        cache.selection()  # built once, here, and inherited by every worker
-        _job = _Job(settings, entries, now, cache, due_only)
-        self.entries = entries
+        job.cache.selection()  # built once, here, and inherited by every worker
+        _job = job
+        self.entries = job.entries
         self.workers = workers
         self.broken: str | None = None
         self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
