@@ -16,7 +16,7 @@ import signal
 import threading
 import time as timer
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -342,22 +342,14 @@ def send(
     process sends them as they come. Below PARALLEL_MIN subscribers, or with `dry_run`, all
     work stays in this process.
     """
-    progress = progress or _NoProgress()
-    stop = stop or threading.Event()
-    started = timer.monotonic()
+    progress, stop = progress or _NoProgress(), stop or threading.Event()
+    started, report, env = timer.monotonic(), SendReport(), environment()
     entries = _load(settings, only, db, now)
-    report = SendReport()
-    env = environment()
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
     job = _Job(settings, entries, now, cache, due_only)
     if dry_run:
-        progress.start(len(entries), "rendering")
-        for entry in entries:
-            outcome = _send_one(job, db, env, entry, True)
-            assert outcome is not None  # a dry run queues nothing
-            report.outcomes.append(outcome)
-            progress.advance(outcome.subscriber_id)
+        report.outcomes.extend(_dry_run(job, db, env, progress))
         return report
 
     def clock() -> datetime:
@@ -365,70 +357,102 @@ def send(
         return now + timedelta(seconds=timer.monotonic() - started)
 
     today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
-    parallel = workers > 1 and len(today) >= PARALLEL_MIN
-
-    def on_result(done: delivery.Delivered) -> None:
-        row = done.pending
-        detail = done.detail
-        day = None
-        if row.local_date != today.get(row.subscriber_id):
-            detail = f"digest for {row.local_date}: {detail}"
-            day = row.local_date
-        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail,
-                                       day))
-
     with delivery.send_lock(settings.store.path):
-        senders = [sender] if sender is not None else make_senders(settings)
-        # Forked before any sending thread exists (a fork copies only the calling thread).
-        pool = _Pool(job, workers) \
-            if parallel else None
-        try:
-            with delivery.Delivery(
-                db, senders, clock, policy=retry_policy(settings),
-                rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
-                stop=stop, on_result=on_result,
-            ) as outbox:
-                waiting = []
-                for row in store.pending(db, today, now if due_only else None):
-                    if store.is_unsubscribed(db, row.subscriber_id):
-                        # Queued before they unsubscribed: it must not go out any more.
-                        store.record_failed(db, row.id, "unsubscribed before it was sent", now)
-                        continue
-                    waiting.append(row)
-                outbox.offer_many(waiting)
-                offered = {row.id for row in waiting}
-                progress.start(len(entries), "sending")
-                if pool is not None:
-                    pool.run(db, today, offered, outbox, report, stop, progress)
-                for entry in entries if pool is None else ():
-                    if stop.is_set():
-                        break
-                    _queue_one(job, db, env, entry, today, offered, outbox, report)
-                    progress.advance(entry.path.stem if isinstance(entry, ConfigError)
-                                     else entry.id)
-        finally:
-            if pool is not None:
-                pool.close()
-            if sender is None:
-                for own in senders:
-                    own.close()
+        report.fatal = _send_batch(job, db, env, today, report, clock,
+                                   sender, progress, stop, workers)
         if not stop.is_set():
             # After the sending, not before: today's messages should not wait for it.
             report.dropped = drop_old_messages(settings, db, now, progress, stop)
-    report.fatal = outbox.report.fatal or (pool.broken if pool is not None else None)
     report.stopped = stop.is_set()
+    _record_run(db, report, today, now, clock())
+    return report
+
+
+def _dry_run(job: _Job, db: Database, env: jinja2.Environment,
+             progress: ProgressHook) -> Iterable[Outcome]:
+    """`send --dry-run`: every entry's outcome, rendered and changing nothing."""
+    progress.start(len(job.entries), "rendering")
+    for entry in job.entries:
+        outcome = _send_one(job, db, env, entry, True)
+        assert outcome is not None  # a dry run queues nothing
+        progress.advance(outcome.subscriber_id)
+        yield outcome
+
+
+def _record_run(db: Database, report: SendReport, today: dict[str, date], start: datetime,
+                end: datetime) -> None:
+    """Put `report`'s outcomes in order and record the run's counts in the store."""
     order = {sid: i for i, sid in enumerate(today)}
     # By subscriber, then day: an older digest from the outbox before today's, however the
     # results came back.
     report.outcomes.sort(key=lambda o: (order.get(o.subscriber_id, len(order)),
                                         o.day or today.get(o.subscriber_id) or date.max))
     store.record_run(
-        db, "send", now, clock(),
+        db, "send", start, end,
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
                                        "already-sent", "queued")}
         | {"bytes dropped": report.dropped},
     )
-    return report
+
+
+def _send_batch(
+    job: _Job, db: Database, env: jinja2.Environment, today: dict[str, date],
+    report: SendReport, clock: Callable[[], datetime], sender: Sender | None,
+    progress: ProgressHook, stop: threading.Event, workers: int,
+) -> str | None:
+    """`send`'s batch, under the send lock: what waits in the outbox, then every entry's
+    digest built (here or in `workers` processes) and offered as it comes; each result
+    lands in `report`. Returns why the batch stopped early, if it did."""
+    settings = job.settings
+
+    def on_result(done: delivery.Delivered) -> None:
+        row = done.pending
+        detail, day = done.detail, None
+        if row.local_date != today.get(row.subscriber_id):
+            detail, day = f"digest for {row.local_date}: {detail}", row.local_date
+        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail,
+                                       day))
+
+    senders = [sender] if sender is not None else make_senders(settings)
+    # Forked before any sending thread exists (a fork copies only the calling thread).
+    pool = _Pool(job, workers) if workers > 1 and len(today) >= PARALLEL_MIN else None
+    try:
+        with delivery.Delivery(
+            db, senders, clock, policy=retry_policy(settings),
+            rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
+            stop=stop, on_result=on_result,
+        ) as outbox:
+            waiting = _waiting(db, today, job.now, job.due_only)
+            outbox.offer_many(waiting)
+            offered = {row.id for row in waiting}
+            progress.start(len(job.entries), "sending")
+            if pool is not None:
+                pool.run(db, today, offered, outbox, report, stop, progress)
+            for entry in job.entries if pool is None else ():
+                if stop.is_set():
+                    break
+                _queue_one(job, db, env, entry, today, offered, outbox, report)
+                progress.advance(_entry_id(entry))
+    finally:
+        if pool is not None:
+            pool.close()
+        if sender is None:
+            for own in senders:
+                own.close()
+    return outbox.report.fatal or (pool.broken if pool is not None else None)
+
+
+def _waiting(db: Database, today: dict[str, date], now: datetime,
+             due_only: bool) -> list[store.Pending]:
+    """These subscribers' rows waiting in the outbox (retries due, and what a crash left);
+    a row queued before its subscriber unsubscribed is failed instead: it must not go out."""
+    waiting = []
+    for row in store.pending(db, today, now if due_only else None):
+        if store.is_unsubscribed(db, row.subscriber_id):
+            store.record_failed(db, row.id, "unsubscribed before it was sent", now)
+            continue
+        waiting.append(row)
+    return waiting
 
 
 def drop_old_messages(settings: Settings, db: Database, now: datetime,
