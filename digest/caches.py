@@ -4,18 +4,19 @@ Each holds values that are pure functions of their keys (so a stale entry cannot
 except where the key carries a file's mtime) and each is bounded, so memory stays flat
 however many digests one process builds (a worker of `digest send` builds thousands):
 
-    render._cached_view      Listing -> its escaped view (title, meta, links)   20,000 entries (LRU)
-    render._wrap_line        (line, width) -> the wrapped text lines            20,000 entries (LRU)
-    render._compiled         MJML template -> compiled HTML template            weak: one per
-                                                                                template
-    mime._folded             (field, value) -> the folded header bytes          1,024 entries
-    mime._qp_lines (and      one body line -> its quoted-printable encoding     QP_CACHE_BYTES
-      _qp_unstable)                                                             (32 MB) together
-    mime._Registry           header name -> its header class                    the names used (~15)
-    signing._relaxed_fields  raw header field -> its relaxed canonical form     4,096 entries
-    send._signers            [dkim] settings + key mtimes -> the loaded signer  8 entries
-    send._from_header        configured sender -> its parsed Address            64 entries (LRU)
-    send._local_hostname     this host's FQDN (one DNS lookup a process)        1 entry
+    cache                    holds                                         bound
+    render._cached_view      Listing -> its escaped view (title, links)    20,000 (LRU)
+    render._wrap_line        (line, width) -> the wrapped text lines       20,000 (LRU)
+    render._compiled         MJML template -> compiled HTML template       weak keys: one
+                                                                           per live template
+    mime._folded             (field, value) -> the folded header bytes     1,024
+    mime._qp_lines,          one body line -> its quoted-printable form    QP_CACHE_BYTES
+      mime._qp_unstable                                                    (32 MB), together
+    mime._Registry           header name -> its header class               the names used
+    signing._relaxed_fields  raw header field -> its relaxed form          4,096
+    send._signers            [dkim] settings + key mtimes -> its signer    8
+    send._from_header        configured sender -> its parsed Address       64 (LRU)
+    send._local_hostname     this host's FQDN (a DNS lookup)               1
 
 `Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild
 of entries that are cheap to make again and keeps lookups at dict speed.
