@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import os
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,7 +20,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest import mime, pipeline
+from digest import mime, pipeline, send
 from digest.config import DeliveryConfig, DkimConfig, load_settings
 from digest.errors import ConfigError
 from digest.mime import encode_qp, encode_qp_checked, normal_body
@@ -316,3 +317,17 @@ def test_the_header_block_is_what_emailmessage_folds(name: str) -> None:
         parts = mime.assemble(header_fields(rendered, d, delivery, when, "https://x.org/u?t=1"),
                               rendered.text, rendered.html)
         assert parts.head == expected
+
+
+def test_the_signer_cache_stays_bounded_as_the_key_file_changes(
+        keys: dict[str, tuple[Path, bytes]], tmp_path: Path) -> None:
+    # A long-running `digest run` whose key is rotated (rewritten) again and again keeps at
+    # most a few signers, and one per key file version.
+    key = tmp_path / "dkim.pem"
+    key.write_bytes(keys["rsa"][0].read_bytes())
+    cfg = DkimConfig(selector="mail2026", domain="example.org", private_key_path=key)
+    for i in range(40):
+        os.utime(key, ns=(10**18 + i, 10**18 + i))
+        first = load_signer(cfg)
+        assert first is not None and load_signer(cfg) is first
+    assert len(send._signers) <= 8
