@@ -5,7 +5,7 @@ DKIM by `digest.signing`); `SmtpSender` and `FileSender` send or write them. Eve
 to send is one of the SendError classes listed in `digest.errors` (transient, permanent,
 fatal); smtplib, socket and ssl errors are translated into them only by `map_smtp_error`.
 
-Headers are built with `email.message.EmailMessage` under a strict policy whose fields are
+Header fields are made by the strict policy's header registry (`digest.mime.STRICT`) and
 written by `digest.headers` (never the `email` package's folder), and every value that comes
 from a listing or a subscriber file has control characters removed first, so no title or name
 can add a header. Every finished message's header block is checked once more
