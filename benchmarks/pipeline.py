@@ -11,8 +11,9 @@ each run on a fresh copy of the same store, measured in the same run:
 2. `send` to a null transport (everything but the socket): messages/s, peak memory;
 3. `send` to a loopback SMTP sink that discards (a minimal asyncio server in its own
    process), over `[smtp] connections` connections;
-4. the straightforward path (`EmailMessage.as_bytes` + dkimpy's pure-Python RSA, one process)
-   on a subset, scaled to all subscribers and labelled so, and the ratio.
+4. the straightforward path (`benchmarks.baseline.compose`: `EmailMessage.as_bytes` +
+   dkimpy's pure-Python RSA, one process, no outbox) on a subset, scaled to all subscribers
+   and labelled so, and the ratio.
 
 Not a test: the figures depend on the machine.
 """
@@ -40,13 +41,14 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from sqlite_utils import Database
 
+from benchmarks import baseline
 from benchmarks.match import NOW, Vocabulary, make_listings, make_subscribers, seed_abstracts
 from digest import batch, pipeline, store
 from digest.config import Settings, load_settings
 from digest.mime import assemble
 from digest.models import Digest, Subscriber
 from digest.render import Links, environment, render
-from digest.send import Outgoing, fast_outgoing, header_fields, load_fast_signer
+from digest.send import Outgoing, header_fields, load_signer, outgoing
 
 CONNECTIONS = 4
 
@@ -235,7 +237,7 @@ def stages(config: Path, sample: int) -> dict[str, float]:
     run.selection()
     index_seconds = time.perf_counter() - t0
     env = environment()
-    signer = load_fast_signer(settings.dkim)
+    signer = load_signer(settings.dkim)
     assert signer is not None
     times = dict.fromkeys(("match", "render", "MIME", "DKIM", "outbox"), 0.0)
     done = 0
@@ -249,8 +251,8 @@ def stages(config: Path, sample: int) -> dict[str, float]:
     for sub in warm:
         warm_digest = run.digest(sub, NOW.date())
         if warm_digest is not None:
-            fast_outgoing(render(warm_digest, Links(unsubscribe="mailto:digest@example.org"), env),
-                          warm_digest, settings.delivery, NOW, None, signer)
+            outgoing(render(warm_digest, Links(unsubscribe="mailto:digest@example.org"), env),
+                     warm_digest, settings.delivery, NOW, None, signer)
     for sub in subs[:sample]:
         t0 = time.perf_counter()
         digest = run.digest(sub, NOW.date())
@@ -321,14 +323,13 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _send_in_process(config: Path, name: str, workers: int, null: bool,
-                     only: list[str] | None, reference: bool) -> SendRun:
+def _send_in_process(config: Path, name: str, workers: int, null: bool) -> SendRun:
     settings = fresh(config, name)
     db = store.open_db(settings.store.path)
     cpu0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     report = pipeline.send(settings, db, NOW, sender=NullSender() if null else None,
-                           workers=workers, only=only, reference=reference)
+                           workers=workers)
     seconds = time.perf_counter() - t0
     # send() has joined its workers by now, so their time is in RUSAGE_CHILDREN.
     cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - cpu0
@@ -340,13 +341,39 @@ def _send_in_process(config: Path, name: str, workers: int, null: bool,
                    peak_mb(resource.RUSAGE_CHILDREN), cpu)
 
 
-def run_send(config: Path, name: str, workers: int, null: bool,
-             only: list[str] | None = None, reference: bool = False) -> SendRun:
+def run_send(config: Path, name: str, workers: int, null: bool) -> SendRun:
     """`pipeline.send` on a fresh store, in a fresh process (so its peak memory and CPU time
     are its own)."""
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as one:
-        return one.submit(_send_in_process, config, name, workers, null, only,
-                          reference).result()
+        return one.submit(_send_in_process, config, name, workers, null).result()
+
+
+def _baseline_in_process(config: Path, count: int) -> tuple[int, float]:
+    settings = fresh(config, "baseline")
+    db = store.open_db(settings.store.path)
+    subs = [e for e in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults)
+            if isinstance(e, Subscriber)][:count]
+    env = environment()
+    t0 = time.perf_counter()
+    run = batch.MatchRun(db, subs, NOW)
+    sent = 0
+    for sub in subs:
+        digest = run.digest(sub, pipeline.local_date(sub, NOW))
+        if digest is not None:
+            NullSender().send(baseline.compose(settings, digest, env))
+            sent += 1
+    seconds = time.perf_counter() - t0
+    db.close()
+    settings.store.path.unlink()
+    return sent, seconds
+
+
+def run_baseline(config: Path, count: int) -> tuple[int, float]:
+    """The straightforward path (`benchmarks.baseline.compose`: the library's match and
+    render, `EmailMessage.as_bytes` and dkimpy) for the first `count` subscribers, one
+    process, null transport and no outbox: (messages, seconds)."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as one:
+        return one.submit(_baseline_in_process, config, count).result()
 
 
 def machine() -> str:
@@ -428,12 +455,13 @@ def main(argv: list[str] | None = None) -> None:
               f" discarding sink); CPU {smtp.cpu_seconds / smtp.sent * 1000:.2f} ms a message"
               " without the sink's")
 
-        subset = [f"s{i:06d}" for i in range(min(args.reference_subset, args.subscribers))]
-        ref = run_send(config, "reference", 1, True, only=subset, reference=True)
-        ref_rate = ref.sent / ref.seconds
+        ref_sent, ref_seconds = run_baseline(config, min(args.reference_subset,
+                                                         args.subscribers))
+        ref_rate = ref_sent / ref_seconds
         print(f"straightforward:  {args.subscribers / ref_rate:6.0f} s for all (SCALED from"
-              f" {ref.sent:,} messages in {ref.seconds:.1f} s on one process ="
-              f" {ref_rate:,.0f} msg/s; EmailMessage.as_bytes + dkimpy, null transport)")
+              f" {ref_sent:,} messages in {ref_seconds:.1f} s on one process ="
+              f" {ref_rate:,.0f} msg/s; EmailMessage.as_bytes + dkimpy, null transport, no"
+              " outbox)")
         print(f"ratio:            {null_rate / ref_rate:6.1f}x the straightforward path"
               " (null transport)")
 

@@ -1,5 +1,6 @@
 """Render benchmark: the straightforward pipeline (Jinja -> MJML -> premailer per email) vs the
-fast one (MJML compiled and CSS inlined once; one Jinja render per email), in one run.
+fast one (MJML compiled and CSS inlined once; one Jinja render per email), in one run. The
+straightforward one is `benchmarks.baseline.render_email`.
 
     python -m benchmarks.render --emails 2000
 
@@ -14,14 +15,13 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
-from digest.models import Digest, Listing, Match, Section, Subscriber, Topic
+from benchmarks.baseline import render_email
+from digest.models import Digest, Listing, Match, RenderedEmail, Section, Subscriber, Topic
 from digest.render import (
     Links,
-    RenderedEmail,
     compiled_template,
     environment,
     render,
-    render_reference,
 )
 
 ABSTRACT = (
@@ -79,9 +79,9 @@ def main() -> None:
     digests = sample_digests(max(args.emails, args.reference_emails))
     # Warm up both paths (imports, Jinja's template cache).
     render(digests[0], links, env)
-    render_reference(digests[0], links, env)
+    render_email(digests[0], links, env)
     slow_n = min(args.reference_emails, args.emails)
-    slow = measure(lambda d: render_reference(d, links, env), digests[:slow_n]) / slow_n
+    slow = measure(lambda d: render_email(d, links, env), digests[:slow_n]) / slow_n
     fast = measure(lambda d: render(d, links, env), digests[: args.emails]) / args.emails
     print(f"one-time compile (MJML + premailer): {compile_s * 1000:.1f} ms")
     print(f"straightforward (Jinja -> MJML -> premailer), {slow_n} emails: "

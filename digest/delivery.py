@@ -40,7 +40,7 @@ from queue import Empty, SimpleQueue
 from sqlite_utils import Database
 
 from . import store
-from .errors import DigestError, SendError
+from .errors import DigestError, FatalSendError, PermanentSendError, SendError, TransientSendError
 from .send import Outgoing, Sender
 
 log = logging.getLogger("digest")
@@ -115,7 +115,7 @@ def _transmit(sender: Sender, message: Outgoing) -> str | SendError:
         return exc
     except Exception as exc:  # a bug or an odd transport error: retry rather than crash
         log.exception("unexpected error sending %s", message.message_id)
-        return SendError(f"unexpected error: {exc!r}")
+        return TransientSendError(f"unexpected error: {exc!r}")
 
 
 # What a connection thread hands back: the row, the server's answer (None: not attempted,
@@ -196,7 +196,7 @@ class Delivery:
                 self._pacer.wait()
                 if not self._stopping():
                     result = _transmit(sender, message)
-                    if isinstance(result, SendError) and result.fatal:
+                    if isinstance(result, FatalSendError):
                         self._fatal.set()  # the other connections take nothing more
             self._done.put((row, result, time.monotonic()))
 
@@ -294,10 +294,8 @@ class Delivery:
         self._claimed += len(rows)
         data = store.messages(self.db, [row.id for row in rows])
         for row in rows:
-            # html is left empty: only the file transport wants it, and takes it from
-            # the bytes.
             message = Outgoing(row.id, row.message_id, row.envelope_from, row.recipient,
-                               data[row.id], "")
+                               data[row.id])
             self._todo.put((row, message))
         return True
 
@@ -328,7 +326,7 @@ class Delivery:
                 delivered.append(Delivered(row, "queued", f"not attempted: {self._why()}"))
             else:
                 delivered.append(_record(self.db, row, result, now, self.policy))
-                if result.fatal and self.report.fatal is None:
+                if isinstance(result, FatalSendError) and self.report.fatal is None:
                     self.report.fatal = delivered[-1].detail
         return delivered
 
@@ -344,46 +342,35 @@ class Delivery:
             self._fatal.is_set() or self._abort.is_set() or self.report.fatal is not None
         ) else "batch stopped"
 
+    def send_all(self, rows: Sequence[store.Pending]) -> DeliveryReport:
+        """Send `rows` and record each outcome once the server answered; the report.
+
+        Stops when `stop` is set or a fatal error comes back; messages already on the wire
+        are finished and recorded. Rows not attempted stay queued.
+        """
+        with self:
+            self.offer_many(rows)
+        if self.stop.is_set() and self.report.fatal is None:
+            log.warning("stopping: %d message(s) left queued for the next run",
+                        sum(1 for r in self.report.results if r.status == "queued"))
+        return self.report
+
     def _skip(self, row: store.Pending) -> None:
         self._report([Delivered(row, "queued", f"not attempted: {self._why()}")])
-
-
-def deliver(
-    db: Database,
-    rows: list[store.Pending],
-    senders: list[Sender],
-    clock: Callable[[], datetime],
-    *,
-    policy: RetryPolicy,
-    rate: float = 0.0,
-    stop: threading.Event | None = None,
-    on_result: Callable[[Delivered], None] | None = None,
-) -> DeliveryReport:
-    """Send `rows` over `senders` and record each outcome once the server answered.
-
-    Stops when `stop` is set or a fatal error comes back; messages already on the wire are
-    finished and recorded. Rows not attempted stay queued.
-    """
-    with Delivery(db, senders, clock, policy=policy, rate=rate, stop=stop,
-                  on_result=on_result) as batch:
-        batch.offer_many(rows)
-    if batch.stop.is_set() and batch.report.fatal is None:
-        log.warning("stopping: %d message(s) left queued for the next run",
-                    sum(1 for r in batch.report.results if r.status == "queued"))
-    return batch.report
 
 
 def _record(db: Database, row: store.Pending, exc: SendError, now: datetime,
             policy: RetryPolicy) -> Delivered:
     attempts = row.attempts + 1
     who = f"subscriber {row.subscriber_id} message_id={row.message_id}"
-    if exc.fatal:
+    if isinstance(exc, FatalSendError):
         store.release(db, row.id, exc.reason, now)
         detail = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
         log.error("%s outcome=batch-stopped error=%s", who, exc.reason)
         return Delivered(row, "queued", detail)
-    if exc.permanent or attempts >= policy.max_attempts:
-        reason = exc.reason if exc.permanent else (
+    permanent = isinstance(exc, PermanentSendError)
+    if permanent or attempts >= policy.max_attempts:
+        reason = exc.reason if permanent else (
             f"gave up after {attempts} attempts: {exc.reason}")
         store.record_failed(db, row.id, reason, now)
         log.error("%s outcome=failed error=%s", who, reason)

@@ -1,4 +1,19 @@
-"""The exceptions the library raises; each builds its one-line message from its arguments."""
+"""The exceptions the library raises; each builds its one-line message from its arguments.
+
+    DigestError                  a one-line message and an optional hint
+    ├── ConfigError              a config or subscriber file is unreadable or invalid
+    ├── SourceError              a listing source could not be read or parsed
+    ├── UnknownSubscriberError   a command named a subscriber with no file
+    └── SendError                a message could not be handed to the mail server
+        ├── TransientSendError   try this message again later (4xx, 421, a lost connection)
+        ├── PermanentSendError   this message can never go (5xx); the batch goes on
+        │   └── HeaderError      a header field cannot be written, or fails the last check
+        └── FatalSendError       the batch must stop (login, TLS, no server, DKIM signing)
+
+The class is the classification: `digest.delivery` retries a transient error, fails the
+digest on a permanent one and stops the batch on a fatal one. Errors of smtplib, socket and
+ssl become these classes in one place, `digest.send.map_smtp_error`.
+"""
 
 from __future__ import annotations
 
@@ -56,28 +71,36 @@ class SourceError(DigestError):
 
 
 class SendError(DigestError):
-    """A message could not be handed to the mail server.
+    """A message could not be handed to the mail server (raised as one of the three
+    subclasses below, which say what to do about it)."""
 
-    `permanent` is True when retrying the same message cannot succeed (a 5xx refusal),
-    and `fatal` when the whole batch must stop (authentication or TLS failure).
-    """
-
-    def __init__(
-        self, reason: str, *, permanent: bool = False, fatal: bool = False, hint: str | None = None
-    ) -> None:
+    def __init__(self, reason: str, hint: str | None = None) -> None:
         self.reason = reason
-        self.permanent = permanent
-        self.fatal = fatal
         super().__init__(reason, hint)
 
 
-class HeaderError(SendError):
+class TransientSendError(SendError):
+    """The same message may go later: a 4xx or 421 answer, a lost connection, a server
+    that broke a session limit."""
+
+
+class PermanentSendError(SendError):
+    """Retrying the same message cannot succeed (a 5xx refusal): its digest fails, the
+    batch goes on."""
+
+
+class FatalSendError(SendError):
+    """Nothing more can be sent in this batch (login or TLS failure, unreachable server,
+    DKIM signing failure): the batch stops and the message is put back unharmed."""
+
+
+class HeaderError(PermanentSendError):
     """A header field cannot be written as the standards want it (or a finished header
     block fails the last check before sending): permanent, as the same message would fail
     again."""
 
     def __init__(self, problem: str) -> None:
-        super().__init__(f"cannot write the message's headers: {problem}", permanent=True)
+        super().__init__(f"cannot write the message's headers: {problem}")
 
 
 class UnknownSubscriberError(DigestError):

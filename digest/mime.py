@@ -1,7 +1,8 @@
-"""The fast MIME path: the same message as `send.build_message`, without the generic machinery.
+"""The MIME message of a digest: what `EmailMessage` would build, without its generic machinery.
 
-`send.build_message` + `as_bytes()` costs ~2.7 ms for a 38 KB digest, mostly the `email`
-package encoding and re-flattening the bodies in Python. Here each header field is still
+Building it with `EmailMessage` + `as_bytes()` costs ~2.7 ms for a 38 KB digest, mostly the
+`email` package encoding and re-flattening the bodies in Python (tests/oracle.py still does,
+to check this module). Here each header field is still
 made by the strict policy's header registry, exactly as `EmailMessage` makes it: the fields
 we write are formatted and folded by `digest.headers` (so no header string is ever
 concatenated and nothing can be injected), Date, MIME-Version and Content-Type by the
@@ -10,7 +11,7 @@ process.
 Each body is quoted-printable encoded by the C encoder (`binascii.b2a_qp`), line by line with
 the lines remembered (QP is line-local), and the parts are joined as bytes.
 
-What differs from `build_message`'s output, on purpose: the boundary is a constant (so the
+What differs from the `EmailMessage` build's output, on purpose: the boundary is a constant (so the
 bytes are the same each time the digest is built), the HTML part does not carry the stray
 `MIME-Version` header `add_alternative` leaves in it, QP lines are at most 76 characters (the
 `email` package allows 78), and a line starting with `.` or `From ` has that character
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from email import policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 
+from .caches import Bounded
 from .headers import FIELD_CLASSES
 
 
@@ -48,7 +50,6 @@ class _Registry(HeaderRegistry):
 
 
 # Strict: refuse to serialise a header that would need a raw newline, rather than fold it.
-# (`send.STRICT` is this policy; it lives here so that `send` can import the fast path.)
 STRICT = policy.SMTP.clone(raise_on_defect=True, header_factory=_Registry())
 
 MAX_LINE = 76
@@ -96,9 +97,9 @@ def encode_qp_checked(text: str) -> tuple[bytes, bool]:
     return b"\r\n".join(out), stable
 
 
-# The line caches are bounded (and simply emptied when full), so memory stays flat however
-# many digests a process builds. Lines that relaxed canonicalisation would change are kept
-# apart, so that the common case costs one lookup.
+# The line caches (listed in digest.caches) are bounded (and simply emptied when full), so
+# memory stays flat however many digests a process builds. Lines that relaxed
+# canonicalisation would change are kept apart, so that the common case costs one lookup.
 QP_CACHE_BYTES = 32 * 1024 * 1024
 _qp_lines: dict[bytes, bytes] = {}
 _qp_unstable: dict[bytes, bytes] = {}
@@ -124,12 +125,6 @@ def _remember(line: bytes) -> tuple[bytes, bool]:
     (_qp_lines if stable else _qp_unstable)[line] = encoded
     _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
     return encoded, stable
-
-
-def encode_qp_block(data: bytes) -> bytes:
-    """`encode_qp` of bytes already normalised by `normal_body`, encoded in one piece (what
-    `encode_qp` does line by line; a property test holds the two equal)."""
-    return _finish(binascii.b2a_qp(data, quotetabs=False, istext=True, header=False))
 
 
 def _finish(encoded: bytes) -> bytes:
@@ -192,7 +187,7 @@ BOUNDARY = "===============" + str(
 # instead of once per message.
 _SHARED = frozenset({"from", "date", "subject", "list-id", "list-unsubscribe-post",
                      "mime-version", "content-type"})
-_folded: dict[tuple[str, str], bytes] = {}
+_folded: Bounded[tuple[str, str], bytes] = Bounded(1024)  # listed in digest.caches
 
 
 def fold_field(name: str, value: object) -> bytes:
@@ -206,9 +201,7 @@ def _fold_shared(name: str, value: object) -> bytes:
     key = (name, str(value))
     folded = _folded.get(key)
     if folded is None:
-        if len(_folded) >= 1024:
-            _folded.clear()
-        folded = _folded[key] = fold_field(name, value)
+        folded = _folded.put(key, fold_field(name, value))
     return folded
 
 

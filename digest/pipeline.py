@@ -16,7 +16,7 @@ import signal
 import threading
 import time as timer
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -45,9 +45,6 @@ from .send import (
     Outgoing,
     Sender,
     SmtpSender,
-    build_message,
-    fast_outgoing,
-    load_fast_signer,
     load_signer,
     outgoing,
     unsubscribe_links,
@@ -207,15 +204,10 @@ class Composed:
     outgoing: Outgoing
 
 
-def compose(
-    settings: Settings, digest: Digest, env: jinja2.Environment, *, reference: bool = False,
-) -> Composed:
+def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
     is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
-
-    The fast path (`send.fast_outgoing`: bodies QP-encoded once, OpenSSL signatures) is what
-    is sent; `reference=True` takes the straightforward one (`EmailMessage.as_bytes` and
-    dkimpy), kept as what tests and benchmarks compare against."""
+    """
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     # The email shows (and the outbox records as sent) only what fits its size budget: the
@@ -223,13 +215,8 @@ def compose(
     fitted = fit(digest, Links(unsubscribe=one_click or https or mailto), env)
     digest, rendered = fitted.digest, fitted.rendered
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
-    if reference:
-        message = build_message(rendered, digest, settings.delivery, sent_at, one_click)
-        out = outgoing(message, digest, rendered.html, settings.delivery.from_address,
-                       load_signer(settings.dkim))
-    else:
-        out = fast_outgoing(rendered, digest, settings.delivery, sent_at, one_click,
-                            load_fast_signer(settings.dkim))
+    out = outgoing(rendered, digest, settings.delivery, sent_at, one_click,
+                   load_signer(settings.dkim))
     return Composed(digest, rendered, out)
 
 
@@ -339,7 +326,6 @@ def send(
     progress: ProgressHook | None = None,
     stop: threading.Event | None = None,
     workers: int = 1,
-    reference: bool = False,
 ) -> SendReport:
     """Build, queue and send today's digest for each subscriber (or those in `only`).
 
@@ -361,24 +347,16 @@ def send(
 
     `workers` > 1 builds the digests in that many worker processes (see `_Pool`); this
     process sends them as they come. Below PARALLEL_MIN subscribers, or with `dry_run`, all
-    work stays in this process. `reference` builds with the straightforward MIME and DKIM
-    path (for the benchmark's comparison).
+    work stays in this process.
     """
-    progress = progress or _NoProgress()
-    stop = stop or threading.Event()
-    started = timer.monotonic()
+    progress, stop = progress or _NoProgress(), stop or threading.Event()
+    started, report, env = timer.monotonic(), SendReport(), environment()
     entries = _load(settings, only, db, now)
-    report = SendReport()
-    env = environment()
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
+    job = _Job(settings, entries, now, cache, due_only)
     if dry_run:
-        progress.start(len(entries), "rendering")
-        for entry in entries:
-            outcome = _send_one(settings, db, entry, now, env, cache, True, due_only)
-            assert outcome is not None  # a dry run queues nothing
-            report.outcomes.append(outcome)
-            progress.advance(outcome.subscriber_id)
+        report.outcomes.extend(_dry_run(job, db, env, progress))
         return report
 
     def clock() -> datetime:
@@ -386,70 +364,102 @@ def send(
         return now + timedelta(seconds=timer.monotonic() - started)
 
     today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
-    parallel = workers > 1 and len(today) >= PARALLEL_MIN
-
-    def on_result(done: delivery.Delivered) -> None:
-        row = done.pending
-        detail = done.detail
-        day = None
-        if row.local_date != today.get(row.subscriber_id):
-            detail = f"digest for {row.local_date}: {detail}"
-            day = row.local_date
-        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail,
-                                       day))
-
     with delivery.send_lock(settings.store.path):
-        senders = [sender] if sender is not None else make_senders(settings)
-        # Forked before any sending thread exists (a fork copies only the calling thread).
-        pool = _Pool(settings, entries, now, cache, due_only, reference, workers) \
-            if parallel else None
-        try:
-            with delivery.Delivery(
-                db, senders, clock, policy=retry_policy(settings),
-                rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
-                stop=stop, on_result=on_result,
-            ) as outbox:
-                waiting = []
-                for row in store.pending(db, today, now if due_only else None):
-                    if store.is_unsubscribed(db, row.subscriber_id):
-                        # Queued before they unsubscribed: it must not go out any more.
-                        store.record_failed(db, row.id, "unsubscribed before it was sent", now)
-                        continue
-                    waiting.append(row)
-                outbox.offer_many(waiting)
-                offered = {row.id for row in waiting}
-                progress.start(len(entries), "sending")
-                if pool is not None:
-                    pool.run(db, today, offered, outbox, report, stop, progress)
-                for entry in entries if pool is None else ():
-                    if stop.is_set():
-                        break
-                    _queue_one(settings, db, entry, now, env, cache, due_only, today, offered,
-                               outbox, report, reference)
-                    progress.advance(_entry_id(entry))
-        finally:
-            if pool is not None:
-                pool.close()
-            if sender is None:
-                for own in senders:
-                    own.close()
+        report.fatal = _send_batch(job, db, env, today, report, clock,
+                                   sender, progress, stop, workers)
         if not stop.is_set():
             # After the sending, not before: today's messages should not wait for it.
             report.dropped = drop_old_messages(settings, db, now, progress, stop)
-    report.fatal = outbox.report.fatal or (pool.broken if pool is not None else None)
     report.stopped = stop.is_set()
+    _record_run(db, report, today, now, clock())
+    return report
+
+
+def _dry_run(job: _Job, db: Database, env: jinja2.Environment,
+             progress: ProgressHook) -> Iterable[Outcome]:
+    """`send --dry-run`: every entry's outcome, rendered and changing nothing."""
+    progress.start(len(job.entries), "rendering")
+    for entry in job.entries:
+        outcome = _send_one(job, db, env, entry, True)
+        assert outcome is not None  # a dry run queues nothing
+        progress.advance(outcome.subscriber_id)
+        yield outcome
+
+
+def _record_run(db: Database, report: SendReport, today: dict[str, date], start: datetime,
+                end: datetime) -> None:
+    """Put `report`'s outcomes in order and record the run's counts in the store."""
     order = {sid: i for i, sid in enumerate(today)}
     # By subscriber, then day: an older digest from the outbox before today's, however the
     # results came back.
     report.outcomes.sort(key=lambda o: (order.get(o.subscriber_id, len(order)),
                                         o.day or today.get(o.subscriber_id) or date.max))
     store.record_run(
-        db, "send", now, clock(),
+        db, "send", start, end,
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
                                        "already-sent", "queued", "not-sent")}
         | {"bytes dropped": report.dropped},
     )
-    return report
+
+
+def _send_batch(
+    job: _Job, db: Database, env: jinja2.Environment, today: dict[str, date],
+    report: SendReport, clock: Callable[[], datetime], sender: Sender | None,
+    progress: ProgressHook, stop: threading.Event, workers: int,
+) -> str | None:
+    """`send`'s batch, under the send lock: what waits in the outbox, then every entry's
+    digest built (here or in `workers` processes) and offered as it comes; each result
+    lands in `report`. Returns why the batch stopped early, if it did."""
+    settings = job.settings
+
+    def on_result(done: delivery.Delivered) -> None:
+        row = done.pending
+        detail, day = done.detail, None
+        if row.local_date != today.get(row.subscriber_id):
+            detail, day = f"digest for {row.local_date}: {detail}", row.local_date
+        report.outcomes.append(Outcome(row.subscriber_id, done.status, row.item_count, detail,
+                                       day))
+
+    senders = [sender] if sender is not None else make_senders(settings)
+    # Forked before any sending thread exists (a fork copies only the calling thread).
+    pool = _Pool(job, workers) if workers > 1 and len(today) >= PARALLEL_MIN else None
+    try:
+        with delivery.Delivery(
+            db, senders, clock, policy=retry_policy(settings),
+            rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
+            stop=stop, on_result=on_result,
+        ) as outbox:
+            waiting = _waiting(db, today, job.now, job.due_only)
+            outbox.offer_many(waiting)
+            offered = {row.id for row in waiting}
+            progress.start(len(job.entries), "sending")
+            if pool is not None:
+                pool.run(db, today, offered, outbox, report, stop, progress)
+            for entry in job.entries if pool is None else ():
+                if stop.is_set():
+                    break
+                _queue_one(job, db, env, entry, today, offered, outbox, report)
+                progress.advance(_entry_id(entry))
+    finally:
+        if pool is not None:
+            pool.close()
+        if sender is None:
+            for own in senders:
+                own.close()
+    return outbox.report.fatal or (pool.broken if pool is not None else None)
+
+
+def _waiting(db: Database, today: dict[str, date], now: datetime,
+             due_only: bool) -> list[store.Pending]:
+    """These subscribers' rows waiting in the outbox (retries due, and what a crash left);
+    a row queued before its subscriber unsubscribed is failed instead: it must not go out."""
+    waiting = []
+    for row in store.pending(db, today, now if due_only else None):
+        if store.is_unsubscribed(db, row.subscriber_id):
+            store.record_failed(db, row.id, "unsubscribed before it was sent", now)
+            continue
+        waiting.append(row)
+    return waiting
 
 
 def drop_old_messages(settings: Settings, db: Database, now: datetime,
@@ -474,21 +484,20 @@ def drop_old_messages(settings: Settings, db: Database, now: datetime,
 
 
 def _queue_one(
-    settings: Settings, db: Database, entry: Subscriber | ConfigError, now: datetime,
-    env: jinja2.Environment, cache: batch.MatchRun, due_only: bool, today: dict[str, date],
-    offered: set[str], outbox: delivery.Delivery, report: SendReport, reference: bool = False,
+    job: _Job, db: Database, env: jinja2.Environment, entry: Subscriber | ConfigError,
+    today: dict[str, date], offered: set[str], outbox: delivery.Delivery, report: SendReport,
 ) -> None:
     """Build and queue one subscriber's digest and hand it to the batch."""
     sid = _entry_id(entry)
     outbox.wait_for_connection()
     if outbox.report.fatal is not None:
-        left = _left_over(db, entry, now, due_only, today, offered, "batch stopped")
+        left = _left_over(db, entry, job.now, job.due_only, today, offered, "batch stopped")
         if left is not None:
             report.outcomes.append(left)
         return
     if isinstance(entry, Subscriber) and digest_key(sid, today[sid]) in offered:
         return  # already handed over, from what was waiting in the outbox
-    outcome = _send_one(settings, db, entry, now, env, cache, False, due_only, reference)
+    outcome = _send_one(job, db, env, entry, False)
     if outcome is not None:
         report.outcomes.append(outcome)
         return
@@ -522,20 +531,11 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
-def _send_one(
-    settings: Settings,
-    db: Database,
-    entry: Subscriber | ConfigError,
-    now: datetime,
-    env: jinja2.Environment,
-    cache: batch.MatchRun,
-    dry_run: bool,
-    due_only: bool,
-    reference: bool = False,
-) -> Outcome | None:
+def _send_one(job: _Job, db: Database, env: jinja2.Environment, entry: Subscriber | ConfigError,
+              dry_run: bool) -> Outcome | None:
     """Build and queue one subscriber's digest for today; None when it was just queued."""
-    result = _prepare_one(settings, db, entry, now, env, cache, dry_run, due_only, reference)
-    return result if isinstance(result, Outcome) else _write_one(db, result, now)
+    result = _prepare_one(job, db, env, entry, dry_run)
+    return result if isinstance(result, Outcome) else _write_one(db, result, job.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,19 +548,11 @@ class _Write:
     composed: Composed | None
 
 
-def _prepare_one(
-    settings: Settings,
-    db: Database,
-    entry: Subscriber | ConfigError,
-    now: datetime,
-    env: jinja2.Environment,
-    cache: batch.MatchRun,
-    dry_run: bool,
-    due_only: bool,
-    reference: bool,
-) -> Outcome | _Write:
+def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
+                 entry: Subscriber | ConfigError, dry_run: bool) -> Outcome | _Write:
     """Decide about and build one (subscriber, local date) digest, reading the store only:
     an Outcome, or what `_write_one` is to store. The unit of work of a worker process."""
+    settings, now, cache, due_only = job.settings, job.now, job.cache, job.due_only
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(_entry_id(entry), "invalid", detail=entry.message)
@@ -593,7 +585,7 @@ def _prepare_one(
             if dry_run:
                 return Outcome(subscriber.id, "no-matches")
             return _Write(subscriber, day, None)
-        composed = compose(settings, digest, env, reference=reference)
+        composed = compose(settings, digest, env)
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))
@@ -637,14 +629,15 @@ UNFINISHED = "a worker process failed"
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """What every worker process needs, inherited through the fork (never pickled)."""
+    """What building one subscriber's digest needs besides the store and the Jinja
+    environment: passed to `_prepare_one` in this process, and inherited by every worker
+    process through the fork (never pickled)."""
 
     settings: Settings
     entries: list[Subscriber | ConfigError]
     now: datetime
     cache: batch.MatchRun
     due_only: bool
-    reference: bool
 
 
 _job: _Job | None = None
@@ -707,8 +700,7 @@ def _work(indices: list[int]) -> list[tuple[int, Outcome | store.Pending]]:
     for i in indices:
         entry = job.entries[i]
         try:
-            built.append((i, _prepare_one(job.settings, db, entry, job.now, env, job.cache,
-                                          False, job.due_only, job.reference)))
+            built.append((i, _prepare_one(job, db, env, entry, False)))
         except Exception as exc:  # a bug must cost one digest, not the batch
             log.exception("subscriber %s: unexpected error", _entry_id(entry))
             built.append((i, Outcome(_entry_id(entry), "failed",
@@ -772,14 +764,12 @@ class _Pool:
     run, and nothing is marked sent that no server accepted.
     """
 
-    def __init__(self, settings: Settings, entries: list[Subscriber | ConfigError],
-                 now: datetime, cache: batch.MatchRun, due_only: bool, reference: bool,
-                 workers: int) -> None:
+    def __init__(self, job: _Job, workers: int) -> None:
         global _job
-        cache.selection()  # built once, here, and inherited by every worker
-        _job = _Job(settings, entries, now, cache, due_only, reference)
-        self.entries = entries
-        self.now, self.due_only = now, due_only
+        job.cache.selection()  # built once, here, and inherited by every worker
+        _job = job
+        self.entries = job.entries
+        self.now, self.due_only = job.now, job.due_only
         self.workers = workers
         self.broken: str | None = None
         self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),

@@ -145,7 +145,7 @@ def _make_view(listing: Listing) -> _View:
             abstract, tldr, item_links(listing, link))
 
 
-_cached_view = functools.lru_cache(maxsize=20_000)(_make_view)
+_cached_view = functools.lru_cache(maxsize=20_000)(_make_view)  # listed in digest.caches
 
 # The extra links an item shows, in this order, under these names.
 ITEM_LINKS = (("code", "Code"), ("pdf", "PDF"), ("project", "Project page"))
@@ -370,7 +370,7 @@ _BREAKABLE_CHARS = "".join(c for c in map(chr, range(0x3000 + 1))
 _BREAKABLE = re.compile(f"[{re.escape(_BREAKABLE_CHARS)}]+")
 
 
-@functools.lru_cache(maxsize=20_000)
+@functools.lru_cache(maxsize=20_000)  # listed in digest.caches
 def _wrap_line(line: str, width: int) -> tuple[str, ...]:
     # The words joined by single spaces, then cut greedily: each piece is the longest run of
     # words that fits in `width` (the last space at or before the width, found in C), or one
@@ -444,22 +444,11 @@ def compile_mjml(source: str) -> str:
     return inline_css(mjml2html(source, fonts={}))
 
 
-def render_reference(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEmail:
-    """The straightforward pipeline: Jinja -> MJML -> premailer for every email. Kept as the
-    reference the fast path is tested and benchmarked against."""
-    return fit(digest, links, env, reference=True).rendered
-
-
-def _render_reference(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
-    html = compile_mjml(env.get_template(HTML_TEMPLATE).render(ctx))
-    text = wrap_text(env.get_template(TEXT_TEMPLATE).render(ctx))
-    return RenderedEmail(subject=ctx["subject"], html=html, text=text)
-
-
 _JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
 
-# One compiled HTML template per loaded MJML template object. Jinja hands out a new Template
-# object when the file changes on disk (auto_reload), so an edited template is recompiled.
+# One compiled HTML template per loaded MJML template object (listed in digest.caches). Jinja
+# hands out a new Template object when the file changes on disk (auto_reload), so an edited
+# template is recompiled.
 _compiled: weakref.WeakKeyDictionary[jinja2.Template, jinja2.Template] = (
     weakref.WeakKeyDictionary()
 )
@@ -502,7 +491,7 @@ def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEma
     return fit(digest, links, env).rendered
 
 
-def _render_fast(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
+def _render(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
     html = compiled_template(env).render(ctx)
     text = wrap_text(env.get_template(TEXT_TEMPLATE).render(ctx))
     return RenderedEmail(subject=ctx["subject"], html=html, text=text)
@@ -525,17 +514,16 @@ def html_size(rendered: RenderedEmail) -> int:
 
 
 def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
-        budget: int = HTML_BUDGET, reference: bool = False) -> Fitted:
+        budget: int = HTML_BUDGET) -> Fitted:
     """Render `digest` with its HTML part within `budget` bytes (Gmail clips above ~102 KB,
     footer and unsubscribe link included), whatever its number of items and their length:
     as it is if it fits; else with excerpts of `SHORT_EXCERPT_CHARS`; else with fewer items:
     the best-scored are kept (Trending after every topic's items), in the order the email
     shows them, and a line says how many more matched. The footer is always inside."""
-    draw = _render_reference if reference else _render_fast
-    rendered = draw(context(digest, links), env)
+    rendered = _render(context(digest, links), env)
     if html_size(rendered) <= budget:
         return Fitted(digest, rendered)
-    short = draw(context(digest, links, SHORT_EXCERPT_CHARS), env)
+    short = _render(context(digest, links, SHORT_EXCERPT_CHARS), env)
     size = html_size(short)
     if size <= budget:
         return Fitted(digest, short)
@@ -555,7 +543,7 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
             guess = lo + int((budget - lo_size) * (hi - lo) / max(1, hi_size - lo_size))
         keep = min(hi - 1, max(lo + 1, guess))
         kept = _keep(digest, best[:keep])
-        attempt = draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
+        attempt = _render(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
         size = html_size(attempt)
         if size <= budget:
             fits, lo, lo_size = Fitted(kept, attempt, total - keep), keep, size
@@ -564,7 +552,7 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
     if fits is not None:
         return fits
     kept = _keep(digest, best[:1])  # a single item is bounded (titles and excerpts are cut)
-    return Fitted(kept, draw(context(kept, links, SHORT_EXCERPT_CHARS, more=total - 1), env),
+    return Fitted(kept, _render(context(kept, links, SHORT_EXCERPT_CHARS, more=total - 1), env),
                   total - 1)
 
 

@@ -1,6 +1,11 @@
 """Sending: build the MIME message, and hand it to a transport (SMTP or .eml files).
 
-Headers are built with `email.message.EmailMessage` under a strict policy whose fields are
+`outgoing` makes the finished bytes (headers from `header_fields`, bodies by `digest.mime`,
+DKIM by `digest.signing`); `SmtpSender` and `FileSender` send or write them. Every failure
+to send is one of the SendError classes listed in `digest.errors` (transient, permanent,
+fatal); smtplib, socket and ssl errors are translated into them only by `map_smtp_error`.
+
+Header fields are made by the strict policy's header registry (`digest.mime.STRICT`) and
 written by `digest.headers` (never the `email` package's folder), and every value that comes
 from a listing or a subscriber file has control characters removed first, so no title or name
 can add a header. Every finished message's header block is checked once more
@@ -21,7 +26,7 @@ import socket
 import ssl
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, policy
 from email.headerregistry import Address
@@ -32,12 +37,17 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import dkim
-
 from . import headers, signing
+from .caches import Bounded
 from .config import DeliveryConfig, DkimConfig, Settings, SmtpConfig, split_address
-from .errors import ConfigError, SendError
-from .mime import STRICT, assemble
+from .errors import (
+    ConfigError,
+    FatalSendError,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
+from .mime import assemble
 from .models import Digest, RenderedEmail
 from .signing import FastSigner
 
@@ -98,21 +108,6 @@ def list_id(delivery: DeliveryConfig) -> str:
     return delivery.list_id or f"Paper digest <digest.{domain}>"
 
 
-def build_message(
-    rendered: RenderedEmail,
-    digest: Digest,
-    delivery: DeliveryConfig,
-    now: datetime,
-    unsubscribe_https: str | None = None,
-) -> EmailMessage:
-    """The multipart/alternative message for a rendered digest. `unsubscribe_https` (the
-    one-click URL of `digest serve`) takes the place of `[delivery] unsubscribe_url`."""
-    msg = message_headers(rendered, digest, delivery, now, unsubscribe_https)
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return msg
-
-
 HeaderValue = str | Address
 
 
@@ -124,8 +119,7 @@ def header_fields(
     unsubscribe_https: str | None = None,
 ) -> list[tuple[str, HeaderValue]]:
     """The header fields of a digest's message (From to X-Digest-Id), in order, as values for
-    the strict policy's header registry: shared by `message_headers` (the straightforward
-    path) and the fast path (`digest.mime.assemble`), which parse and fold them the same way."""
+    the strict policy's header registry (`digest.mime.assemble` folds them)."""
     subscriber = digest.subscriber
     from_addr = delivery.from_address
     domain = from_addr.rpartition("@")[2]
@@ -144,21 +138,6 @@ def header_fields(
     fields += [("List-Id", clean_header(list_id(delivery))),
                ("X-Digest-Id", clean_header(digest.id))]
     return fields
-
-
-def message_headers(
-    rendered: RenderedEmail,
-    digest: Digest,
-    delivery: DeliveryConfig,
-    now: datetime,
-    unsubscribe_https: str | None = None,
-) -> EmailMessage:
-    """The headers of a digest's message (see `header_fields`) in an EmailMessage with no body
-    yet, under the strict policy."""
-    msg = EmailMessage(policy=STRICT)
-    for name, value in header_fields(rendered, digest, delivery, now, unsubscribe_https):
-        msg[name] = value
-    return msg
 
 
 def _to_address(name: str, email: str) -> Address:
@@ -202,27 +181,6 @@ class Outgoing:
     envelope_from: str
     recipient: str
     data: bytes
-    html: str
-
-
-def outgoing(
-    msg: EmailMessage, digest: Digest, html: str, envelope_from: str,
-    signer: DkimSigner | None = None,
-) -> Outgoing:
-    """Serialise a message once (and DKIM-sign those bytes): these exact bytes are what gets
-    sent or written."""
-    data = msg.as_bytes(policy=STRICT)
-    if signer:
-        data = signer.sign(data)
-    check_headers(data)
-    return Outgoing(
-        digest_id=digest.id,
-        message_id=str(msg["Message-ID"]),
-        envelope_from=envelope_from,
-        recipient=digest.subscriber.email,
-        data=data,
-        html=html,
-    )
 
 
 # RFC 8058 requires List-Unsubscribe and List-Unsubscribe-Post to be signed; dkimpy's default
@@ -234,59 +192,12 @@ DKIM_HEADERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class DkimSigner:
-    """Signs finished message bytes with rsa-sha256, relaxed/relaxed canonicalisation."""
-
-    selector: str
-    domain: str
-    private_key: bytes = field(repr=False)
-
-    def sign(self, data: bytes) -> bytes:
-        """`data` with a DKIM-Signature header in front."""
-        try:
-            signature = dkim.sign(
-                data, self.selector.encode(), self.domain.encode(), self.private_key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=[h.encode() for h in DKIM_HEADERS],
-            )
-        except dkim.DKIMException as exc:
-            raise SendError(f"DKIM signing failed: {exc}", fatal=True) from exc
-        return bytes(signature) + data
+# Listed in digest.caches: one signer per [dkim] setting and key-file mtime.
+_signers: Bounded[tuple[object, ...], FastSigner] = Bounded(8)
 
 
-_signers: dict[tuple[str, str, Path, int], DkimSigner] = {}
-
-
-def load_signer(config: DkimConfig) -> DkimSigner | None:
-    """The signer `[dkim]` asks for, or None when DKIM is not configured. The key is read
-    and checked once, and again only when the key file changes."""
-    if not config.enabled:
-        return None
-    assert config.private_key_path and config.selector and config.domain
-    path = config.private_key_path
-    try:
-        cache_key = (config.selector, config.domain, path, path.stat().st_mtime_ns)
-        if cache_key in _signers:
-            return _signers[cache_key]
-        key = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read the DKIM private key: {exc.strerror}",
-                          hint="set [dkim] private_key_path (relative to digest.toml)") from None
-    try:
-        dkim.crypto.parse_pem_private_key(key)
-    except dkim.crypto.UnparsableKeyError:
-        raise ConfigError(path, None, "not a PEM RSA private key",
-                          hint="make one with: openssl genrsa -out dkim.pem 2048") from None
-    signer = _signers[cache_key] = DkimSigner(config.selector, config.domain, key)
-    return signer
-
-
-_fast_signers: dict[tuple[object, ...], FastSigner] = {}
-
-
-def load_fast_signer(config: DkimConfig) -> FastSigner | None:
-    """The OpenSSL signer `[dkim]` asks for (RSA, plus Ed25519 when its key is set), or None
+def load_signer(config: DkimConfig) -> FastSigner | None:
+    """The signer `[dkim]` asks for (RSA, plus Ed25519 when its key is set), or None
     when DKIM is not configured. Keys are read and checked once, and again when a file
     changes."""
     if not config.enabled:
@@ -300,8 +211,9 @@ def load_fast_signer(config: DkimConfig) -> FastSigner | None:
     for selector, path, algorithm in wanted:
         stamps += [selector, path, algorithm, _mtime(path)]
     cache_key = tuple(stamps)
-    if cache_key in _fast_signers:
-        return _fast_signers[cache_key]
+    found = _signers.get(cache_key)
+    if found is not None:
+        return found
     keys = []
     for selector, path, algorithm in wanted:
         pem = _read_key(path)
@@ -312,8 +224,7 @@ def load_fast_signer(config: DkimConfig) -> FastSigner | None:
             hint = ("make one with: openssl genrsa -out dkim.pem 2048" if kind == "rsa"
                     else "make one with: openssl genpkey -algorithm ed25519 -out dkim-ed.pem")
             raise ConfigError(path, None, str(exc), hint=hint) from None
-    signer = _fast_signers[cache_key] = FastSigner(tuple(keys), DKIM_HEADERS)
-    return signer
+    return _signers.put(cache_key, FastSigner(tuple(keys), DKIM_HEADERS))
 
 
 def _mtime(path: Path) -> int:
@@ -331,13 +242,16 @@ def _read_key(path: Path) -> bytes:
                           hint="set [dkim] private_key_path (relative to digest.toml)") from None
 
 
-def fast_outgoing(
+def outgoing(
     rendered: RenderedEmail, digest: Digest, delivery: DeliveryConfig, now: datetime,
     unsubscribe_https: str | None, signer: FastSigner | None,
 ) -> Outgoing:
-    """The fast path to the finished bytes: the same headers as `build_message` (from
-    `header_fields`), bodies QP-encoded once (`digest.mime`), signed by OpenSSL.
-    Parsed back it equals `outgoing(build_message(...))`; tests compare the two."""
+    """The finished bytes of a digest's message, and its envelope: the fields of
+    `header_fields`, bodies QP-encoded once (`digest.mime`), DKIM-signed by OpenSSL when
+    `signer` is set. `unsubscribe_https` (the one-click URL of `digest serve`) takes the
+    place of `[delivery] unsubscribe_url`. These exact bytes are stored, then sent or written.
+    (tests/oracle.py builds the same message with `EmailMessage` and dkimpy: parsed back, the
+    two are equal, and dkimpy verifies every signature.)"""
     fields = header_fields(rendered, digest, delivery, now, unsubscribe_https)
     parts = assemble(fields, rendered.text, rendered.html)
     data = parts.head + b"\r\n" + parts.body
@@ -345,10 +259,10 @@ def fast_outgoing(
         try:
             data = signer.sign_parts(parts.head, parts.body, parts.relaxed_stable) + data
         except (ValueError, TypeError) as exc:
-            raise SendError(f"DKIM signing failed: {exc}", fatal=True) from exc
+            raise FatalSendError(f"DKIM signing failed: {exc}") from exc
     check_headers(data)
     return Outgoing(digest.id, parts.message_id, delivery.from_address,
-                    digest.subscriber.email, data, rendered.html)
+                    digest.subscriber.email, data)
 
 
 class Sender(Protocol):
@@ -364,7 +278,12 @@ class Sender(Protocol):
 
 
 class FileSender:
-    """Writes each message as an .eml file, with an .html preview beside it."""
+    """Writes each message as an .eml file, with an .html preview beside it.
+
+    The preview is always taken from the message's bytes (`html_part`), never handed along
+    from the render: the outbox stores only the finished bytes, so a message sent from the
+    outbox (every message is: it is stored first, and a crash or a retry sends it later
+    from there) has nothing else. One way, and the preview shows what the .eml holds."""
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
@@ -377,8 +296,7 @@ class FileSender:
         stem = f"{day}_{subscriber_id}"
         eml = self.outbox / f"{stem}.eml"
         _atomic_write(eml, message.data)
-        html = message.html or html_part(message.data)
-        _atomic_write(self.outbox / f"{stem}.html", html.encode("utf-8"))
+        _atomic_write(self.outbox / f"{stem}.html", html_part(message.data).encode("utf-8"))
         return str(eml)
 
     def close(self) -> None:
@@ -578,9 +496,8 @@ class SmtpSender:
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
                     smtp.close()
-                    raise SendError(
+                    raise FatalSendError(
                         f"SMTP server {self._where()} does not offer STARTTLS",
-                        fatal=True,
                         hint="set [smtp] security = 'ssl' or 'none' if that is intended",
                     )
                 smtp.starttls(context=context)
@@ -589,36 +506,17 @@ class SmtpSender:
                 password = cfg.password()
                 if password is None:
                     smtp.close()
-                    raise SendError(
-                        f"no SMTP password: environment variable {cfg.password_env} is not set",
-                        fatal=True,
-                    )
+                    raise FatalSendError(
+                        f"no SMTP password: environment variable {cfg.password_env} is not set")
                 smtp.login(cfg.username, password)
-        except SendError:
-            raise
-        except smtplib.SMTPAuthenticationError as exc:
-            raise SendError(
-                f"SMTP server {self._where()} rejected the login for {cfg.username!r}"
-                f" ({exc.smtp_code})",
-                fatal=True,
-                hint=f"check [smtp] username and the password in ${cfg.password_env}",
-            ) from exc
-        except ssl.SSLError as exc:
-            raise SendError(
-                f"TLS with SMTP server {self._where()} failed: {exc.reason or exc}",
-                fatal=True,
-                hint="check the server certificate, or set [smtp] ca_file for a private CA",
-            ) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            raise SendError(
-                f"cannot connect to SMTP server {self._where()}: {exc}", fatal=True
-            ) from exc
+            raise map_smtp_error(exc, cfg, opening=True) from exc
         log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
         self._sent_on_connection = 0
         return smtp
 
     def send(self, message: Outgoing) -> str:
-        """Send one message; a refusal raises SendError (permanent for 5xx)."""
+        """Send one message; a refusal raises a SendError subclass (see `map_smtp_error`)."""
         check_headers(message.data)
         cap = self.config.max_per_connection
         if self._smtp is not None and cap and self._sent_on_connection >= cap:
@@ -629,40 +527,18 @@ class SmtpSender:
         smtp.renew_deadline()  # each message has the whole deadline: MAIL to the final reply
         try:
             refused = self._sendmail(smtp, message)
-        except SessionLimitError as exc:
-            # The server kept the reply coming too long or too slowly: the connection is
-            # closed; the message is tried again later (a server that does this again
-            # when the session opens stops the batch).
-            self._drop()
-            raise SendError(f"SMTP server {self._where()}: {exc}; connection closed") from exc
-        except smtplib.SMTPRecipientsRefused as exc:
-            # Raised when every recipient is refused, with no smtp_code: the codes are only in
-            # the dict. smtplib closes the connection itself after a 421.
-            code, text = next(iter(exc.recipients.values()))
-            self._drop_if_closed(code)
-            raise SendError(
-                f"server refused {message.recipient}: {code} {_text(text)}",
-                permanent=500 <= code < 600,
-            ) from exc
-        except smtplib.SMTPResponseException as exc:
-            self._drop_if_closed(exc.smtp_code)
-            raise SendError(
-                f"server answered {exc.smtp_code} {_text(exc.smtp_error)}",
-                permanent=500 <= exc.smtp_code < 600,
-            ) from exc
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            # Possibly after DATA: the server may have the message. It is sent again later as
-            # the same bytes with the same Message-ID.
-            self._drop()
-            raise SendError(f"connection to {self._where()} lost: {exc}") from exc
-        self._sent_on_connection += 1
-        if refused:
-            # With several recipients smtplib reports partial refusals only in this dict.
-            code, text = refused[message.recipient]
-            raise SendError(
-                f"server refused {message.recipient}: {code} {_text(text)}",
-                permanent=500 <= code < 600,
-            )
+            self._sent_on_connection += 1
+            if refused:
+                # With several recipients smtplib reports partial refusals only in this dict.
+                raise smtplib.SMTPRecipientsRefused({message.recipient:
+                                                     refused[message.recipient]})
+        except (OSError, smtplib.SMTPException) as exc:
+            # A 421, a lost connection or a broken session limit leaves no usable
+            # connection: the next message reconnects. (smtplib closes after a 421 itself.)
+            code = _reply_code(exc)
+            if code in (None, 421) or smtp.sock is None:
+                self._drop()
+            raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
         return self._where()
 
     @staticmethod
@@ -677,10 +553,8 @@ class SmtpSender:
             return smtp.sendmail(message.envelope_from, [message.recipient], data)
         smtp.ehlo_or_helo_if_needed()
         options = [f"size={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
-        if smtp.does_esmtp and smtp.has_extn("pipelining"):
-            SmtpSender._envelope_pipelined(smtp, message, options)
-        else:
-            SmtpSender._envelope(smtp, message, options)
+        pipelined = smtp.does_esmtp and smtp.has_extn("pipelining")
+        SmtpSender._envelope(smtp, message, options, pipelined)
         smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, reply = smtp.getreply()
         if code != 250:
@@ -689,51 +563,43 @@ class SmtpSender:
         return {}
 
     @staticmethod
-    def _envelope(smtp: smtplib.SMTP, message: Outgoing, options: list[str]) -> None:
-        # MAIL, RCPT and DATA one after the other, each waiting for its reply.
-        code, reply = smtp.mail(message.envelope_from, options)
-        if code != 250:
-            SmtpSender._abandon(smtp, code)
-            raise smtplib.SMTPSenderRefused(code, reply, message.envelope_from)
-        code, reply = smtp.rcpt(message.recipient)
-        if code not in (250, 251):
-            SmtpSender._abandon(smtp, code)
-            raise smtplib.SMTPRecipientsRefused({message.recipient: (code, reply)})
-        smtp.putcmd("data")
-        code, reply = smtp.getreply()
-        if code != 354:
-            SmtpSender._abandon(smtp, code)  # MAIL and RCPT were taken: reset, as sendmail does
-            raise smtplib.SMTPDataError(code, reply)
-
-    @staticmethod
-    def _envelope_pipelined(smtp: smtplib.SMTP, message: Outgoing, options: list[str]) -> None:
-        # RFC 2920 PIPELINING, which the server offered: MAIL, RCPT and DATA in one write and
-        # their three replies read in order, one round trip instead of three (what a remote
-        # relay's latency costs per message). The commands are smtplib's own, checked as its
-        # putcmd checks them; the refusals raised are those of `_envelope`.
+    def _envelope(smtp: smtplib.SMTP, message: Outgoing, options: list[str],
+                  pipelined: bool) -> None:
+        # MAIL, RCPT and DATA, refused as smtplib's sendmail refuses them. `pipelined`: RFC
+        # 2920 PIPELINING, which the server offered: the three in one write and their replies
+        # read in order, one round trip instead of three (what a remote relay's latency costs
+        # per message). Otherwise each waits for its reply, and a refusal ends the envelope.
+        # The commands are checked as smtplib's putcmd checks them.
         commands = [f"MAIL FROM:{smtplib.quoteaddr(message.envelope_from)}"
                     + "".join(f" {option}" for option in options),
                     f"RCPT TO:{smtplib.quoteaddr(message.recipient)}", "DATA"]
         if any("\r" in c or "\n" in c for c in commands):
             raise ValueError("an SMTP command would contain a line break")
-        smtp.send("".join(f"{c}\r\n" for c in commands))
-        mail = smtp.getreply()
-        # A 421 closes the connection: no more replies will come.
-        rcpt = smtp.getreply() if mail[0] != 421 else mail
-        data = smtp.getreply() if rcpt[0] != 421 else rcpt
-        if data[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
+        wanted: list[tuple[int, ...]] = [(250,), (250, 251), (354,)]
+        replies: list[tuple[int, bytes]] = []
+        if pipelined:
+            smtp.send("".join(f"{c}\r\n" for c in commands))
+        for command, ok in zip(commands, wanted, strict=True):
+            if not pipelined:
+                smtp.send(f"{command}\r\n")
+            replies.append(smtp.getreply())
+            # A 421 closes the connection: no more replies will come.
+            if replies[-1][0] == 421 or (not pipelined and replies[-1][0] not in ok):
+                break
+        if len(replies) == 3 and replies[2][0] == 354 and any(
+                code not in ok for (code, _), ok in zip(replies[:2], wanted, strict=False)):
             # A server that took DATA with nothing to deliver: end the empty message.
             smtp.send(b".\r\n")
             smtp.getreply()
-        if mail[0] != 250:
-            SmtpSender._abandon(smtp, mail[0])
-            raise smtplib.SMTPSenderRefused(mail[0], mail[1], message.envelope_from)
-        if rcpt[0] not in (250, 251):
-            SmtpSender._abandon(smtp, rcpt[0])
-            raise smtplib.SMTPRecipientsRefused({message.recipient: rcpt})
-        if data[0] != 354:
-            SmtpSender._abandon(smtp, data[0])
-            raise smtplib.SMTPDataError(*data)
+        for step, ((code, text), ok) in enumerate(zip(replies, wanted, strict=False)):
+            if code in ok:
+                continue
+            SmtpSender._abandon(smtp, code)  # MAIL and RCPT may have been taken: reset
+            if step == 0:
+                raise smtplib.SMTPSenderRefused(code, text, message.envelope_from)
+            if step == 1:
+                raise smtplib.SMTPRecipientsRefused({message.recipient: (code, text)})
+            raise smtplib.SMTPDataError(code, text)
 
     @staticmethod
     def _abandon(smtp: smtplib.SMTP, code: int) -> None:
@@ -745,10 +611,6 @@ class SmtpSender:
             smtp.rset()
         except smtplib.SMTPServerDisconnected:
             pass
-
-    def _drop_if_closed(self, code: int) -> None:
-        if code == 421 or self._smtp is None or self._smtp.sock is None:
-            self._drop()
 
     def _drop(self) -> None:
         if self._smtp is not None:
@@ -769,6 +631,49 @@ class SmtpSender:
             pass
         finally:
             self._drop()
+
+
+def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
+                   opening: bool = False, recipient: str = "") -> SendError:
+    """The one translation of smtplib, socket and ssl errors into the send errors of
+    `digest.errors`. While the session opens (`opening`: connect, EHLO, STARTTLS, login)
+    every failure is fatal: no message can go. On a message: a 5xx answer is permanent;
+    4xx, 421, a lost connection and a broken session limit are transient (the message may
+    have arrived after DATA: it is sent again as the same bytes, same Message-ID)."""
+    where = f"{config.host}:{config.port}"
+    if opening:
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return FatalSendError(
+                f"SMTP server {where} rejected the login for {config.username!r}"
+                f" ({exc.smtp_code})",
+                hint=f"check [smtp] username and the password in ${config.password_env}")
+        if isinstance(exc, ssl.SSLError):
+            return FatalSendError(
+                f"TLS with SMTP server {where} failed: {exc.reason or exc}",
+                hint="check the server certificate, or set [smtp] ca_file for a private CA")
+        return FatalSendError(f"cannot connect to SMTP server {where}: {exc}")
+    if isinstance(exc, SessionLimitError):
+        return TransientSendError(f"SMTP server {where}: {exc}; connection closed")
+    code = _reply_code(exc)
+    if code is None:
+        return TransientSendError(f"connection to {where} lost: {exc}")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        text = next(iter(exc.recipients.values()))[1]
+        reason = f"server refused {recipient}: {code} {_text(text)}"
+    else:
+        assert isinstance(exc, smtplib.SMTPResponseException)
+        reason = f"server answered {code} {_text(exc.smtp_error)}"
+    return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
+
+
+def _reply_code(exc: BaseException) -> int | None:
+    # The server's answer in an smtplib error; SMTPRecipientsRefused (raised when every
+    # recipient is refused) has no smtp_code: the codes are only in its dict.
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return next(iter(exc.recipients.values()))[0]
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code
+    return None
 
 
 @functools.cache

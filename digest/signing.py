@@ -1,4 +1,4 @@
-"""DKIM signing on the fast path: dkimpy's relaxed/relaxed canonicalisation, the signature
+"""DKIM signing: dkimpy's relaxed/relaxed canonicalisation, the signature
 itself done by OpenSSL through `cryptography`.
 
 dkimpy's `dkim.sign` does RSA in pure Python (about 7 ms per RSA-2048 signature); OpenSSL does
@@ -25,6 +25,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from dkim.canonicalization import Relaxed
+
+from .caches import Bounded
 
 # One header field: its name, and its value including folded continuation lines and the CRLF.
 _FIELD = re.compile(rb"([^:\r\n]+):((?:[^\r\n]*\r?\n)(?:[ \t][^\r\n]*\r?\n)*)")
@@ -140,17 +142,15 @@ def _select(fields: list[tuple[bytes, bytes]], names: Sequence[bytes]) -> list[t
     return out
 
 
-# The relaxed form of each header field seen, bounded (emptied when full): most fields (From,
+# The relaxed form of each header field seen (listed in digest.caches): most fields (From,
 # Date, List-Id, MIME-Version, Content-Type) are the same in every message of a run.
-_relaxed_fields: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+_relaxed_fields: Bounded[tuple[bytes, bytes], tuple[bytes, bytes]] = Bounded(4096)
 
 
 def _relaxed(field: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     found = _relaxed_fields.get(field)
     if found is None:
-        if len(_relaxed_fields) >= 4096:
-            _relaxed_fields.clear()
-        found = _relaxed_fields[field] = Relaxed.canonicalize_headers([field])[0]
+        found = _relaxed_fields.put(field, Relaxed.canonicalize_headers([field])[0])
     return found
 
 
@@ -204,11 +204,9 @@ def signature_header(
 
 @dataclass(frozen=True, slots=True)
 class FastSigner:
-    """Signs finished message bytes with each of `keys` (relaxed/relaxed), fastest first.
-
-    The same interface as `send.DkimSigner`: `sign(data)` returns `data` with the
-    DKIM-Signature header(s) in front.
-    """
+    """Signs finished message bytes with each of `keys` (relaxed/relaxed): `sign(data)`
+    returns `data` with the DKIM-Signature header(s) in front; `digest.send.outgoing` signs
+    the parts it has just built with `sign_parts`."""
 
     keys: tuple[SigningKey, ...]
     names: tuple[str, ...]

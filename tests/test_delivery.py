@@ -15,7 +15,7 @@ import pytest
 from sqlite_utils import Database
 
 from digest import delivery, store
-from digest.errors import SendError
+from digest.errors import FatalSendError, TransientSendError
 from digest.send import Outgoing
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -66,10 +66,10 @@ def test_a_fatal_error_puts_back_every_claimed_row_not_attempted(tmp_path: Path)
 
     def answer(n: int) -> None:
         if n == 3:
-            raise SendError("cannot connect to SMTP server x: refused", fatal=True)
+            raise FatalSendError("cannot connect to SMTP server x: refused")
 
     sender = Scripted(path, answer)
-    report = delivery.deliver(db, rows, [sender], lambda: NOW, policy=POLICY)
+    report = delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY).send_all(rows)
     assert report.fatal and "cannot connect" in report.fatal
     assert len(sender.handed) == 3  # nothing was handed to the server after the fatal error
     after = states(path)
@@ -91,7 +91,8 @@ def test_a_stop_request_finishes_the_message_on_the_wire_and_releases_the_rest(
             stop.set()  # SIGTERM while the second message is on the wire
 
     sender = Scripted(path, answer)
-    report = delivery.deliver(db, rows, [sender], lambda: NOW, policy=POLICY, stop=stop)
+    report = delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY,
+                               stop=stop).send_all(rows)
     assert report.fatal is None and len(sender.handed) == 2
     after = states(path)
     assert [after[f"s{i:03d}"] for i in range(2)] == [("sent", 1)] * 2
@@ -112,7 +113,7 @@ def test_sent_only_after_acceptance_and_claims_stay_bounded(tmp_path: Path) -> N
 
     def answer(n: int) -> None:
         if n % 7 == 0:
-            raise SendError("server answered 451 try later")
+            raise TransientSendError("server answered 451 try later")
 
     sender = Scripted(path, answer)
     with delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY, on_result=on_result,
@@ -137,7 +138,7 @@ def test_claimed_bytes_are_read_in_one_query_and_sent_unchanged(tmp_path: Path) 
     assert store.messages(db, [r.id for r in rows]) == {
         r.id: b"bytes %d\r\n" % i for i, r in enumerate(rows)}
     sender = Scripted(path)
-    delivery.deliver(db, rows, [sender], lambda: NOW, policy=POLICY)
+    delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY).send_all(rows)
     assert [m.data for m in sender.handed] == [b"bytes %d\r\n" % i for i in range(5)]
 
 

@@ -1,11 +1,13 @@
-"""The fast MIME + DKIM path against the straightforward one (EmailMessage + dkimpy): the same
-headers and decoded parts, valid quoted-printable, and signatures `dkim.verify` accepts."""
+"""The library's MIME + DKIM against the straightforward build in tests/oracle.py
+(EmailMessage + dkimpy): the same headers and decoded parts, valid quoted-printable, and
+signatures `dkim.verify` accepts."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as dt
+import os
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,24 +20,16 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest import mime, pipeline
+from digest import mime, pipeline, send
 from digest.config import DeliveryConfig, DkimConfig, load_settings
 from digest.errors import ConfigError
-from digest.mime import encode_qp, encode_qp_block, encode_qp_checked, normal_body
+from digest.mime import encode_qp, encode_qp_checked, normal_body
 from digest.models import RenderedEmail
 from digest.render import environment
-from digest.send import (
-    DKIM_HEADERS,
-    DkimSigner,
-    build_message,
-    fast_outgoing,
-    header_fields,
-    load_fast_signer,
-    message_headers,
-    outgoing,
-)
+from digest.send import DKIM_HEADERS, header_fields, load_signer, outgoing
 from digest.signing import FastSigner, load_key, public_record, relaxed_body
 
+from . import oracle
 from .conftest import Project
 from .samples import HOSTILE_TITLES, NOW, digest, subscriber
 
@@ -121,12 +115,12 @@ def both(rendered: RenderedEmail, signer_keys: dict[str, tuple[Path, bytes]] | N
     ref_signer = fast_signer = None
     if signer_keys is not None:
         cfg = dkim_config(signer_keys)
-        ref_signer = DkimSigner("mail2026", "example.org", signer_keys["rsa"][0].read_bytes())
-        fast_signer = load_fast_signer(cfg)
-    ref = outgoing(build_message(rendered, d, delivery, sent_at, "https://x.org/u?t=1"), d,
-                   rendered.html, delivery.from_address, ref_signer).data
-    fast = fast_outgoing(rendered, d, delivery, sent_at, "https://x.org/u?t=1",
-                         fast_signer).data
+        ref_signer = oracle.DkimpySigner("mail2026", "example.org",
+                                         signer_keys["rsa"][0].read_bytes())
+        fast_signer = load_signer(cfg)
+    ref = oracle.message_bytes(rendered, d, delivery, sent_at, "https://x.org/u?t=1",
+                               ref_signer)
+    fast = outgoing(rendered, d, delivery, sent_at, "https://x.org/u?t=1", fast_signer).data
     return ref, fast
 
 
@@ -160,9 +154,9 @@ def test_sample_digests_with_hostile_titles_match_too(keys: dict[str, tuple[Path
     settings = settings.model_copy(update={"dkim": dkim_config(keys, ed=True)})
     for d in (digest(10), digest(25, titles=HOSTILE_TITLES), digest(1)):
         fast = pipeline.compose(settings, d, environment())
-        ref = pipeline.compose(settings, d, environment(), reference=True)
-        assert comparable(fast.outgoing.data) == comparable(ref.outgoing.data)
-        assert fast.outgoing.message_id == ref.outgoing.message_id
+        ref = oracle.compose(settings, d, environment())
+        assert comparable(fast.outgoing.data) == comparable(ref.data)
+        assert fast.outgoing.message_id == ref.message_id
         msg = message_from_bytes(fast.outgoing.data, policy=policy.default)
         assert "victim" not in str(msg.get("Bcc", ""))
         assert msg.get("Bcc") is None
@@ -192,7 +186,7 @@ def test_qp_is_valid_short_and_decodes_to_the_same_bytes(text: str) -> None:
 def test_qp_line_by_line_equals_qp_in_one_piece(text: str) -> None:
     # Twice: the second time every line comes from the line cache.
     for _ in range(2):
-        assert encode_qp(text) == encode_qp_block(normal_body(text))
+        assert encode_qp(text) == oracle.encode_qp_whole(normal_body(text))
 
 
 @settings(max_examples=300, deadline=None)
@@ -211,7 +205,7 @@ def test_the_qp_line_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(mime, "QP_CACHE_BYTES", 10_000)
     for i in range(200):
         text = f"line {i} " * 20
-        assert encode_qp(text) == encode_qp_block(normal_body(text))
+        assert encode_qp(text) == oracle.encode_qp_whole(normal_body(text))
     cached = [*mime._qp_lines.items(), *mime._qp_unstable.items()]
     assert sum(len(k) + len(v) + mime._ENTRY_OVERHEAD for k, v in cached) <= 10_000
 
@@ -239,7 +233,7 @@ SIGNABLE = {
 @pytest.mark.parametrize("case", sorted(SIGNABLE))
 def test_fast_signatures_verify_with_dkimpy(case: str,
                                             keys: dict[str, tuple[Path, bytes]]) -> None:
-    signer = load_fast_signer(dkim_config(keys, ed=True))
+    signer = load_signer(dkim_config(keys, ed=True))
     assert signer is not None
     data = signer.sign(SIGNABLE[case])
     all_verify(data, keys, 2)
@@ -251,7 +245,7 @@ def test_fast_signatures_verify_with_dkimpy(case: str,
 
 
 def test_a_header_signed_as_absent_cannot_be_added(keys: dict[str, tuple[Path, bytes]]) -> None:
-    signer = FastSigner(tuple(load_fast_signer(dkim_config(keys)).keys),  # type: ignore[union-attr]
+    signer = FastSigner(tuple(load_signer(dkim_config(keys)).keys),  # type: ignore[union-attr]
                         DKIM_HEADERS)
     data = signer.sign(SIGNABLE["empty body"])
     all_verify(data, keys, 1)
@@ -271,16 +265,16 @@ def test_a_key_of_the_wrong_type_is_a_one_line_error(
         keys: dict[str, tuple[Path, bytes]]) -> None:
     cfg = DkimConfig(selector="s", domain="example.org", private_key_path=keys["ed25519"][0])
     with pytest.raises(ConfigError, match="not a PEM RSA private key") as info:
-        load_fast_signer(cfg)
+        load_signer(cfg)
     assert "\n" not in str(info.value.message)
     cfg = DkimConfig(selector="s", domain="example.org", private_key_path=keys["rsa"][0],
                      ed25519_selector="e", ed25519_private_key_path=keys["rsa"][0])
     with pytest.raises(ConfigError, match="not a PEM Ed25519 private key"):
-        load_fast_signer(cfg)
+        load_signer(cfg)
     garbage = keys["rsa"][0].with_name("garbage.pem")
     garbage.write_bytes(base64.b64encode(b"nonsense"))
     with pytest.raises(ConfigError, match="not a PEM private key"):
-        load_fast_signer(DkimConfig(selector="s", domain="example.org",
+        load_signer(DkimConfig(selector="s", domain="example.org",
                                     private_key_path=garbage))
 
 
@@ -314,7 +308,8 @@ def test_the_header_block_is_what_emailmessage_folds(name: str) -> None:
     delivery = DeliveryConfig(from_="Paper Digest Ünïcode <digest@example.org>")
     rendered = RenderedEmail("2 new papers: Efficient inference", "<p>h</p>", "t")
     when = NOW.astimezone(dt.timezone(dt.timedelta(hours=-5)))
-    msg = message_headers(rendered, d, delivery, when, "https://x.org/u?t=1")
+    msg = oracle.build_message(rendered, d, delivery, when, "https://x.org/u?t=1")
+    del msg["Content-Type"], msg["MIME-Version"], msg["Content-Transfer-Encoding"]
     msg["MIME-Version"] = "1.0"
     msg["Content-Type"] = f'multipart/alternative; boundary="{mime.BOUNDARY}"'
     expected = b"".join(mime.STRICT.fold_binary(n, v) for n, v in msg.items())
@@ -322,3 +317,17 @@ def test_the_header_block_is_what_emailmessage_folds(name: str) -> None:
         parts = mime.assemble(header_fields(rendered, d, delivery, when, "https://x.org/u?t=1"),
                               rendered.text, rendered.html)
         assert parts.head == expected
+
+
+def test_the_signer_cache_stays_bounded_as_the_key_file_changes(
+        keys: dict[str, tuple[Path, bytes]], tmp_path: Path) -> None:
+    # A long-running `digest run` whose key is rotated (rewritten) again and again keeps at
+    # most a few signers, and one per key file version.
+    key = tmp_path / "dkim.pem"
+    key.write_bytes(keys["rsa"][0].read_bytes())
+    cfg = DkimConfig(selector="mail2026", domain="example.org", private_key_path=key)
+    for i in range(40):
+        os.utime(key, ns=(10**18 + i, 10**18 + i))
+        first = load_signer(cfg)
+        assert first is not None and load_signer(cfg) is first
+    assert len(send._signers) <= 8

@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from digest import pipeline, store
 from digest.cli import cli
 from digest.config import DeliveryConfig, Settings, SmtpConfig, load_settings
-from digest.errors import ConfigError, HeaderError
+from digest.errors import ConfigError, HeaderError, PermanentSendError
 from digest.headers import check_block, fold_address, fold_unstructured
 from digest.mime import fold_field
 from digest.models import Digest, Section
 from digest.render import environment
 from digest.send import REQUIRED_FIELDS, WIRE_FIELDS, Outgoing, SmtpSender, check_headers
 
+from . import oracle
 from .conftest import Project, SmtpServer
 from .samples import NOW, digest, subscriber
 
@@ -80,12 +81,13 @@ def configure(project: Project, monkeypatch: pytest.MonkeyPatch, server: SmtpSer
 
 def send_through(server: SmtpServer, settings: Settings, d: Digest, path: str) -> bytes:
     """Compose `d` on `path` and send it to `server`; the raw bytes the server received."""
-    composed = pipeline.compose(settings, d, environment(), reference=path == "reference")
+    out = (oracle.compose(settings, d, environment()) if path == "reference"
+           else pipeline.compose(settings, d, environment()).outgoing)
     config = SmtpConfig(host=server.host, port=server.port, security="none", timeout=5)
     with SmtpSender(config) as sender:
-        sender.send(composed.outgoing)
+        sender.send(out)
     received = server.sink.received[-1].data
-    assert received == composed.outgoing.data  # what was built is what arrived
+    assert received == out.data  # what was built is what arrived
     return received
 
 
@@ -335,7 +337,7 @@ def test_the_last_check_refuses_what_would_add_or_garble_a_header(
     check_block(GOOD, WIRE_FIELDS, REQUIRED_FIELDS)
     with pytest.raises(HeaderError, match=re.escape(problem)) as info:
         check_block(GOOD.replace(*change, 1), WIRE_FIELDS, REQUIRED_FIELDS)
-    assert info.value.permanent and "\n" not in str(info.value)
+    assert isinstance(info.value, PermanentSendError) and "\n" not in str(info.value)
 
 
 def test_a_stored_message_that_fails_the_check_is_never_sent(smtp_server: SmtpServer) -> None:
@@ -343,7 +345,7 @@ def test_a_stored_message_that_fails_the_check_is_never_sent(smtp_server: SmtpSe
     config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
     with SmtpSender(config) as sender, pytest.raises(HeaderError, match="'Bcc'"):
         sender.send(Outgoing("a/2026-11-25", "<m@example.org>", "a@example.org",
-                             "b@example.org", bad, ""))
+                             "b@example.org", bad))
     assert smtp_server.sink.received == [] and smtp_server.sink.sessions == 0
 
 

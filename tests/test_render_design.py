@@ -19,9 +19,9 @@ from digest.render import (
     default_template_dir,
     environment,
     render,
-    render_reference,
 )
 
+from .oracle import render_email
 from .samples import HOSTILE_TITLES, digest
 
 LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def")
@@ -43,7 +43,7 @@ def dom(html: str) -> list[object]:
 def test_fast_path_matches_the_straightforward_pipeline(items: int) -> None:
     env = environment()
     d = digest(items, titles=HOSTILE_TITLES)
-    fast, slow = render(d, LINKS, env), render_reference(d, LINKS, env)
+    fast, slow = render(d, LINKS, env), render_email(d, LINKS, env)
     assert fast.subject == slow.subject
     assert fast.text == slow.text
     assert dom(fast.html) == dom(slow.html)
@@ -170,7 +170,7 @@ def test_compiling_prints_no_cssutils_or_premailer_warnings(
     capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     env = environment()
-    render_reference(digest(3), LINKS, env)
+    render_email(digest(3), LINKS, env)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.config import DeliveryConfig, SmtpConfig, _check_email
-from digest.errors import SendError
+from digest.errors import FatalSendError, PermanentSendError, SendError, TransientSendError
 from digest.match import build_digest, document
 from digest.mime import fold_field
 from digest.models import Digest, Listing, RenderedEmail, Subscriber, Topic
@@ -23,10 +23,10 @@ from digest.send import (
     Outgoing,
     SmtpSender,
     _to_address,
-    build_message,
     clean_header,
     outgoing,
 )
+from tests import oracle
 from tests.conftest import NOW, PASSWORD, USER, SmtpServer
 from tests.loopback import ScriptedSmtp, raw_smtp_server
 
@@ -44,8 +44,7 @@ def digest_for(name: str = "Ada Lovelace", email: str = "ada@example.org") -> Di
 
 def message(digest: Digest, subject: str = "1 new paper: P") -> bytes:
     rendered = RenderedEmail(subject=subject, html="<p>Grüße</p>", text="Grüße\n")
-    msg = build_message(rendered, digest, DELIVERY, NOW)
-    return outgoing(msg, digest, rendered.html, DELIVERY.from_address).data
+    return outgoing(rendered, digest, DELIVERY, NOW, None, None).data
 
 
 def test_message_headers_and_parts() -> None:
@@ -91,18 +90,17 @@ def test_untrusted_text_cannot_inject_headers(evil: str) -> None:
 def test_file_sender_writes_eml_and_html(tmp_path: Path) -> None:
     digest = digest_for()
     rendered = RenderedEmail(subject="s", html="<p>x</p>", text="x\n")
-    out = outgoing(build_message(rendered, digest, DELIVERY, NOW), digest, rendered.html,
-                   DELIVERY.from_address)
+    out = outgoing(rendered, digest, DELIVERY, NOW, None, None)
     where = FileSender(tmp_path / "outbox").send(out)
     assert where.endswith("2026-11-25_ada.eml")
     assert (tmp_path / "outbox" / "2026-11-25_ada.eml").read_bytes() == out.data
-    assert (tmp_path / "outbox" / "2026-11-25_ada.html").read_text() == "<p>x</p>"
+    # The preview is the HTML part of the .eml (a text part ends with a line end).
+    assert (tmp_path / "outbox" / "2026-11-25_ada.html").read_text() == "<p>x</p>\n"
 
 
 def _out(digest: Digest) -> object:
     rendered = RenderedEmail(subject="s", html="<p>x</p>", text="x\n")
-    return outgoing(build_message(rendered, digest, DELIVERY, NOW), digest, rendered.html,
-                    DELIVERY.from_address)
+    return outgoing(rendered, digest, DELIVERY, NOW, None, None)
 
 
 def test_plain_smtp_reuses_one_connection(smtp_server: SmtpServer) -> None:
@@ -134,7 +132,7 @@ def test_wrong_password_is_fatal_and_never_shown(
                         password_env="TEST_SMTP_PW", ca_file=smtp_tls_server.cert)
     with pytest.raises(SendError) as info, SmtpSender(config) as sender:
         sender.send(_out(digest_for()))  # type: ignore[arg-type]
-    assert info.value.fatal and "rejected the login" in info.value.message
+    assert isinstance(info.value, FatalSendError) and "rejected the login" in info.value.message
     assert "wrong-password-123" not in str(info.value) + (info.value.hint or "") + caplog.text
 
 
@@ -143,14 +141,14 @@ def test_missing_password_env_is_fatal(smtp_tls_server: SmtpServer) -> None:
                         password_env="DIGEST_TEST_UNSET_PW", ca_file=smtp_tls_server.cert)
     with pytest.raises(SendError, match="DIGEST_TEST_UNSET_PW is not set") as info:
         SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
-    assert info.value.fatal
+    assert isinstance(info.value, FatalSendError)
 
 
 def test_untrusted_certificate_is_refused(smtp_tls_server: SmtpServer) -> None:
     config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port)
     with pytest.raises(SendError, match="TLS with SMTP server") as info:
         SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
-    assert info.value.fatal
+    assert isinstance(info.value, FatalSendError)
     assert smtp_tls_server.sink.received == []
 
 
@@ -158,7 +156,7 @@ def test_starttls_required_but_not_offered(smtp_server: SmtpServer) -> None:
     config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="starttls")
     with pytest.raises(SendError, match="does not offer STARTTLS") as info:
         SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
-    assert info.value.fatal and smtp_server.sink.received == []
+    assert isinstance(info.value, FatalSendError) and smtp_server.sink.received == []
 
 
 def test_refused_recipient_is_a_permanent_failure(smtp_server: SmtpServer) -> None:
@@ -168,10 +166,10 @@ def test_refused_recipient_is_a_permanent_failure(smtp_server: SmtpServer) -> No
     with SmtpSender(config) as sender:
         with pytest.raises(SendError, match="550") as info:
             sender.send(_out(digest_for(email="bad@example.org")))  # type: ignore[arg-type]
-        assert info.value.permanent and not info.value.fatal
+        assert isinstance(info.value, PermanentSendError)
         with pytest.raises(SendError, match="451") as info:
             sender.send(_out(digest_for(email="later@example.org")))  # type: ignore[arg-type]
-        assert not info.value.permanent
+        assert isinstance(info.value, TransientSendError)
         sender.send(_out(digest_for(email="ok@example.org")))  # type: ignore[arg-type]
     assert [r.rcpt_tos for r in smtp_server.sink.received] == [["ok@example.org"]]
 
@@ -182,7 +180,7 @@ def test_unreachable_server_is_fatal() -> None:
     config = SmtpConfig(host="127.0.0.1", port=free_port(), security="none", timeout=2)
     with pytest.raises(SendError, match="cannot connect") as info:
         SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
-    assert info.value.fatal
+    assert isinstance(info.value, FatalSendError)
 
 
 # aiosmtpd cannot tell that an implicit-TLS session is encrypted, so it warns about AUTH.
@@ -199,12 +197,12 @@ def test_implicit_tls_with_auth(smtp_ssl_server: SmtpServer,
     bad = SmtpConfig(host=smtp_ssl_server.host, port=smtp_ssl_server.port, security="ssl")
     with pytest.raises(SendError, match="TLS with SMTP server") as info:
         SmtpSender(bad).send(_out(digest_for()))  # type: ignore[arg-type]
-    assert info.value.fatal
+    assert isinstance(info.value, FatalSendError)
 
 
 def _raw(data: bytes, email: str = "ada@example.org") -> Outgoing:
     return Outgoing(digest_id="k", message_id="<m@example.org>", envelope_from="digest@example.org",
-                    recipient=email, data=data, html="")
+                    recipient=email, data=data)
 
 
 def _count_sendmail(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
@@ -240,9 +238,9 @@ def test_a_line_starting_with_a_dot_goes_through_sendmail(
     digest = digest_for()
     text = "first\n.second starts with a dot\n..two\n.\nend\n"
     rendered = RenderedEmail("dots", "<p>x</p>", text)
-    data = outgoing(build_message(rendered, digest, DELIVERY, NOW), digest, rendered.html,
-                    DELIVERY.from_address).data
-    assert b"\r\n.second" in data  # the email package's QP leaves a leading dot as it is
+    # The straightforward build: the email package's QP leaves a leading dot as it is.
+    data = oracle.message_bytes(rendered, digest, DELIVERY, NOW)
+    assert b"\r\n.second" in data
     calls = _count_sendmail(monkeypatch)
     config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
     with SmtpSender(config) as sender:
@@ -250,7 +248,7 @@ def test_a_line_starting_with_a_dot_goes_through_sendmail(
         # A message that starts with a dot has no header block: refused before the wire.
         with pytest.raises(SendError, match=r"unexpected header line '\.Leading'") as info:
             sender.send(_raw(b".Leading: dot\r\n\r\nbody\r\n"))
-        assert info.value.permanent
+        assert isinstance(info.value, PermanentSendError)
     assert calls == [data]
     assert [r.data for r in smtp_server.sink.received] == [data]  # dot-stuffed and unstuffed
 
@@ -347,6 +345,6 @@ def test_a_refused_data_command_resets_the_transaction_before_the_next_message()
     with raw_smtp_server(_StrictTransactions) as server, SmtpSender(server.config()) as sender:
         with pytest.raises(SendError, match="451") as refused:
             sender.send(_raw(data))
-        assert not refused.value.permanent
+        assert isinstance(refused.value, TransientSendError)
         assert sender.send(_raw(data, "b@example.org"))  # the same connection, reset
     assert server.seen[:8] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]

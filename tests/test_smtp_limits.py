@@ -18,7 +18,7 @@ import pytest
 
 from digest import pipeline, store
 from digest.config import load_settings
-from digest.errors import SendError
+from digest.errors import FatalSendError, TransientSendError
 from digest.send import MAX_REPLY, Outgoing, SmtpSender
 
 from .conftest import REPO, Project, SmtpServer, _server_tls
@@ -36,7 +36,7 @@ MESSAGE = (b"From: A <a@example.org>\r\nTo: b@example.org\r\nSubject: s\r\n"
 
 
 def outgoing(recipient: str = "b@example.org") -> Outgoing:
-    return Outgoing("b/2026-11-25", "<m@example.org>", "a@example.org", recipient, MESSAGE, "")
+    return Outgoing("b/2026-11-25", "<m@example.org>", "a@example.org", recipient, MESSAGE)
 
 
 def bounded(call: Callable[[], object]) -> BaseException | object:
@@ -80,7 +80,7 @@ class OneLongLine(ScriptedSmtp):
 CHILD = """
 import resource, sys
 from digest.config import SmtpConfig
-from digest.errors import SendError
+from digest.errors import FatalSendError, SendError
 from digest.send import Outgoing, SmtpSender
 
 def vm_size():
@@ -92,11 +92,11 @@ resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 config = SmtpConfig(host="127.0.0.1", port=int(sys.argv[1]), security="none", timeout=5,
                     deadline=120)
 message = Outgoing("b/2026-11-25", "<m@example.org>", "a@example.org", "b@example.org",
-                   {message!r}, "")
+                   {message!r})
 try:
     SmtpSender(config).send(message)
 except SendError as exc:
-    print("fatal" if exc.fatal else "passing", exc.message)
+    print("fatal" if isinstance(exc, FatalSendError) else "passing", exc.message)
 else:
     print("sent")
 """
@@ -128,7 +128,7 @@ def test_a_trickled_greeting_ends_at_the_deadline() -> None:
     with raw_smtp_server(TrickledGreeting) as server:
         sender = SmtpSender(server.config(timeout=5, deadline=1))
         result = bounded(lambda: sender.send(outgoing()))
-    assert isinstance(result, SendError) and result.fatal
+    assert isinstance(result, FatalSendError)
     assert str(result) == (f"cannot connect to SMTP server 127.0.0.1:{server.port}: no"
                            " complete reply within the 1 s deadline ([smtp] deadline)")
 
@@ -156,7 +156,7 @@ def test_a_trickled_reply_fails_that_message_only_and_the_next_reconnects() -> N
         assert bounded(lambda: sender.send(outgoing("a@example.org"))) == \
             f"127.0.0.1:{server.port}"
         slow = bounded(lambda: sender.send(outgoing("b@example.org")))
-        assert isinstance(slow, SendError) and not slow.fatal and not slow.permanent
+        assert isinstance(slow, TransientSendError)
         assert "no complete reply within the 3 s deadline" in str(slow)
         assert bounded(lambda: sender.send(outgoing("c@example.org"))) == \
             f"127.0.0.1:{server.port}"
@@ -222,6 +222,6 @@ def test_data_sent_after_the_starttls_reply_is_refused(tmp_path: Path) -> None:
     with raw_smtp_server(Injecting) as server:
         sender = SmtpSender(server.config(security="starttls", ca_file=str(cert)))
         result = bounded(lambda: sender.send(outgoing()))
-    assert isinstance(result, SendError) and result.fatal
+    assert isinstance(result, FatalSendError)
     assert str(result).endswith("the server sent data after its STARTTLS reply")
     assert server.messages == []

@@ -1,0 +1,46 @@
+"""The process-wide caches of the render and message stages, listed in one place.
+
+Each holds values that are pure functions of their keys (so a stale entry cannot exist,
+except where the key carries a file's mtime) and each is bounded, so memory stays flat
+however many digests one process builds (a worker of `digest send` builds thousands):
+
+    cache                    holds                                         bound
+    render._cached_view      Listing -> its escaped view (title, links)    20,000 (LRU)
+    render._wrap_line        (line, width) -> the wrapped text lines       20,000 (LRU)
+    render._compiled         MJML template -> compiled HTML template       weak keys: one
+                                                                           per live template
+    mime._folded             (field, value) -> the folded header bytes     1,024
+    mime._qp_lines,          one body line -> its quoted-printable form    QP_CACHE_BYTES
+      mime._qp_unstable                                                    (32 MB), together
+    mime._Registry           header name -> its header class               the names used
+    signing._relaxed_fields  raw header field -> its relaxed form          4,096
+    send._signers            [dkim] settings + key mtimes -> its signer    8
+    send._from_header        configured sender -> its parsed Address       64 (LRU)
+    send._local_hostname     this host's FQDN (a DNS lookup)               1
+
+`Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild
+of entries that are cheap to make again and keeps lookups at dict speed.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Bounded(dict[K, V], Generic[K, V]):
+    """A dict of at most `limit` entries: `put` empties it first when it is full. Look up
+    with `get` (a plain dict lookup)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: K, value: V) -> V:
+        """Store `value` under `key` (emptying the cache first if full) and return it."""
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
