@@ -398,7 +398,7 @@ def upsert_listings(
 
 def get_listing(db: Database, listing_id: str) -> Listing | None:
     """One listing by id."""
-    row = next(iter(db.query("select * from listings where id = ?", [listing_id])), None)
+    row = _row(db, listing_id)
     return _from_row(row) if row else None
 
 
@@ -452,26 +452,18 @@ def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | No
     return row["state"] if row else None
 
 
-def _write_digest_row(
-    db: Database, key: str, subscriber_id: str, local_date: date, now: datetime,
-    **values: Any,
-) -> None:
-    stamp = timestamp(now)
-    existing = next(iter(db.query("select * from digests where id = ?", [key])), None)
-    if existing is None:
-        db.table("digests").insert(
-            {"id": key, "subscriber_id": subscriber_id, "local_date": local_date.isoformat(),
-             "created_at": stamp, "updated_at": stamp, "attempts": 0, **values}
-        )
-    else:
-        db.table("digests").update(key, {"updated_at": stamp, **values})
-
-
 def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime) -> None:
     """Record that nothing matched for that day, so no email went out."""
     key = digest_key(subscriber_id, local_date)
+    stamp = timestamp(now)
+    values = {"updated_at": stamp, "state": "empty", "item_count": 0}
     with _transaction(db):  # one write: inside the caller's transaction, no savepoint
-        _write_digest_row(db, key, subscriber_id, local_date, now, state="empty", item_count=0)
+        if db.execute("select 1 from digests where id = ?", [key]).fetchone() is None:
+            db.table("digests").insert(
+                {"id": key, "subscriber_id": subscriber_id, "local_date": local_date.isoformat(),
+                 "created_at": stamp, "attempts": 0, **values})
+        else:
+            db.table("digests").update(key, values)
 
 
 # --- the outbox -----------------------------------------------------------------------------
