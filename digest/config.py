@@ -312,10 +312,6 @@ AnySource = Annotated[
 ]
 """One [[sources]] table: a model per `type`."""
 
-# The foundation's name for the (then only) hf-page model; kept so its callers still work.
-SourceConfig = HfPageSource
-
-
 class HttpConfig(_Strict):
     """How sources talk HTTP: politely, with limits."""
 

@@ -557,7 +557,8 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
         log.error("%s", entry)
         return Outcome(_entry_id(entry), "invalid", detail=entry.message)
     subscriber = entry
-    # Issue 5: whoever unsubscribed (digest serve's /unsubscribe) gets no more mail.
+    # Whoever unsubscribed (digest serve's /unsubscribe) gets no more mail: their file stays
+    # as it is (subscriber files are never rewritten), so the store's record decides.
     if store.is_unsubscribed(db, subscriber.id):
         return Outcome(subscriber.id, "unsubscribed", detail="unsubscribed")
     day = local_date(subscriber, now)

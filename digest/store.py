@@ -1,6 +1,7 @@
 """The SQLite store, through sqlite-utils: listings, digests and what each digest held.
 
-The schema changes only through the migrations below, applied when the database is opened.
+The schema changes only through the migrations in `migrations.py`, applied when the
+database is opened.
 Timestamps are stored as UTC ISO-8601 strings of one fixed width, so they sort as text.
 """
 
@@ -15,120 +16,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database, Migrations
+from sqlite_utils import Database
 
 from .errors import StoreError
-from .models import CacheValidators, Digest, Listing, digest_key
+from .migrations import migrations
+from .models import CacheValidators, Listing, digest_key
 from .tex import readable
 from .tokens import title_key
-
-migrations = Migrations("digest")
-
-
-@migrations()
-def m001_initial(db: Database) -> None:
-    """Listings, digests (one per subscriber and local date) and their items."""
-    db.table("listings").create(
-        {
-            "id": str,
-            "title": str,
-            "title_key": str,
-            "abstract": str,
-            "url": str,
-            "arxiv_id": str,
-            "authors": str,
-            "author_count": int,
-            "organization": str,
-            "published": str,
-            "upvotes": int,
-            "categories": str,
-            "sources": str,
-            "first_seen": str,
-            "updated_at": str,
-        },
-        pk="id",
-        not_null={"title", "title_key", "abstract", "first_seen", "updated_at"},
-    )
-    db.table("listings").create_index(["first_seen"])
-    db.table("listings").create_index(["title_key"])
-    db.table("digests").create(
-        {
-            "id": str,
-            "subscriber_id": str,
-            "local_date": str,
-            "state": str,
-            "message_id": str,
-            "subject": str,
-            "item_count": int,
-            "attempts": int,
-            "last_error": str,
-            "created_at": str,
-            "updated_at": str,
-            "sent_at": str,
-        },
-        pk="id",
-        not_null={"subscriber_id", "local_date", "state", "created_at", "updated_at"},
-        defaults={"attempts": 0, "item_count": 0},
-    )
-    db.table("digests").create_index(["subscriber_id", "local_date"], unique=True)
-    db.table("digest_items").create(
-        {"digest_id": str, "listing_id": str, "position": int, "topic": str, "score": float},
-        pk=("digest_id", "listing_id"),
-        foreign_keys=[("digest_id", "digests", "id"), ("listing_id", "listings", "id")],
-    )
-    db.table("digest_items").create_index(["listing_id"])
-    db.table("runs").create(
-        {"id": int, "kind": str, "started_at": str, "finished_at": str, "summary": str},
-        pk="id",
-    )
-
-
-@migrations()
-def m03_sources(db: Database) -> None:
-    """Issue 3: links per listing, ids a listing was re-keyed from, conditional-GET
-    validators per source URL, and each source's last fetch."""
-    db.table("listings").add_column("links", str)
-    db.table("listing_aliases").create(
-        {"alias": str, "listing_id": str, "created_at": str}, pk="alias", not_null={"listing_id"}
-    )
-    db.table("listing_aliases").create_index(["listing_id"])
-    db.table("source_http").create(
-        {"source": str, "url": str, "etag": str, "last_modified": str, "updated_at": str},
-        pk=("source", "url"),
-    )
-    db.table("source_status").create(
-        {
-            "source": str,
-            "fetched_at": str,
-            "ok": int,
-            "result": str,
-            "new": int,
-            "updated": int,
-            "unchanged": int,
-            "skipped": int,
-            "seconds": float,
-            "last_ok_at": str,
-        },
-        pk="source",
-    )
-
-
-@migrations()
-def m06_outbox(db: Database) -> None:
-    """The digests table becomes an outbox: the exact bytes to send, and when to retry."""
-    table = db.table("digests")
-    table.add_column("message", bytes)
-    table.add_column("envelope_from", str)
-    table.add_column("recipient", str)
-    table.add_column("next_attempt_at", str)
-    table.create_index(["state"])
-
-
-@migrations()
-def m11_listing_tldr(db: Database) -> None:
-    """Issue 15: a source's one-sentence summary of a listing (Hugging Face's ai_summary),
-    kept apart from the abstract so the email can show it above the excerpt."""
-    db.table("listings").add_column("tldr", str)
 
 
 def timestamp(when: datetime) -> str:
@@ -277,12 +171,6 @@ BIBLIOGRAPHIC = ("title", "authors", "abstract", "url", "published")
 # The rank of the fields of a row stored before ranks were recorded: that of a generic feed,
 # so the rules of before apply to them until a better-ranked source gives them again.
 _LEGACY_RANK = 1
-
-
-@migrations()
-def m12_listing_ranks(db: Database) -> None:
-    """Issue 15: which rank of source gave each bibliographic field of a listing (JSON)."""
-    db.table("listings").add_column("ranks", str)
 
 
 def _empty(value: Any) -> bool:
@@ -510,7 +398,7 @@ def upsert_listings(
 
 def get_listing(db: Database, listing_id: str) -> Listing | None:
     """One listing by id."""
-    row = next(iter(db.query("select * from listings where id = ?", [listing_id])), None)
+    row = _row(db, listing_id)
     return _from_row(row) if row else None
 
 
@@ -564,65 +452,18 @@ def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | No
     return row["state"] if row else None
 
 
-def _write_digest_row(
-    db: Database, key: str, subscriber_id: str, local_date: date, now: datetime,
-    **values: Any,
-) -> None:
-    stamp = timestamp(now)
-    existing = next(iter(db.query("select * from digests where id = ?", [key])), None)
-    if existing is None:
-        db.table("digests").insert(
-            {"id": key, "subscriber_id": subscriber_id, "local_date": local_date.isoformat(),
-             "created_at": stamp, "updated_at": stamp, "attempts": 0, **values}
-        )
-    else:
-        db.table("digests").update(key, {"updated_at": stamp, **values})
-
-
-def begin_delivery(
-    db: Database, digest: Digest, message_id: str, subject: str, now: datetime
-) -> None:
-    """Record that `digest` is about to be handed to the server, with the listings it holds."""
-    key = digest.id
-    with db.atomic():
-        attempts = db.execute(
-            "select attempts from digests where id = ?", [key]
-        ).fetchone()
-        _write_digest_row(
-            db, key, digest.subscriber.id, digest.local_date, now,
-            state="sending", message_id=message_id, subject=subject,
-            item_count=len(digest.matches), attempts=(attempts[0] if attempts else 0) + 1,
-            last_error=None,
-        )
-        db.execute("delete from digest_items where digest_id = ?", [key])
-        db.table("digest_items").insert_all(
-            {"digest_id": key, "listing_id": m.listing.id, "position": i,
-             "topic": m.topic, "score": m.score}
-            for i, m in enumerate(digest.matches)
-        )
-
-
-def mark_sent(db: Database, digest: Digest, now: datetime) -> None:
-    """Record that the server accepted the digest."""
-    with db.atomic():
-        db.table("digests").update(
-            digest.id, {"state": "sent", "sent_at": timestamp(now), "updated_at": timestamp(now)}
-        )
-
-
-def mark_failed(db: Database, digest: Digest, error: str, now: datetime) -> None:
-    """Record that sending failed; its listings stay candidates for the next attempt."""
-    with db.atomic():
-        db.table("digests").update(
-            digest.id, {"state": "failed", "last_error": error, "updated_at": timestamp(now)}
-        )
-
-
 def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime) -> None:
     """Record that nothing matched for that day, so no email went out."""
     key = digest_key(subscriber_id, local_date)
+    stamp = timestamp(now)
+    values = {"updated_at": stamp, "state": "empty", "item_count": 0}
     with _transaction(db):  # one write: inside the caller's transaction, no savepoint
-        _write_digest_row(db, key, subscriber_id, local_date, now, state="empty", item_count=0)
+        if db.execute("select 1 from digests where id = ?", [key]).fetchone() is None:
+            db.table("digests").insert(
+                {"id": key, "subscriber_id": subscriber_id, "local_date": local_date.isoformat(),
+                 "created_at": stamp, "attempts": 0, **values})
+        else:
+            db.table("digests").update(key, values)
 
 
 # --- the outbox -----------------------------------------------------------------------------
@@ -631,36 +472,6 @@ def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime
 # connection) moves it to retry, with next_attempt_at and last_error; a permanent refusal (5xx)
 # or too many attempts to failed, with the reason in last_error. The message bytes are stored
 # when the row is queued and never rebuilt, so a resend is byte-identical (same Message-ID).
-
-@migrations()
-def m09_outbox_messages(db: Database) -> None:
-    """The message bytes move out of the digests table into outbox_messages.
-
-    SQLite rewrites a whole row on every update, overflow pages included, once its size
-    changes ('queued' -> 'sending' does): with ~40 KB of bytes in the row, each state change
-    wrote ~80 KB to the WAL. The digests row keeps the size of the bytes (message_size, null
-    when none are stored), which is what "its final bytes wait in the outbox" tests.
-    """
-    db.execute("create table outbox_messages (id text primary key, message blob not null)")
-    db.table("digests").add_column("message_size", int)
-    db.execute("insert into outbox_messages (id, message)"
-               " select id, message from digests where message is not null")
-    db.execute("update digests set message_size = length(message) where message is not null")
-    try:
-        db.execute("alter table digests drop column message")
-    except sqlite3.OperationalError:  # SQLite before 3.35: the column stays, empty
-        db.execute("update digests set message = null")
-
-
-@migrations()
-def m10_sent_message_retention(db: Database) -> None:
-    """The bytes of sent messages are dropped after `[store] keep_sent_days` (see
-    `drop_sent_messages`). A partial index finds the sent digests that still hold bytes
-    without reading the whole history, which grows by a row per subscriber and day; the
-    index holds only the days kept."""
-    db.execute("create index if not exists digests_sent_with_bytes on digests (sent_at)"
-               " where state = 'sent' and message_size is not null")
-
 
 OUTBOX_STATES = ("queued", "sending", "retry", "sent", "failed")
 PENDING_STATES = ("queued", "sending", "retry")
@@ -793,14 +604,6 @@ def pending_rows(db: Database, keys: Iterable[str]) -> dict[str, Pending]:
     return {r["id"]: _pending(r) for r in rows}
 
 
-def message_bytes(db: Database, key: str) -> bytes:
-    """The stored bytes of a queued digest: exactly what is (re)sent."""
-    data = messages(db, [key]).get(key)
-    if data is None:
-        raise KeyError(key)
-    return data
-
-
 def messages(db: Database, keys: Iterable[str]) -> dict[str, bytes]:
     """The stored bytes of these digests, by id (one query for a whole batch)."""
     cursor = db.execute(
@@ -835,11 +638,6 @@ def _transaction(db: Database) -> Iterator[None]:
             yield
 
 
-def claim(db: Database, key: str, now: datetime) -> None:
-    """Mark a pending digest 'sending' (one more attempt) just before it goes on the wire."""
-    claim_many(db, [key], now)
-
-
 def claim_many(db: Database, keys: Iterable[str], now: datetime) -> None:
     """Mark pending digests 'sending' (one more attempt each) just before they are handed to
     the connections: call it in the same transaction as the results that came back.
@@ -855,11 +653,6 @@ def claim_many(db: Database, keys: Iterable[str], now: datetime) -> None:
             " and state in ('queued', 'sending', 'retry')",
             [timestamp(now), json.dumps(list(keys))],
         )
-
-
-def record_sent(db: Database, key: str, now: datetime) -> None:
-    """Record that the server accepted the digest."""
-    record_sent_many(db, [key], now)
 
 
 def record_sent_many(db: Database, keys: Iterable[str], now: datetime) -> None:
@@ -1076,23 +869,7 @@ def source_statuses(db: Database) -> dict[str, dict[str, Any]]:
     return {r["source"]: r for r in db.query("select * from source_status")}
 
 
-# --- unsubscribes (issue 5) -------------------------------------------------------------------
-
-
-@migrations()
-def m05_unsubscribes(db: Database) -> None:
-    """Who has unsubscribed (subscriber files are never rewritten), and the history of it."""
-    db.table("subscriptions").create(
-        {"subscriber_id": str, "email": str, "state": str, "changed_at": str, "via": str},
-        pk="subscriber_id",
-        not_null={"state", "changed_at"},
-    )
-    db.table("subscription_events").create(
-        {"id": int, "subscriber_id": str, "email": str, "action": str, "at": str, "via": str},
-        pk="id",
-        not_null={"subscriber_id", "action", "at"},
-    )
-    db.table("subscription_events").create_index(["subscriber_id"])
+# --- unsubscribes ---------------------------------------------------------------------------
 
 
 def set_subscribed(
@@ -1124,18 +901,7 @@ def is_unsubscribed(db: Database, subscriber_id: str) -> bool:
     return bool(row and row[0] == "unsubscribed")
 
 
-# --- issue 8: matching at scale ---------------------------------------------------------------
-
-
-@migrations()
-def m08_subscriber_cache(db: Database) -> None:
-    """Validated subscriber files, keyed by path and content hash, so unchanged files are
-    not validated again on every run."""
-    db.table("subscriber_cache").create(
-        {"path": str, "sha256": str, "data": str, "cached_at": str},
-        pk="path",
-        not_null={"sha256", "data", "cached_at"},
-    )
+# --- matching at scale ----------------------------------------------------------------------
 
 
 def cached_subscribers(db: Database) -> dict[str, tuple[str, str]]:

@@ -236,32 +236,70 @@ def create_app(
 ) -> Starlette:
     """The web app for `settings`. The token secret (and with previews on, the preview
     password) must be in the environment; the store must open."""
-    secret = require_secret(settings.server)
-    preview_secret = require_preview_secret(settings.server)
-    folder = settings.subscribers.dir
+    site = _Site(settings, now)
     store.open_db(settings.store.path).close()  # a broken store fails here, in one line
+    return Starlette(middleware=[Middleware(SecurityHeaders)], exception_handlers={
+        StoreError: site.store_fault, sqlite3.Error: site.store_fault,
+        HTTPException: _http_error,
+    }, routes=[
+        Route("/", site.home),
+        Route("/unsubscribe", site.unsubscribe, methods=["GET", "POST"]),
+        Route("/resubscribe", site.resubscribe, methods=["GET", "POST"]),
+        Route("/preview", site.preview_list),
+        Route("/preview/{sid}", site.preview_one),
+        Route("/preview/{sid}/{part:str}", site.preview_raw),
+    ])
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    # The framework's own 404 and 405, as pages like the others.
+    assert isinstance(exc, HTTPException)
+    text = {404: "There is no such page.",
+            405: f"{request.method} is not served here."}.get(exc.status_code, exc.detail)
+    return _page("error.html", exc.status_code, dict(exc.headers or {}), title=exc.detail,
+                 heading=exc.detail, text=text)
+
+
+def _action_url(request: Request, path: str) -> str:
+    return f"{path}?token={quote(request.query_params['token'], safe='')}"
+
+
+class _Site:
+    """The request handlers of the app, over what they share: the settings, the secrets read
+    at start and the clock."""
+
+    def __init__(self, settings: Settings, now: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.now = now
+        self.secret = require_secret(settings.server)
+        self.preview_secret = require_preview_secret(settings.server)
+        self.folder = settings.subscribers.dir
 
     @contextmanager
-    def db() -> Iterator[Database]:
+    def db(self) -> Iterator[Database]:
+        """The store for one request."""
         # One connection per request: sqlite3 connections must stay on their thread.
-        database = store.open_db(settings.store.path, busy_timeout=BUSY_TIMEOUT)
+        database = store.open_db(self.settings.store.path, busy_timeout=BUSY_TIMEOUT)
         try:
-            with store.faults(settings.store.path):
+            with store.faults(self.settings.store.path):
                 yield database
         finally:
             database.close()
 
-    def subscriber_for(request: Request) -> Subscriber | HTMLResponse:
+    # --- unsubscribe and resubscribe ------------------------------------------------------------
+
+    def subscriber_for(self, request: Request) -> Subscriber | HTMLResponse:
+        """The subscriber the request's token names, or the page that says why not."""
         token = request.query_params.get("token", "")
         if not token:
             return _bad_link("it has no token")
         try:
             sid = token_subscriber(token)
-            path = folder / f"{sid}.toml"
+            path = self.folder / f"{sid}.toml"
             if not path.is_file():
                 raise TokenError("it names a subscriber that does not exist")
-            subscriber = load_subscriber(path, settings.defaults)
-            verify_token(secret, token, subscriber.id, subscriber.email)
+            subscriber = load_subscriber(path, self.settings.defaults)
+            verify_token(self.secret, token, subscriber.id, subscriber.email)
         except TokenError as exc:
             log.warning("rejected %s token: %s", request.url.path, exc)
             return _bad_link(exc.message)
@@ -270,11 +308,9 @@ def create_app(
             return _bad_link("the subscription it belongs to cannot be read right now")
         return subscriber
 
-    def action_url(request: Request, path: str) -> str:
-        return f"{path}?token={quote(request.query_params['token'], safe='')}"
-
-    def subscription(request: Request, subscribe: bool) -> Response:
-        subscriber = subscriber_for(request)
+    def subscription(self, request: Request, subscribe: bool) -> Response:
+        """GET: the confirm page, changing nothing; POST: (un)subscribe and say so."""
+        subscriber = self.subscriber_for(request)
         if isinstance(subscriber, HTMLResponse):
             return subscriber
         verb = "resubscribe" if subscribe else "unsubscribe"
@@ -284,12 +320,12 @@ def create_app(
                 heading=("Resubscribe to" if subscribe else "Unsubscribe from")
                 + " the paper digest?",
                 text=f"This is for {subscriber.email}. Confirm with the button below.",
-                action=action_url(request, f"/{verb}"),
+                action=_action_url(request, f"/{verb}"),
                 button=("Resubscribe " if subscribe else "Unsubscribe ") + subscriber.email,
             )
-        with db() as database:
+        with self.db() as database:
             changed = store.set_subscribed(
-                database, subscriber.id, subscriber.email, subscribe, now(), via="web"
+                database, subscriber.id, subscriber.email, subscribe, self.now(), via="web"
             )
         log.info("subscriber %s: %s (%s)", subscriber.id, verb,
                  "changed" if changed else "no change")
@@ -300,34 +336,40 @@ def create_app(
         return _page(
             "done.html", title="Unsubscribed", heading="You are unsubscribed",
             text=f"{subscriber.email} will get no more paper digests.",
-            undo=action_url(request, "/resubscribe"),
+            undo=_action_url(request, "/resubscribe"),
             undo_text="Changed your mind? One click brings the digest back.",
             undo_button="Resubscribe",
         )
 
     # The body of a one-click POST is "List-Unsubscribe=One-Click"; the token in the URL is
     # what identifies the subscriber, so the body is not needed.
-    def unsubscribe(request: Request) -> Response:
-        return subscription(request, subscribe=False)
+    def unsubscribe(self, request: Request) -> Response:
+        """/unsubscribe."""
+        return self.subscription(request, subscribe=False)
 
-    def resubscribe(request: Request) -> Response:
-        return subscription(request, subscribe=True)
+    def resubscribe(self, request: Request) -> Response:
+        """/resubscribe."""
+        return self.subscription(request, subscribe=True)
 
-    def previews_closed(request: Request) -> Response | None:
-        if preview_secret is None:
+    # --- previews -------------------------------------------------------------------------------
+
+    def previews_closed(self, request: Request) -> Response | None:
+        """The page that refuses a preview (off, or no password), or None to go on."""
+        if self.preview_secret is None:
             return _previews_off()
-        if not _authorized(request, preview_secret):
+        if not _authorized(request, self.preview_secret):
             log.warning("%s: preview password missing or wrong", request.url.path)
             return _login()
         return None
 
-    def preview_list(request: Request) -> Response:
-        closed = previews_closed(request)
+    def preview_list(self, request: Request) -> Response:
+        """/preview: every subscriber file, and whether it is subscribed."""
+        closed = self.previews_closed(request)
         if closed is not None:
             return closed
         rows = []
-        with db() as database:
-            for entry in iter_subscribers(folder, settings.defaults):
+        with self.db() as database:
+            for entry in iter_subscribers(self.folder, self.settings.defaults):
                 if isinstance(entry, ConfigError):
                     rows.append({"id": printable(entry.path.stem), "error": entry.message})
                     continue
@@ -337,34 +379,39 @@ def create_app(
                     else "subscribed",
                 })
         return _page("list.html", title="Digest previews", rows=rows,
-                     now=now().isoformat(timespec="minutes"))
+                     now=self.now().isoformat(timespec="minutes"))
 
-    def composed_for(request: Request) -> tuple[pipeline.Composed | None, Subscriber] | Response:
-        closed = previews_closed(request)
+    def composed_for(
+        self, request: Request
+    ) -> tuple[pipeline.Composed | None, Subscriber] | Response:
+        """The message a preview shows (None: nothing to send) and its subscriber, or the
+        page that says why there is none."""
+        closed = self.previews_closed(request)
         if closed is not None:
             return closed
         sid = request.path_params["sid"]
         part = request.path_params.get("part")
         # The id is checked before the file system sees it (a 300-character id would fail
         # there with "file name too long").
-        if not is_subscriber_id(sid) or not (folder / f"{sid}.toml").is_file() or part not in (
-            None, "html", "message.eml"
+        if not is_subscriber_id(sid) or not (self.folder / f"{sid}.toml").is_file() or (
+            part not in (None, "html", "message.eml")
         ):
             return _page("error.html", 404, title="Not found", heading="No such subscriber",
                          text=f"There is no subscriber file for {sid!r}." if is_subscriber_id(
                              sid) else "That is not a subscriber id.")
         try:
-            subscriber = load_subscriber(folder / f"{sid}.toml", settings.defaults)
-            with db() as database:
-                return pipeline.preview(settings, database, sid, now()), subscriber
+            subscriber = load_subscriber(self.folder / f"{sid}.toml", self.settings.defaults)
+            with self.db() as database:
+                return pipeline.preview(self.settings, database, sid, self.now()), subscriber
         except StoreError:
             raise
         except DigestError as exc:
             return _page("error.html", 422, title="Cannot preview", heading="Cannot preview",
                          text=exc.message)
 
-    def preview_one(request: Request) -> Response:
-        found = composed_for(request)
+    def preview_one(self, request: Request) -> Response:
+        """/preview/<id>: the next digest as it would be sent, with its parts and headers."""
+        found = self.composed_for(request)
         if isinstance(found, Response):
             return found
         composed, subscriber = found
@@ -374,7 +421,7 @@ def create_app(
             parsed = message_from_bytes(composed.outgoing.data, policy=email_policy.default)
             headers = [(k, str(v)) for k, v in parsed.items()]
             html, text = composed.rendered.html, composed.rendered.text
-        with db() as database:
+        with self.db() as database:
             unsubscribed = store.is_unsubscribed(database, subscriber.id)
         return _page(
             "preview.html", title=f"Preview: {subscriber.id}", width=1100,
@@ -382,9 +429,9 @@ def create_app(
             unsubscribed=unsubscribed,
         )
 
-    def preview_raw(request: Request) -> Response:
+    def preview_raw(self, request: Request) -> Response:
         """The HTML part alone, or the whole message as it would be sent (.eml)."""
-        found = composed_for(request)
+        found = self.composed_for(request)
         if isinstance(found, Response):
             return found
         composed, _subscriber = found
@@ -396,37 +443,23 @@ def create_app(
                                 headers={"Content-Security-Policy": CSP})
         return Response(composed.outgoing.data, media_type="text/plain; charset=utf-8")
 
-    def home(request: Request) -> Response:
+    # --- the rest -------------------------------------------------------------------------------
+
+    def home(self, request: Request) -> Response:
+        """/: what this server is for."""
         return _page("done.html", title="digest", heading="digest",
                      text="This server handles unsubscribe links"
-                     + (" and shows previews at /preview." if preview_secret else "."),
+                     + (" and shows previews at /preview." if self.preview_secret else "."),
                      undo="", undo_text="", undo_button="")
 
-    def store_fault(request: Request, exc: Exception) -> Response:
-        # One line in the log, never a traceback; the page says only "try again later".
+    def store_fault(self, request: Request, exc: Exception) -> Response:
+        """A store error in any handler: one line in the log, never a traceback; the page
+        says only "try again later"."""
         fault = exc if isinstance(exc, StoreError) else store.store_error(
-            settings.store.path, exc if isinstance(exc, sqlite3.Error) else sqlite3.Error(exc))
+            self.settings.store.path,
+            exc if isinstance(exc, sqlite3.Error) else sqlite3.Error(exc))
         log.error("%s %s: %s", request.method, request.url.path, fault)
         return _busy()
-
-    def http_error(request: Request, exc: Exception) -> Response:
-        # The framework's own 404 and 405, as pages like the others.
-        assert isinstance(exc, HTTPException)
-        text = {404: "There is no such page.",
-                405: f"{request.method} is not served here."}.get(exc.status_code, exc.detail)
-        return _page("error.html", exc.status_code, dict(exc.headers or {}), title=exc.detail,
-                     heading=exc.detail, text=text)
-
-    return Starlette(middleware=[Middleware(SecurityHeaders)], exception_handlers={
-        StoreError: store_fault, sqlite3.Error: store_fault, HTTPException: http_error,
-    }, routes=[
-        Route("/", home),
-        Route("/unsubscribe", unsubscribe, methods=["GET", "POST"]),
-        Route("/resubscribe", resubscribe, methods=["GET", "POST"]),
-        Route("/preview", preview_list),
-        Route("/preview/{sid}", preview_one),
-        Route("/preview/{sid}/{part:str}", preview_raw),
-    ])
 
 
 def serve(app: Starlette, host: str, port: int) -> None:

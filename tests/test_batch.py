@@ -17,6 +17,7 @@ from digest.cli import cli
 from digest.config import load_settings
 from digest.match import Match
 from digest.models import Digest, Listing, Section
+from tests import outbox_support as outbox
 from tests.conftest import Project, SmtpServer
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -85,8 +86,7 @@ def eve(project: Project) -> Project:
     digest = Digest(subscriber, (NOW - dt.timedelta(days=1)).date(),
                     (Section("Video diffusion", (Match(sent, "Video diffusion", 3.0, ()),)),),
                     NOW)
-    store.begin_delivery(db, digest, "<id@example.org>", "subject", NOW)
-    store.mark_sent(db, digest, NOW)
+    outbox.sent(db, digest, NOW)
     return project
 
 

@@ -92,7 +92,8 @@ def test_sigkill_mid_batch_then_rerun_loses_nothing_and_duplicates_only_in_fligh
         else:
             assert len(datas) == 1, sid
         # Every copy is the stored message: same bytes, same Message-ID.
-        assert all(d == store.message_bytes(db, outbox[sid]["id"]) for d in datas)
+        key = outbox[sid]["id"]
+        assert all(d == store.messages(db, [key])[key] for d in datas)
         assert all(outbox[sid]["message_id"].encode() in d for d in datas)
 
 

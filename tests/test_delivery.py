@@ -149,7 +149,7 @@ def test_the_message_bytes_live_outside_the_digest_row(tmp_path: Path) -> None:
     assert "message" not in columns and "message_size" in columns
     row = next(store.digests(db))
     assert row["message_size"] == len(b"bytes 0\r\n")
-    assert store.message_bytes(db, row["id"]) == b"bytes 0\r\n"
+    assert store.messages(db, [row["id"]])[row["id"]] == b"bytes 0\r\n"
 
 
 def test_when_the_caller_fails_the_rows_waiting_for_a_connection_are_put_back(

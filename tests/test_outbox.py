@@ -16,6 +16,7 @@ from digest.config import Settings, load_settings, load_subscriber
 
 from .conftest import PASSWORD, USER, Project, SmtpServer
 from .delivery_support import FaultServer, FaultSink, fault_server, prepare, smtp_config
+from .outbox_support import legacy_sending
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -56,7 +57,7 @@ def test_sends_the_stored_bytes_and_records_each_message(project: Project,
     for row in rows(settings).values():
         assert row["state"] == "sent" and row["attempts"] == 1 and row["item_count"] == 2
         # What the server got is byte for byte what the outbox stored before sending.
-        stored = store.message_bytes(db, row["id"])
+        stored = store.messages(db, [row["id"]])[row["id"]]
         assert by_id[row["message_id"]] == stored
     again = send(settings)
     assert set(statuses(again).values()) == {"already-sent"}
@@ -118,7 +119,8 @@ def test_550_fails_for_good_until_retry_is_asked_for(project: Project,
     assert result.exit_code == 0 and "s000/2026-11-25" in result.output
     assert rows(settings)["s000"]["state"] == "queued"
     assert statuses(send(settings))["s000"] == "sent"
-    first_bytes = store.message_bytes(store.open_db(settings.store.path), "s000/2026-11-25")
+    first_bytes = store.messages(store.open_db(settings.store.path),
+                                 ["s000/2026-11-25"])["s000/2026-11-25"]
     assert server.sink.received[-1].message["Message-ID"] in first_bytes.decode()
 
 
@@ -268,7 +270,7 @@ def test_a_row_left_sending_by_the_old_version_without_bytes_is_built_again(
     digest = pipeline.build(settings, db, load_subscriber(project.subscribers / "s000.toml",
                                                           settings.defaults), NOW)
     assert digest is not None
-    store.begin_delivery(db, digest, "<old@example.org>", "old", NOW)  # no stored bytes
+    legacy_sending(db, digest, "<old@example.org>", "old", NOW)  # no stored bytes
     assert statuses(send(settings)) == {"s000": "sent"}
     row = rows(settings)["s000"]
     assert row["state"] == "sent" and row["message_id"] != "<old@example.org>"

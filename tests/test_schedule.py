@@ -186,7 +186,7 @@ def test_a_message_left_sending_by_a_crash_is_sent_again_once(project: Project,
     server.sink.script.extend(["451", "451"])  # both wait in the outbox as 'retry'
     run_ticks(schedule.SendTicker(settings, lambda: clock[0]), clock, iter([start]))
     db = store.open_db(settings.store.path)
-    store.claim(db, "a/2026-11-25", start)  # the process died with 'a' on the wire
+    store.claim_many(db, ["a/2026-11-25"], start)  # the process died with 'a' on the wire
     b_due = dt.datetime.fromisoformat(rows_by_id(db)["b/2026-11-25"]["next_attempt_at"])
     later = start + dt.timedelta(seconds=20)
     sent = run_ticks(schedule.SendTicker(settings, lambda: clock[0]), clock,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import SourceConfig
+from digest.config import HfPageSource
 from digest.errors import SourceError
 from digest.models import Listing
 from digest.sources import parse_hf_page, read_source
@@ -24,7 +24,7 @@ def parse(name: str) -> dict[str, Listing]:
 
 
 def test_the_five_captures_hold_381_entries_of_350_papers() -> None:
-    report = read_source(SourceConfig(name="seeds", type="hf-page", path=SEEDS), NOW)
+    report = read_source(HfPageSource(name="seeds", type="hf-page", path=SEEDS), NOW)
     assert len(report.listings) == 381
     assert len({listing.id for listing in report.listings}) == 350
     assert report.skipped == 0
@@ -144,13 +144,13 @@ def test_malformed_entries_are_skipped_with_a_warning_and_counted() -> None:
 
 def test_a_missing_path_fails_the_source_by_name(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"source 'x': .* does not exist"):
-        read_source(SourceConfig(name="x", type="hf-page", path=tmp_path / "nope"), NOW)
+        read_source(HfPageSource(name="x", type="hf-page", path=tmp_path / "nope"), NOW)
 
 
 def test_an_undecodable_capture_is_skipped_and_the_rest_read(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_bytes(b"\xff\xfe\x00bad")
     (tmp_path / "b.txt").write_text((SEEDS / FILES[3].name).read_text(encoding="utf-8"))
-    report = read_source(SourceConfig(name="x", type="hf-page", path=tmp_path), NOW)
+    report = read_source(HfPageSource(name="x", type="hf-page", path=tmp_path), NOW)
     assert len(report.listings) == 63
     assert report.skipped == 1 and "a.txt: not UTF-8" in report.warnings[0]
 
@@ -158,7 +158,7 @@ def test_an_undecodable_capture_is_skipped_and_the_rest_read(tmp_path: Path) -> 
 def test_windows_line_endings_and_a_bom_change_nothing(tmp_path: Path) -> None:
     original = (SEEDS / FILES[0].name).read_text(encoding="utf-8")
     (tmp_path / "win.txt").write_bytes(b"\xef\xbb\xbf" + original.replace("\n", "\r\n").encode())
-    report = read_source(SourceConfig(name="x", type="hf-page", path=tmp_path), NOW)
+    report = read_source(HfPageSource(name="x", type="hf-page", path=tmp_path), NOW)
     expected = parse_hf_page(original, "x", NOW)
     # read_source only adds the source's rank (hf-page: 2); the seeds need no other change.
     assert report.listings == [replace(x, authority=2) for x in expected.listings]

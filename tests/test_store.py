@@ -9,7 +9,9 @@ from sqlite_utils import Database
 
 from digest import store
 from digest.match import build_digest, document
+from digest.migrations import migrations
 from digest.models import Listing, Subscriber, Topic
+from tests import outbox_support as outbox
 from tests.conftest import NOW
 
 
@@ -29,7 +31,7 @@ def test_open_db_applies_migrations_once(tmp_path: Path) -> None:
     assert {"listings", "digests", "digest_items", "runs"} <= set(db.table_names())
     db.close()
     db = store.open_db(path)  # reopening applies nothing twice
-    assert store.migrations.pending(db) == []
+    assert migrations.pending(db) == []
 
 
 def test_upsert_counts_keeps_first_seen_and_updates_changing_fields(tmp_path: Path) -> None:
@@ -71,19 +73,24 @@ def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
     digest = build_digest(SUB, [document(c) for c in store.candidates(db, "ada", since)
                                 if c.id == "a"], NOW.date(), NOW)
     assert digest is not None
-    store.begin_delivery(db, digest, "<m@x>", "subj", NOW)
-    # In flight is not yet sent: still a candidate if the send fails.
+    outbox.legacy_sending(db, digest, "<m@x>", "subj", NOW)
+    # In flight without stored bytes is not yet sent: still a candidate if the send fails.
     assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
-    store.mark_failed(db, digest, "boom", NOW)
+    store.record_failed(db, digest.id, "boom", NOW)
     assert store.digest_state(db, "ada", NOW.date()) == "failed"
     assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
-    store.begin_delivery(db, digest, "<m@x>", "subj", NOW)
-    store.mark_sent(db, digest, NOW)
+    outbox.queue(db, digest, NOW)
+    # Its final bytes wait in the outbox: a late retry must never repeat its items.
+    assert {c.id for c in store.candidates(db, "ada", since)} == {"b"}
+    with db.atomic():
+        store.claim_many(db, [digest.id], NOW)
+        store.record_sent_many(db, [digest.id], NOW)
     assert store.digest_state(db, "ada", NOW.date()) == "sent"
     assert {c.id for c in store.candidates(db, "ada", since)} == {"b"}
     assert {c.id for c in store.candidates(db, "grace", since)} == {"a", "b"}
     row = next(store.digests(db, "ada"))
-    assert (row["attempts"], row["item_count"], row["last_error"]) == (2, 1, None)
+    # Queued anew after the failure: one attempt of the new message, the old error cleared.
+    assert (row["attempts"], row["item_count"], row["last_error"]) == (1, 1, None)
     assert store.sent_listing_ids(db, "ada/2026-11-25") == ["a"]
 
 
@@ -101,7 +108,7 @@ def test_timestamps_sort_as_text() -> None:
 def test_m09_moves_the_stored_bytes_out_of_the_digests_table(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old = Database(path)
-    store.migrations.apply(old, stop_before="m09_outbox_messages")
+    migrations.apply(old, stop_before="m09_outbox_messages")
     old.execute("insert into digests (id, subscriber_id, local_date, state, attempts, message,"
                 " message_id, created_at, updated_at) values"
                 " ('a/2026-11-25', 'a', '2026-11-25', 'sending', 1, x'0d0a', '<m@x>', 't', 't'),"
@@ -109,7 +116,7 @@ def test_m09_moves_the_stored_bytes_out_of_the_digests_table(tmp_path: Path) -> 
     old.conn.commit()
     old.close()
     db = store.open_db(path)
-    assert store.message_bytes(db, "a/2026-11-25") == b"\r\n"
+    assert store.messages(db, ["a/2026-11-25"])["a/2026-11-25"] == b"\r\n"
     # A pending row without bytes (left by an older version) is still not pending.
     assert [p.id for p in store.pending(db, ["a", "b"])] == ["a/2026-11-25"]
     assert "message" not in {c.name for c in db.table("digests").columns}
@@ -190,3 +197,29 @@ def test_latest_digests_is_each_subscribers_newest_without_reading_the_history(
     plan = [row[-1] for row in db.execute(
         "explain query plan " + store._LATEST).fetchall()]
     assert not any(step.startswith("SCAN d") for step in plan), plan
+
+
+# The order a store applies the migrations in, as every store made so far has applied them:
+# moving, renaming or dropping one in digest/migrations.py must fail here first.
+APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr",
+                 "m12_listing_ranks", "m09_outbox_messages", "m10_sent_message_retention",
+                 "m05_unsubscribes", "m08_subscriber_cache"]
+
+
+def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
+        tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    assert [m.name for m in migrations.applied(db)] == APPLIED_ORDER
+    assert [m.name for m in migrations._migrations] == APPLIED_ORDER
+
+
+def test_a_store_that_applied_every_migration_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store.open_db(path).close()
+    old = Database(path)  # as a store made by an earlier version holds them: same names
+    before = list(old.query("select * from _sqlite_migrations order by rowid"))
+    schema = list(old.query("select sql from sqlite_master order by name"))
+    old.close()
+    db = store.open_db(path)
+    assert list(db.query("select * from _sqlite_migrations order by rowid")) == before
+    assert list(db.query("select sql from sqlite_master order by name")) == schema

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from digest import store
+from digest.migrations import migrations
 from digest.unsubscribe import make_token
 
 from .conftest import Project, free_port
@@ -140,4 +141,4 @@ def test_processes_opening_a_new_store_at_once_migrate_it_once(tmp_path: Path) -
         assert [p.returncode for p in procs] == [0] * 6, errors
         db = store.open_db(path)
         names = [r["name"] for r in db.query("select name from _sqlite_migrations")]
-        assert len(names) == len(set(names)) == len(store.migrations._migrations)
+        assert len(names) == len(set(names)) == len(migrations._migrations)

@@ -37,7 +37,7 @@ def received_by(server: FaultServer) -> dict[str, list[bytes]]:
 
 def stored(project: Project) -> dict[str, tuple[str, bytes | None]]:
     db = store.open_db(project.db_path)
-    return {r["subscriber_id"]: (r["state"], store.message_bytes(db, r["id"])
+    return {r["subscriber_id"]: (r["state"], store.messages(db, [r["id"]])[r["id"]]
                                  if r["state"] != "empty" else None)
             for r in store.digests(db)}
 
@@ -148,4 +148,4 @@ def test_a_digest_that_cannot_be_stored_spoils_no_other_in_its_task(project: Pro
     assert rows == {"ann": "queued", "cat": "queued"}
     cat = built[2][1]
     assert isinstance(cat, pipeline._Write) and cat.composed is not None
-    assert store.message_bytes(db, f"cat/{day}") == cat.composed.outgoing.data
+    assert store.messages(db, [f"cat/{day}"])[f"cat/{day}"] == cat.composed.outgoing.data

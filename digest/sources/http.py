@@ -412,60 +412,16 @@ class Fetcher:
         headers: dict[str, str], deadline: Deadline | None,
     ) -> Fetched | None:
         cap = self.config.max_bytes
-        assert self._flight is not None
-        response_end = self._flight[1]
         log.debug("source %s: GET %s %s", source, url, dict(params or {}))
         try:
             with self.client.stream("GET", url, params=params, headers=headers) as response:
-                status = response.status_code
-                shown = str(response.url)
-                if status == 304:
+                if response.status_code == 304:
                     return None
-                if status == 429 or status >= 500:
-                    wait = retry_after_seconds(response.headers.get("Retry-After"),
-                                               datetime.now(UTC))
-                    if wait is not None and wait > self.config.max_retry_after:
-                        raise SourceError(
-                            source,
-                            f"HTTP {status} from {shown}; the server asks to retry after "
-                            f"{wait:.0f}s, more than [http] max_retry_after "
-                            f"({self.config.max_retry_after:.0f}s)",
-                        )
-                    raise _Retryable(f"HTTP {status} from {shown}", wait)
-                if status >= 400 or status < 200:
-                    raise SourceError(source, f"HTTP {status} from {shown}",
-                                      hint="check the source's url (or query) in digest.toml")
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > cap:
-                    raise _TooLarge
-                codings = content_codings(
-                    response.headers.get_list("Content-Encoding", split_commas=True))
-
-                def wire() -> Iterator[bytes]:
-                    received = 0
-                    for chunk in response.iter_raw():
-                        received += len(chunk)
-                        if received > cap:
-                            raise _TooLarge
-                        # Also checked here for a transport given by the caller, which
-                        # the network-level guard does not cover.
-                        if time.monotonic() > response_end:
-                            raise _OutOfTime(whole_source=False)
-                        if deadline is not None and self.clock() >= deadline.at:
-                            raise _OutOfTime(whole_source=True)
-                        yield chunk
-
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in _decoded(wire(), codings):
-                    size += len(chunk)
-                    if size > cap:
-                        raise _TooLarge
-                    chunks.append(chunk)
+                self._check_status(source, response)
                 content_type = response.headers.get("Content-Type", "")
                 return Fetched(
-                    url=shown,
-                    body=b"".join(chunks),
+                    url=str(response.url),
+                    body=self._body(response, deadline),
                     content_type=content_type.split(";")[0].strip().lower(),
                     charset=response.charset_encoding,
                     validators=CacheValidators(
@@ -485,6 +441,60 @@ class Fetcher:
             raise SourceError(source, f"cannot decode the response from {url}: {exc}") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+
+    def _check_status(self, source: str, response: httpx.Response) -> None:
+        """_Retryable for a status worth retrying (429, 5xx), SourceError for any other
+        that is not a success, or for a Retry-After longer than we wait."""
+        status = response.status_code
+        shown = str(response.url)
+        if status == 429 or status >= 500:
+            wait = retry_after_seconds(response.headers.get("Retry-After"), datetime.now(UTC))
+            if wait is not None and wait > self.config.max_retry_after:
+                raise SourceError(
+                    source,
+                    f"HTTP {status} from {shown}; the server asks to retry after "
+                    f"{wait:.0f}s, more than [http] max_retry_after "
+                    f"({self.config.max_retry_after:.0f}s)",
+                )
+            raise _Retryable(f"HTTP {status} from {shown}", wait)
+        if status >= 400 or status < 200:
+            raise SourceError(source, f"HTTP {status} from {shown}",
+                              hint="check the source's url (or query) in digest.toml")
+
+    def _body(self, response: httpx.Response, deadline: Deadline | None) -> bytes:
+        """The decoded body, read within [http] max_bytes (on the wire and decoded: else
+        _TooLarge) and the time left (else _OutOfTime)."""
+        cap = self.config.max_bytes
+        assert self._flight is not None
+        response_end = self._flight[1]
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise _TooLarge
+        codings = content_codings(
+            response.headers.get_list("Content-Encoding", split_commas=True))
+
+        def wire() -> Iterator[bytes]:
+            received = 0
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if received > cap:
+                    raise _TooLarge
+                # Also checked here for a transport given by the caller, which the
+                # network-level guard does not cover.
+                if time.monotonic() > response_end:
+                    raise _OutOfTime(whole_source=False)
+                if deadline is not None and self.clock() >= deadline.at:
+                    raise _OutOfTime(whole_source=True)
+                yield chunk
+
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in _decoded(wire(), codings):
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def _kind(exc: httpx.TimeoutException) -> str:

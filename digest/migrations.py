@@ -1,0 +1,187 @@
+"""Every change to the store's schema, in the order a new store applies them.
+
+sqlite-utils records the name of each migration a store has applied (in the
+`_sqlite_migrations` table) and `store.open_db` applies the rest, in the order they are
+defined here. So a migration is never renamed, removed or moved: an existing store would
+apply it again, or skip it. A new one goes at the end. The numbers in the names are not
+the order: they were given as the migrations were planned, and are kept because stores
+already hold them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("digest")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    """Listings, digests (one per subscriber and local date) and their items."""
+    db.table("listings").create(
+        {
+            "id": str,
+            "title": str,
+            "title_key": str,
+            "abstract": str,
+            "url": str,
+            "arxiv_id": str,
+            "authors": str,
+            "author_count": int,
+            "organization": str,
+            "published": str,
+            "upvotes": int,
+            "categories": str,
+            "sources": str,
+            "first_seen": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"title", "title_key", "abstract", "first_seen", "updated_at"},
+    )
+    db.table("listings").create_index(["first_seen"])
+    db.table("listings").create_index(["title_key"])
+    db.table("digests").create(
+        {
+            "id": str,
+            "subscriber_id": str,
+            "local_date": str,
+            "state": str,
+            "message_id": str,
+            "subject": str,
+            "item_count": int,
+            "attempts": int,
+            "last_error": str,
+            "created_at": str,
+            "updated_at": str,
+            "sent_at": str,
+        },
+        pk="id",
+        not_null={"subscriber_id", "local_date", "state", "created_at", "updated_at"},
+        defaults={"attempts": 0, "item_count": 0},
+    )
+    db.table("digests").create_index(["subscriber_id", "local_date"], unique=True)
+    db.table("digest_items").create(
+        {"digest_id": str, "listing_id": str, "position": int, "topic": str, "score": float},
+        pk=("digest_id", "listing_id"),
+        foreign_keys=[("digest_id", "digests", "id"), ("listing_id", "listings", "id")],
+    )
+    db.table("digest_items").create_index(["listing_id"])
+    db.table("runs").create(
+        {"id": int, "kind": str, "started_at": str, "finished_at": str, "summary": str},
+        pk="id",
+    )
+
+
+@migrations()
+def m03_sources(db: Database) -> None:
+    """Links per listing, ids a listing was re-keyed from, conditional-GET
+    validators per source URL, and each source's last fetch."""
+    db.table("listings").add_column("links", str)
+    db.table("listing_aliases").create(
+        {"alias": str, "listing_id": str, "created_at": str}, pk="alias", not_null={"listing_id"}
+    )
+    db.table("listing_aliases").create_index(["listing_id"])
+    db.table("source_http").create(
+        {"source": str, "url": str, "etag": str, "last_modified": str, "updated_at": str},
+        pk=("source", "url"),
+    )
+    db.table("source_status").create(
+        {
+            "source": str,
+            "fetched_at": str,
+            "ok": int,
+            "result": str,
+            "new": int,
+            "updated": int,
+            "unchanged": int,
+            "skipped": int,
+            "seconds": float,
+            "last_ok_at": str,
+        },
+        pk="source",
+    )
+
+
+@migrations()
+def m06_outbox(db: Database) -> None:
+    """The digests table becomes an outbox: the exact bytes to send, and when to retry."""
+    table = db.table("digests")
+    table.add_column("message", bytes)
+    table.add_column("envelope_from", str)
+    table.add_column("recipient", str)
+    table.add_column("next_attempt_at", str)
+    table.create_index(["state"])
+
+
+@migrations()
+def m11_listing_tldr(db: Database) -> None:
+    """A source's one-sentence summary of a listing (Hugging Face's ai_summary),
+    kept apart from the abstract so the email can show it above the excerpt."""
+    db.table("listings").add_column("tldr", str)
+
+
+@migrations()
+def m12_listing_ranks(db: Database) -> None:
+    """Which rank of source gave each bibliographic field of a listing (JSON), so a less
+    authoritative source cannot overwrite what a better one gave (see `store._merge`)."""
+    db.table("listings").add_column("ranks", str)
+
+
+@migrations()
+def m09_outbox_messages(db: Database) -> None:
+    """The message bytes move out of the digests table into outbox_messages.
+
+    SQLite rewrites a whole row on every update, overflow pages included, once its size
+    changes ('queued' -> 'sending' does): with ~40 KB of bytes in the row, each state change
+    wrote ~80 KB to the WAL. The digests row keeps the size of the bytes (message_size, null
+    when none are stored), which is what "its final bytes wait in the outbox" tests.
+    """
+    db.execute("create table outbox_messages (id text primary key, message blob not null)")
+    db.table("digests").add_column("message_size", int)
+    db.execute("insert into outbox_messages (id, message)"
+               " select id, message from digests where message is not null")
+    db.execute("update digests set message_size = length(message) where message is not null")
+    try:
+        db.execute("alter table digests drop column message")
+    except sqlite3.OperationalError:  # SQLite before 3.35: the column stays, empty
+        db.execute("update digests set message = null")
+
+
+@migrations()
+def m10_sent_message_retention(db: Database) -> None:
+    """The bytes of sent messages are dropped after `[store] keep_sent_days` (see
+    `drop_sent_messages`). A partial index finds the sent digests that still hold bytes
+    without reading the whole history, which grows by a row per subscriber and day; the
+    index holds only the days kept."""
+    db.execute("create index if not exists digests_sent_with_bytes on digests (sent_at)"
+               " where state = 'sent' and message_size is not null")
+
+
+@migrations()
+def m05_unsubscribes(db: Database) -> None:
+    """Who has unsubscribed (subscriber files are never rewritten), and the history of it."""
+    db.table("subscriptions").create(
+        {"subscriber_id": str, "email": str, "state": str, "changed_at": str, "via": str},
+        pk="subscriber_id",
+        not_null={"state", "changed_at"},
+    )
+    db.table("subscription_events").create(
+        {"id": int, "subscriber_id": str, "email": str, "action": str, "at": str, "via": str},
+        pk="id",
+        not_null={"subscriber_id", "action", "at"},
+    )
+    db.table("subscription_events").create_index(["subscriber_id"])
+
+
+@migrations()
+def m08_subscriber_cache(db: Database) -> None:
+    """Validated subscriber files, keyed by path and content hash, so unchanged files are
+    not validated again on every run."""
+    db.table("subscriber_cache").create(
+        {"path": str, "sha256": str, "data": str, "cached_at": str},
+        pk="path",
+        not_null={"sha256", "data", "cached_at"},
+    )
