@@ -83,46 +83,9 @@ class Index:
         self._authors: list[tuple[str, ...]] = []
         self._aid: dict[tuple[str, ...], int] = {}
         self._aid_of_text: dict[str, int] = {}
-        p_col: list[int] = []
-        p_row: list[int] = []
-        p_val: list[int] = []
-        a_col: list[int] = []
-        a_row: list[int] = []
-        a_val: list[int] = []
-        r_col: list[int] = []
-        r_row: list[int] = []
-        e_col: list[int] = []
-        e_sub: list[int] = []
-        row_sub: list[int] = []
-        req_n: list[int] = []
-        row_min: list[int] = []
         self._row_categories: dict[int, frozenset[str]] = {}
-        for subscriber in subscribers:
-            s = len(self.subscribers)
-            self.subscribers.append(subscriber)
-            self.position[subscriber.id] = s
-            for topic in subscriber.topics:
-                row = len(row_sub)
-                row_sub.append(s)
-                row_min.append(topic.min_upvotes)
-                weight = max(1, round(topic.weight * UNITS))
-                for keyword in topic.keywords:
-                    p_col.append(self._pattern(keyword))
-                    p_row.append(row)
-                    p_val.append(weight)
-                for name in topic.authors:
-                    a_col.append(self._author(name))
-                    a_row.append(row)
-                    a_val.append(weight)
-                required = {self._pattern(k) for k in topic.require}
-                req_n.append(len(required))
-                r_col += required
-                r_row += [row] * len(required)
-                if topic.categories:
-                    self._row_categories[row] = frozenset(topic.categories)
-            excluded = {self._pattern(k) for k in subscriber.exclude}
-            e_col += excluded
-            e_sub += [s] * len(excluded)
+        (p_col, p_row, p_val, a_col, a_row, a_val, r_col, r_row, e_col, e_sub, row_sub, req_n,
+         row_min) = self._register(subscribers)
         self.rows = len(row_sub)
         n_pat = len(self._keys)
         self.columns = n_pat + len(self._authors)
@@ -157,6 +120,42 @@ class Index:
         self._R_ruled: sparse.csr_matrix = self._R[:, ruled].tocsr()
         self._G_ruled: sparse.csr_matrix = self._G[ruled, :].tocsr()
         self._build_lookup()
+
+    def _register(self, subscribers: Iterable[Subscriber]) -> list[list[int]]:
+        """Give every keyword and author a column and every topic a row; the coordinates of
+        the matrices: (P) keyword/author columns, topic rows, weights; (R) required keywords'
+        columns and rows; (E) excludes' columns and subscribers; each row's subscriber, count
+        of required keywords and min_upvotes."""
+        lists: list[list[int]] = [[] for _ in range(13)]
+        (p_col, p_row, p_val, a_col, a_row, a_val, r_col, r_row, e_col, e_sub, row_sub, req_n,
+         row_min) = lists
+        for subscriber in subscribers:
+            s = len(self.subscribers)
+            self.subscribers.append(subscriber)
+            self.position[subscriber.id] = s
+            for topic in subscriber.topics:
+                row = len(row_sub)
+                row_sub.append(s)
+                row_min.append(topic.min_upvotes)
+                weight = max(1, round(topic.weight * UNITS))
+                for keyword in topic.keywords:
+                    p_col.append(self._pattern(keyword))
+                    p_row.append(row)
+                    p_val.append(weight)
+                for name in topic.authors:
+                    a_col.append(self._author(name))
+                    a_row.append(row)
+                    a_val.append(weight)
+                required = {self._pattern(k) for k in topic.require}
+                req_n.append(len(required))
+                r_col += required
+                r_row += [row] * len(required)
+                if topic.categories:
+                    self._row_categories[row] = frozenset(topic.categories)
+            excluded = {self._pattern(k) for k in subscriber.exclude}
+            e_col += excluded
+            e_sub += [s] * len(excluded)
+        return lists
 
     # --- registries -----------------------------------------------------------------------
 
@@ -317,7 +316,22 @@ def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matri
         hit = index._pair_keys[at] == keys
         found_pos.append(both[hit])
         found_pid.append(index._pair_pids[at[hit]])
-    # Longer phrases, and phrases that end in a prefix: checked where their first stem is.
+    extra_pos, extra_pid = _rare_hits(index, tok, words, sid)
+    found_pos.append(np.array(extra_pos, dtype=np.int64))
+    found_pid.append(np.array(extra_pid, dtype=np.int64))
+    all_pos = np.concatenate(found_pos)
+    cols = np.concatenate(found_pid)
+    # One entry per (listing, keyword): the best factor wins (a title hit counts 3).
+    return _max_entries(docs[all_pos], cols, factor[all_pos], (len(listings), index.columns))
+
+
+def _rare_hits(
+    index: Index, tok: list[int], words: list[str], sid: IntArray
+) -> tuple[list[int], list[int]]:
+    """(token position, column) of the longer phrases and of the phrases that end in a
+    prefix, checked where their first stem is, and of the lone `prefix*` keywords, worked out
+    once per distinct word."""
+    known = sid >= 0
     extra_pos: list[int] = []
     extra_pid: list[int] = []
     if index._long:
@@ -339,12 +353,7 @@ def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matri
             if w >= 0 and per_word[w]:
                 extra_pos += [p] * len(per_word[w])
                 extra_pid += per_word[w]
-    found_pos.append(np.array(extra_pos, dtype=np.int64))
-    found_pid.append(np.array(extra_pid, dtype=np.int64))
-    all_pos = np.concatenate(found_pos)
-    cols = np.concatenate(found_pid)
-    # One entry per (listing, keyword): the best factor wins (a title hit counts 3).
-    return _max_entries(docs[all_pos], cols, factor[all_pos], (len(listings), index.columns))
+    return extra_pos, extra_pid
 
 
 def _max_entries(

@@ -42,12 +42,14 @@ from .models import Subscriber
 log = logging.getLogger("digest")
 
 
-def _cache_key() -> bytes:
-    schema = json.dumps(SubscriberFile.model_json_schema(), sort_keys=True)
-    return f"digest-subscriber-cache {__version__} {schema}\n".encode()
+def cache_key(schema: dict[str, Any], version: str) -> bytes:
+    """The key the cached data of every file is hashed with: from the subscriber file's JSON
+    schema and the package version, so either changing validates every file again."""
+    text = json.dumps({"schema": schema, "version": version}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest().encode() + b"\n"
 
 
-CACHE_KEY = hashlib.sha256(_cache_key()).hexdigest().encode() + b"\n"
+CACHE_KEY = cache_key(SubscriberFile.model_json_schema(), __version__)
 
 
 def _hash(raw: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from email import message_from_bytes, policy
@@ -310,3 +311,29 @@ def test_index_candidates_follow_the_store_after_refused_and_failed_sends(
         for s in subscribers:
             assert run.digest(s, pipeline.local_date(s, later)) == store_digest(
                 db, s, pipeline.local_date(s, later), later)
+
+
+def test_the_cache_key_follows_the_schema_and_the_version(project: Project) -> None:
+    """No constant to bump by hand: a new field, a changed rule (a new version) or any
+    change to the subscriber file's schema means every file is validated again."""
+    from digest import __version__
+    from digest.config import SubscriberFile
+
+    schema = SubscriberFile.model_json_schema()
+    assert subscribers.CACHE_KEY == subscribers.cache_key(schema, __version__)
+    assert subscribers.cache_key(schema, __version__ + ".post1") != subscribers.CACHE_KEY
+    changed = json.loads(json.dumps(schema))
+    changed["properties"]["new_field"] = {"type": "string"}
+    assert subscribers.cache_key(changed, __version__) != subscribers.CACHE_KEY
+    # A cached entry made under another key is validated again, not trusted.
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    list(subscribers.load(settings.subscribers.dir, settings.defaults, db, now=NOW))
+    path = str((project.subscribers / "ada.toml").resolve())
+    raw = (project.subscribers / "ada.toml").read_bytes()
+    stale = hashlib.sha256(b"another key\n" + raw).hexdigest()
+    data = json.loads(store.cached_subscribers(db)[path][1]) | {"name": "Stale"}
+    store.cache_subscribers(db, [(path, stale, json.dumps(data))], [], NOW)
+    again = {s.id: s for s in subscribers.load(settings.subscribers.dir, settings.defaults, db,
+                                               now=NOW) if not isinstance(s, Exception)}
+    assert again["ada"].name == "Ada Lovelace"
