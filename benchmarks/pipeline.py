@@ -49,6 +49,7 @@ from digest.mime import assemble
 from digest.models import Digest, Subscriber
 from digest.render import Links, environment, render
 from digest.send import Outgoing, header_fields, load_signer, outgoing
+from digest.subscribers import load as load_subscribers
 
 CONNECTIONS = 4
 
@@ -195,8 +196,7 @@ private_key_path = "dkim.pem"
     # First seen a few hours before the send, so every subscriber's lookback holds them all.
     store.upsert_listings(db, make_listings(vocab, listings, rng), NOW - timedelta(hours=3))
     # The subscriber cache is filled once, as after the first daily run.
-    for entry in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults,
-                                        now=NOW):
+    for entry in load_subscribers(settings.subscribers.dir, settings.defaults, db, now=NOW):
         if isinstance(entry, Exception):
             raise SystemExit(f"bad generated subscriber: {entry}")
     db.close()
@@ -230,7 +230,7 @@ def stages(config: Path, sample: int) -> dict[str, float]:
     for most of a long run."""
     settings = fresh(config, "stages")
     db = store.open_db(settings.store.path)
-    subs = [e for e in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults)
+    subs = [e for e in load_subscribers(settings.subscribers.dir, settings.defaults, db)
             if isinstance(e, Subscriber)]
     run = batch.MatchRun(db, subs, NOW)
     t0 = time.perf_counter()

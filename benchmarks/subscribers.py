@@ -3,7 +3,7 @@
     python -m benchmarks.subscribers --subscribers 100000
 
 Writes that many subscriber files (3 topics, 10 keywords, an exclude each) into a temporary
-folder, then times `batch.load_subscribers` on a fresh store (every file validated and
+folder, then times `subscribers.load` on a fresh store (every file validated and
 cached) and again (every file read and hashed, none validated), in the same run.
 """
 
@@ -15,8 +15,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from digest import batch, store
+from digest import store
 from digest.config import DefaultsConfig
+from digest.subscribers import load as load_subscribers
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WORDS = ("diffusion", "video", "KV cache", "quantiz*", "speculative decoding", "pruning",
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         timings = []
         for _ in range(2):
             t0 = time.perf_counter()
-            loaded = list(batch.load_subscribers(db, folder, DefaultsConfig(), now=NOW))
+            loaded = list(load_subscribers(folder, DefaultsConfig(), db, now=NOW))
             timings.append(time.perf_counter() - t0)
             assert len(loaded) == args.subscribers
             assert not any(isinstance(e, Exception) for e in loaded)

@@ -1,122 +1,33 @@
-"""Matching a whole run: cached subscriber files, one shared index, and `digest explain`.
+"""Matching against the store: a run's `MatchRun`, and `digest explain`.
 
-Pipeline glue (like `pipeline.py`, it may use several stages): the pipeline calls
-`load_subscribers` and `MatchRun`; the CLI's `explain` calls `explain`.
-
-- Subscriber files are validated once per content: the validated data is cached in the store,
-  keyed by the file's path and the SHA-256 of its bytes (and of this cache's format), so a run
-  over 100,000 unchanged files reads and hashes them but validates none.
 - `MatchRun` builds the shared index (`digest.index`) over every subscriber of the run, scans
   the listings of the longest lookback once, and selects each subscriber's digest from their
   own candidates: first seen within their `lookback_days`, never in a digest sent to them.
+  `send` runs it over everyone; `preview`, `explain` and `digest serve`'s previews over one
+  subscriber: one matcher, so what they show is what is sent.
+- `explain` says, for the listings a query finds, whether they are in a subscriber's next
+  digest and why, from that same run's selection.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
 from . import store
-from .config import (
-    DefaultsConfig,
-    check_subscriber_id,
-    parse_subscriber,
-    subscriber_files,
-    subscriber_from_data,
-    subscriber_path,
-)
-from .errors import ConfigError
+from .config import DefaultsConfig
 from .index import Index, Selection
-from .match import (
-    build_digest,
-    compile_profile,
-    document,
-    explain_document,
-    rank_key,
-    topic_full,
-)
+from .match import compile_profile, topic_full
 from .models import Digest, Listing, Match, Section, Subscriber
+from .subscribers import load_one
 
 log = logging.getLogger("digest")
-
-# Bump when the validated data's shape or the validation rules change: every cached entry is
-# then validated again. (2: email addresses are stored in their ASCII/IDNA form.)
-CACHE_FORMAT = b"digest-subscriber-cache-2\n"
-
-
-def _hash(raw: bytes) -> str:
-    return hashlib.sha256(CACHE_FORMAT + raw).hexdigest()
-
-
-def load_subscribers(
-    db: Database, folder: Path, defaults: DefaultsConfig, only: Sequence[str] | None = None,
-    now: datetime | None = None,
-) -> Iterator[Subscriber | ConfigError]:
-    """Each subscriber in `folder` (or those in `only`, in that order), or the ConfigError its
-    file raised; unchanged files come from the cache instead of being validated again."""
-    if only:
-        paths = [subscriber_path(folder, sid) for sid in dict.fromkeys(only)]
-    else:
-        paths = subscriber_files(folder)
-    cached = store.cached_subscribers(db)
-    fresh: list[tuple[str, str, str]] = []
-    # The folder is resolved once, not each file, and the keys are plain strings: a Path per
-    # file cost a third of a second at 100,000 files.
-    base = os.fspath(folder.resolve())
-    keys = [os.path.join(base, p.name) for p in paths]
-    for path, key in zip(paths, keys, strict=True):
-        try:
-            check_subscriber_id(path)
-        except ConfigError as exc:
-            yield exc
-            continue
-        try:
-            raw = _read(path)
-        except OSError as exc:
-            yield ConfigError(path, None, f"cannot read file: {exc}")
-            continue
-        digest = _hash(raw)
-        hit = cached.get(key)
-        data: dict[str, Any]
-        if hit is not None and hit[0] == digest:
-            data = json.loads(hit[1])
-        else:
-            try:
-                data = parse_subscriber(path, raw)
-            except ConfigError as exc:
-                yield exc
-                continue
-            fresh.append((key, digest, json.dumps(data)))
-        yield subscriber_from_data(path, data, defaults)
-    gone = [] if only else sorted(set(cached) - set(keys))
-    if fresh or gone:
-        store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
-        log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",
-                 len(fresh), len(gone))
-
-
-def _read(path: Path) -> bytes:
-    # `path.read_bytes()` in three system calls instead of seven (a buffered file also asks
-    # whether it is a terminal, and for its size and position): half the time of reading
-    # 100,000 small files.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 class MatchRun:
@@ -125,9 +36,13 @@ class MatchRun:
     Built lazily on the first digest asked for, so a run that sends nothing costs nothing.
     """
 
-    def __init__(self, db: Database, subscribers: Sequence[Subscriber], now: datetime) -> None:
+    def __init__(
+        self, db: Database, subscribers: Sequence[Subscriber], now: datetime,
+        also: Sequence[Listing] = (),
+    ) -> None:
         self.db = db
         self.subscribers = list(subscribers)
+        self.also = list(also)  # scanned too, whatever their age (what `explain` asks about)
         self._ids = {s.id for s in self.subscribers}
         self.now = now
         self._selection: Selection | None = None
@@ -138,6 +53,8 @@ class MatchRun:
             longest = max((s.lookback_days for s in self.subscribers), default=1)
             oldest = self.now - timedelta(days=longest)
             listings = store.recent_listings(self.db, oldest)
+            known = {li.id for li in listings}
+            listings += [li for li in self.also if li.id not in known]
             index = Index(self.subscribers)
             scan = index.scan(listings)
             self._selection = scan.select(
@@ -149,7 +66,7 @@ class MatchRun:
         return self._selection
 
     def digest(self, subscriber: Subscriber, local_date: date) -> Digest | None:
-        """The digest `subscriber` gets now; the same as `match.build_digest` would give."""
+        """The digest `subscriber` gets now."""
         if subscriber.id not in self._ids:
             raise KeyError(f"subscriber {subscriber.id!r} is not part of this run")
         return self.selection().digest(subscriber, local_date, self.now)
@@ -177,22 +94,24 @@ def explain(
     if not found:
         return []
     since = now - timedelta(days=subscriber.lookback_days)
-    candidates = store.candidates(db, subscriber.id, since)
-    digest = build_digest(subscriber, [document(c) for c in candidates], local_date, now)
+    run = MatchRun(db, [subscriber], now, also=found)
+    digest = run.digest(subscriber, local_date)
     placed: dict[str, tuple[Section, int, Match]] = {}
     if digest is not None:
         for section in digest.sections:
             for i, m in enumerate(section.matches, start=1):
                 placed[m.listing.id] = (section, i, m)
-    profile = compile_profile(subscriber)
-    verdicts = [explain_document(profile, document(c)).match for c in candidates]
-    ranked = sorted((m for m in verdicts if m is not None), key=rank_key)
+    selection = run.selection()
+    ranked = selection.ranked(subscriber)
     chosen = [m for m in ranked if m.listing.id in placed
               and not placed[m.listing.id][0].trending]
+    profile = compile_profile(subscriber)
     caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
+    scan = selection.scan
+    plan = scan.plan(profile)
     out = []
     for listing in found:
-        verdict = explain_document(profile, document(listing))
+        verdict = scan.verdict(plan, scan.row_of[listing.id], profile.exclude)
         details = []
         for topic in verdict.topics:
             if not topic.hits:
@@ -281,7 +200,6 @@ def explain_subscriber(
     query: str, now: datetime,
 ) -> list[Explanation]:
     """`explain` for the subscriber whose file is `<subscribers_dir>/<subscriber_id>.toml`."""
-    path = subscriber_path(subscribers_dir, subscriber_id)
-    subscriber = subscriber_from_data(path, parse_subscriber(path), defaults)
+    subscriber = load_one(subscribers_dir, defaults, subscriber_id)
     day = now.astimezone(ZoneInfo(subscriber.timezone)).date()
     return explain(db, subscriber, query, day, now)

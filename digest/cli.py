@@ -22,10 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import batch, pipeline, schedule, store
-from .config import DEFAULT_CONFIG, Settings, iter_subscribers, load_settings
+from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError
 from .send import deliverability_warnings
 from .sources import where
+from .subscribers import load as load_subscribers
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -179,7 +180,7 @@ def validate(config_path: Path) -> None:
     settings = _settings(config_path)
     problems = 0
     count = 0
-    for entry in iter_subscribers(settings.subscribers.dir, settings.defaults):
+    for entry in load_subscribers(settings.subscribers.dir, settings.defaults):
         if isinstance(entry, ConfigError):
             problems += 1
             err.print(f"[red]invalid:[/] {entry.message}", highlight=False)

@@ -11,7 +11,6 @@ import os
 import re
 import tomllib
 import unicodedata
-from collections.abc import Iterator
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
@@ -29,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError, HeaderError, UnknownSubscriberError
+from .errors import ConfigError, HeaderError
 from .headers import is_plain_uri, list_id_parts, looks_encoded
 from .models import Subscriber, Topic
 from .tokens import name_words, words
@@ -758,15 +757,9 @@ def load_settings(path: Path) -> Settings:
     )
 
 
-def load_subscriber(path: Path, defaults: DefaultsConfig) -> Subscriber:
-    """Load one subscriber file, filling what it leaves out from [defaults]."""
-    check_subscriber_id(path)  # before reading: the name alone may be wrong
-    return subscriber_from_data(path, parse_subscriber(path), defaults)
-
-
 def parse_subscriber(path: Path, raw: bytes | None = None) -> dict[str, Any]:
     """Validate one subscriber file (its bytes may be given) into plain data: the expensive
-    step, which `digest.batch` caches by content hash."""
+    step, which `digest.subscribers` caches by content hash."""
     data = read_toml(path, raw)
     try:
         return SubscriberFile.model_validate(data).model_dump()
@@ -793,15 +786,6 @@ def check_subscriber_id(path: Path) -> str:
     return path.stem
 
 
-def subscriber_path(folder: Path, subscriber_id: str) -> Path:
-    """The file of `subscriber_id` in `folder`, or UnknownSubscriberError when the id is not
-    valid (checked before the file system sees it) or has no file."""
-    path = folder / f"{subscriber_id}.toml"
-    if not is_subscriber_id(subscriber_id) or not path.is_file():
-        raise UnknownSubscriberError(subscriber_id, folder)
-    return path
-
-
 def subscriber_from_data(
     path: Path, data: dict[str, Any], defaults: DefaultsConfig
 ) -> Subscriber:
@@ -824,26 +808,3 @@ def subscriber_from_data(
         path=path,
         trending=data["trending"],
     )
-
-
-def subscriber_files(folder: Path) -> list[Path]:
-    """The subscriber files in `folder`, in id order; hidden files are ignored."""
-    if not folder.is_dir():
-        raise ConfigError(folder, None, "subscribers folder not found",
-                          hint="set [subscribers] dir in digest.toml")
-    # Sorted by name (the same order as by path, all being in one folder): comparing Path
-    # objects costs a second at 100,000 files.
-    return sorted((p for p in folder.glob("*.toml") if not p.name.startswith(".")),
-                  key=lambda p: p.name)
-
-
-def iter_subscribers(
-    folder: Path, defaults: DefaultsConfig
-) -> Iterator[Subscriber | ConfigError]:
-    """Each subscriber in `folder`, or the ConfigError its file raised: one bad file never
-    hides the others."""
-    for path in subscriber_files(folder):
-        try:
-            yield load_subscriber(path, defaults)
-        except ConfigError as exc:
-            yield exc

@@ -18,12 +18,14 @@ topic rules, excludes and each subscriber's candidate set (lookback, never-resen
 each subscriber's top `max_items` with a running k-th best that prunes almost every later
 pair. Matching cost grows with the listings' text and the matches, not with a loop over
 subscribers x listings x keywords. `Selection` then applies the sections' rule of
-`match.select` (every topic with matches gets a slot, a topic's own cap) one subscriber at a
+`match.choose` (every topic with matches gets a slot, a topic's own cap) one subscriber at a
 time, as each digest is built: the top by score holds the best item of every section it
 reaches, so only the sections missing from it are looked up (see `Selection._pick`).
 
-The semantics are those of `digest.match`, the reference implementation; a property test
-checks that both give identical digests.
+The semantics are those of `digest.match`. This is the one matcher: `send` runs it over every
+subscriber, and `preview`, `explain` and `digest serve`'s previews over one (`build_digest`,
+`Selection.ranked`, `Scan.verdict`). A property test checks it against a straightforward
+per-listing matcher kept in `tests/oracle_match.py`.
 """
 
 from __future__ import annotations
@@ -43,15 +45,18 @@ from .match import (
     UNITS,
     CompiledTopic,
     Document,
+    KeywordHit,
     Pattern,
     Profile,
-    _merge_spans,
+    TopicVerdict,
+    Verdict,
     choose,
     compile_author,
     compile_keyword,
     compile_profile,
     document,
     group,
+    merge_spans,
     topic_filter,
     trending_key,
 )
@@ -78,46 +83,9 @@ class Index:
         self._authors: list[tuple[str, ...]] = []
         self._aid: dict[tuple[str, ...], int] = {}
         self._aid_of_text: dict[str, int] = {}
-        p_col: list[int] = []
-        p_row: list[int] = []
-        p_val: list[int] = []
-        a_col: list[int] = []
-        a_row: list[int] = []
-        a_val: list[int] = []
-        r_col: list[int] = []
-        r_row: list[int] = []
-        e_col: list[int] = []
-        e_sub: list[int] = []
-        row_sub: list[int] = []
-        req_n: list[int] = []
-        row_min: list[int] = []
         self._row_categories: dict[int, frozenset[str]] = {}
-        for subscriber in subscribers:
-            s = len(self.subscribers)
-            self.subscribers.append(subscriber)
-            self.position[subscriber.id] = s
-            for topic in subscriber.topics:
-                row = len(row_sub)
-                row_sub.append(s)
-                row_min.append(topic.min_upvotes)
-                weight = max(1, round(topic.weight * UNITS))
-                for keyword in topic.keywords:
-                    p_col.append(self._pattern(keyword))
-                    p_row.append(row)
-                    p_val.append(weight)
-                for name in topic.authors:
-                    a_col.append(self._author(name))
-                    a_row.append(row)
-                    a_val.append(weight)
-                required = {self._pattern(k) for k in topic.require}
-                req_n.append(len(required))
-                r_col += required
-                r_row += [row] * len(required)
-                if topic.categories:
-                    self._row_categories[row] = frozenset(topic.categories)
-            excluded = {self._pattern(k) for k in subscriber.exclude}
-            e_col += excluded
-            e_sub += [s] * len(excluded)
+        (p_col, p_row, p_val, a_col, a_row, a_val, r_col, r_row, e_col, e_sub, row_sub, req_n,
+         row_min) = self._register(subscribers)
         self.rows = len(row_sub)
         n_pat = len(self._keys)
         self.columns = n_pat + len(self._authors)
@@ -152,6 +120,42 @@ class Index:
         self._R_ruled: sparse.csr_matrix = self._R[:, ruled].tocsr()
         self._G_ruled: sparse.csr_matrix = self._G[ruled, :].tocsr()
         self._build_lookup()
+
+    def _register(self, subscribers: Iterable[Subscriber]) -> list[list[int]]:
+        """Give every keyword and author a column and every topic a row; the coordinates of
+        the matrices: (P) keyword/author columns, topic rows, weights; (R) required keywords'
+        columns and rows; (E) excludes' columns and subscribers; each row's subscriber, count
+        of required keywords and min_upvotes."""
+        lists: list[list[int]] = [[] for _ in range(13)]
+        (p_col, p_row, p_val, a_col, a_row, a_val, r_col, r_row, e_col, e_sub, row_sub, req_n,
+         row_min) = lists
+        for subscriber in subscribers:
+            s = len(self.subscribers)
+            self.subscribers.append(subscriber)
+            self.position[subscriber.id] = s
+            for topic in subscriber.topics:
+                row = len(row_sub)
+                row_sub.append(s)
+                row_min.append(topic.min_upvotes)
+                weight = max(1, round(topic.weight * UNITS))
+                for keyword in topic.keywords:
+                    p_col.append(self._pattern(keyword))
+                    p_row.append(row)
+                    p_val.append(weight)
+                for name in topic.authors:
+                    a_col.append(self._author(name))
+                    a_row.append(row)
+                    a_val.append(weight)
+                required = {self._pattern(k) for k in topic.require}
+                req_n.append(len(required))
+                r_col += required
+                r_row += [row] * len(required)
+                if topic.categories:
+                    self._row_categories[row] = frozenset(topic.categories)
+            excluded = {self._pattern(k) for k in subscriber.exclude}
+            e_col += excluded
+            e_sub += [s] * len(excluded)
+        return lists
 
     # --- registries -----------------------------------------------------------------------
 
@@ -312,7 +316,22 @@ def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matri
         hit = index._pair_keys[at] == keys
         found_pos.append(both[hit])
         found_pid.append(index._pair_pids[at[hit]])
-    # Longer phrases, and phrases that end in a prefix: checked where their first stem is.
+    extra_pos, extra_pid = _rare_hits(index, tok, words, sid)
+    found_pos.append(np.array(extra_pos, dtype=np.int64))
+    found_pid.append(np.array(extra_pid, dtype=np.int64))
+    all_pos = np.concatenate(found_pos)
+    cols = np.concatenate(found_pid)
+    # One entry per (listing, keyword): the best factor wins (a title hit counts 3).
+    return _max_entries(docs[all_pos], cols, factor[all_pos], (len(listings), index.columns))
+
+
+def _rare_hits(
+    index: Index, tok: list[int], words: list[str], sid: IntArray
+) -> tuple[list[int], list[int]]:
+    """(token position, column) of the longer phrases and of the phrases that end in a
+    prefix, checked where their first stem is, and of the lone `prefix*` keywords, worked out
+    once per distinct word."""
+    known = sid >= 0
     extra_pos: list[int] = []
     extra_pid: list[int] = []
     if index._long:
@@ -334,12 +353,7 @@ def _keyword_hits(index: Index, listings: Sequence[Listing]) -> sparse.csr_matri
             if w >= 0 and per_word[w]:
                 extra_pos += [p] * len(per_word[w])
                 extra_pid += per_word[w]
-    found_pos.append(np.array(extra_pos, dtype=np.int64))
-    found_pid.append(np.array(extra_pid, dtype=np.int64))
-    all_pos = np.concatenate(found_pos)
-    cols = np.concatenate(found_pid)
-    # One entry per (listing, keyword): the best factor wins (a title hit counts 3).
-    return _max_entries(docs[all_pos], cols, factor[all_pos], (len(listings), index.columns))
+    return extra_pos, extra_pid
 
 
 def _max_entries(
@@ -375,8 +389,9 @@ def _positions_of(tokens: Sequence[Token]) -> _Positions:
 
 
 def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> list[Span]:
-    """`match.find`, starting only where the pattern's first stem occurs (or, for a lone
-    `prefix*`, only at the words that start with the prefix)."""
+    """Character spans of every occurrence of `pattern` in `tokens`, looked for only where
+    the pattern's first stem occurs (or, for a lone `prefix*`, only at the words that start
+    with the prefix)."""
     if not pattern.stems:  # a lone `prefix*`
         prefix = pattern.prefix
         assert prefix is not None
@@ -501,6 +516,82 @@ class Scan:
             found = self._row_hits[row] = dict(zip(self.hits.indices[a:b].tolist(),
                                                    self.hits.data[a:b].tolist(), strict=True))
         return found
+
+    def plan(self, profile: Profile) -> list[_TopicPlan]:
+        """A profile's topics with the columns of their keywords, required keywords and
+        followed authors looked up once per digest, not once per item."""
+        index = self.index
+        n_pat = len(index._keys)
+        return [(topic, topic.units,
+                 [(pattern, index.pattern_id(pattern)) for pattern in topic.patterns],
+                 [index.pattern_id(p) for p in topic.require],
+                 [(author.text, n_pat + index.author_id(author.words))
+                  for author in topic.authors])
+                for topic in profile.topics]
+
+    def verdict(self, plan: list[_TopicPlan], row: int,
+                exclude: Sequence[Pattern] = ()) -> Verdict:
+        """How a profile (its `plan`, and its `exclude` keywords) judges one listing, topic by
+        topic, keeping every reason; its `match` is the listing's Match when it matches."""
+        listing, hits = self.listings[row], self.row_hits(row)
+        best_topic: str | None = None
+        best_units = total = 0
+        matched: list[str] = []
+        title_spans: list[Span] = []
+        abstract_spans: list[Span] = []
+        verdicts: list[TopicVerdict] = []
+        for topic, topic_units, keywords, required, authors in plan:
+            found, t_spans, a_spans, score = self._topic_hits(row, keywords, authors)
+            blocked = topic_filter(topic, listing)
+            if blocked is None and found:
+                missing = [p.text for p, pid in zip(topic.require, required, strict=True)
+                           if pid not in hits]
+                if missing:
+                    blocked = ("require: " + ", ".join(repr(m) for m in missing)
+                               + " did not match")
+            if blocked is not None or not found:
+                verdicts.append(TopicVerdict(topic.name, tuple(found), 0.0, blocked))
+                continue
+            score *= topic_units
+            verdicts.append(TopicVerdict(topic.name, tuple(found), score / UNITS))
+            matched += [h.keyword for h in found if h.keyword not in matched]
+            title_spans += t_spans
+            abstract_spans += a_spans
+            total += score
+            if score > best_units:
+                best_topic, best_units = topic.name, score
+        excluded = next((p.text for p in exclude if self.index.pattern_id(p) in hits), None)
+        match = None
+        if best_topic is not None and excluded is None:
+            match = Match(listing, best_topic, total / UNITS, tuple(dict.fromkeys(matched)),
+                          merge_spans(title_spans), merge_spans(abstract_spans))
+        return Verdict(tuple(verdicts), excluded, match)
+
+    def _topic_hits(
+        self, row: int, keywords: list[tuple[Pattern, int]], authors: list[tuple[str, int]],
+    ) -> tuple[list[KeywordHit], list[Span], list[Span], int]:
+        """A topic's keywords and authors found in a listing, where, their spans, and the
+        points in units of the topic's weight (3 for the title or an author, else 1)."""
+        hits = self.row_hits(row)
+        found: list[KeywordHit] = []
+        title_spans: list[Span] = []
+        abstract_spans: list[Span] = []
+        points = 0
+        for pattern, pid in keywords:
+            factor = hits.get(pid)
+            if factor is None:
+                continue
+            in_title, in_abstract = self.spans(row, pid, pattern)
+            points += factor
+            found.append(KeywordHit(
+                pattern.text, ("title",) * bool(in_title) + ("abstract",) * bool(in_abstract)))
+            title_spans += in_title
+            abstract_spans += in_abstract
+        for text, column in authors:
+            if column in hits:
+                points += TITLE_FACTOR
+                found.append(KeywordHit(text, ("authors",)))
+        return found, title_spans, abstract_spans, points
 
     def by_column(self) -> sparse.csc_matrix:
         """The hits by column: which listings each keyword or author hits (made once)."""
@@ -671,7 +762,7 @@ class Selection:
     def _pick(
         self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan]
     ) -> list[tuple[int, int, Match]]:
-        """The digest's (listing row, score, Match), by the rule of `match.select`.
+        """The digest's (listing row, score, Match), by the rule of `match.choose`.
 
         Scoring kept the top `max_items` by score; that is the digest when the subscriber has
         one section and no cap of its own. Otherwise it still holds every section's best item
@@ -795,56 +886,31 @@ class Selection:
         return Section(TRENDING, tuple(picked), trending=True) if picked else None
 
     def _plan(self, profile: Profile) -> list[_TopicPlan]:
-        """A profile's topics with the columns of their keywords, required keywords and
-        followed authors looked up once per digest, not once per item."""
-        index = self.scan.index
-        n_pat = len(index._keys)
-        return [(topic, topic.units,
-                 [(pattern, index.pattern_id(pattern)) for pattern in topic.patterns],
-                 [index.pattern_id(p) for p in topic.require],
-                 [(author.text, n_pat + index.author_id(author.words))
-                  for author in topic.authors])
-                for topic in profile.topics]
+        return self.scan.plan(profile)
 
     def _match(self, plan: list[_TopicPlan], row: int, score: int) -> Match:
         """The Match of a selected listing: best topic, keywords in profile order, spans."""
-        scan = self.scan
-        listing = scan.listings[row]
-        hits = scan.row_hits(row)
-        best_topic: str | None = None
-        best_units = 0
-        matched: list[str] = []
-        title_spans: list[Span] = []
-        abstract_spans: list[Span] = []
-        for topic, topic_units, keywords, required, authors in plan:
-            if topic_filter(topic, listing) is not None:
-                continue
-            if any(pid not in hits for pid in required):
-                continue
-            total = 0
-            names: list[str] = []
-            spans: list[tuple[list[Span], list[Span]]] = []
-            for pattern, pid in keywords:
-                factor = hits.get(pid)
-                if factor is None:
-                    continue
-                total += topic_units * factor
-                names.append(pattern.text)
-                spans.append(scan.spans(row, pid, pattern))
-            for text, column in authors:
-                if column in hits:
-                    total += topic_units * TITLE_FACTOR
-                    names.append(text)
-            if not names:
-                continue
-            for name in names:
-                if name not in matched:
-                    matched.append(name)
-            for in_title, in_abstract in spans:
-                title_spans += in_title
-                abstract_spans += in_abstract
-            if total > best_units:
-                best_topic, best_units = topic.name, total
-        assert best_topic is not None, "a selected listing has a best topic"
-        return Match(listing, best_topic, score / UNITS, tuple(matched),
-                     _merge_spans(title_spans), _merge_spans(abstract_spans))
+        match = self.scan.verdict(plan, row).match
+        assert match is not None and round(match.score * UNITS) == score
+        return match
+
+    def ranked(self, subscriber: Subscriber) -> list[Match]:
+        """Every match among the subscriber's candidates (none excluded), in rank order:
+        what the digest's selection chose from (for `digest explain`)."""
+        profile = compile_profile(subscriber)
+        plan = self._plan(profile)
+        s = self.scan.index.position[subscriber.id]
+        names = {t.name for t in profile.topics}
+        rows = self._hit_by(s, profile, plan, names, set())
+        placed = [(row, total) for row, (name, total)
+                  in zip(rows, self._place(plan, rows), strict=True) if name is not None]
+        placed.sort(key=lambda p: (-p[1], self.scan.rank[p[0]]))
+        return [self._match(plan, row, total) for row, total in placed]
+
+
+def build_digest(
+    subscriber: Subscriber, listings: Iterable[Listing], local_date: date, now: datetime,
+) -> Digest | None:
+    """The digest `subscriber` gets from these candidate listings (all of them candidates),
+    or None if nothing matched: the index over one subscriber."""
+    return Index([subscriber]).scan(listings).digest(subscriber, local_date, now)

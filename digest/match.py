@@ -1,4 +1,5 @@
-"""Pure matching: listings + a subscriber's profile -> the digest's items. No I/O, no clock.
+"""The matching rules, shared by everything that matches: compiled keywords and profiles, the
+topic rules, the selection rule, the rank keys and the sections. Pure: no I/O, no clock.
 
 A keyword is a word or phrase; it matches when its token sequence (see `digest.tokens`)
 occurs contiguously in the title or in the abstract. A trailing `*` makes its last word a
@@ -17,10 +18,9 @@ Rules a topic may add (see the README, "Profiles people can tune"):
 - `min_upvotes`: the listing must have at least this many upvotes (unknown counts as 0).
 
 Scores are kept in integer thousandths of a point (weights are rounded to 0.001), so the
-sum is exact in any order: the shared index (`digest.index`) adds the same numbers in
-another order and must reach the very same digests.
+sum is exact in any order.
 
-Which matches make the digest (`select`): each listing is placed under the topic that scored
+Which matches make the digest (`choose`): each listing is placed under the topic that scored
 it highest (the first such topic on a tie); topics with the same name form one section. Then:
 
 1. every section with matches gets its best item, sections in the order of those items'
@@ -34,8 +34,9 @@ it highest (the first such topic on a tie); topics with the same name form one s
 upvoted candidates that are not already in the digest, whatever their keywords (never an
 excluded one, never one without upvotes), ranked by upvotes, then newest, then id.
 
-This module is the reference implementation; `digest.index` is the fast one for many
-subscribers, and a property test checks that both give identical digests.
+The one matcher is `digest.index`: `send`, `preview`, `explain` and `digest serve`'s previews
+all run it. A straightforward per-listing matcher lives in `tests/oracle_match.py`, and a
+property test checks that both give identical digests.
 """
 
 from __future__ import annotations
@@ -44,11 +45,10 @@ import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import TypeVar
 
-from .models import Digest, Listing, Match, Section, Span, Subscriber
-from .tokens import Token, name_words, names_match, stem, tokenize, words
+from .models import Listing, Match, Section, Span, Subscriber
+from .tokens import Token, name_words, stem, tokenize, words
 
 TITLE_FACTOR = 3
 UNITS = 1000  # scores are integer thousandths of a point
@@ -102,19 +102,6 @@ class Document:
 def document(listing: Listing) -> Document:
     """Tokenise a listing for matching."""
     return Document(listing, tuple(tokenize(listing.title)), tuple(tokenize(listing.abstract)))
-
-
-def find(pattern: Pattern, tokens: Sequence[Token]) -> list[Span]:
-    """Character spans of every occurrence of `pattern` in `tokens`."""
-    spans: list[Span] = []
-    n = pattern.length
-    for i in range(len(tokens) - n + 1):
-        if all(tokens[i + j].stem == s for j, s in enumerate(pattern.stems)) and (
-            pattern.prefix is None
-            or tokens[i + n - 1].folded.startswith(pattern.prefix)
-        ):
-            spans.append((tokens[i].start, tokens[i + n - 1].end))
-    return spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,14 +191,6 @@ def topic_filter(topic: CompiledTopic, listing: Listing) -> str | None:
     return None
 
 
-def excluded_by(profile: Profile, doc: Document) -> str | None:
-    """The first exclude keyword that matches `doc`, if any."""
-    for pattern in profile.exclude:
-        if find(pattern, doc.title) or find(pattern, doc.abstract):
-            return pattern.text
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class KeywordHit:
     """One keyword or followed author that matched, and where: title, abstract, authors."""
@@ -239,79 +218,8 @@ class Verdict:
     match: Match | None
 
 
-def author_hit(author: Author, listing_authors: Sequence[tuple[str, ...]]) -> bool:
-    """Whether a followed author is among a listing's (normalised) author names."""
-    return any(names_match(author.words, a) for a in listing_authors)
-
-
-def explain_document(profile: Profile, doc: Document) -> Verdict:
-    """Judge one listing for one profile, keeping every reason (for `digest explain`)."""
-    listing = doc.listing
-    listing_authors = [name_words(a) for a in listing.authors]
-    best_topic: str | None = None
-    best_topic_units = 0
-    total = 0
-    matched: list[str] = []
-    title_spans: list[Span] = []
-    abstract_spans: list[Span] = []
-    verdicts: list[TopicVerdict] = []
-    for topic in profile.topics:
-        topic_units = 0
-        hits: list[KeywordHit] = []
-        t_spans: list[Span] = []
-        a_spans: list[Span] = []
-        for pattern in topic.patterns:
-            in_title = find(pattern, doc.title)
-            in_abstract = find(pattern, doc.abstract)
-            if not (in_title or in_abstract):
-                continue
-            topic_units += topic.units * (TITLE_FACTOR if in_title else 1)
-            where = ("title",) * bool(in_title) + ("abstract",) * bool(in_abstract)
-            hits.append(KeywordHit(pattern.text, where))
-            t_spans += in_title
-            a_spans += in_abstract
-        for author in topic.authors:
-            if author_hit(author, listing_authors):
-                topic_units += topic.units * TITLE_FACTOR
-                hits.append(KeywordHit(author.text, ("authors",)))
-        blocked = topic_filter(topic, listing)
-        if blocked is None and hits:
-            missing = [p.text for p in topic.require
-                       if not (find(p, doc.title) or find(p, doc.abstract))]
-            if missing:
-                blocked = "require: " + ", ".join(repr(m) for m in missing) + " did not match"
-        if blocked is not None or not hits:
-            verdicts.append(TopicVerdict(topic.name, tuple(hits), 0.0, blocked))
-            continue
-        verdicts.append(TopicVerdict(topic.name, tuple(hits), topic_units / UNITS))
-        for hit in hits:
-            if hit.keyword not in matched:
-                matched.append(hit.keyword)
-        title_spans += t_spans
-        abstract_spans += a_spans
-        total += topic_units
-        if topic_units > best_topic_units:
-            best_topic, best_topic_units = topic.name, topic_units
-    excluded = excluded_by(profile, doc)
-    match = None
-    if best_topic is not None and excluded is None:
-        match = Match(
-            listing=listing,
-            topic=best_topic,
-            score=total / UNITS,
-            keywords=tuple(matched),
-            title_spans=_merge_spans(title_spans),
-            abstract_spans=_merge_spans(abstract_spans),
-        )
-    return Verdict(tuple(verdicts), excluded, match)
-
-
-def match_document(profile: Profile, doc: Document) -> Match | None:
-    """Score one listing for one profile; None when nothing matches or an exclude does."""
-    return explain_document(profile, doc).match
-
-
-def _merge_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
+def merge_spans(spans: Iterable[Span]) -> tuple[Span, ...]:
+    """Sorted spans with overlapping ones joined (highlights never nest)."""
     merged: list[Span] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
@@ -328,16 +236,6 @@ def rank_key(match: Match) -> tuple[float, int, int, float, str]:
     published = -listing.published.toordinal() if listing.published else 1
     seen = -listing.first_seen.timestamp() if listing.first_seen else 1.0
     return (-match.score, -(listing.upvotes or 0), published, seen, listing.id)
-
-
-def select(
-    matches: Iterable[Match], max_items: int, caps: Mapping[str, int] | None = None
-) -> list[Match]:
-    """The digest's matches, in rank order: first each topic's best match (topics in the order
-    of those matches), then the best of the rest, at most `max_items` in all and at most
-    `caps[topic]` of one topic (see the module docstring)."""
-    ranked = sorted(matches, key=rank_key)
-    return [ranked[i] for i in choose([m.topic for m in ranked], max_items, caps or {})]
 
 
 def choose(topics: Sequence[T], max_items: int, caps: Mapping[T, int]) -> list[int]:
@@ -370,19 +268,6 @@ def trending_key(listing: Listing) -> tuple[float, int, int, float, str]:
     return rank_key(Match(listing, TRENDING, 0.0, ()))
 
 
-def trending(
-    candidates: Iterable[Listing], taken: set[str], count: int
-) -> Section | None:
-    """The Trending section: the `count` most upvoted candidates not in `taken`."""
-    if count <= 0:
-        return None
-    pool = [c for c in candidates if c.id not in taken and (c.upvotes or 0) > 0]
-    top = sorted(pool, key=trending_key)[:count]
-    if not top:
-        return None
-    return Section(TRENDING, tuple(Match(c, TRENDING, 0.0, ()) for c in top), trending=True)
-
-
 def group(matches: Sequence[Match]) -> tuple[Section, ...]:
     """Group ranked matches by topic; sections appear in the order of their best item."""
     order: list[str] = []
@@ -393,30 +278,3 @@ def group(matches: Sequence[Match]) -> tuple[Section, ...]:
             by_topic[m.topic] = []
         by_topic[m.topic].append(m)
     return tuple(Section(t, tuple(by_topic[t])) for t in order)
-
-
-def build_digest(
-    subscriber: Subscriber,
-    docs: Iterable[Document],
-    local_date: date,
-    now: datetime,
-    profile: Profile | None = None,
-) -> Digest | None:
-    """The digest `subscriber` gets from the candidate documents, or None if nothing matched."""
-    profile = profile or compile_profile(subscriber)
-    found: list[Match] = []
-    allowed: list[Listing] = []
-    for d in docs:
-        verdict = explain_document(profile, d)
-        if verdict.match is not None:
-            found.append(verdict.match)
-        if verdict.excluded_by is None:
-            allowed.append(d.listing)
-    top = select(found, subscriber.max_items, profile.caps)
-    sections = group(top)
-    extra = trending(allowed, {m.listing.id for m in top}, profile.trending)
-    if extra is not None:
-        sections += (extra,)
-    if not sections:
-        return None
-    return Digest(subscriber, local_date, sections, now)

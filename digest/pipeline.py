@@ -27,18 +27,10 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import batch, delivery, store
-from .config import (
-    AnySource,
-    Settings,
-    is_subscriber_id,
-    load_subscriber,
-    subscriber_files,
-    subscriber_path,
-)
+from . import batch, delivery, store, subscribers
+from .config import AnySource, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, SourceError, printable
-from .match import Document, build_digest, document
-from .models import Digest, Listing, ParseReport, RenderedEmail, Subscriber, digest_key
+from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
 from .render import Links, environment, fit
 from .send import (
     FileSender,
@@ -165,34 +157,15 @@ def local_date(subscriber: Subscriber, now: datetime) -> date:
     return now.astimezone(ZoneInfo(subscriber.timezone)).date()
 
 
-class DocumentCache:
-    """Listings tokenised once per run, shared by every subscriber."""
-
-    def __init__(self) -> None:
-        self._docs: dict[str, Document] = {}
-
-    def documents(self, listings: Iterable[Listing]) -> list[Document]:
-        """The tokenised form of each listing."""
-        out = []
-        for listing in listings:
-            doc = self._docs.get(listing.id)
-            if doc is None or doc.listing != listing:
-                doc = self._docs[listing.id] = document(listing)
-            out.append(doc)
-        return out
-
-
 def build(
     settings: Settings, db: Database, subscriber: Subscriber, now: datetime,
-    cache: DocumentCache | batch.MatchRun | None = None,
+    run: batch.MatchRun | None = None,
 ) -> Digest | None:
-    """The digest `subscriber` would get now, from the store; None if nothing matches."""
-    if isinstance(cache, batch.MatchRun):
-        return cache.digest(subscriber, local_date(subscriber, now))
-    since = now - timedelta(days=subscriber.lookback_days)
-    listings = store.candidates(db, subscriber.id, since)
-    docs = (cache or DocumentCache()).documents(listings)
-    return build_digest(subscriber, docs, local_date(subscriber, now), now)
+    """The digest `subscriber` would get now, from the store; None if nothing matches. The
+    index of `run` when given (`send`), else an index over this one subscriber: the same
+    matcher either way."""
+    run = run or batch.MatchRun(db, [subscriber], now)
+    return run.digest(subscriber, local_date(subscriber, now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +197,16 @@ def preview(
     settings: Settings, db: Database, subscriber_id: str, now: datetime
 ) -> Composed | None:
     """What `subscriber_id` would get if their digest were sent now. Changes nothing."""
-    path = subscriber_path(settings.subscribers.dir, subscriber_id)
-    subscriber = load_subscriber(path, settings.defaults)
+    subscriber = subscribers.load_one(settings.subscribers.dir, settings.defaults,
+                                      subscriber_id)
+    return preview_of(settings, db, subscriber, now)
+
+
+def preview_of(
+    settings: Settings, db: Database, subscriber: Subscriber, now: datetime
+) -> Composed | None:
+    """What `subscriber` would get if their digest were sent now: the matcher, renderer and
+    message builder of `send`, for one subscriber. Changes nothing."""
     digest = build(settings, db, subscriber, now)
     return compose(settings, digest, environment()) if digest else None
 
@@ -299,8 +280,7 @@ def retry_policy(settings: Settings) -> delivery.RetryPolicy:
 def _load(
     settings: Settings, only: list[str] | None, db: Database, now: datetime
 ) -> list[Subscriber | ConfigError]:
-    return list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults, only,
-                                       now))
+    return list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
 
 
 def is_due(subscriber: Subscriber, now: datetime) -> bool:
@@ -871,7 +851,7 @@ def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
     subscribers with no digest yet and ones whose file was removed."""
     latest = store.latest_digests(db)
     # A file whose name is no valid id is no subscriber (`digest validate` says so).
-    ids = {p.stem for p in subscriber_files(settings.subscribers.dir) if is_subscriber_id(p.stem)}
+    ids = {p.stem for p in subscribers.files(settings.subscribers.dir) if is_subscriber_id(p.stem)}
     rows = []
     for sid in sorted(ids | latest.keys()):
         row = latest.get(sid)

@@ -48,9 +48,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import pipeline, store
-from .config import ServerConfig, Settings, is_subscriber_id, iter_subscribers, load_subscriber
-from .errors import ConfigError, DigestError, StoreError, printable
+from .config import ServerConfig, Settings, is_subscriber_id
+from .errors import ConfigError, DigestError, StoreError, UnknownSubscriberError, printable
 from .models import Subscriber
+from .subscribers import load, load_one
 from .unsubscribe import TokenError, require_secret, token_subscriber, verify_token
 
 log = logging.getLogger("digest")
@@ -221,6 +222,14 @@ def _busy() -> HTMLResponse:
                  text="This could not be done right now; nothing was changed.")
 
 
+def _no_such_subscriber(sid: str) -> HTMLResponse:
+    # The id is checked before the file system sees it (a 300-character id would fail there
+    # with "file name too long"); the page says which of the two it was.
+    return _page("error.html", 404, title="Not found", heading="No such subscriber",
+                 text=f"There is no subscriber file for {sid!r}." if is_subscriber_id(sid)
+                 else "That is not a subscriber id.")
+
+
 def _bad_link(reason: str) -> HTMLResponse:
     return _page("error.html", 400, title="Invalid link", heading="This link is not valid",
                  text=f"We could not use this link: {reason}. Nothing was changed.")
@@ -295,10 +304,10 @@ class _Site:
             return _bad_link("it has no token")
         try:
             sid = token_subscriber(token)
-            path = self.folder / f"{sid}.toml"
-            if not path.is_file():
-                raise TokenError("it names a subscriber that does not exist")
-            subscriber = load_subscriber(path, self.settings.defaults)
+            try:
+                subscriber = load_one(self.folder, self.settings.defaults, sid)
+            except UnknownSubscriberError:
+                raise TokenError("it names a subscriber that does not exist") from None
             verify_token(self.secret, token, subscriber.id, subscriber.email)
         except TokenError as exc:
             log.warning("rejected %s token: %s", request.url.path, exc)
@@ -369,7 +378,7 @@ class _Site:
             return closed
         rows = []
         with self.db() as database:
-            for entry in iter_subscribers(self.folder, self.settings.defaults):
+            for entry in load(self.folder, self.settings.defaults):
                 if isinstance(entry, ConfigError):
                     rows.append({"id": printable(entry.path.stem), "error": entry.message})
                     continue
@@ -391,18 +400,15 @@ class _Site:
             return closed
         sid = request.path_params["sid"]
         part = request.path_params.get("part")
-        # The id is checked before the file system sees it (a 300-character id would fail
-        # there with "file name too long").
-        if not is_subscriber_id(sid) or not (self.folder / f"{sid}.toml").is_file() or (
-            part not in (None, "html", "message.eml")
-        ):
-            return _page("error.html", 404, title="Not found", heading="No such subscriber",
-                         text=f"There is no subscriber file for {sid!r}." if is_subscriber_id(
-                             sid) else "That is not a subscriber id.")
         try:
-            subscriber = load_subscriber(self.folder / f"{sid}.toml", self.settings.defaults)
+            if part not in (None, "html", "message.eml"):
+                return _no_such_subscriber(sid)
+            subscriber = load_one(self.folder, self.settings.defaults, sid)
             with self.db() as database:
-                return pipeline.preview(self.settings, database, sid, self.now()), subscriber
+                composed = pipeline.preview_of(self.settings, database, subscriber, self.now())
+                return composed, subscriber
+        except UnknownSubscriberError:
+            return _no_such_subscriber(sid)
         except StoreError:
             raise
         except DigestError as exc:

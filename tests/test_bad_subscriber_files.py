@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from digest import store
-from digest.config import is_subscriber_id, iter_subscribers, load_settings
+from digest.config import is_subscriber_id, load_settings
+from digest.subscribers import load as iter_subscribers
 
 from .conftest import ADA, Project
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from email import message_from_bytes, policy
@@ -12,13 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from digest import batch, pipeline, store
+from digest import batch, pipeline, store, subscribers
 from digest.cli import cli
 from digest.config import load_settings
-from digest.match import Match
-from digest.models import Digest, Listing, Section
+from digest.models import Digest, Listing, Match, Section
 from tests import outbox_support as outbox
 from tests.conftest import Project, SmtpServer
+from tests.oracle_match import store_digest
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -78,8 +79,8 @@ def eve(project: Project) -> Project:
     store.upsert_listings(db, [i for i in items if i.id == "old"], NOW - dt.timedelta(days=5))
     # A digest sent yesterday held "sent".
     settings = load_settings(project.config)
-    subscriber = next(s for s in batch.load_subscribers(db, project.subscribers,
-                                                        settings.defaults, ["eve"]))
+    subscriber = next(s for s in subscribers.load(project.subscribers, settings.defaults,
+                                                  db, ["eve"]))
     assert not isinstance(subscriber, Exception)
     sent = store.get_listing(db, "sent")
     assert sent is not None
@@ -203,8 +204,9 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     subscribers = [e for e in entries if not isinstance(e, Exception)]
     run = batch.MatchRun(db, subscribers, NOW)
     for s in subscribers:
-        reference = pipeline.build(settings, db, s, NOW)
+        reference = store_digest(db, s, pipeline.local_date(s, NOW), NOW)
         assert run.digest(s, pipeline.local_date(s, NOW)) == reference
+        assert pipeline.build(settings, db, s, NOW) == reference
         assert reference is not None
     report = pipeline.send(settings, db, NOW)
     assert report.count("sent") == 3
@@ -227,7 +229,7 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     run = batch.MatchRun(db, subscribers, later)
     for s in subscribers:
         digest = run.digest(s, pipeline.local_date(s, later))
-        assert digest == pipeline.build(settings, db, s, later)
+        assert digest == store_digest(db, s, pipeline.local_date(s, later), later)
         sent = set(store.sent_listing_ids(db, f"{s.id}/{pipeline.local_date(s, NOW)}"))
         assert digest is None or not sent & {m.listing.id for m in digest.matches}
 
@@ -236,7 +238,7 @@ def test_unchanged_subscriber_files_are_not_validated_again(project: Project) ->
     settings = load_settings(project.config)
     db = store.open_db(settings.store.path)
     folder, defaults = settings.subscribers.dir, settings.defaults
-    first = list(batch.load_subscribers(db, folder, defaults, now=NOW))
+    first = list(subscribers.load(folder, defaults, db, now=NOW))
     assert [s.id for s in first if not isinstance(s, Exception)] == ["ada", "grace"]
     assert len(store.cached_subscribers(db)) == 2
     # Tamper with the cached data: a run that read it (instead of the file) shows it.
@@ -244,18 +246,18 @@ def test_unchanged_subscriber_files_are_not_validated_again(project: Project) ->
     digest, data = store.cached_subscribers(db)[path]
     changed = json.loads(data) | {"name": "From the cache"}
     store.cache_subscribers(db, [(path, digest, json.dumps(changed))], [], NOW)
-    again = {s.id: s for s in batch.load_subscribers(db, folder, defaults, now=NOW)
+    again = {s.id: s for s in subscribers.load(folder, defaults, db, now=NOW)
              if not isinstance(s, Exception)}
     assert again["ada"].name == "From the cache"
     # Any change to the file's bytes means validating it again.
     with (project.subscribers / "ada.toml").open("a", encoding="utf-8") as fh:
         fh.write("\n# edited\n")
-    again = {s.id: s for s in batch.load_subscribers(db, folder, defaults, now=NOW)
+    again = {s.id: s for s in subscribers.load(folder, defaults, db, now=NOW)
              if not isinstance(s, Exception)}
     assert again["ada"].name == "Ada Lovelace"
     # Defaults are applied after the cache: changing them needs no revalidation.
-    later = list(batch.load_subscribers(db, folder, defaults.model_copy(update={"max_items": 3}),
-                                        now=NOW))
+    later = list(subscribers.load(folder, defaults.model_copy(update={"max_items": 3}), db,
+                                  now=NOW))
     assert {s.max_items for s in later if not isinstance(s, Exception)} == {3}
 
 
@@ -265,15 +267,15 @@ def test_a_bad_file_is_reported_and_never_cached(project: Project) -> None:
     project.subscriber("bad", 'name = "B"\nemail = "not an address"\n[[topics]]\nname = "T"\n'
                               'keywords = ["x"]\n')
     for _ in range(2):
-        entries = list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults,
-                                              now=NOW))
+        entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db,
+                                        now=NOW))
         errors = [e for e in entries if isinstance(e, Exception)]
         assert len(errors) == 1 and "bad.toml: email:" in str(errors[0])
         assert len(entries) == 3
     assert str((project.subscribers / "bad.toml").resolve()) not in store.cached_subscribers(db)
     os.remove(project.subscribers / "bad.toml")
     (project.subscribers / "grace.toml").unlink()
-    list(batch.load_subscribers(db, settings.subscribers.dir, settings.defaults, now=NOW))
+    list(subscribers.load(settings.subscribers.dir, settings.defaults, db, now=NOW))
     assert [Path(p).name for p in store.cached_subscribers(db)] == ["ada.toml"]
 
 
@@ -307,5 +309,31 @@ def test_index_candidates_follow_the_store_after_refused_and_failed_sends(
                        if not isinstance(e, Exception)]
         run = batch.MatchRun(db, subscribers, later)
         for s in subscribers:
-            assert run.digest(s, pipeline.local_date(s, later)) == pipeline.build(
-                settings, db, s, later)
+            assert run.digest(s, pipeline.local_date(s, later)) == store_digest(
+                db, s, pipeline.local_date(s, later), later)
+
+
+def test_the_cache_key_follows_the_schema_and_the_version(project: Project) -> None:
+    """No constant to bump by hand: a new field, a changed rule (a new version) or any
+    change to the subscriber file's schema means every file is validated again."""
+    from digest import __version__
+    from digest.config import SubscriberFile
+
+    schema = SubscriberFile.model_json_schema()
+    assert subscribers.CACHE_KEY == subscribers.cache_key(schema, __version__)
+    assert subscribers.cache_key(schema, __version__ + ".post1") != subscribers.CACHE_KEY
+    changed = json.loads(json.dumps(schema))
+    changed["properties"]["new_field"] = {"type": "string"}
+    assert subscribers.cache_key(changed, __version__) != subscribers.CACHE_KEY
+    # A cached entry made under another key is validated again, not trusted.
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    list(subscribers.load(settings.subscribers.dir, settings.defaults, db, now=NOW))
+    path = str((project.subscribers / "ada.toml").resolve())
+    raw = (project.subscribers / "ada.toml").read_bytes()
+    stale = hashlib.sha256(b"another key\n" + raw).hexdigest()
+    data = json.loads(store.cached_subscribers(db)[path][1]) | {"name": "Stale"}
+    store.cache_subscribers(db, [(path, stale, json.dumps(data))], [], NOW)
+    again = {s.id: s for s in subscribers.load(settings.subscribers.dir, settings.defaults, db,
+                                               now=NOW) if not isinstance(s, Exception)}
+    assert again["ada"].name == "Ada Lovelace"

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import DefaultsConfig, iter_subscribers, load_settings, load_subscriber
+from digest.config import DefaultsConfig, load_settings
 from digest.errors import ConfigError
+from digest.subscribers import load as iter_subscribers
+from digest.subscribers import load_file as load_subscriber
 from tests.conftest import REPO, Project
 
 GOOD = """

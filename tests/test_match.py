@@ -4,16 +4,12 @@ import datetime as dt
 
 import pytest
 
-from digest.match import (
-    build_digest,
-    compile_keyword,
-    compile_profile,
-    document,
-    find,
-    match_document,
-)
-from digest.models import Listing, Subscriber, Topic
+from digest.index import build_digest as index_digest
+from digest.match import compile_keyword, compile_profile, document
+from digest.models import Digest, Listing, Subscriber, Topic
 from tests.conftest import NOW
+from tests.oracle_match import build_digest as oracle_digest
+from tests.oracle_match import find, match_document
 
 
 def listing(title: str, abstract: str = "An abstract about nothing in particular.", *,
@@ -27,6 +23,16 @@ def subscriber(*topics: Topic, exclude: tuple[str, ...] = (), max_items: int = 1
     return Subscriber(id="s", name="S", email="s@example.org", timezone="UTC",
                       send_at=dt.time(7), max_items=max_items, lookback_days=7,
                       topics=topics, exclude=exclude)
+
+
+def build_digest(sub: Subscriber, docs: list[object], day: dt.date,
+                 now: dt.datetime) -> Digest | None:
+    """The library's digest, checked against the oracle's."""
+    listings = [d.listing for d in docs]  # type: ignore[attr-defined]
+    expected = oracle_digest(sub, [document(li) for li in listings], day, now)
+    got = index_digest(sub, listings, day, now)
+    assert got == expected
+    return got
 
 
 def hits(keyword: str, text: str) -> bool:

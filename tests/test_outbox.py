@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from digest import cli, delivery, pipeline, store
-from digest.config import Settings, load_settings, load_subscriber
+from digest.config import Settings, load_settings
+from digest.subscribers import load_file as load_subscriber
 
 from .conftest import PASSWORD, USER, Project, SmtpServer
 from .delivery_support import FaultServer, FaultSink, fault_server, prepare, smtp_config

@@ -12,12 +12,12 @@ from tests.conftest import REPO
 
 PROBE = """
 import datetime as dt, digest, digest.render as r
-from digest.match import build_digest, document
+from digest.index import build_digest
 from digest.models import Listing, Subscriber, Topic
 now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 sub = Subscriber(id="a", name="A", email="a@example.org", timezone="UTC", send_at=dt.time(7),
                  max_items=3, lookback_days=7, topics=(Topic("T", ("pruning",)),))
-d = build_digest(sub, [document(Listing(id="x", title="Pruning", abstract="pruning"))],
+d = build_digest(sub, [Listing(id="x", title="Pruning", abstract="pruning")],
                  now.date(), now)
 out = r.render(d, r.Links("mailto:x@example.org"), r.environment())
 print(digest.__file__)

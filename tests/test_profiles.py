@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import DefaultsConfig, load_subscriber
+from digest.config import DefaultsConfig
 from digest.errors import ConfigError
-from digest.index import Index
-from digest.match import build_digest, document
+from digest.index import Index, build_digest
 from digest.models import Listing, Subscriber, Topic
+from digest.subscribers import load_file as load_subscriber
 from digest.tokens import name_words, names_match
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -31,7 +31,7 @@ def listing(lid: str, title: str, abstract: str = "", **kw: object) -> Listing:
 
 def ids(subscriber: Subscriber, items: list[Listing]) -> list[str]:
     """The digest's listing ids, checked against the shared index on the way."""
-    digest = build_digest(subscriber, [document(i) for i in items], DAY, NOW)
+    digest = build_digest(subscriber, items, DAY, NOW)
     assert Index([subscriber]).scan(items).digest(subscriber, DAY, NOW) == digest
     return [m.listing.id for m in digest.matches] if digest else []
 
@@ -48,7 +48,7 @@ def test_require_needs_every_required_keyword() -> None:
 
 def test_require_gates_but_does_not_score() -> None:
     s = sub(Topic("T", ("diffusion",), require=("video",)))
-    digest = build_digest(s, [document(listing("a", "Video diffusion"))], DAY, NOW)
+    digest = build_digest(s, [listing("a", "Video diffusion")], DAY, NOW)
     assert digest is not None
     assert digest.matches[0].score == 3.0
     assert digest.matches[0].keywords == ("diffusion",)
@@ -87,7 +87,7 @@ def test_authors_score_like_a_title_match_and_show_the_name() -> None:
         listing("b", "Other work", authors=("Yann A. Smith",)),
         listing("c", "More", authors=("yann lecun",)),
     ]
-    digest = build_digest(s, [document(i) for i in items], DAY, NOW)
+    digest = build_digest(s, items, DAY, NOW)
     assert digest is not None
     assert [(m.listing.id, m.score, m.keywords) for m in digest.matches] == [
         ("a", 12.0, ("Y. LeCun", "José García")),
@@ -114,7 +114,7 @@ def test_categories_and_min_upvotes_filter_a_topic() -> None:
 
 def test_a_filtered_topic_does_not_stop_another_topic() -> None:
     s = sub(Topic("Strict", ("graph",), min_upvotes=100), Topic("Loose", ("graph",)))
-    digest = build_digest(s, [document(listing("a", "Graph", upvotes=1))], DAY, NOW)
+    digest = build_digest(s, [listing("a", "Graph", upvotes=1)], DAY, NOW)
     assert digest is not None
     assert (digest.matches[0].topic, digest.matches[0].score) == ("Loose", 3.0)
 
@@ -129,7 +129,7 @@ def test_trending_holds_the_most_upvoted_listings_not_already_in_the_digest() ->
         listing("cold", "Unrelated", upvotes=0),
         listing("unknown", "Unrelated"),
     ]
-    digest = build_digest(s, [document(i) for i in items], DAY, NOW)
+    digest = build_digest(s, items, DAY, NOW)
     assert digest is not None
     topics, trending = digest.sections
     assert [m.listing.id for m in topics.matches] == ["match1"]
@@ -147,7 +147,7 @@ def test_trending_alone_makes_a_digest() -> None:
 
 def test_weights_are_exact_thousandths() -> None:
     s = sub(Topic("A", ("graph",), weight=0.1), Topic("B", ("graph",), weight=0.2))
-    digest = build_digest(s, [document(listing("a", "x", "graph"))], DAY, NOW)
+    digest = build_digest(s, [listing("a", "x", "graph")], DAY, NOW)
     assert digest is not None
     assert digest.matches[0].score == 0.3  # 0.1 + 0.2 in floats would be 0.30000000000000004
 
@@ -225,7 +225,7 @@ def test_phrase_edge_cases(keywords: tuple[str, ...], title: str, abstract: str,
     s = sub(Topic("T", keywords))
     item = listing("a", title, abstract)
     assert ids(s, [item]) == ["a"]
-    digest = build_digest(s, [document(item)], DAY, NOW)
+    digest = build_digest(s, [item], DAY, NOW)
     assert digest is not None and digest.matches[0].score == score
 
 
@@ -249,7 +249,7 @@ def test_every_topic_with_matches_gets_a_slot() -> None:
     items = [listing(f"m{i}", f"Diffusion {i}", upvotes=10) for i in range(8)]
     items += [listing("b", "x", "graph"), listing("c", "Parsing"), listing("d", "x", "pruning"),
               listing("d2", "x", "pruning", upvotes=3)]
-    digest = build_digest(s, [document(i) for i in items], DAY, NOW)
+    digest = build_digest(s, items, DAY, NOW)
     assert digest is not None
     # Each topic's best item, topics in the order of those items' scores (ties by upvotes);
     # E has no match and no section.
@@ -268,7 +268,7 @@ def test_a_topic_max_items_caps_its_section_and_a_cut_item_is_not_moved() -> Non
     items.append(listing("b", "x", "graph"))
     # m2.. also match B, but Main scored them highest: cut, not shown under B.
     assert ids(s, items) == ["m0", "m1", "b"]
-    digest = build_digest(s, [document(i) for i in items], DAY, NOW)
+    digest = build_digest(s, items, DAY, NOW)
     assert digest is not None and [sec.topic for sec in digest.sections] == ["Main", "B"]
     # Topics with the same name are one section; the smallest cap of theirs holds.
     twice = sub(Topic("Main", ("diffusion",), max_items=3), Topic("Main", ("graph",),

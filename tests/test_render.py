@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digest import render as rendering
-from digest.match import build_digest, document
+from digest.index import build_digest
 from digest.models import Digest, Listing, Subscriber, Topic
 from digest.render import Links, environment, excerpt, render, subject_for, wrap_text
 from tests.conftest import NOW
@@ -19,7 +19,7 @@ def digest_of(listings: list[Listing], name: str = "Ada <b>Lovelace</b>") -> Dig
     sub = Subscriber(id="ada", name=name, email="ada@example.org", timezone="UTC",
                      send_at=dt.time(7), max_items=25, lookback_days=7,
                      topics=(Topic("Pruning & <co>", ("pruning",)), Topic("Cache", ("kv cache",))))
-    digest = build_digest(sub, [document(x) for x in listings], NOW.date(), NOW)
+    digest = build_digest(sub, listings, NOW.date(), NOW)
     assert digest is not None
     return digest
 
@@ -59,7 +59,7 @@ def test_matched_keywords_from_a_subscriber_file_are_escaped() -> None:
                      send_at=dt.time(7), max_items=5, lookback_days=7,
                      topics=(Topic("T", ("pruning & <co>", "'quoted\" words")),))
     item = Listing(id="k", title="Pruning & co", abstract="On 'quoted\" words.")
-    d = build_digest(sub, [document(item)], NOW.date(), NOW)
+    d = build_digest(sub, [item], NOW.date(), NOW)
     assert d is not None
     rendered = render(d, Links("mailto:x@example.org"), environment())
     assert "Matched: pruning &amp; &lt;co&gt;, &#39;quoted&#34; words" in rendered.html

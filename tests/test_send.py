@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from digest.config import DeliveryConfig, SmtpConfig, _check_email
 from digest.errors import FatalSendError, PermanentSendError, SendError, TransientSendError
-from digest.match import build_digest, document
+from digest.index import build_digest
 from digest.mime import fold_field
 from digest.models import Digest, Listing, RenderedEmail, Subscriber, Topic
 from digest.send import (
@@ -36,7 +36,7 @@ DELIVERY = DeliveryConfig.model_validate({"from": "Paper Digest <digest@example.
 def digest_for(name: str = "Ada Lovelace", email: str = "ada@example.org") -> Digest:
     sub = Subscriber(id="ada", name=name, email=email, timezone="UTC", send_at=dt.time(7),
                      max_items=5, lookback_days=7, topics=(Topic("P", ("pruning",)),))
-    digest = build_digest(sub, [document(Listing(id="x", title="Pruning", abstract="a"))],
+    digest = build_digest(sub, [Listing(id="x", title="Pruning", abstract="a")],
                           NOW.date(), NOW)
     assert digest is not None
     return digest

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from digest import store
 from digest.config import AnySource
-from digest.match import build_digest, document
+from digest.index import build_digest
 from digest.models import AUTHORITY, Listing, ParseReport, Subscriber, Topic
 from digest.sources import read_source
 from digest.sources.feed import feed_item
@@ -287,7 +287,7 @@ def test_following_a_biorxiv_author_works(loopback: Loopback) -> None:
     paper = replace(paper, first_seen=NOW)
     s = Subscriber("s", "S", "s@example.org", "UTC", dt.time(7), 10, 7,
                    (Topic("People", (), authors=("S. Khetani",)),))
-    digest = build_digest(s, [document(paper)], NOW.date(), NOW)
+    digest = build_digest(s, [paper], NOW.date(), NOW)
     assert digest is not None and digest.matches[0].keywords == ("S. Khetani",)
 
 

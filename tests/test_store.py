@@ -8,7 +8,7 @@ import pytest
 from sqlite_utils import Database
 
 from digest import store
-from digest.match import build_digest, document
+from digest.index import build_digest
 from digest.migrations import migrations
 from digest.models import Listing, Subscriber, Topic
 from tests import outbox_support as outbox
@@ -70,8 +70,8 @@ def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
     store.upsert_listings(db, [make("a"), make("b")], NOW)
     since = NOW - dt.timedelta(days=7)
     assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
-    digest = build_digest(SUB, [document(c) for c in store.candidates(db, "ada", since)
-                                if c.id == "a"], NOW.date(), NOW)
+    digest = build_digest(SUB, [c for c in store.candidates(db, "ada", since) if c.id == "a"],
+                          NOW.date(), NOW)
     assert digest is not None
     outbox.legacy_sending(db, digest, "<m@x>", "subj", NOW)
     # In flight without stored bytes is not yet sent: still a candidate if the send fails.

@@ -24,6 +24,7 @@ import uvicorn
 from digest import pipeline, store
 from digest.config import load_settings
 from digest.render import environment
+from digest.subscribers import load_file
 from digest.unsubscribe import make_token
 from digest.web import create_app
 
@@ -189,8 +190,8 @@ def test_preview_click_through_shows_the_message_as_sent(project: Project, serve
         settings = load_settings(project.config)
         expected = pipeline.compose(
             settings, pipeline.build(settings, store.open_db(project.db_path),
-                                     pipeline.load_subscriber(project.subscribers / "ada.toml",
-                                                              settings.defaults), NOW),
+                                     load_file(project.subscribers / "ada.toml",
+                                               settings.defaults), NOW),
             environment())
         assert expected.rendered.subject in headers
         for name in ("List-Unsubscribe", "List-Unsubscribe-Post", "List-Id", "Message-ID"):
