@@ -195,6 +195,11 @@ def _check_http_url(value: str) -> str:
 
 SourceName = Annotated[str, AfterValidator(_check_source_name)]
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+# A source's own overall deadline, shared by every source type that fetches over HTTP.
+SourceTimeout = Annotated[float | None, Field(
+    gt=0, le=86400,
+    description="Most seconds this source may take in all; default [http] source_timeout.",
+)]
 
 
 class HfPageSource(_Strict):
@@ -220,10 +225,7 @@ class HfDailySource(_Strict):
         description="Fetch the papers of this many dates (UTC), today and the days before.",
     )
     limit: int = Field(100, ge=1, le=1000, description="Most papers asked for per date.")
-    timeout: float | None = Field(
-        None, gt=0, le=86400,
-        description="Most seconds this source may take in all; default [http] source_timeout.",
-    )
+    timeout: SourceTimeout = None
 
 
 class ArxivSource(_Strict):
@@ -252,10 +254,7 @@ class ArxivSource(_Strict):
         None, ge=1, le=365,
         description="With `query`: stop paging at entries older than this many days.",
     )
-    timeout: float | None = Field(
-        None, gt=0, le=86400,
-        description="Most seconds this source may take in all; default [http] source_timeout.",
-    )
+    timeout: SourceTimeout = None
 
     @model_validator(mode="after")
     def _one_mode(self) -> ArxivSource:
@@ -275,10 +274,7 @@ class FeedSource(_Strict):
         description="'title': items with the same normalised title are one listing, across "
         "sources; 'link': each item is its own listing, keyed by its guid or link.",
     )
-    timeout: float | None = Field(
-        None, gt=0, le=86400,
-        description="Most seconds this source may take in all; default [http] source_timeout.",
-    )
+    timeout: SourceTimeout = None
 
 
 class JsonlSource(_Strict):
@@ -293,10 +289,7 @@ class JsonlSource(_Strict):
         description="'title': lines without an id or arXiv id are keyed by their title; "
         "'link': by their id or url.",
     )
-    timeout: float | None = Field(
-        None, gt=0, le=86400,
-        description="Most seconds this source may take in all; default [http] source_timeout.",
-    )
+    timeout: SourceTimeout = None
 
     @model_validator(mode="after")
     def _one_place(self) -> JsonlSource:
