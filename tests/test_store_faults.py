@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,18 @@ def _run(project: Project, args: list[str], wrap: list[str] | None = None,
                           check=False, preexec_fn=preexec)
 
 
+def _run_all(project: Project, commands: list[list[str]], wrap: list[str] | None = None
+             ) -> list[subprocess.CompletedProcess[str]]:
+    """Each command against the same broken store, two at a time (none can change a store it
+    cannot open), results in the order given; `run.args` is the digest command alone."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(lambda args: _run(project, args, wrap=wrap), commands))
+    for run, args in zip(runs, commands, strict=True):
+        if wrap:
+            run.args = args
+    return runs
+
+
 def _one_line(run: subprocess.CompletedProcess[str], db_path: Path, *words: str) -> None:
     where = (run.args, run.stderr[-3000:])
     assert run.returncode == 1, where
@@ -77,8 +90,8 @@ def test_a_corrupted_store(project: Project) -> None:
     db_path = _fetched(project)
     _remove(db_path)
     db_path.write_bytes(os.urandom(64 * 1024))
-    for args in COMMANDS:
-        _one_line(_run(project, args), db_path, "not a SQLite database")
+    for run in _run_all(project, COMMANDS):
+        _one_line(run, db_path, "not a SQLite database")
 
 
 def test_a_store_whose_header_is_fine_but_pages_are_damaged(project: Project) -> None:
@@ -94,15 +107,15 @@ def test_a_store_whose_header_is_fine_but_pages_are_damaged(project: Project) ->
 def test_a_folder_where_the_store_should_be(project: Project) -> None:
     db_path = load_settings(project.config).store.path
     db_path.mkdir(parents=True)
-    for args in SOME:
-        _one_line(_run(project, args), db_path, "it is a folder")
+    for run in _run_all(project, SOME):
+        _one_line(run, db_path, "it is a folder")
 
 
 def test_a_store_whose_folder_cannot_be_made(project: Project) -> None:
     (project.root / "var").write_text("a file, not a folder")
     db_path = load_settings(project.config).store.path
-    for args in SOME:
-        _one_line(_run(project, args), db_path, "cannot create", "var is a file")
+    for run in _run_all(project, SOME):
+        _one_line(run, db_path, "cannot create", "var is a file")
 
 
 def _limit_file_size(limit: int) -> Callable[[], None]:
@@ -161,9 +174,7 @@ def test_a_full_disk_for_real(project: Project) -> None:
     var.mkdir()
     wrap = ["unshare", "-m", "sh", "-c",
             f"mount -t tmpfs -o size=256k tmpfs '{var}' && exec"]
-    for args in SOME:
-        run = _run(project, args, wrap=wrap)
-        run.args = args
+    for run in _run_all(project, SOME, wrap=wrap):
         _one_line(run, db_path, "the disk is full")
 
 
@@ -183,10 +194,7 @@ def test_a_read_only_store(project: Project) -> None:
     else:
         pytest.skip("running as root without mount namespaces: nothing is read-only")
     try:
-        for args in COMMANDS:
-            run = _run(project, args, wrap=wrap)
-            if wrap:
-                run.args = args
+        for run in _run_all(project, COMMANDS, wrap=wrap):
             _one_line(run, db_path)
             assert "read-only" in run.stderr.lower() or "cannot open" in run.stderr, run.stderr
     finally:
