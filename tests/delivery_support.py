@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 from collections import deque
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest import store
 from digest.models import Listing
@@ -38,6 +41,19 @@ send_at = "{send_at}"
 name = "Quantization"
 keywords = ["quantization"]
 """
+
+
+def write_rsa_key(path: Path) -> bytes:
+    """A new RSA-2048 DKIM key written as PEM to `path`; returns the DNS TXT record that
+    would publish it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 def add_subscriber(project: Project, sid: str, *, tz: str = "UTC",

@@ -3,7 +3,6 @@ printable UTF-8 parts, no header injection, and a low SpamAssassin score."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import re
 import shutil
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest import pipeline, store
 from digest.config import load_settings
@@ -22,6 +19,7 @@ from digest.errors import ConfigError
 from digest.render import environment
 
 from .conftest import REPO, Project
+from .delivery_support import write_rsa_key
 from .samples import HOSTILE_TITLES, NOW, digest, subscriber
 
 SECRET = "test-secret-0123456789"
@@ -30,15 +28,8 @@ SECRET = "test-secret-0123456789"
 @pytest.fixture
 def dkim_key(tmp_path: Path) -> tuple[Path, bytes]:
     """An RSA key in a file and the DNS TXT record that would publish it."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path / "keys" / "dkim.pem"
-    path.parent.mkdir()
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    return path, write_rsa_key(path)
 
 
 def configured(project: Project, monkeypatch: pytest.MonkeyPatch, dkim_on: bool = True) -> None:

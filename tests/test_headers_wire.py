@@ -5,7 +5,6 @@ text we were given."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
 from email import message_from_bytes, policy
@@ -16,8 +15,6 @@ from email.utils import format_datetime
 import dkim
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digest import pipeline, store
 from digest.cli import cli
@@ -31,6 +28,7 @@ from digest.send import REQUIRED_FIELDS, WIRE_FIELDS, Outgoing, SmtpSender, chec
 
 from . import oracle
 from .conftest import Project, SmtpServer
+from .delivery_support import write_rsa_key
 from .samples import NOW, digest, subscriber
 
 SECRET = "test-secret-0123456789"
@@ -41,15 +39,7 @@ PATHS = ["fast", "reference"]
 @pytest.fixture
 def dkim_record(project: Project) -> bytes:
     """An RSA key in the project's keys/dkim.pem; returns its DNS TXT record."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path = project.root / "keys" / "dkim.pem"
-    path.parent.mkdir()
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    return write_rsa_key(project.root / "keys" / "dkim.pem")
 
 
 def configure(project: Project, monkeypatch: pytest.MonkeyPatch, server: SmtpServer,
