@@ -185,3 +185,17 @@ def m08_subscriber_cache(db: Database) -> None:
         pk="path",
         not_null={"sha256", "data", "cached_at"},
     )
+
+
+@migrations()
+def m13_feedback(db: Database) -> None:
+    """What each reader said of a listing: "more like this" or "less like this". One row per
+    (subscriber, listing), the latest click wins. The foreign key to listings lets a
+    re-keyed listing carry its feedback along (`store._move_references`)."""
+    db.table("feedback").create(
+        {"subscriber_id": str, "listing_id": str, "verdict": str, "at": str, "via": str},
+        pk=("subscriber_id", "listing_id"),
+        not_null={"verdict", "at"},
+        foreign_keys=[("listing_id", "listings", "id")],
+    )
+    db.table("feedback").create_index(["listing_id"])

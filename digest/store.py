@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlite_utils import Database
 
@@ -899,6 +899,83 @@ def is_unsubscribed(db: Database, subscriber_id: str) -> bool:
         "select state from subscriptions where subscriber_id = ?", [subscriber_id]
     ).fetchone()
     return bool(row and row[0] == "unsubscribed")
+
+
+# --- feedback -------------------------------------------------------------------------------
+
+Verdict = Literal["more", "less"]
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One reader's verdict on one listing ("more like this" / "less like this")."""
+
+    listing_id: str
+    verdict: Verdict
+    at: datetime
+
+
+def record_feedback(
+    db: Database, subscriber_id: str, listing_id: str, verdict: Verdict, now: datetime, via: str
+) -> bool:
+    """Record a verdict (the latest replaces an earlier one on the same listing); returns
+    whether anything changed, so a replayed click records nothing new. An unknown listing
+    id is refused with ValueError: feedback always names a listing the store holds."""
+    if verdict not in ("more", "less"):
+        raise ValueError(f"feedback verdict must be 'more' or 'less', not {verdict!r}")
+    with write_transaction(db):
+        current = _resolve(db, listing_id)
+        if current is None:
+            raise ValueError("feedback names a listing the store does not hold")
+        row = db.execute(
+            "select verdict from feedback where subscriber_id = ? and listing_id = ?",
+            [subscriber_id, current],
+        ).fetchone()
+        if row and row[0] == verdict:
+            return False
+        db.execute(
+            "insert or replace into feedback (subscriber_id, listing_id, verdict, at, via)"
+            " values (?, ?, ?, ?, ?)", [subscriber_id, current, verdict, timestamp(now), via])
+    return True
+
+
+def clear_feedback(db: Database, subscriber_id: str, listing_id: str) -> bool:
+    """Forget a reader's verdict on a listing; returns whether there was one."""
+    with write_transaction(db):
+        cursor = db.execute(
+            "delete from feedback where subscriber_id = ? and listing_id = ?",
+            [subscriber_id, listing_id],
+        )
+    return cursor.rowcount > 0
+
+
+def feedback(
+    db: Database, subscriber_ids: Iterable[str] | None = None
+) -> dict[str, list[Feedback]]:
+    """Every verdict, by subscriber id, newest first; only those of `subscriber_ids` when
+    given. One query for all subscribers: ranking reads it once per run."""
+    sql = "select subscriber_id, listing_id, verdict, at from feedback"
+    args: list[str] = []
+    if subscriber_ids is not None:
+        args = sorted(set(subscriber_ids))
+        if not args:
+            return {}
+        sql += f" where subscriber_id in ({', '.join('?' * len(args))})"
+    out: dict[str, list[Feedback]] = {}
+    for sid, lid, verdict, at in db.execute(sql + " order by subscriber_id, at desc, listing_id",
+                                            args):
+        out.setdefault(sid, []).append(
+            Feedback(lid, verdict, datetime.fromisoformat(at).replace(tzinfo=UTC)))
+    return out
+
+
+def _resolve(db: Database, listing_id: str) -> str | None:
+    """The current id of a listing named by its id or by an id it had before re-keying."""
+    if db.execute("select 1 from listings where id = ?", [listing_id]).fetchone():
+        return listing_id
+    row = db.execute("select listing_id from listing_aliases where alias = ?",
+                     [listing_id]).fetchone()
+    return str(row[0]) if row else None
 
 
 # --- matching at scale ----------------------------------------------------------------------

@@ -220,3 +220,16 @@ def test_paper_sent_under_title_id_is_not_sent_again_after_rekeying(
     assert outcomes["ben"].status == "sent"
     assert "2405.00451" in store.sent_listing_ids(db, "ben/2026-11-26")
     assert outcomes["ada"].status == "no-matches"
+
+
+def test_feedback_follows_a_listing_that_is_rekeyed(tmp_path: Path) -> None:
+    db = db_at(tmp_path)
+    old = title_only()
+    store.upsert_listings(db, [old], NOW)
+    store.record_feedback(db, "ada", old.id, "more", NOW, "web")
+    store.upsert_listings(db, [arxiv()], NOW + dt.timedelta(hours=1))
+    assert [f.listing_id for f in store.feedback(db)["ada"]] == ["2405.00332"]
+    # A click on a link made before re-keying still lands on the listing.
+    assert store.record_feedback(db, "ada", old.id, "less", NOW + dt.timedelta(hours=2), "web")
+    assert [(f.listing_id, f.verdict) for f in store.feedback(db)["ada"]] == [
+        ("2405.00332", "less")]

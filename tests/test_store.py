@@ -203,7 +203,7 @@ def test_latest_digests_is_each_subscribers_newest_without_reading_the_history(
 # moving, renaming or dropping one in digest/migrations.py must fail here first.
 APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr",
                  "m12_listing_ranks", "m09_outbox_messages", "m10_sent_message_retention",
-                 "m05_unsubscribes", "m08_subscriber_cache"]
+                 "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
@@ -223,3 +223,30 @@ def test_a_store_that_applied_every_migration_is_left_alone(tmp_path: Path) -> N
     db = store.open_db(path)
     assert list(db.query("select * from _sqlite_migrations order by rowid")) == before
     assert list(db.query("select sql from sqlite_master order by name")) == schema
+
+
+def test_feedback_latest_verdict_wins_and_replays_change_nothing(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("a"), make("b")], NOW)
+    assert store.record_feedback(db, "ada", "a", "more", NOW, "web")
+    assert not store.record_feedback(db, "ada", "a", "more", NOW, "web")  # replayed click
+    later = NOW + dt.timedelta(hours=1)
+    assert store.record_feedback(db, "ada", "a", "less", later, "web")
+    assert store.record_feedback(db, "bob", "b", "more", NOW, "web")
+    got = store.feedback(db)
+    assert got == {"ada": [store.Feedback("a", "less", later)],
+                   "bob": [store.Feedback("b", "more", NOW)]}
+    assert store.feedback(db, ["bob", "nobody"]) == {"bob": [store.Feedback("b", "more", NOW)]}
+    assert store.feedback(db, []) == {}
+    assert store.clear_feedback(db, "ada", "a") and not store.clear_feedback(db, "ada", "a")
+    assert "ada" not in store.feedback(db)
+
+
+def test_feedback_refuses_unknown_listings_and_verdicts(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("a")], NOW)
+    with pytest.raises(ValueError, match="does not hold"):
+        store.record_feedback(db, "ada", "missing", "more", NOW, "web")
+    with pytest.raises(ValueError, match="verdict"):
+        store.record_feedback(db, "ada", "a", "maybe", NOW, "web")  # type: ignore[arg-type]
+    assert store.feedback(db) == {}
