@@ -22,6 +22,7 @@ import dkim
 import jinja2
 
 from digest.config import DeliveryConfig, DkimConfig, Settings
+from digest.links import unsubscribe_url
 from digest.mime import STRICT
 from digest.models import Digest, RenderedEmail
 from digest.render import (
@@ -34,7 +35,6 @@ from digest.render import (
     wrap_text,
 )
 from digest.send import DKIM_HEADERS, Outgoing, check_headers, header_fields, unsubscribe_links
-from digest.unsubscribe import unsubscribe_url
 
 
 def render_context(ctx: dict[str, object], env: jinja2.Environment) -> RenderedEmail:

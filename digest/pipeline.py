@@ -30,6 +30,7 @@ from sqlite_utils import Database
 from . import batch, delivery, store, subscribers
 from .config import AnySource, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, SourceError, printable
+from .links import unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
 from .render import Links, environment, fit
 from .send import (
@@ -42,7 +43,6 @@ from .send import (
     unsubscribe_links,
 )
 from .sources import Fetcher, read_source
-from .unsubscribe import unsubscribe_url
 
 log = logging.getLogger("digest")
 

@@ -50,9 +50,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import pipeline, store
 from .config import ServerConfig, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, StoreError, UnknownSubscriberError, printable
+from .links import TokenError, require_secret, token_subscriber, verify_token
 from .models import Subscriber
 from .subscribers import load, load_one
-from .unsubscribe import TokenError, require_secret, token_subscriber, verify_token
 
 log = logging.getLogger("digest")
 

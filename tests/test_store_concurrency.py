@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from digest import store
+from digest.links import make_token
 from digest.migrations import migrations
-from digest.unsubscribe import make_token
 
 from .conftest import Project, free_port
 from .delivery_support import prepare

@@ -23,9 +23,9 @@ import uvicorn
 
 from digest import pipeline, store
 from digest.config import load_settings
+from digest.links import make_token
 from digest.render import environment
 from digest.subscribers import load_file
-from digest.unsubscribe import make_token
 from digest.web import create_app
 
 from .browser import chromium  # noqa: F401 - fixture
