@@ -207,10 +207,6 @@ class Delivery:
             self._collect(block=True)
         self.poll()
 
-    def offer(self, row: store.Pending) -> bool:
-        """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
-        return self.offer_many([row]) == 1
-
     def offer_many(self, rows: Sequence[store.Pending]) -> int:
         """Claim `rows` (in batches, as room frees up) and queue them for the connections;
         returns how many were queued. Those left when the batch stops stay queued."""

@@ -1,19 +1,17 @@
-"""Executors: run a unit of work over many units, in this process or in worker processes.
+"""Executors: a unit of work run over many units, in this process or in worker processes.
 
-A `Work` object holds what building needs (for `digest send`: the run, a store connection,
-a template environment) and builds a task, a list of units, with `build(units) -> results`.
-An executor runs it over all the units and yields each task's results as they come back:
+A `Work` object holds what building needs (for `digest send`: the run, a store connection, a
+template environment) and builds a task, a list of units: `build(units) -> results`, one
+result per unit. An executor runs it over all the units and yields each task's results as
+they come back; a task starts only while `ready()`, and `idle()` is called at least every
+`poll` seconds while a pool waits. So `pipeline`'s send loop is one loop whichever runs it:
 
-- `Serial` builds here, one unit a task, and only when its caller says it is ready.
-- `ForkPool` builds in forked worker processes, each with its own `Work` made in the worker
-  by `start()`, all sharing what the parent built before the fork (the run's index). At
-  most two tasks per worker are in flight, so memory stays flat however many units there
-  are. A worker that dies (killed, out of memory) loses the tasks it held (yielded with
-  results None) and marks the pool `broken`: no task starts after that.
-
-Both take `ready` (may a task start now? False: start no more) and `idle` (called at least
-every `poll` seconds while a pool waits), so `pipeline`'s send loop is one loop whichever
-executor runs it.
+- `Serial` builds here, one unit a task.
+- `ForkPool` builds in forked worker processes, each with its own `Work` made there by
+  `start()`, all sharing what the parent built before the fork (the run's index). At most two
+  tasks per worker are in flight, so memory stays flat however many units there are. A worker
+  that dies (killed, out of memory) loses the tasks it held (yielded with results None) and
+  marks the pool `broken`: no task starts after that.
 """
 
 from __future__ import annotations
@@ -50,11 +48,11 @@ class Executor(Protocol[U, R]):
     """Runs a `Work` over units, a task at a time."""
 
     in_process: bool  # True: the work runs in the caller's thread
-    broken: str | None  # why the executor cannot go on, if it cannot
+    broken: str | None  # why no more tasks can run, if none can
 
     def build(self, units: Sequence[U], ready: Callable[[], bool],
               idle: Callable[[], None]) -> Iterator[Task[U, R]]:
-        """Each task's units and results as they come; a task starts only if `ready()`."""
+        """Each task's units and results as they come."""
 
     def close(self) -> None:
         """Release the executor's processes."""
@@ -64,10 +62,10 @@ class Serial(Generic[U, R]):
     """Builds in this process, one unit a task."""
 
     in_process = True
+    broken: str | None = None
 
     def __init__(self, work: Work[U, R]) -> None:
         self.work = work
-        self.broken: str | None = None
 
     def build(self, units: Sequence[U], ready: Callable[[], bool],
               idle: Callable[[], None]) -> Iterator[Task[U, R]]:

@@ -386,7 +386,8 @@ def _send_batch(
 
     senders = [sender] if sender is not None else make_senders(settings)
     # Forked before any sending thread exists (a fork copies only the calling thread).
-    executor = _executor(job, db, workers if len(today) >= PARALLEL_MIN else 1)
+    files = next((s for s in senders if isinstance(s, FileSender)), None)
+    executor = _executor(job, db, workers if len(today) >= PARALLEL_MIN else 1, files)
     try:
         with delivery.Delivery(
             db, senders, clock, policy=retry_policy(settings),
@@ -412,13 +413,14 @@ def _send_batch(
     return outbox.report.fatal or executor.broken
 
 
-def _executor(job: _Job, db: Database, workers: int) -> Executor[int, _Result]:
+def _executor(job: _Job, db: Database, workers: int,
+              files: FileSender | None) -> Executor[int, _Result]:
     """Where `send` builds digests: here, or in `workers` forked processes (see
     digest.executor) that share the run's index, built here first."""
     if workers <= 1:
-        return Serial(_Builder(job, db, environment()))
+        return Serial(_Builder(job, db, environment(), files))
     job.cache.selection()  # built once, here, and inherited by every worker
-    return ForkPool(lambda: _Builder.in_worker(job), workers, poll=delivery.LINGER)
+    return ForkPool(lambda: _Builder.in_worker(job, files), workers, poll=delivery.LINGER)
 
 
 def _build_all(
@@ -632,11 +634,12 @@ class _Builder:
     store connection and a Jinja environment. `build` is the unit of work of the executors
     (digest.executor)."""
 
-    def __init__(self, job: _Job, db: Database, env: jinja2.Environment) -> None:
-        self.job, self.db, self.env = job, db, env
+    def __init__(self, job: _Job, db: Database, env: jinja2.Environment,
+                 files: FileSender | None = None) -> None:
+        self.job, self.db, self.env, self.files = job, db, env, files
 
     @classmethod
-    def in_worker(cls, job: _Job) -> _Builder:
+    def in_worker(cls, job: _Job, files: FileSender | None) -> _Builder:
         """A worker process's builder, with its own store connection."""
         db = store.open_db(job.settings.store.path)
         # A worker's commits (the queued messages) need not wait for the disk: nothing is
@@ -655,7 +658,7 @@ class _Builder:
         # error paths, whose tracebacks hold cycles) and the older ones, which hold the
         # caches, never.
         gc.set_threshold(100_000, 1_000_000, 1_000_000)
-        return cls(job, db, environment())
+        return cls(job, db, environment(), files)
 
     def build(self, units: list[int]) -> list[_Result]:
         """Build the digests of these entries, then store them all in one transaction
@@ -674,12 +677,25 @@ class _Builder:
         if all(isinstance(item, Outcome) for _, item in built):  # a dry run writes nothing
             return [item for _, item in built if isinstance(item, Outcome)]
         out = _store_task(db, built, job.now)
+        self._previews(out, built)
         # One query for the task's rows, without their bytes: the sender reads those itself,
         # for the rows it claims, so what goes out is what the store holds.
         rows = store.pending_rows(db, [r for _, r in out if isinstance(r, str)])
         return [(rows.get(r) if isinstance(r, str) else r)
                 or Outcome(_entry_id(job.entries[i]), "queued", detail="stored, not sent yet")
                 for i, r in out]
+
+
+    def _previews(self, out: list[tuple[int, Outcome | str]],
+                  built: list[tuple[int, Outcome | _Write]]) -> None:
+        # The file transport's .html beside each .eml, from the render (see FileSender).
+        files = self.files
+        for (_, key), (_, item) in zip(out, built, strict=True) if files else ():
+            if files and isinstance(key, str) and isinstance(item, _Write) and item.composed:
+                try:
+                    files.preview(key, item.composed.rendered.html)
+                except OSError as exc:
+                    log.error("digest %s: cannot write its .html preview: %s", key, exc)
 
 
 def _entry_id(entry: Subscriber | ConfigError) -> str:

@@ -791,17 +791,6 @@ def recent_runs(db: Database, limit: int = 10) -> list[dict[str, Any]]:
     return list(db.query("select * from runs order by id desc limit ?", [limit]))
 
 
-def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
-    """The listings a recorded digest held, in email order."""
-    return [
-        r["listing_id"]
-        for r in db.query(
-            "select listing_id from digest_items where digest_id = ? order by position",
-            [digest_id],
-        )
-    ]
-
-
 def digests(db: Database, subscriber_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Recorded digests, newest first, optionally for one subscriber."""
     where = "where subscriber_id = ?" if subscriber_id else ""

@@ -210,7 +210,7 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
         assert reference is not None
     report = pipeline.send(settings, db, NOW)
     assert report.count("sent") == 3
-    eve_digest = store.sent_listing_ids(db, "eve/2026-11-25")
+    eve_digest = outbox.sent_listing_ids(db, "eve/2026-11-25")
     assert eve_digest == ["top", "second", "hot"]
     # The Trending section is in both parts of the email; its item lists no keywords.
     message = message_from_bytes((eve.outbox / "2026-11-25_eve.eml").read_bytes(),
@@ -230,7 +230,7 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     for s in subscribers:
         digest = run.digest(s, pipeline.local_date(s, later))
         assert digest == store_digest(db, s, pipeline.local_date(s, later), later)
-        sent = set(store.sent_listing_ids(db, f"{s.id}/{pipeline.local_date(s, NOW)}"))
+        sent = set(outbox.sent_listing_ids(db, f"{s.id}/{pipeline.local_date(s, NOW)}"))
         assert digest is None or not sent & {m.listing.id for m in digest.matches}
 
 
