@@ -248,18 +248,12 @@ class SendReport:
         return sum(1 for o in self.outcomes if o.status == status)
 
 
-def make_sender(settings: Settings) -> Sender:
-    """The transport the config asks for."""
-    if settings.delivery.transport == "smtp":
-        return SmtpSender(settings.smtp)
-    return FileSender(settings.delivery.outbox)
-
-
 def make_senders(settings: Settings) -> list[Sender]:
-    """One transport per parallel connection (`[smtp] connections`; the file transport
-    always has one)."""
-    count = settings.smtp.connections if settings.delivery.transport == "smtp" else 1
-    return [make_sender(settings) for _ in range(count)]
+    """The transport the config asks for, one per parallel connection (`[smtp]
+    connections`; the file transport always has one)."""
+    if settings.delivery.transport == "smtp":
+        return [SmtpSender(settings.smtp) for _ in range(settings.smtp.connections)]
+    return [FileSender(settings.delivery.outbox)]
 
 
 def retry_policy(settings: Settings) -> delivery.RetryPolicy:
@@ -268,12 +262,6 @@ def retry_policy(settings: Settings) -> delivery.RetryPolicy:
         max_attempts=settings.smtp.max_attempts,
         base=timedelta(seconds=settings.smtp.retry_after_seconds),
     )
-
-
-def _load(
-    settings: Settings, only: list[str] | None, db: Database, now: datetime
-) -> list[Subscriber | ConfigError]:
-    return list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
 
 
 def is_due(subscriber: Subscriber, now: datetime) -> bool:
@@ -306,11 +294,8 @@ def send(
     digests a crash left 'queued' or 'sending'. Then, subscriber by subscriber, today's digest
     is built, rendered, stored in the outbox as the exact bytes to send, and handed to the
     next free connection while the next one is built. A digest already sent or queued is
-    never built again.
-
-    Then (unless stopped) the stored bytes of messages sent more than `[store]
-    keep_sent_days` before `now` are dropped (`store.drop_sent_messages`); their digest rows
-    stay.
+    never built again. Then (unless stopped) the stored bytes of messages sent more than
+    `[store] keep_sent_days` before `now` are dropped; their digest rows stay.
 
     `dry_run` renders everything and changes nothing. `due_only` is the scheduler's mode:
     subscribers whose local send time has not come are skipped, and retries wait for their
@@ -318,13 +303,13 @@ def send(
     unreachable server) stops the batch; `stop` (set by a signal handler) stops it cleanly
     after the messages on the wire, leaving the rest for the next run.
 
-    `workers` > 1 builds the digests in that many worker processes (see `_Pool`); this
+    `workers` > 1 builds the digests in that many worker processes (digest.executor); this
     process sends them as they come. Below PARALLEL_MIN subscribers, or with `dry_run`, all
-    work stays in this process.
+    work stays in this process. Every way goes through one loop, `_build_all`.
     """
     progress, stop = progress or _NoProgress(), stop or threading.Event()
     started, report = timer.monotonic(), SendReport()
-    entries = _load(settings, only, db, now)
+    entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
     job = _Job(settings, entries, now, cache, due_only, dry_run)
@@ -385,9 +370,13 @@ def _send_batch(
                                        day))
 
     senders = [sender] if sender is not None else make_senders(settings)
-    # Forked before any sending thread exists (a fork copies only the calling thread).
     files = next((s for s in senders if isinstance(s, FileSender)), None)
-    executor = _executor(job, db, workers if len(today) >= PARALLEL_MIN else 1, files)
+    executor: Executor[int, _Result] = Serial(_Builder(job, db, environment(), files))
+    if workers > 1 and len(today) >= PARALLEL_MIN:
+        job.cache.selection()  # built once, here, and inherited by every worker
+        # Forked before any sending thread exists (a fork copies only the calling thread).
+        executor = ForkPool(lambda: _Builder.in_worker(job, files), workers,
+                            poll=delivery.LINGER)
     try:
         with delivery.Delivery(
             db, senders, clock, policy=retry_policy(settings),
@@ -411,16 +400,6 @@ def _send_batch(
     report.outcomes.extend(_left_over(db, job.entries[i], job.now, job.due_only, today, why)
                            for i in left if why)
     return outbox.report.fatal or executor.broken
-
-
-def _executor(job: _Job, db: Database, workers: int,
-              files: FileSender | None) -> Executor[int, _Result]:
-    """Where `send` builds digests: here, or in `workers` forked processes (see
-    digest.executor) that share the run's index, built here first."""
-    if workers <= 1:
-        return Serial(_Builder(job, db, environment(), files))
-    job.cache.selection()  # built once, here, and inherited by every worker
-    return ForkPool(lambda: _Builder.in_worker(job, files), workers, poll=delivery.LINGER)
 
 
 def _build_all(
@@ -448,7 +427,7 @@ def _build_all(
         return not outbox.halted
 
     built: set[int] = set()
-    for task, results in executor.build(todo, ready, outbox.poll if outbox else _idle):
+    for task, results in executor.build(todo, ready, outbox.poll if outbox else lambda: None):
         built.update(task)
         if results is None:  # lost with its worker, which may have committed it first
             results = [_left_over(db, job.entries[i], job.now, job.due_only, today, UNFINISHED)
@@ -461,10 +440,6 @@ def _build_all(
                 report.outcomes.append(result)
             progress.advance(_entry_id(job.entries[i]))
     return [i for i in todo if i not in built]
-
-
-def _idle() -> None:
-    pass
 
 
 def _waiting(db: Database, today: dict[str, date], now: datetime,

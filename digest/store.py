@@ -139,7 +139,7 @@ def _prepare(db: Store, busy_timeout: float) -> None:
     # a power cut could take back a 'sent' the server already has (a duplicate) or a claim.
     # The outbox's promises are per commit; delivery batches commits instead of weakening them.
     # (A `send --workers` worker alone commits its queued messages with NORMAL: see
-    # pipeline._worker_init for why that is safe.)
+    # pipeline._Builder.in_worker for why that is safe.)
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
     # Checked first without a lock; applied under the write lock, checked again there: two
