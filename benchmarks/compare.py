@@ -29,20 +29,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # benchmark -> (arguments, [(figure, regex of its value, higher is better)])
 BENCHMARKS: dict[str, tuple[list[str], list[tuple[str, str, bool]]]] = {
-    "send": (["--messages", "1500"], [
+    "send": (["--messages", "400"], [
         ("send, one reused connection (msg/s)", r"one reused connection\s*:\s*([\d,.]+)", True),
         ("send, 4 connections (msg/s)", r"4 parallel connections\s*:\s*([\d,.]+)", True),
     ]),
-    "match": (["--subscribers", "10000", "--listings", "500", "--naive-subset", "2"], [
+    "match": (["--subscribers", "5000", "--listings", "500", "--naive-subset", "2"], [
         ("match, index build (s)", r"index build:\s*([\d.]+) s", False),
-        ("match, 10,000 subscribers (s)", r"match:\s*([\d.]+) s", False),
+        ("match, 5,000 subscribers (s)", r"match:\s*([\d.]+) s", False),
         ("match, one Digest (ms)", r"digests:\s*([\d.]+) ms", False),
     ]),
-    "render": (["--emails", "1500", "--reference-emails", "5"], [
+    "render": (["--emails", "800", "--reference-emails", "3"], [
         ("render, fast path (ms/email)", r"fast \(one Jinja[^:]*: ([\d.]+) ms/email", False),
     ]),
-    "pipeline": (["--subscribers", "2000", "--listings", "400", "--workers", "2",
-                  "--sample", "300", "--only-null"], [
+    "pipeline": (["--subscribers", "800", "--listings", "300", "--workers", "2",
+                  "--sample", "150", "--only-null"], [
         ("whole send path, 2 workers (msg/s)", r"null transport:.*=\s*([\d,]+) msg/s", True),
         ("per stage, one core (ms/msg)", r"total\s+([\d.]+) ms", False),
     ]),

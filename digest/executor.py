@@ -93,7 +93,7 @@ class ForkPool(Generic[U, R]):
         self.poll, self.chunk = poll, chunk
         context = mp.get_context("fork")
         self._held: dict[Connection, deque[list[U]]] = {}  # tasks in flight, per worker
-        self._process: dict[Connection, Any] = {}
+        self._process: dict[Connection, Any] = {}  # the worker at the other end
         # Freeze what exists (the index, the subscribers) out of the cyclic GC's sight before
         # the fork: the workers' collections then never walk it, nor copy its pages.
         gc.freeze()
@@ -142,22 +142,17 @@ class ForkPool(Generic[U, R]):
             process = self._process.pop(conn)
             process.join(1.0)
             code = process.exitcode
-            self._fail(f"worker {process.pid} was killed by {signal.Signals(-code).name}"
+            results = (f"worker {process.pid} was killed by {signal.Signals(-code).name}"
                        if code is not None and code < 0 else f"worker {process.pid} exited")
             # What it held is lost with it (the store says what it committed first).
-            for lost in (task, *self._held.pop(conn)):
+            for lost in self._held.pop(conn):
                 yield lost, None
             conn.close()
-            return
-        if isinstance(results, str):  # the task raised: see the worker's log
-            self._fail(results)
-            yield task, None
-        else:
-            yield task, results
-
-    def _fail(self, why: str) -> None:
-        self.broken = self.broken or f"a worker process failed: {why}"
-        log.error("%s", self.broken)
+        if isinstance(results, str):  # the worker died, or the task raised (see its log)
+            self.broken = self.broken or f"a worker process failed: {results}"
+            log.error("%s", self.broken)
+            results = None
+        yield task, results
 
     def close(self) -> None:
         """Let the workers finish what they hold, then stop them."""

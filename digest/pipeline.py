@@ -652,25 +652,16 @@ class _Builder:
         if all(isinstance(item, Outcome) for _, item in built):  # a dry run writes nothing
             return [item for _, item in built if isinstance(item, Outcome)]
         out = _store_task(db, built, job.now)
-        self._previews(out, built)
+        for (_, key), (_, item) in zip(out, built, strict=True):
+            if self.files and isinstance(key, str) and isinstance(item, _Write) and item.composed:
+                # The file transport's .html beside the .eml, from the render (FileSender).
+                self.files.preview(key, item.composed.rendered.html)
         # One query for the task's rows, without their bytes: the sender reads those itself,
         # for the rows it claims, so what goes out is what the store holds.
         rows = store.pending_rows(db, [r for _, r in out if isinstance(r, str)])
         return [(rows.get(r) if isinstance(r, str) else r)
                 or Outcome(_entry_id(job.entries[i]), "queued", detail="stored, not sent yet")
                 for i, r in out]
-
-
-    def _previews(self, out: list[tuple[int, Outcome | str]],
-                  built: list[tuple[int, Outcome | _Write]]) -> None:
-        # The file transport's .html beside each .eml, from the render (see FileSender).
-        files = self.files
-        for (_, key), (_, item) in zip(out, built, strict=True) if files else ():
-            if files and isinstance(key, str) and isinstance(item, _Write) and item.composed:
-                try:
-                    files.preview(key, item.composed.rendered.html)
-                except OSError as exc:
-                    log.error("digest %s: cannot write its .html preview: %s", key, exc)
 
 
 def _entry_id(entry: Subscriber | ConfigError) -> str:

@@ -295,8 +295,13 @@ class FileSender:
 
     def preview(self, digest_id: str, html: str) -> None:
         """Write `<date>_<subscriber>.html`: the HTML part of the digest's message as its
-        .eml carries it, decoded (CRLF line ends, a final one)."""
-        _atomic_write(self._path(digest_id, ".html"), normal_body(html).replace(b"\n", b"\r\n"))
+        .eml carries it, decoded (CRLF line ends, a final one). A failure is logged: the
+        message itself is not at stake."""
+        try:
+            _atomic_write(self._path(digest_id, ".html"),
+                          normal_body(html).replace(b"\n", b"\r\n"))
+        except OSError as exc:
+            log.error("digest %s: cannot write its .html preview: %s", digest_id, exc)
 
     def _path(self, digest_id: str, suffix: str) -> Path:
         self.outbox.mkdir(parents=True, exist_ok=True)
