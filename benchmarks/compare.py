@@ -2,10 +2,10 @@
 tree, run alternately in one run (same machine, same load), with the median of each figure and
 the ratio of the current tree's to the base's.
 
-    python -m benchmarks.compare --base 3dc9afb --rounds 3
+    python -m benchmarks.compare --base 3dc9afb --head HEAD --rounds 3
 
-The base is checked out with `git worktree add` into a temporary folder (removed at the end);
-the current tree is this checkout as it is. Each benchmark runs the tree's own copy of its
+Both revisions are checked out with `git worktree add` into a temporary folder (removed at
+the end), so the checkout can change meanwhile. Each benchmark runs the tree's own copy of its
 script, with the sizes below (small enough for the whole comparison to take a few minutes), in
 the order base, current, then current, base in the next round, so that a drift in the
 machine's load falls on both. Rates (msg/s, emails/s) are better higher, times lower: the
@@ -75,23 +75,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="3dc9afb",
                         help="the revision to compare with (default: main before issue 17)")
+    parser.add_argument("--head", default="HEAD", help="the revision measured against it")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), default=None)
     args = parser.parse_args(argv)
     names = args.only or list(BENCHMARKS)
-    with tempfile.TemporaryDirectory(prefix="digest-base-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), args.base],
-                       cwd=ROOT, check=True)
+    revisions = {"base": short(args.base), "current": short(args.head)}
+    with tempfile.TemporaryDirectory(prefix="digest-compare-") as tmp:
+        trees = {which: Path(tmp) / which for which in revisions}
         try:
-            results = compare(base, names, args.rounds)
+            for which, tree in trees.items():
+                subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree),
+                                revisions[which]], cwd=ROOT, check=True)
+            results = compare(trees, names, args.rounds)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT,
-                           check=False)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True, check=False).stdout.strip()
-    print(f"\nmedians of {args.rounds} rounds; base {args.base}, current {head}"
-          f"{' (with uncommitted changes)' if dirty() else ''}")
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                               check=False, capture_output=True)
+    print(f"\nmedians of {args.rounds} rounds; base {revisions['base']},"
+          f" current {revisions['current']}")
     print(f"{'figure':40s} {'base':>10s} {'current':>10s} {'faster':>7s}")
     for name in names:
         for label, _, higher in BENCHMARKS[name][1]:
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label:40s} {old:10.3f} {new:10.3f} {ratio:6.2f}x")
 
 
-def compare(base: Path, names: list[str], rounds: int) -> dict[str, dict[str, list[float]]]:
+def compare(trees: dict[str, Path], names: list[str],
+            rounds: int) -> dict[str, dict[str, list[float]]]:
     """Each figure of each tree, one value a round, the trees taking turns to go first."""
-    trees = {"base": base, "current": ROOT}
     results: dict[str, dict[str, list[float]]] = {"base": {}, "current": {}}
     t0 = time.perf_counter()
     for round_ in range(rounds):
@@ -118,10 +120,10 @@ def compare(base: Path, names: list[str], rounds: int) -> dict[str, dict[str, li
     return results
 
 
-def dirty() -> bool:
-    """Whether this checkout has uncommitted changes to the library."""
-    return bool(subprocess.run(["git", "status", "--porcelain", "digest"], cwd=ROOT,
-                               capture_output=True, text=True, check=False).stdout.strip())
+def short(revision: str) -> str:
+    """The short commit id of `revision`."""
+    return subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
