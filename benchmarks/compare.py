@@ -94,13 +94,16 @@ def main(argv: list[str] | None = None) -> None:
                                check=False, capture_output=True)
     print(f"\nmedians of {args.rounds} rounds; base {revisions['base']},"
           f" current {revisions['current']}")
-    print(f"{'figure':40s} {'base':>10s} {'current':>10s} {'faster':>7s}")
+    print(f"{'figure':40s} {'base':>10s} {'current':>10s} {'faster':>7s}   each round")
     for name in names:
         for label, _, higher in BENCHMARKS[name][1]:
             old = statistics.median(results["base"][label])
             new = statistics.median(results["current"][label])
             ratio = new / old if higher else old / new
-            print(f"{label:40s} {old:10.3f} {new:10.3f} {ratio:6.2f}x")
+            rounds = " ".join(f"{b:g}/{c:g}" for b, c in zip(results["base"][label],
+                                                              results["current"][label],
+                                                              strict=True))
+            print(f"{label:40s} {old:10.3f} {new:10.3f} {ratio:6.2f}x   {rounds}")
 
 
 def compare(trees: dict[str, Path], names: list[str],
