@@ -577,12 +577,12 @@ def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
     return None
 
 
-# --- worker processes -----------------------------------------------------------------------
+# --- the unit of work -----------------------------------------------------------------------
 #
-# The unit of work is one (subscriber, local date) digest: `_prepare_one` builds it from the
-# store and the subscriber's profile alone, `_write_one` stores it in the outbox. The outbox
-# row is the only state the units share, which is what lets the same unit move to another
-# executor (a distributed task queue) without a redesign; see the README's Architecture.
+# One (subscriber, local date) digest: `_prepare_one` builds it from the store and the
+# subscriber's profile alone, `_write_one` stores it in the outbox; `_Builder.build` does a
+# task of them for an executor (digest.executor). The outbox row is the only state the units
+# share, so they can move to another executor (a task queue); see the README's Architecture.
 
 PARALLEL_MIN = 64  # fewer subscribers than this are built in-process: a fork costs more
 UNFINISHED = "a worker process failed"
@@ -617,21 +617,15 @@ class _Builder:
     def in_worker(cls, job: _Job, files: FileSender | None) -> _Builder:
         """A worker process's builder, with its own store connection."""
         db = store.open_db(job.settings.store.path)
-        # A worker's commits (the queued messages) need not wait for the disk: nothing is
-        # sent before the parent claims the row, and the parent's commit (synchronous=FULL)
-        # syncs the whole write-ahead log, these frames included, before the message goes on
-        # the wire. A power cut can lose only digests that no server has seen; they are built
-        # again.
+        # A worker's commits (the queued messages) need not wait for the disk: the parent's
+        # claim (synchronous=FULL) syncs the whole write-ahead log, these frames included,
+        # before a message goes on the wire. A power cut loses only digests no server saw.
         db.execute("PRAGMA synchronous = NORMAL")
-        # The cyclic garbage collector, tuned down: a digest allocates thousands of container
-        # objects (the `email` header parser's tokens, Jinja's contexts, spans), so
-        # collections ran many times per digest, and the full ones walked the worker's
-        # growing caches each time (5% of a worker's time in py-spy; each full collection
-        # also empties the free lists, ~1 ms). Building digests makes no reference cycles
-        # (none in 3,000 digests with gc.DEBUG_SAVEALL), so the youngest generation is
-        # collected only every 100,000 net allocations (every few tasks: a safety net for
-        # error paths, whose tracebacks hold cycles) and the older ones, which hold the
-        # caches, never.
+        # The cyclic GC, tuned down: a digest allocates thousands of containers, so it ran
+        # many times per digest and its full collections walked the growing caches (5% of a
+        # worker's time in py-spy, ~1 ms each). Building digests makes no cycles (none in
+        # 3,000 with gc.DEBUG_SAVEALL): the youngest generation is collected every 100,000
+        # net allocations (a safety net for error paths), the older ones, the caches, never.
         gc.set_threshold(100_000, 1_000_000, 1_000_000)
         return cls(job, db, environment(), files)
 
