@@ -140,7 +140,7 @@ class ForkPool(Generic[U, R]):
             results = conn.recv()
         except (EOFError, OSError):
             process = self._process.pop(conn)
-            process.join(1.0)
+            process.join(5.0)  # it is gone (its end of the pipe closed): reap it
             code = process.exitcode
             results = (f"worker {process.pid} was killed by {signal.Signals(-code).name}"
                        if code is not None and code < 0 else f"worker {process.pid} exited")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -215,3 +216,16 @@ def test_a_digest_waiting_for_retry_is_dropped_when_they_unsubscribe(
     assert {o.subscriber_id: o.status for o in later.outcomes}["grace"] == "unsubscribed"
     assert set(smtp_server.sink.by_recipient()) == {"ada@example.org"}
     assert store.digest_state(db, "grace", NOW.date()) == "failed"
+
+
+def test_a_dry_run_stops_when_asked_and_changes_nothing(project: Project) -> None:
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    stop = threading.Event()
+    stop.set()
+    assert pipeline.send(settings, db, NOW, dry_run=True, stop=stop).outcomes == []
+    report = pipeline.send(settings, db, NOW, dry_run=True)
+    assert {o.subscriber_id: o.status for o in report.outcomes} == {
+        "ada": "would-send", "grace": "would-send"}
+    assert list(store.digests(db)) == []
