@@ -118,7 +118,8 @@ class ForkPool(Generic[U, R]):
                    and ready()):
                 try:
                     conn.send(tasks[0])
-                except OSError:  # the worker died since its last result: seen below
+                except OSError:  # the worker died since its last result
+                    yield from self._dead(conn)
                     break
                 self._held[conn].append(tasks.popleft())
             busy = [conn for conn, held in self._held.items() if held]
@@ -139,20 +140,29 @@ class ForkPool(Generic[U, R]):
         try:
             results = conn.recv()
         except (EOFError, OSError):
-            process = self._process.pop(conn)
-            process.join(5.0)  # it is gone (its end of the pipe closed): reap it
-            code = process.exitcode
-            results = (f"worker {process.pid} was killed by {signal.Signals(-code).name}"
-                       if code is not None and code < 0 else f"worker {process.pid} exited")
-            # What it held is lost with it (the store says what it committed first).
-            for lost in self._held.pop(conn):
-                yield lost, None
-            conn.close()
-        if isinstance(results, str):  # the worker died, or the task raised (see its log)
-            self.broken = self.broken or f"a worker process failed: {results}"
-            log.error("%s", self.broken)
+            yield task, None
+            yield from self._dead(conn)
+            return
+        if isinstance(results, str):  # the task raised: see the worker's log
+            self._fail(results)
             results = None
         yield task, results
+
+    def _dead(self, conn: Connection) -> Iterator[Task[U, R]]:
+        # The worker died (killed, out of memory): what it held is lost with it (the store
+        # says what it committed first), and no task starts after this.
+        process = self._process.pop(conn)
+        process.join(5.0)  # it is gone (its end of the pipe closed): reap it
+        code = process.exitcode
+        self._fail(f"worker {process.pid} was killed by {signal.Signals(-code).name}"
+                   if code is not None and code < 0 else f"worker {process.pid} exited")
+        for lost in self._held.pop(conn):
+            yield lost, None
+        conn.close()
+
+    def _fail(self, why: str) -> None:
+        self.broken = self.broken or f"a worker process failed: {why}"
+        log.error("%s", self.broken)
 
     def close(self) -> None:
         """Let the workers finish what they hold, then stop them."""

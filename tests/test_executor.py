@@ -3,6 +3,7 @@ result, the pool's workers make their own state, and a worker that dies costs on
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import time
@@ -70,3 +71,14 @@ def test_a_dead_worker_loses_only_its_tasks_and_stops_new_ones() -> None:
     # The other worker's tasks in flight still came back; nothing started after the death.
     assert any(r is not None for u, r in got.items() if u != 5)
     assert len(got) < 40
+
+
+def test_a_worker_that_died_idle_stops_the_pool_when_it_is_sent_a_task() -> None:
+    pool = ForkPool(lambda: Square(seconds=0.05), 2, poll=0.05, chunk=1)
+    victim = mp.active_children()[0]
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    got = collect(pool, list(range(40)))
+    assert pool.broken is not None and "killed by SIGKILL" in pool.broken
+    assert len(got) < 40  # the rest are left for the caller to report
