@@ -139,7 +139,7 @@ def _prepare(db: Store, busy_timeout: float) -> None:
     # a power cut could take back a 'sent' the server already has (a duplicate) or a claim.
     # The outbox's promises are per commit; delivery batches commits instead of weakening them.
     # (A `send --workers` worker alone commits its queued messages with NORMAL: see
-    # pipeline._worker_init for why that is safe.)
+    # pipeline._Builder.in_worker for why that is safe.)
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
     # Checked first without a lock; applied under the write lock, checked again there: two
@@ -789,17 +789,6 @@ def latest_digests(db: Database) -> dict[str, dict[str, Any]]:
 def recent_runs(db: Database, limit: int = 10) -> list[dict[str, Any]]:
     """The last `limit` fetch and send runs, newest first."""
     return list(db.query("select * from runs order by id desc limit ?", [limit]))
-
-
-def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
-    """The listings a recorded digest held, in email order."""
-    return [
-        r["listing_id"]
-        for r in db.query(
-            "select listing_id from digest_items where digest_id = ? order by position",
-            [digest_id],
-        )
-    ]
 
 
 def digests(db: Database, subscriber_id: str | None = None) -> Iterator[dict[str, Any]]:

@@ -50,3 +50,10 @@ def legacy_sending(db: Database, digest: Digest, message_id: str, subject: str,
             " values (?, ?, ?, ?, ?)",
             [(digest.id, m.listing.id, i, m.topic, m.score)
              for i, m in enumerate(digest.matches)])
+
+
+def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
+    """The listings a recorded digest held, in email order."""
+    return [r["listing_id"] for r in db.query(
+        "select listing_id from digest_items where digest_id = ? order by position",
+        [digest_id])]
