@@ -550,6 +550,73 @@ class ServerConfig(_Strict):
         return os.environ.get(self.preview_secret_env) or None
 
 
+class BouncesConfig(_Strict):
+    """`[bounces]`: the VERP envelope sender, the mailto unsubscribe, reading what comes back
+    (IMAP or `digest inbound --listen`) and when an address is suppressed."""
+
+    address: str | None = Field(
+        None, description="The bounce address, e.g. 'bounces@bounce.example.org'. Set, each"
+        " message's envelope sender is '<local>+<token>@<domain>' (VERP) and List-Unsubscribe's"
+        " mailto is 'unsubscribe+<token>@<domain>'; unset, none of [bounces] is used.",
+    )
+    unsubscribe_local: str = Field(
+        "unsubscribe", description="Local part of the mailto unsubscribe address (same domain).")
+    soft_threshold: int = Field(
+        3, ge=1, le=100,
+        description="Soft bounces (4.x.x, delayed) of different digests within `soft_window_days`"
+        " that suppress an address.",
+    )
+    soft_window_days: int = Field(
+        14, ge=1, le=365, description="Days within which soft bounces are counted.")
+    max_message_bytes: int = Field(
+        5_000_000, ge=10_000, le=100_000_000,
+        description="Larger inbound messages are left alone (IMAP) or refused (SMTP).",
+    )
+    imap_port: int = Field(993, ge=1, le=65535, description="IMAP port (implicit TLS).")
+    imap_host_env: str = Field(
+        "DIGEST_IMAP_HOST", description="Env variable holding the IMAP server's host name;"
+        " unset: no mailbox is polled.")
+    imap_user_env: str = Field("DIGEST_IMAP_USER", description="Env variable: IMAP user.")
+    imap_password_env: str = Field(
+        "DIGEST_IMAP_PASSWORD", description="Env variable: IMAP password.")
+    imap_ca_file: Path | None = Field(
+        None, description="A PEM bundle to verify the IMAP server with, for a private CA.")
+    imap_folder: str = Field("INBOX", description="The mailbox folder bounces arrive in.")
+    imap_done_folder: str = Field(
+        "digest-processed", description="Where handled messages are moved (created if missing).")
+    poll_minutes: int = Field(
+        10, ge=1, le=1440, description="How often `digest run` polls the IMAP mailbox.")
+    listen_host: str = Field("127.0.0.1", description="`digest inbound --listen` address.")
+    listen_port: int = Field(2525, ge=1, le=65535, description="`digest inbound --listen` port.")
+
+    @field_validator("address")
+    @classmethod
+    def _bounce_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        local, at, domain = value.rpartition("@")
+        if not at or not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", local) or not re.fullmatch(
+                r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain):
+            raise ValueError(f"{value!r} must be a plain address like 'bounces@bounce.example.org'"
+                             " (local part: letters, digits, '.', '_', '-', at most 30)")
+        return value.lower()
+
+    @field_validator("unsubscribe_local")
+    @classmethod
+    def _local(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", value):
+            raise ValueError(f"{value!r}: letters, digits, '.', '_', '-', at most 30")
+        return value.lower()
+
+    def imap_account(self) -> tuple[str, str, str] | None:
+        """(host, user, password) from the environment, or None when the host is unset."""
+        host = os.environ.get(self.imap_host_env)
+        if not host:
+            return None
+        return (host, os.environ.get(self.imap_user_env, ""),
+                os.environ.get(self.imap_password_env, ""))
+
+
 class Settings(_Strict):
     """The whole of digest.toml."""
 
@@ -563,6 +630,7 @@ class Settings(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     dkim: DkimConfig = DkimConfig()
     server: ServerConfig = ServerConfig()
+    bounces: BouncesConfig = BouncesConfig()
     path: Path = Field(Path("."), exclude=True, description="The file this was loaded from.")
 
     @field_validator("sources")
@@ -735,8 +803,13 @@ def load_settings(path: Path) -> Settings:
         dkim = dkim.model_copy(
             update={"ed25519_private_key_path": _resolve(base, dkim.ed25519_private_key_path)}
         )
+    bounces = settings.bounces
+    if bounces.imap_ca_file is not None:
+        bounces = bounces.model_copy(
+            update={"imap_ca_file": _resolve(base, bounces.imap_ca_file)})
     return settings.model_copy(
         update={
+            "bounces": bounces,
             "path": path.resolve(),
             "store": StoreConfig(path=_resolve(base, settings.store.path)),
             "subscribers": SubscribersConfig(dir=_resolve(base, settings.subscribers.dir)),

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import batch, delivery, store, subscribers
+from . import batch, bounces, delivery, store, subscribers
 from .config import AnySource, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, SourceError, printable
 from .links import unsubscribe_url
@@ -182,14 +182,16 @@ def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Comp
     is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
     """
     https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
+    verp = bounces.verp(settings.bounces, settings.server, digest.id, digest.subscriber.email)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     # The email shows (and the outbox records as sent) only what fits its size budget: the
     # items left out stay candidates for a later digest.
-    fitted = fit(digest, Links(unsubscribe=one_click or https or mailto), env)
+    fitted = fit(digest, Links(unsubscribe=one_click or https or (verp or ("", mailto))[1]),
+                 env)
     digest, rendered = fitted.digest, fitted.rendered
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
     out = outgoing(rendered, digest, settings.delivery, sent_at, one_click,
-                   load_signer(settings.dkim))
+                   load_signer(settings.dkim), verp=verp)
     return Composed(digest, rendered, out)
 
 

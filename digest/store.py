@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1059,3 +1059,140 @@ def find_listings(db: Database, query: str, limit: int = 20) -> list[Listing]:
         [key, limit],
     )
     return [_from_row(r) for r in rows]
+
+
+# --- bounces and suppression ----------------------------------------------------------------
+
+SuppressionReason = Literal["hard-bounce", "complaint", "soft-bounces"]
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address that is never mailed again until an operator lifts it."""
+
+    email: str
+    subscriber_id: str | None
+    reason: str  # hard-bounce | complaint | soft-bounces
+    detail: str
+    at: datetime
+    digest_id: str | None
+    via: str  # smtp (refused at RCPT) | imap | listen
+
+
+def _email_key(email: str) -> str:
+    # Addresses are compared case-insensitively: a bounce may spell it otherwise.
+    return email.strip().casefold()
+
+
+def is_suppressed(db: Database, email: str) -> bool:
+    """Whether this address is suppressed."""
+    return db.execute("select 1 from suppressions where email = ?",
+                      [_email_key(email)]).fetchone() is not None
+
+
+def suppress(db: Database, email: str, subscriber_id: str | None, reason: SuppressionReason,
+             detail: str, now: datetime, *, digest_id: str | None = None,
+             via: str = "") -> bool:
+    """Suppress an address (kept until lifted); returns False when it already was."""
+    with _transaction(db):
+        cursor = db.execute(
+            "insert or ignore into suppressions"
+            " (email, subscriber_id, reason, detail, at, digest_id, via)"
+            " values (?, ?, ?, ?, ?, ?, ?)",
+            [_email_key(email), subscriber_id, reason, detail[:500], timestamp(now),
+             digest_id, via])
+    return cursor.rowcount > 0
+
+
+def record_bounce_event(db: Database, email: str, subscriber_id: str | None,
+                        digest_id: str | None, kind: str, detail: str, now: datetime,
+                        via: str) -> None:
+    """Keep one bounce, complaint, unsubscribe or lift in the address's history."""
+    with _transaction(db):
+        db.execute(
+            "insert into bounce_events (email, subscriber_id, digest_id, kind, detail, at, via)"
+            " values (?, ?, ?, ?, ?, ?, ?)",
+            [_email_key(email), subscriber_id, digest_id, kind, detail[:500], timestamp(now),
+             via])
+
+
+def soft_bounces(db: Database, email: str, since: datetime) -> int:
+    """How many different digests soft-bounced for this address since `since` (a DSN that
+    says 'delayed' and then 'failed' for the same message counts once)."""
+    row = db.execute(
+        "select count(distinct coalesce(digest_id, id)) from bounce_events"
+        " where email = ? and kind = 'soft' and at >= ?",
+        [_email_key(email), timestamp(since)]).fetchone()
+    return int(row[0])
+
+
+def suppressions(db: Database) -> list[Suppression]:
+    """Every suppressed address, newest first."""
+    return [
+        Suppression(r["email"], r["subscriber_id"], r["reason"], r["detail"] or "",
+                    datetime.fromisoformat(r["at"]), r["digest_id"], r["via"] or "")
+        for r in db.query("select * from suppressions order by at desc, email")
+    ]
+
+
+def lift_suppression(db: Database, email: str, now: datetime, via: str = "cli") -> bool:
+    """Mail this address again (the lift is kept in its history); False if it was not
+    suppressed. Soft bounces counted before the lift no longer count."""
+    key = _email_key(email)
+    with write_transaction(db):
+        row = db.execute("select subscriber_id from suppressions where email = ?",
+                         [key]).fetchone()
+        if row is None:
+            return False
+        db.execute("delete from suppressions where email = ?", [key])
+        db.execute("update bounce_events set kind = 'soft-lifted'"
+                   " where email = ? and kind = 'soft'", [key])
+        record_bounce_event(db, key, row[0], None, "lifted", "", now, via)
+    return True
+
+
+def digest_by_envelope(db: Database, envelope_from: str) -> tuple[str, str, str] | None:
+    """(digest id, subscriber id, recipient) of the digest sent with this envelope sender."""
+    row = db.execute(
+        "select id, subscriber_id, recipient from digests where envelope_from = ? limit 1",
+        [envelope_from]).fetchone()
+    return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+SEEN_DAYS = 30  # how long a handled inbound message is remembered (a copy is skipped)
+
+
+def first_seen(db: Database, sha256: str, now: datetime) -> bool:
+    """Remember an inbound message by its hash; False if it was handled before."""
+    with _transaction(db):
+        cursor = db.execute("insert or ignore into inbound_seen (sha256, at) values (?, ?)",
+                            [sha256, timestamp(now)])
+    return cursor.rowcount > 0
+
+
+def forget_seen(db: Database, before: datetime) -> None:
+    """Forget inbound messages handled before `before`."""
+    with _transaction(db):
+        db.execute("delete from inbound_seen where at < ?", [timestamp(before)])
+
+
+BounceKind = Literal["hard", "soft", "complaint"]
+
+
+def record_bounce(db: Database, email: str, subscriber_id: str | None, digest_id: str | None,
+                  kind: BounceKind, detail: str, now: datetime, via: str,
+                  soft_limit: tuple[int, timedelta] | None = None) -> bool:
+    """Record a bounce or complaint for an address, and suppress the address if it calls
+    for it: a hard bounce or a complaint at once, soft bounces once `soft_limit` (count,
+    window) is reached (None: only recorded). Returns whether it was suppressed now."""
+    with _transaction(db):
+        record_bounce_event(db, email, subscriber_id, digest_id, kind, detail, now, via)
+        if kind == "soft":
+            if soft_limit is None or soft_bounces(db, email, now - soft_limit[1]) < soft_limit[0]:
+                return False
+            return suppress(db, email, subscriber_id, "soft-bounces",
+                            f"{soft_limit[0]} soft bounces within {soft_limit[1].days} days;"
+                            f" last: {detail}", now, digest_id=digest_id, via=via)
+        reason: SuppressionReason = "complaint" if kind == "complaint" else "hard-bounce"
+        return suppress(db, email, subscriber_id, reason, detail, now, digest_id=digest_id,
+                        via=via)

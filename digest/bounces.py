@@ -1,0 +1,306 @@
+"""Bounces, complaints and mailto unsubscribes: VERP tokens, and what an inbound message is.
+
+Pure functions on bytes: no store, no network, no clock (`digest.inbound` acts on the
+verdicts).
+
+VERP: each message goes out with the envelope sender `<local>+<token>@<domain>` (`[bounces]
+address`), and its List-Unsubscribe mailto is `<unsubscribe_local>+<token>@<domain>`. The
+token is the first 120 bits of HMAC-SHA256 (the server secret, `[server] secret_env`) over the
+digest id and the recipient, in lowercase base32: 24 characters of [a-z2-7], so an MTA that
+lowercases local parts changes nothing, and the longest local part (a 30-character prefix)
+stays under RFC 5321's 64 octets. The token does not spell out the subscriber: the store's
+outbox row with this envelope sender says which digest (and so which subscriber and address)
+it was, and `verify` recomputes the HMAC from that row. A token nobody was sent resolves to
+no row; one cannot be made for another subscriber's digest without the secret.
+
+Classification (`classify`), cheapest test first:
+1. RFC 3464 delivery status notifications (multipart/report; report-type=delivery-status):
+   Action failed with a 5.x.x status is hard, except X.7.X (the receiver's policy refusing
+   *us*: a blocklisting would otherwise suppress every address at one provider) and 5.2.2
+   (mailbox full), which are soft like 4.x.x and Action delayed. delivered, relayed, expanded
+   are ignored.
+2. RFC 5965 ARF reports (report-type=feedback-report): a complaint, unless Feedback-Type is
+   not-spam.
+3. Auto-replies (RFC 3834 Auto-Submitted other than "no", X-Autoreply, X-Autorespond,
+   Precedence auto_reply/junk/bulk/list) not from a mailer daemon: ignored.
+4. A message to the unsubscribe address: an unsubscribe, if a token is in the address or in
+   the Subject.
+5. Anything else goes through flufl.bounce's detectors (Exim, qmail, Postfix, Yahoo, ...):
+   permanent failures are hard, temporary ones soft; nothing recognised is "unknown".
+The token comes from the addresses the message was delivered to (SMTP envelope, or the
+Delivered-To / X-Original-To / To header an MTA wrote), else from anywhere in the message (a
+DSN quotes the original's Return-Path and List-Unsubscribe), so a bounce whose status part is
+mangled is still tied to its message.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+from email.utils import parseaddr
+from typing import Literal
+
+from flufl.bounce import all_failures
+
+from .config import BouncesConfig, ServerConfig
+from .links import require_secret
+
+Kind = Literal["hard", "soft", "complaint", "unsubscribe", "auto-reply", "ignored", "unknown",
+               "loop"]
+
+TOKEN_CHARS = 24
+MAX_HOPS = 50  # Received fields: more and the message is looping (RFC 5321 suggests 100)
+_ADDRESSED = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "cc")
+_AUTO_PRECEDENCE = {"auto_reply", "junk", "bulk", "list"}
+_DAEMON_LOCALS = {"mailer-daemon", "postmaster", "mdaemon", "mail-daemon", "mailerdaemon"}
+_DAEMON_NAME = re.compile(r"mail delivery|mailer|postmaster|system administrator",
+                          re.IGNORECASE)
+_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+
+
+def token(secret: str, digest_id: str, email: str) -> str:
+    """The VERP token of one digest sent to `email`."""
+    mac = hmac.new(secret.encode(), b"\0".join(
+        [b"digest-verp-v1", digest_id.encode(), email.casefold().encode()]),
+        hashlib.sha256).digest()
+    return base64.b32encode(mac[:15]).decode("ascii").lower()
+
+
+def verify(secret: str, candidate: str, digest_id: str, email: str) -> bool:
+    """Whether `candidate` is the token of this digest and address."""
+    return hmac.compare_digest(candidate.lower(), token(secret, digest_id, email))
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """The configured bounce and unsubscribe addresses (`[bounces]`)."""
+
+    bounce_local: str
+    unsubscribe_local: str
+    domain: str
+
+    @classmethod
+    def of(cls, address: str, unsubscribe_local: str) -> Addresses:
+        """From `[bounces] address` and `unsubscribe_local`."""
+        local, _, domain = address.lower().rpartition("@")
+        return cls(local, unsubscribe_local.lower(), domain)
+
+    def envelope(self, tok: str) -> str:
+        """The VERP envelope sender for a token."""
+        return f"{self.bounce_local}+{tok}@{self.domain}"
+
+    def unsubscribe(self, tok: str) -> str:
+        """The mailto unsubscribe address for a token."""
+        return f"{self.unsubscribe_local}+{tok}@{self.domain}"
+
+    def pattern(self) -> re.Pattern[bytes]:
+        """Finds `<local>+<token>@<domain>` of either address in bytes."""
+        return _patterns(self)[0]
+
+    def accepts(self, address: str) -> bool:
+        """Whether an SMTP recipient is one of ours: a tokened address, or the plain
+        unsubscribe address (the token then comes in the Subject)."""
+        local, _, domain = address.lower().rpartition("@")
+        if domain != self.domain:
+            return False
+        base, plus, tok = local.partition("+")
+        if not plus:
+            return base == self.unsubscribe_local
+        return (base in (self.bounce_local, self.unsubscribe_local)
+                and re.fullmatch(r"[a-z2-7]{24}", tok) is not None)
+
+
+def verp(config: BouncesConfig, server: ServerConfig, digest_id: str,
+         email: str) -> tuple[str, str] | None:
+    """(envelope sender, mailto unsubscribe URL) of one digest, or None without `[bounces]
+    address`. The token is in the mailto's address and in its Subject, as a mail client may
+    drop either."""
+    if config.address is None:
+        return None
+    tok = token(require_secret(server), digest_id, email)
+    addresses = Addresses.of(config.address, config.unsubscribe_local)
+    return (addresses.envelope(tok),
+            f"mailto:{addresses.unsubscribe(tok)}?subject=unsubscribe%20{tok}")
+
+
+@functools.lru_cache(maxsize=8)
+def _patterns(addresses: Addresses) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    # Compiled once per configuration: either tokened address, and the unsubscribe address
+    # with or without a token.
+    domain = re.escape(addresses.domain.encode()) + rb"\b"
+    locals_ = b"|".join(re.escape(x.encode()) for x in (addresses.bounce_local,
+                                                        addresses.unsubscribe_local))
+    tokened = re.compile(rb"(?<![\w.+-])(" + locals_ + rb")\+([a-z2-7]{24})@" + domain,
+                         re.IGNORECASE)
+    unsubscribe = re.compile(rb"(?<![\w.+-])" + re.escape(addresses.unsubscribe_local.encode())
+                             + rb"(?:\+([a-z2-7]{24}))?@" + domain, re.IGNORECASE)
+    return tokened, unsubscribe
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an inbound message is, and the token that ties it to a message of ours."""
+
+    kind: Kind
+    token: str | None = None
+    detail: str = ""
+
+
+_headers_only = BytesParser(policy=compat32)
+
+
+def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()) -> Verdict:
+    """Classify one inbound message (raw bytes); `recipients`: its SMTP envelope recipients,
+    when known."""
+    head = _headers_only.parsebytes(data, headersonly=True)
+    if len(head.get_all("received") or ()) > MAX_HOPS:
+        return Verdict("loop", None, f"more than {MAX_HOPS} Received fields")
+    tok = _token(data, head, addresses, recipients)
+    ctype = head.get_content_type()
+    if ctype == "multipart/report":
+        report = head.get_param("report-type")
+        kind = str(report).lower() if isinstance(report, str) else ""
+        if kind in ("delivery-status", "feedback-report"):
+            full = BytesParser(policy=compat32).parsebytes(data)
+            verdict = _dsn(full) if kind == "delivery-status" else _arf(full)
+            if verdict is not None:
+                return Verdict(verdict.kind, tok, verdict.detail)
+    auto = _auto_reply(head)
+    if auto == "auto-reply":
+        return Verdict("auto-reply", tok, "auto-reply")
+    unsubscribe = _unsubscribe(head, addresses, recipients)
+    if unsubscribe is not None:
+        return unsubscribe
+    verdict = _heuristic(data, tok)
+    if verdict.kind == "unknown" and auto == "maybe":
+        return Verdict("auto-reply", tok, "auto-reply")
+    return verdict
+
+
+def _token(data: bytes, head: Message, addresses: Addresses,
+           recipients: tuple[str, ...]) -> str | None:
+    pattern = addresses.pattern()
+    addressed = list(recipients) + [str(v) for name in _ADDRESSED
+                                    for v in head.get_all(name) or ()]
+    for value in addressed:
+        found = pattern.search(value.encode("utf-8", "replace"))
+        if found:
+            return found.group(2).decode().lower()
+    found = pattern.search(data)
+    return found.group(2).decode().lower() if found else None
+
+
+def _dsn(msg: Message) -> Verdict | None:
+    # RFC 3464: the message/delivery-status part holds a per-message block, then one block
+    # per recipient (compat32 parses them as a list of header-only Messages).
+    worst: Verdict | None = None
+    for part in msg.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        blocks = part.get_payload()
+        for block in blocks[1:] if isinstance(blocks, list) else ():
+            if not isinstance(block, Message):
+                continue
+            verdict = _recipient_block(block)
+            if verdict is not None and (worst is None or _rank(verdict) > _rank(worst)):
+                worst = verdict
+    return worst
+
+
+def _rank(verdict: Verdict) -> int:
+    return {"hard": 3, "soft": 2, "ignored": 1}.get(verdict.kind, 0)
+
+
+def _recipient_block(block: Message) -> Verdict | None:
+    action = str(block.get("action", "")).strip().lower()
+    status = _STATUS.search(str(block.get("status", "")))
+    diagnostic = " ".join(str(block.get("diagnostic-code", "")).split())[:200]
+    code = status.group(0) if status else "no status"
+    detail = f"{action} {code}" + (f": {diagnostic}" if diagnostic else "")
+    if action == "delayed":
+        return Verdict("soft", None, detail)
+    if action != "failed":
+        return Verdict("ignored", None, detail) if action else None
+    if status is None or status.group(1) != "5":
+        return Verdict("soft", None, detail)
+    # X.7.X: the receiver refuses us (policy, reputation), not the address; 5.2.2: full.
+    if status.group(2) == "7" or code == "5.2.2":
+        return Verdict("soft", None, detail)
+    return Verdict("hard", None, detail)
+
+
+def _arf(msg: Message) -> Verdict | None:
+    for part in msg.walk():
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        blocks = part.get_payload()
+        fields = blocks[0] if isinstance(blocks, list) and blocks else None
+        if not isinstance(fields, Message):
+            # Some reporters send the report as text: its fields are header-like lines.
+            raw = part.get_payload(decode=True)
+            fields = _headers_only.parsebytes(raw if isinstance(raw, bytes) else b"",
+                                              headersonly=True)
+        feedback_type = str(fields.get("feedback-type", "")).strip().lower() or "abuse"
+        if feedback_type == "not-spam":
+            return Verdict("ignored", None, "feedback-type not-spam")
+        return Verdict("complaint", None, f"feedback-type {feedback_type}")
+    return None
+
+
+def _auto_reply(head: Message) -> Literal["auto-reply", "maybe", "no"]:
+    # "maybe": marked automatic, but by a mailer daemon (Exim and Postfix mark their bounces
+    # Auto-Submitted, old MTAs Precedence: bulk): the bounce detectors decide.
+    auto = str(head.get("auto-submitted", "no")).strip().lower()
+    precedence = str(head.get("precedence", "")).strip().lower()
+    strong = (not auto.startswith("no") or "x-autoreply" in head or "x-autorespond" in head
+              or precedence == "auto_reply")
+    if strong and not _from_daemon(head):
+        return "auto-reply"
+    return "maybe" if strong or precedence in _AUTO_PRECEDENCE else "no"
+
+
+def _from_daemon(head: Message) -> bool:
+    name, address = parseaddr(str(head.get("from", "")))
+    local = address.rpartition("@")[0].lower()
+    return local in _DAEMON_LOCALS or _DAEMON_NAME.search(name) is not None
+
+
+def _unsubscribe(head: Message, addresses: Addresses,
+                 recipients: tuple[str, ...]) -> Verdict | None:
+    pattern = _patterns(addresses)[1]
+    addressed = list(recipients) + [str(v) for name in _ADDRESSED
+                                    for v in head.get_all(name) or ()]
+    hits = [m for v in addressed if (m := pattern.search(v.encode("utf-8", "replace")))]
+    if not hits:
+        return None
+    for hit in hits:
+        if hit.group(1):
+            return Verdict("unsubscribe", hit.group(1).decode().lower(), "mailto")
+    subject = re.search(r"\b([a-z2-7]{24})\b", str(head.get("subject", "")), re.IGNORECASE)
+    if subject:
+        return Verdict("unsubscribe", subject.group(1).lower(), "mailto (token in Subject)")
+    return Verdict("unknown", None, "unsubscribe request without a token")
+
+
+def _heuristic(data: bytes, tok: str | None) -> Verdict:
+    msg = BytesParser(policy=compat32).parsebytes(data)
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception as exc:  # flufl's detectors on a malformed message: not a bounce we know
+        return Verdict("unknown", tok, f"unreadable: {type(exc).__name__}")
+    if permanent:
+        return Verdict("hard", tok, "permanent failure: " + _listed(permanent))
+    if temporary:
+        return Verdict("soft", tok, "temporary failure: " + _listed(temporary))
+    return Verdict("unknown", tok, "not a bounce, complaint or unsubscribe")
+
+
+def _listed(addresses: frozenset[bytes]) -> str:
+    return ", ".join(sorted(a.decode("utf-8", "replace") for a in addresses))[:200]
