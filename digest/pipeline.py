@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import batch, bounces, delivery, store, subscribers
+from . import batch, bounces, delivery, inbound, store, subscribers
 from .config import AnySource, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, SourceError, printable
 from .links import unsubscribe_url
@@ -224,6 +224,7 @@ class Outcome:
     # sent | would-send | already-sent | no-matches | failed | invalid | not-due
     # | retry (a passing refusal; tried again later) | queued (stored, not sent yet)
     # | not-sent (the batch stopped before it was built; the next run builds it)
+    # | unsubscribed | suppressed (the address bounced or complained: `digest suppressed`)
     status: str
     items: int = 0
     detail: str = ""
@@ -379,7 +380,7 @@ def _record_run(db: Database, report: SendReport, today: dict[str, date], start:
     store.record_run(
         db, "send", start, end,
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
-                                       "already-sent", "queued", "not-sent")}
+                                       "already-sent", "queued", "not-sent", "suppressed")}
         | {"bytes dropped": report.dropped},
     )
 
@@ -434,11 +435,16 @@ def _send_batch(
 def _waiting(db: Database, today: dict[str, date], now: datetime,
              due_only: bool) -> list[store.Pending]:
     """These subscribers' rows waiting in the outbox (retries due, and what a crash left);
-    a row queued before its subscriber unsubscribed is failed instead: it must not go out."""
+    a row queued before its subscriber unsubscribed, or its address was suppressed, is failed
+    instead: it must not go out."""
     waiting = []
     for row in store.pending(db, today, now if due_only else None):
         if store.is_unsubscribed(db, row.subscriber_id):
             store.record_failed(db, row.id, "unsubscribed before it was sent", now)
+            continue
+        if store.is_suppressed(db, row.recipient):
+            store.record_failed(db, row.id, f"{row.recipient} was suppressed before it was"
+                                " sent", now)
             continue
         waiting.append(row)
     return waiting
@@ -500,6 +506,8 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
         return None
     if store.is_unsubscribed(db, sid):
         return Outcome(sid, "unsubscribed", detail="unsubscribed")
+    if store.is_suppressed(db, entry.email):
+        return Outcome(sid, "suppressed", detail=f"{entry.email} is suppressed")
     state = store.digest_state(db, sid, day)
     if state in store.PENDING_STATES and store.pending_row(db, key):
         return Outcome(sid, "queued", detail=f"stored, not sent ({why}); the next run sends it")
@@ -543,6 +551,9 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     # as it is (subscriber files are never rewritten), so the store's record decides.
     if store.is_unsubscribed(db, subscriber.id):
         return Outcome(subscriber.id, "unsubscribed", detail="unsubscribed")
+    # An address that bounced for good or complained is never mailed (`digest suppressed`).
+    if store.is_suppressed(db, subscriber.email):
+        return Outcome(subscriber.id, "suppressed", detail=f"{subscriber.email} is suppressed")
     day = local_date(subscriber, now)
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
@@ -875,3 +886,17 @@ def retry(db: Database, now: datetime, only: list[str] | None = None) -> list[st
     for key in ids:
         log.info("digest %s queued again on request", key)
     return ids
+
+
+# --- what comes back ------------------------------------------------------------------------
+
+
+def poll_bounces(settings: Settings, db: Database,
+                 clock: Callable[[], datetime]) -> inbound.InboundReport:
+    """Read the bounce mailbox once (`[bounces]`, IMAP): bounces, complaints and mailto
+    unsubscribes act on the subscribers they name; see `digest.inbound`."""
+    report = inbound.poll_imap(settings, db, clock)
+    store.forget_seen(db, clock() - timedelta(days=store.SEEN_DAYS))
+    if report.counts:
+        log.info("inbound: %s", ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())))
+    return report
