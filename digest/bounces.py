@@ -63,6 +63,7 @@ _DAEMON_LOCALS = {"mailer-daemon", "postmaster", "mdaemon", "mail-daemon", "mail
 _DAEMON_NAME = re.compile(r"mail delivery|mailer|postmaster|system administrator",
                           re.IGNORECASE)
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+_STATUS_TEXT = re.compile(rb"(?<![\d.])[45]\.\d{1,3}\.\d{1,3}(?![\d.])")
 
 
 def token(secret: str, digest_id: str, email: str) -> str:
@@ -179,9 +180,11 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
     if unsubscribe is not None:
         return unsubscribe
     verdict = _heuristic(data, tok)
-    if verdict.kind == "unknown" and auto == "maybe":
-        return Verdict("auto-reply", tok, "auto-reply")
-    return verdict
+    if verdict.kind != "unknown":
+        return verdict
+    if auto == "daemon":
+        return _status_in_text(data, tok)
+    return Verdict("auto-reply", tok, "auto-reply") if auto == "maybe" else verdict
 
 
 def _token(data: bytes, head: Message, addresses: Addresses,
@@ -254,16 +257,18 @@ def _arf(msg: Message) -> Verdict | None:
     return None
 
 
-def _auto_reply(head: Message) -> Literal["auto-reply", "maybe", "no"]:
-    # "maybe": marked automatic, but by a mailer daemon (Exim and Postfix mark their bounces
-    # Auto-Submitted, old MTAs Precedence: bulk): the bounce detectors decide.
+def _auto_reply(head: Message) -> Literal["auto-reply", "daemon", "maybe", "no"]:
+    # "daemon": from a mailer daemon, which marks its bounces automatic too (Exim and
+    # Postfix: Auto-Submitted, old MTAs: Precedence: bulk): the bounce detectors decide.
+    # "maybe": only Precedence bulk/junk/list: the detectors first, else an auto-reply.
+    if _from_daemon(head):
+        return "daemon"
     auto = str(head.get("auto-submitted", "no")).strip().lower()
     precedence = str(head.get("precedence", "")).strip().lower()
-    strong = (not auto.startswith("no") or "x-autoreply" in head or "x-autorespond" in head
-              or precedence == "auto_reply")
-    if strong and not _from_daemon(head):
+    if (not auto.startswith("no") or "x-autoreply" in head or "x-autorespond" in head
+            or precedence == "auto_reply"):
         return "auto-reply"
-    return "maybe" if strong or precedence in _AUTO_PRECEDENCE else "no"
+    return "maybe" if precedence in _AUTO_PRECEDENCE else "no"
 
 
 def _from_daemon(head: Message) -> bool:
@@ -300,6 +305,21 @@ def _heuristic(data: bytes, tok: str | None) -> Verdict:
     if temporary:
         return Verdict("soft", tok, "temporary failure: " + _listed(temporary))
     return Verdict("unknown", tok, "not a bounce, complaint or unsubscribe")
+
+
+def _status_in_text(data: bytes, tok: str | None) -> Verdict:
+    # A mailer daemon's message no detector reads (a mangled DSN): the first enhanced status
+    # code (RFC 3463) in its text decides, with the rules of a DSN's Status field.
+    body = data.find(b"\n\n") if b"\r\n\r\n" not in data else data.find(b"\r\n\r\n")
+    found = _STATUS_TEXT.search(data, max(body, 0), max(body, 0) + 65536)
+    if found is None:
+        return Verdict("unknown", tok, "a mailer daemon's message without a status code")
+    code = found.group(0).decode()
+    block = Message()
+    block["Action"], block["Status"] = "failed", code
+    verdict = _recipient_block(block)
+    assert verdict is not None
+    return Verdict(verdict.kind, tok, f"status {code} in the text (no readable report)")
 
 
 def _listed(addresses: frozenset[bytes]) -> str:
