@@ -165,10 +165,6 @@ def _imap_error(host: str, exc: BaseException) -> DigestError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return DigestError(f"IMAP server {host}: certificate not trusted: {exc.verify_message}",
                            hint="set [bounces] imap_ca_file for a private CA")
-    if isinstance(exc, imaplib.IMAP4.error) and "LOGIN" in str(exc).upper():
-        return DigestError(f"IMAP server {host} rejected the login",
-                           hint="check $DIGEST_IMAP_USER and $DIGEST_IMAP_PASSWORD (or the"
-                                " variables [bounces] imap_user_env / imap_password_env name)")
     return DigestError(f"IMAP server {host}: {printable(str(exc)) or type(exc).__name__}")
 
 
@@ -188,7 +184,16 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
     try:
         with imaplib.IMAP4_SSL(host, config.imap_port, ssl_context=context,
                                timeout=30) as imap:
-            imap.login(user, password)
+            try:
+                imap.login(user, password)
+            except imaplib.IMAP4.error:
+                raise DigestError(
+                    f"IMAP server {host} rejected the login for {user!r}",
+                    hint=f"check ${config.imap_user_env} and ${config.imap_password_env}",
+                ) from None
+            # imaplib keeps the capabilities from before the login; MOVE is offered after.
+            _, caps = _check(imap.capability(), "CAPABILITY")
+            imap.capabilities = tuple(caps[-1].decode("ascii", "replace").upper().split())
             return _poll(imap, inbound, limit)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
         raise _imap_error(host, exc) from exc
@@ -256,7 +261,8 @@ def _folders(imap: imaplib.IMAP4) -> set[str]:
     names = set()
     for line in data:
         if isinstance(line, bytes):
-            found = re.search(rb'"?([^"]*)"?\s*$', line)
+            # (flags) "delimiter" name: the name may be quoted.
+            found = re.search(rb'\) (?:"[^"]*"|NIL) "?(.*?)"?$', line)
             if found:
                 names.add(found.group(1).decode("utf-8", "replace").lower())
     return names
