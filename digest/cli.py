@@ -389,7 +389,8 @@ def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
         out.print(f"digest: receiving bounces on {controller.hostname}:{controller.port};"
                   " Ctrl-C to stop", highlight=False)
         try:
-            stop.wait()
+            while not stop.wait(1.0):
+                pass
         finally:
             controller.stop()
     counts = ", ".join(f"{n} {k}" for k, n in sorted(controller.handler.report.counts.items()))
