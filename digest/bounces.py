@@ -63,6 +63,10 @@ _DAEMON_LOCALS = {"mailer-daemon", "postmaster", "mdaemon", "mail-daemon", "mail
 _DAEMON_NAME = re.compile(r"mail delivery|mailer|postmaster|system administrator",
                           re.IGNORECASE)
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_REPORT_TYPE = re.compile(rb"(?i)report-type\s*=\s*\"?(?:delivery-status|feedback-report)")
+_CONTENT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*([\w.+-]+/[\w.+-]+)")
+_ENCODED = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(base64|quoted-printable)")
 _STATUS_TEXT = re.compile(rb"(?<![\d.])[45]\.\d{1,3}\.\d{1,3}(?![\d.])")
 
 
@@ -154,23 +158,24 @@ class Verdict:
     detail: str = ""
 
 
-_headers_only = BytesParser(policy=compat32)
+_parser = BytesParser(policy=compat32)
 
 
 def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()) -> Verdict:
     """Classify one inbound message (raw bytes); `recipients`: its SMTP envelope recipients,
     when known."""
-    head = _headers_only.parsebytes(data, headersonly=True)
+    block = _header_block(data)
+    # A report is read from its header block and its report part alone; anything else is
+    # parsed whole, once, for the header checks and the bounce detectors alike.
+    report = _REPORT_TYPE.search(block) is not None
+    head = _parser.parsebytes(block, headersonly=True) if report else _parser.parsebytes(data)
     if len(head.get_all("received") or ()) > MAX_HOPS:
         return Verdict("loop", None, f"more than {MAX_HOPS} Received fields")
     tok = _token(data, head, addresses, recipients)
-    ctype = head.get_content_type()
-    if ctype == "multipart/report":
-        report = head.get_param("report-type")
-        kind = str(report).lower() if isinstance(report, str) else ""
+    if report and head.get_content_type() == "multipart/report":
+        kind = str(head.get_param("report-type")).lower()
         if kind in ("delivery-status", "feedback-report"):
-            full = BytesParser(policy=compat32).parsebytes(data)
-            verdict = _dsn(full) if kind == "delivery-status" else _arf(full)
+            verdict = _report(data, head, kind)
             if verdict is not None:
                 return Verdict(verdict.kind, tok, verdict.detail)
     auto = _auto_reply(head)
@@ -179,12 +184,19 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
     unsubscribe = _unsubscribe(head, addresses, recipients)
     if unsubscribe is not None:
         return unsubscribe
-    verdict = _heuristic(data, tok)
+    verdict = _heuristic(_parser.parsebytes(data) if report else head, tok)
     if verdict.kind != "unknown":
         return verdict
     if auto == "daemon":
         return _status_in_text(data, tok)
     return Verdict("auto-reply", tok, "auto-reply") if auto == "maybe" else verdict
+
+
+def _header_block(data: bytes) -> bytes:
+    # Only the header block is parsed first: the parser would otherwise read the whole body
+    # line by line even with headersonly (most of the cost for a message no report is in).
+    end = _BLANK_LINE.search(data)
+    return data if end is None else data[:end.end()]
 
 
 def _token(data: bytes, head: Message, addresses: Addresses,
@@ -200,20 +212,75 @@ def _token(data: bytes, head: Message, addresses: Addresses,
     return found.group(2).decode().lower() if found else None
 
 
-def _dsn(msg: Message) -> Verdict | None:
-    # RFC 3464: the message/delivery-status part holds a per-message block, then one block
-    # per recipient (compat32 parses them as a list of header-only Messages).
-    worst: Verdict | None = None
-    for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status":
+Fields = dict[str, str]  # one block of a report's fields, by lowercase name
+
+
+def _report(data: bytes, head: Message, kind: str) -> Verdict | None:
+    # The report's fields read straight from the bytes when its part is where RFC 3462 puts
+    # it (a top-level part, not encoded): no MIME tree is built. Otherwise the email parser.
+    wanted = "message/delivery-status" if kind == "delivery-status" else "message/feedback-report"
+    blocks = _top_level_part(data, head, wanted)
+    if blocks is None:
+        blocks = _parsed_part(_parser.parsebytes(data), wanted)
+    return _dsn(blocks) if kind == "delivery-status" else _arf(blocks)
+
+
+def _top_level_part(data: bytes, head: Message, wanted: str) -> list[Fields] | None:
+    boundary = head.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary or not boundary.isascii():
+        return None
+    for piece in data.split(b"\n--" + boundary.encode())[1:]:
+        if piece.startswith(b"--"):
+            break  # the closing delimiter
+        part = piece.partition(b"\n")[2]
+        end = _BLANK_LINE.search(part)
+        if part.startswith((b"\n", b"\r\n")) or end is None:
+            continue  # no header fields: text/plain
+        headers = part[:end.start()]
+        ctype = _CONTENT_TYPE.search(headers)
+        if ctype is None or ctype.group(1).lower() != wanted.encode():
             continue
-        blocks = part.get_payload()
-        for block in blocks[1:] if isinstance(blocks, list) else ():
-            if not isinstance(block, Message):
-                continue
-            verdict = _recipient_block(block)
-            if verdict is not None and (worst is None or _rank(verdict) > _rank(worst)):
-                worst = verdict
+        if _ENCODED.search(headers):
+            return None
+        return _field_blocks(part[end.end():].decode("utf-8", "replace"))
+    return None
+
+
+def _field_blocks(text: str) -> list[Fields]:
+    blocks = []
+    for chunk in re.split(r"\r?\n[ \t]*\r?\n", text):
+        fields: Fields = {}
+        for line in re.sub(r"\r?\n[ \t]+", " ", chunk).splitlines():
+            name, colon, value = line.partition(":")
+            if colon and name.strip() and " " not in name.strip():
+                fields.setdefault(name.strip().lower(), value.strip())
+        if fields:
+            blocks.append(fields)
+    return blocks
+
+
+def _parsed_part(msg: Message, wanted: str) -> list[Fields]:
+    # compat32 parses a message/delivery-status or feedback-report part into header-only
+    # Messages, one per block (or leaves the text when it cannot).
+    for part in msg.walk():
+        if part.get_content_type() != wanted:
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            return [{k.lower(): str(v) for k, v in block.items()}
+                    for block in payload if isinstance(block, Message)]
+        raw = part.get_payload(decode=True)
+        return _field_blocks(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else "")
+    return []
+
+
+def _dsn(blocks: list[Fields]) -> Verdict | None:
+    # RFC 3464: a per-message block, then one block per recipient; the worst one decides.
+    worst: Verdict | None = None
+    for block in blocks[1:]:
+        verdict = _recipient_block(block)
+        if verdict is not None and (worst is None or _rank(verdict) > _rank(worst)):
+            worst = verdict
     return worst
 
 
@@ -221,10 +288,10 @@ def _rank(verdict: Verdict) -> int:
     return {"hard": 3, "soft": 2, "ignored": 1}.get(verdict.kind, 0)
 
 
-def _recipient_block(block: Message) -> Verdict | None:
-    action = str(block.get("action", "")).strip().lower()
-    status = _STATUS.search(str(block.get("status", "")))
-    diagnostic = " ".join(str(block.get("diagnostic-code", "")).split())[:200]
+def _recipient_block(block: Fields) -> Verdict | None:
+    action = block.get("action", "").strip().lower()
+    status = _STATUS.search(block.get("status", ""))
+    diagnostic = " ".join(block.get("diagnostic-code", "").split())[:200]
     code = status.group(0) if status else "no status"
     detail = f"{action} {code}" + (f": {diagnostic}" if diagnostic else "")
     if action == "delayed":
@@ -239,22 +306,13 @@ def _recipient_block(block: Message) -> Verdict | None:
     return Verdict("hard", None, detail)
 
 
-def _arf(msg: Message) -> Verdict | None:
-    for part in msg.walk():
-        if part.get_content_type() != "message/feedback-report":
-            continue
-        blocks = part.get_payload()
-        fields = blocks[0] if isinstance(blocks, list) and blocks else None
-        if not isinstance(fields, Message):
-            # Some reporters send the report as text: its fields are header-like lines.
-            raw = part.get_payload(decode=True)
-            fields = _headers_only.parsebytes(raw if isinstance(raw, bytes) else b"",
-                                              headersonly=True)
-        feedback_type = str(fields.get("feedback-type", "")).strip().lower() or "abuse"
-        if feedback_type == "not-spam":
-            return Verdict("ignored", None, "feedback-type not-spam")
-        return Verdict("complaint", None, f"feedback-type {feedback_type}")
-    return None
+def _arf(blocks: list[Fields]) -> Verdict | None:
+    if not blocks:
+        return None
+    feedback_type = blocks[0].get("feedback-type", "").strip().lower() or "abuse"
+    if feedback_type == "not-spam":
+        return Verdict("ignored", None, "feedback-type not-spam")
+    return Verdict("complaint", None, f"feedback-type {feedback_type}")
 
 
 def _auto_reply(head: Message) -> Literal["auto-reply", "daemon", "maybe", "no"]:
@@ -294,8 +352,7 @@ def _unsubscribe(head: Message, addresses: Addresses,
     return Verdict("unknown", None, "unsubscribe request without a token")
 
 
-def _heuristic(data: bytes, tok: str | None) -> Verdict:
-    msg = BytesParser(policy=compat32).parsebytes(data)
+def _heuristic(msg: Message, tok: str | None) -> Verdict:
     try:
         temporary, permanent = all_failures(msg)
     except Exception as exc:  # flufl's detectors on a malformed message: not a bounce we know
@@ -315,9 +372,7 @@ def _status_in_text(data: bytes, tok: str | None) -> Verdict:
     if found is None:
         return Verdict("unknown", tok, "a mailer daemon's message without a status code")
     code = found.group(0).decode()
-    block = Message()
-    block["Action"], block["Status"] = "failed", code
-    verdict = _recipient_block(block)
+    verdict = _recipient_block({"action": "failed", "status": code})
     assert verdict is not None
     return Verdict(verdict.kind, tok, f"status {code} in the text (no readable report)")
 

@@ -138,3 +138,43 @@ def test_garbage_never_raises_past_classify_guarded_callers() -> None:
     for data in inputs:
         assert classify(data, ADDRESSES).kind in ("unknown", "auto-reply", "ignored",
                                                   "hard", "soft", "complaint", "unsubscribe")
+
+
+def report_samples() -> list[bytes]:
+    found = [sample(n) for n in ("rfc3464_hard.eml", "rfc3464_soft.eml", "rfc3464_policy.eml",
+                                 "rfc5965_complaint.eml")]
+    found += [delivered(n) for n in EXPECTED if b"report-type" in delivered(n).lower()]
+    return found
+
+
+def test_reading_a_report_from_the_bytes_agrees_with_the_email_parser() -> None:
+    from email.parser import BytesParser
+    from email.policy import compat32
+
+    from digest.bounces import _header_block, _parsed_part, _top_level_part
+
+    read = 0
+    for data in report_samples():
+        head = BytesParser(policy=compat32).parsebytes(_header_block(data), headersonly=True)
+        for wanted in ("message/delivery-status", "message/feedback-report"):
+            fast = _top_level_part(data, head, wanted)
+            slow = _parsed_part(BytesParser(policy=compat32).parsebytes(data), wanted)
+            if fast is not None:
+                read += 1
+                assert [{k: " ".join(v.split()) for k, v in b.items()} for b in fast] == \
+                    [{k: " ".join(v.split()) for k, v in b.items()} for b in slow]
+    assert read == len(report_samples())  # every one read from the bytes
+
+
+def test_an_encoded_status_part_goes_to_the_email_parser() -> None:
+    import base64
+
+    data = sample("rfc3464_hard.eml")
+    start = data.index(b"Reporting-MTA")
+    end = data.index(b"\r\n--4F1A2B3C", start)
+    encoded = base64.encodebytes(data[start:end]).replace(b"\n", b"\r\n")
+    data = (data[:start].replace(b"Content-Type: message/delivery-status\r\n",
+                                 b"Content-Type: message/delivery-status\r\n"
+                                 b"Content-Transfer-Encoding: base64\r\n")
+            + encoded + data[end:])
+    assert classify(data, ADDRESSES).kind == "hard"
