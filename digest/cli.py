@@ -370,8 +370,11 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
 @click.option("--port", type=int, help="With --listen: port to listen on.")
 def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
             port: int | None) -> None:
-    """Handle bounces, complaints and mailto unsubscribes: suppress or unsubscribe whom they
-    name. `digest run` also reads the IMAP mailbox every [bounces] poll_minutes."""
+    """Read bounces, complaints and mailto unsubscribes, and act on whom they name.
+
+    A hard bounce or a complaint suppresses the address, soft bounces do at [bounces]
+    soft_threshold, a mailto request unsubscribes. `digest run` also reads the IMAP mailbox
+    every [bounces] poll_minutes."""
     if once == listen:
         raise click.UsageError("give exactly one of --once and --listen")
     settings = _settings(config_path)
@@ -404,8 +407,10 @@ def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
 @click.option("--lift", "lift", multiple=True, metavar="EMAIL",
               help="Mail this address again (repeatable); its history is kept.")
 def suppressed(config_path: Path, export_format: str | None, lift: tuple[str, ...]) -> None:
-    """List the suppressed addresses (hard bounce, complaint, repeated soft bounces) with the
-    reason and date, export them, or lift a suppression."""
+    """List, export or lift the suppressed addresses, with the reason and the date.
+
+    An address is suppressed by a hard bounce (550/551/553 at RCPT, or a DSN), a complaint,
+    or [bounces] soft_threshold soft bounces; it is never mailed until lifted."""
     settings = _settings(config_path)
     db = _open_store(settings)
     if lift:
