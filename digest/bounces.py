@@ -10,8 +10,8 @@ digest id and the recipient, in lowercase base32: 24 characters of [a-z2-7], so 
 lowercases local parts changes nothing, and the longest local part (a 30-character prefix)
 stays under RFC 5321's 64 octets. The token does not spell out the subscriber: the store's
 outbox row with this envelope sender says which digest (and so which subscriber and address)
-it was, and `verify` recomputes the HMAC from that row. A token nobody was sent resolves to
-no row; one cannot be made for another subscriber's digest without the secret.
+it was. A token nobody was sent resolves to no row (120 bits are not guessed), and one cannot
+be made for another subscriber's digest without the secret.
 
 Classification (`classify`), cheapest test first:
 1. RFC 3464 delivery status notifications (multipart/report; report-type=delivery-status):
@@ -76,11 +76,6 @@ def token(secret: str, digest_id: str, email: str) -> str:
         [b"digest-verp-v1", digest_id.encode(), email.casefold().encode()]),
         hashlib.sha256).digest()
     return base64.b32encode(mac[:15]).decode("ascii").lower()
-
-
-def verify(secret: str, candidate: str, digest_id: str, email: str) -> bool:
-    """Whether `candidate` is the token of this digest and address."""
-    return hmac.compare_digest(candidate.lower(), token(secret, digest_id, email))
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,3 +276,12 @@ def test_a_message_queued_before_the_suppression_is_not_sent(project: Project,
     assert store.digest_state(db, "ada", NOW.date()) == "failed"
     parsed = message_from_bytes(out.data, policy=policy.default)
     assert "unsubscribe+" in str(parsed["List-Unsubscribe"])
+
+
+def test_a_new_secret_does_not_orphan_the_bounces_of_mail_sent_before_it(
+        project: Project, sink: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = bounce_project(project, sink.port)
+    send(settings)
+    monkeypatch.setenv("DIGEST_SECRET", "rotated")
+    handled = inbound(settings).handle(sample("rfc3464_hard.eml", token("ada")))
+    assert (handled.action, handled.subscriber_id) == ("suppressed", "ada")
