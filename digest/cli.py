@@ -84,7 +84,8 @@ def _progress() -> Progress:
 
 
 def _fail(exc: DigestError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    # Escaped: a message naming a setting ("[bounces] address") is not rich markup.
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
     if exc.hint:
         err.print(f"hint: {exc.hint}", highlight=False, markup=False)
     sys.exit(1)

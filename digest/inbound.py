@@ -173,12 +173,12 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
     """Read the bounce mailbox once: handle up to `limit` messages not flagged skipped,
     move each handled one to `imap_done_folder`, flag the skipped ones."""
     config = settings.bounces
+    inbound = Inbound(settings, db, clock)  # first: says so when [bounces] is not set
     account = config.imap_account()
     if account is None:
         raise DigestError(f"no IMAP server: environment variable {config.imap_host_env} is"
                           " not set", hint="export it, with the user and password variables")
     host, user, password = account
-    inbound = Inbound(settings, db, clock)
     context = ssl.create_default_context(
         cafile=str(config.imap_ca_file) if config.imap_ca_file else None)
     try:

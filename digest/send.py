@@ -644,7 +644,9 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                    opening: bool = False, recipient: str = "") -> SendError:
     """The one translation of smtplib, socket and ssl errors into the send errors of
     `digest.errors`. While the session opens (`opening`: connect, EHLO, STARTTLS, login)
-    every failure is fatal: no message can go. On a message: a 5xx answer is permanent;
+    every failure is fatal: no message can go. On a message: a 5xx answer is permanent
+    (550, 551 or 553 at RCPT is a RecipientRefusedError: a hard bounce, whose address is
+    suppressed; soft if the reply's enhanced status is 5.7.x, a policy refusal of us);
     4xx, 421, a lost connection and a broken session limit are transient (the message may
     have arrived after DATA: it is sent again as the same bytes, same Message-ID)."""
     where = f"{config.host}:{config.port}"

@@ -285,3 +285,15 @@ def test_a_new_secret_does_not_orphan_the_bounces_of_mail_sent_before_it(
     monkeypatch.setenv("DIGEST_SECRET", "rotated")
     handled = inbound(settings).handle(sample("rfc3464_hard.eml", token("ada")))
     assert (handled.action, handled.subscriber_id) == ("suppressed", "ada")
+
+
+def test_inbound_without_bounces_configured_says_which_setting_is_missing(
+        project: Project) -> None:
+    runner = CliRunner()
+    for mode in ("--once", "--listen"):
+        result = runner.invoke(cli.cli, ["inbound", mode, "--config", str(project.config)])
+        assert result.exit_code == 1
+        assert "error: [bounces] address is not set" in result.output
+    both = runner.invoke(cli.cli, ["inbound", "--once", "--listen", "--config",
+                                   str(project.config)])
+    assert both.exit_code == 2 and "exactly one of --once and --listen" in both.output
