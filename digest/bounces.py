@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from email.utils import parseaddr
 from typing import Literal
 
 from flufl.bounce import all_failures
@@ -57,11 +56,13 @@ Kind = Literal["hard", "soft", "complaint", "unsubscribe", "auto-reply", "ignore
 
 TOKEN_CHARS = 24
 MAX_HOPS = 50  # Received fields: more and the message is looping (RFC 5321 suggests 100)
-_ADDRESSED = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "cc")
+# Where a message was delivered to, most telling first (the SMTP envelope ranks 0).
+_ADDRESSED = {"delivered-to": 1, "x-original-to": 2, "envelope-to": 3, "x-envelope-to": 4,
+              "to": 5, "cc": 6}
 _AUTO_PRECEDENCE = {"auto_reply", "junk", "bulk", "list"}
-_DAEMON_LOCALS = {"mailer-daemon", "postmaster", "mdaemon", "mail-daemon", "mailerdaemon"}
-_DAEMON_NAME = re.compile(r"mail delivery|mailer|postmaster|system administrator",
-                          re.IGNORECASE)
+# A mailer daemon's From: its local part, or a display name such as "Mail Delivery System".
+_DAEMON = re.compile(r"(?i)(?:^|[<\s\"(])(?:mailer-daemon|postmaster|mdaemon|mail-daemon|"
+                     r"mailerdaemon)@|mail delivery|mailer|postmaster|system administrator")
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _REPORT_TYPE = re.compile(rb"(?i)report-type\s*=\s*\"?(?:delivery-status|feedback-report)")
@@ -164,9 +165,19 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
     # parsed whole, once, for the header checks and the bounce detectors alike.
     report = _REPORT_TYPE.search(block) is not None
     head = _parser.parsebytes(block, headersonly=True) if report else _parser.parsebytes(data)
-    if len(head.get_all("received") or ()) > MAX_HOPS:
+    # One pass over the header fields: the hop count and where the message was delivered to,
+    # in the order that decides (the SMTP envelope, then what the MTAs wrote).
+    hops, found = 0, [(0, r) for r in recipients]
+    for name, value in head.items():
+        lowered = name.lower()
+        if lowered == "received":
+            hops += 1
+        elif lowered in _ADDRESSED:
+            found.append((_ADDRESSED[lowered], str(value)))
+    if hops > MAX_HOPS:
         return Verdict("loop", None, f"more than {MAX_HOPS} Received fields")
-    tok = _token(data, head, addresses, recipients)
+    addressed = [value for _, value in sorted(found, key=lambda item: item[0])]
+    tok = _token(data, addresses, addressed)
     if report and head.get_content_type() == "multipart/report":
         kind = str(head.get_param("report-type")).lower()
         if kind in ("delivery-status", "feedback-report"):
@@ -176,7 +187,7 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
     auto = _auto_reply(head)
     if auto == "auto-reply":
         return Verdict("auto-reply", tok, "auto-reply")
-    unsubscribe = _unsubscribe(head, addresses, recipients)
+    unsubscribe = _unsubscribe(head, addresses, addressed)
     if unsubscribe is not None:
         return unsubscribe
     verdict = _heuristic(_parser.parsebytes(data) if report else head, tok)
@@ -194,11 +205,8 @@ def _header_block(data: bytes) -> bytes:
     return data if end is None else data[:end.end()]
 
 
-def _token(data: bytes, head: Message, addresses: Addresses,
-           recipients: tuple[str, ...]) -> str | None:
+def _token(data: bytes, addresses: Addresses, addressed: list[str]) -> str | None:
     pattern = addresses.pattern()
-    addressed = list(recipients) + [str(v) for name in _ADDRESSED
-                                    for v in head.get_all(name) or ()]
     for value in addressed:
         found = pattern.search(value.encode("utf-8", "replace"))
         if found:
@@ -325,16 +333,13 @@ def _auto_reply(head: Message) -> Literal["auto-reply", "daemon", "maybe", "no"]
 
 
 def _from_daemon(head: Message) -> bool:
-    name, address = parseaddr(str(head.get("from", "")))
-    local = address.rpartition("@")[0].lower()
-    return local in _DAEMON_LOCALS or _DAEMON_NAME.search(name) is not None
+    # A regex rather than parseaddr, which cost more than the rest of the header checks.
+    sender = str(head.get("from", ""))
+    return _DAEMON.search(sender) is not None
 
 
-def _unsubscribe(head: Message, addresses: Addresses,
-                 recipients: tuple[str, ...]) -> Verdict | None:
+def _unsubscribe(head: Message, addresses: Addresses, addressed: list[str]) -> Verdict | None:
     pattern = _patterns(addresses)[1]
-    addressed = list(recipients) + [str(v) for name in _ADDRESSED
-                                    for v in head.get_all(name) or ()]
     hits = [m for v in addressed if (m := pattern.search(v.encode("utf-8", "replace")))]
     if not hits:
         return None
