@@ -4,6 +4,7 @@ flagged, and logged once; the login and the certificate are checked."""
 
 from __future__ import annotations
 
+import imaplib
 import os
 from collections.abc import Iterator
 
@@ -104,3 +105,28 @@ def test_digest_run_polls_the_mailbox_when_one_is_configured(
     db = store.open_db(settings.store.path)
     assert [(s.email, s.reason) for s in store.suppressions(db)] == [
         ("bob@example.org", "complaint")]
+
+
+def test_without_move_a_message_is_copied_before_it_is_deleted(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server without RFC 6851 MOVE: COPY, then \Deleted and EXPUNGE.
+    real = imaplib.IMAP4.capability
+
+    def without_move(self: imaplib.IMAP4) -> tuple[str, list[bytes]]:
+        status, data = real(self)
+        return status, [data[-1].replace(b" MOVE", b"")]
+
+    monkeypatch.setattr(imaplib.IMAP4, "capability", without_move)
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    configure(project, smtp_server, imap)
+    send(load_settings(project.config))
+    before = len(imap.folder("digest-processed")) if "digest-processed" in str(
+        imap.client().list()[1]) else 0
+    imap.append(sample("rfc3464_hard.eml", token("ada")))
+    result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
+                                          str(project.config)], env=imap_env(imap))
+    assert result.exit_code == 0, result.output
+    assert "1 suppressed" in result.output
+    assert len(imap.folder("digest-processed")) == before + 1
+    assert all(b"$DigestSkipped" in flags for flags, _ in imap.folder("INBOX"))
