@@ -273,7 +273,8 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                  "'digest status --all' shows everyone")
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "unsubscribed", "retry", "queued", "not-sent",
+                                            "unsubscribed", "paused", "retry", "queued",
+                                            "not-sent",
                                             "failed", "invalid")
         if report.count(s)
     )
