@@ -199,3 +199,11 @@ def m13_feedback(db: Database) -> None:
         foreign_keys=[("listing_id", "listings", "id")],
     )
     db.table("feedback").create_index(["listing_id"])
+
+
+@migrations()
+def m14_signup_tokens(db: Database) -> None:
+    """Sign-up confirmation links already used, by the SHA-256 of the token: a confirmation
+    link works once (the pending sign-up itself lives in the signed token, not here)."""
+    db.table("used_tokens").create({"token_hash": str, "used_at": str}, pk="token_hash",
+                                   not_null={"used_at"})

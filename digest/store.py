@@ -1059,3 +1059,20 @@ def find_listings(db: Database, query: str, limit: int = 20) -> list[Listing]:
         [key, limit],
     )
     return [_from_row(r) for r in rows]
+
+
+# --- one-time tokens ------------------------------------------------------------------------
+
+
+def use_token(db: Database, token_hash: str, now: datetime) -> bool:
+    """Record that the token hashed `token_hash` has been used; False when it already was."""
+    with write_transaction(db):
+        cursor = db.execute("insert or ignore into used_tokens (token_hash, used_at)"
+                            " values (?, ?)", [token_hash, timestamp(now)])
+        return cursor.rowcount == 1
+
+
+def forget_token(db: Database, token_hash: str) -> None:
+    """Undo `use_token` (the step it guarded failed, so the link may be used again)."""
+    with write_transaction(db):
+        db.execute("delete from used_tokens where token_hash = ?", [token_hash])
