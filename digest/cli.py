@@ -355,7 +355,7 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
     out.print(f"digest: serving {where}/unsubscribe{previews}; Ctrl-C to stop",
               highlight=False)
-    web.serve(app, host, port)
+    web.serve(app, host, port, settings.server.forwarded_allow_ips)
 
 
 _STATUS_ATTENTION = ("failed", "retry", "queued", "sending")

@@ -42,6 +42,7 @@ from .errors import ConfigError, DigestError
 
 MAX_TEXT = 100  # characters of a name, a topic name or one keyword typed into a form
 MAX_KEYWORDS = 50  # keywords in one form field
+MAX_TOPICS = 20  # topics one subscriber edits on the page
 
 
 def _no_markup(value: str) -> str:
@@ -129,7 +130,7 @@ class TopicEdit(_Form):
 class Edit(_Form):
     """Everything the preferences page can change in a subscriber file."""
 
-    topics: list[TopicEdit] = Field(max_length=20)
+    topics: list[TopicEdit] = Field(max_length=MAX_TOPICS)
     exclude: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
     timezone: TimeZoneName
     send_at: SendAt
