@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from email import message_from_bytes
 from email import policy as email_policy
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import jinja2
 from sqlite_utils import Database
@@ -288,10 +288,20 @@ def _timezone_js(request: Request) -> Response:
 
 
 async def _form(request: Request) -> FormData | None:
-    # At most MAX_FORM_FIELDS fields (a multipart body is parsed with the same cap).
+    # Our forms post application/x-www-form-urlencoded (the HTML default); parsed here, with
+    # at most MAX_FORM_FIELDS fields, so no multipart parser is needed. Bad UTF-8 or another
+    # content type reads as an empty form, which the handlers refuse field by field.
     if request.method != "POST":
         return None
-    return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return FormData()
+    try:
+        pairs = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True,
+                          max_num_fields=MAX_FORM_FIELDS, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return FormData()
+    return FormData(pairs)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
