@@ -57,7 +57,7 @@ from .subscribers import path_of
 
 log = logging.getLogger("digest")
 
-MAX_BODY = 64 * 1024  # bytes of a request body; the largest honest form is a few KB
+MAX_BODY = 256 * 1024  # bytes of a request body: an honest form is a few KB
 CSP_SCRIPT = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src data: https:;"
     " connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
