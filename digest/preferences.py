@@ -145,7 +145,11 @@ def _set(table: Any, key: str, value: Any, default: Any = None) -> None:
     # already has the key: an untouched default stays out of the operator's file.
     if key in table or value != default:
         if key not in table or table[key] != value:
-            table[key] = value
+            comment = getattr(table.get(key), "trivia", None)
+            item = tomlkit.item(value)
+            if comment is not None and comment.comment:
+                item.comment(comment.comment.lstrip("# "))  # a line's comment stays
+            table[key] = item
 
 
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
@@ -178,10 +182,10 @@ def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
     """The file `raw` with `edit` applied, comments and layout kept (not yet validated). A
     value the file leaves to [defaults] is written only when the edit changes it."""
     doc = tomlkit.parse(raw.decode("utf-8-sig"))
-    _set(doc, "exclude", edit.exclude, [])
     _set(doc, "timezone", edit.timezone, defaults.timezone)
     _set(doc, "send_at", edit.send_at, defaults.send_at)
     _set(doc, "max_items", edit.max_items, defaults.max_items)
+    _set(doc, "exclude", edit.exclude, [])
     _set(doc, "frequency", edit.frequency, "daily")
     _set(doc, "day", edit.day, "monday")
     _set(doc, "paused", edit.paused, False)

@@ -40,7 +40,7 @@ import jinja2
 from sqlite_utils import Database
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, MutableHeaders
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -297,8 +297,9 @@ async def _form(request: Request) -> FormData | None:
     if kind != "application/x-www-form-urlencoded":
         return FormData()
     try:
-        pairs = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True,
-                          max_num_fields=MAX_FORM_FIELDS, errors="strict")
+        pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(
+            (await request.body()).decode("utf-8"), keep_blank_values=True,
+            max_num_fields=MAX_FORM_FIELDS, errors="strict"))
     except (UnicodeDecodeError, ValueError):
         return FormData()
     return FormData(pairs)

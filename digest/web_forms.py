@@ -167,8 +167,8 @@ class Forms:
     def expired_form(self) -> HTMLResponse:
         """The 400 page of a POST whose CSRF check failed."""
         return self.refused("Please try again", "This form is out of date or did not come"
-                            " from this site. Reload the page and send it again; nothing"
-                            " was changed.")
+                            " from this site. Nothing was changed: reload the page and send"
+                            " it again.")
 
     # --- sign-up --------------------------------------------------------------------------------
 
