@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import threading
 import zoneinfo
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -42,7 +43,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import pipeline, preferences, signup
 from .config import WEEKDAYS, Settings, subscriber_from_data
-from .errors import ConfigError, DigestError, SendError, UnknownSubscriberError
+from .errors import (
+    ConfigError,
+    DigestError,
+    SendError,
+    TransientSendError,
+    UnknownSubscriberError,
+)
 from .links import (
     TokenError,
     link_url,
@@ -53,6 +60,7 @@ from .links import (
     verify_token,
 )
 from .models import Subscriber
+from .send import Outgoing, Sender
 from .subscribers import path_of
 
 log = logging.getLogger("digest")
@@ -130,6 +138,8 @@ class Forms:
         https = (settings.server.public_url or "").startswith("https://")
         self.cookie = "__Host-digest_csrf" if https else "digest_csrf"
         self.secure = https
+        self.sender: Sender | None = None
+        self.send_lock = threading.Lock()
 
     # --- CSRF -----------------------------------------------------------------------------------
 
@@ -227,17 +237,27 @@ class Forms:
         base = self.settings.server.public_url or str(request.base_url).rstrip("/")
         message = signup.confirmation(self.settings, pending, f"{base}/confirm?token={token}",
                                       self.now())
-        sender = pipeline.make_sender(self.settings)
         try:
-            sender.send(message)
+            self.deliver(message)
         except SendError as exc:
             log.error("sign-up: confirmation email not sent: %s", exc)
             return self.page("error.html", 503, {"Retry-After": "300"},
                              title="Try again later", heading="Try again later",
                              text="The confirmation email could not be sent right now.")
-        finally:
-            sender.close()
         return None
+
+    def deliver(self, message: Outgoing) -> None:
+        """Send one confirmation email through the process's one transport, whose SMTP
+        connection (and TLS context: loading the CA store costs more than a connection)
+        stays open between requests; a connection the server dropped meanwhile is
+        reopened once."""
+        with self.send_lock:  # a transport is not thread-safe; requests run in threads
+            if self.sender is None:
+                self.sender = pipeline.make_sender(self.settings)
+            try:
+                self.sender.send(message)
+            except TransientSendError:
+                self.sender.send(message)
 
     def confirm(self, request: Request, form: FormData | None) -> Response:
         """/confirm: GET shows what is confirmed, POST writes the subscriber file."""
