@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import tomlkit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from tomlkit.items import AoT, Table
+from tomlkit.items import AoT, Array
 
 from .config import (
     DefaultsConfig,
@@ -153,15 +153,19 @@ def _set(table: Any, key: str, value: Any, default: Any = None) -> None:
 
 
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
+    # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place,
+    # and rebuilt in the same form only when topics were removed or added.
     old = doc.get("topics")
-    kept: list[Table] = []
+    inline = isinstance(old, Array)
+    existing = list(old) if isinstance(old, AoT | Array) else []
+    kept: list[Any] = []
     for edit in topics:
         if edit.remove:
             continue
-        if edit.index is not None and isinstance(old, AoT) and edit.index < len(old):
-            table = old[edit.index]
-        elif edit.index is None:
-            table = tomlkit.table()
+        if edit.index is None:
+            table = tomlkit.inline_table() if inline else tomlkit.table()
+        elif edit.index < len(existing):
+            table = existing[edit.index]
         else:
             raise DigestError("a topic on the page is no longer in the file; reload the page")
         _set(table, "name", edit.name.strip())
@@ -169,13 +173,12 @@ def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
         _set(table, "require", edit.require, [])
         _set(table, "weight", edit.weight, 1.0)
         kept.append(table)
-    unchanged = isinstance(old, AoT) and len(kept) == len(old) and all(
-        a is b for a, b in zip(kept, old, strict=True))
-    if not unchanged:
-        aot = tomlkit.aot()
-        for table in kept:
-            aot.append(table)
-        doc["topics"] = aot
+    if len(kept) == len(existing) and all(a is b for a, b in zip(kept, existing, strict=True)):
+        return
+    rebuilt: Any = tomlkit.array() if inline else tomlkit.aot()
+    for table in kept:
+        rebuilt.append(table)
+    doc["topics"] = rebuilt
 
 
 def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:

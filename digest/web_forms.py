@@ -344,13 +344,19 @@ class Forms:
         except ConfigError as exc:
             return self.preferences_page(request, token, subscriber, None, 422,
                                          error=f"{exc.field or 'file'}: {exc.problem}")
+        except DigestError as exc:
+            return self.refused("Not saved", f"{exc.message}. Nothing was changed.", 409)
         edited = subscriber_from_data(subscriber.path, data, defaults)
+        # The previewed topics keep pointing at their place in the file, for the Save.
+        indices = [t.index for t in edit.topics if not t.remove]
         return self.preferences_page(request, token, edited, None, edited=form,
+                                     indices=indices,
                                      notice="Preview of your changes: not saved yet.")
 
     def preferences_page(self, request: Request, token: str, subscriber: Subscriber,
                          raw: bytes | None, status: int = 200, error: str = "",
-                         notice: str = "", edited: FormData | None = None) -> HTMLResponse:
+                         notice: str = "", edited: FormData | None = None,
+                         indices: list[int | None] | None = None) -> HTMLResponse:
         """The preferences form for `subscriber`, with the preview of their next digest."""
         assert subscriber.path is not None
         seen = edited.get("seen") if edited else None
@@ -362,6 +368,7 @@ class Forms:
             request, "preferences.html", status, title="Your digest", width=900,
             subscriber=subscriber, token=token, seen=seen, error=error, notice=notice,
             zones=ZONES, weekdays=WEEKDAYS, unsubscribe=unsubscribe,
+            indices=indices or list(range(len(subscriber.topics))),
             send_at=subscriber.send_at.strftime("%H:%M"),
             preview_html=composed.rendered.html if composed else None)
 
@@ -447,7 +454,8 @@ when it comes</a></p>{% endif %}
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="seen" value="{{ seen }}">
 {% for t in subscriber.topics %}<fieldset><legend>Topic {{ loop.index }}</legend>
-<input type="hidden" name="topic-{{ loop.index0 }}-index" value="{{ loop.index0 }}">
+{% if indices[loop.index0] is not none %}<input type="hidden"
+ name="topic-{{ loop.index0 }}-index" value="{{ indices[loop.index0] }}">{% endif %}
 <label>Name <input name="topic-{{ loop.index0 }}-name" value="{{ t.name }}"
  maxlength="100"></label>
 <label>Keywords <textarea name="topic-{{ loop.index0 }}-keywords"

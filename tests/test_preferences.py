@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -169,7 +170,7 @@ def prefs_url(project: Project, sid: str, email: str) -> str:
 
 
 def form_of(html: str) -> dict[str, str]:
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
+    fields = dict(re.findall(r'<input type="hidden"\s+name="([^"]+)" value="([^"]*)"', html))
     fields.update({"topic-0-name": "Efficient inference",
                    "topic-0-keywords": "speculative decoding, KV cache, quantiz*",
                    "topic-0-weight": "2.0", "exclude": "survey", "timezone": "Europe/London",
@@ -266,3 +267,38 @@ def test_a_pause_set_on_the_page_stops_every_send(
     outcomes = {o.subscriber_id: o.status for o in report.outcomes}
     assert outcomes == {"ada": "paused", "grace": "sent"}
     assert [m.rcpt_tos for m in smtp_server.sink.received] == [["grace@example.com"]]
+
+
+def test_inline_topics_are_edited_in_their_own_form() -> None:
+    text = ('name = "A"\nemail = "a@example.org"\ntopics = [{name = "X", keywords = ["x"]},'
+            ' {name = "Y", keywords = ["y"], authors = ["Tri Dao"]}]\n')
+    new = preferences.apply(text.encode(), edit(timezone="UTC", topics=[
+        {"index": 0, "name": "X", "remove": True},
+        {"index": 1, "name": "Y", "keywords": ["y", "z"]}]), DEFAULTS).decode()
+    assert new.splitlines()[2].startswith("topics = [{")
+    assert tomllib.loads(new)["topics"] == [
+        {"name": "Y", "keywords": ["y", "z"], "authors": ["Tri Dao"]}]
+
+
+def test_save_after_a_preview_that_removed_a_topic_keeps_the_right_one(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = project.subscribers / "ada.toml"
+    path.write_text(path.read_text() + '\n[[topics]]\nname = "People"\nkeywords = ["agents"]'
+                    '\nauthors = ["Tri Dao"]\n')
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = form_of(client.get(url).text)
+        form |= {"topic-0-remove": "on", "topic-1-name": "People",
+                 "topic-1-keywords": "agents, tool use", "topic-1-weight": "1",
+                 "action": "preview"}
+        preview = client.post(url, data=form)
+        assert preview.status_code == 200 and "not saved yet" in preview.text
+        shown = form_of(preview.text)
+        assert shown["topic-0-index"] == "1", "the previewed topic still names its place"
+        saved = client.post(url, data=shown | {"topic-0-name": "People",
+                                               "topic-0-keywords": "agents, tool use",
+                                               "topic-0-weight": "1"})
+        assert saved.status_code == 200 and "Saved." in saved.text
+    topics = tomllib.loads(path.read_text())["topics"]
+    assert topics == [{"name": "People", "keywords": ["agents", "tool use"],
+                       "authors": ["Tri Dao"]}]
