@@ -634,6 +634,15 @@ class Settings(_Strict):
     signup: SignupConfig = SignupConfig()
     path: Path = Field(Path("."), exclude=True, description="The file this was loaded from.")
 
+    @model_validator(mode="after")
+    def _signup_needs_public_url(self) -> Settings:
+        # The confirmation link is built from public_url, never from the request's Host
+        # header, which a client chooses (a forged Host would send the link elsewhere).
+        if self.signup.enabled and not self.server.public_url:
+            raise ValueError("signup: enabled = true needs server.public_url, the address"
+                             " the confirmation link points at")
+        return self
+
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, value: list[AnySource]) -> list[AnySource]:

@@ -234,7 +234,7 @@ class Forms:
         """Email the confirmation link; the page to show if it could not go."""
         token = signup.pending_token(self.secret, pending, self.now(),
                                      self.settings.signup.confirm_hours)
-        base = self.settings.server.public_url or str(request.base_url).rstrip("/")
+        base = self.settings.server.public_url  # required with sign-up on; never Host
         message = signup.confirmation(self.settings, pending, f"{base}/confirm?token={token}",
                                       self.now())
         try:

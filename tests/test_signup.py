@@ -306,3 +306,11 @@ def test_every_new_page_carries_the_security_headers(
         cookie = httpx.get(server + "/subscribe").headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert urlsplit(prefs).path == "/preferences"
+
+
+def test_sign_up_needs_a_public_url_so_the_host_header_never_makes_the_link(
+        project: Project) -> None:
+    project.write_config("[signup]\nenabled = true\n")
+    code, output = invoke(project, "validate")
+    assert code == 1
+    assert "digest.toml: signup: enabled = true needs server.public_url" in output
