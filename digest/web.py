@@ -1,4 +1,5 @@
-"""`digest serve`: one-click unsubscribe (RFC 8058) and live previews of every digest.
+"""`digest serve`: one-click unsubscribe (RFC 8058), sign-up and preferences pages, and live
+previews of every digest.
 
 - `GET /unsubscribe?token=...` shows a confirm page and changes nothing (link scanners follow
   GETs); `POST` to the same URL unsubscribes: that is the one-click request mailbox providers
@@ -13,12 +14,17 @@
   Basic auth, any user name; compared in constant time); without it the server refuses to
   start.
 
+- `/subscribe`, `/confirm` and `/preferences?token=...`: the subscriber's own pages (sign-up
+  with double opt-in, and editing their file), in `digest.web_forms`, which also holds what
+  protects every form (CSRF, rate limits, honeypot, the body size cap).
+
 Bad or forged tokens get a 400 page that says what is wrong; an id that is not a valid
 subscriber id (`config.SUBSCRIBER_ID`) never reaches the file system. A store that is busy
 past its timeout, or broken, gets a one-line 503 page (the detail goes to the log). Every
 page is rendered by an autoescaping Jinja environment, and every response, the framework's
 404 and 405 included, carries the security headers (`SECURITY_HEADERS`: a
-Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching).
+Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching; the form
+pages allow the one same-origin script, `/static/timezone.js`).
 """
 
 from __future__ import annotations
