@@ -54,7 +54,7 @@ from .config import (
 from .errors import ConfigError, DigestError
 from .links import TokenError, open_payload, sign_payload
 from .mime import assemble
-from .preferences import MAX_KEYWORDS, FormKeyword, FormText, write_atomic
+from .preferences import MAX_KEYWORDS, FormKeyword, FormText, locked, write_atomic
 from .send import Outgoing, check_headers, clean_header, list_id, unsubscribe_links
 from .subscribers import files, load
 
@@ -256,12 +256,15 @@ def confirm(settings: Settings, db: Database, token: str, signup: Signup,
     if not store.use_token(db, used, now):
         raise TokenError("it has already been used")
     try:
-        sid = _existing(settings, db, signup.email)
-        if sid is None:
-            sid = create_file(settings.subscribers.dir, signup, settings.signup)
-            log.info("sign-up: new subscriber %s", sid)
-        elif store.set_subscribed(db, sid, signup.email, True, now, via="signup"):
-            log.info("sign-up: subscriber %s subscribed again", sid)
+        # One confirmation at a time looks for the address and writes: two links for the
+        # same address confirmed at once make one file, not two.
+        with locked(settings.subscribers.dir / "signup"):
+            sid = _existing(settings, db, signup.email)
+            if sid is None:
+                sid = create_file(settings.subscribers.dir, signup, settings.signup)
+                log.info("sign-up: new subscriber %s", sid)
+            elif store.set_subscribed(db, sid, signup.email, True, now, via="signup"):
+                log.info("sign-up: subscriber %s subscribed again", sid)
     except BaseException:
         store.forget_token(db, used)
         raise

@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import pipeline, preferences, signup
+from . import pipeline, preferences, signup, store
 from .config import WEEKDAYS, Settings, subscriber_from_data
 from .errors import (
     ConfigError,
@@ -363,11 +363,12 @@ class Forms:
         seen = str(seen) if seen else preferences.file_hash(raw or subscriber.path.read_bytes())
         with self.db() as database:
             composed = pipeline.preview_of(self.settings, database, subscriber, self.now())
+            unsubscribed = store.is_unsubscribed(database, subscriber.id)
         unsubscribe = make_token(self.secret, subscriber.id, subscriber.email, "unsubscribe")
         return self.form_page(
             request, "preferences.html", status, title="Your digest", width=900,
             subscriber=subscriber, token=token, seen=seen, error=error, notice=notice,
-            zones=ZONES, weekdays=WEEKDAYS, unsubscribe=unsubscribe,
+            zones=ZONES, weekdays=WEEKDAYS, unsubscribe=unsubscribe, unsubscribed=unsubscribed,
             indices=indices or list(range(len(subscriber.topics))),
             send_at=subscriber.send_at.strftime("%H:%M"),
             preview_html=composed.rendered.html if composed else None)
@@ -490,8 +491,11 @@ Pause: send nothing until I untick this</label>
 <p><button type="submit" name="action" value="preview">Preview</button>
 <button type="submit" name="action" value="save">Save</button></p>
 </form>
-<form method="post" action="/unsubscribe?token={{ unsubscribe | urlencode }}">
-<button type="submit" id="unsubscribe">Unsubscribe</button></form>
+{% if unsubscribed %}<p id="status" class="bad">You are unsubscribed: nothing is sent.</p>
+<form method="post" action="/resubscribe?token={{ unsubscribe | urlencode }}">
+<button type="submit" id="resubscribe">Resubscribe</button></form>
+{% else %}<form method="post" action="/unsubscribe?token={{ unsubscribe | urlencode }}">
+<button type="submit" id="unsubscribe">Unsubscribe</button></form>{% endif %}
 <h2>Your next digest</h2>
 {% if preview_html is none %}<p id="nothing">Nothing matches right now, so no email would be
 sent.</p>{% else %}<iframe id="preview" title="Your next digest" width="660" height="900"

@@ -6,6 +6,7 @@ every bad input: hostile fields, forged/expired/replayed tokens, CSRF, floods, h
 from __future__ import annotations
 
 import re
+import threading
 import tomllib
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from digest.links import link_url, sign_payload
 
 from .browser import chromium  # noqa: F401 - fixture
 from .conftest import NOW, Project, SmtpServer
-from .web_support import SECRET, confirm_link, csrf_of, parsed, signup_server
+from .web_support import SECRET, SIGNUP, confirm_link, csrf_of, parsed, signup_server
 
 PINNED = {"DIGEST_NOW": "2026-11-25T12:00:00+00:00", "DIGEST_SECRET": SECRET}
 
@@ -112,6 +113,8 @@ def test_sign_up_confirm_send_edit_unsubscribe_and_subscribe_again(
         assert page.text_content("h1") == "You are unsubscribed"
         db = store.open_db(project.db_path)
         assert store.is_unsubscribed(db, "kay.sj")
+        page.goto(prefs)
+        assert "You are unsubscribed" in page.text_content("#status")
 
         sign_up(page, server, "Kay.SJ@example.net")
         page.goto(confirm_link(sink.received[-1].data))
@@ -314,3 +317,27 @@ def test_sign_up_needs_a_public_url_so_the_host_header_never_makes_the_link(
     code, output = invoke(project, "validate")
     assert code == 1
     assert "digest.toml: signup: enabled = true needs server.public_url" in output
+
+
+def test_two_links_for_one_address_confirmed_at_once_make_one_file(project: Project) -> None:
+    project.write_config('[server]\npublic_url = "https://digest.example.org"\n'
+                         + SIGNUP.format(per_ip="10/minute", per_address="10/minute"))
+    settings = load_settings(project.config)
+    pending = signup.Signup(email="twice@example.org", topics=["Diffusion"], timezone="UTC",
+                            send_at="07:00")
+    tokens = [signup.pending_token(SECRET, pending, NOW, 48) for _ in range(6)]
+    start = threading.Barrier(len(tokens))
+    ids: list[str] = []
+
+    def confirm(token: str) -> None:
+        db = store.open_db(settings.store.path)
+        start.wait()
+        ids.append(signup.confirm(settings, db, token, pending, NOW))
+
+    threads = [threading.Thread(target=confirm, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ids == ["twice"] * 6
+    assert sorted(files(project)) == ["ada.toml", "grace.toml", "twice.toml"]
