@@ -203,14 +203,15 @@ class Forms:
             return self.page("error.html", 429, {"Retry-After": str(self.limits.retry_after(ip))},
                              title="Too many requests", heading="Too many requests",
                              text="Too many sign-ups from your address; try again later.")
-        values = {"email": str(form.get("email", ""))[:254],
-                  "name": str(form.get("name", ""))[:preferences.MAX_TEXT],
-                  "topics": form.getlist("topics"), "keywords": str(form.get("keywords", "")),
-                  "timezone": str(form.get("timezone", "")),
-                  "send_at": str(form.get("send_at", "")), "detect": "no"}
+        sent = {"email": str(form.get("email", "")), "name": str(form.get("name", "")),
+                "topics": form.getlist("topics"), "keywords": str(form.get("keywords", "")),
+                "timezone": str(form.get("timezone", "")),
+                "send_at": str(form.get("send_at", ""))}
+        # Checked as sent; shown back (to be corrected) cut to what the fields hold.
+        values = sent | {"email": sent["email"][:254], "detect": "no",
+                         "name": sent["name"][:preferences.MAX_TEXT]}
         try:
-            pending = signup.read_form({**values, "topics": form.getlist("topics")},
-                                       self.settings.signup)
+            pending = signup.read_form(sent, self.settings.signup)
         except signup.FormError as exc:
             return self.subscribe_page(request, values, 422, error=exc.message)
         if not self.csrf_ok(request, form):

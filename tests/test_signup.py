@@ -164,6 +164,8 @@ HOSTILE = [
     ("name", "Eve\r\nBcc: victim@example.org", "control characters"),
     ("name", "Eve\u2028Bcc: victim@example.org", "control characters"),
     ("name", "=?utf-8?q?Eve=0D=0ABcc:_x@example.org?=", "encoded-word"),
+    ("name", "N" * 101, "longer than 100"),
+    ("email", "e" * 300 + "@example.org", "not a valid email"),
     ("keywords", "<img src=x onerror=alert(1)>", "not allowed"),
     ("keywords", ", ".join(f"word{i}" for i in range(10_000)), "too many"),
     ("keywords", "x" * 200, "longer than 100"),
