@@ -354,7 +354,8 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     host, port = host or settings.server.host, port or settings.server.port
     where = f"http://{host}:{port}"
     previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
-    out.print(f"digest: serving {where}/unsubscribe{previews}; Ctrl-C to stop",
+    signup = f", {where}/subscribe" if settings.signup.enabled else ""
+    out.print(f"digest: serving {where}/unsubscribe{signup}{previews}; Ctrl-C to stop",
               highlight=False)
     web.serve(app, host, port, settings.server.forwarded_allow_ips)
 
