@@ -274,7 +274,8 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                  "'digest status --all' shows everyone")
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "unsubscribed", "suppressed", "retry", "queued",
+                                            "unsubscribed", "suppressed", "paused", "retry",
+                                            "queued",
                                             "not-sent",
                                             "failed", "invalid")
         if report.count(s)
@@ -346,7 +347,8 @@ def run(config_path: Path, once: bool) -> None:
 @click.option("--host", help="Address to listen on (default: [server] host).")
 @click.option("--port", type=int, help="Port to listen on (default: [server] port).")
 def serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Serve one-click unsubscribe links and live previews of every digest (/preview)."""
+    """Serve one-click unsubscribe, sign-up and preferences pages, and live previews of every
+    digest (/preview)."""
     from . import web
 
     settings = _settings(config_path)
@@ -354,9 +356,10 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     host, port = host or settings.server.host, port or settings.server.port
     where = f"http://{host}:{port}"
     previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
-    out.print(f"digest: serving {where}/unsubscribe{previews}; Ctrl-C to stop",
+    signup = f", {where}/subscribe" if settings.signup.enabled else ""
+    out.print(f"digest: serving {where}/unsubscribe{signup}{previews}; Ctrl-C to stop",
               highlight=False)
-    web.serve(app, host, port)
+    web.serve(app, host, port, settings.server.forwarded_allow_ips)
 
 
 @cli.command()

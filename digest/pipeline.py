@@ -28,7 +28,7 @@ import jinja2
 from sqlite_utils import Database
 
 from . import batch, bounces, delivery, inbound, store, subscribers
-from .config import AnySource, Settings, is_subscriber_id
+from .config import AnySource, Settings, is_subscriber_id, sends_on
 from .errors import ConfigError, DigestError, SourceError, printable
 from .links import unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
@@ -221,7 +221,7 @@ class Outcome:
     """What happened to one subscriber's digest in a send."""
 
     subscriber_id: str
-    # sent | would-send | already-sent | no-matches | failed | invalid | not-due
+    # sent | would-send | already-sent | no-matches | failed | invalid | not-due | paused
     # | retry (a passing refusal; tried again later) | queued (stored, not sent yet)
     # | not-sent (the batch stopped before it was built; the next run builds it)
     # | unsubscribed | suppressed (the address bounced or complained: `digest suppressed`)
@@ -287,13 +287,17 @@ def _load(
 
 
 def is_due(subscriber: Subscriber, now: datetime) -> bool:
-    """Whether the subscriber's local send time has passed today.
+    """Whether the subscriber's local send time has passed today, today being a day their
+    `frequency` sends on and they not being paused.
 
     Comparing wall-clock times makes DST safe: on the day a local time does not exist the
     first tick after the gap is past it, and on the day it occurs twice the digest is already
     recorded after the first one.
     """
     local = now.astimezone(ZoneInfo(subscriber.timezone))
+    # Paused, or not a day of the subscriber's frequency (config.sends_on): not due today.
+    if subscriber.paused or not sends_on(subscriber.frequency, subscriber.day, local.date()):
+        return False
     return local.time().replace(tzinfo=None) >= subscriber.send_at
 
 
@@ -554,6 +558,8 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     # An address that bounced for good or complained is never mailed (`digest suppressed`).
     if store.is_suppressed(db, subscriber.email):
         return Outcome(subscriber.id, "suppressed", detail=f"{subscriber.email} is suppressed")
+    if subscriber.paused:  # the file's `paused = true`: not even a manual `digest send`
+        return Outcome(subscriber.id, "paused", detail="paused in the subscriber file")
     day = local_date(subscriber, now)
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":

@@ -1196,3 +1196,18 @@ def record_bounce(db: Database, email: str, subscriber_id: str | None, digest_id
         reason: SuppressionReason = "complaint" if kind == "complaint" else "hard-bounce"
         return suppress(db, email, subscriber_id, reason, detail, now, digest_id=digest_id,
                         via=via)
+# --- one-time tokens ------------------------------------------------------------------------
+
+
+def use_token(db: Database, token_hash: str, now: datetime) -> bool:
+    """Record that the token hashed `token_hash` has been used; False when it already was."""
+    with write_transaction(db):
+        cursor = db.execute("insert or ignore into used_tokens (token_hash, used_at)"
+                            " values (?, ?)", [token_hash, timestamp(now)])
+        return cursor.rowcount == 1
+
+
+def forget_token(db: Database, token_hash: str) -> None:
+    """Undo `use_token` (the step it guarded failed, so the link may be used again)."""
+    with write_transaction(db):
+        db.execute("delete from used_tokens where token_hash = ?", [token_hash])

@@ -1,4 +1,5 @@
-"""`digest serve`: one-click unsubscribe (RFC 8058) and live previews of every digest.
+"""`digest serve`: one-click unsubscribe (RFC 8058), sign-up and preferences pages, and live
+previews of every digest.
 
 - `GET /unsubscribe?token=...` shows a confirm page and changes nothing (link scanners follow
   GETs); `POST` to the same URL unsubscribes: that is the one-click request mailbox providers
@@ -13,12 +14,17 @@
   Basic auth, any user name; compared in constant time); without it the server refuses to
   start.
 
+- `/subscribe`, `/confirm` and `/preferences?token=...`: the subscriber's own pages (sign-up
+  with double opt-in, and editing their file), in `digest.web_forms`, which also holds what
+  protects every form (CSRF, rate limits, honeypot, the body size cap).
+
 Bad or forged tokens get a 400 page that says what is wrong; an id that is not a valid
 subscriber id (`config.SUBSCRIBER_ID`) never reaches the file system. A store that is busy
 past its timeout, or broken, gets a one-line 503 page (the detail goes to the log). Every
 page is rendered by an autoescaping Jinja environment, and every response, the framework's
 404 and 405 included, carries the security headers (`SECURITY_HEADERS`: a
-Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching).
+Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching; the form
+pages allow the one same-origin script, `/static/timezone.js`).
 """
 
 from __future__ import annotations
@@ -34,12 +40,13 @@ from datetime import UTC, datetime
 from email import message_from_bytes
 from email import policy as email_policy
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import jinja2
 from sqlite_utils import Database
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -47,7 +54,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import pipeline, store
+from . import pipeline, store, web_forms
 from .config import ServerConfig, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, StoreError, UnknownSubscriberError, printable
 from .links import TokenError, require_secret, token_subscriber, verify_token
@@ -80,6 +87,10 @@ table { border-collapse: collapse; } td, th { text-align: left; padding: 4px 12p
 pre { white-space: pre-wrap; background: rgba(127,127,127,.1); padding: 12px; }
 iframe { border: 1px solid #d0d7de; background: #fff; }
 .views { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+.stack label { display: block; margin: 10px 0; } .stack input:not([type=checkbox]),
+.stack textarea, .stack select { display: block; width: 100%; max-width: 480px; font: inherit; }
+fieldset { margin: 12px 0; border: 1px solid #d0d7de; }
+.hp { position: absolute; left: -10000px; width: 1px; height: 1px; overflow: hidden; }
 </style></head><body>{% block body %}{% endblock %}</body></html>""",
             "confirm.html": """{% extends "base.html" %}{% block body %}
 <h1>{{ heading }}</h1>
@@ -131,6 +142,7 @@ sent.</p>{% else %}
 <h2>Text part</h2>
 <pre id="text">{{ text }}</pre>{% endif %}
 {% endblock %}""",
+            **web_forms.TEMPLATES,
         }
     ),
     autoescape=True,
@@ -150,6 +162,7 @@ SECURITY_HEADERS = {
 # How long a request waits for another process's write (a send, a fetch) before it gives up
 # with a 503: a mailbox provider's one-click POST does not wait for minutes.
 BUSY_TIMEOUT = 10.0
+MAX_FORM_FIELDS = 300
 
 
 class SecurityHeaders:
@@ -247,17 +260,55 @@ def create_app(
     password) must be in the environment; the store must open."""
     site = _Site(settings, now)
     store.open_db(settings.store.path).close()  # a broken store fails here, in one line
-    return Starlette(middleware=[Middleware(SecurityHeaders)], exception_handlers={
+    return Starlette(middleware=[
+        Middleware(SecurityHeaders),
+        Middleware(web_forms.BodyLimit, limit=web_forms.MAX_BODY, too_large=_too_large),
+    ], exception_handlers={
         StoreError: site.store_fault, sqlite3.Error: site.store_fault,
         HTTPException: _http_error,
     }, routes=[
         Route("/", site.home),
         Route("/unsubscribe", site.unsubscribe, methods=["GET", "POST"]),
         Route("/resubscribe", site.resubscribe, methods=["GET", "POST"]),
+        *([Route("/subscribe", site.subscribe, methods=["GET", "POST"]),
+           Route("/confirm", site.confirm, methods=["GET", "POST"])]
+          if settings.signup.enabled else []),
+        Route("/preferences", site.preferences, methods=["GET", "POST"]),
+        Route("/static/timezone.js", _timezone_js),
         Route("/preview", site.preview_list),
         Route("/preview/{sid}", site.preview_one),
         Route("/preview/{sid}/{part:str}", site.preview_raw),
     ])
+
+
+def _too_large() -> Response:
+    return _page("error.html", 413, title="Too large", heading="Too large",
+                 text=f"What you sent is over {web_forms.MAX_BODY // 1024} KB, far more than"
+                 " any field needs. Nothing was changed.")
+
+
+def _timezone_js(request: Request) -> Response:
+    # Served from here so the pages' CSP can allow same-origin scripts and nothing else.
+    return Response(web_forms.TIMEZONE_JS, media_type="text/javascript; charset=utf-8",
+                    headers={"Cache-Control": "max-age=3600"})
+
+
+async def _form(request: Request) -> FormData | None:
+    # Our forms post application/x-www-form-urlencoded (the HTML default); parsed here, with
+    # at most MAX_FORM_FIELDS fields, so no multipart parser is needed. Bad UTF-8 or another
+    # content type reads as an empty form, which the handlers refuse field by field.
+    if request.method != "POST":
+        return None
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return FormData()
+    try:
+        pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(
+            (await request.body()).decode("utf-8"), keep_blank_values=True,
+            max_num_fields=MAX_FORM_FIELDS, errors="strict"))
+    except (UnicodeDecodeError, ValueError):
+        return FormData()
+    return FormData(pairs)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
@@ -283,6 +334,7 @@ class _Site:
         self.secret = require_secret(settings.server)
         self.preview_secret = require_preview_secret(settings.server)
         self.folder = settings.subscribers.dir
+        self.forms = web_forms.Forms(settings, self.secret, now, self.db, _page)
 
     @contextmanager
     def db(self) -> Iterator[Database]:
@@ -449,6 +501,20 @@ class _Site:
                                 headers={"Content-Security-Policy": CSP})
         return Response(composed.outgoing.data, media_type="text/plain; charset=utf-8")
 
+    # --- the subscriber's pages (digest.web_forms) ----------------------------------------------
+
+    async def subscribe(self, request: Request) -> Response:
+        """/subscribe."""
+        return await run_in_threadpool(self.forms.subscribe, request, await _form(request))
+
+    async def confirm(self, request: Request) -> Response:
+        """/confirm."""
+        return await run_in_threadpool(self.forms.confirm, request, await _form(request))
+
+    async def preferences(self, request: Request) -> Response:
+        """/preferences."""
+        return await run_in_threadpool(self.forms.preferences, request, await _form(request))
+
     # --- the rest -------------------------------------------------------------------------------
 
     def home(self, request: Request) -> Response:
@@ -468,8 +534,11 @@ class _Site:
         return _busy()
 
 
-def serve(app: Starlette, host: str, port: int) -> None:
-    """Run `app` under uvicorn until interrupted."""
+def serve(app: Starlette, host: str, port: int, forwarded_allow_ips: str | None = None) -> None:
+    """Run `app` under uvicorn until interrupted; behind a reverse proxy, the client IP and
+    scheme come from its X-Forwarded-For/-Proto when it is one of `forwarded_allow_ips`."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning",
+                proxy_headers=forwarded_allow_ips is not None,
+                forwarded_allow_ips=forwarded_allow_ips)
