@@ -344,7 +344,8 @@ def run(config_path: Path, once: bool) -> None:
 @click.option("--host", help="Address to listen on (default: [server] host).")
 @click.option("--port", type=int, help="Port to listen on (default: [server] port).")
 def serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Serve one-click unsubscribe links and live previews of every digest (/preview)."""
+    """Serve the links in the emails (unsubscribe, feedback, view in browser, archive,
+    feed) and live previews of every digest (/preview)."""
     from . import web
 
     settings = _settings(config_path)
