@@ -174,10 +174,12 @@ def feed(settings: Settings, db: Database, subscriber: Subscriber, now: datetime
     sent = sent_digests(db, subscriber, FEED_ENTRIES)
     _add(root, "updated", _stamp(sent[0].sent_at if sent else now))
     _add(_add(root, "author"), "name", "digest")
-    _add(root, "link", rel="self", type="application/atom+xml",
-         href=link_url(server, "/feed", sid, email, "feed") or "")
-    _add(root, "link", rel="alternate", type="text/html",
-         href=link_url(server, "/archive", sid, email, "archive") or "")
+    # Without a public_url there is no absolute URL to give: the links are left out.
+    for rel, kind, url in (
+            ("self", "application/atom+xml", link_url(server, "/feed", sid, email, "feed")),
+            ("alternate", "text/html", link_url(server, "/archive", sid, email, "archive"))):
+        if url:
+            _add(root, "link", rel=rel, type=kind, href=url)
     for row in sent:
         found = rebuild(db, subscriber, row.id, highlights=False)
         if found is None:
@@ -189,7 +191,8 @@ def feed(settings: Settings, db: Database, subscriber: Subscriber, now: datetime
         _add(entry, "title", row.subject or f"Paper digest of {row.local_date:%-d %B %Y}")
         _add(entry, "updated", _stamp(row.sent_at))
         _add(entry, "published", _stamp(row.sent_at))
-        _add(entry, "link", rel="alternate", type="text/html", href=links.view)
+        if links.view:
+            _add(entry, "link", rel="alternate", type="text/html", href=links.view)
         ctx = context(digest, links, SHORT_EXCERPT_CHARS)
         _add(entry, "content", _ENTRY.render(ctx), type="html")
     return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
 import sqlite3
@@ -484,7 +485,12 @@ class _Site:
             return subscriber
         with self.db() as database:
             body = archive.feed(self.settings, database, subscriber, self.now())
-        return Response(body, media_type="application/atom+xml; charset=utf-8")
+        # Feed readers poll: one that sends back the ETag gets a 304 while nothing changed.
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/atom+xml; charset=utf-8",
+                        headers={"ETag": etag})
 
     # --- previews -------------------------------------------------------------------------------
 
@@ -580,7 +586,7 @@ class _Site:
     def home(self, request: Request) -> Response:
         """/: what this server is for."""
         return _page("done.html", title="digest", heading="digest",
-                     text="This server handles unsubscribe links"
+                     text="This server handles the links in the paper digest emails"
                      + (" and shows previews at /preview." if self.preview_secret else "."),
                      undo="", undo_text="", undo_button="")
 

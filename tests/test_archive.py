@@ -242,6 +242,11 @@ def test_feed_is_valid_atom_with_stable_ids_and_escapes_hostile_titles(
     assert first.status_code == 200
     assert first.headers["content-type"] == "application/atom+xml; charset=utf-8"
     assert first.content == second.content
+    # A feed reader that sends back the ETag gets a 304 while nothing changed.
+    etag = first.headers["ETag"]
+    assert second.headers["ETag"] == etag
+    unchanged = httpx.get(url, headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.content == b""
     assert _atom_problems(first.content) == []
     parsed = feedparser.parse(first.content)
     assert not parsed.bozo, parsed.bozo_exception
