@@ -5,10 +5,12 @@ after `[store] keep_sent_days`): its row in `digests` (subject, local date, when
 made) and its `digest_items` (the listings it held, in email order, with the topic and
 score each was sent under), rendered by `render.fit` with the links of
 `pipeline.email_links`, the path `send` takes. So the page shows what the email showed,
-with two differences written down here: the keywords listed and highlighted on an item are
+with three differences written down here: the keywords listed and highlighted on an item are
 those of the subscriber's profile as it is now (found by the matcher `send` runs, over the
 one listing), and the line saying how many more papers did not fit is not shown (that count
-is not stored). The "view in browser" link is left out of the page that is that view.
+is not stored); and when the email had to shorten excerpts to fit its size budget and the
+items it kept fit with full ones, the page shows the full ones. The "view in browser" link
+is left out of the page that is that view.
 
 Only digests in state 'sent' are shown, and only to the subscriber they were sent to: a
 digest id is looked up together with the subscriber id the verified token names.

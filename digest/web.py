@@ -415,13 +415,13 @@ class _Site:
         """The page after a recorded click: what was recorded, how to undo it and, after
         "less", title words to exclude."""
         other: store.Verdict = "less" if verdict == "more" else "more"
+        words = feedback.suggest_excludes(listing, subscriber) if verdict == "less" else []
         return _page(
             "feedback_done.html", title="Thank you", paper=listing,
             heading="Noted: " + ("more" if verdict == "more" else "fewer") + " papers like this",
             text="Your digests will take it into account."
-            + ("" if verdict == "more" else " Or say exactly what you do not want:"),
-            suggestions=feedback.suggest_excludes(listing, subscriber) if verdict == "less"
-            else [],
+            + (" Or say exactly what you do not want:" if words else ""),
+            suggestions=words,
             preferences_token=make_token(self.secret, subscriber.id, subscriber.email,
                                          "preferences"),
             switch=self.own_url("/feedback", subscriber, "feedback", listing=listing.id,
