@@ -1,10 +1,15 @@
-"""`digest serve`: one-click unsubscribe (RFC 8058) and live previews of every digest.
+"""`digest serve`: one-click unsubscribe (RFC 8058), the reader's pages, and live previews
+of every digest.
 
 - `GET /unsubscribe?token=...` shows a confirm page and changes nothing (link scanners follow
   GETs); `POST` to the same URL unsubscribes: that is the one-click request mailbox providers
   send. No cookie is needed or set, and the answer is a page, never a redirect.
   `/resubscribe?token=...` works the same way and undoes it. State lives in the store
   (`subscriptions` table); subscriber files are never rewritten.
+- The reader's pages, each behind a token signed for its own purpose (`digest.links`):
+  `/feedback` (GET shows, POST records "more / less like this"; `digest.feedback`),
+  `/feedback/list` (the papers rated), `/view` (a sent digest in the browser), `/archive` and
+  `/feed` (Atom) (`digest.archive`). Their templates are in `digest.reader_pages`.
 - `GET /preview` lists the subscribers; `/preview/<id>` shows their next digest exactly as it
   would be sent (desktop and phone-width views, the text part, the headers), built live from
   the current templates and store. Previews send nothing and write nothing. They show every
