@@ -31,7 +31,7 @@ from . import store
 from .errors import DigestError
 from .match import compile_keyword
 from .models import Listing, Subscriber
-from .tokens import words
+from .tokens import stem, words
 
 VERDICTS = ("more", "less")
 SUGGESTED = 6  # most words offered as excludes
@@ -106,15 +106,22 @@ def suggest_excludes(listing: Listing, subscriber: Subscriber,
                      limit: int = SUGGESTED) -> list[str]:
     """Words of the paper's title the subscriber could exclude to get fewer like it: not a
     stop word, not a word of their own topics' keywords or required words (excluding one of
-    those would silence the topic), not already excluded, no number or word under 4
-    letters; in title order."""
-    own = {w for t in subscriber.topics for k in (*t.keywords, *t.require)
-           for w in words(k.rstrip("*"))}
-    own |= {w for k in subscriber.exclude for w in words(k.rstrip("*"))}
+    those would silence the topic; compared by stem, and a `prefix*` keyword's prefix), not
+    already excluded, no number or word under 4 letters; in title order."""
+    # Compared as the matcher compares them: by stem, and a `prefix*` by its prefix.
+    own: set[str] = set()
+    prefixes: list[str] = []
+    for keyword in (*(k for t in subscriber.topics for k in (*t.keywords, *t.require)),
+                    *subscriber.exclude):
+        pattern = compile_keyword(keyword)
+        own.update(pattern.stems)
+        if pattern.prefix is not None:
+            prefixes.append(pattern.prefix)
     out: list[str] = []
     for word in words(listing.title):
-        if (len(word) < 4 or word in STOP_WORDS or word in own or word in out
-                or not any(c.isalpha() for c in word) or not _keyword(word)):
+        if (len(word) < 4 or word in STOP_WORDS or stem(word) in own or word in out
+                or word.startswith(tuple(prefixes)) or not any(c.isalpha() for c in word)
+                or not _keyword(word)):
             continue
         out.append(word)
         if len(out) == limit:

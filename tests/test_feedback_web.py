@@ -4,6 +4,7 @@ click path in real Chromium (issue 18, part B)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -259,3 +260,20 @@ def test_feedback_pages_carry_the_security_headers(project: Project, site: str,
         assert r.headers["X-Content-Type-Options"] == "nosniff"
         assert r.headers["Referrer-Policy"] == "no-referrer"
         assert "set-cookie" not in r.headers
+
+
+def test_suggested_excludes_leave_out_the_subscribers_own_words() -> None:
+    from .samples import subscriber
+
+    reader = dataclasses.replace(subscriber(), exclude=("survey",))
+    paper = Listing(id="p", abstract="",
+                    title="A Survey of Speculative Decoding for Diffusion Models in 2024:"
+                          " KV-Cache Quantization via Medical Imaging, Medical Robotics")
+    # Not: stop words, short words, numbers, the topics' keywords ("speculative decoding",
+    # "KV cache" by stem, "quantization" by the prefix "quantiz*"), what is already excluded,
+    # a word twice.
+    assert feedback.suggest_excludes(paper, reader) == [
+        "diffusion", "models", "medical", "imaging", "robotics"]
+    assert feedback.suggest_excludes(paper, reader, limit=2) == ["diffusion", "models"]
+    plural = dataclasses.replace(paper, title="Speculative decodings of KV caches")
+    assert feedback.suggest_excludes(plural, reader) == []
