@@ -3,7 +3,8 @@ server's peak memory, per scenario.
 
     python -m benchmarks.web --requests 2000 --seconds 20 [--concurrency 4]
 
-Builds a temporary project (SUBSCRIBERS subscriber files, LISTINGS listings in the store),
+Builds a temporary project (SUBSCRIBERS subscriber files, LISTINGS listings in the store, a
+sent 10-item digest per subscriber),
 starts the real server (`digest serve`, uvicorn) in a subprocess on 127.0.0.1, and runs each
 scenario of `SCENARIOS` against it from `--concurrency` client threads, each scenario at most
 `--requests` requests and `--seconds` seconds. Prints, per scenario: requests per second
@@ -39,7 +40,7 @@ import httpx
 
 from digest import store
 from digest.links import make_token
-from digest.models import Listing
+from digest.models import Listing, digest_key
 
 Scenario = Callable[[str, int], list[float]]
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -87,6 +88,22 @@ def feedback_posts(base_url: str, count: int) -> list[float]:
     return latencies
 
 
+def view_pages(base_url: str, count: int) -> list[float]:
+    """`count` "view in browser" GETs (`/view?token=...&digest=...`): each rebuilds a sent
+    10-item digest from the store and renders it through the email's renderer."""
+    secret = os.environ[SECRET_ENV]
+    start = int.from_bytes(os.urandom(3), "big")
+    with httpx.Client(base_url=base_url) as client:
+        latencies = []
+        for n in range(start, start + count):
+            sid = subscriber_id(n % SUBSCRIBERS)
+            token = make_token(secret, sid, f"{sid}@example.org", "view")
+            url = (f"/view?token={quote(token, safe='')}"
+                   f"&digest={quote(digest_key(sid, NOW.date()), safe='')}")
+            latencies.append(_timed(client, "GET", url))
+    return latencies
+
+
 def _timed(client: httpx.Client, method: str, url: str) -> float:
     t0 = time.perf_counter()
     r = client.request(method, url)
@@ -100,6 +117,7 @@ def _timed(client: httpx.Client, method: str, url: str) -> float:
 SCENARIOS: list[tuple[str, Scenario]] = [
     ("home (GET /)", home),
     ("feedback POST", feedback_posts),
+    ("view in browser GET", view_pages),
 ]
 
 
@@ -139,8 +157,27 @@ def make_project(root: Path) -> Path:
                 abstract="We study speculative decoding with a quantized KV cache.",
                 first_seen=NOW)
         for i in range(LISTINGS)], NOW)
+    _sent_digests(db)
     db.close()
     return config
+
+
+def _sent_digests(db: store.Store) -> None:
+    """A sent 10-item digest for every subscriber, recorded as `digest send` records one
+    (the message bytes are not needed: the view rebuilds it from the store)."""
+    keys = []
+    for i in range(SUBSCRIBERS):
+        sid = subscriber_id(i)
+        key = digest_key(sid, NOW.date())
+        store.enqueue(
+            db, key=key, subscriber_id=sid, local_date=NOW.date(), message_id=f"<{i}@bench>",
+            subject="10 new papers: Efficient inference", envelope_from="digest@example.org",
+            recipient=f"{sid}@example.org", data=b"-", now=NOW,
+            items=[store.OutboxItem(listing_id((i + k) % LISTINGS), "Efficient inference",
+                                    6.0 - k / 10) for k in range(10)])
+        keys.append(key)
+    store.claim_many(db, keys, NOW)
+    store.record_sent_many(db, keys, NOW)
 
 
 def _free_port() -> int:
