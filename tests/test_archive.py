@@ -276,3 +276,24 @@ def test_empty_archive_and_feed_before_any_digest(project: Project,
         feed = httpx.get(f"{url}/feed?token={token('feed')}").content
         assert _atom_problems(feed) == []
         assert feedparser.parse(feed).entries == []
+
+
+def test_feed_without_a_public_url_has_no_empty_links(project: Project,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from digest import pipeline
+    from digest.config import load_settings
+    from digest.subscribers import load_one
+
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    settings = load_settings(project.config)
+    assert settings.server.public_url is None
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    pipeline.send(settings, db, NOW)
+    ada = load_one(settings.subscribers.dir, settings.defaults, "ada")
+    data = archive.feed(settings, db, ada, NOW)
+    root = lxml.etree.fromstring(data)
+    assert [e.get("href") for e in root.iter(ATOM + "link")] == []
+    parsed = feedparser.parse(data)
+    assert not parsed.bozo and len(parsed.entries) == 1
+    assert "More like this" not in parsed.entries[0].content[0].value
