@@ -347,8 +347,8 @@ def run(config_path: Path, once: bool) -> None:
 @click.option("--host", help="Address to listen on (default: [server] host).")
 @click.option("--port", type=int, help="Port to listen on (default: [server] port).")
 def serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Serve one-click unsubscribe, sign-up and preferences pages, and live previews of every
-    digest (/preview)."""
+    """Serve the links in the emails (unsubscribe, preferences, feedback, view in browser,
+    archive, feed), the sign-up pages, and live previews of every digest (/preview)."""
     from . import web
 
     settings = _settings(config_path)

@@ -30,7 +30,7 @@ from sqlite_utils import Database
 from . import batch, bounces, delivery, inbound, store, subscribers
 from .config import AnySource, Settings, is_subscriber_id, sends_on
 from .errors import ConfigError, DigestError, SourceError, printable
-from .links import unsubscribe_url
+from .links import link_url, unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
 from .render import Links, environment, fit
 from .send import (
@@ -177,17 +177,37 @@ class Composed:
     outgoing: Outgoing
 
 
+def email_links(settings: Settings, subscriber: Subscriber, digest_id: str,
+                view: bool = True) -> Links:
+    """The links in `subscriber`'s email `digest_id`: unsubscribe (one-click when [server]
+    public_url is set, else the configured https one, else the mailto one, tokened with
+    [bounces] set) and, only with a public_url,
+    view in browser (left out with `view=False`: the browser view itself), manage
+    preferences, past digests and the per-item feedback links, each signed for its purpose.
+    """
+    server, sid, email = settings.server, subscriber.id, subscriber.email
+    https, mailto = unsubscribe_links(settings.delivery, sid)
+    verp = bounces.verp(settings.bounces, server, digest_id, email)
+    if verp is not None:
+        mailto = verp[1]
+    return Links(
+        unsubscribe=unsubscribe_url(server, sid, email) or https or mailto,
+        view=(view and link_url(server, "/view", sid, email, "view", digest=digest_id)) or "",
+        preferences=link_url(server, "/preferences", sid, email, "preferences") or "",
+        archive=link_url(server, "/archive", sid, email, "archive") or "",
+        feedback=link_url(server, "/feedback", sid, email, "feedback") or "",
+    )
+
+
 def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
     is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
     """
-    https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
     verp = bounces.verp(settings.bounces, settings.server, digest.id, digest.subscriber.email)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     # The email shows (and the outbox records as sent) only what fits its size budget: the
     # items left out stay candidates for a later digest.
-    fitted = fit(digest, Links(unsubscribe=one_click or https or (verp or ("", mailto))[1]),
-                 env)
+    fitted = fit(digest, email_links(settings, digest.subscriber, digest.id), env)
     digest, rendered = fitted.digest, fitted.rendered
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
     out = outgoing(rendered, digest, settings.delivery, sent_at, one_click,

@@ -402,6 +402,12 @@ def get_listing(db: Database, listing_id: str) -> Listing | None:
     return _from_row(row) if row else None
 
 
+def find_listing(db: Database, listing_id: str) -> Listing | None:
+    """One listing by its id or by an id it had before it was re-keyed."""
+    current = _resolve(db, listing_id)
+    return get_listing(db, current) if current is not None else None
+
+
 def count_listings(db: Database) -> int:
     """How many listings the store holds."""
     return int(db.execute("select count(*) from listings").fetchone()[0])
@@ -809,6 +815,38 @@ def digests(db: Database, subscriber_id: str | None = None) -> Iterator[dict[str
     yield from db.query(
         f"select * from digests {where} order by local_date desc, subscriber_id", params
     )
+
+
+# The columns the subscriber's archive shows of a sent digest.
+_SENT_COLUMNS = "id, subscriber_id, local_date, subject, item_count, created_at, sent_at"
+
+
+def sent_digests(db: Database, subscriber_id: str, limit: int,
+                 before: date | None = None) -> list[dict[str, Any]]:
+    """A subscriber's sent digests, newest first: at most `limit`, and only those of local
+    dates before `before` when given (a page of the archive). Read through the
+    (subscriber_id, local_date) index: the cost is the page, not the history."""
+    sql = f"select {_SENT_COLUMNS} from digests where subscriber_id = ? and state = 'sent'"
+    args: list[Any] = [subscriber_id]
+    if before is not None:
+        sql += " and local_date < ?"
+        args.append(before.isoformat())
+    return list(db.query(sql + " order by local_date desc limit ?", [*args, limit]))
+
+
+def sent_digest(db: Database, subscriber_id: str, digest_id: str) -> dict[str, Any] | None:
+    """One sent digest of this subscriber; None when there is none by that id, or it is
+    another subscriber's, or it was not sent."""
+    return next(iter(db.query(
+        f"select {_SENT_COLUMNS} from digests where id = ? and subscriber_id = ?"
+        " and state = 'sent'", [digest_id, subscriber_id])), None)
+
+
+def digest_items(db: Database, digest_id: str) -> list[OutboxItem]:
+    """The listings a recorded digest held, with their topic and score, in email order."""
+    return [OutboxItem(r[0], r[1], r[2]) for r in db.execute(
+        "select listing_id, topic, score from digest_items where digest_id = ?"
+        " order by position", [digest_id])]
 
 
 def record_run(
