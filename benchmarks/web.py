@@ -42,6 +42,8 @@ from digest import store
 from digest.links import make_token
 from digest.models import Listing, digest_key
 
+from . import web_signup
+
 Scenario = Callable[[str, int], list[float]]
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SUBSCRIBERS = 200
@@ -118,14 +120,16 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("home (GET /)", home),
     ("feedback POST", feedback_posts),
     ("view in browser GET", view_pages),
+    ("sign-up POST", web_signup.scenario),
 ]
 
 
 # --- the project and the server -------------------------------------------------------------
 
 
-def make_project(root: Path) -> Path:
-    """A project under `root` with the benchmark's subscribers and listings; its config."""
+def make_project(root: Path, port: int) -> Path:
+    """A project under `root` with the benchmark's subscribers and listings, served at
+    `port` with sign-up on (confirmations go to the file outbox); its config."""
     subscribers = root / "subscribers"
     subscribers.mkdir()
     for i in range(SUBSCRIBERS):
@@ -150,7 +154,19 @@ def make_project(root: Path) -> Path:
         transport = "file"
         from = "Paper Digest <digest@example.org>"
         outbox = "var/outbox"
-        """), encoding="utf-8")
+
+        [server]
+        public_url = "http://127.0.0.1:PORT"
+
+        [signup]
+        enabled = true
+        rate_per_ip = "1000000/hour"
+        rate_per_address = "10/hour"
+
+        [[signup.topics]]
+        name = "Efficient inference"
+        keywords = ["speculative decoding", "KV cache"]
+        """).replace("PORT", str(port)), encoding="utf-8")
     db = store.open_db(root / "var" / "digest.db")
     store.upsert_listings(db, [
         Listing(id=listing_id(i), title=f"Paper {i}: faster speculative decoding",
@@ -187,9 +203,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def server(config: Path) -> Iterator[tuple[str, int]]:
-    """`digest serve` over `config` in a subprocess on a free loopback port: (URL, pid)."""
-    port = _free_port()
+def server(config: Path, port: int) -> Iterator[tuple[str, int]]:
+    """`digest serve` over `config` in a subprocess on loopback `port`: (URL, pid)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "from digest.cli import cli; cli()", "serve", "--config",
          str(config), "--port", str(port), "--host", "127.0.0.1"],
@@ -264,8 +279,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault(SECRET_ENV, "benchmark-secret-" + os.urandom(8).hex())
     with tempfile.TemporaryDirectory() as tmp:
-        config = make_project(Path(tmp))
-        with server(config) as (url, pid):
+        port = _free_port()
+        config = make_project(Path(tmp), port)
+        with server(config, port) as (url, pid):
             print(f"server pid {pid}, {SUBSCRIBERS} subscribers, {LISTINGS} listings,"
                   f" {args.concurrency} client threads; peak RSS at start"
                   f" {peak_rss_mb(pid):.0f} MB")

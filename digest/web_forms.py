@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 import threading
 import zoneinfo
@@ -41,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import pipeline, preferences, signup, store
+from . import feedback, pipeline, preferences, signup, store
 from .config import WEEKDAYS, Settings, subscriber_from_data
 from .errors import (
     ConfigError,
@@ -318,7 +319,12 @@ class Forms:
         assert subscriber.path is not None
         raw = subscriber.path.read_bytes()
         if form is None:
-            return self.preferences_page(request, token, subscriber, raw)
+            suggested = suggested_excludes(request.query_params.getlist("suggest_exclude"),
+                                           subscriber)
+            notice = ("Added to the excluded keywords below from your feedback, not saved yet:"
+                      f" {', '.join(suggested)}. Press Save to keep them.") if suggested else ""
+            return self.preferences_page(request, token, subscriber, raw, notice=notice,
+                                         suggested=suggested)
         if not self.csrf_ok(request, form):
             return self.expired_form()
         return self.edit(request, token, subscriber, form)
@@ -357,22 +363,50 @@ class Forms:
     def preferences_page(self, request: Request, token: str, subscriber: Subscriber,
                          raw: bytes | None, status: int = 200, error: str = "",
                          notice: str = "", edited: FormData | None = None,
-                         indices: list[int | None] | None = None) -> HTMLResponse:
-        """The preferences form for `subscriber`, with the preview of their next digest."""
+                         indices: list[int | None] | None = None,
+                         suggested: list[str] | None = None) -> HTMLResponse:
+        """The preferences form for `subscriber`, with the papers they liked and the preview
+        of their next digest; `suggested` words are shown added to the excludes, unsaved."""
         assert subscriber.path is not None
         seen = edited.get("seen") if edited else None
         seen = str(seen) if seen else preferences.file_hash(raw or subscriber.path.read_bytes())
         with self.db() as database:
             composed = pipeline.preview_of(self.settings, database, subscriber, self.now())
             unsubscribed = store.is_unsubscribed(database, subscriber.id)
+            liked = [r.listing for r in feedback.rated_papers(database, subscriber)
+                     if r.verdict == "more"][:LIKED_SHOWN]
         unsubscribe = make_token(self.secret, subscriber.id, subscriber.email, "unsubscribe")
+        rated = make_token(self.secret, subscriber.id, subscriber.email, "feedback")
         return self.form_page(
             request, "preferences.html", status, title="Your digest", width=900,
             subscriber=subscriber, token=token, seen=seen, error=error, notice=notice,
             zones=ZONES, weekdays=WEEKDAYS, unsubscribe=unsubscribe, unsubscribed=unsubscribed,
             indices=indices or list(range(len(subscriber.topics))),
-            send_at=subscriber.send_at.strftime("%H:%M"),
+            send_at=subscriber.send_at.strftime("%H:%M"), liked=liked, rated=rated,
+            exclude=[*subscriber.exclude, *(suggested or [])],
             preview_html=composed.rendered.html if composed else None)
+
+
+# The preferences page lists this many of the papers a reader liked; /feedback/list has all.
+LIKED_SHOWN = 20
+# Words a "less like this" page may suggest at once (feedback.suggest_excludes offers fewer).
+MOST_SUGGESTED = 10
+
+
+def suggested_excludes(words: list[str], subscriber: Subscriber) -> list[str]:
+    """The `suggest_exclude` words of a "less like this" page (feedback.py) that are single
+    plain words not excluded yet, at most MOST_SUGGESTED. They are only shown in the form:
+    a Save validates them like any keyword typed there."""
+    out: list[str] = []
+    for word in words:
+        word = word.strip().lower()
+        if (_WORD.fullmatch(word) and word not in subscriber.exclude and word not in out
+                and len(out) < MOST_SUGGESTED):
+            out.append(word)
+    return out
+
+
+_WORD = re.compile(r"[^\W_][\w'-]{0,63}")
 
 
 def read_edit(form: FormData) -> preferences.Edit:
@@ -474,8 +508,8 @@ when it comes</a></p>{% endif %}
 <label>Name <input name="topic-{{ n }}-name" maxlength="100"></label>
 <label>Keywords <textarea name="topic-{{ n }}-keywords" rows="2"></textarea></label>
 <input type="hidden" name="topic-{{ n }}-weight" value="1"></fieldset>
-<label>Never send papers matching <textarea name="exclude"
- rows="2">{{ subscriber.exclude | join(", ") }}</textarea></label>
+<label>Never send papers matching <textarea name="exclude" id="exclude"
+ rows="2">{{ exclude | join(", ") }}</textarea></label>
 <label>How often <select name="frequency">
 {% for f in ("daily", "weekdays", "weekly") %}<option{% if f == subscriber.frequency %}
  selected{% endif %}>{{ f }}</option>{% endfor %}</select></label>
@@ -497,6 +531,11 @@ Pause: send nothing until I untick this</label>
 <button type="submit" id="resubscribe">Resubscribe</button></form>
 {% else %}<form method="post" action="/unsubscribe?token={{ unsubscribe | urlencode }}">
 <button type="submit" id="unsubscribe">Unsubscribe</button></form>{% endif %}
+<h2>Papers you liked</h2>
+{% if liked %}<ul id="liked">{% for l in liked %}<li>{% if l.url %}<a href="{{ l.url }}">{{ l.title
+}}</a>{% else %}{{ l.title }}{% endif %}</li>{% endfor %}</ul>{% else %}<p class="muted">None
+yet: "More like this" under a paper in your email adds it here.</p>{% endif %}
+<p><a href="/feedback/list?token={{ rated | urlencode }}">Every paper you rated</a></p>
 <h2>Your next digest</h2>
 {% if preview_html is none %}<p id="nothing">Nothing matches right now, so no email would be
 sent.</p>{% else %}<iframe id="preview" title="Your next digest" width="660" height="900"

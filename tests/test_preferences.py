@@ -302,3 +302,40 @@ def test_save_after_a_preview_that_removed_a_topic_keeps_the_right_one(
     topics = tomllib.loads(path.read_text())["topics"]
     assert topics == [{"name": "People", "keywords": ["agents", "tool use"],
                        "authors": ["Tri Dao"]}]
+
+
+def test_less_like_this_suggestions_reach_the_form_unsaved_and_liked_papers_show(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digest.models import Listing
+
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    liked = Listing(id="2405.00001", title="Speculative decoding with <b>draft</b> heads",
+                    abstract="A.", url="https://arxiv.org/abs/2405.00001")
+    disliked = Listing(id="2405.00002", title="Quantum annealing schedules for routing",
+                       abstract="B.", url="https://arxiv.org/abs/2405.00002")
+    store.upsert_listings(db, [liked, disliked], NOW)
+    store.record_feedback(db, "ada", liked.id, "more", NOW, "web")
+    before = (project.subscribers / "ada.toml").read_bytes()
+    fb = quote(make_token(SECRET, "ada", "ada@example.org", "feedback"), safe="")
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        done = client.post(f"{server}/feedback?token={fb}&listing={disliked.id}&verdict=less")
+        assert done.status_code == 200
+        words = re.findall(r'name="suggest_exclude"\s+value="([^"]+)"', done.text)
+        assert "annealing" in words
+        url = prefs_url(project, "ada", "ada@example.org")
+        page = client.get(url + "&suggest_exclude=annealing&suggest_exclude="
+                          + quote("<script>x</script>") + "&suggest_exclude=two%20words")
+        assert page.status_code == 200 and "not saved yet: annealing." in page.text
+        exclude = re.search(r'<textarea name="exclude" id="exclude"\s+rows="2">([^<]*)<',
+                            page.text)
+        assert exclude and "annealing" in exclude.group(1)
+        assert "<script>x" not in page.text and "two words" not in exclude.group(1)
+        # Liked papers are listed, escaped; the disliked one is not.
+        assert "Speculative decoding with &lt;b&gt;draft&lt;/b&gt; heads" in page.text
+        assert "Quantum annealing schedules" not in page.text.split('id="liked"')[1]
+        assert (project.subscribers / "ada.toml").read_bytes() == before  # nothing saved yet
+        form = {**form_of(page.text), "exclude": exclude.group(1)}
+        assert client.post(url, data=form).status_code == 200
+    saved = tomllib.loads((project.subscribers / "ada.toml").read_text())
+    assert "annealing" in saved["exclude"]
