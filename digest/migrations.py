@@ -222,6 +222,9 @@ def m16_suppression(db: Database) -> None:
     db.table("bounce_events").create_index(["email", "at"])
     db.table("inbound_seen").create({"sha256": str, "at": str}, pk="sha256", not_null={"at"})
     db.execute("create index if not exists digests_envelope_from on digests (envelope_from)")
+
+
+@migrations()
 def m14_signup_tokens(db: Database) -> None:
     """Sign-up confirmation links already used, by the SHA-256 of the token: a confirmation
     link works once (the pending sign-up itself lives in the signed token, not here)."""

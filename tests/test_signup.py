@@ -23,6 +23,7 @@ from digest.links import link_url, sign_payload
 
 from .browser import chromium  # noqa: F401 - fixture
 from .conftest import NOW, Project, SmtpServer
+from .reader_support import parts, text_links
 from .web_support import SECRET, SIGNUP, confirm_link, csrf_of, parsed, signup_server
 
 PINNED = {"DIGEST_NOW": "2026-11-25T12:00:00+00:00", "DIGEST_SECRET": SECRET}
@@ -87,10 +88,12 @@ def test_sign_up_confirm_send_edit_unsubscribe_and_subscribe_again(
         assert sink.received[-1].rcpt_tos == ["kay.sj@example.net"]
         assert "Efficient inference" in str(digest.get_body(("plain",)).get_content())
 
+        # The email's own "Manage preferences" link (the text part, as a reader sees it).
+        [prefs] = {u for u in text_links(parts(sink.received[-1].data)[0])
+                   if urlsplit(u).path == "/preferences"}
         settings = load_settings(project.config)
-        prefs = link_url(settings.server, "/preferences", "kay.sj", "kay.sj@example.net",
-                         "preferences")
-        assert prefs is not None
+        assert prefs == link_url(settings.server, "/preferences", "kay.sj",
+                                 "kay.sj@example.net", "preferences")
         page.goto(prefs)
         assert page.text_content("h1") == "Your paper digest"
         assert page.frame_locator("#preview").locator("body").inner_text()
