@@ -84,7 +84,8 @@ def _progress() -> Progress:
 
 
 def _fail(exc: DigestError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    # Escaped: a message naming a setting ("[bounces] address") is not rich markup.
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
     if exc.hint:
         err.print(f"hint: {exc.hint}", highlight=False, markup=False)
     sys.exit(1)
@@ -273,7 +274,9 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                  "'digest status --all' shows everyone")
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
-                                            "unsubscribed", "retry", "queued", "not-sent",
+                                            "unsubscribed", "suppressed", "paused", "retry",
+                                            "queued",
+                                            "not-sent",
                                             "failed", "invalid")
         if report.count(s)
     )
@@ -344,7 +347,8 @@ def run(config_path: Path, once: bool) -> None:
 @click.option("--host", help="Address to listen on (default: [server] host).")
 @click.option("--port", type=int, help="Port to listen on (default: [server] port).")
 def serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Serve one-click unsubscribe links and live previews of every digest (/preview)."""
+    """Serve the links in the emails (unsubscribe, preferences, feedback, view in browser,
+    archive, feed), the sign-up pages, and live previews of every digest (/preview)."""
     from . import web
 
     settings = _settings(config_path)
@@ -352,9 +356,111 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     host, port = host or settings.server.host, port or settings.server.port
     where = f"http://{host}:{port}"
     previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
-    out.print(f"digest: serving {where}/unsubscribe{previews}; Ctrl-C to stop",
+    signup = f", {where}/subscribe" if settings.signup.enabled else ""
+    out.print(f"digest: serving {where}/unsubscribe{signup}{previews}; Ctrl-C to stop",
               highlight=False)
-    web.serve(app, host, port)
+    web.serve(app, host, port, settings.server.forwarded_allow_ips)
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True,
+              help="Read the IMAP bounce mailbox once ($DIGEST_IMAP_HOST, _USER, _PASSWORD)"
+                   " and exit.")
+@click.option("--listen", is_flag=True,
+              help="Receive over SMTP on [bounces] listen_host:listen_port until stopped"
+                   " (point the bounce domain's MX here).")
+@click.option("--host", help="With --listen: address to listen on.")
+@click.option("--port", type=int, help="With --listen: port to listen on.")
+def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
+            port: int | None) -> None:
+    """Read bounces, complaints and mailto unsubscribes, and act on whom they name.
+
+    A hard bounce or a complaint suppresses the address, soft bounces do at [bounces]
+    soft_threshold, a mailto request unsubscribes. `digest run` also reads the IMAP mailbox
+    every [bounces] poll_minutes."""
+    if once == listen:
+        raise click.UsageError("give exactly one of --once and --listen")
+    settings = _settings(config_path)
+    if once:
+        db = _open_store(settings)
+        report = pipeline.poll_bounces(settings, db, _now)
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
+        out.print(f"inbound: {counts or 'no new messages'}", highlight=False)
+        return
+    from . import inbound as receiver
+
+    controller = receiver.listener(settings, _now, host, port)
+    with schedule.stop_on_signals() as stop:
+        controller.start()
+        out.print(f"digest: receiving bounces on {controller.hostname}:{controller.port};"
+                  " Ctrl-C to stop", highlight=False)
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            controller.stop()
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(controller.handler.report.counts.items()))
+    out.print(f"inbound: {counts or 'no messages'}", highlight=False)
+
+
+@cli.command()
+@config_option
+@click.option("--export", "export_format", type=click.Choice(["csv", "json"]),
+              help="Print every suppressed address as CSV or JSON instead of a table.")
+@click.option("--lift", "lift", multiple=True, metavar="EMAIL",
+              help="Mail this address again (repeatable); its history is kept.")
+def suppressed(config_path: Path, export_format: str | None, lift: tuple[str, ...]) -> None:
+    """List, export or lift the suppressed addresses, with the reason and the date.
+
+    An address is suppressed by a hard bounce (550/551/553 at RCPT, or a DSN), a complaint,
+    or [bounces] soft_threshold soft bounces; it is never mailed until lifted."""
+    settings = _settings(config_path)
+    db = _open_store(settings)
+    if lift:
+        missing = [email for email in lift if not store.lift_suppression(db, email, _now())]
+        for email in lift:
+            if email not in missing:
+                out.print(f"lifted: {email}", highlight=False)
+        if missing:
+            _fail(DigestError(f"not suppressed: {', '.join(missing)}",
+                              hint="'digest suppressed' lists the suppressed addresses"))
+        return
+    rows = store.suppressions(db)
+    if export_format is not None:
+        _export(rows, export_format)
+        return
+    _suppression_table(rows)
+
+
+_SUPPRESSION_FIELDS = ("email", "subscriber_id", "reason", "at", "via", "digest_id", "detail")
+
+
+def _export(rows: list[store.Suppression], export_format: str) -> None:
+    records = [{"email": r.email, "subscriber_id": r.subscriber_id, "reason": r.reason,
+                "at": r.at.isoformat(), "via": r.via, "digest_id": r.digest_id,
+                "detail": r.detail} for r in rows]
+    if export_format == "json":
+        click.echo(json.dumps(records, indent=2))
+        return
+    import csv
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=_SUPPRESSION_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+
+
+def _suppression_table(rows: list[store.Suppression], title: str | None = None,
+                       most: int | None = None) -> None:
+    table = Table("address", "subscriber", "reason", "since (UTC)", "detail", title=title)
+    for r in rows[:most]:
+        table.add_row(escape(r.email), escape(r.subscriber_id or "-"), r.reason,
+                      f"{r.at:%Y-%m-%d %H:%M}", escape(r.detail[:80]))
+    if rows:
+        out.print(table)
+    more = f" ({len(rows) - most} not listed: 'digest suppressed' lists all)" if (
+        most is not None and len(rows) > most) else ""
+    out.print(f"{len(rows)} suppressed address(es){more}", highlight=False)
 
 
 _STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
@@ -412,6 +518,9 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
                         f"{seconds:.1f}",
                         ", ".join(f"{k}: {v}" for k, v in summary.items() if v))
     out.print(history)
+    suppressions = store.suppressions(db)
+    if suppressions:
+        _suppression_table(suppressions, "suppressed addresses (never mailed)", REPORT_ROWS)
 
 
 @cli.command()

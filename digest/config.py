@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 import unicodedata
-from datetime import time
+from datetime import date, time
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -135,6 +135,22 @@ PlainText = Annotated[str, AfterValidator(_check_plain_text)]
 EmailAddress = Annotated[str, AfterValidator(_check_email)]
 AuthorName = Annotated[str, AfterValidator(_check_author)]
 Category = Annotated[str, AfterValidator(_check_category)]
+
+
+Frequency = Literal["daily", "weekdays", "weekly"]
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+WEEKDAYS: tuple[Weekday, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday",
+                                 "saturday", "sunday")
+
+
+def sends_on(frequency: str, day: str, on: date) -> bool:
+    """Whether a subscriber with this `frequency` (and weekly `day`) gets a digest on the
+    local date `on`: every day, Monday to Friday, or one day a week."""
+    if frequency == "weekdays":
+        return on.weekday() < 5
+    if frequency == "weekly":
+        return WEEKDAYS[on.weekday()] == day
+    return True
 
 
 class _Strict(BaseModel):
@@ -531,6 +547,10 @@ class ServerConfig(_Strict):
         "DIGEST_PREVIEW_SECRET",
         description="Name of the env variable holding the /preview password (HTTP Basic auth).",
     )
+    forwarded_allow_ips: str | None = Field(
+        None, description="Behind a reverse proxy: the proxy addresses (comma-separated, or"
+        " '*') whose X-Forwarded-For/-Proto are trusted for the client IP and scheme.",
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -550,6 +570,119 @@ class ServerConfig(_Strict):
         return os.environ.get(self.preview_secret_env) or None
 
 
+class BouncesConfig(_Strict):
+    """`[bounces]`: the VERP envelope sender, the mailto unsubscribe, reading what comes back
+    (IMAP or `digest inbound --listen`) and when an address is suppressed."""
+
+    address: str | None = Field(
+        None, description="The bounce address, e.g. 'bounces@bounce.example.org'. Set, each"
+        " message's envelope sender is '<local>+<token>@<domain>' (VERP) and List-Unsubscribe's"
+        " mailto is 'unsubscribe+<token>@<domain>'; unset, none of [bounces] is used.",
+    )
+    unsubscribe_local: str = Field(
+        "unsubscribe", description="Local part of the mailto unsubscribe address (same domain).")
+    soft_threshold: int = Field(
+        3, ge=1, le=100,
+        description="Soft bounces (4.x.x, delayed) of different digests within `soft_window_days`"
+        " that suppress an address.",
+    )
+    soft_window_days: int = Field(
+        14, ge=1, le=365, description="Days within which soft bounces are counted.")
+    max_message_bytes: int = Field(
+        5_000_000, ge=10_000, le=100_000_000,
+        description="Larger inbound messages are left alone (IMAP) or refused (SMTP).",
+    )
+    imap_port: int = Field(993, ge=1, le=65535, description="IMAP port (implicit TLS).")
+    imap_host_env: str = Field(
+        "DIGEST_IMAP_HOST", description="Env variable holding the IMAP server's host name;"
+        " unset: no mailbox is polled.")
+    imap_user_env: str = Field("DIGEST_IMAP_USER", description="Env variable: IMAP user.")
+    imap_password_env: str = Field(
+        "DIGEST_IMAP_PASSWORD", description="Env variable: IMAP password.")
+    imap_ca_file: Path | None = Field(
+        None, description="A PEM bundle to verify the IMAP server with, for a private CA.")
+    imap_folder: str = Field("INBOX", description="The mailbox folder bounces arrive in.")
+    imap_done_folder: str = Field(
+        "digest-processed", description="Where handled messages are moved (created if missing).")
+    poll_minutes: int = Field(
+        10, ge=1, le=1440, description="How often `digest run` polls the IMAP mailbox.")
+    listen_host: str = Field("127.0.0.1", description="`digest inbound --listen` address.")
+    listen_port: int = Field(2525, ge=1, le=65535, description="`digest inbound --listen` port.")
+
+    @field_validator("address")
+    @classmethod
+    def _bounce_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        local, at, domain = value.rpartition("@")
+        if not at or not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", local) or not re.fullmatch(
+                r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain):
+            raise ValueError(f"{value!r} must be a plain address like 'bounces@bounce.example.org'"
+                             " (local part: letters, digits, '.', '_', '-', at most 30)")
+        return value.lower()
+
+    @field_validator("unsubscribe_local")
+    @classmethod
+    def _local(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,30}", value):
+            raise ValueError(f"{value!r}: letters, digits, '.', '_', '-', at most 30")
+        return value.lower()
+
+    def imap_account(self) -> tuple[str, str, str] | None:
+        """(host, user, password) from the environment, or None when the host is unset."""
+        host = os.environ.get(self.imap_host_env)
+        if not host:
+            return None
+        return (host, os.environ.get(self.imap_user_env, ""),
+                os.environ.get(self.imap_password_env, ""))
+class SignupTopic(_Strict):
+    """A [[signup.topics]] table: a topic the sign-up page offers, copied into the new
+    subscriber's file when picked."""
+
+    name: PlainText = Field(description="Shown on the sign-up page and as the heading.")
+    keywords: list[Keyword] = Field(min_length=1, description="The topic's keywords.")
+
+
+def _check_rate(value: str) -> str:
+    from limits import parse  # the rate limiter's own syntax, e.g. '5/hour'
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate like '5/hour' or '20 per day'") from None
+    return value
+
+
+Rate = Annotated[str, AfterValidator(_check_rate)]
+
+
+class SignupConfig(_Strict):
+    """`digest serve`'s /subscribe page (double opt-in)."""
+
+    enabled: bool = Field(False, description="Serve /subscribe and /confirm.")
+    topics: list[SignupTopic] = Field(
+        default_factory=list, description="Topics a new subscriber can pick."
+    )
+    free_keywords: bool = Field(
+        True, description="Let new subscribers type keywords of their own too."
+    )
+    confirm_hours: int = Field(
+        48, ge=1, le=720, description="Hours the emailed confirmation link works."
+    )
+    rate_per_ip: Rate = Field(
+        "20/hour", description="Sign-up attempts one client IP may make (per process)."
+    )
+    rate_per_address: Rate = Field(
+        "3/day", description="Confirmation emails one address may get (per process)."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_pick(self) -> SignupConfig:
+        if self.enabled and not self.topics and not self.free_keywords:
+            raise ValueError("topics: offer some [[signup.topics]] or set free_keywords = true")
+        return self
+
+
 class Settings(_Strict):
     """The whole of digest.toml."""
 
@@ -563,7 +696,18 @@ class Settings(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     dkim: DkimConfig = DkimConfig()
     server: ServerConfig = ServerConfig()
+    bounces: BouncesConfig = BouncesConfig()
+    signup: SignupConfig = SignupConfig()
     path: Path = Field(Path("."), exclude=True, description="The file this was loaded from.")
+
+    @model_validator(mode="after")
+    def _signup_needs_public_url(self) -> Settings:
+        # The confirmation link is built from public_url, never from the request's Host
+        # header, which a client chooses (a forged Host would send the link elsewhere).
+        if self.signup.enabled and not self.server.public_url:
+            raise ValueError("signup: enabled = true needs server.public_url, the address"
+                             " the confirmation link points at")
+        return self
 
     @field_validator("sources")
     @classmethod
@@ -627,6 +771,11 @@ class SubscriberFile(_Strict):
     trending: int = Field(
         0, ge=0, le=100, description="Add a Trending section with this many top-upvoted papers."
     )
+    frequency: Frequency = Field(
+        "daily", description="'daily', 'weekdays' (Monday to Friday) or 'weekly' (on `day`)."
+    )
+    day: Weekday = Field("monday", description="With frequency = 'weekly': the day it comes.")
+    paused: bool = Field(False, description="true: no digest at all until set back to false.")
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -735,8 +884,13 @@ def load_settings(path: Path) -> Settings:
         dkim = dkim.model_copy(
             update={"ed25519_private_key_path": _resolve(base, dkim.ed25519_private_key_path)}
         )
+    bounces = settings.bounces
+    if bounces.imap_ca_file is not None:
+        bounces = bounces.model_copy(
+            update={"imap_ca_file": _resolve(base, bounces.imap_ca_file)})
     return settings.model_copy(
         update={
+            "bounces": bounces,
             "path": path.resolve(),
             "store": StoreConfig(path=_resolve(base, settings.store.path)),
             "subscribers": SubscribersConfig(dir=_resolve(base, settings.subscribers.dir)),
@@ -782,7 +936,10 @@ def check_subscriber_id(path: Path) -> str:
 def subscriber_from_data(
     path: Path, data: dict[str, Any], defaults: DefaultsConfig
 ) -> Subscriber:
-    """The Subscriber of validated file data (from `parse_subscriber`), with [defaults]."""
+    """The Subscriber of validated file data (from `parse_subscriber`), with [defaults].
+    A weekly digest looks back at least a week: it holds the best of the week."""
+    frequency = data.get("frequency", "daily")  # absent from data cached before it existed
+    lookback = data["lookback_days"] or defaults.lookback_days
     return Subscriber(
         id=check_subscriber_id(path),
         name=data["name"],
@@ -790,7 +947,7 @@ def subscriber_from_data(
         timezone=data["timezone"] or defaults.timezone,
         send_at=parse_send_at(data["send_at"] or defaults.send_at),
         max_items=data["max_items"] or defaults.max_items,
-        lookback_days=data["lookback_days"] or defaults.lookback_days,
+        lookback_days=max(lookback, 7) if frequency == "weekly" else lookback,
         topics=tuple(
             Topic(t["name"], tuple(t["keywords"]), t["weight"], tuple(t["require"]),
                   tuple(t["authors"]), tuple(t["categories"]), t["min_upvotes"],
@@ -800,4 +957,7 @@ def subscriber_from_data(
         exclude=tuple(data["exclude"]),
         path=path,
         trending=data["trending"],
+        frequency=frequency,
+        day=data.get("day", "monday"),
+        paused=data.get("paused", False),
     )

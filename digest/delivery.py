@@ -18,7 +18,8 @@ put back ('queued', the attempt not counted).
 Only the calling thread touches the database; one long-lived thread per connection takes
 messages from a queue, talks SMTP, and hands results back through another queue.
 
-Refusals: 5xx fails the digest for good; 4xx, 421 and a dropped connection schedule a retry
+Refusals: 5xx fails the digest for good (550/551/553 at RCPT also suppresses the address:
+`store.record_bounce`); 4xx, 421 and a dropped connection schedule a retry
 with exponential backoff and jitter until `[smtp] max_attempts`; a login or TLS failure, or a
 server that cannot be reached, stops the batch at once and puts the message back unharmed.
 """
@@ -40,7 +41,14 @@ from queue import Empty, SimpleQueue
 from sqlite_utils import Database
 
 from . import store
-from .errors import DigestError, FatalSendError, PermanentSendError, SendError, TransientSendError
+from .errors import (
+    DigestError,
+    FatalSendError,
+    PermanentSendError,
+    RecipientRefusedError,
+    SendError,
+    TransientSendError,
+)
 from .send import Outgoing, Sender
 
 log = logging.getLogger("digest")
@@ -351,6 +359,12 @@ def _record(db: Database, row: store.Pending, exc: SendError, now: datetime,
         detail = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
         log.error("%s outcome=batch-stopped error=%s", who, exc.reason)
         return Delivered(row, "queued", detail)
+    if isinstance(exc, RecipientRefusedError):
+        # 550/551/553 at RCPT: the address is dead, never mail it again (a 5.7.x policy
+        # refusal is only counted as a soft bounce: it is about us, not the address).
+        if store.record_bounce(db, row.recipient, row.subscriber_id, row.id,
+                               "hard" if exc.hard else "soft", exc.reason, now, "smtp"):
+            log.warning("%s outcome=suppressed address=%s", who, row.recipient)
     permanent = isinstance(exc, PermanentSendError)
     if permanent or attempts >= policy.max_attempts:
         reason = exc.reason if permanent else (

@@ -7,6 +7,7 @@
     └── SendError                a message could not be handed to the mail server
         ├── TransientSendError   try this message again later (4xx, 421, a lost connection)
         ├── PermanentSendError   this message can never go (5xx); the batch goes on
+        │   ├── RecipientRefusedError  550/551/553 at RCPT: a hard bounce, suppressed
         │   └── HeaderError      a header field cannot be written, or fails the last check
         └── FatalSendError       the batch must stop (login, TLS, no server, DKIM signing)
 
@@ -87,6 +88,17 @@ class TransientSendError(SendError):
 class PermanentSendError(SendError):
     """Retrying the same message cannot succeed (a 5xx refusal): its digest fails, the
     batch goes on."""
+
+
+class RecipientRefusedError(PermanentSendError):
+    """The server refused the recipient at RCPT with 550, 551 or 553: the address does not
+    exist there, a hard bounce (`hard` False: the reply's enhanced status is X.7.X, a policy
+    refusal of the sender, counted as a soft bounce)."""
+
+    def __init__(self, reason: str, code: int, hard: bool = True) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.hard = hard
 
 
 class FatalSendError(SendError):

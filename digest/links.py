@@ -28,6 +28,9 @@ from .config import ServerConfig, is_subscriber_id
 from .errors import DigestError
 
 Purpose = Literal["unsubscribe", "preferences", "feedback", "view", "archive", "feed"]
+# Signed data that names no subscriber yet (`sign_payload`): a pending sign-up, a form's
+# CSRF token.
+PayloadPurpose = Literal["signup", "csrf"]
 
 
 class TokenError(DigestError):
@@ -134,3 +137,32 @@ def link_url(server: ServerConfig, path: str, subscriber_id: str, email: str,
 def unsubscribe_url(server: ServerConfig, subscriber_id: str, email: str) -> str | None:
     """The one-click https unsubscribe URL for a subscriber, or None without a public_url."""
     return link_url(server, "/unsubscribe", subscriber_id, email, "unsubscribe")
+
+
+def sign_payload(secret: str, purpose: PayloadPurpose, payload: bytes, expires: datetime) -> str:
+    """`payload` signed for `purpose` until `expires`: `<base64url(payload)>.<unix
+    seconds>.<base64url(mac)>`. Readable by anyone holding it, forgeable by nobody."""
+    stamp = int(expires.timestamp())
+    mac = hmac.new(secret.encode(), b"\0".join(
+        [f"digest-{purpose}-v1".encode(), payload, str(stamp).encode()]), hashlib.sha256)
+    return f"{_b64(payload)}.{stamp}.{_b64(mac.digest())}"
+
+
+def open_payload(secret: str, token: str, purpose: PayloadPurpose,
+                 now: datetime | None = None) -> bytes:
+    """The payload of a `sign_payload` token; TokenError when it is malformed, signed with
+    another secret or for another purpose, or expired at `now`."""
+    head, expires, tail = _split(token)
+    if expires is None:
+        raise TokenError("the link is incomplete or malformed")
+    try:
+        payload, mac = _unb64(head), _unb64(tail)
+    except (binascii.Error, ValueError):
+        raise TokenError("the link is incomplete or malformed") from None
+    wanted = hmac.new(secret.encode(), b"\0".join(
+        [f"digest-{purpose}-v1".encode(), payload, str(expires).encode()]), hashlib.sha256)
+    if not hmac.compare_digest(mac, wanted.digest()):
+        raise TokenError("the link's signature does not match")
+    if (now or datetime.now(UTC)).timestamp() >= expires:
+        raise TokenError("the link has expired")
+    return payload

@@ -199,3 +199,34 @@ def m13_feedback(db: Database) -> None:
         foreign_keys=[("listing_id", "listings", "id")],
     )
     db.table("feedback").create_index(["listing_id"])
+
+
+@migrations()
+def m16_suppression(db: Database) -> None:
+    """Addresses never to mail again (a hard bounce, a complaint, too many soft bounces),
+    the bounce events that led there, and the inbound messages already handled (a message
+    delivered twice, or looping, is handled once). The index on `digests.envelope_from`
+    finds the digest a VERP token names."""
+    db.table("suppressions").create(
+        {"email": str, "subscriber_id": str, "reason": str, "detail": str, "at": str,
+         "digest_id": str, "via": str},
+        pk="email",
+        not_null={"reason", "at"},
+    )
+    db.table("bounce_events").create(
+        {"id": int, "email": str, "subscriber_id": str, "digest_id": str, "kind": str,
+         "detail": str, "at": str, "via": str},
+        pk="id",
+        not_null={"email", "kind", "at"},
+    )
+    db.table("bounce_events").create_index(["email", "at"])
+    db.table("inbound_seen").create({"sha256": str, "at": str}, pk="sha256", not_null={"at"})
+    db.execute("create index if not exists digests_envelope_from on digests (envelope_from)")
+
+
+@migrations()
+def m14_signup_tokens(db: Database) -> None:
+    """Sign-up confirmation links already used, by the SHA-256 of the token: a confirmation
+    link works once (the pending sign-up itself lives in the signed token, not here)."""
+    db.table("used_tokens").create({"token_hash": str, "used_at": str}, pk="token_hash",
+                                   not_null={"used_at"})

@@ -97,6 +97,9 @@ class Subscriber:
     exclude: tuple[str, ...] = ()
     path: Path | None = None
     trending: int = 0
+    frequency: str = "daily"  # config.Frequency: daily | weekdays | weekly
+    day: str = "monday"  # config.Weekday: the day of a weekly digest
+    paused: bool = False
 
 
 Span = tuple[int, int]

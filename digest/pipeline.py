@@ -19,11 +19,11 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlite_utils import Database
 
-from . import batch, delivery, store, subscribers
-from .config import AnySource, Settings, is_subscriber_id
+from . import batch, bounces, delivery, inbound, store, subscribers
+from .config import AnySource, Settings, is_subscriber_id, sends_on
 from .errors import ConfigError, DigestError, SourceError, printable
 from .executor import Executor, ForkPool, Serial
-from .links import unsubscribe_url
+from .links import link_url, unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
 from .render import Links, environment, fit
 from .send import (
@@ -170,19 +170,41 @@ class Composed:
     outgoing: Outgoing
 
 
+def email_links(settings: Settings, subscriber: Subscriber, digest_id: str,
+                view: bool = True) -> Links:
+    """The links in `subscriber`'s email `digest_id`: unsubscribe (one-click when [server]
+    public_url is set, else the configured https one, else the mailto one, tokened with
+    [bounces] set) and, only with a public_url,
+    view in browser (left out with `view=False`: the browser view itself), manage
+    preferences, past digests and the per-item feedback links, each signed for its purpose.
+    """
+    server, sid, email = settings.server, subscriber.id, subscriber.email
+    https, mailto = unsubscribe_links(settings.delivery, sid)
+    verp = bounces.verp(settings.bounces, server, digest_id, email)
+    if verp is not None:
+        mailto = verp[1]
+    return Links(
+        unsubscribe=unsubscribe_url(server, sid, email) or https or mailto,
+        view=(view and link_url(server, "/view", sid, email, "view", digest=digest_id)) or "",
+        preferences=link_url(server, "/preferences", sid, email, "preferences") or "",
+        archive=link_url(server, "/archive", sid, email, "archive") or "",
+        feedback=link_url(server, "/feedback", sid, email, "feedback") or "",
+    )
+
+
 def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Composed:
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
     is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
     """
-    https, mailto = unsubscribe_links(settings.delivery, digest.subscriber.id)
+    verp = bounces.verp(settings.bounces, settings.server, digest.id, digest.subscriber.email)
     one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     # The email shows (and the outbox records as sent) only what fits its size budget: the
     # items left out stay candidates for a later digest.
-    fitted = fit(digest, Links(unsubscribe=one_click or https or mailto), env)
+    fitted = fit(digest, email_links(settings, digest.subscriber, digest.id), env)
     digest, rendered = fitted.digest, fitted.rendered
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
     out = outgoing(rendered, digest, settings.delivery, sent_at, one_click,
-                   load_signer(settings.dkim))
+                   load_signer(settings.dkim), verp=verp)
     return Composed(digest, rendered, out)
 
 
@@ -212,9 +234,10 @@ class Outcome:
     """What happened to one subscriber's digest in a send."""
 
     subscriber_id: str
-    # sent | would-send | already-sent | no-matches | failed | invalid | not-due
+    # sent | would-send | already-sent | no-matches | failed | invalid | not-due | paused
     # | retry (a passing refusal; tried again later) | queued (stored, not sent yet)
     # | not-sent (the batch stopped before it was built; the next run builds it)
+    # | unsubscribed | suppressed (the address bounced or complained: `digest suppressed`)
     status: str
     items: int = 0
     detail: str = ""
@@ -265,13 +288,17 @@ def retry_policy(settings: Settings) -> delivery.RetryPolicy:
 
 
 def is_due(subscriber: Subscriber, now: datetime) -> bool:
-    """Whether the subscriber's local send time has passed today.
+    """Whether the subscriber's local send time has passed today, today being a day their
+    `frequency` sends on and they not being paused.
 
     Comparing wall-clock times makes DST safe: on the day a local time does not exist the
     first tick after the gap is past it, and on the day it occurs twice the digest is already
     recorded after the first one.
     """
     local = now.astimezone(ZoneInfo(subscriber.timezone))
+    # Paused, or not a day of the subscriber's frequency (config.sends_on): not due today.
+    if subscriber.paused or not sends_on(subscriber.frequency, subscriber.day, local.date()):
+        return False
     return local.time().replace(tzinfo=None) >= subscriber.send_at
 
 
@@ -346,7 +373,7 @@ def _record_run(db: Database, report: SendReport, today: dict[str, date], start:
     store.record_run(
         db, "send", start, end,
         {s: report.count(s) for s in ("sent", "retry", "failed", "invalid", "no-matches",
-                                       "already-sent", "queued", "not-sent")}
+                                       "already-sent", "queued", "not-sent", "suppressed")}
         | {"bytes dropped": report.dropped},
     )
 
@@ -445,11 +472,16 @@ def _build_all(
 def _waiting(db: Database, today: dict[str, date], now: datetime,
              due_only: bool) -> list[store.Pending]:
     """These subscribers' rows waiting in the outbox (retries due, and what a crash left);
-    a row queued before its subscriber unsubscribed is failed instead: it must not go out."""
+    a row queued before its subscriber unsubscribed, or its address was suppressed, is failed
+    instead: it must not go out."""
     waiting = []
     for row in store.pending(db, today, now if due_only else None):
         if store.is_unsubscribed(db, row.subscriber_id):
             store.record_failed(db, row.id, "unsubscribed before it was sent", now)
+            continue
+        if store.is_suppressed(db, row.recipient):
+            store.record_failed(db, row.id, f"{row.recipient} was suppressed before it was"
+                                " sent", now)
             continue
         waiting.append(row)
     return waiting
@@ -486,6 +518,8 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
     key = digest_key(sid, day)
     if store.is_unsubscribed(db, sid):
         return Outcome(sid, "unsubscribed", detail="unsubscribed")
+    if store.is_suppressed(db, entry.email):
+        return Outcome(sid, "suppressed", detail=f"{entry.email} is suppressed")
     state = store.digest_state(db, sid, day)
     if state in store.PENDING_STATES and store.pending_row(db, key):
         return Outcome(sid, "queued", detail=f"stored, not sent ({why}); the next run sends it")
@@ -522,6 +556,11 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     # as it is (subscriber files are never rewritten), so the store's record decides.
     if store.is_unsubscribed(db, subscriber.id):
         return Outcome(subscriber.id, "unsubscribed", detail="unsubscribed")
+    # An address that bounced for good or complained is never mailed (`digest suppressed`).
+    if store.is_suppressed(db, subscriber.email):
+        return Outcome(subscriber.id, "suppressed", detail=f"{subscriber.email} is suppressed")
+    if subscriber.paused:  # the file's `paused = true`: not even a manual `digest send`
+        return Outcome(subscriber.id, "paused", detail="paused in the subscriber file")
     day = local_date(subscriber, now)
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
@@ -745,3 +784,17 @@ def retry(db: Database, now: datetime, only: list[str] | None = None) -> list[st
     for key in ids:
         log.info("digest %s queued again on request", key)
     return ids
+
+
+# --- what comes back ------------------------------------------------------------------------
+
+
+def poll_bounces(settings: Settings, db: Database,
+                 clock: Callable[[], datetime]) -> inbound.InboundReport:
+    """Read the bounce mailbox once (`[bounces]`, IMAP): bounces, complaints and mailto
+    unsubscribes act on the subscribers they name; see `digest.inbound`."""
+    report = inbound.poll_imap(settings, db, clock)
+    store.forget_seen(db, clock() - timedelta(days=store.SEEN_DAYS))
+    if report.counts:
+        log.info("inbound: %s", ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())))
+    return report

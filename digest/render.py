@@ -118,7 +118,7 @@ def _word_start(text: str, pos: int) -> int:
     return cut + 1 if 0 <= cut < len(text) - 1 else pos
 
 
-_View = tuple[str, str, str, str, str, tuple[tuple[str, str], ...]]
+_View = tuple[str, str, str, str, str, tuple[tuple[str, str], ...], str]
 
 
 def _listing_view(listing: Listing) -> _View:
@@ -142,7 +142,7 @@ def _make_view(listing: Listing) -> _View:
     if tldr == abstract.strip():
         tldr = ""
     return (_cut(nfkc(listing.title), TITLE_CHARS), link, _cut(_meta(listing), META_CHARS),
-            abstract, tldr, item_links(listing, link))
+            abstract, tldr, item_links(listing, link), quote(listing.id, safe=""))
 
 
 _cached_view = functools.lru_cache(maxsize=20_000)(_make_view)  # listed in digest.caches
@@ -198,9 +198,19 @@ def subject_for(digest: Digest) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Links:
-    """Per-message links the renderer needs but cannot derive from the digest."""
+    """Per-message links the renderer needs but cannot derive from the digest. Every link
+    but `unsubscribe` is "" when there is none (no `[server] public_url`): the email then
+    leaves it out.
+
+    `feedback` is the subscriber's signed feedback URL without the item: each item's "more
+    like this" / "less like this" link is it plus `&listing=<id>&verdict=more|less`, so the
+    subscriber-specific part of an item is the same in every item of the digest."""
 
     unsubscribe: str
+    view: str = ""  # this digest in a browser
+    preferences: str = ""
+    archive: str = ""
+    feedback: str = ""
 
 
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
@@ -249,6 +259,7 @@ class ItemView:
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
+    key: str  # the listing id, percent-encoded for a query string (the feedback links)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +285,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         items = []
         for m in section.matches:
             number += 1
-            title, link, meta, abstract, tldr, extra = _listing_view(m.listing)
+            title, link, meta, abstract, tldr, extra, key = _listing_view(m.listing)
             segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
             items.append(
                 ItemView(
@@ -288,6 +299,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
                     keywords=list(m.keywords),
                     matched=_matched(m.keywords),
                     links=extra,
+                    key=key,
                 )
             )
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
@@ -310,6 +322,10 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
             "and you never get the same paper twice."
         ),
         "unsubscribe_link": links.unsubscribe,
+        "view_link": links.view,
+        "preferences_link": links.preferences,
+        "archive_link": links.archive,
+        "feedback_link": links.feedback,
         "unsubscribe_how": _unsubscribe_how(links.unsubscribe),
         "generated_label": _local_time(digest),
     }

@@ -1,6 +1,7 @@
 """The `digest run` daemon, on APScheduler 3.x. It only ever calls `pipeline`.
 
-Two jobs: a fetch on the configured interval, and a send tick every minute that sends the
+Two jobs (three with a bounce mailbox: `[bounces]` and $DIGEST_IMAP_HOST set, polled every
+`poll_minutes`): a fetch on the configured interval, and a send tick every minute that sends the
 digests that are due (local `send_at` passed, nothing recorded for today's local date) and
 whatever waits in the outbox (retries whose time has come, messages a crash left behind).
 Each tick reads the subscriber folder again, so added, changed and removed files take effect
@@ -95,6 +96,13 @@ def send_tick(
     return report
 
 
+def bounce_job(settings: Settings, clock: Callable[[], datetime]) -> None:
+    """Read the bounce mailbox once ([bounces], IMAP)."""
+    db = store.open_db(settings.store.path)
+    with store.faults(settings.store.path):
+        pipeline.poll_bounces(settings, db, clock)
+
+
 class SendTicker:
     """The send tick, with a pause after a fatal error so a wrong password or a broken TLS
     setup is not retried every minute: 1, 2, 4 ... minutes, at most an hour."""
@@ -140,7 +148,8 @@ def build_scheduler(
     stop: threading.Event | None = None,
     busy: threading.Lock | None = None,
 ) -> BlockingScheduler:
-    """A scheduler with the fetch job and the send tick, both starting at once.
+    """A scheduler with the fetch job and the send tick, both starting at once, and the
+    bounce mailbox's poll when one is configured.
 
     `busy` is held while a job runs, so the caller can wait for it after a shutdown.
     """
@@ -159,6 +168,15 @@ def build_scheduler(
                 ticker()
 
     now = datetime.now(UTC)
+    if settings.bounces.address and settings.bounces.imap_account():
+        def bounces() -> None:
+            with busy, _one_line("bounce mailbox"):
+                if not (stop and stop.is_set()):
+                    bounce_job(settings, clock)
+
+        scheduler.add_job(bounces, "interval", id="bounces",
+                          minutes=settings.bounces.poll_minutes,
+                          next_run_time=now + timedelta(seconds=30))
     scheduler.add_job(fetch, "interval", id="fetch",
                       minutes=settings.schedule.fetch_every_minutes, next_run_time=now)
     scheduler.add_job(tick, "interval", id="send", minutes=1,

@@ -42,6 +42,7 @@ from .errors import (
     ConfigError,
     FatalSendError,
     PermanentSendError,
+    RecipientRefusedError,
     SendError,
     TransientSendError,
 )
@@ -115,14 +116,17 @@ def header_fields(
     delivery: DeliveryConfig,
     now: datetime,
     unsubscribe_https: str | None = None,
+    unsubscribe_mailto: str | None = None,
 ) -> list[tuple[str, HeaderValue]]:
     """The header fields of a digest's message (From to X-Digest-Id), in order, as values for
-    the strict policy's header registry (`digest.mime.assemble` folds them)."""
+    the strict policy's header registry (`digest.mime.assemble` folds them).
+    `unsubscribe_mailto` (the tokened mailto of `[bounces]`) replaces the plain one."""
     subscriber = digest.subscriber
     from_addr = delivery.from_address
     domain = from_addr.rpartition("@")[2]
     https, mailto = unsubscribe_links(delivery, subscriber.id)
     https = unsubscribe_https or https
+    mailto = unsubscribe_mailto or mailto
     fields: list[tuple[str, HeaderValue]] = [
         ("From", _from_header(delivery.from_)),
         ("To", _to_address(subscriber.name, subscriber.email)),
@@ -242,15 +246,19 @@ def _read_key(path: Path) -> bytes:
 
 def outgoing(
     rendered: RenderedEmail, digest: Digest, delivery: DeliveryConfig, now: datetime,
-    unsubscribe_https: str | None, signer: FastSigner | None,
+    unsubscribe_https: str | None, signer: FastSigner | None, *,
+    verp: tuple[str, str] | None = None,
 ) -> Outgoing:
     """The finished bytes of a digest's message, and its envelope: the fields of
     `header_fields`, bodies QP-encoded once (`digest.mime`), DKIM-signed by OpenSSL when
     `signer` is set. `unsubscribe_https` (the one-click URL of `digest serve`) takes the
     place of `[delivery] unsubscribe_url`. These exact bytes are stored, then sent or written.
     (tests/oracle.py builds the same message with `EmailMessage` and dkimpy: parsed back, the
-    two are equal, and dkimpy verifies every signature.)"""
-    fields = header_fields(rendered, digest, delivery, now, unsubscribe_https)
+    two are equal, and dkimpy verifies every signature.) `verp` (envelope sender, mailto
+    unsubscribe URL), from `[bounces]`, replaces the From address as the envelope sender and
+    the plain mailto link."""
+    envelope, mailto = verp or (delivery.from_address, None)
+    fields = header_fields(rendered, digest, delivery, now, unsubscribe_https, mailto)
     parts = assemble(fields, rendered.text, rendered.html)
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
@@ -259,8 +267,7 @@ def outgoing(
         except (ValueError, TypeError) as exc:
             raise FatalSendError(f"DKIM signing failed: {exc}") from exc
     check_headers(data)
-    return Outgoing(digest.id, parts.message_id, delivery.from_address,
-                    digest.subscriber.email, data)
+    return Outgoing(digest.id, parts.message_id, envelope, digest.subscriber.email, data)
 
 
 class Sender(Protocol):
@@ -639,7 +646,9 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                    opening: bool = False, recipient: str = "") -> SendError:
     """The one translation of smtplib, socket and ssl errors into the send errors of
     `digest.errors`. While the session opens (`opening`: connect, EHLO, STARTTLS, login)
-    every failure is fatal: no message can go. On a message: a 5xx answer is permanent;
+    every failure is fatal: no message can go. On a message: a 5xx answer is permanent
+    (550, 551 or 553 at RCPT is a RecipientRefusedError: a hard bounce, whose address is
+    suppressed; soft if the reply's enhanced status is 5.7.x, a policy refusal of us);
     4xx, 421, a lost connection and a broken session limit are transient (the message may
     have arrived after DATA: it is sent again as the same bytes, same Message-ID)."""
     where = f"{config.host}:{config.port}"
@@ -660,12 +669,19 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     if code is None:
         return TransientSendError(f"connection to {where} lost: {exc}")
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        text = next(iter(exc.recipients.values()))[1]
-        reason = f"server refused {recipient}: {code} {_text(text)}"
+        text = _text(next(iter(exc.recipients.values()))[1])
+        reason = f"server refused {recipient}: {code} {text}"
+        if code in HARD_RCPT_CODES:
+            # RFC 5321: 550 no such mailbox, 551 user not local, 553 name not allowed.
+            policy_refusal = re.match(r"\s*5\.7\.\d", text) is not None
+            return RecipientRefusedError(reason, code, hard=not policy_refusal)
     else:
         assert isinstance(exc, smtplib.SMTPResponseException)
         reason = f"server answered {code} {_text(exc.smtp_error)}"
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
+
+
+HARD_RCPT_CODES = (550, 551, 553)  # at RCPT: the address is dead (a hard bounce)
 
 
 def _reply_code(exc: BaseException) -> int | None:

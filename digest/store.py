@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -400,6 +400,12 @@ def get_listing(db: Database, listing_id: str) -> Listing | None:
     """One listing by id."""
     row = _row(db, listing_id)
     return _from_row(row) if row else None
+
+
+def find_listing(db: Database, listing_id: str) -> Listing | None:
+    """One listing by its id or by an id it had before it was re-keyed."""
+    current = _resolve(db, listing_id)
+    return get_listing(db, current) if current is not None else None
 
 
 def count_listings(db: Database) -> int:
@@ -800,6 +806,38 @@ def digests(db: Database, subscriber_id: str | None = None) -> Iterator[dict[str
     )
 
 
+# The columns the subscriber's archive shows of a sent digest.
+_SENT_COLUMNS = "id, subscriber_id, local_date, subject, item_count, created_at, sent_at"
+
+
+def sent_digests(db: Database, subscriber_id: str, limit: int,
+                 before: date | None = None) -> list[dict[str, Any]]:
+    """A subscriber's sent digests, newest first: at most `limit`, and only those of local
+    dates before `before` when given (a page of the archive). Read through the
+    (subscriber_id, local_date) index: the cost is the page, not the history."""
+    sql = f"select {_SENT_COLUMNS} from digests where subscriber_id = ? and state = 'sent'"
+    args: list[Any] = [subscriber_id]
+    if before is not None:
+        sql += " and local_date < ?"
+        args.append(before.isoformat())
+    return list(db.query(sql + " order by local_date desc limit ?", [*args, limit]))
+
+
+def sent_digest(db: Database, subscriber_id: str, digest_id: str) -> dict[str, Any] | None:
+    """One sent digest of this subscriber; None when there is none by that id, or it is
+    another subscriber's, or it was not sent."""
+    return next(iter(db.query(
+        f"select {_SENT_COLUMNS} from digests where id = ? and subscriber_id = ?"
+        " and state = 'sent'", [digest_id, subscriber_id])), None)
+
+
+def digest_items(db: Database, digest_id: str) -> list[OutboxItem]:
+    """The listings a recorded digest held, with their topic and score, in email order."""
+    return [OutboxItem(r[0], r[1], r[2]) for r in db.execute(
+        "select listing_id, topic, score from digest_items where digest_id = ?"
+        " order by position", [digest_id])]
+
+
 def record_run(
     db: Database, kind: str, started: datetime, finished: datetime, summary: dict[str, Any]
 ) -> None:
@@ -1048,3 +1086,155 @@ def find_listings(db: Database, query: str, limit: int = 20) -> list[Listing]:
         [key, limit],
     )
     return [_from_row(r) for r in rows]
+
+
+# --- bounces and suppression ----------------------------------------------------------------
+
+SuppressionReason = Literal["hard-bounce", "complaint", "soft-bounces"]
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address that is never mailed again until an operator lifts it."""
+
+    email: str
+    subscriber_id: str | None
+    reason: str  # hard-bounce | complaint | soft-bounces
+    detail: str
+    at: datetime
+    digest_id: str | None
+    via: str  # smtp (refused at RCPT) | imap | listen
+
+
+def _email_key(email: str) -> str:
+    # Addresses are compared case-insensitively: a bounce may spell it otherwise.
+    return email.strip().casefold()
+
+
+def is_suppressed(db: Database, email: str) -> bool:
+    """Whether this address is suppressed."""
+    return db.execute("select 1 from suppressions where email = ?",
+                      [_email_key(email)]).fetchone() is not None
+
+
+def suppress(db: Database, email: str, subscriber_id: str | None, reason: SuppressionReason,
+             detail: str, now: datetime, *, digest_id: str | None = None,
+             via: str = "") -> bool:
+    """Suppress an address (kept until lifted); returns False when it already was."""
+    with _transaction(db):
+        cursor = db.execute(
+            "insert or ignore into suppressions"
+            " (email, subscriber_id, reason, detail, at, digest_id, via)"
+            " values (?, ?, ?, ?, ?, ?, ?)",
+            [_email_key(email), subscriber_id, reason, detail[:500], timestamp(now),
+             digest_id, via])
+    return cursor.rowcount > 0
+
+
+def record_bounce_event(db: Database, email: str, subscriber_id: str | None,
+                        digest_id: str | None, kind: str, detail: str, now: datetime,
+                        via: str) -> None:
+    """Keep one bounce, complaint, unsubscribe or lift in the address's history."""
+    with _transaction(db):
+        db.execute(
+            "insert into bounce_events (email, subscriber_id, digest_id, kind, detail, at, via)"
+            " values (?, ?, ?, ?, ?, ?, ?)",
+            [_email_key(email), subscriber_id, digest_id, kind, detail[:500], timestamp(now),
+             via])
+
+
+def soft_bounces(db: Database, email: str, since: datetime) -> int:
+    """How many different digests soft-bounced for this address since `since` (a DSN that
+    says 'delayed' and then 'failed' for the same message counts once)."""
+    row = db.execute(
+        "select count(distinct coalesce(digest_id, id)) from bounce_events"
+        " where email = ? and kind = 'soft' and at >= ?",
+        [_email_key(email), timestamp(since)]).fetchone()
+    return int(row[0])
+
+
+def suppressions(db: Database) -> list[Suppression]:
+    """Every suppressed address, newest first."""
+    return [
+        Suppression(r["email"], r["subscriber_id"], r["reason"], r["detail"] or "",
+                    datetime.fromisoformat(r["at"]), r["digest_id"], r["via"] or "")
+        for r in db.query("select * from suppressions order by at desc, email")
+    ]
+
+
+def lift_suppression(db: Database, email: str, now: datetime, via: str = "cli") -> bool:
+    """Mail this address again (the lift is kept in its history); False if it was not
+    suppressed. Soft bounces counted before the lift no longer count."""
+    key = _email_key(email)
+    with write_transaction(db):
+        row = db.execute("select subscriber_id from suppressions where email = ?",
+                         [key]).fetchone()
+        if row is None:
+            return False
+        db.execute("delete from suppressions where email = ?", [key])
+        db.execute("update bounce_events set kind = 'soft-lifted'"
+                   " where email = ? and kind = 'soft'", [key])
+        record_bounce_event(db, key, row[0], None, "lifted", "", now, via)
+    return True
+
+
+def digest_by_envelope(db: Database, envelope_from: str) -> tuple[str, str, str] | None:
+    """(digest id, subscriber id, recipient) of the digest sent with this envelope sender."""
+    row = db.execute(
+        "select id, subscriber_id, recipient from digests where envelope_from = ? limit 1",
+        [envelope_from]).fetchone()
+    return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+SEEN_DAYS = 30  # how long a handled inbound message is remembered (a copy is skipped)
+
+
+def first_seen(db: Database, sha256: str, now: datetime) -> bool:
+    """Remember an inbound message by its hash; False if it was handled before."""
+    with _transaction(db):
+        cursor = db.execute("insert or ignore into inbound_seen (sha256, at) values (?, ?)",
+                            [sha256, timestamp(now)])
+    return cursor.rowcount > 0
+
+
+def forget_seen(db: Database, before: datetime) -> None:
+    """Forget inbound messages handled before `before`."""
+    with _transaction(db):
+        db.execute("delete from inbound_seen where at < ?", [timestamp(before)])
+
+
+BounceKind = Literal["hard", "soft", "complaint"]
+
+
+def record_bounce(db: Database, email: str, subscriber_id: str | None, digest_id: str | None,
+                  kind: BounceKind, detail: str, now: datetime, via: str,
+                  soft_limit: tuple[int, timedelta] | None = None) -> bool:
+    """Record a bounce or complaint for an address, and suppress the address if it calls
+    for it: a hard bounce or a complaint at once, soft bounces once `soft_limit` (count,
+    window) is reached (None: only recorded). Returns whether it was suppressed now."""
+    with _transaction(db):
+        record_bounce_event(db, email, subscriber_id, digest_id, kind, detail, now, via)
+        if kind == "soft":
+            if soft_limit is None or soft_bounces(db, email, now - soft_limit[1]) < soft_limit[0]:
+                return False
+            return suppress(db, email, subscriber_id, "soft-bounces",
+                            f"{soft_limit[0]} soft bounces within {soft_limit[1].days} days;"
+                            f" last: {detail}", now, digest_id=digest_id, via=via)
+        reason: SuppressionReason = "complaint" if kind == "complaint" else "hard-bounce"
+        return suppress(db, email, subscriber_id, reason, detail, now, digest_id=digest_id,
+                        via=via)
+# --- one-time tokens ------------------------------------------------------------------------
+
+
+def use_token(db: Database, token_hash: str, now: datetime) -> bool:
+    """Record that the token hashed `token_hash` has been used; False when it already was."""
+    with write_transaction(db):
+        cursor = db.execute("insert or ignore into used_tokens (token_hash, used_at)"
+                            " values (?, ?)", [token_hash, timestamp(now)])
+        return cursor.rowcount == 1
+
+
+def forget_token(db: Database, token_hash: str) -> None:
+    """Undo `use_token` (the step it guarded failed, so the link may be used again)."""
+    with write_transaction(db):
+        db.execute("delete from used_tokens where token_hash = ?", [token_hash])

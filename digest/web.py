@@ -1,10 +1,15 @@
-"""`digest serve`: one-click unsubscribe (RFC 8058) and live previews of every digest.
+"""`digest serve`: one-click unsubscribe (RFC 8058), sign-up and preferences pages, the
+reader's pages, and live previews of every digest.
 
 - `GET /unsubscribe?token=...` shows a confirm page and changes nothing (link scanners follow
   GETs); `POST` to the same URL unsubscribes: that is the one-click request mailbox providers
   send. No cookie is needed or set, and the answer is a page, never a redirect.
   `/resubscribe?token=...` works the same way and undoes it. State lives in the store
   (`subscriptions` table); subscriber files are never rewritten.
+- The reader's pages, each behind a token signed for its own purpose (`digest.links`):
+  `/feedback` (GET shows, POST records "more / less like this"; `digest.feedback`),
+  `/feedback/list` (the papers rated), `/view` (a sent digest in the browser), `/archive` and
+  `/feed` (Atom) (`digest.archive`). Their templates are in `digest.reader_pages`.
 - `GET /preview` lists the subscribers; `/preview/<id>` shows their next digest exactly as it
   would be sent (desktop and phone-width views, the text part, the headers), built live from
   the current templates and store. Previews send nothing and write nothing. They show every
@@ -13,33 +18,40 @@
   Basic auth, any user name; compared in constant time); without it the server refuses to
   start.
 
+- `/subscribe`, `/confirm` and `/preferences?token=...`: the subscriber's own pages (sign-up
+  with double opt-in, and editing their file), in `digest.web_forms`, which also holds what
+  protects every form (CSRF, rate limits, honeypot, the body size cap).
+
 Bad or forged tokens get a 400 page that says what is wrong; an id that is not a valid
 subscriber id (`config.SUBSCRIBER_ID`) never reaches the file system. A store that is busy
 past its timeout, or broken, gets a one-line 503 page (the detail goes to the log). Every
 page is rendered by an autoescaping Jinja environment, and every response, the framework's
 404 and 405 included, carries the security headers (`SECURITY_HEADERS`: a
-Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching).
+Content-Security-Policy that forbids scripts, nosniff, no referrer, no caching; the form
+pages allow the one same-origin script, `/static/timezone.js`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email import message_from_bytes
 from email import policy as email_policy
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
 from sqlite_utils import Database
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -47,11 +59,19 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import pipeline, store
+from . import archive, feedback, pipeline, reader_pages, store, web_forms
 from .config import ServerConfig, Settings, is_subscriber_id
 from .errors import ConfigError, DigestError, StoreError, UnknownSubscriberError, printable
-from .links import TokenError, require_secret, token_subscriber, verify_token
-from .models import Subscriber
+from .links import (
+    Purpose,
+    TokenError,
+    make_token,
+    require_secret,
+    token_subscriber,
+    verify_token,
+)
+from .models import Listing, Subscriber
+from .render import environment
 from .subscribers import load, load_one
 
 log = logging.getLogger("digest")
@@ -62,7 +82,7 @@ CSP = (
 )
 
 _PAGES = jinja2.Environment(
-    loader=jinja2.DictLoader(
+    loader=jinja2.ChoiceLoader([jinja2.DictLoader(reader_pages.PAGES), jinja2.DictLoader(
         {
             "base.html": """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -80,6 +100,10 @@ table { border-collapse: collapse; } td, th { text-align: left; padding: 4px 12p
 pre { white-space: pre-wrap; background: rgba(127,127,127,.1); padding: 12px; }
 iframe { border: 1px solid #d0d7de; background: #fff; }
 .views { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+.stack label { display: block; margin: 10px 0; } .stack input:not([type=checkbox]),
+.stack textarea, .stack select { display: block; width: 100%; max-width: 480px; font: inherit; }
+fieldset { margin: 12px 0; border: 1px solid #d0d7de; }
+.hp { position: absolute; left: -10000px; width: 1px; height: 1px; overflow: hidden; }
 </style></head><body>{% block body %}{% endblock %}</body></html>""",
             "confirm.html": """{% extends "base.html" %}{% block body %}
 <h1>{{ heading }}</h1>
@@ -131,8 +155,9 @@ sent.</p>{% else %}
 <h2>Text part</h2>
 <pre id="text">{{ text }}</pre>{% endif %}
 {% endblock %}""",
+            **web_forms.TEMPLATES,
         }
-    ),
+    )]),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
@@ -150,6 +175,7 @@ SECURITY_HEADERS = {
 # How long a request waits for another process's write (a send, a fetch) before it gives up
 # with a 503: a mailbox provider's one-click POST does not wait for minutes.
 BUSY_TIMEOUT = 10.0
+MAX_FORM_FIELDS = 300
 
 
 class SecurityHeaders:
@@ -247,17 +273,60 @@ def create_app(
     password) must be in the environment; the store must open."""
     site = _Site(settings, now)
     store.open_db(settings.store.path).close()  # a broken store fails here, in one line
-    return Starlette(middleware=[Middleware(SecurityHeaders)], exception_handlers={
+    return Starlette(middleware=[
+        Middleware(SecurityHeaders),
+        Middleware(web_forms.BodyLimit, limit=web_forms.MAX_BODY, too_large=_too_large),
+    ], exception_handlers={
         StoreError: site.store_fault, sqlite3.Error: site.store_fault,
         HTTPException: _http_error,
     }, routes=[
         Route("/", site.home),
         Route("/unsubscribe", site.unsubscribe, methods=["GET", "POST"]),
         Route("/resubscribe", site.resubscribe, methods=["GET", "POST"]),
+        *([Route("/subscribe", site.subscribe, methods=["GET", "POST"]),
+           Route("/confirm", site.confirm, methods=["GET", "POST"])]
+          if settings.signup.enabled else []),
+        Route("/preferences", site.preferences, methods=["GET", "POST"]),
+        Route("/static/timezone.js", _timezone_js),
+        Route("/feedback", site.feedback_page, methods=["GET", "POST"]),
+        Route("/feedback/list", site.rated_page),
+        Route("/view", site.view_page),
+        Route("/archive", site.archive_page),
+        Route("/feed", site.feed_page),
         Route("/preview", site.preview_list),
         Route("/preview/{sid}", site.preview_one),
         Route("/preview/{sid}/{part:str}", site.preview_raw),
     ])
+
+
+def _too_large() -> Response:
+    return _page("error.html", 413, title="Too large", heading="Too large",
+                 text=f"What you sent is over {web_forms.MAX_BODY // 1024} KB, far more than"
+                 " any field needs. Nothing was changed.")
+
+
+def _timezone_js(request: Request) -> Response:
+    # Served from here so the pages' CSP can allow same-origin scripts and nothing else.
+    return Response(web_forms.TIMEZONE_JS, media_type="text/javascript; charset=utf-8",
+                    headers={"Cache-Control": "max-age=3600"})
+
+
+async def _form(request: Request) -> FormData | None:
+    # Our forms post application/x-www-form-urlencoded (the HTML default); parsed here, with
+    # at most MAX_FORM_FIELDS fields, so no multipart parser is needed. Bad UTF-8 or another
+    # content type reads as an empty form, which the handlers refuse field by field.
+    if request.method != "POST":
+        return None
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return FormData()
+    try:
+        pairs: list[tuple[str, str | UploadFile]] = list(parse_qsl(
+            (await request.body()).decode("utf-8"), keep_blank_values=True,
+            max_num_fields=MAX_FORM_FIELDS, errors="strict"))
+    except (UnicodeDecodeError, ValueError):
+        return FormData()
+    return FormData(pairs)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
@@ -283,6 +352,8 @@ class _Site:
         self.secret = require_secret(settings.server)
         self.preview_secret = require_preview_secret(settings.server)
         self.folder = settings.subscribers.dir
+        self.forms = web_forms.Forms(settings, self.secret, now, self.db, _page)
+        self.env = environment()  # the email templates, for the browser view of a digest
 
     @contextmanager
     def db(self) -> Iterator[Database]:
@@ -297,8 +368,10 @@ class _Site:
 
     # --- unsubscribe and resubscribe ------------------------------------------------------------
 
-    def subscriber_for(self, request: Request) -> Subscriber | HTMLResponse:
-        """The subscriber the request's token names, or the page that says why not."""
+    def subscriber_for(self, request: Request,
+                       purpose: Purpose = "unsubscribe") -> Subscriber | HTMLResponse:
+        """The subscriber the request's token (made for `purpose`) names, or the page that
+        says why not."""
         token = request.query_params.get("token", "")
         if not token:
             return _bad_link("it has no token")
@@ -308,7 +381,7 @@ class _Site:
                 subscriber = load_one(self.folder, self.settings.defaults, sid)
             except UnknownSubscriberError:
                 raise TokenError("it names a subscriber that does not exist") from None
-            verify_token(self.secret, token, subscriber.id, subscriber.email)
+            verify_token(self.secret, token, subscriber.id, subscriber.email, purpose)
         except TokenError as exc:
             log.warning("rejected %s token: %s", request.url.path, exc)
             return _bad_link(exc.message)
@@ -359,6 +432,121 @@ class _Site:
     def resubscribe(self, request: Request) -> Response:
         """/resubscribe."""
         return self.subscription(request, subscribe=True)
+
+    # --- feedback, view in browser, archive, feed (digest.feedback, digest.archive) -------------
+
+    def own_url(self, path: str, subscriber: Subscriber, purpose: Purpose,
+                **params: str) -> str:
+        """A link on a page to another page of the same subscriber, signed for `purpose`."""
+        token = make_token(self.secret, subscriber.id, subscriber.email, purpose)
+        return f"{path}?{urlencode({'token': token, **params}, quote_via=quote)}"
+
+    def feedback_page(self, request: Request) -> Response:
+        """/feedback: GET shows what a "more/less like this" click records, POST records it."""
+        subscriber = self.subscriber_for(request, "feedback")
+        if isinstance(subscriber, HTMLResponse):
+            return subscriber
+        with self.db() as database:
+            try:
+                verdict = feedback.verdict_of(request.query_params.get("verdict", ""))
+                listing = feedback.listing_of(database, request.query_params.get("listing", ""))
+            except feedback.FeedbackError as exc:
+                return _bad_link(exc.message)
+            if request.method == "GET":
+                return _page("feedback.html", title="Feedback", paper=listing,
+                             email=subscriber.email,
+                             heading=f"{verdict.capitalize()} papers like this one?",
+                             already=feedback.current(database, subscriber, listing) == verdict,
+                             action=self.own_url("/feedback", subscriber, "feedback",
+                                                 listing=listing.id, verdict=verdict),
+                             button="Yes, " + ("more" if verdict == "more" else "fewer")
+                             + " like this")
+            changed = feedback.record(database, subscriber, listing, verdict, self.now())
+        log.info("subscriber %s: feedback %s on %s (%s)", subscriber.id, verdict, listing.id,
+                 "changed" if changed else "no change")
+        return self.feedback_done(subscriber, listing, verdict)
+
+    def feedback_done(self, subscriber: Subscriber, listing: Listing,
+                      verdict: store.Verdict) -> Response:
+        """The page after a recorded click: what was recorded, how to undo it and, after
+        "less", title words to exclude."""
+        other: store.Verdict = "less" if verdict == "more" else "more"
+        words = feedback.suggest_excludes(listing, subscriber) if verdict == "less" else []
+        return _page(
+            "feedback_done.html", title="Thank you", paper=listing,
+            heading="Noted: " + ("more" if verdict == "more" else "fewer") + " papers like this",
+            text="Your digests will take it into account."
+            + (" Or say exactly what you do not want:" if words else ""),
+            suggestions=words,
+            preferences_token=make_token(self.secret, subscriber.id, subscriber.email,
+                                         "preferences"),
+            switch=self.own_url("/feedback", subscriber, "feedback", listing=listing.id,
+                                verdict=other),
+            switch_button=f"{other.capitalize()} like this instead",
+            rated=self.own_url("/feedback/list", subscriber, "feedback"))
+
+    def rated_page(self, request: Request) -> Response:
+        """/feedback/list: the papers the subscriber rated ("papers you liked")."""
+        subscriber = self.subscriber_for(request, "feedback")
+        if isinstance(subscriber, HTMLResponse):
+            return subscriber
+        with self.db() as database:
+            papers = feedback.rated_papers(database, subscriber)
+        return _page("rated.html", title="Papers you rated", email=subscriber.email,
+                     liked=[p for p in papers if p.verdict == "more"],
+                     disliked=[p for p in papers if p.verdict == "less"],
+                     archive=self.own_url("/archive", subscriber, "archive"))
+
+    def view_page(self, request: Request) -> Response:
+        """/view: a sent digest as its email showed it, rebuilt from the store."""
+        subscriber = self.subscriber_for(request, "view")
+        if isinstance(subscriber, HTMLResponse):
+            return subscriber
+        with self.db() as database:
+            rendered = archive.view(self.settings, database, subscriber,
+                                    request.query_params.get("digest", ""), self.env)
+        if rendered is None:
+            return _page("error.html", 404, title="Not found", heading="No such digest",
+                         text="This link names no digest that was sent to you.")
+        return HTMLResponse(rendered.html)
+
+    def archive_page(self, request: Request) -> Response:
+        """/archive: the subscriber's sent digests, newest first, a page at a time."""
+        subscriber = self.subscriber_for(request, "archive")
+        if isinstance(subscriber, HTMLResponse):
+            return subscriber
+        try:
+            before = request.query_params.get("before")
+            day = date.fromisoformat(before) if before is not None else None
+        except ValueError:
+            return _bad_link("its 'before' is not a date like 2026-11-25")
+        with self.db() as database:
+            rows = archive.sent_digests(database, subscriber, archive.ARCHIVE_PAGE + 1, day)
+        shown = rows[:archive.ARCHIVE_PAGE]
+        older = (self.own_url("/archive", subscriber, "archive",
+                              before=shown[-1].local_date.isoformat())
+                 if len(rows) > len(shown) else "")
+        return _page(
+            "archive.html", title="Past digests", email=subscriber.email, older=older,
+            paged=day is not None,
+            rows=[(r, self.own_url("/view", subscriber, "view", digest=r.id)) for r in shown],
+            feed=self.own_url("/feed", subscriber, "feed"),
+            rated=self.own_url("/feedback/list", subscriber, "feedback"),
+            preferences=self.own_url("/preferences", subscriber, "preferences"))
+
+    def feed_page(self, request: Request) -> Response:
+        """/feed: the subscriber's private Atom feed, an entry per sent digest."""
+        subscriber = self.subscriber_for(request, "feed")
+        if isinstance(subscriber, HTMLResponse):
+            return subscriber
+        with self.db() as database:
+            body = archive.feed(self.settings, database, subscriber, self.now())
+        # Feed readers poll: one that sends back the ETag gets a 304 while nothing changed.
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/atom+xml; charset=utf-8",
+                        headers={"ETag": etag})
 
     # --- previews -------------------------------------------------------------------------------
 
@@ -449,12 +637,26 @@ class _Site:
                                 headers={"Content-Security-Policy": CSP})
         return Response(composed.outgoing.data, media_type="text/plain; charset=utf-8")
 
+    # --- the subscriber's pages (digest.web_forms) ----------------------------------------------
+
+    async def subscribe(self, request: Request) -> Response:
+        """/subscribe."""
+        return await run_in_threadpool(self.forms.subscribe, request, await _form(request))
+
+    async def confirm(self, request: Request) -> Response:
+        """/confirm."""
+        return await run_in_threadpool(self.forms.confirm, request, await _form(request))
+
+    async def preferences(self, request: Request) -> Response:
+        """/preferences."""
+        return await run_in_threadpool(self.forms.preferences, request, await _form(request))
+
     # --- the rest -------------------------------------------------------------------------------
 
     def home(self, request: Request) -> Response:
         """/: what this server is for."""
         return _page("done.html", title="digest", heading="digest",
-                     text="This server handles unsubscribe links"
+                     text="This server handles the links in the paper digest emails"
                      + (" and shows previews at /preview." if self.preview_secret else "."),
                      undo="", undo_text="", undo_button="")
 
@@ -468,8 +670,11 @@ class _Site:
         return _busy()
 
 
-def serve(app: Starlette, host: str, port: int) -> None:
-    """Run `app` under uvicorn until interrupted."""
+def serve(app: Starlette, host: str, port: int, forwarded_allow_ips: str | None = None) -> None:
+    """Run `app` under uvicorn until interrupted; behind a reverse proxy, the client IP and
+    scheme come from its X-Forwarded-For/-Proto when it is one of `forwarded_allow_ips`."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning",
+                proxy_headers=forwarded_allow_ips is not None,
+                forwarded_allow_ips=forwarded_allow_ips)

@@ -108,14 +108,22 @@ def test_550_fails_for_good_until_retry_is_asked_for(project: Project,
     assert statuses(report) == {"s000": "failed", "s001": "sent"}
     row = rows(settings)["s000"]
     assert row["state"] == "failed" and "550" in row["last_error"]
-    # Not retried by a later send, nor by the scheduler.
-    assert statuses(send(settings))["s000"] == "failed"
-    assert statuses(send(settings, due_only=True))["s000"] == "not-due"
+    # Not retried by a later send, nor by the scheduler: the 550 at RCPT suppressed it.
+    assert statuses(send(settings))["s000"] == "suppressed"
+    assert statuses(send(settings, due_only=True))["s000"] == "suppressed"
     assert len(server.sink.received) == 1
     runner = CliRunner()
     status = runner.invoke(cli.cli, ["status", "--config", str(project.config)])
     assert status.exit_code == 0, status.output
     assert "failed" in status.output and "550" in status.output
+    # The 550 at RCPT suppressed the address (a hard bounce): a retry alone sends nothing.
+    result = runner.invoke(cli.cli, ["retry", "--config", str(project.config)])
+    assert result.exit_code == 0 and "s000/2026-11-25" in result.output
+    assert statuses(send(settings))["s000"] == "suppressed"
+    assert len(server.sink.received) == 1
+    lifted = runner.invoke(cli.cli, ["suppressed", "--lift", "s000@example.org",
+                                     "--config", str(project.config)])
+    assert lifted.exit_code == 0, lifted.output
     result = runner.invoke(cli.cli, ["retry", "--config", str(project.config)])
     assert result.exit_code == 0 and "s000/2026-11-25" in result.output
     assert rows(settings)["s000"]["state"] == "queued"

@@ -1,0 +1,226 @@
+"""Subscriber files written by the web: a new file for a confirmed sign-up, and a
+subscriber's own edits to theirs.
+
+The files stay the source of truth, so everything written here goes through the same model
+as a hand-written file (`config.parse_subscriber`) before it reaches the disk, and is written
+atomically: a temporary file in the same folder, fsync, then a rename (`os.replace` for an
+edit; `os.link` for a new file, which fails rather than overwrite one that exists), then
+fsync of the folder. Edits go through tomlkit, so the operator's comments, key order and
+layout stay as they were; only the values a subscriber changed are touched.
+
+Two edits at once: each takes an exclusive lock beside the file (`.<id>.toml.lock`, hidden
+from `subscribers.files`), reads the file again and compares its SHA-256 with the one the
+page was built from; a file that changed since (another edit, the operator) is a
+`ConflictError` and is left alone, as is a file the operator broke by hand (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomlkit
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from tomlkit.items import AoT, Array
+
+from .config import (
+    DefaultsConfig,
+    Frequency,
+    Keyword,
+    PlainText,
+    SendAt,
+    TimeZoneName,
+    Weekday,
+    parse_subscriber,
+)
+from .errors import ConfigError, DigestError
+
+MAX_TEXT = 100  # characters of a name, a topic name or one keyword typed into a form
+MAX_KEYWORDS = 50  # keywords in one form field
+MAX_TOPICS = 20  # topics one subscriber edits on the page
+
+
+def _no_markup(value: str) -> str:
+    # Names and keywords never need angle brackets; refusing them keeps HTML out of files.
+    if "<" in value or ">" in value:
+        raise ValueError(f"{value[:40]!r}: '<' and '>' are not allowed")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"{value[:40]!r}...: longer than {MAX_TEXT} characters")
+    return value
+
+
+FormText = Annotated[PlainText, AfterValidator(_no_markup)]
+FormKeyword = Annotated[Keyword, AfterValidator(_no_markup)]
+
+
+class ConflictError(DigestError):
+    """The file changed between showing the page and saving it."""
+
+    def __init__(self) -> None:
+        super().__init__("your subscription was changed elsewhere since this page was opened;"
+                         " nothing was saved", hint="reload the page and make the change again")
+
+
+def file_hash(raw: bytes) -> str:
+    """The SHA-256 a page carries to tell whether a file changed under it."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, replace: bool) -> None:
+    """Write `data` to `path` through a synced temporary file; with replace=False an
+    existing `path` is never overwritten (FileExistsError)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and fails when `path` exists
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the subscriber file `path` (a lock file beside it)."""
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _Form(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicEdit(_Form):
+    """One topic as the preferences page edits it; `index` is its place in the file (None:
+    a new topic)."""
+
+    index: int | None = Field(None, ge=0, le=99)
+    name: FormText
+    keywords: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
+    require: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
+    weight: float = Field(1.0, ge=0.001, le=100)
+    remove: bool = False
+
+
+class Edit(_Form):
+    """Everything the preferences page can change in a subscriber file."""
+
+    topics: list[TopicEdit] = Field(max_length=MAX_TOPICS)
+    exclude: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
+    timezone: TimeZoneName
+    send_at: SendAt
+    max_items: int = Field(ge=1, le=100)
+    frequency: Frequency
+    day: Weekday
+    paused: bool
+
+
+def _set(table: Any, key: str, value: Any, default: Any = None) -> None:
+    # A value equal to what the file leaves to a default is only written when the file
+    # already has the key: an untouched default stays out of the operator's file.
+    if key in table or value != default:
+        if key not in table or table[key] != value:
+            comment = getattr(table.get(key), "trivia", None)
+            item = tomlkit.item(value)
+            if comment is not None and comment.comment:
+                item.comment(comment.comment.lstrip("# "))  # a line's comment stays
+            table[key] = item
+
+
+def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
+    # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place,
+    # and rebuilt in the same form only when topics were removed or added.
+    old = doc.get("topics")
+    inline = isinstance(old, Array)
+    existing = list(old) if isinstance(old, AoT | Array) else []
+    kept: list[Any] = []
+    for edit in topics:
+        if edit.remove:
+            continue
+        if edit.index is None:
+            table = tomlkit.inline_table() if inline else tomlkit.table()
+        elif edit.index < len(existing):
+            table = existing[edit.index]
+        else:
+            raise DigestError("a topic on the page is no longer in the file; reload the page")
+        _set(table, "name", edit.name.strip())
+        _set(table, "keywords", edit.keywords, [])
+        _set(table, "require", edit.require, [])
+        _set(table, "weight", edit.weight, 1.0)
+        kept.append(table)
+    if len(kept) == len(existing) and all(a is b for a, b in zip(kept, existing, strict=True)):
+        return
+    rebuilt: Any = tomlkit.array() if inline else tomlkit.aot()
+    for table in kept:
+        rebuilt.append(table)
+    doc["topics"] = rebuilt
+
+
+def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
+    """The file `raw` with `edit` applied, comments and layout kept (not yet validated). A
+    value the file leaves to [defaults] is written only when the edit changes it."""
+    doc = tomlkit.parse(raw.decode("utf-8-sig"))
+    _set(doc, "timezone", edit.timezone, defaults.timezone)
+    _set(doc, "send_at", edit.send_at, defaults.send_at)
+    _set(doc, "max_items", edit.max_items, defaults.max_items)
+    _set(doc, "exclude", edit.exclude, [])
+    _set(doc, "frequency", edit.frequency, "daily")
+    _set(doc, "day", edit.day, "monday")
+    _set(doc, "paused", edit.paused, False)
+    _apply_topics(doc, edit.topics)
+    return tomlkit.dumps(doc).encode("utf-8")
+
+
+def read_checked(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The file's bytes and validated data; ConfigError when it is broken."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    return raw, parse_subscriber(path, raw)
+
+
+def update(path: Path, seen_hash: str, edit: Edit, defaults: DefaultsConfig) -> bytes:
+    """Apply `edit` to the subscriber file at `path` if it is still the version hashed as
+    `seen_hash`; returns the new bytes. ConflictError when it changed, ConfigError when it
+    is broken (as it is, or with the edit: then naming the field), and nothing is written."""
+    with locked(path):
+        raw, _data = read_checked(path)
+        if file_hash(raw) != seen_hash:
+            raise ConflictError()
+        new = apply(raw, edit, defaults)
+        parse_subscriber(path, new)  # the same model as a hand-written file
+        if new != raw:
+            write_atomic(path, new, replace=True)
+        return new
+
+
+def preview_data(path: Path, edit: Edit, defaults: DefaultsConfig) -> dict[str, Any]:
+    """The validated data the file would hold with `edit`, writing nothing."""
+    raw, _data = read_checked(path)
+    return parse_subscriber(path, apply(raw, edit, defaults))

@@ -1,0 +1,298 @@
+"""Sign-up with double opt-in: the form, the pending sign-up, the confirmation email, and
+the subscriber file written once the address is confirmed.
+
+Nothing is written before the confirmation: the pending sign-up (address, name, topics,
+timezone, send time) travels inside the emailed link, signed and expiring
+(`links.sign_payload`, `[signup] confirm_hours`), so a flood of unconfirmed sign-ups fills no
+table and no folder. A confirmation link works once: the SHA-256 of each used one is kept in
+the store (`store.use_token`).
+
+On confirmation:
+- an address that already has a subscriber file gets no second file, and its file is not
+  touched: if it had unsubscribed it is subscribed again (`store.set_subscribed`);
+- otherwise a new `<id>.toml` is written, the id derived from the address's local part
+  (lower case; anything but letters, digits, '.', '_' and '-' becomes '-'; 40 characters
+  at most), with '-2', '-3', ... added when that id is taken. The file is validated by the
+  same model as a hand-written one before it is written, and never overwrites a file.
+
+The page answers the same whether or not the address is already subscribed, and whether or
+not a confirmation email was sent (rate limits, honeypot): only the mailbox learns more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+import zlib
+from datetime import datetime, timedelta
+from email.headerregistry import Address
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlite_utils import Database
+
+from . import store
+from .config import (
+    EmailAddress,
+    SendAt,
+    Settings,
+    SignupConfig,
+    TimeZoneName,
+    is_subscriber_id,
+    parse_subscriber,
+    split_address,
+)
+from .errors import ConfigError, DigestError
+from .links import TokenError, open_payload, sign_payload
+from .mime import assemble
+from .preferences import MAX_KEYWORDS, FormKeyword, FormText, locked, write_atomic
+from .send import Outgoing, check_headers, clean_header, list_id, unsubscribe_links
+from .subscribers import files, load
+
+log = logging.getLogger("digest")
+
+class FormError(DigestError):
+    """A form field the page shows back with its problem."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+class Signup(BaseModel):
+    """A sign-up as the form sent it, checked; `topics` are names of `[[signup.topics]]`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: EmailAddress
+    name: FormText | None = None
+    topics: list[str] = Field(default_factory=list, max_length=20)
+    keywords: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
+    timezone: TimeZoneName
+    send_at: SendAt
+
+
+def split_keywords(text: str) -> list[str]:
+    """Keywords typed one a line or separated by commas; blanks dropped."""
+    return [k.strip() for k in re.split(r"[,\n]", text) if k.strip()]
+
+
+def form_error(exc: ValidationError) -> FormError:
+    """The first problem of a form's ValidationError, naming the field."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "form"
+    problem = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "too_long":
+        problem = f"too many (at most {first['ctx'].get('max_length')})"
+    return FormError(field, problem)
+
+
+def read_form(fields: dict[str, Any], config: SignupConfig) -> Signup:
+    """The checked sign-up of a submitted form (`fields`: name -> str, or list for the
+    checkboxes); FormError names the field and problem."""
+    keywords = split_keywords(str(fields.get("keywords", "")))
+    if keywords and not config.free_keywords:
+        raise FormError("keywords", "this list offers its topics only")
+    offered = {t.name for t in config.topics}
+    picked = [str(t) for t in fields.get("topics", [])]
+    if any(t not in offered for t in picked):
+        raise FormError("topics", "pick topics from the list")
+    try:
+        signup = Signup(email=str(fields.get("email", "")).strip(),
+                        name=str(fields.get("name", "")).strip() or None,
+                        topics=picked, keywords=keywords,
+                        timezone=str(fields.get("timezone", "")),
+                        send_at=str(fields.get("send_at", "")))
+    except ValidationError as exc:
+        raise form_error(exc) from None
+    if not signup.topics and not signup.keywords:
+        raise FormError("topics", "pick a topic or type some keywords")
+    return signup
+
+
+# --- the pending sign-up --------------------------------------------------------------------
+
+
+def pending_token(secret: str, signup: Signup, now: datetime, hours: int) -> str:
+    """The signed, expiring token that carries `signup` until it is confirmed."""
+    body = {"s": signup.model_dump(), "n": secrets.token_urlsafe(9)}
+    payload = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 9)
+    return sign_payload(secret, "signup", payload, now + timedelta(hours=hours))
+
+
+def open_pending(secret: str, token: str, now: datetime) -> Signup:
+    """The sign-up a confirmation token carries; TokenError when it is not valid."""
+    payload = open_payload(secret, token, "signup", now)
+    try:
+        body = json.loads(zlib.decompress(payload, bufsize=1 << 16))
+        return Signup.model_validate(body["s"])
+    except (zlib.error, ValueError, KeyError, TypeError, ValidationError):
+        # Signed by us, so only a change to this code's format gets here.
+        raise TokenError("the link is incomplete or malformed") from None
+
+
+def token_hash(token: str) -> str:
+    """What the store keeps of a used confirmation token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- the confirmation email -----------------------------------------------------------------
+
+
+def confirmation(settings: Settings, signup: Signup, url: str, now: datetime) -> Outgoing:
+    """The confirmation email for `signup`, its link `url`, with the digest's own header
+    code (`mime.assemble`, `headers`), so the typed name cannot add a header."""
+    delivery = settings.delivery
+    sender = delivery.from_address
+    tag = hashlib.sha256(url.encode()).hexdigest()[:24]
+    _https, mailto = unsubscribe_links(delivery, "signup")
+    user, _, domain = signup.email.rpartition("@")
+    hours = settings.signup.confirm_hours
+    text = (f"Someone, hopefully you, asked to get the paper digest at {signup.email}.\n\n"
+            f"To confirm, open this link within {hours} hours:\n\n{url}\n\n"
+            "If it was not you, ignore this email: nothing happens without the link.\n")
+    html = ("<!doctype html><html><body><p>Someone, hopefully you, asked to get the paper"
+            f" digest at {_escape(signup.email)}.</p><p><a href=\"{_escape(url)}\">Confirm"
+            f" the subscription</a> (the link works for {hours} hours).</p><p>If it was not"
+            " you, ignore this email: nothing happens without the link.</p></body></html>")
+    fields: list[tuple[str, object]] = [
+        ("From", Address(display_name=clean_header(split_address(delivery.from_)[0]),
+                         addr_spec=sender)),
+        ("To", Address(display_name=clean_header(signup.name or ""), username=user,
+                       domain=domain)),
+        ("Subject", "Confirm your subscription to the paper digest"),
+        ("Date", format_datetime(now)),
+        ("Message-ID", f"<signup.{tag}@{sender.rpartition('@')[2]}>"),
+        ("List-Unsubscribe", f"<{mailto}>"),
+        ("List-Id", clean_header(list_id(delivery))),
+        ("X-Digest-Id", f"signup/{tag}"),
+    ]
+    parts = assemble(fields, text, html)
+    data = parts.head + b"\r\n" + parts.body
+    check_headers(data)
+    return Outgoing(f"signup/{tag}", parts.message_id, sender, signup.email, data)
+
+
+def _escape(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+# --- confirming: the subscriber file --------------------------------------------------------
+
+
+def subscriber_id_for(email: str, taken: set[str]) -> str:
+    """A subscriber id from the address's local part, not in `taken` (case-insensitive)."""
+    local = email.rpartition("@")[0].lower()
+    base = re.sub(r"[^a-z0-9._-]+", "-", local).strip("._-")[:40] or "subscriber"
+    if not base[0].isalnum():
+        base = "s" + base
+    lowered = {t.lower() for t in taken}
+    candidate, n = base, 1
+    while candidate.lower() in lowered:
+        n += 1
+        candidate = f"{base}-{n}"
+    assert is_subscriber_id(candidate)
+    return candidate
+
+
+def file_text(signup: Signup, config: SignupConfig) -> bytes:
+    """The TOML of a new subscriber file for `signup`."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("Written by the sign-up page of `digest serve`; edit at will."))
+    doc["name"] = signup.name or signup.email.rpartition("@")[0]
+    doc["email"] = signup.email
+    doc["timezone"] = signup.timezone
+    doc["send_at"] = signup.send_at
+    topics = tomlkit.aot()
+    for offered in config.topics:
+        if offered.name in signup.topics:
+            topics.append(tomlkit.item({"name": offered.name, "keywords": offered.keywords}))
+    if signup.keywords:
+        topics.append(tomlkit.item({"name": "My keywords", "keywords": signup.keywords}))
+    doc["topics"] = topics
+    return tomlkit.dumps(doc).encode("utf-8")
+
+
+def _existing(settings: Settings, db: Database, email: str) -> str | None:
+    # Bad files are skipped here: `digest validate` reports them; they hold no address we
+    # could trust anyway.
+    wanted = email.casefold()
+    for entry in load(settings.subscribers.dir, settings.defaults, db):
+        if not isinstance(entry, ConfigError) and entry.email.casefold() == wanted:
+            return entry.id
+    return None
+
+
+def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:
+    """Write the new subscriber file of `signup` under a fresh id; returns the id."""
+    data = file_text(signup, config)
+    for _attempt in range(20):
+        sid = subscriber_id_for(signup.email, {p.stem for p in files(folder)})
+        path = folder / f"{sid}.toml"
+        parse_subscriber(path, data)  # the same model as a hand-written file
+        try:
+            write_atomic(path, data, replace=False)
+        except FileExistsError:  # another confirmation took the id meanwhile
+            continue
+        return sid
+    raise DigestError(f"could not find a free subscriber id for {signup.email}")
+
+
+def confirm(settings: Settings, db: Database, token: str, signup: Signup,
+            now: datetime) -> str:
+    """Act on a confirmed sign-up once: the id of the new (or existing) subscriber.
+    TokenError when the link was used before."""
+    used = token_hash(token)
+    if not store.use_token(db, used, now):
+        raise TokenError("it has already been used")
+    try:
+        # One confirmation at a time looks for the address and writes: two links for the
+        # same address confirmed at once make one file, not two.
+        with locked(settings.subscribers.dir / "signup"):
+            sid = _existing(settings, db, signup.email)
+            if sid is None:
+                sid = create_file(settings.subscribers.dir, signup, settings.signup)
+                log.info("sign-up: new subscriber %s", sid)
+            elif store.set_subscribed(db, sid, signup.email, True, now, via="signup"):
+                log.info("sign-up: subscriber %s subscribed again", sid)
+    except BaseException:
+        store.forget_token(db, used)
+        raise
+    return sid
+
+
+# --- rate limits ----------------------------------------------------------------------------
+
+
+class RateLimits:
+    """Per-IP sign-up attempts and per-address confirmation emails (`[signup] rate_per_ip`,
+    `rate_per_address`), counted by the `limits` library in this process's memory: each
+    worker process counts on its own."""
+
+    def __init__(self, config: SignupConfig) -> None:
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_ip = parse(config.rate_per_ip)
+        self.per_address = parse(config.rate_per_address)
+
+    def ip_allows(self, ip: str) -> bool:
+        """Count one attempt from `ip`; False once over the limit."""
+        return bool(self.limiter.hit(self.per_ip, "ip", ip))
+
+    def address_allows(self, email: str) -> bool:
+        """Count one confirmation email to `email`; False once over the limit."""
+        return bool(self.limiter.hit(self.per_address, "address", email.casefold()))
+
+    def retry_after(self, ip: str) -> int:
+        """Seconds until `ip` may try again."""
+        reset = self.limiter.get_window_stats(self.per_ip, "ip", ip).reset_time
+        return max(1, int(reset - datetime.now().timestamp()) + 1)

@@ -1,0 +1,341 @@
+"""Editing a subscriber's own file (digest/preferences.py): tomlkit in place, comments kept,
+validated by the subscriber file model, atomic, one of two concurrent edits wins; and the
+/preferences page against the real server: tokens, CSRF, a file the operator broke, a pause."""
+
+from __future__ import annotations
+
+import re
+import threading
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from digest import pipeline, preferences, store
+from digest.config import DefaultsConfig, load_settings
+from digest.errors import ConfigError
+from digest.links import link_url, make_token
+
+from .conftest import NOW, Project, SmtpServer
+from .web_support import SECRET, signup_server
+
+DEFAULTS = DefaultsConfig(timezone="UTC", send_at="07:00", max_items=10, lookback_days=7)
+
+COMMENTED = """\
+# Ada's file, kept by hand. Ask before changing.
+name = "Ada Lovelace"   # as she signs
+email = "ada@example.org"
+timezone = "Europe/London"
+
+[[topics]]
+# The main one.
+name = "Efficient inference"
+keywords = ["speculative decoding", "KV cache"]  # more to come
+weight = 2.0
+authors = ["Tri Dao"]
+"""
+
+
+def edit(**changes: object) -> preferences.Edit:
+    base: dict[str, object] = {
+        "topics": [{"index": 0, "name": "Efficient inference",
+                    "keywords": ["speculative decoding", "KV cache"], "weight": 2.0}],
+        "exclude": [], "timezone": "Europe/London", "send_at": "07:00", "max_items": 10,
+        "frequency": "daily", "day": "monday", "paused": False}
+    return preferences.Edit.model_validate(base | changes)
+
+
+def test_an_edit_keeps_comments_layout_and_untouched_keys() -> None:
+    new = preferences.apply(COMMENTED.encode(), edit(
+        send_at="08:30", exclude=["survey"], frequency="weekly", day="friday",
+        topics=[{"index": 0, "name": "Efficient inference",
+                 "keywords": ["speculative decoding", "KV cache", "quantiz*"], "weight": 2.0}]),
+        DEFAULTS).decode()
+    assert new == """\
+# Ada's file, kept by hand. Ask before changing.
+name = "Ada Lovelace"   # as she signs
+email = "ada@example.org"
+timezone = "Europe/London"
+send_at = "08:30"
+exclude = ["survey"]
+frequency = "weekly"
+day = "friday"
+
+[[topics]]
+# The main one.
+name = "Efficient inference"
+keywords = ["speculative decoding", "KV cache", "quantiz*"] # more to come
+weight = 2.0
+authors = ["Tri Dao"]
+"""
+
+
+def test_an_edit_that_changes_nothing_writes_nothing_and_defaults_stay_out(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    stamp = path.stat().st_mtime_ns
+    raw = preferences.update(path, preferences.file_hash(COMMENTED.encode()), edit(), DEFAULTS)
+    assert raw == COMMENTED.encode() and path.stat().st_mtime_ns == stamp
+
+
+def test_topics_are_removed_and_added() -> None:
+    new = preferences.apply(COMMENTED.encode(), edit(topics=[
+        {"index": 0, "name": "x", "remove": True},
+        {"index": None, "name": "Diffusion", "keywords": ["diffusion model"]}]), DEFAULTS)
+    assert b"Efficient inference" not in new and b"Tri Dao" not in new
+    assert b'[[topics]]\nname = "Diffusion"\nkeywords = ["diffusion model"]' in new
+    assert new.startswith(b"# Ada's file")
+
+
+def test_a_stale_page_is_a_conflict_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    with pytest.raises(preferences.ConflictError):
+        preferences.update(path, preferences.file_hash(b"an older version"),
+                           edit(send_at="09:00"), DEFAULTS)
+    assert path.read_text() == COMMENTED
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('name = "Ada"\nemail = "ada@example.org"\ntopics = [\n', None),  # invalid TOML
+    (COMMENTED.replace('"Europe/London"', '"Europe/Lundun"'), "timezone"),
+])
+def test_a_file_the_operator_broke_is_never_overwritten(tmp_path: Path, text: str,
+                                                        field: str | None) -> None:
+    path = tmp_path / "ada.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        preferences.update(path, preferences.file_hash(text.encode()), edit(), DEFAULTS)
+    assert caught.value.field == field
+    assert path.read_text() == text
+
+
+def test_an_edit_the_model_refuses_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    with pytest.raises(ConfigError, match="topics: must not be empty"):
+        preferences.update(path, preferences.file_hash(COMMENTED.encode()),
+                           edit(topics=[{"index": 0, "name": "x", "remove": True}]), DEFAULTS)
+    assert path.read_text() == COMMENTED
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_two_edits_at_once_leave_one_valid_file(tmp_path: Path) -> None:
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    seen = preferences.file_hash(COMMENTED.encode())
+    results: list[str] = []
+    start = threading.Barrier(8)
+
+    def one(n: int) -> None:
+        start.wait()
+        try:
+            preferences.update(path, seen, edit(send_at=f"0{n}:15"), DEFAULTS)
+            results.append(f"0{n}:15")
+        except preferences.ConflictError:
+            results.append("conflict")
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r != "conflict"]
+    assert len(winners) == 1 and results.count("conflict") == 7
+    assert f'send_at = "{winners[0]}"' in path.read_text()
+    preferences.read_checked(path)  # valid
+
+
+def test_a_new_file_never_overwrites_one(tmp_path: Path) -> None:
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    with pytest.raises(FileExistsError):
+        preferences.write_atomic(path, b"name = 'Mallory'\n", replace=False)
+    assert path.read_text() == COMMENTED
+    assert list(tmp_path.iterdir()) == [path]
+
+
+# --- the page --------------------------------------------------------------------------------
+
+
+def prefs_url(project: Project, sid: str, email: str) -> str:
+    url = link_url(load_settings(project.config).server, "/preferences", sid, email,
+                   "preferences")
+    assert url is not None
+    return url
+
+
+def form_of(html: str) -> dict[str, str]:
+    fields = dict(re.findall(r'<input type="hidden"\s+name="([^"]+)" value="([^"]*)"', html))
+    fields.update({"topic-0-name": "Efficient inference",
+                   "topic-0-keywords": "speculative decoding, KV cache, quantiz*",
+                   "topic-0-weight": "2.0", "exclude": "survey", "timezone": "Europe/London",
+                   "send_at": "07:30", "max_items": "10", "frequency": "daily",
+                   "day": "monday", "action": "save"})
+    return fields
+
+
+def test_bad_tokens_get_400_and_change_nothing(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    ada = make_token(SECRET, "ada", "ada@example.org", "preferences")
+    tokens = [
+        "", "garbage",
+        make_token("another-secret-entirely", "ada", "ada@example.org", "preferences"),
+        make_token(SECRET, "ada", "ada@example.org", "unsubscribe"),       # another purpose
+        make_token(SECRET, "ada", "ada@example.org", "feedback"),
+        make_token(SECRET, "ada", "grace@example.com", "preferences"),     # another address
+        ada.replace("YWRh", "Z3JhY2U", 1),                                 # ada's, for grace
+        make_token(SECRET, "ada", "ada@example.org", "preferences",
+                   expires=NOW - timedelta(hours=1)),                      # expired
+        make_token(SECRET, "nobody", "nobody@example.org", "preferences"),
+        ada[:-5],
+    ]
+    before = {p.name: p.read_bytes() for p in project.subscribers.iterdir()}
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        good = client.get(f"{server}/preferences?token={quote(ada, safe='')}")
+        assert good.status_code == 200
+        form = form_of(good.text)
+        for token in tokens:
+            url = f"{server}/preferences?token={quote(token, safe='')}"
+            assert client.get(url).status_code == 400, token
+            r = client.post(url, data=form)
+            assert r.status_code == 400 and "Nothing was changed" in r.text, token
+    assert {p.name: p.read_bytes() for p in project.subscribers.iterdir()} == before
+
+
+def test_csrf_hostile_input_and_a_broken_file(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        before = (project.subscribers / "ada.toml").read_bytes()
+        form = form_of(client.get(url).text)
+        no_cookie = httpx.post(url, data=form)
+        assert no_cookie.status_code == 400 and "Nothing was changed" in no_cookie.text
+        assert client.post(url, data={**form, "csrf": ""}).status_code == 400
+        for field, value, problem in [
+            ("topic-0-keywords", "<b>bold</b>", "not allowed"),
+            ("exclude", ", ".join(f"w{i}" for i in range(10_000)), "too many"),
+            ("topic-0-name", "Line\u2028break", "control characters"),
+            ("max_items", "1000", "less than or equal to 100"),
+            ("day", "someday", "monday"),
+        ]:
+            r = client.post(url, data={**form, field: value})
+            assert r.status_code == 422 and problem in r.text, field
+            assert "<b>bold" not in r.text
+        assert (project.subscribers / "ada.toml").read_bytes() == before
+        broken = before.replace(b'"Europe/London"', b'"Europe/Lundun"')
+        (project.subscribers / "ada.toml").write_bytes(broken)
+        for r in (client.get(url), client.post(url, data=form)):
+            assert r.status_code == 409 and "unknown timezone" in r.text
+        assert (project.subscribers / "ada.toml").read_bytes() == broken
+
+
+def test_two_saves_at_once_over_http_leave_one_valid_file(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = form_of(client.get(url).text)
+        codes: list[int] = []
+        start = threading.Barrier(4)
+
+        def save(n: int) -> None:
+            start.wait()
+            codes.append(client.post(url, data={**form, "send_at": f"0{n}:45"}).status_code)
+
+        threads = [threading.Thread(target=save, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [200, 409, 409, 409]
+    preferences.read_checked(project.subscribers / "ada.toml")
+
+
+def test_a_pause_set_on_the_page_stops_every_send(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        r = client.post(url, data={**form_of(client.get(url).text), "paused": "on"})
+        assert r.status_code == 200 and "Saved." in r.text
+    assert "paused = true" in (project.subscribers / "ada.toml").read_text()
+    settings = load_settings(project.config)
+    report = pipeline.send(settings, store.open_db(settings.store.path), NOW)
+    outcomes = {o.subscriber_id: o.status for o in report.outcomes}
+    assert outcomes == {"ada": "paused", "grace": "sent"}
+    assert [m.rcpt_tos for m in smtp_server.sink.received] == [["grace@example.com"]]
+
+
+def test_inline_topics_are_edited_in_their_own_form() -> None:
+    text = ('name = "A"\nemail = "a@example.org"\ntopics = [{name = "X", keywords = ["x"]},'
+            ' {name = "Y", keywords = ["y"], authors = ["Tri Dao"]}]\n')
+    new = preferences.apply(text.encode(), edit(timezone="UTC", topics=[
+        {"index": 0, "name": "X", "remove": True},
+        {"index": 1, "name": "Y", "keywords": ["y", "z"]}]), DEFAULTS).decode()
+    assert new.splitlines()[2].startswith("topics = [{")
+    assert tomllib.loads(new)["topics"] == [
+        {"name": "Y", "keywords": ["y", "z"], "authors": ["Tri Dao"]}]
+
+
+def test_save_after_a_preview_that_removed_a_topic_keeps_the_right_one(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = project.subscribers / "ada.toml"
+    path.write_text(path.read_text() + '\n[[topics]]\nname = "People"\nkeywords = ["agents"]'
+                    '\nauthors = ["Tri Dao"]\n')
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = form_of(client.get(url).text)
+        form |= {"topic-0-remove": "on", "topic-1-name": "People",
+                 "topic-1-keywords": "agents, tool use", "topic-1-weight": "1",
+                 "action": "preview"}
+        preview = client.post(url, data=form)
+        assert preview.status_code == 200 and "not saved yet" in preview.text
+        shown = form_of(preview.text)
+        assert shown["topic-0-index"] == "1", "the previewed topic still names its place"
+        saved = client.post(url, data=shown | {"topic-0-name": "People",
+                                               "topic-0-keywords": "agents, tool use",
+                                               "topic-0-weight": "1"})
+        assert saved.status_code == 200 and "Saved." in saved.text
+    topics = tomllib.loads(path.read_text())["topics"]
+    assert topics == [{"name": "People", "keywords": ["agents", "tool use"],
+                       "authors": ["Tri Dao"]}]
+
+
+def test_less_like_this_suggestions_reach_the_form_unsaved_and_liked_papers_show(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digest.models import Listing
+
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    liked = Listing(id="2405.00001", title="Speculative decoding with <b>draft</b> heads",
+                    abstract="A.", url="https://arxiv.org/abs/2405.00001")
+    disliked = Listing(id="2405.00002", title="Quantum annealing schedules for routing",
+                       abstract="B.", url="https://arxiv.org/abs/2405.00002")
+    store.upsert_listings(db, [liked, disliked], NOW)
+    store.record_feedback(db, "ada", liked.id, "more", NOW, "web")
+    before = (project.subscribers / "ada.toml").read_bytes()
+    fb = quote(make_token(SECRET, "ada", "ada@example.org", "feedback"), safe="")
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        done = client.post(f"{server}/feedback?token={fb}&listing={disliked.id}&verdict=less")
+        assert done.status_code == 200
+        words = re.findall(r'name="suggest_exclude"\s+value="([^"]+)"', done.text)
+        assert "annealing" in words
+        url = prefs_url(project, "ada", "ada@example.org")
+        page = client.get(url + "&suggest_exclude=annealing&suggest_exclude="
+                          + quote("<script>x</script>") + "&suggest_exclude=two%20words")
+        assert page.status_code == 200 and "not saved yet: annealing." in page.text
+        exclude = re.search(r'<textarea name="exclude" id="exclude"\s+rows="2">([^<]*)<',
+                            page.text)
+        assert exclude and "annealing" in exclude.group(1)
+        assert "<script>x" not in page.text and "two words" not in exclude.group(1)
+        # Liked papers are listed, escaped; the disliked one is not.
+        assert "Speculative decoding with &lt;b&gt;draft&lt;/b&gt; heads" in page.text
+        assert "Quantum annealing schedules" not in page.text.split('id="liked"')[1]
+        assert (project.subscribers / "ada.toml").read_bytes() == before  # nothing saved yet
+        form = {**form_of(page.text), "exclude": exclude.group(1)}
+        assert client.post(url, data=form).status_code == 200
+    saved = tomllib.loads((project.subscribers / "ada.toml").read_text())
+    assert "annealing" in saved["exclude"]

@@ -1,0 +1,348 @@
+"""Sign-up with double opt-in against the real server (uvicorn on 127.0.0.1) and a real SMTP
+sink, driven in Chromium: sign up -> the confirmation email's raw bytes -> confirm -> the file
+-> `digest validate` -> `digest send` -> preferences -> unsubscribe -> subscribe again; and
+every bad input: hostile fields, forged/expired/replayed tokens, CSRF, floods, honeypot."""
+
+from __future__ import annotations
+
+import re
+import threading
+import tomllib
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from digest import signup, store
+from digest.cli import cli
+from digest.config import load_settings
+from digest.links import link_url, sign_payload
+
+from .browser import chromium  # noqa: F401 - fixture
+from .conftest import NOW, Project, SmtpServer
+from .reader_support import parts, text_links
+from .web_support import SECRET, SIGNUP, confirm_link, csrf_of, parsed, signup_server
+
+PINNED = {"DIGEST_NOW": "2026-11-25T12:00:00+00:00", "DIGEST_SECRET": SECRET}
+
+
+def invoke(project: Project, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [args[0], "--config", str(project.config), *args[1:]],
+                                env=PINNED, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def files(project: Project) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in project.subscribers.glob("*.toml")}
+
+
+def sign_up(page: Any, server: str, email: str) -> None:
+    page.goto(server + "/subscribe")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=name]", "Kay Sparck Jones")
+    page.check("text=Efficient inference")
+    page.fill("textarea[name=keywords]", "retrieval augmented, reranking")
+    page.fill("input[name=send_at]", "06:45")
+    page.click("button[type=submit]")
+    assert page.text_content("h1") == "Check your inbox"
+
+
+def test_sign_up_confirm_send_edit_unsubscribe_and_subscribe_again(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        chromium: Any) -> None:  # noqa: F811
+    before = files(project)
+    sink = smtp_server.sink
+    with signup_server(project, smtp_server, monkeypatch) as server:
+        page = chromium.new_page()
+        page.goto(server + "/subscribe")
+        # The same-origin script set the timezone from Intl, over [defaults] timezone.
+        browser_zone = page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone")
+        assert page.eval_on_selector("#timezone", "s => s.value") == browser_zone
+        assert browser_zone != "Pacific/Chatham"
+        sign_up(page, server, "kay.sj@example.net")
+        assert files(project) == before, "nothing is written before the confirmation"
+        [mail] = sink.received
+        assert mail.rcpt_tos == ["kay.sj@example.net"]
+        assert b"\r\nTo: Kay Sparck Jones <kay.sj@example.net>\r\n" in mail.data
+        link = confirm_link(mail.data)
+        assert link.startswith(server + "/confirm?token=")
+
+        page.goto(link)  # a GET (a mail scanner's prefetch) confirms nothing
+        assert page.text_content("h1") == "Confirm your subscription"
+        assert files(project) == before
+        page.click("button[type=submit]")
+        assert page.text_content("h1") == "You are subscribed"
+        new = project.subscribers / "kay.sj.toml"
+        data = tomllib.loads(new.read_text())
+        assert data["email"] == "kay.sj@example.net" and data["send_at"] == "06:45"
+        assert data["timezone"] == browser_zone
+        assert [t["name"] for t in data["topics"]] == ["Efficient inference", "My keywords"]
+        assert invoke(project, "validate")[0] == 0
+
+        code, output = invoke(project, "send", "--subscriber", "kay.sj", "--workers", "1")
+        assert code == 0, output
+        digest = parsed(sink.received[-1].data)
+        assert sink.received[-1].rcpt_tos == ["kay.sj@example.net"]
+        assert "Efficient inference" in str(digest.get_body(("plain",)).get_content())
+
+        # The email's own "Manage preferences" link (the text part, as a reader sees it).
+        [prefs] = {u for u in text_links(parts(sink.received[-1].data)[0])
+                   if urlsplit(u).path == "/preferences"}
+        settings = load_settings(project.config)
+        assert prefs == link_url(settings.server, "/preferences", "kay.sj",
+                                 "kay.sj@example.net", "preferences")
+        page.goto(prefs)
+        assert page.text_content("h1") == "Your paper digest"
+        assert page.frame_locator("#preview").locator("body").inner_text()
+        page.select_option("select[name=frequency]", "weekly")
+        page.select_option("select[name=day]", "friday")
+        page.fill("textarea[name=exclude]", "survey")
+        page.click("button[value=preview]")
+        assert "not saved yet" in page.text_content("#notice")
+        assert tomllib.loads(new.read_text()).get("frequency") is None
+        page.click("button[value=save]")
+        assert page.text_content("#notice") == "Saved."
+        saved = new.read_text()
+        assert saved.startswith("# Written by the sign-up page"), "the comment stays"
+        edited = tomllib.loads(saved)
+        assert (edited["frequency"], edited["day"], edited["exclude"]) == (
+            "weekly", "friday", ["survey"])
+        assert invoke(project, "validate")[0] == 0
+
+        page.click("#unsubscribe")
+        assert page.text_content("h1") == "You are unsubscribed"
+        db = store.open_db(project.db_path)
+        assert store.is_unsubscribed(db, "kay.sj")
+        page.goto(prefs)
+        assert "You are unsubscribed" in page.text_content("#status")
+
+        sign_up(page, server, "Kay.SJ@example.net")
+        page.goto(confirm_link(sink.received[-1].data))
+        page.click("button[type=submit]")
+        assert page.text_content("h1") == "You are subscribed"
+        assert not store.is_unsubscribed(db, "kay.sj")
+        assert new.read_text() == saved, "the existing file is kept as it is"
+        assert set(files(project)) == {*before, "kay.sj.toml"}
+        page.close()
+
+
+def test_the_answer_is_the_same_for_a_subscribed_address(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        pages = []
+        for email in ("ada@example.org", "nobody-yet@example.org"):
+            csrf = csrf_of(client.get(server + "/subscribe").text)
+            r = client.post(server + "/subscribe", data={
+                "csrf": csrf, "email": email, "topics": "Diffusion", "timezone": "UTC",
+                "send_at": "07:00"})
+            pages.append((r.status_code, r.text.replace(email, "ADDRESS")))
+        assert pages[0] == pages[1]
+        assert len(smtp_server.sink.received) == 2
+
+
+def test_an_id_that_is_taken_gets_a_suffix_and_no_file_is_overwritten(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    ada = (project.subscribers / "ada.toml").read_bytes()
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        csrf = csrf_of(client.get(server + "/subscribe").text)
+        client.post(server + "/subscribe", data={
+            "csrf": csrf, "email": "ada@other.example", "topics": "Diffusion",
+            "timezone": "UTC", "send_at": "07:00"})
+        link = confirm_link(smtp_server.sink.received[-1].data)
+        page = client.get(link)
+        r = client.post(link, data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 200 and "You are subscribed" in r.text
+    assert (project.subscribers / "ada.toml").read_bytes() == ada
+    assert tomllib.loads((project.subscribers / "ada-2.toml").read_text())["email"] == \
+        "ada@other.example"
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+HOSTILE = [
+    ("name", "<script>alert(1)</script>", "not allowed"),
+    ("name", "Eve\r\nBcc: victim@example.org", "control characters"),
+    ("name", "Eve\u2028Bcc: victim@example.org", "control characters"),
+    ("name", "=?utf-8?q?Eve=0D=0ABcc:_x@example.org?=", "encoded-word"),
+    ("name", "N" * 101, "longer than 100"),
+    ("email", "e" * 300 + "@example.org", "not a valid email"),
+    ("keywords", "<img src=x onerror=alert(1)>", "not allowed"),
+    ("keywords", ", ".join(f"word{i}" for i in range(10_000)), "too many"),
+    ("keywords", "x" * 200, "longer than 100"),
+    ("email", "eve@example.org\r\nBcc: victim@example.org", "not a valid email"),
+    ("email", "not an address", "not a valid email"),
+    ("timezone", "Mars/Olympus", "unknown timezone"),
+    ("send_at", "25:99", "not a time of day"),
+    ("topics", "Not offered", "pick topics from the list"),
+]
+
+
+def test_hostile_fields_get_a_clear_error_and_reach_nothing(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = files(project)
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        for field, value, problem in HOSTILE:
+            csrf = csrf_of(client.get(server + "/subscribe").text)
+            form = {"csrf": csrf, "email": "eve@example.org", "name": "Eve",
+                    "topics": "Diffusion", "timezone": "UTC", "send_at": "07:00",
+                    field: value}
+            r = client.post(server + "/subscribe", data=form)
+            assert r.status_code == 422, field
+            error = re.search(r'<p class="bad" id="error" role="alert">(.*?)</p>', r.text,
+                              re.S)
+            assert error and problem in error.group(1), (field, value[:40])
+            # Shown back (to be corrected) only escaped.
+            assert "<script>" not in r.text and "<img src=x" not in r.text
+            if field == "name" and "<" in value:
+                assert 'value="&lt;script&gt;alert(1)&lt;/script&gt;"' in r.text
+    assert smtp_server.sink.received == [] and files(project) == before
+
+
+def test_a_megabyte_field_gets_413_and_the_server_goes_on(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        csrf = csrf_of(client.get(server + "/subscribe").text)
+        r = client.post(server + "/subscribe", data={"csrf": csrf, "name": "x" * 1_000_000})
+        assert r.status_code == 413 and "Nothing was changed" in r.text
+        assert r.headers["x-content-type-options"] == "nosniff"
+        chunked = client.post(server + "/subscribe", content=iter([b"name=" + b"x" * 300_000]),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert chunked.status_code == 413
+        assert client.get(server + "/subscribe").status_code == 200
+    assert smtp_server.sink.received == []
+
+
+def test_forged_expired_and_replayed_confirmations_get_400(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    pending = signup.Signup(email="mallory@example.org", topics=["Diffusion"],
+                            timezone="UTC", send_at="07:00")
+    forged = signup.pending_token("another-secret-entirely", pending, NOW, 48)
+    expired = signup.pending_token(SECRET, pending, NOW - timedelta(hours=49), 48)
+    csrf_token = sign_payload(SECRET, "csrf", b"abc", NOW + timedelta(days=1))
+    good = signup.pending_token(SECRET, pending, NOW, 48)
+    before = files(project)
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        for token in ("", "garbage", forged, expired, csrf_token, good[:-3]):
+            url = f"{server}/confirm?token={quote(token, safe='')}"
+            assert client.get(url).status_code == 400
+            r = client.post(url, data={"csrf": "x"})
+            assert r.status_code == 400 and "Nothing was changed" in r.text
+        assert files(project) == before
+        url = f"{server}/confirm?token={quote(good, safe='')}"
+        csrf = csrf_of(client.get(url).text)
+        assert client.post(url, data={}).status_code == 400, "no CSRF field: refused"
+        assert files(project) == before
+        assert client.post(url, data={"csrf": csrf}).status_code == 200
+        after = files(project)
+        replay = client.post(url, data={"csrf": csrf})
+        assert replay.status_code == 400 and "already been used" in replay.text
+        assert files(project) == after
+
+
+def test_a_post_from_another_site_is_shown_back_and_sends_nothing(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch) as server:
+        # The README's embeddable form: no cookie, no CSRF field.
+        r = httpx.post(server + "/subscribe", data={
+            "email": "embedded@example.org", "topics": "Diffusion", "timezone": "UTC",
+            "send_at": "07:00"}, headers={"Origin": "https://blog.example.com"})
+        assert r.status_code == 200 and "press Subscribe" in r.text
+        assert 'value="embedded@example.org"' in r.text
+        assert smtp_server.sink.received == []
+        # Its page then sends it, from this origin, with the cookie it set.
+        client = httpx.Client(cookies=r.cookies)
+        again = client.post(server + "/subscribe", data={
+            "csrf": csrf_of(r.text), "email": "embedded@example.org", "topics": "Diffusion",
+            "timezone": "UTC", "send_at": "07:00"})
+        assert "Check your inbox" in again.text
+        assert len(smtp_server.sink.received) == 1
+
+
+def test_honeypot_and_per_address_limit_answer_the_same_and_send_nothing_more(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch, per_address="2/day") as server, \
+            httpx.Client() as client:
+        form = {"email": "bob@example.org", "topics": "Diffusion", "timezone": "UTC",
+                "send_at": "07:00"}
+        texts = set()
+        bot = {"website": "http://spam.example", "email": "bot-target@example.org"}
+        for extra in (bot, {}, {}, {}, {}):
+            csrf = csrf_of(client.get(server + "/subscribe").text)
+            r = client.post(server + "/subscribe", data={"csrf": csrf, **form, **extra})
+            assert r.status_code == 200
+            texts.add(r.text.replace("bot-target@example.org", "bob@example.org"))
+        assert len(texts) == 1, "the same page whether or not a mail went"
+        # Nothing for the honeypot's request; two of the other four went.
+        assert [m.rcpt_tos for m in smtp_server.sink.received] == [["bob@example.org"]] * 2
+
+
+def test_a_flood_from_one_ip_is_rate_limited_and_the_server_stays_up(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch, per_ip="5/minute") as server, \
+            httpx.Client() as client:
+        csrf = csrf_of(client.get(server + "/subscribe").text)
+        codes = []
+        for i in range(40):
+            r = client.post(server + "/subscribe", data={
+                "csrf": csrf, "email": f"flood{i}@example.org", "topics": "Diffusion",
+                "timezone": "UTC", "send_at": "07:00"})
+            codes.append(r.status_code)
+        assert codes[:5] == [200] * 5 and set(codes[5:]) == {429}
+        assert int(r.headers["retry-after"]) > 0
+        assert len(smtp_server.sink.received) == 5
+        assert client.get(server + "/subscribe").status_code == 200
+
+
+def test_every_new_page_carries_the_security_headers(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch) as server:
+        settings = load_settings(project.config)
+        prefs = link_url(settings.server, "/preferences", "ada", "ada@example.org",
+                         "preferences")
+        assert prefs is not None
+        for url in (server + "/subscribe", server + "/confirm?token=x", prefs,
+                    server + "/static/timezone.js"):
+            r = httpx.get(url)
+            assert r.headers["x-content-type-options"] == "nosniff", url
+            assert "frame-ancestors 'self'" in r.headers["content-security-policy"], url
+            assert "'unsafe-inline'" not in r.headers["content-security-policy"].split(
+                "script-src")[-1].split(";")[0], url
+            assert r.headers["referrer-policy"] == "no-referrer", url
+        cookie = httpx.get(server + "/subscribe").headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert urlsplit(prefs).path == "/preferences"
+
+
+def test_sign_up_needs_a_public_url_so_the_host_header_never_makes_the_link(
+        project: Project) -> None:
+    project.write_config("[signup]\nenabled = true\n")
+    code, output = invoke(project, "validate")
+    assert code == 1
+    assert "digest.toml: signup: enabled = true needs server.public_url" in output
+
+
+def test_two_links_for_one_address_confirmed_at_once_make_one_file(project: Project) -> None:
+    project.write_config('[server]\npublic_url = "https://digest.example.org"\n'
+                         + SIGNUP.format(per_ip="10/minute", per_address="10/minute"))
+    settings = load_settings(project.config)
+    pending = signup.Signup(email="twice@example.org", topics=["Diffusion"], timezone="UTC",
+                            send_at="07:00")
+    tokens = [signup.pending_token(SECRET, pending, NOW, 48) for _ in range(6)]
+    start = threading.Barrier(len(tokens))
+    ids: list[str] = []
+
+    def confirm(token: str) -> None:
+        db = store.open_db(settings.store.path)
+        start.wait()
+        ids.append(signup.confirm(settings, db, token, pending, NOW))
+
+    threads = [threading.Thread(target=confirm, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ids == ["twice"] * 6
+    assert sorted(files(project)) == ["ada.toml", "grace.toml", "twice.toml"]
