@@ -85,18 +85,23 @@ class _Once:
         log.warning("%s", message)
 
 
+def bounce_address(settings: Settings) -> str:
+    """`[bounces] address`, or DigestError: without it nothing comes back to read."""
+    if settings.bounces.address is None:
+        raise DigestError("[bounces] address is not set: nothing comes back to read",
+                          hint="set [bounces] address in digest.toml (see the README)")
+    return settings.bounces.address
+
+
 class Inbound:
     """Handles inbound messages against the store (one per thread: it holds `db`)."""
 
     def __init__(self, settings: Settings, db: Database, clock: Callable[[], datetime]) -> None:
         config = settings.bounces
-        if config.address is None:
-            raise DigestError("[bounces] address is not set: nothing comes back to read",
-                              hint="set [bounces] address in digest.toml (see the README)")
         self.settings = settings
         self.db = db
         self.clock = clock
-        self.addresses = bounces.Addresses.of(config.address, config.unsubscribe_local)
+        self.addresses = bounces.Addresses.of(bounce_address(settings), config.unsubscribe_local)
         self.soft_limit = (config.soft_threshold, timedelta(days=config.soft_window_days))
         self.once = _Once()
 
@@ -288,13 +293,10 @@ class ListenerHandler:
     handled at once (the store is opened in the server's own thread, on first use)."""
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime]) -> None:
-        config = settings.bounces
-        if config.address is None:
-            raise DigestError("[bounces] address is not set: nothing comes back to read",
-                              hint="set [bounces] address in digest.toml (see the README)")
         self.settings = settings
         self.clock = clock
-        self.addresses = bounces.Addresses.of(config.address, config.unsubscribe_local)
+        self.addresses = bounces.Addresses.of(bounce_address(settings),
+                                              settings.bounces.unsubscribe_local)
         self.report = InboundReport()
         self._inbound: Inbound | None = None
 
