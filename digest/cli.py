@@ -438,7 +438,7 @@ def explain(config_path: Path, subscriber: str, query: str) -> None:
     settings = _settings(config_path)
     db = _open_store(settings)
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
-                                       subscriber, query, _now())
+                                       subscriber, query, _now(), settings.ranking)
     if not results:
         err.print(f"no listing has the id {query!r} or {query!r} in its title", highlight=False)
         sys.exit(1)

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +65,35 @@ from .models import Digest, Listing, Match, Section, Span, Subscriber
 from .tokens import Token, folded_words, name_words, names_match, stem
 
 IntArray = npt.NDArray[np.int64]
+SIMILAR = "More like what you liked"  # the section of papers like those a reader liked
+
+
+class Ranker(Protocol):
+    """What the selection needs of a relevance model (`digest.ranking.Relevance`): which
+    subscribers it ranks, how it blends their keyword scores, and what it finds similar.
+    Listings are given by their rows in the scan."""
+
+    section: int  # items in the SIMILAR section, at most
+    section_min: float  # least relevance for that section
+
+    def ranked_ids(self) -> list[str]:
+        """The subscribers it ranks, in the order of the rows of `block_factors`."""
+
+    def block_factors(self, rows: IntArray) -> npt.NDArray[np.float64]:
+        """Every ranked subscriber's `factors` for these listings (subscribers x rows)."""
+
+    def ranks(self, subscriber_id: str) -> bool:
+        """Whether it ranks this subscriber."""
+
+    def factors(self, subscriber_id: str, rows: Sequence[int]) -> list[float]:
+        """What the keyword scores of these listings are multiplied by."""
+
+    def relevance(self, subscriber_id: str, rows: Sequence[int] | None = None
+                  ) -> npt.NDArray[np.float64]:
+        """The relevance of these listings (all when None)."""
+
+    def reason(self, subscriber_id: str, row: int) -> str:
+        """Why a listing is like what the subscriber liked, for the email."""
 _Key = tuple[tuple[str, ...], str | None]
 # A topic as `Selection._match` walks it: the topic, its weight in thousandths, its keywords
 # with their columns, the columns of its required keywords, its followed authors' columns.
@@ -272,6 +302,22 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _micros(when: datetime) -> int:
     """Microseconds since the epoch, exact (a float timestamp is not, at this size)."""
     return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _blended(total: int, factor: float) -> int:
+    """A keyword total (thousandths) times a ranker's factor: rounded, a match stays at
+    least 1, and a total stays within int32 (2 million points; the product's dtype)."""
+    return 0 if total <= 0 else min(2**31 - 1, max(1, round(total * factor)))
+
+
+def _blend_block(totals: npt.NDArray[np.int32 | np.int64], sel: IntArray, ranker: Ranker,
+                 position: Mapping[str, int]) -> None:
+    """Blend, in place, the ranked subscribers' rows of a block's totals (subscribers x the
+    listings `sel`): the arithmetic of `_blended`, vectorised."""
+    subs = np.array([position[sid] for sid in ranker.ranked_ids()], dtype=np.int64)
+    raw = totals[subs].astype(np.float64)
+    blended = np.minimum(2**31 - 1, np.maximum(1, np.round(raw * ranker.block_factors(sel))))
+    totals[subs] = np.where(raw > 0, blended, 0).astype(totals.dtype)
 
 
 _NEVER = np.iinfo(np.int64).min
@@ -600,10 +646,12 @@ class Scan:
         return self._by_column
 
     def _block(
-        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
+        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64],
+        ranker: Ranker | None = None,
     ) -> tuple[IntArray, IntArray, IntArray]:
         """(subscriber, listing, score) of the matches among the listings `sel` that may beat
-        the subscriber's k-th best so far, with every topic rule and exclude applied."""
+        the subscriber's k-th best so far, with every topic rule and exclude applied, and the
+        scores of the subscribers `ranker` ranks blended."""
         index = self.index
         # Dense (subscribers x listings of the block) totals: at the match density of real
         # profiles this beats a sparse result, and the block size bounds its memory.
@@ -612,6 +660,8 @@ class Scan:
         if index._ruled.size:
             ruled = self._ruled_totals(sel).tocoo()
             totals[ruled.col, ruled.row] += ruled.data.astype(totals.dtype)
+        if ranker is not None and ranker.ranked_ids():
+            _blend_block(totals, sel, ranker, index.position)
         # The one pass over every (listing, subscriber) pair: most score below the k-th best
         # so far; ties on the score are settled on the survivors by the listing's rank.
         n_docs = len(self.listings)
@@ -666,10 +716,12 @@ class Scan:
         sent: Iterable[tuple[str, str]] = (),
         block: int = 200,
         cells: int = 20_000_000,
+        ranker: Ranker | None = None,
     ) -> Selection:
         """Every subscriber's top `max_items` among their candidates: the listings first seen
         at or after `since[id]` (all when absent) and not in a (subscriber id, listing id)
-        pair of `sent` (streamed: only integer keys are kept)."""
+        pair of `sent` (streamed: only integer keys are kept). For the subscribers `ranker`
+        ranks, scores are blended: keyword score x the ranker's factor."""
         index = self.index
         n_subs = len(index.subscribers)
         since_arr = np.full(n_subs, _NEVER, dtype=np.int64)
@@ -701,7 +753,7 @@ class Scan:
         visit = np.argsort(-weight, kind="stable").astype(np.int64)
         while a < n_docs:
             b = min(a + size, n_docs)
-            s, r, v = self._block(visit[a:b], kth, kth_score)
+            s, r, v = self._block(visit[a:b], kth, kth_score, ranker)
             if filtering:
                 ok = self._candidates(s, r, since_arr, sent_keys)
                 s, r, v = s[ok], r[ok], v[ok]
@@ -717,7 +769,7 @@ class Scan:
             a, size = b, min(block, 2 * size)
         scores = best_keys // n_docs if n_docs else best_keys
         best = (best_cols, best_rows, scores)
-        return Selection(self, *best, since_arr, sent_keys)
+        return Selection(self, *best, since_arr, sent_keys, ranker)
 
     def digest(
         self,
@@ -739,9 +791,10 @@ class Selection:
 
     def __init__(
         self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray,
-        since: IntArray, sent_keys: IntArray,
+        since: IntArray, sent_keys: IntArray, ranker: Ranker | None = None,
     ) -> None:
         self.scan = scan
+        self.ranker = ranker
         self._subs, self._rows, self._scores = subs, rows, scores
         self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
         self._since = since
@@ -770,6 +823,8 @@ class Selection:
         up, among the listings their own keywords and authors hit. A cap below `max_items`
         can let in items from far down the ranking: then every match is placed.
         """
+        if self.ranker is not None and self.ranker.ranks(subscriber.id):
+            return self._pick_ranked(subscriber, profile, plan, self.ranker)
         index, scan = self.scan.index, self.scan
         s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
@@ -801,6 +856,74 @@ class Selection:
                                             subscriber.max_items, caps)]
         return [(row, placed[row][0], top[row][1] if row in top
                  else self._match(plan, row, placed[row][0])) for row in chosen]
+
+    def _pick_ranked(
+        self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan], ranker: Ranker
+    ) -> list[tuple[int, int, Match]]:
+        """`_pick` for a subscriber the ranker ranks, on blended scores: the top (blended
+        in `select`), the best match of every section missing from it (and, with a cap,
+        every match), blended here the same way; then the rule of `match.choose`. Match
+        scores are the blended scores."""
+        s = self.scan.index.position[subscriber.id]
+        a, b = self._starts[s], self._starts[s + 1]
+        rows = self._rows[a:b].tolist()
+        blended = dict(zip(rows, self._scores[a:b].tolist(), strict=True))
+        placed = dict(zip(rows, self._place(plan, rows), strict=True))
+        names = {t.name for t in profile.topics}
+        caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
+        wanted = names if caps else names - {name for name, _t in placed.values()}
+        if wanted:
+            more = self._hit_by(s, profile, plan, wanted, set(rows))
+            found = {row: (name, total) for row, (name, total)
+                     in zip(more, self._place(plan, more), strict=True) if name in wanted}
+            placed.update(found)
+            blended.update(self._blend(subscriber.id, {r: t for r, (_n, t) in found.items()},
+                                       ranker))
+        ranked = sorted(blended, key=lambda r: (-blended[r], self.scan.rank[r]))
+        chosen = [ranked[i] for i in choose([placed[r][0] for r in ranked],
+                                            subscriber.max_items, caps)]
+        return [(row, blended[row], replace(self._match(plan, row, placed[row][1]),
+                                            score=blended[row] / UNITS)) for row in chosen]
+
+    def _blend(self, subscriber_id: str, totals: dict[int, int], ranker: Ranker
+               ) -> dict[int, int]:
+        """Keyword totals (thousandths) times the ranker's factors, rounded to thousandths."""
+        rows = list(totals)
+        factors = ranker.factors(subscriber_id, rows) if rows else []
+        return {row: _blended(totals[row], f) for row, f in zip(rows, factors, strict=True)}
+
+    def _similar(
+        self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan],
+        taken: set[int], ranker: Ranker,
+    ) -> Section | None:
+        """The SIMILAR section: the candidates most like what the subscriber liked (at least
+        `section_min`) that no topic keyword or followed author caught, none excluded."""
+        if ranker.section <= 0:
+            return None
+        scan, index = self.scan, self.scan.index
+        s = index.position[subscriber.id]
+        relevance = ranker.relevance(subscriber.id)
+        above = np.flatnonzero(relevance >= max(ranker.section_min, 1e-9))
+        order = sorted(above.tolist(), key=lambda r: (-relevance[r], scan.rank[r]))
+        caught = {pid for _t, _u, keywords, _r, authors in plan
+                  for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
+        caught |= {index.pattern_id(p) for p in profile.exclude}
+        sent = self._sent_rows(s)
+        picked: list[Match] = []
+        for row in order:
+            if len(picked) == ranker.section:
+                break
+            if (row in taken or row in sent or scan.first_seen[row] < self._since[s]
+                    or not caught.isdisjoint(scan.row_hits(row))):
+                continue
+            picked.append(Match(scan.listings[row], SIMILAR, 0.0, (),
+                                reason=ranker.reason(subscriber.id, row)))
+        return Section(SIMILAR, tuple(picked), similar=True) if picked else None
+
+    def _sent_rows(self, s: int) -> set[int]:
+        n_docs = len(self.scan.listings)
+        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
+        return set((self._sent_keys[lo:hi] - s * n_docs).tolist())
 
     def _hit_by(
         self, s: int, profile: Profile, plan: list[_TopicPlan], names: set[str],
@@ -854,15 +977,24 @@ class Selection:
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
-        picked = self._pick(subscriber, profile, self._plan(profile))
+        plan = self._plan(profile)
+        picked = self._pick(subscriber, profile, plan)
         sections = group([m for _row, _score, m in picked])
+        taken = {row for row, _s, _m in picked}
+        ranker = self.ranker if self.ranker is not None and self.ranker.ranks(
+            subscriber.id) else None
+        if ranker is not None:
+            similar = self._similar(subscriber, profile, plan, taken, ranker)
+            if similar is not None:
+                sections += (similar,)
+                taken |= {self.scan.row_of[m.listing.id] for m in similar.matches}
         if profile.trending > 0:
-            trending = self._trending(subscriber, profile, {row for row, _s, _m in picked})
+            trending = self._trending(subscriber, profile, taken)
             if trending is not None:
                 sections += (trending,)
         if not sections:
             return None
-        return Digest(subscriber, local_date, sections, now)
+        return Digest(subscriber, local_date, sections, now, learned=ranker is not None)
 
     def _trending(
         self, subscriber: Subscriber, profile: Profile, taken: set[int]
@@ -904,8 +1036,13 @@ class Selection:
         rows = self._hit_by(s, profile, plan, names, set())
         placed = [(row, total) for row, (name, total)
                   in zip(rows, self._place(plan, rows), strict=True) if name is not None]
-        placed.sort(key=lambda p: (-p[1], self.scan.rank[p[0]]))
-        return [self._match(plan, row, total) for row, total in placed]
+        if self.ranker is None or not self.ranker.ranks(subscriber.id):
+            placed.sort(key=lambda p: (-p[1], self.scan.rank[p[0]]))
+            return [self._match(plan, row, total) for row, total in placed]
+        blended = self._blend(subscriber.id, dict(placed), self.ranker)
+        placed.sort(key=lambda p: (-blended[p[0]], self.scan.rank[p[0]]))
+        return [replace(self._match(plan, row, total), score=blended[row] / UNITS)
+                for row, total in placed]
 
 
 def build_digest(
