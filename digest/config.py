@@ -483,7 +483,7 @@ class RankingConfig(_Strict):
 
     enabled: bool = Field(True, description="Use feedback and `like` at all.")
     weight: float = Field(
-        2.0, ge=0, le=20,
+        4.0, ge=0, le=20,
         description="A keyword match's score is multiplied by exp(weight x relevance).")
     half_life_days: float = Field(
         30.0, gt=0, le=3650, description="Feedback this many days old counts half.")
@@ -496,7 +496,8 @@ class RankingConfig(_Strict):
         3, ge=0, le=20,
         description="Items in the 'More like what you liked' section (0: no section).")
     similar_min: float = Field(
-        0.2, ge=0, le=1, description="Least relevance for the 'More like what you liked' section.")
+        0.05, ge=0, le=1,
+        description="Least relevance for the 'More like what you liked' section.")
     vocabulary_days: int = Field(
         7, ge=1, le=365,
         description="Word weights (idf) come from the listings first seen this many days back.")
