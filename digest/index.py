@@ -868,9 +868,12 @@ class Selection:
         a, b = self._starts[s], self._starts[s + 1]
         rows = self._rows[a:b].tolist()
         blended = dict(zip(rows, self._scores[a:b].tolist(), strict=True))
-        placed = dict(zip(rows, self._place(plan, rows), strict=True))
         names = {t.name for t in profile.topics}
         caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
+        if len(names) == 1 and not caps:  # one section: the top as `select` ranked it
+            return [(row, blended[row], self._blended_match(plan, row, blended[row]))
+                    for row in rows]
+        placed = dict(zip(rows, self._place(plan, rows), strict=True))
         wanted = names if caps else names - {name for name, _t in placed.values()}
         if wanted:
             more = self._hit_by(s, profile, plan, wanted, set(rows))
@@ -882,8 +885,14 @@ class Selection:
         ranked = sorted(blended, key=lambda r: (-blended[r], self.scan.rank[r]))
         chosen = [ranked[i] for i in choose([placed[r][0] for r in ranked],
                                             subscriber.max_items, caps)]
-        return [(row, blended[row], replace(self._match(plan, row, placed[row][1]),
-                                            score=blended[row] / UNITS)) for row in chosen]
+        return [(row, blended[row], self._blended_match(plan, row, blended[row]))
+                for row in chosen]
+
+    def _blended_match(self, plan: list[_TopicPlan], row: int, blended: int) -> Match:
+        """The Match of a listing selected on its blended score, which it carries."""
+        match = self.scan.verdict(plan, row).match
+        assert match is not None
+        return replace(match, score=blended / UNITS)
 
     def _blend(self, subscriber_id: str, totals: dict[int, int], ranker: Ranker
                ) -> dict[int, int]:
@@ -904,7 +913,7 @@ class Selection:
         s = index.position[subscriber.id]
         relevance = ranker.relevance(subscriber.id)
         above = np.flatnonzero(relevance >= max(ranker.section_min, 1e-9))
-        order = sorted(above.tolist(), key=lambda r: (-relevance[r], scan.rank[r]))
+        order = above[np.lexsort((scan.rank[above], -relevance[above]))].tolist()
         caught = {pid for _t, _u, keywords, _r, authors in plan
                   for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
         caught |= {index.pattern_id(p) for p in profile.exclude}

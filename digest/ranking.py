@@ -104,7 +104,11 @@ class Relevance:
         self.config = config
         self.section = config.similar_items
         self.section_min = config.similar_min
-        self._k = similarity.astype(np.float64).tocsc()  # references x listings, cosine
+        # References x listings, cosine: by row for a subscriber's relevance to every
+        # listing, by column for some listings (a block, a digest's items).
+        self._rows = similarity.astype(np.float64).tocsr()
+        self._rows.sort_indices()  # `why` looks a listing up in a row by binary search
+        self._columns = self._rows.tocsc()
         self._w = weights.astype(np.float64).tocsr()  # ranked subscribers x references
         self._position = position
         self._references = references  # (title, named in `like`)
@@ -120,16 +124,31 @@ class Relevance:
 
     def _relevance(self, subs: slice | list[int], rows: Sequence[int] | IntArray | None
                    ) -> npt.NDArray[np.float64]:
-        k = self._k if rows is None else self._k[:, np.asarray(rows, dtype=np.int64)]
+        k = self._rows if rows is None else self._columns[:, np.asarray(rows, dtype=np.int64)]
         product: npt.NDArray[np.float64] = np.clip((self._w[subs] @ k).toarray(), -1.0, 1.0)
         return product
 
     def relevance(self, subscriber_id: str, rows: Sequence[int] | None = None
                   ) -> npt.NDArray[np.float64]:
         """The relevance of the listings at `rows` (all when None) for this subscriber."""
+        if rows is not None:
+            p = self._position[subscriber_id]
+            result: npt.NDArray[np.float64] = self._relevance([p], rows)[0]
+            return result
+        # Every listing: the subscriber's reference rows added up, in the order of their
+        # references as the sparse product adds them (the same sums, to the last bit).
+        k = self._rows
+        total = np.zeros(k.shape[1], dtype=np.float64)
+        for ref, w in zip(*self._references_of(subscriber_id), strict=True):
+            a, b = k.indptr[ref], k.indptr[ref + 1]
+            total[k.indices[a:b]] += w * k.data[a:b]
+        clipped: npt.NDArray[np.float64] = np.clip(total, -1.0, 1.0)
+        return clipped
+
+    def _references_of(self, subscriber_id: str) -> tuple[list[int], list[float]]:
         p = self._position[subscriber_id]
-        result: npt.NDArray[np.float64] = self._relevance([p], rows)[0]
-        return result
+        a, b = self._w.indptr[p], self._w.indptr[p + 1]
+        return self._w.indices[a:b].tolist(), self._w.data[a:b].tolist()
 
     def factors(self, subscriber_id: str, rows: Sequence[int]) -> list[float]:
         """What the keyword scores of the listings at `rows` are multiplied by."""
@@ -154,16 +173,21 @@ class Relevance:
     def why(self, subscriber_id: str, row: int) -> Why | None:
         """The reference that weighs most in a listing's relevance (on the side of its sign),
         or None when nothing the subscriber rated or named is similar."""
-        p = self._position[subscriber_id]
-        a, b = self._w.indptr[p], self._w.indptr[p + 1]
-        refs, w = self._w.indices[a:b], self._w.data[a:b]
-        sims = self._k[refs][:, [row]].toarray()[:, 0]
+        refs, weights = self._references_of(subscriber_id)
+        k = self._rows
+        sims = np.zeros(len(refs), dtype=np.float64)
+        for i, ref in enumerate(refs):
+            a, b = k.indptr[ref], k.indptr[ref + 1]
+            at = a + int(np.searchsorted(k.indices[a:b], row))
+            if at < b and k.indices[at] == row:
+                sims[i] = k.data[at]
+        w = np.array(weights, dtype=np.float64)
         parts = w * sims
         total = parts.sum()
         if not parts.any():
             return None
         at = int(np.argmax(parts) if total >= 0 else np.argmin(parts))
-        title, named = self._references[int(refs[at])]
+        title, named = self._references[refs[at]]
         return Why(title, float(sims[at]), bool(w[at] > 0), named)
 
 
