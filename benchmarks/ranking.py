@@ -196,8 +196,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="[ranking] weight values to blend with, comma-separated (the"
                              " first, the default, is the one compared)")
     parser.add_argument("--similar-min", type=float, default=RankingConfig().similar_min)
+    parser.add_argument("--min-similarity", type=float,
+                        default=RankingConfig().min_similarity)
     args = parser.parse_args(argv)
-    configs = [RankingConfig(weight=float(w), similar_min=args.similar_min)
+    configs = [RankingConfig(weight=float(w), similar_min=args.similar_min,
+                             min_similarity=args.min_similarity)
                for w in args.weights.split(",")]
     config = configs[0]
     corpus = papers()

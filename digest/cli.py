@@ -24,6 +24,7 @@ from rich.table import Table
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError
+from .ranking import check_likes
 from .send import deliverability_warnings
 from .sources import where
 from .subscribers import load as load_subscribers
@@ -180,7 +181,10 @@ def validate(config_path: Path) -> None:
     settings = _settings(config_path)
     problems = 0
     count = 0
-    for entry in load_subscribers(settings.subscribers.dir, settings.defaults):
+    entries = list(load_subscribers(settings.subscribers.dir, settings.defaults))
+    if settings.store.path.exists():  # the papers `like` names by arXiv id must be stored
+        entries = check_likes(_open_store(settings), entries)
+    for entry in entries:
         if isinstance(entry, ConfigError):
             problems += 1
             err.print(f"[red]invalid:[/] {entry.message}", highlight=False)

@@ -491,7 +491,7 @@ class RankingConfig(_Strict):
         1.0, ge=0, le=10,
         description="How much a disliked paper counts against similar ones, against a liked one.")
     min_similarity: float = Field(
-        0.1, ge=0, lt=1, description="Cosine similarities below this count as 0.")
+        0.07, ge=0, lt=1, description="Cosine similarities below this count as 0.")
     similar_items: int = Field(
         3, ge=0, le=20,
         description="Items in the 'More like what you liked' section (0: no section).")

@@ -49,7 +49,8 @@ from .errors import ConfigError
 from .index import SIMILAR
 from .models import Listing, Subscriber
 
-__all__ = ["SIMILAR", "Relevance", "Why", "build_relevance", "factor", "resolve_likes"]
+__all__ = ["SIMILAR", "Relevance", "Why", "build_relevance", "check_likes", "factor",
+           "resolve_likes"]
 MAX_HALF_LIVES = 10  # older feedback weighs under 0.5 ** 10 < 1/1000: not read
 FEATURES = 2**20
 TITLE_SHOWN = 100  # characters of a reference's title quoted in a reason
@@ -218,6 +219,21 @@ def resolve_likes(db: Database, subscriber: Subscriber) -> list[Listing | str]:
             continue
         titled = store.listings_titled(db, text)
         out.append(titled[0] if titled else text)
+    return out
+
+
+def check_likes(db: Database, entries: Iterable[Subscriber | ConfigError]
+                ) -> list[Subscriber | ConfigError]:
+    """`entries` with each subscriber whose `like` names an arXiv id the store does not hold
+    replaced by that ConfigError (what `digest validate` reports)."""
+    out: list[Subscriber | ConfigError] = []
+    for entry in entries:
+        if isinstance(entry, Subscriber) and entry.like:
+            try:
+                resolve_likes(db, entry)
+            except ConfigError as exc:
+                entry = exc
+        out.append(entry)
     return out
 
 
