@@ -30,6 +30,8 @@ per-listing matcher kept in `tests/oracle_match.py`.
 
 from __future__ import annotations
 
+import functools
+import math
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -73,23 +75,23 @@ class Ranker(Protocol):
     subscribers it ranks, how it blends their keyword scores, and what it finds similar.
     Listings are given by their rows in the scan."""
 
+    weight: float  # the blend: keyword score x exp(weight x relevance); see `blend`
     section: int  # items in the SIMILAR section, at most
     section_min: float  # least relevance for that section
 
     def ranked_ids(self) -> list[str]:
-        """The subscribers it ranks, in the order of the rows of `block_factors`."""
+        """The subscribers it ranks, in the order of the rows of `block_relevance`."""
 
-    def block_factors(self, rows: IntArray) -> npt.NDArray[np.float64]:
-        """Every ranked subscriber's `factors` for these listings (subscribers x rows)."""
+    def block_relevance(self, rows: IntArray, subscriber_id: str | None = None
+                        ) -> npt.NDArray[np.float32]:
+        """The relevance of these listings for every ranked subscriber (subscribers x rows),
+        or for one; each value the same whichever is asked."""
 
     def ranks(self, subscriber_id: str) -> bool:
         """Whether it ranks this subscriber."""
 
-    def factors(self, subscriber_id: str, rows: Sequence[int]) -> list[float]:
-        """What the keyword scores of these listings are multiplied by."""
-
     def relevance(self, subscriber_id: str, rows: Sequence[int] | None = None
-                  ) -> npt.NDArray[np.float64]:
+                  ) -> npt.NDArray[np.float32]:
         """The relevance of these listings (all when None)."""
 
     def reason(self, subscriber_id: str, row: int) -> str:
@@ -304,20 +306,36 @@ def _micros(when: datetime) -> int:
     return (when - _EPOCH) // timedelta(microseconds=1)
 
 
-def _blended(total: int, factor: float) -> int:
-    """A keyword total (thousandths) times a ranker's factor: rounded, a match stays at
-    least 1, and a total stays within int32 (2 million points; the product's dtype)."""
-    return 0 if total <= 0 else min(2**31 - 1, max(1, round(total * factor)))
+RELEVANCE_STEPS = 1000  # the blend reads relevance in steps of 1/1000
+
+
+@functools.lru_cache(maxsize=8)
+def blend_factors(weight: float) -> npt.NDArray[np.float64]:
+    """exp(weight x k / RELEVANCE_STEPS) for k from -RELEVANCE_STEPS to RELEVANCE_STEPS: the
+    blend's factors, made once by `math.exp` so that no vectorised exp (whose last bit may
+    depend on the array's length) ever decides a score."""
+    return np.array([math.exp(weight * k / RELEVANCE_STEPS)
+                     for k in range(-RELEVANCE_STEPS, RELEVANCE_STEPS + 1)])
+
+
+def blend(totals: npt.NDArray[np.int32 | np.int64], relevance: npt.NDArray[np.float32],
+          weight: float) -> npt.NDArray[np.int64]:
+    """Blended scores: each keyword total (thousandths) times exp(weight x relevance), the
+    relevance (in [-1, 1]) read to 1/1000, rounded to thousandths; a match stays at least
+    1, a total within int32 (2 million points, the product's dtype), no match stays 0."""
+    steps = np.rint(relevance.astype(np.float64) * RELEVANCE_STEPS).astype(np.int64)
+    factors = blend_factors(weight)[steps + RELEVANCE_STEPS]
+    blended = np.clip(np.rint(totals * factors), 1, 2**31 - 1).astype(np.int64)
+    result: npt.NDArray[np.int64] = np.where(totals > 0, blended, 0)
+    return result
 
 
 def _blend_block(totals: npt.NDArray[np.int32 | np.int64], sel: IntArray, ranker: Ranker,
                  position: Mapping[str, int]) -> None:
     """Blend, in place, the ranked subscribers' rows of a block's totals (subscribers x the
-    listings `sel`): the arithmetic of `_blended`, vectorised."""
+    listings `sel`)."""
     subs = np.array([position[sid] for sid in ranker.ranked_ids()], dtype=np.int64)
-    raw = totals[subs].astype(np.float64)
-    blended = np.minimum(2**31 - 1, np.maximum(1, np.round(raw * ranker.block_factors(sel))))
-    totals[subs] = np.where(raw > 0, blended, 0).astype(totals.dtype)
+    totals[subs] = blend(totals[subs], ranker.block_relevance(sel), ranker.weight)
 
 
 _NEVER = np.iinfo(np.int64).min
@@ -822,9 +840,13 @@ class Selection:
         whenever that section has an item there, so only the sections without one are looked
         up, among the listings their own keywords and authors hit. A cap below `max_items`
         can let in items from far down the ranking: then every match is placed.
+
+        For a subscriber the ranker ranks, every score is blended (`select` blended the
+        top; the listings looked up here are blended the same way) and Matches carry it.
         """
-        if self.ranker is not None and self.ranker.ranks(subscriber.id):
-            return self._pick_ranked(subscriber, profile, plan, self.ranker)
+        ranker = self.ranker if self.ranker is not None and self.ranker.ranks(
+            subscriber.id) else None
+        make = self._match if ranker is None else self._blended_match
         index, scan = self.scan.index, self.scan
         s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
@@ -832,7 +854,7 @@ class Selection:
         caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
         if len(names) == 1:  # one section: its top, up to its cap
             b = min(b, a + caps.get(names[0], b - a))
-        top = {row: (score, self._match(plan, row, score)) for row, score in
+        top = {row: (score, make(plan, row, score)) for row, score in
                zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True)}
         if len(names) <= 1:
             return [(row, score, m) for row, (score, m) in top.items()]
@@ -841,7 +863,8 @@ class Selection:
         if wanted:
             rows = self._hit_by(s, profile, plan, wanted, set(top))
             leaders: dict[str, tuple[int, int]] = {}  # section -> (score, row) of its best
-            for row, (name, total) in zip(rows, self._place(plan, rows), strict=True):
+            for row, (name, total) in zip(rows, self._place(plan, rows, ranker, subscriber.id),
+                                          strict=True):
                 if name is None or name not in wanted:
                     continue
                 if caps:
@@ -855,38 +878,7 @@ class Selection:
         chosen = [ranked[i] for i in choose([placed[r][1] for r in ranked],
                                             subscriber.max_items, caps)]
         return [(row, placed[row][0], top[row][1] if row in top
-                 else self._match(plan, row, placed[row][0])) for row in chosen]
-
-    def _pick_ranked(
-        self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan], ranker: Ranker
-    ) -> list[tuple[int, int, Match]]:
-        """`_pick` for a subscriber the ranker ranks, on blended scores: the top (blended
-        in `select`), the best match of every section missing from it (and, with a cap,
-        every match), blended here the same way; then the rule of `match.choose`. Match
-        scores are the blended scores."""
-        s = self.scan.index.position[subscriber.id]
-        a, b = self._starts[s], self._starts[s + 1]
-        rows = self._rows[a:b].tolist()
-        blended = dict(zip(rows, self._scores[a:b].tolist(), strict=True))
-        names = {t.name for t in profile.topics}
-        caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
-        if len(names) == 1 and not caps:  # one section: the top as `select` ranked it
-            return [(row, blended[row], self._blended_match(plan, row, blended[row]))
-                    for row in rows]
-        placed = dict(zip(rows, self._place(plan, rows), strict=True))
-        wanted = names if caps else names - {name for name, _t in placed.values()}
-        if wanted:
-            more = self._hit_by(s, profile, plan, wanted, set(rows))
-            found = {row: (name, total) for row, (name, total)
-                     in zip(more, self._place(plan, more), strict=True) if name in wanted}
-            placed.update(found)
-            blended.update(self._blend(subscriber.id, {r: t for r, (_n, t) in found.items()},
-                                       ranker))
-        ranked = sorted(blended, key=lambda r: (-blended[r], self.scan.rank[r]))
-        chosen = [ranked[i] for i in choose([placed[r][0] for r in ranked],
-                                            subscriber.max_items, caps)]
-        return [(row, blended[row], self._blended_match(plan, row, blended[row]))
-                for row in chosen]
+                 else make(plan, row, placed[row][0])) for row in chosen]
 
     def _blended_match(self, plan: list[_TopicPlan], row: int, blended: int) -> Match:
         """The Match of a listing selected on its blended score, which it carries."""
@@ -898,8 +890,12 @@ class Selection:
                ) -> dict[int, int]:
         """Keyword totals (thousandths) times the ranker's factors, rounded to thousandths."""
         rows = list(totals)
-        factors = ranker.factors(subscriber_id, rows) if rows else []
-        return {row: _blended(totals[row], f) for row, f in zip(rows, factors, strict=True)}
+        if not rows:
+            return {}
+        relevance = ranker.block_relevance(np.array(rows, dtype=np.int64), subscriber_id)[0]
+        blended = blend(np.array([totals[r] for r in rows], dtype=np.int64), relevance,
+                        ranker.weight)
+        return dict(zip(rows, blended.tolist(), strict=True))
 
     def _similar(
         self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan],
@@ -954,9 +950,22 @@ class Selection:
         return [r for r in sorted(rows - skip - sent) if scan.first_seen[r] >= since
                 and not any(pid in scan.row_hits(r) for pid in exclude)]
 
-    def _place(self, plan: list[_TopicPlan], rows: list[int]) -> list[tuple[str | None, int]]:
+    def _place(self, plan: list[_TopicPlan], rows: list[int], ranker: Ranker | None = None,
+               subscriber_id: str = "") -> list[tuple[str | None, int]]:
         """For each listing (row): the section it goes under (None when no topic lets it in)
-        and its score in thousandths. `_match`'s arithmetic, as one product for all rows."""
+        and its score in thousandths. `_match`'s arithmetic, as one product for all rows;
+        with a `ranker`, the score blended for `subscriber_id` (the section stays the one
+        the keywords chose)."""
+        placed = self._place_keywords(plan, rows)
+        if ranker is None:
+            return placed
+        blended = self._blend(subscriber_id, {r: t for r, (n, t) in zip(rows, placed,
+                                                                         strict=True) if n},
+                              ranker)
+        return [(n, blended.get(r, 0)) for r, (n, _t) in zip(rows, placed, strict=True)]
+
+    def _place_keywords(self, plan: list[_TopicPlan], rows: list[int]
+                        ) -> list[tuple[str | None, int]]:
         scan = self.scan
         if not rows:
             return []
@@ -1043,15 +1052,14 @@ class Selection:
         s = self.scan.index.position[subscriber.id]
         names = {t.name for t in profile.topics}
         rows = self._hit_by(s, profile, plan, names, set())
+        ranker = self.ranker if self.ranker is not None and self.ranker.ranks(
+            subscriber.id) else None
+        make = self._match if ranker is None else self._blended_match
         placed = [(row, total) for row, (name, total)
-                  in zip(rows, self._place(plan, rows), strict=True) if name is not None]
-        if self.ranker is None or not self.ranker.ranks(subscriber.id):
-            placed.sort(key=lambda p: (-p[1], self.scan.rank[p[0]]))
-            return [self._match(plan, row, total) for row, total in placed]
-        blended = self._blend(subscriber.id, dict(placed), self.ranker)
-        placed.sort(key=lambda p: (-blended[p[0]], self.scan.rank[p[0]]))
-        return [replace(self._match(plan, row, total), score=blended[row] / UNITS)
-                for row, total in placed]
+                  in zip(rows, self._place(plan, rows, ranker, subscriber.id), strict=True)
+                  if name is not None]
+        placed.sort(key=lambda p: (-p[1], self.scan.rank[p[0]]))
+        return [make(plan, row, total) for row, total in placed]
 
 
 def build_digest(
