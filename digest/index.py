@@ -335,7 +335,10 @@ def _blend_block(totals: npt.NDArray[np.int32 | np.int64], sel: IntArray, ranker
     """Blend, in place, the ranked subscribers' rows of a block's totals (subscribers x the
     listings `sel`)."""
     subs = np.array([position[sid] for sid in ranker.ranked_ids()], dtype=np.int64)
-    totals[subs] = blend(totals[subs], ranker.block_relevance(sel), ranker.weight)
+    ranked = totals[subs]
+    at = np.nonzero(ranked)  # only matches have a score to blend
+    ranked[at] = blend(ranked[at], ranker.block_relevance(sel)[at], ranker.weight)
+    totals[subs] = ranked
 
 
 _NEVER = np.iinfo(np.int64).min

@@ -277,9 +277,12 @@ def build_relevance(
     t1 = time.perf_counter()
     titles = [t for t, _named in refs.titles]
     texts = _reference_texts(db, listings, refs, titles)
-    tfidf = _Tfidf(vocabulary)
-    similarity = (tfidf.vectors(texts) @ tfidf.vectors(
-        [_text(li) for li in listings]).T).tocsr().astype(np.float32)
+    # The run's listings are hashed once, for the idf as for the similarities.
+    counts = _hasher.transform([_text(li) for li in listings]).tocsr()
+    seen = {li.id: i for i, li in enumerate(listings)}
+    tfidf = _Tfidf(counts[[seen[li.id] for li in vocabulary if li.id in seen]],
+                   [li for li in vocabulary if li.id not in seen])
+    similarity = (tfidf.vectors(texts) @ tfidf.weigh(counts).T).tocsr().astype(np.float32)
     similarity.data[similarity.data < config.min_similarity] = 0
     similarity.eliminate_zeros()
     log.info("ranking: %d subscribers ranked, %d entries read in %.2f s; %d references x %d"
@@ -307,7 +310,9 @@ def _gather_feedback(db: Database, known: dict[str, Subscriber], now: datetime,
         rows = [r for r in rows if r[0] in known]
         if not rows:
             return
-    sids, lids, more, ages = zip(*rows, strict=True)
+    # One list per column (zip(*rows) spends longer passing a million arguments).
+    sids, lids = [r[0] for r in rows], [r[1] for r in rows]
+    more, ages = [r[2] for r in rows], [r[3] for r in rows]
     del rows
     for sid in dict.fromkeys(sids):
         position.setdefault(sid, len(position))
@@ -372,10 +377,12 @@ def _text(listing: Listing) -> str:
 
 
 class _Tfidf:
-    """Sublinear tf-idf over hashed terms, idf from a vocabulary of listings."""
+    """Sublinear tf-idf over hashed terms, idf from a vocabulary of listings (given as their
+    hashed counts, and as listings to hash)."""
 
-    def __init__(self, vocabulary: Sequence[Listing]) -> None:
-        counts = _hasher.transform([_text(li) for li in vocabulary]).tocsr()
+    def __init__(self, counted: sparse.csr_matrix, more: Sequence[Listing] = ()) -> None:
+        counts = sparse.vstack([counted, _hasher.transform([_text(li) for li in more])]
+                               ).tocsr() if more else counted.copy()
         counts.sum_duplicates()
         df = np.bincount(counts.indices, minlength=FEATURES).astype(np.float64)
         n = counts.shape[0]
@@ -384,7 +391,11 @@ class _Tfidf:
 
     def vectors(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """L2-normalised tf-idf rows of `texts`."""
-        counts = _hasher.transform(texts).tocsr()
+        return self.weigh(_hasher.transform(texts).tocsr())
+
+    def weigh(self, counts: sparse.csr_matrix) -> sparse.csr_matrix:
+        """L2-normalised tf-idf rows of hashed term counts."""
+        counts = counts.copy()
         counts.data = 1 + np.log(counts.data)
         counts.data *= self.idf[counts.indices]
         result: sparse.csr_matrix = normalize(counts, copy=False)
