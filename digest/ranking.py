@@ -132,32 +132,28 @@ class Relevance:
     def block_relevance(self, rows: IntArray, subscriber_id: str | None = None
                         ) -> npt.NDArray[np.float32]:
         """The relevance of the listings at `rows` for every ranked subscriber (in
-        `ranked_ids` order), or for `subscriber_id` alone: one row of the same product, so
-        each value is the same to the last bit whichever is asked (the blend needs that)."""
-        weights = self._w
-        if subscriber_id is not None:
-            p = self._position[subscriber_id]
-            weights = weights[p:p + 1]
-        dense = self._columns[:, rows].toarray()  # references x rows
+        `ranked_ids` order), or for `subscriber_id` alone. Both are the same sparse-by-dense
+        product (each value is weight x similarity added up in the order of the
+        references), so a value is the same to the last bit whichever is asked: the blend
+        needs that. For one subscriber only their references' rows are made dense."""
+        if subscriber_id is None:
+            weights, dense = self._w, self._columns[:, rows].toarray()
+        else:
+            refs, w = self._references_of(subscriber_id)
+            weights = sparse.csr_matrix(
+                (np.array(w, dtype=np.float32), np.arange(len(refs)), [0, len(refs)]),
+                shape=(1, len(refs)))
+            dense = self._rows[refs].toarray()[:, rows]
         product: npt.NDArray[np.float32] = np.clip(weights @ dense, -1.0, 1.0)
         return product
 
     def relevance(self, subscriber_id: str, rows: Sequence[int] | None = None
                   ) -> npt.NDArray[np.float32]:
         """The relevance of the listings at `rows` (all when None) for this subscriber."""
-        if rows is not None:
-            result: npt.NDArray[np.float32] = self.block_relevance(
-                np.asarray(rows, dtype=np.int64), subscriber_id)[0]
-            return result
-        # Every listing (for the SIMILAR section): the subscriber's reference rows added up,
-        # without making a dense references x listings block.
-        k = self._rows
-        total = np.zeros(k.shape[1], dtype=np.float32)
-        for ref, w in zip(*self._references_of(subscriber_id), strict=True):
-            a, b = k.indptr[ref], k.indptr[ref + 1]
-            total[k.indices[a:b]] += np.float32(w) * k.data[a:b]
-        clipped: npt.NDArray[np.float32] = np.clip(total, -1.0, 1.0)
-        return clipped
+        at = (np.arange(self._rows.shape[1]) if rows is None
+              else np.asarray(rows, dtype=np.int64))
+        result: npt.NDArray[np.float32] = self.block_relevance(at, subscriber_id)[0]
+        return result
 
     def _references_of(self, subscriber_id: str) -> tuple[list[int], list[float]]:
         p = self._position[subscriber_id]
@@ -299,21 +295,21 @@ def build_relevance(
 
 def _gather_feedback(db: Database, known: dict[str, Subscriber], now: datetime,
                      config: RankingConfig, position: dict[str, int], refs: _Refs) -> None:
-    """Every verdict of these subscribers within MAX_HALF_LIVES, weighted by its age. Made
-    column by column (millions of rows at 100,000 readers: no Python work per row but
-    C-level maps)."""
+    """Every verdict of these subscribers within MAX_HALF_LIVES, weighted by its age."""
     since = now - timedelta(days=config.half_life_days * MAX_HALF_LIVES)
-    rows = store.feedback_ages(db, since, now, list(known) if len(known) <= 500 else None)
-    if not rows:
-        return
-    if any(sid not in known for sid in dict.fromkeys(r[0] for r in rows)):  # files gone
-        rows = [r for r in rows if r[0] in known]
-        if not rows:
-            return
-    # One list per column (zip(*rows) spends longer passing a million arguments).
+    for rows in store.feedback_ages(db, since, now,
+                                    list(known) if len(known) <= 500 else None):
+        if any(sid not in known for sid in dict.fromkeys(r[0] for r in rows)):  # files gone
+            rows = [r for r in rows if r[0] in known]
+        if rows:
+            _add_feedback(rows, config, position, refs)
+
+
+def _add_feedback(rows: list[tuple[str, str, int, float]], config: RankingConfig,
+                  position: dict[str, int], refs: _Refs) -> None:
+    """Add a chunk of verdicts, column by column: no Python work per row but C-level maps
+    (a list per column: zip(*rows) spends longer passing a hundred thousand arguments)."""
     sids, lids = [r[0] for r in rows], [r[1] for r in rows]
-    more, ages = [r[2] for r in rows], [r[3] for r in rows]
-    del rows
     for sid in dict.fromkeys(sids):
         position.setdefault(sid, len(position))
     for lid in dict.fromkeys(lids):
@@ -321,9 +317,10 @@ def _gather_feedback(db: Database, known: dict[str, Subscriber], now: datetime,
     count = len(sids)
     subs = np.fromiter(map(position.__getitem__, sids), dtype=np.int64, count=count)
     cols = np.fromiter(map(refs.keys.__getitem__, lids), dtype=np.int64, count=count)
-    decay = np.power(0.5, np.maximum(np.array(ages, dtype=np.float64), 0.0)
-                     / config.half_life_days)
-    signed = np.where(np.array(more, dtype=np.int8) > 0, decay, -config.dislike * decay)
+    ages = np.array([r[3] for r in rows], dtype=np.float64)
+    more = np.array([r[2] for r in rows], dtype=np.int8)
+    decay = np.power(0.5, np.maximum(ages, 0.0) / config.half_life_days)
+    signed = np.where(more > 0, decay, -config.dislike * decay)
     refs.subs.frombytes(subs.tobytes())
     refs.cols.frombytes(cols.tobytes())
     refs.weights.frombytes(signed.astype(np.float64).tobytes())

@@ -971,25 +971,29 @@ def feedback(
 
 def feedback_ages(
     db: Database, since: datetime, now: datetime, subscriber_ids: Iterable[str] | None = None,
-) -> list[tuple[str, str, int, float]]:
+    chunk: int = 100_000,
+) -> Iterator[list[tuple[str, str, int, float]]]:
     """(subscriber id, listing id, 1 for "more" else 0, age in days at `now`) of every
-    verdict given at or after `since` (of `subscriber_ids` only, when given). Plain tuples
-    made by SQLite: `digest.ranking` reads millions at 100,000 readers, where `feedback`
-    would make a dataclass and a datetime of each."""
+    verdict given at or after `since` (of `subscriber_ids` only, when given), in lists of
+    `chunk` plain tuples made by SQLite: `digest.ranking` reads millions at 100,000 readers,
+    where `feedback` would make a dataclass and a datetime of each, and holding them all as
+    tuples would take half a gigabyte."""
     sql = ("select subscriber_id, listing_id, verdict = 'more', julianday(?) - julianday(at)"
            " from feedback where at >= ?")
     args: list[str] = [timestamp(now), timestamp(since)]
+    wanted: set[str] | None = None
     if subscriber_ids is not None:
         ids = sorted(set(subscriber_ids))
         if not ids:
-            return []
+            return
         if len(ids) > 500:
             wanted = set(ids)
-            return [row for row in db.execute(sql, args).fetchall() if row[0] in wanted]
-        sql += f" and subscriber_id in ({', '.join('?' * len(ids))})"
-        args += ids
-    rows: list[tuple[str, str, int, float]] = db.execute(sql, args).fetchall()
-    return rows
+        else:
+            sql += f" and subscriber_id in ({', '.join('?' * len(ids))})"
+            args += ids
+    cursor = db.execute(sql, args)
+    while rows := cursor.fetchmany(chunk):
+        yield rows if wanted is None else [r for r in rows if r[0] in wanted]
 
 
 def listings_by_id(db: Database, ids: Iterable[str]) -> dict[str, Listing]:

@@ -16,6 +16,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -310,3 +311,23 @@ def test_an_unknown_arxiv_id_is_one_line_and_spares_the_others(reader: Project) 
 def _subscriber(project: Project, sid: str = "rea") -> Subscriber:
     settings = load_settings(project.config)
     return load_one(settings.subscribers.dir, settings.defaults, sid)
+
+
+def test_one_readers_relevance_is_the_runs_to_the_last_bit(reader: Project) -> None:
+    """The selection blends every ranked reader's scores at once, and a digest blends the
+    listings it looks up one reader at a time: the values must agree exactly, or the two
+    would order ties differently."""
+    reader.subscriber("other", READER.format(like="").replace("rea@", "other@"))
+    _rate(reader, LIKED, "more")
+    _rate(reader, DISLIKED, "less", days_ago=12)
+    db = store.open_db(reader.db_path)
+    assert store.record_feedback(db, "other", DISLIKED, "more", NOW, "test")
+    subs = [_subscriber(reader), _subscriber(reader, "other")]
+    run = MatchRun(db, subs, NOW, ranking=load_settings(reader.config).ranking)
+    rows = np.arange(len(run.selection().scan.listings))
+    model = run.relevance
+    assert model is not None
+    everyone = model.block_relevance(rows)
+    for i, sid in enumerate(model.ranked_ids()):
+        alone = model.block_relevance(rows, sid)[0]
+        assert np.array_equal(everyone[i], alone) and np.count_nonzero(alone) > 10
