@@ -17,6 +17,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     send._signers            [dkim] settings + key mtimes -> its signer    8
     send._from_header        configured sender -> its parsed Address       64 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
+    index.blend_factors      [ranking] weight -> the blend's factor table  8 (LRU)
 
 `Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild
 of entries that are cheap to make again and keeps lookups at dict speed.

@@ -22,6 +22,13 @@ subscribers x listings x keywords. `Selection` then applies the sections' rule o
 time, as each digest is built: the top by score holds the best item of every section it
 reaches, so only the sections missing from it are looked up (see `Selection._pick`).
 
+A `Ranker` (`digest.ranking.Relevance`, built from what readers liked) blends the scores
+of the subscribers it ranks while `select` computes them: one sparse-by-dense product per
+block gives their relevance to the block's listings, and `blend` multiplies each match's
+score by exp(weight x relevance) (exact: every match is blended, not a shortlist). Their
+digests add a SIMILAR section of papers no keyword caught. Everyone else's scores are
+untouched, to the bit.
+
 The semantics are those of `digest.match`. This is the one matcher: `send` runs it over every
 subscriber, and `preview`, `explain` and `digest serve`'s previews over one (`build_digest`,
 `Selection.ranked`, `Scan.verdict`). A property test checks it against a straightforward
