@@ -101,8 +101,8 @@ class Ranker(Protocol):
                   ) -> npt.NDArray[np.float32]:
         """The relevance of these listings (all when None)."""
 
-    def reason(self, subscriber_id: str, row: int) -> str:
-        """Why a listing is like what the subscriber liked, for the email."""
+    def reasons(self, subscriber_id: str, rows: Sequence[int]) -> list[str]:
+        """Why each listing is like what the subscriber liked, for the email."""
 _Key = tuple[tuple[str, ...], str | None]
 # A topic as `Selection._match` walks it: the topic, its weight in thousandths, its keywords
 # with their columns, the columns of its required keywords, its followed authors' columns.
@@ -924,16 +924,19 @@ class Selection:
                   for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
         caught |= {index.pattern_id(p) for p in profile.exclude}
         sent = self._sent_rows(s)
-        picked: list[Match] = []
+        picked: list[int] = []
         for row in order:
             if len(picked) == ranker.section:
                 break
             if (row in taken or row in sent or scan.first_seen[row] < self._since[s]
                     or not caught.isdisjoint(scan.row_hits(row))):
                 continue
-            picked.append(Match(scan.listings[row], SIMILAR, 0.0, (),
-                                reason=ranker.reason(subscriber.id, row)))
-        return Section(SIMILAR, tuple(picked), similar=True) if picked else None
+            picked.append(row)
+        if not picked:
+            return None
+        return Section(SIMILAR, tuple(
+            Match(scan.listings[row], SIMILAR, 0.0, (), reason=reason) for row, reason
+            in zip(picked, ranker.reasons(subscriber.id, picked), strict=True)), similar=True)
 
     def _sent_rows(self, s: int) -> set[int]:
         n_docs = len(self.scan.listings)

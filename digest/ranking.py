@@ -160,33 +160,35 @@ class Relevance:
         a, b = self._w.indptr[p], self._w.indptr[p + 1]
         return self._w.indices[a:b].tolist(), self._w.data[a:b].tolist()
 
-    def reason(self, subscriber_id: str, row: int) -> str:
-        """Why a listing is like what the subscriber liked, as the email says it."""
-        why = self.why(subscriber_id, row)
-        if why is None:
-            return ""
-        text = why.text()
-        return text[:1].upper() + text[1:]
+    def reasons(self, subscriber_id: str, rows: Sequence[int]) -> list[str]:
+        """Why each listing is like what the subscriber liked, as the email says it."""
+        out = []
+        for why in self.whys(subscriber_id, rows):
+            text = why.text() if why is not None else ""
+            out.append(text[:1].upper() + text[1:])
+        return out
 
     def why(self, subscriber_id: str, row: int) -> Why | None:
         """The reference that weighs most in a listing's relevance (on the side of its sign),
         or None when nothing the subscriber rated or named is similar."""
+        return self.whys(subscriber_id, [row])[0]
+
+    def whys(self, subscriber_id: str, rows: Sequence[int]) -> list[Why | None]:
+        """`why` of each listing at `rows`, from one dense slice of the references' rows."""
         refs, weights = self._references_of(subscriber_id)
-        k = self._rows
-        sims = np.zeros(len(refs), dtype=np.float64)
-        for i, ref in enumerate(refs):
-            a, b = k.indptr[ref], k.indptr[ref + 1]
-            at = a + int(np.searchsorted(k.indices[a:b], row))
-            if at < b and k.indices[at] == row:
-                sims[i] = k.data[at]
-        w = np.array(weights, dtype=np.float64)
-        parts = w * sims
-        total = parts.sum()
-        if not parts.any():
-            return None
-        at = int(np.argmax(parts) if total >= 0 else np.argmin(parts))
-        title, named = self._references[refs[at]]
-        return Why(title, float(sims[at]), bool(w[at] > 0), named)
+        sims = self._rows[refs][:, np.asarray(rows, dtype=np.int64)].toarray()
+        w = np.array(weights, dtype=np.float32)
+        parts = w[:, None] * sims
+        out: list[Why | None] = []
+        for j in range(len(rows)):
+            column = parts[:, j]
+            if not column.any():
+                out.append(None)
+                continue
+            at = int(np.argmax(column) if column.sum() >= 0 else np.argmin(column))
+            title, named = self._references[refs[at]]
+            out.append(Why(title, float(sims[at, j]), bool(w[at] > 0), named))
+        return out
 
 
 # --- building the model ----------------------------------------------------------------------
