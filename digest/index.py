@@ -89,10 +89,10 @@ class Ranker(Protocol):
     def ranked_ids(self) -> list[str]:
         """The subscribers it ranks, in the order of the rows of `block_relevance`."""
 
-    def block_relevance(self, rows: IntArray, subscriber_id: str | None = None
-                        ) -> npt.NDArray[np.float32]:
+    def block_relevance(self, rows: IntArray, subscriber_id: str | None = None,
+                        part: slice | None = None) -> npt.NDArray[np.float32]:
         """The relevance of these listings for every ranked subscriber (subscribers x rows),
-        or for one; each value the same whichever is asked."""
+        those of `part` of them, or one; each value the same whichever is asked."""
 
     def ranks(self, subscriber_id: str) -> bool:
         """Whether it ranks this subscriber."""
@@ -314,6 +314,7 @@ def _micros(when: datetime) -> int:
 
 
 RELEVANCE_STEPS = 1000  # the blend reads relevance in steps of 1/1000
+BLEND_CHUNK = 4096  # ranked subscribers blended at a time
 
 
 @functools.lru_cache(maxsize=8)
@@ -342,10 +343,15 @@ def _blend_block(totals: npt.NDArray[np.int32 | np.int64], sel: IntArray, ranker
     """Blend, in place, the ranked subscribers' rows of a block's totals (subscribers x the
     listings `sel`)."""
     subs = np.array([position[sid] for sid in ranker.ranked_ids()], dtype=np.int64)
-    ranked = totals[subs]
-    at = np.nonzero(ranked)  # only matches have a score to blend
-    ranked[at] = blend(ranked[at], ranker.block_relevance(sel)[at], ranker.weight)
-    totals[subs] = ranked
+    # A few thousand subscribers at a time: the temporaries stay a few megabytes.
+    for a in range(0, subs.size, BLEND_CHUNK):
+        part = slice(a, a + BLEND_CHUNK)
+        ranked = totals[subs[part]]
+        at = np.nonzero(ranked)  # only matches have a score to blend
+        if at[0].size:
+            relevance = ranker.block_relevance(sel, part=part)[at]
+            ranked[at] = blend(ranked[at], relevance, ranker.weight)
+            totals[subs[part]] = ranked
 
 
 _NEVER = np.iinfo(np.int64).min

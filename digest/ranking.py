@@ -129,15 +129,17 @@ class Relevance:
         """Whether the model ranks this subscriber's digest."""
         return subscriber_id in self._position
 
-    def block_relevance(self, rows: IntArray, subscriber_id: str | None = None
-                        ) -> npt.NDArray[np.float32]:
+    def block_relevance(self, rows: IntArray, subscriber_id: str | None = None,
+                        part: slice | None = None) -> npt.NDArray[np.float32]:
         """The relevance of the listings at `rows` for every ranked subscriber (in
-        `ranked_ids` order), or for `subscriber_id` alone. Both are the same sparse-by-dense
-        product (each value is weight x similarity added up in the order of the
-        references), so a value is the same to the last bit whichever is asked: the blend
-        needs that. For one subscriber only their references' rows are made dense."""
+        `ranked_ids` order; those of `part` of that order when given), or for
+        `subscriber_id` alone. All are the same sparse-by-dense product (each value is
+        weight x similarity added up in the order of the references), so a value is the
+        same to the last bit whichever is asked: the blend needs that. For one subscriber
+        only their references' rows are made dense."""
         if subscriber_id is None:
-            weights, dense = self._w, self._columns[:, rows].toarray()
+            weights = self._w if part is None else self._w[part]
+            dense = self._columns[:, rows].toarray()
         else:
             refs, w = self._references_of(subscriber_id)
             weights = sparse.csr_matrix(

@@ -333,3 +333,4 @@ def test_one_readers_relevance_is_the_runs_to_the_last_bit(reader: Project) -> N
     for i, sid in enumerate(model.ranked_ids()):
         alone = model.block_relevance(rows, sid)[0]
         assert np.array_equal(everyone[i], alone) and np.count_nonzero(alone) > 2
+        assert np.array_equal(model.block_relevance(rows, part=slice(i, i + 1))[0], alone)
