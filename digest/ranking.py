@@ -30,6 +30,7 @@ every ranked subscriber's factors, so the blend is exact (no re-ranking of a sho
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -37,12 +38,11 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.preprocessing import normalize
 from sqlite_utils import Database
 
 from . import store
@@ -63,10 +63,16 @@ ARXIV_ID = re.compile(r"(?:arxiv:)?(\d{4}\.\d{4,5}|[a-z-]+(?:\.[A-Z]{2})?/\d{7})
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
-_hasher = HashingVectorizer(
-    n_features=FEATURES, alternate_sign=False, norm=None, stop_words="english",
-    strip_accents="unicode", dtype=np.float32,
-)
+
+
+@functools.lru_cache(maxsize=1)
+def _hasher() -> Any:
+    """The term counter. scikit-learn is imported here, when a model is first built, not
+    with the module: it costs every command a second and a half to start otherwise."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=FEATURES, alternate_sign=False, norm=None,
+                             stop_words="english", strip_accents="unicode", dtype=np.float32)
 
 
 def factor(weight: float, relevance: float) -> float:
@@ -278,7 +284,7 @@ def build_relevance(
     titles = [t for t, _named in refs.titles]
     texts = _reference_texts(db, listings, refs, titles)
     # The run's listings are hashed once, for the idf as for the similarities.
-    counts = _hasher.transform([_text(li) for li in listings]).tocsr()
+    counts = _hasher().transform([_text(li) for li in listings]).tocsr()
     seen = {li.id: i for i, li in enumerate(listings)}
     tfidf = _Tfidf(counts[[seen[li.id] for li in vocabulary if li.id in seen]],
                    [li for li in vocabulary if li.id not in seen])
@@ -382,7 +388,7 @@ class _Tfidf:
     hashed counts, and as listings to hash)."""
 
     def __init__(self, counted: sparse.csr_matrix, more: Sequence[Listing] = ()) -> None:
-        counts = sparse.vstack([counted, _hasher.transform([_text(li) for li in more])]
+        counts = sparse.vstack([counted, _hasher().transform([_text(li) for li in more])]
                                ).tocsr() if more else counted.copy()
         counts.sum_duplicates()
         df = np.bincount(counts.indices, minlength=FEATURES).astype(np.float64)
@@ -392,12 +398,14 @@ class _Tfidf:
 
     def vectors(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """L2-normalised tf-idf rows of `texts`."""
-        return self.weigh(_hasher.transform(texts).tocsr())
+        return self.weigh(_hasher().transform(texts).tocsr())
 
     def weigh(self, counts: sparse.csr_matrix) -> sparse.csr_matrix:
         """L2-normalised tf-idf rows of hashed term counts."""
         counts = counts.copy()
         counts.data = 1 + np.log(counts.data)
         counts.data *= self.idf[counts.indices]
+        from sklearn.preprocessing import normalize  # imported late: see `_hasher`
+
         result: sparse.csr_matrix = normalize(counts, copy=False)
         return result
