@@ -18,6 +18,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     send._from_header        configured sender -> its parsed Address       64 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
     index.blend_factors      [ranking] weight -> the blend's factor table  8 (LRU)
+    ranking._hasher          the (stateless) HashingVectorizer             1
 
 `Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild
 of entries that are cheap to make again and keeps lookups at dict speed.
