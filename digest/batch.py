@@ -21,10 +21,12 @@ from zoneinfo import ZoneInfo
 from sqlite_utils import Database
 
 from . import store
-from .config import DefaultsConfig
+from .config import DefaultsConfig, RankingConfig
+from .errors import ConfigError
 from .index import Index, Selection
 from .match import compile_profile, topic_full
 from .models import Digest, Listing, Match, Section, Subscriber
+from .ranking import Relevance, build_relevance, factor
 from .subscribers import load_one
 
 log = logging.getLogger("digest")
@@ -34,17 +36,23 @@ class MatchRun:
     """Once per run: every subscriber in one index, the recent listings scanned once.
 
     Built lazily on the first digest asked for, so a run that sends nothing costs nothing.
+    With `ranking` (`[ranking]`), what each subscriber liked ranks their digest
+    (`digest.ranking`); without it, or for a subscriber with no feedback and no `like`,
+    the digest is the keyword digest, unchanged.
     """
 
     def __init__(
         self, db: Database, subscribers: Sequence[Subscriber], now: datetime,
-        also: Sequence[Listing] = (),
+        also: Sequence[Listing] = (), ranking: RankingConfig | None = None,
     ) -> None:
         self.db = db
         self.subscribers = list(subscribers)
         self.also = list(also)  # scanned too, whatever their age (what `explain` asks about)
         self._ids = {s.id for s in self.subscribers}
         self.now = now
+        self.ranking = ranking
+        self.relevance: Relevance | None = None
+        self.errors: dict[str, ConfigError] = {}  # subscribers whose `like` is bad
         self._selection: Selection | None = None
 
     def selection(self) -> Selection:
@@ -57,19 +65,37 @@ class MatchRun:
             listings += [li for li in self.also if li.id not in known]
             index = Index(self.subscribers)
             scan = index.scan(listings)
+            if self.ranking is not None:
+                self.relevance, self.errors = self._model(listings, longest)
             self._selection = scan.select(
                 {s.id: self.now - timedelta(days=s.lookback_days) for s in self.subscribers},
-                store.sent_since(self.db, oldest),
+                store.sent_since(self.db, oldest), ranker=self.relevance,
             )
             log.info("index: %d subscribers, %d keywords, %d listings scanned",
                      len(self.subscribers), index.columns, len(listings))
         return self._selection
 
+    def _model(self, listings: list[Listing], longest: int
+               ) -> tuple[Relevance | None, dict[str, ConfigError]]:
+        assert self.ranking is not None
+        days = self.ranking.vocabulary_days
+        cut = self.now - timedelta(days=days)
+        # The idf comes from the listings of the last `vocabulary_days` whatever the run's
+        # lookbacks, so that a preview and a send at the same moment agree.
+        vocabulary = ([li for li in listings if li.first_seen and li.first_seen >= cut]
+                      if longest >= days else store.recent_listings(self.db, cut))
+        return build_relevance(self.db, listings, vocabulary, self.subscribers, self.now,
+                             self.ranking)
+
     def digest(self, subscriber: Subscriber, local_date: date) -> Digest | None:
-        """The digest `subscriber` gets now."""
+        """The digest `subscriber` gets now; a ConfigError when their `like` names a paper
+        the store does not hold."""
         if subscriber.id not in self._ids:
             raise KeyError(f"subscriber {subscriber.id!r} is not part of this run")
-        return self.selection().digest(subscriber, local_date, self.now)
+        selection = self.selection()
+        if subscriber.id in self.errors:
+            raise self.errors[subscriber.id]
+        return selection.digest(subscriber, local_date, self.now)
 
 
 # --- explain --------------------------------------------------------------------------------
@@ -86,15 +112,17 @@ class Explanation:
 
 
 def explain(
-    db: Database, subscriber: Subscriber, query: str, local_date: date, now: datetime
+    db: Database, subscriber: Subscriber, query: str, local_date: date, now: datetime,
+    ranking: RankingConfig | None = None,
 ) -> list[Explanation]:
     """For each listing that `query` finds (an id, or part of a title): would it be in the
-    subscriber's next digest, and why or what rule kept it out."""
+    subscriber's next digest, and why or what rule kept it out; with `ranking`, how what the
+    subscriber liked moved it."""
     found = store.find_listings(db, query)
     if not found:
         return []
     since = now - timedelta(days=subscriber.lookback_days)
-    run = MatchRun(db, [subscriber], now, also=found)
+    run = MatchRun(db, [subscriber], now, also=found, ranking=ranking)
     digest = run.digest(subscriber, local_date)
     placed: dict[str, tuple[Section, int, Match]] = {}
     if digest is not None:
@@ -125,9 +153,34 @@ def explain(
             details.append(line)
         if verdict.excluded_by:
             details.append(f"exclude '{verdict.excluded_by}' matches")
-        out.append(_verdict(listing, verdict.match, verdict.excluded_by, placed,
-                            _Ranking(ranked, chosen, caps), subscriber, db, since, details))
+        liked = _liked(run, subscriber, scan.row_of[listing.id])
+        if liked is not None:
+            details.append(liked[1])
+        explanation = _verdict(listing, verdict.match, verdict.excluded_by, placed,
+                               _Ranking(ranked, chosen, caps), subscriber, db, since, details)
+        if liked is not None and verdict.match is None and not explanation.included \
+                and explanation.reason.startswith("no keyword") and run.ranking is not None:
+            explanation = Explanation(
+                listing, False, f"{explanation.reason}; and its relevance to what you liked,"
+                f" {liked[0]:.2f}, is under [ranking] similar_min"
+                f" {run.ranking.similar_min:g} (or the section was full)", details)
+        out.append(explanation)
     return out
+
+
+def _liked(run: MatchRun, subscriber: Subscriber, row: int) -> tuple[float, str] | None:
+    """A listing's relevance to what the subscriber liked and the detail line saying how it
+    moved the listing, when the run ranks this subscriber."""
+    model = run.relevance
+    if model is None or not model.ranks(subscriber.id):
+        return None
+    relevance = float(model.relevance(subscriber.id, [row])[0])
+    why = model.why(subscriber.id, row)
+    if why is None:
+        return relevance, "what you liked: nothing you rated or named is similar (relevance 0)"
+    times = factor(model.config.weight, relevance)
+    return relevance, (f"what you liked: relevance {relevance:+.2f}, {why.text()}; keyword"
+                       f" scores x{times:.2f}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +214,9 @@ def _verdict(
             f" {subscriber.lookback_days}", details)
     if listing.id in placed:
         section, position, m = placed[listing.id]
+        if section.similar:
+            return Explanation(listing, True, f"in '{section.topic}', #{position}: {m.reason}",
+                               details)
         if section.trending:
             return Explanation(listing, True, f"in the Trending section, #{position}, with"
                                f" {listing.upvotes} upvotes", details)
@@ -197,9 +253,9 @@ def _verdict(
 
 def explain_subscriber(
     subscribers_dir: Path, defaults: DefaultsConfig, db: Database, subscriber_id: str,
-    query: str, now: datetime,
+    query: str, now: datetime, ranking: RankingConfig | None = None,
 ) -> list[Explanation]:
     """`explain` for the subscriber whose file is `<subscribers_dir>/<subscriber_id>.toml`."""
     subscriber = load_one(subscribers_dir, defaults, subscriber_id)
     day = now.astimezone(ZoneInfo(subscriber.timezone)).date()
-    return explain(db, subscriber, query, day, now)
+    return explain(db, subscriber, query, day, now, ranking)

@@ -22,6 +22,8 @@ however many digests one process builds (a worker of `digest send` builds thousa
     tex.convert_piece        a TeX piece -> its readable text              20,000 (LRU)
     config.parse_send_at,    a configured time / address -> parsed         1,024 / 64
       config.split_address                                                 (LRU)
+    index.blend_factors      [ranking] weight -> the blend's factor table  8 (LRU)
+    ranking._hasher          the (stateless) HashingVectorizer             1
 
 `Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild
 of entries that are cheap to make again and keeps lookups at dict speed.

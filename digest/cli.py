@@ -24,6 +24,7 @@ from rich.table import Table
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError
+from .ranking import check_likes
 from .send import deliverability_warnings
 from .sources import where
 from .subscribers import load as load_subscribers
@@ -181,7 +182,10 @@ def validate(config_path: Path) -> None:
     settings = _settings(config_path)
     problems = 0
     count = 0
-    for entry in load_subscribers(settings.subscribers.dir, settings.defaults):
+    entries = list(load_subscribers(settings.subscribers.dir, settings.defaults))
+    if settings.store.path.exists():  # the papers `like` names by arXiv id must be stored
+        entries = check_likes(_open_store(settings), entries)
+    for entry in entries:
         if isinstance(entry, ConfigError):
             problems += 1
             err.print(f"[red]invalid:[/] {entry.message}", highlight=False)
@@ -547,7 +551,7 @@ def explain(config_path: Path, subscriber: str, query: str) -> None:
     settings = _settings(config_path)
     db = _open_store(settings)
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
-                                       subscriber, query, _now())
+                                       subscriber, query, _now(), settings.ranking)
     if not results:
         err.print(f"no listing has the id {query!r} or {query!r} in its title", highlight=False)
         sys.exit(1)

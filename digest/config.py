@@ -128,6 +128,18 @@ def _check_category(value: str) -> str:
     return value.strip()
 
 
+def _check_like(value: str) -> str:
+    text = value.strip()
+    if not text:
+        raise ValueError("must not be empty: write an arXiv id such as '2405.00332' or a"
+                         " paper's title")
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
+        raise ValueError(f"{text[:80]!r}: must not contain control characters such as newlines")
+    if len(text) > 1000:
+        raise ValueError(f"{text[:80]!r}...: longer than 1,000 characters; no title is")
+    return text
+
+
 TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
 SendAt = Annotated[str, AfterValidator(_check_send_at)]
 Keyword = Annotated[str, AfterValidator(_check_keyword)]
@@ -135,6 +147,7 @@ PlainText = Annotated[str, AfterValidator(_check_plain_text)]
 EmailAddress = Annotated[str, AfterValidator(_check_email)]
 AuthorName = Annotated[str, AfterValidator(_check_author)]
 Category = Annotated[str, AfterValidator(_check_category)]
+LikedPaper = Annotated[str, AfterValidator(_check_like)]
 
 
 Frequency = Literal["daily", "weekdays", "weekly"]
@@ -480,6 +493,32 @@ class DefaultsConfig(_Strict):
     )
 
 
+class RankingConfig(_Strict):
+    """How what each reader liked ranks their digest (`digest.ranking`; README, "Learning
+    from what you liked")."""
+
+    enabled: bool = Field(True, description="Use feedback and `like` at all.")
+    weight: float = Field(
+        4.0, ge=0, le=20,
+        description="A keyword match's score is multiplied by exp(weight x relevance).")
+    half_life_days: float = Field(
+        30.0, gt=0, le=3650, description="Feedback this many days old counts half.")
+    dislike: float = Field(
+        1.0, ge=0, le=10,
+        description="How much a disliked paper counts against similar ones, against a liked one.")
+    min_similarity: float = Field(
+        0.07, ge=0, lt=1, description="Cosine similarities below this count as 0.")
+    similar_items: int = Field(
+        3, ge=0, le=20,
+        description="Items in the 'More like what you liked' section (0: no section).")
+    similar_min: float = Field(
+        0.05, ge=0, le=1,
+        description="Least relevance for the 'More like what you liked' section.")
+    vocabulary_days: int = Field(
+        7, ge=1, le=365,
+        description="Word weights (idf) come from the listings first seen this many days back.")
+
+
 class ScheduleConfig(_Strict):
     """What `digest run` does on its own."""
 
@@ -698,6 +737,7 @@ class Settings(_Strict):
     server: ServerConfig = ServerConfig()
     bounces: BouncesConfig = BouncesConfig()
     signup: SignupConfig = SignupConfig()
+    ranking: RankingConfig = RankingConfig()
     path: Path = Field(Path("."), exclude=True, description="The file this was loaded from.")
 
     @model_validator(mode="after")
@@ -776,6 +816,10 @@ class SubscriberFile(_Strict):
     )
     day: Weekday = Field("monday", description="With frequency = 'weekly': the day it comes.")
     paused: bool = Field(False, description="true: no digest at all until set back to false.")
+    like: list[LikedPaper] = Field(
+        default_factory=list, max_length=100,
+        description="Papers you like (arXiv ids or titles): your digest ranks like ones higher.",
+    )
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -960,4 +1004,5 @@ def subscriber_from_data(
         frequency=frequency,
         day=data.get("day", "monday"),
         paused=data.get("paused", False),
+        like=tuple(data.get("like", ())),  # absent from data cached before `like` existed
     )

@@ -22,6 +22,13 @@ subscribers x listings x keywords. `Selection` then applies the sections' rule o
 time, as each digest is built: the top by score holds the best item of every section it
 reaches, so only the sections missing from it are looked up (see `Selection._pick`).
 
+A `Ranker` (`digest.ranking.Relevance`, built from what readers liked) blends the scores
+of the subscribers it ranks while `select` computes them: one sparse-by-dense product per
+block gives their relevance to the block's listings, and `blend` multiplies each match's
+score by exp(weight x relevance) (exact: every match is blended, not a shortlist). Their
+digests add a SIMILAR section of papers no keyword caught. Everyone else's scores are
+untouched, to the bit.
+
 The semantics are those of `digest.match`. This is the one matcher: `send` runs it over every
 subscriber, and `preview`, `explain` and `digest serve`'s previews over one (`build_digest`,
 `Selection.ranked`, `Scan.verdict`). A property test checks it against a straightforward
@@ -30,10 +37,13 @@ per-listing matcher kept in `tests/oracle_match.py`.
 
 from __future__ import annotations
 
+import functools
+import math
 from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +74,35 @@ from .models import Digest, Listing, Match, Section, Span, Subscriber
 from .tokens import Token, folded_words, name_words, names_match, stem
 
 IntArray = npt.NDArray[np.int64]
+SIMILAR = "More like what you liked"  # the section of papers like those a reader liked
+
+
+class Ranker(Protocol):
+    """What the selection needs of a relevance model (`digest.ranking.Relevance`): which
+    subscribers it ranks, how it blends their keyword scores, and what it finds similar.
+    Listings are given by their rows in the scan."""
+
+    weight: float  # the blend: keyword score x exp(weight x relevance); see `blend`
+    section: int  # items in the SIMILAR section, at most
+    section_min: float  # least relevance for that section
+
+    def ranked_ids(self) -> list[str]:
+        """The subscribers it ranks, in the order of the rows of `block_relevance`."""
+
+    def block_relevance(self, rows: IntArray, subscriber_id: str | None = None,
+                        part: slice | None = None) -> npt.NDArray[np.float32]:
+        """The relevance of these listings for every ranked subscriber (subscribers x rows),
+        those of `part` of them, or one; each value the same whichever is asked."""
+
+    def ranks(self, subscriber_id: str) -> bool:
+        """Whether it ranks this subscriber."""
+
+    def relevance(self, subscriber_id: str, rows: Sequence[int] | None = None
+                  ) -> npt.NDArray[np.float32]:
+        """The relevance of these listings (all when None)."""
+
+    def reasons(self, subscriber_id: str, rows: Sequence[int]) -> list[str]:
+        """Why each listing is like what the subscriber liked, for the email."""
 _Key = tuple[tuple[str, ...], str | None]
 # A topic as `Selection._match` walks it: the topic, its weight in thousandths, its keywords
 # with their columns, the columns of its required keywords, its followed authors' columns.
@@ -272,6 +311,47 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _micros(when: datetime) -> int:
     """Microseconds since the epoch, exact (a float timestamp is not, at this size)."""
     return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+RELEVANCE_STEPS = 1000  # the blend reads relevance in steps of 1/1000
+BLEND_CHUNK = 4096  # ranked subscribers blended at a time
+
+
+@functools.lru_cache(maxsize=8)
+def blend_factors(weight: float) -> npt.NDArray[np.float64]:
+    """exp(weight x k / RELEVANCE_STEPS) for k from -RELEVANCE_STEPS to RELEVANCE_STEPS: the
+    blend's factors, made once by `math.exp` so that no vectorised exp (whose last bit may
+    depend on the array's length) ever decides a score."""
+    return np.array([math.exp(weight * k / RELEVANCE_STEPS)
+                     for k in range(-RELEVANCE_STEPS, RELEVANCE_STEPS + 1)])
+
+
+def blend(totals: npt.NDArray[np.int32 | np.int64], relevance: npt.NDArray[np.float32],
+          weight: float) -> npt.NDArray[np.int64]:
+    """Blended scores: each keyword total (thousandths) times exp(weight x relevance), the
+    relevance (in [-1, 1]) read to 1/1000, rounded to thousandths; a match stays at least
+    1, a total within int32 (2 million points, the product's dtype), no match stays 0."""
+    steps = np.rint(relevance.astype(np.float64) * RELEVANCE_STEPS).astype(np.int64)
+    factors = blend_factors(weight)[steps + RELEVANCE_STEPS]
+    blended = np.clip(np.rint(totals * factors), 1, 2**31 - 1).astype(np.int64)
+    result: npt.NDArray[np.int64] = np.where(totals > 0, blended, 0)
+    return result
+
+
+def _blend_block(totals: npt.NDArray[np.int32 | np.int64], sel: IntArray, ranker: Ranker,
+                 position: Mapping[str, int]) -> None:
+    """Blend, in place, the ranked subscribers' rows of a block's totals (subscribers x the
+    listings `sel`)."""
+    subs = np.array([position[sid] for sid in ranker.ranked_ids()], dtype=np.int64)
+    # A few thousand subscribers at a time: the temporaries stay a few megabytes.
+    for a in range(0, subs.size, BLEND_CHUNK):
+        part = slice(a, a + BLEND_CHUNK)
+        ranked = totals[subs[part]]
+        at = np.nonzero(ranked)  # only matches have a score to blend
+        if at[0].size:
+            relevance = ranker.block_relevance(sel, part=part)[at]
+            ranked[at] = blend(ranked[at], relevance, ranker.weight)
+            totals[subs[part]] = ranked
 
 
 _NEVER = np.iinfo(np.int64).min
@@ -600,10 +680,12 @@ class Scan:
         return self._by_column
 
     def _block(
-        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64]
+        self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64],
+        ranker: Ranker | None = None,
     ) -> tuple[IntArray, IntArray, IntArray]:
         """(subscriber, listing, score) of the matches among the listings `sel` that may beat
-        the subscriber's k-th best so far, with every topic rule and exclude applied."""
+        the subscriber's k-th best so far, with every topic rule and exclude applied, and the
+        scores of the subscribers `ranker` ranks blended."""
         index = self.index
         # Dense (subscribers x listings of the block) totals: at the match density of real
         # profiles this beats a sparse result, and the block size bounds its memory.
@@ -612,6 +694,8 @@ class Scan:
         if index._ruled.size:
             ruled = self._ruled_totals(sel).tocoo()
             totals[ruled.col, ruled.row] += ruled.data.astype(totals.dtype)
+        if ranker is not None and ranker.ranked_ids():
+            _blend_block(totals, sel, ranker, index.position)
         # The one pass over every (listing, subscriber) pair: most score below the k-th best
         # so far; ties on the score are settled on the survivors by the listing's rank.
         n_docs = len(self.listings)
@@ -666,10 +750,12 @@ class Scan:
         sent: Iterable[tuple[str, str]] = (),
         block: int = 200,
         cells: int = 20_000_000,
+        ranker: Ranker | None = None,
     ) -> Selection:
         """Every subscriber's top `max_items` among their candidates: the listings first seen
         at or after `since[id]` (all when absent) and not in a (subscriber id, listing id)
-        pair of `sent` (streamed: only integer keys are kept)."""
+        pair of `sent` (streamed: only integer keys are kept). For the subscribers `ranker`
+        ranks, scores are blended: keyword score x the ranker's factor."""
         index = self.index
         n_subs = len(index.subscribers)
         since_arr = np.full(n_subs, _NEVER, dtype=np.int64)
@@ -701,7 +787,7 @@ class Scan:
         visit = np.argsort(-weight, kind="stable").astype(np.int64)
         while a < n_docs:
             b = min(a + size, n_docs)
-            s, r, v = self._block(visit[a:b], kth, kth_score)
+            s, r, v = self._block(visit[a:b], kth, kth_score, ranker)
             if filtering:
                 ok = self._candidates(s, r, since_arr, sent_keys)
                 s, r, v = s[ok], r[ok], v[ok]
@@ -717,7 +803,7 @@ class Scan:
             a, size = b, min(block, 2 * size)
         scores = best_keys // n_docs if n_docs else best_keys
         best = (best_cols, best_rows, scores)
-        return Selection(self, *best, since_arr, sent_keys)
+        return Selection(self, *best, since_arr, sent_keys, ranker)
 
     def digest(
         self,
@@ -739,9 +825,10 @@ class Selection:
 
     def __init__(
         self, scan: Scan, subs: IntArray, rows: IntArray, scores: IntArray,
-        since: IntArray, sent_keys: IntArray,
+        since: IntArray, sent_keys: IntArray, ranker: Ranker | None = None,
     ) -> None:
         self.scan = scan
+        self.ranker = ranker
         self._subs, self._rows, self._scores = subs, rows, scores
         self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
         self._since = since
@@ -769,7 +856,13 @@ class Selection:
         whenever that section has an item there, so only the sections without one are looked
         up, among the listings their own keywords and authors hit. A cap below `max_items`
         can let in items from far down the ranking: then every match is placed.
+
+        For a subscriber the ranker ranks, every score is blended (`select` blended the
+        top; the listings looked up here are blended the same way) and Matches carry it.
         """
+        ranker = self.ranker if self.ranker is not None and self.ranker.ranks(
+            subscriber.id) else None
+        make = self._match if ranker is None else self._blended_match
         index, scan = self.scan.index, self.scan
         s = index.position[subscriber.id]
         a, b = self._starts[s], self._starts[s + 1]
@@ -777,7 +870,7 @@ class Selection:
         caps = {n: c for n, c in profile.caps.items() if c < subscriber.max_items}
         if len(names) == 1:  # one section: its top, up to its cap
             b = min(b, a + caps.get(names[0], b - a))
-        top = {row: (score, self._match(plan, row, score)) for row, score in
+        top = {row: (score, make(plan, row, score)) for row, score in
                zip(self._rows[a:b].tolist(), self._scores[a:b].tolist(), strict=True)}
         if len(names) <= 1:
             return [(row, score, m) for row, (score, m) in top.items()]
@@ -786,7 +879,8 @@ class Selection:
         if wanted:
             rows = self._hit_by(s, profile, plan, wanted, set(top))
             leaders: dict[str, tuple[int, int]] = {}  # section -> (score, row) of its best
-            for row, (name, total) in zip(rows, self._place(plan, rows), strict=True):
+            for row, (name, total) in zip(rows, self._place(plan, rows, ranker, subscriber.id),
+                                          strict=True):
                 if name is None or name not in wanted:
                     continue
                 if caps:
@@ -800,7 +894,60 @@ class Selection:
         chosen = [ranked[i] for i in choose([placed[r][1] for r in ranked],
                                             subscriber.max_items, caps)]
         return [(row, placed[row][0], top[row][1] if row in top
-                 else self._match(plan, row, placed[row][0])) for row in chosen]
+                 else make(plan, row, placed[row][0])) for row in chosen]
+
+    def _blended_match(self, plan: list[_TopicPlan], row: int, blended: int) -> Match:
+        """The Match of a listing selected on its blended score, which it carries."""
+        match = self.scan.verdict(plan, row).match
+        assert match is not None
+        return replace(match, score=blended / UNITS)
+
+    def _blend(self, subscriber_id: str, totals: dict[int, int], ranker: Ranker
+               ) -> dict[int, int]:
+        """Keyword totals (thousandths) times the ranker's factors, rounded to thousandths."""
+        rows = list(totals)
+        if not rows:
+            return {}
+        relevance = ranker.block_relevance(np.array(rows, dtype=np.int64), subscriber_id)[0]
+        blended = blend(np.array([totals[r] for r in rows], dtype=np.int64), relevance,
+                        ranker.weight)
+        return dict(zip(rows, blended.tolist(), strict=True))
+
+    def _similar(
+        self, subscriber: Subscriber, profile: Profile, plan: list[_TopicPlan],
+        taken: set[int], ranker: Ranker,
+    ) -> Section | None:
+        """The SIMILAR section: the candidates most like what the subscriber liked (at least
+        `section_min`) that no topic keyword or followed author caught, none excluded."""
+        if ranker.section <= 0:
+            return None
+        scan, index = self.scan, self.scan.index
+        s = index.position[subscriber.id]
+        relevance = ranker.relevance(subscriber.id)
+        above = np.flatnonzero(relevance >= max(ranker.section_min, 1e-9))
+        order = above[np.lexsort((scan.rank[above], -relevance[above]))].tolist()
+        caught = {pid for _t, _u, keywords, _r, authors in plan
+                  for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
+        caught |= {index.pattern_id(p) for p in profile.exclude}
+        sent = self._sent_rows(s)
+        picked: list[int] = []
+        for row in order:
+            if len(picked) == ranker.section:
+                break
+            if (row in taken or row in sent or scan.first_seen[row] < self._since[s]
+                    or not caught.isdisjoint(scan.row_hits(row))):
+                continue
+            picked.append(row)
+        if not picked:
+            return None
+        return Section(SIMILAR, tuple(
+            Match(scan.listings[row], SIMILAR, 0.0, (), reason=reason) for row, reason
+            in zip(picked, ranker.reasons(subscriber.id, picked), strict=True)), similar=True)
+
+    def _sent_rows(self, s: int) -> set[int]:
+        n_docs = len(self.scan.listings)
+        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
+        return set((self._sent_keys[lo:hi] - s * n_docs).tolist())
 
     def _hit_by(
         self, s: int, profile: Profile, plan: list[_TopicPlan], names: set[str],
@@ -822,9 +969,22 @@ class Selection:
         return [r for r in sorted(rows - skip - sent) if scan.first_seen[r] >= since
                 and not any(pid in scan.row_hits(r) for pid in exclude)]
 
-    def _place(self, plan: list[_TopicPlan], rows: list[int]) -> list[tuple[str | None, int]]:
+    def _place(self, plan: list[_TopicPlan], rows: list[int], ranker: Ranker | None = None,
+               subscriber_id: str = "") -> list[tuple[str | None, int]]:
         """For each listing (row): the section it goes under (None when no topic lets it in)
-        and its score in thousandths. `_match`'s arithmetic, as one product for all rows."""
+        and its score in thousandths. `_match`'s arithmetic, as one product for all rows;
+        with a `ranker`, the score blended for `subscriber_id` (the section stays the one
+        the keywords chose)."""
+        placed = self._place_keywords(plan, rows)
+        if ranker is None:
+            return placed
+        blended = self._blend(subscriber_id, {r: t for r, (n, t) in zip(rows, placed,
+                                                                         strict=True) if n},
+                              ranker)
+        return [(n, blended.get(r, 0)) for r, (n, _t) in zip(rows, placed, strict=True)]
+
+    def _place_keywords(self, plan: list[_TopicPlan], rows: list[int]
+                        ) -> list[tuple[str | None, int]]:
         scan = self.scan
         if not rows:
             return []
@@ -854,15 +1014,24 @@ class Selection:
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
         profile = compile_profile(subscriber)
-        picked = self._pick(subscriber, profile, self._plan(profile))
+        plan = self._plan(profile)
+        picked = self._pick(subscriber, profile, plan)
         sections = group([m for _row, _score, m in picked])
+        taken = {row for row, _s, _m in picked}
+        ranker = self.ranker if self.ranker is not None and self.ranker.ranks(
+            subscriber.id) else None
+        if ranker is not None:
+            similar = self._similar(subscriber, profile, plan, taken, ranker)
+            if similar is not None:
+                sections += (similar,)
+                taken |= {self.scan.row_of[m.listing.id] for m in similar.matches}
         if profile.trending > 0:
-            trending = self._trending(subscriber, profile, {row for row, _s, _m in picked})
+            trending = self._trending(subscriber, profile, taken)
             if trending is not None:
                 sections += (trending,)
         if not sections:
             return None
-        return Digest(subscriber, local_date, sections, now)
+        return Digest(subscriber, local_date, sections, now, learned=ranker is not None)
 
     def _trending(
         self, subscriber: Subscriber, profile: Profile, taken: set[int]
@@ -902,10 +1071,14 @@ class Selection:
         s = self.scan.index.position[subscriber.id]
         names = {t.name for t in profile.topics}
         rows = self._hit_by(s, profile, plan, names, set())
+        ranker = self.ranker if self.ranker is not None and self.ranker.ranks(
+            subscriber.id) else None
+        make = self._match if ranker is None else self._blended_match
         placed = [(row, total) for row, (name, total)
-                  in zip(rows, self._place(plan, rows), strict=True) if name is not None]
+                  in zip(rows, self._place(plan, rows, ranker, subscriber.id), strict=True)
+                  if name is not None]
         placed.sort(key=lambda p: (-p[1], self.scan.rank[p[0]]))
-        return [self._match(plan, row, total) for row, total in placed]
+        return [make(plan, row, total) for row, total in placed]
 
 
 def build_digest(

@@ -100,6 +100,8 @@ class Subscriber:
     frequency: str = "daily"  # config.Frequency: daily | weekdays | weekly
     day: str = "monday"  # config.Weekday: the day of a weekly digest
     paused: bool = False
+    # Papers the subscriber names as liked (arXiv ids or titles), for `digest.ranking`.
+    like: tuple[str, ...] = ()
 
 
 Span = tuple[int, int]
@@ -119,16 +121,20 @@ class Match:
     keywords: tuple[str, ...]
     title_spans: tuple[Span, ...] = ()
     abstract_spans: tuple[Span, ...] = ()
+    # Why a paper no keyword caught is in the digest ("like ... (similarity 0.41)").
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Section:
     """The items of one topic, best first; `trending` marks the Trending section, which holds
-    the most upvoted new listings whatever their keywords."""
+    the most upvoted new listings whatever their keywords, `similar` the section of papers
+    like those the subscriber liked (`digest.ranking`)."""
 
     topic: str
     matches: tuple[Match, ...]
     trending: bool = False
+    similar: bool = False
 
 
 def digest_key(subscriber_id: str, local_date: date) -> str:
@@ -144,6 +150,8 @@ class Digest:
     local_date: date
     sections: tuple[Section, ...]
     generated_at: datetime
+    # Whether what the subscriber liked ranked it (`digest.ranking`); the footer says so.
+    learned: bool = False
 
     @property
     def matches(self) -> tuple[Match, ...]:

@@ -157,7 +157,7 @@ def build(
     """The digest `subscriber` would get now, from the store; None if nothing matches. The
     index of `run` when given (`send`), else an index over this one subscriber: the same
     matcher either way."""
-    run = run or batch.MatchRun(db, [subscriber], now)
+    run = run or batch.MatchRun(db, [subscriber], now, ranking=settings.ranking)
     return run.digest(subscriber, local_date(subscriber, now))
 
 
@@ -338,7 +338,8 @@ def send(
     started, report = timer.monotonic(), SendReport()
     entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
-    cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now)
+    cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now,
+                           ranking=settings.ranking)
     job = _Job(settings, entries, now, cache, due_only, dry_run)
     today = {e.id: local_date(e, now) for e in entries if isinstance(e, Subscriber)}
     if dry_run:
@@ -587,6 +588,9 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
                 return Outcome(subscriber.id, "no-matches")
             return _Write(subscriber, day, None)
         composed = compose(settings, digest, env)
+    except ConfigError as exc:  # a `like` naming a paper the store does not hold
+        log.error("%s", exc)
+        return Outcome(subscriber.id, "invalid", detail=exc.message)
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)
         return Outcome(subscriber.id, "failed", detail=str(exc))

@@ -260,6 +260,7 @@ class ItemView:
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
     key: str  # the listing id, percent-encoded for a query string (the feedback links)
+    reason: str = ""  # why a paper no keyword caught is here ("like ..."); digest.ranking
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +279,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
     matched but were left out to keep the email within its size budget (see `fit`)."""
     subscriber = digest.subscriber
     count = len(digest.matches)
-    topics = [s.topic for s in digest.sections if not s.trending]
+    topics = [s.topic for s in digest.sections if not s.trending and not s.similar]
     sections = []
     number = 0
     for section in digest.sections:
@@ -300,6 +301,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
                     matched=_matched(m.keywords),
                     links=extra,
                     key=key,
+                    reason=_cut(nfkc(m.reason), TLDR_CHARS),
                 )
             )
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
@@ -312,14 +314,15 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         "name": subscriber.name,
         "date_label": _date_label(digest.local_date),
         "count_label": _plural(count, "new paper"),
-        "intro": _intro(count, topics),
+        "intro": _intro(count, topics, any(s.similar for s in digest.sections)),
         "sections": sections,
         "more_label": _more_label(more),
         "footer": (
             f"You get this digest because {subscriber.email} follows "
             f"{', '.join(t.name for t in subscriber.topics)}. "
-            f"Papers are chosen by the keywords in your profile ('{subscriber.id}'), "
-            "and you never get the same paper twice."
+            f"Papers are chosen by the keywords in your profile ('{subscriber.id}')"
+            + (", ranked by the papers you liked," if digest.learned else "")
+            + " and you never get the same paper twice."
         ),
         "unsubscribe_link": links.unsubscribe,
         "view_link": links.view,
@@ -354,8 +357,10 @@ def _local_time(digest: Digest) -> str:
     return digest.generated_at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
-def _intro(count: int, topics: list[str]) -> str:
+def _intro(count: int, topics: list[str], similar: bool = False) -> str:
     these = "these papers" if count != 1 else "this paper"
+    if not topics and similar:  # no keyword matched: papers like those you liked
+        return f"nothing new matched your topics, but {these} may interest you."
     if not topics:  # a day with only the Trending section
         return f"nothing new matched your topics, but {these} drew the most upvotes."
     return f"{these} matched your topics ({', '.join(topics)}) since your last digest."
@@ -583,8 +588,9 @@ def _by_merit(digest: Digest) -> list[tuple[int, int]]:
 def _keep(digest: Digest, chosen: list[tuple[int, int]]) -> Digest:
     keep = set(chosen)
     sections = tuple(
-        Section(s.topic, kept, s.trending)
+        Section(s.topic, kept, s.trending, s.similar)
         for si, s in enumerate(digest.sections)
         if (kept := tuple(m for mi, m in enumerate(s.matches) if (si, mi) in keep))
     )
-    return Digest(digest.subscriber, digest.local_date, sections, digest.generated_at)
+    return Digest(digest.subscriber, digest.local_date, sections, digest.generated_at,
+                  digest.learned)

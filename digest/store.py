@@ -996,6 +996,56 @@ def feedback(
     return out
 
 
+def feedback_ages(
+    db: Database, since: datetime, now: datetime, subscriber_ids: Iterable[str] | None = None,
+    chunk: int = 100_000,
+) -> Iterator[list[tuple[str, str, int, float]]]:
+    """(subscriber id, listing id, 1 for "more" else 0, age in days at `now`) of every
+    verdict given at or after `since` (of `subscriber_ids` only, when given), in lists of
+    `chunk` plain tuples made by SQLite: `digest.ranking` reads millions at 100,000 readers,
+    where `feedback` would make a dataclass and a datetime of each, and holding them all as
+    tuples would take half a gigabyte."""
+    sql = ("select subscriber_id, listing_id, verdict = 'more', julianday(?) - julianday(at)"
+           " from feedback where at >= ?")
+    args: list[str] = [timestamp(now), timestamp(since)]
+    wanted: set[str] | None = None
+    if subscriber_ids is not None:
+        ids = sorted(set(subscriber_ids))
+        if not ids:
+            return
+        if len(ids) > 500:
+            wanted = set(ids)
+        else:
+            sql += f" and subscriber_id in ({', '.join('?' * len(ids))})"
+            args += ids
+    cursor = db.execute(sql, args)
+    while rows := cursor.fetchmany(chunk):
+        yield rows if wanted is None else [r for r in rows if r[0] in wanted]
+
+
+def listings_by_id(db: Database, ids: Iterable[str]) -> dict[str, Listing]:
+    """The listings the store holds among `ids` (current ids), by id."""
+    wanted = sorted(set(ids))
+    out: dict[str, Listing] = {}
+    for at in range(0, len(wanted), 500):
+        chunk = wanted[at:at + 500]
+        for row in db.query(
+                f"select * from listings where id in ({', '.join('?' * len(chunk))})", chunk):
+            listing = _from_row(row)
+            out[listing.id] = listing
+    return out
+
+
+def listings_titled(db: Database, title: str) -> list[Listing]:
+    """The listings whose normalised title is that of `title` (case, accents of case folding
+    and punctuation do not matter), oldest id first."""
+    key = title_key(title)
+    if not key:
+        return []
+    return [_from_row(r) for r in db.query(
+        "select * from listings where title_key = ? order by id", [key])]
+
+
 def _resolve(db: Database, listing_id: str) -> str | None:
     """The current id of a listing named by its id or by an id it had before re-keying."""
     if db.execute("select 1 from listings where id = ?", [listing_id]).fetchone():
