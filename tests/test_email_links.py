@@ -16,6 +16,7 @@ from digest import pipeline, store
 from digest.config import load_settings
 from digest.render import HTML_BUDGET, Links, environment, fit, html_size, render
 
+from . import outbox_support as outbox
 from .conftest import NOW, Project, SmtpServer
 from .oracle import render_email
 from .reader_support import SECRET
@@ -119,7 +120,7 @@ def test_a_100_item_digest_as_sent_with_every_link_is_under_gmails_clip(
     assert len(html) <= HTML_BUDGET
     assert len(raw_encoded_part(received.data, "html")) < 102_400
     text = raw_part(received.data, "plain").decode()
-    shown = store.sent_listing_ids(db, "reader/2026-11-25")
+    shown = outbox.sent_listing_ids(db, "reader/2026-11-25")
     assert 10 < len(shown) < 100
     page = html.decode()
     for lid in map(lambda i: quote(i, safe=""), shown):
