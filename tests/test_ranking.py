@@ -15,7 +15,9 @@ from datetime import timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import quote
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -24,10 +26,12 @@ from digest import store
 from digest.batch import MatchRun, explain
 from digest.cli import cli
 from digest.config import load_settings
+from digest.links import make_token
 from digest.models import Digest, Listing, Subscriber
 from digest.ranking import SIMILAR
 from digest.subscribers import load_one
-from tests.conftest import NOW, Project
+from tests.conftest import NOW, Project, SmtpServer
+from tests.reader_support import SECRET, serving
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sources" / "arxiv_oai_snapshot_200.jsonl"
 # Rated long ago (outside every lookback), so only references: quantum dots' spin
@@ -334,3 +338,20 @@ def test_one_readers_relevance_is_the_runs_to_the_last_bit(reader: Project) -> N
         alone = model.block_relevance(rows, sid)[0]
         assert np.array_equal(everyone[i], alone) and np.count_nonzero(alone) > 2
         assert np.array_equal(model.block_relevance(rows, part=slice(i, i + 1))[0], alone)
+
+
+def test_a_click_through_the_real_server_changes_the_next_digest(
+        reader: Project, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer) -> None:
+    before = _digest(reader)
+    token = quote(make_token(SECRET, "rea", "rea@example.org", "feedback"), safe="")
+    with serving(reader, monkeypatch, smtp_server) as url:
+        link = f"{url}/feedback?token={token}&listing={LIKED}&verdict=more"
+        assert httpx.get(link).status_code == 200
+        assert store.feedback(store.open_db(reader.db_path)) == {}  # a GET changes nothing
+        assert _digest(reader) == before
+        assert httpx.post(link).status_code == 200
+    after = _digest(reader)
+    assert before is not None and after is not None and after.learned
+    ranked = [m.listing.id for s in after.sections if not s.similar for m in s.matches]
+    assert ranked[:2] == ["0704.0194", "0704.0177"]
+    assert not {"0704.0194", "0704.0177"} & set(_ids(before))
