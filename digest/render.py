@@ -7,6 +7,7 @@ package (`digest/templates`), or the top-level `templates/` of a source checkout
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import warnings
@@ -22,6 +23,7 @@ import jinja2
 from mjml import mjml2html
 from premailer import Premailer
 
+from .caches import Bounded
 from .models import Digest, Listing, RenderedEmail, Section, Span
 from .tokens import nfkc
 
@@ -484,6 +486,24 @@ def compiled_template(env: jinja2.Environment) -> jinja2.Template:
     return template
 
 
+# (HTML template, text template) -> their version (listed in digest.caches).
+_versions: Bounded[tuple[jinja2.Template, jinja2.Template], str] = Bounded(16)
+
+
+def template_version(env: jinja2.Environment) -> str:
+    """A short hash of the two email templates as `env` loads them now: recorded with each
+    queued message, so that a rebuilt message that differs can say whether the templates
+    changed (see `digest.recipe`)."""
+    pair = (env.get_template(HTML_TEMPLATE), env.get_template(TEXT_TEMPLATE))
+    found = _versions.get(pair)
+    if found is not None:
+        return found
+    assert env.loader is not None
+    sources = [env.loader.get_source(env, name)[0] for name in (HTML_TEMPLATE, TEXT_TEMPLATE)]
+    digest = hashlib.sha256("\0".join(sources).encode("utf-8")).hexdigest()[:12]
+    return _versions.put(pair, digest)
+
+
 def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEmail:
     """Render a digest to its subject, inlined HTML and wrapped plain text: one Jinja render
     of a template that was compiled from MJML and inlined once. Kept within `HTML_BUDGET`
@@ -505,6 +525,7 @@ class Fitted:
     digest: Digest
     rendered: RenderedEmail
     left_out: int = 0
+    excerpt_chars: int = EXCERPT_CHARS  # the excerpts' length it was rendered with
 
 
 def html_size(rendered: RenderedEmail) -> int:
@@ -526,7 +547,7 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
     short = _render(context(digest, links, SHORT_EXCERPT_CHARS), env)
     size = html_size(short)
     if size <= budget:
-        return Fitted(digest, short)
+        return Fitted(digest, short, 0, SHORT_EXCERPT_CHARS)
     # Fewer items: the most that fit. Size grows about linearly with the items, so each
     # guess interpolates between the largest count known to fit and the smallest known not
     # to; the bracket shrinks every round, and at most FIT_ROUNDS renders are spent.
@@ -546,14 +567,24 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
         attempt = _render(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
         size = html_size(attempt)
         if size <= budget:
-            fits, lo, lo_size = Fitted(kept, attempt, total - keep), keep, size
+            fits, lo, lo_size = (Fitted(kept, attempt, total - keep, SHORT_EXCERPT_CHARS),
+                                 keep, size)
         else:
             hi, hi_size = keep, size
     if fits is not None:
         return fits
     kept = _keep(digest, best[:1])  # a single item is bounded (titles and excerpts are cut)
     return Fitted(kept, _render(context(kept, links, SHORT_EXCERPT_CHARS, more=total - 1), env),
-                  total - 1)
+                  total - 1, SHORT_EXCERPT_CHARS)
+
+
+def refit(digest: Digest, links: Links, env: jinja2.Environment, left_out: int,
+          excerpt_chars: int) -> Fitted:
+    """`digest` rendered as `fit` rendered it once (`digest` holding the items it kept,
+    `left_out` and `excerpt_chars` as it chose them), without searching again: how a queued
+    message is rebuilt (`digest.recipe`)."""
+    ctx = context(digest, links, excerpt_chars, more=left_out)
+    return Fitted(digest, _render(ctx, env), left_out, excerpt_chars)
 
 
 def _by_merit(digest: Digest) -> list[tuple[int, int]]:
