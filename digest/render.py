@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import re
+import secrets
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from urllib.parse import quote, quote_plus, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
+from markupsafe import Markup
 from mjml import mjml2html
 from premailer import Premailer
 
 from .caches import Bounded
+from .errors import DigestError
 from .models import Digest, Listing, RenderedEmail, Section, Span
 from .tokens import nfkc
 
@@ -251,6 +254,9 @@ class ItemView:
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
+    # What the item's fragment depends on besides `number`: (what it shows of its listing,
+    # highlight spans, keywords, excerpt length). The same key renders the same (see Layout).
+    key: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +282,8 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         items = []
         for m in section.matches:
             number += 1
-            title, link, meta, abstract, tldr, extra = _listing_view(m.listing)
+            view = _listing_view(m.listing)
+            title, link, meta, abstract, tldr, extra = view
             segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
             items.append(
                 ItemView(
@@ -290,6 +297,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
                     keywords=list(m.keywords),
                     matched=_matched(m.keywords),
                     links=extra,
+                    key=(view, m.abstract_spans, m.keywords, excerpt_chars),
                 )
             )
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
@@ -456,6 +464,9 @@ _compiled: weakref.WeakKeyDictionary[jinja2.Template, jinja2.Template] = (
 )
 
 
+# The source of each compiled HTML template (`layout` splits it).
+_sources: weakref.WeakKeyDictionary[jinja2.Template, str] = weakref.WeakKeyDictionary()
+
 _INDENT = re.compile(r"^[ \t]+", re.MULTILINE)
 _BLANKS = re.compile(r"[ \t]{2,}")
 
@@ -483,6 +494,7 @@ def compiled_template(env: jinja2.Environment) -> jinja2.Template:
     # The compiled HTML is an autoescaped template like the MJML one: values stay escaped.
     template = env.from_string(html)
     _compiled[mjml_template] = template
+    _sources[template] = html
     return template
 
 
@@ -511,10 +523,186 @@ def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEma
     return fit(digest, links, env).rendered
 
 
+# --- assembling from fragments ------------------------------------------------------------
+#
+# Each item of a digest (one listing, as the reader's highlights and keywords show it) is a
+# fragment: rendered once per process and (what it shows of its listing, highlight spans,
+# keywords, excerpt length, template) - the text one also per number - and quoted-printable
+# encoded once by digest.mime from the second message that holds it on. Each template's item
+# loop is rewritten once (`mark_items`) so that one render of a message marks where each
+# item begins and ends and renders only the items not made before (those made before are
+# passed in as their finished text). Every item begins at a line start and ends with a line
+# break, so the pieces meet at line ends, where quoted-printable (line-local) and the text
+# wrapping (line-local too) can join them: the message is byte for byte the one the whole
+# templates render (tests/oracle.py renders it that way, and the tests compare).
+#
+# A per-subscriber value inside an item (a signed feedback link, say) must not go into the
+# shared fragment. Either keep it on a line of the page, or render it into the item as a
+# fixed-length placeholder of characters quoted-printable leaves alone ([A-Za-z0-9_-]), and
+# replace it in the encoded bytes per message with a value of the same length: neither the
+# line lengths nor the soft breaks move, so the result is what encoding the whole would give.
+
+# Random per process, so no listing's text can hold it.
+_MARK = f"\x00item-{secrets.token_hex(12)}\x00"
+_MARK_LINE = _MARK + "\n"
+_ITEM_LOOP = re.compile(r"\{%-?\s*for\s+item\s+in\s+section\.entries\s*-?%\}")
+_FOR_TAGS = re.compile(r"\{%-?\s*(for|endfor)\b.*?%\}", re.DOTALL)
+FRAGMENT_CACHE = 20_000  # items kept per layout (each template pair): ~40 MB at most
+
+
+def mark_items(source: str) -> str:
+    """A template's source with its item loop's body between two marker lines, and skipped
+    for an item given as a string (then shown as it is). ValueError if it has no item loop."""
+    start = _ITEM_LOOP.search(source)
+    if start is None:
+        raise ValueError("the email template has no `{% for item in section.entries %}` loop")
+    depth = 1
+    for tag in _FOR_TAGS.finditer(source, start.end()):
+        depth += 1 if tag.group(1) == "for" else -1
+        if depth == 0:
+            break
+    else:
+        raise ValueError("the email template's item loop has no `{% endfor %}`")
+    # trim_blocks drops the line break after a block tag: the one after the loop's tag, in
+    # the source, is now dropped after `{% else %}` instead, and the one added is dropped.
+    return (source[:start.end()] + "\n{{ mark }}\n{% if item is string %}{{ item }}{% else %}"
+            + source[start.end():tag.start()] + "{% endif %}{{ mark }}\n"
+            + source[tag.start():])
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """A SectionView whose items made before are given as their finished text."""
+
+    topic: str
+    entries: list[ItemView | str]
+    count_label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The two email templates with their items marked (`mark_items`), and the items made
+    so far (bounded; owned by the layout, so an edited template starts afresh)."""
+
+    html: jinja2.Template
+    text: jinja2.Template
+    items: Bounded[tuple[object, ...], str]
+
+    def render(self, ctx: dict[str, Any]) -> RenderedEmail:
+        """The email of a template context (`context`), from fragments where it can."""
+        items = [item for section in ctx["sections"] for item in section.entries]
+        keys = [item.key for item in items]
+        html = self._pieces(self.html, ctx, keys, False)
+        text = self._pieces(self.text, ctx, [(*key, i.number) for key, i in zip(
+            keys, items, strict=True)], True)
+        html_text = "".join(p for p, _ in html)
+        text_text = "".join(p for p, _ in text).strip() + "\n"
+        # wrap_text strips the whole text: the first and last pieces are the page's own.
+        text[0] = (text[0][0].lstrip(), False)
+        text[-1] = (text[-1][0].rstrip() + "\n", False)
+        if "".join(p for p, _ in text) != text_text:  # an item at either end: one piece
+            text = [(text_text, False)]
+        return RenderedEmail(subject=ctx["subject"], html=html_text, text=text_text,
+                             html_pieces=_coalesce(html), text_pieces=_coalesce(text))
+
+    def _pieces(self, template: jinja2.Template, ctx: dict[str, Any],
+                keys: list[tuple[object, ...]], wrap: bool) -> list[tuple[str, bool]]:
+        # The message's pieces: the page's (not shared) and the items' (shared when made
+        # before). Items made before go into the render as their text, Markup so that the
+        # HTML template does not escape them again.
+        cache = self.items
+        made = [cache.get(key) for key in keys]
+        entries = iter([Markup(m) if m is not None else None for m in made])
+        sections = [_Section(s.topic, [next(entries) or item for item in s.entries],
+                             s.count_label) for s in ctx["sections"]]
+        cut = template.render(ctx | {"sections": sections, "mark": _MARK}).split(_MARK_LINE)
+        pieces: list[tuple[str, bool]] = []
+        last = len(cut) - 1
+        for i, chunk in enumerate(cut):
+            if i % 2 == 0:  # the page's
+                if i < last:
+                    _check_piece(chunk, "the email before an item")
+                pieces.append((_wrap_piece(chunk, i < last) if wrap else chunk, False))
+                continue
+            found = made[i // 2]
+            if found is None:
+                _check_piece(chunk, "an item of the email")
+                found = cache.put(keys[i // 2], _wrap_piece(chunk, True) if wrap else chunk)
+                pieces.append((found, False))
+            else:
+                pieces.append((found, True))
+        return pieces
+
+
+# One layout per loaded pair of templates (listed in digest.caches): a new Template object
+# (the file changed, auto_reload) makes a new layout.
+_layouts: weakref.WeakKeyDictionary[jinja2.Template, tuple[jinja2.Template, Layout]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def layout(env: jinja2.Environment) -> Layout:
+    """The marked templates of `env` (made once per loaded template pair)."""
+    html = compiled_template(env)
+    text = env.get_template(TEXT_TEMPLATE)
+    found = _layouts.get(html)
+    if found is not None and found[0] is text:
+        return found[1]
+    assert env.loader is not None
+    text_source = env.loader.get_source(env, TEXT_TEMPLATE)[0]
+    made = Layout(env.from_string(mark_items(_sources[html])),
+                  env.from_string(_plain(mark_items(text_source))), Bounded(FRAGMENT_CACHE))
+    _layouts[html] = (text, made)
+    return made
+
+
+def _plain(source: str) -> str:
+    # A template made from a string is autoescaped (the environment decides by file name,
+    # and it has none): the text part's must not be. (trim_blocks drops the line break
+    # after the tag, the one added here.)
+    return "{% autoescape false %}\n" + source + "{% endautoescape %}"
+
+
+def _check_piece(piece: str, what: str) -> str:
+    if piece and not piece.endswith("\n"):
+        raise DigestError(f"email template: {what} must end with a line break",
+                          hint="see the comment at the top of the template")
+    return piece
+
+
+def _wrap_piece(piece: str, ends_line: bool) -> str:
+    # `wrap_text` of a piece of the text, without its final strip: line-local, so the pieces
+    # wrapped one by one join into the whole text wrapped.
+    if not piece:
+        return piece
+    lines = piece.splitlines()
+    for i in reversed([i for i, n in enumerate(map(len, lines)) if n > TEXT_WIDTH]):
+        lines[i:i + 1] = _wrap_line(lines[i], TEXT_WIDTH)
+    return "\n".join(lines) + ("\n" if ends_line and lines else "")
+
+
 def _render(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
-    html = compiled_template(env).render(ctx)
-    text = wrap_text(env.get_template(TEXT_TEMPLATE).render(ctx))
-    return RenderedEmail(subject=ctx["subject"], html=html, text=text)
+    return layout(env).render(ctx)
+
+
+def _coalesce(pieces: list[tuple[str, bool]]) -> tuple[tuple[str, bool], ...]:
+    # Runs of pieces that are not shared are joined: encoded together, they cost one call
+    # instead of one each. An item is shared from the second message that holds it on; the
+    # first encodes it with its neighbours (most items, whose highlights are the reader's
+    # own, are never seen again).
+    out: list[tuple[str, bool]] = []
+    run: list[str] = []
+    for piece, shared in pieces:
+        if shared:
+            if run:
+                out.append(("".join(run), False))
+                run = []
+            out.append((piece, True))
+        elif piece:
+            run.append(piece)
+    if run or not out:
+        out.append(("".join(run), False))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

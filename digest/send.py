@@ -254,7 +254,8 @@ def outgoing(
     (tests/oracle.py builds the same message with `EmailMessage` and dkimpy: parsed back, the
     two are equal, and dkimpy verifies every signature.)"""
     fields = header_fields(rendered, digest, delivery, now, unsubscribe_https)
-    parts = assemble(fields, rendered.text, rendered.html)
+    parts = assemble(fields, rendered.text, rendered.html, rendered.text_pieces,
+                     rendered.html_pieces)
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
         try:
