@@ -786,13 +786,14 @@ def count_old_sent(db: Database, before: datetime) -> int:
 
 
 def drop_sent_messages(db: Database, before: datetime, limit: int = DROP_BATCH) -> int:
-    """Drop the stored bytes of up to `limit` messages sent before `before`, in one
-    transaction (so the write lock is never held for long); returns how many.
+    """Drop the stored recipes (or bytes, for rows queued before m14) of up to `limit`
+    messages sent before `before`, in one transaction (so the write lock is never held for
+    long); returns how many.
 
-    At 100,000 subscribers the bytes are 3-4 GB a day, while what the store must keep for
-    good is small: the digest row (state, Message-ID, subject) and its items, which keep a
-    paper from being sent twice. Those stay; message_size becomes null (no bytes stored).
-    Pending and failed digests keep their bytes: they may still be sent."""
+    What the store must keep for good is the digest row (state, Message-ID, subject) and its
+    items, which keep a paper from being sent twice. Those stay; message_size becomes null
+    (nothing stored to send). Pending and failed digests keep theirs: they may still be
+    sent."""
     with write_transaction(db):
         ids = [row[0] for row in db.execute(f"select id {_OLD_SENT} limit ?",
                                             [timestamp(before), limit]).fetchall()]
