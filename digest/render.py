@@ -365,11 +365,17 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
 
     (textwrap.wrap did the same but was half of the per-email render time. A long line, such
     as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
+    return _wrap_lines(text, width).strip() + "\n"
+
+
+def _wrap_lines(text: str, width: int = TEXT_WIDTH) -> str:
+    # `wrap_text` without the final strip and line break. Line-local, and a wrapped line is
+    # left as it is: wrapping text that holds wrapped pieces wraps only the rest.
     lines = text.splitlines()
     # Only the long lines (a few in a digest's text) take Python work of their own.
     for i in reversed([i for i, n in enumerate(map(len, lines)) if n > width]):
         lines[i:i + 1] = _wrap_line(lines[i], width)
-    return "\n".join(lines).strip() + "\n"
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
 # Blanks a line may break at: every Unicode space but the no-break ones, which the email puts
@@ -565,8 +571,8 @@ def mark_items(source: str) -> str:
         raise ValueError("the email template's item loop has no `{% endfor %}`")
     # trim_blocks drops the line break after a block tag: the one after the loop's tag, in
     # the source, is now dropped after `{% else %}` instead, and the one added is dropped.
-    return (source[:start.end()] + "\n{{ mark }}\n{% if item is string %}{{ item }}{% else %}"
-            + source[start.end():tag.start()] + "{% endif %}{{ mark }}\n"
+    return (source[:start.end()] + f"\n{_MARK}\n{{% if item is string %}}{{{{ item }}}}{{% else %}}"
+            + source[start.end():tag.start()] + f"{{% endif %}}{_MARK}\n"
             + source[tag.start():])
 
 
@@ -597,10 +603,12 @@ class Layout:
             keys, items, strict=True)], True)
         html_text = "".join(p for p, _ in html)
         text_text = "".join(p for p, _ in text).strip() + "\n"
-        # wrap_text strips the whole text: the first and last pieces are the page's own.
-        text[0] = (text[0][0].lstrip(), False)
-        text[-1] = (text[-1][0].rstrip() + "\n", False)
-        if "".join(p for p, _ in text) != text_text:  # an item at either end: one piece
+        # wrap_text strips the whole text: when the first and last pieces (the page's own)
+        # are not blank, that strips just them.
+        if text[0][0].strip() and text[-1][0].strip():
+            text[0] = (text[0][0].lstrip(), False)
+            text[-1] = (text[-1][0].rstrip() + "\n", False)
+        else:
             text = [(text_text, False)]
         return RenderedEmail(subject=ctx["subject"], html=html_text, text=text_text,
                              html_pieces=_coalesce(html), text_pieces=_coalesce(text))
@@ -615,20 +623,21 @@ class Layout:
         entries = iter([Markup(m) if m is not None else None for m in made])
         sections = [_Section(s.topic, [next(entries) or item for item in s.entries],
                              s.count_label) for s in ctx["sections"]]
-        cut = template.render(ctx | {"sections": sections, "mark": _MARK}).split(_MARK_LINE)
+        whole = template.render(ctx | {"sections": sections})
+        # Wrapping is line-local and leaves wrapped lines as they are: the whole text is
+        # wrapped once, items made before included, then cut.
+        cut = (_wrap_lines(whole) if wrap else whole).split(_MARK_LINE)
         pieces: list[tuple[str, bool]] = []
         last = len(cut) - 1
         for i, chunk in enumerate(cut):
             if i % 2 == 0:  # the page's
-                if i < last:
-                    _check_piece(chunk, "the email before an item")
-                pieces.append((_wrap_piece(chunk, i < last) if wrap else chunk, False))
+                pieces.append((_check_piece(chunk, "the email before an item")
+                               if i < last else chunk, False))
                 continue
             found = made[i // 2]
             if found is None:
                 _check_piece(chunk, "an item of the email")
-                found = cache.put(keys[i // 2], _wrap_piece(chunk, True) if wrap else chunk)
-                pieces.append((found, False))
+                pieces.append((cache.put(keys[i // 2], chunk), False))
             else:
                 pieces.append((found, True))
         return pieces
@@ -670,15 +679,6 @@ def _check_piece(piece: str, what: str) -> str:
     return piece
 
 
-def _wrap_piece(piece: str, ends_line: bool) -> str:
-    # `wrap_text` of a piece of the text, without its final strip: line-local, so the pieces
-    # wrapped one by one join into the whole text wrapped.
-    if not piece:
-        return piece
-    lines = piece.splitlines()
-    for i in reversed([i for i, n in enumerate(map(len, lines)) if n > TEXT_WIDTH]):
-        lines[i:i + 1] = _wrap_line(lines[i], TEXT_WIDTH)
-    return "\n".join(lines) + ("\n" if ends_line and lines else "")
 
 
 def _render(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
