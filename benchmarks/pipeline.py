@@ -417,7 +417,7 @@ def run_send(config: Path, name: str, workers: int, null: bool) -> SendRun:
 def _baseline_in_process(config: Path, count: int) -> tuple[int, float]:
     settings = fresh(config, "baseline")
     db = store.open_db(settings.store.path)
-    subs = [e for e in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults)
+    subs = [e for e in load_subscribers(settings.subscribers.dir, settings.defaults, db)
             if isinstance(e, Subscriber)][:count]
     env = environment()
     t0 = time.perf_counter()
