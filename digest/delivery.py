@@ -378,6 +378,7 @@ class Delivery:
         return self.report
 
     def _skip(self, row: store.Pending) -> None:
+        row = replace(row, data=None) if row.data is not None else row
         self._report([Delivered(row, "queued", f"not attempted: {self._why()}")])
 
 
