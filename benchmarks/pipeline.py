@@ -343,9 +343,9 @@ def storage_choice(config: Path, sample: int) -> list[tuple[str, float, float, f
     blobs = [(recipe.dumps(c.recipe), hashlib.sha256(c.outgoing.data).digest())
              for c in composed]
     t1 = time.process_time()
-    listings = {m.listing.id: m.listing for c in composed for m in c.digest.matches}
-    for blob, _hash in blobs:
-        pipeline.rebuild(settings, recipe.loads(blob, listings), env)
+    for c, (blob, _hash) in zip(composed, blobs, strict=True):
+        pipeline.rebuild(settings, recipe.loads(blob, [m.listing for m in c.digest.matches]),
+                         env)
     t2 = time.process_time()
     out.append(("recipe + SHA-256 (rebuilt on retry)",
                 sum(len(b) + len(h) for b, h in blobs) / count, (t1 - t0) / count * 1000,

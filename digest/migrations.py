@@ -206,5 +206,7 @@ def m14_outbox_recipes(db: Database) -> None:
     """A queued message is stored as its recipe (the inputs it is rebuilt from, a few hundred
     bytes, see `digest.recipe`) and the SHA-256 of its bytes, instead of the 26-45 KB bytes.
     Rows queued before keep their bytes in outbox_messages and are sent as they are."""
-    db.execute("create table outbox_recipes (id text primary key, recipe blob not null)")
+    # Without rowid: the key is stored once, not in the table and again in its index.
+    db.execute("create table outbox_recipes (id text primary key, recipe blob not null)"
+               " without rowid")
     db.table("digests").add_column("message_hash", bytes)

@@ -35,7 +35,6 @@ from .errors import ConfigError, DigestError, SourceError, printable
 from .links import unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
 from .recipe import Recipe, RecipeError, dumps
-from .recipe import listing_ids as recipe_listing_ids
 from .recipe import loads as recipe_loads
 from .render import Fitted, Links, environment, fit, refit, template_version
 from .send import (
@@ -257,7 +256,12 @@ class Rebuilder:
         return out
 
     def _rebuild(self, key: str, blob: bytes, stored_hash: bytes) -> bytes:
-        stored = recipe_loads(blob, store.listings_for(self.db, recipe_listing_ids(blob)))
+        ids = store.sent_listing_ids(self.db, key)
+        found = store.listings_for(self.db, ids)
+        if len(found) < len(set(ids)):
+            raise RecipeError(f"listing(s) {', '.join(sorted(set(ids) - set(found)))} no longer"
+                              " in the store")
+        stored = recipe_loads(blob, [found[i] for i in ids])
         data = rebuild(self.settings, stored, self.env).outgoing.data
         new_hash = hashlib.sha256(data).digest()
         if new_hash != stored_hash:

@@ -91,7 +91,7 @@ def test_a_message_rebuilt_from_its_recipe_is_byte_for_byte_the_one_built(
         assert composed.recipe.left_out > 0
     blob = recipe.dumps(composed.recipe)
     assert len(blob) < 2000 if case != "cut-to-fit" else len(blob) < 20_000
-    listings = {m.listing.id: m.listing for m in digest.matches}
+    listings = [m.listing for m in composed.recipe.digest.matches]  # as digest_items has them
     with LaterClock(settings):
         again = pipeline.rebuild(settings, recipe.loads(blob, listings), environment())
     assert again.outgoing.data == composed.outgoing.data
