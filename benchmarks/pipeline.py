@@ -45,7 +45,7 @@ from sqlite_utils import Database
 
 from benchmarks import baseline
 from benchmarks.match import NOW, Vocabulary, make_listings, make_subscribers, seed_abstracts
-from digest import batch, pipeline, recipe, store
+from digest import batch, executor, pipeline, recipe, store
 from digest.config import Settings, load_settings
 from digest.mime import assemble
 from digest.models import Digest, Subscriber
@@ -244,7 +244,7 @@ def stages(config: Path, sample: int) -> dict[str, float]:
     times = dict.fromkeys(("match", "render", "MIME", "DKIM", "outbox"), 0.0)
     done = 0
     # The outbox writes as `send --workers` makes them: a worker stores a task's messages in
-    # one transaction (synchronous=NORMAL, see pipeline._worker_init); the main process
+    # one transaction (synchronous=NORMAL, see pipeline._Builder.in_worker); the main process
     # claims them in one transaction and records their answers in another (FULL).
     db.execute("PRAGMA synchronous = NORMAL")
     parent = store.open_db(settings.store.path)
@@ -271,7 +271,7 @@ def stages(config: Path, sample: int) -> dict[str, float]:
                 + b"\r\n" + parts.body)
         t4 = time.perf_counter()
         pending.append((digest, rendered.subject, parts.message_id, data))
-        if len(pending) == pipeline.CHUNK:
+        if len(pending) == executor.CHUNK:
             times["outbox"] += _outbox_writes(db, parent, settings, pending)
             pending.clear()
         for name, seconds in zip(("render", "MIME", "DKIM"), (t2 - t1, t3 - t2, t4 - t3),

@@ -4,7 +4,7 @@
 
 Measures, in the same run, messages per second for: a new SMTP connection per message (the
 naive way), one reused connection, and N parallel connections. Every mode goes through the
-real outbox path (`digest.delivery.Delivery.send_all`): each message is claimed, read from SQLite,
+real outbox path (`digest.delivery.Delivery`): each message is claimed, read from SQLite,
 sent, and marked sent, claims and answers committed in batches. The sink runs in its own
 process so it does not share the GIL with the sender.
 """
@@ -90,8 +90,10 @@ def _measure(port: int, count: int, size: int, connections: int, per_connection:
                             max_per_connection=per_connection, connections=connections)
         senders: list[Sender] = [SmtpSender(config) for _ in range(connections)]
         t0 = time.perf_counter()
-        report = delivery.Delivery(db, senders, lambda: NOW,
-                                   policy=delivery.RetryPolicy()).send_all(rows)
+        with delivery.Delivery(db, senders, lambda: NOW,
+                               policy=delivery.RetryPolicy()) as outbox:
+            outbox.offer_many(rows)
+        report = outbox.report
         for sender in senders:
             sender.close()
         seconds = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""The process-wide caches of the render and message stages, listed in one place.
+"""The process-wide caches of the library, listed in one place.
 
 Each holds values that are pure functions of their keys (so a stale entry cannot exist,
 except where the key carries a file's mtime) and each is bounded, so memory stays flat
@@ -24,6 +24,11 @@ however many digests one process builds (a worker of `digest send` builds thousa
     send._signers            [dkim] settings + key mtimes -> its signer    8
     send._from_header        configured sender -> its parsed Address       64 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
+    tokens._stem             a case-folded word -> its Snowball stem       200,000 (LRU)
+    match.compile_keyword    a keyword as written -> its compiled Pattern  65,536 (LRU)
+    tex.convert_piece        a TeX piece -> its readable text              20,000 (LRU)
+    config.parse_send_at,    a configured time / address -> parsed         1,024 / 64
+      config.split_address                                                 (LRU)
 
 `Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild
 of entries that are cheap to make again and keeps lookups at dict speed.

@@ -54,7 +54,7 @@ def _check_send_at(value: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=1024)  # asked for each subscriber of every run; few values
+@functools.lru_cache(maxsize=1024)  # listed in digest.caches: few values, asked often
 def parse_send_at(value: str) -> time:
     """Parse a local time of day written as HH:MM (24-hour clock)."""
     m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
@@ -399,7 +399,7 @@ class DeliveryConfig(_Strict):
         return split_address(self.from_)[1]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)  # listed in digest.caches
 def split_address(value: str) -> tuple[str, str]:
     """`email.utils.parseaddr` of a configured address, parsed once: it is asked for with
     every message sent."""

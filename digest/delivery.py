@@ -216,10 +216,6 @@ class Delivery:
             self._collect(block=True)
         self.poll()
 
-    def offer(self, row: store.Pending) -> bool:
-        """Put `row` on the wire; False (and the row stays queued) when the batch stopped."""
-        return self.offer_many([row]) == 1
-
     def offer_many(self, rows: Sequence[store.Pending]) -> int:
         """Claim `rows` (in batches, as room frees up) and queue them for the connections;
         returns how many were queued. Those left when the batch stops stay queued."""
@@ -363,19 +359,6 @@ class Delivery:
         return "stopped on request" if self.stop.is_set() and not (
             self._fatal.is_set() or self._abort.is_set() or self.report.fatal is not None
         ) else "batch stopped"
-
-    def send_all(self, rows: Sequence[store.Pending]) -> DeliveryReport:
-        """Send `rows` and record each outcome once the server answered; the report.
-
-        Stops when `stop` is set or a fatal error comes back; messages already on the wire
-        are finished and recorded. Rows not attempted stay queued.
-        """
-        with self:
-            self.offer_many(rows)
-        if self.stop.is_set() and self.report.fatal is None:
-            log.warning("stopping: %d message(s) left queued for the next run",
-                        sum(1 for r in self.report.results if r.status == "queued"))
-        return self.report
 
     def _skip(self, row: store.Pending) -> None:
         row = replace(row, data=None) if row.data is not None else row

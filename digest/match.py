@@ -75,7 +75,7 @@ class Pattern:
         return len(self.stems) + (1 if self.prefix is not None else 0)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 16)  # listed in digest.caches
 def compile_keyword(keyword: str) -> Pattern:
     """Compile one keyword as written in a subscriber file (patterns are immutable and
     cached: 100,000 subscribers share a few thousand keywords)."""

@@ -167,14 +167,17 @@ def build_scheduler(
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT (instead of dying mid-message) while in the block."""
-    stop = threading.Event()
+def stop_on_signals(then: Callable[[], None] = lambda: None,
+                    stop: threading.Event | None = None) -> Iterator[threading.Event]:
+    """An event (`stop`, or a new one) set by SIGTERM or SIGINT (instead of dying
+    mid-message) while in the block; `then` is called after it is set."""
+    stop = stop or threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.warning("received %s: finishing the message in flight, then stopping",
                     signal.Signals(signum).name)
         stop.set()
+        then()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -196,21 +199,16 @@ def run_forever(
         store.open_db(settings.store.path).close()  # a broken store fails here, in one line
         if on_start is not None:
             on_start()
-        stop = threading.Event()
-        busy = threading.Lock()
+        stop, busy = threading.Event(), threading.Lock()
         scheduler = build_scheduler(settings, clock, stop, busy)
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.warning("received %s: finishing the message in flight, then stopping",
-                        signal.Signals(signum).name)
-            stop.set()
+        def shut_down() -> None:
             with suppress(SchedulerNotRunningError):
                 scheduler.shutdown(wait=False)
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        scheduler.start()
-        # start() returns on shutdown while a job may still be running in its thread: wait for
-        # it, so its state is recorded before the lock is released.
-        with busy:
-            log.warning("scheduler stopped")
+        with stop_on_signals(shut_down, stop):
+            scheduler.start()
+            # start() returns on shutdown while a job may still be running in its thread:
+            # wait for it, so its state is recorded before the lock is released.
+            with busy:
+                log.warning("scheduler stopped")

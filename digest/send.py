@@ -28,9 +28,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_bytes, policy
 from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +45,7 @@ from .errors import (
     SendError,
     TransientSendError,
 )
-from .mime import assemble
+from .mime import assemble, normal_body
 from .models import Digest, RenderedEmail
 from .signing import FastSigner
 
@@ -281,36 +279,40 @@ class Sender(Protocol):
 
 
 class FileSender:
-    """Writes each message as an .eml file, with an .html preview beside it.
+    """Writes each message as an .eml file, and the HTML it was composed from beside it.
 
-    The preview is always taken from the message's bytes (`html_part`), never handed along
-    from the render: the outbox stores only the finished bytes, so a message sent from the
-    outbox (every message is: it is stored first, and a crash or a retry sends it later
-    from there) has nothing else. One way, and the preview shows what the .eml holds."""
+    The .html preview is written when the digest is queued (`preview`), from the render: the
+    outbox keeps only the finished bytes, and reading the HTML back out of them would undo
+    what `digest.mime` did. The .eml is written when the message is sent, from those bytes
+    (the same whether it goes at once, on a retry or after a crash)."""
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
 
     def send(self, message: Outgoing) -> str:
-        """Write `<date>_<subscriber>.eml` and `.html` into the outbox, atomically."""
+        """Write `<date>_<subscriber>.eml` into the outbox, atomically."""
         check_headers(message.data)
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        subscriber_id, _, day = message.digest_id.rpartition("/")
-        stem = f"{day}_{subscriber_id}"
-        eml = self.outbox / f"{stem}.eml"
+        eml = self._path(message.digest_id, ".eml")
         _atomic_write(eml, message.data)
-        _atomic_write(self.outbox / f"{stem}.html", html_part(message.data).encode("utf-8"))
         return str(eml)
+
+    def preview(self, digest_id: str, html: str) -> None:
+        """Write `<date>_<subscriber>.html`: the HTML part of the digest's message as its
+        .eml carries it, decoded (CRLF line ends, a final one). A failure is logged: the
+        message itself is not at stake."""
+        try:
+            _atomic_write(self._path(digest_id, ".html"),
+                          normal_body(html).replace(b"\n", b"\r\n"))
+        except OSError as exc:
+            log.error("digest %s: cannot write its .html preview: %s", digest_id, exc)
+
+    def _path(self, digest_id: str, suffix: str) -> Path:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        subscriber_id, _, day = digest_id.rpartition("/")
+        return self.outbox / f"{day}_{subscriber_id}{suffix}"
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def html_part(data: bytes) -> str:
-    """The HTML alternative of a serialised message (for a preview of stored bytes)."""
-    msg = message_from_bytes(data, policy=policy.default)
-    part = msg.get_body(preferencelist=("html",)) if isinstance(msg, EmailMessage) else None
-    return str(part.get_content()) if part is not None else ""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -73,17 +73,6 @@ def load_key(pem: bytes, selector: str, domain: str, algorithm: str) -> SigningK
     raise SigningKeyError(f"not a PEM {wanted} private key")
 
 
-def public_record(key: SigningKey) -> bytes:
-    """The DNS TXT record to publish at <selector>._domainkey.<domain> for `key`."""
-    public = key.key.public_key()
-    if isinstance(public, rsa.RSAPublicKey):
-        der = public.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
-
-
 def split_headers(head: bytes) -> list[tuple[bytes, bytes]]:
     """The header fields of a header block as (name, raw value) pairs, in order."""
     fields = _FIELD.findall(head)

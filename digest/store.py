@@ -140,7 +140,7 @@ def _prepare(db: Store, busy_timeout: float) -> None:
     # a power cut could take back a 'sent' the server already has (a duplicate) or a claim.
     # The outbox's promises are per commit; delivery batches commits instead of weakening them.
     # (A `send --workers` worker alone commits its queued messages with NORMAL: see
-    # pipeline._worker_init for why that is safe.)
+    # pipeline._Builder.in_worker for why that is safe.)
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
     # Checked first without a lock; applied under the write lock, checked again there: two
@@ -645,6 +645,14 @@ def set_message_hash(db: Database, key: str, digest: bytes) -> None:
         db.execute("update digests set message_hash = ? where id = ?", [digest, key])
 
 
+def digest_listing_ids(db: Database, digest_id: str) -> list[str]:
+    """The listings a queued or sent digest holds, in email order (what its recipe is
+    rebuilt with)."""
+    return [row[0] for row in db.execute(
+        "select listing_id from digest_items where digest_id = ? order by position",
+        [digest_id])]
+
+
 def listings_for(db: Database, ids: Iterable[str]) -> dict[str, Listing]:
     """The listings of these ids, by the id asked for (following a re-keyed listing to its
     current id); ids of listings no longer stored are left out."""
@@ -837,17 +845,6 @@ def latest_digests(db: Database) -> dict[str, dict[str, Any]]:
 def recent_runs(db: Database, limit: int = 10) -> list[dict[str, Any]]:
     """The last `limit` fetch and send runs, newest first."""
     return list(db.query("select * from runs order by id desc limit ?", [limit]))
-
-
-def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
-    """The listings a recorded digest held, in email order."""
-    return [
-        r["listing_id"]
-        for r in db.query(
-            "select listing_id from digest_items where digest_id = ? order by position",
-            [digest_id],
-        )
-    ]
 
 
 def digests(db: Database, subscriber_id: str | None = None) -> Iterator[dict[str, Any]]:

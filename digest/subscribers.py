@@ -76,12 +76,6 @@ def path_of(folder: Path, subscriber_id: str) -> Path:
     return path
 
 
-def load_file(path: Path, defaults: DefaultsConfig) -> Subscriber:
-    """One subscriber file, validated (no cache), with what it leaves out from [defaults]."""
-    check_subscriber_id(path)  # before reading: the name alone may be wrong
-    return subscriber_from_data(path, parse_subscriber(path), defaults)
-
-
 def load_one(
     folder: Path, defaults: DefaultsConfig, subscriber_id: str, db: Database | None = None,
 ) -> Subscriber:

@@ -102,7 +102,7 @@ def strip_markup(piece: str) -> str:
     return _LEFTOVER.sub(lambda m: m.group(1) or "", piece)
 
 
-@functools.lru_cache(maxsize=20_000)
+@functools.lru_cache(maxsize=20_000)  # listed in digest.caches
 def convert_piece(piece: str) -> str:
     """One TeX piece (a math span or a command with its arguments) as readable text."""
     try:

@@ -50,7 +50,7 @@ def stem(word: str) -> str:
     return _stem(word)
 
 
-@lru_cache(maxsize=200_000)
+@lru_cache(maxsize=200_000)  # listed in digest.caches
 def _stem(word: str) -> str:
     return str(_STEMMER.stemWord(word))
 

@@ -64,3 +64,8 @@ def stored_message(config: Path, db: Database, key: str) -> bytes | None:
     if recipe is not None:
         assert isinstance(data, bytes) and hashlib.sha256(data).digest() == recipe[1], data
     return data if isinstance(data, bytes) else None
+
+
+def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
+    """The listings a recorded digest held, in email order."""
+    return store.digest_listing_ids(db, digest_id)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+from digest.config import (
+    DefaultsConfig,
+    check_subscriber_id,
+    parse_subscriber,
+    subscriber_from_data,
+)
 from digest.models import Digest, Listing, Match, Section, Subscriber, Topic
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -80,3 +87,9 @@ def digest(items: int = 10, titles: tuple[str, ...] = (), sub: Subscriber | None
         if any(m.topic == topic for m in matches)
     )
     return Digest(sub, dt.date(2026, 11, 25), sections, NOW)
+
+
+def load_subscriber(path: Path, defaults: DefaultsConfig) -> Subscriber:
+    """One subscriber file, validated (no cache), with what it leaves out from [defaults]."""
+    check_subscriber_id(path)  # before reading: the name alone may be wrong
+    return subscriber_from_data(path, parse_subscriber(path), defaults)

@@ -200,17 +200,17 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     settings = load_settings(eve.config)
     db = store.open_db(settings.store.path)
     pipeline.fetch(settings, db, NOW - dt.timedelta(days=2))
-    entries = pipeline._load(settings, None, db, NOW)
-    subscribers = [e for e in entries if not isinstance(e, Exception)]
-    run = batch.MatchRun(db, subscribers, NOW)
-    for s in subscribers:
+    entries = subscribers.load(settings.subscribers.dir, settings.defaults, db, None, NOW)
+    subs = [e for e in entries if not isinstance(e, Exception)]
+    run = batch.MatchRun(db, subs, NOW)
+    for s in subs:
         reference = store_digest(db, s, pipeline.local_date(s, NOW), NOW)
         assert run.digest(s, pipeline.local_date(s, NOW)) == reference
         assert pipeline.build(settings, db, s, NOW) == reference
         assert reference is not None
     report = pipeline.send(settings, db, NOW)
     assert report.count("sent") == 3
-    eve_digest = store.sent_listing_ids(db, "eve/2026-11-25")
+    eve_digest = outbox.sent_listing_ids(db, "eve/2026-11-25")
     assert eve_digest == ["top", "second", "hot"]
     # The Trending section is in both parts of the email; its item lists no keywords.
     message = message_from_bytes((eve.outbox / "2026-11-25_eve.eml").read_bytes(),
@@ -226,11 +226,11 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     assert "Trending" in html_part.get_content()
     # The next day the same listings are never sent again: candidates exclude them.
     later = NOW + dt.timedelta(days=1)
-    run = batch.MatchRun(db, subscribers, later)
-    for s in subscribers:
+    run = batch.MatchRun(db, subs, later)
+    for s in subs:
         digest = run.digest(s, pipeline.local_date(s, later))
         assert digest == store_digest(db, s, pipeline.local_date(s, later), later)
-        sent = set(store.sent_listing_ids(db, f"{s.id}/{pipeline.local_date(s, NOW)}"))
+        sent = set(outbox.sent_listing_ids(db, f"{s.id}/{pipeline.local_date(s, NOW)}"))
         assert digest is None or not sent & {m.listing.id for m in digest.matches}
 
 
@@ -305,10 +305,10 @@ def test_index_candidates_follow_the_store_after_refused_and_failed_sends(
     pipeline.send(settings, db, NOW)
     assert len(smtp_server.sink.received) == 1  # ada's; grace's was refused
     for later in (NOW, NOW + dt.timedelta(hours=3), NOW + dt.timedelta(days=1)):
-        subscribers = [e for e in pipeline._load(settings, None, db, later)
-                       if not isinstance(e, Exception)]
-        run = batch.MatchRun(db, subscribers, later)
-        for s in subscribers:
+        subs = [e for e in subscribers.load(settings.subscribers.dir, settings.defaults, db,
+                                            None, later) if not isinstance(e, Exception)]
+        run = batch.MatchRun(db, subs, later)
+        for s in subs:
             assert run.digest(s, pipeline.local_date(s, later)) == store_digest(
                 db, s, pipeline.local_date(s, later), later)
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def test_send_with_file_transport_then_again(project: Project) -> None:
     assert emls == ["2026-11-25_ada.eml", "2026-11-25_grace.eml"]
     assert (project.outbox / "2026-11-25_ada.html").read_text().startswith("<!doctype html>")
     msg = message_from_bytes((project.outbox / emls[0]).read_bytes(), policy=policy.default)
+    # The .html beside each .eml is the HTML part that .eml carries.
+    for eml in emls:
+        sent = message_from_bytes((project.outbox / eml).read_bytes(), policy=policy.default)
+        assert isinstance(sent, EmailMessage)
+        part = sent.get_body(("html",))
+        assert part is not None
+        html = (project.outbox / eml).with_suffix(".html").read_bytes()
+        assert html == part.get_content().encode()
     assert msg["To"] == "Ada Lovelace <ada@example.org>"
     code, output = invoke(project, "send")
     assert code == 0 and "2 already-sent" in output

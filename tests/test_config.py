@@ -8,8 +8,8 @@ import pytest
 from digest.config import DefaultsConfig, load_settings
 from digest.errors import ConfigError
 from digest.subscribers import load as iter_subscribers
-from digest.subscribers import load_file as load_subscriber
 from tests.conftest import REPO, Project
+from tests.samples import load_subscriber
 
 GOOD = """
 name = "Ada"

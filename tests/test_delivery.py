@@ -32,6 +32,13 @@ def queued(db: Database, count: int) -> list[store.Pending]:
     return store.pending(db, [f"s{i:03d}" for i in range(count)])
 
 
+def send_all(outbox: delivery.Delivery, rows: list[store.Pending]) -> delivery.DeliveryReport:
+    """Offer `rows`, wait for every answer, and return the report."""
+    with outbox:
+        outbox.offer_many(rows)
+    return outbox.report
+
+
 def states(path: Path) -> dict[str, tuple[str, int]]:
     # A connection of its own: what is committed, as a crash would leave it.
     with sqlite3.connect(path) as conn:
@@ -69,7 +76,7 @@ def test_a_fatal_error_puts_back_every_claimed_row_not_attempted(tmp_path: Path)
             raise FatalSendError("cannot connect to SMTP server x: refused")
 
     sender = Scripted(path, answer)
-    report = delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY).send_all(rows)
+    report = send_all(delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY), rows)
     assert report.fatal and "cannot connect" in report.fatal
     assert len(sender.handed) == 3  # nothing was handed to the server after the fatal error
     after = states(path)
@@ -91,8 +98,8 @@ def test_a_stop_request_finishes_the_message_on_the_wire_and_releases_the_rest(
             stop.set()  # SIGTERM while the second message is on the wire
 
     sender = Scripted(path, answer)
-    report = delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY,
-                               stop=stop).send_all(rows)
+    report = send_all(delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY, stop=stop),
+                      rows)
     assert report.fatal is None and len(sender.handed) == 2
     after = states(path)
     assert [after[f"s{i:03d}"] for i in range(2)] == [("sent", 1)] * 2
@@ -138,7 +145,7 @@ def test_claimed_bytes_are_read_in_one_query_and_sent_unchanged(tmp_path: Path) 
     assert store.messages(db, [r.id for r in rows]) == {
         r.id: b"bytes %d\r\n" % i for i, r in enumerate(rows)}
     sender = Scripted(path)
-    delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY).send_all(rows)
+    send_all(delivery.Delivery(db, [sender], lambda: NOW, policy=POLICY), rows)
     assert [m.data for m in sender.handed] == [b"bytes %d\r\n" % i for i in range(5)]
 
 

@@ -27,11 +27,23 @@ from digest.mime import encode_qp, encode_qp_checked, normal_body
 from digest.models import RenderedEmail
 from digest.render import environment
 from digest.send import DKIM_HEADERS, header_fields, load_signer, outgoing
-from digest.signing import FastSigner, load_key, public_record, relaxed_body
+from digest.signing import FastSigner, SigningKey, load_key, relaxed_body
 
 from . import oracle
 from .conftest import Project
 from .samples import HOSTILE_TITLES, NOW, digest, subscriber
+
+
+def public_record(key: SigningKey) -> bytes:
+    """The DNS TXT record to publish at <selector>._domainkey.<domain> for `key`."""
+    public = key.key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        der = public.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
+
 
 LONG = "word " * 60 + "end"
 TRICKY_TEXTS = {

@@ -15,6 +15,7 @@ from digest.tokens import title_id
 
 from .conftest import Project
 from .loopback import FakeTime, Loopback, Reply, make_fetcher
+from .outbox_support import sent_listing_ids
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 TITLE = "Speculative Decoding with a Shared KV Cache for Faster Inference"
@@ -166,7 +167,7 @@ def test_folding_duplicates_held_by_one_digest_keeps_one_reference(tmp_path: Pat
         {"digest_id": "ada/2026-11-25", "listing_id": "2405.00332", "position": 1}])
     store.upsert_listings(db, [arxiv()], NOW)
     assert store.count_listings(db) == 1
-    assert store.sent_listing_ids(db, "ada/2026-11-25") == ["2405.00332"]
+    assert sent_listing_ids(db, "ada/2026-11-25") == ["2405.00332"]
     assert db.execute("pragma foreign_key_check").fetchall() == []
 
 
@@ -198,7 +199,7 @@ def test_paper_sent_under_title_id_is_not_sent_again_after_rekeying(
     report = _send(project, day1)
     assert {o.subscriber_id: o.status for o in report.outcomes}["ada"] == "sent"
     db = store.open_db(project.db_path)
-    sent = store.sent_listing_ids(db, "ada/2026-11-25")
+    sent = sent_listing_ids(db, "ada/2026-11-25")
     assert sent == [title_id(TITLE)]
 
     # The same paper arrives from Hugging Face, with its arXiv id (2405.00451).
@@ -211,14 +212,14 @@ def test_paper_sent_under_title_id_is_not_sent_again_after_rekeying(
     paper = store.get_listing(db, "2405.00451")
     assert paper is not None and paper.upvotes == 12 and paper.sources == ("mine", "hf")
     assert store.get_listing(db, title_id(TITLE)) is None
-    assert store.sent_listing_ids(db, "ada/2026-11-25") == ["2405.00451"]
+    assert sent_listing_ids(db, "ada/2026-11-25") == ["2405.00451"]
 
     # A new subscriber with the same interests would get it; ada, who had it, does not.
     project.subscriber("ben", (project.subscribers / "ada.toml").read_text("utf-8"))
     day2 = day1 + dt.timedelta(days=1)
     outcomes = {o.subscriber_id: o for o in _send(project, day2).outcomes}
     assert outcomes["ben"].status == "sent"
-    assert "2405.00451" in store.sent_listing_ids(db, "ben/2026-11-26")
+    assert "2405.00451" in sent_listing_ids(db, "ben/2026-11-26")
     assert outcomes["ada"].status == "no-matches"
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from digest import cli, delivery, pipeline, store
 from digest.config import Settings, load_settings
-from digest.subscribers import load_file as load_subscriber
+from tests.samples import load_subscriber
 
 from .conftest import PASSWORD, USER, Project, SmtpServer
 from .delivery_support import FaultServer, FaultSink, fault_server, prepare, smtp_config

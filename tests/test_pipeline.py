@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from digest import pipeline, store
 from digest.config import load_settings
+from tests import outbox_support as outbox
 from tests.conftest import NOW, Project, SmtpServer
 
 
@@ -46,7 +48,7 @@ def test_send_delivers_the_right_papers_to_each_subscriber(
     html, text = body(ada, "html"), body(ada, "plain")
     assert "Hi Ada Lovelace," in text and "Hi Ada Lovelace," in html
     # Every item matches one of Ada's keywords, none her exclude.
-    items = store.sent_listing_ids(db, "ada/2026-11-25")
+    items = outbox.sent_listing_ids(db, "ada/2026-11-25")
     assert len(items) == 10
     for lid in items:
         listing = store.get_listing(db, lid)
@@ -81,8 +83,8 @@ def test_next_day_never_resends_a_paper(project: Project, smtp_server: SmtpServe
     pipeline.send(settings, db, NOW)
     tomorrow = NOW + dt.timedelta(days=1)
     pipeline.send(settings, db, tomorrow, only=["ada"])
-    first = set(store.sent_listing_ids(db, "ada/2026-11-25"))
-    second = set(store.sent_listing_ids(db, "ada/2026-11-26"))
+    first = set(outbox.sent_listing_ids(db, "ada/2026-11-25"))
+    second = set(outbox.sent_listing_ids(db, "ada/2026-11-26"))
     assert first and second and not first & second
     # After the lookback window nothing is a candidate any more.
     later = pipeline.send(settings, db, NOW + dt.timedelta(days=8), only=["ada"])
@@ -214,3 +216,16 @@ def test_a_digest_waiting_for_retry_is_dropped_when_they_unsubscribe(
     assert {o.subscriber_id: o.status for o in later.outcomes}["grace"] == "unsubscribed"
     assert set(smtp_server.sink.by_recipient()) == {"ada@example.org"}
     assert store.digest_state(db, "grace", NOW.date()) == "failed"
+
+
+def test_a_dry_run_stops_when_asked_and_changes_nothing(project: Project) -> None:
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    stop = threading.Event()
+    stop.set()
+    assert pipeline.send(settings, db, NOW, dry_run=True, stop=stop).outcomes == []
+    report = pipeline.send(settings, db, NOW, dry_run=True)
+    assert {o.subscriber_id: o.status for o in report.outcomes} == {
+        "ada": "would-send", "grace": "would-send"}
+    assert list(store.digests(db)) == []

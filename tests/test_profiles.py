@@ -12,8 +12,8 @@ from digest.config import DefaultsConfig
 from digest.errors import ConfigError
 from digest.index import Index, build_digest
 from digest.models import Listing, Subscriber, Topic
-from digest.subscribers import load_file as load_subscriber
 from digest.tokens import name_words, names_match
+from tests.samples import load_subscriber
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 DAY = NOW.date()

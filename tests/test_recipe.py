@@ -20,7 +20,7 @@ from digest import pipeline, recipe, send, store
 from digest.config import Settings, load_settings
 from digest.models import Digest
 from digest.render import environment
-from digest.subscribers import load_file as load_subscriber
+from tests.samples import load_subscriber
 
 from . import samples
 from .conftest import Project
@@ -145,7 +145,7 @@ def test_a_rebuilt_message_that_differs_is_sent_and_said_in_the_log(
     settings, record = configure(project, monkeypatch, server.port)
     first_send_drops(settings, server, 1)
     before = row(settings, "s000")
-    listing_id = store.sent_listing_ids(store.open_db(settings.store.path), before["id"])[0]
+    listing_id = store.digest_listing_ids(store.open_db(settings.store.path), before["id"])[0]
     db = store.open_db(settings.store.path)
     with db.atomic():  # a source corrected the title since the digest was queued
         db.execute("update listings set title = 'A corrected title' where id = ?",

@@ -34,6 +34,7 @@ from digest.tex import readable
 from .browser import chromium, open_email  # noqa: F401 - fixture
 from .conftest import NOW, Project, SmtpServer
 from .oracle import render_context, render_email
+from .outbox_support import sent_listing_ids
 from .samples import HOSTILE_TITLES, TLDR, digest
 from .test_render_browser import CONTRAST_JS
 
@@ -428,7 +429,7 @@ def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
     left_out = 100 - shown
     assert f"{left_out} more papers matched but did not fit in this email." in text
     # Only what the email shows is recorded as sent; the rest stay candidates.
-    sent = store.sent_listing_ids(db, "reader/2026-11-25")
+    sent = sent_listing_ids(db, "reader/2026-11-25")
     assert len(sent) == shown
     sent_titles = []
     for lid in sent:
@@ -438,6 +439,6 @@ def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
     shown_parts = sorted(re.findall(r"\(part (\d+)\)", text))
     assert shown_parts == sorted(re.findall(r"\(part (\d+)\)", " ".join(sent_titles)))
     pipeline.send(settings, db, NOW.replace(day=26))
-    later = set(store.sent_listing_ids(db, "reader/2026-11-26"))
+    later = set(sent_listing_ids(db, "reader/2026-11-26"))
     assert later and not later & set(sent)
     assert len(later) == min(100, 130 - shown)

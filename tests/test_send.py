@@ -6,6 +6,7 @@ import smtplib
 import unicodedata
 from email import message_from_bytes, policy
 from email.headerregistry import Address
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,18 @@ def test_file_sender_writes_eml_and_html(tmp_path: Path) -> None:
     digest = digest_for()
     rendered = RenderedEmail(subject="s", html="<p>x</p>", text="x\n")
     out = outgoing(rendered, digest, DELIVERY, NOW, None, None)
-    where = FileSender(tmp_path / "outbox").send(out)
+    files = FileSender(tmp_path / "outbox")
+    files.preview(digest.id, rendered.html)
+    where = files.send(out)
     assert where.endswith("2026-11-25_ada.eml")
     assert (tmp_path / "outbox" / "2026-11-25_ada.eml").read_bytes() == out.data
-    # The preview is the HTML part of the .eml (a text part ends with a line end).
-    assert (tmp_path / "outbox" / "2026-11-25_ada.html").read_text() == "<p>x</p>\n"
+    # The preview is the HTML part of the .eml as a reader of the .eml gets it.
+    msg = message_from_bytes(out.data, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    part = msg.get_body(("html",))
+    assert part is not None
+    html = (tmp_path / "outbox" / "2026-11-25_ada.html").read_bytes()
+    assert html == part.get_content().encode() == b"<p>x</p>\r\n"
 
 
 def _out(digest: Digest) -> object:

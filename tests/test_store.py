@@ -91,7 +91,7 @@ def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
     row = next(store.digests(db, "ada"))
     # Queued anew after the failure: one attempt of the new message, the old error cleared.
     assert (row["attempts"], row["item_count"], row["last_error"]) == (1, 1, None)
-    assert store.sent_listing_ids(db, "ada/2026-11-25") == ["a"]
+    assert outbox.sent_listing_ids(db, "ada/2026-11-25") == ["a"]
 
 
 def test_naive_datetimes_are_refused() -> None:
@@ -159,7 +159,7 @@ def test_old_sent_bytes_are_dropped_and_the_record_kept(tmp_path: Path) -> None:
         key: b"bytes of " + key.encode() for key in (recent, waiting, failed)}
     # The record stays: still sent, its item still given (never offered again).
     assert store.digest_state(db, "old0", day) == "sent"
-    assert store.sent_listing_ids(db, old[0]) == ["a"]
+    assert outbox.sent_listing_ids(db, old[0]) == ["a"]
     since = NOW - dt.timedelta(days=7)
     assert {c.id for c in store.candidates(db, "old0", since)} == {"b"}
     assert store.drop_sent_messages(db, NOW - dt.timedelta(days=7)) == 0

@@ -25,8 +25,8 @@ from digest import pipeline, store
 from digest.config import load_settings
 from digest.links import make_token
 from digest.render import environment
-from digest.subscribers import load_file
 from digest.web import create_app
+from tests.samples import load_subscriber
 
 from .browser import chromium  # noqa: F401 - fixture
 from .conftest import NOW, Project, free_port
@@ -190,7 +190,7 @@ def test_preview_click_through_shows_the_message_as_sent(project: Project, serve
         settings = load_settings(project.config)
         expected = pipeline.compose(
             settings, pipeline.build(settings, store.open_db(project.db_path),
-                                     load_file(project.subscribers / "ada.toml",
+                                     load_subscriber(project.subscribers / "ada.toml",
                                                settings.defaults), NOW),
             environment())
         assert expected.rendered.subject in headers
