@@ -296,10 +296,11 @@ class Delivery:
         self._report(delivered)
         if not go:
             return False
-        self._claimed += len(rows)
-        # The bytes a builder handed over with the row, else those stored or rebuilt.
+        # The bytes a builder handed over with the row, else those stored or rebuilt. (Should
+        # `load` fail, the rows stay 'sending', as after a crash: the next run sends them.)
         unread = [row for row in rows if row.data is None]
         loaded = self.load(unread) if unread else {}
+        self._claimed += len(rows)
         for row in rows:
             data = row.data if row.data is not None else loaded.get(row.id)
             if row.data is not None:  # the report keeps the row: not 40 KB a message more

@@ -246,6 +246,9 @@ class Rebuilder:
             except (DigestError, RecipeError) as exc:
                 log.error("digest %s: cannot rebuild its message: %s", key, exc)
                 out[key] = f"its message cannot be rebuilt: {exc}"
+            except Exception as exc:  # a bug must cost one digest, not the batch
+                log.exception("digest %s: unexpected error rebuilding its message", key)
+                out[key] = f"its message cannot be rebuilt: unexpected error: {exc!r}"
         return out
 
     def _rebuild(self, key: str, blob: bytes, stored_hash: bytes) -> bytes:

@@ -202,3 +202,21 @@ def test_a_message_queued_with_its_bytes_before_the_upgrade_is_sent_as_they_are(
     report = pipeline.send(settings, store.open_db(settings.store.path), NOW)
     assert statuses(report) == {"s000": "sent"}
     assert copies(server, "s000") == [out.data] and verify(out.data, record)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_fresh_message_goes_out_as_built_without_a_rebuild(
+        project: Project, monkeypatch: pytest.MonkeyPatch, server: FaultServer,
+        workers: int) -> None:
+    # The builder (this process or a worker) hands the bytes to the sender with the row.
+    count = pipeline.PARALLEL_MIN if workers > 1 else 3
+    prepare(project, NOW, count)
+    settings, record = configure(project, monkeypatch, server.port)
+
+    def no_rebuild(*args: object) -> pipeline.Composed:
+        raise AssertionError("a fresh message was rebuilt")
+
+    monkeypatch.setattr(pipeline, "rebuild", no_rebuild)
+    report = pipeline.send(settings, store.open_db(settings.store.path), NOW, workers=workers)
+    assert report.count("sent") == count and not report.failed
+    assert all(verify(r.data, record) for r in server.sink.received[:3])
