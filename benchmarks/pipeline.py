@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import multiprocessing as mp
 import random
 import resource
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import timeit
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -43,11 +45,11 @@ from sqlite_utils import Database
 
 from benchmarks import baseline
 from benchmarks.match import NOW, Vocabulary, make_listings, make_subscribers, seed_abstracts
-from digest import batch, executor, pipeline, store
+from digest import batch, executor, pipeline, recipe, store
 from digest.config import Settings, load_settings
 from digest.mime import assemble
 from digest.models import Digest, Subscriber
-from digest.render import Links, environment, render
+from digest.render import EXCERPT_CHARS, Links, environment, render
 from digest.send import Outgoing, header_fields, load_signer, outgoing
 from digest.subscribers import load as load_subscribers
 
@@ -292,20 +294,65 @@ def _outbox_writes(worker: Database, parent: Database, settings: Settings,
     t0 = time.perf_counter()
     worker.execute("BEGIN IMMEDIATE")
     for digest, subject, message_id, data in built:
+        # As the real path stores it: the recipe and the hash of the bytes (which go to the
+        # sender with the row, so nothing is read back).
+        stored = recipe.dumps(recipe.Recipe(digest, 0, EXCERPT_CHARS, int(NOW.timestamp()),
+                                            "benchmark"))
         store.enqueue(worker, key=digest.id, subscriber_id=digest.subscriber.id,
                       local_date=digest.local_date, message_id=message_id, subject=subject,
                       envelope_from=settings.delivery.from_address,
                       recipient=digest.subscriber.email, data=data,
                       items=[store.OutboxItem(m.listing.id, m.topic, m.score)
-                             for m in digest.matches], now=NOW)
+                             for m in digest.matches], now=NOW, recipe=stored)
     worker.conn.commit()
     keys = [digest.id for digest, _, _, _ in built]
     with parent.atomic():
         store.claim_many(parent, keys, NOW)
-    store.messages(parent, keys)
     with parent.atomic():
         store.record_sent_many(parent, keys, NOW)
     return time.perf_counter() - t0
+
+
+def storage_choice(config: Path, sample: int) -> list[tuple[str, float, float, float]]:
+    """What each way of keeping a queued message costs, on `sample` real messages (signed,
+    built by `pipeline.compose`): (way, bytes stored a message, ms of CPU when it is queued,
+    ms of CPU each time it is sent). The bytes, zlib-compressed (levels 1 and 6), are
+    decompressed for every send; a recipe and the hash of the bytes are made when queued,
+    and the message is rebuilt only for a retry or after a crash (the cost shown), since
+    the builder hands the bytes to the sender."""
+    settings = fresh(config, "storage")
+    db = store.open_db(settings.store.path)
+    subs = [e for e in load_subscribers(settings.subscribers.dir, settings.defaults, db)
+            if isinstance(e, Subscriber)][:sample]
+    run = batch.MatchRun(db, subs, NOW)
+    env = environment()
+    composed = [pipeline.compose(settings, d, env) for d in
+                (run.digest(sub, NOW.date()) for sub in subs) if d is not None]
+    count = len(composed)
+    out = [("bytes as they are", sum(len(c.outgoing.data) for c in composed) / count, 0.0, 0.0)]
+    for level in (1, 6):
+        t0 = time.process_time()
+        packed = [zlib.compress(c.outgoing.data, level) for c in composed]
+        t1 = time.process_time()
+        for blob in packed:
+            zlib.decompress(blob)
+        t2 = time.process_time()
+        out.append((f"bytes, zlib level {level}", sum(map(len, packed)) / count,
+                    (t1 - t0) / count * 1000, (t2 - t1) / count * 1000))
+    t0 = time.process_time()
+    blobs = [(recipe.dumps(c.recipe), hashlib.sha256(c.outgoing.data).digest())
+             for c in composed]
+    t1 = time.process_time()
+    for c, (blob, _hash) in zip(composed, blobs, strict=True):
+        pipeline.rebuild(settings, recipe.loads(blob, [m.listing for m in c.digest.matches]),
+                         env)
+    t2 = time.process_time()
+    out.append(("recipe + SHA-256 (rebuilt on retry)",
+                sum(len(b) + len(h) for b, h in blobs) / count, (t1 - t0) / count * 1000,
+                (t2 - t1) / count * 1000))
+    db.close()
+    settings.store.path.unlink()
+    return out
 
 
 class SendRun(NamedTuple):
@@ -316,6 +363,8 @@ class SendRun(NamedTuple):
     main_mb: float  # peak RSS of the process that ran send()
     worker_mb: float  # peak RSS of its largest worker
     cpu_seconds: float  # user + system time of that process and all its workers
+    store_growth: int  # bytes the store grew by (checkpointed, free pages not counted)
+    written: int  # bytes all its processes wrote to storage (WAL, checkpoints: ru_oublock)
 
 
 def _cpu(who: int) -> float:
@@ -323,9 +372,24 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _used_bytes(db: Database) -> int:
+    # What the store holds, after folding the write-ahead log into it.
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return int((pages - free) * db.execute("PRAGMA page_size").fetchone()[0])
+
+
+def _blocks_written() -> int:
+    return sum(resource.getrusage(who).ru_oublock
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 512
+
+
 def _send_in_process(config: Path, name: str, workers: int, null: bool) -> SendRun:
     settings = fresh(config, name)
     db = store.open_db(settings.store.path)
+    before = _used_bytes(db)
+    written0 = _blocks_written()
     cpu0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     report = pipeline.send(settings, db, NOW, sender=NullSender() if null else None,
@@ -333,12 +397,14 @@ def _send_in_process(config: Path, name: str, workers: int, null: bool) -> SendR
     seconds = time.perf_counter() - t0
     # send() has joined its workers by now, so their time is in RUSAGE_CHILDREN.
     cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - cpu0
+    written = _blocks_written() - written0
     if report.fatal:
         raise SystemExit(f"{name}: {report.fatal}")
+    growth = _used_bytes(db) - before
     db.close()
     settings.store.path.unlink()
     return SendRun(seconds, report.count("sent"), peak_mb(),
-                   peak_mb(resource.RUSAGE_CHILDREN), cpu)
+                   peak_mb(resource.RUSAGE_CHILDREN), cpu, growth, written)
 
 
 def run_send(config: Path, name: str, workers: int, null: bool) -> SendRun:
@@ -351,7 +417,7 @@ def run_send(config: Path, name: str, workers: int, null: bool) -> SendRun:
 def _baseline_in_process(config: Path, count: int) -> tuple[int, float]:
     settings = fresh(config, "baseline")
     db = store.open_db(settings.store.path)
-    subs = [e for e in batch.load_subscribers(db, settings.subscribers.dir, settings.defaults)
+    subs = [e for e in load_subscribers(settings.subscribers.dir, settings.defaults, db)
             if isinstance(e, Subscriber)][:count]
     env = environment()
     t0 = time.perf_counter()
@@ -376,10 +442,10 @@ def run_baseline(config: Path, count: int) -> tuple[int, float]:
         return one.submit(_baseline_in_process, config, count).result()
 
 
-def machine() -> str:
+def machine() -> tuple[str, float]:
     """How fast this machine is at two things the send path does, so that figures from
     different machines can be compared: an RSA-2048 signature through OpenSSL, and a plain
-    Python loop (best of five)."""
+    Python loop (best of five). Returns the line to print and the signature's seconds."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     digest = hashes.Hash(hashes.SHA256())
     digest.update(b"calibration")
@@ -388,8 +454,8 @@ def machine() -> str:
         lambda: key.sign(prehashed, padding.PKCS1v15(), Prehashed(hashes.SHA256())),
         number=200, repeat=5)) / 200
     loop = min(timeit.repeat("for i in range(1_000_000): pass", number=1, repeat=5))
-    return (f"machine: {mp.cpu_count()} cores; RSA-2048 signature {signing * 1000:.2f} ms"
-            f" (OpenSSL); a 1,000,000-step Python loop {loop * 1000:.0f} ms")
+    return (f"machine: {mp.cpu_count()} cores; RSA-2048 signature {signing * 1000:.3f} ms"
+            f" (OpenSSL); a 1,000,000-step Python loop {loop * 1000:.0f} ms"), signing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -410,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    print(machine())
+    line, rsa_seconds = machine()
+    print(line)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         config = prepare(Path(tmp), args.subscribers, args.listings, args.seed, port)
@@ -426,6 +493,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, seconds in per.items():
             print(f"  {name:7s} {seconds * 1000:6.3f} ms  {seconds / total:5.1%}")
         print(f"  total   {total * 1000:6.3f} ms  (= {1 / total:,.0f} msg/s on one core)")
+        print(f"keeping a queued message, {min(args.sample, 500):,} messages (bytes stored"
+              " a message; ms of CPU when queued; ms of CPU when sent):")
+        for way, stored, queued, sent in storage_choice(config, min(args.sample, 500)):
+            print(f"  {way:38s} {stored:8,.0f} B  {queued:6.3f} ms  {sent:6.3f} ms")
 
         null = run_send(config, "null", args.workers, True)
         null_rate = null.sent / null.seconds
@@ -437,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
               " MB largest worker (RSS: the worker's includes the pages it shares with the main"
               " one)")
         if args.only_null:
+            _targets(rsa_seconds, null, None)
             return
 
         ctx = mp.get_context("spawn")
@@ -464,6 +536,44 @@ def main(argv: list[str] | None = None) -> None:
               " outbox)")
         print(f"ratio:            {null_rate / ref_rate:6.1f}x the straightforward path"
               " (null transport)")
+        _targets(rsa_seconds, null, smtp)
+
+
+def _reached(ok: bool) -> str:
+    return "reached" if ok else "NOT reached"
+
+
+def _targets(rsa_seconds: float, null: SendRun, smtp: SendRun | None) -> None:
+    """The issue's targets, each with the figure measured in this run."""
+    cores = mp.cpu_count()
+    cpu = null.cpu_seconds / null.sent
+    ratio = cpu / rsa_seconds
+    print("targets:")
+    print(f"  CPU a signed message, all processes: {cpu * 1000:.2f} ms = {ratio:.1f}x this"
+          f" machine's RSA-2048 signature ({rsa_seconds * 1000:.3f} ms); target <= 4x:"
+          f" {_reached(ratio <= 4)}")
+    kept = null.store_growth / null.sent
+    print(f"  store: {kept:,.0f} bytes kept a sent message (rows, items, recipe, indexes;"
+          f" target < 2 KB: {_reached(kept < 2048)}); {null.written / null.sent / 1024:,.1f}"
+          " KB a message written to disk by all processes (WAL frames and checkpoints, whole"
+          " pages)")
+    peak = max(null.main_mb, null.worker_mb)
+    print(f"  peak memory {peak:,.0f} MB a process; target < 1 GB: {_reached(peak < 1024)}")
+    ceiling = cores / cpu
+    null_rate = null.sent / null.seconds
+    why = (f"CPU-bound: {cpu * 1000:.2f} ms of CPU a message on {cores} cores caps it at"
+           f" ~{ceiling:,.0f} msg/s" if ceiling < 2000 else
+           f"the CPU allows ~{ceiling:,.0f} msg/s; the rest is start-up and waiting")
+    print(f"  null transport {null_rate:,.0f} msg/s; target >= 2,000 (the faster 2-core"
+          f" machine): {_reached(null_rate >= 2000)} ({why})")
+    if smtp is None:
+        return
+    smtp_rate = smtp.sent / smtp.seconds
+    print(f"  loopback SMTP {smtp_rate:,.0f} msg/s = {smtp_rate / null_rate:.0%} of the null"
+          f" transport's; target >= 80%: {_reached(smtp_rate >= 0.8 * null_rate)}; target"
+          f" >= 1,000 msg/s: {_reached(smtp_rate >= 1000)} (the sink shares the {cores}"
+          f" cores; {smtp.cpu_seconds / smtp.sent * 1000:.2f} ms of CPU a message without"
+          " the sink's)")
 
 
 if __name__ == "__main__":

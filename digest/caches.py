@@ -9,6 +9,13 @@ however many digests one process builds (a worker of `digest send` builds thousa
     render._wrap_line        (line, width) -> the wrapped text lines       20,000 (LRU)
     render._compiled         MJML template -> compiled HTML template       weak keys: one
                                                                            per live template
+    render._sources          compiled HTML template -> its source          the same
+    render._layouts          compiled HTML template -> its Layout (the     the same
+                             templates with their items marked)
+    Layout.items             (listing view, highlights, keywords, excerpt  FRAGMENT_CACHE
+                             length[, number]) -> an item's HTML or text   (20,000) a layout
+    render._versions         (HTML, text template) -> their version hash   16
+    mime._qp_pieces          a shared item's text -> its quoted-printable  20,000
     mime._folded             (field, value) -> the folded header bytes     1,024
     mime._qp_lines,          one body line -> its quoted-printable form    QP_CACHE_BYTES
       mime._qp_unstable                                                    (32 MB), together

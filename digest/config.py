@@ -181,9 +181,10 @@ class StoreConfig(_Strict):
     )
     keep_sent_days: int = Field(
         7, ge=0, le=3650,
-        description="Days the exact bytes of a sent message stay in the store; each send"
-        " drops older ones once it has sent (0: every message sent before it started). The"
-        " digest's record (state, Message-ID, subject, items) stays for good.",
+        description="Days what a sent message is rebuilt from (or its bytes, if an older"
+        " version queued it) stays in the store; each send drops older ones once it has sent"
+        " (0: every message sent before it started). The digest's record (state, Message-ID,"
+        " subject, items) stays for good.",
     )
 
 

@@ -10,8 +10,11 @@ synchronous=FULL) thus covers many messages instead of two per message.
 What a crash (kill -9) can leave: at most `width + CLAIM_BATCH` rows in 'sending' (the ones
 on the wire and those claimed for the connections' queue), and results of at most LINGER
 or RECORD_BATCH messages accepted but not yet recorded ('sending' too). Every 'sending' row
-is sent again by the next run as the very same bytes (same Message-ID); only those that were
-on the wire or accepted can reach the recipient twice. Nothing is ever 'sent' before the
+is sent again by the next run as the same message (same Message-ID): its stored bytes, or
+the bytes rebuilt from its stored recipe and checked against the stored hash (`load`, see
+`pipeline.Rebuilder` for what happens when they differ); only those that were on the wire or
+accepted can reach the recipient twice. A message that can be neither read nor rebuilt fails
+(permanently, with the reason), like a 5xx refusal. Nothing is ever 'sent' before the
 server accepted it. Claimed rows that never went on the wire because the batch stopped are
 put back ('queued', the attempt not counted).
 
@@ -33,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -139,6 +142,10 @@ class Delivery:
     come back, in batches, each only after the server answered. Call `poll` now and then
     while doing other work, so that what came back is recorded within LINGER. Use as a
     context manager: leaving it waits for the queued messages, and records them.
+
+    A row's bytes are those handed over with it (`Pending.data`), else `load(rows)`'s: bytes,
+    or why there are none (the row then fails). Without `load`, the bytes stored in the
+    outbox (`store.messages`).
     """
 
     def __init__(
@@ -152,6 +159,7 @@ class Delivery:
         stop: threading.Event | None = None,
         on_result: Callable[[Delivered], None] | None = None,
         claim_batch: int = CLAIM_BATCH,
+        load: Callable[[list[store.Pending]], dict[str, bytes | str]] | None = None,
     ) -> None:
         self.db = db
         self.width = len(senders)
@@ -159,6 +167,7 @@ class Delivery:
         self.policy = policy
         self.stop = stop or threading.Event()
         self.on_result = on_result
+        self.load = load or self._stored
         self.report = DeliveryReport()
         self.claim_batch = max(1, claim_batch)
         self.limit = self.width + self.claim_batch  # claimed and not yet recorded, at most
@@ -295,13 +304,27 @@ class Delivery:
         self._report(delivered)
         if not go:
             return False
+        # The bytes a builder handed over with the row, else those stored or rebuilt. (Should
+        # `load` fail, the rows stay 'sending', as after a crash: the next run sends them.)
+        unread = [row for row in rows if row.data is None]
+        loaded = self.load(unread) if unread else {}
         self._claimed += len(rows)
-        data = store.messages(self.db, [row.id for row in rows])
         for row in rows:
-            message = Outgoing(row.id, row.message_id, row.envelope_from, row.recipient,
-                               data[row.id])
-            self._todo.put((row, message))
+            data = row.data if row.data is not None else loaded.get(row.id)
+            if row.data is not None:  # the report keeps the row: not 40 KB a message more
+                row = replace(row, data=None)
+            if isinstance(data, bytes):
+                self._todo.put((row, Outgoing(row.id, row.message_id, row.envelope_from,
+                                              row.recipient, data)))
+            else:  # recorded with the connections' results, as a refusal would be
+                why = data or "its message is no longer stored"
+                self._done.put((row, PermanentSendError(f"cannot send: {why}"),
+                                time.monotonic()))
         return True
+
+    def _stored(self, rows: list[store.Pending]) -> dict[str, bytes | str]:
+        # Without a `load`: the bytes stored in the outbox only.
+        return dict(store.messages(self.db, [row.id for row in rows]))
 
     def _record(self) -> None:
         if not self._results:
@@ -347,6 +370,7 @@ class Delivery:
         ) else "batch stopped"
 
     def _skip(self, row: store.Pending) -> None:
+        row = replace(row, data=None) if row.data is not None else row
         self._report([Delivered(row, "queued", f"not attempted: {self._why()}")])
 
 

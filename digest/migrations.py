@@ -230,3 +230,14 @@ def m14_signup_tokens(db: Database) -> None:
     link works once (the pending sign-up itself lives in the signed token, not here)."""
     db.table("used_tokens").create({"token_hash": str, "used_at": str}, pk="token_hash",
                                    not_null={"used_at"})
+
+
+@migrations()
+def m14_outbox_recipes(db: Database) -> None:
+    """A queued message is stored as its recipe (the inputs it is rebuilt from, a few hundred
+    bytes, see `digest.recipe`) and the SHA-256 of its bytes, instead of the 26-45 KB bytes.
+    Rows queued before keep their bytes in outbox_messages and are sent as they are."""
+    # Without rowid: the key is stored once, not in the table and again in its index.
+    db.execute("create table outbox_recipes (id text primary key, recipe blob not null)"
+               " without rowid")
+    db.table("digests").add_column("message_hash", bytes)

@@ -97,6 +97,33 @@ def encode_qp_checked(text: str) -> tuple[bytes, bool]:
     return b"\r\n".join(out), stable
 
 
+def encode_pieces(pieces: Sequence[tuple[str, bool]]) -> tuple[bytes, bool]:
+    """`encode_qp_checked` of the pieces joined, each piece but the last ending in a line
+    break (see `models.RenderedEmail`): quoted-printable is line-local, so the encodings of
+    the pieces, joined, are the encoding of the whole. A shared piece (an item many digests
+    hold) is encoded once per process and remembered whole."""
+    out = []
+    stable = True
+    last = len(pieces) - 1
+    for i, (text, shared) in enumerate(pieces):
+        if not text and i < last:
+            continue  # an empty piece adds no line (encode_qp_checked would make one)
+        if shared and i < last:
+            found = _qp_pieces.get(text)
+            if found is None:
+                found = _qp_pieces.put(text, encode_qp_checked(text))
+            encoded, ok = found
+        else:
+            encoded, ok = encode_qp_checked(text)
+        out.append(encoded)
+        stable = stable and ok
+    return b"".join(out), stable
+
+
+# Shared pieces, by their text (listed in digest.caches): the same string object comes back
+# from the renderer's own cache, so a lookup is one hash already computed.
+_qp_pieces: Bounded[str, tuple[bytes, bool]] = Bounded(20_000)
+
 # The line caches (listed in digest.caches) are bounded (and simply emptied when full), so
 # memory stays flat however many digests a process builds. Lines that relaxed
 # canonicalisation would change are kept apart, so that the common case costs one lookup.
@@ -211,15 +238,18 @@ def header_block(fields: Iterable[tuple[str, object]]) -> bytes:
                     else fold_field(name, value) for name, value in fields)
 
 
-def assemble(fields: Sequence[tuple[str, object]], text: str, html: str) -> Parts:
+def assemble(fields: Sequence[tuple[str, object]], text: str, html: str,
+             text_pieces: Sequence[tuple[str, bool]] = (),
+             html_pieces: Sequence[tuple[str, bool]] = ()) -> Parts:
     """The multipart/alternative message of the header `fields` (see `send.header_fields`;
-    one of them is Message-ID) with a plain-text and an HTML part, each QP-encoded once."""
+    one of them is Message-ID) with a plain-text and an HTML part, each QP-encoded once:
+    from its pieces when given (`encode_pieces`: the same bytes), else whole."""
     message_id = str(next(value for name, value in fields if name.lower() == "message-id"))
     head = header_block([*fields, ("MIME-Version", "1.0"),
                          ("Content-Type", f'multipart/alternative; boundary="{BOUNDARY}"')])
     delimiter = f"--{BOUNDARY}\r\n".encode("ascii")
-    plain, plain_stable = encode_qp_checked(text)
-    rich, rich_stable = encode_qp_checked(html)
+    plain, plain_stable = encode_pieces(text_pieces) if text_pieces else encode_qp_checked(text)
+    rich, rich_stable = encode_pieces(html_pieces) if html_pieces else encode_qp_checked(html)
     # The delimiters and part headers have single blanks only: stable too.
     body = b"".join((
         delimiter, _PART_HEAD["plain"], plain, b"\r\n",

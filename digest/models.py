@@ -166,11 +166,17 @@ class Digest:
 
 @dataclass(frozen=True, slots=True)
 class RenderedEmail:
-    """The finished content of a digest, before it becomes a MIME message."""
+    """The finished content of a digest, before it becomes a MIME message.
+
+    `html_pieces` and `text_pieces`, when given, are the same text cut at line ends into
+    (piece, shared) pairs: a shared piece (one listing's item, the same in many digests) is
+    quoted-printable encoded once per process (`digest.mime.encode_pieces`)."""
 
     subject: str
     html: str
     text: str
+    html_pieces: tuple[tuple[str, bool], ...] = ()
+    text_pieces: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

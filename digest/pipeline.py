@@ -6,7 +6,9 @@ A digest is recorded as sent only after the transport accepted it.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
 import logging
 import threading
 import time as timer
@@ -25,7 +27,9 @@ from .errors import ConfigError, DigestError, SourceError, printable
 from .executor import Executor, ForkPool, Serial
 from .links import link_url, unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
-from .render import Links, environment, fit
+from .recipe import Recipe, RecipeError, dumps
+from .recipe import loads as recipe_loads
+from .render import Fitted, Links, environment, fit, refit, template_version
 from .send import (
     FileSender,
     Outgoing,
@@ -163,11 +167,13 @@ def build(
 
 @dataclass(frozen=True, slots=True)
 class Composed:
-    """A digest with its rendered content and finished message."""
+    """A digest with its rendered content, finished message, and the recipe the message is
+    rebuilt from (`digest.recipe`)."""
 
     digest: Digest
     rendered: RenderedEmail
     outgoing: Outgoing
+    recipe: Recipe
 
 
 def email_links(settings: Settings, subscriber: Subscriber, digest_id: str,
@@ -196,16 +202,100 @@ def compose(settings: Settings, digest: Digest, env: jinja2.Environment) -> Comp
     """Render a digest and build the exact bytes that will be sent (DKIM-signed when [dkim]
     is configured); List-Unsubscribe points at `digest serve` when [server] public_url is set.
     """
-    verp = bounces.verp(settings.bounces, settings.server, digest.id, digest.subscriber.email)
-    one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
     # The email shows (and the outbox records as sent) only what fits its size budget: the
     # items left out stay candidates for a later digest.
     fitted = fit(digest, email_links(settings, digest.subscriber, digest.id), env)
+    signer = load_signer(settings.dkim)
+    dkim_time = int(signer.clock()) if signer is not None else None
+    recipe = Recipe(fitted.digest, fitted.left_out, fitted.excerpt_chars, dkim_time,
+                    template_version(env))
+    return _finish(settings, fitted, recipe)
+
+
+def rebuild(settings: Settings, recipe: Recipe, env: jinja2.Environment) -> Composed:
+    """The message `compose` built from the same inputs: byte for byte the same while the
+    listings' text, the templates and the settings are (see `digest.recipe`)."""
+    fitted = refit(recipe.digest, email_links(settings, recipe.digest.subscriber,
+                                              recipe.digest.id), env,
+                   recipe.left_out, recipe.excerpt_chars)
+    return _finish(settings, fitted, recipe)
+
+
+def _finish(settings: Settings, fitted: Fitted, recipe: Recipe) -> Composed:
     digest, rendered = fitted.digest, fitted.rendered
+    one_click = unsubscribe_url(settings.server, digest.subscriber.id, digest.subscriber.email)
+    verp = bounces.verp(settings.bounces, settings.server, digest.id, digest.subscriber.email)
     sent_at = digest.generated_at.astimezone(ZoneInfo(digest.subscriber.timezone))
     out = outgoing(rendered, digest, settings.delivery, sent_at, one_click,
-                   load_signer(settings.dkim), verp=verp)
-    return Composed(digest, rendered, out)
+                   load_signer(settings.dkim), recipe.dkim_time, verp=verp)
+    return Composed(digest, rendered, out, recipe)
+
+
+class Rebuilder:
+    """The bytes of outbox rows that were not handed over with them (`delivery.Delivery`'s
+    `load`): the stored bytes of rows queued before recipes (m14), else the message rebuilt
+    from its recipe, checked against the SHA-256 stored with it.
+
+    When a rebuilt message differs from its hash (a listing's text was updated, the templates
+    or the settings changed since it was queued), it is sent as rebuilt, under its Message-ID,
+    and a warning says so: the digest, its Message-ID, both hashes and whether the templates
+    changed. The new hash is stored, so a later retry does not warn again. Sending the fresh
+    content is what a reader would want of a message no server has accepted yet; keeping the
+    Message-ID keeps the at-most-one-duplicate rule of a crash (a client that has the first
+    copy treats the second as the same message). A message that cannot be rebuilt (a listing
+    no longer stored, an unknown recipe format, a render error) fails with the reason.
+    """
+
+    def __init__(self, settings: Settings, db: Database, env: jinja2.Environment) -> None:
+        self.settings, self.db, self.env = settings, db, env
+
+    def __call__(self, rows: list[store.Pending]) -> dict[str, bytes | str]:
+        """The bytes of `rows` (by id), or why there are none."""
+        return self.messages([row.id for row in rows])
+
+    def messages(self, keys: list[str]) -> dict[str, bytes | str]:
+        """The bytes of the digests `keys` (by id; stored or rebuilt), or why there are none;
+        digests with neither bytes nor a recipe stored are left out."""
+        out: dict[str, bytes | str] = dict(store.messages(self.db, keys))
+        recipes = store.recipes(self.db, [k for k in keys if k not in out])
+        for key, (blob, stored_hash) in recipes.items():
+            try:
+                out[key] = self._rebuild(key, blob, stored_hash)
+            except (DigestError, RecipeError) as exc:
+                log.error("digest %s: cannot rebuild its message: %s", key, exc)
+                out[key] = f"its message cannot be rebuilt: {exc}"
+            except Exception as exc:  # a bug must cost one digest, not the batch
+                log.exception("digest %s: unexpected error rebuilding its message", key)
+                out[key] = f"its message cannot be rebuilt: unexpected error: {exc!r}"
+        return out
+
+    def _rebuild(self, key: str, blob: bytes, stored_hash: bytes) -> bytes:
+        ids = store.digest_listing_ids(self.db, key)
+        found = store.listings_for(self.db, ids)
+        if len(found) < len(set(ids)):
+            raise RecipeError(f"listing(s) {', '.join(sorted(set(ids) - set(found)))} no longer"
+                              " in the store")
+        stored = recipe_loads(blob, [found[i] for i in ids])
+        data = rebuild(self.settings, stored, self.env).outgoing.data
+        new_hash = hashlib.sha256(data).digest()
+        if new_hash != stored_hash:
+            now_version = template_version(self.env)
+            log.warning(
+                "digest %s: the rebuilt message differs from the one queued (sha256 %s, now"
+                " %s; templates %s); sending it as rebuilt under the same message_id=%s",
+                key, stored_hash.hex()[:16], new_hash.hex()[:16],
+                "unchanged" if now_version == stored.template
+                else f"changed {stored.template} -> {now_version}",
+                _message_id(data))
+            store.set_message_hash(self.db, key, new_hash)
+        return data
+
+
+def _message_id(data: bytes) -> str:
+    # For the log line: the Message-ID field of a finished message.
+    start = data.find(b"\r\nMessage-ID: ")
+    end = data.find(b"\r\n", start + 2)
+    return data[start + 14:end].decode("ascii", "replace") if start >= 0 else "?"
 
 
 def preview(
@@ -399,7 +489,8 @@ def _send_batch(
 
     senders = [sender] if sender is not None else make_senders(settings)
     files = next((s for s in senders if isinstance(s, FileSender)), None)
-    executor: Executor[int, _Result] = Serial(_Builder(job, db, environment(), files))
+    env = environment()  # this process's: the serial builder's, and the retries' rebuilds
+    executor: Executor[int, _Result] = Serial(_Builder(job, db, env, files))
     if workers > 1 and len(today) >= PARALLEL_MIN:
         job.cache.selection()  # built once, here, and inherited by every worker
         # Forked before any sending thread exists (a fork copies only the calling thread).
@@ -409,7 +500,7 @@ def _send_batch(
         with delivery.Delivery(
             db, senders, clock, policy=retry_policy(settings),
             rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
-            stop=stop, on_result=on_result,
+            stop=stop, on_result=on_result, load=Rebuilder(settings, db, env),
         ) as outbox:
             waiting = _waiting(db, today, job.now, job.due_only)
             outbox.offer_many(waiting)
@@ -534,6 +625,14 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
+def _handover(row: store.Pending, built: Outcome | _Write) -> store.Pending:
+    """`row` with the bytes just built for it, so the sender need not rebuild them from the
+    recipe the store holds (the store has their hash)."""
+    if isinstance(built, _Write) and built.composed is not None:
+        return dataclasses.replace(row, data=built.composed.outgoing.data)
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     """What one unit of work leaves for the outbox: a finished message, or (composed None)
@@ -607,13 +706,14 @@ def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
         store.mark_empty(db, subscriber.id, write.day, now)
         return Outcome(subscriber.id, "no-matches")
     digest, out = write.composed.digest, write.composed.outgoing
-    # The bytes compose() produced (signed or not) are stored now and are what gets sent.
+    # What compose() produced is stored now: the recipe and the hash of the bytes that get
+    # sent (the bytes themselves go to the sender with the row, see `_handover`).
     store.enqueue(
         db, key=digest.id, subscriber_id=subscriber.id, local_date=digest.local_date,
         message_id=out.message_id, subject=write.composed.rendered.subject,
         envelope_from=out.envelope_from, recipient=out.recipient, data=out.data,
         items=[store.OutboxItem(m.listing.id, m.topic, m.score) for m in digest.matches],
-        now=now,
+        now=now, recipe=dumps(write.composed.recipe),
     )
     log.info("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
              len(digest.matches))
@@ -693,12 +793,16 @@ class _Builder:
             if self.files and isinstance(key, str) and isinstance(item, _Write) and item.composed:
                 # The file transport's .html beside the .eml, from the render (FileSender).
                 self.files.preview(key, item.composed.rendered.html)
-        # One query for the task's rows, without their bytes: the sender reads those itself,
-        # for the rows it claims, so what goes out is what the store holds.
+        # One query for the task's rows; each queued one goes with its bytes (their hash is
+        # stored), so the sender sends them without rebuilding.
         rows = store.pending_rows(db, [r for _, r in out if isinstance(r, str)])
-        return [(rows.get(r) if isinstance(r, str) else r)
-                or Outcome(_entry_id(job.entries[i]), "queued", detail="stored, not sent yet")
-                for i, r in out]
+        results: list[_Result] = []
+        for (i, r), (_, made) in zip(out, built, strict=True):
+            found = rows.get(r) if isinstance(r, str) else None
+            result = _handover(found, made) if found else None if isinstance(r, str) else r
+            results.append(result or Outcome(_entry_id(job.entries[i]), "queued",
+                                             detail="stored, not sent yet"))
+        return results
 
 
 def _entry_id(entry: Subscriber | ConfigError) -> str:

@@ -7,8 +7,10 @@ package (`digest/templates`), or the top-level `templates/` of a source checkout
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
+import secrets
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -19,9 +21,12 @@ from urllib.parse import quote, quote_plus, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
+from markupsafe import Markup
 from mjml import mjml2html
 from premailer import Premailer
 
+from .caches import Bounded
+from .errors import DigestError
 from .models import Digest, Listing, RenderedEmail, Section, Span
 from .tokens import nfkc
 
@@ -261,6 +266,10 @@ class ItemView:
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
     key: str  # the listing id, percent-encoded for a query string (the feedback links)
     reason: str = ""  # why a paper no keyword caught is here ("like ..."); digest.ranking
+    # What the item's fragment depends on besides `number`: (what it shows of its listing,
+    # highlight spans, keywords, excerpt length, the reader's feedback link, the ranking's
+    # reason). The same piece key renders the same (see Layout).
+    piece_key: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +295,9 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         items = []
         for m in section.matches:
             number += 1
-            title, link, meta, abstract, tldr, extra, key = _listing_view(m.listing)
+            view = _listing_view(m.listing)
+            title, link, meta, abstract, tldr, extra, key = view
+            reason = _cut(nfkc(m.reason), TLDR_CHARS)
             segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
             items.append(
                 ItemView(
@@ -301,7 +312,11 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
                     matched=_matched(m.keywords),
                     links=extra,
                     key=key,
-                    reason=_cut(nfkc(m.reason), TLDR_CHARS),
+                    reason=reason,
+                    # The feedback link carries the reader's own token: an item is shared
+                    # only between digests whose links are the same (see Layout).
+                    piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars,
+                               links.feedback, reason),
                 )
             )
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
@@ -376,11 +391,17 @@ def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
 
     (textwrap.wrap did the same but was half of the per-email render time. A long line, such
     as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
+    return _wrap_lines(text, width).strip() + "\n"
+
+
+def _wrap_lines(text: str, width: int = TEXT_WIDTH) -> str:
+    # `wrap_text` without the final strip and line break. Line-local, and a wrapped line is
+    # left as it is: wrapping text that holds wrapped pieces wraps only the rest.
     lines = text.splitlines()
     # Only the long lines (a few in a digest's text) take Python work of their own.
     for i in reversed([i for i, n in enumerate(map(len, lines)) if n > width]):
         lines[i:i + 1] = _wrap_line(lines[i], width)
-    return "\n".join(lines).strip() + "\n"
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
 # Blanks a line may break at: every Unicode space but the no-break ones, which the email puts
@@ -475,6 +496,9 @@ _compiled: weakref.WeakKeyDictionary[jinja2.Template, jinja2.Template] = (
 )
 
 
+# The source of each compiled HTML template (`layout` splits it).
+_sources: weakref.WeakKeyDictionary[jinja2.Template, str] = weakref.WeakKeyDictionary()
+
 _INDENT = re.compile(r"^[ \t]+", re.MULTILINE)
 _BLANKS = re.compile(r"[ \t]{2,}")
 
@@ -502,7 +526,26 @@ def compiled_template(env: jinja2.Environment) -> jinja2.Template:
     # The compiled HTML is an autoescaped template like the MJML one: values stay escaped.
     template = env.from_string(html)
     _compiled[mjml_template] = template
+    _sources[template] = html
     return template
+
+
+# (HTML template, text template) -> their version (listed in digest.caches).
+_versions: Bounded[tuple[jinja2.Template, jinja2.Template], str] = Bounded(16)
+
+
+def template_version(env: jinja2.Environment) -> str:
+    """A short hash of the two email templates as `env` loads them now: recorded with each
+    queued message, so that a rebuilt message that differs can say whether the templates
+    changed (see `digest.recipe`)."""
+    pair = (env.get_template(HTML_TEMPLATE), env.get_template(TEXT_TEMPLATE))
+    found = _versions.get(pair)
+    if found is not None:
+        return found
+    assert env.loader is not None
+    sources = [env.loader.get_source(env, name)[0] for name in (HTML_TEMPLATE, TEXT_TEMPLATE)]
+    digest = hashlib.sha256("\0".join(sources).encode("utf-8")).hexdigest()[:12]
+    return _versions.put(pair, digest)
 
 
 def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEmail:
@@ -512,10 +555,180 @@ def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEma
     return fit(digest, links, env).rendered
 
 
+# --- assembling from fragments ------------------------------------------------------------
+#
+# Each item of a digest (one listing, as the reader's highlights and keywords show it) is a
+# fragment: rendered once per process and (what it shows of its listing, highlight spans,
+# keywords, excerpt length, template) - the text one also per number - and quoted-printable
+# encoded once by digest.mime from the second message that holds it on. Each template's item
+# loop is rewritten once (`mark_items`) so that one render of a message marks where each
+# item begins and ends and renders only the items not made before (those made before are
+# passed in as their finished text). Every item begins at a line start and ends with a line
+# break, so the pieces meet at line ends, where quoted-printable (line-local) and the text
+# wrapping (line-local too) can join them: the message is byte for byte the one the whole
+# templates render (tests/oracle.py renders it that way, and the tests compare).
+#
+# A per-subscriber value inside an item (a signed feedback link, say) must not go into the
+# shared fragment. Either keep it on a line of the page, or render it into the item as a
+# fixed-length placeholder of characters quoted-printable leaves alone ([A-Za-z0-9_-]), and
+# replace it in the encoded bytes per message with a value of the same length: neither the
+# line lengths nor the soft breaks move, so the result is what encoding the whole would give.
+
+# Random per process, so no listing's text can hold it.
+_MARK = f"\x00item-{secrets.token_hex(12)}\x00"
+_MARK_LINE = _MARK + "\n"
+_ITEM_LOOP = re.compile(r"\{%-?\s*for\s+item\s+in\s+section\.entries\s*-?%\}")
+_FOR_TAGS = re.compile(r"\{%-?\s*(for|endfor)\b.*?%\}", re.DOTALL)
+FRAGMENT_CACHE = 20_000  # items kept per layout (each template pair): ~40 MB at most
+
+
+def mark_items(source: str) -> str:
+    """A template's source with its item loop's body between two marker lines, and skipped
+    for an item given as a string (then shown as it is). ValueError if it has no item loop."""
+    start = _ITEM_LOOP.search(source)
+    if start is None:
+        raise ValueError("the email template has no `{% for item in section.entries %}` loop")
+    depth = 1
+    for tag in _FOR_TAGS.finditer(source, start.end()):
+        depth += 1 if tag.group(1) == "for" else -1
+        if depth == 0:
+            break
+    else:
+        raise ValueError("the email template's item loop has no `{% endfor %}`")
+    # trim_blocks drops the line break after a block tag: the one after the loop's tag, in
+    # the source, is now dropped after `{% else %}` instead, and the one added is dropped.
+    return (source[:start.end()] + f"\n{_MARK}\n{{% if item is string %}}{{{{ item }}}}{{% else %}}"
+            + source[start.end():tag.start()] + f"{{% endif %}}{_MARK}\n"
+            + source[tag.start():])
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """A SectionView whose items made before are given as their finished text."""
+
+    topic: str
+    entries: list[ItemView | str]
+    count_label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The two email templates with their items marked (`mark_items`), and the items made
+    so far (bounded; owned by the layout, so an edited template starts afresh)."""
+
+    html: jinja2.Template
+    text: jinja2.Template
+    items: Bounded[tuple[object, ...], str]
+
+    def render(self, ctx: dict[str, Any]) -> RenderedEmail:
+        """The email of a template context (`context`), from fragments where it can."""
+        items = [item for section in ctx["sections"] for item in section.entries]
+        keys = [item.piece_key for item in items]
+        html = self._pieces(self.html, ctx, keys, False)
+        text = self._pieces(self.text, ctx, [(*key, i.number) for key, i in zip(
+            keys, items, strict=True)], True)
+        html_text = "".join(p for p, _ in html)
+        text_text = "".join(p for p, _ in text).strip() + "\n"
+        # wrap_text strips the whole text: when the first and last pieces (the page's own)
+        # are not blank, that strips just them.
+        if text[0][0].strip() and text[-1][0].strip():
+            text[0] = (text[0][0].lstrip(), False)
+            text[-1] = (text[-1][0].rstrip() + "\n", False)
+        else:
+            text = [(text_text, False)]
+        return RenderedEmail(subject=ctx["subject"], html=html_text, text=text_text,
+                             html_pieces=_coalesce(html), text_pieces=_coalesce(text))
+
+    def _pieces(self, template: jinja2.Template, ctx: dict[str, Any],
+                keys: list[tuple[object, ...]], wrap: bool) -> list[tuple[str, bool]]:
+        # The message's pieces: the page's (not shared) and the items' (shared when made
+        # before). Items made before go into the render as their text, Markup so that the
+        # HTML template does not escape them again.
+        cache = self.items
+        made = [cache.get(key) for key in keys]
+        entries = iter([Markup(m) if m is not None else None for m in made])
+        sections = [_Section(s.topic, [next(entries) or item for item in s.entries],
+                             s.count_label) for s in ctx["sections"]]
+        whole = template.render(ctx | {"sections": sections})
+        # Wrapping is line-local and leaves wrapped lines as they are: the whole text is
+        # wrapped once, items made before included, then cut.
+        cut = (_wrap_lines(whole) if wrap else whole).split(_MARK_LINE)
+        pieces: list[tuple[str, bool]] = []
+        last = len(cut) - 1
+        for i, chunk in enumerate(cut):
+            if i % 2 == 0:  # the page's
+                pieces.append((_check_piece(chunk, "the email before an item")
+                               if i < last else chunk, False))
+                continue
+            found = made[i // 2]
+            if found is None:
+                _check_piece(chunk, "an item of the email")
+                pieces.append((cache.put(keys[i // 2], chunk), False))
+            else:
+                pieces.append((found, True))
+        return pieces
+
+
+# One layout per loaded pair of templates (listed in digest.caches): a new Template object
+# (the file changed, auto_reload) makes a new layout.
+_layouts: weakref.WeakKeyDictionary[jinja2.Template, tuple[jinja2.Template, Layout]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def layout(env: jinja2.Environment) -> Layout:
+    """The marked templates of `env` (made once per loaded template pair)."""
+    html = compiled_template(env)
+    text = env.get_template(TEXT_TEMPLATE)
+    found = _layouts.get(html)
+    if found is not None and found[0] is text:
+        return found[1]
+    assert env.loader is not None
+    text_source = env.loader.get_source(env, TEXT_TEMPLATE)[0]
+    made = Layout(env.from_string(mark_items(_sources[html])),
+                  env.from_string(_plain(mark_items(text_source))), Bounded(FRAGMENT_CACHE))
+    _layouts[html] = (text, made)
+    return made
+
+
+def _plain(source: str) -> str:
+    # A template made from a string is autoescaped (the environment decides by file name,
+    # and it has none): the text part's must not be. (trim_blocks drops the line break
+    # after the tag, the one added here.)
+    return "{% autoescape false %}\n" + source + "{% endautoescape %}"
+
+
+def _check_piece(piece: str, what: str) -> str:
+    if piece and not piece.endswith("\n"):
+        raise DigestError(f"email template: {what} must end with a line break",
+                          hint="see the comment at the top of the template")
+    return piece
+
+
+
+
 def _render(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
-    html = compiled_template(env).render(ctx)
-    text = wrap_text(env.get_template(TEXT_TEMPLATE).render(ctx))
-    return RenderedEmail(subject=ctx["subject"], html=html, text=text)
+    return layout(env).render(ctx)
+
+
+def _coalesce(pieces: list[tuple[str, bool]]) -> tuple[tuple[str, bool], ...]:
+    # Runs of pieces that are not shared are joined: encoded together, they cost one call
+    # instead of one each. An item is shared from the second message that holds it on; the
+    # first encodes it with its neighbours (most items, whose highlights are the reader's
+    # own, are never seen again).
+    out: list[tuple[str, bool]] = []
+    run: list[str] = []
+    for piece, shared in pieces:
+        if shared:
+            if run:
+                out.append(("".join(run), False))
+                run = []
+            out.append((piece, True))
+        elif piece:
+            run.append(piece)
+    if run or not out:
+        out.append(("".join(run), False))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +739,7 @@ class Fitted:
     digest: Digest
     rendered: RenderedEmail
     left_out: int = 0
+    excerpt_chars: int = EXCERPT_CHARS  # the excerpts' length it was rendered with
 
 
 def html_size(rendered: RenderedEmail) -> int:
@@ -547,7 +761,7 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
     short = _render(context(digest, links, SHORT_EXCERPT_CHARS), env)
     size = html_size(short)
     if size <= budget:
-        return Fitted(digest, short)
+        return Fitted(digest, short, 0, SHORT_EXCERPT_CHARS)
     # Fewer items: the most that fit. Size grows about linearly with the items, so each
     # guess interpolates between the largest count known to fit and the smallest known not
     # to; the bracket shrinks every round, and at most FIT_ROUNDS renders are spent.
@@ -567,14 +781,24 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
         attempt = _render(context(kept, links, SHORT_EXCERPT_CHARS, more=total - keep), env)
         size = html_size(attempt)
         if size <= budget:
-            fits, lo, lo_size = Fitted(kept, attempt, total - keep), keep, size
+            fits, lo, lo_size = (Fitted(kept, attempt, total - keep, SHORT_EXCERPT_CHARS),
+                                 keep, size)
         else:
             hi, hi_size = keep, size
     if fits is not None:
         return fits
     kept = _keep(digest, best[:1])  # a single item is bounded (titles and excerpts are cut)
     return Fitted(kept, _render(context(kept, links, SHORT_EXCERPT_CHARS, more=total - 1), env),
-                  total - 1)
+                  total - 1, SHORT_EXCERPT_CHARS)
+
+
+def refit(digest: Digest, links: Links, env: jinja2.Environment, left_out: int,
+          excerpt_chars: int) -> Fitted:
+    """`digest` rendered as `fit` rendered it once (`digest` holding the items it kept,
+    `left_out` and `excerpt_chars` as it chose them), without searching again: how a queued
+    message is rebuilt (`digest.recipe`)."""
+    ctx = context(digest, links, excerpt_chars, more=left_out)
+    return Fitted(digest, _render(ctx, env), left_out, excerpt_chars)
 
 
 def _by_merit(digest: Digest) -> list[tuple[int, int]]:

@@ -246,24 +246,27 @@ def _read_key(path: Path) -> bytes:
 
 def outgoing(
     rendered: RenderedEmail, digest: Digest, delivery: DeliveryConfig, now: datetime,
-    unsubscribe_https: str | None, signer: FastSigner | None, *,
-    verp: tuple[str, str] | None = None,
+    unsubscribe_https: str | None, signer: FastSigner | None, dkim_time: int | None = None,
+    *, verp: tuple[str, str] | None = None,
 ) -> Outgoing:
     """The finished bytes of a digest's message, and its envelope: the fields of
     `header_fields`, bodies QP-encoded once (`digest.mime`), DKIM-signed by OpenSSL when
     `signer` is set. `unsubscribe_https` (the one-click URL of `digest serve`) takes the
-    place of `[delivery] unsubscribe_url`. These exact bytes are stored, then sent or written.
+    place of `[delivery] unsubscribe_url`; `dkim_time` is the signature's `t=` (now when None).
+    Built from the same inputs, the bytes are the same (see `digest.recipe`).
     (tests/oracle.py builds the same message with `EmailMessage` and dkimpy: parsed back, the
     two are equal, and dkimpy verifies every signature.) `verp` (envelope sender, mailto
     unsubscribe URL), from `[bounces]`, replaces the From address as the envelope sender and
     the plain mailto link."""
     envelope, mailto = verp or (delivery.from_address, None)
     fields = header_fields(rendered, digest, delivery, now, unsubscribe_https, mailto)
-    parts = assemble(fields, rendered.text, rendered.html)
+    parts = assemble(fields, rendered.text, rendered.html, rendered.text_pieces,
+                     rendered.html_pieces)
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
         try:
-            data = signer.sign_parts(parts.head, parts.body, parts.relaxed_stable) + data
+            data = signer.sign_parts(parts.head, parts.body, parts.relaxed_stable,
+                                     dkim_time) + data
         except (ValueError, TypeError) as exc:
             raise FatalSendError(f"DKIM signing failed: {exc}") from exc
     check_headers(data)

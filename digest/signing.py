@@ -211,12 +211,15 @@ class FastSigner:
                 data[end.end():]
         return self.sign_parts(head, body) + data
 
-    def sign_parts(self, head: bytes, body: bytes, stable: bool = False) -> bytes:
+    def sign_parts(self, head: bytes, body: bytes, stable: bool = False,
+                   timestamp: int | None = None) -> bytes:
         """The DKIM-Signature header(s) for the message whose header block is `head` (fields
         ending in CRLF, without the blank line) and whose body is `body` (`stable`: see
-        `relaxed_body`)."""
+        `relaxed_body`), with `t=` `timestamp` (now when None). RSA PKCS#1 v1.5 and Ed25519
+        signatures are deterministic: the same inputs and timestamp give the same bytes,
+        which is what lets the outbox rebuild a queued message instead of storing it."""
         body_hash = canonical_body_hash(body, stable)
-        now = int(self.clock())
+        now = int(self.clock()) if timestamp is None else timestamp
         out = b""
         for key in self.keys:
             out = signature_header(key, head, body_hash, self.names, now) + out

@@ -7,6 +7,7 @@ Timestamps are stored as UTC ISO-8601 strings of one fixed width, so they sort a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -476,8 +477,11 @@ def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime
 #
 # A digest row moves queued -> sending -> sent. A refusal that may pass (4xx, 421, a dropped
 # connection) moves it to retry, with next_attempt_at and last_error; a permanent refusal (5xx)
-# or too many attempts to failed, with the reason in last_error. The message bytes are stored
-# when the row is queued and never rebuilt, so a resend is byte-identical (same Message-ID).
+# or too many attempts to failed, with the reason in last_error. A queued message is stored as
+# its recipe (`digest.recipe`: the inputs it is rebuilt from, a few hundred bytes) and the
+# SHA-256 of its bytes (message_hash), or, without a recipe (rows from before m14, and callers
+# that have none), as its bytes (outbox_messages). message_size (the bytes' length) is not null
+# while either is stored.
 
 OUTBOX_STATES = ("queued", "sending", "retry", "sent", "failed")
 PENDING_STATES = ("queued", "sending", "retry")
@@ -494,7 +498,8 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A digest waiting in the outbox (its bytes are read separately, when it is sent)."""
+    """A digest waiting in the outbox. `data`: its bytes when the process that built them
+    hands them over with the row; else they are read (or rebuilt) when it is sent."""
 
     id: str
     subscriber_id: str
@@ -506,14 +511,17 @@ class Pending:
     attempts: int
     next_attempt_at: datetime | None
     item_count: int = 0
+    data: bytes | None = None
 
 
 def enqueue(
     db: Database, *, key: str, subscriber_id: str, local_date: date, message_id: str,
     subject: str, envelope_from: str, recipient: str, data: bytes,
-    items: Iterable[OutboxItem], now: datetime,
+    items: Iterable[OutboxItem], now: datetime, recipe: bytes | None = None,
 ) -> None:
-    """Put a finished message into the outbox (state 'queued') with the listings it holds.
+    """Put a finished message into the outbox (state 'queued') with the listings it holds:
+    its `recipe` (`digest.recipe.dumps`) and the SHA-256 of `data` when a recipe is given
+    (the sender rebuilds the bytes from it), else `data` itself.
 
     Refuses to replace a digest that is pending or sent: those bytes are final. All or
     nothing on its own; inside a transaction the caller holds, it opens no savepoint (a
@@ -535,6 +543,7 @@ def enqueue(
         values = {"state": "queued", "message_id": message_id, "subject": subject,
                   "item_count": len(items), "attempts": 0, "last_error": None,
                   "next_attempt_at": None, "sent_at": None, "message_size": len(data),
+                  "message_hash": hashlib.sha256(data).digest() if recipe is not None else None,
                   "envelope_from": envelope_from, "recipient": recipient,
                   "updated_at": stamp}
         if state is None:
@@ -546,8 +555,15 @@ def enqueue(
             db.execute(f"update digests set {', '.join(f'{k} = :{k}' for k in values)}"
                        " where id = :id", values | {"id": key})
             db.execute("delete from digest_items where digest_id = ?", [key])
-        db.execute("insert or replace into outbox_messages (id, message) values (?, ?)",
-                   [key, data])
+        if recipe is None:
+            db.execute("insert or replace into outbox_messages (id, message) values (?, ?)",
+                       [key, data])
+        else:
+            db.execute("insert or replace into outbox_recipes (id, recipe) values (?, ?)",
+                       [key, recipe])
+        if state is not None:  # the other form of a row queued before, failed since
+            db.execute(f"delete from {'outbox_recipes' if recipe is None else 'outbox_messages'}"
+                       " where id = ?", [key])
         db.conn.executemany(
             "insert into digest_items (digest_id, listing_id, position, topic, score)"
             " values (?, ?, ?, ?, ?)",
@@ -617,6 +633,42 @@ def messages(db: Database, keys: Iterable[str]) -> dict[str, bytes]:
         [json.dumps(list(keys))],
     )
     return {key: bytes(data) for key, data in cursor}
+
+
+def recipes(db: Database, keys: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
+    """The stored recipes of these digests and the SHA-256 of their bytes, by id."""
+    cursor = db.execute(
+        "select r.id, r.recipe, d.message_hash from outbox_recipes r join digests d"
+        " on d.id = r.id where r.id in (select value from json_each(?))",
+        [json.dumps(list(keys))],
+    )
+    return {key: (bytes(recipe), bytes(digest)) for key, recipe, digest in cursor}
+
+
+def set_message_hash(db: Database, key: str, digest: bytes) -> None:
+    """Record the SHA-256 of the bytes a digest was rebuilt as (see `pipeline.Rebuilder`)."""
+    with _transaction(db):
+        db.execute("update digests set message_hash = ? where id = ?", [digest, key])
+
+
+def digest_listing_ids(db: Database, digest_id: str) -> list[str]:
+    """The listings a queued or sent digest holds, in email order (what its recipe is
+    rebuilt with)."""
+    return [row[0] for row in db.execute(
+        "select listing_id from digest_items where digest_id = ? order by position",
+        [digest_id])]
+
+
+def listings_for(db: Database, ids: Iterable[str]) -> dict[str, Listing]:
+    """The listings of these ids, by the id asked for (following a re-keyed listing to its
+    current id); ids of listings no longer stored are left out."""
+    out = {}
+    for listing_id in ids:
+        current = _resolve(db, listing_id)
+        listing = get_listing(db, current) if current else None
+        if listing is not None:
+            out[listing_id] = listing
+    return out
 
 
 @contextmanager
@@ -730,6 +782,7 @@ def requeue_failed(
             else:
                 db.execute("delete from digest_items where digest_id = ?", [row["id"]])
                 db.execute("delete from outbox_messages where id = ?", [row["id"]])
+                db.execute("delete from outbox_recipes where id = ?", [row["id"]])
                 db.execute("delete from digests where id = ?", [row["id"]])
     return [r["id"] for r in rows]
 
@@ -747,18 +800,21 @@ def count_old_sent(db: Database, before: datetime) -> int:
 
 
 def drop_sent_messages(db: Database, before: datetime, limit: int = DROP_BATCH) -> int:
-    """Drop the stored bytes of up to `limit` messages sent before `before`, in one
-    transaction (so the write lock is never held for long); returns how many.
+    """Drop the stored recipes (or bytes, for rows queued before m14) of up to `limit`
+    messages sent before `before`, in one transaction (so the write lock is never held for
+    long); returns how many.
 
-    At 100,000 subscribers the bytes are 3-4 GB a day, while what the store must keep for
-    good is small: the digest row (state, Message-ID, subject) and its items, which keep a
-    paper from being sent twice. Those stay; message_size becomes null (no bytes stored).
-    Pending and failed digests keep their bytes: they may still be sent."""
+    What the store must keep for good is the digest row (state, Message-ID, subject) and its
+    items, which keep a paper from being sent twice. Those stay; message_size becomes null
+    (nothing stored to send). Pending and failed digests keep theirs: they may still be
+    sent."""
     with write_transaction(db):
         ids = [row[0] for row in db.execute(f"select id {_OLD_SENT} limit ?",
                                             [timestamp(before), limit]).fetchall()]
         keys = json.dumps(ids)
         db.execute("delete from outbox_messages where id in (select value from json_each(?))",
+                   [keys])
+        db.execute("delete from outbox_recipes where id in (select value from json_each(?))",
                    [keys])
         db.execute("update digests set message_size = null"
                    " where id in (select value from json_each(?))", [keys])

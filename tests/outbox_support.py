@@ -4,11 +4,15 @@ older version left them."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from pathlib import Path
 
 from sqlite_utils import Database
 
-from digest import store
+from digest import pipeline, store
+from digest.config import load_settings
 from digest.models import Digest
+from digest.render import environment
 
 
 def queue(db: Database, digest: Digest, now: dt.datetime, subject: str = "subject") -> str:
@@ -52,8 +56,16 @@ def legacy_sending(db: Database, digest: Digest, message_id: str, subject: str,
              for i, m in enumerate(digest.matches)])
 
 
+def stored_message(config: Path, db: Database, key: str) -> bytes | None:
+    """The bytes the outbox holds for digest `key` under the project `config`: stored, or
+    rebuilt from its recipe, which must then hash to what was stored when it was queued."""
+    recipe = store.recipes(db, [key]).get(key)
+    data = pipeline.Rebuilder(load_settings(config), db, environment()).messages([key]).get(key)
+    if recipe is not None:
+        assert isinstance(data, bytes) and hashlib.sha256(data).digest() == recipe[1], data
+    return data if isinstance(data, bytes) else None
+
+
 def sent_listing_ids(db: Database, digest_id: str) -> list[str]:
     """The listings a recorded digest held, in email order."""
-    return [r["listing_id"] for r in db.query(
-        "select listing_id from digest_items where digest_id = ? order by position",
-        [digest_id])]
+    return store.digest_listing_ids(db, digest_id)

@@ -85,7 +85,7 @@ def test_a_send_drops_the_bytes_of_messages_sent_over_a_week_ago(
     assert code == 0 and "2 sent" in output and "dropped" not in output
     sent = ["ada/2026-11-25", "grace/2026-11-25"]
     db = store.open_db(project.db_path)
-    assert set(store.messages(db, sent)) == set(sent)
+    assert set(store.recipes(db, sent)) == set(sent)
     code, output = invoke(project, "send", env={"DIGEST_NOW": "2026-12-02T11:00:00+00:00"})
     assert code == 0, output
     assert "dropped" not in output  # 6 days and 23 hours: kept
@@ -93,7 +93,7 @@ def test_a_send_drops_the_bytes_of_messages_sent_over_a_week_ago(
     assert code == 0, output
     assert ("dropped the stored bytes of 2 message(s) sent more than 7 day(s) ago"
             in " ".join(output.split()))
-    assert store.messages(db, sent) == {}
+    assert store.recipes(db, sent) == {} and store.messages(db, sent) == {}
     assert store.digest_state(db, "ada", dt.date(2026, 11, 25)) == "sent"
     code, output = invoke(project, "status", env={"COLUMNS": "250"})
     assert "bytes dropped: 2" in output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from digest import delivery, store
 
 from .conftest import Project
 from .delivery_support import FaultServer, add_subscriber, fault_server, prepare, smtp_config
+from .outbox_support import stored_message
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 DIGEST = str(Path(sys.executable).with_name("digest"))
@@ -91,9 +93,11 @@ def test_sigkill_mid_batch_then_rerun_loses_nothing_and_duplicates_only_in_fligh
             assert len(datas) in (1, 2)
         else:
             assert len(datas) == 1, sid
-        # Every copy is the stored message: same bytes, same Message-ID.
+        # Every copy is the stored message: same bytes (rebuilt from its recipe, and the hash
+        # stored when it was queued), same Message-ID.
         key = outbox[sid]["id"]
-        assert all(d == store.messages(db, [key])[key] for d in datas)
+        assert all(d == stored_message(project.config, db, key) for d in datas)
+        assert all(hashlib.sha256(d).digest() == outbox[sid]["message_hash"] for d in datas)
         assert all(outbox[sid]["message_id"].encode() in d for d in datas)
 
 

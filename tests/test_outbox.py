@@ -17,7 +17,7 @@ from tests.samples import load_subscriber
 
 from .conftest import PASSWORD, USER, Project, SmtpServer
 from .delivery_support import FaultServer, FaultSink, fault_server, prepare, smtp_config
-from .outbox_support import legacy_sending
+from .outbox_support import legacy_sending, stored_message
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -57,8 +57,9 @@ def test_sends_the_stored_bytes_and_records_each_message(project: Project,
     by_id = {str(r.message["Message-ID"]): r.data for r in server.sink.received}
     for row in rows(settings).values():
         assert row["state"] == "sent" and row["attempts"] == 1 and row["item_count"] == 2
-        # What the server got is byte for byte what the outbox stored before sending.
-        stored = store.messages(db, [row["id"]])[row["id"]]
+        # What the server got is byte for byte what the outbox stored before sending (its
+        # recipe, rebuilt, and the hash of its bytes).
+        stored = stored_message(project.config, db, row["id"])
         assert by_id[row["message_id"]] == stored
     again = send(settings)
     assert set(statuses(again).values()) == {"already-sent"}
@@ -128,8 +129,9 @@ def test_550_fails_for_good_until_retry_is_asked_for(project: Project,
     assert result.exit_code == 0 and "s000/2026-11-25" in result.output
     assert rows(settings)["s000"]["state"] == "queued"
     assert statuses(send(settings))["s000"] == "sent"
-    first_bytes = store.messages(store.open_db(settings.store.path),
-                                 ["s000/2026-11-25"])["s000/2026-11-25"]
+    first_bytes = stored_message(project.config, store.open_db(settings.store.path),
+                                 "s000/2026-11-25")
+    assert first_bytes is not None
     assert server.sink.received[-1].message["Message-ID"] in first_bytes.decode()
 
 

@@ -204,7 +204,7 @@ def test_latest_digests_is_each_subscribers_newest_without_reading_the_history(
 APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr",
                  "m12_listing_ranks", "m09_outbox_messages", "m10_sent_message_retention",
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
-                 "m16_suppression", "m14_signup_tokens"]
+                 "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(

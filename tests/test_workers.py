@@ -18,6 +18,7 @@ from digest.config import load_settings
 from . import samples
 from .conftest import Project
 from .delivery_support import FaultServer, fault_server, prepare, smtp_config
+from .outbox_support import stored_message
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 COUNT = pipeline.PARALLEL_MIN + 16
@@ -37,7 +38,7 @@ def received_by(server: FaultServer) -> dict[str, list[bytes]]:
 
 def stored(project: Project) -> dict[str, tuple[str, bytes | None]]:
     db = store.open_db(project.db_path)
-    return {r["subscriber_id"]: (r["state"], store.messages(db, [r["id"]])[r["id"]]
+    return {r["subscriber_id"]: (r["state"], stored_message(project.config, db, r["id"])
                                  if r["state"] != "empty" else None)
             for r in store.digests(db)}
 
@@ -148,4 +149,5 @@ def test_a_digest_that_cannot_be_stored_spoils_no_other_in_its_task(project: Pro
     assert rows == {"ann": "queued", "cat": "queued"}
     cat = built[2][1]
     assert isinstance(cat, pipeline._Write) and cat.composed is not None
-    assert store.messages(db, [f"cat/{day}"])[f"cat/{day}"] == cat.composed.outgoing.data
+    # What is stored is the recipe of what was built, and the hash of its bytes.
+    assert stored_message(project.config, db, f"cat/{day}") == cat.composed.outgoing.data

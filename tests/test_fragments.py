@@ -1,0 +1,132 @@
+"""Each item of a digest is rendered and quoted-printable encoded once per process and kept
+as a fragment; a message assembled from fragments is byte for byte the one the plain way
+builds (each whole template rendered, each whole part encoded: tests/oracle.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from digest import mime, render
+from digest.caches import Bounded
+from digest.config import DeliveryConfig, DkimConfig
+from digest.models import Digest, Match, Section
+from digest.render import Links, context, environment, fit
+from digest.send import load_signer, outgoing
+
+from . import oracle, samples
+from .delivery_support import write_rsa_key
+
+DELIVERY = DeliveryConfig(from_="Paper Digest <digest@example.org>")
+LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc")
+ENV = environment()  # one per process, as a send has: its layout keeps the fragments
+
+
+def reordered(digest: Digest) -> Digest:
+    """The same items in the opposite order, and a highlight moved on every other one: the
+    same fragments at other numbers, and new ones."""
+    matches = list(reversed(digest.matches))
+    moved = [dataclasses.replace(m, abstract_spans=((0, 5),)) if i % 2 else m
+             for i, m in enumerate(matches)]
+    return Digest(digest.subscriber, digest.local_date,
+                  (Section("Efficient inference", tuple(moved)),), digest.generated_at)
+
+
+def plain_bytes(digest: Digest, signer_config: DkimConfig) -> bytes:
+    fitted = fit(digest, LINKS, ENV)
+    ctx = context(fitted.digest, LINKS, fitted.excerpt_chars, fitted.left_out)
+    whole = oracle.render_whole(ctx, ENV)
+    return outgoing(whole, fitted.digest, DELIVERY, samples.NOW, None,
+                    load_signer(signer_config), 1_790_000_000).data
+
+
+def fragment_bytes(digest: Digest, signer_config: DkimConfig) -> tuple[bytes, int]:
+    """The library's message, and how many of its pieces were shared fragments."""
+    fitted = fit(digest, LINKS, ENV)
+    shared = sum(1 for _, s in fitted.rendered.html_pieces + fitted.rendered.text_pieces if s)
+    data = outgoing(fitted.rendered, fitted.digest, DELIVERY, samples.NOW, None,
+                    load_signer(signer_config), 1_790_000_000).data
+    return data, shared
+
+
+@pytest.fixture
+def dkim_config(tmp_path: Path) -> DkimConfig:
+    write_rsa_key(tmp_path / "dkim.pem")
+    return DkimConfig(selector="s", domain="example.org",
+                      private_key_path=tmp_path / "dkim.pem")
+
+
+@pytest.mark.parametrize("case", ["ten", "hostile-titles", "cut-to-fit", "one", "long-urls"])
+def test_a_message_from_fragments_is_the_plain_build_byte_for_byte(
+        dkim_config: DkimConfig, case: str) -> None:
+    first = {
+        "ten": lambda: samples.digest(10),
+        "hostile-titles": lambda: samples.digest(6, titles=samples.HOSTILE_TITLES),
+        "cut-to-fit": lambda: samples.digest(400),
+        "one": lambda: samples.digest(1),
+        "long-urls": lambda: samples.digest(
+            5, url="https://example.org/" + "a-very-long-path-segment/" * 8, links=True),
+    }[case]()
+    # Built once (fragments made), then again and reordered (fragments reused, at other
+    # numbers, beside new ones): each time the plain build's bytes.
+    for digest in (first, first, reordered(first)):
+        data, _shared = fragment_bytes(digest, dkim_config)
+        assert data == plain_bytes(digest, dkim_config)
+    _data, shared = fragment_bytes(first, dkim_config)
+    assert shared >= len(first.matches) if case != "cut-to-fit" else shared > 0
+
+
+def test_the_fragments_of_a_listing_shown_the_same_way_are_shared_across_subscribers(
+        dkim_config: DkimConfig) -> None:
+    ada = samples.digest(4)
+    bob = samples.digest(4, sub=samples.subscriber("Bob", "bob"))
+    fragment_bytes(ada, dkim_config)
+    bob_data, shared = fragment_bytes(bob, dkim_config)
+    # Every item of Bob's HTML part, and of his text part, comes from Ada's.
+    assert shared == 2 * len(bob.matches)
+    assert bob_data == plain_bytes(bob, dkim_config)
+    # Another highlight is another fragment.
+    other = Digest(bob.subscriber, bob.local_date, (Section("Efficient inference", tuple(
+        Match(m.listing, m.topic, m.score, ("quantized",), abstract_spans=((0, 4),))
+        for m in bob.matches)),), bob.generated_at)
+    assert fragment_bytes(other, dkim_config)[1] == 0
+
+
+def test_the_fragment_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch,
+                                          dkim_config: DkimConfig) -> None:
+    monkeypatch.setattr(render, "FRAGMENT_CACHE", 6)
+    monkeypatch.setattr(render, "_layouts", type(render._layouts)())  # a layout made afresh
+    monkeypatch.setattr(mime, "_qp_pieces", Bounded(5))
+    env = environment()
+    for i in range(8):
+        sub = samples.subscriber(f"S{i}", f"s{i}")
+        digest = samples.digest(3 + i % 3, sub=sub, titles=(f"Title {i}",))
+        for _ in range(2):
+            rendered = fit(digest, LINKS, env).rendered
+            mime.encode_pieces(rendered.html_pieces)
+        assert len(render.layout(env).items) <= 6 and len(mime._qp_pieces) <= 5
+
+
+def test_a_template_whose_item_loop_is_missing_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"no `\{% for item in section\.entries %\}` loop"):
+        render.mark_items("<p>{{ name }}</p>")
+
+
+def test_an_item_is_never_shared_with_another_readers_feedback_links() -> None:
+    # Each reader's per-item feedback links carry their own token: Bob's email must not
+    # reuse an item Ada's email rendered with hers.
+    def links(token: str) -> Links:
+        return Links(unsubscribe=LINKS.unsubscribe,
+                     feedback=f"https://digest.example.org/feedback?token={token}")
+
+    ada = fit(samples.digest(4), links("ADA-TOKEN"), ENV).rendered
+    bob = fit(samples.digest(4, sub=samples.subscriber("Bob", "bob")), links("BOB-TOKEN"),
+              ENV).rendered
+    for part in (bob.html, bob.text):
+        assert "BOB-TOKEN" in part and "ADA-TOKEN" not in part
+    assert "ADA-TOKEN" in ada.html and "ADA-TOKEN" in ada.text
+    # The same reader's next digest still shares its items.
+    again = fit(samples.digest(4), links("ADA-TOKEN"), ENV).rendered
+    assert any(shared for _, shared in again.html_pieces)
