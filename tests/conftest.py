@@ -126,6 +126,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def serving_app(app: Any, port: int) -> Iterator[str]:
+    """`app` (an ASGI app) served by uvicorn in a thread on 127.0.0.1:`port`, for a test's
+    real HTTP requests; yields its URL and stops it afterwards."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(250):
+        if server.started:
+            break
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @dataclass
 class Received:
     """One message as the SMTP server got it."""

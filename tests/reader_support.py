@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
@@ -14,14 +12,13 @@ from email.message import EmailMessage
 
 import lxml.html
 import pytest
-import uvicorn
 from click.testing import CliRunner
 
 from digest import cli, store
 from digest.config import load_settings
 from digest.web import create_app
 
-from .conftest import NOW, Project, SmtpServer, free_port
+from .conftest import NOW, Project, SmtpServer, free_port, serving_app
 
 SECRET = "reader-test-secret-0123456789"
 
@@ -46,20 +43,8 @@ def serving(project: Project, monkeypatch: pytest.MonkeyPatch,
     """, transport="smtp")
     settings = load_settings(project.config)
     app = create_app(settings, now=lambda: NOW)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(250):
-        if server.started:
-            break
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(app, port) as url:
+        yield url
 
 
 def invoke(project: Project, *args: str, when: dt.datetime = NOW) -> str:

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 
 from digest import pipeline, store
 from digest.config import load_settings
@@ -29,7 +27,7 @@ from digest.web import create_app
 from tests.samples import load_subscriber
 
 from .browser import chromium  # noqa: F401 - fixture
-from .conftest import NOW, Project, free_port
+from .conftest import NOW, Project, free_port, serving_app
 
 SECRET = "web-test-secret-abcdef"
 PREVIEW_SECRET = "preview-password-0123"
@@ -55,19 +53,8 @@ def running(project: Project, monkeypatch: pytest.MonkeyPatch,
     settings = load_settings(project.config)
     pipeline.fetch(settings, store.open_db(settings.store.path), NOW)
     app = create_app(settings, now=lambda: NOW)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    assert srv.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(app, port) as url:
+        yield url
 
 
 @pytest.fixture

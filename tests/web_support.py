@@ -4,21 +4,18 @@ aiosmtpd sink: the setup test_signup.py and test_preferences.py share."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 import pytest
-import uvicorn
 
 from digest import pipeline, store
 from digest.config import load_settings
 from digest.web import create_app
 
-from .conftest import NOW, Project, SmtpServer, free_port
+from .conftest import NOW, Project, SmtpServer, free_port, serving_app
 
 SECRET = "signup-test-secret-0123456789"
 
@@ -63,19 +60,8 @@ def signup_server(project: Project, smtp: SmtpServer, monkeypatch: pytest.Monkey
     settings = load_settings(project.config)
     pipeline.fetch(settings, store.open_db(settings.store.path), NOW)
     app = create_app(settings, now=lambda: NOW)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(250):
-        if srv.started:
-            break
-        time.sleep(0.02)
-    assert srv.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(app, port) as url:
+        yield url
 
 
 def parsed(data: bytes) -> EmailMessage:
