@@ -27,7 +27,7 @@ from premailer import Premailer
 
 from .caches import Bounded
 from .errors import DigestError
-from .models import Digest, Listing, RenderedEmail, Section, Span
+from .models import Digest, Listing, Match, RenderedEmail, Section, Span
 from .tokens import nfkc
 
 EXCERPT_CHARS = 320
@@ -295,30 +295,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         items = []
         for m in section.matches:
             number += 1
-            view = _listing_view(m.listing)
-            title, link, meta, abstract, tldr, extra, key = view
-            reason = _cut(nfkc(m.reason), TLDR_CHARS)
-            segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
-            items.append(
-                ItemView(
-                    number=number,
-                    title=title,
-                    link=link,
-                    meta=meta,
-                    tldr=tldr,
-                    excerpt=segs,
-                    excerpt_text="".join([t for t, _ in segs]),
-                    keywords=list(m.keywords),
-                    matched=_matched(m.keywords),
-                    links=extra,
-                    key=key,
-                    reason=reason,
-                    # The feedback link carries the reader's own token: an item is shared
-                    # only between digests whose links are the same (see Layout).
-                    piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars,
-                               links.feedback, reason),
-                )
-            )
+            items.append(_item(m, number, excerpt_chars, links))
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
     first = _cut(nfkc(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
@@ -347,6 +324,22 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         "unsubscribe_how": _unsubscribe_how(links.unsubscribe),
         "generated_label": _local_time(digest),
     }
+
+
+def _item(m: Match, number: int, excerpt_chars: int, links: Links) -> ItemView:
+    """What the templates show of one matched listing, numbered `number` in the email."""
+    view = _listing_view(m.listing)
+    title, link, meta, abstract, tldr, extra, key = view
+    reason = _cut(nfkc(m.reason), TLDR_CHARS)
+    segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
+    return ItemView(
+        number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
+        excerpt_text="".join([t for t, _ in segs]), keywords=list(m.keywords),
+        matched=_matched(m.keywords), links=extra, key=key, reason=reason,
+        # The feedback link carries the reader's own token: an item is shared only between
+        # digests whose links are the same (see Layout).
+        piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, links.feedback, reason),
+    )
 
 
 def _matched(keywords: tuple[str, ...]) -> str:
