@@ -5,24 +5,22 @@ size budget (render.fit) however many items there are."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from urllib.parse import quote
 
 import lxml.html
 import pytest
 
-from digest import pipeline, store
-from digest.config import load_settings
+from digest import store
 from digest.render import HTML_BUDGET, Links, environment, fit, html_size, render
 
 from . import outbox_support as outbox
-from .conftest import NOW, Project, SmtpServer
+from .conftest import Project, SmtpServer
 from .oracle import render_email
 from .reader_support import SECRET
 from .samples import HOSTILE_TITLES, digest, listing
 from .test_render_design import dom
-from .test_render_reader import REAL, big_digest, raw_encoded_part, raw_part
+from .test_render_reader import big_digest, raw_encoded_part, raw_part, send_100_items
 
 BASE = "https://digest.example.org"
 LINKS = Links(
@@ -86,36 +84,10 @@ def test_a_100_item_digest_as_sent_with_every_link_is_under_gmails_clip(
         project: Project, smtp_server: SmtpServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIGEST_SECRET", SECRET)
-    source = tmp_path / "many.jsonl"
-    with source.open("w", encoding="utf-8") as f:
-        for i in range(130):
-            real = REAL[i % len(REAL)]
-            f.write(json.dumps({
-                "title": f"{real['title']} (part {i})", "abstract": real["abstract"],
-                "id": f"paper-{i}", "url": f"https://example.org/papers/{i}", "upvotes": i,
-            }) + "\n")
-    project.write_config(
-        f"[smtp]\nhost = '{smtp_server.host}'\nport = {smtp_server.port}\nsecurity = 'none'\n"
-        "[server]\npublic_url = 'https://digest.example.org'\n",
-        transport="smtp",
-        sources=f'[[sources]]\nname = "many"\ntype = "jsonl"\npath = "{source}"\n')
-    for sid in ("ada", "grace"):
-        (project.subscribers / f"{sid}.toml").unlink()
-    project.subscriber("reader", """
-        name = "Reader"
-        email = "reader@example.org"
-        timezone = "UTC"
-        max_items = 100
-
-        [[topics]]
-        name = "Everything"
-        keywords = ["the", "model", "video", "robot", "quantization", "vision"]
-        """)
-    settings = load_settings(project.config)
-    db = store.open_db(settings.store.path)
-    pipeline.fetch(settings, db, NOW)
-    pipeline.send(settings, db, NOW)
-    (received,) = smtp_server.sink.received
+    received = send_100_items(
+        project, smtp_server, tmp_path, item_links=False,
+        server="[server]\npublic_url = 'https://digest.example.org'\n")
+    db = store.open_db(project.db_path)
     html = raw_part(received.data, "html")
     assert len(html) <= HTML_BUDGET
     assert len(raw_encoded_part(received.data, "html")) < 102_400

@@ -32,7 +32,7 @@ from digest.sources.hf_daily import hf_item
 from digest.tex import readable
 
 from .browser import chromium, open_email  # noqa: F401 - fixture
-from .conftest import NOW, Project, SmtpServer
+from .conftest import NOW, Project, Received, SmtpServer
 from .oracle import render_context, render_email
 from .outbox_support import sent_listing_ids
 from .samples import HOSTILE_TITLES, TLDR, digest
@@ -372,25 +372,25 @@ def test_a_clipped_digest_reads_well_at_every_width_and_scheme(
     assert more.startswith(f"{fitted.left_out} more papers matched")
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
-    project: Project, smtp_server: SmtpServer, chromium: Any,  # noqa: F811
-    tmp_path: Path, width: int,
-) -> None:
-    # 130 listings with real abstracts; a subscriber with max_items = 100 who matches all.
+def send_100_items(project: Project, smtp_server: SmtpServer, tmp_path: Path,
+                   server: str = "", item_links: bool = True) -> Received:
+    """`digest fetch` + `digest send` of 130 listings with real abstracts (with code and PDF
+    links unless `item_links` is false) to one reader with max_items = 100 who matches all,
+    over SMTP to the sink, with `server` added to the config; what the sink received."""
     source = tmp_path / "many.jsonl"
     with source.open("w", encoding="utf-8") as f:
         for i in range(130):
             real = REAL[i % len(REAL)]
-            f.write(json.dumps({
+            row: dict[str, object] = {
                 "title": f"{real['title']} (part {i})", "abstract": real["abstract"],
-                "id": f"paper-{i}", "url": f"https://example.org/papers/{i}",
-                "upvotes": i, "links": {"code": f"https://github.com/example/p{i}",
-                                        "pdf": f"https://example.org/papers/{i}.pdf"},
-            }) + "\n")
+                "id": f"paper-{i}", "url": f"https://example.org/papers/{i}", "upvotes": i}
+            if item_links:
+                row["links"] = {"code": f"https://github.com/example/p{i}",
+                                "pdf": f"https://example.org/papers/{i}.pdf"}
+            f.write(json.dumps(row) + "\n")
     project.write_config(
-        f"[smtp]\nhost = '{smtp_server.host}'\nport = {smtp_server.port}\nsecurity = 'none'\n",
-        transport="smtp",
+        f"[smtp]\nhost = '{smtp_server.host}'\nport = {smtp_server.port}\nsecurity = 'none'\n"
+        + server, transport="smtp",
         sources=f'[[sources]]\nname = "many"\ntype = "jsonl"\npath = "{source}"\n')
     for sid in ("ada", "grace"):
         (project.subscribers / f"{sid}.toml").unlink()
@@ -410,6 +410,17 @@ def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
     pipeline.fetch(settings, db, NOW)
     pipeline.send(settings, db, NOW)
     (received,) = smtp_server.sink.received
+    return received
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
+    project: Project, smtp_server: SmtpServer, chromium: Any,  # noqa: F811
+    tmp_path: Path, width: int,
+) -> None:
+    received = send_100_items(project, smtp_server, tmp_path)
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
     html = raw_part(received.data, "html")
     # As sent: the decoded part, and the part as it travels (QP), both under ~102 KB.
     assert len(html) <= HTML_BUDGET
