@@ -241,3 +241,35 @@ def m14_outbox_recipes(db: Database) -> None:
     db.execute("create table outbox_recipes (id text primary key, recipe blob not null)"
                " without rowid")
     db.table("digests").add_column("message_hash", bytes)
+
+
+@migrations()
+def m17_digest_items_without_rowid(db: Database) -> None:
+    """digest_items becomes a table without rowid, keyed (digest_id, listing_id) as before.
+
+    With a rowid, the two-column key was stored three times: in the row, and again in the
+    index SQLite makes for the primary key, which also carries the rowid. The items were
+    the larger half of what the store keeps a sent message (issue 21: 2,050 bytes in all, of
+    which 450 for that index). Without rowid the row is stored in key order, once; the index
+    on listing_id carries the key (digest_id) instead of a rowid.
+
+    SQLite cannot drop a rowid in place: the table is copied, in key order (so its pages are
+    filled), and replaced. A key column of a table without rowid cannot be null: an item
+    with a null key, which no query can reach (every one joins on both keys), is not kept.
+    """
+    db.execute("""
+        create table digest_items_new (
+           [digest_id] TEXT NOT NULL REFERENCES [digests]([id]),
+           [listing_id] TEXT NOT NULL REFERENCES [listings]([id]),
+           [position] INTEGER,
+           [topic] TEXT,
+           [score] REAL,
+           PRIMARY KEY ([digest_id], [listing_id])
+        ) without rowid""")
+    db.execute("insert into digest_items_new (digest_id, listing_id, position, topic, score)"
+               " select digest_id, listing_id, position, topic, score from digest_items"
+               " where digest_id is not null and listing_id is not null"
+               " order by digest_id, listing_id")
+    db.execute("drop table digest_items")
+    db.execute("alter table digest_items_new rename to digest_items")
+    db.table("digest_items").create_index(["listing_id"])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,74 @@ def test_m09_moves_the_stored_bytes_out_of_the_digests_table(tmp_path: Path) -> 
     assert "message" not in {c.name for c in db.table("digests").columns}
 
 
+def _item_answers(db: Database, day: dt.date) -> dict[str, object]:
+    """What every reader of digest_items answers on the store `_old_store_with_items` made."""
+    since = NOW - dt.timedelta(days=7)
+    return {
+        "candidates": {sid: [c.id for c in store.candidates(db, sid, since)]
+                       for sid in ("ada", "ben", "cy")},
+        "sent_since": sorted(store.sent_since(db, since)),
+        "sent_in": [store.sent_in(db, sid, lid) for sid in ("ada", "ben", "cy")
+                    for lid in ("a", "b", "c", "d")],
+        "items": {sid: store.digest_items(db, f"{sid}/{day}") for sid in ("ada", "ben", "cy")},
+        "ids": {sid: store.digest_listing_ids(db, f"{sid}/{day}")
+                for sid in ("ada", "ben", "cy")},
+        "pending": [p.id for p in store.pending(db, ["ada", "ben", "cy"])],
+    }
+
+
+def _old_store_with_items(path: Path, day: dt.date) -> Database:
+    # A store as made before m17: three digests (sent, queued, failed) with their items, one
+    # item's key null (as only a hand-made row can have), and a re-keyed listing.
+    old = Database(path)
+    migrations.apply(old, stop_before="m17_digest_items_without_rowid")
+    store.upsert_listings(old, [make(x) for x in "abcd"], NOW)
+    for sid, listings in (("ada", "cba"), ("ben", "bd"), ("cy", "ad")):
+        store.enqueue(old, key=f"{sid}/{day}", subscriber_id=sid, local_date=day,
+                      message_id=f"<{sid}@x>", subject="s", envelope_from="d@example.org",
+                      recipient=f"{sid}@example.org", data=b"bytes",
+                      items=[store.OutboxItem(lid, "P", 2.5 - i)
+                             for i, lid in enumerate(listings)], now=NOW)
+    store.claim_many(old, ["ada/" + day.isoformat(), "cy/" + day.isoformat()], NOW)
+    store.record_sent_many(old, ["ada/" + day.isoformat()], NOW)
+    store.record_failed(old, "cy/" + day.isoformat(), "550 no", NOW)
+    old.execute("insert into digest_items (digest_id, listing_id, position) values"
+                " (null, 'a', 0)")
+    old.conn.commit()
+    return old
+
+
+def test_m17_rebuilds_digest_items_without_rowid_and_every_query_answers_the_same(
+        tmp_path: Path) -> None:
+    day = NOW.date()
+    old = _old_store_with_items(tmp_path / "old.db", day)
+    before = _item_answers(old, day)
+    keys = sorted(old.table("digest_items").foreign_keys)
+    old.close()
+    db = store.open_db(tmp_path / "old.db")
+    assert _item_answers(db, day) == before
+    sql = db.execute("select sql from sqlite_master where name = 'digest_items'").fetchone()[0]
+    assert sql.rstrip().lower().endswith("without rowid")
+    # The key is stored once: no index of SQLite's own beside the table.
+    assert {r[0] for r in db.execute("select name from sqlite_master where type = 'index'"
+                                     " and tbl_name = 'digest_items'")} == {
+        "idx_digest_items_listing_id"}
+    assert sorted(db.table("digest_items").foreign_keys) == keys
+    assert [(fk.column, fk.other_table) for fk in keys] == [("digest_id", "digests"),
+                                                            ("listing_id", "listings")]
+    assert db.execute("select count(*) from digest_items where digest_id is null"
+                      " or listing_id is null").fetchone() == (0,)
+    assert db.execute("pragma foreign_key_check").fetchall() == []
+    assert db.execute("pragma integrity_check").fetchall() == [("ok",)]
+    # Still one row per (digest, listing), and re-keying a listing still moves its items.
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("insert into digest_items (digest_id, listing_id) values (?, 'a')",
+                   [f"ada/{day}"])
+    store.upsert_listings(db, [make("2611.00001", title="Pruning paper b",
+                                    arxiv_id="2611.00001")], NOW)
+    assert store.digest_listing_ids(db, f"ada/{day}") == ["c", "2611.00001", "a"]
+
+
 def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     assert store.open_db(tmp_path / "new.db").execute("pragma page_size").fetchone() == (16384,)
     old = Database(tmp_path / "old.db")
@@ -204,7 +273,8 @@ def test_latest_digests_is_each_subscribers_newest_without_reading_the_history(
 APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr",
                  "m12_listing_ranks", "m09_outbox_messages", "m10_sent_message_retention",
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
-                 "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes"]
+                 "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
+                 "m17_digest_items_without_rowid"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
