@@ -17,8 +17,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     render._versions         (HTML, text template) -> their version hash   16
     mime._qp_pieces          a shared item's text -> its quoted-printable  20,000
     mime._folded             (field, value) -> the folded header bytes     1,024
-    mime._qp_lines,          one body line -> its quoted-printable form    QP_CACHE_BYTES
-      mime._qp_unstable                                                    (32 MB), together
+    mime._qp_lines           one body line -> its quoted-printable form    QP_CACHE_BYTES (32 MB)
     mime._Registry           header name -> its header class               the names used
     signing._relaxed_fields  raw header field -> its relaxed form          4,096
     send._signers            [dkim] settings + key mtimes -> its signer    8

@@ -86,19 +86,15 @@ def encode_qp_checked(text: str) -> tuple[bytes, bool]:
 def _encode_lines(lines: list[bytes]) -> tuple[bytes, bool]:
     cache = _qp_lines
     out = []
-    stable = True
     for line in lines:
         encoded = cache.get(line)
         if encoded is None:
-            encoded = _qp_unstable.get(line)
-            if encoded is None:
-                encoded, ok = _remember(line)
-                stable = stable and ok
-            else:
-                stable = False
+            encoded = _remember(line)
         out.append(encoded)
     out.append(b"")
-    return b"\r\n".join(out), stable
+    data = b"\r\n".join(out)
+    # Checked on the whole (three scans in C) rather than line by line.
+    return data, _stable(data)
 
 
 def encode_pieces(pieces: Sequence[tuple[str, bool]],
@@ -138,16 +134,14 @@ def _split_shared(text: str, stand_ins: Sequence[str]) -> tuple[tuple[bytes, ...
     marks = [s.encode("ascii") for s in stand_ins if s]
     segments: list[bytes] = []
     run: list[bytes] = []
-    stable = True
     for line in lines:
         if marks and any(m in line for m in marks):
-            encoded, ok = _encode_lines(run) if run else (b"", True)
-            segments += [encoded, line]
-            stable, run = stable and ok, []
+            segments += [_encode_lines(run)[0] if run else b"", line]
+            run = []
         else:
             run.append(line)
-    encoded, ok = _encode_lines(run) if run else (b"", True)
-    return (*segments, encoded), stable and ok
+    segments.append(_encode_lines(run)[0] if run else b"")
+    return tuple(segments), all(_stable(seg) for seg in segments[::2])
 
 
 def _join_filled(segments: tuple[bytes, ...], fills: Sequence[tuple[str, str]]
@@ -155,47 +149,41 @@ def _join_filled(segments: tuple[bytes, ...], fills: Sequence[tuple[str, str]]
     # The lines with a stand-in get this message's values and are encoded here, not
     # remembered: they are the reader's own, and would only push shared lines out.
     out = list(segments)
-    stable = True
     for at in range(1, len(out), 2):
         line = out[at]
         for shown, value in fills:
             line = line.replace(shown.encode("ascii"), value.encode("utf-8"))
-        encoded = _encode_line(line)
-        stable = stable and _stable(encoded)
-        out[at] = encoded + b"\r\n"
-    return b"".join(out), stable
+        out[at] = _encode_line(line) + b"\r\n"
+    return b"".join(out), all(_stable(out[at]) for at in range(1, len(out), 2))
 
 
 def _stable(encoded: bytes) -> bool:
-    return not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
-                or encoded.endswith(b" "))
+    # Encoded lines end in CRLF: relaxed canonicalisation would rewrite a tab, a run of
+    # blanks, or a blank before a line end (which QP never leaves, but be sure).
+    return not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded)
 
 
 # Shared pieces, by their text (listed in digest.caches): the same string object comes back
 # from the renderer's own cache, so a lookup is one hash already computed.
 _qp_pieces: Bounded[str, tuple[tuple[bytes, ...], bool]] = Bounded(20_000)
 
-# The line caches (listed in digest.caches) are bounded (and simply emptied when full), so
-# memory stays flat however many digests a process builds. Lines that relaxed
-# canonicalisation would change are kept apart, so that the common case costs one lookup.
+# The line cache (listed in digest.caches) is bounded (and simply emptied when full), so
+# memory stays flat however many digests a process builds.
 QP_CACHE_BYTES = 32 * 1024 * 1024
 _qp_lines: dict[bytes, bytes] = {}
-_qp_unstable: dict[bytes, bytes] = {}
 _qp_cached = 0
 _ENTRY_OVERHEAD = 120  # two bytes objects and a dict slot, about
 
 
-def _remember(line: bytes) -> tuple[bytes, bool]:
+def _remember(line: bytes) -> bytes:
     global _qp_cached
     encoded = _encode_line(line)
-    stable = _stable(encoded)
     if _qp_cached + 2 * len(line) + _ENTRY_OVERHEAD > QP_CACHE_BYTES:
         _qp_lines.clear()
-        _qp_unstable.clear()
         _qp_cached = 0
-    (_qp_lines if stable else _qp_unstable)[line] = encoded
+    _qp_lines[line] = encoded
     _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
-    return encoded, stable
+    return encoded
 
 
 def _encode_line(line: bytes) -> bytes:
