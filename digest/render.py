@@ -587,6 +587,10 @@ _MARK_LINE = _MARK + "\n"
 _ITEM_LOOP = re.compile(r"\{%-?\s*for\s+item\s+in\s+section\.entries\s*-?%\}")
 _FOR_TAGS = re.compile(r"\{%-?\s*(for|endfor)\b.*?%\}", re.DOTALL)
 FRAGMENT_CACHE = 20_000  # items kept per layout (each template pair): ~40 MB at most
+# Items whose key was seen once (by hash: a collision only admits an item early). Most items
+# are one reader's alone (their highlights and keywords): kept only from their second
+# sight, they do not push out, each time the cache fills, the items that do repeat.
+SEEN_KEYS = 400_000
 
 
 def mark_items(source: str) -> str:
@@ -626,6 +630,7 @@ class Layout:
     html: jinja2.Template
     text: jinja2.Template
     items: Bounded[tuple[object, ...], str]
+    seen: Bounded[int, bool]
 
     def render(self, ctx: dict[str, Any]) -> RenderedEmail:
         """The email of a template context (`context`), from fragments where it can."""
@@ -685,7 +690,12 @@ class Layout:
             found = made[i // 2]
             if found is None:
                 _check_piece(chunk, "an item of the email")
-                pieces.append((cache.put(keys[i // 2], chunk), False))
+                key = keys[i // 2]
+                if self.seen.get(hash(key)):
+                    cache.put(key, chunk)
+                else:
+                    self.seen.put(hash(key), True)
+                pieces.append((chunk, False))
             else:
                 pieces.append((found, True))
         return pieces
@@ -708,7 +718,8 @@ def layout(env: jinja2.Environment) -> Layout:
     assert env.loader is not None
     text_source = env.loader.get_source(env, TEXT_TEMPLATE)[0]
     made = Layout(env.from_string(mark_items(_sources[html])),
-                  env.from_string(_plain(mark_items(text_source))), Bounded(FRAGMENT_CACHE))
+                  env.from_string(_plain(mark_items(text_source))), Bounded(FRAGMENT_CACHE),
+                  Bounded(SEEN_KEYS))
     _layouts[html] = (text, made)
     return made
 

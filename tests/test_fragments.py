@@ -83,7 +83,8 @@ def test_the_fragments_of_a_listing_shown_the_same_way_are_shared_across_subscri
         dkim_config: DkimConfig) -> None:
     ada = samples.digest(4)
     bob = samples.digest(4, sub=samples.subscriber("Bob", "bob"))
-    fragment_bytes(ada, dkim_config)
+    for _ in range(2):  # an item is kept from its second sight on
+        fragment_bytes(ada, dkim_config)
     bob_data, shared = fragment_bytes(bob, dkim_config)
     # Every item of Bob's HTML part, and of his text part, comes from Ada's.
     assert shared == 2 * len(bob.matches)
@@ -110,6 +111,25 @@ def test_the_fragment_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch,
         assert len(render.layout(env).items) <= 6 and len(mime._qp_pieces) <= 5
 
 
+def test_an_item_is_kept_from_its_second_sight_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Most items are one reader's alone: kept at first sight, they would fill the cache and
+    # empty it, again and again, with the items that do repeat.
+    monkeypatch.setattr(render, "_layouts", type(render._layouts)())
+    env = environment()
+    once = [samples.digest(3, sub=samples.subscriber(f"S{i}", f"s{i}"),
+                           titles=tuple(f"Once {i}.{j}" for j in range(3))) for i in range(5)]
+    for digest in once:
+        fit(digest, LINKS, env)
+    assert len(render.layout(env).items) == 0
+    twice = samples.digest(3, titles=("Twice 0", "Twice 1", "Twice 2"))
+    fit(twice, LINKS, env)
+    again = fit(twice, LINKS, env).rendered
+    assert not any(shared for _, shared in again.html_pieces)  # kept now, not yet reused
+    assert len(render.layout(env).items) == 2 * len(twice.matches)  # HTML and text
+    third = fit(twice, LINKS, env).rendered
+    assert sum(shared for _, shared in third.html_pieces) == len(twice.matches)
+
+
 def test_a_template_whose_item_loop_is_missing_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"no `\{% for item in section\.entries %\}` loop"):
         render.mark_items("<p>{{ name }}</p>")
@@ -133,6 +153,7 @@ def test_items_are_shared_between_readers_each_with_their_own_feedback_links(
     bob_links = feedback_links("Ym9i.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb_-bbbbbbbbb", public_url)
     ada = samples.digest(4)
     bob = samples.digest(4, sub=samples.subscriber("Bob", "bob"))
+    fragment_bytes(ada, dkim_config, ada_links)
     ada_data, _ = fragment_bytes(ada, dkim_config, ada_links)
     bob_data, shared = fragment_bytes(bob, dkim_config, bob_links)
     assert shared == 2 * len(bob.matches)
