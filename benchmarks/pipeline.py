@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import hashlib
 import multiprocessing as mp
+import os
 import random
 import resource
 import shutil
@@ -49,7 +50,7 @@ from digest import batch, executor, pipeline, recipe, store
 from digest.config import Settings, load_settings
 from digest.mime import assemble
 from digest.models import Digest, Subscriber
-from digest.render import EXCERPT_CHARS, Links, environment, render
+from digest.render import EXCERPT_CHARS, environment, render
 from digest.send import Outgoing, header_fields, load_signer, outgoing
 from digest.subscribers import load as load_subscribers
 
@@ -153,8 +154,15 @@ def write_subscriber(folder: Path, sub: Subscriber) -> None:
     (folder / f"{sub.id}.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def prepare(root: Path, subscribers: int, listings: int, seed: int, port: int) -> Path:
-    """A project in `root` (config, key, subscriber files, stored listings); its config."""
+def prepare(root: Path, subscribers: int, listings: int, seed: int, port: int,
+            links: bool = True) -> Path:
+    """A project in `root` (config, key, subscriber files, stored listings); its config.
+    `links`: a `[server] public_url`, as a deployment has, so that every message carries its
+    reader's signed links (one-click unsubscribe, view, preferences, archive, and per item
+    "more / less like this"); the token secret is set in this process's environment."""
+    if links:
+        os.environ.setdefault("DIGEST_SECRET", "benchmark-secret-" + "x" * 24)
+    server = '\n[server]\npublic_url = "https://digest.example.org"\n' if links else ""
     rng = random.Random(seed)
     vocab = Vocabulary(seed_abstracts())
     folder = root / "subscribers"
@@ -192,7 +200,7 @@ send_at = "07:00"
 selector = "mail2026"
 domain = "example.org"
 private_key_path = "dkim.pem"
-""", encoding="utf-8")
+{server}""", encoding="utf-8")
     settings = load_settings(config)
     db = store.open_db(settings.store.path)
     # First seen a few hours before the send, so every subscriber's lookback holds them all.
@@ -253,8 +261,8 @@ def stages(config: Path, sample: int) -> dict[str, float]:
     for sub in warm:
         warm_digest = run.digest(sub, NOW.date())
         if warm_digest is not None:
-            outgoing(render(warm_digest, Links(unsubscribe="mailto:digest@example.org"), env),
-                     warm_digest, settings.delivery, NOW, None, signer)
+            outgoing(render(warm_digest, pipeline.email_links(settings, sub, warm_digest.id),
+                            env), warm_digest, settings.delivery, NOW, None, signer)
     for sub in subs[:sample]:
         t0 = time.perf_counter()
         digest = run.digest(sub, NOW.date())
@@ -262,10 +270,13 @@ def stages(config: Path, sample: int) -> dict[str, float]:
         times["match"] += t1 - t0
         if digest is None:
             continue
-        rendered = render(digest, Links(unsubscribe="mailto:digest@example.org"), env)
+        links = pipeline.email_links(settings, sub, digest.id)
+        rendered = render(digest, links, env)
         t2 = time.perf_counter()
-        parts = assemble(header_fields(rendered, digest, settings.delivery, NOW),
-                         rendered.text, rendered.html)
+        parts = assemble(header_fields(rendered, digest, settings.delivery, NOW,
+                                       links.unsubscribe if links.view else None),
+                         rendered.text, rendered.html, rendered.text_pieces,
+                         rendered.html_pieces, rendered.fills)
         t3 = time.perf_counter()
         data = (signer.sign_parts(parts.head, parts.body, parts.relaxed_stable) + parts.head
                 + b"\r\n" + parts.body)
@@ -472,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--only-null", action="store_true",
                         help="stop after the null-transport run")
+    parser.add_argument("--without-links", action="store_true",
+                        help="no [server] public_url: messages without the reader's signed"
+                        " links (view, preferences, archive, per-item feedback)")
     args = parser.parse_args(argv)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -480,9 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     print(line)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        config = prepare(Path(tmp), args.subscribers, args.listings, args.seed, port)
+        config = prepare(Path(tmp), args.subscribers, args.listings, args.seed, port,
+                         not args.without_links)
         print(f"data: {args.subscribers:,} subscribers, {args.listings:,} listings, DKIM"
-              f" rsa-sha256 2048 bits; {args.workers} worker(s), {CONNECTIONS} SMTP"
+              f" rsa-sha256 2048 bits, {'no' if args.without_links else 'per-reader signed'}"
+              f" links; {args.workers} worker(s), {CONNECTIONS} SMTP"
               f" connections (prepared in {time.perf_counter() - t0:.0f} s)")
 
         per = stages(config, args.sample)

@@ -13,12 +13,14 @@ however many digests one process builds (a worker of `digest send` builds thousa
     render._layouts          compiled HTML template -> its Layout (the     the same
                              templates with their items marked)
     Layout.items             (listing view, highlights, keywords, excerpt  FRAGMENT_CACHE
-                             length[, number]) -> an item's HTML or text   (20,000) a layout
+                             length, feedback stand-in, reason[, number])  (20,000) a layout
+                             -> an item's HTML or text, from its second
+                             sight on
+    Layout.seen              hash of an item's key -> seen once            SEEN_KEYS (400,000)
     render._versions         (HTML, text template) -> their version hash   16
     mime._qp_pieces          a shared item's text -> its quoted-printable  20,000
     mime._folded             (field, value) -> the folded header bytes     1,024
-    mime._qp_lines,          one body line -> its quoted-printable form    QP_CACHE_BYTES
-      mime._qp_unstable                                                    (32 MB), together
+    mime._qp_lines           one body line -> its quoted-printable form    QP_CACHE_BYTES (32 MB)
     mime._Registry           header name -> its header class               the names used
     signing._relaxed_fields  raw header field -> its relaxed form          4,096
     send._signers            [dkim] settings + key mtimes -> its signer    8

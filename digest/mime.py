@@ -79,29 +79,32 @@ def encode_qp_checked(text: str) -> tuple[bytes, bool]:
     Quoted-printable is line-local (each line's encoding depends on that line alone), so each
     distinct line is encoded once per process and remembered: a digest is mostly template
     lines and listing lines that other digests of the run have too."""
+    # `or`: an empty text is one empty line, as `normal_body` makes it.
+    return _encode_lines(text.encode("utf-8").splitlines() or [b""])
+
+
+def _encode_lines(lines: list[bytes]) -> tuple[bytes, bool]:
     cache = _qp_lines
     out = []
-    stable = True
-    # `or`: an empty text is one empty line, as `normal_body` makes it.
-    for line in text.encode("utf-8").splitlines() or [b""]:
+    for line in lines:
         encoded = cache.get(line)
         if encoded is None:
-            encoded = _qp_unstable.get(line)
-            if encoded is None:
-                encoded, ok = _remember(line)
-                stable = stable and ok
-            else:
-                stable = False
+            encoded = _remember(line)
         out.append(encoded)
     out.append(b"")
-    return b"\r\n".join(out), stable
+    data = b"\r\n".join(out)
+    # Checked on the whole (three scans in C) rather than line by line.
+    return data, _stable(data)
 
 
-def encode_pieces(pieces: Sequence[tuple[str, bool]]) -> tuple[bytes, bool]:
+def encode_pieces(pieces: Sequence[tuple[str, bool]],
+                  fills: Sequence[tuple[str, str]] = ()) -> tuple[bytes, bool]:
     """`encode_qp_checked` of the pieces joined, each piece but the last ending in a line
     break (see `models.RenderedEmail`): quoted-printable is line-local, so the encodings of
     the pieces, joined, are the encoding of the whole. A shared piece (an item many digests
-    hold) is encoded once per process and remembered whole."""
+    hold) is encoded once per process and remembered whole, but for its lines that hold a
+    stand-in of `fills` ((stand-in, value): a per-reader value, see `digest.render.stand_in`),
+    which are encoded for each message with the value in place."""
     out = []
     stable = True
     last = len(pieces) - 1
@@ -111,8 +114,12 @@ def encode_pieces(pieces: Sequence[tuple[str, bool]]) -> tuple[bytes, bool]:
         if shared and i < last:
             found = _qp_pieces.get(text)
             if found is None:
-                found = _qp_pieces.put(text, encode_qp_checked(text))
-            encoded, ok = found
+                found = _qp_pieces.put(text, _split_shared(text, [s for s, _ in fills]))
+            segments, ok = found
+            encoded = segments[0]
+            if len(segments) > 1:
+                encoded, filled_ok = _join_filled(segments, fills)
+                ok = ok and filled_ok
         else:
             encoded, ok = encode_qp_checked(text)
         out.append(encoded)
@@ -120,38 +127,73 @@ def encode_pieces(pieces: Sequence[tuple[str, bool]]) -> tuple[bytes, bool]:
     return b"".join(out), stable
 
 
+def _split_shared(text: str, stand_ins: Sequence[str]) -> tuple[tuple[bytes, ...], bool]:
+    # A shared piece's encoded runs of lines, and between them (at odd positions) the raw
+    # lines that hold a stand-in; one run when none does.
+    lines = text.encode("utf-8").splitlines() or [b""]
+    marks = [s.encode("ascii") for s in stand_ins if s]
+    segments: list[bytes] = []
+    run: list[bytes] = []
+    for line in lines:
+        if marks and any(m in line for m in marks):
+            segments += [_encode_lines(run)[0] if run else b"", line]
+            run = []
+        else:
+            run.append(line)
+    segments.append(_encode_lines(run)[0] if run else b"")
+    return tuple(segments), all(_stable(seg) for seg in segments[::2])
+
+
+def _join_filled(segments: tuple[bytes, ...], fills: Sequence[tuple[str, str]]
+                 ) -> tuple[bytes, bool]:
+    # The lines with a stand-in get this message's values and are encoded here, not
+    # remembered: they are the reader's own, and would only push shared lines out.
+    out = list(segments)
+    for at in range(1, len(out), 2):
+        line = out[at]
+        for shown, value in fills:
+            line = line.replace(shown.encode("ascii"), value.encode("utf-8"))
+        out[at] = _encode_line(line) + b"\r\n"
+    return b"".join(out), all(_stable(out[at]) for at in range(1, len(out), 2))
+
+
+def _stable(encoded: bytes) -> bool:
+    # Encoded lines end in CRLF: relaxed canonicalisation would rewrite a tab, a run of
+    # blanks, or a blank before a line end (which QP never leaves, but be sure).
+    return not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded)
+
+
 # Shared pieces, by their text (listed in digest.caches): the same string object comes back
 # from the renderer's own cache, so a lookup is one hash already computed.
-_qp_pieces: Bounded[str, tuple[bytes, bool]] = Bounded(20_000)
+_qp_pieces: Bounded[str, tuple[tuple[bytes, ...], bool]] = Bounded(20_000)
 
-# The line caches (listed in digest.caches) are bounded (and simply emptied when full), so
-# memory stays flat however many digests a process builds. Lines that relaxed
-# canonicalisation would change are kept apart, so that the common case costs one lookup.
+# The line cache (listed in digest.caches) is bounded (and simply emptied when full), so
+# memory stays flat however many digests a process builds.
 QP_CACHE_BYTES = 32 * 1024 * 1024
 _qp_lines: dict[bytes, bytes] = {}
-_qp_unstable: dict[bytes, bytes] = {}
 _qp_cached = 0
 _ENTRY_OVERHEAD = 120  # two bytes objects and a dict slot, about
 
 
-def _remember(line: bytes) -> tuple[bytes, bool]:
+def _remember(line: bytes) -> bytes:
     global _qp_cached
+    encoded = _encode_line(line)
+    if _qp_cached + 2 * len(line) + _ENTRY_OVERHEAD > QP_CACHE_BYTES:
+        _qp_lines.clear()
+        _qp_cached = 0
+    _qp_lines[line] = encoded
+    _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
+    return encoded
+
+
+def _encode_line(line: bytes) -> bytes:
+    # One line (without its line break) quoted-printable encoded, its own soft breaks CRLF.
     encoded = binascii.b2a_qp(line + b"\n", quotetabs=False, istext=True, header=False)
     # Most lines need nothing more: short enough (so no soft breaks either), and not starting
     # with what must be escaped.
     if len(encoded) > MAX_LINE + 1 or encoded.startswith((b".", b"From ")):
-        encoded = _finish(encoded)[:-2]
-    else:
-        encoded = encoded[:-1]
-    stable = not (b"\t" in encoded or b"  " in encoded or b" \r\n" in encoded
-                  or encoded.endswith(b" "))
-    if _qp_cached + 2 * len(line) + _ENTRY_OVERHEAD > QP_CACHE_BYTES:
-        _qp_lines.clear()
-        _qp_unstable.clear()
-        _qp_cached = 0
-    (_qp_lines if stable else _qp_unstable)[line] = encoded
-    _qp_cached += len(line) + len(encoded) + _ENTRY_OVERHEAD
-    return encoded, stable
+        return _finish(encoded)[:-2]
+    return encoded[:-1]
 
 
 def _finish(encoded: bytes) -> bytes:
@@ -240,16 +282,20 @@ def header_block(fields: Iterable[tuple[str, object]]) -> bytes:
 
 def assemble(fields: Sequence[tuple[str, object]], text: str, html: str,
              text_pieces: Sequence[tuple[str, bool]] = (),
-             html_pieces: Sequence[tuple[str, bool]] = ()) -> Parts:
+             html_pieces: Sequence[tuple[str, bool]] = (),
+             fills: Sequence[tuple[str, str, str]] = ()) -> Parts:
     """The multipart/alternative message of the header `fields` (see `send.header_fields`;
     one of them is Message-ID) with a plain-text and an HTML part, each QP-encoded once:
-    from its pieces when given (`encode_pieces`: the same bytes), else whole."""
+    from its pieces when given (`encode_pieces`, with `fills` as `RenderedEmail.fills`
+    says: the same bytes), else whole."""
     message_id = str(next(value for name, value in fields if name.lower() == "message-id"))
     head = header_block([*fields, ("MIME-Version", "1.0"),
                          ("Content-Type", f'multipart/alternative; boundary="{BOUNDARY}"')])
     delimiter = f"--{BOUNDARY}\r\n".encode("ascii")
-    plain, plain_stable = encode_pieces(text_pieces) if text_pieces else encode_qp_checked(text)
-    rich, rich_stable = encode_pieces(html_pieces) if html_pieces else encode_qp_checked(html)
+    plain, plain_stable = (encode_pieces(text_pieces, [(s, t) for s, t, _ in fills])
+                           if text_pieces else encode_qp_checked(text))
+    rich, rich_stable = (encode_pieces(html_pieces, [(s, h) for s, _, h in fills])
+                         if html_pieces else encode_qp_checked(html))
     # The delimiters and part headers have single blanks only: stable too.
     body = b"".join((
         delimiter, _PART_HEAD["plain"], plain, b"\r\n",

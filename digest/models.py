@@ -170,13 +170,17 @@ class RenderedEmail:
 
     `html_pieces` and `text_pieces`, when given, are the same text cut at line ends into
     (piece, shared) pairs: a shared piece (one listing's item, the same in many digests) is
-    quoted-printable encoded once per process (`digest.mime.encode_pieces`)."""
+    quoted-printable encoded once per process (`digest.mime.encode_pieces`).
+    `fills`: (stand-in, text value, HTML value) of each per-reader value that shared pieces
+    hold as a stand-in of the same length (`digest.render.stand_in`): `html` and `text`,
+    and the pieces not shared, already hold the values."""
 
     subject: str
     html: str
     text: str
     html_pieces: tuple[tuple[str, bool], ...] = ()
     text_pieces: tuple[tuple[str, bool], ...] = ()
+    fills: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

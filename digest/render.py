@@ -21,7 +21,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from mjml import mjml2html
 from premailer import Premailer
 
@@ -267,8 +267,8 @@ class ItemView:
     key: str  # the listing id, percent-encoded for a query string (the feedback links)
     reason: str = ""  # why a paper no keyword caught is here ("like ..."); digest.ranking
     # What the item's fragment depends on besides `number`: (what it shows of its listing,
-    # highlight spans, keywords, excerpt length, the reader's feedback link, the ranking's
-    # reason). The same piece key renders the same (see Layout).
+    # highlight spans, keywords, excerpt length, the stand-in for the reader's feedback link
+    # (`stand_in`), the ranking's reason). The same piece key renders the same (see Layout).
     piece_key: tuple[object, ...] = ()
 
 
@@ -291,11 +291,14 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
     topics = [s.topic for s in digest.sections if not s.trending and not s.similar]
     sections = []
     number = 0
+    # An item's fragment holds a stand-in for the reader's feedback link (see Layout): the
+    # key names the stand-in, the same for every reader whose link is as long.
+    feedback = stand_in(links.feedback)
     for section in digest.sections:
         items = []
         for m in section.matches:
             number += 1
-            items.append(_item(m, number, excerpt_chars, links))
+            items.append(_item(m, number, excerpt_chars, feedback))
         sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
     first = _cut(nfkc(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
@@ -326,8 +329,9 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
     }
 
 
-def _item(m: Match, number: int, excerpt_chars: int, links: Links) -> ItemView:
-    """What the templates show of one matched listing, numbered `number` in the email."""
+def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
+    """What the templates show of one matched listing, numbered `number` in the email;
+    `feedback`: the stand-in its fragment shows for the reader's feedback link."""
     view = _listing_view(m.listing)
     title, link, meta, abstract, tldr, extra, key = view
     reason = _cut(nfkc(m.reason), TLDR_CHARS)
@@ -336,9 +340,7 @@ def _item(m: Match, number: int, excerpt_chars: int, links: Links) -> ItemView:
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
         excerpt_text="".join([t for t, _ in segs]), keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
-        # The feedback link carries the reader's own token: an item is shared only between
-        # digests whose links are the same (see Layout).
-        piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, links.feedback, reason),
+        piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),
     )
 
 
@@ -561,18 +563,34 @@ def render(digest: Digest, links: Links, env: jinja2.Environment) -> RenderedEma
 # wrapping (line-local too) can join them: the message is byte for byte the one the whole
 # templates render (tests/oracle.py renders it that way, and the tests compare).
 #
-# A per-subscriber value inside an item (a signed feedback link, say) must not go into the
-# shared fragment. Either keep it on a line of the page, or render it into the item as a
-# fixed-length placeholder of characters quoted-printable leaves alone ([A-Za-z0-9_-]), and
-# replace it in the encoded bytes per message with a value of the same length: neither the
-# line lengths nor the soft breaks move, so the result is what encoding the whole would give.
+# The one per-reader value inside an item, the reader's signed feedback link (each item's
+# "More / Less like this"), must not go into a shared fragment, nor keep one from being
+# shared: items are rendered with a stand-in of the same length (`stand_in`: random letters
+# and digits, which neither HTML escaping nor the text wrapping treat apart from the URL's
+# own characters, so every line breaks where it would with the link), and the link replaces
+# it in the finished text. In a shared piece the lines that hold the stand-in are encoded per
+# message (`RenderedEmail.fills`, `digest.mime.encode_pieces`), the rest once. A template
+# must print the link as it is (`{{ feedback_link }}`), as the shipped ones do.
 
 # Random per process, so no listing's text can hold it.
 _MARK = f"\x00item-{secrets.token_hex(12)}\x00"
+_STAND_IN = secrets.token_hex(32)  # 64 letters and digits, repeated to the length needed
+
+
+def stand_in(link: str) -> str:
+    """What an item's fragment shows in place of the feedback link `link`: as long as it,
+    the same for every link of that length ("" for none)."""
+    if not link:
+        return ""
+    return (_STAND_IN * (len(link) // len(_STAND_IN) + 1))[:len(link)]
 _MARK_LINE = _MARK + "\n"
 _ITEM_LOOP = re.compile(r"\{%-?\s*for\s+item\s+in\s+section\.entries\s*-?%\}")
 _FOR_TAGS = re.compile(r"\{%-?\s*(for|endfor)\b.*?%\}", re.DOTALL)
 FRAGMENT_CACHE = 20_000  # items kept per layout (each template pair): ~40 MB at most
+# Items whose key was seen once (by hash: a collision only admits an item early). Most items
+# are one reader's alone (their highlights and keywords): kept only from their second
+# sight, they do not push out, each time the cache fills, the items that do repeat.
+SEEN_KEYS = 400_000
 
 
 def mark_items(source: str) -> str:
@@ -612,15 +630,19 @@ class Layout:
     html: jinja2.Template
     text: jinja2.Template
     items: Bounded[tuple[object, ...], str]
+    seen: Bounded[int, bool]
 
     def render(self, ctx: dict[str, Any]) -> RenderedEmail:
         """The email of a template context (`context`), from fragments where it can."""
         items = [item for section in ctx["sections"] for item in section.entries]
         keys = [item.piece_key for item in items]
+        link = ctx["feedback_link"]
+        shown = stand_in(link)
+        if shown:
+            ctx = ctx | {"feedback_link": shown}
         html = self._pieces(self.html, ctx, keys, False)
         text = self._pieces(self.text, ctx, [(*key, i.number) for key, i in zip(
             keys, items, strict=True)], True)
-        html_text = "".join(p for p, _ in html)
         text_text = "".join(p for p, _ in text).strip() + "\n"
         # wrap_text strips the whole text: when the first and last pieces (the page's own)
         # are not blank, that strips just them.
@@ -629,8 +651,20 @@ class Layout:
             text[-1] = (text[-1][0].rstrip() + "\n", False)
         else:
             text = [(text_text, False)]
-        return RenderedEmail(subject=ctx["subject"], html=html_text, text=text_text,
-                             html_pieces=_coalesce(html), text_pieces=_coalesce(text))
+        html_pieces, text_pieces = _coalesce(html), _coalesce(text)
+        if not shown:
+            return RenderedEmail(subject=ctx["subject"], html="".join(p for p, _ in html),
+                                 text=text_text, html_pieces=html_pieces,
+                                 text_pieces=text_pieces)
+        # The link in place of its stand-in: as the HTML template prints it (escaped) and as
+        # the text one does; in shared pieces only when they are encoded (`fills`).
+        fills = ((shown, link, str(escape(link))),)
+        html_pieces = _fill(html_pieces, shown, fills[0][2])
+        text_pieces = _fill(text_pieces, shown, link)
+        return RenderedEmail(
+            subject=ctx["subject"], html="".join(p for p, _ in html).replace(shown, fills[0][2]),
+            text=text_text.replace(shown, link), html_pieces=html_pieces,
+            text_pieces=text_pieces, fills=fills)
 
     def _pieces(self, template: jinja2.Template, ctx: dict[str, Any],
                 keys: list[tuple[object, ...]], wrap: bool) -> list[tuple[str, bool]]:
@@ -656,7 +690,12 @@ class Layout:
             found = made[i // 2]
             if found is None:
                 _check_piece(chunk, "an item of the email")
-                pieces.append((cache.put(keys[i // 2], chunk), False))
+                key = keys[i // 2]
+                if self.seen.get(hash(key)):
+                    cache.put(key, chunk)
+                else:
+                    self.seen.put(hash(key), True)
+                pieces.append((chunk, False))
             else:
                 pieces.append((found, True))
         return pieces
@@ -679,7 +718,8 @@ def layout(env: jinja2.Environment) -> Layout:
     assert env.loader is not None
     text_source = env.loader.get_source(env, TEXT_TEMPLATE)[0]
     made = Layout(env.from_string(mark_items(_sources[html])),
-                  env.from_string(_plain(mark_items(text_source))), Bounded(FRAGMENT_CACHE))
+                  env.from_string(_plain(mark_items(text_source))), Bounded(FRAGMENT_CACHE),
+                  Bounded(SEEN_KEYS))
     _layouts[html] = (text, made)
     return made
 
@@ -702,6 +742,12 @@ def _check_piece(piece: str, what: str) -> str:
 
 def _render(ctx: dict[str, Any], env: jinja2.Environment) -> RenderedEmail:
     return layout(env).render(ctx)
+
+
+def _fill(pieces: tuple[tuple[str, bool], ...], shown: str, value: str
+          ) -> tuple[tuple[str, bool], ...]:
+    # The pieces made for this message hold the value; shared ones keep the stand-in.
+    return tuple((p if shared else p.replace(shown, value), shared) for p, shared in pieces)
 
 
 def _coalesce(pieces: list[tuple[str, bool]]) -> tuple[tuple[str, bool], ...]:

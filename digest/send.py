@@ -261,7 +261,7 @@ def outgoing(
     envelope, mailto = verp or (delivery.from_address, None)
     fields = header_fields(rendered, digest, delivery, now, unsubscribe_https, mailto)
     parts = assemble(fields, rendered.text, rendered.html, rendered.text_pieces,
-                     rendered.html_pieces)
+                     rendered.html_pieces, rendered.fills)
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
         try:
