@@ -21,6 +21,8 @@ however many digests one process builds (a worker of `digest send` builds thousa
       mime._qp_unstable                                                    (32 MB), together
     mime._Registry           header name -> its header class               the names used
     signing._relaxed_fields  raw header field -> its relaxed form          4,096
+    signing._signed_names    DKIM names to sign -> lowercase bytes, h=     8 (LRU)
+    signing._folded_tags     the DKIM tags before bh= -> their folded lines 64
     send._signers            [dkim] settings + key mtimes -> its signer    8
     send._from_header        configured sender -> its parsed Address       64 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
