@@ -131,7 +131,7 @@ def header_fields(
         ("From", _from_header(delivery.from_)),
         ("To", _to_address(subscriber.name, subscriber.email)),
         ("Subject", clean_header(rendered.subject)),
-        ("Date", format_datetime(now)),
+        ("Date", _date(now, now.utcoffset())),
         ("Message-ID", message_id(digest, domain)),
         ("List-Unsubscribe", ", ".join(f"<{u}>" for u in (https, mailto) if u)),
     ]
@@ -140,6 +140,14 @@ def header_fields(
     fields += [("List-Id", clean_header(list_id(delivery))),
                ("X-Digest-Id", clean_header(digest.id))]
     return fields
+
+
+@functools.lru_cache(maxsize=64)
+def _date(now: datetime, offset: object) -> str:
+    # Formatted once per run (every message of a run has its Date; format_datetime costs as
+    # much as folding a field). `offset` is in the key because equal instants in different
+    # zones are equal datetimes, and the Date shows the offset.
+    return format_datetime(now)
 
 
 def _to_address(name: str, email: str) -> Address:
