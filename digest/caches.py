@@ -26,6 +26,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     send._signers            [dkim] settings + key mtimes -> its signer    8
     send._from_header        configured sender -> its parsed Address       64 (LRU)
     send._date               a run's send time, its offset -> Date value   64 (LRU)
+    store._utc_text          a time, its offset -> its stored UTC text     256 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
     tokens._stem             a case-folded word -> its Snowball stem       200,000 (LRU)
     match.compile_keyword    a keyword as written -> its compiled Pattern  65,536 (LRU)
