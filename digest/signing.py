@@ -3,10 +3,11 @@ itself done by OpenSSL through `cryptography`.
 
 dkimpy's `dkim.sign` does RSA in pure Python (about 7 ms per RSA-2048 signature); OpenSSL does
 the same signature in about 0.3 ms. The canonicalisation is relaxed/relaxed as dkimpy's
-`dkim.canonicalization.Relaxed` does it (`relaxed_body`, `relaxed_header`: property tests hold
-them equal to dkimpy's), so what is hashed is exactly what `dkim.verify` hashes. Ed25519 (RFC 8463,
-`ed25519-sha256`) can sign next to RSA: the message then carries two DKIM-Signature headers,
-Ed25519 on top, and receivers that do not know Ed25519 still find the RSA one.
+`dkim.canonicalization.Relaxed` does it (`relaxed_body`, `relaxed_header`: property tests
+hold them equal to dkimpy's), so what is hashed is exactly what `dkim.verify` hashes. Ed25519
+(RFC 8463, `ed25519-sha256`) can sign next to RSA: the message then carries two
+DKIM-Signature headers, Ed25519 on top, and receivers that do not know Ed25519 still find the
+RSA one.
 
 The signature header is folded to stay under 78 characters a line; its `b=` value is what the
 verifier removes (with its folding whitespace) before hashing, so the folding of `b=` does not
