@@ -26,6 +26,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     send._signers            [dkim] settings + key mtimes -> its signer    8
     send._from_header        configured sender -> its parsed Address       64 (LRU)
     send._date               a run's send time, its offset -> Date value   64 (LRU)
+    send._day                a digest's date -> its Message-ID prefix      64 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
     store._utc_text          a time, its offset -> its stored UTC text     256 (LRU)
     tokens._stem             a case-folded word -> its Snowball stem       200,000 (LRU)
