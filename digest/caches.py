@@ -23,9 +23,14 @@ however many digests one process builds (a worker of `digest send` builds thousa
     mime._qp_lines           one body line -> its quoted-printable form    QP_CACHE_BYTES (32 MB)
     mime._Registry           header name -> its header class               the names used
     signing._relaxed_fields  raw header field -> its relaxed form          4,096
+    signing._signed_names    DKIM names to sign -> lowercase bytes, h=     8 (LRU)
+    signing._folded_tags     DKIM tags before bh= -> their folded lines    64
     send._signers            [dkim] settings + key mtimes -> its signer    8
     send._from_header        configured sender -> its parsed Address       64 (LRU)
+    send._date               a run's send time, its offset -> Date value   64 (LRU)
+    send._day                a digest's date -> its Message-ID prefix      64 (LRU)
     send._local_hostname     this host's FQDN (a DNS lookup)               1
+    store._utc_text          a time, its offset -> its stored UTC text     256 (LRU)
     tokens._stem             a case-folded word -> its Snowball stem       200,000 (LRU)
     match.compile_keyword    a keyword as written -> its compiled Pattern  65,536 (LRU)
     tex.convert_piece        a TeX piece -> its readable text              20,000 (LRU)

@@ -73,6 +73,9 @@ def looks_encoded(text: str) -> bool:
 def forbidden_character(text: str) -> str | None:
     """The first control character or line/paragraph separator in `text`, if any: none of
     them may reach a header, raw or encoded (a decoder would hand it on)."""
+    # `isprintable` (in C) is false for each of them: most text needs no loop in Python.
+    if text.isprintable():
+        return None
     for char in text:
         if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
             return char

@@ -27,7 +27,7 @@ import ssl
 import time
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email.headerregistry import Address
 from email.utils import format_datetime
 from pathlib import Path
@@ -71,7 +71,14 @@ def message_id(digest: Digest, domain: str) -> str:
     """A Message-ID that is the same every time this digest is built, so a resend can be
     recognised as a copy."""
     token = hashlib.sha256(digest.id.encode()).hexdigest()[:24]
-    return f"<{digest.local_date.strftime('%Y%m%d')}.{token}@{domain}>"
+    return f"<{_day(digest.local_date)}.{token}@{domain}>"
+
+
+@functools.lru_cache(maxsize=64)
+def _day(local_date: date) -> str:
+    # strftime goes through time.strftime (a quarter of `message_id`); a run's digests share
+    # a few dates.
+    return local_date.strftime("%Y%m%d")
 
 
 def unsubscribe_links(delivery: DeliveryConfig, subscriber_id: str) -> tuple[str, str]:
@@ -131,7 +138,7 @@ def header_fields(
         ("From", _from_header(delivery.from_)),
         ("To", _to_address(subscriber.name, subscriber.email)),
         ("Subject", clean_header(rendered.subject)),
-        ("Date", format_datetime(now)),
+        ("Date", _date(now, now.utcoffset())),
         ("Message-ID", message_id(digest, domain)),
         ("List-Unsubscribe", ", ".join(f"<{u}>" for u in (https, mailto) if u)),
     ]
@@ -140,6 +147,14 @@ def header_fields(
     fields += [("List-Id", clean_header(list_id(delivery))),
                ("X-Digest-Id", clean_header(digest.id))]
     return fields
+
+
+@functools.lru_cache(maxsize=64)
+def _date(now: datetime, offset: object) -> str:
+    # Formatted once per run (every message of a run has its Date; format_datetime costs as
+    # much as folding a field). `offset` is in the key because equal instants in different
+    # zones are equal datetimes, and the Date shows the offset.
+    return format_datetime(now)
 
 
 def _to_address(name: str, email: str) -> Address:

@@ -7,6 +7,7 @@ Timestamps are stored as UTC ISO-8601 strings of one fixed width, so they sort a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -30,6 +31,15 @@ def timestamp(when: datetime) -> str:
     """A fixed-width UTC string for `when`, which must be timezone-aware."""
     if when.tzinfo is None:
         raise ValueError("naive datetime: the store only takes timezone-aware times")
+    return _utc_text(when, when.utcoffset())
+
+
+@functools.lru_cache(maxsize=256)
+def _utc_text(when: datetime, offset: timedelta | None) -> str:
+    # Made once per time: a run stamps each of its rows with the same `now`, and strftime
+    # costs a tenth of an enqueue. `offset` is in the key because two datetimes of one zone
+    # compare equal ignoring `fold`, which picks the offset (and so the instant) in the hour
+    # a clock change repeats.
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
@@ -529,46 +539,55 @@ def enqueue(
     than the message), so a failure part-way leaves that transaction for the caller to roll
     back, or to isolate with a savepoint (`db.atomic()`) around the call.
     """
+    items = list(items)
+    stamp = timestamp(now)
+    values = ("queued", message_id, subject, len(items), 0, None, None, None, len(data),
+              hashlib.sha256(data).digest() if recipe is not None else None, envelope_from,
+              recipient, stamp)
+    rows = [(key, item.listing_id, i, item.topic, item.score) for i, item in enumerate(items)]
     with _transaction(db):
-        state = db.execute(
-            "select state, message_size is not null from digests where id = ?",
-            [key]).fetchone()
-        if state is not None and (state[0] == "sent" or (state[0] in PENDING_STATES
-                                                          and state[1])):
-            raise ValueError(f"digest {key} is already {state[0]}")
-        items = list(items)
-        # Plain SQL, not sqlite-utils' insert/update: at 100,000 digests a run, their
-        # per-call introspection of the table costs more than the writes.
-        stamp = timestamp(now)
-        values = {"state": "queued", "message_id": message_id, "subject": subject,
-                  "item_count": len(items), "attempts": 0, "last_error": None,
-                  "next_attempt_at": None, "sent_at": None, "message_size": len(data),
-                  "message_hash": hashlib.sha256(data).digest() if recipe is not None else None,
-                  "envelope_from": envelope_from, "recipient": recipient,
-                  "updated_at": stamp}
-        if state is None:
-            values |= {"id": key, "subscriber_id": subscriber_id,
-                       "local_date": local_date.isoformat(), "created_at": stamp}
-            db.execute(f"insert into digests ({', '.join(values)})"
-                       f" values ({', '.join(':' + k for k in values)})", values)
-        else:
-            db.execute(f"update digests set {', '.join(f'{k} = :{k}' for k in values)}"
-                       " where id = :id", values | {"id": key})
-            db.execute("delete from digest_items where digest_id = ?", [key])
+        # A new digest (the common case) is one insert; only a key already there is read,
+        # checked and replaced (`_replace`).
+        fresh = db.execute(_INSERT_DIGEST, (key, subscriber_id, local_date.isoformat(), stamp,
+                                            *values)).rowcount == 1
+        if not fresh:
+            _replace(db, key, values, recipe is None)
         if recipe is None:
             db.execute("insert or replace into outbox_messages (id, message) values (?, ?)",
                        [key, data])
         else:
             db.execute("insert or replace into outbox_recipes (id, recipe) values (?, ?)",
                        [key, recipe])
-        if state is not None:  # the other form of a row queued before, failed since
-            db.execute(f"delete from {'outbox_recipes' if recipe is None else 'outbox_messages'}"
-                       " where id = ?", [key])
         db.conn.executemany(
             "insert into digest_items (digest_id, listing_id, position, topic, score)"
-            " values (?, ?, ?, ?, ?)",
-            [(key, item.listing_id, i, item.topic, item.score) for i, item in enumerate(items)],
-        )
+            " values (?, ?, ?, ?, ?)", rows)
+
+
+# Plain SQL, not sqlite-utils' insert/update: at 100,000 digests a run, their per-call
+# introspection of the table costs more than the writes. The columns an enqueue sets, in the
+# order of `enqueue`'s values; a new row also gets its key, subscriber, date and created_at.
+_QUEUED_COLUMNS = ("state", "message_id", "subject", "item_count", "attempts", "last_error",
+                   "next_attempt_at", "sent_at", "message_size", "message_hash",
+                   "envelope_from", "recipient", "updated_at")
+_INSERT_DIGEST = (
+    "insert into digests (id, subscriber_id, local_date, created_at,"
+    f" {', '.join(_QUEUED_COLUMNS)}) values ({', '.join('?' * (len(_QUEUED_COLUMNS) + 4))})"
+    " on conflict (id) do nothing")
+_UPDATE_DIGEST = (f"update digests set {', '.join(f'{c} = ?' for c in _QUEUED_COLUMNS)}"
+                  " where id = ?")
+
+
+def _replace(db: Database, key: str, values: tuple[Any, ...], as_bytes: bool) -> None:
+    # An enqueue of a key already stored: refused for a digest pending or sent, else its row
+    # is queued again, its items and its other stored form (bytes or recipe) dropped.
+    state = db.execute("select state, message_size is not null from digests where id = ?",
+                       [key]).fetchone()
+    if state[0] == "sent" or (state[0] in PENDING_STATES and state[1]):
+        raise ValueError(f"digest {key} is already {state[0]}")
+    db.execute(_UPDATE_DIGEST, (*values, key))
+    db.execute("delete from digest_items where digest_id = ?", [key])
+    db.execute(f"delete from {'outbox_recipes' if as_bytes else 'outbox_messages'}"
+               " where id = ?", [key])
 
 
 # The columns of a Pending row: never the message bytes, which live in outbox_messages.

@@ -27,7 +27,7 @@ from digest.mime import encode_qp, encode_qp_checked, normal_body
 from digest.models import RenderedEmail
 from digest.render import environment
 from digest.send import DKIM_HEADERS, header_fields, load_signer, outgoing
-from digest.signing import FastSigner, SigningKey, load_key, relaxed_body
+from digest.signing import FastSigner, SigningKey, load_key, relaxed_body, relaxed_header
 
 from . import oracle
 from .conftest import Project
@@ -227,6 +227,18 @@ def test_the_qp_line_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
                                  b"\r\n\r\n"]), max_size=30).map(b"".join))
 def test_relaxed_body_equals_dkimpys(body: bytes) -> None:
     assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"From", b"to ", b"X-A\t", b"SUBJECT"]), min_size=1,
+                max_size=2).map(b"".join),
+       st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"\r", b"\n", b"a", b"b c", b"  ",
+                                 b"\r\n ", b"\r\n\t", b"\x0b", b"=?x?="]),
+                max_size=20).map(b"".join))
+def test_relaxed_header_equals_dkimpys(name: bytes, value: bytes) -> None:
+    for raw in (value, value + b"\r\n"):  # as split from a block, each ends in CRLF
+        (canonical_name, canonical_value), = Relaxed.canonicalize_headers([(name, raw)])
+        assert relaxed_header(name, raw) == canonical_name + b":" + canonical_value
 
 
 SIGNABLE = {

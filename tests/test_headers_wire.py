@@ -11,20 +11,28 @@ from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.utils import format_datetime
+from zoneinfo import ZoneInfo
 
 import dkim
 import pytest
 from click.testing import CliRunner
 
-from digest import pipeline, store
+from digest import mime, pipeline, store
 from digest.cli import cli
 from digest.config import DeliveryConfig, Settings, SmtpConfig, load_settings
 from digest.errors import ConfigError, HeaderError, PermanentSendError
 from digest.headers import check_block, fold_address, fold_unstructured
 from digest.mime import fold_field
-from digest.models import Digest, Section
+from digest.models import Digest, RenderedEmail, Section
 from digest.render import environment
-from digest.send import REQUIRED_FIELDS, WIRE_FIELDS, Outgoing, SmtpSender, check_headers
+from digest.send import (
+    REQUIRED_FIELDS,
+    WIRE_FIELDS,
+    Outgoing,
+    SmtpSender,
+    check_headers,
+    header_fields,
+)
 
 from . import oracle
 from .conftest import Project, SmtpServer
@@ -344,6 +352,19 @@ def test_dates_are_left_to_the_email_package_and_stay_plain() -> None:
     assert fold_field("Date", format_datetime(when)) == b"Date: Wed, 25 Nov 2026 07:30:00 -0500\r\n"
 
 
+def test_the_date_shows_each_messages_own_offset() -> None:
+    # The same instant in two zones: equal datetimes, so the Date cache must key on the
+    # offset too.
+    rendered = RenderedEmail("s", "<p>h</p>", "t")
+    delivery = DeliveryConfig()
+    utc = dt.datetime(2026, 11, 25, 12, 30, tzinfo=dt.UTC)
+    dates = [dict(header_fields(rendered, digest(1), delivery, when))["Date"]
+             for when in (utc, utc.astimezone(dt.timezone(dt.timedelta(hours=-5))),
+                          utc.astimezone(ZoneInfo("Asia/Kolkata")), utc)]
+    assert dates == ["Wed, 25 Nov 2026 12:30:00 +0000", "Wed, 25 Nov 2026 07:30:00 -0500",
+                     "Wed, 25 Nov 2026 18:00:00 +0530", "Wed, 25 Nov 2026 12:30:00 +0000"]
+
+
 
 # --- refused when the files are read ----------------------------------------------------------
 
@@ -436,3 +457,49 @@ def test_an_address_given_as_text_is_split_without_decoding_anything() -> None:
     for bad in (f"{name} <b@example.org>", "no address here"):  # parseaddr: no addr-spec
         with pytest.raises(HeaderError, match="cannot be written"):
             fold_address("To", bad)
+
+
+def _registry_fold(name: str, value: object) -> bytes:
+    # The plain path `mime.fold_field` shortcuts: the strict policy's header object, folded.
+    return mime.STRICT.fold_binary(*mime.STRICT.header_store_parse(name, value))
+
+
+FIELD_VALUES: list[tuple[str, object]] = [
+    ("To", Address("Ada Lovelace", "ada", "example.org")),
+    ("to", Address("Zoë O'Brien-Łukasiewicz", "zoe", "example.org")),
+    ("TO", Address('Quote " and, comma', "q", "example.org")),
+    ("To", Address("=?utf-8?q?Bcc=3A_x?=", "e", "example.org")),
+    ("To", Address("x" * 90, "long", "example.org")),
+    ("To", Address("", "bare", "example.org")),
+    ("To", 'Name "quoted" <n@example.org>'),
+    ("To", "not an address"),
+    ("To", "A\u2028B <a@example.org>"),
+    ("To", "A\r\nBcc: v@example.net <a@example.org>"),
+    ("Message-ID", "<20261125.abc@example.org>"),
+    ("Message-ID", "<no domain>"),
+    ("Message-ID", "<a@b>\nBcc: v@example.net"),
+    ("List-Unsubscribe", "<https://x.org/u?t=1>, <mailto:d@example.org?subject=u%20a>"),
+    ("List-Unsubscribe", "<https://x.org/" + "p" * 120 + ">, <mailto:d@example.org>"),
+    ("List-Unsubscribe", "<=?utf-8?q?x?=>"),
+    ("X-Digest-Id", "ada/2026-11-25"),
+    ("X-Digest-Id", "héllo wörld " * 12),
+    ("X-Digest-Id", "tab\there"),
+    ("X-Digest-Id", "line\x85break"),
+    ("Subject", "Quantized KV cache\r\nBcc: victim@example.net"),
+    ("X-Digest-Id", 12),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), FIELD_VALUES)
+def test_fold_field_is_what_the_strict_policys_header_registry_folds(name: str,
+                                                                      value: object) -> None:
+    # The same bytes, or the same error, as the header object the registry makes.
+    try:
+        expected: bytes | Exception = _registry_fold(name, value)
+    except Exception as exc:  # whatever it raises, fold_field must raise too
+        expected = exc
+    if isinstance(expected, bytes):
+        assert fold_field(name, value) == expected
+    else:
+        with pytest.raises(type(expected), match=re.escape(str(expected))):
+            fold_field(name, value)

@@ -4,6 +4,7 @@ import dataclasses
 import datetime as dt
 import sqlite3
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlite_utils import Database
@@ -321,3 +322,45 @@ def test_feedback_refuses_unknown_listings_and_verdicts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="verdict"):
         store.record_feedback(db, "ada", "a", "maybe", NOW, "web")  # type: ignore[arg-type]
     assert store.feedback(db) == {}
+
+
+def test_timestamps_of_the_hour_a_clock_change_repeats_stay_apart() -> None:
+    # 01:30 happens twice in New York on 2026-11-01: equal datetimes (a zone compares them
+    # ignoring fold), two instants. Each, and UTC ones, stored as its own instant.
+    zone = ZoneInfo("America/New_York")
+    first = dt.datetime(2026, 11, 1, 1, 30, tzinfo=zone)
+    second = first.replace(fold=1)
+    assert first == second
+    assert [store.timestamp(when) for when in (first, second, first, first.astimezone(dt.UTC))] \
+        == ["2026-11-01T05:30:00.000000+00:00", "2026-11-01T06:30:00.000000+00:00",
+            "2026-11-01T05:30:00.000000+00:00", "2026-11-01T05:30:00.000000+00:00"]
+
+
+def test_enqueue_takes_over_an_empty_or_failed_day_and_refuses_a_pending_one(
+        tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("a"), make("b")], NOW)
+    day = NOW.date()
+    store.mark_empty(db, "e", day, NOW - dt.timedelta(hours=1))
+    empty = _queue(db, "e", day, "a")  # the day's row, queued now
+    row = db.execute("select state, item_count, created_at, updated_at from digests"
+                     " where id = ?", [empty]).fetchone()
+    assert row == ("queued", 1, store.timestamp(NOW - dt.timedelta(hours=1)),
+                   store.timestamp(NOW))
+    with pytest.raises(ValueError, match="already queued"):
+        _queue(db, "e", day, "b")
+    failed = _queue(db, "f", day, "a")  # stored as bytes, then failed
+    store.record_failed(db, failed, "550 no such user", NOW)
+    store.enqueue(db, key=failed, subscriber_id="f", local_date=day, message_id="<f2@x>",
+                  subject="s2", envelope_from="d@example.org", recipient="f@example.org",
+                  data=b"new bytes", items=[store.OutboxItem("b", "P", 2.0)], now=NOW,
+                  recipe=b"recipe")
+    assert store.messages(db, [failed]) == {}  # the other form is gone
+    assert set(store.recipes(db, [failed])) == {failed}
+    assert outbox.sent_listing_ids(db, failed) == ["b"]
+    assert db.execute("select state, message_id, attempts from digests where id = ?",
+                      [failed]).fetchone() == ("queued", "<f2@x>", 0)
+    with pytest.raises(sqlite3.IntegrityError):  # another key for a subscriber's same day
+        store.enqueue(db, key="other", subscriber_id="f", local_date=day, message_id="<o@x>",
+                      subject="s", envelope_from="d@example.org", recipient="f@example.org",
+                      data=b"x", items=[], now=NOW)
