@@ -463,11 +463,15 @@ def _max_entries(
 @dataclass(frozen=True, slots=True)
 class _Positions:
     """Where each stem and each case-folded word occurs in a token sequence, and the distinct
-    folded words in order (the words a `prefix*` keyword matches are one run of them)."""
+    folded words in order (the words a `prefix*` keyword matches are one run of them); each
+    token's stem, folded word and span as lists, read many times per listing."""
 
     by_stem: dict[str, list[int]]
     by_word: dict[str, list[int]]
     words: list[str]
+    stems: list[str]
+    folded: list[str]
+    spans: list[Span]
 
 
 def _positions_of(tokens: Sequence[Token]) -> _Positions:
@@ -476,15 +480,17 @@ def _positions_of(tokens: Sequence[Token]) -> _Positions:
     for i, tok in enumerate(tokens):
         by_stem.setdefault(tok.stem, []).append(i)
         by_word.setdefault(tok.folded, []).append(i)
-    return _Positions(by_stem, by_word, sorted(by_word))
+    return _Positions(by_stem, by_word, sorted(by_word), [t.stem for t in tokens],
+                      [t.folded for t in tokens], [(t.start, t.end) for t in tokens])
 
 
-def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> list[Span]:
-    """Character spans of every occurrence of `pattern` in `tokens`, looked for only where
-    the pattern's first stem occurs (or, for a lone `prefix*`, only at the words that start
-    with the prefix)."""
-    if not pattern.stems:  # a lone `prefix*`
-        prefix = pattern.prefix
+def _find(pattern: Pattern, positions: _Positions) -> list[Span]:
+    """Character spans of every occurrence of `pattern` in a token sequence (its
+    `positions`), looked for only where the pattern's first stem occurs (or, for a lone
+    `prefix*`, only at the words that start with the prefix)."""
+    spans = positions.spans
+    stems, prefix = pattern.stems, pattern.prefix
+    if not stems:  # a lone `prefix*`
         assert prefix is not None
         words = positions.words
         at = bisect_left(words, prefix)
@@ -492,17 +498,28 @@ def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> l
         while at < len(words) and words[at].startswith(prefix):
             found += positions.by_word[words[at]]
             at += 1
-        return [(tokens[i].start, tokens[i].end) for i in sorted(found)]
-    n = pattern.length
-    spans: list[Span] = []
-    for i in positions.by_stem.get(pattern.stems[0], ()):
-        if i + n > len(tokens):
+        return [spans[i] for i in sorted(found)]
+    starts = positions.by_stem.get(stems[0], ())
+    if len(stems) == 1 and prefix is None:  # one stem (most keywords): its every occurrence
+        return [spans[i] for i in starts]
+    token_stems = positions.stems
+    rest = stems[1:]
+    last = len(token_stems) - len(stems) - (prefix is not None)  # the last start with room
+    found_spans: list[Span] = []
+    for i in starts:
+        if i > last:
             break
-        if all(tokens[i + j].stem == s for j, s in enumerate(pattern.stems)) and (
-            pattern.prefix is None or tokens[i + n - 1].folded.startswith(pattern.prefix)
-        ):
-            spans.append((tokens[i].start, tokens[i + n - 1].end))
-    return spans
+        j = i + 1
+        for s in rest:
+            if token_stems[j] != s:
+                break
+            j += 1
+        else:  # j is past the stems: at the prefix's word, if there is one
+            if prefix is None:
+                found_spans.append((spans[i][0], spans[j - 1][1]))
+            elif positions.folded[j].startswith(prefix):
+                found_spans.append((spans[i][0], spans[j][1]))
+    return found_spans
 
 
 def _merge_top(
@@ -538,17 +555,16 @@ def _scored(plan: Sequence[_TopicPlan], listing: Listing, hits: Mapping[int, int
     thousandths (weight x points: 3 a title keyword or an author, 1 an abstract keyword)."""
     scored: list[tuple[int, int]] = []
     get = hits.get
-    for t, topic_plan in enumerate(plan):
+    for t, (topic, units, _keywords, required, _authors, columns) in enumerate(plan):
         points = 0
-        for column in topic_plan.columns:
+        for column in columns:
             points += get(column, 0)
         if not points:
             continue
-        topic = topic_plan.topic
-        if (topic_plan.required or topic.categories or topic.min_upvotes) and _blocked(
-                topic, topic_plan.required, listing, hits) is not None:
+        if (required or topic.categories or topic.min_upvotes) and _blocked(
+                topic, required, listing, hits) is not None:
             continue
-        scored.append((t, points * topic_plan.units))
+        scored.append((t, points * units))
     return scored
 
 
@@ -632,10 +648,8 @@ class Scan:
         key = (row, pid)
         found = self._spans.get(key)
         if found is None:
-            doc = self.document(row)
             title, abstract = self._positions(row)
-            found = self._spans[key] = (_find(pattern, doc.title, title),
-                                        _find(pattern, doc.abstract, abstract))
+            found = self._spans[key] = (_find(pattern, title), _find(pattern, abstract))
         return found
 
     def _positions(self, row: int) -> tuple[_Positions, _Positions]:
@@ -993,7 +1007,7 @@ class Selection:
             if len(picked) == ranker.section:
                 break
             if (row in taken or row in sent or scan.first_seen[row] < self._since[s]
-                    or not caught.isdisjoint(scan.row_hits(row))):
+                    or not scan.row_hits(row).keys().isdisjoint(caught)):
                 continue
             picked.append(row)
         if not picked:
@@ -1021,12 +1035,12 @@ class Selection:
         rows: set[int] = set().union(*(scan.column_rows(c) for c in columns))
         rows -= skip
         rows -= self._sent_rows(s)
-        exclude = [index.pattern_id(p) for p in profile.exclude]
+        exclude = {index.pattern_id(p) for p in profile.exclude}
         since = int(self._since[s])
         if since > _NEVER:
             rows = {r for r in rows if scan.first_seen_at[r] >= since}
         return [r for r in sorted(rows)
-                if not exclude or not any(pid in scan.row_hits(r) for pid in exclude)]
+                if not exclude or scan.row_hits(r).keys().isdisjoint(exclude)]
 
     def _place(self, plan: list[_TopicPlan], rows: list[int], ranker: Ranker | None = None,
                subscriber_id: str = "") -> list[tuple[str | None, int]]:
@@ -1087,7 +1101,7 @@ class Selection:
                 break  # the rest of the ranking has no upvotes either
             if i in taken or i in sent or scan.first_seen[i] < since:
                 continue
-            if exclude and not exclude.isdisjoint(scan.row_hits(i)):
+            if exclude and not scan.row_hits(i).keys().isdisjoint(exclude):
                 continue
             picked.append(Match(scan.listings[i], TRENDING, 0.0, ()))
         return Section(TRENDING, tuple(picked), trending=True) if picked else None
