@@ -631,7 +631,6 @@ class Scan:
         self._positions_cache: dict[int, tuple[_Positions, _Positions]] = {}
         self._row_hits: dict[int, dict[int, int]] = {}
         self._by_column: sparse.csc_matrix | None = None
-        self._column_rows: dict[int, list[int]] = {}
         self.pairs = 0  # (listing, subscriber) pairs scored by the last `select`
         self.count_pairs = False  # whether `select` counts them (one more pass; benchmarks)
 
@@ -736,17 +735,11 @@ class Scan:
         found += [(text, None) for text, column in authors if column in hits]
         return found
 
-    def column_rows(self, column: int) -> list[int]:
-        """The listings (rows) a keyword or author column hits, in order; kept, since many
-        subscribers share a keyword."""
-        found = self._column_rows.get(column)
-        if found is None:
-            if self._by_column is None:
-                self._by_column = self.hits.tocsc()
-            indptr = self._by_column.indptr
-            found = self._column_rows[column] = self._by_column.indices[
-                indptr[column]:indptr[column + 1]].tolist()
-        return found
+    def by_column(self) -> sparse.csc_matrix:
+        """The hits by column: which listings each keyword or author hits (made once)."""
+        if self._by_column is None:
+            self._by_column = self.hits.tocsc()
+        return self._by_column
 
     def _block(
         self, sel: IntArray, kth: IntArray, kth_score: npt.NDArray[np.int32 | np.int64],
@@ -1032,7 +1025,13 @@ class Selection:
         scan, index = self.scan, self.scan.index
         columns = {column for topic_plan in plan if topic_plan.topic.name in names
                    for column in topic_plan.columns}
-        rows: set[int] = set().union(*(scan.column_rows(c) for c in columns))
+        if not columns:
+            return []
+        by_column = scan.by_column()
+        starts = by_column.indptr
+        # One array of every column's rows, made Python ints at once (not one by one).
+        rows = set(np.concatenate([by_column.indices[starts[c]:starts[c + 1]]
+                                   for c in columns]).tolist())
         rows -= skip
         rows -= self._sent_rows(s)
         exclude = {index.pattern_id(p) for p in profile.exclude}
