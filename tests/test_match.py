@@ -9,6 +9,7 @@ import pytest
 from digest.index import build_digest as index_digest
 from digest.match import compile_keyword, compile_profile, document
 from digest.models import Digest, Listing, Match, Section, Subscriber, Topic, quick_init
+from digest.tokens import Token
 from tests.conftest import NOW
 from tests.oracle_match import build_digest as oracle_digest
 from tests.oracle_match import find, match_document
@@ -179,7 +180,7 @@ def test_quick_init_makes_the_instances_the_generated_init_makes() -> None:
     # The hot classes have it (the generated frozen init reaches object.__setattr__ through
     # a free variable); their instances still compare, hash and pickle by value.
     assert "__dataclass_builtins_object__" in Plain.__init__.__code__.co_freevars
-    for cls in (Quick, Match, Section, Digest):
+    for cls in (Quick, Match, Section, Digest, Token):
         assert "__dataclass_builtins_object__" not in cls.__init__.__code__.co_freevars
         assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
     match = Match(listing("A title"), "T", 1.0, ("k",), ((0, 1),))
