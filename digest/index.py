@@ -43,7 +43,7 @@ from bisect import bisect_left
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -103,11 +103,22 @@ class Ranker(Protocol):
 
     def reasons(self, subscriber_id: str, rows: Sequence[int]) -> list[str]:
         """Why each listing is like what the subscriber liked, for the email."""
+
+
 _Key = tuple[tuple[str, ...], str | None]
-# A topic as `Selection._match` walks it: the topic, its weight in thousandths, its keywords
-# with their columns, the columns of its required keywords, its followed authors' columns.
-_TopicPlan = tuple[CompiledTopic, int, list[tuple[Pattern, int]], list[int],
-                   list[tuple[str, int]]]
+
+
+class _TopicPlan(NamedTuple):
+    """A topic as `Scan.match_of` walks it, its columns looked up once per digest."""
+
+    topic: CompiledTopic
+    units: int  # the weight in thousandths
+    keywords: list[tuple[Pattern, int]]  # each keyword with its column
+    required: list[int]  # the columns of its required keywords
+    authors: list[tuple[str, int]]  # each followed author as written, with its column
+    # Every column that scores (keywords, then authors; a keyword listed twice is here twice
+    # and counts twice): its points are the sum of the listing's hits on them.
+    columns: tuple[int, ...]
 
 
 class Index:
@@ -452,11 +463,15 @@ def _max_entries(
 @dataclass(frozen=True, slots=True)
 class _Positions:
     """Where each stem and each case-folded word occurs in a token sequence, and the distinct
-    folded words in order (the words a `prefix*` keyword matches are one run of them)."""
+    folded words in order (the words a `prefix*` keyword matches are one run of them); each
+    token's stem, folded word and span as lists, read many times per listing."""
 
     by_stem: dict[str, list[int]]
     by_word: dict[str, list[int]]
     words: list[str]
+    stems: list[str]
+    folded: list[str]
+    spans: list[Span]
 
 
 def _positions_of(tokens: Sequence[Token]) -> _Positions:
@@ -465,15 +480,17 @@ def _positions_of(tokens: Sequence[Token]) -> _Positions:
     for i, tok in enumerate(tokens):
         by_stem.setdefault(tok.stem, []).append(i)
         by_word.setdefault(tok.folded, []).append(i)
-    return _Positions(by_stem, by_word, sorted(by_word))
+    return _Positions(by_stem, by_word, sorted(by_word), [t.stem for t in tokens],
+                      [t.folded for t in tokens], [(t.start, t.end) for t in tokens])
 
 
-def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> list[Span]:
-    """Character spans of every occurrence of `pattern` in `tokens`, looked for only where
-    the pattern's first stem occurs (or, for a lone `prefix*`, only at the words that start
-    with the prefix)."""
-    if not pattern.stems:  # a lone `prefix*`
-        prefix = pattern.prefix
+def _find(pattern: Pattern, positions: _Positions) -> list[Span]:
+    """Character spans of every occurrence of `pattern` in a token sequence (its
+    `positions`), looked for only where the pattern's first stem occurs (or, for a lone
+    `prefix*`, only at the words that start with the prefix)."""
+    spans = positions.spans
+    stems, prefix = pattern.stems, pattern.prefix
+    if not stems:  # a lone `prefix*`
         assert prefix is not None
         words = positions.words
         at = bisect_left(words, prefix)
@@ -481,17 +498,28 @@ def _find(pattern: Pattern, tokens: Sequence[Token], positions: _Positions) -> l
         while at < len(words) and words[at].startswith(prefix):
             found += positions.by_word[words[at]]
             at += 1
-        return [(tokens[i].start, tokens[i].end) for i in sorted(found)]
-    n = pattern.length
-    spans: list[Span] = []
-    for i in positions.by_stem.get(pattern.stems[0], ()):
-        if i + n > len(tokens):
+        return [spans[i] for i in sorted(found)]
+    starts = positions.by_stem.get(stems[0], ())
+    if len(stems) == 1 and prefix is None:  # one stem (most keywords): its every occurrence
+        return [spans[i] for i in starts]
+    token_stems = positions.stems
+    rest = stems[1:]
+    last = len(token_stems) - len(stems) - (prefix is not None)  # the last start with room
+    found_spans: list[Span] = []
+    for i in starts:
+        if i > last:
             break
-        if all(tokens[i + j].stem == s for j, s in enumerate(pattern.stems)) and (
-            pattern.prefix is None or tokens[i + n - 1].folded.startswith(pattern.prefix)
-        ):
-            spans.append((tokens[i].start, tokens[i + n - 1].end))
-    return spans
+        j = i + 1
+        for s in rest:
+            if token_stems[j] != s:
+                break
+            j += 1
+        else:  # j is past the stems: at the prefix's word, if there is one
+            if prefix is None:
+                found_spans.append((spans[i][0], spans[j - 1][1]))
+            elif positions.folded[j].startswith(prefix):
+                found_spans.append((spans[i][0], spans[j][1]))
+    return found_spans
 
 
 def _merge_top(
@@ -518,6 +546,49 @@ def _merge_top(
     group_start = np.maximum.accumulate(np.where(starts, np.arange(cols.size), 0))
     keep = (np.arange(cols.size) - group_start) < limits[cols]
     return cols[keep], keys[keep], rows[keep]
+
+
+def _scored(plan: Sequence[_TopicPlan], listing: Listing, hits: Mapping[int, int]
+            ) -> list[tuple[int, int]]:
+    """The topics that let a listing (with `row_hits` `hits`) in: something of theirs hit it
+    and none of their rules blocks it; each by its position in `plan`, with its score in
+    thousandths (weight x points: 3 a title keyword or an author, 1 an abstract keyword)."""
+    scored: list[tuple[int, int]] = []
+    get = hits.get
+    for t, (topic, units, _keywords, required, _authors, columns) in enumerate(plan):
+        points = 0
+        for column in columns:
+            points += get(column, 0)
+        if not points:
+            continue
+        if (required or topic.categories or topic.min_upvotes) and _blocked(
+                topic, required, listing, hits) is not None:
+            continue
+        scored.append((t, points * units))
+    return scored
+
+
+def _blocked(topic: CompiledTopic, required: Sequence[int], listing: Listing,
+             hits: Mapping[int, int]) -> str | None:
+    """Why a topic's rules keep out a listing it hit (with `row_hits` `hits`), or None."""
+    blocked = topic_filter(topic, listing)
+    if blocked is None:
+        missing = [p.text for p, pid in zip(topic.require, required, strict=True)
+                   if pid not in hits]
+        if missing:
+            blocked = "require: " + ", ".join(repr(m) for m in missing) + " did not match"
+    return blocked
+
+
+def _best(plan: Sequence[_TopicPlan], scored: Sequence[tuple[int, int]]) -> tuple[str, int]:
+    """The section a listing goes under, the topic that scored it highest (the first on a
+    tie), and its score: the sum of its topics' (thousandths), from `_scored`'s answer."""
+    best, best_score, total = scored[0][0], 0, 0
+    for t, score in scored:
+        total += score
+        if score > best_score:
+            best, best_score = t, score
+    return plan[best].topic.name, total
 
 
 class Scan:
@@ -547,6 +618,9 @@ class Scan:
             [_micros(li.first_seen) if li.first_seen else _NEVER for li in self.listings],
             dtype=np.int64,
         )
+        # The same as Python ints, for the digests, which read them one at a time (numpy's
+        # scalars cost more than the comparison).
+        self.first_seen_at: list[int] = self.first_seen.tolist()
         # One global order of listings: most upvotes, newest, id (the tie-break of scores).
         self.by_rank = sorted(range(len(self.listings)),
                               key=lambda i: trending_key(self.listings[i]))
@@ -573,10 +647,8 @@ class Scan:
         key = (row, pid)
         found = self._spans.get(key)
         if found is None:
-            doc = self.document(row)
             title, abstract = self._positions(row)
-            found = self._spans[key] = (_find(pattern, doc.title, title),
-                                        _find(pattern, doc.abstract, abstract))
+            found = self._spans[key] = (_find(pattern, title), _find(pattern, abstract))
         return found
 
     def _positions(self, row: int) -> tuple[_Positions, _Positions]:
@@ -602,76 +674,66 @@ class Scan:
         followed authors looked up once per digest, not once per item."""
         index = self.index
         n_pat = len(index._keys)
-        return [(topic, topic.units,
-                 [(pattern, index.pattern_id(pattern)) for pattern in topic.patterns],
-                 [index.pattern_id(p) for p in topic.require],
-                 [(author.text, n_pat + index.author_id(author.words))
-                  for author in topic.authors])
-                for topic in profile.topics]
+        plan = []
+        for topic in profile.topics:
+            keywords = [(pattern, index.pattern_id(pattern)) for pattern in topic.patterns]
+            authors = [(author.text, n_pat + index.author_id(author.words))
+                       for author in topic.authors]
+            plan.append(_TopicPlan(topic, topic.units, keywords,
+                                   [index.pattern_id(p) for p in topic.require], authors,
+                                   tuple(c for _k, c in keywords) + tuple(c for _a, c in authors)))
+        return plan
 
     def verdict(self, plan: list[_TopicPlan], row: int,
                 exclude: Sequence[Pattern] = ()) -> Verdict:
         """How a profile (its `plan`, and its `exclude` keywords) judges one listing, topic by
         topic, keeping every reason; its `match` is the listing's Match when it matches."""
         listing, hits = self.listings[row], self.row_hits(row)
-        best_topic: str | None = None
-        best_units = total = 0
-        matched: list[str] = []
-        title_spans: list[Span] = []
-        abstract_spans: list[Span] = []
+        scores = dict(_scored(plan, listing, hits))
         verdicts: list[TopicVerdict] = []
-        for topic, topic_units, keywords, required, authors in plan:
-            found, t_spans, a_spans, score = self._topic_hits(row, keywords, authors)
-            blocked = topic_filter(topic, listing)
-            if blocked is None and found:
-                missing = [p.text for p, pid in zip(topic.require, required, strict=True)
-                           if pid not in hits]
-                if missing:
-                    blocked = ("require: " + ", ".join(repr(m) for m in missing)
-                               + " did not match")
-            if blocked is not None or not found:
-                verdicts.append(TopicVerdict(topic.name, tuple(found), 0.0, blocked))
-                continue
-            score *= topic_units
-            verdicts.append(TopicVerdict(topic.name, tuple(found), score / UNITS))
-            matched += [h.keyword for h in found if h.keyword not in matched]
-            title_spans += t_spans
-            abstract_spans += a_spans
-            total += score
-            if score > best_units:
-                best_topic, best_units = topic.name, score
+        for t, (topic, _units, keywords, required, authors, _columns) in enumerate(plan):
+            found = tuple(KeywordHit(text, ("authors",) if where is None else
+                                     ("title",) * bool(where[0]) + ("abstract",) * bool(where[1]))
+                          for text, where in self._found(row, hits, keywords, authors))
+            blocked = _blocked(topic, required, listing, hits) if found else topic_filter(
+                topic, listing)
+            verdicts.append(TopicVerdict(topic.name, found, scores.get(t, 0) / UNITS, blocked))
         excluded = next((p.text for p in exclude if self.index.pattern_id(p) in hits), None)
-        match = None
-        if best_topic is not None and excluded is None:
-            match = Match(listing, best_topic, total / UNITS, tuple(dict.fromkeys(matched)),
-                          merge_spans(title_spans), merge_spans(abstract_spans))
-        return Verdict(tuple(verdicts), excluded, match)
+        return Verdict(tuple(verdicts), excluded,
+                       self.match_of(plan, row) if excluded is None else None)
 
-    def _topic_hits(
-        self, row: int, keywords: list[tuple[Pattern, int]], authors: list[tuple[str, int]],
-    ) -> tuple[list[KeywordHit], list[Span], list[Span], int]:
-        """A topic's keywords and authors found in a listing, where, their spans, and the
-        points in units of the topic's weight (3 for the title or an author, else 1)."""
-        hits = self.row_hits(row)
-        found: list[KeywordHit] = []
+    def match_of(self, plan: list[_TopicPlan], row: int) -> Match | None:
+        """A listing's Match under a profile's topics (its `plan`), or None when no topic lets
+        it in; its excludes are not looked at. The digest's path: `verdict` adds the reasons."""
+        listing, hits = self.listings[row], self.row_hits(row)
+        scored = _scored(plan, listing, hits)
+        if not scored:
+            return None
+        matched: dict[str, None] = {}  # keywords and authors, in profile order, once each
         title_spans: list[Span] = []
         abstract_spans: list[Span] = []
-        points = 0
-        for pattern, pid in keywords:
-            factor = hits.get(pid)
-            if factor is None:
-                continue
-            in_title, in_abstract = self.spans(row, pid, pattern)
-            points += factor
-            found.append(KeywordHit(
-                pattern.text, ("title",) * bool(in_title) + ("abstract",) * bool(in_abstract)))
-            title_spans += in_title
-            abstract_spans += in_abstract
-        for text, column in authors:
-            if column in hits:
-                points += TITLE_FACTOR
-                found.append(KeywordHit(text, ("authors",)))
-        return found, title_spans, abstract_spans, points
+        for t, _score in scored:
+            for text, where in self._found(row, hits, plan[t].keywords, plan[t].authors):
+                matched[text] = None
+                if where is not None:
+                    title_spans += where[0]
+                    abstract_spans += where[1]
+        best, total = _best(plan, scored)
+        return Match(listing, best, total / UNITS, tuple(matched), merge_spans(title_spans),
+                     merge_spans(abstract_spans))
+
+    def _found(
+        self, row: int, hits: Mapping[int, int], keywords: list[tuple[Pattern, int]],
+        authors: list[tuple[str, int]],
+    ) -> list[tuple[str, tuple[list[Span], list[Span]] | None]]:
+        """A topic's keywords and authors found in a listing (whose `row_hits` are `hits`), in
+        profile order, each with where a keyword is in the title and in the abstract (None
+        for an author)."""
+        found: list[tuple[str, tuple[list[Span], list[Span]] | None]] = [
+            (pattern.text, self.spans(row, pid, pattern))
+            for pattern, pid in keywords if pid in hits]
+        found += [(text, None) for text, column in authors if column in hits]
+        return found
 
     def by_column(self) -> sparse.csc_matrix:
         """The hits by column: which listings each keyword or author hits (made once)."""
@@ -833,6 +895,10 @@ class Selection:
         self._starts = np.searchsorted(subs, np.arange(len(scan.index.subscribers) + 1))
         self._since = since
         self._sent_keys = sent_keys  # sorted subscriber * listings + row
+        # Where each subscriber's keys start, found for all at once (a Python list: read
+        # twice a digest, one item at a time).
+        self._sent_starts: list[int] = np.searchsorted(
+            sent_keys, np.arange(len(scan.index.subscribers) + 1) * len(scan.listings)).tolist()
 
     def __len__(self) -> int:
         """How many (subscriber, listing) pairs the scoring kept: every subscriber's top
@@ -898,7 +964,7 @@ class Selection:
 
     def _blended_match(self, plan: list[_TopicPlan], row: int, blended: int) -> Match:
         """The Match of a listing selected on its blended score, which it carries."""
-        match = self.scan.verdict(plan, row).match
+        match = self.scan.match_of(plan, row)
         assert match is not None
         return replace(match, score=blended / UNITS)
 
@@ -926,8 +992,7 @@ class Selection:
         relevance = ranker.relevance(subscriber.id)
         above = np.flatnonzero(relevance >= max(ranker.section_min, 1e-9))
         order = above[np.lexsort((scan.rank[above], -relevance[above]))].tolist()
-        caught = {pid for _t, _u, keywords, _r, authors in plan
-                  for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
+        caught = {column for topic_plan in plan for column in topic_plan.columns}
         caught |= {index.pattern_id(p) for p in profile.exclude}
         sent = self._sent_rows(s)
         picked: list[int] = []
@@ -935,7 +1000,7 @@ class Selection:
             if len(picked) == ranker.section:
                 break
             if (row in taken or row in sent or scan.first_seen[row] < self._since[s]
-                    or not caught.isdisjoint(scan.row_hits(row))):
+                    or not scan.row_hits(row).keys().isdisjoint(caught)):
                 continue
             picked.append(row)
         if not picked:
@@ -945,9 +1010,11 @@ class Selection:
             in zip(picked, ranker.reasons(subscriber.id, picked), strict=True)), similar=True)
 
     def _sent_rows(self, s: int) -> set[int]:
-        n_docs = len(self.scan.listings)
-        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
-        return set((self._sent_keys[lo:hi] - s * n_docs).tolist())
+        """The listings (rows) already sent to subscriber `s`."""
+        lo, hi = self._sent_starts[s], self._sent_starts[s + 1]
+        if lo == hi:
+            return set()
+        return set((self._sent_keys[lo:hi] - s * len(self.scan.listings)).tolist())
 
     def _hit_by(
         self, s: int, profile: Profile, plan: list[_TopicPlan], names: set[str],
@@ -956,18 +1023,23 @@ class Selection:
         """The candidate listings (rows) of subscriber `s` that a keyword or followed author
         of a topic named in `names` hits, none excluded, apart from those in `skip`."""
         scan, index = self.scan, self.scan.index
-        columns = {pid for topic, _u, keywords, _r, authors in plan if topic.name in names
-                   for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]}
+        columns = {column for topic_plan in plan if topic_plan.topic.name in names
+                   for column in topic_plan.columns}
+        if not columns:
+            return []
         by_column = scan.by_column()
-        rows = {int(r) for c in columns
-                for r in by_column.indices[by_column.indptr[c]:by_column.indptr[c + 1]]}
-        n_docs = len(scan.listings)
-        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
-        sent = set((self._sent_keys[lo:hi] - s * n_docs).tolist())
-        exclude = [index.pattern_id(p) for p in profile.exclude]
-        since = self._since[s]
-        return [r for r in sorted(rows - skip - sent) if scan.first_seen[r] >= since
-                and not any(pid in scan.row_hits(r) for pid in exclude)]
+        starts = by_column.indptr
+        # One array of every column's rows, made Python ints at once (not one by one).
+        rows = set(np.concatenate([by_column.indices[starts[c]:starts[c + 1]]
+                                   for c in columns]).tolist())
+        rows -= skip
+        rows -= self._sent_rows(s)
+        exclude = {index.pattern_id(p) for p in profile.exclude}
+        since = int(self._since[s])
+        if since > _NEVER:
+            rows = {r for r in rows if scan.first_seen_at[r] >= since}
+        return [r for r in sorted(rows)
+                if not exclude or scan.row_hits(r).keys().isdisjoint(exclude)]
 
     def _place(self, plan: list[_TopicPlan], rows: list[int], ranker: Ranker | None = None,
                subscriber_id: str = "") -> list[tuple[str | None, int]]:
@@ -986,30 +1058,11 @@ class Selection:
     def _place_keywords(self, plan: list[_TopicPlan], rows: list[int]
                         ) -> list[tuple[str | None, int]]:
         scan = self.scan
-        if not rows:
-            return []
-        columns = sorted({pid for _t, _u, keywords, _r, authors in plan
-                          for pid in [*(p for _k, p in keywords), *(c for _a, c in authors)]})
-        at = {c: i for i, c in enumerate(columns)}
-        weights = np.zeros((len(columns), len(plan)), dtype=np.int64)
-        for t, (_topic, units, keywords, _required, authors) in enumerate(plan):
-            for _k, pid in keywords:  # a keyword listed twice counts twice, as in `_match`
-                weights[at[pid], t] += units
-            for _a, col in authors:  # an author's hit is already TITLE_FACTOR
-                weights[at[col], t] += units
-        scores = scan.hits[rows][:, columns].toarray() @ weights
-        for t, (topic, _units, _keywords, required, _authors) in enumerate(plan):
-            if required or topic.categories or topic.min_upvotes:
-                for i, row in enumerate(rows):
-                    if scores[i, t] and (
-                        topic_filter(topic, scan.listings[row]) is not None
-                        or any(pid not in scan.row_hits(row) for pid in required)
-                    ):
-                        scores[i, t] = 0
-        best = scores.argmax(axis=1).tolist()  # the first topic on a tie
-        totals = scores.sum(axis=1).tolist()
-        return [(plan[t][0].name if total else None, total)
-                for t, total in zip(best, totals, strict=True)]
+        placed: list[tuple[str | None, int]] = []
+        for row in rows:
+            scored = _scored(plan, scan.listings[row], scan.row_hits(row))
+            placed.append(_best(plan, scored) if scored else (None, 0))
+        return placed
 
     def digest(self, subscriber: Subscriber, local_date: date, now: datetime) -> Digest | None:
         """The digest of `subscriber`, or None when nothing matched and nothing is trending."""
@@ -1039,9 +1092,7 @@ class Selection:
         scan, index = self.scan, self.scan.index
         s = index.position[subscriber.id]
         since = self._since[s]
-        n_docs = len(scan.listings)
-        lo, hi = np.searchsorted(self._sent_keys, [s * n_docs, (s + 1) * n_docs])
-        sent = set((self._sent_keys[lo:hi] - s * n_docs).tolist())
+        sent = self._sent_rows(s)
         exclude = {index.pattern_id(p) for p in profile.exclude}
         picked: list[Match] = []
         for i in scan.by_rank:
@@ -1049,7 +1100,7 @@ class Selection:
                 break  # the rest of the ranking has no upvotes either
             if i in taken or i in sent or scan.first_seen[i] < since:
                 continue
-            if exclude and not exclude.isdisjoint(scan.row_hits(i)):
+            if exclude and not scan.row_hits(i).keys().isdisjoint(exclude):
                 continue
             picked.append(Match(scan.listings[i], TRENDING, 0.0, ()))
         return Section(TRENDING, tuple(picked), trending=True) if picked else None
@@ -1059,7 +1110,7 @@ class Selection:
 
     def _match(self, plan: list[_TopicPlan], row: int, score: int) -> Match:
         """The Match of a selected listing: best topic, keywords in profile order, spans."""
-        match = self.scan.verdict(plan, row).match
+        match = self.scan.match_of(plan, row)
         assert match is not None and round(match.score * UNITS) == score
         return match
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.index import Index
-from digest.match import document
+from digest.match import compile_profile, document
 from digest.models import Listing, Subscriber, Topic
-from tests.oracle_match import build_digest
+from tests.oracle_match import build_digest, explain_document
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 DAY = NOW.date()
@@ -111,6 +112,23 @@ def test_index_gives_the_reference_digests(
         expected = build_digest(sub, [document(li) for li in candidates], DAY, NOW)
         block = data.draw(st.sampled_from([1, 3, 200]), label="block")
         assert scan.digest(sub, DAY, NOW, since=since, sent=sent, block=block) == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subs=subscribers(), items=listings())
+def test_verdicts_and_matches_are_the_references(subs: list[Subscriber], items: list[Listing]
+                                                 ) -> None:
+    # `verdict` (for `digest explain`) keeps every reason; `match_of` (the digest's path)
+    # gives the same Match without them, and never looks at the excludes.
+    scan = Index(subs).scan(items)
+    for sub in subs:
+        profile = compile_profile(sub)
+        plan = scan.plan(profile)
+        for row, listing in enumerate(items):
+            doc = document(listing)
+            assert scan.verdict(plan, row, profile.exclude) == explain_document(profile, doc)
+            assert scan.match_of(plan, row) == explain_document(
+                replace(profile, exclude=()), doc).match
 
 
 def test_selection_for_everyone_agrees_with_each_digest() -> None:
