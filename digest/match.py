@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .models import Listing, Match, Section, Span, Subscriber, quick_init
+from .models import Listing, Match, Section, Span, Subscriber
 from .tokens import Token, name_words, stem, tokenize, words
 
 TITLE_FACTOR = 3
@@ -120,7 +120,6 @@ def compile_author(name: str) -> Author:
     return Author(name.strip(), folded)
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class CompiledTopic:
     """A topic with its keywords, required keywords and followed authors compiled."""
@@ -140,7 +139,6 @@ class CompiledTopic:
         return units(self.weight)
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Profile:
     """A subscriber's topics and excludes, compiled once per run."""

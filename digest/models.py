@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote_plus
-
-T = TypeVar("T")
 
 # How far each source type is trusted for a listing's bibliographic fields (title, authors,
 # abstract, url, published): arXiv and Hugging Face, which hold the paper's own record, over
@@ -17,34 +14,6 @@ T = TypeVar("T")
 # (see `store._merge`); `feed` and `jsonl` can fill a field nobody better has filled, never
 # replace one.
 AUTHORITY: dict[str, int] = {"arxiv": 3, "hf-daily": 3, "hf-page": 2, "feed": 1, "jsonl": 1}
-
-
-def quick_init(cls: type[T]) -> type[T]:
-    """Give a frozen, slotted dataclass an `__init__` that stores each field through its slot
-    directly: the generated one calls `object.__setattr__` per field (a frozen class refuses
-    plain assignment), about twice the cost, which shows for the classes made for every item
-    of every digest. Same parameters and defaults; instances stay frozen. Put it above
-    `@dataclass`."""
-    if "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: quick_init takes slotted classes, no __post_init__")
-    namespace: dict[str, object] = {}
-    params: list[str] = []
-    body: list[str] = []
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.default_factory is not MISSING or not f.init or f.kw_only:
-            raise TypeError(f"{cls.__name__}.{f.name}: quick_init takes plain fields only")
-        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__  # the slot's descriptor
-        if f.default is MISSING:
-            params.append(f.name)
-        else:
-            namespace[f"_default_{f.name}"] = f.default
-            params.append(f"{f.name}=_default_{f.name}")
-        body.append(f"    _set_{f.name}(self, {f.name})\n")
-    exec(f"def __init__(self, {', '.join(params)}):\n{''.join(body)}", namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
-    type.__setattr__(cls, "__init__", init)
-    return cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +107,6 @@ class Subscriber:
 Span = tuple[int, int]
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Match:
     """Why one listing is in one subscriber's digest.
@@ -157,7 +125,6 @@ class Match:
     reason: str = ""
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Section:
     """The items of one topic, best first; `trending` marks the Trending section, which holds
@@ -175,7 +142,6 @@ def digest_key(subscriber_id: str, local_date: date) -> str:
     return f"{subscriber_id}/{local_date.isoformat()}"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Digest:
     """One subscriber's email for one local date."""

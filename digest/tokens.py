@@ -19,8 +19,6 @@ from functools import lru_cache
 
 import snowballstemmer
 
-from .models import quick_init
-
 # \w without the underscore: "snake_case" is two words, as a reader would see it.
 _WORD = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("english")
@@ -29,7 +27,6 @@ _STEMMER = snowballstemmer.stemmer("english")
 MAX_STEMMED = 64
 
 
-@quick_init  # made for every word of every listing shown
 @dataclass(frozen=True, slots=True)
 class Token:
     """One word of a text: where it is, its case-folded form, and its stem."""

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import pickle
 
 import pytest
 
 from digest.index import build_digest as index_digest
 from digest.match import compile_keyword, compile_profile, document
-from digest.models import Digest, Listing, Match, Section, Subscriber, Topic, quick_init
-from digest.tokens import Token
+from digest.models import Digest, Listing, Subscriber, Topic
 from tests.conftest import NOW
 from tests.oracle_match import build_digest as oracle_digest
 from tests.oracle_match import find, match_document
@@ -152,51 +149,3 @@ def test_max_items_cuts_the_digest_and_no_match_gives_none() -> None:
     digest = build_digest(sub, docs, NOW.date(), NOW)
     assert digest is not None and len(digest.matches) == 2
     assert build_digest(sub, [document(listing("Nothing"))], NOW.date(), NOW) is None
-
-
-def test_quick_init_makes_the_instances_the_generated_init_makes() -> None:
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Plain:
-        a: int
-        b: tuple[int, ...] = ()
-        c: str = "c"
-
-    @quick_init
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Quick:
-        a: int
-        b: tuple[int, ...] = ()
-        c: str = "c"
-
-    for args, kwargs in [((1,), {}), ((1, (2,)), {}), ((1,), {"c": "x"}), ((), {"a": 3})]:
-        quick, plain = Quick(*args, **kwargs), Plain(*args, **kwargs)  # type: ignore[arg-type]
-        assert dataclasses.astuple(quick) == dataclasses.astuple(plain)
-        assert quick == Quick(*args, **kwargs)  # type: ignore[arg-type]
-        assert dataclasses.replace(quick, c="y") == Quick(quick.a, quick.b, "y")
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            quick.a = 2  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        Quick()  # type: ignore[call-arg]
-    # The hot classes have it (the generated frozen init reaches object.__setattr__ through
-    # a free variable); their instances still compare, hash and pickle by value.
-    assert "__dataclass_builtins_object__" in Plain.__init__.__code__.co_freevars
-    for cls in (Quick, Match, Section, Digest, Token):
-        assert "__dataclass_builtins_object__" not in cls.__init__.__code__.co_freevars
-        assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
-    match = Match(listing("A title"), "T", 1.0, ("k",), ((0, 1),))
-    assert hash(match) == hash(dataclasses.replace(match)) and match.reason == ""
-    assert pickle.loads(pickle.dumps(match)) == match
-
-
-def test_quick_init_refuses_what_it_cannot_do() -> None:
-    with pytest.raises(TypeError, match="plain fields"):
-        @quick_init
-        @dataclasses.dataclass(frozen=True, slots=True)
-        class Factory:
-            a: list[int] = dataclasses.field(default_factory=list)
-
-    with pytest.raises(TypeError, match="slotted"):
-        @quick_init
-        @dataclasses.dataclass(frozen=True)
-        class NoSlots:
-            a: int
