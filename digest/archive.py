@@ -112,7 +112,7 @@ def _matches(listings: list[Listing], subscriber: Subscriber) -> dict[str, Match
     plan = scan.plan(compile_profile(subscriber))
     out = {}
     for listing in listings:
-        match = scan.verdict(plan, scan.row_of[listing.id]).match
+        match = scan.match_of(plan, scan.row_of[listing.id])
         if match is not None:
             out[listing.id] = match
     return out
