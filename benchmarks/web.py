@@ -157,16 +157,7 @@ def make_project(root: Path, port: int) -> Path:
 
         [server]
         public_url = "http://127.0.0.1:PORT"
-
-        [signup]
-        enabled = true
-        rate_per_ip = "1000000/hour"
-        rate_per_address = "10/hour"
-
-        [[signup.topics]]
-        name = "Efficient inference"
-        keywords = ["speculative decoding", "KV cache"]
-        """).replace("PORT", str(port)), encoding="utf-8")
+        """).replace("PORT", str(port)) + web_signup.SIGNUP, encoding="utf-8")
     db = store.open_db(root / "var" / "digest.db")
     store.upsert_listings(db, [
         Listing(id=listing_id(i), title=f"Paper {i}: faster speculative decoding",

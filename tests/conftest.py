@@ -278,6 +278,18 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
+def site(project: Project, monkeypatch: pytest.MonkeyPatch,
+         smtp_server: SmtpServer) -> Iterator[str]:
+    """`digest serve` on the project (tests/reader_support.serving), after `digest send`
+    delivered today's digests to the sink: the reader's pages' tests start here."""
+    from .reader_support import fetch_and_send, serving  # it imports this module
+
+    with serving(project, monkeypatch, smtp_server) as url:
+        fetch_and_send(project)
+        yield url
+
+
+@pytest.fixture
 def smtp_tls_server(tmp_path: Path) -> Iterator[SmtpServer]:
     """An SMTP server on 127.0.0.1 that offers STARTTLS and requires AUTH over TLS."""
     context, cert = _server_tls(tmp_path)

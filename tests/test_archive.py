@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -32,15 +31,6 @@ from .reader_support import (
 )
 
 ATOM = "{http://www.w3.org/2005/Atom}"
-
-
-@pytest.fixture
-def site(project: Project, monkeypatch: pytest.MonkeyPatch,
-         smtp_server: SmtpServer) -> Iterator[str]:
-    """The server, after `digest send` delivered today's digests to the sink."""
-    with serving(project, monkeypatch, smtp_server) as url:
-        fetch_and_send(project)
-        yield url
 
 
 def link(text: str, path: str) -> str:

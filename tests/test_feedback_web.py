@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -27,19 +26,9 @@ from .reader_support import (
     html_links,
     parts,
     raw_mail,
-    serving,
     settings_of,
     text_links,
 )
-
-
-@pytest.fixture
-def site(project: Project, monkeypatch: pytest.MonkeyPatch,
-         smtp_server: SmtpServer) -> Iterator[str]:
-    """The server, after `digest send` delivered today's digests to the sink."""
-    with serving(project, monkeypatch, smtp_server) as url:
-        fetch_and_send(project)
-        yield url
 
 
 def ada_mail(smtp: SmtpServer) -> tuple[str, str]:
