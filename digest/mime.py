@@ -132,17 +132,19 @@ def _split_shared(text: str, stand_ins: Sequence[str]) -> tuple[tuple[bytes, ...
     # A shared piece's encoded runs of lines, and between them (at odd positions) the raw
     # lines that hold a stand-in; one run when none does.
     lines = text.encode("utf-8").splitlines() or [b""]
-    marks = [s.encode("ascii") for s in stand_ins if s]
+    marks = [s.encode("ascii") for s in stand_ins if s and s in text]
     segments: list[bytes] = []
     run: list[bytes] = []
+    stable = True
     for line in lines:
-        if marks and any(m in line for m in marks):
-            segments += [_encode_lines(run)[0] if run else b"", line]
-            run = []
+        if any(m in line for m in marks):
+            encoded, ok = _encode_lines(run) if run else (b"", True)
+            segments += [encoded, line]
+            stable, run = stable and ok, []
         else:
             run.append(line)
-    segments.append(_encode_lines(run)[0] if run else b"")
-    return tuple(segments), all(_stable(seg) for seg in segments[::2])
+    encoded, ok = _encode_lines(run) if run else (b"", True)
+    return (*segments, encoded), stable and ok
 
 
 def _join_filled(segments: tuple[bytes, ...], fills: Sequence[tuple[str, str]]

@@ -97,30 +97,37 @@ def relaxed_body(body: bytes, stable: bool = False) -> bytes:
     `Relaxed.canonicalize_body` (a property test holds them together). `stable`: the caller
     knows no line has a tab, two blanks in a row or a blank at its end (see
     `mime.encode_qp_checked`), so only the trailing empty lines are left to remove."""
-    # `in` scans in C: the regular expressions run only where there is something to change.
-    # (Still, each scan of a 40 KB body for a blank costs ~40 us: `stable` skips them.)
-    if not stable:
-        if b" \r\n" in body or b"\t\r\n" in body:
-            body = _TRAILING_WSP.sub(b"\r\n", body)
-        if b"\t" in body:
-            body = _WSP_RUN.sub(b" ", body)
-        elif b"  " in body:
-            body = _SPACES.sub(b" ", body)
-    end = len(body)
-    while body.endswith(b"\r\n", 0, end):
-        end -= 2
+    body = body if stable else _relaxed_blanks(body)
+    end = _content_end(body)
     return body[:end] + b"\r\n" if end else b""
 
 
-def canonical_body_hash(body: bytes, stable: bool = False) -> bytes:
-    """base64 of the SHA-256 of the relaxed-canonicalised body (RFC 6376 3.4.4)."""
-    if not stable:
-        return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    # What `relaxed_body(body, True)` returns, hashed without copying the body into it (the
-    # slice and the added CRLF would copy 30-40 KB twice).
+def _relaxed_blanks(body: bytes) -> bytes:
+    # `in` scans in C: the regular expressions run only where there is something to change.
+    # (Still, each scan of a 40 KB body for a blank costs ~40 us: `stable` skips them.)
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body:
+        body = _WSP_RUN.sub(b" ", body)
+    elif b"  " in body:
+        body = _SPACES.sub(b" ", body)
+    return body
+
+
+def _content_end(body: bytes) -> int:
+    # Where the body ends without its trailing empty lines (relaxed keeps one CRLF after).
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2
+    return end
+
+
+def canonical_body_hash(body: bytes, stable: bool = False) -> bytes:
+    """base64 of the SHA-256 of the relaxed-canonicalised body (RFC 6376 3.4.4): what
+    `relaxed_body` returns, hashed without copying the body into it (the slice and the added
+    CRLF would copy 30-40 KB twice)."""
+    body = body if stable else _relaxed_blanks(body)
+    end = _content_end(body)
     digest = hashlib.sha256(memoryview(body)[:end])
     if end:
         digest.update(b"\r\n")

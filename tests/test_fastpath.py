@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import os
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -27,7 +28,14 @@ from digest.mime import encode_qp, encode_qp_checked, normal_body
 from digest.models import RenderedEmail
 from digest.render import environment
 from digest.send import DKIM_HEADERS, header_fields, load_signer, outgoing
-from digest.signing import FastSigner, SigningKey, load_key, relaxed_body, relaxed_header
+from digest.signing import (
+    FastSigner,
+    SigningKey,
+    canonical_body_hash,
+    load_key,
+    relaxed_body,
+    relaxed_header,
+)
 
 from . import oracle
 from .conftest import Project
@@ -227,6 +235,17 @@ def test_the_qp_line_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
                                  b"\r\n\r\n"]), max_size=30).map(b"".join))
 def test_relaxed_body_equals_dkimpys(body: bytes) -> None:
     assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"\r\n", b"a", b"b c", b"  ", b"\r\n\r\n"]),
+                max_size=30).map(b"".join))
+def test_the_body_hash_is_the_hash_of_the_relaxed_body(body: bytes) -> None:
+    # canonical_body_hash hashes without making the relaxed body; stable or not, the same.
+    stable = not (b"\t" in body or b"  " in body or b" \r\n" in body or body.endswith(b" "))
+    for said in {False, stable}:
+        expected = hashlib.sha256(Relaxed.canonicalize_body(body)).digest()
+        assert canonical_body_hash(body, said) == base64.b64encode(expected)
 
 
 @settings(max_examples=500, deadline=None)
