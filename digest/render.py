@@ -651,20 +651,19 @@ class Layout:
             text[-1] = (text[-1][0].rstrip() + "\n", False)
         else:
             text = [(text_text, False)]
+        html_text = "".join(p for p, _ in html)
         html_pieces, text_pieces = _coalesce(html), _coalesce(text)
-        if not shown:
-            return RenderedEmail(subject=ctx["subject"], html="".join(p for p, _ in html),
-                                 text=text_text, html_pieces=html_pieces,
-                                 text_pieces=text_pieces)
-        # The link in place of its stand-in: as the HTML template prints it (escaped) and as
-        # the text one does; in shared pieces only when they are encoded (`fills`).
-        fills = ((shown, link, str(escape(link))),)
-        html_pieces = _fill(html_pieces, shown, fills[0][2])
-        text_pieces = _fill(text_pieces, shown, link)
-        return RenderedEmail(
-            subject=ctx["subject"], html="".join(p for p, _ in html).replace(shown, fills[0][2]),
-            text=text_text.replace(shown, link), html_pieces=html_pieces,
-            text_pieces=text_pieces, fills=fills)
+        fills: tuple[tuple[str, str, str], ...] = ()
+        if shown:
+            # The link in place of its stand-in: as the HTML template prints it (escaped) and
+            # as the text one does; in shared pieces only when they are encoded (`fills`).
+            escaped = str(escape(link))
+            fills = ((shown, link, escaped),)
+            html_text, text_text = html_text.replace(shown, escaped), text_text.replace(shown, link)
+            html_pieces = _fill(html_pieces, shown, escaped)
+            text_pieces = _fill(text_pieces, shown, link)
+        return RenderedEmail(subject=ctx["subject"], html=html_text, text=text_text,
+                             html_pieces=html_pieces, text_pieces=text_pieces, fills=fills)
 
     def _pieces(self, template: jinja2.Template, ctx: dict[str, Any],
                 keys: list[tuple[object, ...]], wrap: bool) -> list[tuple[str, bool]]:
@@ -691,10 +690,11 @@ class Layout:
             if found is None:
                 _check_piece(chunk, "an item of the email")
                 key = keys[i // 2]
-                if self.seen.get(hash(key)):
+                seen = hash(key)
+                if self.seen.get(seen):
                     cache.put(key, chunk)
                 else:
-                    self.seen.put(hash(key), True)
+                    self.seen.put(seen, True)
                 pieces.append((chunk, False))
             else:
                 pieces.append((found, True))
