@@ -625,6 +625,13 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
+def _skipped_day(subscriber: Subscriber, day: date) -> str:
+    # Why `day` (a local date `sends_on` says no to) gets no digest, in the file's words.
+    when = ("Monday to Friday" if subscriber.frequency == "weekdays"
+            else f"on {subscriber.day.capitalize()}s")
+    return f"frequency = \"{subscriber.frequency}\" ({when}): no digest on {day:%A} {day}"
+
+
 def _handover(row: store.Pending, built: Outcome | _Write) -> store.Pending:
     """`row` with the bytes just built for it, so the sender need not rebuild them from the
     recipe the store holds (the store has their hash)."""
@@ -662,6 +669,10 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     if subscriber.paused:  # the file's `paused = true`: not even a manual `digest send`
         return Outcome(subscriber.id, "paused", detail="paused in the subscriber file")
     day = local_date(subscriber, now)
+    # Nor on a day their `frequency` skips: a `digest send` from cron must not mail a weekly
+    # reader every day. (send_at, a time of day, is what a manual send overrides.)
+    if not sends_on(subscriber.frequency, subscriber.day, day):
+        return Outcome(subscriber.id, "not-due", detail=_skipped_day(subscriber, day))
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")

@@ -115,3 +115,29 @@ def test_a_paused_subscriber_gets_nothing_from_a_manual_send_either(project: Pro
     path.write_text(path.read_text().replace("paused = true\n", ""))
     report = pipeline.send(settings, db, NOW)
     assert {o.subscriber_id: o.status for o in report.outcomes}["ada"] == "sent"
+
+
+def test_a_manual_send_keeps_to_the_frequency_too(project: Project) -> None:
+    """`digest send` from cron, every day: a weekly reader gets mail on their day only, a
+    weekdays reader none at the weekend; the report says why."""
+    ada = project.subscribers / "ada.toml"
+    ada.write_text(top(ada.read_text(), 'frequency = "weekly"\nday = "friday"\n'))
+    project.subscriber("weekdays", top((project.subscribers / "grace.toml").read_text()
+                                       .replace("grace@", "wd@"), 'frequency = "weekdays"\n'))
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    wednesday = pipeline.send(settings, db, at(WED, 12))  # not due_only: a manual send
+    outcomes = {o.subscriber_id: o for o in wednesday.outcomes}
+    assert {sid: o.status for sid, o in outcomes.items()} == {
+        "ada": "not-due", "grace": "sent", "weekdays": "sent"}
+    assert outcomes["ada"].detail == (
+        'frequency = "weekly" (on Fridays): no digest on Wednesday 2026-11-25')
+    assert store.digest_state(db, "ada", WED) is None  # nothing recorded: not a skipped digest
+    friday = pipeline.send(settings, db, at(FRI, 12))
+    assert {o.subscriber_id: o.status for o in friday.outcomes}["ada"] == "sent"
+    saturday = {o.subscriber_id: o for o in pipeline.send(settings, db, at(SAT, 12)).outcomes}
+    assert saturday["ada"].status == saturday["weekdays"].status == "not-due"
+    assert "Monday to Friday" in saturday["weekdays"].detail
+    assert sorted(p.name for p in project.outbox.glob("*ada.eml")) == ["2026-11-27_ada.eml"]
+    assert not list(project.outbox.glob("2026-11-28_weekdays*"))
