@@ -310,10 +310,10 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
               show_default="the number of cores",
               help="Processes building digests (1: all in this process).")
 def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool, workers: int) -> None:
-    """Send today's digest now, whatever each subscriber's send_at; never twice a day.
+    """Send today's digest now, whatever the send_at, on a day of each one's frequency.
 
-    A subscriber who is paused, or whose frequency skips today (weekly, weekdays), gets
-    nothing."""
+    Never twice a day; a subscriber who is paused, or whose `frequency` skips today (weekly,
+    weekdays), gets nothing."""
     settings = _settings(config_path)
     db = _open_store(settings)
     with schedule.stop_on_signals() as stop, _progress() as bar:
