@@ -24,6 +24,7 @@ from rich.table import Table
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError
+from .links import missing_secret
 from .ranking import check_likes
 from .send import deliverability_warnings
 from .sources import where
@@ -194,8 +195,15 @@ def validate(config_path: Path) -> None:
             topics = ", ".join(t.name for t in entry.topics)
             out.print(f"ok: {entry.id} <{entry.email}> {entry.timezone} {entry.send_at:%H:%M}"
                       f" - {topics}", highlight=False, markup=False)
-    out.print(f"{config_path}: ok; {count} valid subscriber(s), {problems} invalid",
+    secret = missing_secret(settings)
+    if secret is not None:
+        err.print(f"[red]invalid:[/] {escape(secret.message)}", highlight=False)
+        if secret.hint:
+            err.print(f"hint: {escape(secret.hint)}", highlight=False)
+    state = "ok" if secret is None else "not ok"
+    out.print(f"{config_path}: {state}; {count} valid subscriber(s), {problems} invalid",
               highlight=False)
+    problems += secret is not None
     for warning in deliverability_warnings(settings):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if problems:

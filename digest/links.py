@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import quote, urlencode
 
-from .config import ServerConfig, is_subscriber_id
-from .errors import DigestError
+from .config import ServerConfig, Settings, is_subscriber_id
+from .errors import ConfigError, DigestError
 
 Purpose = Literal["unsubscribe", "preferences", "feedback", "view", "archive", "feed"]
 # Signed data that names no subscriber yet (`sign_payload`): a pending sign-up, a form's
@@ -122,6 +122,24 @@ def require_secret(server: ServerConfig) -> str:
     if secret is None:
         raise MissingSecretError(server.secret_env)
     return secret
+
+
+def missing_secret(settings: Settings) -> ConfigError | None:
+    """The error every email would fail with, checked once up front: `[server] public_url`
+    (the reader's signed links) or `[bounces] address` (tokened VERP addresses) set, and the
+    token secret's environment variable not."""
+    server = settings.server
+    if server.secret() is not None:
+        return None
+    needs = ("server.public_url" if server.public_url is not None
+             else "bounces.address" if settings.bounces.address is not None else None)
+    if needs is None:
+        return None
+    return ConfigError(
+        settings.path, "server.secret_env",
+        f"environment variable {server.secret_env} is not set, and {needs} needs it to sign"
+        " the links in every email",
+        hint=MissingSecretError(server.secret_env).hint)
 
 
 def link_url(server: ServerConfig, path: str, subscriber_id: str, email: str,

@@ -25,7 +25,7 @@ from . import batch, bounces, delivery, inbound, store, subscribers
 from .config import AnySource, Settings, is_subscriber_id, sends_on
 from .errors import ConfigError, DigestError, SourceError, printable
 from .executor import Executor, ForkPool, Serial
-from .links import link_url, unsubscribe_url
+from .links import link_url, missing_secret, unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
 from .recipe import Recipe, RecipeError, dumps
 from .recipe import loads as recipe_loads
@@ -426,6 +426,10 @@ def send(
     """
     progress, stop = progress or _NoProgress(), stop or threading.Event()
     started, report = timer.monotonic(), SendReport()
+    secret = missing_secret(settings)
+    if secret is not None:  # every email would fail alike: say it once
+        report.fatal = str(secret)
+        return report
     entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now,

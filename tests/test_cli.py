@@ -213,3 +213,27 @@ def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
     assert "--config" in result.output
+
+
+def test_a_missing_token_secret_is_found_by_validate_and_stops_send_once(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `public_url` set, every email carries signed links: without the secret, validate
+    says so (naming the file, the setting and the variable) and send stops before building
+    anything, with that one line, instead of failing every subscriber alike."""
+    monkeypatch.delenv("DIGEST_SECRET", raising=False)
+    project.write_config('[server]\npublic_url = "https://digest.example.org"\n')
+    code, output = invoke(project, "validate")
+    assert code == 1
+    line = next(x for x in output.splitlines() if x.startswith("invalid:"))
+    assert line == (f"invalid: {project.config}: server.secret_env: environment variable "
+                    "DIGEST_SECRET is not set, and server.public_url needs it to sign the "
+                    "links in every email")
+    assert "export DIGEST_SECRET=" in output and ": not ok; 2 valid" in output
+    invoke(project, "fetch")
+    code, output = invoke(project, "send")
+    assert code == 1
+    assert "error: " in output and "DIGEST_SECRET is not set" in output
+    assert output.count("DIGEST_SECRET") == 1 and "failed" not in output
+    assert not list(project.outbox.glob("*.eml"))
+    code, output = invoke(project, "validate", env={"DIGEST_SECRET": "s" * 32})
+    assert code == 0 and ": ok; 2 valid" in output
