@@ -251,51 +251,60 @@ _Row = TypeVar("_Row")
 
 
 def _attention_only(rows: list[_Row], needs_attention: Callable[[_Row], bool],
-                    ) -> tuple[list[_Row], int]:
+                    ) -> tuple[list[_Row], int, int]:
     """All rows, or above REPORT_ROWS only those that need attention (at most REPORT_ROWS);
-    and how many were left out."""
+    how many were left out, and how many of those needed attention too (past the cap)."""
     if len(rows) <= REPORT_ROWS:
-        return rows, 0
+        return rows, 0, 0
     attention = [row for row in rows if needs_attention(row)]
-    return attention[:REPORT_ROWS], len(rows) - min(len(attention), REPORT_ROWS)
+    shown = attention[:REPORT_ROWS]
+    return shown, len(rows) - len(shown), len(attention) - len(shown)
 
 
-def _print_table(table: Table, left_out: int, listed: str, more: str) -> None:
-    # The table when it has rows, and a line about the subscribers left out of it.
+def _print_table(table: Table, left_out: tuple[int, int], listed: str, more: str) -> None:
+    # The table when it has rows, and a line about the subscribers left out of it: how many,
+    # and how many of those need attention too, so a cut list never reads as complete.
     if table.row_count:
         out.print(table)
-    if left_out:
+    count, cut = left_out
+    if count:
         only = f" (only {listed} are)" if table.row_count else ""
-        out.print(f"{left_out} subscriber(s) not listed{only}; {more}", highlight=False)
+        if cut:
+            only = (f" ({cut} of them need attention too: only the first {REPORT_ROWS} of"
+                    f" {listed} are listed)")
+        out.print(f"{count} subscriber(s) not listed{only}; {more}", highlight=False)
 
 _ATTENTION = ("failed", "invalid", "retry", "queued", "not-sent")
 
 
-def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run: bool) -> None:
+def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run: bool,
+                       scheduled: bool = False) -> None:
+    # `scheduled` (`run --once`): everyone before their send_at is not-due, and not listed;
+    # on a manual send not-due says why (a day the frequency skips, a retry not yet due).
     table = Table("subscriber", "result", "items", "detail")
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
                "retry": "yellow", "queued": "yellow", "not-sent": "yellow"}
-    rows, left_out = _attention_only([o for o in report.outcomes if o.status != "not-due"],
-                                     lambda o: o.status in _ATTENTION)
+    rows, left_out, cut = _attention_only(
+        [o for o in report.outcomes if not (scheduled and o.status == "not-due")],
+        lambda o: o.status in _ATTENTION)
     for o in rows:
         colour = colours.get(o.status, "yellow")
         # Escaped: a server's reply in the detail may hold [brackets], rich's markup.
         table.add_row(escape(o.subscriber_id), f"[{colour}]{o.status}[/]", str(o.items or ""),
                       escape(o.detail))
-    _print_table(table, left_out, "failures, retries and queued ones",
+    _print_table(table, (left_out, cut), "failures, retries and queued ones",
                  "'digest status --all' shows everyone")
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("sent", "would-send", "already-sent", "no-matches",
                                             "unsubscribed", "suppressed", "paused", "retry",
-                                            "queued",
-                                            "not-sent",
+                                            "queued", "not-sent", "not-due",
                                             "failed", "invalid")
         if report.count(s)
     )
     out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.dropped:
         out.print(f"dropped the stored bytes of {report.dropped} message(s) sent more than"
-                  f" {settings.store.keep_sent_days} day(s) ago ([store] keep_sent_days)",
+                  f" {settings.store.keep_sent_days} day(s) ago (\\[store] keep_sent_days)",
                   highlight=False)
     if report.fatal:
         err.print(f"[bold red]error:[/] {report.fatal}", highlight=False)
@@ -349,7 +358,7 @@ def run(config_path: Path, once: bool) -> None:
                 err.print(f"[red]source {r.name}:[/] {r.error}", highlight=False)
         with schedule.stop_on_signals() as stop:
             report = pipeline.send(settings, db, now, due_only=True, stop=stop)
-        _print_send_report(report, settings, dry_run=False)
+        _print_send_report(report, settings, dry_run=False, scheduled=True)
         if report.failed or any(r.error for r in results):
             sys.exit(1)
         return
@@ -501,9 +510,9 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
             if sid not in known:
                 _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
         rows = [known[sid] for sid in dict.fromkeys(subscribers)]
-    left_out = 0
+    left_out = cut = 0
     if not show_all and not subscribers:
-        rows, left_out = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
+        rows, left_out, cut = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
     colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
                "queued": "yellow"}
     table = Table("subscriber", "date", "state", "items", "attempts", "last error / next try")
@@ -519,7 +528,7 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
         table.add_row(escape(name), row.local_date or "-", state,
                       str(row.items) if row.state else "", str(row.attempts or ""),
                       escape(note))
-    _print_table(table, left_out, "those that need attention",
+    _print_table(table, (left_out, cut), "those that need attention",
                  "--all lists everyone, --subscriber ID one")
     counts = Counter(row.state or "no digest yet" for row in everyone)
     out.print(f"{len(everyone)} subscriber(s), by their last digest: "

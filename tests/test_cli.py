@@ -92,7 +92,7 @@ def test_a_send_drops_the_bytes_of_messages_sent_over_a_week_ago(
     code, output = invoke(project, "send", env={"DIGEST_NOW": "2026-12-02T12:30:00+00:00"})
     assert code == 0, output
     assert ("dropped the stored bytes of 2 message(s) sent more than 7 day(s) ago"
-            in " ".join(output.split()))
+            " ([store] keep_sent_days)" in " ".join(output.split()))
     assert store.recipes(db, sent) == {} and store.messages(db, sent) == {}
     assert store.digest_state(db, "ada", dt.date(2026, 11, 25)) == "sent"
     code, output = invoke(project, "status", env={"COLUMNS": "250"})
@@ -143,6 +143,23 @@ def test_a_large_send_lists_only_who_needs_attention(project: Project,
     assert "ada" not in output.replace(str(project.root), "")  # sent: not listed
     assert "4 subscriber(s) not listed" in output and "digest status" in output
     assert "4 sent, 1 invalid" in output
+
+
+def test_a_cut_attention_list_says_how_many_more_need_attention(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More subscribers needing attention than the report lists: the line under it must
+    not read as if everyone left out were fine."""
+    from digest import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "REPORT_ROWS", 2)
+    for i in range(3):
+        project.subscriber(f"broken{i}", f"name = 'X'\nemail = 'not-an-address-{i}'\n")
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", "--workers", "1", env={"COLUMNS": "250"})
+    assert code == 1 and "2 sent, 3 invalid" in output
+    assert len([x for x in output.splitlines() if x.startswith("│ broken")]) == 2
+    assert ("3 subscriber(s) not listed (1 of them need attention too: only the first 2 of"
+            " failures, retries and queued ones are listed)") in " ".join(output.split())
 
 
 def test_dry_run_records_nothing(project: Project) -> None:
@@ -237,3 +254,15 @@ def test_a_missing_token_secret_is_found_by_validate_and_stops_send_once(
     assert not list(project.outbox.glob("*.eml"))
     code, output = invoke(project, "validate", env={"DIGEST_SECRET": "s" * 32})
     assert code == 0 and ": ok; 2 valid" in output
+
+
+def test_a_manual_send_lists_who_the_frequency_skips_and_why(project: Project) -> None:
+    ada = project.subscribers / "ada.toml"
+    ada.write_text(ada.read_text().replace("[[topics]]", 'frequency = "weekly"\nday = "friday"'
+                                           "\n\n[[topics]]", 1))
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", env={"COLUMNS": "250"})  # Wednesday 2026-11-25
+    assert code == 0, output
+    (row,) = [line for line in output.splitlines() if line.startswith("│ ada")]
+    assert "not-due" in row and "(on Fridays): no digest on Wednesday 2026-11-25" in row
+    assert "summary: 1 sent, 1 not-due" in output
