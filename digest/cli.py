@@ -233,7 +233,11 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
 
         out_path = Path(tempfile.mkstemp(prefix=f"digest-{subscriber}-", suffix=".html")[1])
     if out_path is not None:
-        out_path.write_text(body, encoding="utf-8")
+        try:
+            out_path.write_text(body, encoding="utf-8")
+        except OSError as exc:
+            _fail(DigestError(f"--out {out_path}: cannot write it: {exc.strerror or exc}",
+                              hint="give a file in a folder that exists and you can write"))
         err.print(f"Subject: {composed.rendered.subject}", highlight=False, markup=False)
         err.print(f"{len(composed.digest.matches)} item(s) written to {out_path}",
                   highlight=False)
@@ -555,6 +559,10 @@ def retry(config_path: Path, subscribers: tuple[str, ...]) -> None:
     """Queue failed digests again; the next `send` or scheduler tick sends them."""
     settings = _settings(config_path)
     db = _open_store(settings)
+    known = {row.subscriber_id for row in pipeline.status(settings, db)} if subscribers else set()
+    for sid in subscribers:  # a typo must not read as "nothing failed"
+        if sid not in known:
+            _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
     ids = pipeline.retry(db, _now(), list(subscribers) or None)
     for key in ids:
         out.print(f"queued again: {key}", highlight=False)

@@ -266,3 +266,21 @@ def test_a_manual_send_lists_who_the_frequency_skips_and_why(project: Project) -
     (row,) = [line for line in output.splitlines() if line.startswith("│ ada")]
     assert "not-due" in row and "(on Fridays): no digest on Wednesday 2026-11-25" in row
     assert "summary: 1 sent, 1 not-due" in output
+
+
+def test_preview_into_a_missing_folder_is_a_one_line_error(project: Project,
+                                                          tmp_path: Path) -> None:
+    invoke(project, "fetch")
+    target = tmp_path / "missing" / "ada.html"
+    code, output = invoke(project, "preview", "ada", "--out", str(target))
+    assert code == 1 and "Traceback" not in output
+    assert output.splitlines()[0] == (f"error: --out {target}: cannot write it: No such file or "
+                                      "directory")
+
+
+def test_retry_names_an_unknown_subscriber_instead_of_saying_nothing_failed(
+        project: Project) -> None:
+    code, output = invoke(project, "retry", "--subscriber", "nobody")
+    assert code == 1 and "no subscriber 'nobody'" in output and "queued again" not in output
+    code, output = invoke(project, "retry", "--subscriber", "ada")
+    assert code == 0 and "0 failed digest(s) queued again" in output
