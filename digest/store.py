@@ -23,6 +23,7 @@ from sqlite_utils import Database
 from .errors import StoreError
 from .migrations import migrations
 from .models import CacheValidators, Listing, digest_key
+from .sources.items import arxiv_id
 from .tex import readable
 from .tokens import title_key
 
@@ -1195,10 +1196,14 @@ def sent_in(db: Database, subscriber_id: str, listing_id: str) -> str | None:
 
 
 def find_listings(db: Database, query: str, limit: int = 20) -> list[Listing]:
-    """Listings whose id or arXiv id is `query`, else whose title contains it (compared in
-    normalised form: case, accents of case folding and punctuation do not matter)."""
+    """Listings whose id or arXiv id is `query` (an arXiv id in any form `sources.arxiv_id`
+    reads: with a version, 'arXiv:', the abstract page's URL), else whose title contains it
+    (compared in normalised form: case, accents of case folding and punctuation do not
+    matter)."""
+    q = query.strip()
     exact = list(db.query(
-        "select * from listings where id = :q or arxiv_id = :q order by id", {"q": query.strip()}
+        "select * from listings where id = :q or arxiv_id = :a order by id",
+        {"q": q, "a": arxiv_id(q) or q},
     ))
     if exact:
         return [_from_row(r) for r in exact]

@@ -66,6 +66,18 @@ def test_listing_round_trips_through_the_store(tmp_path: Path) -> None:
     assert store.get_listing(db, "x") == dataclasses.replace(full, first_seen=NOW)
 
 
+@pytest.mark.parametrize("query", ["2405.00332", "2405.00332v3", "arXiv:2405.00332v1",
+                                   "https://arxiv.org/abs/2405.00332v2", " 2405.00332 "])
+def test_a_listing_is_found_by_its_arxiv_id_written_any_way_a_source_writes_it(
+        tmp_path: Path, query: str) -> None:
+    # `digest explain` looks listings up here: 'like' takes these forms, so must explain.
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("2405.00332", arxiv_id="2405.00332"), make("other")], NOW)
+    assert [li.id for li in store.find_listings(db, query)] == ["2405.00332"]
+    assert store.find_listings(db, "2405.00333v1") == []
+    assert [li.id for li in store.find_listings(db, "other")] == ["other"]
+
+
 def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
     db = store.open_db(tmp_path / "d.db")
     store.upsert_listings(db, [make("old")], NOW - dt.timedelta(days=10))
