@@ -519,7 +519,7 @@ def _send_batch(
                 own.close()
     # Only now that the outbox has recorded every answer is it known why the batch stopped.
     why = ("batch stopped" if outbox.report.fatal is not None else
-           UNFINISHED if executor.broken else "")
+           UNFINISHED if executor.broken else "stopped on request" if stop.is_set() else "")
     report.outcomes.extend(_left_over(db, job.entries[i], job.now, job.due_only, today, why)
                            for i in left if why)
     return outbox.report.fatal or executor.broken

@@ -146,17 +146,24 @@ def test_send_stops_cleanly_on_sigterm(project: Project, server: FaultServer) ->
     prepare(project, NOW, 20)
     project.write_config(smtp_config(server.port), transport="smtp", sources="")
     server.sink.always_slow = 0.05
-    proc = subprocess.Popen([DIGEST, "send", "--config", str(project.config)], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([DIGEST, "send", "--config", str(project.config)],
+                            env={**env(), "COLUMNS": "250"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: len(server.sink.received) >= 3, timeout=30)
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "stopped on request" in err
+    # The report accounts for everyone, those never reached too (as not-sent, with why).
+    summary = next(line for line in out.splitlines() if line.startswith("summary: "))
+    counts = {state: int(n) for n, state in
+              (part.split(" ", 1) for part in summary.removeprefix("summary: ").split(", "))}
+    assert sum(counts.values()) == 20 and counts["not-sent"] >= 1, summary
+    assert "not built (stopped on request); the next run builds it" in out
     after = Counter(states(project).values())
     # Digests are built one by one as connections free up: the ones not reached have no row
     # yet, at most one was queued and not sent; none is left in doubt.
