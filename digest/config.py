@@ -887,16 +887,28 @@ def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
         raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
 
 
+# [smtp] keys the environment overrides (for a deployment that keeps the file generic).
+_SMTP_ENV = {"host": "DIGEST_SMTP_HOST", "port": "DIGEST_SMTP_PORT",
+             "username": "DIGEST_SMTP_USERNAME"}
+
+
 def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
     smtp = dict(data.get("smtp", {}))
-    for key, env in (
-        ("host", "DIGEST_SMTP_HOST"),
-        ("port", "DIGEST_SMTP_PORT"),
-        ("username", "DIGEST_SMTP_USERNAME"),
-    ):
+    for key, env in _SMTP_ENV.items():
         if os.environ.get(env):
             smtp[key] = os.environ[env]
     return {**data, "smtp": smtp} if smtp else data
+
+
+def _env_error(path: Path, exc: ValidationError) -> ConfigError | None:
+    # A bad value that came from an override is the variable's fault, not the file's.
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        env = _SMTP_ENV.get(str(loc[1])) if len(loc) == 2 and loc[0] == "smtp" else None
+        if env is not None and os.environ.get(env):
+            return ConfigError(f"environment variable {env}", None,
+                               f"{_problem(error)} (it overrides smtp.{loc[1]} of {path})")
+    return None
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -915,7 +927,7 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(path, exc) from None
+        raise _env_error(path, exc) or _validation_error(path, exc) from None
     base = path.resolve().parent
     smtp = settings.smtp
     if smtp.ca_file is not None:

@@ -150,6 +150,22 @@ def test_env_overrides_smtp_but_password_only_from_named_env(
     assert info.value.field == "smtp.password" and "unknown key" in info.value.problem
 
 
+def test_a_bad_env_override_is_blamed_on_the_variable_not_the_file(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.write_config("[smtp]\nport = 2525\n")
+    monkeypatch.setenv("DIGEST_SMTP_PORT", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert str(info.value).startswith("environment variable DIGEST_SMTP_PORT: ")
+    assert str(info.value).endswith(f"(it overrides smtp.port of {project.config})")
+    monkeypatch.delenv("DIGEST_SMTP_PORT")
+    project.write_config("[smtp]\nport = 'abc'\n")  # the file's own mistake stays the file's
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "smtp.port" and info.value.path == project.config
+
+
 def test_a_bom_is_fine_and_latin1_is_a_clear_error(project: Project) -> None:
     path = project.subscribers / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
