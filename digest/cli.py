@@ -385,9 +385,10 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     where = f"http://{host}:{port}"
     previews = f" and {where}/preview (password needed)" if settings.server.preview else ""
     signup = f", {where}/subscribe" if settings.signup.enabled else ""
+    sock = web.listen(host, port)
     out.print(f"digest: serving {where}/unsubscribe{signup}{previews}; Ctrl-C to stop",
               highlight=False)
-    web.serve(app, host, port, settings.server.forwarded_allow_ips)
+    web.serve(app, sock, settings.server.forwarded_allow_ips)
 
 
 @cli.command()

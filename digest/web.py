@@ -38,6 +38,8 @@ import binascii
 import hashlib
 import hmac
 import logging
+import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -670,11 +672,28 @@ class _Site:
         return _busy()
 
 
-def serve(app: Starlette, host: str, port: int, forwarded_allow_ips: str | None = None) -> None:
-    """Run `app` under uvicorn until interrupted; behind a reverse proxy, the client IP and
-    scheme come from its X-Forwarded-For/-Proto when it is one of `forwarded_allow_ips`."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port`, opened before anything says the server is up:
+    a port in use is a one-line DigestError, not uvicorn's log lines and exit code 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        # create_server appends the address to strerror; a bad host name (gaierror) has a
+        # negative errno and its own text.
+        why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+        raise DigestError(f"cannot listen on {host}:{port}: {why}",
+                          hint="another program may hold the port: pass --port or set"
+                               " [server] port") from None
+
+
+def serve(app: Starlette, sock: socket.socket, forwarded_allow_ips: str | None = None) -> None:
+    """Run `app` under uvicorn on `sock` (`listen`) until interrupted; behind a reverse proxy,
+    the client IP and scheme come from its X-Forwarded-For/-Proto when it is one of
+    `forwarded_allow_ips`."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning",
-                proxy_headers=forwarded_allow_ips is not None,
-                forwarded_allow_ips=forwarded_allow_ips)
+    config = uvicorn.Config(app, log_level="warning",
+                            proxy_headers=forwarded_allow_ips is not None,
+                            forwarded_allow_ips=forwarded_allow_ips)
+    uvicorn.Server(config).run(sockets=[sock])

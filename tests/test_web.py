@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -258,6 +259,20 @@ def test_digest_serve_without_a_secret_is_a_one_line_error(project: Project) -> 
     assert run.returncode == 1 and run.stdout == ""
     assert "environment variable DIGEST_SECRET is not set" in run.stderr
     assert "hint: export DIGEST_SECRET=" in run.stderr
+
+
+def test_digest_serve_on_a_port_in_use_is_a_one_line_error(project: Project) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        project.write_config(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
+        env = {**os.environ, "DIGEST_SECRET": SECRET, "COLUMNS": "200"}
+        digest_bin = Path(sys.executable).parent / "digest"
+        run = subprocess.run([str(digest_bin), "serve", "--config", str(project.config)],
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1 and run.stdout == ""  # never said it was serving
+    assert run.stderr.splitlines()[0] == (f"error: cannot listen on 127.0.0.1:{port}: Address"
+                                          " already in use")
+    assert "Traceback" not in run.stderr and "--port" in run.stderr
 
 
 # --- hardening (issue 16) ---------------------------------------------------------------------
