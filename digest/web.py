@@ -38,7 +38,6 @@ import binascii
 import hashlib
 import hmac
 import logging
-import os
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -679,9 +678,8 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
-        # create_server appends the address to strerror; a bad host name (gaierror) has a
-        # negative errno and its own text.
-        why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+        # create_server appends "(while attempting to bind on address ...)": said already.
+        why = (exc.strerror or str(exc)).split(" (while attempting")[0]
         raise DigestError(f"cannot listen on {host}:{port}: {why}",
                           hint="another program may hold the port: pass --port or set"
                                " [server] port") from None
