@@ -14,6 +14,8 @@ import sqlite3
 
 from sqlite_utils import Database, Migrations
 
+from .tokens import title_key
+
 migrations = Migrations("digest")
 
 
@@ -273,3 +275,21 @@ def m17_digest_items_without_rowid(db: Database) -> None:
     db.execute("drop table digest_items")
     db.execute("alter table digest_items_new rename to digest_items")
     db.table("digest_items").create_index(["listing_id"])
+
+
+@migrations()
+def m18_title_keys_of_readable_titles(db: Database) -> None:
+    """A listing's title key is made from its readable title (`tokens.title_key`), so the
+    arXiv title `$\\varepsilon$-Greedy ... 50\\%` and a feed's `ε-Greedy ... 50%` key alike.
+
+    Recomputed for every stored title with TeX markers (`$` or a backslash; the others keep
+    the key they have, which readable text would not change): a new fetch finds a stored
+    listing by its key, so an old key would make the feed item a second listing of a paper
+    already stored. Two listings both stored before this migration under the two old keys
+    stay two rows until a source that knows the arXiv id gives the paper again, which folds
+    the title-only one in (as for any listing re-keyed to its arXiv id).
+    """
+    rows = db.execute("select id, title from listings"
+                      " where instr(title, '$') > 0 or instr(title, '\\') > 0").fetchall()
+    db.conn.executemany("update listings set title_key = ? where id = ?",
+                        [(title_key(title), lid) for lid, title in rows])

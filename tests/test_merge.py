@@ -234,3 +234,41 @@ def test_feedback_follows_a_listing_that_is_rekeyed(tmp_path: Path) -> None:
     assert store.record_feedback(db, "ada", old.id, "less", NOW + dt.timedelta(hours=2), "web")
     assert [(f.listing_id, f.verdict) for f in store.feedback(db)["ada"]] == [
         ("2405.00332", "less")]
+
+
+_TEX_ENTRY = rb"""<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">
+  <opensearch:totalResults>1</opensearch:totalResults>
+  <opensearch:startIndex>0</opensearch:startIndex>
+  <entry>
+    <id>http://arxiv.org/abs/2612.00001v2</id>
+    <published>2026-11-30T18:00:00Z</published>
+    <title>Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute</title>
+    <summary>We fit scaling laws.</summary>
+    <author><name>Ada Byron</name></author>
+  </entry>
+</feed>"""
+_BLOG_ITEM = """<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel><title>A lab blog</title><link>https://blog.example/</link>
+<description>Posts</description>
+<item><title>Scaling Laws for \u03b5-Greedy Reasoning Models at 50% Compute</title>
+<link>https://blog.example/posts/scaling</link><guid>https://blog.example/posts/scaling</guid>
+<description>Our new paper, explained.</description></item>
+</channel></rss>""".encode()
+
+
+def test_a_tex_title_and_its_readable_form_from_a_feed_are_one_listing(
+        project: Project, loopback: Loopback) -> None:
+    api = loopback.route("/api/query", Reply(_TEX_ENTRY, content_type="application/atom+xml"))
+    blog = loopback.route("/blog.xml", Reply(_BLOG_ITEM, content_type="application/rss+xml"))
+    project.write_config(sources=f'[[sources]]\nname = "arxiv"\ntype = "arxiv"\n'
+                                 f'query = "cat:cs.LG"\napi_url = "{api}"\n'
+                                 f'[[sources]]\nname = "blog"\ntype = "feed"\nurl = "{blog}"\n')
+    results = _fetch(project, NOW)
+    assert [(r.name, r.new, r.updated, r.error) for r in results] == [
+        ("arxiv", 1, 0, None), ("blog", 0, 1, None)]
+    db = store.open_db(project.db_path)
+    assert store.count_listings(db) == 1
+    paper = store.get_listing(db, "2612.00001")
+    assert paper is not None and paper.sources == ("arxiv", "blog")
+    assert paper.title == "Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"

@@ -13,6 +13,7 @@ from digest import store
 from digest.index import build_digest
 from digest.migrations import migrations
 from digest.models import Listing, Subscriber, Topic
+from digest.tokens import title_id
 from tests import outbox_support as outbox
 from tests.conftest import NOW
 
@@ -192,6 +193,31 @@ def test_m17_rebuilds_digest_items_without_rowid_and_every_query_answers_the_sam
     assert store.digest_listing_ids(db, f"ada/{day}") == ["c", "2611.00001", "a"]
 
 
+def test_m18_rekeys_stored_tex_titles_so_a_feed_item_joins_its_paper(tmp_path: Path) -> None:
+    # A store from before m18 holds an arXiv paper under the key of its raw TeX title.
+    path = tmp_path / "d.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m18_title_keys_of_readable_titles")
+    tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
+    store.upsert_listings(old, [make("2612.00001", title=tex, arxiv_id="2612.00001"),
+                                make("title:plain", title="Pruning, $5 or \\ less")], NOW)
+    old.execute("update listings set title_key = 'scaling laws for varepsilon greedy"
+                " reasoning models at 50 compute' where id = '2612.00001'")
+    old.conn.commit()
+    old.close()
+    db = store.open_db(path)
+    keys = dict(db.execute("select id, title_key from listings").fetchall())
+    assert keys == {"2612.00001": "scaling laws for ε greedy reasoning models at 50 compute",
+                    "title:plain": "pruning 5 or less"}
+    blog = make(title_id("Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"),
+                title="Scaling Laws for ε-Greedy Reasoning Models at 50% Compute",
+                sources=("blog",))
+    assert store.upsert_listings(db, [blog], NOW).new == 0
+    assert store.count_listings(db) == 2
+    got = store.get_listing(db, "2612.00001")
+    assert got is not None and "blog" in got.sources
+
+
 def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     assert store.open_db(tmp_path / "new.db").execute("pragma page_size").fetchone() == (16384,)
     old = Database(tmp_path / "old.db")
@@ -275,7 +301,7 @@ APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr"
                  "m12_listing_ranks", "m09_outbox_messages", "m10_sent_message_retention",
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
                  "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
-                 "m17_digest_items_without_rowid"]
+                 "m17_digest_items_without_rowid", "m18_title_keys_of_readable_titles"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
