@@ -293,3 +293,11 @@ def m18_title_keys_of_readable_titles(db: Database) -> None:
                       " where instr(title, '$') > 0 or instr(title, '\\') > 0").fetchall()
     db.conn.executemany("update listings set title_key = ? where id = ?",
                         [(title_key(title), lid) for lid, title in rows])
+
+
+@migrations()
+def m19_listing_titles(db: Database) -> None:
+    """The title each source last gave a listing (JSON, source name -> title), so that a
+    title changes between sources of one rank only when one of them corrects it, never
+    back and forth as they are fetched in turn (see `store._corrects`)."""
+    db.table("listings").add_column("titles", str)

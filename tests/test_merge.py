@@ -272,3 +272,29 @@ def test_a_tex_title_and_its_readable_form_from_a_feed_are_one_listing(
     paper = store.get_listing(db, "2612.00001")
     assert paper is not None and paper.sources == ("arxiv", "blog")
     assert paper.title == "Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"
+
+
+def test_a_feed_and_a_file_of_one_rank_fetched_again_and_again_change_nothing(
+        project: Project, loopback: Loopback) -> None:
+    items = "".join(
+        f"<item><title>No date item about federated learning</title>"
+        f"<link>https://blog.example/fl</link><guid>{guid}</guid></item>"
+        for guid in ("fl", "fl"))  # the same <guid> twice, as some feeds do
+    feed = (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>b'
+            f'</title><link>https://blog.example/</link><description>d</description>{items}'
+            f'</channel></rss>').encode()
+    blog = loopback.route("/blog.xml", Reply(feed, content_type="application/rss+xml"))
+    mine = project.root / "mine.jsonl"
+    mine.write_text(json.dumps({"title": "No date item about Federated Learning!",
+                                "arxiv_id": "2612.09999v1"}) + "\n", "utf-8")
+    project.write_config(sources=f'[[sources]]\nname = "blog"\ntype = "feed"\nurl = "{blog}"\n'
+                                 f'[[sources]]\nname = "mine"\ntype = "jsonl"\n'
+                                 f'path = "{mine}"\n')
+    first = _fetch(project, NOW)
+    assert [(r.new, r.updated, r.skipped) for r in first] == [(1, 0, 1), (0, 1, 0)]
+    for hours in (1, 2):
+        again = _fetch(project, NOW + dt.timedelta(hours=hours))
+        assert [(r.new, r.updated, r.unchanged) for r in again] == [(0, 0, 1), (0, 0, 1)]
+    db = store.open_db(project.db_path)
+    assert [x.title for x in store.candidates(db, "ada", NOW - dt.timedelta(days=1))] == [
+        "No date item about Federated Learning!"]

@@ -324,3 +324,26 @@ def test_rss1_rdf_feed(loopback: Loopback) -> None:
     assert letter.published == dt.date(2024, 4, 29)
     assert letter.categories == ("Systems",)
     assert letter.url == "https://toc.example.org/letters/7"
+
+
+def test_a_feed_item_repeating_a_guid_is_skipped_and_the_first_kept(loopback: Loopback) -> None:
+    items = "".join(
+        f"<item><title>{title}</title><link>https://blog.example/{n}</link><guid>post-1</guid>"
+        f"</item>" for n, title in enumerate(["Item one about things", "Item one, revised"]))
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>b'
+            f'</title><link>https://blog.example/</link><description>d</description>{items}'
+            f'</channel></rss>').encode()
+    url = loopback.route("/blog.rss", Reply(body, content_type="application/rss+xml"))
+    report = read(source(type="feed", url=url, identity="link"))
+    assert [x.title for x in report.listings] == ["Item one about things"]
+    assert report.warnings == ["entry 2: the same guid or link as entry 1, skipped"]
+
+
+def test_a_jsonl_line_repeating_an_arxiv_id_is_skipped_and_the_first_kept(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"title": "First", "arxiv_id": "2612.09999v1"}\n'
+                    '{"title": "Second", "arxiv_id": "2612.09999v2"}\n', "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [x.title for x in report.listings] == ["First"]
+    assert report.warnings == ["line 2: the same arXiv id 2612.09999 as line 1, skipped"]

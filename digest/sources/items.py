@@ -39,6 +39,7 @@ class Context:
     cache: dict[str, CacheValidators] = field(default_factory=dict)
     report: ParseReport = field(default_factory=ParseReport)
     deadline: Deadline | None = None
+    first: dict[str, str] = field(default_factory=dict)  # listing id -> where it was first
 
     def get(
         self, url: str, *, params: dict[str, str | int] | None = None,
@@ -61,6 +62,29 @@ class Context:
     def skip(self, where: str, problem: str) -> None:
         """Count a malformed item, with a warning saying where it was and what was wrong."""
         self.report.warnings.append(f"{where}: {problem}, skipped")
+
+    def add(self, listing: Listing, where: str, *, update: bool = False) -> None:
+        """Add an item of a single document (a feed, a file) to the report, as a listing or
+        an update; one that repeats an earlier item's id (a feed that lists one <guid>
+        twice, a file with one arXiv id on two lines) is skipped and counted, the first
+        kept. Both would land on one listing, and the later would undo the first on every
+        fetch: a refetch of the same document would count as an update each time."""
+        first = self.first.setdefault(listing.id, where)
+        if first != where:
+            self.skip(where, f"the same {_what_id(listing.id)} as {first}")
+        elif update:
+            self.report.updates.append(listing)
+        else:
+            self.report.listings.append(listing)
+
+
+def _what_id(listing_id: str) -> str:
+    """What a listing id was made from, in words, for a warning."""
+    if listing_id.startswith("url:"):
+        return "guid or link"
+    if listing_id.startswith("title:"):
+        return "title"
+    return f"arXiv id {listing_id}"
 
 
 def cache_key(url: str, params: dict[str, str | int] | None) -> str:

@@ -115,7 +115,7 @@ def parse_jsonl(text: str, config: JsonlSource, ctx: Context) -> None:
             data = json.loads(line)
             if isinstance(data, dict):
                 unknown.update(k for k in data if k not in _KNOWN)
-            ctx.report.listings.append(jsonl_item(data, config))
+            ctx.add(jsonl_item(data, config), f"line {number}")
         except json.JSONDecodeError as exc:
             ctx.skip(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
         except RecursionError:
