@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +348,27 @@ def test_a_jsonl_line_repeating_an_arxiv_id_is_skipped_and_the_first_kept(
     report = read(source(type="jsonl", path=str(path)))
     assert [x.title for x in report.listings] == ["First"]
     assert report.warnings == ["line 2: the same arXiv id 2612.09999 as line 1, skipped"]
+
+
+def test_jsonl_values_of_the_wrong_type_are_skipped_with_line_and_key(tmp_path: Path) -> None:
+    # Numbers and digit strings used to become dates (20240501 as a Unix time: 1970-08-23),
+    # and true an upvote count of 1.
+    path = tmp_path / "mine.jsonl"
+    lines = [{"title": "Integer date", "published": 20240501},
+             {"title": "Milliseconds", "published": 1714521600000},
+             {"title": "Seconds as text", "published": "1714521600"},
+             {"title": "Boolean votes", "upvotes": True},
+             {"title": "Fractional votes", "upvotes": 3.0},
+             {"title": "Text votes", "upvotes": "3"},
+             {"title": "Good", "published": "2024-05-01T23:30:00+00:00", "upvotes": 0},
+             {"title": "Good too", "published": "20240502"}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [(x.title, x.published, x.upvotes) for x in report.listings] == [
+        ("Good", dt.date(2024, 5, 1), 0), ("Good too", dt.date(2024, 5, 2), None)]
+    iso = "published: must be an ISO 8601 date or date-time string such as '2024-05-01', got"
+    votes = "upvotes: must be a whole number >= 0, got"
+    assert report.warnings == [
+        f"line 1: {iso} 20240501, skipped", f"line 2: {iso} 1714521600000, skipped",
+        f'line 3: {iso} "1714521600", skipped', f"line 4: {votes} true, skipped",
+        f"line 5: {votes} 3.0, skipped", f'line 6: {votes} "3", skipped']
