@@ -298,3 +298,25 @@ def test_a_feed_and_a_file_of_one_rank_fetched_again_and_again_change_nothing(
     db = store.open_db(project.db_path)
     assert [x.title for x in store.candidates(db, "ada", NOW - dt.timedelta(days=1))] == [
         "No date item about Federated Learning!"]
+
+
+def test_a_feed_served_with_a_wrong_charset_joins_its_paper_rather_than_doubling_it(
+        project: Project, loopback: Loopback) -> None:
+    # The blog post is UTF-8 and says so; its server says windows-1252. Read by the header,
+    # 'Ünïcödé' became 'ÃœnÃ¯cÃ¶dÃ©' and the post a second listing of the paper.
+    title = "\u00dcn\u00efc\u00f6d\u00e9 Tokenizers for Byte-Level Models"
+    api = loopback.route("/api/query", Reply(
+        _TEX_ENTRY.replace(_TEX_ENTRY[_TEX_ENTRY.index(b"<title>"):
+                                      _TEX_ENTRY.index(b"</title>")], f"<title>{title}".encode()),
+        content_type="application/atom+xml"))
+    feed = _BLOG_ITEM.decode().replace(
+        "Scaling Laws for \u03b5-Greedy Reasoning Models at 50% Compute", title).encode()
+    blog = loopback.route("/blog.xml", Reply(feed,
+                                             content_type="text/html; charset=windows-1252"))
+    project.write_config(sources=f'[[sources]]\nname = "arxiv"\ntype = "arxiv"\n'
+                                 f'query = "cat:cs.LG"\napi_url = "{api}"\n'
+                                 f'[[sources]]\nname = "blog"\ntype = "feed"\nurl = "{blog}"\n')
+    assert [(r.new, r.updated, r.error) for r in _fetch(project, NOW)] == [
+        (1, 0, None), (0, 1, None)]
+    db = store.open_db(project.db_path)
+    assert [x.title for x in store.candidates(db, "ada", NOW - dt.timedelta(days=1))] == [title]
