@@ -285,9 +285,10 @@ def m18_title_keys_of_readable_titles(db: Database) -> None:
     Recomputed for every stored title with TeX markers (`$` or a backslash; the others keep
     the key they have, which readable text would not change): a new fetch finds a stored
     listing by its key, so an old key would make the feed item a second listing of a paper
-    already stored. Two listings both stored before this migration under the two old keys
-    stay two rows until a source that knows the arXiv id gives the paper again, which folds
-    the title-only one in (as for any listing re-keyed to its arXiv id).
+    already stored. Two listings of one paper stored under the two old keys now share a key
+    and are folded into one the next time either source gives the paper (see
+    `store._same_listing`); folding them here would run the store's merge against a schema
+    later migrations may still change.
     """
     rows = db.execute("select id, title from listings"
                       " where instr(title, '$') > 0 or instr(title, '\\') > 0").fetchall()

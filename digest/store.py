@@ -327,7 +327,10 @@ def _same_listing(db: Database, row: dict[str, Any]) -> tuple[dict[str, Any] | N
 
     A row is found by id, then by an id it was re-keyed from, then by normalised title;
     title matching never joins two different arXiv ids, nor rows keyed by link (`url:`).
-    With an arXiv id, stored title-only rows of the same title are returned to be folded in.
+    With an arXiv id, stored title-only rows of the same title are returned to be folded in;
+    without one, a title-only row found by id that has the title of an arXiv row is folded
+    into that (the two were stored apart under keys an older version made differently, see
+    migration m18).
     """
     target = _row(db, row["id"])
     if target is None:
@@ -352,6 +355,9 @@ def _same_listing(db: Database, row: dict[str, Any]) -> tuple[dict[str, Any] | N
         return target, others
     if target is None and same_title:
         target = same_title[0]
+    elif target is not None and not target["arxiv_id"] and same_title \
+            and same_title[0]["arxiv_id"]:
+        return same_title[0], [target]
     return target, []
 
 

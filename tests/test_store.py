@@ -247,6 +247,38 @@ def test_sources_of_one_rank_fetched_in_turn_never_flip_a_title(tmp_path: Path) 
     assert got is not None and got.title == "No-date item about federated learning"
 
 
+def test_a_paper_stored_twice_before_m18_becomes_one_when_either_source_gives_it(
+        tmp_path: Path) -> None:
+    # Before m18 the arXiv TeX title and the blog's Unicode title keyed apart: two rows of
+    # one paper, the blog's already sent to ada. After it, the next fetch of either folds
+    # them, and what ada was sent follows the paper.
+    tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
+    shown = "Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"
+    paper = make("2612.00001", title=tex, arxiv_id="2612.00001", sources=("arxiv",))
+    blog = make(title_id(shown), title=shown, sources=("blog",))
+    for refetched in (blog, paper):
+        path = tmp_path / f"{refetched.sources[0]}.db"
+        old = Database(path)
+        migrations.apply(old, stop_before="m18_title_keys_of_readable_titles")
+        _store_old_listings(old, [paper, blog])
+        old.execute("update listings set title_key = 'scaling laws for varepsilon greedy"
+                    " reasoning models at 50 compute' where id = '2612.00001'")
+        stamp = store.timestamp(NOW)
+        old.table("digests").insert({"id": "ada/d", "subscriber_id": "ada", "state": "sent",
+                                     "local_date": "d", "created_at": stamp,
+                                     "updated_at": stamp})
+        old.table("digest_items").insert({"digest_id": "ada/d", "listing_id": blog.id,
+                                          "position": 0})
+        old.conn.commit()
+        old.close()
+        db = store.open_db(path)
+        counts = store.upsert_listings(db, [refetched], NOW)
+        assert (counts.new, counts.updated) == (0, 1)
+        assert [r["id"] for r in db.query("select id from listings")] == ["2612.00001"]
+        assert store.digest_listing_ids(db, "ada/d") == ["2612.00001"]
+        db.close()
+
+
 def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     assert store.open_db(tmp_path / "new.db").execute("pragma page_size").fetchone() == (16384,)
     old = Database(tmp_path / "old.db")
