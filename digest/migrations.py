@@ -14,6 +14,8 @@ import sqlite3
 
 from sqlite_utils import Database, Migrations
 
+from .tokens import title_key
+
 migrations = Migrations("digest")
 
 
@@ -273,3 +275,30 @@ def m17_digest_items_without_rowid(db: Database) -> None:
     db.execute("drop table digest_items")
     db.execute("alter table digest_items_new rename to digest_items")
     db.table("digest_items").create_index(["listing_id"])
+
+
+@migrations()
+def m18_title_keys_of_readable_titles(db: Database) -> None:
+    """A listing's title key is made from its readable title (`tokens.title_key`), so the
+    arXiv title `$\\varepsilon$-Greedy ... 50\\%` and a feed's `ε-Greedy ... 50%` key alike.
+
+    Recomputed for every stored title with TeX markers (`$` or a backslash; the others keep
+    the key they have, which readable text would not change): a new fetch finds a stored
+    listing by its key, so an old key would make the feed item a second listing of a paper
+    already stored. Two listings of one paper stored under the two old keys now share a key
+    and are folded into one the next time either source gives the paper (see
+    `store._same_listing`); folding them here would run the store's merge against a schema
+    later migrations may still change.
+    """
+    rows = db.execute("select id, title from listings"
+                      " where instr(title, '$') > 0 or instr(title, '\\') > 0").fetchall()
+    db.conn.executemany("update listings set title_key = ? where id = ?",
+                        [(title_key(title), lid) for lid, title in rows])
+
+
+@migrations()
+def m19_listing_titles(db: Database) -> None:
+    """The title each source last gave a listing (JSON, source name -> title), so that a
+    title changes between sources of one rank only when one of them corrects it, never
+    back and forth as they are fetched in turn (see `store._corrects`)."""
+    db.table("listings").add_column("titles", str)

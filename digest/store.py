@@ -207,6 +207,7 @@ def _to_row(listing: Listing) -> dict[str, Any]:
     row["title_key"] = title_key(listing.title)
     row["ranks"] = json.dumps({k: listing.authority for k in BIBLIOGRAPHIC
                                if not _empty(row[k])}, sort_keys=True)
+    row["titles"] = json.dumps({s: listing.title for s in listing.sources}, sort_keys=True)
     return row
 
 
@@ -241,10 +242,25 @@ def _ranks(row: dict[str, Any]) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(row["ranks"]).items()}
 
 
+def _titles(row: dict[str, Any]) -> dict[str, str]:
+    """The title each source gave a stored row the last time it gave one (none recorded for
+    a row stored before titles were recorded)."""
+    return dict(json.loads(row.get("titles") or "{}"))
+
+
+def _corrects(given: dict[str, str], new: dict[str, str], title: str) -> bool:
+    """Whether `title`, from the sources in `new`, is a correction: a title one of them has
+    not given before (a new source, or one whose title changed since it last gave it). A
+    source that repeats its title corrects nothing, so sources of one rank that spell a
+    title differently, fetched in turn, never flip it. A listing naming no source counts as
+    a correction."""
+    return not new or any(given.get(source) != title for source in new)
+
+
 def _tie(key: str, old: Any, new: Any) -> Any:
-    """Which of two values of one field, from sources of equal rank, the row keeps: a
-    correction of the title wins, the first URL stays, the earliest date, the longest author
-    list and the longest abstract (an excerpt never replaces a full abstract)."""
+    """Which of two values of one field, from sources of equal rank, the row keeps (the
+    title is `_corrects`'s): the first URL stays, the earliest date, the longest author list
+    and the longest abstract (an excerpt never replaces a full abstract)."""
     if key == "url":
         return old
     if key == "published":
@@ -253,7 +269,7 @@ def _tie(key: str, old: Any, new: Any) -> Any:
         return new if len(json.loads(new)) > len(json.loads(old)) else old
     if key == "abstract":
         return new if len(new) > len(old) else old
-    return new
+    raise AssertionError(f"no tie rule for {key}")  # pragma: no cover
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -263,16 +279,18 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     from the most authoritative source that has them: a value from a better-ranked source
     (`models.AUTHORITY`, recorded per field in `ranks`) replaces one from a lesser source,
     never the other way round, and a value fills a field that has none; between sources of
-    equal rank see `_tie`. Of the other fields, known values from `new` win (upvotes,
-    organisation, ...) and categories, sources and links are united. So a blog post that
-    joins a paper cannot rename it, re-link it or re-date it, and two sources fetched in turn
-    never flip a listing back and forth.
+    equal rank the title changes only for a correction (`_corrects`, which reads `titles`,
+    the title each source last gave) and other fields follow `_tie`. Of the other fields,
+    known values from `new` win (upvotes, organisation, ...) and categories, sources, links
+    and titles are united. So a blog post that joins a paper cannot rename it, re-link it or
+    re-date it, and two sources fetched in turn never flip a listing back and forth.
     """
     merged = dict(old)
     old_ranks, new_ranks = _ranks(old), _ranks(new)
     ranks = dict(old_ranks)
+    given, giving = _titles(old), _titles(new)
     for key, value in new.items():
-        if key in ("first_seen", "updated_at", "id", "ranks", "title_key"):
+        if key in ("first_seen", "updated_at", "id", "ranks", "title_key", "titles"):
             continue
         if key in BIBLIOGRAPHIC:
             if _empty(value):
@@ -280,6 +298,8 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             rank, held = new_ranks.get(key, 0), old_ranks.get(key, 0)
             if _empty(old[key]) or rank > held:
                 merged[key], ranks[key] = value, rank
+            elif rank == held and key == "title":
+                merged[key] = value if _corrects(given, giving, value) else old[key]
             elif rank == held:
                 merged[key] = _tie(key, old[key], value)
         elif key in ("categories", "sources"):
@@ -294,6 +314,7 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             merged[key] = value
     merged["title_key"] = title_key(merged["title"])
     merged["ranks"] = json.dumps(ranks, sort_keys=True)
+    merged["titles"] = json.dumps({**given, **giving}, sort_keys=True)
     return merged
 
 
@@ -307,7 +328,10 @@ def _same_listing(db: Database, row: dict[str, Any]) -> tuple[dict[str, Any] | N
 
     A row is found by id, then by an id it was re-keyed from, then by normalised title;
     title matching never joins two different arXiv ids, nor rows keyed by link (`url:`).
-    With an arXiv id, stored title-only rows of the same title are returned to be folded in.
+    With an arXiv id, stored title-only rows of the same title are returned to be folded in;
+    without one, a title-only row found by id that has the title of an arXiv row is folded
+    into that (the two were stored apart under keys an older version made differently, see
+    migration m18).
     """
     target = _row(db, row["id"])
     if target is None:
@@ -332,6 +356,9 @@ def _same_listing(db: Database, row: dict[str, Any]) -> tuple[dict[str, Any] | N
         return target, others
     if target is None and same_title:
         target = same_title[0]
+    elif target is not None and not target["arxiv_id"] and same_title \
+            and same_title[0]["arxiv_id"]:
+        return same_title[0], [target]
     return target, []
 
 

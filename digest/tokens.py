@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import snowballstemmer
 
+from .tex import readable
+
 # \w without the underscore: "snake_case" is two words, as a reader would see it.
 _WORD = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("english")
@@ -72,8 +74,10 @@ def words(text: str) -> list[str]:
 
 
 def title_key(title: str) -> str:
-    """A normalised form of a title, equal for titles that differ only in case and punctuation."""
-    return " ".join(words(title))
+    """A normalised form of a title, equal for titles that differ only in case and punctuation,
+    made from its readable text: arXiv writes `$\\varepsilon$-Greedy ... 50\\%` where a blog
+    writes `ε-Greedy ... 50%`, and both are one paper (the email shows the readable form)."""
+    return " ".join(words(readable(title)))
 
 
 def title_id(title: str) -> str:

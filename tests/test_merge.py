@@ -234,3 +234,89 @@ def test_feedback_follows_a_listing_that_is_rekeyed(tmp_path: Path) -> None:
     assert store.record_feedback(db, "ada", old.id, "less", NOW + dt.timedelta(hours=2), "web")
     assert [(f.listing_id, f.verdict) for f in store.feedback(db)["ada"]] == [
         ("2405.00332", "less")]
+
+
+_TEX_ENTRY = rb"""<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">
+  <opensearch:totalResults>1</opensearch:totalResults>
+  <opensearch:startIndex>0</opensearch:startIndex>
+  <entry>
+    <id>http://arxiv.org/abs/2612.00001v2</id>
+    <published>2026-11-30T18:00:00Z</published>
+    <title>Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute</title>
+    <summary>We fit scaling laws.</summary>
+    <author><name>Ada Byron</name></author>
+  </entry>
+</feed>"""
+_BLOG_ITEM = """<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel><title>A lab blog</title><link>https://blog.example/</link>
+<description>Posts</description>
+<item><title>Scaling Laws for \u03b5-Greedy Reasoning Models at 50% Compute</title>
+<link>https://blog.example/posts/scaling</link><guid>https://blog.example/posts/scaling</guid>
+<description>Our new paper, explained.</description></item>
+</channel></rss>""".encode()
+
+
+def test_a_tex_title_and_its_readable_form_from_a_feed_are_one_listing(
+        project: Project, loopback: Loopback) -> None:
+    api = loopback.route("/api/query", Reply(_TEX_ENTRY, content_type="application/atom+xml"))
+    blog = loopback.route("/blog.xml", Reply(_BLOG_ITEM, content_type="application/rss+xml"))
+    project.write_config(sources=f'[[sources]]\nname = "arxiv"\ntype = "arxiv"\n'
+                                 f'query = "cat:cs.LG"\napi_url = "{api}"\n'
+                                 f'[[sources]]\nname = "blog"\ntype = "feed"\nurl = "{blog}"\n')
+    results = _fetch(project, NOW)
+    assert [(r.name, r.new, r.updated, r.error) for r in results] == [
+        ("arxiv", 1, 0, None), ("blog", 0, 1, None)]
+    db = store.open_db(project.db_path)
+    assert store.count_listings(db) == 1
+    paper = store.get_listing(db, "2612.00001")
+    assert paper is not None and paper.sources == ("arxiv", "blog")
+    assert paper.title == "Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"
+
+
+def test_a_feed_and_a_file_of_one_rank_fetched_again_and_again_change_nothing(
+        project: Project, loopback: Loopback) -> None:
+    items = "".join(
+        f"<item><title>No date item about federated learning</title>"
+        f"<link>https://blog.example/fl</link><guid>{guid}</guid></item>"
+        for guid in ("fl", "fl"))  # the same <guid> twice, as some feeds do
+    feed = (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>b'
+            f'</title><link>https://blog.example/</link><description>d</description>{items}'
+            f'</channel></rss>').encode()
+    blog = loopback.route("/blog.xml", Reply(feed, content_type="application/rss+xml"))
+    mine = project.root / "mine.jsonl"
+    mine.write_text(json.dumps({"title": "No date item about Federated Learning!",
+                                "arxiv_id": "2612.09999v1"}) + "\n", "utf-8")
+    project.write_config(sources=f'[[sources]]\nname = "blog"\ntype = "feed"\nurl = "{blog}"\n'
+                                 f'[[sources]]\nname = "mine"\ntype = "jsonl"\n'
+                                 f'path = "{mine}"\n')
+    first = _fetch(project, NOW)
+    assert [(r.new, r.updated, r.skipped) for r in first] == [(1, 0, 1), (0, 1, 0)]
+    for hours in (1, 2):
+        again = _fetch(project, NOW + dt.timedelta(hours=hours))
+        assert [(r.new, r.updated, r.unchanged) for r in again] == [(0, 0, 1), (0, 0, 1)]
+    db = store.open_db(project.db_path)
+    assert [x.title for x in store.candidates(db, "ada", NOW - dt.timedelta(days=1))] == [
+        "No date item about Federated Learning!"]
+
+
+def test_a_feed_served_with_a_wrong_charset_joins_its_paper_rather_than_doubling_it(
+        project: Project, loopback: Loopback) -> None:
+    # The blog post is UTF-8 and says so; its server says windows-1252. Read by the header,
+    # 'Ünïcödé' became 'ÃœnÃ¯cÃ¶dÃ©' and the post a second listing of the paper.
+    title = "\u00dcn\u00efc\u00f6d\u00e9 Tokenizers for Byte-Level Models"
+    api = loopback.route("/api/query", Reply(
+        _TEX_ENTRY.replace(_TEX_ENTRY[_TEX_ENTRY.index(b"<title>"):
+                                      _TEX_ENTRY.index(b"</title>")], f"<title>{title}".encode()),
+        content_type="application/atom+xml"))
+    feed = _BLOG_ITEM.decode().replace(
+        "Scaling Laws for \u03b5-Greedy Reasoning Models at 50% Compute", title).encode()
+    blog = loopback.route("/blog.xml", Reply(feed,
+                                             content_type="text/html; charset=windows-1252"))
+    project.write_config(sources=f'[[sources]]\nname = "arxiv"\ntype = "arxiv"\n'
+                                 f'query = "cat:cs.LG"\napi_url = "{api}"\n'
+                                 f'[[sources]]\nname = "blog"\ntype = "feed"\nurl = "{blog}"\n')
+    assert [(r.new, r.updated, r.error) for r in _fetch(project, NOW)] == [
+        (1, 0, None), (0, 1, None)]
+    db = store.open_db(project.db_path)
+    assert [x.title for x in store.candidates(db, "ada", NOW - dt.timedelta(days=1))] == [title]

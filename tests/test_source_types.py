@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,99 @@ def test_rss1_rdf_feed(loopback: Loopback) -> None:
     assert letter.published == dt.date(2024, 4, 29)
     assert letter.categories == ("Systems",)
     assert letter.url == "https://toc.example.org/letters/7"
+
+
+def test_a_feed_item_repeating_a_guid_is_skipped_and_the_first_kept(loopback: Loopback) -> None:
+    items = "".join(
+        f"<item><title>{title}</title><link>https://blog.example/{n}</link><guid>post-1</guid>"
+        f"</item>" for n, title in enumerate(["Item one about things", "Item one, revised"]))
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>b'
+            f'</title><link>https://blog.example/</link><description>d</description>{items}'
+            f'</channel></rss>').encode()
+    url = loopback.route("/blog.rss", Reply(body, content_type="application/rss+xml"))
+    report = read(source(type="feed", url=url, identity="link"))
+    assert [x.title for x in report.listings] == ["Item one about things"]
+    assert report.warnings == ["entry 2: the same guid or link as entry 1, skipped"]
+
+
+def test_a_jsonl_line_repeating_an_arxiv_id_is_skipped_and_the_first_kept(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"title": "First", "arxiv_id": "2612.09999v1"}\n'
+                    '{"title": "Second", "arxiv_id": "2612.09999v2"}\n', "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [x.title for x in report.listings] == ["First"]
+    assert report.warnings == ["line 2: the same arXiv id 2612.09999 as line 1, skipped"]
+
+
+def test_jsonl_values_of_the_wrong_type_are_skipped_with_line_and_key(tmp_path: Path) -> None:
+    # Numbers and digit strings used to become dates (20240501 as a Unix time: 1970-08-23),
+    # and true an upvote count of 1.
+    path = tmp_path / "mine.jsonl"
+    lines = [{"title": "Integer date", "published": 20240501},
+             {"title": "Milliseconds", "published": 1714521600000},
+             {"title": "Seconds as text", "published": "1714521600"},
+             {"title": "Boolean votes", "upvotes": True},
+             {"title": "Fractional votes", "upvotes": 3.0},
+             {"title": "Text votes", "upvotes": "3"},
+             {"title": "Good", "published": "2024-05-01T23:30:00+00:00", "upvotes": 0},
+             {"title": "Good too", "published": "20240502"}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [(x.title, x.published, x.upvotes) for x in report.listings] == [
+        ("Good", dt.date(2024, 5, 1), 0), ("Good too", dt.date(2024, 5, 2), None)]
+    iso = "published: must be an ISO 8601 date or date-time string such as '2024-05-01', got"
+    votes = "upvotes: must be a whole number >= 0, got"
+    assert report.warnings == [
+        f"line 1: {iso} 20240501, skipped", f"line 2: {iso} 1714521600000, skipped",
+        f'line 3: {iso} "1714521600", skipped', f"line 4: {votes} true, skipped",
+        f"line 5: {votes} 3.0, skipped", f'line 6: {votes} "3", skipped']
+
+
+# --- encodings: the document's own declaration over a server's wrong charset ----------------
+
+_UNICODE_FEED = """<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel><title>A lab blog</title><link>https://blog.example/</link>
+<description>Posts</description>
+<item><title>\u00dcn\u00efc\u00f6d\u00e9 \u03b5-Greedy \u2014 a caf\u00e9 at 50%</title>
+<link>https://blog.example/u</link><description>Stra\u00dfe, na\u00efve \u20ac5</description></item>
+</channel></rss>"""
+
+
+@pytest.mark.parametrize("charset", ["iso-8859-1", "windows-1252"])
+def test_a_utf8_feed_served_with_a_wrong_charset_is_read_as_it_declares(
+        loopback: Loopback, caplog: pytest.LogCaptureFixture, charset: str) -> None:
+    url = loopback.route("/blog.xml", Reply(_UNICODE_FEED.encode(),
+                                            content_type=f"text/html; charset={charset}"))
+    (item,) = read(source(type="feed", url=url)).listings
+    assert item.title == "Ünïcödé ε-Greedy — a café at 50%"
+    assert item.abstract == "Straße, naïve €5"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"source src: {url} declares encoding 'UTF-8' but is served with charset "
+        f"'{charset}'; read as UTF-8"]
+
+
+def test_an_arxiv_api_page_served_with_a_wrong_charset_is_read_as_it_declares(
+        loopback: Loopback) -> None:
+    page = """<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">
+  <opensearch:totalResults>1</opensearch:totalResults>
+  <entry><id>http://arxiv.org/abs/2612.00002v1</id><published>2026-11-30T18:00:00Z</published>
+    <title>Caf\u00e9 \u00e0 la \u03b5-Greedy</title><summary>Na\u00efve.</summary></entry>
+</feed>""".encode()
+    url = loopback.route("/api/query", Reply(page, content_type="text/xml; charset=iso-8859-1"))
+    (paper,) = read(source(type="arxiv", query="cat:cs.LG", api_url=url)).listings
+    assert (paper.title, paper.abstract) == ("Café à la ε-Greedy", "Naïve.")
+
+
+def test_a_declaration_the_bytes_do_not_fit_gives_way_to_the_http_charset(
+        loopback: Loopback, caplog: pytest.LogCaptureFixture) -> None:
+    # Latin-1 bytes under a UTF-8 declaration, served as Latin-1: the header is right.
+    body = _UNICODE_FEED.replace("\u03b5", "e").replace("\u2014", "-").replace(
+        "\u20ac", "EUR ").encode("latin-1")
+    url = loopback.route("/blog.xml", Reply(body, content_type="text/xml; charset=iso-8859-1"))
+    (item,) = read(source(type="feed", url=url)).listings
+    assert item.title == "Ünïcödé e-Greedy - a café at 50%"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"source src: {url} declares encoding 'UTF-8' but is served with charset "
+        f"'iso-8859-1'; read as iso-8859-1"]

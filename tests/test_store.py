@@ -13,6 +13,7 @@ from digest import store
 from digest.index import build_digest
 from digest.migrations import migrations
 from digest.models import Listing, Subscriber, Topic
+from digest.tokens import title_id
 from tests import outbox_support as outbox
 from tests.conftest import NOW
 
@@ -152,12 +153,20 @@ def _item_answers(db: Database, day: dt.date) -> dict[str, object]:
     }
 
 
+def _store_old_listings(old: Database, listings: list[Listing]) -> None:
+    """Listings as a store from before m19 held them: without the titles each source gave."""
+    stamp = store.timestamp(NOW)
+    old.table("listings").insert_all(
+        [{k: v for k, v in store._to_row(x).items() if k != "titles"}
+         | {"first_seen": stamp, "updated_at": stamp} for x in listings])
+
+
 def _old_store_with_items(path: Path, day: dt.date) -> Database:
     # A store as made before m17: three digests (sent, queued, failed) with their items, one
     # item's key null (as only a hand-made row can have), and a re-keyed listing.
     old = Database(path)
     migrations.apply(old, stop_before="m17_digest_items_without_rowid")
-    store.upsert_listings(old, [make(x) for x in "abcd"], NOW)
+    _store_old_listings(old, [make(x) for x in "abcd"])
     for sid, listings in (("ada", "cba"), ("ben", "bd"), ("cy", "ad")):
         store.enqueue(old, key=f"{sid}/{day}", subscriber_id=sid, local_date=day,
                       message_id=f"<{sid}@x>", subject="s", envelope_from="d@example.org",
@@ -202,6 +211,84 @@ def test_m17_rebuilds_digest_items_without_rowid_and_every_query_answers_the_sam
     store.upsert_listings(db, [make("2611.00001", title="Pruning paper b",
                                     arxiv_id="2611.00001")], NOW)
     assert store.digest_listing_ids(db, f"ada/{day}") == ["c", "2611.00001", "a"]
+
+
+def test_m18_rekeys_stored_tex_titles_so_a_feed_item_joins_its_paper(tmp_path: Path) -> None:
+    # A store from before m18 holds an arXiv paper under the key of its raw TeX title.
+    path = tmp_path / "d.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m18_title_keys_of_readable_titles")
+    tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
+    _store_old_listings(old, [make("2612.00001", title=tex, arxiv_id="2612.00001"),
+                              make("title:plain", title="Pruning, $5 or \\ less")])
+    old.execute("update listings set title_key = 'scaling laws for varepsilon greedy"
+                " reasoning models at 50 compute' where id = '2612.00001'")
+    old.conn.commit()
+    old.close()
+    db = store.open_db(path)
+    keys = dict(db.execute("select id, title_key from listings").fetchall())
+    assert keys == {"2612.00001": "scaling laws for ε greedy reasoning models at 50 compute",
+                    "title:plain": "pruning 5 or less"}
+    blog = make(title_id("Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"),
+                title="Scaling Laws for ε-Greedy Reasoning Models at 50% Compute",
+                sources=("blog",))
+    assert store.upsert_listings(db, [blog], NOW).new == 0
+    assert store.count_listings(db) == 2
+    got = store.get_listing(db, "2612.00001")
+    assert got is not None and "blog" in got.sources
+
+
+def test_sources_of_one_rank_fetched_in_turn_never_flip_a_title(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    blog = make("title:x", title="No date item about federated learning", sources=("blog",))
+    mine = make("2612.09999", title="No date item about Federated Learning!",
+                arxiv_id="2612.09999", sources=("mine",))
+    store.upsert_listings(db, [blog], NOW)
+    assert store.upsert_listings(db, [mine], NOW).updated == 1  # a source new to it: newest
+    for _ in range(2):
+        for listing in (blog, mine):
+            assert store.upsert_listings(db, [listing], NOW) == store.UpsertCounts(unchanged=1)
+    got = store.get_listing(db, "2612.09999")
+    assert got is not None and got.title == "No date item about Federated Learning!"
+    # A source that changes its own title corrects it; the other repeating its old spelling
+    # does not undo the correction.
+    fixed = dataclasses.replace(blog, title="No-date item about federated learning")
+    assert store.upsert_listings(db, [fixed], NOW).updated == 1
+    assert store.upsert_listings(db, [mine], NOW).unchanged == 1
+    got = store.get_listing(db, "2612.09999")
+    assert got is not None and got.title == "No-date item about federated learning"
+
+
+def test_a_paper_stored_twice_before_m18_becomes_one_when_either_source_gives_it(
+        tmp_path: Path) -> None:
+    # Before m18 the arXiv TeX title and the blog's Unicode title keyed apart: two rows of
+    # one paper, the blog's already sent to ada. After it, the next fetch of either folds
+    # them, and what ada was sent follows the paper.
+    tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
+    shown = "Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"
+    paper = make("2612.00001", title=tex, arxiv_id="2612.00001", sources=("arxiv",))
+    blog = make(title_id(shown), title=shown, sources=("blog",))
+    for refetched in (blog, paper):
+        path = tmp_path / f"{refetched.sources[0]}.db"
+        old = Database(path)
+        migrations.apply(old, stop_before="m18_title_keys_of_readable_titles")
+        _store_old_listings(old, [paper, blog])
+        old.execute("update listings set title_key = 'scaling laws for varepsilon greedy"
+                    " reasoning models at 50 compute' where id = '2612.00001'")
+        stamp = store.timestamp(NOW)
+        old.table("digests").insert({"id": "ada/d", "subscriber_id": "ada", "state": "sent",
+                                     "local_date": "d", "created_at": stamp,
+                                     "updated_at": stamp})
+        old.table("digest_items").insert({"digest_id": "ada/d", "listing_id": blog.id,
+                                          "position": 0})
+        old.conn.commit()
+        old.close()
+        db = store.open_db(path)
+        counts = store.upsert_listings(db, [refetched], NOW)
+        assert (counts.new, counts.updated) == (0, 1)
+        assert [r["id"] for r in db.query("select id from listings")] == ["2612.00001"]
+        assert store.digest_listing_ids(db, "ada/d") == ["2612.00001"]
+        db.close()
 
 
 def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
@@ -287,7 +374,8 @@ APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr"
                  "m12_listing_ranks", "m09_outbox_messages", "m10_sent_message_retention",
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
                  "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
-                 "m17_digest_items_without_rowid"]
+                 "m17_digest_items_without_rowid", "m18_title_keys_of_readable_titles",
+                 "m19_listing_titles"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(

@@ -27,6 +27,15 @@ def test_title_key_ignores_case_and_punctuation() -> None:
     assert title_id("Attention Is All You Need") != title_id("Attention Is Not All You Need")
 
 
+def test_title_key_is_made_from_the_readable_title() -> None:
+    # arXiv writes the TeX, a blog the characters the email shows: one title, one key.
+    tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
+    shown = "Scaling Laws for ε-Greedy Reasoning Models at 50% Compute"
+    assert title_key(tex) == title_key(shown) == (
+        "scaling laws for ε greedy reasoning models at 50 compute")
+    assert title_id(tex) == title_id(shown)
+
+
 def test_words_longer_than_the_cap_are_compared_whole() -> None:
     long = "y" * (MAX_STEMMED + 1)
     [token] = tokenize(long.upper())

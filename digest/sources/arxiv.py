@@ -182,10 +182,7 @@ def read_arxiv_rss(config: ArxivSource, ctx: Context) -> None:
         except (ValueError, TypeError, AttributeError) as exc:
             ctx.skip(f"item {i + 1}", str(exc))
             continue
-        if kind.startswith("replace"):
-            ctx.report.updates.append(listing)
-        else:
-            ctx.report.listings.append(listing)
+        ctx.add(listing, f"item {i + 1}", update=kind.startswith("replace"))
 
 
 def read_arxiv(config: ArxivSource, ctx: Context) -> None:

@@ -129,6 +129,8 @@ def read_feed(config: FeedSource, ctx: Context) -> None:
         return
     for i, entry in enumerate(parse_feed(ctx.name, fetched)):
         try:
-            ctx.report.listings.append(feed_item(entry, config))
+            listing = feed_item(entry, config)
         except (ValueError, TypeError, AttributeError) as exc:
             ctx.skip(f"entry {i + 1}", str(exc))
+            continue
+        ctx.add(listing, f"entry {i + 1}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import logging
 import re
 import unicodedata
 import xml.etree.ElementTree as ET
@@ -27,6 +28,8 @@ from ..models import CacheValidators, Listing, ParseReport
 from ..tokens import title_id
 from .http import Deadline, Fetched, Fetcher
 
+log = logging.getLogger("digest")
+
 
 @dataclass(slots=True)
 class Context:
@@ -39,6 +42,7 @@ class Context:
     cache: dict[str, CacheValidators] = field(default_factory=dict)
     report: ParseReport = field(default_factory=ParseReport)
     deadline: Deadline | None = None
+    first: dict[str, str] = field(default_factory=dict)  # listing id -> where it was first
 
     def get(
         self, url: str, *, params: dict[str, str | int] | None = None,
@@ -62,6 +66,29 @@ class Context:
         """Count a malformed item, with a warning saying where it was and what was wrong."""
         self.report.warnings.append(f"{where}: {problem}, skipped")
 
+    def add(self, listing: Listing, where: str, *, update: bool = False) -> None:
+        """Add an item of a single document (a feed, a file) to the report, as a listing or
+        an update; one that repeats an earlier item's id (a feed that lists one <guid>
+        twice, a file with one arXiv id on two lines) is skipped and counted, the first
+        kept. Both would land on one listing, and the later would undo the first on every
+        fetch: a refetch of the same document would count as an update each time."""
+        first = self.first.setdefault(listing.id, where)
+        if first != where:
+            self.skip(where, f"the same {_what_id(listing.id)} as {first}")
+        elif update:
+            self.report.updates.append(listing)
+        else:
+            self.report.listings.append(listing)
+
+
+def _what_id(listing_id: str) -> str:
+    """What a listing id was made from, in words, for a warning."""
+    if listing_id.startswith("url:"):
+        return "guid or link"
+    if listing_id.startswith("title:"):
+        return "title"
+    return f"arXiv id {listing_id}"
+
 
 def cache_key(url: str, params: dict[str, str | int] | None) -> str:
     """The key conditional-GET validators are stored under: the URL with its parameters."""
@@ -82,29 +109,57 @@ def looks_like_html(body: bytes) -> bool:
     return bool(_HTML.match(body.removeprefix(codecs.BOM_UTF8)[:2048]))
 
 
-def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
-    """The body as text, strictly decoded from its declared charset (HTTP header, XML
-    declaration, else UTF-8); an HTML page or invalid bytes fail the source."""
-    if isinstance(fetched_or_body, Fetched):
-        body, charset, where = fetched_or_body.body, fetched_or_body.charset, fetched_or_body.url
-    else:
-        body, charset, where = fetched_or_body, None, "the file"
-    if looks_like_html(body):
-        raise SourceError(source, f"{where} returned an HTML page, not {what}",
-                          hint="check the URL; the service may be down or need a login")
-    if body.startswith(codecs.BOM_UTF8):
-        body, charset = body[len(codecs.BOM_UTF8):], "utf-8"
-    if charset is None:
-        declared = _XML_ENCODING.match(body)
-        charset = declared.group(1).decode("ascii") if declared else "utf-8"
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """Why a body is not text in a charset."""
+
+    problem: str
+
+
+def _decoded_as(body: bytes, charset: str) -> str | _Undecodable:
     try:
         return body.decode(charset)
     except LookupError:
-        raise SourceError(source, f"{where} declares an unknown charset {charset!r}") from None
+        return _Undecodable(f"declares an unknown charset {charset!r}")
     except UnicodeDecodeError as exc:
-        raise SourceError(
-            source, f"{where} is not valid {charset} text (byte {exc.start}: {exc.reason})"
-        ) from None
+        return _Undecodable(f"is not valid {charset} text (byte {exc.start}: {exc.reason})")
+
+
+def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
+    """The body as text, strictly decoded from the first of these that is given and fits:
+    a UTF-8 byte-order mark, the XML declaration's encoding, the HTTP charset, else UTF-8.
+    An HTML page, or bytes that decode by none of them, fail the source.
+
+    The document's own encoding comes before the HTTP charset because servers send a
+    default charset that is not the document's (a UTF-8 feed that declares
+    `encoding="UTF-8"`, served as `text/html; charset=iso-8859-1`, would have every
+    non-ASCII character garbled); browsers and feed readers go by the document for XML too.
+    It is used only when the bytes decode cleanly by it, and when the two give different
+    text a warning names both and the one used: nothing is garbled silently."""
+    if isinstance(fetched_or_body, Fetched):
+        body, header, where = fetched_or_body.body, fetched_or_body.charset, fetched_or_body.url
+    else:
+        body, header, where = fetched_or_body, None, "the file"
+    if looks_like_html(body):
+        raise SourceError(source, f"{where} returned an HTML page, not {what}",
+                          hint="check the URL; the service may be down or need a login")
+    own, says = None, ""
+    if body.startswith(codecs.BOM_UTF8):
+        body, own, says = body[len(codecs.BOM_UTF8):], "utf-8", "starts with a UTF-8 BOM"
+    elif declared := _XML_ENCODING.match(body):
+        own = declared.group(1).decode("ascii")
+        says = f"declares encoding {own!r}"
+    tried = [c for c in dict.fromkeys((own, header)) if c] or ["utf-8"]
+    results = [_decoded_as(body, charset) for charset in tried]
+    texts = [(c, r) for c, r in zip(tried, results, strict=True) if isinstance(r, str)]
+    if not texts:
+        assert isinstance(results[0], _Undecodable)
+        raise SourceError(source, f"{where} {results[0].problem}")
+    charset, text = texts[0]
+    if len(tried) == 2 and (len(texts) == 1 or texts[1][1] != text):
+        log.warning("source %s: %s %s but is served with charset %r; read as %s",
+                    source, where, says, header, charset)
+    return text
 
 
 # XML: documents are parsed from the text `decode` made of them (so every reader sees the

@@ -39,14 +39,42 @@ class JsonlItem(BaseModel):
     url: str | None = Field(None, description="Where the title links to (http or https).")
     authors: list[str] = Field(default_factory=list, description="Author names, in order.")
     organization: str | None = Field(None, description="Shown when there are no authors.")
-    published: date | datetime | None = Field(
-        None, description="ISO 8601 date or date-time."
+    published: date | None = Field(
+        None, description="ISO 8601 date or date-time, as a string (a date-time gives its date)."
     )
     upvotes: int | None = Field(None, ge=0, description="A popularity count, if you have one.")
     categories: list[str] = Field(default_factory=list, description="e.g. arXiv categories.")
     links: dict[str, str] = Field(
         default_factory=dict, description="More links by label, e.g. {\"pdf\": \"https://...\"}."
     )
+
+    @field_validator("published", mode="before")
+    @classmethod
+    def _iso_8601(cls, value: Any) -> date | None:
+        # Only a string, read by the standard library: pydantic's own date parsing takes a
+        # number (20240501, 1714521600000) or a string of digits as a Unix time, so a
+        # producer's mistake would be stored as some date in 1970 or as a made-up day.
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value)
+            except ValueError:
+                pass
+            try:
+                return datetime.fromisoformat(value).date()
+            except ValueError:
+                pass
+        raise ValueError(f"must be an ISO 8601 date or date-time string such as "
+                         f"'2024-05-01', got {json.dumps(value)[:40]}")
+
+    @field_validator("upvotes", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        # A JSON integer only: pydantic would take "5" and 5.0, and true is an int to Python.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"must be a whole number >= 0, got {json.dumps(value)[:40]}")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -87,8 +115,6 @@ def jsonl_item(data: Any, config: JsonlSource) -> Listing:
         key = item.id or item.url
         if not key:
             raise ValueError("no id or url to key it by (identity = 'link')")
-    published = item.published.date() if isinstance(item.published, datetime) \
-        else item.published
     return Listing(
         id=listing_id(arxiv, clean(item.title), key),
         title=clean(item.title),
@@ -97,7 +123,7 @@ def jsonl_item(data: Any, config: JsonlSource) -> Listing:
         arxiv_id=arxiv,
         authors=tuple(clean(a) for a in item.authors if a.strip()),
         organization=clean(item.organization) or None,
-        published=published,
+        published=item.published,
         upvotes=item.upvotes,
         categories=tuple(dict.fromkeys(clean(c) for c in item.categories if c.strip())),
         sources=(config.name,),
@@ -115,7 +141,7 @@ def parse_jsonl(text: str, config: JsonlSource, ctx: Context) -> None:
             data = json.loads(line)
             if isinstance(data, dict):
                 unknown.update(k for k in data if k not in _KNOWN)
-            ctx.report.listings.append(jsonl_item(data, config))
+            ctx.add(jsonl_item(data, config), f"line {number}")
         except json.JSONDecodeError as exc:
             ctx.skip(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
         except RecursionError:
