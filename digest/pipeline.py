@@ -392,6 +392,26 @@ def is_due(subscriber: Subscriber, now: datetime) -> bool:
     return local.time().replace(tzinfo=None) >= subscriber.send_at
 
 
+# One digest a day, whatever the timezone: a new one waits until the last one (of another
+# local date) was made this long ago. A timezone change to the west would otherwise send the
+# day the reader is back in (Kathmandu's Dec 3, then Honolulu's Dec 2, 22 minutes apart), and
+# one to the east the next date early; 20 hours, not 24, so that a normal next day (23 hours
+# on the day the clocks spring forward) is never held back.
+MIN_GAP = timedelta(hours=20)
+
+
+def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime) -> str | None:
+    """Why `day`'s digest must wait (the subscriber's last one, of another local date, was
+    made less than MIN_GAP ago), or None."""
+    last = store.made_since(db, subscriber.id, day, now - MIN_GAP)
+    if last is None:
+        return None
+    minutes = max(0, int((now - last.made_at).total_seconds() // 60))
+    ago = f"{minutes} minutes" if minutes < 120 else f"{minutes // 60} hours"
+    return (f"digest for {last.local_date} {last.state} {ago} ago (one digest a day, whatever"
+            " the timezone)")
+
+
 def send(
     settings: Settings,
     db: Database,
@@ -622,6 +642,9 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
                        detail=f"digest for {day} failed; 'digest retry' queues it again")
     if state == "empty" or (due_only and not is_due(entry, now)):
         return Outcome(sid, "not-due" if due_only else "no-matches")
+    wait = too_soon(db, entry, day, now)
+    if wait is not None:
+        return Outcome(sid, "not-due" if due_only else "already-sent", detail=wait)
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
@@ -680,6 +703,9 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
                        detail=f"digest for {day} failed; 'digest retry' queues it again")
     if due_only and (state == "empty" or not is_due(subscriber, now)):
         return Outcome(subscriber.id, "not-due")
+    wait = too_soon(db, subscriber, day, now)
+    if wait is not None:  # a timezone change brought another date round too soon
+        return Outcome(subscriber.id, "not-due" if due_only else "already-sent", detail=wait)
     try:
         digest = build(settings, db, subscriber, now, cache)
         if digest is None:
