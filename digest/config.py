@@ -875,16 +875,23 @@ def _problem(error: Any) -> str:
 
 
 def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
-    errors = exc.errors()
-    first = errors[0]
-    loc = tuple(first["loc"])
-    problem = _problem(first)
+    each = [_one_error(path, error) for error in exc.errors()]
+    first = each[0]
+    if len(each) == 1:
+        return first
+    more = len(each) - 1
+    return ConfigError(path, first.field,
+                       f"{first.problem} (and {more} more problem{'s' if more > 1 else ''})",
+                       each=each)
+
+
+def _one_error(path: Path, error: Any) -> ConfigError:
+    loc = tuple(error["loc"])
+    problem = _problem(error)
     # A check across fields (a model validator) names its field as "key: problem".
     named = re.fullmatch(r"(\w+): (.+)", problem, flags=re.S)
     if named:
         loc, problem = (*loc, named.group(1)), named.group(2)
-    if len(errors) > 1:
-        problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return ConfigError(path, _field_name(loc), problem)
 
 

@@ -105,6 +105,10 @@ def test_invalid_toml_names_the_file_and_position(project: Project) -> None:
 def test_several_problems_are_counted_in_the_one_line(project: Project) -> None:
     err = load(project, "colour = 1\nsize = 2\n" + GOOD.replace("ada@example.org", "nope"))
     assert "(and 2 more problems)" in err.problem
+    assert [(e.field, e.problem) for e in err.each] == [
+        ("email", err.each[0].problem), ("colour", err.each[1].problem),
+        ("size", err.each[2].problem)]
+    assert all("more problem" not in e.message and "\n" not in e.message for e in err.each)
 
 
 def test_one_bad_file_does_not_hide_the_others(project: Project) -> None:
