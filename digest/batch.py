@@ -2,7 +2,8 @@
 
 - `MatchRun` builds the shared index (`digest.index`) over every subscriber of the run, scans
   the listings of the longest lookback once, and selects each subscriber's digest from their
-  own candidates: first seen within their `lookback_days`, never in a digest sent to them.
+  own candidates: first seen within their `lookback_days`, never in a digest sent to them,
+  and (with `[ranking]`) not a paper they named in `like` or rated.
   `send` runs it over everyone; `preview`, `explain` and `digest serve`'s previews over one
   subscriber: one matcher, so what they show is what is sent.
 - `explain` says, for the listings a query finds, whether they are in a subscriber's next
@@ -11,8 +12,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -26,7 +28,7 @@ from .errors import ConfigError
 from .index import Index, Selection
 from .match import compile_profile, topic_full
 from .models import Digest, Listing, Match, Section, Subscriber
-from .ranking import Relevance, build_relevance, factor
+from .ranking import Relevance, build_relevance, factor, resolve_likes
 from .subscribers import load_one
 
 log = logging.getLogger("digest")
@@ -67,9 +69,13 @@ class MatchRun:
             scan = index.scan(listings)
             if self.ranking is not None:
                 self.relevance, self.errors = self._model(listings, longest)
+            # What a reader named in `like` or rated they know: left out like what was sent.
+            named: Iterable[tuple[str, str]] = (
+                self.relevance.known_pairs() if self.relevance is not None else ())
             self._selection = scan.select(
                 {s.id: self.now - timedelta(days=s.lookback_days) for s in self.subscribers},
-                store.sent_since(self.db, oldest), ranker=self.relevance,
+                itertools.chain(store.sent_since(self.db, oldest), named),
+                ranker=self.relevance,
             )
             log.info("index: %d subscribers, %d keywords, %d listings scanned",
                      len(self.subscribers), index.columns, len(listings))
@@ -156,8 +162,11 @@ def explain(
         liked = _liked(run, subscriber, scan.row_of[listing.id])
         if liked is not None:
             details.append(liked[1])
-        explanation = _verdict(listing, verdict.match, verdict.excluded_by, placed,
-                               _Ranking(ranked, chosen, caps), subscriber, db, since, details)
+        known = _known(run, subscriber, listing)
+        explanation = (Explanation(listing, False, known, details) if known is not None
+                       and store.sent_in(db, subscriber.id, listing.id) is None else
+                       _verdict(listing, verdict.match, verdict.excluded_by, placed,
+                                _Ranking(ranked, chosen, caps), subscriber, db, since, details))
         if liked is not None and verdict.match is None and not explanation.included \
                 and explanation.reason.startswith("no keyword") and run.ranking is not None:
             explanation = Explanation(
@@ -166,6 +175,17 @@ def explain(
                 f" {run.ranking.similar_min:g} (or the section was full)", details)
         out.append(explanation)
     return out
+
+
+def _known(run: MatchRun, subscriber: Subscriber, listing: Listing) -> str | None:
+    """Why a listing the subscriber named in `like` or rated is left out, when it is."""
+    if run.relevance is None or not run.relevance.knows(subscriber.id, listing.id):
+        return None
+    for i, paper in enumerate(resolve_likes(run.db, subscriber)):
+        if isinstance(paper, Listing) and paper.id == listing.id:
+            return (f"you named it in your profile (like[{i}]): a paper you named is never"
+                    " sent to you")
+    return "you rated it (more or less like this): a paper you rated is never sent to you again"
 
 
 def _liked(run: MatchRun, subscriber: Subscriber, row: int) -> tuple[float, str] | None:

@@ -37,6 +37,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     config.parse_send_at,    a configured time / address -> parsed         1,024 / 64
       config.split_address                                                 (LRU)
     index.blend_factors      [ranking] weight -> the blend's factor table  8 (LRU)
+    config.iana_timezones    the IANA timezone names (a folder scan)       1
     ranking._hasher          the (stateless) HashingVectorizer             1
 
 `Bounded` is the dict the non-LRU ones use: it is emptied when full, which costs one rebuild

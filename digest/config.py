@@ -15,14 +15,16 @@ from datetime import date, time
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -39,13 +41,32 @@ DEFAULT_CONFIG = Path("config/digest.toml")
 # --- shared field checks ------------------------------------------------------------------
 
 
+# Files of the system's zoneinfo folder that `available_timezones` lists but IANA does not:
+# `localtime` is this machine's own zone (another machine's differs), `posixrules` a default.
+NOT_IANA = frozenset({"localtime", "posixrules"})
+
+
+@functools.lru_cache(maxsize=1)  # listed in digest.caches: a folder scan, once a process
+def iana_timezones() -> frozenset[str]:
+    """The IANA timezone names (`zoneinfo.available_timezones`, which leaves out `right/`
+    and `posix/`), without NOT_IANA."""
+    return frozenset(available_timezones() - NOT_IANA)
+
+
 def _check_timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    # ZoneInfo alone would take any zone file it finds: 'localtime', 'right/UTC'.
+    if value not in iana_timezones():
         raise ValueError(
             f"unknown timezone {value!r}: use an IANA name such as 'Europe/London'"
-        ) from None
+        )
+    return value
+
+
+def _not_a_bool(value: object) -> object:
+    # TOML's true and false reach pydantic as Python bools, which are ints: `max_items =
+    # true` would be 1.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
     return value
 
 
@@ -141,6 +162,11 @@ def _check_like(value: str) -> str:
 
 
 TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
+# A subscriber file's numbers and switches: what TOML wrote, no conversion (no bool as a
+# number, no "10" or 1 as true).
+Count = Annotated[int, Strict(), BeforeValidator(_not_a_bool)]
+Number = Annotated[float, Strict(), BeforeValidator(_not_a_bool)]
+Switch = Annotated[bool, Strict()]
 SendAt = Annotated[str, AfterValidator(_check_send_at)]
 Keyword = Annotated[str, AfterValidator(_check_keyword)]
 PlainText = Annotated[str, AfterValidator(_check_plain_text)]
@@ -772,7 +798,7 @@ class TopicFile(_Strict):
         default_factory=list,
         description="Words or phrases; a trailing * makes the last word a prefix.",
     )
-    weight: float = Field(
+    weight: Number = Field(
         1.0, ge=0.001, le=100, description="Multiplies this topic's scores (to 0.001)."
     )
     require: list[Keyword] = Field(
@@ -784,8 +810,8 @@ class TopicFile(_Strict):
     categories: list[Category] = Field(
         default_factory=list, description="The listing must have one of these categories."
     )
-    min_upvotes: int = Field(0, ge=0, description="The listing needs at least this many upvotes.")
-    max_items: int | None = Field(
+    min_upvotes: Count = Field(0, ge=0, description="The listing needs at least this many upvotes.")
+    max_items: Count | None = Field(
         None, ge=1, le=100, description="Most items of this topic in one digest."
     )
 
@@ -803,20 +829,20 @@ class SubscriberFile(_Strict):
     email: EmailAddress = Field(description="Where the digest goes.")
     timezone: TimeZoneName | None = Field(None, description="IANA timezone name.")
     send_at: SendAt | None = Field(None, description="Local time of day, HH:MM.")
-    max_items: int | None = Field(None, ge=1, le=100, description="Most items in one digest.")
-    lookback_days: int | None = Field(None, ge=1, le=365, description="Candidate window in days.")
+    max_items: Count | None = Field(None, ge=1, le=100, description="Most items in one digest.")
+    lookback_days: Count | None = Field(None, ge=1, le=365, description="Candidate window in days.")
     exclude: list[Keyword] = Field(
         default_factory=list, description="A listing matching any of these is never sent."
     )
     topics: list[TopicFile] = Field(min_length=1, description="What this person follows.")
-    trending: int = Field(
+    trending: Count = Field(
         0, ge=0, le=100, description="Add a Trending section with this many top-upvoted papers."
     )
     frequency: Frequency = Field(
         "daily", description="'daily', 'weekdays' (Monday to Friday) or 'weekly' (on `day`)."
     )
     day: Weekday = Field("monday", description="With frequency = 'weekly': the day it comes.")
-    paused: bool = Field(False, description="true: no digest at all until set back to false.")
+    paused: Switch = Field(False, description="true: no digest at all until set back to false.")
     like: list[LikedPaper] = Field(
         default_factory=list, max_length=100,
         description="Papers you like (arXiv ids or titles): your digest ranks like ones higher.",
@@ -849,16 +875,23 @@ def _problem(error: Any) -> str:
 
 
 def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
-    errors = exc.errors()
-    first = errors[0]
-    loc = tuple(first["loc"])
-    problem = _problem(first)
+    each = [_one_error(path, error) for error in exc.errors()]
+    first = each[0]
+    if len(each) == 1:
+        return first
+    more = len(each) - 1
+    return ConfigError(path, first.field,
+                       f"{first.problem} (and {more} more problem{'s' if more > 1 else ''})",
+                       each=each)
+
+
+def _one_error(path: Path, error: Any) -> ConfigError:
+    loc = tuple(error["loc"])
+    problem = _problem(error)
     # A check across fields (a model validator) names its field as "key: problem".
     named = re.fullmatch(r"(\w+): (.+)", problem, flags=re.S)
     if named:
         loc, problem = (*loc, named.group(1)), named.group(2)
-    if len(errors) > 1:
-        problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return ConfigError(path, _field_name(loc), problem)
 
 

@@ -18,6 +18,7 @@ ssl become these classes in one place, `digest.send.map_smtp_error`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -43,11 +44,15 @@ class ConfigError(DigestError):
     """A config or subscriber file is unreadable or invalid: names the file, field and problem."""
 
     def __init__(
-        self, path: Path | str, field: str | None, problem: str, hint: str | None = None
+        self, path: Path | str, field: str | None, problem: str, hint: str | None = None,
+        each: Sequence[ConfigError] = (),
     ) -> None:
         self.path = Path(path)
         self.field = field
         self.problem = problem
+        # A file with several problems is one error (one line in a report) that says how many
+        # more there are; `each` keeps them all, one error per problem, for `digest validate`.
+        self.each = tuple(each) or (self,)
         shown = printable(str(self.path))
         where = f"{shown}: {field}: " if field else f"{shown}: "
         super().__init__(f"{where}{problem}", hint)

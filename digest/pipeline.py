@@ -392,6 +392,23 @@ def is_due(subscriber: Subscriber, now: datetime) -> bool:
     return local.time().replace(tzinfo=None) >= subscriber.send_at
 
 
+def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime) -> str | None:
+    """Why `day`'s digest must wait, or None: the subscriber's last digest (of another local
+    date, sent or queued) was made on `day` or later by the clock of their time zone now.
+
+    One digest a local day, whatever the timezone: moved west (Kathmandu's Nov 26 sent at
+    01:15 UTC, then Honolulu, where that was still Nov 25), the day they are back in gets
+    none; moved east, a date that comes round early waits for the next. Without a move the
+    last digest was made on an earlier date, however late that day, so nothing waits."""
+    last = store.last_made(db, subscriber.id, day)
+    if last is None or last.made_at.astimezone(ZoneInfo(subscriber.timezone)).date() < day:
+        return None
+    minutes = max(0, int((now - last.made_at).total_seconds() // 60))
+    ago = f"{minutes} minutes" if minutes < 120 else f"{minutes // 60} hours"
+    return (f"digest for {last.local_date} {last.state} {ago} ago (one digest a day, whatever"
+            " the timezone)")
+
+
 def send(
     settings: Settings,
     db: Database,
@@ -626,6 +643,9 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
                        detail=f"digest for {day} failed; 'digest retry' queues it again")
     if state == "empty" or (due_only and not is_due(entry, now)):
         return Outcome(sid, "not-due" if due_only else "no-matches")
+    wait = too_soon(db, entry, day, now)
+    if wait is not None:
+        return Outcome(sid, "not-due" if due_only else "already-sent", detail=wait)
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
@@ -695,6 +715,9 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
                        detail=f"digest for {day} failed; 'digest retry' queues it again")
     if due_only and (state == "empty" or not is_due(subscriber, now)):
         return Outcome(subscriber.id, "not-due")
+    wait = too_soon(db, subscriber, day, now)
+    if wait is not None:  # a timezone change brought another date round too soon
+        return Outcome(subscriber.id, "not-due" if due_only else "already-sent", detail=wait)
     try:
         digest = build(settings, db, subscriber, now, cache)
         if digest is None:

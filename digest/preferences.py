@@ -20,6 +20,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -153,8 +155,10 @@ def _set(table: Any, key: str, value: Any, default: Any = None) -> None:
 
 
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
-    # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place,
-    # and rebuilt in the same form only when topics were removed or added.
+    # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place.
+    # When topics were removed or added, an inline array loses and gains just those items
+    # (`_edit_array`: the others keep their lines and comments); `[[topics]]` is rebuilt from
+    # the same tables, which carry their comments.
     old = doc.get("topics")
     inline = isinstance(old, Array)
     existing = list(old) if isinstance(old, AoT | Array) else []
@@ -175,10 +179,34 @@ def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
         kept.append(table)
     if len(kept) == len(existing) and all(a is b for a, b in zip(kept, existing, strict=True)):
         return
+    if inline and _edit_array(old, existing, kept):
+        return
     rebuilt: Any = tomlkit.array() if inline else tomlkit.aot()
     for table in kept:
         rebuilt.append(table)
     doc["topics"] = rebuilt
+
+
+def _edit_array(array: Array, existing: list[Any], kept: list[Any]) -> bool:
+    """Make the inline array `array` (holding `existing`) hold `kept` by deleting the items
+    gone and appending the new ones, on lines of their own when the array spans lines (the
+    indent of its items); False, changing nothing, when `kept` reorders the existing ones."""
+    at = [next((i for i, e in enumerate(existing) if e is t), None) for t in kept]
+    old = [i for i in at if i is not None]
+    if old != sorted(old) or None in at[:len(old)]:  # reordered, or a new one in between
+        return False
+    text = array.as_string()
+    for i in sorted(set(range(len(existing))) - set(old), reverse=True):
+        del array[i]
+    indent = re.search(r"\n([ \t]*)[^\s\]]", text)
+    for table in kept[len(old):]:
+        if indent is not None:
+            # Not `append`: it puts the item after the last one's comment, on its line,
+            # where it becomes part of the comment.
+            array.add_line(table, indent=indent.group(1))
+        else:
+            array.append(table)
+    return True
 
 
 def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
@@ -193,7 +221,28 @@ def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
     _set(doc, "day", edit.day, "monday")
     _set(doc, "paused", edit.paused, False)
     _apply_topics(doc, edit.topics)
-    return tomlkit.dumps(doc).encode("utf-8")
+    out = tomlkit.dumps(doc)
+    if tomllib.loads(out) != doc.unwrap():
+        # tomlkit wrote something that reads back otherwise (an item put inside a comment):
+        # never save that; the topics written afresh, without their layout, read right.
+        doc["topics"] = _fresh(doc["topics"])
+        out = tomlkit.dumps(doc)
+    return out.encode("utf-8")
+
+
+def _fresh(topics: Any) -> Any:
+    """The topics as a new array (or array of tables) of the same values, no layout."""
+    if isinstance(topics, AoT):
+        rebuilt: Any = tomlkit.aot()
+        for table in topics.unwrap():
+            rebuilt.append(tomlkit.item(table))
+        return rebuilt
+    array = tomlkit.array()
+    for table in topics.unwrap():
+        inline = tomlkit.inline_table()
+        inline.update(table)
+        array.append(inline)
+    return array
 
 
 def read_checked(path: Path) -> tuple[bytes, dict[str, Any]]:

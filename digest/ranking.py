@@ -19,6 +19,9 @@ The rules (the README's "Learning from what you liked" says them for users):
   email and `digest explain` quote.
 - **Blend.** A keyword match's score becomes score x exp(`weight` x relevance) (see
   `factor`); papers no keyword caught can only enter the "More like what you liked" section.
+- **Known papers.** A listing a subscriber named in `like` or rated is theirs already: the
+  selection never offers it to them, in a topic or as "more like" itself (`known_pairs`;
+  `digest explain` says why it is left out).
 - **Cold start.** A subscriber without feedback and without `like` is not in the model: their
   digest is built exactly as without this module.
 
@@ -35,7 +38,7 @@ import logging
 import re
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -112,7 +115,8 @@ class Relevance:
 
     def __init__(self, config: RankingConfig, similarity: sparse.csr_matrix,
                  weights: sparse.csr_matrix, position: dict[str, int],
-                 references: list[tuple[str, bool]]) -> None:
+                 references: list[tuple[str, bool]],
+                 known: dict[str, frozenset[str]] | None = None) -> None:
         self.config = config
         self.weight = config.weight
         self.section = config.similar_items
@@ -125,6 +129,7 @@ class Relevance:
         self._w = weights.astype(np.float32).tocsr()  # ranked subscribers x references
         self._position = position
         self._references = references  # (title, named in `like`)
+        self._known = known or {}  # subscriber -> the run's listings they named or rated
 
     def ranked_ids(self) -> list[str]:
         """The subscribers the model ranks (those with feedback or `like`), in the order of
@@ -134,6 +139,18 @@ class Relevance:
     def ranks(self, subscriber_id: str) -> bool:
         """Whether the model ranks this subscriber's digest."""
         return subscriber_id in self._position
+
+    def knows(self, subscriber_id: str, listing_id: str) -> bool:
+        """Whether the subscriber named this listing in `like` or rated it: it is never
+        offered to them."""
+        return listing_id in self._known.get(subscriber_id, ())
+
+    def known_pairs(self) -> Iterator[tuple[str, str]]:
+        """(subscriber id, listing id) of each of the run's listings a subscriber named in
+        `like` or rated: the selection leaves them out as it leaves out what was sent."""
+        for sid, ids in self._known.items():
+            for lid in sorted(ids):
+                yield sid, lid
 
     def block_relevance(self, rows: IntArray, subscriber_id: str | None = None,
                         part: slice | None = None) -> npt.NDArray[np.float32]:
@@ -300,7 +317,26 @@ def build_relevance(
         (np.frombuffer(refs.weights, dtype=np.float64).astype(np.float32),
          (np.frombuffer(refs.subs, dtype=np.int64), np.frombuffer(refs.cols, dtype=np.int64))),
         shape=(len(position), len(refs.titles)))
-    return Relevance(config, similarity, weights, position, refs.titles), errors
+    return Relevance(config, similarity, weights, position, refs.titles,
+                     _known(refs, position, seen)), errors
+
+
+def _known(refs: _Refs, position: dict[str, int], seen: dict[str, int]
+           ) -> dict[str, frozenset[str]]:
+    """Each subscriber's references that are listings of the run (rated, or named in `like`
+    and found in the store), whatever their weight: a liked and disliked paper adds to 0."""
+    key_of = [""] * len(refs.titles)
+    for key, at in refs.keys.items():
+        key_of[at] = key
+    own = np.array([key in seen for key in key_of], dtype=bool)
+    subs = np.frombuffer(refs.subs, dtype=np.int64)
+    cols = np.frombuffer(refs.cols, dtype=np.int64)
+    mask = own[cols] if len(cols) else np.zeros(0, dtype=bool)
+    ids = list(position)
+    out: dict[str, set[str]] = {}
+    for p, col in zip(subs[mask].tolist(), cols[mask].tolist(), strict=True):
+        out.setdefault(ids[p], set()).add(key_of[col])
+    return {sid: frozenset(lids) for sid, lids in out.items()}
 
 
 def _gather_feedback(db: Database, known: dict[str, Subscriber], now: datetime,

@@ -487,6 +487,35 @@ def candidates(db: Database, subscriber_id: str, since: datetime) -> list[Listin
 # --- digests --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Made:
+    """A digest of another local date that went, or waits to go, and when it was made."""
+
+    local_date: date
+    state: str
+    made_at: datetime
+
+
+def last_made(db: Database, subscriber_id: str, local_date: date) -> Made | None:
+    """The latest digest of the subscriber for another date than `local_date`, sent or
+    waiting in the outbox, and when it was made: what a timezone change could otherwise
+    double on one day (`pipeline.too_soon`). Read through the (subscriber_id, local_date)
+    index: only dates within 3 days of `local_date` (time zones are 26 hours apart at most)."""
+    row = db.execute(
+        """
+        select local_date, state, created_at from digests
+        where subscriber_id = ? and local_date between ? and ? and local_date != ?
+          and state in ('sent', 'queued', 'sending', 'retry')
+        order by created_at desc limit 1
+        """,
+        [subscriber_id, (local_date - timedelta(days=3)).isoformat(),
+         (local_date + timedelta(days=3)).isoformat(), local_date.isoformat()],
+    ).fetchone()
+    if row is None:
+        return None
+    return Made(date.fromisoformat(row[0]), row[1], datetime.fromisoformat(row[2]))
+
+
 def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | None:
     """The state of that day's digest (see `OUTBOX_STATES`), 'empty', or None."""
     row = next(

@@ -87,7 +87,7 @@ def eve(project: Project) -> Project:
     digest = Digest(subscriber, (NOW - dt.timedelta(days=1)).date(),
                     (Section("Video diffusion", (Match(sent, "Video diffusion", 3.0, ()),)),),
                     NOW)
-    outbox.sent(db, digest, NOW)
+    outbox.sent(db, digest, NOW - dt.timedelta(days=1))
     return project
 
 

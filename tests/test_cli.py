@@ -199,6 +199,26 @@ def test_validate_lists_problems_one_line_each(project: Project) -> None:
     assert "2 valid subscriber(s), 2 invalid" in output
 
 
+def test_validate_prints_every_problem_of_a_file(project: Project) -> None:
+    """Not `max_items: ... (and 2 more problems)`: each problem on its own line, naming the
+    file and the field, in the order of the file."""
+    path = project.subscriber(
+        "many", "name = 'X'\nemail = 'x@example.org'\nmax_items = true\n"
+        "timezone = 'localtime'\ncolour = 'red'\n[[topics]]\nname = 't'\nkeywords = ['a']\n")
+    code, output = invoke(project, "validate")
+    assert code == 1
+    lines = [" ".join(line.split()) for line in output.splitlines()
+             if line.startswith("invalid:")]
+    assert lines == [
+        f"invalid: {path}: timezone: unknown timezone 'localtime': use an IANA name such as"
+        " 'Europe/London'",
+        f"invalid: {path}: max_items: must be a number, not true",
+        f"invalid: {path}: colour: unknown key (check the spelling; see the README's"
+        " reference)",
+    ]
+    assert "2 valid subscriber(s), 1 invalid" in output
+
+
 def test_bad_config_is_one_line_and_exit_1(project: Project) -> None:
     project.config.write_text("[delivery]\ntransport = 'pigeon'\n")
     code, output = invoke(project, "send")

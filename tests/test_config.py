@@ -68,6 +68,19 @@ def test_defaults_fill_what_a_subscriber_leaves_out(project: Project) -> None:
         ('name = "Ada"\nemail = "ada@example.org"\n', "topics", "required key is missing"),
         (GOOD + "[[topics]]\nname = 'U'\nkeywords = ['x']\nweight = -1\n", "topics[1].weight",
          "greater than or equal to 0.001"),
+        # TOML's true and false are no numbers (Python's bool is an int: `true` was 1).
+        ("max_items = true\n" + GOOD, "max_items", "a number, not true"),
+        ("lookback_days = true\n" + GOOD, "lookback_days", "a number, not true"),
+        ("trending = false\n" + GOOD, "trending", "a number, not false"),
+        (GOOD + "weight = true\n", "topics[0].weight", "a number, not true"),
+        (GOOD + "min_upvotes = true\n", "topics[0].min_upvotes", "a number, not true"),
+        (GOOD + "max_items = true\n", "topics[0].max_items", "a number, not true"),
+        ("paused = 1\n" + GOOD, "paused", "valid boolean"),
+        # Only IANA names: not the system's files that zoneinfo would also read.
+        ('timezone = "localtime"\n' + GOOD, "timezone", "unknown timezone 'localtime'"),
+        ('timezone = "right/UTC"\n' + GOOD, "timezone", "unknown timezone 'right/UTC'"),
+        ('timezone = "posix/Europe/London"\n' + GOOD, "timezone", "unknown timezone"),
+        ('timezone = "posixrules"\n' + GOOD, "timezone", "unknown timezone 'posixrules'"),
     ],
 )
 def test_subscriber_errors_name_file_field_and_problem(
@@ -78,6 +91,12 @@ def test_subscriber_errors_name_file_field_and_problem(
     assert problem in err.problem
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Etc/UTC", "Asia/Kathmandu", "America/New_York"])
+def test_iana_timezones_are_accepted(project: Project, zone: str) -> None:
+    path = project.subscriber("tz", f'timezone = "{zone}"\n' + GOOD)
+    assert load_subscriber(path, DefaultsConfig()).timezone == zone
+
+
 def test_invalid_toml_names_the_file_and_position(project: Project) -> None:
     err = load(project, 'name = "Ada\nemail = 3')
     assert "invalid TOML" in err.problem and "line 1" in err.problem
@@ -86,6 +105,10 @@ def test_invalid_toml_names_the_file_and_position(project: Project) -> None:
 def test_several_problems_are_counted_in_the_one_line(project: Project) -> None:
     err = load(project, "colour = 1\nsize = 2\n" + GOOD.replace("ada@example.org", "nope"))
     assert "(and 2 more problems)" in err.problem
+    assert [(e.field, e.problem) for e in err.each] == [
+        ("email", err.each[0].problem), ("colour", err.each[1].problem),
+        ("size", err.each[2].problem)]
+    assert all("more problem" not in e.message and "\n" not in e.message for e in err.each)
 
 
 def test_one_bad_file_does_not_hide_the_others(project: Project) -> None:

@@ -229,3 +229,78 @@ def test_a_dry_run_stops_when_asked_and_changes_nothing(project: Project) -> Non
     assert {o.subscriber_id: o.status for o in report.outcomes} == {
         "ada": "would-send", "grace": "would-send"}
     assert list(store.digests(db)) == []
+
+
+# --- one digest a day, whatever the timezone -----------------------------------------------------
+
+
+def _moving(project: Project, zone: str) -> None:
+    """Ada's profile as subscriber 'kw', at 07:00 in `zone` (the preferences page's change)."""
+    from tests.conftest import ADA
+    project.subscriber("kw", ADA.replace('"Europe/London"', f'"{zone}"')
+                       .replace('"07:30"', '"07:00"').replace("ada@", "kw@"))
+
+
+def _utc(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("due_only", [True, False])
+def test_moving_west_sends_no_second_digest_the_same_day(
+    project: Project, due_only: bool
+) -> None:
+    """Kathmandu's digest of Nov 26 goes at 01:15 UTC; moved to Honolulu, where it is still
+    Nov 25 afternoon, nothing more goes that day (neither the scheduler nor `digest send`),
+    and the next day Honolulu has of its own (Nov 27; Nov 26's digest is the one sent) does."""
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    _moving(project, "Asia/Kathmandu")
+    sent = pipeline.send(settings, db, _utc(26, 1, 20), only=["kw"], due_only=True)
+    assert [o.status for o in sent.outcomes] == ["sent"]
+    _moving(project, "Pacific/Honolulu")
+    again = pipeline.send(settings, db, _utc(26, 1, 42), only=["kw"], due_only=due_only)
+    [outcome] = again.outcomes
+    assert outcome.status == ("not-due" if due_only else "already-sent")
+    assert store.digest_state(db, "kw", dt.date(2026, 11, 25)) is None
+    assert outcome.detail == (
+        "digest for 2026-11-26 sent 22 minutes ago (one digest a day, whatever the timezone)")
+    assert sorted(p.name for p in project.outbox.glob("*.eml")) == ["2026-11-26_kw.eml"]
+    # Nov 27, 07:00 in Honolulu: 40 hours after the last one.
+    later = pipeline.send(settings, db, _utc(27, 17, 5), only=["kw"], due_only=True)
+    assert [o.status for o in later.outcomes] == ["sent"]
+    assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
+
+
+def test_moving_east_waits_a_day_and_does_not_block_the_next(project: Project) -> None:
+    """Honolulu's digest of Nov 25 goes at 17:00 UTC; moved to Kiritimati (UTC+14), where
+    Nov 26 07:00 has passed half an hour later, Nov 26 gets none (the last one was made on
+    Nov 26 by Kiritimati's clock); Nov 27 at 07:00 there, a day later, sends."""
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    _moving(project, "Pacific/Honolulu")
+    first = pipeline.send(settings, db, _utc(25, 17, 0), only=["kw"], due_only=True)
+    assert [o.status for o in first.outcomes] == ["sent"]
+    _moving(project, "Pacific/Kiritimati")
+    for when in (_utc(25, 17, 30), _utc(26, 9, 59)):  # Nov 26, 07:30 and 23:59 there
+        early = pipeline.send(settings, db, when, only=["kw"], due_only=True)
+        assert [o.status for o in early.outcomes] == ["not-due"]
+    assert store.digest_state(db, "kw", dt.date(2026, 11, 26)) is None
+    nextday = pipeline.send(settings, db, _utc(26, 17, 0), only=["kw"], due_only=True)
+    assert [o.status for o in nextday.outcomes] == ["sent"]
+    assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
+
+
+def test_a_late_digest_does_not_hold_back_the_next_morning(project: Project) -> None:
+    """One a local day is by the calendar, not by hours: a manual send at 22:00 (setting
+    up, or after downtime) is that day's digest, and the next morning's goes at send_at."""
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    _moving(project, "Europe/London")
+    late = pipeline.send(settings, db, _utc(25, 22, 0), only=["kw"])
+    assert [o.status for o in late.outcomes] == ["sent"]
+    morning = pipeline.send(settings, db, _utc(26, 7, 5), only=["kw"], due_only=True)
+    assert [o.status for o in morning.outcomes] == ["sent"]  # 9 hours later, the next day
+    assert store.digest_state(db, "kw", dt.date(2026, 11, 26)) == "sent"

@@ -280,6 +280,94 @@ def test_inline_topics_are_edited_in_their_own_form() -> None:
         {"name": "Y", "keywords": ["y", "z"], "authors": ["Tri Dao"]}]
 
 
+INLINE = """\
+name = "A"
+email = "a@example.org"
+topics = [ {name = "A", keywords = ["x"]},  # first
+  {name = "B", keywords = ["y"]},  # second
+  # the third, added in May
+  {name = "C", keywords = ["z"]},  # third
+]
+"""
+
+
+def _topics(*names: str, remove: str = "", add: str = "") -> list[dict[str, object]]:
+    out: list[dict[str, object]] = [
+        {"index": i, "name": n, "keywords": [n.lower().replace("a", "x").replace(
+            "b", "y").replace("c", "z")], "remove": n == remove} for i, n in enumerate(names)]
+    if add:
+        out.append({"index": None, "name": add, "keywords": ["q"]})
+    return out
+
+
+@pytest.mark.parametrize(("remove", "add", "expected"), [
+    ("B", "", """\
+topics = [ {name = "A", keywords = ["x"]},  # first
+  # the third, added in May
+  {name = "C", keywords = ["z"]},  # third
+]
+"""),
+    ("", "D", """\
+topics = [ {name = "A", keywords = ["x"]},  # first
+  {name = "B", keywords = ["y"]},  # second
+  # the third, added in May
+  {name = "C", keywords = ["z"]},  # third
+  {name = "D", keywords = ["q"]},
+]
+"""),
+    ("C", "D", """\
+topics = [ {name = "A", keywords = ["x"]},  # first
+  {name = "B", keywords = ["y"]},  # second
+  # the third, added in May
+  {name = "D", keywords = ["q"]},
+]
+"""),
+])
+def test_inline_topics_keep_their_lines_and_comments_when_one_goes_or_comes(
+        remove: str, add: str, expected: str) -> None:
+    """A multi-line inline array: removing or adding a topic touches that topic's line only;
+    it was written again on one line, without the comments."""
+    new = preferences.apply(INLINE.encode(), edit(timezone="UTC", topics=_topics(
+        "A", "B", "C", remove=remove, add=add)), DEFAULTS).decode()
+    assert new == 'name = "A"\nemail = "a@example.org"\n' + expected
+    names = [t["name"] for t in tomllib.loads(new)["topics"]]
+    assert names == [n for n in ("A", "B", "C") if n != remove] + ([add] if add else [])
+
+
+def test_an_added_topic_never_lands_in_a_comment() -> None:
+    """tomlkit's `append` puts a new item after the last one's comment, on its line, where
+    it would be read as part of the comment: the file must read back as saved."""
+    text = ('name = "A"\nemail = "a@example.org"\n'
+            'topics = [ {name = "A", keywords = ["x"]},  # first\n'
+            '  {name = "B", keywords = ["y"]} ]\n')
+    new = preferences.apply(text.encode(), edit(timezone="UTC", topics=_topics(
+        "A", "B", remove="B", add="D")), DEFAULTS).decode()
+    assert [t["name"] for t in tomllib.loads(new)["topics"]] == ["A", "D"]
+    assert "# first" in new
+
+
+def test_a_layout_tomlkit_cannot_keep_is_written_afresh(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Should tomlkit place an item where it reads back otherwise (its plain `append` puts it
+    after the last item's comment, inside it), the topics are written without their layout
+    rather than losing one."""
+    from tomlkit.items import Array
+
+    def append_only(self: Array, *items: object, **_: object) -> Array:
+        for item in items:
+            self.append(item)
+        return self
+
+    monkeypatch.setattr(Array, "add_line", append_only)
+    text = ('name = "A"\nemail = "a@example.org"\n'
+            'topics = [ {name = "A", keywords = ["x"]},  # first\n'
+            '  {name = "B", keywords = ["y"]} ]\n')
+    new = preferences.apply(text.encode(), edit(timezone="UTC", topics=_topics(
+        "A", "B", remove="B", add="D")), DEFAULTS).decode()
+    assert new.endswith('topics = [{name = "A", keywords = ["x"]}, {name = "D", keywords ='
+                        ' ["q"]}]\n')
+
+
 def test_save_after_a_preview_that_removed_a_topic_keeps_the_right_one(
         project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
     path = project.subscribers / "ada.toml"

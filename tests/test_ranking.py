@@ -355,3 +355,32 @@ def test_a_click_through_the_real_server_changes_the_next_digest(
     ranked = [m.listing.id for s in after.sections if not s.similar for m in s.matches]
     assert ranked[:2] == ["0704.0194", "0704.0177"]
     assert not {"0704.0194", "0704.0177"} & set(_ids(before))
+
+
+# --- papers the reader named or rated are not offered back --------------------------------------
+
+
+def test_a_paper_named_in_like_or_rated_is_never_in_the_digest(reader: Project) -> None:
+    """A reader who named a paper in `like`, or rated it, knows it: neither the topics nor
+    "More like what you liked" (where it would be similar to itself, 1.00) offer it."""
+    # Both first seen yesterday, never sent: candidates. 0704.0194 matches 'quantum';
+    # 0704.0002 (graph decompositions) matches no keyword; 0704.0177 the reader rated.
+    reader.subscriber("rea", READER.format(
+        like='like = ["0704.0194", "arXiv:0704.0002v3"]'))
+    _rate(reader, "0704.0177", "more")
+    digest = _digest(reader)
+    assert digest is not None and digest.learned
+    assert not {"0704.0194", "0704.0002", "0704.0177"} & set(_ids(digest))
+    assert all("similarity 1.00" not in m.reason for m in digest.matches)
+    assert any(s.similar for s in digest.sections)  # the section still offers others
+    db = store.open_db(reader.db_path)
+    ranking = load_settings(reader.config).ranking
+    [named] = explain(db, _subscriber(reader), "0704.0002", NOW.date(), NOW, ranking)
+    assert not named.included
+    assert named.reason == "you named it in your profile (like[1]): a paper you named is" \
+        " never sent to you"
+    [rated] = explain(db, _subscriber(reader), "0704.0177", NOW.date(), NOW, ranking)
+    assert not rated.included
+    assert rated.reason.startswith("you rated it")
+    code, output = invoke(reader, "explain", "rea", "0704.0194")
+    assert code == 0 and "you named it in your profile (like[0])" in " ".join(output.split())

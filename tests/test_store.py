@@ -12,7 +12,7 @@ from sqlite_utils import Database
 from digest import store
 from digest.index import build_digest
 from digest.migrations import migrations
-from digest.models import Listing, Subscriber, Topic
+from digest.models import Digest, Listing, Subscriber, Topic
 from digest.tokens import title_id
 from tests import outbox_support as outbox
 from tests.conftest import NOW
@@ -464,3 +464,28 @@ def test_enqueue_takes_over_an_empty_or_failed_day_and_refuses_a_pending_one(
         store.enqueue(db, key="other", subscriber_id="f", local_date=day, message_id="<o@x>",
                       subject="s", envelope_from="d@example.org", recipient="f@example.org",
                       data=b"x", items=[], now=NOW)
+
+
+def test_last_made_finds_the_last_digest_of_another_date_that_went(tmp_path: Path) -> None:
+    """What the one-a-day rule reads: the latest digest sent or waiting, of another local
+    date; not an empty day, not a failed one, not the date asked about."""
+    db = store.open_db(tmp_path / "d.db")
+    store.upsert_listings(db, [make("a"), make("b")], NOW)
+    day = NOW.date()
+
+    def digest_of(date: dt.date, lid: str) -> Digest:
+        made = build_digest(SUB, [make(lid, first_seen=NOW)], date, NOW)
+        assert made is not None
+        return made
+
+    store.mark_empty(db, "ada", day - dt.timedelta(days=1), NOW - dt.timedelta(hours=1))
+    failed = outbox.queue(db, digest_of(day + dt.timedelta(days=1), "a"), NOW)
+    store.record_failed(db, failed, "550 no such user", NOW)
+    outbox.sent(db, digest_of(day, "b"), NOW)
+    assert store.last_made(db, "ada", day) is None
+    outbox.queue(db, digest_of(day - dt.timedelta(days=3), "a"), NOW - dt.timedelta(days=3))
+    outbox.queue(db, digest_of(day - dt.timedelta(days=2), "a"),
+                 NOW - dt.timedelta(hours=2))
+    made = store.last_made(db, "ada", day)
+    assert made == store.Made(day - dt.timedelta(days=2), "queued", NOW - dt.timedelta(hours=2))
+    assert store.last_made(db, "grace", day) is None
