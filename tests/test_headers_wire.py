@@ -435,7 +435,9 @@ def test_a_bare_list_id_gets_its_brackets(project: Project) -> None:
     ("", "file", None),
 ])
 def test_validate_warns_when_bulk_senders_would_lack_one_click_unsubscribe(
-        project: Project, extra: str, transport: str, warned: str | None) -> None:
+        project: Project, extra: str, transport: str, warned: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGEST_SECRET", "s" * 32)  # public_url needs it (else an error)
     project.write_config(extra, transport=transport)
     code, output = _validate(project)
     assert code == 0
