@@ -425,11 +425,11 @@ def send(
     """Build, queue and send today's digest for each subscriber (or those in `only`).
 
     First whatever these subscribers have waiting in the outbox is sent: retries, and
-    digests a crash left 'queued' or 'sending'. Then, subscriber by subscriber, today's digest
-    is built, rendered, stored in the outbox as the exact bytes to send, and handed to the
-    next free connection while the next one is built. A digest already sent or queued is
-    never built again. Then (unless stopped) the stored bytes of messages sent more than
-    `[store] keep_sent_days` before `now` are dropped; their digest rows stay.
+    digests a crash left 'queued' or 'sending'. Then, one by one, today's digest is built,
+    stored in the outbox (its recipe and the hash of its bytes) and handed to the next free
+    connection while the next is built; one already sent or queued is never built again.
+    Then (unless stopped) what is stored of messages sent over `[store] keep_sent_days`
+    before `now` is dropped. Without the token secret the links need, nothing is built.
 
     `dry_run` renders everything and changes nothing. `due_only` is the scheduler's mode:
     subscribers whose local send time has not come are skipped, and retries wait for their
@@ -437,16 +437,13 @@ def send(
     unreachable server) stops the batch; `stop` (set by a signal handler) stops it cleanly
     after the messages on the wire, leaving the rest for the next run.
 
-    `workers` > 1 builds the digests in that many worker processes (digest.executor); this
-    process sends them as they come. Below PARALLEL_MIN subscribers, or with `dry_run`, all
-    work stays in this process. Every way goes through one loop, `_build_all`.
+    `workers` > 1 builds the digests in that many worker processes (digest.executor) as this
+    one sends them; below PARALLEL_MIN subscribers, or dry, all in this one (`_build_all`).
     """
     progress, stop = progress or _NoProgress(), stop or threading.Event()
     started, report = timer.monotonic(), SendReport()
-    secret = missing_secret(settings)
-    if secret is not None:  # every email would fail alike: say it once
-        report.fatal = str(secret)
-        return report
+    if (secret := missing_secret(settings)) is not None:  # every email would fail alike
+        return SendReport(fatal=str(secret))
     entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now,
@@ -649,6 +646,25 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
 
 
+def _no_mail_today(db: Database, subscriber: Subscriber, day: date) -> Outcome | None:
+    """Why `subscriber` gets no digest on their local `day` whatever the outbox holds, even
+    from a manual `digest send` (which overrides only send_at), or None."""
+    # Whoever unsubscribed (digest serve's /unsubscribe) gets no more mail: their file stays
+    # as it is (subscriber files are never rewritten), so the store's record decides.
+    if store.is_unsubscribed(db, subscriber.id):
+        return Outcome(subscriber.id, "unsubscribed", detail="unsubscribed")
+    # An address that bounced for good or complained is never mailed (`digest suppressed`).
+    if store.is_suppressed(db, subscriber.email):
+        return Outcome(subscriber.id, "suppressed", detail=f"{subscriber.email} is suppressed")
+    if subscriber.paused:  # the file's `paused = true`
+        return Outcome(subscriber.id, "paused", detail="paused in the subscriber file")
+    # A day their `frequency` skips: a `digest send` from cron must not mail a weekly reader
+    # every day.
+    if not sends_on(subscriber.frequency, subscriber.day, day):
+        return Outcome(subscriber.id, "not-due", detail=_skipped_day(subscriber, day))
+    return None
+
+
 def _skipped_day(subscriber: Subscriber, day: date) -> str:
     # Why `day` (a local date `sends_on` says no to) gets no digest, in the file's words.
     when = ("Monday to Friday" if subscriber.frequency == "weekdays"
@@ -682,21 +698,10 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     if isinstance(entry, ConfigError):
         log.error("%s", entry)
         return Outcome(_entry_id(entry), "invalid", detail=entry.message)
-    subscriber = entry
-    # Whoever unsubscribed (digest serve's /unsubscribe) gets no more mail: their file stays
-    # as it is (subscriber files are never rewritten), so the store's record decides.
-    if store.is_unsubscribed(db, subscriber.id):
-        return Outcome(subscriber.id, "unsubscribed", detail="unsubscribed")
-    # An address that bounced for good or complained is never mailed (`digest suppressed`).
-    if store.is_suppressed(db, subscriber.email):
-        return Outcome(subscriber.id, "suppressed", detail=f"{subscriber.email} is suppressed")
-    if subscriber.paused:  # the file's `paused = true`: not even a manual `digest send`
-        return Outcome(subscriber.id, "paused", detail="paused in the subscriber file")
-    day = local_date(subscriber, now)
-    # Nor on a day their `frequency` skips: a `digest send` from cron must not mail a weekly
-    # reader every day. (send_at, a time of day, is what a manual send overrides.)
-    if not sends_on(subscriber.frequency, subscriber.day, day):
-        return Outcome(subscriber.id, "not-due", detail=_skipped_day(subscriber, day))
+    subscriber, day = entry, local_date(entry, now)
+    no_mail = _no_mail_today(db, subscriber, day)
+    if no_mail is not None:
+        return no_mail
     state = store.digest_state(db, subscriber.id, day)
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
