@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -145,7 +146,7 @@ def _prepare(db: Store, busy_timeout: float) -> None:
     # copied again at the checkpoint; storing, claiming and marking a message costs about
     # 10% less. Only a new file takes it: an existing store keeps the page size it has.
     db.execute("PRAGMA page_size = 16384")
-    db.enable_wal()
+    _enable_wal(db, busy_timeout)
     # FULL, stated here rather than left to how SQLite was built (some builds make WAL
     # default to NORMAL): with NORMAL a commit is not on disk until the next checkpoint, so
     # a power cut could take back a 'sent' the server already has (a duplicate) or a claim.
@@ -161,6 +162,22 @@ def _prepare(db: Store, busy_timeout: float) -> None:
             migrations.apply(db)
     # A read, so that a damaged file or a folder in its place says so here, not later.
     db.execute("select count(*) from sqlite_master").fetchone()
+
+
+def _enable_wal(db: Store, busy_timeout: float) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite does not wait for it
+    # through the busy timeout: two processes opening a new store at once (`digest serve`
+    # and `digest run` started together) would fail one with "database is locked". So wait
+    # here, as the busy timeout would.
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 # --- listings -------------------------------------------------------------------------------

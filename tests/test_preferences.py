@@ -129,7 +129,7 @@ def test_two_edits_at_once_leave_one_valid_file(tmp_path: Path) -> None:
     path.write_text(COMMENTED)
     seen = preferences.file_hash(COMMENTED.encode())
     results: list[str] = []
-    start = threading.Barrier(8)
+    start = threading.Barrier(8, timeout=60)
 
     def one(n: int) -> None:
         start.wait()
@@ -240,7 +240,7 @@ def test_two_saves_at_once_over_http_leave_one_valid_file(
         url = prefs_url(project, "ada", "ada@example.org")
         form = form_of(client.get(url).text)
         codes: list[int] = []
-        start = threading.Barrier(4)
+        start = threading.Barrier(4, timeout=60)
 
         def save(n: int) -> None:
             start.wait()

@@ -142,3 +142,27 @@ def test_processes_opening_a_new_store_at_once_migrate_it_once(tmp_path: Path) -
         db = store.open_db(path)
         names = [r["name"] for r in db.query("select name from _sqlite_migrations")]
         assert len(names) == len(set(names)) == len(migrations._migrations)
+
+
+def test_threads_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes an exclusive lock SQLite does not wait for: without
+    the wait in `store._enable_wal`, one opener in a few dozen rounds got "locked" (seen in
+    CI, where it hung a sign-up test whose other threads waited for it)."""
+    failures: list[str] = []
+    for round_ in range(60):
+        path = tmp_path / f"new{round_}.db"
+        start = threading.Barrier(6, timeout=60)
+
+        def open_it(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                store.open_db(path).close()
+            except store.StoreError as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert failures == []
