@@ -106,14 +106,16 @@ class Addresses:
         return _patterns(self)[0]
 
     def accepts(self, address: str) -> bool:
-        """Whether an SMTP recipient is one of ours: a tokened address, or the plain
-        unsubscribe address (the token then comes in the Subject)."""
+        """Whether an SMTP recipient is one of ours: a tokened address, the plain unsubscribe
+        address (the token then comes in the Subject), or the plain bounce address, the one
+        registered with feedback loops (Yahoo CFL, Microsoft JMRP), whose reports carry the
+        token in the original message they quote."""
         local, _, domain = address.lower().rpartition("@")
         if domain != self.domain:
             return False
         base, plus, tok = local.partition("+")
         if not plus:
-            return base == self.unsubscribe_local
+            return base in (self.bounce_local, self.unsubscribe_local)
         return (base in (self.bounce_local, self.unsubscribe_local)
                 and re.fullmatch(r"[a-z2-7]{24}", tok) is not None)
 

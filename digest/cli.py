@@ -374,7 +374,8 @@ def run(config_path: Path, once: bool) -> None:
 @cli.command()
 @config_option
 @click.option("--host", help="Address to listen on (default: [server] host).")
-@click.option("--port", type=int, help="Port to listen on (default: [server] port).")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port to listen on (default: [server] port).")
 def serve(config_path: Path, host: str | None, port: int | None) -> None:
     """Serve the links in the emails (unsubscribe, preferences, feedback, view in browser,
     archive, feed), the sign-up pages, and live previews of every digest (/preview)."""
@@ -401,7 +402,7 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
               help="Receive over SMTP on [bounces] listen_host:listen_port until stopped"
                    " (point the bounce domain's MX here).")
 @click.option("--host", help="With --listen: address to listen on.")
-@click.option("--port", type=int, help="With --listen: port to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), help="With --listen: port to listen on.")
 def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
             port: int | None) -> None:
     """Read bounces, complaints and mailto unsubscribes, and act on whom they name.
@@ -422,7 +423,13 @@ def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
 
     controller = receiver.listener(settings, _now, host, port)
     with schedule.stop_on_signals() as stop:
-        controller.start()
+        try:
+            controller.start()
+        except OSError as exc:  # the port in use, an address not of this host
+            why = (exc.strerror or str(exc)).split(" (while attempting")[0]
+            raise DigestError(f"cannot listen on {controller.hostname}:{controller.port}:"
+                              f" {why}", hint="another program may hold the port: pass"
+                              " --port or set [bounces] listen_port") from None
         out.print(f"digest: receiving bounces on {controller.hostname}:{controller.port};"
                   " Ctrl-C to stop", highlight=False)
         try:

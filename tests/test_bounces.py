@@ -120,7 +120,7 @@ def test_smtp_recipients_we_accept() -> None:
     assert ADDRESSES.accepts(f"bounces+{TOKEN}@bounce.example.org")
     assert ADDRESSES.accepts(f"Unsubscribe+{TOKEN.upper()}@Bounce.Example.org")
     assert ADDRESSES.accepts("unsubscribe@bounce.example.org")
-    assert not ADDRESSES.accepts("bounces@bounce.example.org")
+    assert ADDRESSES.accepts("bounces@bounce.example.org")  # feedback loops send here
     assert not ADDRESSES.accepts(f"bounces+{TOKEN}@example.org")
     assert not ADDRESSES.accepts("postmaster@bounce.example.org")
     assert not ADDRESSES.accepts(f"bounces+{TOKEN}x@bounce.example.org")
