@@ -82,3 +82,22 @@ def test_an_smtp_session_against_inbound_listen(project: Project, smtp_server: S
         out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "1 skipped, 2 suppressed, 1 unsubscribed" in out
+
+
+def test_listen_on_a_port_in_use_or_out_of_range_is_a_one_line_error(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    bounce_project(project, smtp_server.port)
+    digest = str(Path(sys.executable).parent / "digest")
+    env = {**os.environ, "DIGEST_SECRET": SECRET, "COLUMNS": "200"}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = subprocess.run([digest, "inbound", "--listen", "--host", "127.0.0.1", "--port",
+                              str(port), "--config", str(project.config)], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[0].startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    wrong = subprocess.run([digest, "inbound", "--listen", "--port", "99999", "--config",
+                            str(project.config)], env=env, capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert wrong.returncode == 2 and "99999 is not in the range 1<=x<=65535" in wrong.stderr
