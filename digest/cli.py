@@ -24,7 +24,6 @@ from rich.table import Table
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError
-from .links import missing_secret
 from .ranking import check_likes
 from .send import deliverability_warnings
 from .sources import where
@@ -196,15 +195,15 @@ def validate(config_path: Path) -> None:
             topics = ", ".join(t.name for t in entry.topics)
             out.print(f"ok: {entry.id} <{entry.email}> {entry.timezone} {entry.send_at:%H:%M}"
                       f" - {topics}", highlight=False, markup=False)
-    secret = missing_secret(settings)
-    if secret is not None:
-        err.print(f"[red]invalid:[/] {escape(secret.message)}", highlight=False)
-        if secret.hint:
-            err.print(f"hint: {escape(secret.hint)}", highlight=False)
-    state = "ok" if secret is None else "not ok"
+    setup = pipeline.setup_problems(settings)
+    for problem in setup:
+        err.print(f"[red]invalid:[/] {escape(problem.message)}", highlight=False)
+        if problem.hint:
+            err.print(f"hint: {escape(problem.hint)}", highlight=False)
+    state = "not ok" if setup else "ok"
     out.print(f"{config_path}: {state}; {count} valid subscriber(s), {problems} invalid",
               highlight=False)
-    problems += secret is not None
+    problems += len(setup)
     for warning in deliverability_warnings(settings):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if problems:

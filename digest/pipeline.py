@@ -409,6 +409,28 @@ def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime) -> 
             " the timezone)")
 
 
+def setup_problems(settings: Settings) -> list[DigestError]:
+    """What would fail every message of a send alike, checked before anything is built (and
+    by `digest validate`): the token secret the links need, the DKIM keys, and the SMTP
+    password a configured user name needs."""
+    problems: list[DigestError] = []
+    if (secret := missing_secret(settings)) is not None:
+        problems.append(secret)
+    try:
+        load_signer(settings.dkim)
+    except DigestError as exc:
+        problems.append(exc)
+    smtp = settings.smtp
+    if (settings.delivery.transport == "smtp" and smtp.username
+            and smtp.password() is None):
+        problems.append(ConfigError(
+            settings.path, "smtp.password_env",
+            f"environment variable {smtp.password_env} is not set, and smtp.username"
+            f" ({smtp.username}) needs its password",
+            hint=f"export {smtp.password_env}=... where digest runs"))
+    return problems
+
+
 def send(
     settings: Settings,
     db: Database,
@@ -442,8 +464,8 @@ def send(
     """
     progress, stop = progress or _NoProgress(), stop or threading.Event()
     started, report = timer.monotonic(), SendReport()
-    if (secret := missing_secret(settings)) is not None:  # every email would fail alike
-        return SendReport(fatal=str(secret))
+    if problems := setup_problems(settings):  # every email would fail alike: say it once
+        return SendReport(fatal=str(problems[0]))
     entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now,

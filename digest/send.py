@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -97,15 +98,30 @@ def deliverability_warnings(settings: Settings) -> list[str]:
     will hold against it (`digest validate` prints them)."""
     if settings.delivery.transport != "smtp":
         return []
-    server, where = settings.server, settings.path
+    server, where, smtp = settings.server, settings.path, settings.smtp
+    warnings = []
     if server.public_url is None and settings.delivery.unsubscribe_url is None:
-        return [f"{where}: server.public_url: not set, so List-Unsubscribe has only a mailto"
-                " link; Gmail and Yahoo require bulk senders to offer one-click unsubscribe"
-                " (RFC 8058), an https link served by `digest serve`"]
-    if server.public_url is not None and not server.public_url.startswith("https://"):
-        return [f"{where}: server.public_url: {server.public_url!r} is not https; RFC 8058"
-                " one-click unsubscribe needs an https link"]
-    return []
+        warnings.append(
+            f"{where}: server.public_url: not set, so List-Unsubscribe has only a mailto"
+            " link; Gmail and Yahoo require bulk senders to offer one-click unsubscribe"
+            " (RFC 8058), an https link served by `digest serve`")
+    elif server.public_url is not None and not server.public_url.startswith("https://"):
+        warnings.append(
+            f"{where}: server.public_url: {server.public_url!r} is not https; RFC 8058"
+            " one-click unsubscribe needs an https link")
+    if smtp.username and smtp.security == "none" and not _loopback(smtp.host):
+        warnings.append(
+            f"{where}: smtp.security: \"none\" with a username sends the password to"
+            f" {smtp.host} in clear text; use \"starttls\" (port 587) or \"ssl\" (465)")
+    return warnings
+
+
+def _loopback(host: str) -> bool:
+    # A relay on this machine (a local Postfix): the password never crosses a network.
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def list_id(delivery: DeliveryConfig) -> str:

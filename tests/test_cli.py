@@ -304,3 +304,29 @@ def test_retry_names_an_unknown_subscriber_instead_of_saying_nothing_failed(
     assert code == 1 and "no subscriber 'nobody'" in output and "queued again" not in output
     code, output = invoke(project, "retry", "--subscriber", "ada")
     assert code == 0 and "0 failed digest(s) queued again" in output
+
+
+def test_validate_finds_a_bad_dkim_key_and_a_missing_smtp_password_and_send_stops_once(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What would fail every message alike is a problem of the config, found by validate,
+    and stops a send before anything is built (it marked every subscriber invalid)."""
+    monkeypatch.delenv("NO_SUCH_PW", raising=False)
+    (project.root / "dkim.pem").write_text("not a key\n")
+    project.write_config('[dkim]\nselector = "s1"\ndomain = "example.org"\n'
+                         'private_key_path = "dkim.pem"\n\n[smtp]\nhost = "mail.example.org"\n'
+                         'port = 25\nsecurity = "none"\nusername = "bob"\n'
+                         'password_env = "NO_SUCH_PW"\n', transport="smtp")
+    code, output = invoke(project, "validate", env={"COLUMNS": "300"})
+    assert code == 1
+    problems = [x for x in output.splitlines() if x.startswith("invalid:")]
+    assert len(problems) == 2, output
+    assert problems[0].startswith(f"invalid: {project.root / 'dkim.pem'}: ")
+    assert problems[1] == (f"invalid: {project.config}: smtp.password_env: environment variable"
+                           " NO_SUCH_PW is not set, and smtp.username (bob) needs its password")
+    assert ": not ok; 2 valid subscriber(s), 0 invalid" in output
+    warning = next(x for x in output.splitlines() if "smtp.security" in x)
+    assert "sends the password to mail.example.org in clear text" in warning
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", env={"COLUMNS": "300"})
+    assert code == 1 and "error: " in output and "dkim.pem" in output
+    assert "invalid" not in output and not list(project.root.glob("var/outbox/*.eml"))
