@@ -39,6 +39,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import logging
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -53,6 +54,11 @@ from .links import require_secret
 
 Kind = Literal["hard", "soft", "complaint", "unsubscribe", "auto-reply", "ignored", "unknown",
                "loop"]
+
+# flufl.bounce logs a whole traceback, then re-raises, when one of its detectors trips on a
+# message it cannot read (its Yale detector on one without From:); `_heuristic` already
+# turns that into one verdict ("unreadable: ..."), which inbound logs in one line.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 TOKEN_CHARS = 24
 MAX_HOPS = 50  # Received fields: more and the message is looping (RFC 5321 suggests 100)

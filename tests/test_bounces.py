@@ -3,6 +3,7 @@ data, DSN/ARF/auto-reply/mailto samples written to the RFCs, VERP tokens, and ba
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from pathlib import Path
@@ -178,3 +179,13 @@ def test_an_encoded_status_part_goes_to_the_email_parser() -> None:
                                  b"Content-Transfer-Encoding: base64\r\n")
             + encoded + data[end:])
     assert classify(data, ADDRESSES).kind == "hard"
+
+
+def test_a_message_flufl_cannot_read_is_one_verdict_without_a_logged_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Its Yale detector raises on a message without From: (and logs the traceback itself).
+    data = f"Subject: x\r\nTo: bounces+{TOKEN}@bounce.example.org\r\n\r\nhello\r\n".encode()
+    with caplog.at_level(logging.DEBUG):
+        verdict = classify(data, ADDRESSES)
+    assert verdict.kind == "unknown" and verdict.detail == "unreadable: IndexError"
+    assert not [r for r in caplog.records if r.name.startswith("flufl")]
