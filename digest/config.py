@@ -622,8 +622,13 @@ class ServerConfig(_Strict):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         # List-Unsubscribe carries it as it is: URI characters only, no comma.
-        if value is not None and not (re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value)
+        if value is not None and not (re.fullmatch(r"https?://[^\s/?#]+/?", value)
                                       and is_plain_uri(value)):
+            if re.fullmatch(r"https?://[^\s/?#]+/[^\s?#]+", value):
+                # The pages' forms and links start at "/" (the unsubscribe and confirm
+                # buttons among them): under a path behind a proxy they would post past it.
+                raise ValueError(f"{value!r}: a path is not supported; give digest serve a"
+                                 " host name of its own, like 'https://digest.example.org'")
             raise ValueError(f"{value!r} must be a URL like 'https://digest.example.org'")
         return value.rstrip("/") if value else value
 

@@ -200,3 +200,21 @@ def test_a_bom_is_fine_and_latin1_is_a_clear_error(project: Project) -> None:
     with pytest.raises(ConfigError, match="not UTF-8 text") as info:
         load_subscriber(path, DefaultsConfig())
     assert info.value.hint == "save the file as UTF-8"
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("https://example.org/digest", "a path is not supported; give digest serve a host name"),
+    ("https://example.org/digest/", "a path is not supported"),
+    ("ftp://example.org", "must be a URL like 'https://digest.example.org'"),
+])
+def test_public_url_is_a_site_root(project: Project, url: str, problem: str) -> None:
+    # The pages' forms post to "/unsubscribe", "/preferences"...: under a path they break.
+    project.write_config(f'[server]\npublic_url = "{url}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "server.public_url" and problem in info.value.problem
+
+
+def test_public_url_keeps_its_root_without_the_slash(project: Project) -> None:
+    project.write_config('[server]\npublic_url = "https://digest.example.org/"\n')
+    assert load_settings(project.config).server.public_url == "https://digest.example.org"
