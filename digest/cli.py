@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
@@ -265,6 +265,12 @@ def _attention_only(rows: list[_Row], needs_attention: Callable[[_Row], bool],
     return shown, len(rows) - len(shown), len(attention) - len(shown)
 
 
+def _whole(header: str) -> Column:
+    # An address or an id is what a reader copies into the next command (`--lift`,
+    # `--subscriber`): in a narrow terminal it wraps, never ends in "…".
+    return Column(header, overflow="fold")
+
+
 def _print_table(table: Table, left_out: tuple[int, int], listed: str, more: str) -> None:
     # The table when it has rows, and a line about the subscribers left out of it: how many,
     # and how many of those need attention too, so a cut list never reads as complete.
@@ -285,7 +291,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                        scheduled: bool = False) -> None:
     # `scheduled` (`run --once`): everyone before their send_at is not-due, and not listed;
     # on a manual send not-due says why (a day the frequency skips, a retry not yet due).
-    table = Table("subscriber", "result", "items", "detail")
+    table = Table(_whole("subscriber"), "result", "items", "detail")
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
                "retry": "yellow", "queued": "yellow", "not-sent": "yellow"}
     rows, left_out, cut = _attention_only(
@@ -488,7 +494,8 @@ def _export(rows: list[store.Suppression], export_format: str) -> None:
 
 def _suppression_table(rows: list[store.Suppression], title: str | None = None,
                        most: int | None = None) -> None:
-    table = Table("address", "subscriber", "reason", "since (UTC)", "detail", title=title)
+    table = Table(_whole("address"), _whole("subscriber"), "reason", "since (UTC)", "detail",
+                  title=title)
     for r in rows[:most]:
         table.add_row(escape(r.email), escape(r.subscriber_id or "-"), r.reason,
                       f"{r.at:%Y-%m-%d %H:%M}", escape(r.detail[:80]))
@@ -527,7 +534,8 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
         rows, left_out, cut = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
     colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
                "queued": "yellow"}
-    table = Table("subscriber", "date", "state", "items", "attempts", "last error / next try")
+    table = Table(_whole("subscriber"), "date", "state", "items", "attempts",
+                  "last error / next try")
     for row in rows:
         state = row.state or "-"
         if row.state in colours:

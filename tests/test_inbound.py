@@ -297,3 +297,18 @@ def test_inbound_without_bounces_configured_says_which_setting_is_missing(
     both = runner.invoke(cli.cli, ["inbound", "--once", "--listen", "--config",
                                    str(project.config)])
     assert both.exit_code == 2 and "exactly one of --once and --listen" in both.output
+
+
+def test_a_narrow_terminal_wraps_addresses_instead_of_cutting_them(project: Project,
+                                                                   sink: SmtpServer) -> None:
+    # The address is what `--lift` takes: "uni@example.n…" could not be copied.
+    settings = bounce_project(project, sink.port)
+    long = "a.rather.long.address.of.someone@subdomain.university.example.org"
+    db = store.open_db(settings.store.path)
+    store.suppress(db, long, "ada", "hard-bounce", "550 5.1.1 no such user", NOW)
+    env = {**os.environ, "DIGEST_NOW": TOMORROW.isoformat(), "COLUMNS": "60"}
+    listed = CliRunner().invoke(cli.cli, ["suppressed", "--config", str(project.config)],
+                                env=env)
+    first = [line.split("│")[1].strip() for line in listed.output.splitlines()
+             if line.count("│") > 2]
+    assert long in "".join(first), listed.output
