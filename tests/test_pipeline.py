@@ -8,9 +8,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlite_utils import Database
 
 from digest import pipeline, store
-from digest.config import load_settings
+from digest.config import Settings, load_settings
 from tests import outbox_support as outbox
 from tests.conftest import NOW, Project, SmtpServer
 
@@ -245,6 +246,18 @@ def _utc(day: int, hour: int, minute: int = 0) -> dt.datetime:
     return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC)
 
 
+def _first_digest(project: Project, zone: str, when: dt.datetime) -> tuple[Settings, Database]:
+    """The store after 'kw' (in `zone`) got a digest at `when` (a manual send, which is due
+    whatever send_at says, as the scheduler's at or after it)."""
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    pipeline.fetch(settings, db, NOW)
+    _moving(project, zone)
+    first = pipeline.send(settings, db, when, only=["kw"])
+    assert [o.status for o in first.outcomes] == ["sent"]
+    return settings, db
+
+
 @pytest.mark.parametrize("due_only", [True, False])
 def test_moving_west_sends_no_second_digest_the_same_day(
     project: Project, due_only: bool
@@ -252,12 +265,7 @@ def test_moving_west_sends_no_second_digest_the_same_day(
     """Kathmandu's digest of Nov 26 goes at 01:15 UTC; moved to Honolulu, where it is still
     Nov 25 afternoon, nothing more goes that day (neither the scheduler nor `digest send`),
     and the next day Honolulu has of its own (Nov 27; Nov 26's digest is the one sent) does."""
-    settings = load_settings(project.config)
-    db = store.open_db(settings.store.path)
-    pipeline.fetch(settings, db, NOW)
-    _moving(project, "Asia/Kathmandu")
-    sent = pipeline.send(settings, db, _utc(26, 1, 20), only=["kw"], due_only=True)
-    assert [o.status for o in sent.outcomes] == ["sent"]
+    settings, db = _first_digest(project, "Asia/Kathmandu", _utc(26, 1, 20))
     _moving(project, "Pacific/Honolulu")
     again = pipeline.send(settings, db, _utc(26, 1, 42), only=["kw"], due_only=due_only)
     [outcome] = again.outcomes
@@ -276,12 +284,7 @@ def test_moving_east_waits_a_day_and_does_not_block_the_next(project: Project) -
     """Honolulu's digest of Nov 25 goes at 17:00 UTC; moved to Kiritimati (UTC+14), where
     Nov 26 07:00 has passed half an hour later, Nov 26 gets none (the last one was made on
     Nov 26 by Kiritimati's clock); Nov 27 at 07:00 there, a day later, sends."""
-    settings = load_settings(project.config)
-    db = store.open_db(settings.store.path)
-    pipeline.fetch(settings, db, NOW)
-    _moving(project, "Pacific/Honolulu")
-    first = pipeline.send(settings, db, _utc(25, 17, 0), only=["kw"], due_only=True)
-    assert [o.status for o in first.outcomes] == ["sent"]
+    settings, db = _first_digest(project, "Pacific/Honolulu", _utc(25, 17, 0))
     _moving(project, "Pacific/Kiritimati")
     for when in (_utc(25, 17, 30), _utc(26, 9, 59)):  # Nov 26, 07:30 and 23:59 there
         early = pipeline.send(settings, db, when, only=["kw"], due_only=True)
@@ -295,12 +298,7 @@ def test_moving_east_waits_a_day_and_does_not_block_the_next(project: Project) -
 def test_a_late_digest_does_not_hold_back_the_next_morning(project: Project) -> None:
     """One a local day is by the calendar, not by hours: a manual send at 22:00 (setting
     up, or after downtime) is that day's digest, and the next morning's goes at send_at."""
-    settings = load_settings(project.config)
-    db = store.open_db(settings.store.path)
-    pipeline.fetch(settings, db, NOW)
-    _moving(project, "Europe/London")
-    late = pipeline.send(settings, db, _utc(25, 22, 0), only=["kw"])
-    assert [o.status for o in late.outcomes] == ["sent"]
+    settings, db = _first_digest(project, "Europe/London", _utc(25, 22, 0))
     morning = pipeline.send(settings, db, _utc(26, 7, 5), only=["kw"], due_only=True)
     assert [o.status for o in morning.outcomes] == ["sent"]  # 9 hours later, the next day
     assert store.digest_state(db, "kw", dt.date(2026, 11, 26)) == "sent"
