@@ -55,7 +55,14 @@ from .errors import ConfigError, DigestError
 from .links import TokenError, open_payload, sign_payload
 from .mime import assemble
 from .preferences import MAX_KEYWORDS, FormKeyword, FormText, locked, write_atomic
-from .send import Outgoing, check_headers, clean_header, list_id, unsubscribe_links
+from .send import (
+    Outgoing,
+    clean_header,
+    finish,
+    list_id,
+    load_signer,
+    unsubscribe_links,
+)
 from .subscribers import files, load
 
 log = logging.getLogger("digest")
@@ -150,7 +157,8 @@ def token_hash(token: str) -> str:
 
 def confirmation(settings: Settings, signup: Signup, url: str, now: datetime) -> Outgoing:
     """The confirmation email for `signup`, its link `url`, with the digest's own header
-    code (`mime.assemble`, `headers`), so the typed name cannot add a header."""
+    code (`mime.assemble`, `headers`), so the typed name cannot add a header, DKIM-signed
+    like a digest (`send.finish`), from the bounce address when `[bounces]` sets one."""
     delivery = settings.delivery
     sender = delivery.from_address
     tag = hashlib.sha256(url.encode()).hexdigest()[:24]
@@ -177,9 +185,12 @@ def confirmation(settings: Settings, signup: Signup, url: str, now: datetime) ->
         ("X-Digest-Id", f"signup/{tag}"),
     ]
     parts = assemble(fields, text, html)
-    data = parts.head + b"\r\n" + parts.body
-    check_headers(data)
-    return Outgoing(f"signup/{tag}", parts.message_id, sender, signup.email, data)
+    data = finish(parts, load_signer(settings.dkim))
+    # VERP tokens name a digest the store sent (`store.digest_by_envelope`), which a
+    # confirmation is not; its bounces go to the plain bounce address, where a person reads
+    # them (over IMAP they stay in the mailbox, flagged skipped), not to the From mailbox.
+    envelope = settings.bounces.address or sender
+    return Outgoing(f"signup/{tag}", parts.message_id, envelope, signup.email, data)
 
 
 def _escape(text: str) -> str:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import dkim
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -23,6 +24,7 @@ from digest.links import link_url, sign_payload
 
 from .browser import chromium  # noqa: F401 - fixture
 from .conftest import NOW, Project, SmtpServer
+from .delivery_support import write_rsa_key
 from .reader_support import parts, text_links
 from .web_support import SECRET, SIGNUP, confirm_link, csrf_of, parsed, signup_server
 
@@ -158,6 +160,37 @@ def test_an_id_that_is_taken_gets_a_suffix_and_no_file_is_overwritten(
     assert (project.subscribers / "ada.toml").read_bytes() == ada
     assert tomllib.loads((project.subscribers / "ada-2.toml").read_text())["email"] == \
         "ada@other.example"
+
+
+DKIM_AND_BOUNCES = """
+[dkim]
+selector = "mail2026"
+domain = "example.org"
+private_key_path = "keys/dkim.pem"
+
+[bounces]
+address = "bounces@bounce.example.org"
+"""
+
+
+def subscribe(client: httpx.Client, server: str, email: str) -> httpx.Response:
+    csrf = csrf_of(client.get(server + "/subscribe").text)
+    return client.post(server + "/subscribe", data={
+        "csrf": csrf, "email": email, "topics": "Diffusion", "timezone": "UTC",
+        "send_at": "07:00"})
+
+
+def test_the_confirmation_is_dkim_signed_and_bounces_to_the_bounce_address(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = write_rsa_key(project.root / "keys" / "dkim.pem")
+    with signup_server(project, smtp_server, monkeypatch, extra=DKIM_AND_BOUNCES) as server, \
+            httpx.Client() as client:
+        subscribe(client, server, "new.reader@example.net")
+    [sent] = smtp_server.sink.received
+    assert sent.data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert dkim.verify(sent.data, dnsfunc=lambda name, timeout=5: record)
+    assert sent.mail_from == "bounces@bounce.example.org"
+    assert sent.rcpt_tos == ["new.reader@example.net"]
 
 
 # --- bad input -------------------------------------------------------------------------------
