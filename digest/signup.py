@@ -16,7 +16,9 @@ On confirmation:
   same model as a hand-written one before it is written, and never overwrites a file.
 
 The page answers the same whether or not the address is already subscribed, and whether or
-not a confirmation email was sent (rate limits, honeypot): only the mailbox learns more.
+not a confirmation email was sent (rate limits, honeypot, a suppressed address: no email is
+sent to one, and a link sent before it was suppressed confirms nothing): only the mailbox
+learns more.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ class FormError(DigestError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field, self.problem = field, problem
+
+
+class NotConfirmed(DigestError):
+    """A confirmation that can never be acted on (nothing is written, and trying again
+    changes nothing); the message is what the page tells the reader."""
 
 
 class Signup(BaseModel):
@@ -262,7 +269,15 @@ def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:
 def confirm(settings: Settings, db: Database, token: str, signup: Signup,
             now: datetime) -> str:
     """Act on a confirmed sign-up once: the id of the new (or existing) subscriber.
-    TokenError when the link was used before."""
+    TokenError when the link was used before; NotConfirmed when the address is suppressed
+    (mail to it bounced, or it complained)."""
+    if store.is_suppressed(db, signup.email):
+        # A link sent before the address was suppressed: nothing could be delivered.
+        log.warning("sign-up: %s not confirmed: the address is suppressed (`digest"
+                    " suppressed --lift` mails it again)", signup.email)
+        raise NotConfirmed(f"We cannot send the digest to {signup.email}: mail to it has"
+                           " bounced or been reported as unwanted. Nothing was saved; the"
+                           " list's operator can lift this.")
     used = token_hash(token)
     if not store.use_token(db, used, now):
         raise TokenError("it has already been used")

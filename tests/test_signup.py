@@ -193,6 +193,29 @@ def test_the_confirmation_is_dkim_signed_and_bounces_to_the_bounce_address(
     assert sent.rcpt_tos == ["new.reader@example.net"]
 
 
+def test_a_suppressed_address_gets_no_confirmation_and_the_same_page(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        # A link mailed before the address complained, to be confirmed after.
+        pending = signup.Signup(email="gone@example.net", topics=["Diffusion"],
+                                timezone="UTC", send_at="07:00")
+        early = f"{server}/confirm?token={signup.pending_token(SECRET, pending, NOW, 48)}"
+        db = store.open_db(project.db_path)
+        store.suppress(db, "Gone@Example.net", None, "complaint", "abuse report", NOW)
+        store.suppress(db, "dead@example.net", None, "hard-bounce", "5.1.1", NOW)
+        emails = ("gone@example.net", "dead@example.net", "fine@example.net")
+        pages = {(r.status_code, r.text.replace(email, "ADDRESS")) for email in emails
+                 for r in [subscribe(client, server, email)]}
+        assert len(pages) == 1
+        assert [r.rcpt_tos for r in smtp_server.sink.received] == [["fine@example.net"]]
+        assert "no confirmation email to gone@example.net: the address is suppressed" \
+            in caplog.text
+        r = client.post(early, data={"csrf": csrf_of(client.get(early).text)})
+        assert r.status_code == 409 and "We cannot send the digest to gone@example.net" in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml"]
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 HOSTILE = [
