@@ -266,11 +266,22 @@ def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:
     raise DigestError(f"could not find a free subscriber id for {signup.email}")
 
 
+def check_offered(signup: Signup, config: SignupConfig) -> None:
+    """NotConfirmed when a topic the sign-up picked is no longer in `[[signup.topics]]`
+    (renamed or removed since the link was sent): the reader signs up again."""
+    offered = {t.name for t in config.topics}
+    if any(t not in offered for t in signup.topics):
+        raise NotConfirmed("The topics offered have changed since you signed up, so this"
+                           " link can no longer be used. Nothing was saved: please sign up"
+                           " again and pick from the topics offered now.")
+
+
 def confirm(settings: Settings, db: Database, token: str, signup: Signup,
             now: datetime) -> str:
     """Act on a confirmed sign-up once: the id of the new (or existing) subscriber.
-    TokenError when the link was used before; NotConfirmed when the address is suppressed
-    (mail to it bounced, or it complained)."""
+    TokenError when the link was used before; NotConfirmed when its topics are no longer
+    offered, or the address is suppressed (mail to it bounced, or it complained)."""
+    check_offered(signup, settings.signup)
     if store.is_suppressed(db, signup.email):
         # A link sent before the address was suppressed: nothing could be delivered.
         log.warning("sign-up: %s not confirmed: the address is suppressed (`digest"

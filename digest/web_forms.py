@@ -279,6 +279,10 @@ class Forms:
         except TokenError as exc:
             return self.bad_link(exc.message)
         if form is None:
+            try:
+                signup.check_offered(pending, self.settings.signup)
+            except signup.NotConfirmed as exc:
+                return self.refused("Not subscribed", exc.message, 409)
             return self.form_page(request, "confirm_signup.html", title="Confirm",
                                   pending=pending, token=token)
         if not self.csrf_ok(request, form):

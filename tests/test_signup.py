@@ -216,6 +216,23 @@ def test_a_suppressed_address_gets_no_confirmation_and_the_same_page(
     assert sorted(files(project)) == ["ada.toml", "grace.toml"]
 
 
+def test_a_link_whose_topics_are_no_longer_offered_says_sign_up_again(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Signed up for "Old name" and "Diffusion"; the operator renamed "Old name" since.
+    pending = signup.Signup(email="late@example.net", topics=["Old name", "Diffusion"],
+                            timezone="UTC", send_at="07:00")
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        link = f"{server}/confirm?token={signup.pending_token(SECRET, pending, NOW, 48)}"
+        shown = client.get(link)
+        csrf = csrf_of(client.get(server + "/subscribe").text)
+        posted = [client.post(link, data={"csrf": csrf}) for _ in range(2)]
+    for r in (shown, *posted):
+        assert r.status_code == 409, r.text
+        assert "The topics offered have changed since you signed up" in r.text
+        assert "sign up again" in r.text and "Try again later" not in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml"]
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 HOSTILE = [
