@@ -242,13 +242,30 @@ def file_text(signup: Signup, config: SignupConfig) -> bytes:
 
 
 def _existing(settings: Settings, db: Database, email: str) -> str | None:
-    # Bad files are skipped here: `digest validate` reports them; they hold no address we
-    # could trust anyway.
+    """The id of the subscriber with this address, or None. DigestError when a file that
+    cannot be read may be this address's own (its id-file, or one that holds the address):
+    a second file would mail the address twice once the first is fixed (`digest validate`
+    names the problem; the link works again after)."""
     wanted = email.casefold()
+    broken: list[ConfigError] = []
     for entry in load(settings.subscribers.dir, settings.defaults, db):
-        if not isinstance(entry, ConfigError) and entry.email.casefold() == wanted:
+        if isinstance(entry, ConfigError):
+            broken.append(entry)
+        elif entry.email.casefold() == wanted:
             return entry.id
+    own = subscriber_id_for(email, set()).lower() + ".toml"
+    for error in broken:
+        if error.path.name.lower() == own or _mentions(error.path, wanted):
+            raise DigestError(f"sign-up of {email} not confirmed: {error.message} (it may be"
+                              " this address's file)", hint="fix the file: digest validate")
     return None
+
+
+def _mentions(path: Path, wanted: str) -> bool:
+    try:
+        return wanted in path.read_bytes().decode("utf-8", "replace").casefold()
+    except OSError:
+        return True  # unreadable: it may hold the address
 
 
 def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:

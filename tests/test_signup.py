@@ -233,6 +233,26 @@ def test_a_link_whose_topics_are_no_longer_offered_says_sign_up_again(
     assert sorted(files(project)) == ["ada.toml", "grace.toml"]
 
 
+def test_an_address_whose_own_file_is_broken_gets_no_second_file(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = 'name = "New"\nemail = "new.user@example.net"\ntimezone = "UTC"\n' \
+        '[[topics]]\nname = "Diffusion"\nkeywords = ["diffusion model"]\n'
+    own = project.subscribers / "new.user.toml"
+    own.write_text(good.replace("[[topics]]", "topics = []\n[[nope]]"), encoding="utf-8")
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        subscribe(client, server, "new.user@example.net")
+        link = confirm_link(smtp_server.sink.received[-1].data)
+        csrf = csrf_of(client.get(link).text)
+        r = client.post(link, data={"csrf": csrf})
+        assert r.status_code == 503 and "nothing was changed" in r.text
+        assert sorted(files(project)) == ["ada.toml", "grace.toml", "new.user.toml"]
+        own.write_text(good, encoding="utf-8")  # the operator fixes it; the link works again
+        r = client.post(link, data={"csrf": csrf})
+        assert r.status_code == 200 and "You are subscribed" in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml", "new.user.toml"]
+    assert own.read_text(encoding="utf-8") == good
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 HOSTILE = [
