@@ -47,7 +47,7 @@ from .errors import (
     SendError,
     TransientSendError,
 )
-from .mime import assemble, normal_body
+from .mime import Parts, assemble, normal_body
 from .models import Digest, RenderedEmail
 from .signing import FastSigner
 
@@ -293,6 +293,14 @@ def outgoing(
     fields = header_fields(rendered, digest, delivery, now, unsubscribe_https, mailto)
     parts = assemble(fields, rendered.text, rendered.html, rendered.text_pieces,
                      rendered.html_pieces, rendered.fills)
+    data = finish(parts, signer, dkim_time)
+    return Outgoing(digest.id, parts.message_id, envelope, digest.subscriber.email, data)
+
+
+def finish(parts: Parts, signer: FastSigner | None, dkim_time: int | None = None) -> bytes:
+    """The bytes of an assembled message as sent: DKIM-signed when `signer` is set (`t=`
+    `dkim_time`, now when None), its header block checked. Every message digest sends (the
+    digests and the sign-up confirmations) goes through here, so none misses the signature."""
     data = parts.head + b"\r\n" + parts.body
     if signer is not None:
         try:
@@ -301,7 +309,7 @@ def outgoing(
         except (ValueError, TypeError) as exc:
             raise FatalSendError(f"DKIM signing failed: {exc}") from exc
     check_headers(data)
-    return Outgoing(digest.id, parts.message_id, envelope, digest.subscriber.email, data)
+    return data
 
 
 class Sender(Protocol):

@@ -16,7 +16,9 @@ On confirmation:
   same model as a hand-written one before it is written, and never overwrites a file.
 
 The page answers the same whether or not the address is already subscribed, and whether or
-not a confirmation email was sent (rate limits, honeypot): only the mailbox learns more.
+not a confirmation email was sent (rate limits, honeypot, a suppressed address: no email is
+sent to one, and a link sent before it was suppressed confirms nothing): only the mailbox
+learns more.
 """
 
 from __future__ import annotations
@@ -55,7 +57,14 @@ from .errors import ConfigError, DigestError
 from .links import TokenError, open_payload, sign_payload
 from .mime import assemble
 from .preferences import MAX_KEYWORDS, FormKeyword, FormText, locked, write_atomic
-from .send import Outgoing, check_headers, clean_header, list_id, unsubscribe_links
+from .send import (
+    Outgoing,
+    clean_header,
+    finish,
+    list_id,
+    load_signer,
+    unsubscribe_links,
+)
 from .subscribers import files, load
 
 log = logging.getLogger("digest")
@@ -66,6 +75,11 @@ class FormError(DigestError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field, self.problem = field, problem
+
+
+class NotConfirmed(DigestError):
+    """A confirmation that can never be acted on (nothing is written, and trying again
+    changes nothing); the message is what the page tells the reader."""
 
 
 class Signup(BaseModel):
@@ -150,7 +164,8 @@ def token_hash(token: str) -> str:
 
 def confirmation(settings: Settings, signup: Signup, url: str, now: datetime) -> Outgoing:
     """The confirmation email for `signup`, its link `url`, with the digest's own header
-    code (`mime.assemble`, `headers`), so the typed name cannot add a header."""
+    code (`mime.assemble`, `headers`), so the typed name cannot add a header, DKIM-signed
+    like a digest (`send.finish`), from the bounce address when `[bounces]` sets one."""
     delivery = settings.delivery
     sender = delivery.from_address
     tag = hashlib.sha256(url.encode()).hexdigest()[:24]
@@ -177,9 +192,12 @@ def confirmation(settings: Settings, signup: Signup, url: str, now: datetime) ->
         ("X-Digest-Id", f"signup/{tag}"),
     ]
     parts = assemble(fields, text, html)
-    data = parts.head + b"\r\n" + parts.body
-    check_headers(data)
-    return Outgoing(f"signup/{tag}", parts.message_id, sender, signup.email, data)
+    data = finish(parts, load_signer(settings.dkim))
+    # VERP tokens name a digest the store sent (`store.digest_by_envelope`), which a
+    # confirmation is not; its bounces go to the plain bounce address, where a person reads
+    # them (over IMAP they stay in the mailbox, flagged skipped), not to the From mailbox.
+    envelope = settings.bounces.address or sender
+    return Outgoing(f"signup/{tag}", parts.message_id, envelope, signup.email, data)
 
 
 def _escape(text: str) -> str:
@@ -224,13 +242,30 @@ def file_text(signup: Signup, config: SignupConfig) -> bytes:
 
 
 def _existing(settings: Settings, db: Database, email: str) -> str | None:
-    # Bad files are skipped here: `digest validate` reports them; they hold no address we
-    # could trust anyway.
+    """The id of the subscriber with this address, or None. DigestError when a file that
+    cannot be read may be this address's own (its id-file, or one that holds the address):
+    a second file would mail the address twice once the first is fixed (`digest validate`
+    names the problem; the link works again after)."""
     wanted = email.casefold()
+    broken: list[ConfigError] = []
     for entry in load(settings.subscribers.dir, settings.defaults, db):
-        if not isinstance(entry, ConfigError) and entry.email.casefold() == wanted:
+        if isinstance(entry, ConfigError):
+            broken.append(entry)
+        elif entry.email.casefold() == wanted:
             return entry.id
+    own = subscriber_id_for(email, set()).lower() + ".toml"
+    for error in broken:
+        if error.path.name.lower() == own or _mentions(error.path, wanted):
+            raise DigestError(f"sign-up of {email} not confirmed: {error.message} (it may be"
+                              " this address's file)", hint="fix the file: digest validate")
     return None
+
+
+def _mentions(path: Path, wanted: str) -> bool:
+    try:
+        return wanted in path.read_bytes().decode("utf-8", "replace").casefold()
+    except OSError:
+        return True  # unreadable: it may hold the address
 
 
 def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:
@@ -248,10 +283,29 @@ def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:
     raise DigestError(f"could not find a free subscriber id for {signup.email}")
 
 
+def check_offered(signup: Signup, config: SignupConfig) -> None:
+    """NotConfirmed when a topic the sign-up picked is no longer in `[[signup.topics]]`
+    (renamed or removed since the link was sent): the reader signs up again."""
+    offered = {t.name for t in config.topics}
+    if any(t not in offered for t in signup.topics):
+        raise NotConfirmed("The topics offered have changed since you signed up, so this"
+                           " link can no longer be used. Nothing was saved: please sign up"
+                           " again and pick from the topics offered now.")
+
+
 def confirm(settings: Settings, db: Database, token: str, signup: Signup,
             now: datetime) -> str:
     """Act on a confirmed sign-up once: the id of the new (or existing) subscriber.
-    TokenError when the link was used before."""
+    TokenError when the link was used before; NotConfirmed when its topics are no longer
+    offered, or the address is suppressed (mail to it bounced, or it complained)."""
+    check_offered(signup, settings.signup)
+    if store.is_suppressed(db, signup.email):
+        # A link sent before the address was suppressed: nothing could be delivered.
+        log.warning("sign-up: %s not confirmed: the address is suppressed (`digest"
+                    " suppressed --lift` mails it again)", signup.email)
+        raise NotConfirmed(f"We cannot send the digest to {signup.email}: mail to it has"
+                           " bounced or been reported as unwanted. Nothing was saved; the"
+                           " list's operator can lift this.")
     used = token_hash(token)
     if not store.use_token(db, used, now):
         raise TokenError("it has already been used")

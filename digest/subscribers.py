@@ -7,6 +7,9 @@
   that raises it);
 - one bad file is one `ConfigError` naming the file, field and problem, and never hides the
   others (`load` yields it in the file's place);
+- an address is one subscriber: a file whose email (case-insensitive) an earlier file (by
+  id) has is a `ConfigError` naming both, so `send` mails the address once and `validate`
+  reports it;
 - given a store, validated data is cached there, keyed by the file's path and the SHA-256 of
   its bytes and of the cache key (`CACHE_KEY`), so a run over 100,000 unchanged files reads
   and hashes them but validates none. The cache key derives from the subscriber file's JSON
@@ -61,10 +64,11 @@ def files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ConfigError(folder, None, "subscribers folder not found",
                           hint="set [subscribers] dir in digest.toml")
-    # Sorted by name (the same order as by path, all being in one folder): comparing Path
-    # objects costs a second at 100,000 files.
+    # Sorted by id, the name without ".toml" (by the whole name "ada-2.toml" would come before
+    # "ada.toml", '-' being before '.'; the first by id is the one an address's digest goes
+    # to); on strings: comparing Path objects costs a second at 100,000 files.
     return sorted((p for p in folder.glob("*.toml") if not p.name.startswith(".")),
-                  key=lambda p: p.name)
+                  key=lambda p: p.name[:-5])
 
 
 def path_of(folder: Path, subscriber_id: str) -> Path:
@@ -102,6 +106,7 @@ def load(
     # file cost a third of a second at 100,000 files.
     base = os.fspath(folder.resolve())
     keys = [os.path.join(base, p.name) for p in paths]
+    owners: dict[str, str] = {}  # address (casefolded) -> the file that gets its digest
     for path, key in zip(paths, keys, strict=True):
         try:
             check_subscriber_id(path)
@@ -121,7 +126,9 @@ def load(
                 yield exc
                 continue
             fresh.append((key, digest, json.dumps(data)))
-        yield subscriber_from_data(path, data, defaults)
+        subscriber = subscriber_from_data(path, data, defaults)
+        owner = owners.setdefault(subscriber.email.casefold(), path.name)
+        yield subscriber if owner == path.name else duplicate(path, subscriber.email, owner)
     if db is None:
         return
     gone = [] if only else sorted(set(cached) - set(keys))
@@ -129,6 +136,14 @@ def load(
         store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
         log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",
                  len(fresh), len(gone))
+
+
+def duplicate(path: Path, email: str, owner: str) -> ConfigError:
+    """The error of a file whose address an earlier file (by id) already has: one address
+    gets one digest, the first file's."""
+    return ConfigError(path, "email", f"{email} is also in {owner}, which gets its digest;"
+                       " one address gets one digest",
+                       hint="remove one of the two files, or change its email")
 
 
 def _read(path: Path) -> bytes:

@@ -223,6 +223,11 @@ class Forms:
             log.warning("sign-up: honeypot field filled from %s", ip)
         elif not self.limits.address_allows(pending.email):
             log.warning("sign-up: rate limit for an address (%s)", ip)
+        elif self.suppressed(pending.email):
+            # A hard bounce cannot be delivered and a complainer must not be mailed; the page
+            # stays the same, so it does not tell who is on the list.
+            log.warning("sign-up: no confirmation email to %s: the address is suppressed"
+                        " (`digest suppressed --lift` mails it again)", pending.email)
         else:
             failed = self.send_confirmation(request, pending)
             if failed is not None:
@@ -231,6 +236,11 @@ class Forms:
                          text=f"If {pending.email} can get the digest, a confirmation link is"
                          " on its way there. Open it to start your subscription.",
                          undo="", undo_text="", undo_button="")
+
+    def suppressed(self, email: str) -> bool:
+        """Whether `email` is suppressed (a hard bounce, a complaint, soft bounces)."""
+        with self.db() as database:
+            return store.is_suppressed(database, email)
 
     def send_confirmation(self, request: Request, pending: signup.Signup) -> Response | None:
         """Email the confirmation link; the page to show if it could not go."""
@@ -269,6 +279,10 @@ class Forms:
         except TokenError as exc:
             return self.bad_link(exc.message)
         if form is None:
+            try:
+                signup.check_offered(pending, self.settings.signup)
+            except signup.NotConfirmed as exc:
+                return self.refused("Not subscribed", exc.message, 409)
             return self.form_page(request, "confirm_signup.html", title="Confirm",
                                   pending=pending, token=token)
         if not self.csrf_ok(request, form):
@@ -278,6 +292,8 @@ class Forms:
                 sid = signup.confirm(self.settings, database, token, pending, self.now())
         except TokenError as exc:
             return self.bad_link(exc.message)
+        except signup.NotConfirmed as exc:  # for good: not a "try again later"
+            return self.refused("Not subscribed", exc.message, 409)
         except DigestError as exc:
             log.error("sign-up: %s", exc)
             return self.refused("Try again later", "Your subscription could not be saved"

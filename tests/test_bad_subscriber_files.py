@@ -96,3 +96,24 @@ def test_commands_naming_a_bad_id_say_no_such_subscriber(project: Project, sid: 
         assert "Traceback" not in run.stderr, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 2 and lines[0].startswith("error: no subscriber "), run.stderr
+
+
+def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project) -> None:
+    # "ada-2" sorts after "ada": the first file by id gets the digest.
+    (project.subscribers / "ada-2.toml").write_text(
+        ADA.replace("ada@example.org", "Ada@EXAMPLE.org"), encoding="utf-8")
+    run = _digest(project, "validate")
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
+    invalid = [line for line in run.stderr.splitlines() if line.startswith("invalid:")]
+    assert invalid == [f"invalid: {project.subscribers / 'ada-2.toml'}: email: Ada@example.org"
+                       " is also in ada.toml, which gets its digest; one address gets one"
+                       " digest"]
+    assert "ok: ada <" in run.stdout and "ok: grace" in run.stdout
+    assert _digest(project, "fetch").returncode == 0
+    run = _digest(project, "send")
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
+        project.db_path))}
+    assert states == {"ada": "sent", "grace": "sent"}
+    assert "ada-2" in run.stdout and "is also in ada.toml" in run.stdout
+    assert len(list(project.outbox.glob("*.eml"))) == 2

@@ -191,11 +191,12 @@ def test_a_bad_env_override_is_blamed_on_the_variable_not_the_file(
 
 def test_a_bom_is_fine_and_latin1_is_a_clear_error(project: Project) -> None:
     path = project.subscribers / "bom.toml"
-    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    # Its own address: the fixture's ada.toml has GOOD's, and one address is one subscriber.
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.replace("ada@", "bom@").encode())
     assert load_subscriber(path, DefaultsConfig()).name == "Ada"
     loaded = {s.id: s for s in iter_subscribers(project.subscribers, DefaultsConfig())
               if not isinstance(s, ConfigError)}
-    assert loaded["bom"].email == "ada@example.org"
+    assert loaded["bom"].email == "bom@example.org"
     path.write_bytes(GOOD.replace("Ada", "Zoë").encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text") as info:
         load_subscriber(path, DefaultsConfig())

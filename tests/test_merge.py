@@ -215,7 +215,8 @@ def test_paper_sent_under_title_id_is_not_sent_again_after_rekeying(
     assert sent_listing_ids(db, "ada/2026-11-25") == ["2405.00451"]
 
     # A new subscriber with the same interests would get it; ada, who had it, does not.
-    project.subscriber("ben", (project.subscribers / "ada.toml").read_text("utf-8"))
+    project.subscriber("ben", (project.subscribers / "ada.toml").read_text("utf-8")
+                       .replace("ada@example.org", "ben@example.org"))
     day2 = day1 + dt.timedelta(days=1)
     outcomes = {o.subscriber_id: o for o in _send(project, day2).outcomes}
     assert outcomes["ben"].status == "sent"

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import dkim
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -23,6 +24,7 @@ from digest.links import link_url, sign_payload
 
 from .browser import chromium  # noqa: F401 - fixture
 from .conftest import NOW, Project, SmtpServer
+from .delivery_support import write_rsa_key
 from .reader_support import parts, text_links
 from .web_support import SECRET, SIGNUP, confirm_link, csrf_of, parsed, signup_server
 
@@ -158,6 +160,97 @@ def test_an_id_that_is_taken_gets_a_suffix_and_no_file_is_overwritten(
     assert (project.subscribers / "ada.toml").read_bytes() == ada
     assert tomllib.loads((project.subscribers / "ada-2.toml").read_text())["email"] == \
         "ada@other.example"
+
+
+DKIM_AND_BOUNCES = """
+[dkim]
+selector = "mail2026"
+domain = "example.org"
+private_key_path = "keys/dkim.pem"
+
+[bounces]
+address = "bounces@bounce.example.org"
+"""
+
+
+def subscribe(client: httpx.Client, server: str, email: str) -> httpx.Response:
+    csrf = csrf_of(client.get(server + "/subscribe").text)
+    return client.post(server + "/subscribe", data={
+        "csrf": csrf, "email": email, "topics": "Diffusion", "timezone": "UTC",
+        "send_at": "07:00"})
+
+
+def test_the_confirmation_is_dkim_signed_and_bounces_to_the_bounce_address(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = write_rsa_key(project.root / "keys" / "dkim.pem")
+    with signup_server(project, smtp_server, monkeypatch, extra=DKIM_AND_BOUNCES) as server, \
+            httpx.Client() as client:
+        subscribe(client, server, "new.reader@example.net")
+    [sent] = smtp_server.sink.received
+    assert sent.data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert dkim.verify(sent.data, dnsfunc=lambda name, timeout=5: record)
+    assert sent.mail_from == "bounces@bounce.example.org"
+    assert sent.rcpt_tos == ["new.reader@example.net"]
+
+
+def test_a_suppressed_address_gets_no_confirmation_and_the_same_page(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        # A link mailed before the address complained, to be confirmed after.
+        pending = signup.Signup(email="gone@example.net", topics=["Diffusion"],
+                                timezone="UTC", send_at="07:00")
+        early = f"{server}/confirm?token={signup.pending_token(SECRET, pending, NOW, 48)}"
+        db = store.open_db(project.db_path)
+        store.suppress(db, "Gone@Example.net", None, "complaint", "abuse report", NOW)
+        store.suppress(db, "dead@example.net", None, "hard-bounce", "5.1.1", NOW)
+        emails = ("gone@example.net", "dead@example.net", "fine@example.net")
+        pages = {(r.status_code, r.text.replace(email, "ADDRESS")) for email in emails
+                 for r in [subscribe(client, server, email)]}
+        assert len(pages) == 1
+        assert [r.rcpt_tos for r in smtp_server.sink.received] == [["fine@example.net"]]
+        assert "no confirmation email to gone@example.net: the address is suppressed" \
+            in caplog.text
+        r = client.post(early, data={"csrf": csrf_of(client.get(early).text)})
+        assert r.status_code == 409 and "We cannot send the digest to gone@example.net" in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml"]
+
+
+def test_a_link_whose_topics_are_no_longer_offered_says_sign_up_again(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Signed up for "Old name" and "Diffusion"; the operator renamed "Old name" since.
+    pending = signup.Signup(email="late@example.net", topics=["Old name", "Diffusion"],
+                            timezone="UTC", send_at="07:00")
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        link = f"{server}/confirm?token={signup.pending_token(SECRET, pending, NOW, 48)}"
+        shown = client.get(link)
+        csrf = csrf_of(client.get(server + "/subscribe").text)
+        posted = [client.post(link, data={"csrf": csrf}) for _ in range(2)]
+    for r in (shown, *posted):
+        assert r.status_code == 409, r.text
+        assert "The topics offered have changed since you signed up" in r.text
+        assert "sign up again" in r.text and "Try again later" not in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml"]
+
+
+def test_an_address_whose_own_file_is_broken_gets_no_second_file(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = 'name = "New"\nemail = "new.user@example.net"\ntimezone = "UTC"\n' \
+        '[[topics]]\nname = "Diffusion"\nkeywords = ["diffusion model"]\n'
+    own = project.subscribers / "new.user.toml"
+    own.write_text(good.replace("[[topics]]", "topics = []\n[[nope]]"), encoding="utf-8")
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        subscribe(client, server, "new.user@example.net")
+        link = confirm_link(smtp_server.sink.received[-1].data)
+        csrf = csrf_of(client.get(link).text)
+        r = client.post(link, data={"csrf": csrf})
+        assert r.status_code == 503 and "nothing was changed" in r.text
+        assert sorted(files(project)) == ["ada.toml", "grace.toml", "new.user.toml"]
+        own.write_text(good, encoding="utf-8")  # the operator fixes it; the link works again
+        r = client.post(link, data={"csrf": csrf})
+        assert r.status_code == 200 and "You are subscribed" in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml", "new.user.toml"]
+    assert own.read_text(encoding="utf-8") == good
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ keywords = ["diffusion model"]
 @contextmanager
 def signup_server(project: Project, smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch,
                   per_ip: str = "1000/minute", per_address: str = "100/minute",
-                  default_zone: str = "Pacific/Chatham") -> Iterator[str]:
+                  default_zone: str = "Pacific/Chatham", extra: str = "") -> Iterator[str]:
     """The app with sign-up on, over a store holding the seeds, sending to `smtp`; yields
-    its URL."""
+    its URL. `extra` is more configuration (e.g. `[dkim]`, `[bounces]`)."""
     monkeypatch.setenv("DIGEST_SECRET", SECRET)
     port = free_port()
     project.write_config(f"""
@@ -53,7 +53,7 @@ def signup_server(project: Project, smtp: SmtpServer, monkeypatch: pytest.Monkey
     host = "127.0.0.1"
     port = {port}
     public_url = "http://127.0.0.1:{port}"
-    """ + SIGNUP.format(per_ip=per_ip, per_address=per_address), transport="smtp")
+    """ + SIGNUP.format(per_ip=per_ip, per_address=per_address) + extra, transport="smtp")
     text = project.config.read_text().replace('timezone = "UTC"',
                                               f'timezone = "{default_zone}"')
     project.config.write_text(text)
