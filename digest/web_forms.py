@@ -414,20 +414,21 @@ def read_edit(form: FormData) -> preferences.Edit:
     topics = []
     for n in range(preferences.MAX_TOPICS + 1):
         name = str(form.get(f"topic-{n}-name", "")).strip()
+        keywords = split_lines(str(form.get(f"topic-{n}-keywords", "")))
         if f"topic-{n}-name" not in form or (not name and form.get(f"topic-{n}-new")):
-            continue
+            continue  # the "New topic" box left empty
         index = form.get(f"topic-{n}-index")
         topics.append({
             "index": int(str(index)) if str(index or "").isdigit() else None, "name": name,
-            "keywords": signup.split_keywords(str(form.get(f"topic-{n}-keywords", ""))),
-            "require": signup.split_keywords(str(form.get(f"topic-{n}-require", ""))),
+            "keywords": keywords,
+            "require": split_lines(str(form.get(f"topic-{n}-require", ""))),
             "weight": str(form.get(f"topic-{n}-weight", "1")) or "1",
             "remove": bool(form.get(f"topic-{n}-remove")),
         })
     try:
         return preferences.Edit.model_validate({
             "topics": topics,
-            "exclude": signup.split_keywords(str(form.get("exclude", ""))),
+            "exclude": split_lines(str(form.get("exclude", ""))),
             "timezone": str(form.get("timezone", "")), "send_at": str(form.get("send_at", "")),
             "max_items": str(form.get("max_items", "")),
             "frequency": str(form.get("frequency", "")), "day": str(form.get("day", "")),
@@ -435,6 +436,12 @@ def read_edit(form: FormData) -> preferences.Edit:
         })
     except ValidationError as exc:
         raise signup.form_error(exc) from None
+
+
+def split_lines(text: str) -> list[str]:
+    """The keywords of a preferences textarea: one a line, blanks dropped. Not commas, which
+    a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was."""
+    return [k.strip() for k in text.splitlines() if k.strip()]
 
 
 TEMPLATES = {
@@ -494,10 +501,10 @@ when it comes</a></p>{% endif %}
  name="topic-{{ loop.index0 }}-index" value="{{ indices[loop.index0] }}">{% endif %}
 <label>Name <input name="topic-{{ loop.index0 }}-name" value="{{ t.name }}"
  maxlength="100"></label>
-<label>Keywords <textarea name="topic-{{ loop.index0 }}-keywords"
- rows="2">{{ t.keywords | join(", ") }}</textarea></label>
-<label>Required too <textarea name="topic-{{ loop.index0 }}-require"
- rows="1">{{ t.require | join(", ") }}</textarea></label>
+<label>Keywords, one a line <textarea name="topic-{{ loop.index0 }}-keywords"
+ rows="3">{{ t.keywords | join("\n") }}</textarea></label>
+<label>Required too, one a line <textarea name="topic-{{ loop.index0 }}-require"
+ rows="2">{{ t.require | join("\n") }}</textarea></label>
 <label>Weight <input name="topic-{{ loop.index0 }}-weight" type="number" step="any"
  min="0.001" max="100" value="{{ t.weight }}"></label>
 <label><input type="checkbox" name="topic-{{ loop.index0 }}-remove"> Remove this topic</label>
@@ -506,10 +513,11 @@ when it comes</a></p>{% endif %}
 <fieldset><legend>New topic</legend>
 <input type="hidden" name="topic-{{ n }}-new" value="1">
 <label>Name <input name="topic-{{ n }}-name" maxlength="100"></label>
-<label>Keywords <textarea name="topic-{{ n }}-keywords" rows="2"></textarea></label>
+<label>Keywords, one a line <textarea name="topic-{{ n }}-keywords" rows="3"></textarea>
+</label>
 <input type="hidden" name="topic-{{ n }}-weight" value="1"></fieldset>
-<label>Never send papers matching <textarea name="exclude" id="exclude"
- rows="2">{{ exclude | join(", ") }}</textarea></label>
+<label>Never send papers matching, one a line <textarea name="exclude" id="exclude"
+ rows="3">{{ exclude | join("\n") }}</textarea></label>
 <label>How often <select name="frequency">
 {% for f in ("daily", "weekdays", "weekly") %}<option{% if f == subscriber.frequency %}
  selected{% endif %}>{{ f }}</option>{% endfor %}</select></label>
