@@ -380,7 +380,8 @@ class Forms:
         return self.form_page(
             request, "preferences.html", status, title="Your digest", width=900,
             subscriber=subscriber, token=token, seen=seen, error=error, notice=notice,
-            zones=ZONES, weekdays=WEEKDAYS, unsubscribe=unsubscribe, unsubscribed=unsubscribed,
+            zones=zones_with(subscriber.timezone), weekdays=WEEKDAYS, unsubscribe=unsubscribe,
+            unsubscribed=unsubscribed,
             indices=indices or list(range(len(subscriber.topics))),
             send_at=subscriber.send_at.strftime("%H:%M"), liked=liked, rated=rated,
             exclude=[*subscriber.exclude, *(suggested or [])],
@@ -442,6 +443,13 @@ def split_lines(text: str) -> list[str]:
     """The keywords of a preferences textarea: one a line, blanks dropped. Not commas, which
     a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was."""
     return [k.strip() for k in text.splitlines() if k.strip()]
+
+
+def zones_with(timezone: str) -> list[str]:
+    """The zones the timezone select offers, with `timezone` among them: a name validation
+    accepts but ZONES leaves out (GMT, Japan, EST5EDT) must stay selected, not be swapped
+    for the first option on the next Save."""
+    return ZONES if timezone in ZONES else sorted([*ZONES, timezone])
 
 
 TEMPLATES = {

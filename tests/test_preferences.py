@@ -473,3 +473,19 @@ def test_a_save_keeps_keywords_that_hold_a_comma(
         assert client.post(url, data=form).status_code == 200
         assert tomllib.loads(path.read_text())["topics"][1]["keywords"] == [
             "vision, language", "Smith, J.", "Doe, A."]
+
+
+@pytest.mark.parametrize("zone", ["Japan", "GMT", "EST5EDT", "Europe/London"])
+def test_a_save_keeps_a_zone_outside_the_usual_list(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        zone: str) -> None:
+    path = project.subscribers / "ada.toml"
+    path.write_text(path.read_text().replace('"Europe/London"', f'"{zone}"'))
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        page = client.get(url).text
+        assert page.count(f"selected>{zone}<") == 1
+        r = client.post(url, data=page_form(page) | {"send_at": "09:15"})
+        assert r.status_code == 200 and "Saved." in r.text
+    saved = tomllib.loads(path.read_text())
+    assert (saved["send_at"], saved["timezone"]) == ("09:15", zone)
