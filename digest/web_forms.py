@@ -50,6 +50,7 @@ from .errors import (
     SendError,
     TransientSendError,
     UnknownSubscriberError,
+    printable,
 )
 from .links import (
     TokenError,
@@ -315,7 +316,7 @@ class Forms:
             log.error("%s", exc)
             return self.refused("Cannot change this subscription here", "Your subscription"
                                 " file has a problem that the list's operator has to fix"
-                                f" first: {exc.message}. Nothing was changed.", 409)
+                                f" first: {shown_problem(exc)}. Nothing was changed.", 409)
         assert subscriber.path is not None
         raw = subscriber.path.read_bytes()
         if form is None:
@@ -350,7 +351,8 @@ class Forms:
                                          error=exc.message)
         except ConfigError as exc:
             return self.preferences_page(request, token, subscriber, None, 422,
-                                         error=f"{exc.field or 'file'}: {exc.problem}")
+                                         error=f"{page_field(exc.field or 'file')}:"
+                                         f" {exc.problem}")
         except DigestError as exc:
             return self.refused("Not saved", f"{exc.message}. Nothing was changed.", 409)
         edited = subscriber_from_data(subscriber.path, data, defaults)
@@ -416,7 +418,8 @@ def read_edit(form: FormData) -> preferences.Edit:
     for n in range(preferences.MAX_TOPICS + 1):
         name = str(form.get(f"topic-{n}-name", "")).strip()
         keywords = split_lines(str(form.get(f"topic-{n}-keywords", "")))
-        if f"topic-{n}-name" not in form or (not name and form.get(f"topic-{n}-new")):
+        if f"topic-{n}-name" not in form or (
+                not name and not keywords and form.get(f"topic-{n}-new")):
             continue  # the "New topic" box left empty
         index = form.get(f"topic-{n}-index")
         topics.append({
@@ -436,13 +439,34 @@ def read_edit(form: FormData) -> preferences.Edit:
             "paused": bool(form.get("paused")),
         })
     except ValidationError as exc:
-        raise signup.form_error(exc) from None
+        error = signup.form_error(exc)
+        raise signup.FormError(page_field(error.field), error.problem) from None
 
 
 def split_lines(text: str) -> list[str]:
     """The keywords of a preferences textarea: one a line, blanks dropped. Not commas, which
     a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was."""
     return [k.strip() for k in text.splitlines() if k.strip()]
+
+
+def page_field(field: str) -> str:
+    """A field of the form (topics.1.name) or of the file (topics[1].name) as the page names
+    it, counting from 1: "Topic 2 name"."""
+    topic = _TOPIC_FIELD.fullmatch(field)
+    if topic is None:
+        return field
+    number = int(topic.group(1) or topic.group(2)) + 1
+    return f"Topic {number} {topic.group(3)}".rstrip()
+
+
+_TOPIC_FIELD = re.compile(r"topics(?:\.(\d+)|\[(\d+)\])\.?(.*)")
+
+
+def shown_problem(exc: ConfigError) -> str:
+    """A broken file's problem as a subscriber sees it: the file's name, not the server's
+    path to it (the log has that)."""
+    field = f"{exc.field}: " if exc.field else ""
+    return printable(f"{exc.path.name}: {field}{exc.problem}")
 
 
 def zones_with(timezone: str) -> list[str]:

@@ -489,3 +489,26 @@ def test_a_save_keeps_a_zone_outside_the_usual_list(
         assert r.status_code == 200 and "Saved." in r.text
     saved = tomllib.loads(path.read_text())
     assert (saved["send_at"], saved["timezone"]) == ("09:15", zone)
+
+
+def test_form_errors_name_the_field_as_the_page_does(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = project.subscribers / "ada.toml"
+    before = path.read_bytes()
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = page_form(client.get(url).text)
+        n = sum(1 for k in form if re.fullmatch(r"topic-\d+-index", k))
+        for changes, shown in [
+            ({f"topic-{n}-keywords": "mamba"}, f"Topic {n + 1} name"),     # a new topic
+            ({"topic-0-name": ""}, "Topic 1 name"),
+            ({"topic-0-weight": "nan"}, "Topic 1 weight: Input should be a finite number"),
+        ]:
+            r = client.post(url, data=form | changes)
+            assert r.status_code == 422 and shown in r.text, changes
+            assert "topics.0" not in r.text and "Saved." not in r.text
+        assert path.read_bytes() == before
+        path.write_bytes(before.replace(b'"Europe/London"', b'"Europe/Lundun"'))
+        r = client.get(url)
+        assert r.status_code == 409 and "ada.toml: timezone: unknown timezone" in r.text
+        assert str(project.subscribers) not in r.text
