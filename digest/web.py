@@ -381,7 +381,8 @@ class _Site:
             try:
                 subscriber = load_one(self.folder, self.settings.defaults, sid)
             except UnknownSubscriberError:
-                raise TokenError("it names a subscriber that does not exist") from None
+                # Answered as a forged token for an id that exists: which ids exist stays unsaid.
+                raise TokenError("the link's signature does not match") from None
             verify_token(self.secret, token, subscriber.id, subscriber.email, purpose)
         except TokenError as exc:
             log.warning("rejected %s token: %s", request.url.path, exc)

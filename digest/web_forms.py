@@ -298,7 +298,8 @@ class Forms:
             path = path_of(self.settings.subscribers.dir, sid)
             data = preferences.read_checked(path)[1]
         except UnknownSubscriberError:
-            raise TokenError("it names a subscriber that does not exist") from None
+            # Answered as a forged token for an id that exists: which ids exist stays unsaid.
+            raise TokenError("the link's signature does not match") from None
         subscriber = subscriber_from_data(path, data, self.settings.defaults)
         verify_token(self.secret, token, sid, subscriber.email, "preferences", self.now())
         return subscriber

@@ -22,7 +22,7 @@ import pytest
 
 from digest import pipeline, store
 from digest.config import load_settings
-from digest.links import make_token
+from digest.links import Purpose, make_token
 from digest.render import environment
 from digest.web import create_app
 from tests.samples import load_subscriber
@@ -161,6 +161,22 @@ def test_bad_or_forged_tokens_get_a_clear_400(project: Project, server: str,
     finally:
         page.close()
     assert not state(project, "ada") and not state(project, "grace")
+
+
+@pytest.mark.parametrize(("path", "purpose"), [
+    ("/unsubscribe", "unsubscribe"), ("/resubscribe", "unsubscribe"),
+    ("/preferences", "preferences"), ("/feedback", "feedback"), ("/feedback/list", "feedback"),
+    ("/view", "view"), ("/archive", "archive"), ("/feed", "feed")])
+def test_a_forged_token_does_not_tell_whether_its_subscriber_exists(
+        server: str, path: str, purpose: Purpose) -> None:
+    def forged(sid: str) -> str:  # a real token's id with a made-up signature
+        head = make_token(SECRET, sid, f"{sid}@example.org", purpose).rsplit(".", 1)[0]
+        return quote(f"{head}.{'A' * 43}", safe="")
+
+    answers = {sid: httpx.get(f"{server}{path}?token={forged(sid)}")
+               for sid in ("ada", "nobody")}
+    assert answers["ada"].status_code == answers["nobody"].status_code == 400
+    assert answers["ada"].text == answers["nobody"].text
 
 
 def test_preview_click_through_shows_the_message_as_sent(project: Project, server: str,
