@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -265,6 +266,36 @@ def test_digest_serve_command_listens_where_configured(project: Project,
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_digest_serve_stops_on_a_signal_saying_so_and_exits_0(
+        project: Project, signum: signal.Signals) -> None:
+    port = free_port()
+    project.write_config(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
+    env = {**os.environ, "DIGEST_SECRET": SECRET, "COLUMNS": "200"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "digest"), "serve", "--config",
+                             str(project.config)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None
+                time.sleep(0.05)
+        else:
+            pytest.fail("digest serve did not start listening")
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert stdout.splitlines()[-1] == f"digest: stopped serving ({signum.name})"
+    assert "Aborted" not in stderr and "Traceback" not in stderr
 
 
 def test_digest_serve_without_a_secret_is_a_one_line_error(project: Project) -> None:
