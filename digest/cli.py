@@ -395,7 +395,9 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     sock = web.listen(host, port)
     out.print(f"digest: serving {where}/unsubscribe{signup}{previews}; Ctrl-C to stop",
               highlight=False)
-    web.serve(app, sock, settings.server.forwarded_allow_ips)
+    stopped_by = web.serve(app, sock, settings.server.forwarded_allow_ips)
+    out.print(f"digest: stopped serving{f' ({stopped_by})' if stopped_by else ''}",
+              highlight=False)
 
 
 @cli.command()

@@ -125,7 +125,7 @@ class TopicEdit(_Form):
     name: FormText
     keywords: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
     require: list[FormKeyword] = Field(default_factory=list, max_length=MAX_KEYWORDS)
-    weight: float = Field(1.0, ge=0.001, le=100)
+    weight: float = Field(1.0, ge=0.001, le=100, allow_inf_nan=False)
     remove: bool = False
 
 

@@ -38,6 +38,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import signal
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from email import message_from_bytes
 from email import policy as email_policy
+from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -381,7 +383,8 @@ class _Site:
             try:
                 subscriber = load_one(self.folder, self.settings.defaults, sid)
             except UnknownSubscriberError:
-                raise TokenError("it names a subscriber that does not exist") from None
+                # Answered as a forged token for an id that exists: which ids exist stays unsaid.
+                raise TokenError("the link's signature does not match") from None
             verify_token(self.secret, token, subscriber.id, subscriber.email, purpose)
         except TokenError as exc:
             log.warning("rejected %s token: %s", request.url.path, exc)
@@ -685,13 +688,28 @@ def listen(host: str, port: int) -> socket.socket:
                                " [server] port") from None
 
 
-def serve(app: Starlette, sock: socket.socket, forwarded_allow_ips: str | None = None) -> None:
-    """Run `app` under uvicorn on `sock` (`listen`) until interrupted; behind a reverse proxy,
-    the client IP and scheme come from its X-Forwarded-For/-Proto when it is one of
-    `forwarded_allow_ips`."""
+def serve(app: Starlette, sock: socket.socket,
+          forwarded_allow_ips: str | None = None) -> str | None:
+    """Run `app` under uvicorn on `sock` (`listen`) until SIGINT or SIGTERM, and return that
+    signal's name (None: stopped otherwise); behind a reverse proxy, the client IP and scheme
+    come from its X-Forwarded-For/-Proto when it is one of `forwarded_allow_ips`."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning",
                             proxy_headers=forwarded_allow_ips is not None,
                             forwarded_allow_ips=forwarded_allow_ips)
-    uvicorn.Server(config).run(sockets=[sock])
+    received: list[str] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+
+    # uvicorn shuts down gracefully on these signals, then raises them again for the handlers
+    # it found: the defaults would end the process there (KeyboardInterrupt, or death by
+    # SIGTERM, exit 143); these only note which one came, so `digest serve` exits 0.
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return received[0] if received else None

@@ -50,6 +50,7 @@ from .errors import (
     SendError,
     TransientSendError,
     UnknownSubscriberError,
+    printable,
 )
 from .links import (
     TokenError,
@@ -313,7 +314,8 @@ class Forms:
             path = path_of(self.settings.subscribers.dir, sid)
             data = preferences.read_checked(path)[1]
         except UnknownSubscriberError:
-            raise TokenError("it names a subscriber that does not exist") from None
+            # Answered as a forged token for an id that exists: which ids exist stays unsaid.
+            raise TokenError("the link's signature does not match") from None
         subscriber = subscriber_from_data(path, data, self.settings.defaults)
         verify_token(self.secret, token, sid, subscriber.email, "preferences", self.now())
         return subscriber
@@ -331,7 +333,7 @@ class Forms:
             log.error("%s", exc)
             return self.refused("Cannot change this subscription here", "Your subscription"
                                 " file has a problem that the list's operator has to fix"
-                                f" first: {exc.message}. Nothing was changed.", 409)
+                                f" first: {shown_problem(exc)}. Nothing was changed.", 409)
         assert subscriber.path is not None
         raw = subscriber.path.read_bytes()
         if form is None:
@@ -366,7 +368,8 @@ class Forms:
                                          error=exc.message)
         except ConfigError as exc:
             return self.preferences_page(request, token, subscriber, None, 422,
-                                         error=f"{exc.field or 'file'}: {exc.problem}")
+                                         error=f"{page_field(exc.field or 'file')}:"
+                                         f" {exc.problem}")
         except DigestError as exc:
             return self.refused("Not saved", f"{exc.message}. Nothing was changed.", 409)
         edited = subscriber_from_data(subscriber.path, data, defaults)
@@ -396,7 +399,8 @@ class Forms:
         return self.form_page(
             request, "preferences.html", status, title="Your digest", width=900,
             subscriber=subscriber, token=token, seen=seen, error=error, notice=notice,
-            zones=ZONES, weekdays=WEEKDAYS, unsubscribe=unsubscribe, unsubscribed=unsubscribed,
+            zones=zones_with(subscriber.timezone), weekdays=WEEKDAYS, unsubscribe=unsubscribe,
+            unsubscribed=unsubscribed,
             indices=indices or list(range(len(subscriber.topics))),
             send_at=subscriber.send_at.strftime("%H:%M"), liked=liked, rated=rated,
             exclude=[*subscriber.exclude, *(suggested or [])],
@@ -430,27 +434,63 @@ def read_edit(form: FormData) -> preferences.Edit:
     topics = []
     for n in range(preferences.MAX_TOPICS + 1):
         name = str(form.get(f"topic-{n}-name", "")).strip()
-        if f"topic-{n}-name" not in form or (not name and form.get(f"topic-{n}-new")):
-            continue
+        keywords = split_lines(str(form.get(f"topic-{n}-keywords", "")))
+        if f"topic-{n}-name" not in form or (
+                not name and not keywords and form.get(f"topic-{n}-new")):
+            continue  # the "New topic" box left empty
         index = form.get(f"topic-{n}-index")
         topics.append({
             "index": int(str(index)) if str(index or "").isdigit() else None, "name": name,
-            "keywords": signup.split_keywords(str(form.get(f"topic-{n}-keywords", ""))),
-            "require": signup.split_keywords(str(form.get(f"topic-{n}-require", ""))),
+            "keywords": keywords,
+            "require": split_lines(str(form.get(f"topic-{n}-require", ""))),
             "weight": str(form.get(f"topic-{n}-weight", "1")) or "1",
             "remove": bool(form.get(f"topic-{n}-remove")),
         })
     try:
         return preferences.Edit.model_validate({
             "topics": topics,
-            "exclude": signup.split_keywords(str(form.get("exclude", ""))),
+            "exclude": split_lines(str(form.get("exclude", ""))),
             "timezone": str(form.get("timezone", "")), "send_at": str(form.get("send_at", "")),
             "max_items": str(form.get("max_items", "")),
             "frequency": str(form.get("frequency", "")), "day": str(form.get("day", "")),
             "paused": bool(form.get("paused")),
         })
     except ValidationError as exc:
-        raise signup.form_error(exc) from None
+        error = signup.form_error(exc)
+        raise signup.FormError(page_field(error.field), error.problem) from None
+
+
+def split_lines(text: str) -> list[str]:
+    """The keywords of a preferences textarea: one a line, blanks dropped. Not commas, which
+    a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was."""
+    return [k.strip() for k in text.splitlines() if k.strip()]
+
+
+def page_field(field: str) -> str:
+    """A field of the form (topics.1.name) or of the file (topics[1].name) as the page names
+    it, counting from 1: "Topic 2 name"."""
+    topic = _TOPIC_FIELD.fullmatch(field)
+    if topic is None:
+        return field
+    number = int(topic.group(1) or topic.group(2)) + 1
+    return f"Topic {number} {topic.group(3)}".rstrip()
+
+
+_TOPIC_FIELD = re.compile(r"topics(?:\.(\d+)|\[(\d+)\])\.?(.*)")
+
+
+def shown_problem(exc: ConfigError) -> str:
+    """A broken file's problem as a subscriber sees it: the file's name, not the server's
+    path to it (the log has that)."""
+    field = f"{exc.field}: " if exc.field else ""
+    return printable(f"{exc.path.name}: {field}{exc.problem}")
+
+
+def zones_with(timezone: str) -> list[str]:
+    """The zones the timezone select offers, with `timezone` among them: a name validation
+    accepts but ZONES leaves out (GMT, Japan, EST5EDT) must stay selected, not be swapped
+    for the first option on the next Save."""
+    return ZONES if timezone in ZONES else sorted([*ZONES, timezone])
 
 
 TEMPLATES = {
@@ -510,10 +550,10 @@ when it comes</a></p>{% endif %}
  name="topic-{{ loop.index0 }}-index" value="{{ indices[loop.index0] }}">{% endif %}
 <label>Name <input name="topic-{{ loop.index0 }}-name" value="{{ t.name }}"
  maxlength="100"></label>
-<label>Keywords <textarea name="topic-{{ loop.index0 }}-keywords"
- rows="2">{{ t.keywords | join(", ") }}</textarea></label>
-<label>Required too <textarea name="topic-{{ loop.index0 }}-require"
- rows="1">{{ t.require | join(", ") }}</textarea></label>
+<label>Keywords, one a line <textarea name="topic-{{ loop.index0 }}-keywords"
+ rows="3">{{ t.keywords | join("\n") }}</textarea></label>
+<label>Required too, one a line <textarea name="topic-{{ loop.index0 }}-require"
+ rows="2">{{ t.require | join("\n") }}</textarea></label>
 <label>Weight <input name="topic-{{ loop.index0 }}-weight" type="number" step="any"
  min="0.001" max="100" value="{{ t.weight }}"></label>
 <label><input type="checkbox" name="topic-{{ loop.index0 }}-remove"> Remove this topic</label>
@@ -522,10 +562,11 @@ when it comes</a></p>{% endif %}
 <fieldset><legend>New topic</legend>
 <input type="hidden" name="topic-{{ n }}-new" value="1">
 <label>Name <input name="topic-{{ n }}-name" maxlength="100"></label>
-<label>Keywords <textarea name="topic-{{ n }}-keywords" rows="2"></textarea></label>
+<label>Keywords, one a line <textarea name="topic-{{ n }}-keywords" rows="3"></textarea>
+</label>
 <input type="hidden" name="topic-{{ n }}-weight" value="1"></fieldset>
-<label>Never send papers matching <textarea name="exclude" id="exclude"
- rows="2">{{ exclude | join(", ") }}</textarea></label>
+<label>Never send papers matching, one a line <textarea name="exclude" id="exclude"
+ rows="3">{{ exclude | join("\n") }}</textarea></label>
 <label>How often <select name="frequency">
 {% for f in ("daily", "weekdays", "weekly") %}<option{% if f == subscriber.frequency %}
  selected{% endif %}>{{ f }}</option>{% endfor %}</select></label>

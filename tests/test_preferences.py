@@ -8,6 +8,7 @@ import re
 import threading
 import tomllib
 from datetime import timedelta
+from html import unescape
 from pathlib import Path
 from urllib.parse import quote
 
@@ -172,7 +173,7 @@ def prefs_url(project: Project, sid: str, email: str) -> str:
 def form_of(html: str) -> dict[str, str]:
     fields = dict(re.findall(r'<input type="hidden"\s+name="([^"]+)" value="([^"]*)"', html))
     fields.update({"topic-0-name": "Efficient inference",
-                   "topic-0-keywords": "speculative decoding, KV cache, quantiz*",
+                   "topic-0-keywords": "speculative decoding\nKV cache\nquantiz*",
                    "topic-0-weight": "2.0", "exclude": "survey", "timezone": "Europe/London",
                    "send_at": "07:30", "max_items": "10", "frequency": "daily",
                    "day": "monday", "action": "save"})
@@ -218,7 +219,7 @@ def test_csrf_hostile_input_and_a_broken_file(
         assert client.post(url, data={**form, "csrf": ""}).status_code == 400
         for field, value, problem in [
             ("topic-0-keywords", "<b>bold</b>", "not allowed"),
-            ("exclude", ", ".join(f"w{i}" for i in range(10_000)), "too many"),
+            ("exclude", "\n".join(f"w{i}" for i in range(10_000)), "too many"),
             ("topic-0-name", "Line\u2028break", "control characters"),
             ("max_items", "1000", "less than or equal to 100"),
             ("day", "someday", "monday"),
@@ -377,14 +378,14 @@ def test_save_after_a_preview_that_removed_a_topic_keeps_the_right_one(
         url = prefs_url(project, "ada", "ada@example.org")
         form = form_of(client.get(url).text)
         form |= {"topic-0-remove": "on", "topic-1-name": "People",
-                 "topic-1-keywords": "agents, tool use", "topic-1-weight": "1",
+                 "topic-1-keywords": "agents\ntool use", "topic-1-weight": "1",
                  "action": "preview"}
         preview = client.post(url, data=form)
         assert preview.status_code == 200 and "not saved yet" in preview.text
         shown = form_of(preview.text)
         assert shown["topic-0-index"] == "1", "the previewed topic still names its place"
         saved = client.post(url, data=shown | {"topic-0-name": "People",
-                                               "topic-0-keywords": "agents, tool use",
+                                               "topic-0-keywords": "agents\ntool use",
                                                "topic-0-weight": "1"})
         assert saved.status_code == 200 and "Saved." in saved.text
     topics = tomllib.loads(path.read_text())["topics"]
@@ -415,7 +416,7 @@ def test_less_like_this_suggestions_reach_the_form_unsaved_and_liked_papers_show
         page = client.get(url + "&suggest_exclude=annealing&suggest_exclude="
                           + quote("<script>x</script>") + "&suggest_exclude=two%20words")
         assert page.status_code == 200 and "not saved yet: annealing." in page.text
-        exclude = re.search(r'<textarea name="exclude" id="exclude"\s+rows="2">([^<]*)<',
+        exclude = re.search(r'<textarea name="exclude" id="exclude"\s+rows="3">([^<]*)<',
                             page.text)
         assert exclude and "annealing" in exclude.group(1)
         assert "<script>x" not in page.text and "two words" not in exclude.group(1)
@@ -427,3 +428,87 @@ def test_less_like_this_suggestions_reach_the_form_unsaved_and_liked_papers_show
         assert client.post(url, data=form).status_code == 200
     saved = tomllib.loads((project.subscribers / "ada.toml").read_text())
     assert "annealing" in saved["exclude"]
+
+
+def page_form(html: str) -> dict[str, str]:
+    """Every field of the preferences form as a browser would send it untouched: inputs with
+    their values, ticked boxes, textareas as shown, each select's selected option (else its
+    first, as a browser does)."""
+    form = html[html.index('<form method="post" action="/preferences'):]
+    form = form[:form.index("</form>")]
+    fields: dict[str, str] = {}
+    for tag in re.findall(r"<input[^>]*>", form):
+        name = re.search(r'name="([^"]+)"', tag)
+        value = re.search(r'value="([^"]*)"', tag)
+        if name and 'type="checkbox"' not in tag:
+            fields[name.group(1)] = unescape(value.group(1)) if value else ""
+        elif name and " checked" in tag:
+            fields[name.group(1)] = "on"
+    for name, text in re.findall(r'<textarea name="([^"]+)"[^>]*>(.*?)</textarea>', form, re.S):
+        fields[name] = unescape(text.removeprefix("\n"))
+    for name, options in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', form, re.S):
+        chosen = re.findall(r"<option\s+selected>([^<]*)<", options)
+        fields[name] = unescape((chosen or re.findall(r"<option[^>]*>([^<]*)<", options))[0])
+    return fields | {"action": "save"}
+
+
+def test_a_save_keeps_keywords_that_hold_a_comma(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = project.subscribers / "ada.toml"
+    path.write_text(path.read_text().replace('["survey"]', '["survey, review", "benchmark"]')
+                    + '\n[[topics]]\nname = "Multimodal"\n'
+                    'keywords = ["vision, language", "Smith, J."]\nrequire = ["image, text"]\n')
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        r = client.post(url, data=page_form(client.get(url).text) | {"send_at": "09:15"})
+        assert r.status_code == 200 and "Saved." in r.text
+        saved = tomllib.loads(path.read_text())
+        assert saved["send_at"] == "09:15"
+        assert saved["exclude"] == ["survey, review", "benchmark"]
+        assert saved["topics"][1]["keywords"] == ["vision, language", "Smith, J."]
+        assert saved["topics"][1]["require"] == ["image, text"]
+        # A keyword typed with a comma stays one too: the page has one keyword a line.
+        form = page_form(r.text)
+        form["topic-1-keywords"] += "\nDoe, A."
+        assert client.post(url, data=form).status_code == 200
+        assert tomllib.loads(path.read_text())["topics"][1]["keywords"] == [
+            "vision, language", "Smith, J.", "Doe, A."]
+
+
+@pytest.mark.parametrize("zone", ["Japan", "GMT", "EST5EDT", "Europe/London"])
+def test_a_save_keeps_a_zone_outside_the_usual_list(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        zone: str) -> None:
+    path = project.subscribers / "ada.toml"
+    path.write_text(path.read_text().replace('"Europe/London"', f'"{zone}"'))
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        page = client.get(url).text
+        assert page.count(f"selected>{zone}<") == 1
+        r = client.post(url, data=page_form(page) | {"send_at": "09:15"})
+        assert r.status_code == 200 and "Saved." in r.text
+    saved = tomllib.loads(path.read_text())
+    assert (saved["send_at"], saved["timezone"]) == ("09:15", zone)
+
+
+def test_form_errors_name_the_field_as_the_page_does(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = project.subscribers / "ada.toml"
+    before = path.read_bytes()
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = page_form(client.get(url).text)
+        n = sum(1 for k in form if re.fullmatch(r"topic-\d+-index", k))
+        for changes, shown in [
+            ({f"topic-{n}-keywords": "mamba"}, f"Topic {n + 1} name"),     # a new topic
+            ({"topic-0-name": ""}, "Topic 1 name"),
+            ({"topic-0-weight": "nan"}, "Topic 1 weight: Input should be a finite number"),
+        ]:
+            r = client.post(url, data=form | changes)
+            assert r.status_code == 422 and shown in r.text, changes
+            assert "topics.0" not in r.text and "Saved." not in r.text
+        assert path.read_bytes() == before
+        path.write_bytes(before.replace(b'"Europe/London"', b'"Europe/Lundun"'))
+        r = client.get(url)
+        assert r.status_code == 409 and "ada.toml: timezone: unknown timezone" in r.text
+        assert str(project.subscribers) not in r.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from digest import pipeline, store
 from digest.config import load_settings
-from digest.links import make_token
+from digest.links import Purpose, make_token
 from digest.render import environment
 from digest.web import create_app
 from tests.samples import load_subscriber
@@ -163,6 +164,22 @@ def test_bad_or_forged_tokens_get_a_clear_400(project: Project, server: str,
     assert not state(project, "ada") and not state(project, "grace")
 
 
+@pytest.mark.parametrize(("path", "purpose"), [
+    ("/unsubscribe", "unsubscribe"), ("/resubscribe", "unsubscribe"),
+    ("/preferences", "preferences"), ("/feedback", "feedback"), ("/feedback/list", "feedback"),
+    ("/view", "view"), ("/archive", "archive"), ("/feed", "feed")])
+def test_a_forged_token_does_not_tell_whether_its_subscriber_exists(
+        server: str, path: str, purpose: Purpose) -> None:
+    def forged(sid: str) -> str:  # a real token's id with a made-up signature
+        head = make_token(SECRET, sid, f"{sid}@example.org", purpose).rsplit(".", 1)[0]
+        return quote(f"{head}.{'A' * 43}", safe="")
+
+    answers = {sid: httpx.get(f"{server}{path}?token={forged(sid)}")
+               for sid in ("ada", "nobody")}
+    assert answers["ada"].status_code == answers["nobody"].status_code == 400
+    assert answers["ada"].text == answers["nobody"].text
+
+
 def test_preview_click_through_shows_the_message_as_sent(project: Project, server: str,
                                                          chromium: Any) -> None:  # noqa: F811
     before = list(store.open_db(project.db_path).query("select * from digests"))
@@ -249,6 +266,36 @@ def test_digest_serve_command_listens_where_configured(project: Project,
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_digest_serve_stops_on_a_signal_saying_so_and_exits_0(
+        project: Project, signum: signal.Signals) -> None:
+    port = free_port()
+    project.write_config(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
+    env = {**os.environ, "DIGEST_SECRET": SECRET, "COLUMNS": "200"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "digest"), "serve", "--config",
+                             str(project.config)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None
+                time.sleep(0.05)
+        else:
+            pytest.fail("digest serve did not start listening")
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert stdout.splitlines()[-1] == f"digest: stopped serving ({signum.name})"
+    assert "Aborted" not in stderr and "Traceback" not in stderr
 
 
 def test_digest_serve_without_a_secret_is_a_one_line_error(project: Project) -> None:
