@@ -576,8 +576,7 @@ class _Site:
                     continue
                 rows.append({
                     "id": entry.id, "name": entry.name, "email": entry.email, "error": "",
-                    "status": "unsubscribed" if store.is_unsubscribed(database, entry.id)
-                    else "subscribed",
+                    "status": _mail_status(database, entry),
                 })
         return _page("list.html", title="Digest previews", rows=rows,
                      now=self.now().isoformat(timespec="minutes"))
@@ -672,6 +671,16 @@ class _Site:
             exc if isinstance(exc, sqlite3.Error) else sqlite3.Error(exc))
         log.error("%s %s: %s", request.method, request.url.path, fault)
         return _busy()
+
+
+def _mail_status(db: Database, subscriber: Subscriber) -> str:
+    # What /preview lists: whether this subscriber is mailed at all, and if not, why (what
+    # `digest send` would report first).
+    if store.is_unsubscribed(db, subscriber.id):
+        return "unsubscribed"
+    if store.is_suppressed(db, subscriber.email):
+        return "suppressed (digest suppressed)"
+    return "paused" if subscriber.paused else "subscribed"
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -468,3 +468,14 @@ def test_a_deeply_nested_subscriber_file_is_one_row(project: Project, server: st
     assert "nested too deeply" in r.text and "Ada Lovelace (ada)" in r.text
     r = httpx.get(server + "/preview/deep", auth=OPERATOR)
     assert r.status_code == 422 and "nested too deeply" in r.text
+
+
+def test_the_preview_list_says_who_is_not_mailed_and_why(project: Project,
+                                                         server: str) -> None:
+    db = store.open_db(project.db_path)
+    store.suppress(db, "grace@example.com", "grace", "complaint", "abuse report", NOW)
+    listed = httpx.get(server + "/preview", auth=OPERATOR)
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r"<td>([^<]+@[^<]+)</td><td>([^<]+)</td>", listed.text)}
+    assert rows == {"ada@example.org": "subscribed",
+                    "grace@example.com": "suppressed (digest suppressed)"}
