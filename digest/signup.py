@@ -241,7 +241,7 @@ def file_text(signup: Signup, config: SignupConfig) -> bytes:
     return tomlkit.dumps(doc).encode("utf-8")
 
 
-def _existing(settings: Settings, db: Database, email: str) -> str | None:
+def existing(settings: Settings, db: Database, email: str) -> str | None:
     """The id of the subscriber with this address, or None. DigestError when a file that
     cannot be read may be this address's own (its id-file, or one that holds the address):
     a second file would mail the address twice once the first is fixed (`digest validate`
@@ -313,7 +313,7 @@ def confirm(settings: Settings, db: Database, token: str, signup: Signup,
         # One confirmation at a time looks for the address and writes: two links for the
         # same address confirmed at once make one file, not two.
         with locked(settings.subscribers.dir / "signup"):
-            sid = _existing(settings, db, signup.email)
+            sid = existing(settings, db, signup.email)
             if sid is None:
                 sid = create_file(settings.subscribers.dir, signup, settings.signup)
                 log.info("sign-up: new subscriber %s", sid)

@@ -282,14 +282,19 @@ class Forms:
         if form is None:
             try:
                 signup.check_offered(pending, self.settings.signup)
+                with self.db() as database:
+                    known = signup.existing(self.settings, database, pending.email)
             except signup.NotConfirmed as exc:
                 return self.refused("Not subscribed", exc.message, 409)
+            except DigestError:
+                known = None  # a broken file: the POST says so, this page promises nothing
             return self.form_page(request, "confirm_signup.html", title="Confirm",
-                                  pending=pending, token=token)
+                                  pending=pending, token=token, known=known is not None)
         if not self.csrf_ok(request, form):
             return self.expired_form()
         try:
             with self.db() as database:
+                known = signup.existing(self.settings, database, pending.email)
                 sid = signup.confirm(self.settings, database, token, pending, self.now())
         except TokenError as exc:
             return self.bad_link(exc.message)
@@ -302,7 +307,7 @@ class Forms:
         link = link_url(self.settings.server, "/preferences", sid, pending.email,
                         "preferences") or ""
         return self.page("subscribed.html", title="Subscribed", email=pending.email,
-                         preferences=link)
+                         preferences=link, known=known is not None)
 
     # --- preferences ----------------------------------------------------------------------------
 
@@ -525,15 +530,19 @@ ending) <textarea name="keywords" rows="2" maxlength="5000">{{ values.keywords }
 {% endblock %}""",
     "confirm_signup.html": """{% extends "base.html" %}{% block body %}
 <h1>Confirm your subscription</h1>
-<p>The paper digest for <strong>{{ pending.email }}</strong>, every day at
-{{ pending.send_at }} ({{ pending.timezone }}).</p>
+{% if known %}<p id="known"><strong>{{ pending.email }}</strong> is subscribed already: confirming
+keeps its settings as they are (and subscribes it again if it had unsubscribed). Its
+preferences page, linked from every digest, changes them.</p>
+{% else %}<p>The paper digest for <strong>{{ pending.email }}</strong>, every day at
+{{ pending.send_at }} ({{ pending.timezone }}).</p>{% endif %}
 <form method="post" action="/confirm?token={{ token | urlencode }}">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit">Confirm</button></form>
 {% endblock %}""",
     "subscribed.html": """{% extends "base.html" %}{% block body %}
 <h1>You are subscribed</h1>
-<p>{{ email }} will get the paper digest.</p>
+<p>{{ email }} will get the paper digest{% if known %}, with the settings it had: this
+sign-up's are not applied{% endif %}.</p>
 {% if preferences %}<p><a id="preferences" href="{{ preferences }}">Choose what it holds and
 when it comes</a></p>{% endif %}
 {% endblock %}""",

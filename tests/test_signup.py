@@ -162,6 +162,28 @@ def test_an_id_that_is_taken_gets_a_suffix_and_no_file_is_overwritten(
         "ada@other.example"
 
 
+def test_a_link_for_a_subscribed_address_says_its_settings_stay(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The page must not promise "every day at 09:00 (Asia/Tokyo)" when nothing will change.
+    ada = (project.subscribers / "ada.toml").read_bytes()
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        csrf = csrf_of(client.get(server + "/subscribe").text)
+        client.post(server + "/subscribe", data={
+            "csrf": csrf, "email": "ada@example.org", "topics": "Diffusion",
+            "timezone": "Asia/Tokyo", "send_at": "09:00"})
+        link = confirm_link(smtp_server.sink.received[-1].data)
+        page = client.get(link)
+        assert 'id="known"' in page.text and "is subscribed already" in page.text
+        assert "Asia/Tokyo" not in page.text and "09:00" not in page.text
+        r = client.post(link, data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 200
+        assert "with the settings it had: this sign-up's are not applied" in " ".join(
+            r.text.split())
+    assert (project.subscribers / "ada.toml").read_bytes() == ada
+    assert sorted(p.name for p in project.subscribers.glob("*.toml")) == [
+        "ada.toml", "grace.toml"]
+
+
 DKIM_AND_BOUNCES = """
 [dkim]
 selector = "mail2026"
