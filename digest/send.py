@@ -704,6 +704,13 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
             return FatalSendError(
                 f"TLS with SMTP server {where} failed: {exc.reason or exc}",
                 hint="check the server certificate, or set [smtp] ca_file for a private CA")
+        if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
+            # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
+            # after STARTTLS).
+            return FatalSendError(
+                f"SMTP server {where} offers no login (AUTH), but [smtp] username is set",
+                hint="remove [smtp] username for a server that needs none, or use"
+                     " security = \"starttls\" if it offers AUTH only over TLS")
         return FatalSendError(f"cannot connect to SMTP server {where}: {exc}")
     if isinstance(exc, SessionLimitError):
         return TransientSendError(f"SMTP server {where}: {exc}; connection closed")

@@ -152,6 +152,20 @@ def test_missing_password_env_is_fatal(smtp_tls_server: SmtpServer) -> None:
     assert isinstance(info.value, FatalSendError)
 
 
+def test_a_username_for_a_server_without_auth_says_so(
+        smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Connected fine: "cannot connect" would send the reader to the network, not the config.
+    monkeypatch.setenv("TEST_SMTP_PW", PASSWORD)
+    config = SmtpConfig(host="127.0.0.1", port=smtp_server.port, security="none",
+                        username=USER, password_env="TEST_SMTP_PW")
+    with pytest.raises(SendError) as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert info.value.message == (f"SMTP server 127.0.0.1:{smtp_server.port} offers no login"
+                                  " (AUTH), but [smtp] username is set")
+    assert smtp_server.sink.received == []
+
+
 def test_untrusted_certificate_is_refused(smtp_tls_server: SmtpServer) -> None:
     config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port)
     with pytest.raises(SendError, match="TLS with SMTP server") as info:
