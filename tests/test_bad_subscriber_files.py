@@ -30,23 +30,34 @@ def _digest(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.parametrize("body", [DEEP, DEEP_TABLES], ids=["arrays", "inline-tables"])
-def test_a_deeply_nested_file_is_one_line_and_the_others_go_out(project: Project,
-                                                                body: str) -> None:
-    (project.subscribers / "deep.toml").write_text(body, encoding="utf-8")
+def _invalid_lines(project: Project) -> tuple[list[str], str]:
+    """`digest validate`, which must fail in one line a problem: those lines, and its stdout."""
     run = _digest(project, "validate")
     assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
-    invalid = [line for line in run.stderr.splitlines() if line.startswith("invalid:")]
-    assert invalid == [f"invalid: {project.subscribers / 'deep.toml'}: invalid TOML: arrays or"
-                       " tables nested too deeply"]
-    assert "ok: ada" in run.stdout and "ok: grace" in run.stdout
+    return [line for line in run.stderr.splitlines() if line.startswith("invalid:")], run.stdout
+
+
+def _sent(project: Project) -> tuple[dict[str, str], str]:
+    """`digest fetch` then `digest send`: each subscriber's digest state, and send's report."""
     assert _digest(project, "fetch").returncode == 0
     run = _digest(project, "send")
     assert "Traceback" not in run.stderr + run.stdout, run.stderr
     states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
         project.db_path))}
+    return states, run.stdout
+
+
+@pytest.mark.parametrize("body", [DEEP, DEEP_TABLES], ids=["arrays", "inline-tables"])
+def test_a_deeply_nested_file_is_one_line_and_the_others_go_out(project: Project,
+                                                                body: str) -> None:
+    (project.subscribers / "deep.toml").write_text(body, encoding="utf-8")
+    invalid, checked = _invalid_lines(project)
+    assert invalid == [f"invalid: {project.subscribers / 'deep.toml'}: invalid TOML: arrays or"
+                       " tables nested too deeply"]
+    assert "ok: ada" in checked and "ok: grace" in checked
+    states, report = _sent(project)
     assert states == {"ada": "sent", "grace": "sent"}
-    assert "deep" in run.stdout and "nested too deeply" in run.stdout
+    assert "deep" in report and "nested too deeply" in report
 
 
 BAD_NAMES = ["evil\nline", "-dash-first", ".hidden-is-ignored", "x" * 65, "sp ace", "tab\tbed",
@@ -102,18 +113,12 @@ def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project
     # "ada-2" sorts after "ada": the first file by id gets the digest.
     (project.subscribers / "ada-2.toml").write_text(
         ADA.replace("ada@example.org", "Ada@EXAMPLE.org"), encoding="utf-8")
-    run = _digest(project, "validate")
-    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
-    invalid = [line for line in run.stderr.splitlines() if line.startswith("invalid:")]
+    invalid, checked = _invalid_lines(project)
     assert invalid == [f"invalid: {project.subscribers / 'ada-2.toml'}: email: Ada@example.org"
                        " is also in ada.toml, which gets its digest; one address gets one"
                        " digest"]
-    assert "ok: ada <" in run.stdout and "ok: grace" in run.stdout
-    assert _digest(project, "fetch").returncode == 0
-    run = _digest(project, "send")
-    assert "Traceback" not in run.stderr + run.stdout, run.stderr
-    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
-        project.db_path))}
+    assert "ok: ada <" in checked and "ok: grace" in checked
+    states, report = _sent(project)
     assert states == {"ada": "sent", "grace": "sent"}
-    assert "ada-2" in run.stdout and "is also in ada.toml" in run.stdout
+    assert "ada-2" in report and "is also in ada.toml" in report
     assert len(list(project.outbox.glob("*.eml"))) == 2

@@ -131,15 +131,22 @@ def test_sign_up_confirm_send_edit_unsubscribe_and_subscribe_again(
         page.close()
 
 
+def subscribe(client: httpx.Client, server: str, email: str, timezone: str = "UTC",
+              send_at: str = "07:00") -> httpx.Response:
+    """The sign-up form posted as a browser does (its CSRF token from the page), topic
+    Diffusion."""
+    csrf = csrf_of(client.get(server + "/subscribe").text)
+    return client.post(server + "/subscribe", data={
+        "csrf": csrf, "email": email, "topics": "Diffusion", "timezone": timezone,
+        "send_at": send_at})
+
+
 def test_the_answer_is_the_same_for_a_subscribed_address(
         project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
     with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
         pages = []
         for email in ("ada@example.org", "nobody-yet@example.org"):
-            csrf = csrf_of(client.get(server + "/subscribe").text)
-            r = client.post(server + "/subscribe", data={
-                "csrf": csrf, "email": email, "topics": "Diffusion", "timezone": "UTC",
-                "send_at": "07:00"})
+            r = subscribe(client, server, email)
             pages.append((r.status_code, r.text.replace(email, "ADDRESS")))
         assert pages[0] == pages[1]
         assert len(smtp_server.sink.received) == 2
@@ -149,10 +156,7 @@ def test_an_id_that_is_taken_gets_a_suffix_and_no_file_is_overwritten(
         project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
     ada = (project.subscribers / "ada.toml").read_bytes()
     with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
-        csrf = csrf_of(client.get(server + "/subscribe").text)
-        client.post(server + "/subscribe", data={
-            "csrf": csrf, "email": "ada@other.example", "topics": "Diffusion",
-            "timezone": "UTC", "send_at": "07:00"})
+        subscribe(client, server, "ada@other.example")
         link = confirm_link(smtp_server.sink.received[-1].data)
         page = client.get(link)
         r = client.post(link, data={"csrf": csrf_of(page.text)})
@@ -167,10 +171,7 @@ def test_a_link_for_a_subscribed_address_says_its_settings_stay(
     # The page must not promise "every day at 09:00 (Asia/Tokyo)" when nothing will change.
     ada = (project.subscribers / "ada.toml").read_bytes()
     with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
-        csrf = csrf_of(client.get(server + "/subscribe").text)
-        client.post(server + "/subscribe", data={
-            "csrf": csrf, "email": "ada@example.org", "topics": "Diffusion",
-            "timezone": "Asia/Tokyo", "send_at": "09:00"})
+        subscribe(client, server, "ada@example.org", "Asia/Tokyo", "09:00")
         link = confirm_link(smtp_server.sink.received[-1].data)
         page = client.get(link)
         assert 'id="known"' in page.text and "is subscribed already" in page.text
@@ -193,13 +194,6 @@ private_key_path = "keys/dkim.pem"
 [bounces]
 address = "bounces@bounce.example.org"
 """
-
-
-def subscribe(client: httpx.Client, server: str, email: str) -> httpx.Response:
-    csrf = csrf_of(client.get(server + "/subscribe").text)
-    return client.post(server + "/subscribe", data={
-        "csrf": csrf, "email": email, "topics": "Diffusion", "timezone": "UTC",
-        "send_at": "07:00"})
 
 
 def test_the_confirmation_is_dkim_signed_and_bounces_to_the_bounce_address(
