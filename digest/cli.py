@@ -23,7 +23,7 @@ from rich.table import Column, Table
 
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
-from .errors import ConfigError, DigestError, UnknownSubscriberError
+from .errors import ConfigError, DigestError, UnknownSubscriberError, listen_error
 from .ranking import check_likes
 from .send import deliverability_warnings
 from .sources import where
@@ -265,6 +265,17 @@ def _attention_only(rows: list[_Row], needs_attention: Callable[[_Row], bool],
     return shown, len(rows) - len(shown), len(attention) - len(shown)
 
 
+def _named(everyone: list[pipeline.SubscriberStatus], subscribers: tuple[str, ...],
+           settings: Settings) -> list[pipeline.SubscriberStatus]:
+    """The rows of the `--subscriber` ids, in the order given; exits with the one-line error
+    for an id that is neither a file nor in the store."""
+    known = {row.subscriber_id: row for row in everyone}
+    for sid in subscribers:
+        if sid not in known:
+            _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
+    return [known[sid] for sid in dict.fromkeys(subscribers)]
+
+
 def _whole(header: str) -> Column:
     # An address or an id is what a reader copies into the next command (`--lift`,
     # `--subscriber`): in a narrow terminal it wraps, never ends in "…".
@@ -433,10 +444,8 @@ def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
         try:
             controller.start()
         except OSError as exc:  # the port in use, an address not of this host
-            why = (exc.strerror or str(exc)).split(" (while attempting")[0]
-            raise DigestError(f"cannot listen on {controller.hostname}:{controller.port}:"
-                              f" {why}", hint="another program may hold the port: pass"
-                              " --port or set [bounces] listen_port") from None
+            raise listen_error(controller.hostname, controller.port, exc,
+                               "[bounces] listen_port") from None
         out.print(f"digest: receiving bounces on {controller.hostname}:{controller.port};"
                   " Ctrl-C to stop", highlight=False)
         try:
@@ -524,13 +533,7 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
     settings = _settings(config_path)
     db = _open_store(settings)
     everyone = pipeline.status(settings, db)
-    rows = everyone
-    if subscribers:
-        known = {row.subscriber_id: row for row in everyone}
-        for sid in subscribers:
-            if sid not in known:
-                _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
-        rows = [known[sid] for sid in dict.fromkeys(subscribers)]
+    rows = _named(everyone, subscribers, settings) if subscribers else everyone
     left_out = cut = 0
     if not show_all and not subscribers:
         rows, left_out, cut = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
@@ -577,10 +580,8 @@ def retry(config_path: Path, subscribers: tuple[str, ...]) -> None:
     """Queue failed digests again; the next `send` or scheduler tick sends them."""
     settings = _settings(config_path)
     db = _open_store(settings)
-    known = {row.subscriber_id for row in pipeline.status(settings, db)} if subscribers else set()
-    for sid in subscribers:  # a typo must not read as "nothing failed"
-        if sid not in known:
-            _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
+    if subscribers:  # a typo must not read as "nothing failed"
+        _named(pipeline.status(settings, db), subscribers, settings)
     ids = pipeline.retry(db, _now(), list(subscribers) or None)
     for key in ids:
         out.print(f"queued again: {key}", highlight=False)

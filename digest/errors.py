@@ -129,3 +129,12 @@ class UnknownSubscriberError(DigestError):
             hint="subscriber ids are file stems: create "
                  f"{folder / printable(subscriber_id + '.toml')}",
         )
+
+
+def listen_error(host: str, port: int, exc: OSError, setting: str) -> DigestError:
+    """A server socket that cannot be bound (port in use, an address not of this host, a bad
+    host name) as one line, with the `setting` that moves it."""
+    # socket.create_server appends "(while attempting to bind on address ...)": said already.
+    why = (exc.strerror or str(exc)).split(" (while attempting")[0]
+    return DigestError(f"cannot listen on {host}:{port}: {why}",
+                       hint=f"another program may hold the port: pass --port or set {setting}")

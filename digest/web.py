@@ -64,7 +64,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import archive, feedback, pipeline, reader_pages, store, web_forms
 from .config import ServerConfig, Settings, is_subscriber_id
-from .errors import ConfigError, DigestError, StoreError, UnknownSubscriberError, printable
+from .errors import (
+    ConfigError,
+    DigestError,
+    StoreError,
+    UnknownSubscriberError,
+    listen_error,
+    printable,
+)
 from .links import (
     Purpose,
     TokenError,
@@ -690,11 +697,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
-        # create_server appends "(while attempting to bind on address ...)": said already.
-        why = (exc.strerror or str(exc)).split(" (while attempting")[0]
-        raise DigestError(f"cannot listen on {host}:{port}: {why}",
-                          hint="another program may hold the port: pass --port or set"
-                               " [server] port") from None
+        raise listen_error(host, port, exc, "[server] port") from None
 
 
 def serve(app: Starlette, sock: socket.socket,
