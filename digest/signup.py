@@ -29,6 +29,7 @@ import logging
 import re
 import secrets
 import zlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.headerregistry import Address
 from email.utils import format_datetime
@@ -293,11 +294,20 @@ def check_offered(signup: Signup, config: SignupConfig) -> None:
                            " again and pick from the topics offered now.")
 
 
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """A confirmed sign-up: its subscriber, and whether the address had one already (whose
+    settings then stay as they are)."""
+
+    subscriber_id: str
+    existed: bool
+
+
 def confirm(settings: Settings, db: Database, token: str, signup: Signup,
-            now: datetime) -> str:
-    """Act on a confirmed sign-up once: the id of the new (or existing) subscriber.
-    TokenError when the link was used before; NotConfirmed when its topics are no longer
-    offered, or the address is suppressed (mail to it bounced, or it complained)."""
+            now: datetime) -> Confirmed:
+    """Act on a confirmed sign-up once: the new (or existing) subscriber. TokenError when
+    the link was used before; NotConfirmed when its topics are no longer offered, or the
+    address is suppressed (mail to it bounced, or it complained)."""
     check_offered(signup, settings.signup)
     if store.is_suppressed(db, signup.email):
         # A link sent before the address was suppressed: nothing could be delivered.
@@ -315,14 +325,15 @@ def confirm(settings: Settings, db: Database, token: str, signup: Signup,
         with locked(settings.subscribers.dir / "signup"):
             sid = existing(settings, db, signup.email)
             if sid is None:
-                sid = create_file(settings.subscribers.dir, signup, settings.signup)
-                log.info("sign-up: new subscriber %s", sid)
-            elif store.set_subscribed(db, sid, signup.email, True, now, via="signup"):
+                new = create_file(settings.subscribers.dir, signup, settings.signup)
+                log.info("sign-up: new subscriber %s", new)
+                return Confirmed(new, existed=False)
+            if store.set_subscribed(db, sid, signup.email, True, now, via="signup"):
                 log.info("sign-up: subscriber %s subscribed again", sid)
+            return Confirmed(sid, existed=True)
     except BaseException:
         store.forget_token(db, used)
         raise
-    return sid
 
 
 # --- rate limits ----------------------------------------------------------------------------

@@ -294,8 +294,7 @@ class Forms:
             return self.expired_form()
         try:
             with self.db() as database:
-                known = signup.existing(self.settings, database, pending.email)
-                sid = signup.confirm(self.settings, database, token, pending, self.now())
+                done = signup.confirm(self.settings, database, token, pending, self.now())
         except TokenError as exc:
             return self.bad_link(exc.message)
         except signup.NotConfirmed as exc:  # for good: not a "try again later"
@@ -304,10 +303,10 @@ class Forms:
             log.error("sign-up: %s", exc)
             return self.refused("Try again later", "Your subscription could not be saved"
                                 " right now; nothing was changed.", 503)
-        link = link_url(self.settings.server, "/preferences", sid, pending.email,
-                        "preferences") or ""
+        link = link_url(self.settings.server, "/preferences", done.subscriber_id,
+                        pending.email, "preferences") or ""
         return self.page("subscribed.html", title="Subscribed", email=pending.email,
-                         preferences=link, known=known is not None)
+                         preferences=link, known=done.existed)
 
     # --- preferences ----------------------------------------------------------------------------
 

@@ -446,7 +446,7 @@ def test_two_links_for_one_address_confirmed_at_once_make_one_file(project: Proj
     def confirm(token: str) -> None:
         db = store.open_db(settings.store.path)
         start.wait()
-        ids.append(signup.confirm(settings, db, token, pending, NOW))
+        ids.append(signup.confirm(settings, db, token, pending, NOW).subscriber_id)
 
     threads = [threading.Thread(target=confirm, args=(t,)) for t in tokens]
     for t in threads:
