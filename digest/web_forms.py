@@ -248,11 +248,12 @@ class Forms:
         token = signup.pending_token(self.secret, pending, self.now(),
                                      self.settings.signup.confirm_hours)
         base = self.settings.server.public_url  # required with sign-up on; never Host
-        message = signup.confirmation(self.settings, pending, f"{base}/confirm?token={token}",
-                                      self.now())
         try:
-            self.deliver(message)
-        except SendError as exc:
+            # Built here too: a DKIM key that became unreadable since `serve` checked it
+            # is the operator's to fix, and the visitor's to retry, not a 500.
+            self.deliver(signup.confirmation(self.settings, pending,
+                                             f"{base}/confirm?token={token}", self.now()))
+        except (SendError, ConfigError) as exc:
             log.error("sign-up: confirmation email not sent: %s", exc)
             return self.page("error.html", 503, {"Retry-After": "300"},
                              title="Try again later", heading="Try again later",

@@ -209,6 +209,24 @@ def test_the_confirmation_is_dkim_signed_and_bounces_to_the_bounce_address(
     assert sent.rcpt_tos == ["new.reader@example.net"]
 
 
+def test_a_dkim_key_gone_while_serving_is_try_again_later_not_a_500(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # `serve` checked the key at start; an operator rotating it (or a bad mount) must not
+    # turn sign-up into "Internal Server Error" while the cause goes unnamed.
+    key = project.root / "keys" / "dkim.pem"
+    write_rsa_key(key)
+    with signup_server(project, smtp_server, monkeypatch, extra=DKIM_AND_BOUNCES) as server, \
+            httpx.Client() as client:
+        key.unlink()
+        r = subscribe(client, server, "new.reader@example.net")
+        assert r.status_code == 503 and "Try again later" in r.text
+        assert r.headers["retry-after"] == "300"
+    assert smtp_server.sink.received == []
+    assert "confirmation email not sent" in caplog.text
+    assert "cannot read the DKIM private key" in caplog.text
+
+
 def test_a_suppressed_address_gets_no_confirmation_and_the_same_page(
         project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
