@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import socket
 import ssl
 import textwrap
@@ -18,6 +19,12 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# pytest-xdist's workers start with COLUMNS=80 in their environment, and rich fixes a
+# Console's width from COLUMNS when it is made (digest.cli's, at import), so the tests that
+# give a CLI command a wide COLUMNS would see 80-column tables under `-n` and not without.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "seeds"
