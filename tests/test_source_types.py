@@ -239,6 +239,47 @@ def test_rss2_feed_in_latin1(loopback: Loopback) -> None:
     assert report.skipped == 1 and "no title" in report.warnings[0]
 
 
+# Real feeds that every feed reader shows: an old RSS 0.91 DOCTYPE naming Netscape's DTD (never
+# fetched), and HTML's named entities, which XML without a DTD does not define.
+_HTML_ENTITIES_RSS = (
+    "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
+    "<!DOCTYPE rss PUBLIC \"-//Netscape Communications//DTD RSS 0.91//EN\"\n"
+    "  \"http://my.netscape.com/publish/formats/rss-0.91.dtd\">\n"
+    "<rss version=\"0.91\"><channel><title>Lab&nbsp;notes</title>\n"
+    "<item><title>Caf&eacute; &mdash; diffusion&nbsp;models &amp; &#x3B1;-decay</title>\n"
+    "<link>https://lab.example.org/1</link>\n"
+    "<description>We&rsquo;re &lt;br&gt;fast&hellip;</description></item>\n"
+    "<item><title><![CDATA[Literally &nbsp; in CDATA]]></title>\n"
+    "<!-- &copy; a comment -->\n"
+    "<link>https://lab.example.org/2</link></item>\n"
+    "</channel></rss>\n"
+)
+
+
+def test_a_feed_with_html_entities_and_an_old_rss_doctype_is_read(loopback: Loopback) -> None:
+    url = loopback.route("/old.rss", Reply(_HTML_ENTITIES_RSS.encode(),
+                                                content_type="application/rss+xml"))
+    report = read(source(type="feed", url=url))
+    first, second = report.listings
+    assert first.title == "Café — diffusion models & α-decay"
+    assert first.abstract == "We’re fast…"  # the escaped <br> is HTML: a space
+    assert second.title == "Literally in CDATA"  # HTML text: the entity is text there too
+    assert report.skipped == 0 and report.warnings == []
+
+
+@pytest.mark.parametrize("body", [
+    # An unknown name stays an error; a DOCTYPE with declarations stays refused.
+    "<rss version='2.0'><channel><item><title>a &bogus; b</title></item></channel></rss>",
+    "<!DOCTYPE rss [<!ENTITY nbsp '&#160;'>]><rss version='2.0'><channel><item>"
+    "<title>a&nbsp;b</title></item></channel></rss>",
+], ids=["unknown-entity", "internal-subset"])
+def test_entities_no_table_defines_and_dtd_declarations_still_fail(
+        loopback: Loopback, body: str) -> None:
+    url = loopback.route("/bad.rss", Reply(body.encode(), content_type="application/rss+xml"))
+    with pytest.raises(SourceError, match=r"undefined entity|contains a DTD"):
+        read(source(type="feed", url=url))
+
+
 def test_atom_feed(loopback: Loopback) -> None:
     url = loopback.route("/feed.atom", Reply.fixture("atom.xml", "application/atom+xml"))
     report = read(source(type="feed", url=url, identity="link"))

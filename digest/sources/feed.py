@@ -24,6 +24,7 @@ from .http import Fetched
 from .items import (
     Context,
     arxiv_id,
+    as_plain_xml,
     check_xml,
     clean,
     decode,
@@ -40,7 +41,8 @@ FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml;q
 
 def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
     """The entries of a fetched RSS or Atom document, as feedparser dicts."""
-    text = decode(source, fetched, "a feed")  # fails on an HTML page or undecodable bytes
+    # `decode` fails on an HTML page or undecodable bytes.
+    text = as_plain_xml(decode(source, fetched, "a feed"))
     # Before feedparser sees it: no DTD anywhere, and well-formed, so feedparser's strict
     # parser reads it and its lenient fallback never runs.
     check_xml(source, text, fetched.url)

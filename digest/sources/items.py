@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import html.entities
 import io
 import logging
 import re
@@ -164,8 +165,40 @@ def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
 
 # XML: documents are parsed from the text `decode` made of them (so every reader sees the
 # same characters, whatever the HTTP header and the XML declaration claim) by defusedxml,
-# which refuses a DTD wherever it is. No source we read needs one, and a DTD can declare
-# entities that expand a few megabytes into gigabytes within expat's amplification limit.
+# which refuses a DTD wherever it is (a feed's external-only one is blanked first, see
+# `as_plain_xml`): a DTD can declare entities that expand a few megabytes into gigabytes
+# within expat's amplification limit.
+
+
+# What feeds carry that every feed reader accepts but XML without a DTD does not: an old
+# DOCTYPE that only names an external DTD (RSS 0.91's Netscape one), which nothing fetches, and
+# HTML's named entities (&nbsp;, &eacute;, &mdash;), which only that DTD (or none) defined.
+# A DOCTYPE with declarations of its own ("[...]") is left in, for `check_xml` to refuse.
+_PROLOG_DOCTYPE = re.compile(r"\A(\ufeff?(?:\s|<\?.*?\?>|<!--.*?-->)*)<!DOCTYPE\s[^\[>]*>",
+                             re.DOTALL)
+_VERBATIM = re.compile(r"(<!\[CDATA\[.*?\]\]>|<!--.*?-->)", re.DOTALL)
+_NAMED = re.compile(r"&([A-Za-z][A-Za-z0-9]{1,31});")
+_XML_NAMED = frozenset({"amp", "lt", "gt", "quot", "apos"})
+
+
+def as_plain_xml(text: str) -> str:
+    """A feed's text with an external-only DOCTYPE in its prolog blanked (its line breaks
+    kept, so later errors name the same lines) and HTML's named entities written as
+    character references, outside CDATA sections and comments (where they are text). An
+    unknown name is left as it is: the document stays not well-formed."""
+    text = _PROLOG_DOCTYPE.sub(lambda m: m.group(1) + "\n" * m.group(0).count("\n", len(
+        m.group(1))), text, count=1)
+    if "&" not in text:
+        return text
+    parts = _VERBATIM.split(text)
+    parts[::2] = [_NAMED.sub(_reference, part) for part in parts[::2]]
+    return "".join(parts)
+
+
+def _reference(match: re.Match[str]) -> str:
+    name = match.group(1)
+    value = None if name in _XML_NAMED else html.entities.html5.get(name + ";")
+    return "".join(f"&#{ord(c)};" for c in value) if value else match.group(0)
 
 
 def _xml_refused(source: str, where: str, exc: DefusedXmlException) -> SourceError:
