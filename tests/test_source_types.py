@@ -64,6 +64,25 @@ def test_html_to_text_keeps_only_visible_text() -> None:
         "A bold & brave end"
 
 
+@pytest.mark.parametrize(("html", "text"), [
+    # Inline elements run into their neighbours, as a browser shows them.
+    ("Reducing CO<sub>2</sub> with H<sub>2</sub>O, <i>in vivo</i>.",
+     "Reducing CO2 with H2O, in vivo."),
+    ("E = mc<sup>2</sup>; see <a href='x'>the code</a>, <span>here</span>.",
+     "E = mc2; see the code, here."),
+    # Other tags part words.
+    ("<p>One.</p><p>Two</p>three<br>four<li>five</li>", "One. Two three four five"),
+])
+def test_inline_tags_do_not_part_words_and_others_do(html: str, text: str) -> None:
+    assert html_to_text(html) == text
+
+
+def test_titles_are_read_as_before_so_their_ids_stay() -> None:
+    # A title-keyed listing's id is made of its title's words: reading "CO<sub>2</sub>" as
+    # "CO2" would make an id that no stored listing has, and mail the paper again.
+    assert html_to_text("CO<sub>2</sub> capture", apart=True) == "CO 2 capture"
+
+
 def test_hf_page_seeds_are_parsed_exactly_as_before() -> None:
     listings = []
     for path in sorted(SEEDS.glob("*.txt")):
@@ -295,7 +314,7 @@ def test_atom_feed(loopback: Loopback) -> None:
     assert repro.id.startswith("url:") and repro.arxiv_id is None
     assert repro.title == "We reproduced arXiv:2405.00451"
     assert repro.url == "https://arxiv.org/abs/2405.00451v2"
-    assert repro.abstract == "A full reproduction ."
+    assert repro.abstract == "A full reproduction."
 
 
 # --- jsonl ------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
     arxiv = arxiv_id(entry.get("id")) or arxiv_id(entry.get("link"))
     if not arxiv:
         raise ValueError(f"no arXiv id in guid {entry.get('id')!r} or link {entry.get('link')!r}")
-    title = html_to_text(entry.get("title"))
+    title = html_to_text(entry.get("title"), apart=True)
     if not title:
         raise ValueError(f"{arxiv}: no title")
     kind = clean(entry.get("arxiv_announce_type")).lower() or "new"

@@ -89,7 +89,7 @@ def entry_tags(entry: dict[str, Any]) -> tuple[str, ...]:
 
 def feed_item(entry: dict[str, Any], config: FeedSource) -> Listing:
     """One feed entry as a Listing; ValueError says why an entry is unusable."""
-    title = html_to_text(entry.get("title"))
+    title = html_to_text(entry.get("title"), apart=True)
     if not title:
         raise ValueError("no title")
     link = safe_url(entry.get("link"))

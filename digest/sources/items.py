@@ -400,37 +400,52 @@ def safe_url(value: Any) -> str | None:
                        parts.fragment))
 
 
-class _TextOnly(HTMLParser):
-    """Collects the text of an HTML fragment; block-level tags become spaces."""
+# Elements that run into the text around them, as a browser shows them: "H<sub>2</sub>O" is
+# "H2O" and "<i>in vivo</i>," is "in vivo," (journal feeds mark up abstracts so). Any other
+# tag (a paragraph, a line break, one not known) parts the words on its two sides.
+_INLINE = frozenset({"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn",
+                     "em", "font", "i", "ins", "kbd", "mark", "q", "s", "samp", "small",
+                     "span", "strong", "sub", "sup", "time", "tt", "u", "var", "wbr"})
 
-    def __init__(self) -> None:
+
+class _TextOnly(HTMLParser):
+    """Collects the text of an HTML fragment; tags but inline ones become spaces (all of them
+    with `apart`)."""
+
+    def __init__(self, apart: bool) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skip = 0
+        self._apart = apart
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style"):
             self._skip += 1
-        self.parts.append(" ")
+        if self._apart or tag not in _INLINE:
+            self.parts.append(" ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("script", "style") and self._skip:
             self._skip -= 1
-        self.parts.append(" ")
+        if self._apart or tag not in _INLINE:
+            self.parts.append(" ")
 
     def handle_data(self, data: str) -> None:
         if not self._skip:
             self.parts.append(data)
 
 
-def html_to_text(value: str | None) -> str:
+def html_to_text(value: str | None, *, apart: bool = False) -> str:
     """The visible text of an HTML fragment (feed summaries are often HTML), whitespace
-    collapsed; the email escapes it again when it shows it."""
+    collapsed; the email escapes it again when it shows it. `apart`: every tag parts words,
+    inline ones too ('CO<sub>2</sub>' -> 'CO 2'), as titles have always been read: a listing
+    keyed by its title has an id made of the title's words, and reading them anew would make
+    every such listing stored before a new one, sent again."""
     if not value:
         return ""
     if "<" not in value and "&" not in value:
         return clean(value)
-    parser = _TextOnly()
+    parser = _TextOnly(apart)
     parser.feed(value)
     parser.close()
     return clean("".join(parser.parts))
