@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import json
 from pathlib import Path
@@ -455,6 +456,22 @@ def test_a_utf8_feed_served_with_a_wrong_charset_is_read_as_it_declares(
     assert [r.getMessage() for r in caplog.records] == [
         f"source src: {url} declares encoding 'UTF-8' but is served with charset "
         f"'{charset}'; read as UTF-8"]
+
+
+@pytest.mark.parametrize(("codec", "bom"), [
+    ("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE),
+    ("utf-16-be", b""), ("utf-16-le", b""), ("utf-32-le", codecs.BOM_UTF32_LE),
+    ("utf-32-be", b""),
+])
+def test_a_utf16_or_utf32_feed_is_read_by_its_first_bytes(
+        loopback: Loopback, codec: str, bom: bytes) -> None:
+    # What XML requires of every reader (.NET and Windows tools write UTF-16 feeds), with a
+    # byte-order mark or without one, its XML declaration then in that width.
+    body = bom + _UNICODE_FEED.replace('"UTF-8"', '"UTF-16"').encode(codec)
+    url = loopback.route("/wide.xml", Reply(body, content_type="application/rss+xml"))
+    (item,) = read(source(type="feed", url=url)).listings
+    assert item.title == "Ünïcödé ε-Greedy — a café at 50%"
+    assert item.abstract == "Straße, naïve €5"
 
 
 def test_an_arxiv_api_page_served_with_a_wrong_charset_is_read_as_it_declares(

@@ -126,9 +126,31 @@ def _decoded_as(body: bytes, charset: str) -> str | _Undecodable:
         return _Undecodable(f"is not valid {charset} text (byte {exc.start}: {exc.reason})")
 
 
+# UTF-16 and UTF-32, which every XML reader must take, known by their first bytes as the XML
+# spec's appendix F says: a byte-order mark (UTF-32's first: its little-endian mark begins
+# with UTF-16's), else the '<' (and '?') of the document's start in that width.
+_WIDE = (
+    (codecs.BOM_UTF32_BE, "utf-32-be", True), (codecs.BOM_UTF32_LE, "utf-32-le", True),
+    (codecs.BOM_UTF16_BE, "utf-16-be", True), (codecs.BOM_UTF16_LE, "utf-16-le", True),
+    (b"\0\0\0<", "utf-32-be", False), (b"<\0\0\0", "utf-32-le", False),
+    (b"\0<\0?", "utf-16-be", False), (b"<\0?\0", "utf-16-le", False),
+)
+
+
+def _wide(body: bytes) -> tuple[bytes, str, str] | None:
+    # (the body without its byte-order mark, the codec, what says so) for UTF-16 and UTF-32.
+    for start, codec, mark in _WIDE:
+        if body.startswith(start):
+            name = codec[:6].upper()
+            return ((body[len(start):], codec, f"starts with a {name} byte-order mark") if mark
+                    else (body, codec, f"begins as {name} text does"))
+    return None
+
+
 def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
     """The body as text, strictly decoded from the first of these that is given and fits:
-    a UTF-8 byte-order mark, the XML declaration's encoding, the HTTP charset, else UTF-8.
+    a byte-order mark or the first bytes of UTF-16 or UTF-32 text (XML's own rule), a UTF-8
+    byte-order mark, the XML declaration's encoding, the HTTP charset, else UTF-8.
     An HTML page, or bytes that decode by none of them, fail the source.
 
     The document's own encoding comes before the HTTP charset because servers send a
@@ -145,7 +167,9 @@ def decode(source: str, fetched_or_body: Fetched | bytes, what: str) -> str:
         raise SourceError(source, f"{where} returned an HTML page, not {what}",
                           hint="check the URL; the service may be down or need a login")
     own, says = None, ""
-    if body.startswith(codecs.BOM_UTF8):
+    if wide := _wide(body):
+        body, own, says = wide
+    elif body.startswith(codecs.BOM_UTF8):
         body, own, says = body[len(codecs.BOM_UTF8):], "utf-8", "starts with a UTF-8 BOM"
     elif declared := _XML_ENCODING.match(body):
         own = declared.group(1).decode("ascii")
