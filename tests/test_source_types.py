@@ -260,30 +260,33 @@ def test_rss2_feed_in_latin1(loopback: Loopback) -> None:
 
 
 # Real feeds that every feed reader shows: an old RSS 0.91 DOCTYPE naming Netscape's DTD (never
-# fetched), and HTML's named entities, which XML without a DTD does not define.
+# fetched), HTML's named entities, which XML without a DTD does not define, and ampersands
+# that start no reference.
 _HTML_ENTITIES_RSS = (
     "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
     "<!DOCTYPE rss PUBLIC \"-//Netscape Communications//DTD RSS 0.91//EN\"\n"
     "  \"http://my.netscape.com/publish/formats/rss-0.91.dtd\">\n"
     "<rss version=\"0.91\"><channel><title>Lab&nbsp;notes</title>\n"
     "<item><title>Caf&eacute; &mdash; diffusion&nbsp;models &amp; &#x3B1;-decay</title>\n"
-    "<link>https://lab.example.org/1</link>\n"
+    "<link>https://lab.example.org/1?a=1&b=2</link>\n"
     "<description>We&rsquo;re &lt;br&gt;fast&hellip;</description></item>\n"
-    "<item><title><![CDATA[Literally &nbsp; in CDATA]]></title>\n"
+    "<item><title><![CDATA[Literally &nbsp; in CDATA]]> & Q&A</title>\n"
     "<!-- &copy; a comment -->\n"
     "<link>https://lab.example.org/2</link></item>\n"
     "</channel></rss>\n"
 )
 
 
-def test_a_feed_with_html_entities_and_an_old_rss_doctype_is_read(loopback: Loopback) -> None:
+def test_a_feed_with_html_entities_bare_ampersands_and_an_old_doctype_is_read(
+        loopback: Loopback) -> None:
     url = loopback.route("/old.rss", Reply(_HTML_ENTITIES_RSS.encode(),
                                                 content_type="application/rss+xml"))
     report = read(source(type="feed", url=url))
     first, second = report.listings
     assert first.title == "Café — diffusion models & α-decay"
     assert first.abstract == "We’re fast…"  # the escaped <br> is HTML: a space
-    assert second.title == "Literally in CDATA"  # HTML text: the entity is text there too
+    assert first.url == "https://lab.example.org/1?a=1&b=2"
+    assert second.title == "Literally in CDATA & Q&A"  # HTML text: the entity is text there too
     assert report.skipped == 0 and report.warnings == []
 
 

@@ -202,20 +202,23 @@ _PROLOG_DOCTYPE = re.compile(r"\A(\ufeff?(?:\s|<\?.*?\?>|<!--.*?-->)*)<!DOCTYPE\
                              re.DOTALL)
 _VERBATIM = re.compile(r"(<!\[CDATA\[.*?\]\]>|<!--.*?-->)", re.DOTALL)
 _NAMED = re.compile(r"&([A-Za-z][A-Za-z0-9]{1,31});")
+# An ampersand that starts no reference ("Q&A", "?a=1&b=2" in a link) is the character itself.
+_BARE_AMP = re.compile(r"&(?!(?:[A-Za-z_:][\w.:-]*|#[0-9]+|#x[0-9A-Fa-f]+);)")
 _XML_NAMED = frozenset({"amp", "lt", "gt", "quot", "apos"})
 
 
 def as_plain_xml(text: str) -> str:
     """A feed's text with an external-only DOCTYPE in its prolog blanked (its line breaks
-    kept, so later errors name the same lines) and HTML's named entities written as
-    character references, outside CDATA sections and comments (where they are text). An
-    unknown name is left as it is: the document stays not well-formed."""
+    kept, so later errors name the same lines), and outside CDATA sections and comments
+    (where they are text), HTML's named entities written as character references and an
+    ampersand that starts no reference escaped. An unknown name is left as it is: the
+    document stays not well-formed."""
     text = _PROLOG_DOCTYPE.sub(lambda m: m.group(1) + "\n" * m.group(0).count("\n", len(
         m.group(1))), text, count=1)
     if "&" not in text:
         return text
     parts = _VERBATIM.split(text)
-    parts[::2] = [_NAMED.sub(_reference, part) for part in parts[::2]]
+    parts[::2] = [_BARE_AMP.sub("&amp;", _NAMED.sub(_reference, part)) for part in parts[::2]]
     return "".join(parts)
 
 
