@@ -374,6 +374,20 @@ def test_jsonl_values_of_the_wrong_type_are_skipped_with_line_and_key(tmp_path: 
         f"line 5: {votes} 3.0, skipped", f'line 6: {votes} "3", skipped']
 
 
+def test_jsonl_lines_end_only_at_line_feeds(tmp_path: Path) -> None:
+    # JSON strings may hold U+2028, U+2029, U+0085 and the like raw (json.dumps with
+    # ensure_ascii=False writes them so); str.splitlines() cut the line at each of them, so
+    # the listing was skipped as "not valid JSON" and every later line number was off.
+    path = tmp_path / "mine.jsonl"
+    odd = {"title": "Line\u2028separator\u2029 paragraph\u0085 next\x1c file", "abstract": "a"}
+    path.write_bytes((json.dumps(odd, ensure_ascii=False) + "\r\n"
+                      + json.dumps({"title": "Second"}) + "\n{bad\n").encode())
+    report = read(source(type="jsonl", path=str(path)))
+    assert [x.title for x in report.listings] == [
+        "Line separator paragraph next file", "Second"]
+    assert report.skipped == 1 and report.warnings[0].startswith("line 3: not valid JSON")
+
+
 # --- encodings: the document's own declaration over a server's wrong charset ----------------
 
 _UNICODE_FEED = """<?xml version="1.0" encoding="UTF-8"?>
