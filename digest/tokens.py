@@ -81,8 +81,12 @@ def title_key(title: str) -> str:
 
 
 def title_id(title: str) -> str:
-    """A stable listing id for a listing known only by its title."""
-    return "title:" + hashlib.sha256(title_key(title).encode()).hexdigest()[:16]
+    """A stable listing id for a listing known only by its title: a hash of its title key,
+    or, for a title without a single word ("???", "🚀🚀"), of the title itself (NFKC, blanks
+    made single). Every such title has the empty key, and they are not one listing; the NUL
+    before it keeps it apart from every key, which holds only words and spaces."""
+    key = title_key(title) or "\0" + " ".join(nfkc(title).split())
+    return "title:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 _NAME_SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})

@@ -435,3 +435,16 @@ def test_a_declaration_the_bytes_do_not_fit_gives_way_to_the_http_charset(
     assert [r.getMessage() for r in caplog.records] == [
         f"source src: {url} declares encoding 'UTF-8' but is served with charset "
         f"'iso-8859-1'; read as iso-8859-1"]
+
+
+def test_jsonl_titles_without_a_word_are_each_their_own_listing(tmp_path: Path) -> None:
+    # They all had the id of the empty title key: the second was skipped as "the same title
+    # as line 1", and across sources one was merged into the other (title and abstract mixed).
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"title": "???", "abstract": "questions"}\n'
+                    '{"title": "🎉", "abstract": "a party"}\n'
+                    '{"title": "🎉", "abstract": "the same party again"}\n', "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [(x.title, x.abstract) for x in report.listings] == [
+        ("???", "questions"), ("🎉", "a party")]
+    assert report.warnings == ["line 3: the same title as line 2, skipped"]

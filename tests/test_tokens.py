@@ -27,6 +27,15 @@ def test_title_key_ignores_case_and_punctuation() -> None:
     assert title_id("Attention Is All You Need") != title_id("Attention Is Not All You Need")
 
 
+def test_titles_without_a_word_are_different_listings() -> None:
+    # Every such title has the empty key, so they all had one id: "???", "🚀🚀" and "🎉"
+    # from a feed or a file were one listing, the later items skipped or merged into it.
+    ids = {title_id(t) for t in ("???", "🚀🚀", "🎉", "…")}
+    assert len(ids) == 4
+    assert title_id("🚀🚀") == title_id(" 🚀🚀 ")  # the same title, fetched again
+    assert title_id("🚀🚀") != title_id("")
+
+
 def test_title_key_is_made_from_the_readable_title() -> None:
     # arXiv writes the TeX, a blog the characters the email shows: one title, one key.
     tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
