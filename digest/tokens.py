@@ -21,8 +21,15 @@ import snowballstemmer
 
 from .tex import readable
 
+# Han ideographs and hiragana: Chinese and Japanese put no spaces between words, so each of
+# these characters is a word of its own (as Lucene's StandardTokenizer has it), and a
+# keyword "推测解码" is a phrase that matches inside "基于推测解码的加速". Katakana runs, Hangul
+# and every other script stay whole runs of letters and digits.
+_CJK = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 # \w without the underscore: "snake_case" is two words, as a reader would see it.
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(f"[^\\W_{_CJK}]+|[{_CJK}]")
+# A person's name keeps its ideographs together: "王小明" is one name word, not three.
+_NAME_WORD = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("english")
 # No English word is longer than about 45 letters: longer tokens (hashes, DNA, junk) are not
 # stemmed. This bounds the work per token for every path (text, keywords, the shared index).
@@ -114,7 +121,7 @@ def name_words(name: str) -> tuple[str, ...]:
     -> ("m", "kaur"). Dots, hyphens and other punctuation separate words."""
     decomposed = unicodedata.normalize("NFKD", _given_first(nfkc(name).strip()))
     plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    words = _WORD.findall(plain.casefold())
+    words = _NAME_WORD.findall(plain.casefold())
     kept = [w for w in words if w not in _NAME_SUFFIXES]
     return tuple(kept if len(kept) >= 1 else words)
 

@@ -1,9 +1,22 @@
+import dataclasses
+import datetime as dt
 import subprocess
 import sys
 
+from digest.index import build_digest
 from digest.match import compile_keyword, document
-from digest.models import Listing
-from digest.tokens import MAX_STEMMED, nfkc, stem, title_id, title_key, tokenize, words
+from digest.models import Listing, Subscriber, Topic
+from digest.tokens import (
+    MAX_STEMMED,
+    name_words,
+    nfkc,
+    stem,
+    title_id,
+    title_key,
+    tokenize,
+    words,
+)
+from tests.conftest import NOW
 from tests.oracle_match import find
 
 
@@ -43,6 +56,27 @@ def test_title_key_is_made_from_the_readable_title() -> None:
     assert title_key(tex) == title_key(shown) == (
         "scaling laws for ε greedy reasoning models at 50 compute")
     assert title_id(tex) == title_id(shown)
+
+
+def test_a_cjk_keyword_matches_inside_text_written_without_spaces() -> None:
+    # A run of ideographs was one word: "推测解码" matched only where spaces set it apart,
+    # which Chinese and Japanese text never does, and "中文" could not exclude "中文摘要".
+    title, abstract = "基于推测解码的大模型推理加速", "大規模言語モデルの推論を高速化する"
+    assert words(title)[:4] == ["基", "于", "推", "测"]
+    assert words(abstract)[3:7] == ["言", "語", "モデル", "の"]  # katakana runs stay whole
+    doc = document(Listing("L", title, abstract))
+    assert find(compile_keyword("推测解码"), doc.title) == [(2, 6)]
+    assert find(compile_keyword("言語モデル"), doc.abstract) == [(3, 8)]
+    assert find(compile_keyword("测解码器"), doc.title) == []
+    sub = Subscriber("s", "S", "s@example.org", "UTC", dt.time(7), 10, 7,
+                     (Topic("推理", ("推测解码", "言語モデル")),), exclude=("综述",))
+    survey = Listing("M", "推测解码综述", "", first_seen=NOW)
+    found = build_digest(sub, [dataclasses.replace(doc.listing, first_seen=NOW), survey],
+                         NOW.date(), NOW)
+    assert found is not None and [m.listing.id for m in found.matches] == ["L"]
+    assert found.matches[0].keywords == ("推测解码", "言語モデル")
+    # A person's name keeps its ideographs together.
+    assert name_words("王小明") == ("王小明",)
 
 
 def test_words_longer_than_the_cap_are_compared_whole() -> None:
