@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,3 +209,10 @@ def test_right_to_left_text_is_isolated_so_the_line_around_it_keeps_its_order() 
     # Text without right-to-left letters is as it was, byte for byte.
     plain = render(digest_of([latin]), Links("mailto:x@example.org"), environment())
     assert fsi not in plain.html + plain.text
+
+
+def test_right_to_left_finds_every_letter_of_bidi_class_r_or_al() -> None:
+    letters = [chr(c) for c in range(0x110000)
+               if unicodedata.bidirectional(chr(c)) in ("R", "AL") and c != 0x200F]
+    assert all(rendering.right_to_left(c) for c in letters)
+    assert not any(rendering.right_to_left(c) for c in "aé—中ß\u00a0")
