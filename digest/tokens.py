@@ -26,8 +26,32 @@ from .tex import readable
 # keyword "推测解码" is a phrase that matches inside "基于推测解码的加速". Katakana runs, Hangul
 # and every other script stay whole runs of letters and digits.
 _CJK = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-# \w without the underscore: "snake_case" is two words, as a reader would see it.
-_WORD = re.compile(f"[^\\W_{_CJK}]+|[{_CJK}]")
+
+
+def _mark_ranges() -> str:
+    # Combining marks (Unicode categories Mn, Mc, Me) as regex class ranges. \w has none of
+    # them, so they split words: "हिन्दी" (Hindi) was the words "ह न द", its vowel signs lost,
+    # and a keyword matched any word with the same consonants. Read from this Python's
+    # Unicode tables (about 25 ms, once) rather than copied here, so they never disagree.
+    codes = [c for c in (*range(0x300, 0x1E950), *range(0xE0100, 0xE01F0))
+             if unicodedata.category(chr(c))[0] == "M"]
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in runs)
+
+
+_MARKS = _mark_ranges()
+# A word: letters and digits (\w without the underscore: "snake_case" is two words, as a
+# reader would see it) with the combining marks inside and after them; or one ideograph.
+# The lookahead tries the long class of marks only after a word that ends in a character
+# from U+0300 on, which is never the case in English text: it keeps this regex fast there.
+_LETTERS = f"[^\\W_{_CJK}]"
+_WORD = re.compile(
+    f"{_LETTERS}+(?:(?=[^\\x00-\\u02ff])[{_MARKS}]+{_LETTERS}*)*|[{_CJK}][{_MARKS}]*")
 # A person's name keeps its ideographs together: "王小明" is one name word, not three.
 _NAME_WORD = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("english")

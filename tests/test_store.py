@@ -248,17 +248,20 @@ def test_m20_rekeys_stored_cjk_titles_so_the_next_fetch_finds_the_listing(
     migrations.apply(old, stop_before="m20_title_keys_of_cjk_titles")
     title = "大模型推理加速 综述"
     old_id = "title:" + hashlib.sha256(title.encode()).hexdigest()[:16]
-    _store_old_listings(old, [make(old_id, title=title), make("title:a", title="Ascii only")])
+    _store_old_listings(old, [make(old_id, title=title), make("title:a", title="Ascii only"),
+                              make("title:hi", title="हिन्दी भाषा")])
     old.execute("update listings set title_key = ? where id = ?", [title, old_id])
+    old.execute("update listings set title_key = 'ह न द भ ष' where id = 'title:hi'")
     old.conn.commit()
     old.close()
     db = store.open_db(path)
     keys = dict(db.execute("select id, title_key from listings").fetchall())
-    assert keys == {old_id: "大 模 型 推 理 加 速 综 述", "title:a": "ascii only"}
+    assert keys == {old_id: "大 模 型 推 理 加 速 综 述", "title:a": "ascii only",
+                    "title:hi": "हिन्दी भाषा"}
     fetched = make(title_id(title), title=title, sources=("blog",))
     assert fetched.id != old_id
     assert store.upsert_listings(db, [fetched], NOW).new == 0
-    assert store.count_listings(db) == 2
+    assert store.count_listings(db) == 3
     got = store.get_listing(db, old_id)
     assert got is not None and "blog" in got.sources
 

@@ -79,6 +79,18 @@ def test_a_cjk_keyword_matches_inside_text_written_without_spaces() -> None:
     assert name_words("王小明") == ("王小明",)
 
 
+def test_combining_marks_belong_to_their_word() -> None:
+    # \w has no combining marks, so they split words: "हिन्दी" was "ह न द" (its vowel signs
+    # lost), and the keyword "काम" (work) matched "किम" and any word of the same consonants.
+    assert words("हिन्दी भाषा") == ["हिन्दी", "भाषा"]
+    assert words("தமிழ் மொழி") == ["தமிழ்", "மொழி"]  # Tamil
+    assert words("בְּרֵאשִׁית, כָּתַב") == ["בְּרֵאשִׁית", "כָּתַב"]  # pointed Hebrew
+    assert words("x\u0304-statistics") == ["x\u0304", "statistics"]
+    doc = document(Listing("L", "किम और काम", ""))
+    assert find(compile_keyword("काम"), doc.title) == [(7, 10)]
+    assert title_key("हिन्दी") != title_key("ह न द")
+
+
 def test_words_longer_than_the_cap_are_compared_whole() -> None:
     long = "y" * (MAX_STEMMED + 1)
     [token] = tokenize(long.upper())
