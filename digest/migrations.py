@@ -302,3 +302,16 @@ def m19_listing_titles(db: Database) -> None:
     title changes between sources of one rank only when one of them corrects it, never
     back and forth as they are fetched in turn (see `store._corrects`)."""
     db.table("listings").add_column("titles", str)
+
+
+@migrations()
+def m20_title_keys_of_cjk_titles(db: Database) -> None:
+    """Each Han ideograph and hiragana is a word of its own, and combining marks belong to
+    their word (`tokens.title_key`), so the key of a title that holds them changed ("中文标题"
+    -> "中 文 标 题", "हिन्दी" -> "हिन्दी" from "ह न द"): recomputed for every stored title that
+    is not ASCII, so that the next fetch of such a listing finds it by its key (its id, made
+    from the old key, stays) instead of storing it a second time and sending it again."""
+    rows = db.execute("select id, title, title_key from listings").fetchall()
+    db.conn.executemany("update listings set title_key = ? where id = ?",
+                        [(key, lid) for lid, title, old in rows
+                         if title and not title.isascii() and (key := title_key(title)) != old])

@@ -21,8 +21,39 @@ import snowballstemmer
 
 from .tex import readable
 
-# \w without the underscore: "snake_case" is two words, as a reader would see it.
-_WORD = re.compile(r"[^\W_]+")
+# Han ideographs and hiragana: Chinese and Japanese put no spaces between words, so each of
+# these characters is a word of its own (as Lucene's StandardTokenizer has it), and a
+# keyword "推测解码" is a phrase that matches inside "基于推测解码的加速". Katakana runs, Hangul
+# and every other script stay whole runs of letters and digits.
+_CJK = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+
+
+def _mark_ranges() -> str:
+    # Combining marks (Unicode categories Mn, Mc, Me) as regex class ranges. \w has none of
+    # them, so they split words: "हिन्दी" (Hindi) was the words "ह न द", its vowel signs lost,
+    # and a keyword matched any word with the same consonants. Read from this Python's
+    # Unicode tables (about 25 ms, once) rather than copied here, so they never disagree.
+    codes = [c for c in (*range(0x300, 0x1E950), *range(0xE0100, 0xE01F0))
+             if unicodedata.category(chr(c))[0] == "M"]
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in runs)
+
+
+_MARKS = _mark_ranges()
+# A word: letters and digits (\w without the underscore: "snake_case" is two words, as a
+# reader would see it) with the combining marks inside and after them; or one ideograph.
+# The lookahead tries the long class of marks only after a word that ends in a character
+# from U+0300 on, which is never the case in English text: it keeps this regex fast there.
+_LETTERS = f"[^\\W_{_CJK}]"
+_WORD = re.compile(
+    f"{_LETTERS}+(?:(?=[^\\x00-\\u02ff])[{_MARKS}]+{_LETTERS}*)*|[{_CJK}][{_MARKS}]*")
+# A person's name keeps its ideographs together: "王小明" is one name word, not three.
+_NAME_WORD = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("english")
 # No English word is longer than about 45 letters: longer tokens (hashes, DNA, junk) are not
 # stemmed. This bounds the work per token for every path (text, keywords, the shared index).
@@ -81,8 +112,12 @@ def title_key(title: str) -> str:
 
 
 def title_id(title: str) -> str:
-    """A stable listing id for a listing known only by its title."""
-    return "title:" + hashlib.sha256(title_key(title).encode()).hexdigest()[:16]
+    """A stable listing id for a listing known only by its title: a hash of its title key,
+    or, for a title without a single word ("???", "🚀🚀"), of the title itself (NFKC, blanks
+    made single). Every such title has the empty key, and they are not one listing; the NUL
+    before it keeps it apart from every key, which holds only words and spaces."""
+    key = title_key(title) or "\0" + " ".join(nfkc(title).split())
+    return "title:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 _NAME_SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
@@ -110,7 +145,7 @@ def name_words(name: str) -> tuple[str, ...]:
     -> ("m", "kaur"). Dots, hyphens and other punctuation separate words."""
     decomposed = unicodedata.normalize("NFKD", _given_first(nfkc(name).strip()))
     plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    words = _WORD.findall(plain.casefold())
+    words = _NAME_WORD.findall(plain.casefold())
     kept = [w for w in words if w not in _NAME_SUFFIXES]
     return tuple(kept if len(kept) >= 1 else words)
 

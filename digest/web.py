@@ -101,14 +101,15 @@ _PAGES = jinja2.Environment(
 <title>{{ title }}</title>
 <style>
 body { font: 16px/1.5 -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif;
-       max-width: {{ width | default(640) }}px; margin: 40px auto; padding: 0 20px; }
+       max-width: {{ width | default(640) }}px; margin: 40px auto; padding: 0 20px;
+       overflow-wrap: anywhere; }  /* a source's 300-letter word must not widen the page */
 button { font: inherit; padding: 10px 18px; border-radius: 6px; border: 0;
          background: #0b57d0; color: #fff; cursor: pointer; }
 .muted { color: #57606a; } .bad { color: #b42318; }
 table { border-collapse: collapse; } td, th { text-align: left; padding: 4px 12px 4px 0;
         vertical-align: top; } th { white-space: nowrap; }
 pre { white-space: pre-wrap; background: rgba(127,127,127,.1); padding: 12px; }
-iframe { border: 1px solid #d0d7de; background: #fff; }
+iframe { border: 1px solid #d0d7de; background: #fff; max-width: 100%; }
 .views { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
 .stack label { display: block; margin: 10px 0; } .stack input:not([type=checkbox]),
 .stack textarea, .stack select { display: block; width: 100%; max-width: 480px; font: inherit; }

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -189,3 +190,29 @@ def _wrap_by_hand(text: str, width: int) -> str:
 def test_wrap_text_wraps_greedily_at_spaces(text: str, width: int) -> None:
     for _ in range(2):  # wrapped, then from the cache
         assert wrap_text(text, width) == _wrap_by_hand(text, width)
+
+
+def test_right_to_left_text_is_isolated_so_the_line_around_it_keeps_its_order() -> None:
+    # Unisolated, an Arabic author name took the date's day into its run in a
+    # left-to-right line: browsers and mail clients showed "1 · محمد علي May 2024".
+    arabic = Listing(id="2401.00001", arxiv_id="2401.00001",
+                     title="تحليل النصوص pruning للغة العربية", authors=("محمد علي",),
+                     abstract="نقدم طريقة pruning جديدة", published=dt.date(2024, 5, 1),
+                     categories=("cs.CL",))
+    latin = listings(1)[0]
+    rendered = render(digest_of([arabic, latin]), Links("mailto:x@example.org"), environment())
+    fsi, pdi = "\u2068", "\u2069"
+    for part in (rendered.html, rendered.text):
+        assert f"{fsi}محمد علي{pdi}\u00a0· 1 May 2024" in part
+        assert f"{fsi}تحليل النصوص pruning للغة العربية{pdi}" in part
+        assert part.count(fsi) == part.count(pdi) == 3  # title, authors, excerpt
+    # Text without right-to-left letters is as it was, byte for byte.
+    plain = render(digest_of([latin]), Links("mailto:x@example.org"), environment())
+    assert fsi not in plain.html + plain.text
+
+
+def test_right_to_left_finds_every_letter_of_bidi_class_r_or_al() -> None:
+    letters = [chr(c) for c in range(0x110000)
+               if unicodedata.bidirectional(chr(c)) in ("R", "AL") and c != 0x200F]
+    assert all(rendering.right_to_left(c) for c in letters)
+    assert not any(rendering.right_to_left(c) for c in "aé—中ß\u00a0")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from digest.index import build_digest
+from digest.models import Listing
 from digest.render import Links, environment, render
 
-from .browser import chromium  # noqa: F401 - fixture
-from .samples import HOSTILE_TITLES, digest, listing
+from .browser import chromium, open_email  # noqa: F401 - fixture
+from .conftest import NOW
+from .samples import HOSTILE_TITLES, digest, listing, subscriber
 
 # WCAG contrast of every element's own text against the background it is painted on.
 CONTRAST_JS = """() => {
@@ -88,3 +92,32 @@ def test_screenshots_and_no_horizontal_overflow(
         assert page.evaluate("document.querySelectorAll('script, img').length") == 0
     finally:
         page.close()
+
+
+# Where the reader sees a piece of the meta line: [left, right] of its characters' boxes.
+_SPAN_X_JS = """([needle]) => {
+  const node = document.querySelector('p.meta').firstChild;
+  const at = node.textContent.indexOf(needle);
+  const range = document.createRange();
+  range.setStart(node, at);
+  range.setEnd(node, at + needle.length);
+  const boxes = [...range.getClientRects()];
+  return [Math.min(...boxes.map(b => b.left)), Math.max(...boxes.map(b => b.right))];
+}"""
+
+
+def test_a_right_to_left_author_leaves_the_date_in_order(chromium: Any) -> None:  # noqa: F811
+    # Unisolated, the Arabic name took the date's day into its run: "1 · محمد علي May 2024".
+    paper = Listing(id="2401.00001", arxiv_id="2401.00001", title="Speculative decoding",
+                    authors=("محمد علي",), abstract="speculative decoding, in Arabic.",
+                    published=dt.date(2024, 5, 1))
+    found = build_digest(subscriber(), [paper], NOW.date(), NOW)
+    assert found is not None
+    page = open_email(chromium, render(found, LINKS, environment()).html)
+    try:
+        name = page.evaluate(_SPAN_X_JS, ["محمد علي"])
+        day = page.evaluate(_SPAN_X_JS, ["1 May"])
+        month = page.evaluate(_SPAN_X_JS, ["May 2024"])
+    finally:
+        page.close()
+    assert name[1] <= day[0] and day[1] <= month[1], (name, day, month)

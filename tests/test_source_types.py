@@ -438,6 +438,20 @@ def test_jsonl_values_of_the_wrong_type_are_skipped_with_line_and_key(tmp_path: 
         f"line 5: {votes} 3.0, skipped", f'line 6: {votes} "3", skipped']
 
 
+def test_jsonl_lines_end_only_at_line_feeds(tmp_path: Path) -> None:
+    # JSON strings may hold U+2028, U+2029, U+0085 and the like raw (json.dumps with
+    # ensure_ascii=False writes them so); str.splitlines() cut the line at each of them, so
+    # the listing was skipped as "not valid JSON" and every later line number was off.
+    path = tmp_path / "mine.jsonl"
+    odd = {"title": "Line\u2028separator\u2029 paragraph\u0085 next\x1c file", "abstract": "a"}
+    path.write_bytes((json.dumps(odd, ensure_ascii=False) + "\r\n"
+                      + json.dumps({"title": "Second"}) + "\n{bad\n").encode())
+    report = read(source(type="jsonl", path=str(path)))
+    assert [x.title for x in report.listings] == [
+        "Line separator paragraph next file", "Second"]
+    assert report.skipped == 1 and report.warnings[0].startswith("line 3: not valid JSON")
+
+
 # --- encodings: the document's own declaration over a server's wrong charset ----------------
 
 _UNICODE_FEED = """<?xml version="1.0" encoding="UTF-8"?>
@@ -501,3 +515,16 @@ def test_a_declaration_the_bytes_do_not_fit_gives_way_to_the_http_charset(
     assert [r.getMessage() for r in caplog.records] == [
         f"source src: {url} declares encoding 'UTF-8' but is served with charset "
         f"'iso-8859-1'; read as iso-8859-1"]
+
+
+def test_jsonl_titles_without_a_word_are_each_their_own_listing(tmp_path: Path) -> None:
+    # They all had the id of the empty title key: the second was skipped as "the same title
+    # as line 1", and across sources one was merged into the other (title and abstract mixed).
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"title": "???", "abstract": "questions"}\n'
+                    '{"title": "🎉", "abstract": "a party"}\n'
+                    '{"title": "🎉", "abstract": "the same party again"}\n', "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [(x.title, x.abstract) for x in report.listings] == [
+        ("???", "questions"), ("🎉", "a party")]
+    assert report.warnings == ["line 3: the same title as line 2, skipped"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import sqlite3
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -238,6 +239,33 @@ def test_m18_rekeys_stored_tex_titles_so_a_feed_item_joins_its_paper(tmp_path: P
     assert got is not None and "blog" in got.sources
 
 
+def test_m20_rekeys_stored_cjk_titles_so_the_next_fetch_finds_the_listing(
+        tmp_path: Path) -> None:
+    # Before m20 a run of ideographs was one word: the key (and the id made from it) of
+    # "大模型推理加速 综述" was "大模型推理加速 综述", and is now one word per ideograph.
+    path = tmp_path / "d.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m20_title_keys_of_cjk_titles")
+    title = "大模型推理加速 综述"
+    old_id = "title:" + hashlib.sha256(title.encode()).hexdigest()[:16]
+    _store_old_listings(old, [make(old_id, title=title), make("title:a", title="Ascii only"),
+                              make("title:hi", title="हिन्दी भाषा")])
+    old.execute("update listings set title_key = ? where id = ?", [title, old_id])
+    old.execute("update listings set title_key = 'ह न द भ ष' where id = 'title:hi'")
+    old.conn.commit()
+    old.close()
+    db = store.open_db(path)
+    keys = dict(db.execute("select id, title_key from listings").fetchall())
+    assert keys == {old_id: "大 模 型 推 理 加 速 综 述", "title:a": "ascii only",
+                    "title:hi": "हिन्दी भाषा"}
+    fetched = make(title_id(title), title=title, sources=("blog",))
+    assert fetched.id != old_id
+    assert store.upsert_listings(db, [fetched], NOW).new == 0
+    assert store.count_listings(db) == 3
+    got = store.get_listing(db, old_id)
+    assert got is not None and "blog" in got.sources
+
+
 def test_sources_of_one_rank_fetched_in_turn_never_flip_a_title(tmp_path: Path) -> None:
     db = store.open_db(tmp_path / "d.db")
     blog = make("title:x", title="No date item about federated learning", sources=("blog",))
@@ -375,7 +403,7 @@ APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr"
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
                  "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
                  "m17_digest_items_without_rowid", "m18_title_keys_of_readable_titles",
-                 "m19_listing_titles"]
+                 "m19_listing_titles", "m20_title_keys_of_cjk_titles"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(

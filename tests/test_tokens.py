@@ -1,9 +1,22 @@
+import dataclasses
+import datetime as dt
 import subprocess
 import sys
 
+from digest.index import build_digest
 from digest.match import compile_keyword, document
-from digest.models import Listing
-from digest.tokens import MAX_STEMMED, nfkc, stem, title_id, title_key, tokenize, words
+from digest.models import Listing, Subscriber, Topic
+from digest.tokens import (
+    MAX_STEMMED,
+    name_words,
+    nfkc,
+    stem,
+    title_id,
+    title_key,
+    tokenize,
+    words,
+)
+from tests.conftest import NOW
 from tests.oracle_match import find
 
 
@@ -27,6 +40,15 @@ def test_title_key_ignores_case_and_punctuation() -> None:
     assert title_id("Attention Is All You Need") != title_id("Attention Is Not All You Need")
 
 
+def test_titles_without_a_word_are_different_listings() -> None:
+    # Every such title has the empty key, so they all had one id: "???", "🚀🚀" and "🎉"
+    # from a feed or a file were one listing, the later items skipped or merged into it.
+    ids = {title_id(t) for t in ("???", "🚀🚀", "🎉", "…")}
+    assert len(ids) == 4
+    assert title_id("🚀🚀") == title_id(" 🚀🚀 ")  # the same title, fetched again
+    assert title_id("🚀🚀") != title_id("")
+
+
 def test_title_key_is_made_from_the_readable_title() -> None:
     # arXiv writes the TeX, a blog the characters the email shows: one title, one key.
     tex = r"Scaling Laws for $\varepsilon$-Greedy Reasoning Models at 50\% Compute"
@@ -34,6 +56,39 @@ def test_title_key_is_made_from_the_readable_title() -> None:
     assert title_key(tex) == title_key(shown) == (
         "scaling laws for ε greedy reasoning models at 50 compute")
     assert title_id(tex) == title_id(shown)
+
+
+def test_a_cjk_keyword_matches_inside_text_written_without_spaces() -> None:
+    # A run of ideographs was one word: "推测解码" matched only where spaces set it apart,
+    # which Chinese and Japanese text never does, and "中文" could not exclude "中文摘要".
+    title, abstract = "基于推测解码的大模型推理加速", "大規模言語モデルの推論を高速化する"
+    assert words(title)[:4] == ["基", "于", "推", "测"]
+    assert words(abstract)[3:7] == ["言", "語", "モデル", "の"]  # katakana runs stay whole
+    doc = document(Listing("L", title, abstract))
+    assert find(compile_keyword("推测解码"), doc.title) == [(2, 6)]
+    assert find(compile_keyword("言語モデル"), doc.abstract) == [(3, 8)]
+    assert find(compile_keyword("测解码器"), doc.title) == []
+    sub = Subscriber("s", "S", "s@example.org", "UTC", dt.time(7), 10, 7,
+                     (Topic("推理", ("推测解码", "言語モデル")),), exclude=("综述",))
+    survey = Listing("M", "推测解码综述", "", first_seen=NOW)
+    found = build_digest(sub, [dataclasses.replace(doc.listing, first_seen=NOW), survey],
+                         NOW.date(), NOW)
+    assert found is not None and [m.listing.id for m in found.matches] == ["L"]
+    assert found.matches[0].keywords == ("推测解码", "言語モデル")
+    # A person's name keeps its ideographs together.
+    assert name_words("王小明") == ("王小明",)
+
+
+def test_combining_marks_belong_to_their_word() -> None:
+    # \w has no combining marks, so they split words: "हिन्दी" was "ह न द" (its vowel signs
+    # lost), and the keyword "काम" (work) matched "किम" and any word of the same consonants.
+    assert words("हिन्दी भाषा") == ["हिन्दी", "भाषा"]
+    assert words("தமிழ் மொழி") == ["தமிழ்", "மொழி"]  # Tamil
+    assert words("בְּרֵאשִׁית, כָּתַב") == ["בְּרֵאשִׁית", "כָּתַב"]  # pointed Hebrew
+    assert words("x\u0304-statistics") == ["x\u0304", "statistics"]
+    doc = document(Listing("L", "किम और काम", ""))
+    assert find(compile_keyword("काम"), doc.title) == [(7, 10)]
+    assert title_key("हिन्दी") != title_key("ह न द")
 
 
 def test_words_longer_than_the_cap_are_compared_whole() -> None:

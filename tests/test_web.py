@@ -24,6 +24,7 @@ import pytest
 from digest import pipeline, store
 from digest.config import load_settings
 from digest.links import Purpose, make_token
+from digest.models import Listing
 from digest.render import environment
 from digest.web import create_app
 from tests.samples import load_subscriber
@@ -479,3 +480,34 @@ def test_the_preview_list_says_who_is_not_mailed_and_why(project: Project,
         r"<td>([^<]+@[^<]+)</td><td>([^<]+)</td>", listed.text)}
     assert rows == {"ada@example.org": "subscribed",
                     "grace@example.com": "suppressed (digest suppressed)"}
+
+
+@pytest.mark.parametrize("width", [375, 1000])
+def test_a_long_unbroken_title_and_the_preview_fit_the_pages_width(
+        project: Project, site: str, chromium: Any, width: int) -> None:  # noqa: F811
+    # A 300-letter word in a title made the feedback pages 2,700 px wide, and the
+    # preferences page's 660 px preview of the next digest overflowed a phone.
+    from .reader_support import SECRET
+
+    long = Listing(id="long-1", title="Unbreakable " + "a" * 300 + " KV cache",
+                   abstract="A paper about speculative decoding.", first_seen=NOW)
+    store.upsert_listings(store.open_db(project.db_path), [long], NOW)
+
+    def url(path: str, purpose: Purpose) -> str:
+        token = quote(make_token(SECRET, "ada", "ada@example.org", purpose), safe="")
+        return f"{site}{path}?token={token}"
+
+    page = chromium.new_page()
+    page.set_viewport_size({"width": width, "height": 900})
+    wide = "document.documentElement.scrollWidth"
+    try:
+        page.goto(url("/feedback", "feedback") + "&listing=long-1&verdict=less")
+        assert page.evaluate(wide) <= width
+        page.click("button")  # "Noted", with the title's words to exclude
+        assert "Noted" in page.text_content("h1") and page.evaluate(wide) <= width
+        page.click("text=All papers you rated")
+        assert page.evaluate(wide) <= width
+        page.goto(url("/preferences", "preferences"))
+        assert page.locator("#preview").count() == 1 and page.evaluate(wide) <= width
+    finally:
+        page.close()

@@ -134,7 +134,9 @@ def jsonl_item(data: Any, config: JsonlSource) -> Listing:
 def parse_jsonl(text: str, config: JsonlSource, ctx: Context) -> None:
     """Add each line's listing to the report; bad lines are skipped and counted."""
     unknown: Counter[str] = Counter()
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at LF only (a CR before it is JSON whitespace): str.splitlines() also cuts at
+    # U+2028, U+2029, U+0085 and other separators a JSON string may hold raw.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
