@@ -24,6 +24,7 @@ from rich.table import Column, Table
 from . import batch, pipeline, schedule, store
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError, listen_error
+from .match import loose_keywords
 from .ranking import check_likes
 from .send import deliverability_warnings
 from .sources import where
@@ -195,6 +196,9 @@ def validate(config_path: Path) -> None:
             topics = ", ".join(t.name for t in entry.topics)
             out.print(f"ok: {entry.id} <{entry.email}> {entry.timezone} {entry.send_at:%H:%M}"
                       f" - {topics}", highlight=False, markup=False)
+            path = settings.subscribers.dir / f"{entry.id}.toml"
+            for loose in loose_keywords(entry):
+                err.print(f"[yellow]warning:[/] {escape(f'{path}: {loose}')}", highlight=False)
     setup = pipeline.setup_problems(settings)
     for problem in setup:
         err.print(f"[red]invalid:[/] {escape(problem.message)}", highlight=False)

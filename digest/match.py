@@ -75,6 +75,27 @@ class Pattern:
         return len(self.stems) + (1 if self.prefix is not None else 0)
 
 
+def loose_keywords(subscriber: Subscriber) -> list[str]:
+    """What is wrong with each keyword (topic keyword, `require`, `exclude`) that matching
+    reads as one-letter words alone: punctuation is not matched, so 'C++' and 'C#' are the
+    word 'c', which most abstracts hold ("C. elegans", "(c)", "Section C"), and an exclude
+    'C++' keeps nearly everything out. A warning, not an error: 'R' may be meant, and a file
+    that worked must not stop getting its digest."""
+    where = [(f"topic {t.name!r} keyword", k) for t in subscriber.topics for k in t.keywords]
+    where += [(f"topic {t.name!r} require", k) for t in subscriber.topics for k in t.require]
+    where += [("exclude", k) for k in subscriber.exclude]
+    found = []
+    for field, keyword in where:
+        folded = words(keyword.strip().removesuffix("*"))
+        if folded and all(len(w) == 1 and w.isascii() for w in folded):
+            read = " ".join(folded) + ("*" if keyword.strip().endswith("*") else "")
+            found.append(f"{field} {keyword!r} is matched as the one-letter word(s) '{read}'"
+                         " (punctuation is not matched), which nearly every listing holds:"
+                         " write it with a word it comes with, e.g. "
+                         f"'{keyword.strip()} compiler'")
+    return found
+
+
 @functools.lru_cache(maxsize=1 << 16)  # listed in digest.caches
 def compile_keyword(keyword: str) -> Pattern:
     """Compile one keyword as written in a subscriber file (patterns are immutable and

@@ -199,6 +199,24 @@ def test_validate_lists_problems_one_line_each(project: Project) -> None:
     assert "2 valid subscriber(s), 2 invalid" in output
 
 
+def test_validate_warns_of_keywords_read_as_one_letter_and_still_says_ok(
+        project: Project) -> None:
+    path = project.subscriber(
+        "cpp", "name = 'X'\nemail = 'x@example.org'\nexclude = ['C#']\n[[topics]]\n"
+        "name = 'Languages'\nkeywords = ['C++', 'Rust', 'C++ templates']\n")
+    code, output = invoke(project, "validate", env={"COLUMNS": "400"})
+    assert code == 0, output
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {path}: topic 'Languages' keyword 'C++' is matched as the one-letter"
+        " word(s) 'c' (punctuation is not matched), which nearly every listing holds: write"
+        " it with a word it comes with, e.g. 'C++ compiler'",
+        f"warning: {path}: exclude 'C#' is matched as the one-letter word(s) 'c'"
+        " (punctuation is not matched), which nearly every listing holds: write it with a"
+        " word it comes with, e.g. 'C# compiler'"]
+    assert "ok: cpp <x@example.org>" in output
+
+
 def test_validate_prints_every_problem_of_a_file(project: Project) -> None:
     """Not `max_items: ... (and 2 more problems)`: each problem on its own line, naming the
     file and the field, in the order of the file."""

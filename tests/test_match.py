@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from digest.index import build_digest as index_digest
-from digest.match import compile_keyword, compile_profile, document
+from digest.match import compile_keyword, compile_profile, document, loose_keywords
 from digest.models import Digest, Listing, Subscriber, Topic
 from tests.conftest import NOW
 from tests.oracle_match import build_digest as oracle_digest
@@ -149,3 +149,13 @@ def test_max_items_cuts_the_digest_and_no_match_gives_none() -> None:
     digest = build_digest(sub, docs, NOW.date(), NOW)
     assert digest is not None and len(digest.matches) == 2
     assert build_digest(sub, [document(listing("Nothing"))], NOW.date(), NOW) is None
+
+
+def test_keywords_read_as_one_letter_words_alone_are_named() -> None:
+    sub = subscriber(Topic("t", ("C++", "c*", "R", "x y", "C++ compiler", "推", "é", "GAN"),
+                           require=("(a+)+",)), exclude=("C#",))
+    named = [w.split(" is matched")[0] for w in loose_keywords(sub)]
+    assert named == ["topic 't' keyword 'C++'", "topic 't' keyword 'c*'",
+                     "topic 't' keyword 'R'", "topic 't' keyword 'x y'",
+                     "topic 't' require '(a+)+'", "exclude 'C#'"]
+    assert "word(s) 'c*'" in loose_keywords(sub)[1]
