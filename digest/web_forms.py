@@ -61,6 +61,7 @@ from .links import (
     token_subscriber,
     verify_token,
 )
+from .match import loose_keywords
 from .models import Subscriber
 from .send import Outgoing, Sender
 from .subscribers import path_of
@@ -364,7 +365,8 @@ class Forms:
                                          defaults)
                 saved = subscriber_from_data(subscriber.path, preferences.read_checked(
                     subscriber.path)[1], defaults)
-                return self.preferences_page(request, token, saved, raw, notice="Saved.")
+                return self.preferences_page(request, token, saved, raw, notice=" ".join(
+                    ["Saved.", *loose_keywords(saved)]))
             data = preferences.preview_data(subscriber.path, edit, defaults)
         except preferences.ConflictError as exc:
             return self.refused("Not saved", f"{exc.message}: {exc.hint}.", 409)

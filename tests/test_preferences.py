@@ -475,6 +475,20 @@ def test_a_save_keeps_keywords_that_hold_a_comma(
             "vision, language", "Smith, J.", "Doe, A."]
 
 
+def test_a_save_of_a_keyword_read_as_one_letter_says_so(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = page_form(client.get(url).text)
+        form["topic-0-keywords"] += "\nC++"
+        r = client.post(url, data=form)
+        assert r.status_code == 200
+        notice = " ".join(unescape(re.search(r'id="notice"[^>]*>(.*?)</', r.text, re.S)
+                                   .group(1)).split())
+        assert notice.startswith("Saved. ")
+        assert "keyword 'C++' is matched as the one-letter word(s) 'c'" in notice
+
+
 @pytest.mark.parametrize("zone", ["Japan", "GMT", "EST5EDT", "Europe/London"])
 def test_a_save_keeps_a_zone_outside_the_usual_list(
         project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
