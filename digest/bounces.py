@@ -192,12 +192,16 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
             verdict = _report(data, head, kind)
             if verdict is not None:
                 return Verdict(verdict.kind, tok, verdict.detail)
-    auto = _auto_reply(head)
-    if auto == "auto-reply":
-        return Verdict("auto-reply", tok, "auto-reply")
+    if not report and (jmrp := _jmrp(head, tok)) is not None:
+        return jmrp
+    # Before the auto-reply check: Apple Mail marks the mail its Unsubscribe button sends
+    # "Auto-Submitted: auto-replied", and nothing else writes to the unsubscribe address.
     unsubscribe = _unsubscribe(head, addresses, addressed)
     if unsubscribe is not None:
         return unsubscribe
+    auto = _auto_reply(head)
+    if auto == "auto-reply":
+        return Verdict("auto-reply", tok, "auto-reply")
     verdict = _heuristic(_parser.parsebytes(data) if report else head, tok)
     if verdict.kind != "unknown":
         return verdict
@@ -324,6 +328,20 @@ def _arf(blocks: list[Fields]) -> Verdict | None:
     if feedback_type == "not-spam":
         return Verdict("ignored", None, "feedback-type not-spam")
     return Verdict("complaint", None, f"feedback-type {feedback_type}")
+
+
+def _jmrp(msg: Message, tok: str | None) -> Verdict | None:
+    # Microsoft's feedback loop (JMRP, Outlook.com and Hotmail) sends no RFC 5965 report:
+    # a multipart/mixed message holding the reported one, which Outlook.com marked with the
+    # field X-HmXmrOriginalRecipient.
+    if not msg.is_multipart():
+        return None
+    for part in msg.walk():
+        if part.get_content_type() == "message/rfc822":
+            quoted = part.get_payload()
+            if isinstance(quoted, list) and quoted and "x-hmxmroriginalrecipient" in quoted[0]:
+                return Verdict("complaint", tok, "Microsoft JMRP report")
+    return None
 
 
 def _auto_reply(head: Message) -> Literal["auto-reply", "daemon", "maybe", "no"]:

@@ -104,6 +104,31 @@ def test_a_mailto_unsubscribe_with_the_token_only_in_the_subject() -> None:
         "unknown", None, "unsubscribe request without a token")
 
 
+def test_apple_mails_unsubscribe_is_an_unsubscribe_though_marked_auto_replied() -> None:
+    # Apple Mail's Unsubscribe button mails the List-Unsubscribe address with
+    # "Auto-Submitted: auto-replied": read as an auto-reply, the reader stayed subscribed.
+    ours = f"unsubscribe+{TOKEN}@bounce.example.org"
+    data = (FIXTURES / "sisimai_arf-26.eml").read_bytes().replace(
+        b"opt-out-100731.e75std53hz8rnmy4r@example.org", ours.encode())
+    for recipients in ((ours,), ()):
+        verdict = classify(data, ADDRESSES, recipients)
+        assert (verdict.kind, verdict.token) == ("unsubscribe", TOKEN)
+
+
+def test_a_microsoft_jmrp_complaint_is_a_complaint() -> None:
+    # Outlook.com's feedback loop (the README says to register the bounce address with it)
+    # sends no RFC 5965 report: multipart/mixed with the reported message, which carries
+    # our token (its Return-Path or List-Unsubscribe; here the delivering MTA's line).
+    data = (f"Delivered-To: bounces+{TOKEN}@bounce.example.org\n".encode()
+            + (FIXTURES / "sisimai_arf-22.eml").read_bytes())
+    verdict = classify(data, ADDRESSES)
+    assert (verdict.kind, verdict.token) == ("complaint", TOKEN)
+    assert verdict.detail == "Microsoft JMRP report"
+    # The field only marks a report in the quoted message's header, not in a text.
+    text = data.replace(b"Content-Type: message/rfc822", b"Content-Type: text/plain")
+    assert classify(text, ADDRESSES).kind == "unknown"
+
+
 def test_a_delivered_dsn_is_ignored_and_a_looping_message_is_refused() -> None:
     relayed = sample("rfc3464_hard.eml").replace(b"Action: failed", b"Action: delivered")
     assert classify(relayed, ADDRESSES).kind == "ignored"
