@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from digest import store
 from digest.config import AnySource
 from digest.errors import SourceError
 from digest.models import Listing, ParseReport
@@ -412,6 +413,25 @@ def test_a_jsonl_line_repeating_an_arxiv_id_is_skipped_and_the_first_kept(
     report = read(source(type="jsonl", path=str(path)))
     assert [x.title for x in report.listings] == ["First"]
     assert report.warnings == ["line 2: the same arXiv id 2612.09999 as line 1, skipped"]
+
+
+def test_a_jsonl_line_repeating_a_title_without_an_arxiv_id_is_skipped(tmp_path: Path) -> None:
+    # One paper twice in one file, once by title alone and once with its arXiv id: the
+    # store made one listing of them and each fetch of the unchanged file set its title one
+    # way, then the other ("2 updated" every time). Two arXiv ids of one title stay two.
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"title": "Missing fields speculative decoding"}\n'
+                    '{"title": "Missing fields: speculative decoding!", "arxiv_id": "2405.30001"}\n'
+                    '{"title": "A survey", "arxiv_id": "2405.30002"}\n'
+                    '{"title": "A Survey", "arxiv_id": "2405.30003"}\n', "utf-8")
+    report = read(source(type="jsonl", path=str(path)))
+    assert [x.title for x in report.listings] == [
+        "Missing fields speculative decoding", "A survey", "A Survey"]
+    assert report.warnings == ["line 2: the same title as line 1, skipped"]
+    db = store.open_db(tmp_path / "s.db")
+    store.upsert_listings(db, report.listings, NOW)
+    again = read(source(type="jsonl", path=str(path)))
+    assert store.upsert_listings(db, again.listings, NOW).updated == 0
 
 
 def test_jsonl_values_of_the_wrong_type_are_skipped_with_line_and_key(tmp_path: Path) -> None:

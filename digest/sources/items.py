@@ -26,7 +26,7 @@ from defusedxml.expatreader import DefusedExpatParser
 
 from ..errors import SourceError
 from ..models import CacheValidators, Listing, ParseReport
-from ..tokens import title_id
+from ..tokens import title_id, title_key
 from .http import Deadline, Fetched, Fetcher
 
 log = logging.getLogger("digest")
@@ -44,6 +44,8 @@ class Context:
     report: ParseReport = field(default_factory=ParseReport)
     deadline: Deadline | None = None
     first: dict[str, str] = field(default_factory=dict)  # listing id -> where it was first
+    # title key -> (listing id, where) of the first item with that title
+    titles: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def get(
         self, url: str, *, params: dict[str, str | int] | None = None,
@@ -74,12 +76,29 @@ class Context:
         kept. Both would land on one listing, and the later would undo the first on every
         fetch: a refetch of the same document would count as an update each time."""
         first = self.first.setdefault(listing.id, where)
+        same_title = self._same_title(listing, where) if first == where else None
         if first != where:
             self.skip(where, f"the same {_what_id(listing.id)} as {first}")
+        elif same_title is not None:
+            self.skip(where, f"the same title as {same_title}")
         elif update:
             self.report.updates.append(listing)
         else:
             self.report.listings.append(listing)
+
+
+    def _same_title(self, listing: Listing, where: str) -> str | None:
+        # Where an earlier item of this document is the same paper by title: one of the two
+        # known by its title alone (the store folds such a row into the other; two arXiv ids
+        # are two papers, and items keyed by link never merge by title). The later one would
+        # set the paper's title back on every fetch.
+        key = title_key(listing.title) if not listing.id.startswith("url:") else ""
+        if not key:
+            return None
+        other, there = self.titles.setdefault(key, (listing.id, where))
+        if there != where and "title:" in (other[:6], listing.id[:6]):
+            return there
+        return None
 
 
 def _what_id(listing_id: str) -> str:
