@@ -599,6 +599,8 @@ def retry(config_path: Path, subscribers: tuple[str, ...]) -> None:
 def explain(config_path: Path, subscriber: str, query: str) -> None:
     """Say whether listings found by QUERY (an id, or part of a title) would be in SUBSCRIBER's
     next digest, and why: keywords matched and where, score, or the rule that kept it out."""
+    if not query.strip():
+        raise click.UsageError("QUERY is empty: give a listing id or words of its title")
     settings = _settings(config_path)
     db = _open_store(settings)
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,

@@ -194,6 +194,9 @@ def test_explain_command(eve: Project) -> None:
     assert missing.exit_code == 1
     unknown = CliRunner().invoke(cli, ["explain", "nobody", "graph"], env=env)
     assert unknown.exit_code == 1
+    blank = CliRunner().invoke(cli, ["explain", "eve", " "], env=env)
+    assert blank.exit_code == 2
+    assert "QUERY is empty: give a listing id or words of its title" in blank.output
 
 
 def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> None:
