@@ -7,6 +7,7 @@ Relative paths in `digest.toml` resolve against the folder that holds it.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import tomllib
@@ -72,6 +73,15 @@ def _not_a_bool(value: object) -> object:
 
 def _check_send_at(value: str) -> str:
     parse_send_at(value)
+    return value
+
+
+def _time_of_day(value: object) -> object:
+    # TOML has a time of day of its own: `send_at = 07:30:00` means what "07:30" does.
+    if isinstance(value, time):
+        if value.second or value.microsecond:
+            raise ValueError(f'give hours and minutes: "{value:%H:%M}"')
+        return f"{value:%H:%M}"
     return value
 
 
@@ -167,7 +177,7 @@ TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
 Count = Annotated[int, Strict(), BeforeValidator(_not_a_bool)]
 Number = Annotated[float, Strict(), BeforeValidator(_not_a_bool)]
 Switch = Annotated[bool, Strict()]
-SendAt = Annotated[str, AfterValidator(_check_send_at)]
+SendAt = Annotated[str, BeforeValidator(_time_of_day), AfterValidator(_check_send_at)]
 Keyword = Annotated[str, AfterValidator(_check_keyword)]
 PlainText = Annotated[str, AfterValidator(_check_plain_text)]
 EmailAddress = Annotated[str, AfterValidator(_check_email)]
@@ -868,9 +878,17 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 
 
 def _problem(error: Any) -> str:
-    kind = error["type"]
+    kind, given, loc = error["type"], error.get("input"), tuple(error["loc"])
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; see the README's reference)"
+    # What people write by hand for a list: one string, or one [table] for [[tables]].
+    if kind == "list_type" and isinstance(given, str):
+        return f"must be a list: write {json.dumps([given], ensure_ascii=False)}"
+    if kind == "list_type" and isinstance(given, dict) and loc and isinstance(loc[-1], str):
+        return (f"must be a list of tables: write [[{loc[-1]}]] (two brackets) before each"
+                f" {loc[-1].removesuffix('s')}")
+    if kind == "model_type" and loc[:1] == ("topics",) and len(loc) == 2:
+        return "each topic is a table: write [[topics]] with its name and keywords"
     if kind == "missing":
         return "required key is missing"
     if kind == "too_short":
@@ -913,7 +931,8 @@ def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
             hint="pass --config PATH or set DIGEST_CONFIG (default: config/digest.toml)",
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+        raise ConfigError(path, None, f"invalid TOML: {exc}{_unquoted(raw, str(exc))}")\
+            from None
     except RecursionError:
         # tomllib parses nested arrays and inline tables recursively.
         raise ConfigError(path, None, "invalid TOML: arrays or tables nested too deeply")\
@@ -923,6 +942,24 @@ def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
                           hint="save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+
+
+# A value people leave unquoted: a word (a zone, a name) or a time without seconds, which
+# TOML 1.0 (Python's tomllib) does not have.
+_UNQUOTED = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*([A-Za-z][^#\"']*?|\d{1,2}:\d{2})\s*(?:#.*)?")
+
+
+def _unquoted(raw: bytes | None, message: str) -> str:
+    # ": text goes in quotes: key = "value"" when the line TOML stopped at is such a line.
+    at = re.search(r"at line (\d+)", message)
+    if raw is None or at is None:
+        return ""
+    lines = raw.decode("utf-8-sig", "replace").splitlines()
+    number = int(at.group(1))
+    found = _UNQUOTED.fullmatch(lines[number - 1]) if 0 < number <= len(lines) else None
+    if found is None or found.group(2) in ("true", "false", "inf", "nan"):
+        return ""
+    return f': text goes in quotes: {found.group(1)} = "{found.group(2)}"'
 
 
 # [smtp] keys the environment overrides (for a deployment that keeps the file generic).

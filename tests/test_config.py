@@ -91,6 +91,41 @@ def test_subscriber_errors_name_file_field_and_problem(
     assert problem in err.problem
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        # What people write by hand, and what to write instead, in the one line.
+        (GOOD.replace('["kv cache"]', '"kv cache"'), "topics[0].keywords",
+         'must be a list: write ["kv cache"]'),
+        (GOOD.replace("[[topics]]", "[topics]"), "topics",
+         "must be a list of tables: write [[topics]] (two brackets) before each topic"),
+        ('name = "Ada"\nemail = "ada@example.org"\ntopics = ["kv cache"]\n', "topics[0]",
+         "each topic is a table: write [[topics]] with its name and keywords"),
+        ("send_at = 07:30:15\n" + GOOD, "send_at", 'give hours and minutes: "07:30"'),
+    ],
+)
+def test_common_hand_written_mistakes_say_what_to_write(
+    project: Project, body: str, field: str, problem: str
+) -> None:
+    err = load(project, body)
+    assert (err.field, err.problem) == (field, problem)
+
+
+@pytest.mark.parametrize(("line", "hint"), [
+    ("send_at = 07:30", 'text goes in quotes: send_at = "07:30"'),
+    ("timezone = Europe/Paris", 'text goes in quotes: timezone = "Europe/Paris"'),
+])
+def test_an_unquoted_value_in_invalid_toml_says_to_quote_it(
+        project: Project, line: str, hint: str) -> None:
+    err = load(project, line + "\n" + GOOD)
+    assert err.problem.startswith("invalid TOML: ") and err.problem.endswith(hint)
+
+
+def test_a_toml_time_of_day_is_a_send_time(project: Project) -> None:
+    path = project.subscriber("t", "send_at = 07:30:00\n" + GOOD)
+    assert load_subscriber(path, DefaultsConfig()).send_at == dt.time(7, 30)
+
+
 @pytest.mark.parametrize("zone", ["UTC", "Etc/UTC", "Asia/Kathmandu", "America/New_York"])
 def test_iana_timezones_are_accepted(project: Project, zone: str) -> None:
     path = project.subscriber("tz", f'timezone = "{zone}"\n' + GOOD)
