@@ -308,12 +308,15 @@ def preview(
 
 
 def preview_of(
-    settings: Settings, db: Database, subscriber: Subscriber, now: datetime
+    settings: Settings, db: Database, subscriber: Subscriber, now: datetime,
+    env: jinja2.Environment | None = None,
 ) -> Composed | None:
     """What `subscriber` would get if their digest were sent now: the matcher, renderer and
-    message builder of `send`, for one subscriber. Changes nothing."""
+    message builder of `send`, for one subscriber. Changes nothing. `env`: the templates'
+    environment a long-lived caller (`digest serve`) keeps, so they are compiled (Jinja, MJML,
+    inlining: 0.3-0.5 s) once, not for each page."""
     digest = build(settings, db, subscriber, now)
-    return compose(settings, digest, environment()) if digest else None
+    return compose(settings, digest, env or environment()) if digest else None
 
 
 # --- sending --------------------------------------------------------------------------------

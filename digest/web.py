@@ -363,8 +363,9 @@ class _Site:
         self.secret = require_secret(settings.server)
         self.preview_secret = require_preview_secret(settings.server)
         self.folder = settings.subscribers.dir
-        self.forms = web_forms.Forms(settings, self.secret, now, self.db, _page)
-        self.env = environment()  # the email templates, for the browser view of a digest
+        # The email templates, compiled once: the browser view of a digest and the previews.
+        self.env = environment()
+        self.forms = web_forms.Forms(settings, self.secret, now, self.db, _page, self.env)
 
     @contextmanager
     def db(self) -> Iterator[Database]:
@@ -604,7 +605,8 @@ class _Site:
                 return _no_such_subscriber(sid)
             subscriber = load_one(self.folder, self.settings.defaults, sid)
             with self.db() as database:
-                composed = pipeline.preview_of(self.settings, database, subscriber, self.now())
+                composed = pipeline.preview_of(self.settings, database, subscriber,
+                                               self.now(), self.env)
                 return composed, subscriber
         except UnknownSubscriberError:
             return _no_such_subscriber(sid)

@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
+import jinja2
 from pydantic import ValidationError
 from sqlite_utils import Database
 from starlette.datastructures import FormData, Headers
@@ -134,9 +135,11 @@ class Forms:
     store and page renderer."""
 
     def __init__(self, settings: Settings, secret: str, now: Callable[[], datetime],
-                 db: Callable[[], AbstractContextManager[Database]], page: Page) -> None:
+                 db: Callable[[], AbstractContextManager[Database]], page: Page,
+                 env: jinja2.Environment) -> None:
         self.settings, self.secret, self.now, self.db, self.page = (
             settings, secret, now, db, page)
+        self.env = env  # the email templates (the preview of a profile)
         self.limits = signup.RateLimits(settings.signup)
         https = (settings.server.public_url or "").startswith("https://")
         self.cookie = "__Host-digest_csrf" if https else "digest_csrf"
@@ -397,7 +400,8 @@ class Forms:
         seen = edited.get("seen") if edited else None
         seen = str(seen) if seen else preferences.file_hash(raw or subscriber.path.read_bytes())
         with self.db() as database:
-            composed = pipeline.preview_of(self.settings, database, subscriber, self.now())
+            composed = pipeline.preview_of(self.settings, database, subscriber, self.now(),
+                                           self.env)
             unsubscribed = store.is_unsubscribed(database, subscriber.id)
             liked = [r.listing for r in feedback.rated_papers(database, subscriber)
                      if r.verdict == "more"][:LIKED_SHOWN]
