@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -25,6 +26,15 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 # give a CLI command a wide COLUMNS would see 80-column tables under `-n` and not without.
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
+
+# The tests' own HTTP requests to the servers under test wait up to 60 s, not httpx's 5 s:
+# an answer takes milliseconds on an idle machine but seconds on a loaded CI runner (two test
+# processes beside Chromium and SpamAssassin), and no test asserts on time. (digest's own
+# fetcher always passes its configured timeouts, so this changes nothing it does.)
+for _call in (httpx.Client.__init__, httpx.request, httpx.get, httpx.post, httpx.put,
+              httpx.delete, httpx.head):
+    assert _call.__kwdefaults__ is not None
+    _call.__kwdefaults__["timeout"] = httpx.Timeout(60.0)
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "seeds"
