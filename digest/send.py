@@ -706,9 +706,14 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
             why = exc.reason or str(exc)
             if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
                 why = f"{why}: {exc.verify_message}"
-            return FatalSendError(
-                f"TLS with SMTP server {where} failed: {why}",
-                hint="check the server certificate, or set [smtp] ca_file for a private CA")
+            hint = "check the server certificate, or set [smtp] ca_file for a private CA"
+            if exc.reason == "WRONG_VERSION_NUMBER":
+                # Not a certificate problem: the server answered in plain text, the usual
+                # mistake being security = "ssl" on a STARTTLS port (587).
+                hint = ("the server does not speak TLS at once on this port: implicit TLS"
+                        " (security = \"ssl\") is usually port 465; port 587 needs"
+                        " security = \"starttls\"")
+            return FatalSendError(f"TLS with SMTP server {where} failed: {why}", hint=hint)
         if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
             # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
             # after STARTTLS).

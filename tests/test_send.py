@@ -177,6 +177,20 @@ def test_untrusted_certificate_is_refused(smtp_tls_server: SmtpServer) -> None:
     assert smtp_tls_server.sink.received == []
 
 
+def test_implicit_tls_against_a_plain_server_says_which_setting(
+        smtp_server: SmtpServer) -> None:
+    # The plain greeting read as TLS is WRONG_VERSION_NUMBER; the hint sent the reader to
+    # the certificate, not to `security` and the port.
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="ssl",
+                        timeout=5)
+    with pytest.raises(SendError) as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert "WRONG_VERSION_NUMBER" in info.value.message
+    assert info.value.hint is not None and 'security = "starttls"' in info.value.hint
+    assert smtp_server.sink.received == []
+
+
 class _RefusingGreeting(ScriptedSmtp):
     def greet(self) -> None:
         self.wfile.write(b"554 5.3.2 Too busy, come back later\r\n")
