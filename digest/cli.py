@@ -332,7 +332,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                   f" {settings.store.keep_sent_days} day(s) ago (\\[store] keep_sent_days)",
                   highlight=False)
     if report.fatal:
-        err.print(f"[bold red]error:[/] {report.fatal}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(report.fatal)}", highlight=False)
     if report.stopped:
         err.print("stopped on request: digests not sent yet stay queued for the next run",
                   highlight=False)
@@ -380,7 +380,7 @@ def run(config_path: Path, once: bool) -> None:
         results = pipeline.fetch(settings, db, now)
         for r in results:
             if r.error:
-                err.print(f"[red]source {r.name}:[/] {r.error}", highlight=False)
+                err.print(f"[red]source {r.name}:[/] {escape(r.error)}", highlight=False)
         with schedule.stop_on_signals() as stop:
             report = pipeline.send(settings, db, now, due_only=True, stop=stop)
         _print_send_report(report, settings, dry_run=False, scheduled=True)

@@ -1024,8 +1024,12 @@ def load_settings(path: Path) -> Settings:
         update={
             "bounces": bounces,
             "path": path.resolve(),
-            "store": StoreConfig(path=_resolve(base, settings.store.path)),
-            "subscribers": SubscribersConfig(dir=_resolve(base, settings.subscribers.dir)),
+            # model_copy, not a new model: a new one would reset every other key to its
+            # default (keep_sent_days was always 7).
+            "store": settings.store.model_copy(
+                update={"path": _resolve(base, settings.store.path)}),
+            "subscribers": settings.subscribers.model_copy(
+                update={"dir": _resolve(base, settings.subscribers.dir)}),
             "sources": [_resolve_source(base, s) for s in settings.sources],
             "delivery": settings.delivery.model_copy(
                 update={"outbox": _resolve(base, settings.delivery.outbox)}

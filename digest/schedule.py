@@ -142,35 +142,62 @@ def _one_line(job: str) -> Iterator[None]:
         log.error("%s: %s%s", job, exc, f" (hint: {exc.hint})" if exc.hint else "")
 
 
+class Running:
+    """The jobs running now, so the daemon can wait for them after a shutdown. Jobs run side
+    by side (each alone: max_instances=1): a fetch stalled up to its sources' deadlines must
+    not hold back the digests that are due, nor a long send the fetch."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Condition()
+        self._count = 0
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        """Count the block as a running job."""
+        with self._idle:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._count -= 1
+                self._idle.notify_all()
+
+    def wait(self) -> None:
+        """Block until no job is running."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._count == 0)
+
+
 def build_scheduler(
     settings: Settings,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     stop: threading.Event | None = None,
-    busy: threading.Lock | None = None,
+    running: Running | None = None,
 ) -> BlockingScheduler:
     """A scheduler with the fetch job and the send tick, both starting at once, and the
     bounce mailbox's poll when one is configured.
 
-    `busy` is held while a job runs, so the caller can wait for it after a shutdown.
+    `running` counts the jobs running, so the caller can wait for them after a shutdown.
     """
     scheduler = BlockingScheduler(timezone=UTC, job_defaults=dict(JOB_DEFAULTS))
-    busy = busy or threading.Lock()
+    running = running or Running()
     ticker = SendTicker(settings, clock, stop)
 
     def fetch() -> None:
-        with busy, _one_line("fetch"):
+        with running.job(), _one_line("fetch"):
             if not (stop and stop.is_set()):
                 fetch_job(settings, clock)
 
     def tick() -> None:
-        with busy, _one_line("send tick"):
+        with running.job(), _one_line("send tick"):
             if not (stop and stop.is_set()):
                 ticker()
 
     now = datetime.now(UTC)
     if settings.bounces.address and settings.bounces.imap_account():
         def bounces() -> None:
-            with busy, _one_line("bounce mailbox"):
+            with running.job(), _one_line("bounce mailbox"):
                 if not (stop and stop.is_set()):
                     bounce_job(settings, clock)
 
@@ -217,8 +244,8 @@ def run_forever(
         store.open_db(settings.store.path).close()  # a broken store fails here, in one line
         if on_start is not None:
             on_start()
-        stop, busy = threading.Event(), threading.Lock()
-        scheduler = build_scheduler(settings, clock, stop, busy)
+        stop, running = threading.Event(), Running()
+        scheduler = build_scheduler(settings, clock, stop, running)
 
         def shut_down() -> None:
             with suppress(SchedulerNotRunningError):
@@ -226,7 +253,7 @@ def run_forever(
 
         with stop_on_signals(shut_down, stop):
             scheduler.start()
-            # start() returns on shutdown while a job may still be running in its thread:
-            # wait for it, so its state is recorded before the lock is released.
-            with busy:
-                log.warning("scheduler stopped")
+            # start() returns on shutdown while jobs may still be running in their threads:
+            # wait for them, so their state is recorded before the lock is released.
+            running.wait()
+            log.warning("scheduler stopped")

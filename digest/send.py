@@ -701,9 +701,19 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                 f" ({exc.smtp_code})",
                 hint=f"check [smtp] username and the password in ${config.password_env}")
         if isinstance(exc, ssl.SSLError):
-            return FatalSendError(
-                f"TLS with SMTP server {where} failed: {exc.reason or exc}",
-                hint="check the server certificate, or set [smtp] ca_file for a private CA")
+            # A refused certificate's reason alone is CERTIFICATE_VERIFY_FAILED, whatever
+            # was wrong: its verify_message says what (self-signed, expired, another host).
+            why = exc.reason or str(exc)
+            if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+                why = f"{why}: {exc.verify_message}"
+            hint = "check the server certificate, or set [smtp] ca_file for a private CA"
+            if exc.reason == "WRONG_VERSION_NUMBER":
+                # Not a certificate problem: the server answered in plain text, the usual
+                # mistake being security = "ssl" on a STARTTLS port (587).
+                hint = ("the server does not speak TLS at once on this port: implicit TLS"
+                        " (security = \"ssl\") is usually port 465; port 587 needs"
+                        " security = \"starttls\"")
+            return FatalSendError(f"TLS with SMTP server {where} failed: {why}", hint=hint)
         if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
             # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
             # after STARTTLS).
@@ -711,6 +721,11 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                 f"SMTP server {where} offers no login (AUTH), but [smtp] username is set",
                 hint="remove [smtp] username for a server that needs none, or use"
                      " security = \"starttls\" if it offers AUTH only over TLS")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            # smtplib's str() of a refused greeting or EHLO is its args tuple,
+            # "(554, b'5.3.2 busy')": say it as the server did.
+            return FatalSendError(f"cannot connect to SMTP server {where}: it answered"
+                                  f" {exc.smtp_code} {_text(exc.smtp_error)}")
         return FatalSendError(f"cannot connect to SMTP server {where}: {exc}")
     if isinstance(exc, SessionLimitError):
         return TransientSendError(f"SMTP server {where}: {exc}; connection closed")

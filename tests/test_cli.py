@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from digest import store
 from digest.cli import cli
 from tests.conftest import REPO, Project, SmtpServer
+from tests.delivery_support import smtp_config
+from tests.loopback import ScriptedSmtp, raw_smtp_server
 
 PINNED = {"DIGEST_NOW": "2026-11-25T12:00:00+00:00"}
 
@@ -348,3 +350,35 @@ def test_validate_finds_a_bad_dkim_key_and_a_missing_smtp_password_and_send_stop
     code, output = invoke(project, "send", env={"COLUMNS": "300"})
     assert code == 1 and "error: " in output and "dkim.pem" in output
     assert "invalid" not in output and not list(project.root.glob("var/outbox/*.eml"))
+
+
+class _BracketGreeting(ScriptedSmtp):
+    def greet(self) -> None:
+        self.wfile.write(b"554 5.3.2 [smtp] busy [/busy] go away\r\n")
+
+
+def test_send_prints_a_servers_bracketed_refusal_as_text(project: Project) -> None:
+    # The server's words reach the closing `error:` line: rich read "[/busy]" as a closing
+    # tag and raised MarkupError (a traceback instead of the report), and ate "[smtp]".
+    invoke(project, "fetch")
+    with raw_smtp_server(_BracketGreeting) as server:
+        project.write_config(smtp_config(server.port), transport="smtp")
+        code, output = invoke(project, "send", "--subscriber", "grace",
+                              env={"COLUMNS": "250"})
+    assert code == 1, output
+    (line,) = [x for x in output.splitlines() if x.startswith("error:")]
+    assert "[smtp] busy [/busy] go away" in line
+
+
+def test_run_once_prints_a_source_error_as_text(project: Project) -> None:
+    # The same for a failed source's line: its error names the path, brackets and all.
+    project.write_config(sources=f"""
+        [[sources]]
+        name = "gone"
+        type = "hf-page"
+        path = "{project.root / 'no[/such]'}"
+        """)
+    code, output = invoke(project, "run", "--once", env={"COLUMNS": "250"})
+    assert code == 1, output
+    (line,) = [x for x in output.splitlines() if x.startswith("source gone:")]
+    assert "no[/such]" in line

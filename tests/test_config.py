@@ -191,6 +191,20 @@ def test_relative_paths_resolve_against_the_config_folder(project: Project) -> N
     assert settings.subscribers.dir == project.subscribers
 
 
+@pytest.mark.parametrize("days", [0, 1, 30])
+def test_store_settings_survive_resolving_the_path(project: Project, days: int) -> None:
+    # The store's path was resolved into a new StoreConfig that kept only the path: any
+    # keep_sent_days fell back to 7 (a store kept for a year dropped the view after a week).
+    text = project.config.read_text(encoding="utf-8")
+    assert 'path = "var/digest.db"' in text
+    project.config.write_text(text.replace('path = "var/digest.db"',
+                                           f'path = "var/digest.db"\nkeep_sent_days = {days}'),
+                              encoding="utf-8")
+    settings = load_settings(project.config)
+    assert settings.store.keep_sent_days == days
+    assert settings.store.path == project.db_path
+
+
 def test_env_overrides_smtp_but_password_only_from_named_env(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:

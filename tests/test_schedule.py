@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import socketserver
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -201,3 +203,58 @@ def test_a_message_left_sending_by_a_crash_is_sent_again_once(project: Project,
 
 def rows_by_id(db: Database) -> dict[str, dict[str, Any]]:
     return {str(r["id"]): r for r in store.digests(db)}
+
+
+class _StalledSource(socketserver.StreamRequestHandler):
+    """An HTTP source that takes the request and answers only once the test lets it."""
+
+    asked = threading.Event()
+    release = threading.Event()
+
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        type(self).asked.set()
+        type(self).release.wait(WAIT)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                         b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+WAIT = 30.0  # the longest the test waits for a job; a stalled one ends with the release
+
+
+def test_a_slow_fetch_does_not_hold_back_the_digests_that_are_due(
+        project: Project, server: FaultServer) -> None:
+    # Both jobs took one lock (there only so the daemon could wait for them on shutdown):
+    # a source stalled up to its deadline (300 s each, sources one after another) and every
+    # send tick waited behind it, past the subscribers' send_at.
+    start = dt.datetime(2026, 11, 25, 7, 5, tzinfo=UTC)
+    prepare(project, start, 0)
+    add_subscriber(project, "due")
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _StalledSource) as http:
+        threading.Thread(target=http.serve_forever, args=(0.05,), daemon=True).start()
+        project.write_config(smtp_config(server.port), transport="smtp", sources=f"""
+            [[sources]]
+            name = "stalled"
+            type = "jsonl"
+            url = "http://127.0.0.1:{http.server_address[1]}/x.jsonl"
+            timeout = 60
+            """)
+        settings = load_settings(project.config)
+        scheduler = schedule.build_scheduler(settings, lambda: start)
+        fetch, send = (scheduler.get_job(name) for name in ("fetch", "send"))
+        assert fetch is not None and send is not None
+        fetching = threading.Thread(target=fetch.func, daemon=True)
+        fetching.start()
+        try:
+            assert _StalledSource.asked.wait(WAIT)
+            sending = threading.Thread(target=send.func, daemon=True)
+            sending.start()
+            sending.join(10)
+            assert not sending.is_alive(), "the send tick waited for the fetch"
+            assert fetching.is_alive()  # still stalled: the tick ran beside it
+            assert [r.rcpt_tos for r in server.sink.received] == [["due@example.org"]]
+        finally:
+            _StalledSource.release.set()
+            fetching.join(WAIT)
+            http.shutdown()

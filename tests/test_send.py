@@ -171,7 +171,39 @@ def test_untrusted_certificate_is_refused(smtp_tls_server: SmtpServer) -> None:
     with pytest.raises(SendError, match="TLS with SMTP server") as info:
         SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
     assert isinstance(info.value, FatalSendError)
+    # Why it was refused, not CERTIFICATE_VERIFY_FAILED alone (the same for every reason).
+    assert info.value.message.endswith(
+        "failed: CERTIFICATE_VERIFY_FAILED: self-signed certificate"), info.value.message
     assert smtp_tls_server.sink.received == []
+
+
+def test_implicit_tls_against_a_plain_server_says_which_setting(
+        smtp_server: SmtpServer) -> None:
+    # The plain greeting read as TLS is WRONG_VERSION_NUMBER; the hint sent the reader to
+    # the certificate, not to `security` and the port.
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="ssl",
+                        timeout=5)
+    with pytest.raises(SendError) as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert "WRONG_VERSION_NUMBER" in info.value.message
+    assert info.value.hint is not None and 'security = "starttls"' in info.value.hint
+    assert smtp_server.sink.received == []
+
+
+class _RefusingGreeting(ScriptedSmtp):
+    def greet(self) -> None:
+        self.wfile.write(b"554 5.3.2 Too busy, come back later\r\n")
+
+
+def test_a_refused_greeting_is_said_as_the_server_said_it() -> None:
+    with raw_smtp_server(_RefusingGreeting) as server:
+        config = SmtpConfig(host="127.0.0.1", port=server.port, security="none", timeout=5)
+        with pytest.raises(SendError) as info:
+            SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert info.value.message == (f"cannot connect to SMTP server 127.0.0.1:{server.port}:"
+                                  " it answered 554 5.3.2 Too busy, come back later")
 
 
 def test_starttls_required_but_not_offered(smtp_server: SmtpServer) -> None:
