@@ -735,6 +735,10 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         text = _text(next(iter(exc.recipients.values()))[1])
         reason = f"server refused {recipient}: {code} {text}"
+        if code == 552 or re.match(r"\s*5\.2\.2\b", text):
+            # A full mailbox (and RFC 5321 4.5.3.1.10: 552 at RCPT is to be taken as 452):
+            # the reader's to clear, so tried again later, as a bounce with it counts soft.
+            return TransientSendError(reason)
         if code in HARD_RCPT_CODES:
             # RFC 5321: 550 no such mailbox, 551 user not local, 553 name not allowed.
             policy_refusal = re.match(r"\s*5\.7\.\d", text) is not None

@@ -228,6 +228,19 @@ def test_refused_recipient_is_a_permanent_failure(smtp_server: SmtpServer) -> No
     assert [r.rcpt_tos for r in smtp_server.sink.received] == [["ok@example.org"]]
 
 
+@pytest.mark.parametrize("reply", ["552 5.2.2 Mailbox full", "550 5.2.2 Quota exceeded",
+                                   "552 Requested mail action aborted: storage"])
+def test_a_full_mailbox_at_rcpt_is_tried_again(smtp_server: SmtpServer, reply: str) -> None:
+    # RFC 5321 4.5.3.1.10: a 552 at RCPT is to be taken as 452; and 5.2.2 (mailbox full) is
+    # the reader's to clear, counted soft in a bounce too (README).
+    smtp_server.sink.refuse["full@example.org"] = reply
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender, pytest.raises(SendError) as info:
+        sender.send(_out(digest_for(email="full@example.org")))  # type: ignore[arg-type]
+    assert isinstance(info.value, TransientSendError), info.value
+    assert reply.split()[0] in info.value.message
+
+
 def test_unreachable_server_is_fatal() -> None:
     from tests.conftest import free_port
 
