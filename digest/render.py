@@ -360,11 +360,13 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
     title, link, meta, abstract, tldr, extra, key = view
     reason = _cut(nfkc(m.reason), TLDR_CHARS)
     segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
-    if right_to_left("".join([t for t, _ in segs])):  # one isolate, highlights inside it
+    text = "".join([t for t, _ in segs])
+    if right_to_left(text):  # one isolate, highlights inside it
         segs = [(FSI, False), *segs, (PDI, False)]
+        text = FSI + text + PDI
     return ItemView(
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
-        excerpt_text="".join([t for t, _ in segs]), keywords=list(m.keywords),
+        excerpt_text=text, keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
         piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),
     )

@@ -86,7 +86,6 @@ class Context:
         else:
             self.report.listings.append(listing)
 
-
     def _same_title(self, listing: Listing, where: str) -> str | None:
         # Where an earlier item of this document is the same paper by title: one of the two
         # known by its title alone (the store folds such a row into the other; two arXiv ids
