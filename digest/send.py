@@ -701,19 +701,7 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                 f" ({exc.smtp_code})",
                 hint=f"check [smtp] username and the password in ${config.password_env}")
         if isinstance(exc, ssl.SSLError):
-            # A refused certificate's reason alone is CERTIFICATE_VERIFY_FAILED, whatever
-            # was wrong: its verify_message says what (self-signed, expired, another host).
-            why = exc.reason or str(exc)
-            if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-                why = f"{why}: {exc.verify_message}"
-            hint = "check the server certificate, or set [smtp] ca_file for a private CA"
-            if exc.reason == "WRONG_VERSION_NUMBER":
-                # Not a certificate problem: the server answered in plain text, the usual
-                # mistake being security = "ssl" on a STARTTLS port (587).
-                hint = ("the server does not speak TLS at once on this port: implicit TLS"
-                        " (security = \"ssl\") is usually port 465; port 587 needs"
-                        " security = \"starttls\"")
-            return FatalSendError(f"TLS with SMTP server {where} failed: {why}", hint=hint)
+            return _tls_error(exc, where)
         if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
             # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
             # after STARTTLS).
@@ -747,6 +735,22 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
         assert isinstance(exc, smtplib.SMTPResponseException)
         reason = f"server answered {code} {_text(exc.smtp_error)}"
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
+
+
+def _tls_error(exc: ssl.SSLError, where: str) -> FatalSendError:
+    # A refused certificate's reason alone is CERTIFICATE_VERIFY_FAILED, whatever was wrong:
+    # its verify_message says what (self-signed, expired, another host).
+    why = exc.reason or str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        why = f"{why}: {exc.verify_message}"
+    hint = "check the server certificate, or set [smtp] ca_file for a private CA"
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        # Not a certificate problem: the server answered in plain text, the usual mistake
+        # being security = "ssl" on a STARTTLS port (587).
+        hint = ("the server does not speak TLS at once on this port: implicit TLS"
+                " (security = \"ssl\") is usually port 465; port 587 needs"
+                " security = \"starttls\"")
+    return FatalSendError(f"TLS with SMTP server {where} failed: {why}", hint=hint)
 
 
 HARD_RCPT_CODES = (550, 551, 553)  # at RCPT: the address is dead (a hard bounce)
