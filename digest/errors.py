@@ -3,6 +3,7 @@
     DigestError                  a one-line message and an optional hint
     ├── ConfigError              a config or subscriber file is unreadable or invalid
     ├── SourceError              a listing source could not be read or parsed
+    │   └── FetchStopped         a fetch was cut short on request (`digest run` stopping)
     ├── UnknownSubscriberError   a command named a subscriber with no file
     └── SendError                a message could not be handed to the mail server
         ├── TransientSendError   try this message again later (4xx, 421, a lost connection)
@@ -74,6 +75,15 @@ class SourceError(DigestError):
         self.source = source
         self.reason = reason
         super().__init__(f"source '{source}': {reason}", hint)
+
+
+class FetchStopped(SourceError):
+    """The fetch was asked to stop while reading this source (SIGTERM to `digest run`):
+    nothing of the source is stored, and it did not fail."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source, "stopped: digest is shutting down; nothing of this source "
+                                 "was stored, the next fetch reads it again")
 
 
 class SendError(DigestError):

@@ -23,7 +23,7 @@ from sqlite_utils import Database
 
 from . import batch, bounces, delivery, inbound, store, subscribers
 from .config import AnySource, Settings, is_subscriber_id, sends_on
-from .errors import ConfigError, DigestError, SourceError, printable
+from .errors import ConfigError, DigestError, FetchStopped, SourceError, printable
 from .executor import Executor, ForkPool, Serial
 from .links import link_url, missing_secret, unsubscribe_url
 from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
@@ -96,6 +96,8 @@ def _fetch_one(
     t0 = timer.perf_counter()
     try:
         report = read_source(source, now, fetcher, store.http_validators(db, source.name))
+    except FetchStopped:
+        raise  # not a failure of the source: its last status stays as it was
     except SourceError as exc:
         log.error("%s", exc)
         seconds = timer.perf_counter() - t0
@@ -121,21 +123,29 @@ def _fetch_one(
 
 def fetch(
     settings: Settings, db: Database, now: datetime, progress: ProgressHook | None = None,
-    fetcher: Fetcher | None = None,
+    fetcher: Fetcher | None = None, stop: threading.Event | None = None,
 ) -> list[SourceResult]:
     """Read every source and store what it offers; a failing source is reported, not fatal.
 
-    `fetcher` is the HTTP client shared by the sources (made from `[http]` if None).
+    `fetcher` is the HTTP client shared by the sources (made from `[http]` and `stop` if
+    None). Once `stop` is set (SIGTERM to `digest run`) the source being read ends within a
+    second, unstored, and the rest are not read: the results are those of the sources done.
     """
     progress = progress or _NoProgress()
     progress.start(len(settings.sources), "fetching")
-    results = []
+    results: list[SourceResult] = []
     started = now
-    client = fetcher or Fetcher(settings.http)
+    client = fetcher or Fetcher(settings.http, stop=stop)
     try:
         for source in settings.sources:
+            if stop is not None and stop.is_set():
+                raise FetchStopped(source.name)
             results.append(_fetch_one(source, db, now, client))
             progress.advance(source.name)
+    except FetchStopped as exc:
+        left = len(settings.sources) - len(results)
+        log.warning("fetch stopped at source '%s': %d of %d sources not read (digest is "
+                    "shutting down)", exc.source, left, len(settings.sources))
     finally:
         if fetcher is None:
             client.close()

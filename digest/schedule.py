@@ -74,11 +74,13 @@ class StoreLock:
             self._fh = None
 
 
-def fetch_job(settings: Settings, clock: Callable[[], datetime]) -> None:
-    """Fetch every source; failures are logged by the pipeline."""
+def fetch_job(settings: Settings, clock: Callable[[], datetime],
+              stop: threading.Event | None = None) -> None:
+    """Fetch every source; failures are logged by the pipeline. `stop` cuts the fetch short
+    (the source being read is left unstored, within a second)."""
     db = store.open_db(settings.store.path)
     with store.faults(settings.store.path):
-        results = pipeline.fetch(settings, db, clock())
+        results = pipeline.fetch(settings, db, clock(), stop=stop)
     log.info("fetch: %s", ", ".join(f"{r.name}={r.error or r.new}" for r in results))
 
 
@@ -187,7 +189,7 @@ def build_scheduler(
     def fetch() -> None:
         with running.job(), _one_line("fetch"):
             if not (stop and stop.is_set()):
-                fetch_job(settings, clock)
+                fetch_job(settings, clock, stop)
 
     def tick() -> None:
         with running.job(), _one_line("send tick"):

@@ -19,6 +19,7 @@ from digest import delivery, store
 
 from .conftest import Project
 from .delivery_support import FaultServer, add_subscriber, fault_server, prepare, smtp_config
+from .loopback import Loopback, Reply
 from .outbox_support import stored_message
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -174,3 +175,34 @@ def test_send_stops_cleanly_on_sigterm(project: Project, server: FaultServer) ->
     assert rerun.returncode == 0, rerun.stderr
     recipients = Counter(r.rcpt_tos[0] for r in server.sink.received)
     assert len(recipients) == 20 and set(recipients.values()) == {1}
+
+
+@pytest.mark.slow
+def test_daemon_stops_at_once_on_sigterm_during_a_stalled_fetch(
+        project: Project, server: FaultServer, loopback: Loopback) -> None:
+    # The fetch job ran on to its timeouts (here 120 s; 300 s a source by default) after
+    # SIGTERM, and a service manager kills a daemon it has waited 90 s for.
+    prepare(project, NOW, 0)
+    stalled = loopback.route("/stalled.jsonl", Reply(b'{"title": "Never stored"}\n',
+                                                     delay=120))
+    project.write_config(smtp_config(server.port) + "\n[http]\nread_timeout = 120\n"
+                         "retries = 0\n", transport="smtp", sources=f"""
+        [[sources]]
+        name = "stalled"
+        type = "jsonl"
+        url = "{stalled}"
+        """)
+    daemon = subprocess.Popen([DIGEST, "run", "--config", str(project.config)], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: loopback.hits("/stalled.jsonl"), timeout=30)
+        daemon.send_signal(signal.SIGTERM)
+        _out, err = daemon.communicate(timeout=20)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0, err
+    assert "fetch stopped at source 'stalled': 1 of 1 sources not read" in err
+    titles = {r["title"] for r in store.open_db(project.db_path).query(
+        "select title from listings")}
+    assert titles and "Never stored" not in titles

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -300,3 +302,43 @@ def test_readme_cli_reference_matches_help(command: str) -> None:
     readme = (REPO / "README.md").read_text("utf-8")
     doc = cli.commands[command].help or ""
     assert f"| `digest {command}` | {doc.splitlines()[0]} |" in readme
+
+
+def test_a_stopped_fetch_stores_nothing_of_the_source_cut_short_and_reads_no_more(
+        project: Project, loopback: Loopback) -> None:
+    stalled = loopback.route("/stalled.jsonl", Reply(b'{"title": "Never stored"}\n',
+                                                     delay=120))
+    later = loopback.route("/later.jsonl", Reply(b'{"title": "Never asked for"}\n'))
+    project.write_config(sources=f"""
+    [[sources]]
+    name = "stalled"
+    type = "jsonl"
+    url = "{stalled}"
+
+    [[sources]]
+    name = "later"
+    type = "jsonl"
+    url = "{later}"
+    """, extra="[http]\nread_timeout = 120\nretries = 0\n")
+    settings = load_settings(project.config)
+    stop = threading.Event()
+    done: list[list[pipeline.SourceResult]] = []
+
+    def fetch() -> None:  # as the daemon's fetch job: its own connection, in its thread
+        done.append(pipeline.fetch(settings, store.open_db(settings.store.path), NOW,
+                                   stop=stop))
+
+    fetching = threading.Thread(target=fetch, daemon=True)
+    fetching.start()
+    for _ in range(400):
+        if loopback.hits("/stalled.jsonl"):
+            break
+        time.sleep(0.01)
+    stop.set()
+    fetching.join(20)
+    assert not fetching.is_alive(), "the fetch went on after stop was set"
+    assert done == [[]]
+    assert loopback.hits("/later.jsonl") == []
+    db = store.open_db(settings.store.path)
+    assert store.count_listings(db) == 0
+    assert store.source_statuses(db) == {}  # cut short is not failed: no status recorded

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from digest.errors import SourceError
+from digest.config import HttpConfig
+from digest.errors import FetchStopped, SourceError
 from digest.models import CacheValidators
-from digest.sources import read_source
+from digest.sources import Fetcher, read_source
 from digest.sources.http import retry_after_seconds
 
 from .conftest import free_port
@@ -211,3 +215,63 @@ def test_size_cap_counts_decompressed_bytes(loopback: Loopback) -> None:
     assert len(bomb) < 2048
     with pytest.raises(SourceError, match=r"larger than \[http\] max_bytes"):
         read(hf(url), max_bytes=2048)
+
+
+def _stop_once_asked(loopback: Loopback, path: str, call: Callable[[], object],
+                     stop: threading.Event) -> BaseException | None:
+    """Run `call` in a thread, set `stop` once the server has the request, and return what
+    the call raised (None if it returned); fails if the call is still running 20 s later."""
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test, which asserts on it
+            raised[0] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    for _ in range(400):
+        if loopback.hits(path):
+            break
+        time.sleep(0.01)
+    assert loopback.hits(path), "the request never reached the server"
+    stop.set()
+    thread.join(20)
+    assert not thread.is_alive(), "the fetch went on after stop was set"
+    return raised[0]
+
+
+def test_stop_ends_a_read_blocked_on_a_silent_server(loopback: Loopback) -> None:
+    # SIGTERM to `digest run` waited for a stalled source up to its timeouts (a 60 s read
+    # timeout, 300 s for the source), past the 90 s a service manager gives before SIGKILL.
+    url = loopback.route("/d", Reply(ONE_PAPER, content_type=JSON, delay=120))
+    stop = threading.Event()
+    config = HttpConfig(read_timeout=120, total_timeout=600, retries=0)
+    with Fetcher(config, stop=stop) as fetcher:
+        raised = _stop_once_asked(loopback, "/d",
+                                  lambda: read_source(hf(url), NOW, fetcher), stop)
+    assert isinstance(raised, FetchStopped)
+    assert "stopped: digest is shutting down" in str(raised)
+
+
+def test_stop_ends_a_retry_wait(loopback: Loopback) -> None:
+    url = loopback.route("/d", Reply(b"busy", 503, headers={"Retry-After": "200"}))
+    stop = threading.Event()
+    config = HttpConfig(retries=2, max_retry_after=300)
+    with Fetcher(config, stop=stop) as fetcher:
+        raised = _stop_once_asked(loopback, "/d",
+                                  lambda: read_source(hf(url), NOW, fetcher), stop)
+    assert isinstance(raised, FetchStopped)
+    assert len(loopback.hits("/d")) == 1  # no retry after the stop
+
+
+def test_a_read_that_can_be_stopped_still_gets_its_whole_timeout(loopback: Loopback) -> None:
+    # Waiting in slices must neither cut a slow answer short nor stretch the read timeout.
+    url = loopback.route("/d", Reply(ONE_PAPER, content_type=JSON, delay=1.2),
+                         Reply(ONE_PAPER, content_type=JSON, delay=3))
+    config = HttpConfig(read_timeout=2, retries=0)
+    with Fetcher(config, stop=threading.Event()) as fetcher:
+        assert len(read_source(hf(url), NOW, fetcher).listings) == 1
+        with pytest.raises(SourceError, match=r"timed out \(read\)"):
+            read_source(hf(url), NOW, fetcher)

@@ -21,6 +21,12 @@ transport gets no more time than is left (`_GuardedBackend`), the body loop chec
 clock after every chunk, and no retry or pacing wait starts that would end past the
 deadline. A source past its deadline fails with one line, like any failed source.
 
+A fetch can also be stopped from outside (`stop`, set when `digest run` gets SIGTERM): a
+read blocked on a silent server then waits in slices of `_STOP_POLL` seconds and looks at
+the event between them, as do the retry and pacing waits, so the request in flight ends
+within about that long instead of at its timeouts (up to the 300 s source deadline, past
+the 90 s a service manager waits before it kills).
+
 The transport, the sleep function, the monotonic clock and the random source are
 parameters, so tests run against a loopback server without waiting for real seconds.
 The source deadline is measured on that clock; `total_timeout` on the real one.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -45,7 +52,7 @@ import httpx
 
 from .. import __version__
 from ..config import HttpConfig
-from ..errors import SourceError
+from ..errors import FetchStopped, SourceError
 from ..models import CacheValidators
 
 log = logging.getLogger("digest")
@@ -56,6 +63,8 @@ _MAX_CODINGS = 3
 # Most bytes one decoding step may produce: each layer holds at most this much at a time.
 _STEP = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
+# How long a read waits at a time when the fetch can be stopped, between looks at the event.
+_STOP_POLL = 0.5
 
 
 def user_agent(config: HttpConfig) -> str:
@@ -94,6 +103,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _Stopped(Exception):
+    """The fetch was asked to stop (the daemon is shutting down)."""
+
+
 class _OutOfTime(Exception):
     """No time left for the request in flight: the source's deadline (`whole_source`) or
     the response's `total_timeout`."""
@@ -127,14 +140,30 @@ def _within(left: TimeLeft, timeout: float | None, call: Callable[[float | None]
 
 
 class _GuardedStream(httpcore.NetworkStream):
-    """A connection whose every read and write gets no more time than is left."""
+    """A connection whose every read and write gets no more time than is left; with `poll`,
+    a read waits at most that long at a time, so `left` is asked again (and can raise
+    _Stopped) while a server says nothing."""
 
-    def __init__(self, stream: httpcore.NetworkStream, left: TimeLeft) -> None:
+    def __init__(self, stream: httpcore.NetworkStream, left: TimeLeft,
+                 poll: float | None) -> None:
         self._stream = stream
         self._left = left
+        self._poll = poll
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return _within(self._left, timeout, lambda t: self._stream.read(max_bytes, t))
+        if self._poll is None:
+            return _within(self._left, timeout, lambda t: self._stream.read(max_bytes, t))
+        waited = 0.0
+        while True:
+            step = self._poll if timeout is None else min(self._poll, timeout - waited)
+            try:
+                return _within(self._left, step, lambda t: self._stream.read(max_bytes, t))
+            except httpcore.ReadTimeout:
+                # Nothing was read (a socket timeout consumes no data, TLS keeps a partial
+                # record buffered), so reading again is safe.
+                waited += step
+                if timeout is not None and waited >= timeout:
+                    raise
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         _within(self._left, timeout, lambda t: self._stream.write(buffer, t))
@@ -146,7 +175,7 @@ class _GuardedStream(httpcore.NetworkStream):
                   timeout: float | None = None) -> httpcore.NetworkStream:
         tls = _within(self._left, timeout,
                       lambda t: self._stream.start_tls(ssl_context, server_hostname, t))
-        return _GuardedStream(tls, self._left)
+        return _GuardedStream(tls, self._left, self._poll)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
@@ -155,23 +184,24 @@ class _GuardedStream(httpcore.NetworkStream):
 class _GuardedBackend(httpcore.NetworkBackend):
     """httpcore's socket backend, with connects and connections bounded by the time left."""
 
-    def __init__(self, left: TimeLeft) -> None:
+    def __init__(self, left: TimeLeft, poll: float | None) -> None:
         self._backend = httpcore.SyncBackend()
         self._left = left
+        self._poll = poll
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
         stream = _within(self._left, timeout, lambda t: self._backend.connect_tcp(
             host, port, t, local_address, socket_options))
-        return _GuardedStream(stream, self._left)
+        return _GuardedStream(stream, self._left, self._poll)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None,
                             ) -> httpcore.NetworkStream:
         stream = _within(self._left, timeout, lambda t: self._backend.connect_unix_socket(
             path, t, socket_options))
-        return _GuardedStream(stream, self._left)
+        return _GuardedStream(stream, self._left, self._poll)
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
@@ -180,13 +210,13 @@ class _GuardedBackend(httpcore.NetworkBackend):
 class _GuardedTransport(httpx.HTTPTransport):
     """httpx's transport over `_GuardedBackend`."""
 
-    def __init__(self, left: TimeLeft) -> None:
+    def __init__(self, left: TimeLeft, poll: float | None) -> None:
         super().__init__()
         # httpx takes no network backend, so its connection pool is made again with one
         # (the same defaults: verified TLS, HTTP/1.1). Proxies from the environment get
         # httpx's own transports; the body loop's checks still bound those.
         self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
-                                             network_backend=_GuardedBackend(left))
+                                             network_backend=_GuardedBackend(left, poll))
 
 
 class _Undecodable(Exception):
@@ -278,24 +308,28 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 
 class Fetcher:
     """An HTTP client for the sources of one fetch run; share it across sources so per-host
-    pacing (arXiv's three seconds) holds across them."""
+    pacing (arXiv's three seconds) holds across them. Once `stop` is set, the request in
+    flight and any wait end within `_STOP_POLL` seconds with `FetchStopped`."""
 
     def __init__(
         self,
         config: HttpConfig,
         *,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
-        self.sleep = sleep
+        self.stop = stop
+        self.sleep = sleep or (stop.wait if stop is not None else time.sleep)
         self.clock = clock
         self.rng = rng
         self._flight: tuple[Deadline | None, float] | None = None
         self.client = httpx.Client(
-            transport=transport or _GuardedTransport(self._time_left),
+            transport=transport or _GuardedTransport(
+                self._time_left, _STOP_POLL if stop is not None else None),
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
             headers={"User-Agent": user_agent(config), "Accept-Encoding": ACCEPT_ENCODING},
             follow_redirects=True,
@@ -320,6 +354,8 @@ class Fetcher:
         return Deadline(self.clock() + seconds, seconds, setting)
 
     def _time_left(self) -> tuple[float, bool] | None:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped
         if self._flight is None:
             return None
         deadline, response_end = self._flight
@@ -333,6 +369,10 @@ class Fetcher:
         start of the next."""
         host = urlsplit(url).netloc
         self._intervals[host] = max(seconds, self._intervals.get(host, 0.0))
+
+    def _check_stop(self, source: str) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise FetchStopped(source)
 
     def _check(self, source: str, wait: float, deadline: Deadline | None, doing: str) -> None:
         """Fail now if waiting `wait` seconds would reach the deadline."""
@@ -376,6 +416,7 @@ class Fetcher:
         host = urlsplit(url).netloc
         attempts = self.config.retries + 1
         for attempt in range(attempts):
+            self._check_stop(source)
             self._wait_turn(source, url, deadline)
             try:
                 try:
@@ -399,6 +440,8 @@ class Fetcher:
         self._flight = (deadline, time.monotonic() + self.config.total_timeout)
         try:
             return self._response(source, url, params, headers, deadline)
+        except _Stopped:
+            raise FetchStopped(source) from None
         except _OutOfTime as exc:
             if exc.whole_source and deadline is not None:
                 raise deadline.error(source, f"while fetching {url}") from None
