@@ -259,6 +259,20 @@ def test_real_journal_feeds_give_whole_names(loopback: Loopback) -> None:
     assert second.authors == ("de Souza A", "Lewis G", "da Silva M.")
 
 
+def test_real_pubmed_feed_keeps_its_links(loopback: Loopback) -> None:
+    # PubMed links every paper with a space in its query ("utm_source=Mobile Safari
+    # UI/WKWebView"): refused as a URL, every title of the feed linked nowhere.
+    url = loopback.route("/pubmed", Reply.fixture("pubmed_search.xml", "application/xml"))
+    papers = read(source(type="feed", url=url)).listings
+    assert len(papers) == 15
+    assert papers[0].title.startswith("Description of Gyrodactylus banmae n. sp.")
+    assert papers[0].url is not None and papers[0].url.startswith(
+        "https://pubmed.ncbi.nlm.nih.gov/34929406/?utm_source=Mobile%20Safari%20UI/WKWebView"
+        "&utm_medium=rss&")
+    assert all(p.url and " " not in p.url and "/pubmed.ncbi.nlm.nih.gov/" in p.url
+               for p in papers)
+
+
 @pytest.mark.parametrize(
     ("followed", "author", "same"),
     [
@@ -330,7 +344,16 @@ def test_jsonl_text_loses_format_characters(tmp_path: Path) -> None:
         ("https://user:pw@blog.example.org/p", None),
         ("https://evil.example\\@arxiv.org/", None),
         ("https://blog.example.org/p\u202e/moc.elgoog", None),
-        ("https://blog.example.org/a b", None),
+        # Percent-encoded as a browser sends it (PubMed's feeds link every paper so).
+        ("https://blog.example.org/a b", "https://blog.example.org/a%20b"),
+        ("https://pubmed.ncbi.nlm.nih.gov/34929406/?utm_source=Mobile Safari UI/WKWebView&v=2",
+         "https://pubmed.ncbi.nlm.nih.gov/34929406/?utm_source=Mobile%20Safari%20UI/WKWebView"
+         "&v=2"),
+        ('https://blog.example.org/q?a="<b>"&c={d|e}^`\'',
+         "https://blog.example.org/q?a=%22%3Cb%3E%22&c=%7Bd%7Ce%7D%5E%60%27"),
+        ("https://blog.exa mple.org/", None),
+        ("https://blog.example.org/a\tb", None),
+        ("https://blog.example.org/a\nb", None),
         ("javascript:alert(1)", None),
         ("https://", None),
         ("https://blog.example.org:99999/", None),

@@ -406,7 +406,11 @@ def listing_id(arxiv: str | None, title: str, key: str | None = None) -> str:
 
 
 MAX_URL = 2_000
-_URL_CHARS = re.compile(r"[^\s<>\"'\\`^{}|]+")
+_URL_CHARS = re.compile(r"[^\s\\]+")
+# What a browser percent-encodes in a link it follows, encoded here the same way rather than
+# the link lost: PubMed's feeds link every paper as ".../34929406/?utm_source=Mobile Safari
+# UI/WKWebView&...".
+_PERCENT_ENCODED = str.maketrans({c: f"%{ord(c):02X}" for c in " \"'<>`^{|}"})
 
 
 def safe_url(value: Any) -> str | None:
@@ -414,14 +418,15 @@ def safe_url(value: Any) -> str | None:
 
     Refused: other schemes (no javascript: links in an email), userinfo
     ('https://arxiv.org@evil.example/' goes to evil.example), backslashes (browsers read them
-    as '/'), whitespace, control and format characters, a missing or malformed host or port,
-    and URLs longer than `MAX_URL`. The scheme and host are lower-cased, an internationalised
-    host is written in its ASCII (punycode) form, and an empty path becomes '/', so the host a
-    reader is shown is the host the link opens.
+    as '/'), whitespace but the space, control and format characters, a missing or malformed
+    host or port, and URLs longer than `MAX_URL`. Spaces, quotes, `<>`, a backtick and
+    `^{|}` are percent-encoded, as a browser sends them. The scheme and host are lower-cased,
+    an internationalised host is written in its ASCII (punycode) form, and an empty path
+    becomes '/', so the host a reader is shown is the host the link opens.
     """
     if not isinstance(value, str):
         return None
-    text = value.strip()
+    text = value.strip().translate(_PERCENT_ENCODED)
     if len(text) > MAX_URL or not text.isprintable() or not _URL_CHARS.fullmatch(text):
         return None
     try:
@@ -432,7 +437,7 @@ def safe_url(value: Any) -> str | None:
     if parts.scheme.lower() not in ("http", "https") or "@" in parts.netloc:
         return None
     host = parts.hostname or ""
-    if not host or host.startswith(".") or ".." in host:
+    if not host or host.startswith(".") or ".." in host or "%" in host:
         return None
     try:
         ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
