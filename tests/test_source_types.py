@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import json
+import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from digest.errors import SourceError
 from digest.models import Listing, ParseReport
 from digest.sources import parse_hf_page, read_source
 from digest.sources.items import arxiv_id, html_to_text
+from digest.tokens import title_id
 
 from .conftest import SEEDS
 from .loopback import FIXTURES, FakeTime, Loopback, Reply, make_fetcher
@@ -83,6 +86,40 @@ def test_titles_are_read_as_before_so_their_ids_stay() -> None:
     # A title-keyed listing's id is made of its title's words: reading "CO<sub>2</sub>" as
     # "CO2" would make an id that no stored listing has, and mail the paper again.
     assert html_to_text("CO<sub>2</sub> capture", apart=True) == "CO 2 capture"
+
+
+def _every_tag_a_space(html: str) -> str:
+    """Oracle: titles as they were read before, every tag a space."""
+    return " ".join(unescape(re.sub(r"<[^>]*>", " ", html)).split())
+
+
+@pytest.mark.parametrize(("html", "text"), [
+    # Journal feeds put genus and species names in italics: the title showed
+    # "newts ( Ommatotriton ):" and "Biancaea scabrida , a new species".
+    ("banded newts (<em>Ommatotriton</em>): A", "banded newts (Ommatotriton): A"),
+    ("<i>Biancaea scabrida</i>, a new species", "Biancaea scabrida, a new species"),
+    ("An overview of “<i>arginussa</i>” species", "An overview of “arginussa” species"),
+    ("genes (<em>18S</em>, <em>28S</em>) shaped", "genes (18S, 28S) shaped"),
+    ("<b><i>Bold italic</i></b>. Next", "Bold italic. Next"),
+    ("sp<i>.</i> nov<b>.</b> and [<i>x</i>]", "sp. nov. and [x]"),
+    # Between two characters of words a tag still parts them, as before.
+    ("CO<sub>2</sub> and <i>a</i><b>b</b>", "CO 2 and a b"),
+    ("word<i>-x</i> and \\'<i>e</i> and $x$<i>y</i>", "word -x and \\' e and $x$ y"),
+])
+def test_title_tags_next_to_punctuation_add_no_space_and_keep_the_words(
+        html: str, text: str) -> None:
+    assert html_to_text(html, apart=True) == text
+    assert title_id(text) == title_id(_every_tag_a_space(html))
+
+
+def test_a_real_journal_feed_shows_italic_names_without_stray_spaces(
+        loopback: Loopback) -> None:
+    url = loopback.route("/mpe", Reply.fixture("sciencedirect_mpe.xml", "application/xml"))
+    titles = [x.title for x in read(source(type="feed", url=url)).listings]
+    assert len(titles) == 51
+    assert titles[10].startswith("Next-generation phylogeography of the banded newts "
+                                 "(Ommatotriton): A phylogenetic hypothesis")
+    assert not [t for t in titles if re.search(r"\( | \)| [,:;.]", t)]
 
 
 def test_hf_page_seeds_are_parsed_exactly_as_before() -> None:

@@ -458,9 +458,35 @@ _INLINE = frozenset({"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "de
                      "span", "strong", "sub", "sup", "time", "tt", "u", "var", "wbr"})
 
 
+# Where an inline tag was, with `apart`: a space between two characters of words, nothing
+# next to a space or to punctuation that opens or closes (`_joined`).
+_BOUNDARY = "\x00"
+_BOUNDARIES = re.compile(_BOUNDARY + "+")
+# Never part of a word, and never read by the TeX reader with the character next to it
+# (unlike a quote or an apostrophe: `\'e` is é).
+_OPENING = frozenset("([{«“‘¿¡")
+_CLOSING = frozenset(",.;:!?)]}»”’")
+
+
+def _boundary(match: re.Match[str]) -> str:
+    text, start, end = match.string, match.start(), match.end()
+    before = text[start - 1] if start else " "
+    after = text[end] if end < len(text) else " "
+    if before.isspace() or before in _OPENING or after.isspace() or after in _CLOSING:
+        return ""
+    return " "
+
+
+def _joined(text: str) -> str:
+    """`text` with each run of tag boundaries made a space only where it parts two words:
+    "(<i>Ommatotriton</i>):" is "(Ommatotriton):", "<i>B. scabrida</i>, a" is "B. scabrida,
+    a", as a browser shows them, and the words are those of a space at every boundary."""
+    return _BOUNDARIES.sub(_boundary, text) if _BOUNDARY in text else text
+
+
 class _TextOnly(HTMLParser):
     """Collects the text of an HTML fragment; tags but inline ones become spaces (all of them
-    with `apart`)."""
+    with `apart`, inline ones as `_BOUNDARY`)."""
 
     def __init__(self, apart: bool) -> None:
         super().__init__(convert_charrefs=True)
@@ -471,14 +497,18 @@ class _TextOnly(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style"):
             self._skip += 1
-        if self._apart or tag not in _INLINE:
-            self.parts.append(" ")
+        self._part(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("script", "style") and self._skip:
             self._skip -= 1
-        if self._apart or tag not in _INLINE:
+        self._part(tag)
+
+    def _part(self, tag: str) -> None:
+        if tag not in _INLINE:
             self.parts.append(" ")
+        elif self._apart:
+            self.parts.append(_BOUNDARY)
 
     def handle_data(self, data: str) -> None:
         if not self._skip:
@@ -490,15 +520,16 @@ def html_to_text(value: str | None, *, apart: bool = False) -> str:
     collapsed; the email escapes it again when it shows it. `apart`: every tag parts words,
     inline ones too ('CO<sub>2</sub>' -> 'CO 2'), as titles have always been read: a listing
     keyed by its title has an id made of the title's words, and reading them anew would make
-    every such listing stored before a new one, sent again."""
+    every such listing stored before a new one, sent again. Next to a space or punctuation an
+    inline tag adds nothing (`_joined`), which leaves the words as they were."""
     if not value:
         return ""
     if "<" not in value and "&" not in value:
         return clean(value)
     parser = _TextOnly(apart)
-    parser.feed(value)
+    parser.feed(value.replace(_BOUNDARY, ""))
     parser.close()
-    return clean("".join(parser.parts))
+    return clean(_joined("".join(parser.parts)))
 
 
 # --- author names ---------------------------------------------------------------------------
