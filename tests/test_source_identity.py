@@ -322,6 +322,20 @@ def test_bidi_and_zero_width_characters_never_reach_a_listing(loopback: Loopback
     assert item.authors == ("Eve Example",)
 
 
+def test_an_abstract_without_a_word_is_no_abstract(loopback: Loopback) -> None:
+    # Taylor & Francis describe a paper as "Volume 67, Issue 4, ...<br/>. <br/>" or, in its
+    # content, ". <br/>": the email showed "." as the paper's excerpt.
+    url = serve_feed(loopback, """
+      <item><title>Habitat use of bats</title><link>https://blog.example.org/1</link>
+      <description>&lt;br/&gt;. &lt;br/&gt; &#8230;</description></item>
+      <item><title>Taxonomic status of Dahl's Jird</title><link>https://blog.example.org/2</link>
+      <description>Volume 67, Issue 4, December 2021&lt;br/&gt;. &lt;br/&gt;</description>
+      </item>""")
+    first, second = read(source(type="feed", url=url)).listings
+    assert first.abstract == ""
+    assert second.abstract == "Volume 67, Issue 4, December 2021 ."
+
+
 def test_jsonl_text_loses_format_characters(tmp_path: Path) -> None:
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"title": "Gr\u202eadient\u2066 descent",

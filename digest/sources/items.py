@@ -634,11 +634,19 @@ def cut(text: str, limit: int) -> str:
     return head.rstrip(" ,;:") + "…"
 
 
+def _worded(text: str) -> str:
+    """`text`, or "" when it has no letter or digit: Taylor & Francis feeds describe a paper
+    as "Volume 67, Issue 4, ...<br/>. <br/>" in one element and ". " in another, and an
+    excerpt of "." is noise in the email."""
+    return text if any(c.isalnum() for c in text) else ""
+
+
 def bounded(listing: Listing, authority: int) -> Listing:
     """`listing` as it may enter the store: every text field cleaned of format and control
     characters and cut to its limit (`MAX_*` above), URLs made canonical and unsafe ones
-    dropped, at most `MAX_AUTHORS` names (`author_count` keeps the real number), and
-    `authority`, the rank of the source type that gave it (`models.AUTHORITY`), set.
+    dropped, an abstract or TL;DR without a letter or digit emptied, at most `MAX_AUTHORS`
+    names (`author_count` keeps the real number), and `authority`, the rank of the source
+    type that gave it (`models.AUTHORITY`), set.
     A listing keyed by its title is re-keyed from the title it ends up with."""
     title = cut(clean(listing.title), MAX_TITLE)
     names = [cut(n, MAX_NAME) for n in (clean(a) for a in listing.authors) if n]
@@ -654,8 +662,8 @@ def bounded(listing: Listing, authority: int) -> Listing:
         id=title_id(title) if title != listing.title and listing.id.startswith("title:")
         else listing.id,
         title=title,
-        abstract=cut(clean(listing.abstract), MAX_ABSTRACT),
-        tldr=cut(clean(listing.tldr), MAX_TITLE) or None,
+        abstract=_worded(cut(clean(listing.abstract), MAX_ABSTRACT)),
+        tldr=_worded(cut(clean(listing.tldr), MAX_TITLE)) or None,
         url=safe_url(listing.url),
         authors=tuple(names),
         author_count=count,
