@@ -349,6 +349,12 @@ def _http_error(request: Request, exc: Exception) -> Response:
                  heading=exc.detail, text=text)
 
 
+def _changes(request: Request) -> bool:
+    """Whether the request may change state: a POST only. Starlette answers HEAD on every
+    GET route, and link scanners send HEADs too: a HEAD is a GET without the body."""
+    return request.method == "POST"
+
+
 def _action_url(request: Request, path: str) -> str:
     return f"{path}?token={quote(request.query_params['token'], safe='')}"
 
@@ -409,7 +415,7 @@ class _Site:
         if isinstance(subscriber, HTMLResponse):
             return subscriber
         verb = "resubscribe" if subscribe else "unsubscribe"
-        if request.method == "GET":
+        if not _changes(request):
             return _page(
                 "confirm.html", title=verb.capitalize(),
                 heading=("Resubscribe to" if subscribe else "Unsubscribe from")
@@ -465,7 +471,7 @@ class _Site:
                 listing = feedback.listing_of(database, request.query_params.get("listing", ""))
             except feedback.FeedbackError as exc:
                 return _bad_link(exc.message)
-            if request.method == "GET":
+            if not _changes(request):
                 return _page("feedback.html", title="Feedback", paper=listing,
                              email=subscriber.email,
                              heading=f"{verdict.capitalize()} papers like this one?",
