@@ -521,9 +521,15 @@ class _Site:
         subscriber = self.subscriber_for(request, "view")
         if isinstance(subscriber, HTMLResponse):
             return subscriber
-        with self.db() as database:
-            rendered = archive.view(self.settings, database, subscriber,
-                                    request.query_params.get("digest", ""), self.env)
+        try:
+            with self.db() as database:
+                rendered = archive.view(self.settings, database, subscriber,
+                                        request.query_params.get("digest", ""), self.env)
+        except archive.GoneError as exc:
+            log.warning("subscriber %s: %s", subscriber.id, exc)
+            return _page("error.html", 410, title="No longer here", heading="No longer here",
+                         text="The papers of this digest are no longer kept here; your"
+                         " email still has them.")
         if rendered is None:
             return _page("error.html", 404, title="Not found", heading="No such digest",
                          text="This link names no digest that was sent to you.")
