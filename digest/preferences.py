@@ -147,11 +147,31 @@ def _set(table: Any, key: str, value: Any, default: Any = None) -> None:
     # already has the key: an untouched default stays out of the operator's file.
     if key in table or value != default:
         if key not in table or table[key] != value:
-            comment = getattr(table.get(key), "trivia", None)
-            item = tomlkit.item(value)
+            old = table.get(key)
+            comment = getattr(old, "trivia", None)
+            edited = _edited_list(old, value) if isinstance(old, Array) else None
+            item = edited if edited is not None else tomlkit.item(value)
             if comment is not None and comment.comment:
                 item.comment(comment.comment.lstrip("# "))  # a line's comment stays
             table[key] = item
+
+
+def _edited_list(old: Array, values: Any) -> Array | None:
+    """A copy of the array `old` made to hold the list `values` with its lines and comments
+    kept: the values gone deleted, the new ones added at the end (`_edit_array`); None when
+    that cannot be (values reordered, or it would read back otherwise)."""
+    if not isinstance(values, list) or not values:
+        return None  # an emptied array is written `[]`, not as its bracket lines
+    copy = tomlkit.parse(f"x = {old.as_string()}")["x"]
+    existing = list(copy)
+    kept: list[Any] = []
+    for value in values:  # an existing item where one is equal, so that it stays as it is
+        same = next((e for e in existing if e == value and all(e is not k for k in kept)),
+                    value)
+        kept.append(same)
+    if not _edit_array(copy, existing, kept):
+        return None
+    return copy if tomllib.loads(f"x = {copy.as_string()}")["x"] == values else None
 
 
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:

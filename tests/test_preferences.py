@@ -83,6 +83,47 @@ def test_an_edit_that_changes_nothing_writes_nothing_and_defaults_stay_out(
     assert raw == COMMENTED.encode() and path.stat().st_mtime_ns == stamp
 
 
+def test_keyword_lists_keep_their_lines_and_comments_when_words_go_or_come() -> None:
+    """A multi-line list of keywords or excludes, commented word by word: a Save that adds
+    words ("less like this" suggestions) or drops some touches those words' lines only; the
+    list was written again on one line, without a comment."""
+    text = """\
+name = "A"
+email = "a@example.org"
+timezone = "Europe/London"
+exclude = [
+  "survey",   # surveys bore her
+  'C:\\path',
+]
+
+[[topics]]
+name = "Efficient inference"
+keywords = [
+  "speculative decoding",  # the main one
+  "KV cache",              # memory
+  "early exit",            # maybe
+]
+weight = 2.0
+"""
+    new = preferences.apply(text.encode(), edit(
+        exclude=["survey", "C:\\path", "prompts", 'a "word"'],
+        topics=[{"index": 0, "name": "Efficient inference",
+                 "keywords": ["speculative decoding", "early exit"], "weight": 2.0}]),
+        DEFAULTS).decode()
+    assert new == text.replace("  'C:\\path',\n", """\
+  'C:\\path',
+  "prompts",
+  "a \\"word\\"",
+""").replace('  "KV cache",              # memory\n', "")
+    assert tomllib.loads(new)["exclude"] == ["survey", "C:\\path", "prompts", 'a "word"']
+    emptied = preferences.apply(text.encode(), edit(topics=[
+        {"index": 0, "name": "Efficient inference", "keywords": ["KV cache", "early exit",
+                                                                 "speculative decoding"],
+         "weight": 2.0}]), DEFAULTS).decode()
+    assert 'exclude = []\n' in emptied  # reordered keywords: one line, values exact
+    assert 'keywords = ["KV cache", "early exit", "speculative decoding"]' in emptied
+
+
 def test_topics_are_removed_and_added() -> None:
     new = preferences.apply(COMMENTED.encode(), edit(topics=[
         {"index": 0, "name": "x", "remove": True},
