@@ -38,6 +38,7 @@ from .config import (
     SendAt,
     TimeZoneName,
     Weekday,
+    check_printable,
     parse_subscriber,
 )
 from .errors import ConfigError, DigestError
@@ -49,6 +50,8 @@ MAX_TOPICS = 20  # topics one subscriber edits on the page
 
 def _no_markup(value: str) -> str:
     # Names and keywords never need angle brackets; refusing them keeps HTML out of files.
+    # Typed keywords follow the rules of names (the README's promise for the form pages).
+    check_printable(value)
     if "<" in value or ">" in value:
         raise ValueError(f"{value[:40]!r}: '<' and '>' are not allowed")
     if len(value) > MAX_TEXT:

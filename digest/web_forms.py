@@ -473,8 +473,10 @@ def read_edit(form: FormData) -> preferences.Edit:
 
 def split_lines(text: str) -> list[str]:
     """The keywords of a preferences textarea: one a line, blanks dropped. Not commas, which
-    a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was."""
-    return [k.strip() for k in text.splitlines() if k.strip()]
+    a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was. Lines
+    end at CR LF, CR or LF only, as a textarea sends them: `str.splitlines` also splits at
+    U+2028, form feeds and other controls, which are to be refused as such, not split at."""
+    return [k.strip() for k in re.split(r"\r\n|\r|\n", text) if k.strip()]
 
 
 def page_field(field: str) -> str:
