@@ -279,17 +279,29 @@ def read_checked(path: Path) -> tuple[bytes, dict[str, Any]]:
 
 def update(path: Path, seen_hash: str, edit: Edit, defaults: DefaultsConfig) -> bytes:
     """Apply `edit` to the subscriber file at `path` if it is still the version hashed as
-    `seen_hash`; returns the new bytes. ConflictError when it changed, ConfigError when it
-    is broken (as it is, or with the edit: then naming the field), and nothing is written."""
+    `seen_hash`; returns the new bytes. ConflictError when it changed (unless it holds the
+    edit already), ConfigError when it is broken (as it is, or with the edit: then naming
+    the field), and nothing is written."""
     with locked(path):
         raw, _data = read_checked(path)
         if file_hash(raw) != seen_hash:
+            if _holds(raw, edit, defaults):
+                return raw
             raise ConflictError()
         new = apply(raw, edit, defaults)
         parse_subscriber(path, new)  # the same model as a hand-written file
         if new != raw:
             write_atomic(path, new, replace=True)
         return new
+
+
+def _holds(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bool:
+    """Whether the file `raw` holds `edit` already: the same form sent twice (a double click
+    on Save, a resubmit from the back button) is no conflict, as nothing would change."""
+    try:
+        return apply(raw, edit, defaults) == raw
+    except DigestError:  # a topic the page names is gone: a change made elsewhere
+        return False
 
 
 def preview_data(path: Path, edit: Edit, defaults: DefaultsConfig) -> dict[str, Any]:

@@ -142,6 +142,21 @@ def test_a_stale_page_is_a_conflict_and_changes_nothing(tmp_path: Path) -> None:
     assert path.read_text() == COMMENTED
 
 
+def test_the_same_save_sent_twice_is_saved_not_a_conflict(tmp_path: Path) -> None:
+    # A double click on Save (or the back button's resubmit) sends the page's hash twice;
+    # the second found the file changed by the first and answered "changed elsewhere".
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    seen = preferences.file_hash(COMMENTED.encode())
+    first = preferences.update(path, seen, edit(send_at="09:00"), DEFAULTS)
+    stamp = path.stat().st_mtime_ns
+    assert preferences.update(path, seen, edit(send_at="09:00"), DEFAULTS) == first
+    assert path.read_bytes() == first and path.stat().st_mtime_ns == stamp
+    with pytest.raises(preferences.ConflictError):  # another change from the old page
+        preferences.update(path, seen, edit(send_at="10:00"), DEFAULTS)
+    assert path.read_bytes() == first
+
+
 @pytest.mark.parametrize(("text", "field"), [
     ('name = "Ada"\nemail = "ada@example.org"\ntopics = [\n', None),  # invalid TOML
     (COMMENTED.replace('"Europe/London"', '"Europe/Lundun"'), "timezone"),
