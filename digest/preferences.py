@@ -41,7 +41,7 @@ from .config import (
     check_printable,
     parse_subscriber,
 )
-from .errors import ConfigError, DigestError
+from .errors import ConfigError, DigestError, FileWriteError
 
 MAX_TEXT = 100  # characters of a name, a topic name or one keyword typed into a form
 MAX_KEYWORDS = 50  # keywords in one form field
@@ -88,27 +88,43 @@ def write_atomic(path: Path, data: bytes, *, replace: bool) -> None:
     """Write `data` to `path` through a synced temporary file; with replace=False an
     existing `path` is never overwritten (FileExistsError)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with _writing(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # atomic, and fails when `path` exists
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    # A folder digest serve may not write (it runs as another user), a full disk, a
+    # read-only file system: one line naming the file, not a traceback and a bare 500.
+    # FileExistsError passes: `signup.create_file` tries the next id on it.
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic, and fails when `path` exists
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
+        yield
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise FileWriteError(path, exc) from exc
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on the subscriber file `path` (a lock file beside it)."""
     lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as fh:
+    with _writing(lock):
+        fh = open(lock, "a")  # closed by the `with` below, after the body ran
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

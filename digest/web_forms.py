@@ -48,6 +48,7 @@ from .config import WEEKDAYS, Settings, subscriber_from_data
 from .errors import (
     ConfigError,
     DigestError,
+    FileWriteError,
     SendError,
     TransientSendError,
     UnknownSubscriberError,
@@ -373,6 +374,10 @@ class Forms:
             data = preferences.preview_data(subscriber.path, edit, defaults)
         except preferences.ConflictError as exc:
             return self.refused("Not saved", f"{exc.message}: {exc.hint}.", 409)
+        except FileWriteError as exc:  # the operator's to fix; the page names no server path
+            log.error("preferences of %s not saved: %s", subscriber.id, exc)
+            return self.refused("Try again later", "Your changes could not be saved right"
+                                " now; nothing was changed.", 503)
         except signup.FormError as exc:
             return self.preferences_page(request, token, subscriber, None, 422,
                                          error=exc.message)

@@ -17,7 +17,7 @@ import pytest
 
 from digest import pipeline, preferences, render, store
 from digest.config import DefaultsConfig, load_settings
-from digest.errors import ConfigError
+from digest.errors import ConfigError, FileWriteError
 from digest.links import link_url, make_token
 
 from .conftest import NOW, Project, SmtpServer
@@ -598,3 +598,36 @@ def test_form_errors_name_the_field_as_the_page_does(
         r = client.get(url)
         assert r.status_code == 409 and "ada.toml: timezone: unknown timezone" in r.text
         assert str(project.subscribers) not in r.text
+
+
+def test_a_folder_serve_cannot_write_is_try_again_later_not_a_500(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # digest serve running as a user who may not write the subscribers folder, a full disk:
+    # an OSError from the lock or the write was a bare 500 and a traceback. (Tests run as
+    # root, where permissions do not hold: a directory where the lock file goes fails the
+    # same open() for real.)
+    path = project.subscribers / "ada.toml"
+    before = path.read_bytes()
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = page_form(client.get(url).text) | {"send_at": "09:15"}
+        (project.subscribers / ".ada.toml.lock").mkdir()
+        r = client.post(url, data=form)
+        assert r.status_code == 503 and "could not be saved right now" in r.text
+        assert str(project.subscribers) not in r.text  # the page names no server path
+        assert path.read_bytes() == before
+        (project.subscribers / ".ada.toml.lock").rmdir()
+        assert "Saved." in client.post(url, data=form).text
+    assert "cannot write" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_write_that_fails_names_the_file_in_one_line(tmp_path: Path) -> None:
+    gone = tmp_path / "no-such-folder" / "ada.toml"
+    with pytest.raises(FileWriteError, match=r"^cannot write .*ada\.toml: No such file"):
+        preferences.write_atomic(gone, b"x", replace=True)
+    taken = tmp_path / "ada.toml"
+    taken.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):  # a taken id: create_file tries the next one
+        preferences.write_atomic(taken, b"x", replace=False)
+    assert taken.read_bytes() == b"mine"
