@@ -289,6 +289,9 @@ class Forms:
             try:
                 signup.check_offered(pending, self.settings.signup)
                 with self.db() as database:
+                    if store.token_used(database, signup.token_hash(token)):
+                        # Opened again from the email: no Confirm button that can only fail.
+                        return self.already_used(pending)
                     known = signup.existing(self.settings, database, pending.email)
             except signup.NotConfirmed as exc:
                 return self.refused("Not subscribed", exc.message, 409)
@@ -301,8 +304,8 @@ class Forms:
         try:
             with self.db() as database:
                 done = signup.confirm(self.settings, database, token, pending, self.now())
-        except TokenError as exc:
-            return self.bad_link(exc.message)
+        except TokenError:  # used before: a double click, a reload, the email opened again
+            return self.already_used(pending)
         except signup.NotConfirmed as exc:  # for good: not a "try again later"
             return self.refused("Not subscribed", exc.message, 409)
         except DigestError as exc:
@@ -313,6 +316,12 @@ class Forms:
                         pending.email, "preferences") or ""
         return self.page("subscribed.html", title="Subscribed", email=pending.email,
                          preferences=link, known=done.existed)
+
+    def already_used(self, pending: signup.Signup) -> HTMLResponse:
+        """The 400 page of a confirmation link used before, which confirmed the sign-up."""
+        return self.refused("Already confirmed", f"This link has already been used: the"
+                            f" subscription of {pending.email} was confirmed with it. Nothing"
+                            " was changed; the preferences link in every digest changes it.")
 
     # --- preferences ----------------------------------------------------------------------------
 

@@ -386,6 +386,12 @@ def test_forged_expired_and_replayed_confirmations_get_400(
         replay = client.post(url, data={"csrf": csrf})
         assert replay.status_code == 400 and "already been used" in replay.text
         assert files(project) == after
+        # The email opened again: the page says so, with no Confirm button that can only
+        # fail (it offered one, and said confirming would keep the settings).
+        again = client.get(url)
+        assert again.status_code == 400 and "already been used" in again.text
+        assert "mallory@example.org was confirmed" in again.text
+        assert "<button" not in again.text and "<form" not in again.text
 
 
 def test_a_post_from_another_site_is_shown_back_and_sends_nothing(
