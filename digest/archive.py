@@ -34,6 +34,7 @@ from sqlite_utils import Database
 
 from . import pipeline, store
 from .config import Settings
+from .errors import DigestError
 from .index import Index
 from .links import link_url
 from .match import TRENDING, compile_profile, group
@@ -118,13 +119,22 @@ def _matches(listings: list[Listing], subscriber: Subscriber) -> dict[str, Match
     return out
 
 
+class GoneError(DigestError):
+    """A sent digest none of whose papers the store holds any more: there is nothing to show."""
+
+
 def view(settings: Settings, db: Database, subscriber: Subscriber, digest_id: str,
          env: jinja2.Environment) -> RenderedEmail | None:
-    """A sent digest rendered as its email showed it (None: not one of theirs)."""
+    """A sent digest rendered as its email showed it (None: not one of theirs); GoneError
+    when the store no longer holds any of its papers."""
     found = rebuild(db, subscriber, digest_id)
     if found is None:
         return None
     _, digest = found
+    if not digest.matches:
+        # Its listings were deleted from the store since: an email of no paper cannot be
+        # rendered (the preheader names the first), and would say nothing.
+        raise GoneError(f"digest {digest_id}: none of its papers is in the store any more")
     links = pipeline.email_links(settings, subscriber, digest.id, view=False)
     return fit(digest, links, env).rendered
 
@@ -184,7 +194,7 @@ def feed(settings: Settings, db: Database, subscriber: Subscriber, now: datetime
             _add(root, "link", rel=rel, type=kind, href=url)
     for row in sent:
         found = rebuild(db, subscriber, row.id, highlights=False)
-        if found is None:
+        if found is None or not found[1].matches:  # none of its papers is stored any more
             continue
         _, digest = found
         links = pipeline.email_links(settings, subscriber, digest.id)

@@ -105,15 +105,21 @@ def _check_keyword(value: str) -> str:
     return value.strip()
 
 
-def _check_plain_text(value: str) -> str:
-    # Names and topic names reach mail headers (To, Subject): besides control characters,
-    # line separators (U+2028/9) and RFC 2047 encoded-word syntax are refused, which a mail
-    # client (or Python's email package, CVE-2024-6923) would decode into something else.
+def check_printable(value: str) -> str:
+    """`value`, or ValueError when it holds control characters, line separators (U+2028/9)
+    or RFC 2047 encoded-word syntax: what names and typed keywords must not hold."""
+    # Names and topic names reach mail headers (To, Subject), where a mail client (or
+    # Python's email package, CVE-2024-6923) would decode these into something else.
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
         raise ValueError("must not contain control characters such as newlines")
     if looks_encoded(value):
         raise ValueError(f"{value!r}: '=?...?=' is RFC 2047 encoded-word syntax, which mail"
                          " headers would decode: write the text itself (any script is fine)")
+    return value
+
+
+def _check_plain_text(value: str) -> str:
+    check_printable(value)
     if not value.strip():
         raise ValueError("must not be empty")
     return value.strip()

@@ -5,6 +5,7 @@
     ├── SourceError              a listing source could not be read or parsed
     │   └── FetchStopped         a fetch was cut short on request (`digest run` stopping)
     ├── UnknownSubscriberError   a command named a subscriber with no file
+    ├── FileWriteError           a subscriber file cannot be written (permissions, disk full)
     └── SendError                a message could not be handed to the mail server
         ├── TransientSendError   try this message again later (4xx, 421, a lost connection)
         ├── PermanentSendError   this message can never go (5xx); the batch goes on
@@ -66,6 +67,15 @@ class StoreError(DigestError):
         self.path = path
         self.problem = problem
         super().__init__(f"store {path}: {problem}", hint)
+
+
+class FileWriteError(DigestError):
+    """A file the web writes (a subscriber file, its lock) cannot be written: names it."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path = path
+        super().__init__(f"cannot write {printable(str(path))}: {exc.strerror or exc}",
+                         hint="digest serve must be able to write the subscribers folder")
 
 
 class SourceError(DigestError):

@@ -38,9 +38,10 @@ from .config import (
     SendAt,
     TimeZoneName,
     Weekday,
+    check_printable,
     parse_subscriber,
 )
-from .errors import ConfigError, DigestError
+from .errors import ConfigError, DigestError, FileWriteError
 
 MAX_TEXT = 100  # characters of a name, a topic name or one keyword typed into a form
 MAX_KEYWORDS = 50  # keywords in one form field
@@ -49,6 +50,8 @@ MAX_TOPICS = 20  # topics one subscriber edits on the page
 
 def _no_markup(value: str) -> str:
     # Names and keywords never need angle brackets; refusing them keeps HTML out of files.
+    # Typed keywords follow the rules of names (the README's promise for the form pages).
+    check_printable(value)
     if "<" in value or ">" in value:
         raise ValueError(f"{value[:40]!r}: '<' and '>' are not allowed")
     if len(value) > MAX_TEXT:
@@ -85,27 +88,43 @@ def write_atomic(path: Path, data: bytes, *, replace: bool) -> None:
     """Write `data` to `path` through a synced temporary file; with replace=False an
     existing `path` is never overwritten (FileExistsError)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with _writing(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # atomic, and fails when `path` exists
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    # A folder digest serve may not write (it runs as another user), a full disk, a
+    # read-only file system: one line naming the file, not a traceback and a bare 500.
+    # FileExistsError passes: `signup.create_file` tries the next id on it.
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic, and fails when `path` exists
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
+        yield
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise FileWriteError(path, exc) from exc
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on the subscriber file `path` (a lock file beside it)."""
     lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as fh:
+    with _writing(lock):
+        fh = open(lock, "a")  # closed by the `with` below, after the body ran
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -147,11 +166,31 @@ def _set(table: Any, key: str, value: Any, default: Any = None) -> None:
     # already has the key: an untouched default stays out of the operator's file.
     if key in table or value != default:
         if key not in table or table[key] != value:
-            comment = getattr(table.get(key), "trivia", None)
-            item = tomlkit.item(value)
+            old = table.get(key)
+            comment = getattr(old, "trivia", None)
+            edited = _edited_list(old, value) if isinstance(old, Array) else None
+            item = edited if edited is not None else tomlkit.item(value)
             if comment is not None and comment.comment:
                 item.comment(comment.comment.lstrip("# "))  # a line's comment stays
             table[key] = item
+
+
+def _edited_list(old: Array, values: Any) -> Array | None:
+    """A copy of the array `old` made to hold the list `values` with its lines and comments
+    kept: the values gone deleted, the new ones added at the end (`_edit_array`); None when
+    that cannot be (values reordered, or it would read back otherwise)."""
+    if not isinstance(values, list) or not values:
+        return None  # an emptied array is written `[]`, not as its bracket lines
+    copy = tomlkit.parse(f"x = {old.as_string()}")["x"]
+    existing = list(copy)
+    kept: list[Any] = []
+    for value in values:  # an existing item where one is equal, so that it stays as it is
+        same = next((e for e in existing if e == value and all(e is not k for k in kept)),
+                    value)
+        kept.append(same)
+    if not _edit_array(copy, existing, kept):
+        return None
+    return copy if tomllib.loads(f"x = {copy.as_string()}")["x"] == values else None
 
 
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
@@ -256,17 +295,29 @@ def read_checked(path: Path) -> tuple[bytes, dict[str, Any]]:
 
 def update(path: Path, seen_hash: str, edit: Edit, defaults: DefaultsConfig) -> bytes:
     """Apply `edit` to the subscriber file at `path` if it is still the version hashed as
-    `seen_hash`; returns the new bytes. ConflictError when it changed, ConfigError when it
-    is broken (as it is, or with the edit: then naming the field), and nothing is written."""
+    `seen_hash`; returns the new bytes. ConflictError when it changed (unless it holds the
+    edit already), ConfigError when it is broken (as it is, or with the edit: then naming
+    the field), and nothing is written."""
     with locked(path):
         raw, _data = read_checked(path)
         if file_hash(raw) != seen_hash:
+            if _holds(raw, edit, defaults):
+                return raw
             raise ConflictError()
         new = apply(raw, edit, defaults)
         parse_subscriber(path, new)  # the same model as a hand-written file
         if new != raw:
             write_atomic(path, new, replace=True)
         return new
+
+
+def _holds(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bool:
+    """Whether the file `raw` holds `edit` already: the same form sent twice (a double click
+    on Save, a resubmit from the back button) is no conflict, as nothing would change."""
+    try:
+        return apply(raw, edit, defaults) == raw
+    except DigestError:  # a topic the page names is gone: a change made elsewhere
+        return False
 
 
 def preview_data(path: Path, edit: Edit, defaults: DefaultsConfig) -> dict[str, Any]:

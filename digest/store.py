@@ -1437,6 +1437,12 @@ def use_token(db: Database, token_hash: str, now: datetime) -> bool:
         return cursor.rowcount == 1
 
 
+def token_used(db: Database, token_hash: str) -> bool:
+    """Whether the token hashed `token_hash` has been used (`use_token`)."""
+    return db.execute("select 1 from used_tokens where token_hash = ?",
+                      [token_hash]).fetchone() is not None
+
+
 def forget_token(db: Database, token_hash: str) -> None:
     """Undo `use_token` (the step it guarded failed, so the link may be used again)."""
     with write_transaction(db):

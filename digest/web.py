@@ -349,6 +349,12 @@ def _http_error(request: Request, exc: Exception) -> Response:
                  heading=exc.detail, text=text)
 
 
+def _changes(request: Request) -> bool:
+    """Whether the request may change state: a POST only. Starlette answers HEAD on every
+    GET route, and link scanners send HEADs too: a HEAD is a GET without the body."""
+    return request.method == "POST"
+
+
 def _action_url(request: Request, path: str) -> str:
     return f"{path}?token={quote(request.query_params['token'], safe='')}"
 
@@ -409,7 +415,7 @@ class _Site:
         if isinstance(subscriber, HTMLResponse):
             return subscriber
         verb = "resubscribe" if subscribe else "unsubscribe"
-        if request.method == "GET":
+        if not _changes(request):
             return _page(
                 "confirm.html", title=verb.capitalize(),
                 heading=("Resubscribe to" if subscribe else "Unsubscribe from")
@@ -465,7 +471,7 @@ class _Site:
                 listing = feedback.listing_of(database, request.query_params.get("listing", ""))
             except feedback.FeedbackError as exc:
                 return _bad_link(exc.message)
-            if request.method == "GET":
+            if not _changes(request):
                 return _page("feedback.html", title="Feedback", paper=listing,
                              email=subscriber.email,
                              heading=f"{verdict.capitalize()} papers like this one?",
@@ -515,9 +521,15 @@ class _Site:
         subscriber = self.subscriber_for(request, "view")
         if isinstance(subscriber, HTMLResponse):
             return subscriber
-        with self.db() as database:
-            rendered = archive.view(self.settings, database, subscriber,
-                                    request.query_params.get("digest", ""), self.env)
+        try:
+            with self.db() as database:
+                rendered = archive.view(self.settings, database, subscriber,
+                                        request.query_params.get("digest", ""), self.env)
+        except archive.GoneError as exc:
+            log.warning("subscriber %s: %s", subscriber.id, exc)
+            return _page("error.html", 410, title="No longer here", heading="No longer here",
+                         text="The papers of this digest are no longer kept here; your"
+                         " email still has them.")
         if rendered is None:
             return _page("error.html", 404, title="Not found", heading="No such digest",
                          text="This link names no digest that was sent to you.")

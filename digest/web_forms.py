@@ -48,6 +48,7 @@ from .config import WEEKDAYS, Settings, subscriber_from_data
 from .errors import (
     ConfigError,
     DigestError,
+    FileWriteError,
     SendError,
     TransientSendError,
     UnknownSubscriberError,
@@ -288,6 +289,9 @@ class Forms:
             try:
                 signup.check_offered(pending, self.settings.signup)
                 with self.db() as database:
+                    if store.token_used(database, signup.token_hash(token)):
+                        # Opened again from the email: no Confirm button that can only fail.
+                        return self.already_used(pending)
                     known = signup.existing(self.settings, database, pending.email)
             except signup.NotConfirmed as exc:
                 return self.refused("Not subscribed", exc.message, 409)
@@ -300,8 +304,8 @@ class Forms:
         try:
             with self.db() as database:
                 done = signup.confirm(self.settings, database, token, pending, self.now())
-        except TokenError as exc:
-            return self.bad_link(exc.message)
+        except TokenError:  # used before: a double click, a reload, the email opened again
+            return self.already_used(pending)
         except signup.NotConfirmed as exc:  # for good: not a "try again later"
             return self.refused("Not subscribed", exc.message, 409)
         except DigestError as exc:
@@ -312,6 +316,12 @@ class Forms:
                         pending.email, "preferences") or ""
         return self.page("subscribed.html", title="Subscribed", email=pending.email,
                          preferences=link, known=done.existed)
+
+    def already_used(self, pending: signup.Signup) -> HTMLResponse:
+        """The 400 page of a confirmation link used before, which confirmed the sign-up."""
+        return self.refused("Already confirmed", f"This link has already been used: the"
+                            f" subscription of {pending.email} was confirmed with it. Nothing"
+                            " was changed; the preferences link in every digest changes it.")
 
     # --- preferences ----------------------------------------------------------------------------
 
@@ -373,6 +383,10 @@ class Forms:
             data = preferences.preview_data(subscriber.path, edit, defaults)
         except preferences.ConflictError as exc:
             return self.refused("Not saved", f"{exc.message}: {exc.hint}.", 409)
+        except FileWriteError as exc:  # the operator's to fix; the page names no server path
+            log.error("preferences of %s not saved: %s", subscriber.id, exc)
+            return self.refused("Try again later", "Your changes could not be saved right"
+                                " now; nothing was changed.", 503)
         except signup.FormError as exc:
             return self.preferences_page(request, token, subscriber, None, 422,
                                          error=exc.message)
@@ -473,8 +487,10 @@ def read_edit(form: FormData) -> preferences.Edit:
 
 def split_lines(text: str) -> list[str]:
     """The keywords of a preferences textarea: one a line, blanks dropped. Not commas, which
-    a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was."""
-    return [k.strip() for k in text.splitlines() if k.strip()]
+    a keyword may hold ("Smith, J."), so a value shown and sent back stays as it was. Lines
+    end at CR LF, CR or LF only, as a textarea sends them: `str.splitlines` also splits at
+    U+2028, form feeds and other controls, which are to be refused as such, not split at."""
+    return [k.strip() for k in re.split(r"\r\n|\r|\n", text) if k.strip()]
 
 
 def page_field(field: str) -> str:

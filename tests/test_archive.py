@@ -287,3 +287,26 @@ def test_feed_without_a_public_url_has_no_empty_links(project: Project,
     parsed = feedparser.parse(data)
     assert not parsed.bozo and len(parsed.entries) == 1
     assert "More like this" not in parsed.entries[0].content[0].value
+
+
+def test_a_digest_whose_papers_left_the_store_is_a_page_not_a_traceback(
+        project: Project, site: str, smtp_server: SmtpServer) -> None:
+    text, _ = parts(raw_mail(smtp_server, "ada@example.org")[0])
+    db = store.open_db(project.db_path)
+    [digest_id] = [r[0] for r in db.execute("select id from digests where subscriber_id = 'ada'")]
+    held = [r[0] for r in db.execute("select listing_id from digest_items where digest_id = ?",
+                                     [digest_id])]
+    db.execute("pragma foreign_keys = off")  # an operator's hand at the store
+    db.execute("delete from listings where id = ?", [held[0]])
+    db.conn.commit()
+    some = httpx.get(link(text, "/view"))
+    assert some.status_code == 200  # the papers left are shown
+    for listing_id in held[1:]:
+        db.execute("delete from listings where id = ?", [listing_id])
+    db.conn.commit()
+    none = httpx.get(link(text, "/view"))
+    assert none.status_code == 410 and "no longer kept here" in none.text
+    feed = httpx.get(f"{site}/feed?token={token('feed')}")
+    assert feed.status_code == 200 and _atom_problems(feed.content) == []
+    assert feedparser.parse(feed.content).entries == []
+    assert httpx.get(f"{site}/archive?token={token('archive')}").status_code == 200

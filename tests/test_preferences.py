@@ -17,7 +17,7 @@ import pytest
 
 from digest import pipeline, preferences, render, store
 from digest.config import DefaultsConfig, load_settings
-from digest.errors import ConfigError
+from digest.errors import ConfigError, FileWriteError
 from digest.links import link_url, make_token
 
 from .conftest import NOW, Project, SmtpServer
@@ -83,6 +83,47 @@ def test_an_edit_that_changes_nothing_writes_nothing_and_defaults_stay_out(
     assert raw == COMMENTED.encode() and path.stat().st_mtime_ns == stamp
 
 
+def test_keyword_lists_keep_their_lines_and_comments_when_words_go_or_come() -> None:
+    """A multi-line list of keywords or excludes, commented word by word: a Save that adds
+    words ("less like this" suggestions) or drops some touches those words' lines only; the
+    list was written again on one line, without a comment."""
+    text = """\
+name = "A"
+email = "a@example.org"
+timezone = "Europe/London"
+exclude = [
+  "survey",   # surveys bore her
+  'C:\\path',
+]
+
+[[topics]]
+name = "Efficient inference"
+keywords = [
+  "speculative decoding",  # the main one
+  "KV cache",              # memory
+  "early exit",            # maybe
+]
+weight = 2.0
+"""
+    new = preferences.apply(text.encode(), edit(
+        exclude=["survey", "C:\\path", "prompts", 'a "word"'],
+        topics=[{"index": 0, "name": "Efficient inference",
+                 "keywords": ["speculative decoding", "early exit"], "weight": 2.0}]),
+        DEFAULTS).decode()
+    assert new == text.replace("  'C:\\path',\n", """\
+  'C:\\path',
+  "prompts",
+  "a \\"word\\"",
+""").replace('  "KV cache",              # memory\n', "")
+    assert tomllib.loads(new)["exclude"] == ["survey", "C:\\path", "prompts", 'a "word"']
+    emptied = preferences.apply(text.encode(), edit(topics=[
+        {"index": 0, "name": "Efficient inference", "keywords": ["KV cache", "early exit",
+                                                                 "speculative decoding"],
+         "weight": 2.0}]), DEFAULTS).decode()
+    assert 'exclude = []\n' in emptied  # reordered keywords: one line, values exact
+    assert 'keywords = ["KV cache", "early exit", "speculative decoding"]' in emptied
+
+
 def test_topics_are_removed_and_added() -> None:
     new = preferences.apply(COMMENTED.encode(), edit(topics=[
         {"index": 0, "name": "x", "remove": True},
@@ -99,6 +140,21 @@ def test_a_stale_page_is_a_conflict_and_changes_nothing(tmp_path: Path) -> None:
         preferences.update(path, preferences.file_hash(b"an older version"),
                            edit(send_at="09:00"), DEFAULTS)
     assert path.read_text() == COMMENTED
+
+
+def test_the_same_save_sent_twice_is_saved_not_a_conflict(tmp_path: Path) -> None:
+    # A double click on Save (or the back button's resubmit) sends the page's hash twice;
+    # the second found the file changed by the first and answered "changed elsewhere".
+    path = tmp_path / "ada.toml"
+    path.write_text(COMMENTED)
+    seen = preferences.file_hash(COMMENTED.encode())
+    first = preferences.update(path, seen, edit(send_at="09:00"), DEFAULTS)
+    stamp = path.stat().st_mtime_ns
+    assert preferences.update(path, seen, edit(send_at="09:00"), DEFAULTS) == first
+    assert path.read_bytes() == first and path.stat().st_mtime_ns == stamp
+    with pytest.raises(preferences.ConflictError):  # another change from the old page
+        preferences.update(path, seen, edit(send_at="10:00"), DEFAULTS)
+    assert path.read_bytes() == first
 
 
 @pytest.mark.parametrize(("text", "field"), [
@@ -542,3 +598,36 @@ def test_form_errors_name_the_field_as_the_page_does(
         r = client.get(url)
         assert r.status_code == 409 and "ada.toml: timezone: unknown timezone" in r.text
         assert str(project.subscribers) not in r.text
+
+
+def test_a_folder_serve_cannot_write_is_try_again_later_not_a_500(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # digest serve running as a user who may not write the subscribers folder, a full disk:
+    # an OSError from the lock or the write was a bare 500 and a traceback. (Tests run as
+    # root, where permissions do not hold: a directory where the lock file goes fails the
+    # same open() for real.)
+    path = project.subscribers / "ada.toml"
+    before = path.read_bytes()
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client() as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = page_form(client.get(url).text) | {"send_at": "09:15"}
+        (project.subscribers / ".ada.toml.lock").mkdir()
+        r = client.post(url, data=form)
+        assert r.status_code == 503 and "could not be saved right now" in r.text
+        assert str(project.subscribers) not in r.text  # the page names no server path
+        assert path.read_bytes() == before
+        (project.subscribers / ".ada.toml.lock").rmdir()
+        assert "Saved." in client.post(url, data=form).text
+    assert "cannot write" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_write_that_fails_names_the_file_in_one_line(tmp_path: Path) -> None:
+    gone = tmp_path / "no-such-folder" / "ada.toml"
+    with pytest.raises(FileWriteError, match=r"^cannot write .*ada\.toml: No such file"):
+        preferences.write_atomic(gone, b"x", replace=True)
+    taken = tmp_path / "ada.toml"
+    taken.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):  # a taken id: create_file tries the next one
+        preferences.write_atomic(taken, b"x", replace=False)
+    assert taken.read_bytes() == b"mine"

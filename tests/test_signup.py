@@ -287,6 +287,25 @@ def test_an_address_whose_own_file_is_broken_gets_no_second_file(
     assert own.read_text(encoding="utf-8") == good
 
 
+def test_a_folder_serve_cannot_write_is_try_again_later_and_the_link_works_after(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # digest serve running as a user who may not write the subscribers folder: confirming
+    # was a bare 500 and a traceback. (Tests run as root, where permissions do not hold: a
+    # directory where the sign-up lock goes fails the same open() for real.)
+    with signup_server(project, smtp_server, monkeypatch) as server, httpx.Client() as client:
+        subscribe(client, server, "new.user@example.net")
+        link = confirm_link(smtp_server.sink.received[-1].data)
+        csrf = csrf_of(client.get(link).text)
+        (project.subscribers / ".signup.lock").mkdir()
+        r = client.post(link, data={"csrf": csrf})
+        assert r.status_code == 503 and "nothing was changed" in r.text
+        assert sorted(files(project)) == ["ada.toml", "grace.toml"]
+        (project.subscribers / ".signup.lock").rmdir()
+        r = client.post(link, data={"csrf": csrf})
+        assert r.status_code == 200 and "You are subscribed" in r.text
+    assert sorted(files(project)) == ["ada.toml", "grace.toml", "new.user.toml"]
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 HOSTILE = [
@@ -367,6 +386,12 @@ def test_forged_expired_and_replayed_confirmations_get_400(
         replay = client.post(url, data={"csrf": csrf})
         assert replay.status_code == 400 and "already been used" in replay.text
         assert files(project) == after
+        # The email opened again: the page says so, with no Confirm button that can only
+        # fail (it offered one, and said confirming would keep the settings).
+        again = client.get(url)
+        assert again.status_code == 400 and "already been used" in again.text
+        assert "mallory@example.org was confirmed" in again.text
+        assert "<button" not in again.text and "<form" not in again.text
 
 
 def test_a_post_from_another_site_is_shown_back_and_sends_nothing(

@@ -422,6 +422,25 @@ def test_a_replayed_unsubscribe_records_one_event(project: Project, server: str)
     assert events == 1
 
 
+def test_a_head_request_changes_nothing(project: Project, server: str) -> None:
+    # Starlette answers HEAD on every GET route, and link scanners send HEADs: a HEAD on an
+    # unsubscribe or feedback link once ran the POST branch (unsubscribed, recorded a verdict).
+    link = unsubscribe_link(project, "ada")
+    assert httpx.head(link).status_code == 200
+    assert not state(project, "ada"), "a HEAD must never unsubscribe"
+    assert httpx.post(link).status_code == 200 and state(project, "ada")
+    assert httpx.head(link.replace("/unsubscribe?", "/resubscribe?")).status_code == 200
+    assert state(project, "ada"), "a HEAD must never resubscribe"
+    database = store.open_db(project.db_path)
+    listing = database.execute("select id from listings limit 1").fetchone()[0]
+    token = make_token(SECRET, "ada", "ada@example.org", "feedback")
+    r = httpx.head(f"{server}/feedback?token={quote(token, safe='')}"
+                   f"&listing={quote(listing, safe='')}&verdict=more")
+    assert r.status_code == 200
+    assert database.execute("select count(*) from feedback").fetchone()[0] == 0
+    assert database.execute("select count(*) from subscription_events").fetchone()[0] == 1
+
+
 def test_a_busy_store_is_a_one_line_503_and_the_link_works_later(
         project: Project, server: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
