@@ -9,7 +9,8 @@
         ├── PermanentSendError   this message can never go (5xx); the batch goes on
         │   ├── RecipientRefusedError  550/551/553 at RCPT: a hard bounce, suppressed
         │   └── HeaderError      a header field cannot be written, or fails the last check
-        └── FatalSendError       the batch must stop (login, TLS, no server, DKIM signing)
+        └── FatalSendError       the batch must stop (login, TLS, no server, refused sender,
+                                 DKIM signing)
 
 The class is the classification: `digest.delivery` retries a transient error, fails the
 digest on a permanent one and stops the batch on a fatal one. Errors of smtplib, socket and
@@ -108,7 +109,8 @@ class RecipientRefusedError(PermanentSendError):
 
 class FatalSendError(SendError):
     """Nothing more can be sent in this batch (login or TLS failure, unreachable server,
-    DKIM signing failure): the batch stops and the message is put back unharmed."""
+    a server that refuses our sender or wants a login first, DKIM signing failure): the
+    batch stops and the message is put back unharmed."""
 
 
 class HeaderError(PermanentSendError):

@@ -688,7 +688,8 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                    opening: bool = False, recipient: str = "") -> SendError:
     """The one translation of smtplib, socket and ssl errors into the send errors of
     `digest.errors`. While the session opens (`opening`: connect, EHLO, STARTTLS, login)
-    every failure is fatal: no message can go. On a message: a 5xx answer is permanent
+    every failure is fatal: no message can go. On a message, so is a refusal every message
+    would meet (530, log in or STARTTLS first; a 5xx to MAIL FROM but 552). A 5xx is permanent
     (550, 551 or 553 at RCPT is a RecipientRefusedError: a hard bounce, whose address is
     suppressed; soft if the reply's enhanced status is 5.7.x, a policy refusal of us);
     4xx, 421, a lost connection and a broken session limit are transient (the message may
@@ -720,6 +721,9 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     code = _reply_code(exc)
     if code is None:
         return TransientSendError(f"connection to {where} lost: {exc}")
+    refusal = _session_refusal(exc, code, config)
+    if refusal is not None:
+        return refusal
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         text = _text(next(iter(exc.recipients.values()))[1])
         reason = f"server refused {recipient}: {code} {text}"
@@ -735,6 +739,28 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
         assert isinstance(exc, smtplib.SMTPResponseException)
         reason = f"server answered {code} {_text(exc.smtp_error)}"
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
+
+
+def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
+                     config: SmtpConfig) -> FatalSendError | None:
+    # Refusals about the session, not the message: every message would meet them, so failing
+    # each digest for good would lose the day's mail to a setting. 530 is "log in first"
+    # (RFC 4954) or "STARTTLS first" (RFC 3207), at any step; a 5xx to MAIL FROM refuses our
+    # sender address, except 552 (SIZE: this message is too large).
+    where = f"{config.host}:{config.port}"
+    if code == 530:
+        text = _text(exc.smtp_error) if isinstance(exc, smtplib.SMTPResponseException) else ""
+        return FatalSendError(
+            f"SMTP server {where} wants a login or TLS first: it answered {code} {text}",
+            hint="set [smtp] username (password in $" + config.password_env + ") and"
+                 " security = \"starttls\" or \"ssl\"")
+    if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500 and code != 552:
+        return FatalSendError(
+            f"SMTP server {where} refused the sender {_text(exc.sender)}: {code}"
+            f" {_text(exc.smtp_error)}",
+            hint="check [delivery] from (and [bounces] address): servers often take only"
+                 " addresses the login may send as")
+    return None
 
 
 def _tls_error(exc: ssl.SSLError, where: str) -> FatalSendError:

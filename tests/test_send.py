@@ -4,6 +4,7 @@ import datetime as dt
 import re
 import smtplib
 import unicodedata
+from dataclasses import replace
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,7 +30,7 @@ from digest.send import (
     outgoing,
 )
 from tests import oracle
-from tests.conftest import NOW, PASSWORD, USER, SmtpServer
+from tests.conftest import NOW, PASSWORD, USER, Sink, SmtpServer, _running, free_port
 from tests.loopback import ScriptedSmtp, raw_smtp_server
 
 DELIVERY = DeliveryConfig.model_validate({"from": "Paper Digest <digest@example.org>"})
@@ -415,3 +417,44 @@ def test_a_refused_data_command_resets_the_transaction_before_the_next_message()
         assert isinstance(refused.value, TransientSendError)
         assert sender.send(_raw(data, "b@example.org"))  # the same connection, reset
     assert server.seen[:8] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]
+
+
+@pytest.mark.parametrize("security", ["none", "starttls"])
+def test_a_server_that_wants_tls_or_a_login_first_stops_the_batch(
+        smtp_tls_server: SmtpServer, security: str) -> None:
+    # aiosmtpd answers MAIL with 530 (STARTTLS first, then AUTH first): every message would
+    # meet it, so it stops the batch (digests stay queued) instead of failing each for good.
+    config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port,
+                        security=security, ca_file=smtp_tls_server.cert)  # type: ignore[arg-type]
+    with SmtpSender(config) as sender, pytest.raises(SendError) as info:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError), info.value
+    assert info.value.message.startswith(
+        f"SMTP server 127.0.0.1:{smtp_tls_server.port} wants a login or TLS first: it"
+        " answered 530 ")
+    assert info.value.hint is not None and "[smtp] username" in info.value.hint
+
+
+class _SenderRefusingSink(Sink):
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        if address == "big@example.org":
+            return "552 5.3.4 Message size exceeds fixed limit"
+        return "553 5.7.1 <digest@example.org>: Sender address rejected: not owned by user"
+
+
+def test_a_refused_sender_stops_the_batch_but_a_too_large_message_fails_alone() -> None:
+    sink = _SenderRefusingSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    with _running(controller, sink) as server, SmtpSender(SmtpConfig(
+            host=server.host, port=server.port, security="none")) as sender:
+        with pytest.raises(SendError) as info:
+            sender.send(_out(digest_for()))  # type: ignore[arg-type]
+        assert isinstance(info.value, FatalSendError), info.value
+        assert info.value.message == (
+            f"SMTP server 127.0.0.1:{server.port} refused the sender digest@example.org: 553"
+            " 5.7.1 <digest@example.org>: Sender address rejected: not owned by user")
+        big = replace(_out(digest_for()), envelope_from="big@example.org")  # type: ignore[type-var]
+        with pytest.raises(SendError) as info:
+            sender.send(big)
+        assert type(info.value) is PermanentSendError and "552" in info.value.message
