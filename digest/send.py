@@ -543,7 +543,9 @@ class SmtpSender:
             else:
                 smtp = _Session(cfg.host, cfg.port, timeout=cfg.timeout,
                                 deadline=cfg.deadline, local_hostname=_local_hostname())
-            smtp.ehlo()
+            # EHLO, or HELO where EHLO is refused (RFC 5321 4.1.4); both refused is an error,
+            # not a session that goes on unintroduced (each MAIL would get a 503).
+            smtp.ehlo_or_helo_if_needed()
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
                     smtp.close()
@@ -552,7 +554,7 @@ class SmtpSender:
                         hint="set [smtp] security = 'ssl' or 'none' if that is intended",
                     )
                 smtp.starttls(context=context)
-                smtp.ehlo()
+                smtp.ehlo_or_helo_if_needed()
             if cfg.username:
                 password = cfg.password()
                 if password is None:

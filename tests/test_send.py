@@ -458,3 +458,46 @@ def test_a_refused_sender_stops_the_batch_but_a_too_large_message_fails_alone() 
         with pytest.raises(SendError) as info:
             sender.send(big)
         assert type(info.value) is PermanentSendError and "552" in info.value.message
+
+
+class _HeloOnly(ScriptedSmtp):
+    """An old server without ESMTP (or one that refuses our EHLO): MAIL only after a HELO it
+    took, as real servers answer an unintroduced MAIL with 503. `helo` is its HELO reply."""
+
+    helo = b"250 old.example\r\n"
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        server: Any = self.server
+        server.seen.append(verb.decode().strip())
+        if verb == b"EHLO":
+            self.wfile.write(b"502 5.5.2 Error: command not recognized\r\n")
+        elif verb == b"HELO":
+            self.wfile.write(self.helo)
+            self.greeted = self.helo.startswith(b"250")
+        elif verb == b"MAIL" and not getattr(self, "greeted", False):
+            self.wfile.write(b"503 5.5.1 Error: send HELO/EHLO first\r\n")
+        elif verb == b"DATA":
+            self.wfile.write(b"354 go ahead\r\n")
+            self.take_data()
+        else:
+            return False
+        return True
+
+
+class _NoGreetingTaken(_HeloOnly):
+    helo = b"501 5.5.2 Syntax: HELO hostname\r\n"
+
+
+def test_a_refused_ehlo_falls_back_to_helo_and_both_refused_stops_the_batch() -> None:
+    data = message(digest_for())
+    with raw_smtp_server(_HeloOnly) as server, SmtpSender(server.config()) as sender:
+        sender.send(_raw(data))
+    assert server.seen[:3] == ["EHLO", "HELO", "MAIL"]
+    assert server.messages == [data + b".\r\n"]
+    with raw_smtp_server(_NoGreetingTaken) as server, SmtpSender(server.config()) as sender:
+        with pytest.raises(SendError) as info:
+            sender.send(_raw(data))
+    assert isinstance(info.value, FatalSendError), info.value
+    assert info.value.message == (f"cannot connect to SMTP server 127.0.0.1:{server.port}:"
+                                  " it answered 501 5.5.2 Syntax: HELO hostname")
+    assert "MAIL" not in server.seen
