@@ -46,6 +46,7 @@ from .errors import (
     RecipientRefusedError,
     SendError,
     TransientSendError,
+    printable,
 )
 from .mime import Parts, assemble, normal_body
 from .models import Digest, RenderedEmail
@@ -428,7 +429,8 @@ class _Session(smtplib.SMTP):
             try:
                 code = int(line[:3])
             except ValueError:
-                code = -1  # as smtplib: a broken code ends the reply
+                # As smtplib: a broken code ends the reply. Kept whole, to be shown as it came.
+                code, lines[-1] = -1, line.strip(b" \t\r\n")
                 break
             if line[3:4] != b"-":
                 break
@@ -716,7 +718,7 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
             # smtplib's str() of a refused greeting or EHLO is its args tuple,
             # "(554, b'5.3.2 busy')": say it as the server did.
             return FatalSendError(f"cannot connect to SMTP server {where}: it answered"
-                                  f" {exc.smtp_code} {_text(exc.smtp_error)}")
+                                  f" {_answer(exc.smtp_code, exc.smtp_error)}")
         return FatalSendError(f"cannot connect to SMTP server {where}: {exc}")
     if isinstance(exc, SessionLimitError):
         return TransientSendError(f"SMTP server {where}: {exc}; connection closed")
@@ -728,7 +730,7 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
         return refusal
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         text = _text(next(iter(exc.recipients.values()))[1])
-        reason = f"server refused {recipient}: {code} {text}"
+        reason = f"server refused {recipient}: {_answer(code, text)}"
         if code == 552 or re.match(r"\s*5\.2\.2\b", text):
             # A full mailbox (and RFC 5321 4.5.3.1.10: 552 at RCPT is to be taken as 452):
             # the reader's to clear, so tried again later, as a bounce with it counts soft.
@@ -739,7 +741,7 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
             return RecipientRefusedError(reason, code, hard=not policy_refusal)
     else:
         assert isinstance(exc, smtplib.SMTPResponseException)
-        reason = f"server answered {code} {_text(exc.smtp_error)}"
+        reason = f"server answered {_answer(code, exc.smtp_error)}"
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
 
 
@@ -751,15 +753,15 @@ def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
     # sender address, except 552 (SIZE: this message is too large).
     where = f"{config.host}:{config.port}"
     if code == 530:
-        text = _text(exc.smtp_error) if isinstance(exc, smtplib.SMTPResponseException) else ""
+        text = exc.smtp_error if isinstance(exc, smtplib.SMTPResponseException) else b""
         return FatalSendError(
-            f"SMTP server {where} wants a login or TLS first: it answered {code} {text}",
+            f"SMTP server {where} wants a login or TLS first: it answered {_answer(code, text)}",
             hint="set [smtp] username (password in $" + config.password_env + ") and"
                  " security = \"starttls\" or \"ssl\"")
     if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500 and code != 552:
         return FatalSendError(
-            f"SMTP server {where} refused the sender {_text(exc.sender)}: {code}"
-            f" {_text(exc.smtp_error)}",
+            f"SMTP server {where} refused the sender {_text(exc.sender)}:"
+            f" {_answer(code, exc.smtp_error)}",
             hint="check [delivery] from (and [bounces] address): servers often take only"
                  " addresses the login may send as")
     return None
@@ -801,4 +803,14 @@ def _local_hostname() -> str:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    # A server's words on one line (a multi-line reply's lines joined by spaces), with control
+    # characters escaped: they go into one-line errors, log lines and the terminal.
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return printable(" ".join(text.split()))
+
+
+def _answer(code: int, text: bytes | str) -> str:
+    # A reply as the server gave it; -1 is smtplib's code for a line that is not SMTP.
+    if code < 0:
+        return f"something that is not SMTP: \"{_text(text)[:200]}\""
+    return f"{code} {_text(text)}"

@@ -501,3 +501,36 @@ def test_a_refused_ehlo_falls_back_to_helo_and_both_refused_stops_the_batch() ->
     assert info.value.message == (f"cannot connect to SMTP server 127.0.0.1:{server.port}:"
                                   " it answered 501 5.5.2 Syntax: HELO hostname")
     assert "MAIL" not in server.seen
+
+
+def test_a_multi_line_refusal_is_one_line_with_control_characters_escaped(
+        smtp_server: SmtpServer) -> None:
+    # As Gmail refuses an address: a reply of several lines. They went into the error, the
+    # log line and the report as they came, line breaks (and a hostile server's escapes) too.
+    smtp_server.sink.refuse["gone@example.org"] = (
+        "550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+        "550-5.1.1 Please try double-checking \x1b[31mthe recipient's email\r\n"
+        "550 5.1.1 https://support.google.com/mail/?p=NoSuchUser")
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender, pytest.raises(SendError) as info:
+        sender.send(_out(digest_for(email="gone@example.org")))  # type: ignore[arg-type]
+    assert info.value.message == (
+        "server refused gone@example.org: 550 5.1.1 The email account that you tried to reach"
+        " does not exist. 5.1.1 Please try double-checking \\x1b[31mthe recipient's email"
+        " 5.1.1 https://support.google.com/mail/?p=NoSuchUser")
+
+
+class _NotSmtp(ScriptedSmtp):
+    def greet(self) -> None:
+        self.wfile.write(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_a_server_that_does_not_speak_smtp_is_said_so() -> None:
+    with raw_smtp_server(_NotSmtp) as server:
+        config = SmtpConfig(host="127.0.0.1", port=server.port, security="none", timeout=5)
+        with pytest.raises(SendError) as info:
+            SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert info.value.message == (f"cannot connect to SMTP server 127.0.0.1:{server.port}: it"
+                                  ' answered something that is not SMTP: "HTTP/1.1 400 Bad'
+                                  ' Request"')
