@@ -494,6 +494,9 @@ class _SslSession(_Session, smtplib.SMTP_SSL):
     """`_Session` over implicit TLS."""
 
 
+LOGIN_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # what smtplib's login() can do
+
+
 class SmtpSender:
     """Sends over one SMTP connection, opened on first use and reused for the batch.
 
@@ -558,17 +561,30 @@ class SmtpSender:
                 smtp.starttls(context=context)
                 smtp.ehlo_or_helo_if_needed()
             if cfg.username:
-                password = cfg.password()
-                if password is None:
-                    smtp.close()
-                    raise FatalSendError(
-                        f"no SMTP password: environment variable {cfg.password_env} is not set")
-                smtp.login(cfg.username, password)
+                self._login(smtp, cfg.username)
         except (OSError, smtplib.SMTPException) as exc:
             raise map_smtp_error(exc, cfg, opening=True) from exc
         log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
         self._sent_on_connection = 0
         return smtp
+
+    def _login(self, smtp: _Session, username: str) -> None:
+        cfg = self.config
+        password = cfg.password()
+        if password is None:
+            smtp.close()
+            raise FatalSendError(
+                f"no SMTP password: environment variable {cfg.password_env} is not set")
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if smtp.has_extn("auth") and not set(offered) & set(LOGIN_MECHANISMS):
+            # smtplib's own words for this are "No suitable authentication method found."
+            smtp.close()
+            raise FatalSendError(
+                f"SMTP server {self._where()} offers login only by {' '.join(offered) or '?'};"
+                f" digest logs in with {', '.join(LOGIN_MECHANISMS)}",
+                hint="use the provider's SMTP relay or an app password that allows PLAIN or"
+                     " LOGIN (OAuth 2.0, XOAUTH2, is not supported)")
+        smtp.login(username, password)
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises a SendError subclass (see `map_smtp_error`)."""

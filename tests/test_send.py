@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -534,3 +535,32 @@ def test_a_server_that_does_not_speak_smtp_is_said_so() -> None:
     assert info.value.message == (f"cannot connect to SMTP server 127.0.0.1:{server.port}: it"
                                   ' answered something that is not SMTP: "HTTP/1.1 400 Bad'
                                   ' Request"')
+
+
+class _OAuthOnlySmtp(SMTP):
+    """aiosmtpd offering only XOAUTH2 (as a provider that has turned basic login off)."""
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+
+class _OAuthOnly(Controller):
+    def factory(self) -> SMTP:
+        return _OAuthOnlySmtp(self.handler, **self.SMTP_kwargs)
+
+
+def test_a_server_offering_only_a_login_digest_cannot_do_says_which(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", PASSWORD)
+    sink = Sink()
+    controller = _OAuthOnly(sink, hostname="127.0.0.1", port=free_port(),
+                            authenticator=lambda *a: AuthResult(success=False),
+                            auth_require_tls=False, auth_exclude_mechanism=["LOGIN", "PLAIN"])
+    with _running(controller, sink) as server, pytest.raises(SendError) as info:
+        SmtpSender(SmtpConfig(host=server.host, port=server.port, security="none",
+                              username=USER, password_env="TEST_SMTP_PW")
+                   ).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert info.value.message == (f"SMTP server 127.0.0.1:{server.port} offers login only by"
+                                  " XOAUTH2; digest logs in with CRAM-MD5, PLAIN, LOGIN")
+    assert PASSWORD not in str(info.value)
