@@ -377,6 +377,10 @@ class SessionLimitError(smtplib.SMTPServerDisconnected):
     before the deadline): the connection has been closed."""
 
 
+class NoGreetingError(smtplib.SMTPServerDisconnected):
+    """Connected, but the server said nothing within the timeout: no greeting at all."""
+
+
 class _Session(smtplib.SMTP):
     """smtplib.SMTP with replies read under limits, so that a hostile or broken server can
     neither exhaust memory nor hold a send for ever.
@@ -394,6 +398,7 @@ class _Session(smtplib.SMTP):
         self.limit = deadline
         self.deadline = time.monotonic() + deadline
         self._buffer = b""
+        self._greeted = False
         super().__init__(host, port, local_hostname=local_hostname,
                          timeout=min(timeout, deadline), **kwargs)
         self.timeout = timeout
@@ -434,6 +439,7 @@ class _Session(smtplib.SMTP):
                 break
             if line[3:4] != b"-":
                 break
+        self._greeted = True
         return code, b"\n".join(lines)
 
     def _readline(self) -> bytes:
@@ -455,8 +461,8 @@ class _Session(smtplib.SMTP):
                 if self.deadline <= time.monotonic():
                     raise SessionLimitError(f"no complete reply within the {self.limit:g} s"
                                             " deadline ([smtp] deadline)") from None
-                raise smtplib.SMTPServerDisconnected(
-                    f"no reply for {budget:g} s ([smtp] timeout)") from None
+                silent = NoGreetingError if not self._greeted else smtplib.SMTPServerDisconnected
+                raise silent(f"no reply for {budget:g} s ([smtp] timeout)") from None
             except OSError as exc:
                 self.close()
                 raise smtplib.SMTPServerDisconnected(
@@ -716,26 +722,7 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     have arrived after DATA: it is sent again as the same bytes, same Message-ID)."""
     where = f"{config.host}:{config.port}"
     if opening:
-        if isinstance(exc, smtplib.SMTPAuthenticationError):
-            return FatalSendError(
-                f"SMTP server {where} rejected the login for {config.username!r}"
-                f" ({exc.smtp_code})",
-                hint=f"check [smtp] username and the password in ${config.password_env}")
-        if isinstance(exc, ssl.SSLError):
-            return _tls_error(exc, where)
-        if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
-            # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
-            # after STARTTLS).
-            return FatalSendError(
-                f"SMTP server {where} offers no login (AUTH), but [smtp] username is set",
-                hint="remove [smtp] username for a server that needs none, or use"
-                     " security = \"starttls\" if it offers AUTH only over TLS")
-        if isinstance(exc, smtplib.SMTPResponseException):
-            # smtplib's str() of a refused greeting or EHLO is its args tuple,
-            # "(554, b'5.3.2 busy')": say it as the server did.
-            return FatalSendError(f"cannot connect to SMTP server {where}: it answered"
-                                  f" {_answer(exc.smtp_code, exc.smtp_error)}")
-        return FatalSendError(f"cannot connect to SMTP server {where}: {exc}")
+        return _opening_error(exc, config, where)
     if isinstance(exc, SessionLimitError):
         return TransientSendError(f"SMTP server {where}: {exc}; connection closed")
     code = _reply_code(exc)
@@ -759,6 +746,37 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
         assert isinstance(exc, smtplib.SMTPResponseException)
         reason = f"server answered {_answer(code, exc.smtp_error)}"
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
+
+
+def _opening_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig,
+                   where: str) -> FatalSendError:
+    # map_smtp_error while the session opens: whatever went wrong, no message can go.
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return FatalSendError(
+            f"SMTP server {where} rejected the login for {config.username!r}"
+            f" ({exc.smtp_code})",
+            hint=f"check [smtp] username and the password in ${config.password_env}")
+    if isinstance(exc, ssl.SSLError):
+        return _tls_error(exc, where)
+    if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
+        # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
+        # after STARTTLS).
+        return FatalSendError(
+            f"SMTP server {where} offers no login (AUTH), but [smtp] username is set",
+            hint="remove [smtp] username for a server that needs none, or use"
+                 " security = \"starttls\" if it offers AUTH only over TLS")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        # smtplib's str() of a refused greeting or EHLO is its args tuple,
+        # "(554, b'5.3.2 busy')": say it as the server did.
+        return FatalSendError(f"cannot connect to SMTP server {where}: it answered"
+                              f" {_answer(exc.smtp_code, exc.smtp_error)}")
+    hint = None
+    if isinstance(exc, NoGreetingError) and config.security != "ssl":
+        # A server on an implicit-TLS port waits for our TLS handshake, silent: the usual
+        # slip being port = 465 with the default security = "starttls".
+        hint = ("a server that speaks TLS at once (usually port 465) says nothing until"
+                " the TLS handshake: set [smtp] security = \"ssl\" for it")
+    return FatalSendError(f"cannot connect to SMTP server {where}: {exc}", hint=hint)
 
 
 def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import smtplib
+import time
 import unicodedata
 from dataclasses import replace
 from email import message_from_bytes, policy
@@ -564,3 +565,32 @@ def test_a_server_offering_only_a_login_digest_cannot_do_says_which(
     assert info.value.message == (f"SMTP server 127.0.0.1:{server.port} offers login only by"
                                   " XOAUTH2; digest logs in with CRAM-MD5, PLAIN, LOGIN")
     assert PASSWORD not in str(info.value)
+
+
+# aiosmtpd cannot tell that an implicit-TLS session is encrypted, so it warns about AUTH.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_starttls_against_an_implicit_tls_port_says_which_setting(
+        smtp_ssl_server: SmtpServer) -> None:
+    # port = 465 with the default security = "starttls": the server waits for a TLS
+    # handshake and we for its greeting. The line said only "no reply for 2 s".
+    config = SmtpConfig(host=smtp_ssl_server.host, port=smtp_ssl_server.port, timeout=2,
+                        ca_file=smtp_ssl_server.cert)
+    with pytest.raises(SendError) as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError)
+    assert info.value.message == (f"cannot connect to SMTP server 127.0.0.1:"
+                                  f"{smtp_ssl_server.port}: no reply for 2 s ([smtp] timeout)")
+    assert info.value.hint is not None and 'security = "ssl"' in info.value.hint
+
+
+def test_a_server_that_stops_answering_later_gets_no_tls_hint() -> None:
+    class _SilentAfterEhlo(ScriptedSmtp):
+        def answer(self, verb: bytes, line: bytes) -> bool:
+            time.sleep(3)
+            return False
+
+    with raw_smtp_server(_SilentAfterEhlo) as server:
+        config = SmtpConfig(host="127.0.0.1", port=server.port, security="none", timeout=1)
+        with pytest.raises(SendError) as info:
+            SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError) and info.value.hint is None
