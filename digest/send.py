@@ -731,20 +731,23 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     refusal = _session_refusal(exc, code, config)
     if refusal is not None:
         return refusal
+    rcpt = isinstance(exc, smtplib.SMTPRecipientsRefused)
+    raw: bytes | str
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        text = _text(next(iter(exc.recipients.values()))[1])
-        reason = f"server refused {recipient}: {_answer(code, text)}"
-        if code == 552 or re.match(r"\s*5\.2\.2\b", text):
-            # A full mailbox (and RFC 5321 4.5.3.1.10: 552 at RCPT is to be taken as 452):
-            # the reader's to clear, so tried again later, as a bounce with it counts soft.
-            return TransientSendError(reason)
-        if code in HARD_RCPT_CODES:
-            # RFC 5321: 550 no such mailbox, 551 user not local, 553 name not allowed.
-            policy_refusal = re.match(r"\s*5\.7\.\d", text) is not None
-            return RecipientRefusedError(reason, code, hard=not policy_refusal)
+        raw, reason = next(iter(exc.recipients.values()))[1], f"server refused {recipient}: "
     else:
         assert isinstance(exc, smtplib.SMTPResponseException)
-        reason = f"server answered {_answer(code, exc.smtp_error)}"
+        raw, reason = exc.smtp_error, "server answered "
+    text, reason = _text(raw), reason + _answer(code, raw)
+    if re.match(r"\s*5\.2\.2\b", text) or (rcpt and code == 552):
+        # A full mailbox, at RCPT or after the data (as a relay that delivers over LMTP
+        # answers it); and RFC 5321 4.5.3.1.10: 552 at RCPT is to be taken as 452. The
+        # reader's to clear, so tried again later; as a bounce it counts soft.
+        return TransientSendError(reason)
+    if rcpt and code in HARD_RCPT_CODES:
+        # RFC 5321: 550 no such mailbox, 551 user not local, 553 name not allowed.
+        policy_refusal = re.match(r"\s*5\.7\.\d", text) is not None
+        return RecipientRefusedError(reason, code, hard=not policy_refusal)
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
 
 

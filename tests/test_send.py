@@ -594,3 +594,26 @@ def test_a_server_that_stops_answering_later_gets_no_tls_hint() -> None:
         with pytest.raises(SendError) as info:
             SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
     assert isinstance(info.value, FatalSendError) and info.value.hint is None
+
+
+class _RefusingDataSink(Sink):
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if envelope.rcpt_tos == ["full@example.org"]:
+            return "552 5.2.2 <full@example.org>: Quota exceeded (mailbox for user is full)"
+        return "552 5.3.4 Message size exceeds fixed maximum message size"
+
+
+def test_a_full_mailbox_after_the_data_is_tried_again_a_too_large_message_is_not() -> None:
+    # As at RCPT (above): status 5.2.2 is the reader's to clear, wherever the server says it
+    # (Postfix delivering over LMTP to Dovecot says it after the data).
+    sink = _RefusingDataSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    with _running(controller, sink) as server, SmtpSender(SmtpConfig(
+            host=server.host, port=server.port, security="none")) as sender:
+        with pytest.raises(SendError) as info:
+            sender.send(_out(digest_for(email="full@example.org")))  # type: ignore[arg-type]
+        assert isinstance(info.value, TransientSendError), info.value
+        assert info.value.message.startswith("server answered 552 5.2.2 <full@example.org>")
+        with pytest.raises(SendError) as info:
+            sender.send(_out(digest_for()))  # type: ignore[arg-type]
+        assert type(info.value) is PermanentSendError, info.value
