@@ -770,9 +770,15 @@ def _opening_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig,
                  " security = \"starttls\" if it offers AUTH only over TLS")
     if isinstance(exc, smtplib.SMTPResponseException):
         # smtplib's str() of a refused greeting or EHLO is its args tuple,
-        # "(554, b'5.3.2 busy')": say it as the server did.
-        return FatalSendError(f"cannot connect to SMTP server {where}: it answered"
-                              f" {_answer(exc.smtp_code, exc.smtp_error)}")
+        # "(554, b'5.3.2 busy')": say it as the server did. A 421 greeting to one of several
+        # connections is most often the server's limit of connections per client.
+        busy = isinstance(exc, smtplib.SMTPConnectError) and exc.smtp_code == 421
+        return FatalSendError(
+            f"cannot connect to SMTP server {where}: it answered"
+            f" {_answer(exc.smtp_code, exc.smtp_error)}",
+            hint=(f"the server may take fewer connections at once than [smtp] connections"
+                  f" = {config.connections}: lower it") if busy and config.connections > 1
+            else None)
     hint = None
     if isinstance(exc, NoGreetingError) and config.security != "ssl":
         # A server on an implicit-TLS port waits for our TLS handshake, silent: the usual

@@ -617,3 +617,38 @@ def test_a_full_mailbox_after_the_data_is_tried_again_a_too_large_message_is_not
         with pytest.raises(SendError) as info:
             sender.send(_out(digest_for()))  # type: ignore[arg-type]
         assert type(info.value) is PermanentSendError, info.value
+
+
+class _OneConnectionAtATime(ScriptedSmtp):
+    """Takes one connection; any other while it is open gets 421 at the greeting."""
+
+    def greet(self) -> None:
+        server: Any = self.server
+        if server.seen:
+            self.wfile.write(b"421 4.7.0 Too many concurrent SMTP connections\r\n")
+            raise ConnectionResetError("refused")
+        server.seen.append("open")
+        self.wfile.write(b"220 strict ESMTP\r\n")
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        if verb != b"DATA":
+            return False
+        self.wfile.write(b"354 go ahead\r\n")
+        self.take_data()
+        return True
+
+
+def test_a_connection_refused_by_a_server_s_connection_limit_says_which_setting() -> None:
+    with raw_smtp_server(_OneConnectionAtATime) as server:
+        config = SmtpConfig(host="127.0.0.1", port=server.port, security="none",
+                            connections=2)
+        first = SmtpSender(config)
+        first.send(_out(digest_for()))  # type: ignore[arg-type]
+        with pytest.raises(SendError) as info:
+            SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+        first.close()
+    assert isinstance(info.value, FatalSendError)
+    assert info.value.message.endswith("it answered 421 4.7.0 Too many concurrent SMTP"
+                                       " connections")
+    assert info.value.hint == ("the server may take fewer connections at once than [smtp]"
+                               " connections = 2: lower it")
