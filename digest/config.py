@@ -139,11 +139,16 @@ def _check_email(value: str) -> str:
 
 def _check_from(value: str) -> str:
     _check_plain_text(value)
-    _name, addr = parseaddr(value)
+    name, addr = parseaddr(value)
     if not addr:
         raise ValueError(f"{value!r} is not an address like 'Digest <digest@example.org>'")
-    _check_email(addr)
-    return value
+    ascii_addr = _check_email(addr)
+    if ascii_addr == addr:
+        return value
+    # An internationalised domain, as for subscribers: the From header, the envelope sender
+    # and the Message-ID need its IDNA (xn--) form, or every message fails its header check.
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{ascii_addr}>' if name else ascii_addr
 
 
 def _check_author(value: str) -> str:
