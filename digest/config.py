@@ -142,6 +142,11 @@ def _check_from(value: str) -> str:
     name, addr = parseaddr(value)
     if not addr:
         raise ValueError(f"{value!r} is not an address like 'Digest <digest@example.org>'")
+    if "@" not in addr and "," in value and "<" in value:
+        # parseaddr takes an unquoted comma as the end of the first address ("Lab").
+        name, _, rest = value.partition("<")
+        raise ValueError(f"{value!r}: a display name with a comma goes in quotes: write"
+                         f" '\"{name.strip()}\" <{rest.strip()}'")
     ascii_addr = _check_email(addr)
     if ascii_addr == addr:
         return value

@@ -299,3 +299,13 @@ def test_a_from_address_with_an_internationalised_domain_is_sent_in_its_idna_for
     assert (sender_field.display_name, sender_field.addr_spec) == (
         name, "digest@xn--bcher-kva.example")
     assert received.message["Message-ID"].endswith("@xn--bcher-kva.example>")
+
+
+def test_a_from_name_with_an_unquoted_comma_says_to_quote_it(project: Project) -> None:
+    # It said "'Lab' is not a valid email address: An email address must have an @-sign."
+    project.config.write_text("[delivery]\nfrom = 'Lab, Inc. <digest@example.org>'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "delivery.from"
+    assert info.value.problem.endswith(
+        "a display name with a comma goes in quotes: write '\"Lab, Inc.\" <digest@example.org>'")
