@@ -715,7 +715,8 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     """The one translation of smtplib, socket and ssl errors into the send errors of
     `digest.errors`. While the session opens (`opening`: connect, EHLO, STARTTLS, login)
     every failure is fatal: no message can go. On a message, so is a refusal every message
-    would meet (530, log in or STARTTLS first; a 5xx to MAIL FROM but 552). A 5xx is permanent
+    would meet (530, log in or STARTTLS first; a refusal to relay; a 5xx to MAIL FROM but
+    552). A 5xx is permanent
     (550, 551 or 553 at RCPT is a RecipientRefusedError: a hard bounce, whose address is
     suppressed; soft if the reply's enhanced status is 5.7.x, a policy refusal of us);
     4xx, 421, a lost connection and a broken session limit are transient (the message may
@@ -792,8 +793,8 @@ def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
                      config: SmtpConfig) -> FatalSendError | None:
     # Refusals about the session, not the message: every message would meet them, so failing
     # each digest for good would lose the day's mail to a setting. 530 is "log in first"
-    # (RFC 4954) or "STARTTLS first" (RFC 3207), at any step; a 5xx to MAIL FROM refuses our
-    # sender address, except 552 (SIZE: this message is too large).
+    # (RFC 4954) or "STARTTLS first" (RFC 3207), at any step; a refusal to relay, at RCPT; a
+    # 5xx to MAIL FROM refuses our sender address, except 552 (SIZE: too large a message).
     where = f"{config.host}:{config.port}"
     if code == 530:
         text = exc.smtp_error if isinstance(exc, smtplib.SMTPResponseException) else b""
@@ -801,6 +802,17 @@ def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
             f"SMTP server {where} wants a login or TLS first: it answered {_answer(code, text)}",
             hint="set [smtp] username (password in $" + config.password_env + ") and"
                  " security = \"starttls\" or \"ssl\"")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        text = _text(next(iter(exc.recipients.values()))[1])
+        # "Relay access denied" (Postfix), "relay not permitted" (Exim), "Relaying denied"
+        # (Sendmail), "Unable to relay" (Exchange): the server relays only for clients that
+        # log in, so every recipient gets it, and as a 550 it would suppress them all. An
+        # address status (5.1.x: "User unknown in relay recipient table") is the address's.
+        if re.search(r"\brelay", text, re.IGNORECASE) and not re.match(r"[45]\.1\.", text):
+            return FatalSendError(
+                f"SMTP server {where} does not relay our mail: it answered {code} {text}",
+                hint="it relays only for clients that log in: set [smtp] username (password"
+                     f" in ${config.password_env})")
     if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500 and code != 552:
         return FatalSendError(
             f"SMTP server {where} refused the sender {_text(exc.sender)}:"

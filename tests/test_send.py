@@ -19,7 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.config import DeliveryConfig, SmtpConfig, _check_email
-from digest.errors import FatalSendError, PermanentSendError, SendError, TransientSendError
+from digest.errors import (
+    FatalSendError,
+    PermanentSendError,
+    RecipientRefusedError,
+    SendError,
+    TransientSendError,
+)
 from digest.index import build_digest
 from digest.mime import fold_field
 from digest.models import Digest, Listing, RenderedEmail, Subscriber, Topic
@@ -652,3 +658,35 @@ def test_a_connection_refused_by_a_server_s_connection_limit_says_which_setting(
                                        " connections")
     assert info.value.hint == ("the server may take fewer connections at once than [smtp]"
                                " connections = 2: lower it")
+
+
+@pytest.mark.parametrize("reply", [
+    "550 relay not permitted",  # Exim
+    "554 5.7.1 <ada@example.org>: Relay access denied",  # Postfix
+    "454 4.7.1 <ada@example.org>: Relay access denied",  # Postfix, soft_bounce
+    "550 5.7.1 <ada@example.org>... Relaying denied. Proper authentication required.",
+    "550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain",  # Exchange
+])
+def test_a_refusal_to_relay_stops_the_batch_instead_of_bouncing_every_address(
+        smtp_server: SmtpServer, reply: str) -> None:
+    # A relay that wants a login (and [smtp] username unset) refuses every recipient: as a
+    # 550 each address was suppressed as a hard bounce, the whole list in one run.
+    smtp_server.sink.refuse["ada@example.org"] = reply
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender, pytest.raises(SendError) as info:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError), info.value
+    assert info.value.message.startswith(
+        f"SMTP server 127.0.0.1:{smtp_server.port} does not relay our mail: it answered ")
+    assert info.value.hint is not None and "[smtp] username" in info.value.hint
+
+
+def test_an_unknown_user_in_a_relay_table_is_still_that_address_s_bounce(
+        smtp_server: SmtpServer) -> None:
+    smtp_server.sink.refuse["ada@example.org"] = (
+        "550 5.1.1 <ada@example.org>: Recipient address rejected: User unknown in relay"
+        " recipient table")
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender, pytest.raises(SendError) as info:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, RecipientRefusedError) and info.value.hard
