@@ -789,6 +789,24 @@ def _opening_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig,
     return FatalSendError(f"cannot connect to SMTP server {where}: {exc}", hint=hint)
 
 
+# Refusals at RCPT that are about us, not the address: every recipient would get them, and
+# as 550s they would suppress every address (Postfix makes its client, HELO and sender checks
+# at RCPT, smtpd_delay_reject). "Relay access denied" (Postfix), "relay not permitted" (Exim),
+# "Relaying denied" (Sendmail), "Unable to relay" (Exchange): it relays only for logins.
+NOT_THE_ADDRESS = (
+    (re.compile(r"\brelay", re.IGNORECASE), "does not relay our mail",
+     "it relays only for clients that log in: set [smtp] username (password in ${env})"),
+    (re.compile(r"Client host (rejected|\[[^]]*\] blocked)", re.IGNORECASE),
+     "refuses this machine", "ask the server's operator, or send through another relay"),
+    (re.compile(r"Helo command rejected", re.IGNORECASE), "refuses our EHLO name",
+     "this machine greets with {host}: give it a fully-qualified host name"),
+    (re.compile(r"Sender address (rejected|\[[^]]*\] blocked)", re.IGNORECASE),
+     "refuses our sender address",
+     "check [delivery] from (and [bounces] address)"),
+)
+_ADDRESS_STATUS = re.compile(r"[45]\.1\.([1-6]|10)\b")
+
+
 def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
                      config: SmtpConfig) -> FatalSendError | None:
     # Refusals about the session, not the message: every message would meet them, so failing
@@ -804,15 +822,12 @@ def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
                  " security = \"starttls\" or \"ssl\"")
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         text = _text(next(iter(exc.recipients.values()))[1])
-        # "Relay access denied" (Postfix), "relay not permitted" (Exim), "Relaying denied"
-        # (Sendmail), "Unable to relay" (Exchange): the server relays only for clients that
-        # log in, so every recipient gets it, and as a 550 it would suppress them all. An
-        # address status (5.1.x: "User unknown in relay recipient table") is the address's.
-        if re.search(r"\brelay", text, re.IGNORECASE) and not re.match(r"[45]\.1\.", text):
-            return FatalSendError(
-                f"SMTP server {where} does not relay our mail: it answered {code} {text}",
-                hint="it relays only for clients that log in: set [smtp] username (password"
-                     f" in ${config.password_env})")
+        # A status about the recipient's address (X.1.1-6, X.1.10) is that address's.
+        for pattern, what, hint in () if _ADDRESS_STATUS.match(text) else NOT_THE_ADDRESS:
+            if pattern.search(text):
+                return FatalSendError(
+                    f"SMTP server {where} {what}: it answered {code} {text}",
+                    hint=hint.format(env=config.password_env, host=_local_hostname()))
     if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500 and code != 552:
         return FatalSendError(
             f"SMTP server {where} refused the sender {_text(exc.sender)}:"

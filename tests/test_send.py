@@ -690,3 +690,26 @@ def test_an_unknown_user_in_a_relay_table_is_still_that_address_s_bounce(
     with SmtpSender(config) as sender, pytest.raises(SendError) as info:
         sender.send(_out(digest_for()))  # type: ignore[arg-type]
     assert isinstance(info.value, RecipientRefusedError) and info.value.hard
+
+
+@pytest.mark.parametrize("reply, what", [
+    ("554 5.7.1 Service unavailable; Client host [192.0.2.7] blocked using zen.spamhaus.org",
+     "refuses this machine"),
+    ("450 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.7]",
+     "refuses this machine"),
+    ("504 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname",
+     "refuses our EHLO name"),
+    ("450 4.1.8 <digest@example.org>: Sender address rejected: Domain not found",
+     "refuses our sender address"),
+])
+def test_postfix_refusals_of_us_at_rcpt_stop_the_batch(smtp_server: SmtpServer, reply: str,
+                                                        what: str) -> None:
+    # Postfix makes its client, HELO and sender checks at RCPT (smtpd_delay_reject): every
+    # recipient gets them, each digest failed for good (or was retried to its last attempt).
+    smtp_server.sink.refuse["ada@example.org"] = reply
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender, pytest.raises(SendError) as info:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError), info.value
+    assert info.value.message == (f"SMTP server 127.0.0.1:{smtp_server.port} {what}: it"
+                                  f" answered {reply}")
