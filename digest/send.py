@@ -399,9 +399,14 @@ class _Session(smtplib.SMTP):
         self.deadline = time.monotonic() + deadline
         self._buffer = b""
         self._greeted = False
-        super().__init__(host, port, local_hostname=local_hostname,
+        super().__init__(host, port, local_hostname=local_hostname or "unset",
                          timeout=min(timeout, deadline), **kwargs)
         self.timeout = timeout
+        if not local_hostname and self.sock is not None:
+            # No fully-qualified name: RFC 5321 4.1.4 asks for an address literal, our end of
+            # this connection's (as smtplib itself would write it).
+            ip = ipaddress.ip_address(self.sock.getsockname()[0])
+            self.local_hostname = f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
 
     def renew_deadline(self, seconds: float | None = None) -> None:
         """Give the next step `seconds` (by default the configured deadline) from now."""
@@ -827,7 +832,8 @@ def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
             if pattern.search(text):
                 return FatalSendError(
                     f"SMTP server {where} {what}: it answered {code} {text}",
-                    hint=hint.format(env=config.password_env, host=_local_hostname()))
+                    hint=hint.format(env=config.password_env,
+                                     host=_local_hostname() or "an address literal"))
     if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500 and code != 552:
         return FatalSendError(
             f"SMTP server {where} refused the sender {_text(exc.sender)}:"
@@ -868,8 +874,12 @@ def _reply_code(exc: BaseException) -> int | None:
 
 @functools.cache
 def _local_hostname() -> str:
-    # smtplib calls socket.getfqdn() (a DNS lookup) for every new connection otherwise.
-    return socket.getfqdn()
+    # smtplib calls socket.getfqdn() (a DNS lookup) for every new connection otherwise. A
+    # name without a dot ("localhost", a container's id) is no FQDN, and servers that check
+    # (Postfix's reject_non_fqdn_helo_hostname) refuse it: "" asks _Session for an address
+    # literal instead.
+    name = socket.getfqdn()
+    return name if "." in name else ""
 
 
 def _text(value: bytes | str) -> str:

@@ -18,6 +18,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from hypothesis import given
 from hypothesis import strategies as st
 
+import digest.send as send_module
 from digest.config import DeliveryConfig, SmtpConfig, _check_email
 from digest.errors import (
     FatalSendError,
@@ -713,3 +714,31 @@ def test_postfix_refusals_of_us_at_rcpt_stop_the_batch(smtp_server: SmtpServer, 
     assert isinstance(info.value, FatalSendError), info.value
     assert info.value.message == (f"SMTP server 127.0.0.1:{smtp_server.port} {what}: it"
                                   f" answered {reply}")
+
+
+class _NameKeepingSink(Sink):
+    names: list[str]
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        self.names = [*getattr(self, "names", []), hostname]
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+
+@pytest.mark.parametrize("fqdn, ehlo", [("vm", "[127.0.0.1]"), ("localhost", "[127.0.0.1]"),
+                                        ("mail.example.org", "mail.example.org")])
+def test_a_machine_without_a_fully_qualified_name_greets_with_its_address(
+        monkeypatch: pytest.MonkeyPatch, fqdn: str, ehlo: str) -> None:
+    # As smtplib does (RFC 5321 4.1.4); "EHLO vm" or "EHLO localhost" (a container's, or this
+    # VM's, getfqdn()) is refused by servers that check (reject_non_fqdn_helo_hostname).
+    monkeypatch.setattr("socket.getfqdn", lambda *a: fqdn)
+    send_module._local_hostname.cache_clear()
+    sink = _NameKeepingSink()
+    try:
+        with _running(Controller(sink, hostname="127.0.0.1", port=free_port()), sink) as server:
+            with SmtpSender(SmtpConfig(host=server.host, port=server.port,
+                                       security="none")) as sender:
+                sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    finally:
+        send_module._local_hostname.cache_clear()
+    assert sink.names == [ehlo] and len(sink.received) == 1
