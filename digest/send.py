@@ -399,6 +399,7 @@ class _Session(smtplib.SMTP):
         self.deadline = time.monotonic() + deadline
         self._buffer = b""
         self._greeted = False
+        self.data_started = False  # whether the current message's data went (or may have gone) out
         super().__init__(host, port, local_hostname=local_hostname or "unset",
                          timeout=min(timeout, deadline), **kwargs)
         self.timeout = timeout
@@ -603,9 +604,33 @@ class SmtpSender:
         cap = self.config.max_per_connection
         if self._smtp is not None and cap and self._sent_on_connection >= cap:
             self.close()
+        reused = self._smtp is not None
         if self._smtp is None:
             self._smtp = self._connect()
         smtp = self._smtp
+        try:
+            return self._transact(smtp, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            if not _lost_before_data(exc, smtp):
+                raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
+            if not reused:
+                # A new connection that dies before it takes a message is the server's state,
+                # not this message's: counting an attempt against each digest would fail them
+                # all for good once max_attempts ran out. Like an unreachable server.
+                raise FatalSendError(f"SMTP server {self._where()} closed the connection"
+                                     f" before taking a message: {exc}") from exc
+        # A kept connection the server had closed (idle, or at its own limit of messages per
+        # connection) without a word: nothing of this message went out, so once more on a new
+        # connection rather than a retry an hour later.
+        log.info("smtp connection to %s was closed by the server; reconnecting", self._where())
+        self._smtp = self._connect()
+        try:
+            return self._transact(self._smtp, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
+
+    def _transact(self, smtp: _Session, message: Outgoing) -> str:
+        # One message over `smtp`; smtplib's errors go up as they are.
         smtp.renew_deadline()  # each message has the whole deadline: MAIL to the final reply
         try:
             refused = self._sendmail(smtp, message)
@@ -620,23 +645,26 @@ class SmtpSender:
             code = _reply_code(exc)
             if code in (None, 421) or smtp.sock is None:
                 self._drop()
-            raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
+            raise
         return self._where()
 
     @staticmethod
-    def _sendmail(smtp: smtplib.SMTP, message: Outgoing) -> dict[str, tuple[int, bytes]]:
+    def _sendmail(smtp: _Session, message: Outgoing) -> dict[str, tuple[int, bytes]]:
         # smtplib's sendmail, minus its pass over the whole message at DATA (a regex that
         # doubles each line-leading '.', and copies): the stored bytes are CRLF lines and,
         # quoted-printable, never start a line with '.', so when a C-speed search confirms
         # that, they go out as they are. Otherwise sendmail does it all. The replies and
         # errors are sendmail's own, so `send` handles both paths alike.
         data = message.data
+        smtp.data_started = False
         if data.startswith(b".") or b"\n." in data:
+            smtp.data_started = True  # sendmail does it all: from here the data may be out
             return smtp.sendmail(message.envelope_from, [message.recipient], data)
         smtp.ehlo_or_helo_if_needed()
         options = [f"size={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
         pipelined = smtp.does_esmtp and smtp.has_extn("pipelining")
         SmtpSender._envelope(smtp, message, options, pipelined)
+        smtp.data_started = True
         smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, reply = smtp.getreply()
         if code != 250:
@@ -860,6 +888,13 @@ def _tls_error(exc: ssl.SSLError, where: str) -> FatalSendError:
 
 
 HARD_RCPT_CODES = (550, 551, 553)  # at RCPT: the address is dead (a hard bounce)
+
+
+def _lost_before_data(exc: BaseException, smtp: _Session) -> bool:
+    # The connection dropped (no reply code, no broken limit: not a slow server) before any
+    # of the message's data was written: the server cannot have taken it.
+    return (_reply_code(exc) is None and not isinstance(exc, SessionLimitError)
+            and not smtp.data_started)
 
 
 def _reply_code(exc: BaseException) -> int | None:

@@ -742,3 +742,47 @@ def test_a_machine_without_a_fully_qualified_name_greets_with_its_address(
     finally:
         send_module._local_hostname.cache_clear()
     assert sink.names == [ehlo] and len(sink.received) == 1
+
+
+class _DropsAfterTwo(ScriptedSmtp):
+    """Takes two messages per connection, then closes it without a word at the next MAIL (as
+    a server at its own limit, or after an idle timeout); `every` drops on the first MAIL."""
+
+    every = False
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        server: Any = self.server
+        taken = getattr(self, "taken", 0)
+        if verb == b"MAIL" and (self.every or taken == 2):
+            server.seen.append("dropped")
+            raise ConnectionResetError("closed by the server")
+        if verb == b"DATA":
+            self.wfile.write(b"354 go ahead\r\n")
+            self.take_data()
+            self.taken = taken + 1
+            return True
+        return False
+
+
+class _DropsAtOnce(_DropsAfterTwo):
+    every = True
+
+
+def test_a_kept_connection_the_server_closed_is_renewed_for_the_same_message() -> None:
+    # The third message met the closed connection and was retried an hour later (an attempt
+    # counted) though nothing of it had gone out.
+    with raw_smtp_server(_DropsAfterTwo) as server, SmtpSender(server.config()) as sender:
+        for email in ("a@example.org", "b@example.org", "c@example.org"):
+            sender.send(_out(digest_for(email=email)))  # type: ignore[arg-type]
+    assert len(server.messages) == 3 and server.seen == ["dropped"]
+
+
+def test_a_new_connection_closed_before_any_message_stops_the_batch() -> None:
+    # Each digest was counted an attempt against it, and failed for good after max_attempts.
+    with raw_smtp_server(_DropsAtOnce) as server, SmtpSender(server.config()) as sender:
+        with pytest.raises(SendError) as info:
+            sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError), info.value
+    assert info.value.message.startswith(f"SMTP server 127.0.0.1:{server.port} closed the"
+                                         " connection before taking a message: ")
+    assert server.messages == []
