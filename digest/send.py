@@ -596,7 +596,17 @@ class SmtpSender:
                 f" digest logs in with {', '.join(LOGIN_MECHANISMS)}",
                 hint="use the provider's SMTP relay or an app password that allows PLAIN or"
                      " LOGIN (OAuth 2.0, XOAUTH2, is not supported)")
-        smtp.login(username, password)
+        try:
+            smtp.login(username, password)
+        except UnicodeEncodeError:
+            # smtplib writes credentials as ASCII only; its error quotes the whole AUTH
+            # string, password included, which went into the report, the log and the store.
+            smtp.close()
+            raise FatalSendError(
+                f"cannot log in to SMTP server {self._where()}: [smtp] username or the"
+                f" password in ${cfg.password_env} has non-ASCII characters, which Python's"
+                " smtplib cannot send", hint="use an ASCII password (an app password)",
+            ) from None
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises a SendError subclass (see `map_smtp_error`)."""

@@ -786,3 +786,19 @@ def test_a_new_connection_closed_before_any_message_stops_the_batch() -> None:
     assert info.value.message.startswith(f"SMTP server 127.0.0.1:{server.port} closed the"
                                          " connection before taking a message: ")
     assert server.messages == []
+
+
+def test_a_non_ascii_password_is_one_fatal_line_that_does_not_show_it(
+        smtp_tls_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # smtplib's UnicodeEncodeError quotes the AUTH string: the password reached the report,
+    # the log and the store's last_error, and each digest was counted an attempt.
+    monkeypatch.setenv("TEST_SMTP_PW", "pässwörd-Geheim-42")
+    config = SmtpConfig(host=smtp_tls_server.host, port=smtp_tls_server.port, username=USER,
+                        password_env="TEST_SMTP_PW", ca_file=smtp_tls_server.cert)
+    with pytest.raises(SendError) as info, SmtpSender(config) as sender:
+        sender.send(_out(digest_for()))  # type: ignore[arg-type]
+    assert isinstance(info.value, FatalSendError), info.value
+    assert "non-ASCII characters" in info.value.message
+    shown = str(info.value) + (info.value.hint or "") + caplog.text + repr(info.value)
+    assert "Geheim" not in shown
