@@ -45,6 +45,7 @@ from .errors import (
     PermanentSendError,
     RecipientRefusedError,
     SendError,
+    ServerBusyError,
     TransientSendError,
     printable,
 )
@@ -817,7 +818,7 @@ def _opening_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig,
         # "(554, b'5.3.2 busy')": say it as the server did. A 421 greeting to one of several
         # connections is most often the server's limit of connections per client.
         busy = isinstance(exc, smtplib.SMTPConnectError) and exc.smtp_code == 421
-        return FatalSendError(
+        return (ServerBusyError if busy else FatalSendError)(
             f"cannot connect to SMTP server {where}: it answered"
             f" {_answer(exc.smtp_code, exc.smtp_error)}",
             hint=(f"the server may take fewer connections at once than [smtp] connections"
