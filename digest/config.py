@@ -145,11 +145,21 @@ def _check_email(value: str) -> str:
 
 def _check_from(value: str) -> str:
     _check_plain_text(value)
-    _name, addr = parseaddr(value)
+    name, addr = parseaddr(value)
     if not addr:
         raise ValueError(f"{value!r} is not an address like 'Digest <digest@example.org>'")
-    _check_email(addr)
-    return value
+    if "@" not in addr and "," in value and "<" in value:
+        # parseaddr takes an unquoted comma as the end of the first address ("Lab").
+        name, _, rest = value.partition("<")
+        raise ValueError(f"{value!r}: a display name with a comma goes in quotes: write"
+                         f" '\"{name.strip()}\" <{rest.strip()}'")
+    ascii_addr = _check_email(addr)
+    if ascii_addr == addr:
+        return value
+    # An internationalised domain, as for subscribers: the From header, the envelope sender
+    # and the Message-ID need its IDNA (xn--) form, or every message fails its header check.
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{ascii_addr}>' if name else ascii_addr
 
 
 def _check_author(value: str) -> str:

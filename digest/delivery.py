@@ -25,6 +25,8 @@ Refusals: 5xx fails the digest for good (550/551/553 at RCPT also suppresses the
 `store.record_bounce`); 4xx, 421 and a dropped connection schedule a retry
 with exponential backoff and jitter until `[smtp] max_attempts`; a login or TLS failure, or a
 server that cannot be reached, stops the batch at once and puts the message back unharmed.
+A connection the server refuses with a 421 greeting (ServerBusyError: its limit of connections
+per client) only stops itself while another is at work: its message goes to the others.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .errors import (
     PermanentSendError,
     RecipientRefusedError,
     SendError,
+    ServerBusyError,
     TransientSendError,
 )
 from .send import Outgoing, Sender
@@ -178,6 +181,10 @@ class Delivery:
         self._todo: SimpleQueue[tuple[store.Pending, Outgoing] | None] = SimpleQueue()
         self._done: SimpleQueue[_Result] = SimpleQueue()
         self._results: list[_Result] = []  # came back, not recorded yet
+        self._handing = threading.Lock()  # guards _live and _handed_back
+        self._live = len(senders)  # connection threads still taking messages
+        self._busy = 0  # connection threads sending a message now
+        self._handed_back: set[int] = set()  # ids of items retired connections handed back
         self._threads = [threading.Thread(target=self._connection, args=(sender,),
                                           name=f"smtp-{i}", daemon=True)
                          for i, sender in enumerate(senders)]
@@ -206,16 +213,54 @@ class Delivery:
 
     def _connection(self, sender: Sender) -> None:
         # One per connection, for the batch's life: nothing here touches the database.
-        while (item := self._todo.get()) is not None:
+        while (item := self._next()) is not None:
             row, message = item
             result: str | SendError | None = None
             if not self._stopping():
                 self._pacer.wait()
                 if not self._stopping():
+                    with self._handing:
+                        self._busy += 1
                     result = _transmit(sender, message)
+                    retired = isinstance(result, ServerBusyError) and self._retire(item, result)
+                    with self._handing:  # after _retire: _next never sees neither
+                        self._busy -= 1
+                    if retired:
+                        return
                     if isinstance(result, FatalSendError):
                         self._fatal.set()  # the other connections take nothing more
             self._done.put((row, result, time.monotonic()))
+
+    def _next(self) -> tuple[store.Pending, Outgoing] | None:
+        # The next message for a connection; None when the batch is over. A message handed
+        # back by a retired connection may wait behind the end markers: they go round again
+        # until it is taken, so no connection leaves while it waits, nor while another
+        # connection is sending (it may yet hand its message back).
+        while True:
+            item = self._todo.get()
+            with self._handing:
+                if item is not None:
+                    self._handed_back.discard(id(item))
+                    return item
+                if not self._handed_back and not self._busy:
+                    self._live -= 1
+                    return None
+                waiting = not self._handed_back
+            self._todo.put(None)
+            if waiting:
+                time.sleep(0.02)
+
+    def _retire(self, item: tuple[store.Pending, Outgoing], busy: ServerBusyError) -> bool:
+        # The server would take no more connections: this one stops and hands its message
+        # back, if another is still at work (else the batch stops, as on any fatal error).
+        with self._handing:
+            if self._live <= 1:
+                return False
+            self._live -= 1
+            self._handed_back.add(id(item))
+            self._todo.put(item)
+        log.warning("one connection fewer (%d left): %s", self._live, busy.message)
+        return True
 
     def wait_for_connection(self) -> None:
         """Block until a connection is free, recording what comes back meanwhile (so a

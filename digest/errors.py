@@ -11,7 +11,9 @@
         ├── PermanentSendError   this message can never go (5xx); the batch goes on
         │   ├── RecipientRefusedError  550/551/553 at RCPT: a hard bounce, suppressed
         │   └── HeaderError      a header field cannot be written, or fails the last check
-        └── FatalSendError       the batch must stop (login, TLS, no server, DKIM signing)
+        └── FatalSendError       the batch must stop (login, TLS, no server, refused sender,
+            │                    DKIM signing)
+            └── ServerBusyError  a 421 greeting: only that connection stops, if others work
 
 The class is the classification: `digest.delivery` retries a transient error, fails the
 digest on a permanent one and stops the batch on a fatal one. Errors of smtplib, socket and
@@ -128,7 +130,14 @@ class RecipientRefusedError(PermanentSendError):
 
 class FatalSendError(SendError):
     """Nothing more can be sent in this batch (login or TLS failure, unreachable server,
-    DKIM signing failure): the batch stops and the message is put back unharmed."""
+    a server that refuses our sender or wants a login first, DKIM signing failure): the
+    batch stops and the message is put back unharmed."""
+
+
+class ServerBusyError(FatalSendError):
+    """The server refused one more connection (421 at the greeting, most often its limit of
+    connections per client): with other connections of the batch at work, only this one
+    stops; alone, it stops the batch."""
 
 
 class HeaderError(PermanentSendError):

@@ -45,7 +45,9 @@ from .errors import (
     PermanentSendError,
     RecipientRefusedError,
     SendError,
+    ServerBusyError,
     TransientSendError,
+    printable,
 )
 from .mime import Parts, assemble, normal_body
 from .models import Digest, RenderedEmail
@@ -376,6 +378,10 @@ class SessionLimitError(smtplib.SMTPServerDisconnected):
     before the deadline): the connection has been closed."""
 
 
+class NoGreetingError(smtplib.SMTPServerDisconnected):
+    """Connected, but the server said nothing within the timeout: no greeting at all."""
+
+
 class _Session(smtplib.SMTP):
     """smtplib.SMTP with replies read under limits, so that a hostile or broken server can
     neither exhaust memory nor hold a send for ever.
@@ -393,9 +399,16 @@ class _Session(smtplib.SMTP):
         self.limit = deadline
         self.deadline = time.monotonic() + deadline
         self._buffer = b""
-        super().__init__(host, port, local_hostname=local_hostname,
+        self._greeted = False
+        self.data_started = False  # whether the current message's data went (or may have gone) out
+        super().__init__(host, port, local_hostname=local_hostname or "unset",
                          timeout=min(timeout, deadline), **kwargs)
         self.timeout = timeout
+        if not local_hostname and self.sock is not None:
+            # No fully-qualified name: RFC 5321 4.1.4 asks for an address literal, our end of
+            # this connection's (as smtplib itself would write it).
+            ip = ipaddress.ip_address(self.sock.getsockname()[0])
+            self.local_hostname = f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
 
     def renew_deadline(self, seconds: float | None = None) -> None:
         """Give the next step `seconds` (by default the configured deadline) from now."""
@@ -428,10 +441,12 @@ class _Session(smtplib.SMTP):
             try:
                 code = int(line[:3])
             except ValueError:
-                code = -1  # as smtplib: a broken code ends the reply
+                # As smtplib: a broken code ends the reply. Kept whole, to be shown as it came.
+                code, lines[-1] = -1, line.strip(b" \t\r\n")
                 break
             if line[3:4] != b"-":
                 break
+        self._greeted = True
         return code, b"\n".join(lines)
 
     def _readline(self) -> bytes:
@@ -453,8 +468,8 @@ class _Session(smtplib.SMTP):
                 if self.deadline <= time.monotonic():
                     raise SessionLimitError(f"no complete reply within the {self.limit:g} s"
                                             " deadline ([smtp] deadline)") from None
-                raise smtplib.SMTPServerDisconnected(
-                    f"no reply for {budget:g} s ([smtp] timeout)") from None
+                silent = NoGreetingError if not self._greeted else smtplib.SMTPServerDisconnected
+                raise silent(f"no reply for {budget:g} s ([smtp] timeout)") from None
             except OSError as exc:
                 self.close()
                 raise smtplib.SMTPServerDisconnected(
@@ -490,6 +505,9 @@ class _Session(smtplib.SMTP):
 
 class _SslSession(_Session, smtplib.SMTP_SSL):
     """`_Session` over implicit TLS."""
+
+
+LOGIN_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # what smtplib's login() can do
 
 
 class SmtpSender:
@@ -543,7 +561,9 @@ class SmtpSender:
             else:
                 smtp = _Session(cfg.host, cfg.port, timeout=cfg.timeout,
                                 deadline=cfg.deadline, local_hostname=_local_hostname())
-            smtp.ehlo()
+            # EHLO, or HELO where EHLO is refused (RFC 5321 4.1.4); both refused is an error,
+            # not a session that goes on unintroduced (each MAIL would get a 503).
+            smtp.ehlo_or_helo_if_needed()
             if cfg.security == "starttls":
                 if not smtp.has_extn("starttls"):
                     smtp.close()
@@ -552,19 +572,42 @@ class SmtpSender:
                         hint="set [smtp] security = 'ssl' or 'none' if that is intended",
                     )
                 smtp.starttls(context=context)
-                smtp.ehlo()
+                smtp.ehlo_or_helo_if_needed()
             if cfg.username:
-                password = cfg.password()
-                if password is None:
-                    smtp.close()
-                    raise FatalSendError(
-                        f"no SMTP password: environment variable {cfg.password_env} is not set")
-                smtp.login(cfg.username, password)
+                self._login(smtp, cfg.username)
         except (OSError, smtplib.SMTPException) as exc:
             raise map_smtp_error(exc, cfg, opening=True) from exc
         log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
         self._sent_on_connection = 0
         return smtp
+
+    def _login(self, smtp: _Session, username: str) -> None:
+        cfg = self.config
+        password = cfg.password()
+        if password is None:
+            smtp.close()
+            raise FatalSendError(
+                f"no SMTP password: environment variable {cfg.password_env} is not set")
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if smtp.has_extn("auth") and not set(offered) & set(LOGIN_MECHANISMS):
+            # smtplib's own words for this are "No suitable authentication method found."
+            smtp.close()
+            raise FatalSendError(
+                f"SMTP server {self._where()} offers login only by {' '.join(offered) or '?'};"
+                f" digest logs in with {', '.join(LOGIN_MECHANISMS)}",
+                hint="use the provider's SMTP relay or an app password that allows PLAIN or"
+                     " LOGIN (OAuth 2.0, XOAUTH2, is not supported)")
+        try:
+            smtp.login(username, password)
+        except UnicodeEncodeError:
+            # smtplib writes credentials as ASCII only; its error quotes the whole AUTH
+            # string, password included, which went into the report, the log and the store.
+            smtp.close()
+            raise FatalSendError(
+                f"cannot log in to SMTP server {self._where()}: [smtp] username or the"
+                f" password in ${cfg.password_env} has non-ASCII characters, which Python's"
+                " smtplib cannot send", hint="use an ASCII password (an app password)",
+            ) from None
 
     def send(self, message: Outgoing) -> str:
         """Send one message; a refusal raises a SendError subclass (see `map_smtp_error`)."""
@@ -572,9 +615,33 @@ class SmtpSender:
         cap = self.config.max_per_connection
         if self._smtp is not None and cap and self._sent_on_connection >= cap:
             self.close()
+        reused = self._smtp is not None
         if self._smtp is None:
             self._smtp = self._connect()
         smtp = self._smtp
+        try:
+            return self._transact(smtp, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            if not _lost_before_data(exc, smtp):
+                raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
+            if not reused:
+                # A new connection that dies before it takes a message is the server's state,
+                # not this message's: counting an attempt against each digest would fail them
+                # all for good once max_attempts ran out. Like an unreachable server.
+                raise FatalSendError(f"SMTP server {self._where()} closed the connection"
+                                     f" before taking a message: {exc}") from exc
+        # A kept connection the server had closed (idle, or at its own limit of messages per
+        # connection) without a word: nothing of this message went out, so once more on a new
+        # connection rather than a retry an hour later.
+        log.info("smtp connection to %s was closed by the server; reconnecting", self._where())
+        self._smtp = self._connect()
+        try:
+            return self._transact(self._smtp, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
+
+    def _transact(self, smtp: _Session, message: Outgoing) -> str:
+        # One message over `smtp`; smtplib's errors go up as they are.
         smtp.renew_deadline()  # each message has the whole deadline: MAIL to the final reply
         try:
             refused = self._sendmail(smtp, message)
@@ -589,23 +656,26 @@ class SmtpSender:
             code = _reply_code(exc)
             if code in (None, 421) or smtp.sock is None:
                 self._drop()
-            raise map_smtp_error(exc, self.config, recipient=message.recipient) from exc
+            raise
         return self._where()
 
     @staticmethod
-    def _sendmail(smtp: smtplib.SMTP, message: Outgoing) -> dict[str, tuple[int, bytes]]:
+    def _sendmail(smtp: _Session, message: Outgoing) -> dict[str, tuple[int, bytes]]:
         # smtplib's sendmail, minus its pass over the whole message at DATA (a regex that
         # doubles each line-leading '.', and copies): the stored bytes are CRLF lines and,
         # quoted-printable, never start a line with '.', so when a C-speed search confirms
         # that, they go out as they are. Otherwise sendmail does it all. The replies and
         # errors are sendmail's own, so `send` handles both paths alike.
         data = message.data
+        smtp.data_started = False
         if data.startswith(b".") or b"\n." in data:
+            smtp.data_started = True  # sendmail does it all: from here the data may be out
             return smtp.sendmail(message.envelope_from, [message.recipient], data)
         smtp.ehlo_or_helo_if_needed()
         options = [f"size={len(data)}"] if smtp.does_esmtp and smtp.has_extn("size") else []
         pipelined = smtp.does_esmtp and smtp.has_extn("pipelining")
         SmtpSender._envelope(smtp, message, options, pipelined)
+        smtp.data_started = True
         smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, reply = smtp.getreply()
         if code != 250:
@@ -688,53 +758,128 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
                    opening: bool = False, recipient: str = "") -> SendError:
     """The one translation of smtplib, socket and ssl errors into the send errors of
     `digest.errors`. While the session opens (`opening`: connect, EHLO, STARTTLS, login)
-    every failure is fatal: no message can go. On a message: a 5xx answer is permanent
+    every failure is fatal: no message can go. On a message, so is a refusal every message
+    would meet (530, log in or STARTTLS first; a refusal to relay; a 5xx to MAIL FROM but
+    552). A 5xx is permanent
     (550, 551 or 553 at RCPT is a RecipientRefusedError: a hard bounce, whose address is
     suppressed; soft if the reply's enhanced status is 5.7.x, a policy refusal of us);
     4xx, 421, a lost connection and a broken session limit are transient (the message may
     have arrived after DATA: it is sent again as the same bytes, same Message-ID)."""
     where = f"{config.host}:{config.port}"
     if opening:
-        if isinstance(exc, smtplib.SMTPAuthenticationError):
-            return FatalSendError(
-                f"SMTP server {where} rejected the login for {config.username!r}"
-                f" ({exc.smtp_code})",
-                hint=f"check [smtp] username and the password in ${config.password_env}")
-        if isinstance(exc, ssl.SSLError):
-            return _tls_error(exc, where)
-        if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
-            # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
-            # after STARTTLS).
-            return FatalSendError(
-                f"SMTP server {where} offers no login (AUTH), but [smtp] username is set",
-                hint="remove [smtp] username for a server that needs none, or use"
-                     " security = \"starttls\" if it offers AUTH only over TLS")
-        if isinstance(exc, smtplib.SMTPResponseException):
-            # smtplib's str() of a refused greeting or EHLO is its args tuple,
-            # "(554, b'5.3.2 busy')": say it as the server did.
-            return FatalSendError(f"cannot connect to SMTP server {where}: it answered"
-                                  f" {exc.smtp_code} {_text(exc.smtp_error)}")
-        return FatalSendError(f"cannot connect to SMTP server {where}: {exc}")
+        return _opening_error(exc, config, where)
     if isinstance(exc, SessionLimitError):
         return TransientSendError(f"SMTP server {where}: {exc}; connection closed")
     code = _reply_code(exc)
     if code is None:
         return TransientSendError(f"connection to {where} lost: {exc}")
+    refusal = _session_refusal(exc, code, config)
+    if refusal is not None:
+        return refusal
+    rcpt = isinstance(exc, smtplib.SMTPRecipientsRefused)
+    raw: bytes | str
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        text = _text(next(iter(exc.recipients.values()))[1])
-        reason = f"server refused {recipient}: {code} {text}"
-        if code == 552 or re.match(r"\s*5\.2\.2\b", text):
-            # A full mailbox (and RFC 5321 4.5.3.1.10: 552 at RCPT is to be taken as 452):
-            # the reader's to clear, so tried again later, as a bounce with it counts soft.
-            return TransientSendError(reason)
-        if code in HARD_RCPT_CODES:
-            # RFC 5321: 550 no such mailbox, 551 user not local, 553 name not allowed.
-            policy_refusal = re.match(r"\s*5\.7\.\d", text) is not None
-            return RecipientRefusedError(reason, code, hard=not policy_refusal)
+        raw, reason = next(iter(exc.recipients.values()))[1], f"server refused {recipient}: "
     else:
         assert isinstance(exc, smtplib.SMTPResponseException)
-        reason = f"server answered {code} {_text(exc.smtp_error)}"
+        raw, reason = exc.smtp_error, "server answered "
+    text, reason = _text(raw), reason + _answer(code, raw)
+    if re.match(r"\s*5\.2\.2\b", text) or (rcpt and code == 552):
+        # A full mailbox, at RCPT or after the data (as a relay that delivers over LMTP
+        # answers it); and RFC 5321 4.5.3.1.10: 552 at RCPT is to be taken as 452. The
+        # reader's to clear, so tried again later; as a bounce it counts soft.
+        return TransientSendError(reason)
+    if rcpt and code in HARD_RCPT_CODES:
+        # RFC 5321: 550 no such mailbox, 551 user not local, 553 name not allowed.
+        policy_refusal = re.match(r"\s*5\.7\.\d", text) is not None
+        return RecipientRefusedError(reason, code, hard=not policy_refusal)
     return PermanentSendError(reason) if 500 <= code < 600 else TransientSendError(reason)
+
+
+def _opening_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig,
+                   where: str) -> FatalSendError:
+    # map_smtp_error while the session opens: whatever went wrong, no message can go.
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return FatalSendError(
+            f"SMTP server {where} rejected the login for {config.username!r}"
+            f" ({exc.smtp_code})",
+            hint=f"check [smtp] username and the password in ${config.password_env}")
+    if isinstance(exc, ssl.SSLError):
+        return _tls_error(exc, where)
+    if isinstance(exc, smtplib.SMTPNotSupportedError) and config.username:
+        # Connected: it is the login that cannot happen (no AUTH offered, perhaps only
+        # after STARTTLS).
+        return FatalSendError(
+            f"SMTP server {where} offers no login (AUTH), but [smtp] username is set",
+            hint="remove [smtp] username for a server that needs none, or use"
+                 " security = \"starttls\" if it offers AUTH only over TLS")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        # smtplib's str() of a refused greeting or EHLO is its args tuple,
+        # "(554, b'5.3.2 busy')": say it as the server did. A 421 greeting to one of several
+        # connections is most often the server's limit of connections per client.
+        busy = isinstance(exc, smtplib.SMTPConnectError) and exc.smtp_code == 421
+        return (ServerBusyError if busy else FatalSendError)(
+            f"cannot connect to SMTP server {where}: it answered"
+            f" {_answer(exc.smtp_code, exc.smtp_error)}",
+            hint=(f"the server may take fewer connections at once than [smtp] connections"
+                  f" = {config.connections}: lower it") if busy and config.connections > 1
+            else None)
+    hint = None
+    if isinstance(exc, NoGreetingError) and config.security != "ssl":
+        # A server on an implicit-TLS port waits for our TLS handshake, silent: the usual
+        # slip being port = 465 with the default security = "starttls".
+        hint = ("a server that speaks TLS at once (usually port 465) says nothing until"
+                " the TLS handshake: set [smtp] security = \"ssl\" for it")
+    return FatalSendError(f"cannot connect to SMTP server {where}: {exc}", hint=hint)
+
+
+# Refusals at RCPT that are about us, not the address: every recipient would get them, and
+# as 550s they would suppress every address (Postfix makes its client, HELO and sender checks
+# at RCPT, smtpd_delay_reject). "Relay access denied" (Postfix), "relay not permitted" (Exim),
+# "Relaying denied" (Sendmail), "Unable to relay" (Exchange): it relays only for logins.
+NOT_THE_ADDRESS = (
+    (re.compile(r"\brelay", re.IGNORECASE), "does not relay our mail",
+     "it relays only for clients that log in: set [smtp] username (password in ${env})"),
+    (re.compile(r"Client host (rejected|\[[^]]*\] blocked)", re.IGNORECASE),
+     "refuses this machine", "ask the server's operator, or send through another relay"),
+    (re.compile(r"Helo command rejected", re.IGNORECASE), "refuses our EHLO name",
+     "this machine greets with {host}: give it a fully-qualified host name"),
+    (re.compile(r"Sender address (rejected|\[[^]]*\] blocked)", re.IGNORECASE),
+     "refuses our sender address",
+     "check [delivery] from (and [bounces] address)"),
+)
+_ADDRESS_STATUS = re.compile(r"[45]\.1\.([1-6]|10)\b")
+
+
+def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
+                     config: SmtpConfig) -> FatalSendError | None:
+    # Refusals about the session, not the message: every message would meet them, so failing
+    # each digest for good would lose the day's mail to a setting. 530 is "log in first"
+    # (RFC 4954) or "STARTTLS first" (RFC 3207), at any step; a refusal to relay, at RCPT; a
+    # 5xx to MAIL FROM refuses our sender address, except 552 (SIZE: too large a message).
+    where = f"{config.host}:{config.port}"
+    if code == 530:
+        text = exc.smtp_error if isinstance(exc, smtplib.SMTPResponseException) else b""
+        return FatalSendError(
+            f"SMTP server {where} wants a login or TLS first: it answered {_answer(code, text)}",
+            hint="set [smtp] username (password in $" + config.password_env + ") and"
+                 " security = \"starttls\" or \"ssl\"")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        text = _text(next(iter(exc.recipients.values()))[1])
+        # A status about the recipient's address (X.1.1-6, X.1.10) is that address's.
+        for pattern, what, hint in () if _ADDRESS_STATUS.match(text) else NOT_THE_ADDRESS:
+            if pattern.search(text):
+                return FatalSendError(
+                    f"SMTP server {where} {what}: it answered {code} {text}",
+                    hint=hint.format(env=config.password_env,
+                                     host=_local_hostname() or "an address literal"))
+    if isinstance(exc, smtplib.SMTPSenderRefused) and code >= 500 and code != 552:
+        return FatalSendError(
+            f"SMTP server {where} refused the sender {_text(exc.sender)}:"
+            f" {_answer(code, exc.smtp_error)}",
+            hint="check [delivery] from (and [bounces] address): servers often take only"
+                 " addresses the login may send as")
+    return None
 
 
 def _tls_error(exc: ssl.SSLError, where: str) -> FatalSendError:
@@ -756,6 +901,13 @@ def _tls_error(exc: ssl.SSLError, where: str) -> FatalSendError:
 HARD_RCPT_CODES = (550, 551, 553)  # at RCPT: the address is dead (a hard bounce)
 
 
+def _lost_before_data(exc: BaseException, smtp: _Session) -> bool:
+    # The connection dropped (no reply code, no broken limit: not a slow server) before any
+    # of the message's data was written: the server cannot have taken it.
+    return (_reply_code(exc) is None and not isinstance(exc, SessionLimitError)
+            and not smtp.data_started)
+
+
 def _reply_code(exc: BaseException) -> int | None:
     # The server's answer in an smtplib error; SMTPRecipientsRefused (raised when every
     # recipient is refused) has no smtp_code: the codes are only in its dict.
@@ -768,9 +920,23 @@ def _reply_code(exc: BaseException) -> int | None:
 
 @functools.cache
 def _local_hostname() -> str:
-    # smtplib calls socket.getfqdn() (a DNS lookup) for every new connection otherwise.
-    return socket.getfqdn()
+    # smtplib calls socket.getfqdn() (a DNS lookup) for every new connection otherwise. A
+    # name without a dot ("localhost", a container's id) is no FQDN, and servers that check
+    # (Postfix's reject_non_fqdn_helo_hostname) refuse it: "" asks _Session for an address
+    # literal instead.
+    name = socket.getfqdn()
+    return name if "." in name else ""
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    # A server's words on one line (a multi-line reply's lines joined by spaces), with control
+    # characters escaped: they go into one-line errors, log lines and the terminal.
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return printable(" ".join(text.split()))
+
+
+def _answer(code: int, text: bytes | str) -> str:
+    # A reply as the server gave it; -1 is smtplib's code for a line that is not SMTP.
+    if code < 0:
+        return f"something that is not SMTP: \"{_text(text)[:200]}\""
+    return f"{code} {_text(text)}"

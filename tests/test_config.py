@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import DefaultsConfig, load_settings
+from digest.config import DefaultsConfig, SmtpConfig, load_settings
 from digest.errors import ConfigError
+from digest.index import build_digest
+from digest.models import Listing, RenderedEmail
+from digest.send import SmtpSender, outgoing
 from digest.subscribers import load as iter_subscribers
-from tests.conftest import REPO, Project
+from tests.conftest import NOW, REPO, Project, SmtpServer
 from tests.samples import load_subscriber
 
 GOOD = """
@@ -268,3 +271,41 @@ def test_public_url_is_a_site_root(project: Project, url: str, problem: str) -> 
 def test_public_url_keeps_its_root_without_the_slash(project: Project) -> None:
     project.write_config('[server]\npublic_url = "https://digest.example.org/"\n')
     assert load_settings(project.config).server.public_url == "https://digest.example.org"
+
+
+@pytest.mark.parametrize("written, name", [
+    ('Bücherei "Neu" <digest@bücher.example>', "Bücherei Neu"),  # as parseaddr reads it
+    ('"Lab, Inc." <digest@bücher.example>', "Lab, Inc."),
+    ("digest@bücher.example", ""),
+])
+def test_a_from_address_with_an_internationalised_domain_is_sent_in_its_idna_form(
+        project: Project, smtp_server: SmtpServer, written: str, name: str) -> None:
+    # It was accepted as written, and every message then failed its header check for good
+    # ("address 'digest@bücher.example' cannot be written in a header").
+    project.config.write_text(f"[delivery]\nfrom = '{written}'\n", encoding="utf-8")
+    settings = load_settings(project.config)
+    assert settings.delivery.from_address == "digest@xn--bcher-kva.example"
+    digest = build_digest(load_subscriber(project.subscriber("ada", GOOD), DefaultsConfig()),
+                          [Listing(id="x", title="KV cache", abstract="a")], NOW.date(), NOW)
+    assert digest is not None
+    rendered = RenderedEmail(subject="1 new paper: T", html="<p>x</p>", text="x\n")
+    out = outgoing(rendered, digest, settings.delivery, NOW, None, None)
+    config = SmtpConfig(host=smtp_server.host, port=smtp_server.port, security="none")
+    with SmtpSender(config) as sender:
+        sender.send(out)
+    received = smtp_server.sink.received[0]
+    assert received.mail_from == "digest@xn--bcher-kva.example"
+    sender_field = received.message["From"].addresses[0]
+    assert (sender_field.display_name, sender_field.addr_spec) == (
+        name, "digest@xn--bcher-kva.example")
+    assert received.message["Message-ID"].endswith("@xn--bcher-kva.example>")
+
+
+def test_a_from_name_with_an_unquoted_comma_says_to_quote_it(project: Project) -> None:
+    # It said "'Lab' is not a valid email address: An email address must have an @-sign."
+    project.config.write_text("[delivery]\nfrom = 'Lab, Inc. <digest@example.org>'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert info.value.field == "delivery.from"
+    assert info.value.problem.endswith(
+        "a display name with a comma goes in quotes: write '\"Lab, Inc.\" <digest@example.org>'")

@@ -8,15 +8,20 @@ import datetime as dt
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlite_utils import Database
 
 from digest import delivery, store
+from digest.config import DeliveryConfig
 from digest.errors import FatalSendError, TransientSendError
-from digest.send import Outgoing
+from digest.models import Digest, RenderedEmail, Subscriber, Topic
+from digest.send import Outgoing, SmtpSender, outgoing
+from tests.loopback import ScriptedSmtp, raw_smtp_server
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 POLICY = delivery.RetryPolicy(max_attempts=3)
@@ -184,3 +189,79 @@ def test_when_the_caller_fails_the_rows_waiting_for_a_connection_are_put_back(
     after = states(path)
     assert after["s000"] == ("sent", 1)
     assert {after[f"s{i:03d}"] for i in range(1, 10)} == {("queued", 0)}
+
+
+class _TwoConnectionsAtOnce(ScriptedSmtp):
+    """Takes two connections at a time; any other gets 421 at the greeting, as a server
+    limiting connections per client does."""
+
+    def handle(self) -> None:
+        server: Any = self.server
+        with server.lock:
+            server.open += 1
+            busy = server.open > 2
+        try:
+            if busy:
+                server.seen.append("421")
+                self.wfile.write(b"421 4.7.0 Too many concurrent SMTP connections\r\n")
+                return
+            super().handle()
+        finally:
+            with server.lock:
+                server.open -= 1
+
+    def answer(self, verb: bytes, line: bytes) -> bool:
+        if verb != b"DATA":
+            return False
+        self.wfile.write(b"354 go ahead\r\n")
+        self.take_data()
+        return True
+
+
+def _real_message() -> bytes:
+    digest = Digest(Subscriber(
+        id="s", name="S", email="s@example.org", timezone="UTC", send_at=dt.time(7),
+        max_items=5, lookback_days=7, topics=(Topic("P", ("p",)),)), date(2026, 11, 25), (),
+        NOW)
+    rendered = RenderedEmail(subject="1 new paper: P", html="<p>x</p>", text="x\n")
+    delivery_config = DeliveryConfig.model_validate({"from": "Digest <digest@example.org>"})
+    return outgoing(rendered, digest, delivery_config, NOW, None, None).data
+
+
+@pytest.mark.parametrize("connections, rows", [(4, 12), (4, 3)])
+def test_connections_beyond_the_server_s_limit_retire_and_the_others_send_everything(
+        tmp_path: Path, connections: int, rows: int) -> None:
+    # With [smtp] connections above what the server takes from one client, the 421 greeting
+    # stopped the whole batch: a few messages went out per run, or none.
+    path = tmp_path / "digest.db"
+    db = store.open_db(path)
+    data = _real_message()
+    pending = [replace(row, data=data) for row in queued(db, rows)]
+    with raw_smtp_server(_TwoConnectionsAtOnce) as server:
+        server.lock, server.open = threading.Lock(), 0  # type: ignore[attr-defined]
+        senders = [SmtpSender(server.config()) for _ in range(connections)]
+        try:
+            report = send_all(delivery.Delivery(db, list(senders), lambda: NOW,
+                                                policy=POLICY), pending)
+        finally:
+            for sender in senders:
+                sender.close()
+    assert report.fatal is None, report.fatal
+    assert len(server.messages) == rows
+    assert set(states(path).values()) == {("sent", 1)}
+
+
+def test_when_every_connection_is_refused_the_batch_stops(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "digest.db")
+    pending = [replace(row, data=_real_message()) for row in queued(db, 5)]
+
+    class _Full(_TwoConnectionsAtOnce):
+        def handle(self) -> None:
+            self.wfile.write(b"421 4.7.0 Too many concurrent SMTP connections\r\n")
+
+    with raw_smtp_server(_Full) as server:
+        senders = [SmtpSender(server.config()) for _ in range(3)]
+        report = send_all(delivery.Delivery(db, list(senders), lambda: NOW, policy=POLICY),
+                          pending)
+    assert report.fatal is not None and "421" in report.fatal
+    assert set(states(tmp_path / "digest.db").values()) == {("queued", 0)}
