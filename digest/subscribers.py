@@ -84,9 +84,9 @@ def load_one(
     folder: Path, defaults: DefaultsConfig, subscriber_id: str, db: Database | None = None,
 ) -> Subscriber:
     """The subscriber `subscriber_id` (cached in `db` when given); UnknownSubscriberError when
-    there is no such subscriber, ConfigError when their file is bad."""
-    path_of(folder, subscriber_id)
-    [entry] = load(folder, defaults, db, only=[subscriber_id])
+    there is no such subscriber, ConfigError when their file is bad. Only their file is read,
+    so an earlier file with the same address is not looked for (`load` does that)."""
+    [entry] = _entries(folder, [path_of(folder, subscriber_id)], defaults, db, None, False)
     if isinstance(entry, ConfigError):
         raise entry
     return entry
@@ -98,8 +98,32 @@ def load(
 ) -> Iterator[Subscriber | ConfigError]:
     """Each subscriber in `folder` (or those in `only`, in that order), or the ConfigError its
     file raised. With a store, unchanged files come from its cache instead of being validated
-    again, and the cache forgets files that are gone (after a full listing)."""
-    paths = [path_of(folder, sid) for sid in dict.fromkeys(only)] if only else files(folder)
+    again, and the cache forgets files that are gone."""
+    listing = _entries(folder, files(folder), defaults, db, now, True)
+    if not only:
+        yield from listing
+        return
+    # Every file is listed even so: whether an earlier file (by id) has a chosen subscriber's
+    # address decides whether they get a digest (`send --subscriber ada-2` must not mail the
+    # address ada.toml already got its digest at).
+    wanted = dict.fromkeys(path_of(folder, sid).name for sid in only)
+    found = {_file_name(e): e for e in listing if _file_name(e) in wanted}
+    for name in wanted:
+        if name not in found:  # gone between the two looks
+            raise UnknownSubscriberError(name[:-5], folder)
+        yield found[name]
+
+
+def _file_name(entry: Subscriber | ConfigError) -> str:
+    return entry.path.name if isinstance(entry, ConfigError) else f"{entry.id}.toml"
+
+
+def _entries(
+    folder: Path, paths: list[Path], defaults: DefaultsConfig, db: Database | None,
+    now: datetime | None, listed: bool,
+) -> Iterator[Subscriber | ConfigError]:
+    """`load`'s loop over `paths` (`listed`: every file of the folder, so the cache may
+    forget the files that are gone)."""
     cached = store.cached_subscribers(db) if db is not None else {}
     fresh: list[tuple[str, str, str]] = []
     # The folder is resolved once, not each file, and the keys are plain strings: a Path per
@@ -131,7 +155,7 @@ def load(
         yield subscriber if owner == path.name else duplicate(path, subscriber.email, owner)
     if db is None:
         return
-    gone = [] if only else sorted(set(cached) - set(keys))
+    gone = sorted(set(cached) - set(keys)) if listed else []
     if fresh or gone:
         store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
         log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",

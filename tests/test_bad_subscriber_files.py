@@ -122,3 +122,21 @@ def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project
     assert states == {"ada": "sent", "grace": "sent"}
     assert "ada-2" in report and "is also in ada.toml" in report
     assert len(list(project.outbox.glob("*.eml"))) == 2
+
+
+def test_send_naming_the_second_file_of_an_address_does_not_mail_it_twice(
+        project: Project) -> None:
+    # `--subscriber` loads only the files named; the file that owns the address (the first by
+    # id) must still be seen, or ada's address gets two digests in one day.
+    (project.subscribers / "ada-2.toml").write_text(
+        ADA.replace("ada@example.org", "Ada@EXAMPLE.org"), encoding="utf-8")
+    assert _digest(project, "fetch").returncode == 0
+    assert _digest(project, "send", "--subscriber", "ada").returncode == 0
+    run = _digest(project, "send", "--subscriber", "ada-2", "--subscriber", "grace")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "is also in ada.toml" in run.stdout
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
+        project.db_path))}
+    assert states == {"ada": "sent", "grace": "sent"}
+    assert sorted(p.name.split("_", 1)[1] for p in project.outbox.glob("*.eml")) == [
+        "ada.eml", "grace.eml"]
