@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from . import batch, pipeline, schedule, store
-from .config import DEFAULT_CONFIG, Settings, load_settings
+from .config import DEFAULT_CONFIG, Settings, is_subscriber_id, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError, listen_error
 from .match import loose_keywords
 from .ranking import check_likes
@@ -276,7 +276,7 @@ def _named(everyone: list[pipeline.SubscriberStatus], subscribers: tuple[str, ..
     known = {row.subscriber_id: row for row in everyone}
     for sid in subscribers:
         if sid not in known:
-            _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
+            _fail(UnknownSubscriberError(sid, settings.subscribers.dir, is_subscriber_id(sid)))
     return [known[sid] for sid in dict.fromkeys(subscribers)]
 
 

@@ -75,8 +75,11 @@ def path_of(folder: Path, subscriber_id: str) -> Path:
     """The file of `subscriber_id` in `folder`, or UnknownSubscriberError when the id is not
     valid (checked before the file system sees it) or has no file."""
     path = folder / f"{subscriber_id}.toml"
-    if not is_subscriber_id(subscriber_id) or not path.is_file():
-        raise UnknownSubscriberError(subscriber_id, folder)
+    # `lexists`, not `is_file`: a name that is there but unreadable (a folder, a broken link)
+    # is that file's one-line ConfigError when read, as `validate` says, not "create it".
+    valid = is_subscriber_id(subscriber_id)
+    if not valid or not os.path.lexists(path):
+        raise UnknownSubscriberError(subscriber_id, folder, valid)
     return path
 
 

@@ -107,6 +107,29 @@ def test_commands_naming_a_bad_id_say_no_such_subscriber(project: Project, sid: 
         assert "Traceback" not in run.stderr, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 2 and lines[0].startswith("error: no subscriber "), run.stderr
+        # Creating a file of that name would not help: the hint says what an id is.
+        assert lines[1].startswith("hint: a subscriber id is 1-64 letters"), run.stderr
+
+
+def test_a_folder_or_a_broken_link_named_as_the_subscriber_is_that_file_s_problem(
+        project: Project) -> None:
+    # The name is there: "no subscriber ... create ada-dir.toml" would send the user to create
+    # what exists. Preview, explain and send say what `validate` says of the file.
+    (project.subscribers / "ada-dir.toml").mkdir()
+    (project.subscribers / "gone.toml").symlink_to(project.root / "nowhere.toml")
+    assert _digest(project, "fetch").returncode == 0
+    for sid, why in (("ada-dir", "Is a directory"), ("gone", "No such file or directory")):
+        expected = f"error: {project.subscribers / sid}.toml: cannot read file: {why}"
+        for args in (["preview", sid], ["explain", sid, "x"]):
+            run = _digest(project, *args)
+            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+            assert run.stderr.splitlines() == [expected], (args, run.stderr)
+        run = _digest(project, "send", "--subscriber", sid, "--subscriber", "ada")
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert f"{sid}.toml: cannot read file: {why}" in run.stdout, run.stdout
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
+        project.db_path))}
+    assert states == {"ada": "sent"}
 
 
 def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project) -> None:
