@@ -893,8 +893,32 @@ def _problem(error: Any) -> str:
         return "required key is missing"
     if kind == "too_short":
         return "must not be empty"
+    if (typed := _type_problem(kind, given)) is not None:
+        return typed
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+# What a strict number or switch is, and how its value is written when given as text.
+_TYPES = {"int_type": ("a whole number", r"[+-]?\d+"),
+          "float_type": ("a number", r"[+-]?\d+(\.\d+)?"),
+          "bool_type": ("true or false", r"true|false")}
+
+
+def _type_problem(kind: str, given: object) -> str | None:
+    # Nothing is converted (README): `max_items = "10"` is text, and pydantic's "Input should
+    # be a valid integer" does not say that the quotes are the problem.
+    if kind not in _TYPES:
+        return None
+    wanted, written = _TYPES[kind]
+    if isinstance(given, str):
+        shown = json.dumps(given, ensure_ascii=False)
+        if re.fullmatch(written, given.strip()):
+            return f"must be {wanted}, not the text {shown}: write {given.strip()} without quotes"
+        return f"must be {wanted}, not the text {shown}"
+    if isinstance(given, int | float):  # 10.5 for a count, 1 for a switch
+        return f"must be {wanted}, not {given}"
+    return None
 
 
 def _validation_error(path: Path, exc: ValidationError) -> ConfigError:

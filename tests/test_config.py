@@ -75,7 +75,7 @@ def test_defaults_fill_what_a_subscriber_leaves_out(project: Project) -> None:
         (GOOD + "weight = true\n", "topics[0].weight", "a number, not true"),
         (GOOD + "min_upvotes = true\n", "topics[0].min_upvotes", "a number, not true"),
         (GOOD + "max_items = true\n", "topics[0].max_items", "a number, not true"),
-        ("paused = 1\n" + GOOD, "paused", "valid boolean"),
+        ("paused = 1\n" + GOOD, "paused", "must be true or false, not 1"),
         # Only IANA names: not the system's files that zoneinfo would also read.
         ('timezone = "localtime"\n' + GOOD, "timezone", "unknown timezone 'localtime'"),
         ('timezone = "right/UTC"\n' + GOOD, "timezone", "unknown timezone 'right/UTC'"),
@@ -102,6 +102,15 @@ def test_subscriber_errors_name_file_field_and_problem(
         ('name = "Ada"\nemail = "ada@example.org"\ntopics = ["kv cache"]\n', "topics[0]",
          "each topic is a table: write [[topics]] with its name and keywords"),
         ("send_at = 07:30:15\n" + GOOD, "send_at", 'give hours and minutes: "07:30"'),
+        # Nothing is converted: quotes make a number text, and the line says so.
+        ('max_items = "10"\n' + GOOD, "max_items",
+         'must be a whole number, not the text "10": write 10 without quotes'),
+        ("max_items = 10.5\n" + GOOD, "max_items", "must be a whole number, not 10.5"),
+        (GOOD + 'weight = "2.5"\n', "topics[0].weight",
+         'must be a number, not the text "2.5": write 2.5 without quotes'),
+        ('paused = "true"\n' + GOOD, "paused",
+         'must be true or false, not the text "true": write true without quotes'),
+        ('paused = "yes"\n' + GOOD, "paused", 'must be true or false, not the text "yes"'),
     ],
 )
 def test_common_hand_written_mistakes_say_what_to_write(
