@@ -971,16 +971,22 @@ def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
 # A value people leave unquoted: a word (a zone, a name) or a time without seconds, which
 # TOML 1.0 (Python's tomllib) does not have.
 _UNQUOTED = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*([A-Za-z][^#\"']*?|\d{1,2}:\d{2})\s*(?:#.*)?")
+_KEY = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=")
 
 
 def _unquoted(raw: bytes | None, message: str) -> str:
-    # ": text goes in quotes: key = "value"" when the line TOML stopped at is such a line.
+    # What to write, when the line TOML stopped at says it: ": text goes in quotes: key =
+    # "value"", or ": key is given twice" (tomllib only says "Cannot overwrite a value").
     at = re.search(r"at line (\d+)", message)
     if raw is None or at is None:
         return ""
     lines = raw.decode("utf-8-sig", "replace").splitlines()
     number = int(at.group(1))
-    found = _UNQUOTED.fullmatch(lines[number - 1]) if 0 < number <= len(lines) else None
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    twice = _KEY.match(line) if message.startswith("Cannot overwrite a value") else None
+    if twice is not None:
+        return f": {twice.group(1)} is given twice in its table (keep one)"
+    found = _UNQUOTED.fullmatch(line)
     if found is None or found.group(2) in ("true", "false", "inf", "nan"):
         return ""
     return f': text goes in quotes: {found.group(1)} = "{found.group(2)}"'

@@ -130,6 +130,17 @@ def test_an_unquoted_value_in_invalid_toml_says_to_quote_it(
     assert err.problem.startswith("invalid TOML: ") and err.problem.endswith(hint)
 
 
+@pytest.mark.parametrize(("body", "hint"), [
+    ('send_at = "07:00"\nsend_at = "08:00"\n' + GOOD, "send_at is given twice in its table"),
+    (GOOD + 'keywords = ["x"]\n', "keywords is given twice in its table"),
+])
+def test_a_key_given_twice_is_named(project: Project, body: str, hint: str) -> None:
+    # tomllib says only "Cannot overwrite a value (at line 2, column 18)".
+    err = load(project, body)
+    assert err.problem.startswith("invalid TOML: Cannot overwrite a value")
+    assert err.problem.endswith(f": {hint} (keep one)")
+
+
 def test_a_toml_time_of_day_is_a_send_time(project: Project) -> None:
     path = project.subscriber("t", "send_at = 07:30:00\n" + GOOD)
     assert load_subscriber(path, DefaultsConfig()).send_at == dt.time(7, 30)
