@@ -230,6 +230,9 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
     composed = pipeline.preview(settings, db, subscriber, _now())
     if composed is None:
         out.print(f"{subscriber}: nothing matches right now, so no email would be sent.")
+        if store.count_listings(db) == 0:  # a first preview before any fetch, not the keywords
+            err.print(f"hint: the store has no listings yet: run `digest fetch --config"
+                      f" {config_path}` first", highlight=False, markup=False)
         return
     body = composed.rendered.text if text else composed.rendered.html
     if out_path is None and open_browser:

@@ -188,6 +188,22 @@ def test_preview_writes_html_or_text_and_changes_nothing(project: Project, tmp_p
     assert code == 1 and "no subscriber 'nobody'" in output and "hint:" in output
 
 
+def test_preview_before_any_fetch_says_to_fetch_first(project: Project) -> None:
+    # "nothing matches" alone sends a new user to change keywords that are fine.
+    code, output = invoke(project, "preview", "ada")
+    assert code == 0 and output.splitlines() == [
+        "ada: nothing matches right now, so no email would be sent.",
+        f"hint: the store has no listings yet: run `digest fetch --config {project.config}`"
+        " first"]
+    invoke(project, "fetch")
+    (project.subscribers / "zed.toml").write_text(
+        'name = "Zed"\nemail = "zed@example.org"\n[[topics]]\nname = "Z"\n'
+        'keywords = ["zzqqxx"]\n', encoding="utf-8")
+    code, output = invoke(project, "preview", "zed")
+    assert code == 0 and output.splitlines() == [
+        "zed: nothing matches right now, so no email would be sent."]
+
+
 def test_validate_lists_problems_one_line_each(project: Project) -> None:
     project.subscriber("bad1", "name = 'X'\nemail = 'x@example.org'\ntimezone = 'Mars/Base'\n"
                        "[[topics]]\nname = 't'\nkeywords = ['a']\n")
