@@ -5,8 +5,10 @@ and `digest send` run as real processes: one line for the bad file, the others g
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,32 @@ def test_send_naming_the_second_file_of_an_address_does_not_mail_it_twice(
     assert states == {"ada": "sent", "grace": "sent"}
     assert sorted(p.name.split("_", 1)[1] for p in project.outbox.glob("*.eml")) == [
         "ada.eml", "grace.eml"]
+
+
+def test_a_subscribers_folder_that_cannot_be_listed_is_an_error_not_nobody() -> None:
+    # glob() says an unreadable folder is empty: validate said "ok; 0 valid subscriber(s)",
+    # send "nothing to do", both exit 0, and nobody got a digest. Root reads every folder, so
+    # as root the commands run as nobody (setpriv), in a folder of /tmp they can reach.
+    as_nobody: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: every folder can be listed")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = Path(tempfile.mkdtemp(prefix="digest-unlisted-", dir="/tmp"))
+    try:
+        root.chmod(0o777)
+        config = root / "digest.toml"
+        config.write_text('[store]\npath = "digest.db"\n[subscribers]\ndir = "people"\n',
+                          encoding="utf-8")
+        (root / "people").mkdir()
+        (root / "people" / "ada.toml").write_text(ADA, encoding="utf-8")
+        (root / "people").chmod(0o311)  # its files can be opened, the folder not listed
+        for command in ("validate", "send"):
+            run = subprocess.run([*as_nobody, DIGEST, command, "--config", str(config)],
+                                 capture_output=True, text=True, timeout=120, check=False)
+            assert run.returncode == 1, (command, run.stdout, run.stderr)
+            assert run.stderr.splitlines() == [f"error: {root / 'people'}: cannot list the"
+                                               " subscribers folder: Permission denied"]
+    finally:
+        (root / "people").chmod(0o755)
+        shutil.rmtree(root)
