@@ -6,6 +6,7 @@ Relative paths in `digest.toml` resolve against the folder that holds it.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
@@ -57,10 +58,18 @@ def iana_timezones() -> frozenset[str]:
 def _check_timezone(value: str) -> str:
     # ZoneInfo alone would take any zone file it finds: 'localtime', 'right/UTC'.
     if value not in iana_timezones():
-        raise ValueError(
-            f"unknown timezone {value!r}: use an IANA name such as 'Europe/London'"
-        )
+        raise ValueError(f"unknown timezone {value!r}: {_zone_advice(value)}")
     return value
+
+
+def _zone_advice(value: str) -> str:
+    # 'utc', 'new york', 'Europe/Londn': the name meant is in the list, cased or spelt
+    # a little differently; say which instead of only pointing at the list.
+    names = iana_timezones()
+    wanted = value.strip().replace(" ", "_")
+    near = {name.casefold(): name for name in names}.get(wanted.casefold())
+    near = near or next(iter(difflib.get_close_matches(wanted, names, n=1, cutoff=0.85)), None)
+    return f"did you mean {near!r}?" if near else "use an IANA name such as 'Europe/London'"
 
 
 def _not_a_bool(value: object) -> object:

@@ -141,6 +141,21 @@ def test_a_key_given_twice_is_named(project: Project, body: str, hint: str) -> N
     assert err.problem.endswith(f": {hint} (keep one)")
 
 
+@pytest.mark.parametrize(("zone", "advice"), [
+    ("utc", "did you mean 'UTC'?"),
+    ("europe/london", "did you mean 'Europe/London'?"),
+    ("America/New York", "did you mean 'America/New_York'?"),
+    ("Europe/Londn", "did you mean 'Europe/London'?"),
+    ("Asia/Kathmando", "did you mean 'Asia/Kathmandu'?"),
+    ("Mars/Base", "use an IANA name such as 'Europe/London'"),
+    ("right/UTC", "use an IANA name such as 'Europe/London'"),
+])
+def test_an_unknown_timezone_names_the_one_meant(project: Project, zone: str,
+                                                 advice: str) -> None:
+    err = load(project, f'timezone = "{zone}"\n' + GOOD)
+    assert (err.field, err.problem) == ("timezone", f"unknown timezone {zone!r}: {advice}")
+
+
 def test_a_toml_time_of_day_is_a_send_time(project: Project) -> None:
     path = project.subscriber("t", "send_at = 07:30:00\n" + GOOD)
     assert load_subscriber(path, DefaultsConfig()).send_at == dt.time(7, 30)
