@@ -16,7 +16,7 @@ import unicodedata
 from datetime import date, time
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
@@ -930,8 +930,31 @@ def _type_problem(kind: str, given: object) -> str | None:
     return None
 
 
-def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
-    each = [_one_error(path, error) for error in exc.errors()]
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    # The tables a field holds: list[TopicFile], X | None, the union of the source types.
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _key_meant(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The key of the table at `loc` that an unknown key (`loc[-1]`) is a near spelling of:
+    `keyword` for `keywords`, `sendat` for `send_at`."""
+    tables = [model]
+    for part in loc[:-1]:
+        inner = [m for t in tables for name, f in t.model_fields.items()
+                 if part in (name, f.alias) for m in _models_in(f.annotation)]
+        tables = inner or tables  # an index, or a source's type tag: the same tables
+    keys = {f.alias or name for t in tables for name, f in t.model_fields.items()}
+    given = str(loc[-1])
+    plain = {key.replace("_", "").casefold(): key for key in keys}
+    near = plain.get(given.replace("_", "").replace("-", "").casefold())
+    return near or next(iter(difflib.get_close_matches(given, sorted(keys), n=1)), None)
+
+
+def _validation_error(path: Path, exc: ValidationError,
+                      model: type[BaseModel]) -> ConfigError:
+    each = [_one_error(path, error, model) for error in exc.errors()]
     first = each[0]
     if len(each) == 1:
         return first
@@ -941,9 +964,11 @@ def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
                        each=each)
 
 
-def _one_error(path: Path, error: Any) -> ConfigError:
+def _one_error(path: Path, error: Any, model: type[BaseModel]) -> ConfigError:
     loc = tuple(error["loc"])
     problem = _problem(error)
+    if error["type"] == "extra_forbidden" and (meant := _key_meant(model, loc)):
+        problem = f"unknown key: did you mean {meant!r}? (see the README's reference)"
     # A check across fields (a model validator) names its field as "key: problem".
     named = re.fullmatch(r"(\w+): (.+)", problem, flags=re.S)
     if named:
@@ -1041,7 +1066,7 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _env_error(path, exc) or _validation_error(path, exc) from None
+        raise _env_error(path, exc) or _validation_error(path, exc, Settings) from None
     base = path.resolve().parent
     smtp = settings.smtp
     if smtp.ca_file is not None:
@@ -1086,7 +1111,7 @@ def parse_subscriber(path: Path, raw: bytes | None = None) -> dict[str, Any]:
     try:
         return SubscriberFile.model_validate(data).model_dump()
     except ValidationError as exc:
-        raise _validation_error(path, exc) from None
+        raise _validation_error(path, exc, SubscriberFile) from None
 
 
 # A subscriber id (a file stem) goes into log lines, report rows, Message-IDs, URLs and

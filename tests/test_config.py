@@ -207,6 +207,42 @@ def test_settings_errors_name_the_field(project: Project) -> None:
     assert "'starttls', 'ssl' or 'none'" in info.value.problem
 
 
+@pytest.mark.parametrize(("body", "field", "meant"), [
+    ('sendat = "08:00"\n' + GOOD, "sendat", "send_at"),
+    ("Max_Items = 3\n" + GOOD, "Max_Items", "max_items"),
+    (GOOD.replace("keywords =", "keyword ="), "topics[0].keyword", "keywords"),
+    (GOOD + "wieght = 2\n", "topics[0].wieght", "weight"),
+])
+def test_a_misspelt_key_names_the_key_meant(project: Project, body: str, field: str,
+                                            meant: str) -> None:
+    err = load(project, body)
+    assert (err.field, err.problem) == (
+        field, f"unknown key: did you mean {meant!r}? (see the README's reference)")
+
+
+def test_a_key_of_another_table_is_not_offered(project: Project) -> None:
+    # `exclude` is a subscriber's key, not a topic's: no "did you mean" from elsewhere.
+    err = load(project, GOOD + 'exlude = ["x"]\n')
+    assert (err.field, err.problem) == (
+        "topics[0].exlude", "unknown key (check the spelling; see the README's reference)")
+
+
+@pytest.mark.parametrize(("body", "field", "meant"), [
+    ("[schedule]\nfetch_every_minute = 30\n", "schedule.fetch_every_minute",
+     "fetch_every_minutes"),
+    ("[stroe]\npath = 'x.db'\n", "stroe", "store"),
+    ("[[sources]]\nname = 'a'\ntype = 'jsonl'\npth = 'x.jsonl'\n", "sources[1].jsonl.pth",
+     "path"),
+])
+def test_a_misspelt_settings_key_names_the_key_meant(project: Project, body: str, field: str,
+                                                     meant: str) -> None:
+    project.write_config(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert (info.value.field, info.value.problem) == (
+        field, f"unknown key: did you mean {meant!r}? (see the README's reference)")
+
+
 def test_bad_from_address_is_rejected(project: Project) -> None:
     project.config.write_text('[delivery]\nfrom = "Digest <nobody>"\n')
     with pytest.raises(ConfigError) as info:
