@@ -180,7 +180,7 @@ def sources(config_path: Path) -> None:
 @config_option
 def validate(config_path: Path) -> None:
     """Check digest.toml and every subscriber file; print one line per problem."""
-    settings = _settings(config_path)
+    settings = _every_problem(config_path)
     problems = 0
     count = 0
     entries = list(load_subscribers(settings.subscribers.dir, settings.defaults))
@@ -211,6 +211,19 @@ def validate(config_path: Path) -> None:
     for warning in deliverability_warnings(settings):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if problems:
+        sys.exit(1)
+
+
+def _every_problem(config_path: Path) -> Settings:
+    # validate lists every problem of digest.toml, one line each, as of a subscriber file;
+    # the other commands stop at its first ("... (and 2 more problems)").
+    try:
+        return _settings(config_path)
+    except ConfigError as exc:
+        if len(exc.each) == 1:
+            raise
+        for each in exc.each:
+            err.print(f"[red]invalid:[/] {escape(each.message)}", highlight=False)
         sys.exit(1)
 
 

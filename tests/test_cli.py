@@ -255,6 +255,15 @@ def test_validate_prints_every_problem_of_a_file(project: Project) -> None:
     assert "2 valid subscriber(s), 1 invalid" in output
 
 
+def test_validate_prints_every_problem_of_digest_toml(project: Project) -> None:
+    project.write_config("[schedule]\nfetch_every_minute = 30\n[smtp]\nport = 0\n")
+    code, output = invoke(project, "validate")
+    assert code == 1 and output.splitlines() == [
+        f"invalid: {project.config}: smtp.port: Input should be greater than or equal to 1",
+        f"invalid: {project.config}: schedule.fetch_every_minute: unknown key: did you mean"
+        " 'fetch_every_minutes'? (see the README's reference)"]
+
+
 def test_bad_config_is_one_line_and_exit_1(project: Project) -> None:
     project.config.write_text("[delivery]\ntransport = 'pigeon'\n")
     code, output = invoke(project, "send")
