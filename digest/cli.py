@@ -27,7 +27,7 @@ from .errors import ConfigError, DigestError, UnknownSubscriberError, listen_err
 from .match import loose_keywords
 from .ranking import check_likes
 from .send import deliverability_warnings
-from .sources import where
+from .sources import missing_path, where
 from .subscribers import load as load_subscribers
 
 out = Console(soft_wrap=True)
@@ -208,10 +208,17 @@ def validate(config_path: Path) -> None:
     out.print(f"{config_path}: {state}; {count} valid subscriber(s), {problems} invalid",
               highlight=False)
     problems += len(setup)
-    for warning in deliverability_warnings(settings):
+    for warning in deliverability_warnings(settings) + _source_warnings(settings, config_path):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if problems:
         sys.exit(1)
+
+
+def _source_warnings(settings: Settings, config_path: Path) -> list[str]:
+    # A warning, not a problem: a file another job writes may come before the next fetch.
+    return [f"{config_path}: sources[{i}].path: {missing}; `digest fetch` fails source"
+            f" '{source.name}' until it is there"
+            for i, source in enumerate(settings.sources) if (missing := missing_path(source))]
 
 
 def _every_problem(config_path: Path) -> Settings:

@@ -217,6 +217,40 @@ def test_validate_lists_problems_one_line_each(project: Project) -> None:
     assert "2 valid subscriber(s), 2 invalid" in output
 
 
+def test_validate_warns_of_a_local_source_that_is_not_there(project: Project) -> None:
+    # "ok" alone, then `digest fetch` failing the source, was the first the user heard of it.
+    (project.root / "data").mkdir()
+    project.write_config(sources="""
+        [[sources]]
+        name = "mine"
+        type = "jsonl"
+        path = "data/mine.jsonl"
+
+        [[sources]]
+        name = "folder"
+        type = "jsonl"
+        path = "data"
+
+        [[sources]]
+        name = "pages"
+        type = "hf-page"
+        path = "captures"
+        """)
+    code, output = invoke(project, "validate")
+    assert code == 0, output
+    assert [line for line in output.splitlines() if line.startswith("warning:")] == [
+        f"warning: {project.config}: sources[0].path: {project.root / 'data/mine.jsonl'} does"
+        " not exist; `digest fetch` fails source 'mine' until it is there",
+        f"warning: {project.config}: sources[1].path: {project.root / 'data'} is not a regular"
+        " file; `digest fetch` fails source 'folder' until it is there",
+        f"warning: {project.config}: sources[2].path: {project.root / 'captures'} does not"
+        " exist; `digest fetch` fails source 'pages' until it is there"]
+    (project.root / "data" / "mine.jsonl").write_text("", encoding="utf-8")
+    (project.root / "captures").mkdir()
+    code, output = invoke(project, "validate")
+    assert code == 0 and output.count("warning:") == 1, output
+
+
 def test_validate_warns_of_keywords_read_as_one_letter_and_still_says_ok(
         project: Project) -> None:
     path = project.subscriber(
