@@ -141,7 +141,8 @@ def fetch(config_path: Path) -> None:
     db = _open_store(settings)
     with _progress() as bar:
         results = pipeline.fetch(settings, db, _now(), _Bar(bar))
-    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds", "result")
+    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds",
+                  _whole("result"))
     for r in results:
         table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.skipped),
                       f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]" if r.error
@@ -159,7 +160,8 @@ def sources(config_path: Path) -> None:
     settings = _settings(config_path)
     db = _open_store(settings)
     statuses = store.source_statuses(db)
-    table = Table("source", "type", "reads", "last fetch (UTC)", "result", "last success")
+    table = Table("source", "type", _whole("reads"), "last fetch (UTC)", _whole("result"),
+                  "last success")
     for source in settings.sources:
         status = statuses.get(source.name)
         if status is None:
@@ -305,7 +307,9 @@ def _named(everyone: list[pipeline.SubscriberStatus], subscribers: tuple[str, ..
 
 def _whole(header: str) -> Column:
     # An address or an id is what a reader copies into the next command (`--lift`,
-    # `--subscriber`): in a narrow terminal it wraps, never ends in "…".
+    # `--subscriber`), and a path or a reply in a detail is what they must read ("/home/me/
+    # digest/con… does not exist" hid the file): in a narrow terminal it wraps, never ends
+    # in "…".
     return Column(header, overflow="fold")
 
 
@@ -329,7 +333,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                        scheduled: bool = False) -> None:
     # `scheduled` (`run --once`): everyone before their send_at is not-due, and not listed;
     # on a manual send not-due says why (a day the frequency skips, a retry not yet due).
-    table = Table(_whole("subscriber"), "result", "items", "detail")
+    table = Table(_whole("subscriber"), "result", "items", _whole("detail"))
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
                "retry": "yellow", "queued": "yellow", "not-sent": "yellow"}
     rows, left_out, cut = _attention_only(
@@ -567,7 +571,7 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
     colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
                "queued": "yellow"}
     table = Table(_whole("subscriber"), "date", "state", "items", "attempts",
-                  "last error / next try")
+                  _whole("last error / next try"))
     for row in rows:
         state = row.state or "-"
         if row.state in colours:

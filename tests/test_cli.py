@@ -57,6 +57,33 @@ def test_fetch_reports_a_failing_source_and_keeps_the_others(project: Project) -
     assert store.count_listings(store.open_db(project.db_path)) == 350
 
 
+def _column(output: str, index: int) -> str:
+    # The text of a table's column `index` (1 = the first), its lines joined without blanks:
+    # a path folded over three lines of a cell reads whole again.
+    rows = [line.split("│") for line in output.splitlines() if line.startswith("│")]
+    return "".join("".join(row[index].split()) for row in rows)
+
+
+def test_paths_in_reports_are_never_cut_in_a_narrow_terminal(project: Project) -> None:
+    deep = project.root / ("a-rather-long-folder-name-" * 3) / "papers.jsonl"
+    project.write_config(sources=f"""
+        [[sources]]
+        name = "mine"
+        type = "jsonl"
+        path = "{deep}"
+        """)
+    project.subscriber("bad", "name = 'X'\n")
+    narrow = {"COLUMNS": "80"}
+    code, output = invoke(project, "fetch", env=narrow)
+    assert code == 1 and "…" not in output, output
+    assert f"{deep}doesnotexist" in _column(output, 7)
+    code, output = invoke(project, "sources", env=narrow)
+    assert "…" not in output and str(deep) in _column(output, 3), output
+    code, output = invoke(project, "send", env=narrow)
+    assert code == 1 and "…" not in output, output
+    assert f"{project.subscribers / 'bad.toml'}:email:requiredkeyismissing" in _column(output, 4)
+
+
 def test_send_with_file_transport_then_again(project: Project) -> None:
     invoke(project, "fetch")
     code, output = invoke(project, "send")
