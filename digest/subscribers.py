@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -181,18 +182,33 @@ def duplicate(path: Path, email: str, owner: str) -> ConfigError:
                        hint="remove one of the two files, or change its email")
 
 
+# A subscriber file is a few hundred bytes; a link to /dev/zero would fill the memory.
+MAX_FILE_BYTES = 1 << 20
+
+
 def _read(path: Path) -> bytes:
-    # `path.read_bytes()` in three system calls instead of seven (a buffered file also asks
-    # whether it is a terminal, and for its size and position): half the time of reading
-    # 100,000 small files.
+    # `path.read_bytes()` in fewer system calls (a buffered file also asks whether it is a
+    # terminal, and for its position): half the time of reading 100,000 small files. Only a
+    # regular file: opening a named pipe would wait for a writer, and every digest with it
+    # (O_NONBLOCK), and a device has no end.
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                why = "Is a directory" if stat.S_ISDIR(info.st_mode) else \
+                    "not a regular file (a pipe, a device or a socket)"
+                raise ConfigError(path, None, f"cannot read file: {why}")
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES and (chunk := os.read(fd, min(
+                    info.st_size, MAX_FILE_BYTES) + 1)):
                 chunks.append(chunk)
-            return b"".join(chunks)
+                size += len(chunk)
         finally:
             os.close(fd)
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_FILE_BYTES:,} bytes: not a subscriber"
+                          " file")
+    return b"".join(chunks)

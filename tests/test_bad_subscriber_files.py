@@ -62,6 +62,27 @@ def test_a_deeply_nested_file_is_one_line_and_the_others_go_out(project: Project
     assert "deep" in report and "nested too deeply" in report
 
 
+def test_a_pipe_a_device_or_a_huge_file_is_one_line_and_the_others_go_out(
+        project: Project) -> None:
+    # Opening a named pipe waited for a writer: validate, send and the daemon's every tick
+    # hung for good. A link to /dev/zero read until the memory ran out (MemoryError).
+    os.mkfifo(project.subscribers / "pipe.toml")
+    (project.subscribers / "zero.toml").symlink_to("/dev/zero")
+    (project.subscribers / "huge.toml").write_bytes(b"# " + b"x" * (2 << 20) + b"\n" + ADA.replace(
+        "ada@", "huge@").encode())
+    invalid, checked = _invalid_lines(project)
+    not_regular = "cannot read file: not a regular file (a pipe, a device or a socket)"
+    assert invalid == [
+        f"invalid: {project.subscribers / 'huge.toml'}: larger than 1,048,576 bytes: not a"
+        " subscriber file",
+        f"invalid: {project.subscribers / 'pipe.toml'}: {not_regular}",
+        f"invalid: {project.subscribers / 'zero.toml'}: {not_regular}"]
+    assert "ok: ada" in checked and "ok: grace" in checked
+    states, report = _sent(project)
+    assert states == {"ada": "sent", "grace": "sent"}
+    assert "pipe" in report and "zero" in report
+
+
 BAD_NAMES = ["evil\nline", "-dash-first", ".hidden-is-ignored", "x" * 65, "sp ace", "tab\tbed",
              "ümlaut", "semi;colon"]
 
@@ -187,7 +208,7 @@ def test_a_subscribers_folder_that_cannot_be_listed_is_an_error_not_nobody() -> 
         (root / "people").chmod(0o311)  # its files can be opened, the folder not listed
         for command in ("validate", "send"):
             run = subprocess.run([*as_nobody, DIGEST, command, "--config", str(config)],
-                                 capture_output=True, text=True, timeout=120, check=False)
+                                 capture_output=True, text=True, timeout=300, check=False)
             assert run.returncode == 1, (command, run.stdout, run.stderr)
             assert run.stderr.splitlines() == [f"error: {root / 'people'}: cannot list the"
                                                " subscribers folder: Permission denied"]
