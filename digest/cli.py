@@ -22,12 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from . import batch, pipeline, schedule, store
-from .config import DEFAULT_CONFIG, Settings, load_settings
+from .config import DEFAULT_CONFIG, Settings, is_subscriber_id, load_settings
 from .errors import ConfigError, DigestError, UnknownSubscriberError, listen_error
 from .match import loose_keywords
 from .ranking import check_likes
 from .send import deliverability_warnings
-from .sources import where
+from .sources import missing_path, where
 from .subscribers import load as load_subscribers
 
 out = Console(soft_wrap=True)
@@ -141,7 +141,8 @@ def fetch(config_path: Path) -> None:
     db = _open_store(settings)
     with _progress() as bar:
         results = pipeline.fetch(settings, db, _now(), _Bar(bar))
-    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds", "result")
+    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds",
+                  _whole("result"))
     for r in results:
         table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.skipped),
                       f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]" if r.error
@@ -159,7 +160,8 @@ def sources(config_path: Path) -> None:
     settings = _settings(config_path)
     db = _open_store(settings)
     statuses = store.source_statuses(db)
-    table = Table("source", "type", "reads", "last fetch (UTC)", "result", "last success")
+    table = Table("source", "type", _whole("reads"), "last fetch (UTC)", _whole("result"),
+                  "last success")
     for source in settings.sources:
         status = statuses.get(source.name)
         if status is None:
@@ -180,7 +182,7 @@ def sources(config_path: Path) -> None:
 @config_option
 def validate(config_path: Path) -> None:
     """Check digest.toml and every subscriber file; print one line per problem."""
-    settings = _settings(config_path)
+    settings = _every_problem(config_path)
     problems = 0
     count = 0
     entries = list(load_subscribers(settings.subscribers.dir, settings.defaults))
@@ -208,9 +210,29 @@ def validate(config_path: Path) -> None:
     out.print(f"{config_path}: {state}; {count} valid subscriber(s), {problems} invalid",
               highlight=False)
     problems += len(setup)
-    for warning in deliverability_warnings(settings):
+    for warning in deliverability_warnings(settings) + _source_warnings(settings, config_path):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if problems:
+        sys.exit(1)
+
+
+def _source_warnings(settings: Settings, config_path: Path) -> list[str]:
+    # A warning, not a problem: a file another job writes may come before the next fetch.
+    return [f"{config_path}: sources[{i}].path: {missing}; `digest fetch` fails source"
+            f" '{source.name}' until it is there"
+            for i, source in enumerate(settings.sources) if (missing := missing_path(source))]
+
+
+def _every_problem(config_path: Path) -> Settings:
+    # validate lists every problem of digest.toml, one line each, as of a subscriber file;
+    # the other commands stop at its first ("... (and 2 more problems)").
+    try:
+        return _settings(config_path)
+    except ConfigError as exc:
+        if len(exc.each) == 1:
+            raise
+        for each in exc.each:
+            err.print(f"[red]invalid:[/] {escape(each.message)}", highlight=False)
         sys.exit(1)
 
 
@@ -230,6 +252,9 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
     composed = pipeline.preview(settings, db, subscriber, _now())
     if composed is None:
         out.print(f"{subscriber}: nothing matches right now, so no email would be sent.")
+        if store.count_listings(db) == 0:  # a first preview before any fetch, not the keywords
+            err.print(f"hint: the store has no listings yet: run `digest fetch --config"
+                      f" {config_path}` first", highlight=False, markup=False)
         return
     body = composed.rendered.text if text else composed.rendered.html
     if out_path is None and open_browser:
@@ -276,13 +301,15 @@ def _named(everyone: list[pipeline.SubscriberStatus], subscribers: tuple[str, ..
     known = {row.subscriber_id: row for row in everyone}
     for sid in subscribers:
         if sid not in known:
-            _fail(UnknownSubscriberError(sid, settings.subscribers.dir))
+            _fail(UnknownSubscriberError(sid, settings.subscribers.dir, is_subscriber_id(sid)))
     return [known[sid] for sid in dict.fromkeys(subscribers)]
 
 
 def _whole(header: str) -> Column:
     # An address or an id is what a reader copies into the next command (`--lift`,
-    # `--subscriber`): in a narrow terminal it wraps, never ends in "…".
+    # `--subscriber`), and a path or a reply in a detail is what they must read ("/home/me/
+    # digest/con… does not exist" hid the file): in a narrow terminal it wraps, never ends
+    # in "…".
     return Column(header, overflow="fold")
 
 
@@ -306,7 +333,7 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                        scheduled: bool = False) -> None:
     # `scheduled` (`run --once`): everyone before their send_at is not-due, and not listed;
     # on a manual send not-due says why (a day the frequency skips, a retry not yet due).
-    table = Table(_whole("subscriber"), "result", "items", "detail")
+    table = Table(_whole("subscriber"), "result", "items", _whole("detail"))
     colours = {"sent": "green", "would-send": "green", "failed": "red", "invalid": "red",
                "retry": "yellow", "queued": "yellow", "not-sent": "yellow"}
     rows, left_out, cut = _attention_only(
@@ -544,7 +571,7 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
     colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
                "queued": "yellow"}
     table = Table(_whole("subscriber"), "date", "state", "items", "attempts",
-                  "last error / next try")
+                  _whole("last error / next try"))
     for row in rows:
         state = row.state or "-"
         if row.state in colours:

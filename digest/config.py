@@ -6,6 +6,7 @@ Relative paths in `digest.toml` resolve against the folder that holds it.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
@@ -15,7 +16,7 @@ import unicodedata
 from datetime import date, time
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
@@ -57,10 +58,18 @@ def iana_timezones() -> frozenset[str]:
 def _check_timezone(value: str) -> str:
     # ZoneInfo alone would take any zone file it finds: 'localtime', 'right/UTC'.
     if value not in iana_timezones():
-        raise ValueError(
-            f"unknown timezone {value!r}: use an IANA name such as 'Europe/London'"
-        )
+        raise ValueError(f"unknown timezone {value!r}: {_zone_advice(value)}")
     return value
+
+
+def _zone_advice(value: str) -> str:
+    # 'utc', 'new york', 'Europe/Londn': the name meant is in the list, cased or spelt
+    # a little differently; say which instead of only pointing at the list.
+    names = iana_timezones()
+    wanted = value.strip().replace(" ", "_")
+    near = {name.casefold(): name for name in names}.get(wanted.casefold())
+    near = near or next(iter(difflib.get_close_matches(wanted, names, n=1, cutoff=0.85)), None)
+    return f"did you mean {near!r}?" if near else "use an IANA name such as 'Europe/London'"
 
 
 def _not_a_bool(value: object) -> object:
@@ -909,12 +918,59 @@ def _problem(error: Any) -> str:
         return "required key is missing"
     if kind == "too_short":
         return "must not be empty"
+    if (typed := _type_problem(kind, given)) is not None:
+        return typed
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 
 
-def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
-    each = [_one_error(path, error) for error in exc.errors()]
+# What a strict number or switch is, and how its value is written when given as text.
+_TYPES = {"int_type": ("a whole number", r"[+-]?\d+"),
+          "float_type": ("a number", r"[+-]?\d+(\.\d+)?"),
+          "bool_type": ("true or false", r"true|false")}
+
+
+def _type_problem(kind: str, given: object) -> str | None:
+    # Nothing is converted (README): `max_items = "10"` is text, and pydantic's "Input should
+    # be a valid integer" does not say that the quotes are the problem.
+    if kind not in _TYPES:
+        return None
+    wanted, written = _TYPES[kind]
+    if isinstance(given, str):
+        shown = json.dumps(given, ensure_ascii=False)
+        if re.fullmatch(written, given.strip()):
+            return f"must be {wanted}, not the text {shown}: write {given.strip()} without quotes"
+        return f"must be {wanted}, not the text {shown}"
+    if isinstance(given, int | float):  # 10.5 for a count, 1 for a switch
+        return f"must be {wanted}, not {given}"
+    return None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    # The tables a field holds: list[TopicFile], X | None, the union of the source types.
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _key_meant(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The key of the table at `loc` that an unknown key (`loc[-1]`) is a near spelling of:
+    `keyword` for `keywords`, `sendat` for `send_at`."""
+    tables = [model]
+    for part in loc[:-1]:
+        inner = [m for t in tables for name, f in t.model_fields.items()
+                 if part in (name, f.alias) for m in _models_in(f.annotation)]
+        tables = inner or tables  # an index, or a source's type tag: the same tables
+    keys = {f.alias or name for t in tables for name, f in t.model_fields.items()}
+    given = str(loc[-1])
+    plain = {key.replace("_", "").casefold(): key for key in keys}
+    near = plain.get(given.replace("_", "").replace("-", "").casefold())
+    return near or next(iter(difflib.get_close_matches(given, sorted(keys), n=1)), None)
+
+
+def _validation_error(path: Path, exc: ValidationError,
+                      model: type[BaseModel]) -> ConfigError:
+    each = [_one_error(path, error, model) for error in exc.errors()]
     first = each[0]
     if len(each) == 1:
         return first
@@ -924,9 +980,11 @@ def _validation_error(path: Path, exc: ValidationError) -> ConfigError:
                        each=each)
 
 
-def _one_error(path: Path, error: Any) -> ConfigError:
+def _one_error(path: Path, error: Any, model: type[BaseModel]) -> ConfigError:
     loc = tuple(error["loc"])
     problem = _problem(error)
+    if error["type"] == "extra_forbidden" and (meant := _key_meant(model, loc)):
+        problem = f"unknown key: did you mean {meant!r}? (see the README's reference)"
     # A check across fields (a model validator) names its field as "key: problem".
     named = re.fullmatch(r"(\w+): (.+)", problem, flags=re.S)
     if named:
@@ -963,16 +1021,22 @@ def read_toml(path: Path, raw: bytes | None = None) -> dict[str, Any]:
 # A value people leave unquoted: a word (a zone, a name) or a time without seconds, which
 # TOML 1.0 (Python's tomllib) does not have.
 _UNQUOTED = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*([A-Za-z][^#\"']*?|\d{1,2}:\d{2})\s*(?:#.*)?")
+_KEY = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=")
 
 
 def _unquoted(raw: bytes | None, message: str) -> str:
-    # ": text goes in quotes: key = "value"" when the line TOML stopped at is such a line.
+    # What to write, when the line TOML stopped at says it: ": text goes in quotes: key =
+    # "value"", or ": key is given twice" (tomllib only says "Cannot overwrite a value").
     at = re.search(r"at line (\d+)", message)
     if raw is None or at is None:
         return ""
     lines = raw.decode("utf-8-sig", "replace").splitlines()
     number = int(at.group(1))
-    found = _UNQUOTED.fullmatch(lines[number - 1]) if 0 < number <= len(lines) else None
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    twice = _KEY.match(line) if message.startswith("Cannot overwrite a value") else None
+    if twice is not None:
+        return f": {twice.group(1)} is given twice in its table (keep one)"
+    found = _UNQUOTED.fullmatch(line)
     if found is None or found.group(2) in ("true", "false", "inf", "nan"):
         return ""
     return f': text goes in quotes: {found.group(1)} = "{found.group(2)}"'
@@ -1018,7 +1082,7 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _env_error(path, exc) or _validation_error(path, exc) from None
+        raise _env_error(path, exc) or _validation_error(path, exc, Settings) from None
     base = path.resolve().parent
     smtp = settings.smtp
     if smtp.ca_file is not None:
@@ -1063,7 +1127,7 @@ def parse_subscriber(path: Path, raw: bytes | None = None) -> dict[str, Any]:
     try:
         return SubscriberFile.model_validate(data).model_dump()
     except ValidationError as exc:
-        raise _validation_error(path, exc) from None
+        raise _validation_error(path, exc, SubscriberFile) from None
 
 
 # A subscriber id (a file stem) goes into log lines, report rows, Message-IDs, URLs and

@@ -152,12 +152,12 @@ class HeaderError(PermanentSendError):
 class UnknownSubscriberError(DigestError):
     """A command named a subscriber id that has no file in the subscribers folder."""
 
-    def __init__(self, subscriber_id: str, folder: Path) -> None:
-        super().__init__(
-            f"no subscriber '{printable(subscriber_id)}' in {folder}",
-            hint="subscriber ids are file stems: create "
-                 f"{folder / printable(subscriber_id + '.toml')}",
-        )
+    def __init__(self, subscriber_id: str, folder: Path, valid: bool = True) -> None:
+        # Creating the file an invalid id names would not help: say what an id is instead.
+        hint = (f"subscriber ids are file stems: create {folder / printable(subscriber_id)}.toml"
+                if valid else "a subscriber id is 1-64 letters, digits, '.', '_' or '-',"
+                " starting with a letter or digit")
+        super().__init__(f"no subscriber '{printable(subscriber_id)}' in {folder}", hint=hint)
 
 
 def listen_error(host: str, port: int, exc: OSError, setting: str) -> DigestError:

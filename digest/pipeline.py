@@ -730,8 +730,7 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     """Decide about and build one (subscriber, local date) digest, reading the store only:
     an Outcome, or what `_write_one` is to store. The unit of work of a worker process."""
     settings, now, cache, due_only = job.settings, job.now, job.cache, job.due_only
-    if isinstance(entry, ConfigError):
-        log.error("%s", entry)
+    if isinstance(entry, ConfigError):  # said by send's report, or once by the daemon
         return Outcome(_entry_id(entry), "invalid", detail=entry.message)
     subscriber, day = entry, local_date(entry, now)
     no_mail = _no_mail_today(db, subscriber, day)
@@ -766,7 +765,6 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
             return _Write(subscriber, day, None)
         composed = compose(settings, digest, env)
     except ConfigError as exc:  # a `like` naming a paper the store does not hold
-        log.error("%s", exc)
         return Outcome(subscriber.id, "invalid", detail=exc.message)
     except DigestError as exc:
         log.error("subscriber %s: %s", subscriber.id, exc)

@@ -91,10 +91,11 @@ def send_tick(
     db = store.open_db(settings.store.path)
     with store.faults(settings.store.path):
         report = pipeline.send(settings, db, clock(), due_only=True, stop=stop)
-    sent = report.count("sent")
-    if sent or report.failed:
-        log.warning("send tick: %d sent, %d to retry, %d failed", sent, report.count("retry"),
-                    report.count("failed"))
+    sent, retry, failed = (report.count(state) for state in ("sent", "retry", "failed"))
+    # Only when one of the three is not 0: an invalid subscriber file made every tick say
+    # "0 sent, 0 to retry, 0 failed" (SendTicker says the file's problem, once).
+    if sent or retry or failed:
+        log.warning("send tick: %d sent, %d to retry, %d failed", sent, retry, failed)
     return report
 
 
@@ -116,6 +117,7 @@ class SendTicker:
         self.stop = stop
         self.failures = 0
         self.paused_until: datetime | None = None
+        self.invalid: dict[str, str] = {}  # subscriber id -> the problem last logged
 
     def __call__(self) -> pipeline.SendReport | None:
         """Run one tick, unless paused; returns the report, or None when paused."""
@@ -123,6 +125,7 @@ class SendTicker:
         if self.paused_until is not None and now < self.paused_until:
             return None
         report = send_tick(self.settings, lambda: now, self.stop)
+        self._log_invalid(report)
         if report.fatal is None:
             self.failures, self.paused_until = 0, None
         else:
@@ -132,6 +135,17 @@ class SendTicker:
             log.error("sending paused until %s: %s",
                       self.paused_until.isoformat(timespec="seconds"), report.fatal)
         return report
+
+
+    def _log_invalid(self, report: pipeline.SendReport) -> None:
+        # A bad subscriber file is logged when it turns up or its problem changes, not at
+        # every tick (1,440 times a day); `digest validate` lists them all at any time.
+        invalid = {o.subscriber_id: o.detail or "" for o in report.outcomes
+                   if o.status == "invalid"}
+        for sid, problem in invalid.items():
+            if self.invalid.get(sid) != problem:
+                log.error("%s", problem)
+        self.invalid = invalid
 
 
 @contextmanager

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -60,23 +61,34 @@ def _hash(raw: bytes) -> str:
 
 
 def files(folder: Path) -> list[Path]:
-    """The subscriber files in `folder`, in id order; hidden files are ignored."""
-    if not folder.is_dir():
+    """The subscriber files in `folder`, in id order; hidden files are ignored. A folder that
+    cannot be listed is a ConfigError: `glob` would say it is empty, and nobody gets a digest
+    while `validate` says ok."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries
+                     if e.name.endswith(".toml") and not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(folder, None, "subscribers folder not found",
-                          hint="set [subscribers] dir in digest.toml")
+                          hint="set [subscribers] dir in digest.toml") from None
+    except OSError as exc:
+        raise ConfigError(folder, None, f"cannot list the subscribers folder:"
+                          f" {exc.strerror or exc}") from None
     # Sorted by id, the name without ".toml" (by the whole name "ada-2.toml" would come before
     # "ada.toml", '-' being before '.'; the first by id is the one an address's digest goes
     # to); on strings: comparing Path objects costs a second at 100,000 files.
-    return sorted((p for p in folder.glob("*.toml") if not p.name.startswith(".")),
-                  key=lambda p: p.name[:-5])
+    return [folder / name for name in sorted(names, key=lambda name: name[:-5])]
 
 
 def path_of(folder: Path, subscriber_id: str) -> Path:
     """The file of `subscriber_id` in `folder`, or UnknownSubscriberError when the id is not
     valid (checked before the file system sees it) or has no file."""
     path = folder / f"{subscriber_id}.toml"
-    if not is_subscriber_id(subscriber_id) or not path.is_file():
-        raise UnknownSubscriberError(subscriber_id, folder)
+    # `lexists`, not `is_file`: a name that is there but unreadable (a folder, a broken link)
+    # is that file's one-line ConfigError when read, as `validate` says, not "create it".
+    valid = is_subscriber_id(subscriber_id)
+    if not valid or not os.path.lexists(path):
+        raise UnknownSubscriberError(subscriber_id, folder, valid)
     return path
 
 
@@ -84,9 +96,9 @@ def load_one(
     folder: Path, defaults: DefaultsConfig, subscriber_id: str, db: Database | None = None,
 ) -> Subscriber:
     """The subscriber `subscriber_id` (cached in `db` when given); UnknownSubscriberError when
-    there is no such subscriber, ConfigError when their file is bad."""
-    path_of(folder, subscriber_id)
-    [entry] = load(folder, defaults, db, only=[subscriber_id])
+    there is no such subscriber, ConfigError when their file is bad. Only their file is read,
+    so an earlier file with the same address is not looked for (`load` does that)."""
+    [entry] = _entries(folder, [path_of(folder, subscriber_id)], defaults, db, None, False)
     if isinstance(entry, ConfigError):
         raise entry
     return entry
@@ -98,8 +110,32 @@ def load(
 ) -> Iterator[Subscriber | ConfigError]:
     """Each subscriber in `folder` (or those in `only`, in that order), or the ConfigError its
     file raised. With a store, unchanged files come from its cache instead of being validated
-    again, and the cache forgets files that are gone (after a full listing)."""
-    paths = [path_of(folder, sid) for sid in dict.fromkeys(only)] if only else files(folder)
+    again, and the cache forgets files that are gone."""
+    listing = _entries(folder, files(folder), defaults, db, now, True)
+    if not only:
+        yield from listing
+        return
+    # Every file is listed even so: whether an earlier file (by id) has a chosen subscriber's
+    # address decides whether they get a digest (`send --subscriber ada-2` must not mail the
+    # address ada.toml already got its digest at).
+    wanted = dict.fromkeys(path_of(folder, sid).name for sid in only)
+    found = {_file_name(e): e for e in listing if _file_name(e) in wanted}
+    for name in wanted:
+        if name not in found:  # gone between the two looks
+            raise UnknownSubscriberError(name[:-5], folder)
+        yield found[name]
+
+
+def _file_name(entry: Subscriber | ConfigError) -> str:
+    return entry.path.name if isinstance(entry, ConfigError) else f"{entry.id}.toml"
+
+
+def _entries(
+    folder: Path, paths: list[Path], defaults: DefaultsConfig, db: Database | None,
+    now: datetime | None, listed: bool,
+) -> Iterator[Subscriber | ConfigError]:
+    """`load`'s loop over `paths` (`listed`: every file of the folder, so the cache may
+    forget the files that are gone)."""
     cached = store.cached_subscribers(db) if db is not None else {}
     fresh: list[tuple[str, str, str]] = []
     # The folder is resolved once, not each file, and the keys are plain strings: a Path per
@@ -131,7 +167,7 @@ def load(
         yield subscriber if owner == path.name else duplicate(path, subscriber.email, owner)
     if db is None:
         return
-    gone = [] if only else sorted(set(cached) - set(keys))
+    gone = sorted(set(cached) - set(keys)) if listed else []
     if fresh or gone:
         store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
         log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",
@@ -146,18 +182,33 @@ def duplicate(path: Path, email: str, owner: str) -> ConfigError:
                        hint="remove one of the two files, or change its email")
 
 
+# A subscriber file is a few hundred bytes; a link to /dev/zero would fill the memory.
+MAX_FILE_BYTES = 1 << 20
+
+
 def _read(path: Path) -> bytes:
-    # `path.read_bytes()` in three system calls instead of seven (a buffered file also asks
-    # whether it is a terminal, and for its size and position): half the time of reading
-    # 100,000 small files.
+    # `path.read_bytes()` in fewer system calls (a buffered file also asks whether it is a
+    # terminal, and for its position): half the time of reading 100,000 small files. Only a
+    # regular file: opening a named pipe would wait for a writer, and every digest with it
+    # (O_NONBLOCK), and a device has no end.
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                why = "Is a directory" if stat.S_ISDIR(info.st_mode) else \
+                    "not a regular file (a pipe, a device or a socket)"
+                raise ConfigError(path, None, f"cannot read file: {why}")
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES and (chunk := os.read(fd, min(
+                    info.st_size, MAX_FILE_BYTES) + 1)):
                 chunks.append(chunk)
-            return b"".join(chunks)
+                size += len(chunk)
         finally:
             os.close(fd)
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(path, None, f"larger than {MAX_FILE_BYTES:,} bytes: not a subscriber"
+                          " file")
+    return b"".join(chunks)

@@ -5,8 +5,10 @@ and `digest send` run as real processes: one line for the bad file, the others g
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,27 @@ def test_a_deeply_nested_file_is_one_line_and_the_others_go_out(project: Project
     assert "deep" in report and "nested too deeply" in report
 
 
+def test_a_pipe_a_device_or_a_huge_file_is_one_line_and_the_others_go_out(
+        project: Project) -> None:
+    # Opening a named pipe waited for a writer: validate, send and the daemon's every tick
+    # hung for good. A link to /dev/zero read until the memory ran out (MemoryError).
+    os.mkfifo(project.subscribers / "pipe.toml")
+    (project.subscribers / "zero.toml").symlink_to("/dev/zero")
+    (project.subscribers / "huge.toml").write_bytes(b"# " + b"x" * (2 << 20) + b"\n" + ADA.replace(
+        "ada@", "huge@").encode())
+    invalid, checked = _invalid_lines(project)
+    not_regular = "cannot read file: not a regular file (a pipe, a device or a socket)"
+    assert invalid == [
+        f"invalid: {project.subscribers / 'huge.toml'}: larger than 1,048,576 bytes: not a"
+        " subscriber file",
+        f"invalid: {project.subscribers / 'pipe.toml'}: {not_regular}",
+        f"invalid: {project.subscribers / 'zero.toml'}: {not_regular}"]
+    assert "ok: ada" in checked and "ok: grace" in checked
+    states, report = _sent(project)
+    assert states == {"ada": "sent", "grace": "sent"}
+    assert "pipe" in report and "zero" in report
+
+
 BAD_NAMES = ["evil\nline", "-dash-first", ".hidden-is-ignored", "x" * 65, "sp ace", "tab\tbed",
              "ümlaut", "semi;colon"]
 
@@ -107,6 +130,29 @@ def test_commands_naming_a_bad_id_say_no_such_subscriber(project: Project, sid: 
         assert "Traceback" not in run.stderr, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 2 and lines[0].startswith("error: no subscriber "), run.stderr
+        # Creating a file of that name would not help: the hint says what an id is.
+        assert lines[1].startswith("hint: a subscriber id is 1-64 letters"), run.stderr
+
+
+def test_a_folder_or_a_broken_link_named_as_the_subscriber_is_that_file_s_problem(
+        project: Project) -> None:
+    # The name is there: "no subscriber ... create ada-dir.toml" would send the user to create
+    # what exists. Preview, explain and send say what `validate` says of the file.
+    (project.subscribers / "ada-dir.toml").mkdir()
+    (project.subscribers / "gone.toml").symlink_to(project.root / "nowhere.toml")
+    assert _digest(project, "fetch").returncode == 0
+    for sid, why in (("ada-dir", "Is a directory"), ("gone", "No such file or directory")):
+        expected = f"error: {project.subscribers / sid}.toml: cannot read file: {why}"
+        for args in (["preview", sid], ["explain", sid, "x"]):
+            run = _digest(project, *args)
+            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+            assert run.stderr.splitlines() == [expected], (args, run.stderr)
+        run = _digest(project, "send", "--subscriber", sid, "--subscriber", "ada")
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert f"{sid}.toml: cannot read file: {why}" in run.stdout, run.stdout
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
+        project.db_path))}
+    assert states == {"ada": "sent"}
 
 
 def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project) -> None:
@@ -122,3 +168,50 @@ def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project
     assert states == {"ada": "sent", "grace": "sent"}
     assert "ada-2" in report and "is also in ada.toml" in report
     assert len(list(project.outbox.glob("*.eml"))) == 2
+
+
+def test_send_naming_the_second_file_of_an_address_does_not_mail_it_twice(
+        project: Project) -> None:
+    # `--subscriber` loads only the files named; the file that owns the address (the first by
+    # id) must still be seen, or ada's address gets two digests in one day.
+    (project.subscribers / "ada-2.toml").write_text(
+        ADA.replace("ada@example.org", "Ada@EXAMPLE.org"), encoding="utf-8")
+    assert _digest(project, "fetch").returncode == 0
+    assert _digest(project, "send", "--subscriber", "ada").returncode == 0
+    run = _digest(project, "send", "--subscriber", "ada-2", "--subscriber", "grace")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "is also in ada.toml" in run.stdout
+    states = {r["subscriber_id"]: r["state"] for r in store.digests(store.open_db(
+        project.db_path))}
+    assert states == {"ada": "sent", "grace": "sent"}
+    assert sorted(p.name.split("_", 1)[1] for p in project.outbox.glob("*.eml")) == [
+        "ada.eml", "grace.eml"]
+
+
+def test_a_subscribers_folder_that_cannot_be_listed_is_an_error_not_nobody() -> None:
+    # glob() says an unreadable folder is empty: validate said "ok; 0 valid subscriber(s)",
+    # send "nothing to do", both exit 0, and nobody got a digest. Root reads every folder, so
+    # as root the commands run as nobody (setpriv), in a folder of /tmp they can reach.
+    as_nobody: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: every folder can be listed")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = Path(tempfile.mkdtemp(prefix="digest-unlisted-", dir="/tmp"))
+    try:
+        root.chmod(0o777)
+        config = root / "digest.toml"
+        config.write_text('[store]\npath = "digest.db"\n[subscribers]\ndir = "people"\n',
+                          encoding="utf-8")
+        (root / "people").mkdir()
+        (root / "people" / "ada.toml").write_text(ADA, encoding="utf-8")
+        (root / "people").chmod(0o311)  # its files can be opened, the folder not listed
+        for command in ("validate", "send"):
+            run = subprocess.run([*as_nobody, DIGEST, command, "--config", str(config)],
+                                 capture_output=True, text=True, timeout=300, check=False)
+            assert run.returncode == 1, (command, run.stdout, run.stderr)
+            assert run.stderr.splitlines() == [f"error: {root / 'people'}: cannot list the"
+                                               " subscribers folder: Permission denied"]
+    finally:
+        (root / "people").chmod(0o755)
+        shutil.rmtree(root)

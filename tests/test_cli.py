@@ -57,6 +57,33 @@ def test_fetch_reports_a_failing_source_and_keeps_the_others(project: Project) -
     assert store.count_listings(store.open_db(project.db_path)) == 350
 
 
+def _column(output: str, index: int) -> str:
+    # The text of a table's column `index` (1 = the first), its lines joined without blanks:
+    # a path folded over three lines of a cell reads whole again.
+    rows = [line.split("│") for line in output.splitlines() if line.startswith("│")]
+    return "".join("".join(row[index].split()) for row in rows)
+
+
+def test_paths_in_reports_are_never_cut_in_a_narrow_terminal(project: Project) -> None:
+    deep = project.root / ("a-rather-long-folder-name-" * 3) / "papers.jsonl"
+    project.write_config(sources=f"""
+        [[sources]]
+        name = "mine"
+        type = "jsonl"
+        path = "{deep}"
+        """)
+    project.subscriber("bad", "name = 'X'\n")
+    narrow = {"COLUMNS": "80"}
+    code, output = invoke(project, "fetch", env=narrow)
+    assert code == 1 and "…" not in output, output
+    assert f"{deep}doesnotexist" in _column(output, 7)
+    code, output = invoke(project, "sources", env=narrow)
+    assert "…" not in output and str(deep) in _column(output, 3), output
+    code, output = invoke(project, "send", env=narrow)
+    assert code == 1 and "…" not in output, output
+    assert f"{project.subscribers / 'bad.toml'}:email:requiredkeyismissing" in _column(output, 4)
+
+
 def test_send_with_file_transport_then_again(project: Project) -> None:
     invoke(project, "fetch")
     code, output = invoke(project, "send")
@@ -188,6 +215,22 @@ def test_preview_writes_html_or_text_and_changes_nothing(project: Project, tmp_p
     assert code == 1 and "no subscriber 'nobody'" in output and "hint:" in output
 
 
+def test_preview_before_any_fetch_says_to_fetch_first(project: Project) -> None:
+    # "nothing matches" alone sends a new user to change keywords that are fine.
+    code, output = invoke(project, "preview", "ada")
+    assert code == 0 and output.splitlines() == [
+        "ada: nothing matches right now, so no email would be sent.",
+        f"hint: the store has no listings yet: run `digest fetch --config {project.config}`"
+        " first"]
+    invoke(project, "fetch")
+    (project.subscribers / "zed.toml").write_text(
+        'name = "Zed"\nemail = "zed@example.org"\n[[topics]]\nname = "Z"\n'
+        'keywords = ["zzqqxx"]\n', encoding="utf-8")
+    code, output = invoke(project, "preview", "zed")
+    assert code == 0 and output.splitlines() == [
+        "zed: nothing matches right now, so no email would be sent."]
+
+
 def test_validate_lists_problems_one_line_each(project: Project) -> None:
     project.subscriber("bad1", "name = 'X'\nemail = 'x@example.org'\ntimezone = 'Mars/Base'\n"
                        "[[topics]]\nname = 't'\nkeywords = ['a']\n")
@@ -199,6 +242,40 @@ def test_validate_lists_problems_one_line_each(project: Project) -> None:
     assert "bad1.toml: timezone: unknown timezone 'Mars/Base'" in lines[0]
     assert "bad2.toml: invalid TOML" in lines[1]
     assert "2 valid subscriber(s), 2 invalid" in output
+
+
+def test_validate_warns_of_a_local_source_that_is_not_there(project: Project) -> None:
+    # "ok" alone, then `digest fetch` failing the source, was the first the user heard of it.
+    (project.root / "data").mkdir()
+    project.write_config(sources="""
+        [[sources]]
+        name = "mine"
+        type = "jsonl"
+        path = "data/mine.jsonl"
+
+        [[sources]]
+        name = "folder"
+        type = "jsonl"
+        path = "data"
+
+        [[sources]]
+        name = "pages"
+        type = "hf-page"
+        path = "captures"
+        """)
+    code, output = invoke(project, "validate")
+    assert code == 0, output
+    assert [line for line in output.splitlines() if line.startswith("warning:")] == [
+        f"warning: {project.config}: sources[0].path: {project.root / 'data/mine.jsonl'} does"
+        " not exist; `digest fetch` fails source 'mine' until it is there",
+        f"warning: {project.config}: sources[1].path: {project.root / 'data'} is not a regular"
+        " file; `digest fetch` fails source 'folder' until it is there",
+        f"warning: {project.config}: sources[2].path: {project.root / 'captures'} does not"
+        " exist; `digest fetch` fails source 'pages' until it is there"]
+    (project.root / "data" / "mine.jsonl").write_text("", encoding="utf-8")
+    (project.root / "captures").mkdir()
+    code, output = invoke(project, "validate")
+    assert code == 0 and output.count("warning:") == 1, output
 
 
 def test_validate_warns_of_keywords_read_as_one_letter_and_still_says_ok(
@@ -237,6 +314,15 @@ def test_validate_prints_every_problem_of_a_file(project: Project) -> None:
         " reference)",
     ]
     assert "2 valid subscriber(s), 1 invalid" in output
+
+
+def test_validate_prints_every_problem_of_digest_toml(project: Project) -> None:
+    project.write_config("[schedule]\nfetch_every_minute = 30\n[smtp]\nport = 0\n")
+    code, output = invoke(project, "validate")
+    assert code == 1 and output.splitlines() == [
+        f"invalid: {project.config}: smtp.port: Input should be greater than or equal to 1",
+        f"invalid: {project.config}: schedule.fetch_every_minute: unknown key: did you mean"
+        " 'fetch_every_minutes'? (see the README's reference)"]
 
 
 def test_bad_config_is_one_line_and_exit_1(project: Project) -> None:

@@ -78,7 +78,7 @@ def test_defaults_fill_what_a_subscriber_leaves_out(project: Project) -> None:
         (GOOD + "weight = true\n", "topics[0].weight", "a number, not true"),
         (GOOD + "min_upvotes = true\n", "topics[0].min_upvotes", "a number, not true"),
         (GOOD + "max_items = true\n", "topics[0].max_items", "a number, not true"),
-        ("paused = 1\n" + GOOD, "paused", "valid boolean"),
+        ("paused = 1\n" + GOOD, "paused", "must be true or false, not 1"),
         # Only IANA names: not the system's files that zoneinfo would also read.
         ('timezone = "localtime"\n' + GOOD, "timezone", "unknown timezone 'localtime'"),
         ('timezone = "right/UTC"\n' + GOOD, "timezone", "unknown timezone 'right/UTC'"),
@@ -105,6 +105,15 @@ def test_subscriber_errors_name_file_field_and_problem(
         ('name = "Ada"\nemail = "ada@example.org"\ntopics = ["kv cache"]\n', "topics[0]",
          "each topic is a table: write [[topics]] with its name and keywords"),
         ("send_at = 07:30:15\n" + GOOD, "send_at", 'give hours and minutes: "07:30"'),
+        # Nothing is converted: quotes make a number text, and the line says so.
+        ('max_items = "10"\n' + GOOD, "max_items",
+         'must be a whole number, not the text "10": write 10 without quotes'),
+        ("max_items = 10.5\n" + GOOD, "max_items", "must be a whole number, not 10.5"),
+        (GOOD + 'weight = "2.5"\n', "topics[0].weight",
+         'must be a number, not the text "2.5": write 2.5 without quotes'),
+        ('paused = "true"\n' + GOOD, "paused",
+         'must be true or false, not the text "true": write true without quotes'),
+        ('paused = "yes"\n' + GOOD, "paused", 'must be true or false, not the text "yes"'),
     ],
 )
 def test_common_hand_written_mistakes_say_what_to_write(
@@ -122,6 +131,32 @@ def test_an_unquoted_value_in_invalid_toml_says_to_quote_it(
         project: Project, line: str, hint: str) -> None:
     err = load(project, line + "\n" + GOOD)
     assert err.problem.startswith("invalid TOML: ") and err.problem.endswith(hint)
+
+
+@pytest.mark.parametrize(("body", "hint"), [
+    ('send_at = "07:00"\nsend_at = "08:00"\n' + GOOD, "send_at is given twice in its table"),
+    (GOOD + 'keywords = ["x"]\n', "keywords is given twice in its table"),
+])
+def test_a_key_given_twice_is_named(project: Project, body: str, hint: str) -> None:
+    # tomllib says only "Cannot overwrite a value (at line 2, column 18)".
+    err = load(project, body)
+    assert err.problem.startswith("invalid TOML: Cannot overwrite a value")
+    assert err.problem.endswith(f": {hint} (keep one)")
+
+
+@pytest.mark.parametrize(("zone", "advice"), [
+    ("utc", "did you mean 'UTC'?"),
+    ("europe/london", "did you mean 'Europe/London'?"),
+    ("America/New York", "did you mean 'America/New_York'?"),
+    ("Europe/Londn", "did you mean 'Europe/London'?"),
+    ("Asia/Kathmando", "did you mean 'Asia/Kathmandu'?"),
+    ("Mars/Base", "use an IANA name such as 'Europe/London'"),
+    ("right/UTC", "use an IANA name such as 'Europe/London'"),
+])
+def test_an_unknown_timezone_names_the_one_meant(project: Project, zone: str,
+                                                 advice: str) -> None:
+    err = load(project, f'timezone = "{zone}"\n' + GOOD)
+    assert (err.field, err.problem) == ("timezone", f"unknown timezone {zone!r}: {advice}")
 
 
 def test_a_toml_time_of_day_is_a_send_time(project: Project) -> None:
@@ -173,6 +208,42 @@ def test_settings_errors_name_the_field(project: Project) -> None:
         load_settings(project.config)
     assert info.value.field == "smtp.security"
     assert "'starttls', 'ssl' or 'none'" in info.value.problem
+
+
+@pytest.mark.parametrize(("body", "field", "meant"), [
+    ('sendat = "08:00"\n' + GOOD, "sendat", "send_at"),
+    ("Max_Items = 3\n" + GOOD, "Max_Items", "max_items"),
+    (GOOD.replace("keywords =", "keyword ="), "topics[0].keyword", "keywords"),
+    (GOOD + "wieght = 2\n", "topics[0].wieght", "weight"),
+])
+def test_a_misspelt_key_names_the_key_meant(project: Project, body: str, field: str,
+                                            meant: str) -> None:
+    err = load(project, body)
+    assert (err.field, err.problem) == (
+        field, f"unknown key: did you mean {meant!r}? (see the README's reference)")
+
+
+def test_a_key_of_another_table_is_not_offered(project: Project) -> None:
+    # `exclude` is a subscriber's key, not a topic's: no "did you mean" from elsewhere.
+    err = load(project, GOOD + 'exlude = ["x"]\n')
+    assert (err.field, err.problem) == (
+        "topics[0].exlude", "unknown key (check the spelling; see the README's reference)")
+
+
+@pytest.mark.parametrize(("body", "field", "meant"), [
+    ("[schedule]\nfetch_every_minute = 30\n", "schedule.fetch_every_minute",
+     "fetch_every_minutes"),
+    ("[stroe]\npath = 'x.db'\n", "stroe", "store"),
+    ("[[sources]]\nname = 'a'\ntype = 'jsonl'\npth = 'x.jsonl'\n", "sources[1].jsonl.pth",
+     "path"),
+])
+def test_a_misspelt_settings_key_names_the_key_meant(project: Project, body: str, field: str,
+                                                     meant: str) -> None:
+    project.write_config(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    assert (info.value.field, info.value.problem) == (
+        field, f"unknown key: did you mean {meant!r}? (see the README's reference)")
 
 
 def test_bad_from_address_is_rejected(project: Project) -> None:

@@ -157,6 +157,34 @@ def test_subscriber_files_added_changed_and_removed_while_running(project: Proje
     assert "gone@example.org" not in {r.rcpt_tos[0] for r in server.sink.received}
 
 
+def test_a_bad_subscriber_file_is_logged_once_not_every_tick(
+        project: Project, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
+    # Each tick said the file's problem and "send tick: 0 sent, 0 to retry, 0 failed":
+    # two lines a minute, 2,880 a day, for one file. Now once, and again when it changes.
+    start = dt.datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
+    settings = setup(project, server, start)
+    add_subscriber(project, "a", send_at="06:30")
+    broken = project.subscribers / "broken.toml"
+    broken.write_text("name = 'x'\n", encoding="utf-8")
+    clock = [start]
+    ticker = schedule.SendTicker(settings, lambda: clock[0])
+    caplog.set_level("WARNING", logger="digest")
+
+    def lines() -> list[str]:
+        said = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+        caplog.clear()
+        return said
+
+    run_ticks(ticker, clock, ticks(start, start + dt.timedelta(minutes=20)))
+    assert lines() == [f"{broken}: email: required key is missing (and 1 more problem)"]
+    broken.write_text("name = 'x'\nemail = 'x@example.org'\n", encoding="utf-8")
+    assert run_ticks(ticker, clock, ticks(start + dt.timedelta(minutes=25),
+                                          start + dt.timedelta(minutes=40))) == {
+        "a": [start + dt.timedelta(minutes=30)]}
+    assert lines() == [f"{broken}: topics: required key is missing",
+                       "send tick: 1 sent, 0 to retry, 0 failed"]
+
+
 def test_a_fatal_error_pauses_sending_with_backoff(project: Project,
                                                    server: FaultServer) -> None:
     start = dt.datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

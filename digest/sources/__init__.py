@@ -37,7 +37,7 @@ from .http import Fetcher
 from .items import Context, bounded
 from .jsonl import read_jsonl
 
-__all__ = ["Fetcher", "parse_hf_page", "read_source", "where"]
+__all__ = ["Fetcher", "missing_path", "parse_hf_page", "read_source", "where"]
 
 log = logging.getLogger("digest")
 
@@ -102,6 +102,19 @@ def read_source(
     for warning in report.warnings:
         log.warning("source %s: %s", config.name, warning)
     return report
+
+
+def missing_path(config: AnySource) -> str | None:
+    """What is wrong with the local file or folder a source reads (`digest validate` says it
+    ahead of a fetch), or None; the fetch itself still checks as it opens it."""
+    path = config.path if isinstance(config, HfPageSource | JsonlSource) else None
+    if path is None:
+        return None
+    if not path.exists():
+        return f"{path} does not exist"
+    if isinstance(config, JsonlSource) and not path.is_file():
+        return f"{path} is not a regular file"
+    return None
 
 
 def where(config: AnySource) -> str:
