@@ -20,6 +20,7 @@ inbound --listen` (aiosmtpd), which accepts only our bounce and unsubscribe addr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import imaplib
 import logging
@@ -207,9 +208,10 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
 def _poll(imap: imaplib.IMAP4, inbound: Inbound, limit: int) -> InboundReport:
     config = inbound.settings.bounces
     report = InboundReport()
-    _check(imap.select(_quoted(config.imap_folder)), "SELECT")
-    if config.imap_done_folder.lower() not in _folders(imap):
-        _check(imap.create(_quoted(config.imap_done_folder)), "CREATE")
+    _check(imap.select(mailbox_name(config.imap_folder)), "SELECT")
+    done = mailbox_name(config.imap_done_folder)
+    if not _exists(imap, done):
+        _check(imap.create(done), "CREATE")
     _, found = _check(imap.uid("SEARCH", "UNKEYWORD", SKIPPED_FLAG), "SEARCH")
     uids = [u.decode() for u in (found[0] or b"").split()[:limit]] if found else []
     sizes = _sizes(imap, uids)
@@ -230,7 +232,7 @@ def _poll(imap: imaplib.IMAP4, inbound: Inbound, limit: int) -> InboundReport:
         else:
             moved.append(uid)
     if moved:
-        _move(imap, moved, config.imap_done_folder)
+        _move(imap, moved, done)
     return report
 
 
@@ -249,28 +251,35 @@ def _sizes(imap: imaplib.IMAP4, uids: list[str]) -> dict[str, int]:
     return sizes
 
 
-def _move(imap: imaplib.IMAP4, uids: list[str], folder: str) -> None:
+def _move(imap: imaplib.IMAP4, uids: list[str], mailbox: str) -> None:
     # RFC 6851 MOVE where offered; otherwise COPY, then \Deleted and EXPUNGE only once the
     # copy succeeded, so a message is never lost between the two.
     which = ",".join(uids)
     if "MOVE" in imap.capabilities:
-        _check(imap.uid("MOVE", which, _quoted(folder)), "MOVE")
+        _check(imap.uid("MOVE", which, mailbox), "MOVE")
         return
-    _check(imap.uid("COPY", which, _quoted(folder)), "COPY")
+    _check(imap.uid("COPY", which, mailbox), "COPY")
     _check(imap.uid("STORE", which, "+FLAGS", r"(\Deleted)"), "STORE")
     _check(imap.expunge(), "EXPUNGE")
 
 
-def _folders(imap: imaplib.IMAP4) -> set[str]:
-    _, data = _check(imap.list(), "LIST")
-    names = set()
-    for line in data:
-        if isinstance(line, bytes):
-            # (flags) "delimiter" name: the name may be quoted.
-            found = re.search(rb'\) (?:"[^"]*"|NIL) "?(.*?)"?$', line)
-            if found:
-                names.add(found.group(1).decode("utf-8", "replace").lower())
-    return names
+def _exists(imap: imaplib.IMAP4, mailbox: str) -> bool:
+    # LIST with the (encoded) name itself as the pattern: names are case-sensitive (but
+    # INBOX), so one found by a case-blind comparison could still be missing for MOVE.
+    _, data = _check(imap.list('""', mailbox), "LIST")
+    return any(line for line in data)
+
+
+def mailbox_name(name: str) -> str:
+    """`name` as IMAP sends it (RFC 3501 5.1.3 modified UTF-7), quoted: printable ASCII
+    stays, `&` is `&-`, any other run is UTF-16 in base64 (`,` for `/`) between `&` and `-`."""
+    def wide(run: str) -> str:
+        packed = base64.b64encode(run.encode("utf-16-be")).decode()
+        return "&" + packed.rstrip("=").replace("/", ",") + "-"
+
+    parts = re.split(r"([^\x20-\x7e]+)", name)  # odd items: the runs to encode
+    return _quoted("".join(wide(part) if i % 2 else part.replace("&", "&-")
+                           for i, part in enumerate(parts)))
 
 
 def _quoted(name: str) -> str:

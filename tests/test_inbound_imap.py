@@ -130,3 +130,27 @@ def test_without_move_a_message_is_copied_before_it_is_deleted(
     assert "1 suppressed" in result.output
     assert len(imap.folder("digest-processed")) == before + 1
     assert all(b"$DigestSkipped" in flags for flags, _ in imap.folder("INBOX"))
+
+
+def test_folders_with_spaces_non_ascii_or_another_case_are_used_as_named(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # IMAP sends non-ASCII names in modified UTF-7 (RFC 3501 5.1.3); names are
+    # case-sensitive, so an existing "erledigt" is not the "Erledigt …" configured.
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    bounce_project(project, smtp_server.port, extra=(
+        f'imap_port = {imap.port}\nimap_ca_file = "{imap.cert}"\n'
+        'imap_folder = "Rückläufer & Co"\nimap_done_folder = "Erledigt ü"\n'))
+    send(load_settings(project.config))
+    with imap.client() as client:
+        assert client.create('"R&APw-ckl&AOQ-ufer &- Co"')[0] == "OK"
+        assert client.create('"erledigt &APw-"')[0] == "OK"
+        status, _ = client.append('"R&APw-ckl&AOQ-ufer &- Co"', None, None,
+                                  sample("rfc3464_hard.eml", token("ada")))
+        assert status == "OK"
+    result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
+                                          str(project.config)], env=imap_env(imap))
+    assert result.exit_code == 0, result.output
+    assert "1 suppressed" in result.output
+    assert len(imap.folder("Erledigt &APw-")) == 1
+    assert imap.folder("R&APw-ckl&AOQ-ufer &- Co") == imap.folder("erledigt &APw-") == []
