@@ -75,6 +75,13 @@ _REPORT_TYPE = re.compile(rb"(?i)report-type\s*=\s*\"?(?:delivery-status|feedbac
 _CONTENT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*([\w.+-]+/[\w.+-]+)")
 _ENCODED = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(base64|quoted-printable)")
 _STATUS_TEXT = re.compile(rb"(?<![\d.])[45]\.\d{1,3}\.\d{1,3}(?![\d.])")
+# A refusal of us (a blocklisting, a spam or policy rejection) or a full mailbox, as the
+# receiving server words it in the Diagnostic-Code: MTAs often report such a refusal with a
+# Status of their own (5.0.0, 5.1.1), which alone would suppress every address at a provider.
+_NOT_THE_ADDRESS = re.compile(
+    r"(?i)(?<![\d.])5\.7\.\d{1,3}(?![\d.])|(?<![\d.])5\.2\.2(?![\d.])|black ?list|"
+    r"block ?list|spamhaus|\bspam|\bpolic(?:y|ies)\b|reputation|over ?quota|quota exceeded|"
+    r"mailbox (?:is )?full")
 
 
 def token(secret: str, digest_id: str, email: str) -> str:
@@ -316,7 +323,7 @@ def _recipient_block(block: Fields) -> Verdict | None:
     if status is None or status.group(1) != "5":
         return Verdict("soft", None, detail)
     # X.7.X: the receiver refuses us (policy, reputation), not the address; 5.2.2: full.
-    if status.group(2) == "7" or code == "5.2.2":
+    if status.group(2) == "7" or code == "5.2.2" or _NOT_THE_ADDRESS.search(diagnostic):
         return Verdict("soft", None, detail)
     return Verdict("hard", None, detail)
 

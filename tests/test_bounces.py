@@ -79,6 +79,27 @@ def test_samples_written_to_the_rfcs(name: str, kind: str, detail: str) -> None:
     assert verdict.detail.startswith(detail)
 
 
+@pytest.mark.parametrize(("name", "kind"), [
+    # The Status says the address (5.1.1, 5.0.0); the receiving server's own words say it
+    # refused us (a blocklisting, a policy) or the mailbox is full: not a hard bounce.
+    ("sendmail-33", "soft"),  # Status 5.1.1; 550 5.7.1 IP address blacklisted by recipient
+    ("postfix-80", "soft"),  # Status 5.1.0; MailFrom domain is listed in Spamhaus
+    ("messagingserver-02", "soft"),  # Status 5.2.0; 522 5.2.0 Over quota
+    ("courier-01", "hard"),  # Status 5.0.0; 550 5.1.1 User Unknown
+])
+def test_the_diagnostic_code_tells_a_refusal_of_us_from_a_dead_address(name: str,
+                                                                       kind: str) -> None:
+    data = (FIXTURES / f"sisimai_lhost-{name}.eml").read_bytes()
+    verdict = classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),))
+    assert (verdict.kind, verdict.token) == (kind, TOKEN)
+
+
+def test_a_policy_refusal_with_an_undetermined_status_is_soft() -> None:
+    # rfc3464-03: Status 5.0.0, "554 Mail from ... rejected for policy reasons."
+    data = (FIXTURES / "sisimai_rfc3464-03.eml").read_bytes()
+    assert classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),)).kind == "soft"
+
+
 def test_the_token_is_found_whatever_case_an_mta_gave_the_address() -> None:
     upper = sample("rfc3464_hard.eml").replace(f"bounces+{TOKEN}".encode(),
                                                f"BOUNCES+{TOKEN.upper()}".encode())
