@@ -359,8 +359,11 @@ def _auto_reply(head: Message) -> Literal["auto-reply", "daemon", "maybe", "no"]
         return "daemon"
     auto = str(head.get("auto-submitted", "no")).strip().lower()
     precedence = str(head.get("precedence", "")).strip().lower()
+    # Outlook/Exchange out-of-office replies carry no Auto-Submitted, only the field of the
+    # inbox rule that wrote them; iCloud's vacation reply names itself in X-Apple-Action.
     if (not auto.startswith("no") or "x-autoreply" in head or "x-autorespond" in head
-            or precedence == "auto_reply"):
+            or precedence == "auto_reply" or "x-ms-exchange-inbox-rules-loop" in head
+            or "vacation" in str(head.get("x-apple-action", "")).lower()):
         return "auto-reply"
     return "maybe" if precedence in _AUTO_PRECEDENCE else "no"
 

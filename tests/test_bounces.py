@@ -100,6 +100,15 @@ def test_a_policy_refusal_with_an_undetermined_status_is_soft() -> None:
     assert classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),)).kind == "soft"
 
 
+@pytest.mark.parametrize("name", ["sisimai_rfc3834-02.eml", "sisimai_rfc3834-03.eml"])
+def test_outlook_and_icloud_out_of_office_replies_are_auto_replies(name: str) -> None:
+    # Neither has Auto-Submitted: Exchange's has X-MS-Exchange-Inbox-Rules-Loop, iCloud's
+    # X-Apple-Action: VACATION. Unknown, they stayed in the mailbox for a person.
+    data = (FIXTURES / name).read_bytes()
+    verdict = classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),))
+    assert (verdict.kind, verdict.token) == ("auto-reply", TOKEN)
+
+
 def test_the_token_is_found_whatever_case_an_mta_gave_the_address() -> None:
     upper = sample("rfc3464_hard.eml").replace(f"bounces+{TOKEN}".encode(),
                                                f"BOUNCES+{TOKEN.upper()}".encode())
