@@ -191,7 +191,7 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
         with imaplib.IMAP4_SSL(host, config.imap_port, ssl_context=context,
                                timeout=30) as imap:
             try:
-                imap.login(user, password)
+                _login(imap, user, password)
             except imaplib.IMAP4.error:
                 raise DigestError(
                     f"IMAP server {host} rejected the login for {user!r}",
@@ -203,6 +203,18 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
             return _poll(imap, inbound, limit)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
         raise _imap_error(host, exc) from exc
+
+
+def _login(imap: imaplib.IMAP4, user: str, password: str) -> None:
+    # LOGIN takes ASCII only (imaplib would raise UnicodeEncodeError, the password in its
+    # traceback); SASL PLAIN (RFC 4616) carries UTF-8, and servers offer it under TLS.
+    if (user + password).isascii():
+        imap.login(user, password)
+        return
+    if "AUTH=PLAIN" not in imap.capabilities:
+        raise imaplib.IMAP4.error("non-ASCII credentials and no AUTH=PLAIN")
+    credentials = f"\0{user}\0{password}".encode()
+    imap.authenticate("PLAIN", lambda _challenge: credentials)
 
 
 def _poll(imap: imaplib.IMAP4, inbound: Inbound, limit: int) -> InboundReport:

@@ -25,6 +25,8 @@ from .conftest import _self_signed, free_port
 
 DOVECOT = Path("/usr/sbin/dovecot")
 USER, PASSWORD = "bounces", "imap-Pa55word"
+# A second login to the same mailbox, with a password only SASL PLAIN can carry (UTF-8).
+UTF8_USER, UTF8_PASSWORD = "bounces-utf8", "pässwörd-Geheim"
 
 CONFIG = """
 base_dir = {root}/run
@@ -129,7 +131,9 @@ def dovecot() -> Iterator[Imap]:
         cert, key = _self_signed(root)
         port = free_port()
         home = root / "mail" / USER
-        (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{home}\n")
+        (root / "passwd").write_text("".join(
+            f"{user}:{{PLAIN}}{password}:{uid}:{gid}::{home}\n"
+            for user, password in ((USER, PASSWORD), (UTF8_USER, UTF8_PASSWORD))))
         (root / "dovecot.conf").write_text(CONFIG.format(
             root=root, cert=cert, key=key, internal=internal, internal_group=group,
             login=login, port=port))

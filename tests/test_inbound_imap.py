@@ -16,7 +16,7 @@ from digest.config import load_settings
 
 from .bounce_support import NOW, SECRET, bounce_project, send, token
 from .conftest import Project, SmtpServer
-from .imap_support import PASSWORD, USER, Imap, dovecot
+from .imap_support import PASSWORD, USER, UTF8_PASSWORD, UTF8_USER, Imap, dovecot
 from .test_bounces import delivered, sample
 
 
@@ -154,3 +154,19 @@ def test_folders_with_spaces_non_ascii_or_another_case_are_used_as_named(
     assert "1 suppressed" in result.output
     assert len(imap.folder("Erledigt &APw-")) == 1
     assert imap.folder("R&APw-ckl&AOQ-ufer &- Co") == imap.folder("erledigt &APw-") == []
+
+
+def test_a_non_ascii_password_logs_in_and_a_wrong_one_is_one_line(
+        project: Project, smtp_server: SmtpServer, imap: Imap) -> None:
+    # imaplib's LOGIN encodes ASCII only: a UnicodeEncodeError traceback before. SASL PLAIN
+    # carries UTF-8.
+    configure(project, smtp_server, imap)
+    args = ["inbound", "--once", "--config", str(project.config)]
+    env = {**imap_env(imap, UTF8_PASSWORD), "DIGEST_IMAP_USER": UTF8_USER}
+    result = CliRunner().invoke(cli.cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "inbound: no new messages" in result.output
+    wrong = CliRunner().invoke(cli.cli, args, env={**env, "DIGEST_IMAP_PASSWORD": "fälsch"})
+    assert wrong.exit_code == 1
+    assert f"rejected the login for '{UTF8_USER}'" in wrong.output
+    assert "fälsch" not in wrong.output and len(wrong.output.strip().splitlines()) == 2
