@@ -13,9 +13,10 @@ message, one over `max_message_bytes`) is skipped and logged once: over IMAP it 
 mailbox flagged `$DigestSkipped` (so the next poll neither reads nor logs it again); received
 over SMTP it is written to `inbound-skipped/` beside the store. Nothing is lost.
 
-`poll_imap` reads the mailbox over implicit TLS (certificate and host name verified) and
-moves each handled message to `imap_done_folder`. `Listener` is the SMTP receiver of `digest
-inbound --listen` (aiosmtpd), which accepts only our bounce and unsubscribe addresses.
+`poll_imap` reads the mailbox over TLS (implicit, or STARTTLS on port 143; certificate and
+host name verified) and moves each handled message to `imap_done_folder`. `Listener` is the
+SMTP receiver of `digest inbound --listen` (aiosmtpd), which accepts only our bounce and
+unsubscribe addresses.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .errors import DigestError, printable
 log = logging.getLogger("digest")
 
 SKIPPED_FLAG = "$DigestSkipped"
+STARTTLS_PORT = 143
 MAX_LOGGED = 10_000  # distinct problems remembered for logging once (a bounce storm)
 
 
@@ -171,6 +173,10 @@ def _imap_error(host: str, exc: BaseException) -> DigestError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return DigestError(f"IMAP server {host}: certificate not trusted: {exc.verify_message}",
                            hint="set [bounces] imap_ca_file for a private CA")
+    if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+        return DigestError(f"IMAP server {host}: no TLS on this port",
+                           hint=f"[bounces] imap_port: 993 is implicit TLS, {STARTTLS_PORT}"
+                                " STARTTLS")
     return DigestError(f"IMAP server {host}: {printable(str(exc)) or type(exc).__name__}")
 
 
@@ -188,8 +194,7 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
     context = ssl.create_default_context(
         cafile=str(config.imap_ca_file) if config.imap_ca_file else None)
     try:
-        with imaplib.IMAP4_SSL(host, config.imap_port, ssl_context=context,
-                               timeout=30) as imap:
+        with _connect(host, config.imap_port, context) as imap:
             try:
                 _login(imap, user, password)
             except imaplib.IMAP4.error:
@@ -203,6 +208,21 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
             return _poll(imap, inbound, limit)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
         raise _imap_error(host, exc) from exc
+
+
+def _connect(host: str, port: int, context: ssl.SSLContext) -> imaplib.IMAP4:
+    # Port 143 is IMAP's STARTTLS port (RFC 8314 3.3): TLS is started before the login, with
+    # the same verification, and a server that does not offer it is refused (imaplib raises
+    # "STARTTLS extension not supported"): the password never goes in clear.
+    if port != STARTTLS_PORT:
+        return imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=30)
+    imap = imaplib.IMAP4(host, port, timeout=30)
+    try:
+        imap.starttls(ssl_context=context)
+    except BaseException:
+        imap.shutdown()
+        raise
+    return imap
 
 
 def _login(imap: imaplib.IMAP4, user: str, password: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from digest import cli, schedule, store
+from digest import cli, inbound, schedule, store
 from digest.config import load_settings
 
 from .bounce_support import NOW, SECRET, bounce_project, send, token
@@ -170,3 +170,24 @@ def test_a_non_ascii_password_logs_in_and_a_wrong_one_is_one_line(
     assert wrong.exit_code == 1
     assert f"rejected the login for '{UTF8_USER}'" in wrong.output
     assert "fälsch" not in wrong.output and len(wrong.output.strip().splitlines()) == 2
+
+
+def test_starttls_on_port_143_and_a_port_without_tls_is_one_line_with_a_hint(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 143 is the STARTTLS port; the test's Dovecot has it on a free port instead.
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    bounce_project(project, smtp_server.port, extra=(
+        f'imap_port = {imap.starttls_port}\nimap_ca_file = "{imap.cert}"\n'))
+    send(load_settings(project.config))
+    imap.append(sample("rfc3464_hard.eml", token("ada")))
+    args = ["inbound", "--once", "--config", str(project.config)]
+    implicit = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert implicit.exit_code == 1
+    assert implicit.output.splitlines()[:2] == [
+        "error: IMAP server 127.0.0.1: no TLS on this port",
+        "hint: [bounces] imap_port: 993 is implicit TLS, 143 STARTTLS"]
+    monkeypatch.setattr(inbound, "STARTTLS_PORT", imap.starttls_port, raising=False)
+    result = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert result.exit_code == 0, result.output
+    assert "1 suppressed" in result.output
