@@ -44,6 +44,7 @@ log = logging.getLogger("digest")
 
 SKIPPED_FLAG = "$DigestSkipped"
 STARTTLS_PORT = 143
+POLL_LIMIT = 1000  # messages one poll handles: a backlog is read over the next polls
 MAX_LOGGED = 10_000  # distinct problems remembered for logging once (a bounce storm)
 
 
@@ -68,10 +69,16 @@ class InboundReport:
     """Counts of what a poll or a listener did, by action."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    left: int = 0  # messages in the mailbox beyond this poll's limit, for the next one
 
     def add(self, handled: Handled) -> None:
         """Count one message."""
         self.counts[handled.action] = self.counts.get(handled.action, 0) + 1
+
+    def summary(self, nothing: str = "no new messages") -> str:
+        """One line: the counts by action, and what was left for the next poll."""
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())) or nothing
+        return counts + (f"; {self.left} more left for the next poll" if self.left else "")
 
 
 class _Once:
@@ -181,7 +188,7 @@ def _imap_error(host: str, exc: BaseException) -> DigestError:
 
 
 def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
-              limit: int = 1000) -> InboundReport:
+              limit: int | None = None) -> InboundReport:
     """Read the bounce mailbox once: handle up to `limit` messages not flagged skipped,
     move each handled one to `imap_done_folder`, flag the skipped ones."""
     config = settings.bounces
@@ -205,7 +212,7 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
             # imaplib keeps the capabilities from before the login; MOVE is offered after.
             _, caps = _check(imap.capability(), "CAPABILITY")
             imap.capabilities = tuple(caps[-1].decode("ascii", "replace").upper().split())
-            return _poll(imap, inbound, limit)
+            return _poll(imap, inbound, limit or POLL_LIMIT)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
         raise _imap_error(host, exc) from exc
 
@@ -245,7 +252,9 @@ def _poll(imap: imaplib.IMAP4, inbound: Inbound, limit: int) -> InboundReport:
     if not _exists(imap, done):
         _check(imap.create(done), "CREATE")
     _, found = _check(imap.uid("SEARCH", "UNKEYWORD", SKIPPED_FLAG), "SEARCH")
-    uids = [u.decode() for u in (found[0] or b"").split()[:limit]] if found else []
+    waiting = (found[0] or b"").split() if found else []
+    uids = [u.decode() for u in waiting[:limit]]
+    report.left = len(waiting) - len(uids)
     sizes = _sizes(imap, uids)
     moved: list[str] = []
     for uid in uids:

@@ -191,3 +191,22 @@ def test_starttls_on_port_143_and_a_port_without_tls_is_one_line_with_a_hint(
     result = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
     assert result.exit_code == 0, result.output
     assert "1 suppressed" in result.output
+
+
+def test_a_backlog_beyond_one_poll_says_how_many_are_left_and_the_next_poll_reads_them(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    monkeypatch.setattr(inbound, "POLL_LIMIT", 2, raising=False)
+    configure(project, smtp_server, imap)
+    send(load_settings(project.config))
+    before = len(imap.folder("INBOX"))  # what earlier tests left flagged
+    imap.append(*[sample("rfc3464_soft.eml", token("ada")).replace(
+        b"Subject:", f"X-Copy: {n}\r\nSubject:".encode(), 1) for n in range(3)])
+    args = ["inbound", "--once", "--config", str(project.config)]
+    first = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert first.exit_code == 0, first.output
+    assert "inbound: 2 recorded; 1 more left for the next poll" in first.output
+    second = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert "inbound: 1 recorded\n" in second.output
+    assert len(imap.folder("INBOX")) == before
