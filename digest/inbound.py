@@ -294,14 +294,18 @@ def _sizes(imap: imaplib.IMAP4, uids: list[str]) -> dict[str, int]:
 
 def _move(imap: imaplib.IMAP4, uids: list[str], mailbox: str) -> None:
     # RFC 6851 MOVE where offered; otherwise COPY, then \Deleted and EXPUNGE only once the
-    # copy succeeded, so a message is never lost between the two.
+    # copy succeeded, so a message is never lost between the two. UID EXPUNGE (RFC 4315
+    # UIDPLUS) removes only ours: a plain EXPUNGE also removes what a person marked deleted.
     which = ",".join(uids)
     if "MOVE" in imap.capabilities:
         _check(imap.uid("MOVE", which, mailbox), "MOVE")
         return
     _check(imap.uid("COPY", which, mailbox), "COPY")
     _check(imap.uid("STORE", which, "+FLAGS", r"(\Deleted)"), "STORE")
-    _check(imap.expunge(), "EXPUNGE")
+    if "UIDPLUS" in imap.capabilities:
+        _check(imap.uid("EXPUNGE", which), "UID EXPUNGE")
+    else:
+        _check(imap.expunge(), "EXPUNGE")
 
 
 def _exists(imap: imaplib.IMAP4, mailbox: str) -> bool:

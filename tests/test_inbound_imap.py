@@ -107,7 +107,7 @@ def test_digest_run_polls_the_mailbox_when_one_is_configured(
         ("bob@example.org", "complaint")]
 
 
-def test_without_move_a_message_is_copied_before_it_is_deleted(
+def test_without_move_a_message_is_copied_before_it_is_deleted_and_only_it(
         project: Project, smtp_server: SmtpServer, imap: Imap,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A server without RFC 6851 MOVE: COPY, then \Deleted and EXPUNGE.
@@ -124,12 +124,19 @@ def test_without_move_a_message_is_copied_before_it_is_deleted(
     before = len(imap.folder("digest-processed")) if "digest-processed" in str(
         imap.client().list()[1]) else 0
     imap.append(sample("rfc3464_hard.eml", token("ada")))
+    # A person marked a message deleted (a mail client that leaves the expunge to later):
+    # only UID EXPUNGE (UIDPLUS) of our own messages leaves it be.
+    person = b"From: someone@example.net\r\nSubject: marked deleted\r\n\r\nkept\r\n"
+    with imap.client() as client:
+        assert client.append("INBOX", r"(\Deleted $DigestSkipped)", None, person)[0] == "OK"
     result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
                                           str(project.config)], env=imap_env(imap))
     assert result.exit_code == 0, result.output
     assert "1 suppressed" in result.output
     assert len(imap.folder("digest-processed")) == before + 1
-    assert all(b"$DigestSkipped" in flags for flags, _ in imap.folder("INBOX"))
+    left = imap.folder("INBOX")
+    assert all(b"$DigestSkipped" in flags for flags, _ in left)
+    assert person in [body for _, body in left]
 
 
 def test_folders_with_spaces_non_ascii_or_another_case_are_used_as_named(
