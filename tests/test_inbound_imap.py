@@ -217,3 +217,19 @@ def test_a_backlog_beyond_one_poll_says_how_many_are_left_and_the_next_poll_read
     second = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
     assert "inbound: 1 recorded\n" in second.output
     assert len(imap.folder("INBOX")) == before
+
+
+@pytest.mark.parametrize(("ca_file", "why"), [
+    ("missing.pem", "No such file or directory"),
+    ("not-pem.txt", "no PEM certificate in it"),
+])
+def test_an_unreadable_ca_file_is_one_line_naming_it(
+        project: Project, smtp_server: SmtpServer, imap: Imap, ca_file: str, why: str) -> None:
+    (project.root / "not-pem.txt").write_text("not a certificate\n")
+    bounce_project(project, smtp_server.port, extra=(
+        f'imap_port = {imap.port}\nimap_ca_file = "{project.root / ca_file}"\n'))
+    result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
+                                          str(project.config)], env=imap_env(imap))
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"error: [bounces] imap_ca_file {project.root / ca_file}: {why}\nhint: ")
