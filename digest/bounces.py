@@ -78,10 +78,11 @@ _STATUS_TEXT = re.compile(rb"(?<![\d.])[45]\.\d{1,3}\.\d{1,3}(?![\d.])")
 # A refusal of us (a blocklisting, a spam or policy rejection) or a full mailbox, as the
 # receiving server words it in the Diagnostic-Code: MTAs often report such a refusal with a
 # Status of their own (5.0.0, 5.1.1), which alone would suppress every address at a provider.
+# "spam" and "policy" as words, not in a host name ("host mx.spamexperts.com said: 550 5.1.1").
 _NOT_THE_ADDRESS = re.compile(
     r"(?i)(?<![\d.])5\.7\.\d{1,3}(?![\d.])|(?<![\d.])5\.2\.2(?![\d.])|black ?list|"
-    r"block ?list|spamhaus|\bspam|\bpolic(?:y|ies)\b|reputation|over ?quota|quota exceeded|"
-    r"mailbox (?:is )?full")
+    r"block ?list|spamhaus|reputation|over ?quota|quota exceeded|mailbox (?:is )?full|"
+    r"(?<![\w.-])(?:spam|polic(?:y|ies))(?![\w-]|\.\w)")
 
 
 def token(secret: str, digest_id: str, email: str) -> str:

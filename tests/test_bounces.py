@@ -94,6 +94,17 @@ def test_the_diagnostic_code_tells_a_refusal_of_us_from_a_dead_address(name: str
     assert (verdict.kind, verdict.token) == (kind, TOKEN)
 
 
+def test_a_dead_address_behind_a_spam_filter_host_stays_hard() -> None:
+    # "spam" in the reporting host's name is not the receiver refusing us.
+    data = sample("rfc3464_hard.eml").replace(
+        b"Diagnostic-Code: smtp; 550", b"Diagnostic-Code: smtp; host mx.spamexperts.com"
+        b"[192.0.2.7] said: 550")
+    assert b"spamexperts" in data
+    verdict = classify(data, ADDRESSES)
+    assert (verdict.kind, verdict.detail.startswith("failed 5.1.1: smtp; host mx.spam")) == (
+        "hard", True)
+
+
 def test_a_policy_refusal_with_an_undetermined_status_is_soft() -> None:
     # rfc3464-03: Status 5.0.0, "554 Mail from ... rejected for policy reasons."
     data = (FIXTURES / "sisimai_rfc3464-03.eml").read_bytes()
