@@ -210,7 +210,7 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
     auto = _auto_reply(head)
     if auto == "auto-reply":
         return Verdict("auto-reply", tok, "auto-reply")
-    verdict = _heuristic(_parser.parsebytes(data) if report else head, tok)
+    verdict = _heuristic(_parser.parsebytes(data) if report else head, tok, data)
     if verdict.kind != "unknown":
         return verdict
     if auto == "daemon":
@@ -389,13 +389,20 @@ def _unsubscribe(head: Message, addresses: Addresses, addressed: list[str]) -> V
     return Verdict("unknown", None, "unsubscribe request without a token")
 
 
-def _heuristic(msg: Message, tok: str | None) -> Verdict:
+def _heuristic(msg: Message, tok: str | None, data: bytes) -> Verdict:
     try:
         temporary, permanent = all_failures(msg)
     except Exception as exc:  # flufl's detectors on a malformed message: not a bounce we know
         return Verdict("unknown", tok, f"unreadable: {type(exc).__name__}")
     if permanent:
-        return Verdict("hard", tok, "permanent failure: " + _listed(permanent))
+        # flufl calls any undelivered mail permanent; the receiver's own status code, first
+        # in the text, says when it was a full mailbox (5.2.2) or a refusal of us (5.7.x).
+        # A 4.x.x there is what the MTA gave up retrying: permanent, as flufl says.
+        code = _first_status(data)
+        kind: Kind = ("soft" if code and code[0] == "5" and _status_kind(code) == "soft"
+                      else "hard")
+        return Verdict(kind, tok, "permanent failure: " + _listed(permanent)
+                       + (f" (status {code} in the text)" if kind == "soft" else ""))
     if temporary:
         return Verdict("soft", tok, "temporary failure: " + _listed(temporary))
     return Verdict("unknown", tok, "not a bounce, complaint or unsubscribe")
@@ -404,14 +411,24 @@ def _heuristic(msg: Message, tok: str | None) -> Verdict:
 def _status_in_text(data: bytes, tok: str | None) -> Verdict:
     # A mailer daemon's message no detector reads (a mangled DSN): the first enhanced status
     # code (RFC 3463) in its text decides, with the rules of a DSN's Status field.
+    code = _first_status(data)
+    if code is None:
+        return Verdict("unknown", tok, "a mailer daemon's message without a status code")
+    return Verdict(_status_kind(code), tok, f"status {code} in the text (no readable report)")
+
+
+def _first_status(data: bytes) -> str | None:
+    # The first enhanced status code in the first 64 KiB of the body: the receiver's words
+    # come before the copy of our message.
     body = data.find(b"\n\n") if b"\r\n\r\n" not in data else data.find(b"\r\n\r\n")
     found = _STATUS_TEXT.search(data, max(body, 0), max(body, 0) + 65536)
-    if found is None:
-        return Verdict("unknown", tok, "a mailer daemon's message without a status code")
-    code = found.group(0).decode()
+    return found.group(0).decode() if found else None
+
+
+def _status_kind(code: str) -> Kind:
     verdict = _recipient_block({"action": "failed", "status": code})
     assert verdict is not None
-    return Verdict(verdict.kind, tok, f"status {code} in the text (no readable report)")
+    return verdict.kind
 
 
 def _listed(addresses: frozenset[bytes]) -> str:

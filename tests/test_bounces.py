@@ -19,9 +19,10 @@ SECRET = "test-secret-for-verp"
 TOKEN = bounces.token(SECRET, "ada/2026-11-25", "ada@example.org")
 
 # flufl.bounce's own expectations for these samples (its _detectors/tests/detectors.py):
-# permanent failures are hard bounces, temporary ones (SimpleWarning, delayed DSNs) soft.
+# permanent failures are hard bounces, temporary ones (SimpleWarning, delayed DSNs) soft;
+# but dsn_09's text says "5.7.1 Unable to relay", a refusal of us: soft, as 5.7.x is.
 EXPECTED = {
-    "dsn_01": "hard", "dsn_05": "soft", "dsn_09": "hard", "dsn_17": "soft",
+    "dsn_01": "hard", "dsn_05": "soft", "dsn_09": "soft", "dsn_17": "soft",
     "postfix_01": "hard", "exim_01": "hard", "qmail_01": "hard", "yahoo_01": "hard",
     "simple_01": "hard", "simple_03": "soft", "microsoft_01": "hard", "smtp32_01": "hard",
     "sendmail_01": "hard", "groupwise_01": "hard",
@@ -103,6 +104,20 @@ def test_a_dead_address_behind_a_spam_filter_host_stays_hard() -> None:
     verdict = classify(data, ADDRESSES)
     assert (verdict.kind, verdict.detail.startswith("failed 5.1.1: smtp; host mx.spam")) == (
         "hard", True)
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("gmail-16", "soft"),  # "550 5.2.2 ... Mailbox Full" in Gmail's own words
+    ("yahoo-08", "soft"),  # "550: 5.2.2 ... Mailbox Full"
+    ("gmail-04", "soft"),  # 5.7.1: the receiver refused us
+])
+def test_a_bounce_only_flufl_reads_is_soft_when_its_text_says_full_or_refused(
+        name: str, kind: str) -> None:
+    # flufl.bounce calls these permanent; the first status code in the text says otherwise.
+    data = (FIXTURES / f"sisimai_lhost-{name}.eml").read_bytes()
+    verdict = classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),))
+    assert (verdict.kind, verdict.token) == (kind, TOKEN)
+    assert verdict.detail.startswith("permanent failure: ")
 
 
 def test_a_policy_refusal_with_an_undetermined_status_is_soft() -> None:
