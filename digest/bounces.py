@@ -75,6 +75,14 @@ _REPORT_TYPE = re.compile(rb"(?i)report-type\s*=\s*\"?(?:delivery-status|feedbac
 _CONTENT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*([\w.+-]+/[\w.+-]+)")
 _ENCODED = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*(base64|quoted-printable)")
 _STATUS_TEXT = re.compile(rb"(?<![\d.])[45]\.\d{1,3}\.\d{1,3}(?![\d.])")
+# A refusal of us (a blocklisting, a spam or policy rejection) or a full mailbox, as the
+# receiving server words it in the Diagnostic-Code: MTAs often report such a refusal with a
+# Status of their own (5.0.0, 5.1.1), which alone would suppress every address at a provider.
+# "spam" and "policy" as words, not in a host name ("host mx.spamexperts.com said: 550 5.1.1").
+_NOT_THE_ADDRESS = re.compile(
+    r"(?i)(?<![\d.])5\.7\.\d{1,3}(?![\d.])|(?<![\d.])5\.2\.2(?![\d.])|black ?list|"
+    r"block ?list|spamhaus|reputation|over ?quota|quota exceeded|mailbox (?:is )?full|"
+    r"(?<![\w.-])(?:spam|polic(?:y|ies))(?![\w-]|\.\w)")
 
 
 def token(secret: str, digest_id: str, email: str) -> str:
@@ -202,7 +210,7 @@ def classify(data: bytes, addresses: Addresses, recipients: tuple[str, ...] = ()
     auto = _auto_reply(head)
     if auto == "auto-reply":
         return Verdict("auto-reply", tok, "auto-reply")
-    verdict = _heuristic(_parser.parsebytes(data) if report else head, tok)
+    verdict = _heuristic(_parser.parsebytes(data) if report else head, tok, data)
     if verdict.kind != "unknown":
         return verdict
     if auto == "daemon":
@@ -316,7 +324,7 @@ def _recipient_block(block: Fields) -> Verdict | None:
     if status is None or status.group(1) != "5":
         return Verdict("soft", None, detail)
     # X.7.X: the receiver refuses us (policy, reputation), not the address; 5.2.2: full.
-    if status.group(2) == "7" or code == "5.2.2":
+    if status.group(2) == "7" or code == "5.2.2" or _NOT_THE_ADDRESS.search(diagnostic):
         return Verdict("soft", None, detail)
     return Verdict("hard", None, detail)
 
@@ -352,8 +360,11 @@ def _auto_reply(head: Message) -> Literal["auto-reply", "daemon", "maybe", "no"]
         return "daemon"
     auto = str(head.get("auto-submitted", "no")).strip().lower()
     precedence = str(head.get("precedence", "")).strip().lower()
+    # Outlook/Exchange out-of-office replies carry no Auto-Submitted, only the field of the
+    # inbox rule that wrote them; iCloud's vacation reply names itself in X-Apple-Action.
     if (not auto.startswith("no") or "x-autoreply" in head or "x-autorespond" in head
-            or precedence == "auto_reply"):
+            or precedence == "auto_reply" or "x-ms-exchange-inbox-rules-loop" in head
+            or "vacation" in str(head.get("x-apple-action", "")).lower()):
         return "auto-reply"
     return "maybe" if precedence in _AUTO_PRECEDENCE else "no"
 
@@ -378,13 +389,20 @@ def _unsubscribe(head: Message, addresses: Addresses, addressed: list[str]) -> V
     return Verdict("unknown", None, "unsubscribe request without a token")
 
 
-def _heuristic(msg: Message, tok: str | None) -> Verdict:
+def _heuristic(msg: Message, tok: str | None, data: bytes) -> Verdict:
     try:
         temporary, permanent = all_failures(msg)
     except Exception as exc:  # flufl's detectors on a malformed message: not a bounce we know
         return Verdict("unknown", tok, f"unreadable: {type(exc).__name__}")
     if permanent:
-        return Verdict("hard", tok, "permanent failure: " + _listed(permanent))
+        # flufl calls any undelivered mail permanent; the receiver's own status code, first
+        # in the text, says when it was a full mailbox (5.2.2) or a refusal of us (5.7.x).
+        # A 4.x.x there is what the MTA gave up retrying: permanent, as flufl says.
+        code = _first_status(data)
+        kind: Kind = ("soft" if code and code[0] == "5" and _status_kind(code) == "soft"
+                      else "hard")
+        return Verdict(kind, tok, "permanent failure: " + _listed(permanent)
+                       + (f" (status {code} in the text)" if kind == "soft" else ""))
     if temporary:
         return Verdict("soft", tok, "temporary failure: " + _listed(temporary))
     return Verdict("unknown", tok, "not a bounce, complaint or unsubscribe")
@@ -393,14 +411,24 @@ def _heuristic(msg: Message, tok: str | None) -> Verdict:
 def _status_in_text(data: bytes, tok: str | None) -> Verdict:
     # A mailer daemon's message no detector reads (a mangled DSN): the first enhanced status
     # code (RFC 3463) in its text decides, with the rules of a DSN's Status field.
+    code = _first_status(data)
+    if code is None:
+        return Verdict("unknown", tok, "a mailer daemon's message without a status code")
+    return Verdict(_status_kind(code), tok, f"status {code} in the text (no readable report)")
+
+
+def _first_status(data: bytes) -> str | None:
+    # The first enhanced status code in the first 64 KiB of the body: the receiver's words
+    # come before the copy of our message.
     body = data.find(b"\n\n") if b"\r\n\r\n" not in data else data.find(b"\r\n\r\n")
     found = _STATUS_TEXT.search(data, max(body, 0), max(body, 0) + 65536)
-    if found is None:
-        return Verdict("unknown", tok, "a mailer daemon's message without a status code")
-    code = found.group(0).decode()
+    return found.group(0).decode() if found else None
+
+
+def _status_kind(code: str) -> Kind:
     verdict = _recipient_block({"action": "failed", "status": code})
     assert verdict is not None
-    return Verdict(verdict.kind, tok, f"status {code} in the text (no readable report)")
+    return verdict.kind
 
 
 def _listed(addresses: frozenset[bytes]) -> str:

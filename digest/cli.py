@@ -465,8 +465,7 @@ def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
     if once:
         db = _open_store(settings)
         report = pipeline.poll_bounces(settings, db, _now)
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items()))
-        out.print(f"inbound: {counts or 'no new messages'}", highlight=False)
+        out.print(f"inbound: {report.summary()}", highlight=False)
         return
     from . import inbound as receiver
 
@@ -484,8 +483,7 @@ def inbound(config_path: Path, once: bool, listen: bool, host: str | None,
                 pass
         finally:
             controller.stop()
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(controller.handler.report.counts.items()))
-    out.print(f"inbound: {counts or 'no messages'}", highlight=False)
+    out.print(f"inbound: {controller.handler.report.summary('no messages')}", highlight=False)
 
 
 @cli.command()

@@ -698,7 +698,8 @@ class BouncesConfig(_Strict):
         5_000_000, ge=10_000, le=100_000_000,
         description="Larger inbound messages are left alone (IMAP) or refused (SMTP).",
     )
-    imap_port: int = Field(993, ge=1, le=65535, description="IMAP port (implicit TLS).")
+    imap_port: int = Field(993, ge=1, le=65535,
+                           description="IMAP port (implicit TLS; 143: STARTTLS).")
     imap_host_env: str = Field(
         "DIGEST_IMAP_HOST", description="Env variable holding the IMAP server's host name;"
         " unset: no mailbox is polled.")

@@ -13,13 +13,15 @@ message, one over `max_message_bytes`) is skipped and logged once: over IMAP it 
 mailbox flagged `$DigestSkipped` (so the next poll neither reads nor logs it again); received
 over SMTP it is written to `inbound-skipped/` beside the store. Nothing is lost.
 
-`poll_imap` reads the mailbox over implicit TLS (certificate and host name verified) and
-moves each handled message to `imap_done_folder`. `Listener` is the SMTP receiver of `digest
-inbound --listen` (aiosmtpd), which accepts only our bounce and unsubscribe addresses.
+`poll_imap` reads the mailbox over TLS (implicit, or STARTTLS on port 143; certificate and
+host name verified) and moves each handled message to `imap_done_folder`. `Listener` is the
+SMTP receiver of `digest inbound --listen` (aiosmtpd), which accepts only our bounce and
+unsubscribe addresses.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import imaplib
 import logging
@@ -41,6 +43,8 @@ from .errors import DigestError, printable
 log = logging.getLogger("digest")
 
 SKIPPED_FLAG = "$DigestSkipped"
+STARTTLS_PORT = 143
+POLL_LIMIT = 1000  # messages one poll handles: a backlog is read over the next polls
 MAX_LOGGED = 10_000  # distinct problems remembered for logging once (a bounce storm)
 
 
@@ -65,10 +69,16 @@ class InboundReport:
     """Counts of what a poll or a listener did, by action."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    left: int = 0  # messages in the mailbox beyond this poll's limit, for the next one
 
     def add(self, handled: Handled) -> None:
         """Count one message."""
         self.counts[handled.action] = self.counts.get(handled.action, 0) + 1
+
+    def summary(self, nothing: str = "no new messages") -> str:
+        """One line: the counts by action, and what was left for the next poll."""
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())) or nothing
+        return counts + (f"; {self.left} more left for the next poll" if self.left else "")
 
 
 class _Once:
@@ -170,11 +180,15 @@ def _imap_error(host: str, exc: BaseException) -> DigestError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return DigestError(f"IMAP server {host}: certificate not trusted: {exc.verify_message}",
                            hint="set [bounces] imap_ca_file for a private CA")
+    if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+        return DigestError(f"IMAP server {host}: no TLS on this port",
+                           hint=f"[bounces] imap_port: 993 is implicit TLS, {STARTTLS_PORT}"
+                                " STARTTLS")
     return DigestError(f"IMAP server {host}: {printable(str(exc)) or type(exc).__name__}")
 
 
 def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
-              limit: int = 1000) -> InboundReport:
+              limit: int | None = None) -> InboundReport:
     """Read the bounce mailbox once: handle up to `limit` messages not flagged skipped,
     move each handled one to `imap_done_folder`, flag the skipped ones."""
     config = settings.bounces
@@ -184,13 +198,11 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
         raise DigestError(f"no IMAP server: environment variable {config.imap_host_env} is"
                           " not set", hint="export it, with the user and password variables")
     host, user, password = account
-    context = ssl.create_default_context(
-        cafile=str(config.imap_ca_file) if config.imap_ca_file else None)
+    context = _tls_context(config.imap_ca_file)
     try:
-        with imaplib.IMAP4_SSL(host, config.imap_port, ssl_context=context,
-                               timeout=30) as imap:
+        with _connect(host, config.imap_port, context) as imap:
             try:
-                imap.login(user, password)
+                _login(imap, user, password)
             except imaplib.IMAP4.error:
                 raise DigestError(
                     f"IMAP server {host} rejected the login for {user!r}",
@@ -199,19 +211,62 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
             # imaplib keeps the capabilities from before the login; MOVE is offered after.
             _, caps = _check(imap.capability(), "CAPABILITY")
             imap.capabilities = tuple(caps[-1].decode("ascii", "replace").upper().split())
-            return _poll(imap, inbound, limit)
+            return _poll(imap, inbound, limit or POLL_LIMIT)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
         raise _imap_error(host, exc) from exc
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    # A missing or unreadable CA file is the operator's typo: one line naming it, not a
+    # FileNotFoundError or "no certificate or crl found" traceback.
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        why = ("no PEM certificate in it" if isinstance(exc, ssl.SSLError)
+               else exc.strerror or type(exc).__name__)
+        raise DigestError(f"[bounces] imap_ca_file {ca_file}: {why}",
+                          hint="a PEM file of the CA (or the self-signed certificate itself)",
+                          ) from None
+
+
+def _connect(host: str, port: int, context: ssl.SSLContext) -> imaplib.IMAP4:
+    # Port 143 is IMAP's STARTTLS port (RFC 8314 3.3): TLS is started before the login, with
+    # the same verification, and a server that does not offer it is refused (imaplib raises
+    # "STARTTLS extension not supported"): the password never goes in clear.
+    if port != STARTTLS_PORT:
+        return imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=30)
+    imap = imaplib.IMAP4(host, port, timeout=30)
+    try:
+        imap.starttls(ssl_context=context)
+    except BaseException:
+        imap.shutdown()
+        raise
+    return imap
+
+
+def _login(imap: imaplib.IMAP4, user: str, password: str) -> None:
+    # LOGIN takes ASCII only (imaplib would raise UnicodeEncodeError, the password in its
+    # traceback); SASL PLAIN (RFC 4616) carries UTF-8, and servers offer it under TLS.
+    if (user + password).isascii():
+        imap.login(user, password)
+        return
+    if "AUTH=PLAIN" not in imap.capabilities:
+        raise imaplib.IMAP4.error("non-ASCII credentials and no AUTH=PLAIN")
+    credentials = f"\0{user}\0{password}".encode()
+    imap.authenticate("PLAIN", lambda _challenge: credentials)
 
 
 def _poll(imap: imaplib.IMAP4, inbound: Inbound, limit: int) -> InboundReport:
     config = inbound.settings.bounces
     report = InboundReport()
-    _check(imap.select(_quoted(config.imap_folder)), "SELECT")
-    if config.imap_done_folder.lower() not in _folders(imap):
-        _check(imap.create(_quoted(config.imap_done_folder)), "CREATE")
+    _check(imap.select(mailbox_name(config.imap_folder)), "SELECT")
+    done = mailbox_name(config.imap_done_folder)
+    if not _exists(imap, done):
+        _check(imap.create(done), "CREATE")
     _, found = _check(imap.uid("SEARCH", "UNKEYWORD", SKIPPED_FLAG), "SEARCH")
-    uids = [u.decode() for u in (found[0] or b"").split()[:limit]] if found else []
+    waiting = (found[0] or b"").split() if found else []
+    uids = [u.decode() for u in waiting[:limit]]
+    report.left = len(waiting) - len(uids)
     sizes = _sizes(imap, uids)
     moved: list[str] = []
     for uid in uids:
@@ -230,7 +285,7 @@ def _poll(imap: imaplib.IMAP4, inbound: Inbound, limit: int) -> InboundReport:
         else:
             moved.append(uid)
     if moved:
-        _move(imap, moved, config.imap_done_folder)
+        _move(imap, moved, done)
     return report
 
 
@@ -249,28 +304,39 @@ def _sizes(imap: imaplib.IMAP4, uids: list[str]) -> dict[str, int]:
     return sizes
 
 
-def _move(imap: imaplib.IMAP4, uids: list[str], folder: str) -> None:
+def _move(imap: imaplib.IMAP4, uids: list[str], mailbox: str) -> None:
     # RFC 6851 MOVE where offered; otherwise COPY, then \Deleted and EXPUNGE only once the
-    # copy succeeded, so a message is never lost between the two.
+    # copy succeeded, so a message is never lost between the two. UID EXPUNGE (RFC 4315
+    # UIDPLUS) removes only ours: a plain EXPUNGE also removes what a person marked deleted.
     which = ",".join(uids)
     if "MOVE" in imap.capabilities:
-        _check(imap.uid("MOVE", which, _quoted(folder)), "MOVE")
+        _check(imap.uid("MOVE", which, mailbox), "MOVE")
         return
-    _check(imap.uid("COPY", which, _quoted(folder)), "COPY")
+    _check(imap.uid("COPY", which, mailbox), "COPY")
     _check(imap.uid("STORE", which, "+FLAGS", r"(\Deleted)"), "STORE")
-    _check(imap.expunge(), "EXPUNGE")
+    if "UIDPLUS" in imap.capabilities:
+        _check(imap.uid("EXPUNGE", which), "UID EXPUNGE")
+    else:
+        _check(imap.expunge(), "EXPUNGE")
 
 
-def _folders(imap: imaplib.IMAP4) -> set[str]:
-    _, data = _check(imap.list(), "LIST")
-    names = set()
-    for line in data:
-        if isinstance(line, bytes):
-            # (flags) "delimiter" name: the name may be quoted.
-            found = re.search(rb'\) (?:"[^"]*"|NIL) "?(.*?)"?$', line)
-            if found:
-                names.add(found.group(1).decode("utf-8", "replace").lower())
-    return names
+def _exists(imap: imaplib.IMAP4, mailbox: str) -> bool:
+    # LIST with the (encoded) name itself as the pattern: names are case-sensitive (but
+    # INBOX), so one found by a case-blind comparison could still be missing for MOVE.
+    _, data = _check(imap.list('""', mailbox), "LIST")
+    return any(line for line in data)
+
+
+def mailbox_name(name: str) -> str:
+    """`name` as IMAP sends it (RFC 3501 5.1.3 modified UTF-7), quoted: printable ASCII
+    stays, `&` is `&-`, any other run is UTF-16 in base64 (`,` for `/`) between `&` and `-`."""
+    def wide(run: str) -> str:
+        packed = base64.b64encode(run.encode("utf-16-be")).decode()
+        return "&" + packed.rstrip("=").replace("/", ",") + "-"
+
+    parts = re.split(r"([^\x20-\x7e]+)", name)  # odd items: the runs to encode
+    return _quoted("".join(wide(part) if i % 2 else part.replace("&", "&-")
+                           for i, part in enumerate(parts)))
 
 
 def _quoted(name: str) -> str:

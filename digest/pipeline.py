@@ -980,5 +980,5 @@ def poll_bounces(settings: Settings, db: Database,
     report = inbound.poll_imap(settings, db, clock)
     store.forget_seen(db, clock() - timedelta(days=store.SEEN_DAYS))
     if report.counts:
-        log.info("inbound: %s", ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())))
+        log.info("inbound: %s", report.summary())
     return report

@@ -25,6 +25,8 @@ from .conftest import _self_signed, free_port
 
 DOVECOT = Path("/usr/sbin/dovecot")
 USER, PASSWORD = "bounces", "imap-Pa55word"
+# A second login to the same mailbox, with a password only SASL PLAIN can carry (UTF-8).
+UTF8_USER, UTF8_PASSWORD = "bounces-utf8", "pässwörd-Geheim"
 
 CONFIG = """
 base_dir = {root}/run
@@ -52,7 +54,7 @@ userdb {{
 service imap-login {{
   chroot =
   inet_listener imap {{
-    port = 0
+    port = {plain_port}
   }}
   inet_listener imaps {{
     port = {port}
@@ -72,6 +74,7 @@ class Imap:
     port: int
     cert: Path
     root: Path
+    starttls_port: int = 0  # plain IMAP, where TLS is started by STARTTLS (ssl = required)
 
     def client(self) -> imaplib.IMAP4_SSL:
         """A logged-in client (certificate verified)."""
@@ -127,16 +130,18 @@ def dovecot() -> Iterator[Imap]:
     try:
         internal, group, login, uid, gid = _users(root)
         cert, key = _self_signed(root)
-        port = free_port()
+        port, plain_port = free_port(), free_port()
         home = root / "mail" / USER
-        (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{home}\n")
+        (root / "passwd").write_text("".join(
+            f"{user}:{{PLAIN}}{password}:{uid}:{gid}::{home}\n"
+            for user, password in ((USER, PASSWORD), (UTF8_USER, UTF8_PASSWORD))))
         (root / "dovecot.conf").write_text(CONFIG.format(
             root=root, cert=cert, key=key, internal=internal, internal_group=group,
-            login=login, port=port))
+            login=login, port=port, plain_port=plain_port))
         process = subprocess.Popen([str(DOVECOT), "-F", "-c", str(root / "dovecot.conf")],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         _wait_for(port, process, root)
-        yield Imap(port, cert, root)
+        yield Imap(port, cert, root, plain_port)
     finally:
         if process is not None:
             process.terminate()

@@ -19,9 +19,10 @@ SECRET = "test-secret-for-verp"
 TOKEN = bounces.token(SECRET, "ada/2026-11-25", "ada@example.org")
 
 # flufl.bounce's own expectations for these samples (its _detectors/tests/detectors.py):
-# permanent failures are hard bounces, temporary ones (SimpleWarning, delayed DSNs) soft.
+# permanent failures are hard bounces, temporary ones (SimpleWarning, delayed DSNs) soft;
+# but dsn_09's text says "5.7.1 Unable to relay", a refusal of us: soft, as 5.7.x is.
 EXPECTED = {
-    "dsn_01": "hard", "dsn_05": "soft", "dsn_09": "hard", "dsn_17": "soft",
+    "dsn_01": "hard", "dsn_05": "soft", "dsn_09": "soft", "dsn_17": "soft",
     "postfix_01": "hard", "exim_01": "hard", "qmail_01": "hard", "yahoo_01": "hard",
     "simple_01": "hard", "simple_03": "soft", "microsoft_01": "hard", "smtp32_01": "hard",
     "sendmail_01": "hard", "groupwise_01": "hard",
@@ -77,6 +78,61 @@ def test_samples_written_to_the_rfcs(name: str, kind: str, detail: str) -> None:
     assert verdict.kind == kind
     assert verdict.token == TOKEN
     assert verdict.detail.startswith(detail)
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    # The Status says the address (5.1.1, 5.0.0); the receiving server's own words say it
+    # refused us (a blocklisting, a policy) or the mailbox is full: not a hard bounce.
+    ("sendmail-33", "soft"),  # Status 5.1.1; 550 5.7.1 IP address blacklisted by recipient
+    ("postfix-80", "soft"),  # Status 5.1.0; MailFrom domain is listed in Spamhaus
+    ("messagingserver-02", "soft"),  # Status 5.2.0; 522 5.2.0 Over quota
+    ("courier-01", "hard"),  # Status 5.0.0; 550 5.1.1 User Unknown
+])
+def test_the_diagnostic_code_tells_a_refusal_of_us_from_a_dead_address(name: str,
+                                                                       kind: str) -> None:
+    data = (FIXTURES / f"sisimai_lhost-{name}.eml").read_bytes()
+    verdict = classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),))
+    assert (verdict.kind, verdict.token) == (kind, TOKEN)
+
+
+def test_a_dead_address_behind_a_spam_filter_host_stays_hard() -> None:
+    # "spam" in the reporting host's name is not the receiver refusing us.
+    data = sample("rfc3464_hard.eml").replace(
+        b"Diagnostic-Code: smtp; 550", b"Diagnostic-Code: smtp; host mx.spamexperts.com"
+        b"[192.0.2.7] said: 550")
+    assert b"spamexperts" in data
+    verdict = classify(data, ADDRESSES)
+    assert (verdict.kind, verdict.detail.startswith("failed 5.1.1: smtp; host mx.spam")) == (
+        "hard", True)
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("gmail-16", "soft"),  # "550 5.2.2 ... Mailbox Full" in Gmail's own words
+    ("yahoo-08", "soft"),  # "550: 5.2.2 ... Mailbox Full"
+    ("gmail-04", "soft"),  # 5.7.1: the receiver refused us
+])
+def test_a_bounce_only_flufl_reads_is_soft_when_its_text_says_full_or_refused(
+        name: str, kind: str) -> None:
+    # flufl.bounce calls these permanent; the first status code in the text says otherwise.
+    data = (FIXTURES / f"sisimai_lhost-{name}.eml").read_bytes()
+    verdict = classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),))
+    assert (verdict.kind, verdict.token) == (kind, TOKEN)
+    assert verdict.detail.startswith("permanent failure: ")
+
+
+def test_a_policy_refusal_with_an_undetermined_status_is_soft() -> None:
+    # rfc3464-03: Status 5.0.0, "554 Mail from ... rejected for policy reasons."
+    data = (FIXTURES / "sisimai_rfc3464-03.eml").read_bytes()
+    assert classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),)).kind == "soft"
+
+
+@pytest.mark.parametrize("name", ["sisimai_rfc3834-02.eml", "sisimai_rfc3834-03.eml"])
+def test_outlook_and_icloud_out_of_office_replies_are_auto_replies(name: str) -> None:
+    # Neither has Auto-Submitted: Exchange's has X-MS-Exchange-Inbox-Rules-Loop, iCloud's
+    # X-Apple-Action: VACATION. Unknown, they stayed in the mailbox for a person.
+    data = (FIXTURES / name).read_bytes()
+    verdict = classify(data, ADDRESSES, (ADDRESSES.envelope(TOKEN),))
+    assert (verdict.kind, verdict.token) == ("auto-reply", TOKEN)
 
 
 def test_the_token_is_found_whatever_case_an_mta_gave_the_address() -> None:

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from digest import cli, schedule, store
+from digest import cli, inbound, schedule, store
 from digest.config import load_settings
 
 from .bounce_support import NOW, SECRET, bounce_project, send, token
 from .conftest import Project, SmtpServer
-from .imap_support import PASSWORD, USER, Imap, dovecot
+from .imap_support import PASSWORD, USER, UTF8_PASSWORD, UTF8_USER, Imap, dovecot
 from .test_bounces import delivered, sample
 
 
@@ -107,7 +107,7 @@ def test_digest_run_polls_the_mailbox_when_one_is_configured(
         ("bob@example.org", "complaint")]
 
 
-def test_without_move_a_message_is_copied_before_it_is_deleted(
+def test_without_move_a_message_is_copied_before_it_is_deleted_and_only_it(
         project: Project, smtp_server: SmtpServer, imap: Imap,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A server without RFC 6851 MOVE: COPY, then \Deleted and EXPUNGE.
@@ -124,9 +124,112 @@ def test_without_move_a_message_is_copied_before_it_is_deleted(
     before = len(imap.folder("digest-processed")) if "digest-processed" in str(
         imap.client().list()[1]) else 0
     imap.append(sample("rfc3464_hard.eml", token("ada")))
+    # A person marked a message deleted (a mail client that leaves the expunge to later):
+    # only UID EXPUNGE (UIDPLUS) of our own messages leaves it be.
+    person = b"From: someone@example.net\r\nSubject: marked deleted\r\n\r\nkept\r\n"
+    with imap.client() as client:
+        assert client.append("INBOX", r"(\Deleted $DigestSkipped)", None, person)[0] == "OK"
     result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
                                           str(project.config)], env=imap_env(imap))
     assert result.exit_code == 0, result.output
     assert "1 suppressed" in result.output
     assert len(imap.folder("digest-processed")) == before + 1
-    assert all(b"$DigestSkipped" in flags for flags, _ in imap.folder("INBOX"))
+    left = imap.folder("INBOX")
+    assert all(b"$DigestSkipped" in flags for flags, _ in left)
+    assert person in [body for _, body in left]
+
+
+def test_folders_with_spaces_non_ascii_or_another_case_are_used_as_named(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # IMAP sends non-ASCII names in modified UTF-7 (RFC 3501 5.1.3); names are
+    # case-sensitive, so an existing "erledigt" is not the "Erledigt …" configured.
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    bounce_project(project, smtp_server.port, extra=(
+        f'imap_port = {imap.port}\nimap_ca_file = "{imap.cert}"\n'
+        'imap_folder = "Rückläufer & Co"\nimap_done_folder = "Erledigt ü"\n'))
+    send(load_settings(project.config))
+    with imap.client() as client:
+        assert client.create('"R&APw-ckl&AOQ-ufer &- Co"')[0] == "OK"
+        assert client.create('"erledigt &APw-"')[0] == "OK"
+        status, _ = client.append('"R&APw-ckl&AOQ-ufer &- Co"', None, None,
+                                  sample("rfc3464_hard.eml", token("ada")))
+        assert status == "OK"
+    result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
+                                          str(project.config)], env=imap_env(imap))
+    assert result.exit_code == 0, result.output
+    assert "1 suppressed" in result.output
+    assert len(imap.folder("Erledigt &APw-")) == 1
+    assert imap.folder("R&APw-ckl&AOQ-ufer &- Co") == imap.folder("erledigt &APw-") == []
+
+
+def test_a_non_ascii_password_logs_in_and_a_wrong_one_is_one_line(
+        project: Project, smtp_server: SmtpServer, imap: Imap) -> None:
+    # imaplib's LOGIN encodes ASCII only: a UnicodeEncodeError traceback before. SASL PLAIN
+    # carries UTF-8.
+    configure(project, smtp_server, imap)
+    args = ["inbound", "--once", "--config", str(project.config)]
+    env = {**imap_env(imap, UTF8_PASSWORD), "DIGEST_IMAP_USER": UTF8_USER}
+    result = CliRunner().invoke(cli.cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "inbound: no new messages" in result.output
+    wrong = CliRunner().invoke(cli.cli, args, env={**env, "DIGEST_IMAP_PASSWORD": "fälsch"})
+    assert wrong.exit_code == 1
+    assert f"rejected the login for '{UTF8_USER}'" in wrong.output
+    assert "fälsch" not in wrong.output and len(wrong.output.strip().splitlines()) == 2
+
+
+def test_starttls_on_port_143_and_a_port_without_tls_is_one_line_with_a_hint(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 143 is the STARTTLS port; the test's Dovecot has it on a free port instead.
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    bounce_project(project, smtp_server.port, extra=(
+        f'imap_port = {imap.starttls_port}\nimap_ca_file = "{imap.cert}"\n'))
+    send(load_settings(project.config))
+    imap.append(sample("rfc3464_hard.eml", token("ada")))
+    args = ["inbound", "--once", "--config", str(project.config)]
+    implicit = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert implicit.exit_code == 1
+    assert implicit.output.splitlines()[:2] == [
+        "error: IMAP server 127.0.0.1: no TLS on this port",
+        "hint: [bounces] imap_port: 993 is implicit TLS, 143 STARTTLS"]
+    monkeypatch.setattr(inbound, "STARTTLS_PORT", imap.starttls_port, raising=False)
+    result = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert result.exit_code == 0, result.output
+    assert "1 suppressed" in result.output
+
+
+def test_a_backlog_beyond_one_poll_says_how_many_are_left_and_the_next_poll_reads_them(
+        project: Project, smtp_server: SmtpServer, imap: Imap,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGEST_SECRET", SECRET)
+    monkeypatch.setattr(inbound, "POLL_LIMIT", 2, raising=False)
+    configure(project, smtp_server, imap)
+    send(load_settings(project.config))
+    before = len(imap.folder("INBOX"))  # what earlier tests left flagged
+    imap.append(*[sample("rfc3464_soft.eml", token("ada")).replace(
+        b"Subject:", f"X-Copy: {n}\r\nSubject:".encode(), 1) for n in range(3)])
+    args = ["inbound", "--once", "--config", str(project.config)]
+    first = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert first.exit_code == 0, first.output
+    assert "inbound: 2 recorded; 1 more left for the next poll" in first.output
+    second = CliRunner().invoke(cli.cli, args, env=imap_env(imap))
+    assert "inbound: 1 recorded\n" in second.output
+    assert len(imap.folder("INBOX")) == before
+
+
+@pytest.mark.parametrize(("ca_file", "why"), [
+    ("missing.pem", "No such file or directory"),
+    ("not-pem.txt", "no PEM certificate in it"),
+])
+def test_an_unreadable_ca_file_is_one_line_naming_it(
+        project: Project, smtp_server: SmtpServer, imap: Imap, ca_file: str, why: str) -> None:
+    (project.root / "not-pem.txt").write_text("not a certificate\n")
+    bounce_project(project, smtp_server.port, extra=(
+        f'imap_port = {imap.port}\nimap_ca_file = "{project.root / ca_file}"\n'))
+    result = CliRunner().invoke(cli.cli, ["inbound", "--once", "--config",
+                                          str(project.config)], env=imap_env(imap))
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"error: [bounces] imap_ca_file {project.root / ca_file}: {why}\nhint: ")
