@@ -100,12 +100,12 @@ def load(
     file raised. With a store, unchanged files come from its cache instead of being validated
     again, and the cache forgets files that are gone (after a full listing)."""
     paths = [path_of(folder, sid) for sid in dict.fromkeys(only)] if only else files(folder)
-    cached = store.cached_subscribers(db) if db is not None else {}
     fresh: list[tuple[str, str, str]] = []
     # The folder is resolved once, not each file, and the keys are plain strings: a Path per
     # file cost a third of a second at 100,000 files.
     base = os.fspath(folder.resolve())
     keys = [os.path.join(base, p.name) for p in paths]
+    cached = store.cached_subscribers(db, keys if only else None) if db is not None else {}
     owners: dict[str, str] = {}  # address (casefolded) -> the file that gets its digest
     for path, key in zip(paths, keys, strict=True):
         try:
