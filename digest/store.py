@@ -1226,11 +1226,36 @@ def cache_subscribers(
     stamp = timestamp(now)
     with db.atomic():
         db.table("subscriber_cache").upsert_all(
-            ({"path": p, "sha256": h, "data": d, "cached_at": stamp} for p, h, d in entries),
+            # A new hash drops the file's `stat`: those fields vouched for the old bytes.
+            ({"path": p, "sha256": h, "data": d, "cached_at": stamp, "stat": None}
+             for p, h, d in entries),
             pk="path",
         )
         for path in drop:
             db.execute("delete from subscriber_cache where path = ?", [path])
+
+
+def subscriber_stats(db: Database) -> dict[str, str]:
+    """path -> the `stat` fields recorded with the cached bytes of the file (files without)."""
+    rows = db.execute("select path, stat from subscriber_cache where stat is not null")
+    return dict(rows.fetchall())
+
+
+def record_subscriber_stats(db: Database, entries: Iterable[tuple[str, str, str]]) -> None:
+    """Record (path, content hash, stat fields) where the cache holds exactly that hash: the
+    fields were read before the bytes that were hashed, so they vouch for those bytes only."""
+    with db.atomic():
+        db.conn.executemany(
+            "update subscriber_cache set stat = ? where path = ? and sha256 = ?",
+            [(stat, path, sha) for path, sha, stat in entries])
+
+
+def cached_with_email(db: Database, email: str) -> list[str]:
+    """The paths whose cached data holds `email` (in any case: addresses are ASCII once
+    validated, the domain in its xn-- form), through the index of m21."""
+    rows = db.execute("select path from subscriber_cache where"
+                      " lower(json_extract(data, '$.email')) = lower(?)", [email])
+    return [path for (path,) in rows.fetchall()]
 
 
 def recent_listings(db: Database, since: datetime) -> list[Listing]:

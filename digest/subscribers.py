@@ -55,7 +55,8 @@ def cache_key(schema: dict[str, Any], version: str) -> bytes:
 CACHE_KEY = cache_key(SubscriberFile.model_json_schema(), __version__)
 
 
-def _hash(raw: bytes) -> str:
+def content_hash(raw: bytes) -> str:
+    """The hash a file's bytes are cached under (with the cache key)."""
     return hashlib.sha256(CACHE_KEY + raw).hexdigest()
 
 
@@ -114,7 +115,7 @@ def load(
         except ConfigError as exc:
             yield exc
             continue
-        digest = _hash(raw)
+        digest = content_hash(raw)
         hit = cached.get(key)
         data: dict[str, Any]
         if hit is not None and hit[0] == digest:

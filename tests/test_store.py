@@ -405,7 +405,8 @@ APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr"
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
                  "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
                  "m17_digest_items_without_rowid", "m18_title_keys_of_readable_titles",
-                 "m19_listing_titles", "m20_title_keys_of_cjk_titles"]
+                 "m19_listing_titles", "m20_title_keys_of_cjk_titles",
+                 "m21_subscriber_cache_index"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
