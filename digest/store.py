@@ -1267,19 +1267,24 @@ def recent_listings(db: Database, since: datetime) -> list[Listing]:
     return [_from_row(r) for r in rows]
 
 
-def sent_since(db: Database, since: datetime) -> Iterator[tuple[str, str]]:
+def sent_since(db: Database, since: datetime,
+               subscriber_ids: Iterable[str] | None = None) -> Iterator[tuple[str, str]]:
     """(subscriber id, listing id) for each listing first seen at or after `since` that a
-    sent digest gave that subscriber: what never-resend takes out of their candidates.
-    Streamed, as there can be millions. Must leave out exactly what `candidates` leaves out
-    (the index and the reference matcher see the same listings)."""
+    sent digest gave that subscriber (or one of `subscriber_ids`): what never-resend takes
+    out of their candidates. Streamed, as there can be millions. Must leave out exactly what
+    `candidates` leaves out (the index and the reference matcher see the same listings)."""
+    only, args = "", [timestamp(since)]
+    if subscriber_ids is not None:
+        only = " and d.subscriber_id in (select value from json_each(?))"
+        args.append(json.dumps(list(subscriber_ids)))
     cursor = db.execute(
         f"""
         select d.subscriber_id, di.listing_id from digest_items di
         join digests d on d.id = di.digest_id
         join listings l on l.id = di.listing_id
-        where {GIVEN} and l.first_seen >= ?
+        where {GIVEN} and l.first_seen >= ?{only}
         """,
-        [timestamp(since)],
+        args,
     )
     yield from cursor
 
