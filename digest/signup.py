@@ -69,7 +69,7 @@ from .send import (
     load_signer,
     unsubscribe_links,
 )
-from .subscribers import content_hash, files, load
+from .subscribers import content_hash, files, listed, load
 
 log = logging.getLogger("digest")
 
@@ -289,23 +289,29 @@ def _refresh(settings: Settings, db: Database) -> tuple[dict[str, str], list[Con
     changed: list[Path] = []
     vouched: list[tuple[str, str, str]] = []
     settled = time.time_ns() - SETTLED_NS
-    for path in files(folder):
-        key = os.path.join(base, path.name)
-        try:
-            st = os.stat(path)
-            fields = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-            live[path.name] = key
-            if recorded.get(key) == fields:
+    if not folder.is_dir():
+        files(folder)  # raises the one-line ConfigError of a missing folder
+    # os.scandir and plain strings, not `files`' sorted Paths: a third of the time.
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not listed(name := entry.name):
                 continue
-            changed.append(path)
-            raw = path.read_bytes()  # after the stat: the fields can only be older
-        except OSError:
-            continue  # gone meanwhile, or unreadable: `load` names it below
-        if st.st_ctime_ns < settled:
-            vouched.append((key, content_hash(raw), fields))
+            key = os.path.join(base, name)
+            try:
+                st = entry.stat()  # follows a symbolic link, as reading does
+                fields = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+                live[name] = key
+                if recorded.get(key) == fields:
+                    continue
+                changed.append(folder / name)
+                raw = changed[-1].read_bytes()  # after the stat: the fields can only be older
+            except OSError:
+                continue  # gone meanwhile, or unreadable: `load` names it below
+            if st.st_ctime_ns < settled:
+                vouched.append((key, content_hash(raw), fields))
     broken: list[ConfigError] = []
     ids = []
-    for path in changed:
+    for path in sorted(changed, key=lambda p: p.name[:-5]):  # in id order, as `load` reads
         try:
             ids.append(check_subscriber_id(path))
         except ConfigError as exc:

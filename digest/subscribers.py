@@ -68,8 +68,13 @@ def files(folder: Path) -> list[Path]:
     # Sorted by id, the name without ".toml" (by the whole name "ada-2.toml" would come before
     # "ada.toml", '-' being before '.'; the first by id is the one an address's digest goes
     # to); on strings: comparing Path objects costs a second at 100,000 files.
-    return sorted((p for p in folder.glob("*.toml") if not p.name.startswith(".")),
+    return sorted((p for p in folder.glob("*.toml") if listed(p.name)),
                   key=lambda p: p.name[:-5])
+
+
+def listed(name: str) -> bool:
+    """Whether a file named `name` is a subscriber file (a hidden one is not)."""
+    return name.endswith(".toml") and not name.startswith(".")
 
 
 def path_of(folder: Path, subscriber_id: str) -> Path:
