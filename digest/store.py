@@ -1273,16 +1273,18 @@ def sent_since(db: Database, since: datetime,
     sent digest gave that subscriber (or one of `subscriber_ids`): what never-resend takes
     out of their candidates. Streamed, as there can be millions. Must leave out exactly what
     `candidates` leaves out (the index and the reference matcher see the same listings)."""
-    only, args = "", [timestamp(since)]
+    source, args = "digest_items di join digests d on d.id = di.digest_id", [timestamp(since)]
     if subscriber_ids is not None:
-        only = " and d.subscriber_id in (select value from json_each(?))"
-        args.append(json.dumps(list(subscriber_ids)))
+        # CROSS JOIN keeps the ids the outer loop, so SQLite finds their digests by the
+        # subscriber index; with `subscriber_id in (...)` it walked every sent digest.
+        source = ("json_each(?) j cross join digests d on d.subscriber_id = j.value"
+                  " join digest_items di on di.digest_id = d.id")
+        args.insert(0, json.dumps(list(subscriber_ids)))
     cursor = db.execute(
         f"""
-        select d.subscriber_id, di.listing_id from digest_items di
-        join digests d on d.id = di.digest_id
+        select d.subscriber_id, di.listing_id from {source}
         join listings l on l.id = di.listing_id
-        where {GIVEN} and l.first_seen >= ?{only}
+        where {GIVEN} and l.first_seen >= ?
         """,
         args,
     )
