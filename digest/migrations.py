@@ -315,3 +315,14 @@ def m20_title_keys_of_cjk_titles(db: Database) -> None:
     db.conn.executemany("update listings set title_key = ? where id = ?",
                         [(key, lid) for lid, title, old in rows
                          if title and not title.isascii() and (key := title_key(title)) != old])
+
+
+@migrations()
+def m21_subscriber_cache_index(db: Database) -> None:
+    """The subscriber cache learns, for each file, the `os.stat` fields that change with its
+    bytes (`stat`: set when the cache was last seen to hold them), and is indexed by address:
+    confirming a sign-up then finds whether an address is taken without reading every file
+    (`signup.existing`)."""
+    db.table("subscriber_cache").add_column("stat", str)
+    db.execute("create index idx_subscriber_cache_email on subscriber_cache"
+               " (lower(json_extract(data, '$.email')))")

@@ -1207,12 +1207,16 @@ def _resolve(db: Database, listing_id: str) -> str | None:
 # --- matching at scale ----------------------------------------------------------------------
 
 
-def cached_subscribers(db: Database) -> dict[str, tuple[str, str]]:
-    """Every cached subscriber file: path -> (content hash, validated data as JSON)."""
-    return {
-        r["path"]: (r["sha256"], r["data"])
-        for r in db.query("select path, sha256, data from subscriber_cache")
-    }
+def cached_subscribers(
+    db: Database, paths: Iterable[str] | None = None,
+) -> dict[str, tuple[str, str]]:
+    """Every cached subscriber file (or those at `paths`): path -> (content hash, validated
+    data as JSON). `paths` keeps one subscriber's command from reading 100,000 rows."""
+    sql, args = "select path, sha256, data from subscriber_cache", []
+    if paths is not None:
+        sql += " where path in (select value from json_each(?))"
+        args = [json.dumps(list(paths))]
+    return {r["path"]: (r["sha256"], r["data"]) for r in db.query(sql, args)}
 
 
 def cache_subscribers(
@@ -1222,11 +1226,36 @@ def cache_subscribers(
     stamp = timestamp(now)
     with db.atomic():
         db.table("subscriber_cache").upsert_all(
-            ({"path": p, "sha256": h, "data": d, "cached_at": stamp} for p, h, d in entries),
+            # A new hash drops the file's `stat`: those fields vouched for the old bytes.
+            ({"path": p, "sha256": h, "data": d, "cached_at": stamp, "stat": None}
+             for p, h, d in entries),
             pk="path",
         )
         for path in drop:
             db.execute("delete from subscriber_cache where path = ?", [path])
+
+
+def subscriber_stats(db: Database) -> dict[str, str]:
+    """path -> the `stat` fields recorded with the cached bytes of the file (files without)."""
+    rows = db.execute("select path, stat from subscriber_cache where stat is not null")
+    return dict(rows.fetchall())
+
+
+def record_subscriber_stats(db: Database, entries: Iterable[tuple[str, str, str]]) -> None:
+    """Record (path, content hash, stat fields) where the cache holds exactly that hash: the
+    fields were read before the bytes that were hashed, so they vouch for those bytes only."""
+    with db.atomic():
+        db.conn.executemany(
+            "update subscriber_cache set stat = ? where path = ? and sha256 = ?",
+            [(stat, path, sha) for path, sha, stat in entries])
+
+
+def cached_with_email(db: Database, email: str) -> list[str]:
+    """The paths whose cached data holds `email` (in any case: addresses are ASCII once
+    validated, the domain in its xn-- form), through the index of m21."""
+    rows = db.execute("select path from subscriber_cache where"
+                      " lower(json_extract(data, '$.email')) = lower(?)", [email])
+    return [path for (path,) in rows.fetchall()]
 
 
 def recent_listings(db: Database, since: datetime) -> list[Listing]:
@@ -1238,19 +1267,26 @@ def recent_listings(db: Database, since: datetime) -> list[Listing]:
     return [_from_row(r) for r in rows]
 
 
-def sent_since(db: Database, since: datetime) -> Iterator[tuple[str, str]]:
+def sent_since(db: Database, since: datetime,
+               subscriber_ids: Iterable[str] | None = None) -> Iterator[tuple[str, str]]:
     """(subscriber id, listing id) for each listing first seen at or after `since` that a
-    sent digest gave that subscriber: what never-resend takes out of their candidates.
-    Streamed, as there can be millions. Must leave out exactly what `candidates` leaves out
-    (the index and the reference matcher see the same listings)."""
+    sent digest gave that subscriber (or one of `subscriber_ids`): what never-resend takes
+    out of their candidates. Streamed, as there can be millions. Must leave out exactly what
+    `candidates` leaves out (the index and the reference matcher see the same listings)."""
+    source, args = "digest_items di join digests d on d.id = di.digest_id", [timestamp(since)]
+    if subscriber_ids is not None:
+        # CROSS JOIN keeps the ids the outer loop, so SQLite finds their digests by the
+        # subscriber index; with `subscriber_id in (...)` it walked every sent digest.
+        source = ("json_each(?) j cross join digests d on d.subscriber_id = j.value"
+                  " join digest_items di on di.digest_id = d.id")
+        args.insert(0, json.dumps(list(subscriber_ids)))
     cursor = db.execute(
         f"""
-        select d.subscriber_id, di.listing_id from digest_items di
-        join digests d on d.id = di.digest_id
+        select d.subscriber_id, di.listing_id from {source}
         join listings l on l.id = di.listing_id
         where {GIVEN} and l.first_seen >= ?
         """,
-        [timestamp(since)],
+        args,
     )
     yield from cursor
 

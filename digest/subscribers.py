@@ -56,7 +56,8 @@ def cache_key(schema: dict[str, Any], version: str) -> bytes:
 CACHE_KEY = cache_key(SubscriberFile.model_json_schema(), __version__)
 
 
-def _hash(raw: bytes) -> str:
+def content_hash(raw: bytes) -> str:
+    """The hash a file's bytes are cached under (with the cache key)."""
     return hashlib.sha256(CACHE_KEY + raw).hexdigest()
 
 
@@ -66,8 +67,7 @@ def files(folder: Path) -> list[Path]:
     while `validate` says ok."""
     try:
         with os.scandir(folder) as entries:
-            names = [e.name for e in entries
-                     if e.name.endswith(".toml") and not e.name.startswith(".")]
+            names = [e.name for e in entries if listed(e.name)]
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(folder, None, "subscribers folder not found",
                           hint="set [subscribers] dir in digest.toml") from None
@@ -78,6 +78,11 @@ def files(folder: Path) -> list[Path]:
     # "ada.toml", '-' being before '.'; the first by id is the one an address's digest goes
     # to); on strings: comparing Path objects costs a second at 100,000 files.
     return [folder / name for name in sorted(names, key=lambda name: name[:-5])]
+
+
+def listed(name: str) -> bool:
+    """Whether a file named `name` is a subscriber file (a hidden one is not)."""
+    return name.endswith(".toml") and not name.startswith(".")
 
 
 def path_of(folder: Path, subscriber_id: str) -> Path:
@@ -98,10 +103,19 @@ def load_one(
     """The subscriber `subscriber_id` (cached in `db` when given); UnknownSubscriberError when
     there is no such subscriber, ConfigError when their file is bad. Only their file is read,
     so an earlier file with the same address is not looked for (`load` does that)."""
-    [entry] = _entries(folder, [path_of(folder, subscriber_id)], defaults, db, None, False)
+    [entry] = load_files(folder, [path_of(folder, subscriber_id)], defaults, db)
     if isinstance(entry, ConfigError):
         raise entry
     return entry
+
+
+def load_files(
+    folder: Path, paths: Sequence[Path], defaults: DefaultsConfig, db: Database | None = None,
+) -> list[Subscriber | ConfigError]:
+    """Each of `paths` (files of `folder`) as `load` gives it, cached in `db`, without listing
+    the folder: no other file is read, so an address is a duplicate only of another of
+    `paths` (`load` looks at every file)."""
+    return list(_entries(folder, list(paths), defaults, db, None, False))
 
 
 def load(
@@ -132,16 +146,17 @@ def _file_name(entry: Subscriber | ConfigError) -> str:
 
 def _entries(
     folder: Path, paths: list[Path], defaults: DefaultsConfig, db: Database | None,
-    now: datetime | None, listed: bool,
+    now: datetime | None, whole: bool,
 ) -> Iterator[Subscriber | ConfigError]:
-    """`load`'s loop over `paths` (`listed`: every file of the folder, so the cache may
-    forget the files that are gone)."""
-    cached = store.cached_subscribers(db) if db is not None else {}
+    """`load`'s loop over `paths` (`whole`: every file of the folder, so the cache may
+    forget the files that are gone; else only the cache entries of `paths` are read)."""
     fresh: list[tuple[str, str, str]] = []
     # The folder is resolved once, not each file, and the keys are plain strings: a Path per
     # file cost a third of a second at 100,000 files.
     base = os.fspath(folder.resolve())
     keys = [os.path.join(base, p.name) for p in paths]
+    cached = (store.cached_subscribers(db, None if whole else keys) if db is not None
+              else {})
     owners: dict[str, str] = {}  # address (casefolded) -> the file that gets its digest
     for path, key in zip(paths, keys, strict=True):
         try:
@@ -150,7 +165,7 @@ def _entries(
         except ConfigError as exc:
             yield exc
             continue
-        digest = _hash(raw)
+        digest = content_hash(raw)
         hit = cached.get(key)
         data: dict[str, Any]
         if hit is not None and hit[0] == digest:
@@ -167,7 +182,7 @@ def _entries(
         yield subscriber if owner == path.name else duplicate(path, subscriber.email, owner)
     if db is None:
         return
-    gone = sorted(set(cached) - set(keys)) if listed else []
+    gone = sorted(set(cached) - set(keys)) if whole else []
     if fresh or gone:
         store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
         log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -340,3 +342,34 @@ def test_the_cache_key_follows_the_schema_and_the_version(project: Project) -> N
     again = {s.id: s for s in subscribers.load(settings.subscribers.dir, settings.defaults, db,
                                                now=NOW) if not isinstance(s, Exception)}
     assert again["ada"].name == "Ada Lovelace"
+
+
+def test_one_subscribers_digest_reads_what_was_sent_to_them_only(
+        eve: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A preview, the preferences page and `send ID` build one digest: reading every pair
+    # (subscriber, listing) sent to anyone in the lookback cost them 230,000 rows at 20,000
+    # subscribers, and grew with the list.
+    settings = load_settings(eve.config)
+    db = store.open_db(settings.store.path)
+    [subscriber] = subscribers.load(settings.subscribers.dir, settings.defaults, db, ["eve"])
+    assert not isinstance(subscriber, Exception)
+    top = store.get_listing(db, "top")
+    assert top is not None
+    for i in range(5):  # "top" went to five other readers yesterday
+        other = dataclasses.replace(subscriber, id=f"other{i}", email=f"o{i}@example.org")
+        outbox.sent(db, Digest(other, (NOW - dt.timedelta(days=1)).date(), (Section(
+            "Video diffusion", (Match(top, "Video diffusion", 3.0, ()),)),), NOW),
+            NOW - dt.timedelta(days=1))
+    real, pairs = store.sent_since, []
+
+    def spy(*args: object) -> Iterator[tuple[str, str]]:
+        for pair in real(*args):  # type: ignore[arg-type]
+            pairs.append(pair)
+            yield pair
+
+    monkeypatch.setattr(store, "sent_since", spy)
+    digest = batch.MatchRun(db, [subscriber], NOW).digest(subscriber, NOW.date())
+    assert digest is not None
+    shown = {m.listing.id for section in digest.sections for m in section.matches}
+    assert "top" in shown and "sent" not in shown
+    assert pairs == [("eve", "sent")]

@@ -9,6 +9,7 @@ import re
 import threading
 import tomllib
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -17,9 +18,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from digest import signup, store
+from digest import signup, store, subscribers
 from digest.cli import cli
 from digest.config import load_settings
+from digest.errors import DigestError
 from digest.links import link_url, sign_payload
 
 from .browser import chromium  # noqa: F401 - fixture
@@ -498,3 +500,48 @@ def test_two_links_for_one_address_confirmed_at_once_make_one_file(project: Proj
         t.join()
     assert ids == ["twice"] * 6
     assert sorted(files(project)) == ["ada.toml", "grace.toml", "twice.toml"]
+
+
+def _file(email: str) -> str:
+    return f'name = "R"\nemail = "{email}"\n[[topics]]\nname = "T"\nkeywords = ["diffusion"]\n'
+
+
+def test_confirming_reads_only_the_files_changed_since_and_sees_every_hand_edit(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whether an address is taken was answered by reading every subscriber file: seconds for
+    # each confirmation (its page and its button) at 100,000 subscribers.
+    for i in range(5):
+        project.subscriber(f"r{i}", _file(f"r{i}@example.org"))
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    read: list[str] = []
+    real_read = subscribers._read
+    monkeypatch.setattr(subscribers, "_read", lambda p: read.append(p.name) or real_read(p))
+    monkeypatch.setattr(Path, "read_bytes",
+                        lambda p, real=Path.read_bytes: read.append(p.name) or real(p))
+    # These files count as long unchanged (their stat fields vouch for them at once).
+    monkeypatch.setattr(signup, "SETTLED_NS", 0, raising=False)
+    assert signup.existing(settings, db, "R2@example.org") == "r2"
+    read.clear()
+    assert signup.existing(settings, db, "r3@example.org") == "r3"
+    assert signup.existing(settings, db, "nobody@example.org") is None
+    assert read == []
+    # A file edited by hand is read again, and only it.
+    project.subscriber("r4", _file("taken@example.org"))
+    assert signup.existing(settings, db, "taken@example.org") == "r4"
+    assert set(read) == {"r4.toml"}
+    assert signup.existing(settings, db, "r4@example.org") is None
+    (project.subscribers / "r3.toml").unlink()
+    assert signup.existing(settings, db, "r3@example.org") is None
+    # Made broken by hand: the address it held is not taken, and not free either.
+    project.subscriber("r1", _file("r1@example.org").replace("]", ""))
+    with pytest.raises(DigestError, match="it may be this address's file"):
+        signup.existing(settings, db, "r1@example.org")
+    # A file changed within the last SETTLED_NS is read each time: its stat fields could
+    # stay the same through one more change in the same clock tick.
+    monkeypatch.setattr(signup, "SETTLED_NS", 3600 * 10**9, raising=False)
+    project.subscriber("r0", _file("zero@example.org"))
+    for _ in range(2):
+        read.clear()
+        assert signup.existing(settings, db, "zero@example.org") == "r0"
+        assert "r0.toml" in read

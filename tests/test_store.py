@@ -5,12 +5,14 @@ import datetime as dt
 import hashlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlite_utils import Database
 
-from digest import store
+from digest import store, subscribers
+from digest.config import DefaultsConfig
 from digest.index import build_digest
 from digest.migrations import migrations
 from digest.models import Digest, Listing, Subscriber, Topic
@@ -403,7 +405,8 @@ APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr"
                  "m05_unsubscribes", "m08_subscriber_cache", "m13_feedback",
                  "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
                  "m17_digest_items_without_rowid", "m18_title_keys_of_readable_titles",
-                 "m19_listing_titles", "m20_title_keys_of_cjk_titles"]
+                 "m19_listing_titles", "m20_title_keys_of_cjk_titles",
+                 "m21_subscriber_cache_index"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
@@ -517,3 +520,35 @@ def test_last_made_finds_the_last_digest_of_another_date_that_went(tmp_path: Pat
     made = store.last_made(db, "ada", day)
     assert made == store.Made(day - dt.timedelta(days=2), "queued", NOW - dt.timedelta(hours=2))
     assert store.last_made(db, "grace", day) is None
+
+
+def _subscriber_files(folder: Path, count: int) -> None:
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"r{i}.toml").write_text(
+            f'name = "R{i}"\nemail = "r{i}@example.org"\n\n[[topics]]\nname = "T"\n'
+            'keywords = ["diffusion"]\n', encoding="utf-8")
+
+
+def test_one_subscribers_load_reads_their_cache_row_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `digest send ID`, `preview`, `explain` and the web pages load one subscriber: reading
+    # every cached file's row costs them time and memory that grow with the list.
+    folder = tmp_path / "subscribers"
+    _subscriber_files(folder, 5)
+    db = store.open_db(tmp_path / "d.db")
+    assert len(list(subscribers.load(folder, DefaultsConfig(), db))) == 5
+    real, rows_read = store.cached_subscribers, []
+
+    def spy(*args: Any) -> dict[str, tuple[str, str]]:
+        rows_read.append(len(found := real(*args)))
+        return found
+
+    monkeypatch.setattr(store, "cached_subscribers", spy)
+    assert subscribers.load_one(folder, DefaultsConfig(), "r3", db).email == "r3@example.org"
+    assert rows_read == [1]
+    # ... and a file edited by hand since it was cached is read as it is now.
+    text = (folder / "r3.toml").read_text().replace("r3@", "new@")
+    (folder / "r3.toml").write_text(text, encoding="utf-8")
+    assert subscribers.load_one(folder, DefaultsConfig(), "r3", db).email == "new@example.org"
+    assert len(list(subscribers.load(folder, DefaultsConfig(), db))) == 5
