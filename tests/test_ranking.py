@@ -97,7 +97,10 @@ def _rate(project: Project, listing_id: str, verdict: str, days_ago: float = 1) 
 
 def invoke(project: Project, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, [args[0], "--config", str(project.config), *args[1:]],
-                                env={"DIGEST_NOW": NOW.isoformat()}, catch_exceptions=False)
+                                # Wide: the report's detail column wraps, not cuts, a long
+                                # line in a narrow terminal, with borders between its words.
+                                env={"DIGEST_NOW": NOW.isoformat(), "COLUMNS": "250"},
+                                catch_exceptions=False)
     return result.exit_code, result.output
 
 
