@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import ssl
 import tomllib
 import unicodedata
 from datetime import date, time
@@ -32,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError, HeaderError
+from .errors import ConfigError, DigestError, HeaderError
 from .headers import is_plain_uri, list_id_parts, looks_encoded
 from .models import Subscriber, Topic
 from .tokens import name_words, words
@@ -494,6 +495,21 @@ def split_address(value: str) -> tuple[str, str]:
     """`email.utils.parseaddr` of a configured address, parsed once: it is asked for with
     every message sent."""
     return parseaddr(value)
+
+
+def tls_context(ca_file: Path | None, setting: str) -> ssl.SSLContext:
+    """A TLS context that verifies certificates: against the system's CAs, or only those in
+    `ca_file` (the file named by `setting`, e.g. "[smtp] ca_file") when it is set. A missing,
+    unreadable or non-PEM file is the operator's typo: one line naming it, not a
+    FileNotFoundError said as "cannot connect" or an SSLError traceback."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        why = ("no PEM certificate in it" if isinstance(exc, ssl.SSLError)
+               else exc.strerror or type(exc).__name__)
+        raise DigestError(f"{setting} {ca_file}: {why}",
+                          hint="a PEM file of the CA (or the self-signed certificate itself)",
+                          ) from None
 
 
 class SmtpConfig(_Strict):

@@ -37,7 +37,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import bounces, store
-from .config import Settings
+from .config import Settings, tls_context
 from .errors import DigestError, printable
 
 log = logging.getLogger("digest")
@@ -198,7 +198,7 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
         raise DigestError(f"no IMAP server: environment variable {config.imap_host_env} is"
                           " not set", hint="export it, with the user and password variables")
     host, user, password = account
-    context = _tls_context(config.imap_ca_file)
+    context = tls_context(config.imap_ca_file, "[bounces] imap_ca_file")
     try:
         with _connect(host, config.imap_port, context) as imap:
             try:
@@ -214,19 +214,6 @@ def poll_imap(settings: Settings, db: Database, clock: Callable[[], datetime],
             return _poll(imap, inbound, limit or POLL_LIMIT)
     except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
         raise _imap_error(host, exc) from exc
-
-
-def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    # A missing or unreadable CA file is the operator's typo: one line naming it, not a
-    # FileNotFoundError or "no certificate or crl found" traceback.
-    try:
-        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        why = ("no PEM certificate in it" if isinstance(exc, ssl.SSLError)
-               else exc.strerror or type(exc).__name__)
-        raise DigestError(f"[bounces] imap_ca_file {ca_file}: {why}",
-                          hint="a PEM file of the CA (or the self-signed certificate itself)",
-                          ) from None
 
 
 def _connect(host: str, port: int, context: ssl.SSLContext) -> imaplib.IMAP4:

@@ -22,7 +22,7 @@ import jinja2
 from sqlite_utils import Database
 
 from . import batch, bounces, delivery, inbound, store, subscribers
-from .config import AnySource, Settings, is_subscriber_id, sends_on
+from .config import AnySource, Settings, is_subscriber_id, sends_on, tls_context
 from .errors import ConfigError, DigestError, FetchStopped, SourceError, printable
 from .executor import Executor, ForkPool, Serial
 from .links import link_url, missing_secret, unsubscribe_url
@@ -424,8 +424,8 @@ def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime) -> 
 
 def setup_problems(settings: Settings) -> list[DigestError]:
     """What would fail every message of a send alike, checked before anything is built (and
-    by `digest validate`): the token secret the links need, the DKIM keys, and the SMTP
-    password a configured user name needs."""
+    by `digest validate`): the token secret the links need, the DKIM keys, the SMTP CA file
+    when one is set, and the SMTP password a configured user name needs."""
     problems: list[DigestError] = []
     if (secret := missing_secret(settings)) is not None:
         problems.append(secret)
@@ -434,6 +434,11 @@ def setup_problems(settings: Settings) -> list[DigestError]:
     except DigestError as exc:
         problems.append(exc)
     smtp = settings.smtp
+    if settings.delivery.transport == "smtp" and smtp.ca_file is not None:
+        try:
+            tls_context(smtp.ca_file, "[smtp] ca_file")
+        except DigestError as exc:
+            problems.append(exc)
     if (settings.delivery.transport == "smtp" and smtp.username
             and smtp.password() is None):
         problems.append(ConfigError(

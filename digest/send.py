@@ -38,9 +38,17 @@ from urllib.parse import quote
 
 from . import headers, signing
 from .caches import Bounded
-from .config import DeliveryConfig, DkimConfig, Settings, SmtpConfig, split_address
+from .config import (
+    DeliveryConfig,
+    DkimConfig,
+    Settings,
+    SmtpConfig,
+    split_address,
+    tls_context,
+)
 from .errors import (
     ConfigError,
+    DigestError,
     FatalSendError,
     PermanentSendError,
     RecipientRefusedError,
@@ -542,9 +550,10 @@ class SmtpSender:
         # smtplib verifies nothing unless given a context: always verify certificates. Made
         # once per sender, as loading the CA store costs more than the connection itself.
         if self._context is None:
-            cfg = self.config
-            self._context = ssl.create_default_context(
-                cafile=str(cfg.ca_file) if cfg.ca_file else None)
+            try:
+                self._context = tls_context(self.config.ca_file, "[smtp] ca_file")
+            except DigestError as exc:  # every message would fail alike
+                raise FatalSendError(exc.message, hint=exc.hint) from None
         return self._context
 
     def _connect(self) -> _Session:

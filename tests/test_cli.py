@@ -438,6 +438,19 @@ def test_validate_finds_a_bad_dkim_key_and_a_missing_smtp_password_and_send_stop
     assert "invalid" not in output and not list(project.root.glob("var/outbox/*.eml"))
 
 
+def test_validate_finds_an_smtp_ca_file_that_cannot_be_loaded(project: Project) -> None:
+    project.write_config('[smtp]\nhost = "mail.example.org"\nport = 465\nsecurity = "ssl"\n'
+                         'ca_file = "certs/missing.pem"\n', transport="smtp")
+    code, output = invoke(project, "validate", env={"COLUMNS": "300"})
+    assert code == 1
+    problems = [x for x in output.splitlines() if x.startswith("invalid:")]
+    assert problems == [f"invalid: [smtp] ca_file {project.root / 'certs/missing.pem'}: No such"
+                        " file or directory"], output
+    invoke(project, "fetch")
+    code, output = invoke(project, "send", env={"COLUMNS": "300"})
+    assert code == 1 and "missing.pem" in output and "cannot connect" not in output
+
+
 class _BracketGreeting(ScriptedSmtp):
     def greet(self) -> None:
         self.wfile.write(b"554 5.3.2 [smtp] busy [/busy] go away\r\n")

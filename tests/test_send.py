@@ -278,6 +278,24 @@ def test_implicit_tls_with_auth(smtp_ssl_server: SmtpServer,
     assert isinstance(info.value, FatalSendError)
 
 
+@pytest.mark.parametrize(("ca_file", "why"), [
+    ("missing.pem", "No such file or directory"),
+    ("not-pem.pem", "no PEM certificate in it"),
+])
+def test_a_ca_file_that_cannot_be_loaded_is_one_fatal_line_naming_it(
+        smtp_ssl_server: SmtpServer, tmp_path: Path, ca_file: str, why: str) -> None:
+    # It read "cannot connect to SMTP server 127.0.0.1:465: [Errno 2] No such file or
+    # directory", as if the server were down, and named neither the file nor the setting.
+    (tmp_path / "not-pem.pem").write_text("not a certificate\n", encoding="utf-8")
+    config = SmtpConfig(host=smtp_ssl_server.host, port=smtp_ssl_server.port, security="ssl",
+                        ca_file=tmp_path / ca_file)
+    with pytest.raises(FatalSendError) as info:
+        SmtpSender(config).send(_out(digest_for()))  # type: ignore[arg-type]
+    assert str(info.value) == f"[smtp] ca_file {tmp_path / ca_file}: {why}"
+    assert info.value.hint is not None and "PEM file of the CA" in info.value.hint
+    assert smtp_ssl_server.sink.received == []
+
+
 def _raw(data: bytes, email: str = "ada@example.org") -> Outgoing:
     return Outgoing(digest_id="k", message_id="<m@example.org>", envelope_from="digest@example.org",
                     recipient=email, data=data)
