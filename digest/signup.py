@@ -52,7 +52,6 @@ from .config import (
     Settings,
     SignupConfig,
     TimeZoneName,
-    check_subscriber_id,
     is_subscriber_id,
     parse_subscriber,
     split_address,
@@ -69,7 +68,7 @@ from .send import (
     load_signer,
     unsubscribe_links,
 )
-from .subscribers import content_hash, files, listed, load_files
+from .subscribers import content_hash, entries, listed, load_files
 
 log = logging.getLogger("digest")
 
@@ -289,38 +288,26 @@ def _refresh(settings: Settings, db: Database) -> tuple[dict[str, str], list[Con
     changed: list[Path] = []
     vouched: list[tuple[str, str, str]] = []
     settled = time.time_ns() - SETTLED_NS
-    if not folder.is_dir():
-        files(folder)  # raises the one-line ConfigError of a missing folder
-    # os.scandir and plain strings, not `files`' sorted Paths: a third of the time.
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not listed(name := entry.name):
-                continue
-            key = os.path.join(base, name)
-            try:
-                st = entry.stat()  # follows a symbolic link, as reading does
-                fields = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-                live[name] = key
-                if recorded.get(key) == fields:
-                    continue
-                changed.append(folder / name)
-                raw = changed[-1].read_bytes()  # after the stat: the fields can only be older
-            except OSError:
-                continue  # gone meanwhile, or unreadable: `load` names it below
-            if st.st_ctime_ns < settled:
-                vouched.append((key, content_hash(raw), fields))
-    broken: list[ConfigError] = []
-    good = []
-    for path in sorted(changed, key=lambda p: p.name[:-5]):  # in id order, as `load` reads
+    # DirEntries and plain strings, not `files`' sorted Paths: a third of the time.
+    for entry in entries(folder):
+        key = os.path.join(base, name := entry.name)
         try:
-            check_subscriber_id(path)
-            good.append(path)
-        except ConfigError as exc:
-            broken.append(exc)
-    broken += [e for e in load_files(folder, good, settings.defaults, db)
-               if isinstance(e, ConfigError)]
+            st = entry.stat()  # follows a symbolic link, as reading does
+            fields = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+            live[name] = key
+            if recorded.get(key) == fields:
+                continue
+            changed.append(folder / name)
+            raw = changed[-1].read_bytes()  # after the stat: the fields can only be older
+        except OSError:
+            continue  # gone meanwhile, or unreadable: `load_files` names it below
+        if st.st_ctime_ns < settled:
+            vouched.append((key, content_hash(raw), fields))
+    # In id order, as `load` reads; a bad file name is one of the errors, as there.
+    loaded = load_files(folder, sorted(changed, key=lambda p: p.name[:-5]),
+                        settings.defaults, db)
     store.record_subscriber_stats(db, vouched)
-    return live, broken
+    return live, [e for e in loaded if isinstance(e, ConfigError)]
 
 
 def _mentions(path: Path, wanted: str) -> bool:

@@ -61,19 +61,24 @@ def content_hash(raw: bytes) -> str:
     return hashlib.sha256(CACHE_KEY + raw).hexdigest()
 
 
-def files(folder: Path) -> list[Path]:
-    """The subscriber files in `folder`, in id order; hidden files are ignored. A folder that
-    cannot be listed is a ConfigError: `glob` would say it is empty, and nobody gets a digest
-    while `validate` says ok."""
+def entries(folder: Path) -> list[os.DirEntry[str]]:
+    """The subscriber files in `folder` as the listing gives them (unsorted; hidden files are
+    ignored). A folder that cannot be listed is a ConfigError: `glob` would say it is empty,
+    and nobody gets a digest while `validate` says ok."""
     try:
-        with os.scandir(folder) as entries:
-            names = [e.name for e in entries if listed(e.name)]
+        with os.scandir(folder) as found:
+            return [e for e in found if listed(e.name)]
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(folder, None, "subscribers folder not found",
                           hint="set [subscribers] dir in digest.toml") from None
     except OSError as exc:
         raise ConfigError(folder, None, f"cannot list the subscribers folder:"
                           f" {exc.strerror or exc}") from None
+
+
+def files(folder: Path) -> list[Path]:
+    """The subscriber files in `folder` (`entries`), in id order."""
+    names = [e.name for e in entries(folder)]
     # Sorted by id, the name without ".toml" (by the whole name "ada-2.toml" would come before
     # "ada.toml", '-' being before '.'; the first by id is the one an address's digest goes
     # to); on strings: comparing Path objects costs a second at 100,000 files.
