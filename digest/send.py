@@ -782,7 +782,7 @@ def map_smtp_error(exc: OSError | smtplib.SMTPException, config: SmtpConfig, *,
     code = _reply_code(exc)
     if code is None:
         return TransientSendError(f"connection to {where} lost: {exc}")
-    refusal = _session_refusal(exc, code, config)
+    refusal = _session_refusal(exc, code, config, where)
     if refusal is not None:
         return refusal
     rcpt = isinstance(exc, smtplib.SMTPRecipientsRefused)
@@ -861,12 +861,11 @@ _ADDRESS_STATUS = re.compile(r"[45]\.1\.([1-6]|10)\b")
 
 
 def _session_refusal(exc: OSError | smtplib.SMTPException, code: int,
-                     config: SmtpConfig) -> FatalSendError | None:
+                     config: SmtpConfig, where: str) -> FatalSendError | None:
     # Refusals about the session, not the message: every message would meet them, so failing
     # each digest for good would lose the day's mail to a setting. 530 is "log in first"
     # (RFC 4954) or "STARTTLS first" (RFC 3207), at any step; a refusal to relay, at RCPT; a
     # 5xx to MAIL FROM refuses our sender address, except 552 (SIZE: too large a message).
-    where = f"{config.host}:{config.port}"
     if code == 530:
         text = exc.smtp_error if isinstance(exc, smtplib.SMTPResponseException) else b""
         return FatalSendError(
