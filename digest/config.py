@@ -14,6 +14,7 @@ import re
 import ssl
 import tomllib
 import unicodedata
+from collections.abc import Callable, Iterable
 from datetime import date, time
 from email.utils import parseaddr
 from pathlib import Path
@@ -63,13 +64,20 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+def _nearest(given: str, choices: Iterable[str], fold: Callable[[str], str],
+             cutoff: float = 0.6) -> str | None:
+    """The one of `choices` that `given` most likely means: the one equal to it once both are
+    folded by `fold`, else the closest spelling (difflib, at least `cutoff` alike)."""
+    options = list(choices)
+    same = {fold(choice): choice for choice in options}.get(fold(given))
+    return same or next(iter(difflib.get_close_matches(given, options, n=1, cutoff=cutoff)),
+                        None)
+
+
 def _zone_advice(value: str) -> str:
     # 'utc', 'new york', 'Europe/Londn': the name meant is in the list, cased or spelt
     # a little differently; say which instead of only pointing at the list.
-    names = iana_timezones()
-    wanted = value.strip().replace(" ", "_")
-    near = {name.casefold(): name for name in names}.get(wanted.casefold())
-    near = near or next(iter(difflib.get_close_matches(wanted, names, n=1, cutoff=0.85)), None)
+    near = _nearest(value.strip().replace(" ", "_"), iana_timezones(), str.casefold, 0.85)
     return f"did you mean {near!r}?" if near else "use an IANA name such as 'Europe/London'"
 
 
@@ -979,10 +987,9 @@ def _key_meant(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None
                  if part in (name, f.alias) for m in _models_in(f.annotation)]
         tables = inner or tables  # an index, or a source's type tag: the same tables
     keys = {f.alias or name for t in tables for name, f in t.model_fields.items()}
-    given = str(loc[-1])
-    plain = {key.replace("_", "").casefold(): key for key in keys}
-    near = plain.get(given.replace("_", "").replace("-", "").casefold())
-    return near or next(iter(difflib.get_close_matches(given, sorted(keys), n=1)), None)
+    # No key has a '-': folding it away too lets `send-at` mean `send_at`.
+    return _nearest(str(loc[-1]), keys,
+                    lambda key: key.replace("_", "").replace("-", "").casefold())
 
 
 def _validation_error(path: Path, exc: ValidationError,
