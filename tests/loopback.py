@@ -237,7 +237,9 @@ class ScriptedSmtp(socketserver.StreamRequestHandler):
         return data
 
     def take_data(self) -> None:
-        """Read the message after a 354 up to its final dot, keep it, and accept it."""
+        """Answer DATA as a server that takes the message: 354, then read it up to its final
+        dot, keep it, and accept it."""
+        self.wfile.write(b"354 go ahead\r\n")
         self.read_data()
         self.wfile.write(b"250 accepted\r\n")
 

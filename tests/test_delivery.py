@@ -213,7 +213,6 @@ class _TwoConnectionsAtOnce(ScriptedSmtp):
     def answer(self, verb: bytes, line: bytes) -> bool:
         if verb != b"DATA":
             return False
-        self.wfile.write(b"354 go ahead\r\n")
         self.take_data()
         return True
 

@@ -387,8 +387,8 @@ class _PipeliningOnly(ScriptedSmtp):
             self.wfile.write(b"250-strict\r\n250-PIPELINING\r\n250 SIZE 100000\r\n")
         elif verb == b"MAIL":
             server.seen.append([line, self.rfile.readline(), self.rfile.readline()])
-            self.wfile.write(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
-            self.take_data()
+            self.wfile.write(b"250 sender ok\r\n250 recipient ok\r\n")
+            self.take_data()  # its 354 follows the two replies above
         else:
             return False
         return True
@@ -430,7 +430,6 @@ class _StrictTransactions(ScriptedSmtp):
             self.refused = True
             self.wfile.write(b"451 4.3.0 not now\r\n")
         elif verb == b"DATA":
-            self.wfile.write(b"354 go ahead\r\n")
             self.take_data()
             self.open_transaction = False
         else:
@@ -506,7 +505,6 @@ class _HeloOnly(ScriptedSmtp):
         elif verb == b"MAIL" and not getattr(self, "greeted", False):
             self.wfile.write(b"503 5.5.1 Error: send HELO/EHLO first\r\n")
         elif verb == b"DATA":
-            self.wfile.write(b"354 go ahead\r\n")
             self.take_data()
         else:
             return False
@@ -660,7 +658,6 @@ class _OneConnectionAtATime(ScriptedSmtp):
     def answer(self, verb: bytes, line: bytes) -> bool:
         if verb != b"DATA":
             return False
-        self.wfile.write(b"354 go ahead\r\n")
         self.take_data()
         return True
 
@@ -777,7 +774,6 @@ class _DropsAfterTwo(ScriptedSmtp):
             server.seen.append("dropped")
             raise ConnectionResetError("closed by the server")
         if verb == b"DATA":
-            self.wfile.write(b"354 go ahead\r\n")
             self.take_data()
             self.taken = taken + 1
             return True
