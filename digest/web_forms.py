@@ -3,9 +3,10 @@ preferences (`/preferences`), and what protects every form.
 
 - CSRF, without sessions: a signed double-submit token. The first form page sets a random
   `digest_csrf` cookie (HttpOnly, SameSite=Strict; `__Host-` and Secure when public_url is
-  https) and puts the same value, signed and valid for a day (`links.sign_payload`,
-  purpose "csrf"), in a hidden field; a POST counts only when the field's signature holds and
-  its value equals the cookie. Another site can neither read the cookie nor make the field.
+  https, `__Secure-` with Path=<its path> when it has one) and puts the same value, signed
+  and valid for a day (`links.sign_payload`, purpose "csrf"), in a hidden field; a POST
+  counts only when the field's signature holds and its value equals the cookie. Another
+  site can neither read the cookie nor make the field.
   The preferences and confirmation forms also carry the subscriber's signed link token in
   their URL, which binds them to that subscriber and address: a forged request would need it.
   A sign-up posted from another site (the README's embeddable form) has no CSRF field: it is
@@ -143,7 +144,12 @@ class Forms:
         self.env = env  # the email templates (the preview of a profile)
         self.limits = signup.RateLimits(settings.signup)
         https = (settings.server.public_url or "").startswith("https://")
-        self.cookie = "__Host-digest_csrf" if https else "digest_csrf"
+        # The cookie goes only to this site's pages: under a proxy path ("/digest") its Path
+        # is that path, which the `__Host-` prefix forbids (it wants Path=/), so the name
+        # falls back to `__Secure-`, which still needs Secure and https.
+        self.cookie_path = settings.server.base_path or "/"
+        self.cookie = ("digest_csrf" if not https else "__Host-digest_csrf"
+                       if self.cookie_path == "/" else "__Secure-digest_csrf")
         self.secure = https
         self.sender: Sender | None = None
         self.send_lock = threading.Lock()
@@ -160,7 +166,7 @@ class Forms:
                              csrf=field, **values)
         if request.cookies.get(self.cookie) != nonce:
             response.set_cookie(self.cookie, nonce, httponly=True, samesite="strict",
-                                secure=self.secure, path="/")
+                                secure=self.secure, path=self.cookie_path)
         return response
 
     def csrf_ok(self, request: Request, form: FormData) -> bool:
@@ -525,7 +531,7 @@ TEMPLATES = {
 <h1>Get trending papers in your email inbox</h1>
 {% if error %}<p class="bad" id="error" role="alert">{{ error }}</p>{% endif %}
 {% if notice %}<p id="notice">{{ notice }}</p>{% endif %}
-<form method="post" action="/subscribe" class="stack">
+<form method="post" action="{{ base }}/subscribe" class="stack">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <label>Email address <input type="email" name="email" required maxlength="254"
  value="{{ values.email }}" autocomplete="email"></label>
@@ -548,7 +554,7 @@ ending) <textarea name="keywords" rows="2" maxlength="5000">{{ values.keywords }
 <button type="submit">Subscribe</button>
 </form>
 <p class="muted">We email you a link to confirm; nothing is kept until you open it.</p>
-<script src="/static/timezone.js"></script>
+<script src="{{ base }}/static/timezone.js"></script>
 {% endblock %}""",
     "confirm_signup.html": """{% extends "base.html" %}{% block body %}
 <h1>Confirm your subscription</h1>
@@ -557,7 +563,7 @@ keeps its settings as they are (and subscribes it again if it had unsubscribed).
 preferences page, linked from every digest, changes them.</p>
 {% else %}<p>The paper digest for <strong>{{ pending.email }}</strong>, every day at
 {{ pending.send_at }} ({{ pending.timezone }}).</p>{% endif %}
-<form method="post" action="/confirm?token={{ token | urlencode }}">
+<form method="post" action="{{ base }}/confirm?token={{ token | urlencode }}">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit">Confirm</button></form>
 {% endblock %}""",
@@ -573,7 +579,7 @@ when it comes</a></p>{% endif %}
 <p class="muted">For {{ subscriber.email }}.</p>
 {% if error %}<p class="bad" id="error" role="alert">{{ error }}</p>{% endif %}
 {% if notice %}<p id="notice">{{ notice }}</p>{% endif %}
-<form method="post" action="/preferences?token={{ token | urlencode }}" class="stack">
+<form method="post" action="{{ base }}/preferences?token={{ token | urlencode }}" class="stack">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="seen" value="{{ seen }}">
 {% for t in subscriber.topics %}<fieldset><legend>Topic {{ loop.index }}</legend>
@@ -615,15 +621,15 @@ Pause: send nothing until I untick this</label>
 <button type="submit" name="action" value="save">Save</button></p>
 </form>
 {% if unsubscribed %}<p id="status" class="bad">You are unsubscribed: nothing is sent.</p>
-<form method="post" action="/resubscribe?token={{ unsubscribe | urlencode }}">
+<form method="post" action="{{ base }}/resubscribe?token={{ unsubscribe | urlencode }}">
 <button type="submit" id="resubscribe">Resubscribe</button></form>
-{% else %}<form method="post" action="/unsubscribe?token={{ unsubscribe | urlencode }}">
+{% else %}<form method="post" action="{{ base }}/unsubscribe?token={{ unsubscribe | urlencode }}">
 <button type="submit" id="unsubscribe">Unsubscribe</button></form>{% endif %}
 <h2>Papers you liked</h2>
 {% if liked %}<ul id="liked">{% for l in liked %}<li>{% if l.url %}<a href="{{ l.url }}">{{ l.title
 }}</a>{% else %}{{ l.title }}{% endif %}</li>{% endfor %}</ul>{% else %}<p class="muted">None
 yet: "More like this" under a paper in your email adds it here.</p>{% endif %}
-<p><a href="/feedback/list?token={{ rated | urlencode }}">Every paper you rated</a></p>
+<p><a href="{{ base }}/feedback/list?token={{ rated | urlencode }}">Every paper you rated</a></p>
 <h2>Your next digest</h2>
 {% if preview_html is none %}<p id="nothing">Nothing matches right now, so no email would be
 sent.</p>{% else %}<iframe id="preview" title="Your next digest" width="660" height="900"
