@@ -266,7 +266,18 @@ def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
         # never save that; the topics written afresh, without their layout, read right.
         doc["topics"] = _fresh(doc["topics"])
         out = tomlkit.dumps(doc)
-    return out.encode("utf-8")
+    return _ending_as_in(raw, out).encode("utf-8")
+
+
+def _ending_as_in(raw: bytes, text: str) -> str:
+    """`text` with its lines ending as the first line of `raw` does (CR LF or LF): tomlkit
+    keeps the lines it read as they were but ends the ones it adds with LF alone."""
+    first = raw.find(b"\n")
+    if first < 1 or raw[first - 1] != ord("\r"):
+        return text
+    crlf = re.sub(r"(?<!\r)\n", "\r\n", text)
+    # A lone LF inside a multi-line string is part of its value: left as it is.
+    return crlf if tomllib.loads(crlf) == tomllib.loads(text) else text
 
 
 def _fresh(topics: Any) -> Any:

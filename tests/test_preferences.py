@@ -631,3 +631,28 @@ def test_a_write_that_fails_names_the_file_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):  # a taken id: create_file tries the next one
         preferences.write_atomic(taken, b"x", replace=False)
     assert taken.read_bytes() == b"mine"
+
+
+def test_a_crlf_file_keeps_crlf_line_endings(tmp_path: Path) -> None:
+    # Saved from Windows: the lines a Save adds (new keys, a new topic, keywords on lines of
+    # their own) came with LF alone, mixing the file's line endings.
+    lines = COMMENTED.splitlines()
+    lines[4:4] = ["exclude = [", '    "survey",  # noisy', "]"]
+    text = "\r\n".join(lines) + "\r\n"
+    path = tmp_path / "ada.toml"
+    path.write_bytes(text.encode())
+    new = preferences.update(path, preferences.file_hash(text.encode()), edit(
+        send_at="08:30", frequency="weekly", day="friday", exclude=["survey", "benchmark"],
+        topics=[{"index": 0, "name": "Efficient inference",
+                 "keywords": ["speculative decoding", "KV cache"], "weight": 2.0},
+                {"name": "Diffusion", "keywords": ["diffusion model"]}]), DEFAULTS)
+    assert path.read_bytes() == new
+    assert new.count(b"\n") == new.count(b"\r\n") > text.count("\n")
+    data = tomllib.loads(new.decode())
+    assert data["exclude"] == ["survey", "benchmark"] and data["day"] == "friday"
+    assert [t["name"] for t in data["topics"]] == ["Efficient inference", "Diffusion"]
+
+
+def test_an_lf_file_stays_lf() -> None:
+    new = preferences.apply(COMMENTED.encode(), edit(send_at="08:30"), DEFAULTS)
+    assert b"\r" not in new and b'send_at = "08:30"\n' in new
