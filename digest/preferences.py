@@ -23,6 +23,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator
+from datetime import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +40,7 @@ from .config import (
     TimeZoneName,
     Weekday,
     check_printable,
+    parse_send_at,
     parse_subscriber,
 )
 from .errors import ConfigError, DigestError, FileWriteError
@@ -193,6 +195,20 @@ def _edited_list(old: Array, values: Any) -> Array | None:
     return copy if tomllib.loads(f"x = {copy.as_string()}")["x"] == values else None
 
 
+def _send_at_as_written(old: Any, new: str) -> Any:
+    """The form's `new` send time ("07:30", all the page can send) as the file writes it:
+    the file's own value when it is the same time (`7:30`, or the TOML local time
+    `07:30:00`), a TOML time when the file wrote one, else `new`."""
+    if isinstance(old, time):  # tomlkit's Time is one
+        return old if old == parse_send_at(new) else parse_send_at(new)
+    if isinstance(old, str):
+        try:
+            return old if parse_send_at(old) == parse_send_at(new) else new
+        except ValueError:  # not a time: the form's value replaces it
+            return new
+    return new
+
+
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
     # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place.
     # When topics were removed or added, an inline array loses and gains just those items
@@ -253,7 +269,8 @@ def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
     value the file leaves to [defaults] is written only when the edit changes it."""
     doc = tomlkit.parse(raw.decode("utf-8-sig"))
     _set(doc, "timezone", edit.timezone, defaults.timezone)
-    _set(doc, "send_at", edit.send_at, defaults.send_at)
+    _set(doc, "send_at", _send_at_as_written(doc.get("send_at"), edit.send_at),
+         defaults.send_at)
     _set(doc, "max_items", edit.max_items, defaults.max_items)
     _set(doc, "exclude", edit.exclude, [])
     _set(doc, "frequency", edit.frequency, "daily")

@@ -656,3 +656,19 @@ def test_a_crlf_file_keeps_crlf_line_endings(tmp_path: Path) -> None:
 def test_an_lf_file_stays_lf() -> None:
     new = preferences.apply(COMMENTED.encode(), edit(send_at="08:30"), DEFAULTS)
     assert b"\r" not in new and b'send_at = "08:30"\n' in new
+
+
+@pytest.mark.parametrize(("written", "changed"), [
+    ("send_at = 07:30:00", "send_at = 08:15:00"),     # a TOML local time stays one
+    ('send_at = "7:30"', 'send_at = "08:15"'),
+])
+def test_send_at_keeps_the_form_it_was_written_in(written: str, changed: str) -> None:
+    # The page shows and sends back "07:30": a Save of another field turned the TOML time
+    # 07:30:00 (or "7:30") into the string "07:30".
+    text = COMMENTED.replace("timezone = \"Europe/London\"\n",
+                             f"timezone = \"Europe/London\"\n{written}  # before work\n")
+    kept = preferences.apply(text.encode(), edit(send_at="07:30", max_items=12), DEFAULTS)
+    assert f"\n{written}  # before work\n" in kept.decode()
+    moved = preferences.apply(text.encode(), edit(send_at="08:15"), DEFAULTS).decode()
+    assert f"\n{changed} # before work\n" in moved
+    assert tomllib.loads(moved)["send_at"] in ("08:15", tomllib.loads("t = 08:15:00")["t"])
