@@ -43,7 +43,8 @@ from .config import (
     parse_send_at,
     parse_subscriber,
 )
-from .errors import ConfigError, DigestError, FileWriteError
+from .errors import DigestError, FileWriteError
+from .subscribers import read_file
 
 MAX_TEXT = 100  # characters of a name, a topic name or one keyword typed into a form
 MAX_KEYWORDS = 50  # keywords in one form field
@@ -313,11 +314,9 @@ def _fresh(topics: Any) -> Any:
 
 
 def read_checked(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The file's bytes and validated data; ConfigError when it is broken."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    """The file's bytes and validated data; ConfigError when it is broken (or unreadable,
+    not a regular file, too large: `subscribers.read_file`)."""
+    raw = read_file(path)
     return raw, parse_subscriber(path, raw)
 
 

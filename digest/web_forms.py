@@ -331,26 +331,26 @@ class Forms:
 
     # --- preferences ----------------------------------------------------------------------------
 
-    def subscriber_for(self, token: str) -> Subscriber:
-        """The subscriber a preferences token names; TokenError when it is not valid, and
-        ConfigError when their file is broken."""
+    def subscriber_for(self, token: str) -> tuple[Subscriber, bytes]:
+        """The subscriber a preferences token names and their file's bytes; TokenError when
+        it is not valid, and ConfigError when their file is broken or cannot be read."""
         sid = token_subscriber(token)
         try:
             path = path_of(self.settings.subscribers.dir, sid)
-            data = preferences.read_checked(path)[1]
+            raw, data = preferences.read_checked(path)
         except UnknownSubscriberError:
             # Answered as a forged token for an id that exists: which ids exist stays unsaid.
             raise TokenError("the link's signature does not match") from None
         subscriber = subscriber_from_data(path, data, self.settings.defaults)
         verify_token(self.secret, token, sid, subscriber.email, "preferences", self.now())
-        return subscriber
+        return subscriber, raw
 
     def preferences(self, request: Request, form: FormData | None) -> Response:
         """/preferences: GET shows the subscriber's settings and next digest; POST previews
         or saves an edit."""
         token = request.query_params.get("token", "")
         try:
-            subscriber = self.subscriber_for(token)
+            subscriber, raw = self.subscriber_for(token)
         except TokenError as exc:
             log.warning("rejected /preferences token: %s", exc)
             return self.bad_link(exc.message)
@@ -359,8 +359,6 @@ class Forms:
             return self.refused("Cannot change this subscription here", "Your subscription"
                                 " file has a problem that the list's operator has to fix"
                                 f" first: {shown_problem(exc)}. Nothing was changed.", 409)
-        assert subscriber.path is not None
-        raw = subscriber.path.read_bytes()
         if form is None:
             suggested = suggested_excludes(request.query_params.getlist("suggest_exclude"),
                                            subscriber)
@@ -370,21 +368,21 @@ class Forms:
                                          suggested=suggested)
         if not self.csrf_ok(request, form):
             return self.expired_form()
-        return self.edit(request, token, subscriber, form)
+        return self.edit(request, token, subscriber, raw, form)
 
-    def edit(self, request: Request, token: str, subscriber: Subscriber,
+    def edit(self, request: Request, token: str, subscriber: Subscriber, raw: bytes,
              form: FormData) -> Response:
-        """Preview or save the edit `form` holds."""
+        """Preview or save the edit `form` holds (`raw`: the file it edits, as read)."""
         assert subscriber.path is not None
         defaults = self.settings.defaults
         try:
             edit = read_edit(form)
             if form.get("action") == "save":
-                raw = preferences.update(subscriber.path, str(form.get("seen", "")), edit,
+                new = preferences.update(subscriber.path, str(form.get("seen", "")), edit,
                                          defaults)
                 saved = subscriber_from_data(subscriber.path, preferences.read_checked(
                     subscriber.path)[1], defaults)
-                return self.preferences_page(request, token, saved, raw, notice=" ".join(
+                return self.preferences_page(request, token, saved, new, notice=" ".join(
                     ["Saved.", *loose_keywords(saved)]))
             data = preferences.preview_data(subscriber.path, edit, defaults)
         except preferences.ConflictError as exc:
@@ -394,10 +392,10 @@ class Forms:
             return self.refused("Try again later", "Your changes could not be saved right"
                                 " now; nothing was changed.", 503)
         except signup.FormError as exc:
-            return self.preferences_page(request, token, subscriber, None, 422,
+            return self.preferences_page(request, token, subscriber, raw, 422,
                                          error=exc.message)
         except ConfigError as exc:
-            return self.preferences_page(request, token, subscriber, None, 422,
+            return self.preferences_page(request, token, subscriber, raw, 422,
                                          error=f"{page_field(exc.field or 'file')}:"
                                          f" {exc.problem}")
         except DigestError as exc:
@@ -405,20 +403,20 @@ class Forms:
         edited = subscriber_from_data(subscriber.path, data, defaults)
         # The previewed topics keep pointing at their place in the file, for the Save.
         indices = [t.index for t in edit.topics if not t.remove]
-        return self.preferences_page(request, token, edited, None, edited=form,
+        return self.preferences_page(request, token, edited, raw, edited=form,
                                      indices=indices,
                                      notice="Preview of your changes: not saved yet.")
 
     def preferences_page(self, request: Request, token: str, subscriber: Subscriber,
-                         raw: bytes | None, status: int = 200, error: str = "",
+                         raw: bytes, status: int = 200, error: str = "",
                          notice: str = "", edited: FormData | None = None,
                          indices: list[int | None] | None = None,
                          suggested: list[str] | None = None) -> HTMLResponse:
         """The preferences form for `subscriber`, with the papers they liked and the preview
-        of their next digest; `suggested` words are shown added to the excludes, unsaved."""
-        assert subscriber.path is not None
+        of their next digest (`raw`: their file as read, what a Save must find unchanged);
+        `suggested` words are shown added to the excludes, unsaved."""
         seen = edited.get("seen") if edited else None
-        seen = str(seen) if seen else preferences.file_hash(raw or subscriber.path.read_bytes())
+        seen = str(seen) if seen else preferences.file_hash(raw)
         with self.db() as database:
             composed = pipeline.preview_of(self.settings, database, subscriber, self.now(),
                                            self.env)

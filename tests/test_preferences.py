@@ -4,6 +4,8 @@ validated by the subscriber file model, atomic, one of two concurrent edits wins
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 import tomllib
@@ -672,3 +674,30 @@ def test_send_at_keeps_the_form_it_was_written_in(written: str, changed: str) ->
     moved = preferences.apply(text.encode(), edit(send_at="08:15"), DEFAULTS).decode()
     assert f"\n{changed} # before work\n" in moved
     assert tomllib.loads(moved)["send_at"] in ("08:15", tomllib.loads("t = 08:15:00")["t"])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_a_named_pipe_or_a_huge_file_is_refused_not_read(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    # `path.read_bytes()` on a named pipe waits for a writer: the page hung, a server thread
+    # with it. The CLI's reader (digest.subscribers) refuses pipes and files over 1 MB.
+    path = project.subscribers / "ada.toml"
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client(timeout=10) as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = form_of(client.get(url).text)
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.write_bytes(b"#" * (2 << 20))
+        try:
+            for r in (client.get(url), client.post(url, data=form)):
+                assert r.status_code == 409, r.text
+                assert "Nothing was changed" in r.text
+                assert ("not a regular file" if kind == "fifo" else "larger than") in r.text
+        finally:
+            if kind == "fifo":  # a reader still waiting (the bug) gets its end of file
+                with contextlib.suppress(OSError):  # ENXIO: no reader, none hung
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        assert kind == "fifo" or path.stat().st_size == 2 << 20

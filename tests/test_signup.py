@@ -515,8 +515,8 @@ def test_confirming_reads_only_the_files_changed_since_and_sees_every_hand_edit(
     settings = load_settings(project.config)
     db = store.open_db(settings.store.path)
     read: list[str] = []
-    real_read = subscribers._read
-    monkeypatch.setattr(subscribers, "_read", lambda p: read.append(p.name) or real_read(p))
+    real_read = subscribers.read_file
+    monkeypatch.setattr(subscribers, "read_file", lambda p: read.append(p.name) or real_read(p))
     monkeypatch.setattr(Path, "read_bytes",
                         lambda p, real=Path.read_bytes: read.append(p.name) or real(p))
     # These files count as long unchanged (their stat fields vouch for them at once).
