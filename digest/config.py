@@ -19,6 +19,7 @@ from datetime import date, time
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
@@ -651,6 +652,30 @@ class DkimConfig(_Strict):
         return bool(self.selector and self.domain and self.private_key_path)
 
 
+_PUBLIC_URL = re.compile(r"https?://[^\s/?#@]+(?P<path>(?:/[A-Za-z0-9._~-]+)*)/?")
+
+
+def public_url_problem(url: str) -> str | None:
+    """Why `url` cannot be `[server] public_url`, or None. A path ("/digest", behind a proxy)
+    is fine: every page link and the cookie's Path are built from it, so it must need no
+    escaping anywhere; a query or fragment would end up in the middle of every link."""
+    scheme = url.partition("://")[0]
+    if scheme not in ("http", "https") or "://" not in url:
+        return "must be an http or https URL like 'https://digest.example.org'"
+    for mark, what in (("?", "a query string"), ("#", "a fragment")):
+        if mark in url:
+            return (f"{what} ({mark}{url.split(mark, 1)[1]}) cannot be part of it: give the"
+                    " site's address and at most a path, like 'https://example.org/digest/'")
+    found = _PUBLIC_URL.fullmatch(url)
+    if found is None or not is_plain_uri(url):
+        return ("must be a URL like 'https://digest.example.org' or"
+                " 'https://example.org/digest/' (path segments of letters, digits, '.', '_',"
+                " '~' and '-')")
+    if any(part in (".", "..") for part in found.group("path").split("/")):
+        return "its path must not hold '.' or '..' segments"
+    return None
+
+
 class ServerConfig(_Strict):
     """`digest serve`: one-click unsubscribe and the preview pages."""
 
@@ -659,7 +684,8 @@ class ServerConfig(_Strict):
     public_url: str | None = Field(
         None,
         description="Base URL the app is reachable at from the internet, e.g. "
-        "'https://digest.example.org'; List-Unsubscribe points at <public_url>/unsubscribe.",
+        "'https://digest.example.org', or with the path a reverse proxy serves it under,"
+        " 'https://example.org/digest/'; every page link and List-Unsubscribe start there.",
     )
     secret_env: str = Field(
         "DIGEST_SECRET", description="Name of the env variable holding the HMAC token secret."
@@ -680,16 +706,17 @@ class ServerConfig(_Strict):
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        # List-Unsubscribe carries it as it is: URI characters only, no comma.
-        if value is not None and not (re.fullmatch(r"https?://[^\s/?#]+/?", value)
-                                      and is_plain_uri(value)):
-            if re.fullmatch(r"https?://[^\s/?#]+/[^\s?#]+", value):
-                # The pages' forms and links start at "/" (the unsubscribe and confirm
-                # buttons among them): under a path behind a proxy they would post past it.
-                raise ValueError(f"{value!r}: a path is not supported; give digest serve a"
-                                 " host name of its own, like 'https://digest.example.org'")
-            raise ValueError(f"{value!r} must be a URL like 'https://digest.example.org'")
-        return value.rstrip("/") if value else value
+        if value is None:
+            return None
+        problem = public_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r}: {problem}")
+        return value.rstrip("/")
+
+    @property
+    def base_path(self) -> str:
+        """The path `public_url` puts before every page ("/digest"), "" at a site root."""
+        return urlsplit(self.public_url).path.rstrip("/") if self.public_url else ""
 
     def secret(self) -> str | None:
         """The token secret, read from the environment variable named by `secret_env`."""

@@ -23,6 +23,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator
+from datetime import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,9 +40,11 @@ from .config import (
     TimeZoneName,
     Weekday,
     check_printable,
+    parse_send_at,
     parse_subscriber,
 )
-from .errors import ConfigError, DigestError, FileWriteError
+from .errors import DigestError, FileWriteError
+from .subscribers import read_file
 
 MAX_TEXT = 100  # characters of a name, a topic name or one keyword typed into a form
 MAX_KEYWORDS = 50  # keywords in one form field
@@ -193,6 +196,20 @@ def _edited_list(old: Array, values: Any) -> Array | None:
     return copy if tomllib.loads(f"x = {copy.as_string()}")["x"] == values else None
 
 
+def _send_at_as_written(old: Any, new: str) -> Any:
+    """The form's `new` send time ("07:30", all the page can send) as the file writes it:
+    the file's own value when it is the same time (`7:30`, or the TOML local time
+    `07:30:00`), a TOML time when the file wrote one, else `new`."""
+    if isinstance(old, time):  # tomlkit's Time is one
+        return old if old == parse_send_at(new) else parse_send_at(new)
+    if isinstance(old, str):
+        try:
+            return old if parse_send_at(old) == parse_send_at(new) else new
+        except ValueError:  # not a time: the form's value replaces it
+            return new
+    return new
+
+
 def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
     # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place.
     # When topics were removed or added, an inline array loses and gains just those items
@@ -253,7 +270,8 @@ def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
     value the file leaves to [defaults] is written only when the edit changes it."""
     doc = tomlkit.parse(raw.decode("utf-8-sig"))
     _set(doc, "timezone", edit.timezone, defaults.timezone)
-    _set(doc, "send_at", edit.send_at, defaults.send_at)
+    _set(doc, "send_at", _send_at_as_written(doc.get("send_at"), edit.send_at),
+         defaults.send_at)
     _set(doc, "max_items", edit.max_items, defaults.max_items)
     _set(doc, "exclude", edit.exclude, [])
     _set(doc, "frequency", edit.frequency, "daily")
@@ -266,7 +284,18 @@ def apply(raw: bytes, edit: Edit, defaults: DefaultsConfig) -> bytes:
         # never save that; the topics written afresh, without their layout, read right.
         doc["topics"] = _fresh(doc["topics"])
         out = tomlkit.dumps(doc)
-    return out.encode("utf-8")
+    return _ending_as_in(raw, out).encode("utf-8")
+
+
+def _ending_as_in(raw: bytes, text: str) -> str:
+    """`text` with its lines ending as the first line of `raw` does (CR LF or LF): tomlkit
+    keeps the lines it read as they were but ends the ones it adds with LF alone."""
+    first = raw.find(b"\n")
+    if first < 1 or raw[first - 1] != ord("\r"):
+        return text
+    crlf = re.sub(r"(?<!\r)\n", "\r\n", text)
+    # A lone LF inside a multi-line string is part of its value: left as it is.
+    return crlf if tomllib.loads(crlf) == tomllib.loads(text) else text
 
 
 def _fresh(topics: Any) -> Any:
@@ -285,11 +314,9 @@ def _fresh(topics: Any) -> Any:
 
 
 def read_checked(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The file's bytes and validated data; ConfigError when it is broken."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    """The file's bytes and validated data; ConfigError when it is broken (or unreadable,
+    not a regular file, too large: `subscribers.read_file`)."""
+    raw = read_file(path)
     return raw, parse_subscriber(path, raw)
 
 

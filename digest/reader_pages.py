@@ -22,7 +22,7 @@ recorded.</p>{% endif %}
 <p>Papers whose title or abstract has an excluded word never come in your digest. Pick words
 of this title to add to your exclude list; you can check them on your preferences page before
 anything is saved.</p>
-<form method="get" action="/preferences" id="suggest">
+<form method="get" action="{{ base }}/preferences" id="suggest">
 <input type="hidden" name="token" value="{{ preferences_token }}">
 {% for word in suggestions %}<label><input type="checkbox" name="suggest_exclude"
  value="{{ word }}"> {{ word }}</label><br>

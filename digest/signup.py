@@ -68,7 +68,7 @@ from .send import (
     load_signer,
     unsubscribe_links,
 )
-from .subscribers import content_hash, entries, listed, load_files
+from .subscribers import content_hash, entries, listed, load_files, read_file
 
 log = logging.getLogger("digest")
 
@@ -298,9 +298,9 @@ def _refresh(settings: Settings, db: Database) -> tuple[dict[str, str], list[Con
             if recorded.get(key) == fields:
                 continue
             changed.append(folder / name)
-            raw = changed[-1].read_bytes()  # after the stat: the fields can only be older
-        except OSError:
-            continue  # gone meanwhile, or unreadable: `load_files` names it below
+            raw = read_file(changed[-1])  # after the stat: the fields can only be older
+        except (OSError, ConfigError):
+            continue  # gone meanwhile, unreadable, a pipe: `load_files` names it below
         if st.st_ctime_ns < settled:
             vouched.append((key, content_hash(raw), fields))
     # In id order, as `load` reads; a bad file name is one of the errors, as there.
@@ -312,9 +312,9 @@ def _refresh(settings: Settings, db: Database) -> tuple[dict[str, str], list[Con
 
 def _mentions(path: Path, wanted: str) -> bool:
     try:
-        return wanted in path.read_bytes().decode("utf-8", "replace").casefold()
-    except OSError:
-        return True  # unreadable: it may hold the address
+        return wanted in read_file(path).decode("utf-8", "replace").casefold()
+    except ConfigError:
+        return True  # unreadable (or a pipe, or huge): it may hold the address
 
 
 def create_file(folder: Path, signup: Signup, config: SignupConfig) -> str:

@@ -166,7 +166,7 @@ def _entries(
     for path, key in zip(paths, keys, strict=True):
         try:
             check_subscriber_id(path)
-            raw = _read(path)
+            raw = read_file(path)
         except ConfigError as exc:
             yield exc
             continue
@@ -206,7 +206,10 @@ def duplicate(path: Path, email: str, owner: str) -> ConfigError:
 MAX_FILE_BYTES = 1 << 20
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
+    """The bytes of the subscriber file `path`; ConfigError (one line naming it) when it
+    cannot be read, is not a regular file or is over MAX_FILE_BYTES. Every reader of a
+    subscriber file goes through here."""
     # `path.read_bytes()` in fewer system calls (a buffered file also asks whether it is a
     # terminal, and for its position): half the time of reading 100,000 small files. Only a
     # regular file: opening a named pipe would wait for a writer, and every digest with it

@@ -22,6 +22,10 @@ reader's pages, and live previews of every digest.
   with double opt-in, and editing their file), in `digest.web_forms`, which also holds what
   protects every form (CSRF, rate limits, honeypot, the body size cap).
 
+Under a `public_url` with a path ("https://example.org/digest/", behind a reverse proxy),
+every link a page makes starts with that path (`_Site.base`), and requests are taken with or
+without it (`PathPrefix`).
+
 Bad or forged tokens get a 400 page that says what is wrong; an id that is not a valid
 subscriber id (`config.SUBSCRIBER_ID`) never reaches the file system. A store that is busy
 past its timeout, or broken, gets a one-line 503 page (the detail goes to the log). Every
@@ -139,11 +143,12 @@ Nothing is sent and nothing is recorded.</p>
 <table><tr><th>subscriber</th><th>address</th><th>status</th></tr>
 {% for row in rows %}<tr>
 {% if row.error %}<td>{{ row.id }}</td><td colspan="2" class="bad">{{ row.error }}</td>
-{% else %}<td><a href="/preview/{{ row.id | urlencode }}">{{ row.name }} ({{ row.id }})</a></td>
+{% else %}<td><a
+ href="{{ base }}/preview/{{ row.id | urlencode }}">{{ row.name }} ({{ row.id }})</a></td>
 <td>{{ row.email }}</td><td>{{ row.status }}</td>{% endif %}</tr>
 {% endfor %}</table>{% endblock %}""",
             "preview.html": """{% extends "base.html" %}{% block body %}
-<p><a href="/preview">&larr; all subscribers</a></p>
+<p><a href="{{ base }}/preview">&larr; all subscribers</a></p>
 <h1>{{ subscriber.name }} ({{ subscriber.id }})</h1>
 {% if unsubscribed %}<p class="bad" id="status">Unsubscribed: this digest would not be sent.
 </p>{% endif %}
@@ -160,9 +165,9 @@ sent.</p>{% else %}
 <iframe id="mobile" title="HTML part, phone width" width="375" height="900"
  sandbox srcdoc="{{ html }}"></iframe></section>
 </div>
-<p><a href="/preview/{{ subscriber.id | urlencode }}/html">HTML part alone</a> &middot;
-<a href="/preview/{{ subscriber.id | urlencode }}/message.eml">the message as sent
-(.eml)</a></p>
+<p><a href="{{ base }}/preview/{{ subscriber.id | urlencode }}/html">HTML part alone</a>
+&middot; <a href="{{ base }}/preview/{{ subscriber.id | urlencode }}/message.eml">the message
+as sent (.eml)</a></p>
 <h2>Text part</h2>
 <pre id="text">{{ text }}</pre>{% endif %}
 {% endblock %}""",
@@ -209,6 +214,29 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class PathPrefix:
+    """ASGI middleware for a `public_url` with a path ("/digest"): requests are taken with
+    the prefix (a proxy that forwards the path as it came) or without it (one that strips
+    it, as nginx's `proxy_pass http://127.0.0.1:8025/;` does), and routed without it. The
+    scope then holds it as ASGI says (`root_path`, and `path` starting with it), so what
+    Starlette builds from the request (its trailing-slash redirects) carries it too."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.prefix:
+            await self.app(scope, receive, send)
+            return
+        path, raw = scope["path"], scope.get("raw_path") or scope["path"].encode()
+        if path == self.prefix:  # "https://example.org/digest": its home page
+            path, raw = path + "/", raw + b"/"
+        elif not path.startswith(self.prefix + "/"):  # the proxy stripped it
+            path, raw = self.prefix + path, self.prefix.encode() + raw
+        await self.app({**scope, "root_path": self.prefix, "path": path, "raw_path": raw},
+                       receive, send)
 
 
 def _page(name: str, status: int = 200, response_headers: dict[str, str] | None = None,
@@ -283,14 +311,21 @@ def create_app(
     """The web app for `settings`. The token secret (and with previews on, the preview
     password) must be in the environment; the store must open."""
     site = _Site(settings, now)
+    routes = _routes(site, settings)
+    _check_prefix(settings, routes)
     store.open_db(settings.store.path).close()  # a broken store fails here, in one line
     return Starlette(middleware=[
+        Middleware(PathPrefix, prefix=settings.server.base_path),
         Middleware(SecurityHeaders),
         Middleware(web_forms.BodyLimit, limit=web_forms.MAX_BODY, too_large=_too_large),
     ], exception_handlers={
         StoreError: site.store_fault, sqlite3.Error: site.store_fault,
         HTTPException: _http_error,
-    }, routes=[
+    }, routes=routes)
+
+
+def _routes(site: _Site, settings: Settings) -> list[Route]:
+    return [
         Route("/", site.home),
         Route("/unsubscribe", site.unsubscribe, methods=["GET", "POST"]),
         Route("/resubscribe", site.resubscribe, methods=["GET", "POST"]),
@@ -307,7 +342,18 @@ def create_app(
         Route("/preview", site.preview_list),
         Route("/preview/{sid}", site.preview_one),
         Route("/preview/{sid}/{part:str}", site.preview_raw),
-    ])
+    ]
+
+
+def _check_prefix(settings: Settings, routes: list[Route]) -> None:
+    # A prefix named like a page ("/feedback") could not be told from that page when the
+    # proxy strips it: "/feedback/list" would be both.
+    first = settings.server.base_path.split("/")[1:2]
+    if first and first[0] in {route.path.split("/")[1] for route in routes}:
+        raise ConfigError(settings.path, "server.public_url",
+                          f"{settings.server.public_url!r}: its path starts with /{first[0]},"
+                          " the name of one of digest serve's own pages; serve it under"
+                          " another path, like /digest")
 
 
 def _too_large() -> Response:
@@ -355,8 +401,8 @@ def _changes(request: Request) -> bool:
     return request.method == "POST"
 
 
-def _action_url(request: Request, path: str) -> str:
-    return f"{path}?token={quote(request.query_params['token'], safe='')}"
+def _action_url(request: Request, base: str, path: str) -> str:
+    return f"{base}{path}?token={quote(request.query_params['token'], safe='')}"
 
 
 class _Site:
@@ -369,9 +415,16 @@ class _Site:
         self.secret = require_secret(settings.server)
         self.preview_secret = require_preview_secret(settings.server)
         self.folder = settings.subscribers.dir
+        # Every link a page makes starts here: "" at a site root, "/digest" under a proxy path.
+        self.base = settings.server.base_path
         # The email templates, compiled once: the browser view of a digest and the previews.
         self.env = environment()
-        self.forms = web_forms.Forms(settings, self.secret, now, self.db, _page, self.env)
+        self.forms = web_forms.Forms(settings, self.secret, now, self.db, self.page, self.env)
+
+    def page(self, name: str, status: int = 200, response_headers: dict[str, str] | None = None,
+             **values: Any) -> HTMLResponse:
+        """`_page` for a template that links to this site's pages (`base` in it)."""
+        return _page(name, status, response_headers, base=self.base, **values)
 
     @contextmanager
     def db(self) -> Iterator[Database]:
@@ -416,12 +469,12 @@ class _Site:
             return subscriber
         verb = "resubscribe" if subscribe else "unsubscribe"
         if not _changes(request):
-            return _page(
+            return self.page(
                 "confirm.html", title=verb.capitalize(),
                 heading=("Resubscribe to" if subscribe else "Unsubscribe from")
                 + " the paper digest?",
                 text=f"This is for {subscriber.email}. Confirm with the button below.",
-                action=_action_url(request, f"/{verb}"),
+                action=_action_url(request, self.base, f"/{verb}"),
                 button=("Resubscribe " if subscribe else "Unsubscribe ") + subscriber.email,
             )
         with self.db() as database:
@@ -431,13 +484,13 @@ class _Site:
         log.info("subscriber %s: %s (%s)", subscriber.id, verb,
                  "changed" if changed else "no change")
         if subscribe:
-            return _page("done.html", title="Resubscribed", heading="You are subscribed again",
+            return self.page("done.html", title="Resubscribed", heading="You are subscribed again",
                          text=f"{subscriber.email} will get the paper digest again.", undo="",
                          undo_text="", undo_button="")
-        return _page(
+        return self.page(
             "done.html", title="Unsubscribed", heading="You are unsubscribed",
             text=f"{subscriber.email} will get no more paper digests.",
-            undo=_action_url(request, "/resubscribe"),
+            undo=_action_url(request, self.base, "/resubscribe"),
             undo_text="Changed your mind? One click brings the digest back.",
             undo_button="Resubscribe",
         )
@@ -458,7 +511,7 @@ class _Site:
                 **params: str) -> str:
         """A link on a page to another page of the same subscriber, signed for `purpose`."""
         token = make_token(self.secret, subscriber.id, subscriber.email, purpose)
-        return f"{path}?{urlencode({'token': token, **params}, quote_via=quote)}"
+        return f"{self.base}{path}?{urlencode({'token': token, **params}, quote_via=quote)}"
 
     def feedback_page(self, request: Request) -> Response:
         """/feedback: GET shows what a "more/less like this" click records, POST records it."""
@@ -472,7 +525,7 @@ class _Site:
             except feedback.FeedbackError as exc:
                 return _bad_link(exc.message)
             if not _changes(request):
-                return _page("feedback.html", title="Feedback", paper=listing,
+                return self.page("feedback.html", title="Feedback", paper=listing,
                              email=subscriber.email,
                              heading=f"{verdict.capitalize()} papers like this one?",
                              already=feedback.current(database, subscriber, listing) == verdict,
@@ -491,7 +544,7 @@ class _Site:
         "less", title words to exclude."""
         other: store.Verdict = "less" if verdict == "more" else "more"
         words = feedback.suggest_excludes(listing, subscriber) if verdict == "less" else []
-        return _page(
+        return self.page(
             "feedback_done.html", title="Thank you", paper=listing,
             heading="Noted: " + ("more" if verdict == "more" else "fewer") + " papers like this",
             text="Your digests will take it into account."
@@ -511,7 +564,7 @@ class _Site:
             return subscriber
         with self.db() as database:
             papers = feedback.rated_papers(database, subscriber)
-        return _page("rated.html", title="Papers you rated", email=subscriber.email,
+        return self.page("rated.html", title="Papers you rated", email=subscriber.email,
                      liked=[p for p in papers if p.verdict == "more"],
                      disliked=[p for p in papers if p.verdict == "less"],
                      archive=self.own_url("/archive", subscriber, "archive"))
@@ -527,11 +580,11 @@ class _Site:
                                         request.query_params.get("digest", ""), self.env)
         except archive.GoneError as exc:
             log.warning("subscriber %s: %s", subscriber.id, exc)
-            return _page("error.html", 410, title="No longer here", heading="No longer here",
+            return self.page("error.html", 410, title="No longer here", heading="No longer here",
                          text="The papers of this digest are no longer kept here; your"
                          " email still has them.")
         if rendered is None:
-            return _page("error.html", 404, title="Not found", heading="No such digest",
+            return self.page("error.html", 404, title="Not found", heading="No such digest",
                          text="This link names no digest that was sent to you.")
         return HTMLResponse(rendered.html)
 
@@ -551,7 +604,7 @@ class _Site:
         older = (self.own_url("/archive", subscriber, "archive",
                               before=shown[-1].local_date.isoformat())
                  if len(rows) > len(shown) else "")
-        return _page(
+        return self.page(
             "archive.html", title="Past digests", email=subscriber.email, older=older,
             paged=day is not None,
             rows=[(r, self.own_url("/view", subscriber, "view", digest=r.id)) for r in shown],
@@ -599,7 +652,7 @@ class _Site:
                     "id": entry.id, "name": entry.name, "email": entry.email, "error": "",
                     "status": _mail_status(database, entry),
                 })
-        return _page("list.html", title="Digest previews", rows=rows,
+        return self.page("list.html", title="Digest previews", rows=rows,
                      now=self.now().isoformat(timespec="minutes"))
 
     def composed_for(
@@ -625,7 +678,7 @@ class _Site:
         except StoreError:
             raise
         except DigestError as exc:
-            return _page("error.html", 422, title="Cannot preview", heading="Cannot preview",
+            return self.page("error.html", 422, title="Cannot preview", heading="Cannot preview",
                          text=exc.message)
 
     def preview_one(self, request: Request) -> Response:
@@ -642,7 +695,7 @@ class _Site:
             html, text = composed.rendered.html, composed.rendered.text
         with self.db() as database:
             unsubscribed = store.is_unsubscribed(database, subscriber.id)
-        return _page(
+        return self.page(
             "preview.html", title=f"Preview: {subscriber.id}", width=1100,
             subscriber=subscriber, composed=composed, headers=headers, html=html, text=text,
             unsubscribed=unsubscribed,
@@ -655,7 +708,7 @@ class _Site:
             return found
         composed, _subscriber = found
         if composed is None:
-            return _page("error.html", 404, title="Nothing to send", heading="Nothing to send",
+            return self.page("error.html", 404, title="Nothing to send", heading="Nothing to send",
                          text="Nothing matches right now.")
         if request.path_params["part"] == "html":
             return HTMLResponse(composed.rendered.html,
@@ -680,10 +733,11 @@ class _Site:
 
     def home(self, request: Request) -> Response:
         """/: what this server is for."""
-        return _page("done.html", title="digest", heading="digest",
-                     text="This server handles the links in the paper digest emails"
-                     + (" and shows previews at /preview." if self.preview_secret else "."),
-                     undo="", undo_text="", undo_button="")
+        return self.page("done.html", title="digest", heading="digest",
+                         text="This server handles the links in the paper digest emails"
+                         + (f" and shows previews at {self.base}/preview."
+                            if self.preview_secret else "."),
+                         undo="", undo_text="", undo_button="")
 
     def store_fault(self, request: Request, exc: Exception) -> Response:
         """A store error in any handler: one line in the log, never a traceback; the page

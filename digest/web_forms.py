@@ -3,9 +3,10 @@ preferences (`/preferences`), and what protects every form.
 
 - CSRF, without sessions: a signed double-submit token. The first form page sets a random
   `digest_csrf` cookie (HttpOnly, SameSite=Strict; `__Host-` and Secure when public_url is
-  https) and puts the same value, signed and valid for a day (`links.sign_payload`,
-  purpose "csrf"), in a hidden field; a POST counts only when the field's signature holds and
-  its value equals the cookie. Another site can neither read the cookie nor make the field.
+  https, `__Secure-` with Path=<its path> when it has one) and puts the same value, signed
+  and valid for a day (`links.sign_payload`, purpose "csrf"), in a hidden field; a POST
+  counts only when the field's signature holds and its value equals the cookie. Another
+  site can neither read the cookie nor make the field.
   The preferences and confirmation forms also carry the subscriber's signed link token in
   their URL, which binds them to that subscriber and address: a forged request would need it.
   A sign-up posted from another site (the README's embeddable form) has no CSRF field: it is
@@ -143,7 +144,12 @@ class Forms:
         self.env = env  # the email templates (the preview of a profile)
         self.limits = signup.RateLimits(settings.signup)
         https = (settings.server.public_url or "").startswith("https://")
-        self.cookie = "__Host-digest_csrf" if https else "digest_csrf"
+        # The cookie goes only to this site's pages: under a proxy path ("/digest") its Path
+        # is that path, which the `__Host-` prefix forbids (it wants Path=/), so the name
+        # falls back to `__Secure-`, which still needs Secure and https.
+        self.cookie_path = settings.server.base_path or "/"
+        self.cookie = ("digest_csrf" if not https else "__Host-digest_csrf"
+                       if self.cookie_path == "/" else "__Secure-digest_csrf")
         self.secure = https
         self.sender: Sender | None = None
         self.send_lock = threading.Lock()
@@ -160,7 +166,7 @@ class Forms:
                              csrf=field, **values)
         if request.cookies.get(self.cookie) != nonce:
             response.set_cookie(self.cookie, nonce, httponly=True, samesite="strict",
-                                secure=self.secure, path="/")
+                                secure=self.secure, path=self.cookie_path)
         return response
 
     def csrf_ok(self, request: Request, form: FormData) -> bool:
@@ -325,26 +331,26 @@ class Forms:
 
     # --- preferences ----------------------------------------------------------------------------
 
-    def subscriber_for(self, token: str) -> Subscriber:
-        """The subscriber a preferences token names; TokenError when it is not valid, and
-        ConfigError when their file is broken."""
+    def subscriber_for(self, token: str) -> tuple[Subscriber, bytes]:
+        """The subscriber a preferences token names and their file's bytes; TokenError when
+        it is not valid, and ConfigError when their file is broken or cannot be read."""
         sid = token_subscriber(token)
         try:
             path = path_of(self.settings.subscribers.dir, sid)
-            data = preferences.read_checked(path)[1]
+            raw, data = preferences.read_checked(path)
         except UnknownSubscriberError:
             # Answered as a forged token for an id that exists: which ids exist stays unsaid.
             raise TokenError("the link's signature does not match") from None
         subscriber = subscriber_from_data(path, data, self.settings.defaults)
         verify_token(self.secret, token, sid, subscriber.email, "preferences", self.now())
-        return subscriber
+        return subscriber, raw
 
     def preferences(self, request: Request, form: FormData | None) -> Response:
         """/preferences: GET shows the subscriber's settings and next digest; POST previews
         or saves an edit."""
         token = request.query_params.get("token", "")
         try:
-            subscriber = self.subscriber_for(token)
+            subscriber, raw = self.subscriber_for(token)
         except TokenError as exc:
             log.warning("rejected /preferences token: %s", exc)
             return self.bad_link(exc.message)
@@ -353,8 +359,6 @@ class Forms:
             return self.refused("Cannot change this subscription here", "Your subscription"
                                 " file has a problem that the list's operator has to fix"
                                 f" first: {shown_problem(exc)}. Nothing was changed.", 409)
-        assert subscriber.path is not None
-        raw = subscriber.path.read_bytes()
         if form is None:
             suggested = suggested_excludes(request.query_params.getlist("suggest_exclude"),
                                            subscriber)
@@ -364,21 +368,21 @@ class Forms:
                                          suggested=suggested)
         if not self.csrf_ok(request, form):
             return self.expired_form()
-        return self.edit(request, token, subscriber, form)
+        return self.edit(request, token, subscriber, raw, form)
 
-    def edit(self, request: Request, token: str, subscriber: Subscriber,
+    def edit(self, request: Request, token: str, subscriber: Subscriber, raw: bytes,
              form: FormData) -> Response:
-        """Preview or save the edit `form` holds."""
+        """Preview or save the edit `form` holds (`raw`: the file it edits, as read)."""
         assert subscriber.path is not None
         defaults = self.settings.defaults
         try:
             edit = read_edit(form)
             if form.get("action") == "save":
-                raw = preferences.update(subscriber.path, str(form.get("seen", "")), edit,
+                new = preferences.update(subscriber.path, str(form.get("seen", "")), edit,
                                          defaults)
                 saved = subscriber_from_data(subscriber.path, preferences.read_checked(
                     subscriber.path)[1], defaults)
-                return self.preferences_page(request, token, saved, raw, notice=" ".join(
+                return self.preferences_page(request, token, saved, new, notice=" ".join(
                     ["Saved.", *loose_keywords(saved)]))
             data = preferences.preview_data(subscriber.path, edit, defaults)
         except preferences.ConflictError as exc:
@@ -388,10 +392,10 @@ class Forms:
             return self.refused("Try again later", "Your changes could not be saved right"
                                 " now; nothing was changed.", 503)
         except signup.FormError as exc:
-            return self.preferences_page(request, token, subscriber, None, 422,
+            return self.preferences_page(request, token, subscriber, raw, 422,
                                          error=exc.message)
         except ConfigError as exc:
-            return self.preferences_page(request, token, subscriber, None, 422,
+            return self.preferences_page(request, token, subscriber, raw, 422,
                                          error=f"{page_field(exc.field or 'file')}:"
                                          f" {exc.problem}")
         except DigestError as exc:
@@ -399,20 +403,20 @@ class Forms:
         edited = subscriber_from_data(subscriber.path, data, defaults)
         # The previewed topics keep pointing at their place in the file, for the Save.
         indices = [t.index for t in edit.topics if not t.remove]
-        return self.preferences_page(request, token, edited, None, edited=form,
+        return self.preferences_page(request, token, edited, raw, edited=form,
                                      indices=indices,
                                      notice="Preview of your changes: not saved yet.")
 
     def preferences_page(self, request: Request, token: str, subscriber: Subscriber,
-                         raw: bytes | None, status: int = 200, error: str = "",
+                         raw: bytes, status: int = 200, error: str = "",
                          notice: str = "", edited: FormData | None = None,
                          indices: list[int | None] | None = None,
                          suggested: list[str] | None = None) -> HTMLResponse:
         """The preferences form for `subscriber`, with the papers they liked and the preview
-        of their next digest; `suggested` words are shown added to the excludes, unsaved."""
-        assert subscriber.path is not None
+        of their next digest (`raw`: their file as read, what a Save must find unchanged);
+        `suggested` words are shown added to the excludes, unsaved."""
         seen = edited.get("seen") if edited else None
-        seen = str(seen) if seen else preferences.file_hash(raw or subscriber.path.read_bytes())
+        seen = str(seen) if seen else preferences.file_hash(raw)
         with self.db() as database:
             composed = pipeline.preview_of(self.settings, database, subscriber, self.now(),
                                            self.env)
@@ -525,7 +529,7 @@ TEMPLATES = {
 <h1>Get trending papers in your email inbox</h1>
 {% if error %}<p class="bad" id="error" role="alert">{{ error }}</p>{% endif %}
 {% if notice %}<p id="notice">{{ notice }}</p>{% endif %}
-<form method="post" action="/subscribe" class="stack">
+<form method="post" action="{{ base }}/subscribe" class="stack">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <label>Email address <input type="email" name="email" required maxlength="254"
  value="{{ values.email }}" autocomplete="email"></label>
@@ -548,7 +552,7 @@ ending) <textarea name="keywords" rows="2" maxlength="5000">{{ values.keywords }
 <button type="submit">Subscribe</button>
 </form>
 <p class="muted">We email you a link to confirm; nothing is kept until you open it.</p>
-<script src="/static/timezone.js"></script>
+<script src="{{ base }}/static/timezone.js"></script>
 {% endblock %}""",
     "confirm_signup.html": """{% extends "base.html" %}{% block body %}
 <h1>Confirm your subscription</h1>
@@ -557,7 +561,7 @@ keeps its settings as they are (and subscribes it again if it had unsubscribed).
 preferences page, linked from every digest, changes them.</p>
 {% else %}<p>The paper digest for <strong>{{ pending.email }}</strong>, every day at
 {{ pending.send_at }} ({{ pending.timezone }}).</p>{% endif %}
-<form method="post" action="/confirm?token={{ token | urlencode }}">
+<form method="post" action="{{ base }}/confirm?token={{ token | urlencode }}">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit">Confirm</button></form>
 {% endblock %}""",
@@ -573,7 +577,7 @@ when it comes</a></p>{% endif %}
 <p class="muted">For {{ subscriber.email }}.</p>
 {% if error %}<p class="bad" id="error" role="alert">{{ error }}</p>{% endif %}
 {% if notice %}<p id="notice">{{ notice }}</p>{% endif %}
-<form method="post" action="/preferences?token={{ token | urlencode }}" class="stack">
+<form method="post" action="{{ base }}/preferences?token={{ token | urlencode }}" class="stack">
 <input type="hidden" name="csrf" value="{{ csrf }}">
 <input type="hidden" name="seen" value="{{ seen }}">
 {% for t in subscriber.topics %}<fieldset><legend>Topic {{ loop.index }}</legend>
@@ -615,15 +619,15 @@ Pause: send nothing until I untick this</label>
 <button type="submit" name="action" value="save">Save</button></p>
 </form>
 {% if unsubscribed %}<p id="status" class="bad">You are unsubscribed: nothing is sent.</p>
-<form method="post" action="/resubscribe?token={{ unsubscribe | urlencode }}">
+<form method="post" action="{{ base }}/resubscribe?token={{ unsubscribe | urlencode }}">
 <button type="submit" id="resubscribe">Resubscribe</button></form>
-{% else %}<form method="post" action="/unsubscribe?token={{ unsubscribe | urlencode }}">
+{% else %}<form method="post" action="{{ base }}/unsubscribe?token={{ unsubscribe | urlencode }}">
 <button type="submit" id="unsubscribe">Unsubscribe</button></form>{% endif %}
 <h2>Papers you liked</h2>
 {% if liked %}<ul id="liked">{% for l in liked %}<li>{% if l.url %}<a href="{{ l.url }}">{{ l.title
 }}</a>{% else %}{{ l.title }}{% endif %}</li>{% endfor %}</ul>{% else %}<p class="muted">None
 yet: "More like this" under a paper in your email adds it here.</p>{% endif %}
-<p><a href="/feedback/list?token={{ rated | urlencode }}">Every paper you rated</a></p>
+<p><a href="{{ base }}/feedback/list?token={{ rated | urlencode }}">Every paper you rated</a></p>
 <h2>Your next digest</h2>
 {% if preview_html is none %}<p id="nothing">Nothing matches right now, so no email would be
 sent.</p>{% else %}<iframe id="preview" title="Your next digest" width="660" height="900"

@@ -327,16 +327,35 @@ def test_a_bom_is_fine_and_latin1_is_a_clear_error(project: Project) -> None:
 
 
 @pytest.mark.parametrize(("url", "problem"), [
-    ("https://example.org/digest", "a path is not supported; give digest serve a host name"),
-    ("https://example.org/digest/", "a path is not supported"),
-    ("ftp://example.org", "must be a URL like 'https://digest.example.org'"),
+    ("ftp://example.org", "'ftp://example.org': must be an http or https URL"),
+    ("example.org/digest", "must be an http or https URL"),
+    ("https://example.org/digest/?lang=en", "a query string (?lang=en) cannot be part of it"),
+    ("https://example.org/digest#top", "a fragment (#top) cannot be part of it"),
+    ("https://example.org/digest//x", "path segments of letters, digits"),
+    ("https://example.org/di gest", "path segments of letters, digits"),
+    ("https://example.org/a/../digest", "must not hold '.' or '..' segments"),
 ])
-def test_public_url_is_a_site_root(project: Project, url: str, problem: str) -> None:
-    # The pages' forms post to "/unsubscribe", "/preferences"...: under a path they break.
+def test_public_url_refused_in_one_line(project: Project, url: str, problem: str) -> None:
+    # Every page link and the cookie's Path are built from it: a query, a fragment or a
+    # character needing escapes would break them all.
     project.write_config(f'[server]\npublic_url = "{url}"\n')
     with pytest.raises(ConfigError) as info:
         load_settings(project.config)
     assert info.value.field == "server.public_url" and problem in info.value.problem
+    assert str(project.config) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "public_url", "base_path"), [
+    ("https://digest.example.org/", "https://digest.example.org", ""),
+    ("https://example.org/digest/", "https://example.org/digest", "/digest"),
+    ("http://127.0.0.1:8080/tools/digest", "http://127.0.0.1:8080/tools/digest",
+     "/tools/digest"),
+])
+def test_public_url_may_have_a_path(project: Project, url: str, public_url: str,
+                                    base_path: str) -> None:
+    project.write_config(f'[server]\npublic_url = "{url}"\n')
+    server = load_settings(project.config).server
+    assert (server.public_url, server.base_path) == (public_url, base_path)
 
 
 def test_public_url_keeps_its_root_without_the_slash(project: Project) -> None:

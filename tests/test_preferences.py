@@ -4,6 +4,8 @@ validated by the subscriber file model, atomic, one of two concurrent edits wins
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 import tomllib
@@ -631,3 +633,71 @@ def test_a_write_that_fails_names_the_file_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):  # a taken id: create_file tries the next one
         preferences.write_atomic(taken, b"x", replace=False)
     assert taken.read_bytes() == b"mine"
+
+
+def test_a_crlf_file_keeps_crlf_line_endings(tmp_path: Path) -> None:
+    # Saved from Windows: the lines a Save adds (new keys, a new topic, keywords on lines of
+    # their own) came with LF alone, mixing the file's line endings.
+    lines = COMMENTED.splitlines()
+    lines[4:4] = ["exclude = [", '    "survey",  # noisy', "]"]
+    text = "\r\n".join(lines) + "\r\n"
+    path = tmp_path / "ada.toml"
+    path.write_bytes(text.encode())
+    new = preferences.update(path, preferences.file_hash(text.encode()), edit(
+        send_at="08:30", frequency="weekly", day="friday", exclude=["survey", "benchmark"],
+        topics=[{"index": 0, "name": "Efficient inference",
+                 "keywords": ["speculative decoding", "KV cache"], "weight": 2.0},
+                {"name": "Diffusion", "keywords": ["diffusion model"]}]), DEFAULTS)
+    assert path.read_bytes() == new
+    assert new.count(b"\n") == new.count(b"\r\n") > text.count("\n")
+    data = tomllib.loads(new.decode())
+    assert data["exclude"] == ["survey", "benchmark"] and data["day"] == "friday"
+    assert [t["name"] for t in data["topics"]] == ["Efficient inference", "Diffusion"]
+
+
+def test_an_lf_file_stays_lf() -> None:
+    new = preferences.apply(COMMENTED.encode(), edit(send_at="08:30"), DEFAULTS)
+    assert b"\r" not in new and b'send_at = "08:30"\n' in new
+
+
+@pytest.mark.parametrize(("written", "changed"), [
+    ("send_at = 07:30:00", "send_at = 08:15:00"),     # a TOML local time stays one
+    ('send_at = "7:30"', 'send_at = "08:15"'),
+])
+def test_send_at_keeps_the_form_it_was_written_in(written: str, changed: str) -> None:
+    # The page shows and sends back "07:30": a Save of another field turned the TOML time
+    # 07:30:00 (or "7:30") into the string "07:30".
+    text = COMMENTED.replace("timezone = \"Europe/London\"\n",
+                             f"timezone = \"Europe/London\"\n{written}  # before work\n")
+    kept = preferences.apply(text.encode(), edit(send_at="07:30", max_items=12), DEFAULTS)
+    assert f"\n{written}  # before work\n" in kept.decode()
+    moved = preferences.apply(text.encode(), edit(send_at="08:15"), DEFAULTS).decode()
+    assert f"\n{changed} # before work\n" in moved
+    assert tomllib.loads(moved)["send_at"] in ("08:15", tomllib.loads("t = 08:15:00")["t"])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_a_named_pipe_or_a_huge_file_is_refused_not_read(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    # `path.read_bytes()` on a named pipe waits for a writer: the page hung, a server thread
+    # with it. The CLI's reader (digest.subscribers) refuses pipes and files over 1 MB.
+    path = project.subscribers / "ada.toml"
+    with signup_server(project, smtp_server, monkeypatch), httpx.Client(timeout=10) as client:
+        url = prefs_url(project, "ada", "ada@example.org")
+        form = form_of(client.get(url).text)
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.write_bytes(b"#" * (2 << 20))
+        try:
+            for r in (client.get(url), client.post(url, data=form)):
+                assert r.status_code == 409, r.text
+                assert "Nothing was changed" in r.text
+                assert ("not a regular file" if kind == "fifo" else "larger than") in r.text
+        finally:
+            if kind == "fifo":  # a reader still waiting (the bug) gets its end of file
+                with contextlib.suppress(OSError):  # ENXIO: no reader, none hung
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        assert kind == "fifo" or path.stat().st_size == 2 << 20

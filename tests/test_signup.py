@@ -5,6 +5,8 @@ every bad input: hostile fields, forged/expired/replayed tokens, CSRF, floods, h
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 import tomllib
@@ -515,8 +517,9 @@ def test_confirming_reads_only_the_files_changed_since_and_sees_every_hand_edit(
     settings = load_settings(project.config)
     db = store.open_db(settings.store.path)
     read: list[str] = []
-    real_read = subscribers._read
-    monkeypatch.setattr(subscribers, "_read", lambda p: read.append(p.name) or real_read(p))
+    real_read = subscribers.read_file
+    for module in (subscribers, signup):  # the one reader of subscriber files, where used
+        monkeypatch.setattr(module, "read_file", lambda p: read.append(p.name) or real_read(p))
     monkeypatch.setattr(Path, "read_bytes",
                         lambda p, real=Path.read_bytes: read.append(p.name) or real(p))
     # These files count as long unchanged (their stat fields vouch for them at once).
@@ -545,3 +548,27 @@ def test_confirming_reads_only_the_files_changed_since_and_sees_every_hand_edit(
         read.clear()
         assert signup.existing(settings, db, "zero@example.org") == "r0"
         assert "r0.toml" in read
+
+
+def test_a_named_pipe_in_the_folder_is_try_again_later_not_a_hang(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Looking for the address's own file read every changed file with read_bytes(), which
+    # waits for a writer on a named pipe: the confirmation hung.
+    pipe = project.subscribers / "zz-pipe.toml"
+    os.mkfifo(pipe)
+    with signup_server(project, smtp_server, monkeypatch) as server, \
+            httpx.Client(timeout=10) as client:
+        try:
+            subscribe(client, server, "piper@example.net")
+            link = confirm_link(smtp_server.sink.received[-1].data)
+            csrf = csrf_of(client.get(link).text)
+            r = client.post(link, data={"csrf": csrf})
+            # A file that cannot be read may be the address's own: nothing is written.
+            assert r.status_code == 503 and "nothing was changed" in r.text
+            pipe.unlink()
+            r = client.post(link, data={"csrf": csrf})
+            assert r.status_code == 200 and "You are subscribed" in r.text
+        finally:
+            with contextlib.suppress(OSError):  # a reader still waiting gets end of file
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+    assert "piper.toml" in files(project)
