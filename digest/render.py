@@ -27,6 +27,7 @@ from premailer import Premailer
 
 from .caches import Bounded
 from .errors import DigestError
+from .mime import encode_qp  # the one QP encoder: the size budget is the part as it travels
 from .models import Digest, Listing, Match, RenderedEmail, Section, Span
 from .tokens import nfkc
 
@@ -37,10 +38,10 @@ TLDR_CHARS = 400
 META_CHARS = 300
 TEXT_WIDTH = 78
 # Gmail clips an HTML part over about 102 KB (102,400 bytes) and hides the rest, footer and
-# unsubscribe link included. The HTML as sent (the decoded part: UTF-8, CRLF line ends) is
-# kept under this, which is also under 102,400 bytes once quoted-printable encoded (QP adds
-# about 10%: the '=' of every attribute, non-ASCII characters, soft line breaks), whichever
-# of the two a client counts.
+# unsubscribe link included. It counts the part's raw source, escapes and all, so the HTML as
+# it travels (quoted-printable: the '=' of every attribute, soft line breaks, and each byte of
+# a non-ASCII character as three, so Chinese or Arabic text triples) is kept under this; the
+# decoded part is never bigger. The 10 KB left are for what a relay or client adds.
 HTML_BUDGET = 92_000
 FIT_ROUNDS = 8  # renders `fit` may spend finding how many items fit
 MATCHED_SHOWN = 8  # keywords listed by name on an item; more are counted
@@ -810,9 +811,26 @@ class Fitted:
 
 
 def html_size(rendered: RenderedEmail) -> int:
-    """The size of the HTML part as sent: its UTF-8 bytes, each line ending as CRLF."""
+    """The size of the HTML part as it travels: quoted-printable encoded, CRLF line ends
+    (`digest.mime`, the encoder that sends it). Never less than its decoded size."""
+    return len(encode_qp(rendered.html))
+
+
+def _surely_within(rendered: RenderedEmail, budget: int) -> bool:
+    # Whether `html_size` is within `budget`, from a bound that costs a fifth of encoding (the
+    # encoding is needed only near the budget). Quoted-printable writes each '=' and each byte
+    # of a non-ASCII character (2-4 bytes, so at most twice the bytes UTF-8 adds) as three
+    # bytes, a line end as two, and per 73 bytes at most one soft break ("=" CRLF) and one
+    # escaped first character ('.', 'From '): 5 bytes.
     html = rendered.html
-    return len(html.encode("utf-8")) + html.count("\n")
+    data = html.encode("utf-8")
+    lines = html.count("\n") + 1
+    escaped = len(data) + 2 * (2 * (len(data) - len(html)) + data.count(b"=")) + lines
+    return escaped + 5 * (escaped // 73 + lines) <= budget
+
+
+def _fits(rendered: RenderedEmail, budget: int) -> bool:
+    return _surely_within(rendered, budget) or html_size(rendered) <= budget
 
 
 def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
@@ -823,7 +841,7 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
     the best-scored are kept (Trending after every topic's items), in the order the email
     shows them, and a line says how many more matched. The footer is always inside."""
     rendered = _render(context(digest, links), env)
-    if html_size(rendered) <= budget:
+    if _fits(rendered, budget):
         return Fitted(digest, rendered)
     short = _render(context(digest, links, SHORT_EXCERPT_CHARS), env)
     size = html_size(short)
