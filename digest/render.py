@@ -45,6 +45,11 @@ TEXT_WIDTH = 78
 HTML_BUDGET = 92_000
 FIT_ROUNDS = 8  # renders `fit` may spend finding how many items fit
 MATCHED_SHOWN = 8  # keywords listed by name on an item; more are counted
+# A subscriber file bounds neither the number of topics nor the length of a name: the email
+# shows each name (a topic's, the reader's) cut to NAME_CHARS and the footer names the first
+# TOPICS_SHOWN topics, so that the part around the items is bounded and always fits.
+NAME_CHARS = 100
+TOPICS_SHOWN = 10
 NBSP = "\u00a0"
 # First-strong isolate and its end (Unicode bidi, UAX #9): see `isolate`.
 FSI, PDI = "\u2068", "\u2069"
@@ -221,7 +226,7 @@ def _meta(listing: Listing) -> str:
 def subject_for(digest: Digest) -> str:
     """'7 new papers: Efficient inference, Diffusion' - the count and the top topics."""
     count = len(digest.matches)
-    topics = [s.topic for s in digest.sections]
+    topics = [_cut(s.topic, NAME_CHARS) for s in digest.sections]
     shown = ", ".join(topics[:2]) + (f" +{len(topics) - 2} more" if len(topics) > 2 else "")
     return f"{_plural(count, 'new paper')}: {shown}"
 
@@ -313,7 +318,8 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
     matched but were left out to keep the email within its size budget (see `fit`)."""
     subscriber = digest.subscriber
     count = len(digest.matches)
-    topics = [s.topic for s in digest.sections if not s.trending and not s.similar]
+    topics = [_cut(s.topic, NAME_CHARS) for s in digest.sections
+              if not s.trending and not s.similar]
     sections = []
     number = 0
     # An item's fragment holds a stand-in for the reader's feedback link (see Layout): the
@@ -324,14 +330,15 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         for m in section.matches:
             number += 1
             items.append(_item(m, number, excerpt_chars, feedback))
-        sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
+        sections.append(SectionView(_cut(section.topic, NAME_CHARS), items,
+                                    _plural(len(items), "paper")))
     first = _cut(nfkc(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
     return {
         "subject": subject_for(digest),
         "preheader": f"Top pick: {first}{also}.",
         "preheader_pad": PREHEADER_PAD,
-        "name": subscriber.name,
+        "name": _cut(subscriber.name, NAME_CHARS),
         "date_label": _date_label(digest.local_date),
         "count_label": _plural(count, "new paper"),
         "intro": _intro(count, topics, any(s.similar for s in digest.sections)),
@@ -339,7 +346,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         "more_label": _more_label(more),
         "footer": (
             f"You get this digest because {subscriber.email} follows "
-            f"{', '.join(t.name for t in subscriber.topics)}. "
+            f"{_topic_list([t.name for t in subscriber.topics])}. "
             f"Papers are chosen by the keywords in your profile ('{subscriber.id}')"
             + (", ranked by the papers you liked," if digest.learned else "")
             + " and you never get the same paper twice."
@@ -377,6 +384,13 @@ def _matched(keywords: tuple[str, ...]) -> str:
     shown = ", ".join(keywords[:MATCHED_SHOWN])
     return shown + (f" +{len(keywords) - MATCHED_SHOWN} more" if len(keywords) > MATCHED_SHOWN
                     else "")
+
+
+def _topic_list(names: list[str]) -> str:
+    """'A, B, C', or the first TOPICS_SHOWN names and 'and 12 more topics'."""
+    shown = ", ".join(_cut(name, NAME_CHARS) for name in names[:TOPICS_SHOWN])
+    rest = len(names) - TOPICS_SHOWN
+    return shown + (f" and {rest:,} more topic{'s' if rest != 1 else ''}" if rest > 0 else "")
 
 
 def _more_label(more: int) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from digest import pipeline, store
 from digest.config import load_settings
-from digest.models import Digest, Listing, Match
+from digest.models import Digest, Listing, Match, Topic
 from digest.render import (
     HTML_BUDGET,
     PREHEADER_PAD,
@@ -37,7 +37,7 @@ from .conftest import NOW, Project, Received, SmtpServer
 from .oracle import render_context, render_email
 from .outbox_support import sent_listing_ids
 from .samples import ABSTRACT as ABSTRACT_EN
-from .samples import HOSTILE_TITLES, TLDR, digest
+from .samples import HOSTILE_TITLES, TLDR, digest, subscriber
 from .test_render_browser import CONTRAST_JS
 
 LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def")
@@ -526,3 +526,23 @@ def test_the_cheap_size_bound_is_never_below_the_encoded_size(script: str) -> No
     size = html_size(rendered)
     assert size >= len(rendered.html.encode("utf-8")) + rendered.html.count("\n")
     assert not _surely_within(rendered, size - 1)
+
+
+def test_a_profile_with_thousands_of_topics_and_huge_names_still_fits() -> None:
+    # Nothing in a subscriber file bounds the number of topics or the length of a name, and
+    # the footer listed every topic: 3,000 of them were 170 KB before the first item.
+    long = "Sehr lange Themenbezeichnung " * 700  # 20,300 characters
+    topics = (*(Topic(f"Topic {i} on a rather specific research area", ("decoding",))
+                for i in range(3000)), Topic(long, ("decoding",)))
+    sub = dataclasses.replace(subscriber(name="Ada " + "Lovelace " * 2000), topics=topics)
+    d = digest(40, sub=sub, links=True)
+    d = dataclasses.replace(d, sections=(
+        dataclasses.replace(d.sections[0], topic=long), *d.sections[1:]))
+    fitted = fit(d, LINKS, environment())
+    assert html_size(fitted.rendered) <= HTML_BUDGET
+    html = fitted.rendered.html
+    assert LINKS.unsubscribe in html and "Unsubscribe from this digest" in html
+    assert len(fitted.digest.matches) >= 10
+    # The footer names some topics and counts the rest, in both parts.
+    text = " ".join(fitted.rendered.text.split())
+    assert "Topic 0 on a rather" in text and "and 2,991 more topics" in text
