@@ -201,22 +201,26 @@ def right_to_left(text: str) -> bool:
 
 
 def _cut(text: str, limit: int) -> str:
-    """`text`, or its first `limit` characters cut at a space with an ellipsis."""
+    """`text`, or its first `limit` characters cut at a space with an ellipsis (and the end of
+    an isolate the cut opened: see `isolate`)."""
     if len(text) <= limit:
         return text
-    return text[:_word_end(text, limit - 2)].rstrip() + NBSP + "…"
+    kept = text[:_word_end(text, limit - 2)].rstrip()
+    return kept + PDI * (kept.count(FSI) - kept.count(PDI)) + NBSP + "…"
 
 
 def _meta(listing: Listing) -> str:
     parts = []
-    if listing.byline:
-        parts.append(isolate(listing.byline))
+    # Each name on its own: a list is read left to right, whatever script a name is in.
+    byline = listing.byline_with(isolate)
+    if byline:
+        parts.append(byline)
     if listing.published:
         parts.append(listing.published.strftime("%-d %b %Y"))
     if listing.upvotes:
         parts.append("▲" + NBSP + _plural(listing.upvotes, "upvote").replace(" ", NBSP))
     if listing.categories:
-        shown = isolate(", ".join(listing.categories[:3]))
+        shown = ", ".join(map(isolate, listing.categories[:3]))
         parts.append(shown + (f" +{len(listing.categories) - 3}" if len(listing.categories) > 3
                               else ""))
     # A no-break space before each dot, so a line never starts with one.
@@ -318,8 +322,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
     matched but were left out to keep the email within its size budget (see `fit`)."""
     subscriber = digest.subscriber
     count = len(digest.matches)
-    topics = [_cut(s.topic, NAME_CHARS) for s in digest.sections
-              if not s.trending and not s.similar]
+    topics = [_name(s.topic) for s in digest.sections if not s.trending and not s.similar]
     sections = []
     number = 0
     # An item's fragment holds a stand-in for the reader's feedback link (see Layout): the
@@ -330,7 +333,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         for m in section.matches:
             number += 1
             items.append(_item(m, number, excerpt_chars, feedback))
-        sections.append(SectionView(_cut(section.topic, NAME_CHARS), items,
+        sections.append(SectionView(_name(section.topic), items,
                                     _plural(len(items), "paper")))
     first = _cut(nfkc(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
@@ -338,7 +341,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         "subject": subject_for(digest),
         "preheader": f"Top pick: {first}{also}.",
         "preheader_pad": PREHEADER_PAD,
-        "name": _cut(subscriber.name, NAME_CHARS),
+        "name": _name(subscriber.name),
         "date_label": _date_label(digest.local_date),
         "count_label": _plural(count, "new paper"),
         "intro": _intro(count, topics, any(s.similar for s in digest.sections)),
@@ -380,15 +383,22 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
     )
 
 
+def _name(name: str) -> str:
+    """A name (a topic's, the reader's) as the email shows it within a line: cut, and isolated
+    when it is right-to-left, so the count after a topic or the next name in a list keeps its
+    place."""
+    return isolate(_cut(name, NAME_CHARS))
+
+
 def _matched(keywords: tuple[str, ...]) -> str:
-    shown = ", ".join(keywords[:MATCHED_SHOWN])
+    shown = ", ".join(map(isolate, keywords[:MATCHED_SHOWN]))
     return shown + (f" +{len(keywords) - MATCHED_SHOWN} more" if len(keywords) > MATCHED_SHOWN
                     else "")
 
 
 def _topic_list(names: list[str]) -> str:
     """'A, B, C', or the first TOPICS_SHOWN names and 'and 12 more topics'."""
-    shown = ", ".join(_cut(name, NAME_CHARS) for name in names[:TOPICS_SHOWN])
+    shown = ", ".join(map(_name, names[:TOPICS_SHOWN]))
     rest = len(names) - TOPICS_SHOWN
     return shown + (f" and {rest:,} more topic{'s' if rest != 1 else ''}" if rest > 0 else "")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import unicodedata
@@ -216,3 +217,14 @@ def test_right_to_left_finds_every_letter_of_bidi_class_r_or_al() -> None:
                if unicodedata.bidirectional(chr(c)) in ("R", "AL") and c != 0x200F]
     assert all(rendering.right_to_left(c) for c in letters)
     assert not any(rendering.right_to_left(c) for c in "aé—中ß\u00a0")
+
+
+def test_a_meta_line_cut_inside_a_right_to_left_name_closes_its_isolate() -> None:
+    # Cut inside an isolate, the meta line left it open: the "…" after it, and in the text
+    # part the rest of the line, were taken into the right-to-left run.
+    paper = dataclasses.replace(listings(1)[0], author_count=None,
+                                authors=("محمد " * 100, "Grace Hopper"))
+    ctx = rendering.context(digest_of([paper]), Links(unsubscribe="https://x.example/u"))
+    meta = ctx["sections"][0].entries[0].meta
+    assert meta.endswith(rendering.PDI + rendering.NBSP + "…"), meta[-5:]
+    assert meta.count(rendering.FSI) == meta.count(rendering.PDI) == 1

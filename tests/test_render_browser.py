@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from digest.index import build_digest
-from digest.models import Listing
+from digest.models import Digest, Listing, Match, Section, Topic
 from digest.render import Links, environment, render
 
 from .browser import chromium, open_email  # noqa: F401 - fixture
@@ -121,3 +122,56 @@ def test_a_right_to_left_author_leaves_the_date_in_order(chromium: Any) -> None:
     finally:
         page.close()
     assert name[1] <= day[0] and day[1] <= month[1], (name, day, month)
+
+
+# Where the reader sees each needle in the first element matching the selector: [left, top].
+_WHERE_JS = """([selector, needles]) => {
+  const out = {};
+  const walker = document.createTreeWalker(document.querySelector(selector), NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) for (const needle of needles) {
+    const at = n.data.indexOf(needle);
+    if (at < 0) continue;
+    const range = document.createRange();
+    range.setStart(n, at);
+    range.setEnd(n, at + needle.length);
+    const box = range.getBoundingClientRect();
+    out[needle] = [box.left, box.top];
+  }
+  return out;
+}"""
+
+
+def _reads_in_order(where: dict[str, list[float]], needles: list[str]) -> bool:
+    # On one line, left to right, in this order.
+    boxes = [where[n] for n in needles]
+    return (all(top == boxes[0][1] for _, top in boxes)
+            and [left for left, _ in boxes] == sorted(left for left, _ in boxes))
+
+
+def test_right_to_left_names_keep_their_place_in_each_list(chromium: Any) -> None:  # noqa: F811
+    # An Arabic topic took the paper count to its left ("1 · نماذج اللغة PAPER"), and an author
+    # list starting with an Arabic name was laid out right to left whole: "John Smith, Wei
+    # Zhang ,محمد علي", the first author last and the others in reverse.
+    topic = "نماذج اللغة"
+    sub = dataclasses.replace(subscriber(), topics=(
+        Topic(topic, ("decoding",)), Topic("עיבוד שפה", ("cache",))))
+    paper = Listing(id="2401.00002", arxiv_id="2401.00002", title="Speculative decoding",
+                    authors=("محمد علي", "John Smith", "Wei Zhang"),
+                    categories=("cs.CL", "علوم", "cs.LG"),
+                    abstract="speculative decoding.", published=dt.date(2024, 5, 1))
+    found = Digest(sub, NOW.date(), (Section(topic, (
+        Match(paper, topic, 3.0, ("فك التشفير", "decoding", "2 bits")),)),), NOW)
+    page = open_email(chromium, render(found, LINKS, environment()).html)
+    try:
+        heading = page.evaluate(_WHERE_JS, ["h2.topic", [topic, "1 paper"]])
+        meta = page.evaluate(_WHERE_JS, ["p.meta", ["محمد علي", "John Smith", "Wei Zhang",
+                                                    "cs.CL", "علوم", "cs.LG"]])
+        matched = page.evaluate(_WHERE_JS, ["p.kw", ["فك التشفير", "decoding", "2 bits"]])
+        footer = page.evaluate(_WHERE_JS, ["p.foot", [topic, "עיבוד שפה", "Papers"]])
+    finally:
+        page.close()
+    assert _reads_in_order(heading, [topic, "1 paper"]), heading
+    assert _reads_in_order(meta, ["محمد علي", "John Smith", "Wei Zhang"]), meta
+    assert _reads_in_order(meta, ["cs.CL", "علوم", "cs.LG"]), meta
+    assert _reads_in_order(matched, ["فك التشفير", "decoding", "2 bits"]), matched
+    assert _reads_in_order(footer, [topic, "עיבוד שפה", "Papers"]), footer
