@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import secrets
+import unicodedata
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def default_template_dir() -> Path:
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
     """A Jinja environment over the template folder; HTML templates are autoescaped."""
     folder = template_dir or default_template_dir()
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         autoescape=lambda name: not (name or "").endswith(".txt.j2"),
@@ -86,6 +87,14 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["underline"] = underline
+    return env
+
+
+def underline(heading: str) -> str:
+    """The '=' line under a heading of the text part: as many columns as the heading takes
+    (a Chinese character two, an isolate's marks none), at most the text's width."""
+    return "=" * min(TEXT_WIDTH, columns(heading))
 
 
 # --- pure helpers -----------------------------------------------------------------------
@@ -434,11 +443,14 @@ def _date_label(day: date) -> str:
 
 
 def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
-    """Wrap each line at `width` columns, greedily at spaces; a line that is a bare <URL> or
-    ends in one is never broken inside the URL, and a word longer than `width` stays whole.
+    """Wrap each line at `width` columns, greedily at spaces and between Chinese or Japanese
+    characters (which take two columns each); a line that is a bare <URL> or ends in one is
+    never broken inside the URL, and a word longer than `width` stays whole. A right-to-left
+    isolate (see `isolate`) that a break cuts is closed at the end of the line and opened
+    again at the start of the next: each line of a text part is a paragraph of its own.
 
-    (textwrap.wrap did the same but was half of the per-email render time. A long line, such
-    as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
+    (textwrap.wrap did the same for spaces but was half of the per-email render time. A long
+    line, such as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
     return _wrap_lines(text, width).strip() + "\n"
 
 
@@ -446,8 +458,10 @@ def _wrap_lines(text: str, width: int = TEXT_WIDTH) -> str:
     # `wrap_text` without the final strip and line break. Line-local, and a wrapped line is
     # left as it is: wrapping text that holds wrapped pieces wraps only the rest.
     lines = text.splitlines()
-    # Only the long lines (a few in a digest's text) take Python work of their own.
-    for i in reversed([i for i, n in enumerate(map(len, lines)) if n > width]):
+    # Only the long lines (a few in a digest's text) take Python work of their own: a line
+    # of n characters takes at most 2n columns.
+    for i in reversed([i for i, line in enumerate(lines) if len(line) > width
+                       or (2 * len(line) > width and not line.isascii())]):
         lines[i:i + 1] = _wrap_line(lines[i], width)
     return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
@@ -458,6 +472,28 @@ _NO_BREAK = "\u00a0\u2007\u202f"
 _BREAKABLE_CHARS = "".join(c for c in map(chr, range(0x3000 + 1))
                            if c.isspace() and c not in _NO_BREAK)
 _BREAKABLE = re.compile(f"[{re.escape(_BREAKABLE_CHARS)}]+")
+# Between two characters with no blank, a line may break where one of them is two columns
+# wide (Chinese, Japanese, Korean, most emoji), as UAX #14 allows, but never before closing
+# punctuation, small kana or the prolonged sound mark, nor after opening punctuation (the
+# Japanese kinsoku rules), nor inside an isolate's marks or a joined emoji.
+_NO_LINE_START = frozenset(
+    "、。，．・：；？！）」』】〕〉》｝〗〙〟ー々ゝゞヽヾぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶ"
+    "…‥,.;:!?)]}%\u2069\u200d\ufe0f")
+_NO_LINE_END = frozenset("（「『【〔〈《｛〖〘〝([{\u2068\u200d")
+
+
+def columns(text: str) -> int:
+    """How many columns `text` takes in a fixed-width font (a text part in a mail client):
+    East Asian wide and fullwidth characters two, combining marks and format characters (the
+    isolates, joiners) none, the others one."""
+    return len(text) if text.isascii() else sum(map(_columns, text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _columns(char: str) -> int:
+    if unicodedata.east_asian_width(char) in ("W", "F"):
+        return 2
+    return 0 if unicodedata.category(char) in ("Mn", "Me", "Cf") else 1
 
 
 @functools.lru_cache(maxsize=20_000)  # listed in digest.caches
@@ -465,6 +501,8 @@ def _wrap_line(line: str, width: int) -> tuple[str, ...]:
     # The words joined by single spaces, then cut greedily: each piece is the longest run of
     # words that fits in `width` (the last space at or before the width, found in C), or one
     # word alone when it is longer than that.
+    if not line.isascii():
+        return _wrap_wide(line, width)
     joined = " ".join(w for w in _BREAKABLE.split(line) if w)
     out: list[str] = []
     start = 0
@@ -477,6 +515,50 @@ def _wrap_line(line: str, width: int) -> tuple[str, ...]:
         out.append(joined[start:cut])
         start = cut + 1
     out.append(joined[start:])
+    return tuple(out)
+
+
+def _wrap_wide(line: str, width: int) -> tuple[str, ...]:
+    # `_wrap_line` of a line that is not ASCII: by columns, with breaks between wide
+    # characters too, and every isolate a break cuts closed and opened again.
+    if columns(line) <= width:
+        return (line,)
+    out: list[str] = []
+    current, used = "", 0
+    for i, word in enumerate(w for w in _BREAKABLE.split(line) if w):
+        for j, piece in enumerate(_pieces_of(word)):
+            size = columns(piece)
+            gap = 1 if j == 0 and i > 0 else 0
+            if current and used + gap + size > width:
+                out.append(current)
+                current, used = piece, size
+            else:
+                current, used = current + " " * gap + piece, used + gap + size
+    out.append(current)
+    return _balance_isolates(out)
+
+
+def _pieces_of(word: str) -> list[str]:
+    # `word` cut where a line may break inside it (see _NO_LINE_START).
+    pieces, start = [], 0
+    for k in range(1, len(word)):
+        before, after = word[k - 1], word[k]
+        if ((_columns(before) == 2 or _columns(after) == 2) and before not in _NO_LINE_END
+                and after not in _NO_LINE_START and _columns(after) != 0):
+            pieces.append(word[start:k])
+            start = k
+    pieces.append(word[start:])
+    return pieces
+
+
+def _balance_isolates(lines: list[str]) -> tuple[str, ...]:
+    # Each line a paragraph of its own (as a text part's lines are): an isolate still open at
+    # a line's end is closed there and opened again on the next line.
+    out, open_ = [], 0
+    for line in lines:
+        body = FSI * open_ + line
+        open_ = max(0, body.count(FSI) - body.count(PDI))
+        out.append(body + PDI * open_)
     return tuple(out)
 
 
