@@ -204,6 +204,20 @@ def isolate(text: str) -> str:
     return FSI + text + PDI if right_to_left(text) else text
 
 
+def direction(text: str) -> str:
+    """'rtl' when the first letter of `text` that has a direction is right-to-left (as UAX #9
+    and `dir="auto"` find it), else 'ltr': the `dir` of a block that holds only `text` (a
+    title, an excerpt), so that an Arabic one is set flush right, each line starting on the
+    right. Computed here rather than left to `dir="auto"`, which not every client knows."""
+    if not right_to_left(text):
+        return "ltr"
+    for char in text:
+        kind = unicodedata.bidirectional(char)
+        if kind in ("L", "R", "AL"):
+            return "ltr" if kind == "L" else "rtl"
+    return "ltr"
+
+
 def right_to_left(text: str) -> bool:
     """Whether `text` holds a right-to-left letter (bidi class R or AL)."""
     return not text.isascii() and _RIGHT_TO_LEFT.search(text) is not None
@@ -304,6 +318,8 @@ class ItemView:
     tldr: str
     excerpt: list[Segment]
     excerpt_text: str
+    title_dir: str  # the title's direction, "ltr" or "rtl" (`direction`)
+    excerpt_dir: str  # the excerpt's
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
@@ -386,7 +402,8 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
         text = FSI + text + PDI
     return ItemView(
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
-        excerpt_text=text, keywords=list(m.keywords),
+        excerpt_text=text, title_dir=direction(title), excerpt_dir=direction(text),
+        keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
         piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),
     )

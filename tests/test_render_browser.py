@@ -175,3 +175,47 @@ def test_right_to_left_names_keep_their_place_in_each_list(chromium: Any) -> Non
     assert _reads_in_order(meta, ["cs.CL", "علوم", "cs.LG"]), meta
     assert _reads_in_order(matched, ["فك التشفير", "decoding", "2 bits"]), matched
     assert _reads_in_order(footer, [topic, "עיבוד שפה", "Papers"]), footer
+
+
+# For each element matching the selector: its content box's [left, right] and the [left,
+# right] of each line of its text.
+_LINES_JS = """(selector) => [...document.querySelectorAll(selector)].map(el => {
+  const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const lines = {};
+  for (const r of range.getClientRects()) {
+    const top = Math.round(r.top);
+    const seen = lines[top] || [1e9, -1e9];
+    lines[top] = [Math.min(r.left, seen[0]), Math.max(r.right, seen[1])];
+  }
+  return [[box.left + parseFloat(style.paddingLeft), box.right - parseFloat(style.paddingRight)],
+          Object.values(lines)];
+})"""
+
+
+@pytest.mark.parametrize("width", [320, 600])
+def test_a_right_to_left_title_and_excerpt_are_set_flush_right(
+        chromium: Any, width: int) -> None:  # noqa: F811
+    # In a left-to-right paragraph an Arabic title's second line and an Arabic excerpt's lines
+    # were set flush left: each line began (on its right) at a different place.
+    title = ("فك التشفير التخميني مع ذاكرة مؤقتة مكممة لتسريع نماذج اللغة الكبيرة"
+             " في المطالبات الطويلة")
+    abstract = ("إن تشغيل نماذج اللغة الكبيرة مكلف. ندرس فك التشفير التخميني مع نموذج مسودة صغير"
+                " وذاكرة مؤقتة مكممة إلى أربع بتات، ونبين أن هذا الجمع يخفض زمن الاستدلال.") * 3
+    arabic = dataclasses.replace(listing(1, title), abstract=abstract)
+    english = listing(2, "An English title that is long enough to wrap on a phone, surely")
+    d = Digest(subscriber(), NOW.date(), (Section("Efficient inference", (
+        Match(arabic, "Efficient inference", 2.0, ("decoding",)),
+        Match(english, "Efficient inference", 1.0, ("decoding",)))),), NOW)
+    page = open_email(chromium, render(d, LINKS, environment()).html, width)
+    try:
+        titles = page.evaluate(_LINES_JS, "h3.title")
+        excerpts = page.evaluate(_LINES_JS, "p.excerpt")
+    finally:
+        page.close()
+    for (_, right), lines in (titles[0], excerpts[0]):  # Arabic: every line flush right
+        assert len(lines) >= 2
+        assert all(abs(line_right - right) <= 2 for _, line_right in lines), (right, lines)
+    for (left, _), lines in (titles[1], excerpts[1]):  # English: flush left, as before
+        assert all(abs(line_left - left) <= 2 for line_left, _ in lines), (left, lines)
