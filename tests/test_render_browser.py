@@ -12,6 +12,7 @@ import pytest
 from digest.index import build_digest
 from digest.models import Digest, Listing, Match, Section, Topic
 from digest.render import Links, environment, render
+from digest.tex import readable
 
 from .browser import chromium, open_email  # noqa: F401 - fixture
 from .conftest import NOW
@@ -48,17 +49,25 @@ LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def"
 
 @pytest.fixture(scope="module")
 def email_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 12-item digest with hostile and very long titles, as an HTML file."""
-    long_word = "Supercalifragilistic" * 6
-    d = digest(12, titles=(*HOSTILE_TITLES, f"A {long_word} title",
-                           "https://example.org/" + "a" * 120), links=True)
+    """A 12-item digest with hostile and very long titles (a 200-character word and URL, a
+    long DOI, Chinese, Arabic and Hebrew, TeX made readable, emoji), as an HTML file."""
+    long_word = "Supercalifragilistic" * 10
+    d = digest(12, titles=(
+        *HOSTILE_TITLES, f"A {long_word} title", "https://example.org/" + "a" * 200,
+        "doi:10.1145/" + "3597503.3639187." * 8,
+        "基于推测解码与量化键值缓存的大规模语言模型高效推理方法：理论、实现与大规模实验评估",
+        "فك التشفير التخميني مع ذاكرة مؤقتة مكممة لتسريع نماذج اللغة الكبيرة",
+        "פענוח ספקולטיבי עם מטמון מכומת",
+        readable(r"Sorting in $\mathcal{O}(n^2)$ with $\varepsilon$-oracles 🚀🧑‍🔬"),
+    ), links=True)
     path = tmp_path_factory.mktemp("email") / "digest.html"
     path.write_text(render(d, LINKS, environment()).html, encoding="utf-8")
     assert listing(0).title
     return path
 
 
-@pytest.mark.parametrize(("width", "scheme"), [(600, "light"), (375, "light"), (375, "dark")])
+@pytest.mark.parametrize(("width", "scheme"), [(600, "light"), (375, "light"), (375, "dark"),
+                                               (320, "light"), (320, "dark")])
 def test_screenshots_and_no_horizontal_overflow(
     chromium: Any, email_file: Path, tmp_path: Path, width: int, scheme: str  # noqa: F811
 ) -> None:
