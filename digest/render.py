@@ -47,8 +47,8 @@ HTML_BUDGET = 92_000
 FIT_ROUNDS = 8  # renders `fit` may spend finding how many items fit
 MATCHED_SHOWN = 8  # keywords listed by name on an item; more are counted
 # A subscriber file bounds neither the number of topics nor the length of a name: the email
-# shows each name (a topic's, the reader's) cut to NAME_CHARS and the footer names the first
-# TOPICS_SHOWN topics, so that the part around the items is bounded and always fits.
+# shows each name (a topic's, the reader's, a matched keyword) cut to NAME_CHARS and the
+# footer names the first TOPICS_SHOWN topics, so the part around the items is bounded.
 NAME_CHARS = 100
 TOPICS_SHOWN = 10
 NBSP = "\u00a0"
@@ -410,14 +410,14 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
 
 
 def _name(name: str) -> str:
-    """A name (a topic's, the reader's) as the email shows it within a line: cut, and isolated
-    when it is right-to-left, so the count after a topic or the next name in a list keeps its
-    place."""
+    """A name (a topic's, the reader's, a keyword) as the email shows it within a line: cut
+    to NAME_CHARS, and isolated when it is right-to-left, so the count after a topic or the
+    next name in a list keeps its place."""
     return isolate(_cut(name, NAME_CHARS))
 
 
 def _matched(keywords: tuple[str, ...]) -> str:
-    shown = ", ".join(map(isolate, keywords[:MATCHED_SHOWN]))
+    shown = ", ".join(map(_name, keywords[:MATCHED_SHOWN]))
     return shown + (f" +{len(keywords) - MATCHED_SHOWN} more" if len(keywords) > MATCHED_SHOWN
                     else "")
 

@@ -546,3 +546,16 @@ def test_a_profile_with_thousands_of_topics_and_huge_names_still_fits() -> None:
     # The footer names some topics and counts the rest, in both parts.
     text = " ".join(fitted.rendered.text.split())
     assert "Topic 0 on a rather" in text and "and 2,991 more topics" in text
+
+
+def test_huge_matched_keywords_are_shown_cut_and_the_digest_still_fits() -> None:
+    # A keyword is as long as its subscriber file makes it, and an item lists up to eight:
+    # eight of 5,000 characters made one item 80 KB, past the budget on its own.
+    keywords = tuple(f"k{i} " + "speculative decoding " * 250 for i in range(8))
+    d = digest(20, links=True)
+    d = dataclasses.replace(d, sections=tuple(dataclasses.replace(s, matches=tuple(
+        dataclasses.replace(m, keywords=keywords) for m in s.matches)) for s in d.sections))
+    fitted = fit(d, LINKS, environment())
+    assert html_size(fitted.rendered) <= HTML_BUDGET
+    assert len(fitted.digest.matches) >= 10
+    assert "Matched: k0 speculative decoding" in " ".join(fitted.rendered.text.split())
