@@ -560,12 +560,21 @@ def _pieces_of(word: str) -> list[str]:
     pieces, start = [], 0
     for k in range(1, len(word)):
         before, after = word[k - 1], word[k]
-        if ((_columns(before) == 2 or _columns(after) == 2) and before not in _NO_LINE_END
+        if ((_breaks_beside(before) or _breaks_beside(after)) and before not in _NO_LINE_END
                 and after not in _NO_LINE_START and _columns(after) != 0):
             pieces.append(word[start:k])
             start = k
     pieces.append(word[start:])
     return pieces
+
+
+# Korean puts blanks between its words, and a line breaks there, not inside a word.
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
+
+
+def _breaks_beside(char: str) -> bool:
+    # Whether a line may break before or after `char` with no blank between (see _pieces_of).
+    return _columns(char) == 2 and _HANGUL.match(char) is None
 
 
 def _balance_isolates(lines: list[str]) -> tuple[str, ...]:

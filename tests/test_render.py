@@ -277,3 +277,13 @@ def test_the_text_part_of_a_chinese_digest_keeps_to_78_columns() -> None:
     assert long == []
     heading = text.splitlines().index("=" * rendering.TEXT_WIDTH)  # the section's underline
     assert heading > 0
+
+
+def test_korean_wraps_at_its_blanks_not_inside_words() -> None:
+    # Korean separates words with blanks; breaking between any two syllables, as Chinese
+    # allows, split words across lines.
+    korean = ("대규모 언어 모델의 추론은 비용이 많이 든다. "
+              "우리는 작은 초안 모델을 사용한 추측 디코딩을 연구한다. ") * 3
+    lines = wrap_text(korean).splitlines()
+    assert all(rendering.columns(line) <= rendering.TEXT_WIDTH for line in lines)
+    assert " ".join(lines) == korean.strip()
