@@ -358,8 +358,9 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         for m in section.matches:
             number += 1
             items.append(_item(m, number, excerpt_chars, feedback))
+        # "11 papers" on one line: a heading never ends in a bare number.
         sections.append(SectionView(_name(section.topic), items,
-                                    _plural(len(items), "paper")))
+                                    _plural(len(items), "paper").replace(" ", NBSP)))
     first = _cut(nfkc(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
     return {

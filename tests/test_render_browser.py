@@ -172,14 +172,14 @@ def test_right_to_left_names_keep_their_place_in_each_list(chromium: Any) -> Non
         Match(paper, topic, 3.0, ("فك التشفير", "decoding", "2 bits")),)),), NOW)
     page = open_email(chromium, render(found, LINKS, environment()).html)
     try:
-        heading = page.evaluate(_WHERE_JS, ["h2.topic", [topic, "1 paper"]])
+        heading = page.evaluate(_WHERE_JS, ["h2.topic", [topic, "1\u00a0paper"]])
         meta = page.evaluate(_WHERE_JS, ["p.meta", ["محمد علي", "John Smith", "Wei Zhang",
                                                     "cs.CL", "علوم", "cs.LG"]])
         matched = page.evaluate(_WHERE_JS, ["p.kw", ["فك التشفير", "decoding", "2 bits"]])
         footer = page.evaluate(_WHERE_JS, ["p.foot", [topic, "עיבוד שפה", "Papers"]])
     finally:
         page.close()
-    assert _reads_in_order(heading, [topic, "1 paper"]), heading
+    assert _reads_in_order(heading, [topic, "1\u00a0paper"]), heading
     assert _reads_in_order(meta, ["محمد علي", "John Smith", "Wei Zhang"]), meta
     assert _reads_in_order(meta, ["cs.CL", "علوم", "cs.LG"]), meta
     assert _reads_in_order(matched, ["فك التشفير", "decoding", "2 bits"]), matched

@@ -180,11 +180,11 @@ def test_no_web_font_is_requested_and_no_invalid_presentational_attribute(
         assert [u for u in requested if u.startswith(("http:", "https:"))] == []
 
 
-NO_LONE_MARK_JS = """() => {
+NO_LONE_MARK_JS = """(selector) => {
   // For every '…' and '·' in an item: the character before it, and whether Chromium put
   // the mark at the start of a line (its box left of the previous character's box).
   const out = [];
-  for (const p of document.querySelectorAll('p.excerpt, p.meta, p.kw')) {
+  for (const p of document.querySelectorAll(selector || 'p.excerpt, p.meta, p.kw')) {
     const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT);
     for (let n = walker.nextNode(); n; n = walker.nextNode()) {
       for (let i = 1; i < n.data.length; i++) {
@@ -214,6 +214,31 @@ def test_an_ellipsis_or_a_dot_never_starts_a_line(chromium: Any, width: int) -> 
     assert len(marks) > 24
     assert all(before == 0xA0 for before, _ in marks), {hex(b) for b, _ in marks}
     assert not any(alone for _, alone in marks)
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_no_dot_starts_a_line_of_the_page_either(chromium: Any, width: int) -> None:  # noqa: F811
+    # The kicker, the topic headings, the feedback links and the footer joined their parts
+    # with " · ": at 375 px "· View in browser" began a line, and a heading broke between
+    # "11" and "papers".
+    every = Links(unsubscribe=LINKS.unsubscribe, view="https://d.example/view?t=1",
+                  preferences="https://d.example/preferences?t=1",
+                  archive="https://d.example/archive?t=1", feedback="https://d.example/f?t=1")
+    d = digest(12, links=True)
+    d = dataclasses.replace(d, sections=tuple(dataclasses.replace(
+        s, topic=f"{s.topic} and test-time compute for reasoning") for s in d.sections))
+    html = render(d, every, environment()).html
+    page = open_email(chromium, html, width)
+    try:
+        marks = page.evaluate(NO_LONE_MARK_JS,
+                              "p.kicker, h2.topic, p.fb, p.foot, p.small")
+        heading = page.evaluate("document.querySelector('h2.topic').innerText")
+    finally:
+        page.close()
+    assert len(marks) > 12
+    assert all(before == 0xA0 for before, _ in marks), {hex(b) for b, _ in marks}
+    assert not any(alone for _, alone in marks)
+    assert "\n" not in heading.split("·")[-1].strip(), heading  # "4 papers" on one line
 
 
 @pytest.mark.parametrize("width", WIDTHS)
