@@ -953,13 +953,15 @@ def _surely_within(rendered: RenderedEmail, budget: int) -> bool:
     # Whether `html_size` is within `budget`, from a bound that costs a fifth of encoding (the
     # encoding is needed only near the budget). Quoted-printable writes each '=' and each byte
     # of a non-ASCII character (2-4 bytes, so at most twice the bytes UTF-8 adds) as three
-    # bytes, a line end as two, and per 73 bytes at most one soft break ("=" CRLF) and one
-    # escaped first character ('.', 'From '): 5 bytes.
+    # bytes; each line adds at most 5 (CR, an escaped blank at its end, an escaped first
+    # character: '.', 'From '), and so does each soft break ('=' CRLF, and the escaped first
+    # character of the piece after it), of which there is at most one per 71 bytes (a piece
+    # holds at least 73, two of which may be that escape).
     html = rendered.html
     data = html.encode("utf-8")
     lines = html.count("\n") + 1
-    escaped = len(data) + 2 * (2 * (len(data) - len(html)) + data.count(b"=")) + lines
-    return escaped + 5 * (escaped // 73 + lines) <= budget
+    escaped = len(data) + 2 * (2 * (len(data) - len(html)) + data.count(b"="))
+    return escaped + 5 * (escaped // 71 + 1 + lines) <= budget
 
 
 def _fits(rendered: RenderedEmail, budget: int) -> bool:

@@ -13,10 +13,12 @@ from typing import Any
 
 import lxml.html
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from digest import pipeline, store
 from digest.config import load_settings
-from digest.models import Digest, Listing, Match, Topic
+from digest.models import Digest, Listing, Match, RenderedEmail, Topic
 from digest.render import (
     HTML_BUDGET,
     PREHEADER_PAD,
@@ -584,3 +586,13 @@ def test_huge_matched_keywords_are_shown_cut_and_the_digest_still_fits() -> None
     assert html_size(fitted.rendered) <= HTML_BUDGET
     assert len(fitted.digest.matches) >= 10
     assert "Matched: k0 speculative decoding" in " ".join(fitted.rendered.text.split())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "=", ".", "From ", " ", "\n", "é", "模", "😀", "x" * 74,
+                                 "=" * 30, "\n.", "\nFrom ", " \n", "\t"]),
+                max_size=80).map("".join))
+def test_the_size_bound_holds_for_any_text(html: str) -> None:
+    # Lines starting with what QP escapes, blanks at line ends, '=' where soft breaks fall.
+    rendered = RenderedEmail(subject="", html=html, text="")
+    assert not _surely_within(rendered, html_size(rendered) - 1)
