@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
@@ -56,13 +57,17 @@ class Listing:
     @property
     def byline(self) -> str | None:
         """Authors, or the organisation, or the author count: whatever the source gave."""
+        return self.byline_with(str)
+
+    def byline_with(self, name: Callable[[str], str]) -> str | None:
+        """`byline`, each name (an author's, the organisation's) passed through `name`."""
         if self.authors:
-            shown = ", ".join(self.authors[:3])
+            shown = ", ".join(map(name, self.authors[:3]))
             # A very long author list is stored cut; `author_count` keeps the real number.
             more = max(len(self.authors), self.author_count or 0) - 3
             return f"{shown} and {more} more" if more > 0 else shown
         if self.organization:
-            return self.organization
+            return name(self.organization)
         if self.author_count:
             return f"{self.author_count} author{'s' if self.author_count != 1 else ''}"
         return None

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import secrets
+import unicodedata
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from premailer import Premailer
 
 from .caches import Bounded
 from .errors import DigestError
+from .mime import encode_qp  # the one QP encoder: the size budget is the part as it travels
 from .models import Digest, Listing, Match, RenderedEmail, Section, Span
 from .tokens import nfkc
 
@@ -37,13 +39,18 @@ TLDR_CHARS = 400
 META_CHARS = 300
 TEXT_WIDTH = 78
 # Gmail clips an HTML part over about 102 KB (102,400 bytes) and hides the rest, footer and
-# unsubscribe link included. The HTML as sent (the decoded part: UTF-8, CRLF line ends) is
-# kept under this, which is also under 102,400 bytes once quoted-printable encoded (QP adds
-# about 10%: the '=' of every attribute, non-ASCII characters, soft line breaks), whichever
-# of the two a client counts.
+# unsubscribe link included. It counts the part's raw source, escapes and all, so the HTML as
+# it travels (quoted-printable: the '=' of every attribute, soft line breaks, and each byte of
+# a non-ASCII character as three, so Chinese or Arabic text triples) is kept under this; the
+# decoded part is never bigger. The 10 KB left are for what a relay or client adds.
 HTML_BUDGET = 92_000
 FIT_ROUNDS = 8  # renders `fit` may spend finding how many items fit
 MATCHED_SHOWN = 8  # keywords listed by name on an item; more are counted
+# A subscriber file bounds neither the number of topics nor the length of a name: the email
+# shows each name (a topic's, the reader's, a matched keyword) cut to NAME_CHARS and the
+# footer names the first TOPICS_SHOWN topics, so the part around the items is bounded.
+NAME_CHARS = 100
+TOPICS_SHOWN = 10
 NBSP = "\u00a0"
 # First-strong isolate and its end (Unicode bidi, UAX #9): see `isolate`.
 FSI, PDI = "\u2068", "\u2069"
@@ -72,7 +79,7 @@ def default_template_dir() -> Path:
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
     """A Jinja environment over the template folder; HTML templates are autoescaped."""
     folder = template_dir or default_template_dir()
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         autoescape=lambda name: not (name or "").endswith(".txt.j2"),
@@ -80,6 +87,14 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["underline"] = underline
+    return env
+
+
+def underline(heading: str) -> str:
+    """The '=' line under a heading of the text part: as many columns as the heading takes
+    (a Chinese character two, an isolate's marks none), at most the text's width."""
+    return "=" * min(TEXT_WIDTH, columns(heading))
 
 
 # --- pure helpers -----------------------------------------------------------------------
@@ -189,28 +204,46 @@ def isolate(text: str) -> str:
     return FSI + text + PDI if right_to_left(text) else text
 
 
+def direction(text: str) -> str:
+    """'rtl' when the first letter of `text` that has a direction is right-to-left (as UAX #9
+    and `dir="auto"` find it), else 'ltr': the `dir` of a block that holds only `text` (a
+    title, an excerpt), so that an Arabic one is set flush right, each line starting on the
+    right. Computed here rather than left to `dir="auto"`, which not every client knows."""
+    if not right_to_left(text):
+        return "ltr"
+    for char in text:
+        kind = unicodedata.bidirectional(char)
+        if kind in ("L", "R", "AL"):
+            return "ltr" if kind == "L" else "rtl"
+    return "ltr"
+
+
 def right_to_left(text: str) -> bool:
     """Whether `text` holds a right-to-left letter (bidi class R or AL)."""
     return not text.isascii() and _RIGHT_TO_LEFT.search(text) is not None
 
 
 def _cut(text: str, limit: int) -> str:
-    """`text`, or its first `limit` characters cut at a space with an ellipsis."""
+    """`text`, or its first `limit` characters cut at a space with an ellipsis (and the end of
+    an isolate the cut opened: see `isolate`)."""
     if len(text) <= limit:
         return text
-    return text[:_word_end(text, limit - 2)].rstrip() + NBSP + "…"
+    kept = text[:_word_end(text, limit - 2)].rstrip()
+    return kept + PDI * (kept.count(FSI) - kept.count(PDI)) + NBSP + "…"
 
 
 def _meta(listing: Listing) -> str:
     parts = []
-    if listing.byline:
-        parts.append(isolate(listing.byline))
+    # Each name on its own: a list is read left to right, whatever script a name is in.
+    byline = listing.byline_with(isolate)
+    if byline:
+        parts.append(byline)
     if listing.published:
         parts.append(listing.published.strftime("%-d %b %Y"))
     if listing.upvotes:
         parts.append("▲" + NBSP + _plural(listing.upvotes, "upvote").replace(" ", NBSP))
     if listing.categories:
-        shown = isolate(", ".join(listing.categories[:3]))
+        shown = ", ".join(map(isolate, listing.categories[:3]))
         parts.append(shown + (f" +{len(listing.categories) - 3}" if len(listing.categories) > 3
                               else ""))
     # A no-break space before each dot, so a line never starts with one.
@@ -220,7 +253,7 @@ def _meta(listing: Listing) -> str:
 def subject_for(digest: Digest) -> str:
     """'7 new papers: Efficient inference, Diffusion' - the count and the top topics."""
     count = len(digest.matches)
-    topics = [s.topic for s in digest.sections]
+    topics = [_cut(s.topic, NAME_CHARS) for s in digest.sections]
     shown = ", ".join(topics[:2]) + (f" +{len(topics) - 2} more" if len(topics) > 2 else "")
     return f"{_plural(count, 'new paper')}: {shown}"
 
@@ -285,6 +318,8 @@ class ItemView:
     tldr: str
     excerpt: list[Segment]
     excerpt_text: str
+    title_dir: str  # the title's direction, "ltr" or "rtl" (`direction`)
+    excerpt_dir: str  # the excerpt's
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
@@ -312,7 +347,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
     matched but were left out to keep the email within its size budget (see `fit`)."""
     subscriber = digest.subscriber
     count = len(digest.matches)
-    topics = [s.topic for s in digest.sections if not s.trending and not s.similar]
+    topics = [_name(s.topic) for s in digest.sections if not s.trending and not s.similar]
     sections = []
     number = 0
     # An item's fragment holds a stand-in for the reader's feedback link (see Layout): the
@@ -323,14 +358,16 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         for m in section.matches:
             number += 1
             items.append(_item(m, number, excerpt_chars, feedback))
-        sections.append(SectionView(section.topic, items, _plural(len(items), "paper")))
+        # "11 papers" on one line: a heading never ends in a bare number.
+        sections.append(SectionView(_name(section.topic), items,
+                                    _plural(len(items), "paper").replace(" ", NBSP)))
     first = _cut(nfkc(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
     return {
         "subject": subject_for(digest),
         "preheader": f"Top pick: {first}{also}.",
         "preheader_pad": PREHEADER_PAD,
-        "name": subscriber.name,
+        "name": _name(subscriber.name),
         "date_label": _date_label(digest.local_date),
         "count_label": _plural(count, "new paper"),
         "intro": _intro(count, topics, any(s.similar for s in digest.sections)),
@@ -338,7 +375,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         "more_label": _more_label(more),
         "footer": (
             f"You get this digest because {subscriber.email} follows "
-            f"{', '.join(t.name for t in subscriber.topics)}. "
+            f"{_topic_list([t.name for t in subscriber.topics])}. "
             f"Papers are chosen by the keywords in your profile ('{subscriber.id}')"
             + (", ranked by the papers you liked," if digest.learned else "")
             + " and you never get the same paper twice."
@@ -366,16 +403,31 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
         text = FSI + text + PDI
     return ItemView(
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
-        excerpt_text=text, keywords=list(m.keywords),
+        excerpt_text=text, title_dir=direction(title), excerpt_dir=direction(text),
+        keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
         piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),
     )
 
 
+def _name(name: str) -> str:
+    """A name (a topic's, the reader's, a keyword) as the email shows it within a line: cut
+    to NAME_CHARS, and isolated when it is right-to-left, so the count after a topic or the
+    next name in a list keeps its place."""
+    return isolate(_cut(name, NAME_CHARS))
+
+
 def _matched(keywords: tuple[str, ...]) -> str:
-    shown = ", ".join(keywords[:MATCHED_SHOWN])
+    shown = ", ".join(map(_name, keywords[:MATCHED_SHOWN]))
     return shown + (f" +{len(keywords) - MATCHED_SHOWN} more" if len(keywords) > MATCHED_SHOWN
                     else "")
+
+
+def _topic_list(names: list[str]) -> str:
+    """'A, B, C', or the first TOPICS_SHOWN names and 'and 12 more topics'."""
+    shown = ", ".join(map(_name, names[:TOPICS_SHOWN]))
+    rest = len(names) - TOPICS_SHOWN
+    return shown + (f" and {rest:,} more topic{'s' if rest != 1 else ''}" if rest > 0 else "")
 
 
 def _more_label(more: int) -> str:
@@ -409,11 +461,14 @@ def _date_label(day: date) -> str:
 
 
 def wrap_text(text: str, width: int = TEXT_WIDTH) -> str:
-    """Wrap each line at `width` columns, greedily at spaces; a line that is a bare <URL> or
-    ends in one is never broken inside the URL, and a word longer than `width` stays whole.
+    """Wrap each line at `width` columns, greedily at spaces and between Chinese or Japanese
+    characters (which take two columns each); a line that is a bare <URL> or ends in one is
+    never broken inside the URL, and a word longer than `width` stays whole. A right-to-left
+    isolate (see `isolate`) that a break cuts is closed at the end of the line and opened
+    again at the start of the next: each line of a text part is a paragraph of its own.
 
-    (textwrap.wrap did the same but was half of the per-email render time. A long line, such
-    as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
+    (textwrap.wrap did the same for spaces but was half of the per-email render time. A long
+    line, such as an excerpt, is wrapped once per process and width: see `_wrap_line`.)"""
     return _wrap_lines(text, width).strip() + "\n"
 
 
@@ -421,8 +476,10 @@ def _wrap_lines(text: str, width: int = TEXT_WIDTH) -> str:
     # `wrap_text` without the final strip and line break. Line-local, and a wrapped line is
     # left as it is: wrapping text that holds wrapped pieces wraps only the rest.
     lines = text.splitlines()
-    # Only the long lines (a few in a digest's text) take Python work of their own.
-    for i in reversed([i for i, n in enumerate(map(len, lines)) if n > width]):
+    # Only the long lines (a few in a digest's text) take Python work of their own: a line
+    # of n characters takes at most 2n columns.
+    for i in reversed([i for i, line in enumerate(lines) if len(line) > width
+                       or (2 * len(line) > width and not line.isascii())]):
         lines[i:i + 1] = _wrap_line(lines[i], width)
     return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
@@ -433,6 +490,28 @@ _NO_BREAK = "\u00a0\u2007\u202f"
 _BREAKABLE_CHARS = "".join(c for c in map(chr, range(0x3000 + 1))
                            if c.isspace() and c not in _NO_BREAK)
 _BREAKABLE = re.compile(f"[{re.escape(_BREAKABLE_CHARS)}]+")
+# Between two characters with no blank, a line may break where one of them is two columns
+# wide (Chinese, Japanese, Korean, most emoji), as UAX #14 allows, but never before closing
+# punctuation, small kana or the prolonged sound mark, nor after opening punctuation (the
+# Japanese kinsoku rules), nor inside an isolate's marks or a joined emoji.
+_NO_LINE_START = frozenset(
+    "、。，．・：；？！）」』】〕〉》｝〗〙〟ー々ゝゞヽヾぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶ"
+    "…‥,.;:!?)]}%\u2069\u200d\ufe0f")
+_NO_LINE_END = frozenset("（「『【〔〈《｛〖〘〝([{\u2068\u200d")
+
+
+def columns(text: str) -> int:
+    """How many columns `text` takes in a fixed-width font (a text part in a mail client):
+    East Asian wide and fullwidth characters two, combining marks and format characters (the
+    isolates, joiners) none, the others one."""
+    return len(text) if text.isascii() else sum(map(_columns, text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _columns(char: str) -> int:
+    if unicodedata.east_asian_width(char) in ("W", "F"):
+        return 2
+    return 0 if unicodedata.category(char) in ("Mn", "Me", "Cf") else 1
 
 
 @functools.lru_cache(maxsize=20_000)  # listed in digest.caches
@@ -440,6 +519,8 @@ def _wrap_line(line: str, width: int) -> tuple[str, ...]:
     # The words joined by single spaces, then cut greedily: each piece is the longest run of
     # words that fits in `width` (the last space at or before the width, found in C), or one
     # word alone when it is longer than that.
+    if not line.isascii():
+        return _wrap_wide(line, width)
     joined = " ".join(w for w in _BREAKABLE.split(line) if w)
     out: list[str] = []
     start = 0
@@ -452,6 +533,59 @@ def _wrap_line(line: str, width: int) -> tuple[str, ...]:
         out.append(joined[start:cut])
         start = cut + 1
     out.append(joined[start:])
+    return tuple(out)
+
+
+def _wrap_wide(line: str, width: int) -> tuple[str, ...]:
+    # `_wrap_line` of a line that is not ASCII: by columns, with breaks between wide
+    # characters too, and every isolate a break cuts closed and opened again.
+    if columns(line) <= width:
+        return (line,)
+    out: list[str] = []
+    current, used = "", 0
+    for i, word in enumerate(w for w in _BREAKABLE.split(line) if w):
+        for j, piece in enumerate(_pieces_of(word)):
+            size = columns(piece)
+            gap = 1 if j == 0 and i > 0 else 0
+            if current and used + gap + size > width:
+                out.append(current)
+                current, used = piece, size
+            else:
+                current, used = current + " " * gap + piece, used + gap + size
+    out.append(current)
+    return _balance_isolates(out)
+
+
+def _pieces_of(word: str) -> list[str]:
+    # `word` cut where a line may break inside it (see _NO_LINE_START).
+    pieces, start = [], 0
+    for k in range(1, len(word)):
+        before, after = word[k - 1], word[k]
+        if ((_breaks_beside(before) or _breaks_beside(after)) and before not in _NO_LINE_END
+                and after not in _NO_LINE_START and _columns(after) != 0):
+            pieces.append(word[start:k])
+            start = k
+    pieces.append(word[start:])
+    return pieces
+
+
+# Korean puts blanks between its words, and a line breaks there, not inside a word.
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
+
+
+def _breaks_beside(char: str) -> bool:
+    # Whether a line may break before or after `char` with no blank between (see _pieces_of).
+    return _columns(char) == 2 and _HANGUL.match(char) is None
+
+
+def _balance_isolates(lines: list[str]) -> tuple[str, ...]:
+    # Each line a paragraph of its own (as a text part's lines are): an isolate still open at
+    # a line's end is closed there and opened again on the next line.
+    out, open_ = [], 0
+    for line in lines:
+        body = FSI * open_ + line
+        open_ = max(0, body.count(FSI) - body.count(PDI))
+        out.append(body + PDI * open_)
     return tuple(out)
 
 
@@ -810,9 +944,28 @@ class Fitted:
 
 
 def html_size(rendered: RenderedEmail) -> int:
-    """The size of the HTML part as sent: its UTF-8 bytes, each line ending as CRLF."""
+    """The size of the HTML part as it travels: quoted-printable encoded, CRLF line ends
+    (`digest.mime`, the encoder that sends it). Never less than its decoded size."""
+    return len(encode_qp(rendered.html))
+
+
+def _surely_within(rendered: RenderedEmail, budget: int) -> bool:
+    # Whether `html_size` is within `budget`, from a bound that costs a fifth of encoding (the
+    # encoding is needed only near the budget). Quoted-printable writes each '=' and each byte
+    # of a non-ASCII character (2-4 bytes, so at most twice the bytes UTF-8 adds) as three
+    # bytes; each line adds at most 5 (CR, an escaped blank at its end, an escaped first
+    # character: '.', 'From '), and so does each soft break ('=' CRLF, and the escaped first
+    # character of the piece after it), of which there is at most one per 71 bytes (a piece
+    # holds at least 73, two of which may be that escape).
     html = rendered.html
-    return len(html.encode("utf-8")) + html.count("\n")
+    data = html.encode("utf-8")
+    lines = html.count("\n") + 1
+    escaped = len(data) + 2 * (2 * (len(data) - len(html)) + data.count(b"="))
+    return escaped + 5 * (escaped // 71 + 1 + lines) <= budget
+
+
+def _fits(rendered: RenderedEmail, budget: int) -> bool:
+    return _surely_within(rendered, budget) or html_size(rendered) <= budget
 
 
 def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
@@ -823,7 +976,7 @@ def fit(digest: Digest, links: Links, env: jinja2.Environment, *,
     the best-scored are kept (Trending after every topic's items), in the order the email
     shows them, and a line says how many more matched. The footer is always inside."""
     rendered = _render(context(digest, links), env)
-    if html_size(rendered) <= budget:
+    if _fits(rendered, budget):
         return Fitted(digest, rendered)
     short = _render(context(digest, links, SHORT_EXCERPT_CHARS), env)
     size = html_size(short)

@@ -225,8 +225,8 @@ def test_send_through_the_index_gives_the_reference_digests(eve: Project) -> Non
     html_part = message.get_body(("html",))
     assert text_part is not None and html_part is not None
     text = text_part.get_content().replace("\r\n", "\n")
-    assert "\nTRENDING - 1 paper\n" in text
-    trending = text.split("\nTRENDING - 1 paper\n")[1]
+    assert "\nTRENDING - 1\u00a0paper\n" in text
+    trending = text.split("\nTRENDING - 1\u00a0paper\n")[1]
     assert "Unrelated but popular" in trending and "Matched:" not in trending
     assert "Trending" in html_part.get_content()
     # The next day the same listings are never sent again: candidates exclude them.

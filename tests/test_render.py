@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import unicodedata
@@ -216,3 +217,73 @@ def test_right_to_left_finds_every_letter_of_bidi_class_r_or_al() -> None:
                if unicodedata.bidirectional(chr(c)) in ("R", "AL") and c != 0x200F]
     assert all(rendering.right_to_left(c) for c in letters)
     assert not any(rendering.right_to_left(c) for c in "aé—中ß\u00a0")
+
+
+def test_a_meta_line_cut_inside_a_right_to_left_name_closes_its_isolate() -> None:
+    # Cut inside an isolate, the meta line left it open: the "…" after it, and in the text
+    # part the rest of the line, were taken into the right-to-left run.
+    paper = dataclasses.replace(listings(1)[0], author_count=None,
+                                authors=("محمد " * 100, "Grace Hopper"))
+    ctx = rendering.context(digest_of([paper]), Links(unsubscribe="https://x.example/u"))
+    meta = ctx["sections"][0].entries[0].meta
+    assert meta.endswith(rendering.PDI + rendering.NBSP + "…"), meta[-5:]
+    assert meta.count(rendering.FSI) == meta.count(rendering.PDI) == 1
+
+
+CHINESE = ("大规模语言模型的推理代价高昂。本文研究了结合小型草稿模型的"
+           "推测解码方法（草稿模型），并将键值缓存量化为四比特，在长提示上"
+           "将推理延迟降低一半而不损失质量。我们发布了代码、模型检查点以及"
+           "覆盖摘要、翻译、问答和代码生成的基准测试，并分析了「草稿」何时"
+           "不再带来收益。") * 2
+
+
+def test_chinese_wraps_by_columns_between_characters_never_before_closing_marks() -> None:
+    # Chinese has no blanks to break at: the whole excerpt was one line of 600 columns (each
+    # character takes two), and the item's number stood alone on the line above.
+    lines = wrap_text("12. " + CHINESE).splitlines()
+    assert len(lines) > 5 and lines[0].startswith("12. 大规模")
+    assert all(rendering.columns(line) <= rendering.TEXT_WIDTH for line in lines)
+    assert "".join(lines) == "12. " + CHINESE  # only line breaks added
+    assert not any(line[0] in "，。、）」" for line in lines[1:])
+    assert not any(line[-1] in "（「" for line in lines)
+    assert wrap_text(wrap_text("12. " + CHINESE)) == wrap_text("12. " + CHINESE)
+
+
+def test_an_isolate_a_wrap_cuts_is_closed_and_opened_again_on_the_next_line() -> None:
+    # Each line of a text part is a paragraph of its own, where an isolate ends: the rest of
+    # an Arabic author list on the next line lost it, and the date after it moved again.
+    fsi, pdi = rendering.FSI, rendering.PDI
+    line = f"{fsi}{'محمد بن عبد الله الخوارزمي, ' * 4}يعقوب{pdi}\u00a0· 24\u00a0Nov\u00a02026"
+    lines = wrap_text(line).splitlines()
+    assert len(lines) == 2
+    assert all(x.count(fsi) == x.count(pdi) == 1 for x in lines)
+    assert lines[1].startswith(fsi) and lines[0].endswith(pdi)
+    assert " ".join(lines).replace(pdi + " " + fsi, " ") == line
+    assert wrap_text(wrap_text(line)) == wrap_text(line)
+
+
+def test_the_text_part_of_a_chinese_digest_keeps_to_78_columns() -> None:
+    paper = Listing(id="2401.00003", arxiv_id="2401.00003",
+                    title="基于推测解码与量化键值缓存的大规模语言模型高效推理方法："
+                          "理论、实现与大规模实验评估",
+                    abstract="pruning " + CHINESE, authors=("王小明", "李华"), author_count=2)
+    sub_topics = (Topic("模型剪枝与压缩" * 5, ("pruning",)),)
+    d = digest_of([paper])
+    d = Digest(dataclasses.replace(d.subscriber, topics=sub_topics), d.local_date,
+               (dataclasses.replace(d.sections[0], topic=sub_topics[0].name),), d.generated_at)
+    text = render(d, Links(unsubscribe="https://x.example/u"), environment()).text
+    long = [line for line in text.splitlines() if rendering.columns(line) > rendering.TEXT_WIDTH
+            and not re.fullmatch(r"<https?://\S+>", line)]
+    assert long == []
+    heading = text.splitlines().index("=" * rendering.TEXT_WIDTH)  # the section's underline
+    assert heading > 0
+
+
+def test_korean_wraps_at_its_blanks_not_inside_words() -> None:
+    # Korean separates words with blanks; breaking between any two syllables, as Chinese
+    # allows, split words across lines.
+    korean = ("대규모 언어 모델의 추론은 비용이 많이 든다. "
+              "우리는 작은 초안 모델을 사용한 추측 디코딩을 연구한다. ") * 3
+    lines = wrap_text(korean).splitlines()
+    assert all(rendering.columns(line) <= rendering.TEXT_WIDTH for line in lines)
+    assert " ".join(lines) == korean.strip()

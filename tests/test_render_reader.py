@@ -13,15 +13,18 @@ from typing import Any
 
 import lxml.html
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from digest import pipeline, store
 from digest.config import load_settings
-from digest.models import Digest, Listing, Match
+from digest.models import Digest, Listing, Match, RenderedEmail, Topic
 from digest.render import (
     HTML_BUDGET,
     PREHEADER_PAD,
     SHORT_EXCERPT_CHARS,
     Links,
+    _surely_within,
     context,
     environment,
     fit,
@@ -35,7 +38,8 @@ from .browser import chromium, open_email  # noqa: F401 - fixture
 from .conftest import NOW, Project, Received, SmtpServer
 from .oracle import render_context, render_email
 from .outbox_support import sent_listing_ids
-from .samples import HOSTILE_TITLES, TLDR, digest
+from .samples import ABSTRACT as ABSTRACT_EN
+from .samples import HOSTILE_TITLES, TLDR, digest, subscriber
 from .test_render_browser import CONTRAST_JS
 
 LINKS = Links(unsubscribe="https://digest.example.org/unsubscribe?token=abc.def")
@@ -178,11 +182,11 @@ def test_no_web_font_is_requested_and_no_invalid_presentational_attribute(
         assert [u for u in requested if u.startswith(("http:", "https:"))] == []
 
 
-NO_LONE_MARK_JS = """() => {
+NO_LONE_MARK_JS = """(selector) => {
   // For every '…' and '·' in an item: the character before it, and whether Chromium put
   // the mark at the start of a line (its box left of the previous character's box).
   const out = [];
-  for (const p of document.querySelectorAll('p.excerpt, p.meta, p.kw')) {
+  for (const p of document.querySelectorAll(selector || 'p.excerpt, p.meta, p.kw')) {
     const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT);
     for (let n = walker.nextNode(); n; n = walker.nextNode()) {
       for (let i = 1; i < n.data.length; i++) {
@@ -212,6 +216,31 @@ def test_an_ellipsis_or_a_dot_never_starts_a_line(chromium: Any, width: int) -> 
     assert len(marks) > 24
     assert all(before == 0xA0 for before, _ in marks), {hex(b) for b, _ in marks}
     assert not any(alone for _, alone in marks)
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_no_dot_starts_a_line_of_the_page_either(chromium: Any, width: int) -> None:  # noqa: F811
+    # The kicker, the topic headings, the feedback links and the footer joined their parts
+    # with " · ": at 375 px "· View in browser" began a line, and a heading broke between
+    # "11" and "papers".
+    every = Links(unsubscribe=LINKS.unsubscribe, view="https://d.example/view?t=1",
+                  preferences="https://d.example/preferences?t=1",
+                  archive="https://d.example/archive?t=1", feedback="https://d.example/f?t=1")
+    d = digest(12, links=True)
+    d = dataclasses.replace(d, sections=tuple(dataclasses.replace(
+        s, topic=f"{s.topic} and test-time compute for reasoning") for s in d.sections))
+    html = render(d, every, environment()).html
+    page = open_email(chromium, html, width)
+    try:
+        marks = page.evaluate(NO_LONE_MARK_JS,
+                              "p.kicker, h2.topic, p.fb, p.foot, p.small")
+        heading = page.evaluate("document.querySelector('h2.topic').innerText")
+    finally:
+        page.close()
+    assert len(marks) > 12
+    assert all(before == 0xA0 for before, _ in marks), {hex(b) for b, _ in marks}
+    assert not any(alone for _, alone in marks)
+    assert "\n" not in heading.split("·")[-1].strip(), heading  # "4 papers" on one line
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -377,24 +406,36 @@ def send_100_items(project: Project, smtp_server: SmtpServer, tmp_path: Path,
     """`digest fetch` + `digest send` of 130 listings with real abstracts (with code and PDF
     links unless `item_links` is false) to one reader with max_items = 100 who matches all,
     over SMTP to the sink, with `server` added to the config; what the sink received."""
+    rows = []
+    for i in range(130):
+        real = REAL[i % len(REAL)]
+        row: dict[str, object] = {
+            "title": f"{real['title']} (part {i})", "abstract": real["abstract"],
+            "id": f"paper-{i}", "url": f"https://example.org/papers/{i}", "upvotes": i}
+        if item_links:
+            row["links"] = {"code": f"https://github.com/example/p{i}",
+                            "pdf": f"https://example.org/papers/{i}.pdf"}
+        rows.append(row)
+    return send_rows(project, smtp_server, tmp_path, rows,
+                     ["the", "model", "video", "robot", "quantization", "vision"], server)
+
+
+def send_rows(project: Project, smtp_server: SmtpServer, tmp_path: Path,
+              rows: list[dict[str, object]], keywords: list[str], server: str = "") -> Received:
+    """`digest fetch` + `digest send` of `rows` (a JSON Lines source) to one reader with
+    max_items = 100 and one topic of `keywords`, over SMTP to the sink, with `server` added
+    to the config; what the sink received."""
     source = tmp_path / "many.jsonl"
     with source.open("w", encoding="utf-8") as f:
-        for i in range(130):
-            real = REAL[i % len(REAL)]
-            row: dict[str, object] = {
-                "title": f"{real['title']} (part {i})", "abstract": real["abstract"],
-                "id": f"paper-{i}", "url": f"https://example.org/papers/{i}", "upvotes": i}
-            if item_links:
-                row["links"] = {"code": f"https://github.com/example/p{i}",
-                                "pdf": f"https://example.org/papers/{i}.pdf"}
-            f.write(json.dumps(row) + "\n")
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     project.write_config(
         f"[smtp]\nhost = '{smtp_server.host}'\nport = {smtp_server.port}\nsecurity = 'none'\n"
         + server, transport="smtp",
         sources=f'[[sources]]\nname = "many"\ntype = "jsonl"\npath = "{source}"\n')
     for sid in ("ada", "grace"):
         (project.subscribers / f"{sid}.toml").unlink()
-    project.subscriber("reader", """
+    project.subscriber("reader", f"""
         name = "Reader"
         email = "reader@example.org"
         timezone = "UTC"
@@ -403,7 +444,7 @@ def send_100_items(project: Project, smtp_server: SmtpServer, tmp_path: Path,
 
         [[topics]]
         name = "Everything"
-        keywords = ["the", "model", "video", "robot", "quantization", "vision"]
+        keywords = {json.dumps(keywords, ensure_ascii=False)}
         """)
     settings = load_settings(project.config)
     db = store.open_db(settings.store.path)
@@ -452,4 +493,106 @@ def test_a_100_item_digest_as_sent_is_under_gmails_clip_with_the_footer_visible(
     pipeline.send(settings, db, NOW.replace(day=26))
     later = set(sent_listing_ids(db, "reader/2026-11-26"))
     assert later and not later & set(sent)
-    assert len(later) == min(100, 130 - shown)
+    # Every paper left out the first day is in the second digest, or counted as left out
+    # again (that one has its own budget).
+    second = " ".join(raw_part(smtp_server.sink.received[-1].data, "plain").decode().split())
+    again = re.search(r"(\d+) more papers? matched but did not fit", second)
+    assert len(later) + (int(again.group(1)) if again else 0) == min(100, 130 - shown)
+
+
+# Papers in scripts whose every letter is two or three bytes of UTF-8, and so three times as
+# many once quoted-printable encoded (=E6=A8=A1): the part as it travels is then far bigger
+# than the decoded one.
+SCRIPTS = {
+    "zh": ("基于推测解码与量化键值缓存的大规模语言模型高效推理方法",
+           "大规模语言模型的推理代价高昂。本文研究了结合小型草稿模型的推测解码方法，并将键值缓存"
+           "量化为四比特，在长提示上将推理延迟降低一半而不损失质量。我们发布了代码、模型检查点"
+           "以及覆盖摘要、翻译、问答和代码生成的基准测试，并分析了草稿何时不再带来收益。", "模型"),
+    "ar": ("فك التشفير التخميني مع ذاكرة مؤقتة مكممة لتسريع نماذج اللغة الكبيرة",
+           "إن تشغيل نماذج اللغة الكبيرة مكلف. ندرس فك التشفير التخميني مع نموذج مسودة صغير"
+           " وذاكرة مؤقتة مكممة إلى أربع بتات، ونبين أن هذا الجمع يخفض زمن الاستدلال إلى النصف"
+           " في المطالبات الطويلة دون أي خسارة في الجودة. ننشر الشيفرة ونقاط التفتيش ومجموعة"
+           " اختبارات تشمل التلخيص والترجمة والإجابة عن الأسئلة وتوليد الشيفرة.", "نماذج"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_a_digest_in_a_non_latin_script_is_under_gmails_clip_as_it_travels(
+        project: Project, smtp_server: SmtpServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    # Gmail counts the part's raw source, escapes and all: 92 KB of Chinese decoded was 150 KB
+    # quoted-printable, and clipped there, footer and unsubscribe link included.
+    title, abstract, keyword = SCRIPTS[script]
+    rows: list[dict[str, object]] = [
+        {"title": f"{title} {i}", "abstract": abstract * 3, "id": f"paper-{i}",
+         "url": f"https://example.org/papers/{i}", "upvotes": i,
+         "authors": ["王小明", "محمد علي", "Grace Hopper"],
+         "links": {"code": f"https://github.com/example/p{i}",
+                   "pdf": f"https://example.org/papers/{i}.pdf"}}
+        for i in range(130)]
+    monkeypatch.setenv("DIGEST_SECRET", "reader-test-secret-0123456789")
+    received = send_rows(project, smtp_server, tmp_path, rows, [keyword],
+                         "[server]\npublic_url = 'https://digest.example.org'\n")
+    encoded = raw_encoded_part(received.data, "html")
+    assert len(encoded) <= HTML_BUDGET < 102_400
+    html = raw_part(received.data, "html").decode("utf-8")
+    shown = html.count('<td class="item"')
+    assert 10 <= shown < 100
+    # The unsubscribe link is inside the budget, and the line saying what did not fit.
+    assert "https://digest.example.org/unsubscribe?token=" in html
+    assert f"{100 - shown} more papers matched but did not fit" in html
+
+
+@pytest.mark.parametrize("script", ["en", *sorted(SCRIPTS)])
+def test_the_cheap_size_bound_is_never_below_the_encoded_size(script: str) -> None:
+    # fit skips encoding when a bound says the part is within the budget: the bound must hold.
+    title, abstract, _ = SCRIPTS.get(script, ("A title", ABSTRACT_EN, ""))
+    d = digest(12, titles=tuple(f"{title} {i}" for i in range(12)) + HOSTILE_TITLES,
+               links=True, abstract=abstract)
+    rendered = render(d, LINKS, environment())
+    size = html_size(rendered)
+    assert size >= len(rendered.html.encode("utf-8")) + rendered.html.count("\n")
+    assert not _surely_within(rendered, size - 1)
+
+
+def test_a_profile_with_thousands_of_topics_and_huge_names_still_fits() -> None:
+    # Nothing in a subscriber file bounds the number of topics or the length of a name, and
+    # the footer listed every topic: 3,000 of them were 170 KB before the first item.
+    long = "Sehr lange Themenbezeichnung " * 700  # 20,300 characters
+    topics = (*(Topic(f"Topic {i} on a rather specific research area", ("decoding",))
+                for i in range(3000)), Topic(long, ("decoding",)))
+    sub = dataclasses.replace(subscriber(name="Ada " + "Lovelace " * 2000), topics=topics)
+    d = digest(40, sub=sub, links=True)
+    d = dataclasses.replace(d, sections=(
+        dataclasses.replace(d.sections[0], topic=long), *d.sections[1:]))
+    fitted = fit(d, LINKS, environment())
+    assert html_size(fitted.rendered) <= HTML_BUDGET
+    html = fitted.rendered.html
+    assert LINKS.unsubscribe in html and "Unsubscribe from this digest" in html
+    assert len(fitted.digest.matches) >= 10
+    # The footer names some topics and counts the rest, in both parts.
+    text = " ".join(fitted.rendered.text.split())
+    assert "Topic 0 on a rather" in text and "and 2,991 more topics" in text
+
+
+def test_huge_matched_keywords_are_shown_cut_and_the_digest_still_fits() -> None:
+    # A keyword is as long as its subscriber file makes it, and an item lists up to eight:
+    # eight of 5,000 characters made one item 80 KB, past the budget on its own.
+    keywords = tuple(f"k{i} " + "speculative decoding " * 250 for i in range(8))
+    d = digest(20, links=True)
+    d = dataclasses.replace(d, sections=tuple(dataclasses.replace(s, matches=tuple(
+        dataclasses.replace(m, keywords=keywords) for m in s.matches)) for s in d.sections))
+    fitted = fit(d, LINKS, environment())
+    assert html_size(fitted.rendered) <= HTML_BUDGET
+    assert len(fitted.digest.matches) >= 10
+    assert "Matched: k0 speculative decoding" in " ".join(fitted.rendered.text.split())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "=", ".", "From ", " ", "\n", "é", "模", "😀", "x" * 74,
+                                 "=" * 30, "\n.", "\nFrom ", " \n", "\t"]),
+                max_size=80).map("".join))
+def test_the_size_bound_holds_for_any_text(html: str) -> None:
+    # Lines starting with what QP escapes, blanks at line ends, '=' where soft breaks fall.
+    rendered = RenderedEmail(subject="", html=html, text="")
+    assert not _surely_within(rendered, html_size(rendered) - 1)
