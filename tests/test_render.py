@@ -5,7 +5,7 @@ import datetime as dt
 import re
 import unicodedata
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from digest import render as rendering
@@ -277,6 +277,26 @@ def test_the_text_part_of_a_chinese_digest_keeps_to_78_columns() -> None:
     assert long == []
     heading = text.splitlines().index("=" * rendering.TEXT_WIDTH)  # the section's underline
     assert heading > 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "word", "x" * 30, " ", "  ", "\u00a0…", "·", "\u00e9t\u00e9",
+                                 "\u03b1\u03b2", "\u0436", "e\u0301", "\u00ad", rendering.FSI,
+                                 rendering.PDI, "\u200d", "\u4e2d\u6587", "\uff01", "\u3002",
+                                 "\u1100", "\ud55c", "\U0001f600", "\u2e80", "—", "\u3000"]),
+                max_size=80).map("".join), st.sampled_from([8, 20, 72]))
+def test_a_line_of_one_column_characters_wraps_as_by_columns(line: str, width: int) -> None:
+    # The fast path (wrapped by `len`) is taken only where every character takes one column;
+    # there it must cut exactly where the column-wise wrap does.
+    assume(not line.isascii())  # an ASCII line always took it
+    assert rendering._wrap_line.__wrapped__(line, width) == rendering._wrap_wide(line, width)
+
+
+def test_the_fast_wrap_is_taken_only_for_characters_of_one_column() -> None:
+    # What makes the property above hold for every line, not only the sampled ones.
+    fast = [chr(c) for c in range(0x110000) if not rendering._NOT_ONE_COLUMN.match(chr(c))]
+    assert len(fast) > 9_000  # Latin, Greek, Cyrillic, punctuation ...
+    assert [c for c in fast if rendering._columns.__wrapped__(c) != 1] == []
 
 
 def test_korean_wraps_at_its_blanks_not_inside_words() -> None:
