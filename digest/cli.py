@@ -574,7 +574,9 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
         state = row.state or "-"
         if row.state in colours:
             state = f"[{colours[row.state]}]{state}[/]"
-        note = row.last_error or ""
+        # A sent digest's last error is that of an attempt before the one that went through:
+        # under "last error" it read as if the digest had failed.
+        note = "" if row.state == "sent" else row.last_error or ""
         if row.state == "retry" and row.next_attempt_at:
             note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
         name = row.subscriber_id if row.known else f"{row.subscriber_id} (file removed)"
