@@ -124,6 +124,7 @@ fieldset { margin: 12px 0; border: 1px solid #d0d7de; }
             "done.html": """{% extends "base.html" %}{% block body %}
 <h1>{{ heading }}</h1>
 <p>{{ text }}</p>
+{% if link is defined and link %}<p><a href="{{ link }}">{{ link_text }}</a></p>{% endif %}
 {% if undo %}<p class="muted">{{ undo_text }}</p>
 <form method="post" action="{{ undo }}"><button type="submit">{{ undo_button }}</button></form>
 {% endif %}{% endblock %}""",
@@ -683,6 +684,9 @@ class _Site:
         return _page("done.html", title="digest", heading="digest",
                      text="This server handles the links in the paper digest emails"
                      + (" and shows previews at /preview." if self.preview_secret else "."),
+                     # With sign-up on, the address people are given is often this one.
+                     link="/subscribe" if self.settings.signup.enabled else "",
+                     link_text="Subscribe to the paper digest",
                      undo="", undo_text="", undo_button="")
 
     def store_fault(self, request: Request, exc: Exception) -> Response:

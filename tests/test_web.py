@@ -30,7 +30,8 @@ from digest.web import create_app
 from tests.samples import load_subscriber
 
 from .browser import chromium  # noqa: F401 - fixture
-from .conftest import NOW, Project, free_port, serving_app
+from .conftest import NOW, Project, SmtpServer, free_port, serving_app
+from .web_support import signup_server
 
 SECRET = "web-test-secret-abcdef"
 PREVIEW_SECRET = "preview-password-0123"
@@ -335,6 +336,17 @@ def test_previews_are_off_by_default(project: Project, monkeypatch: pytest.Monke
             assert r.status_code == 404 and "Previews are turned off" in r.text
             assert "ada@example.org" not in r.text
         assert "/preview" not in httpx.get(url + "/").text
+
+
+def test_the_home_page_links_to_the_sign_up_page_when_sign_up_is_on(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Someone sent to the server's address found no way to the sign-up page from it.
+    with signup_server(project, smtp_server, monkeypatch) as url:
+        home = httpx.get(url + "/")
+        assert home.status_code == 200 and '<a href="/subscribe">' in home.text
+        assert httpx.get(url + "/subscribe").status_code == 200
+    with running(project, monkeypatch, preview=False) as url:
+        assert "/subscribe" not in httpx.get(url + "/").text
 
 
 def test_previews_on_without_a_password_refuse_to_start(project: Project) -> None:
