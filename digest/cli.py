@@ -353,7 +353,8 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                                             "failed", "invalid")
         if report.count(s)
     )
-    out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
+    if summary or not report.fatal:  # stopped before anyone was handled: the error says why
+        out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.dropped:
         out.print(f"dropped the stored bytes of {report.dropped} message(s) sent more than"
                   f" {settings.store.keep_sent_days} day(s) ago (\\[store] keep_sent_days)",

@@ -483,7 +483,7 @@ def send(
     progress, stop = progress or _NoProgress(), stop or threading.Event()
     started, report = timer.monotonic(), SendReport()
     if problems := setup_problems(settings):  # every email would fail alike: say it once
-        return SendReport(fatal=str(problems[0]))
+        return SendReport(fatal=problems[0].with_hint())
     entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now,

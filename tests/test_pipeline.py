@@ -116,6 +116,21 @@ def test_a_bad_subscriber_file_and_a_refused_address_do_not_stop_the_others(
     assert len(store.candidates(db, "refused", since)) == 350
 
 
+def test_a_setup_problem_stops_the_send_with_its_hint(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The report carried the problem without its hint, so `digest send` said the password
+    # variable was unset without the line `digest validate` gives on what to do.
+    monkeypatch.delenv("NO_SUCH_PW", raising=False)
+    project.write_config("[smtp]\nhost = '127.0.0.1'\nusername = 'bob'\n"
+                         "password_env = 'NO_SUCH_PW'\n", transport="smtp")
+    settings = load_settings(project.config)
+    report = pipeline.send(settings, store.open_db(settings.store.path), NOW)
+    assert report.outcomes == [] and report.failed
+    assert report.fatal == (f"{project.config}: smtp.password_env: environment variable"
+                            " NO_SUCH_PW is not set, and smtp.username (bob) needs its password"
+                            " (hint: export NO_SUCH_PW=... where digest runs)")
+
+
 def test_fatal_transport_error_stops_the_batch(project: Project) -> None:
     from tests.conftest import free_port
 
