@@ -229,7 +229,7 @@ def require_preview_secret(server: ServerConfig) -> str | None:
         raise DigestError(
             f"[server] preview = true needs a password: environment variable"
             f" {server.preview_secret_env} is not set",
-            hint=f"export {server.preview_secret_env}=$(python -c 'import secrets;"
+            hint=f"export {server.preview_secret_env}=$(python3 -c 'import secrets;"
                  " print(secrets.token_urlsafe(24))'), or set [server] preview = false",
         )
     return secret

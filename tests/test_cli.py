@@ -379,7 +379,7 @@ def test_a_missing_token_secret_is_found_by_validate_and_stops_send_once(
     assert output.splitlines() == [
         f"error: {project.config}: server.secret_env: environment variable DIGEST_SECRET is"
         " not set, and server.public_url needs it to sign the links in every email (hint:"
-        " export DIGEST_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(32))'))"]
+        " export DIGEST_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'))"]
     assert not list(project.outbox.glob("*.eml"))
     code, output = invoke(project, "validate", env={"DIGEST_SECRET": "s" * 32})
     assert code == 0 and ": ok; 2 valid" in output
