@@ -398,14 +398,21 @@ def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool, workers
 @cli.command()
 @config_option
 @click.option("--once", is_flag=True,
-              help="Fetch once, send the digests that are due, and exit.")
+              help="Fetch (unless the last fetch began under [schedule] fetch_every_minutes"
+                   " ago), send the digests that are due, and exit.")
 def run(config_path: Path, once: bool) -> None:
     """Run the scheduler: fetch periodically and send each digest at its local send_at."""
     settings = _settings(config_path)
     if once:
         db = _open_store(settings)
         now = _now()
-        results = pipeline.fetch(settings, db, now)
+        results: list[pipeline.SourceResult] = []
+        if (last := pipeline.fetch_due(settings, db, now)) is not None:
+            every = settings.schedule.fetch_every_minutes
+            out.print(f"fetch: not due (the last one started {last.astimezone(UTC):%H:%M} UTC;"
+                      f" \\[schedule] fetch_every_minutes = {every})", highlight=False)
+        else:
+            results = pipeline.fetch(settings, db, now)
         for r in results:
             if r.error:
                 err.print(f"[red]source {r.name}:[/] {escape(r.error)}", highlight=False)

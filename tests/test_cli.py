@@ -339,6 +339,23 @@ def test_run_once_sends_only_what_is_due(project: Project) -> None:
     assert [p.name for p in project.outbox.glob("*.eml")] == ["2026-11-25_ada.eml"]
 
 
+def test_run_once_fetches_only_when_fetch_every_minutes_have_passed(project: Project) -> None:
+    # Run from cron every few minutes, as the README suggests, it fetched every time.
+    db = store.open_db(project.db_path)
+    code, output = invoke(project, "run", "--once")
+    assert code == 0 and "not due" not in output, output
+    code, output = invoke(project, "run", "--once",
+                          env={"DIGEST_NOW": "2026-11-25T12:10:00+00:00"})
+    assert code == 0, output
+    assert ("fetch: not due (the last one started 12:00 UTC; [schedule] fetch_every_minutes"
+            " = 60)") in output
+    assert [r["kind"] for r in store.recent_runs(db)].count("fetch") == 1
+    code, output = invoke(project, "run", "--once",
+                          env={"DIGEST_NOW": "2026-11-25T13:00:00+00:00"})
+    assert code == 0 and "not due" not in output
+    assert [r["kind"] for r in store.recent_runs(db)].count("fetch") == 2
+
+
 def test_the_console_script_runs_as_a_real_process(project: Project) -> None:
     exe = Path(sys.executable).with_name("digest")
     env = {**os.environ, **PINNED, "DIGEST_CONFIG": str(project.config)}
