@@ -191,8 +191,8 @@ def validate(config_path: Path) -> None:
     for entry in entries:
         if isinstance(entry, ConfigError):
             problems += 1
-            for each in entry.each:  # every problem of the file, one line each
-                err.print(f"[red]invalid:[/] {escape(each.message)}", highlight=False)
+            for each in entry.each:  # every problem of the file, one line each, with its hint
+                err.print(f"[red]invalid:[/] {escape(each.with_hint())}", highlight=False)
         else:
             count += 1
             topics = ", ".join(t.name for t in entry.topics)

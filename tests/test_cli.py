@@ -244,6 +244,23 @@ def test_validate_lists_problems_one_line_each(project: Project) -> None:
     assert "2 valid subscriber(s), 2 invalid" in output
 
 
+def test_validate_gives_a_subscriber_files_hint_on_its_line(project: Project) -> None:
+    # The hint of a file's problem (how to name the file, which file to remove) was never
+    # printed: validate showed the message alone.
+    (project.subscribers / "bad name.toml").write_text("name = 'X'\n", encoding="utf-8")
+    project.subscriber("ada-2", (project.subscribers / "ada.toml").read_text())
+    code, output = invoke(project, "validate", env={"COLUMNS": "300"})
+    assert code == 1
+    lines = [line for line in output.splitlines() if line.startswith("invalid:")]
+    assert lines == [
+        f"invalid: {project.subscribers / 'ada-2.toml'}: email: ada@example.org is also in"
+        " ada.toml, which gets its digest; one address gets one digest (hint: remove one of"
+        " the two files, or change its email)",
+        f"invalid: {project.subscribers / 'bad name.toml'}: the file name is not a valid"
+        " subscriber id (hint: name it <id>.toml, the id being 1-64 letters, digits, '.', '_'"
+        " or '-', starting with a letter or digit)"]
+
+
 def test_validate_warns_of_a_local_source_that_is_not_there(project: Project) -> None:
     # "ok" alone, then `digest fetch` failing the source, was the first the user heard of it.
     (project.root / "data").mkdir()
