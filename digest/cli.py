@@ -191,8 +191,8 @@ def validate(config_path: Path) -> None:
     for entry in entries:
         if isinstance(entry, ConfigError):
             problems += 1
-            for each in entry.each:  # every problem of the file, one line each
-                err.print(f"[red]invalid:[/] {escape(each.message)}", highlight=False)
+            for each in entry.each:  # every problem of the file, one line each, with its hint
+                err.print(f"[red]invalid:[/] {escape(each.with_hint())}", highlight=False)
         else:
             count += 1
             topics = ", ".join(t.name for t in entry.topics)
@@ -353,7 +353,8 @@ def _print_send_report(report: pipeline.SendReport, settings: Settings, dry_run:
                                             "failed", "invalid")
         if report.count(s)
     )
-    out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
+    if summary or not report.fatal:  # stopped before anyone was handled: the error says why
+        out.print(f"summary: {summary or 'nothing to do'}", highlight=False)
     if report.dropped:
         out.print(f"dropped the stored bytes of {report.dropped} message(s) sent more than"
                   f" {settings.store.keep_sent_days} day(s) ago (\\[store] keep_sent_days)",
@@ -397,14 +398,21 @@ def send(config_path: Path, subscribers: tuple[str, ...], dry_run: bool, workers
 @cli.command()
 @config_option
 @click.option("--once", is_flag=True,
-              help="Fetch once, send the digests that are due, and exit.")
+              help="Fetch (unless the last fetch began under [schedule] fetch_every_minutes"
+                   " ago), send the digests that are due, and exit.")
 def run(config_path: Path, once: bool) -> None:
     """Run the scheduler: fetch periodically and send each digest at its local send_at."""
     settings = _settings(config_path)
     if once:
         db = _open_store(settings)
         now = _now()
-        results = pipeline.fetch(settings, db, now)
+        results: list[pipeline.SourceResult] = []
+        if (last := pipeline.fetch_due(settings, db, now)) is not None:
+            every = settings.schedule.fetch_every_minutes
+            out.print(f"fetch: not due (the last one started {last.astimezone(UTC):%H:%M} UTC;"
+                      f" \\[schedule] fetch_every_minutes = {every})", highlight=False)
+        else:
+            results = pipeline.fetch(settings, db, now)
         for r in results:
             if r.error:
                 err.print(f"[red]source {r.name}:[/] {escape(r.error)}", highlight=False)
@@ -574,7 +582,9 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
         state = row.state or "-"
         if row.state in colours:
             state = f"[{colours[row.state]}]{state}[/]"
-        note = row.last_error or ""
+        # A sent digest's last error is that of an attempt before the one that went through:
+        # under "last error" it read as if the digest had failed.
+        note = "" if row.state == "sent" else row.last_error or ""
         if row.state == "retry" and row.next_attempt_at:
             note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
         name = row.subscriber_id if row.known else f"{row.subscriber_id} (file removed)"

@@ -972,6 +972,12 @@ def _problem(error: Any) -> str:
         return "must not be empty"
     if (typed := _type_problem(kind, given)) is not None:
         return typed
+    if kind == "literal_error" and isinstance(given, str):
+        return _choice_problem(given, str(error["ctx"]["expected"]))
+    if kind == "union_tag_invalid":  # a source's `type`: named as its own field
+        ctx = error["ctx"]
+        key = str(ctx["discriminator"]).strip("'")
+        return f"{key}: {_choice_problem(str(ctx['tag']), str(ctx['expected_tags']))}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 
@@ -996,6 +1002,15 @@ def _type_problem(kind: str, given: object) -> str | None:
     if isinstance(given, int | float):  # 10.5 for a count, 1 for a switch
         return f"must be {wanted}, not {given}"
     return None
+
+
+def _choice_problem(given: str, expected: str) -> str:
+    # pydantic's "Input should be 'monday', ... or 'sunday'" for `day = "Friday"` does not
+    # say that only the case is wrong: name the value meant, as for a misspelt key.
+    near = _nearest(given.strip(), re.findall(r"'([^']*)'", expected), str.casefold, 0.8)
+    shown = json.dumps(given, ensure_ascii=False)
+    advice = f": did you mean {near!r}?" if near else ""
+    return f"must be {expected}, not {shown}{advice}"
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

@@ -425,7 +425,7 @@ def _record(db: Database, row: store.Pending, exc: SendError, now: datetime,
     who = f"subscriber {row.subscriber_id} message_id={row.message_id}"
     if isinstance(exc, FatalSendError):
         store.release(db, row.id, exc.reason, now)
-        detail = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+        detail = exc.with_hint()
         log.error("%s outcome=batch-stopped error=%s", who, exc.reason)
         return Delivered(row, "queued", detail)
     if isinstance(exc, RecipientRefusedError):

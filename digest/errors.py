@@ -43,6 +43,11 @@ class DigestError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def with_hint(self) -> str:
+        """The message and, when there is one, its hint on the same line: for a report row
+        or a log line, where the CLI's separate `hint:` line is not available."""
+        return self.message + (f" (hint: {self.hint})" if self.hint else "")
+
 
 class ConfigError(DigestError):
     """A config or subscriber file is unreadable or invalid: names the file, field and problem."""

@@ -43,7 +43,10 @@ class MissingSecretError(DigestError):
     def __init__(self, env: str) -> None:
         super().__init__(
             f"no unsubscribe token secret: environment variable {env} is not set",
-            hint=f"export {env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            # python3, not python: Debian and Ubuntu have no `python` unless asked, and a
+            # failed $(...) exported an empty secret.
+            hint=f"export {env}=$(python3 -c 'import secrets;"
+                 " print(secrets.token_urlsafe(32))')",
         )
 
 

@@ -156,6 +156,15 @@ def fetch(
     return results
 
 
+def fetch_due(settings: Settings, db: Database, now: datetime) -> datetime | None:
+    """None when a fetch is due (`[schedule] fetch_every_minutes` since the last one
+    started, or none yet); else when the last one started. `digest run --once` from cron
+    every few minutes must not read every source (the arXiv API too) at each call."""
+    last = store.last_run_started(db, "fetch")
+    every = timedelta(minutes=settings.schedule.fetch_every_minutes)
+    return None if last is None or now - last >= every or last > now else last
+
+
 # --- building one digest --------------------------------------------------------------------
 
 
@@ -483,7 +492,7 @@ def send(
     progress, stop = progress or _NoProgress(), stop or threading.Event()
     started, report = timer.monotonic(), SendReport()
     if problems := setup_problems(settings):  # every email would fail alike: say it once
-        return SendReport(fatal=str(problems[0]))
+        return SendReport(fatal=problems[0].with_hint())
     entries = list(subscribers.load(settings.subscribers.dir, settings.defaults, db, only, now))
     # One shared index for everyone in this run (digest.index); built on first use.
     cache = batch.MatchRun(db, [e for e in entries if isinstance(e, Subscriber)], now,

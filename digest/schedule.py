@@ -155,7 +155,7 @@ def _one_line(job: str) -> Iterator[None]:
     try:
         yield
     except DigestError as exc:
-        log.error("%s: %s%s", job, exc, f" (hint: {exc.hint})" if exc.hint else "")
+        log.error("%s: %s", job, exc.with_hint())
 
 
 class Running:

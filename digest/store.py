@@ -998,6 +998,14 @@ def record_run(
         )
 
 
+def last_run_started(db: Database, kind: str) -> datetime | None:
+    """When the latest run of this kind ("fetch", "send") started; None if none did. Read
+    backwards by id: the newest rows come first, whatever the history's length."""
+    row = db.execute("select started_at from runs where kind = ? order by id desc limit 1",
+                     [kind]).fetchone()
+    return None if row is None else datetime.fromisoformat(row[0])
+
+
 # --- sources --------------------------------------------------------------------------------
 
 

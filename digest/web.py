@@ -128,6 +128,7 @@ fieldset { margin: 12px 0; border: 1px solid #d0d7de; }
             "done.html": """{% extends "base.html" %}{% block body %}
 <h1>{{ heading }}</h1>
 <p>{{ text }}</p>
+{% if link is defined and link %}<p><a href="{{ link }}">{{ link_text }}</a></p>{% endif %}
 {% if undo %}<p class="muted">{{ undo_text }}</p>
 <form method="post" action="{{ undo }}"><button type="submit">{{ undo_button }}</button></form>
 {% endif %}{% endblock %}""",
@@ -256,7 +257,7 @@ def require_preview_secret(server: ServerConfig) -> str | None:
         raise DigestError(
             f"[server] preview = true needs a password: environment variable"
             f" {server.preview_secret_env} is not set",
-            hint=f"export {server.preview_secret_env}=$(python -c 'import secrets;"
+            hint=f"export {server.preview_secret_env}=$(python3 -c 'import secrets;"
                  " print(secrets.token_urlsafe(24))'), or set [server] preview = false",
         )
     return secret
@@ -737,6 +738,9 @@ class _Site:
                          text="This server handles the links in the paper digest emails"
                          + (f" and shows previews at {self.base}/preview."
                             if self.preview_secret else "."),
+                         # With sign-up on, the address people are given is often this one.
+                         link=f"{self.base}/subscribe" if self.settings.signup.enabled else "",
+                         link_text="Subscribe to the paper digest",
                          undo="", undo_text="", undo_button="")
 
     def store_fault(self, request: Request, exc: Exception) -> Response:

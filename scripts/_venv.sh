@@ -15,6 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
+    # pip is quiet: without this line the first run said nothing for a minute or two.
+    echo "digest: installing digest and its dependencies into .venv (first run, or" \
+         "pyproject.toml changed); this takes a minute or two..." >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
     rm -f "$VENV"/.installed-*

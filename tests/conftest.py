@@ -7,6 +7,8 @@ import ipaddress
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -346,3 +348,15 @@ def loopback() -> Iterator[Any]:
         yield server
     finally:
         server.close()
+
+
+def run_export_hint(hint: str, folder: Path) -> str:
+    """Run a hint of the form `export NAME=$(...)` in bash with only `python3` on the PATH,
+    as on a stock Debian or Ubuntu (no `python`); returns the value it exported."""
+    (folder / "bin").mkdir(exist_ok=True)
+    (folder / "bin" / "python3").symlink_to(sys.executable)
+    name = hint.removeprefix("export ").split("=", 1)[0]
+    run = subprocess.run(["/bin/bash", "-c", f'{hint} && printf %s "${name}"'],
+                         env={"PATH": str(folder / "bin")}, capture_output=True, text=True,
+                         timeout=30, check=False)
+    return run.stdout

@@ -162,7 +162,7 @@ def test_two_files_with_one_address_are_one_line_and_one_digest(project: Project
     invalid, checked = _invalid_lines(project)
     assert invalid == [f"invalid: {project.subscribers / 'ada-2.toml'}: email: Ada@example.org"
                        " is also in ada.toml, which gets its digest; one address gets one"
-                       " digest"]
+                       " digest (hint: remove one of the two files, or change its email)"]
     assert "ok: ada <" in checked and "ok: grace" in checked
     states, report = _sent(project)
     assert states == {"ada": "sent", "grace": "sent"}

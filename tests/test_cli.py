@@ -244,6 +244,23 @@ def test_validate_lists_problems_one_line_each(project: Project) -> None:
     assert "2 valid subscriber(s), 2 invalid" in output
 
 
+def test_validate_gives_a_subscriber_files_hint_on_its_line(project: Project) -> None:
+    # The hint of a file's problem (how to name the file, which file to remove) was never
+    # printed: validate showed the message alone.
+    (project.subscribers / "bad name.toml").write_text("name = 'X'\n", encoding="utf-8")
+    project.subscriber("ada-2", (project.subscribers / "ada.toml").read_text())
+    code, output = invoke(project, "validate", env={"COLUMNS": "300"})
+    assert code == 1
+    lines = [line for line in output.splitlines() if line.startswith("invalid:")]
+    assert lines == [
+        f"invalid: {project.subscribers / 'ada-2.toml'}: email: ada@example.org is also in"
+        " ada.toml, which gets its digest; one address gets one digest (hint: remove one of"
+        " the two files, or change its email)",
+        f"invalid: {project.subscribers / 'bad name.toml'}: the file name is not a valid"
+        " subscriber id (hint: name it <id>.toml, the id being 1-64 letters, digits, '.', '_'"
+        " or '-', starting with a letter or digit)"]
+
+
 def test_validate_warns_of_a_local_source_that_is_not_there(project: Project) -> None:
     # "ok" alone, then `digest fetch` failing the source, was the first the user heard of it.
     (project.root / "data").mkdir()
@@ -339,6 +356,23 @@ def test_run_once_sends_only_what_is_due(project: Project) -> None:
     assert [p.name for p in project.outbox.glob("*.eml")] == ["2026-11-25_ada.eml"]
 
 
+def test_run_once_fetches_only_when_fetch_every_minutes_have_passed(project: Project) -> None:
+    # Run from cron every few minutes, as the README suggests, it fetched every time.
+    db = store.open_db(project.db_path)
+    code, output = invoke(project, "run", "--once")
+    assert code == 0 and "not due" not in output, output
+    code, output = invoke(project, "run", "--once",
+                          env={"DIGEST_NOW": "2026-11-25T12:10:00+00:00"})
+    assert code == 0, output
+    assert ("fetch: not due (the last one started 12:00 UTC; [schedule] fetch_every_minutes"
+            " = 60)") in output
+    assert [r["kind"] for r in store.recent_runs(db)].count("fetch") == 1
+    code, output = invoke(project, "run", "--once",
+                          env={"DIGEST_NOW": "2026-11-25T13:00:00+00:00"})
+    assert code == 0 and "not due" not in output
+    assert [r["kind"] for r in store.recent_runs(db)].count("fetch") == 2
+
+
 def test_the_console_script_runs_as_a_real_process(project: Project) -> None:
     exe = Path(sys.executable).with_name("digest")
     env = {**os.environ, **PINNED, "DIGEST_CONFIG": str(project.config)}
@@ -375,8 +409,11 @@ def test_a_missing_token_secret_is_found_by_validate_and_stops_send_once(
     invoke(project, "fetch")
     code, output = invoke(project, "send")
     assert code == 1
-    assert "error: " in output and "DIGEST_SECRET is not set" in output
-    assert output.count("DIGEST_SECRET") == 1 and "failed" not in output
+    # One line, with the hint, and no "summary: nothing to do" before it.
+    assert output.splitlines() == [
+        f"error: {project.config}: server.secret_env: environment variable DIGEST_SECRET is"
+        " not set, and server.public_url needs it to sign the links in every email (hint:"
+        " export DIGEST_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'))"]
     assert not list(project.outbox.glob("*.eml"))
     code, output = invoke(project, "validate", env={"DIGEST_SECRET": "s" * 32})
     assert code == 0 and ": ok; 2 valid" in output

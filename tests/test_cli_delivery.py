@@ -68,6 +68,30 @@ def test_status_of_many_lists_who_needs_attention_and_counts_the_rest(
     assert code != 0 and "no subscriber 'nobody'" in output
 
 
+def test_status_shows_no_error_for_a_digest_sent_after_a_retry(project: Project) -> None:
+    # A refusal that passed (421, then accepted) stays in the row's last_error; status
+    # printed it beside "sent", which read as a failure.
+    prepare(project, NOW, 1)
+    project.write_config(sources="")
+    runner = CliRunner()
+    env = {"DIGEST_NOW": NOW.isoformat(), "COLUMNS": "200"}
+    assert runner.invoke(cli.cli, ["send", "--config", str(project.config)],
+                         env=env).exit_code == 0
+    db = store.open_db(project.db_path)
+    key = "s000/2026-11-25"
+    store.record_retry(db, key, "421 4.3.2 try again later", NOW, NOW)
+    store.claim_many(db, [key], NOW)
+    store.record_sent_many(db, [key], NOW)
+    result = runner.invoke(cli.cli, ["status", "--config", str(project.config)], env=env)
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if line.startswith("│ s000")]
+    assert "sent" in row and "421" not in row
+    store.record_failed(db, key, "550 5.1.1 no such user", NOW)
+    result = runner.invoke(cli.cli, ["status", "--config", str(project.config)], env=env)
+    (row,) = [line for line in result.output.splitlines() if line.startswith("│ s000")]
+    assert "failed" in row and "550 5.1.1 no such user" in row
+
+
 def test_retry_only_requeues_the_named_subscribers(project: Project) -> None:
     prepare(project, NOW, 2)
     project.write_config(sources="")

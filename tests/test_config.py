@@ -223,6 +223,39 @@ def test_a_misspelt_key_names_the_key_meant(project: Project, body: str, field: 
         field, f"unknown key: did you mean {meant!r}? (see the README's reference)")
 
 
+@pytest.mark.parametrize(("body", "field", "problem"), [
+    ('frequency = "weekly"\nday = "Friday"\n', "day",
+     "must be 'monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday' or 'sunday',"
+     " not \"Friday\": did you mean 'friday'?"),
+    ('frequency = "Weekdays"\n', "frequency",
+     "must be 'daily', 'weekdays' or 'weekly', not \"Weekdays\": did you mean 'weekdays'?"),
+    ('frequency = "monthly"\n', "frequency",
+     "must be 'daily', 'weekdays' or 'weekly', not \"monthly\""),
+])
+def test_a_value_not_among_the_choices_names_the_one_meant(project: Project, body: str,
+                                                            field: str, problem: str) -> None:
+    # pydantic said "Input should be 'monday', ..." and not that only the case was wrong.
+    err = load(project, body + GOOD)
+    assert (err.field, err.problem) == (field, problem)
+
+
+def test_an_unknown_source_type_is_named_as_the_type_field(project: Project) -> None:
+    project.write_config('[smtp]\nsecurity = "STARTTLS"\n', sources="""
+        [[sources]]
+        name = "blog"
+        type = "Feed"
+        url = "https://blog.example.org/feed.xml"
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config)
+    problems = [(each.field, each.problem) for each in info.value.each]
+    assert problems == [
+        ("sources[0].type", "must be 'hf-page', 'hf-daily', 'arxiv', 'feed', 'jsonl', not"
+                            " \"Feed\": did you mean 'feed'?"),
+        ("smtp.security", "must be 'starttls', 'ssl' or 'none', not \"STARTTLS\": did you mean"
+                          " 'starttls'?")]
+
+
 def test_a_key_of_another_table_is_not_offered(project: Project) -> None:
     # `exclude` is a subscriber's key, not a topic's: no "did you mean" from elsewhere.
     err = load(project, GOOD + 'exlude = ["x"]\n')

@@ -225,7 +225,8 @@ def test_example_config_and_its_live_sources_parse(tmp_path: Path) -> None:
         ('type = "feed"\nurl = "https://example.org/a feed"',
          "sources[0].feed.url: 'https://example.org/a feed' is not an http:// or https:// URL"),
         ('type = "hf-daily"\ndays = 0', "sources[0].hf-daily.days: Input should be greater"),
-        ('type = "gopher"', "sources[0]: Input tag 'gopher' found using 'type' does not match"),
+        ('type = "gopher"', "sources[0].type: must be 'hf-page', 'hf-daily', 'arxiv', 'feed',"
+                            " 'jsonl', not \"gopher\""),
     ],
 )
 def test_bad_source_config_is_one_clear_line(tmp_path: Path, body: str, message: str) -> None:

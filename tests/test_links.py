@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
-from digest.links import TokenError, make_token, token_subscriber, verify_token
+from digest.links import (
+    MissingSecretError,
+    TokenError,
+    make_token,
+    token_subscriber,
+    verify_token,
+)
+from tests.conftest import run_export_hint
 
 SECRET = "s3cret"
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
@@ -44,3 +52,11 @@ def test_expiring_tokens_expire_and_their_expiry_cannot_be_edited() -> None:
 def test_malformed_tokens_are_refused(bad: str) -> None:
     with pytest.raises(TokenError):
         verify_token(SECRET, bad, "ada", "ada@example.org")
+
+
+def test_the_missing_secret_hint_runs_where_there_is_no_python_command(tmp_path: Path) -> None:
+    # `export DIGEST_SECRET=$(python -c ...)` on Debian: "python: command not found", and
+    # an empty secret exported.
+    hint = MissingSecretError("DIGEST_SECRET").hint
+    assert hint is not None and hint.startswith("export DIGEST_SECRET=$(")
+    assert len(run_export_hint(hint, tmp_path)) >= 40

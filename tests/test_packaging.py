@@ -1,8 +1,10 @@
-"""An installed package (not a source checkout) must find its templates."""
+"""An installed package (not a source checkout) must find its templates; the scripts that
+install it say what they are doing."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -45,3 +47,35 @@ def test_wheel_ships_the_templates_and_the_installed_package_uses_them(tmp_path:
     assert module.startswith(str(site))
     assert templates == str(site / "digest" / "templates")
     assert ok == "True"
+
+
+# Stands in for python3 and the venv's python: `-m venv DIR` makes DIR/bin/python (this same
+# script), anything else (the version check, pip) succeeds at once.
+FAKE_PYTHON = """#!/bin/sh
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python"
+fi
+exit 0
+"""
+
+
+def test_the_venv_script_says_it_is_installing_and_only_then(tmp_path: Path) -> None:
+    # ./scripts/demo's first run installs quietly for a minute or two: it printed nothing.
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "_venv.sh", tmp_path / "scripts" / "_venv.sh")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+
+    def source() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", "source scripts/_venv.sh"], cwd=tmp_path,
+                              env={**os.environ, "PYTHON": str(fake)}, capture_output=True,
+                              text=True, timeout=60, check=True)
+
+    first = source()
+    assert first.stderr.startswith("digest: installing digest and its dependencies into .venv")
+    assert first.stdout == ""
+    assert source().stderr == ""  # installed: nothing to say
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")
+    assert "pyproject.toml changed" in source().stderr

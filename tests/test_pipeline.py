@@ -116,6 +116,35 @@ def test_a_bad_subscriber_file_and_a_refused_address_do_not_stop_the_others(
     assert len(store.candidates(db, "refused", since)) == 350
 
 
+def test_a_fetch_is_due_once_fetch_every_minutes_have_passed(project: Project) -> None:
+    # `digest run --once` from cron every 5 minutes read every source (the arXiv API too,
+    # which is never revalidated) at each call, whatever fetch_every_minutes said.
+    project.write_config("[schedule]\nfetch_every_minutes = 30\n")
+    settings = load_settings(project.config)
+    db = store.open_db(settings.store.path)
+    assert pipeline.fetch_due(settings, db, NOW) is None  # never fetched
+    pipeline.fetch(settings, db, NOW)
+    minute = dt.timedelta(minutes=1)
+    assert pipeline.fetch_due(settings, db, NOW + 29 * minute) == NOW
+    assert pipeline.fetch_due(settings, db, NOW + 30 * minute) is None
+    assert pipeline.fetch_due(settings, db, NOW - minute) is None  # a clock set back
+
+
+def test_a_setup_problem_stops_the_send_with_its_hint(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The report carried the problem without its hint, so `digest send` said the password
+    # variable was unset without the line `digest validate` gives on what to do.
+    monkeypatch.delenv("NO_SUCH_PW", raising=False)
+    project.write_config("[smtp]\nhost = '127.0.0.1'\nusername = 'bob'\n"
+                         "password_env = 'NO_SUCH_PW'\n", transport="smtp")
+    settings = load_settings(project.config)
+    report = pipeline.send(settings, store.open_db(settings.store.path), NOW)
+    assert report.outcomes == [] and report.failed
+    assert report.fatal == (f"{project.config}: smtp.password_env: environment variable"
+                            " NO_SUCH_PW is not set, and smtp.username (bob) needs its password"
+                            " (hint: export NO_SUCH_PW=... where digest runs)")
+
+
 def test_fatal_transport_error_stops_the_batch(project: Project) -> None:
     from tests.conftest import free_port
 

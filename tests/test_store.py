@@ -552,3 +552,14 @@ def test_one_subscribers_load_reads_their_cache_row_only(
     (folder / "r3.toml").write_text(text, encoding="utf-8")
     assert subscribers.load_one(folder, DefaultsConfig(), "r3", db).email == "new@example.org"
     assert len(list(subscribers.load(folder, DefaultsConfig(), db))) == 5
+
+
+def test_last_run_started_is_that_of_the_newest_run_of_the_kind(tmp_path: Path) -> None:
+    db = store.open_db(tmp_path / "d.db")
+    assert store.last_run_started(db, "fetch") is None
+    hour = dt.timedelta(hours=1)
+    store.record_run(db, "fetch", NOW - 2 * hour, NOW - 2 * hour, {})
+    store.record_run(db, "fetch", NOW - hour, NOW - hour, {})
+    store.record_run(db, "send", NOW, NOW, {})
+    assert store.last_run_started(db, "fetch") == NOW - hour
+    assert store.last_run_started(db, "send") == NOW

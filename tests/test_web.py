@@ -30,7 +30,8 @@ from digest.web import create_app
 from tests.samples import load_subscriber
 
 from .browser import chromium  # noqa: F401 - fixture
-from .conftest import NOW, Project, free_port, serving_app
+from .conftest import NOW, Project, SmtpServer, free_port, run_export_hint, serving_app
+from .web_support import signup_server
 
 SECRET = "web-test-secret-abcdef"
 PREVIEW_SECRET = "preview-password-0123"
@@ -337,7 +338,19 @@ def test_previews_are_off_by_default(project: Project, monkeypatch: pytest.Monke
         assert "/preview" not in httpx.get(url + "/").text
 
 
-def test_previews_on_without_a_password_refuse_to_start(project: Project) -> None:
+def test_the_home_page_links_to_the_sign_up_page_when_sign_up_is_on(
+        project: Project, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Someone sent to the server's address found no way to the sign-up page from it.
+    with signup_server(project, smtp_server, monkeypatch) as url:
+        home = httpx.get(url + "/")
+        assert home.status_code == 200 and '<a href="/subscribe">' in home.text
+        assert httpx.get(url + "/subscribe").status_code == 200
+    with running(project, monkeypatch, preview=False) as url:
+        assert "/subscribe" not in httpx.get(url + "/").text
+
+
+def test_previews_on_without_a_password_refuse_to_start(project: Project,
+                                                       tmp_path: Path) -> None:
     project.write_config("[server]\npreview = true\n")
     env = {k: v for k, v in os.environ.items() if k != "DIGEST_PREVIEW_SECRET"}
     run = subprocess.run([str(Path(sys.executable).parent / "digest"), "serve", "--config",
@@ -347,6 +360,9 @@ def test_previews_on_without_a_password_refuse_to_start(project: Project) -> Non
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "environment variable DIGEST_PREVIEW_SECRET is not set" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 2  # the line and its hint
+    # The hint's command runs where there is python3 and no `python` (Debian, Ubuntu).
+    hint = run.stderr.strip().splitlines()[1].removeprefix("hint: ").split(", or set")[0]
+    assert len(run_export_hint(hint, tmp_path)) >= 30
 
 
 @pytest.mark.parametrize("path", ["/preview", "/preview/ada", "/preview/ada/html",
