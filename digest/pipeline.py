@@ -501,6 +501,8 @@ def send(
         return now + timedelta(seconds=timer.monotonic() - started)
 
     with delivery.send_lock(settings.store.path):
+        # Before anything is built or claimed: a full disk stops the send here, one line.
+        store.keep_reserve(settings.store.path)
         report.fatal = _send_batch(job, db, today, report, clock, sender, progress, stop,
                                    workers)
         if not stop.is_set():
@@ -559,6 +561,7 @@ def _send_batch(
             db, senders, clock, policy=retry_policy(settings),
             rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
             stop=stop, on_result=on_result, load=Rebuilder(settings, db, env),
+            reserve=settings.store.path,
         ) as outbox:
             waiting = _waiting(db, today, job.now, job.due_only)
             outbox.offer_many(waiting)
@@ -869,7 +872,8 @@ class _Builder:
                                          detail=f"unexpected error: {exc!r}")))
         if all(isinstance(item, Outcome) for _, item in built):  # a dry run writes nothing
             return [item for _, item in built if isinstance(item, Outcome)]
-        out = _store_task(db, built, job.now)
+        with store.faults(job.settings.store.path):  # a full disk: one line, not a traceback
+            out = _store_task(db, built, job.now)
         for (_, key), (_, item) in zip(out, built, strict=True):
             if self.files and isinstance(key, str) and isinstance(item, _Write) and item.composed:
                 # The file transport's .html beside the .eml, from the render (FileSender).
@@ -902,7 +906,9 @@ def _store_task(db: Database, built: list[tuple[int, Outcome | _Write]],
     is the transaction rolled back and the task written again, each digest in a savepoint."""
     try:
         return _write_task(db, built, now, isolate=False)
-    except Exception:
+    except Exception as exc:
+        if store.is_full(exc):  # no digest of the task can be stored: no use trying each
+            raise
         return _write_task(db, built, now, isolate=True)
 
 

@@ -7,9 +7,11 @@ Timestamps are stored as UTC ISO-8601 strings of one fixed width, so they sort a
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -82,6 +84,9 @@ def store_error(path: Path, exc: sqlite3.Error | OSError,
                 doing: str = "create its folder") -> StoreError:
     """The one-line StoreError for what SQLite or the OS (when `doing` what) said about the
     store at `path`."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(path, "the disk is full",
+                          hint=f"free space on the disk that holds {path.parent}")
     if isinstance(exc, OSError):
         why = (f"{exc.filename} is a file" if isinstance(exc, FileExistsError | NotADirectoryError)
                and exc.filename else exc.strerror or str(exc))
@@ -120,6 +125,61 @@ def faults(path: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise store_error(path, exc) from exc
+
+
+# Disk room held back for the outbox's answers. A message the server accepted that the store
+# cannot mark 'sent' (the disk filled up: a worker's queued messages, the write-ahead log)
+# stays 'sending' and is sent again by the next run: a duplicate. So a send first makes sure
+# `<store>.reserve` takes this much of the disk, and a commit of answers that finds the disk
+# full deletes it and commits them again in the room it leaves (`spend_reserve`). Enough for
+# a commit of every answer a batch can hold (at most 64 rows, a few 16 KB pages each).
+RESERVE_BYTES = 4 * 1024 * 1024
+
+
+def reserve_path(path: Path) -> Path:
+    """The file that holds disk room for the store at `path` (see RESERVE_BYTES)."""
+    return path.with_name(path.name + ".reserve")
+
+
+def keep_reserve(path: Path) -> None:
+    """Make sure the disk room of RESERVE_BYTES is held for the store at `path` before a
+    send claims anything; a StoreError (the disk is full) if it cannot be."""
+    spare = reserve_path(path)
+    try:
+        held = spare.stat()
+        if held.st_size == RESERVE_BYTES and held.st_blocks * 512 >= RESERVE_BYTES:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise store_error(path, exc, "hold disk room for the outbox") from exc
+    try:
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        spare.unlink(missing_ok=True)
+        if exc.errno == errno.EFBIG:
+            # A file size limit (ulimit -f) below the reserve: no reserve, as room freed on
+            # the disk would not let the store's files grow past that limit either.
+            return
+        raise store_error(path, exc, "hold disk room for the outbox") from exc
+
+
+def spend_reserve(path: Path) -> bool:
+    """Free the disk room held for the store at `path`; False if none was held."""
+    try:
+        reserve_path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether SQLite said the disk holding the store is full."""
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
 
 
 def open_db(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> Store:
@@ -772,10 +832,13 @@ def write_transaction(db: Database) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.conn.commit()
     except BaseException:
-        db.conn.rollback()
+        # Also when the commit failed (a full disk): the transaction is still open then, and
+        # the next BEGIN would fail with "cannot start a transaction within a transaction".
+        if db.conn.in_transaction:
+            db.conn.rollback()
         raise
-    db.conn.commit()
 
 
 @contextmanager
