@@ -112,10 +112,23 @@ def store_error(path: Path, exc: sqlite3.Error | OSError,
                           hint="restore it from a backup, or move it aside to start an empty"
                                " store (the record of what was sent is then lost)")
     if name.startswith("SQLITE_CANTOPEN") or name in ("SQLITE_PERM", "SQLITE_AUTH"):
-        why = "it is a folder" if path.is_dir() else "cannot open the file"
-        return StoreError(path, why, hint="set [store] path in digest.toml to a file this user"
-                                          " can read and write")
+        if path.is_dir():
+            return StoreError(path, "it is a folder", hint="set [store] path in digest.toml to"
+                                                           " a file this user can read and write")
+        if not _writable(path):
+            # A store in WAL mode is opened for writing, with its -shm and -wal files next to
+            # it: SQLite says only "unable to open database file" when it cannot.
+            return StoreError(path, "read-only: the file or its folder cannot be written",
+                              hint=f"make {path} and its folder writable by this user")
+        return StoreError(path, "cannot open the file", hint="set [store] path in digest.toml"
+                                                             " to a file this user can read and"
+                                                             " write")
     return StoreError(path, str(exc))
+
+
+def _writable(path: Path) -> bool:
+    # access(2) answers for this user, and says no on a read-only mount even to root.
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 @contextmanager
