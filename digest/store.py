@@ -212,6 +212,18 @@ def open_db(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> Store:
     return db
 
 
+def open_to_look(path: Path) -> Store:
+    """The store at `path` for a command that only looks (preview, explain): opened as
+    `open_db` does when its file exists; else an empty store in memory, so that looking
+    before the first fetch leaves no file (nor folder) behind."""
+    if path.exists() or path.is_symlink():
+        return open_db(path)
+    with faults(path):
+        db = Store(Path(":memory:"))
+        _prepare(db, BUSY_TIMEOUT)
+    return db
+
+
 def _prepare(db: Store, busy_timeout: float) -> None:
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     # 16 KB pages (SQLite's default is 4 KB): a queued message (30-45 KB) then takes 3 pages
