@@ -501,8 +501,6 @@ def send(
         return now + timedelta(seconds=timer.monotonic() - started)
 
     with delivery.send_lock(settings.store.path):
-        # Before anything is built or claimed: a full disk stops the send here, one line.
-        store.keep_reserve(settings.store.path)
         report.fatal = _send_batch(job, db, today, report, clock, sender, progress, stop,
                                    workers)
         if not stop.is_set():
@@ -538,6 +536,7 @@ def _send_batch(
     digest built (here or in `workers` processes) and offered as it comes; each result
     lands in `report`. Returns why the batch stopped early, if it did."""
     settings = job.settings
+    store.keep_reserve(settings.store.path)  # a full disk stops here, before anything is built
 
     def on_result(done: delivery.Delivered) -> None:
         row = done.pending
