@@ -618,6 +618,26 @@ def last_made(db: Database, subscriber_id: str, local_date: date) -> Made | None
     return Made(date.fromisoformat(row[0]), row[1], datetime.fromisoformat(row[2]))
 
 
+@dataclass(frozen=True, slots=True)
+class DayRow:
+    """The latest digest labelled with a local date: its key, state and when it was made."""
+
+    key: str
+    state: str
+    made_at: datetime
+
+
+def day_row(db: Database, subscriber_id: str, local_date: date) -> DayRow | None:
+    """The latest digest of the subscriber labelled `local_date` (there are two after a move
+    west: `pipeline.day_digest`), or None."""
+    row = db.execute(
+        "select id, state, created_at from digests where subscriber_id = ? and local_date = ?"
+        " order by created_at desc, id desc limit 1",
+        [subscriber_id, local_date.isoformat()],
+    ).fetchone()
+    return None if row is None else DayRow(row[0], row[1], datetime.fromisoformat(row[2]))
+
+
 def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | None:
     """The state of that day's digest (see `OUTBOX_STATES`), 'empty', or None."""
     row = next(
@@ -628,9 +648,10 @@ def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | No
     return row["state"] if row else None
 
 
-def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime) -> None:
-    """Record that nothing matched for that day, so no email went out."""
-    key = digest_key(subscriber_id, local_date)
+def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime,
+               nth: int = 1) -> None:
+    """Record that nothing matched for that day (its `nth` digest), so no email went out."""
+    key = digest_key(subscriber_id, local_date, nth)
     stamp = timestamp(now)
     values = {"updated_at": stamp, "state": "empty", "item_count": 0}
     with _transaction(db):  # one write: inside the caller's transaction, no savepoint
