@@ -38,7 +38,7 @@ from .errors import DigestError
 from .index import Index
 from .links import link_url
 from .match import TRENDING, compile_profile, group
-from .models import Digest, Listing, Match, RenderedEmail, Section, Subscriber
+from .models import Digest, Listing, Match, RenderedEmail, Section, Subscriber, nth_of
 from .render import SHORT_EXCERPT_CHARS, context, fit
 
 ARCHIVE_PAGE = 30  # digests on one page of the archive
@@ -101,7 +101,8 @@ def rebuild(db: Database, subscriber: Subscriber, digest_id: str,
     sections = tuple(Section(s.topic, s.matches, trending=s.topic == TRENDING
                              and not any(m.score for m in s.matches))
                      for s in group(matches))
-    return sent, Digest(subscriber, sent.local_date, sections, sent.made_at)
+    return sent, Digest(subscriber, sent.local_date, sections, sent.made_at,
+                        nth=nth_of(sent.id))
 
 
 def _matches(listings: list[Listing], subscriber: Subscriber) -> dict[str, Match]:

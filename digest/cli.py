@@ -112,9 +112,12 @@ class _Group(click.Group):
 _STORE = "digest.store"
 
 
-def _open_store(settings: Settings) -> store.Store:
-    # Remembered for _Group: a store fault after opening still names the store.
+def _open_store(settings: Settings, to_look: bool = False) -> store.Store:
+    # Remembered for _Group: a store fault after opening still names the store. `to_look`:
+    # a command that changes nothing creates no store either (store.open_to_look).
     click.get_current_context().meta[_STORE] = settings.store.path
+    if to_look:
+        return store.open_to_look(settings.store.path)
     return store.open_db(settings.store.path)
 
 
@@ -248,7 +251,7 @@ def preview(config_path: Path, subscriber: str, out_path: Path | None, text: boo
             open_browser: bool) -> None:
     """Render what SUBSCRIBER would get now. Sends nothing and changes no state."""
     settings = _settings(config_path)
-    db = _open_store(settings)
+    db = _open_store(settings, to_look=True)
     composed = pipeline.preview(settings, db, subscriber, _now())
     if composed is None:
         out.print(f"{subscriber}: nothing matches right now, so no email would be sent.")
@@ -637,7 +640,7 @@ def explain(config_path: Path, subscriber: str, query: str) -> None:
     if not query.strip():
         raise click.UsageError("QUERY is empty: give a listing id or words of its title")
     settings = _settings(config_path)
-    db = _open_store(settings)
+    db = _open_store(settings, to_look=True)
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
                                        subscriber, query, _now(), settings.ranking)
     if not results:

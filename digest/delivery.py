@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -163,8 +164,10 @@ class Delivery:
         on_result: Callable[[Delivered], None] | None = None,
         claim_batch: int = CLAIM_BATCH,
         load: Callable[[list[store.Pending]], dict[str, bytes | str]] | None = None,
+        reserve: Path | None = None,
     ) -> None:
         self.db = db
+        self.reserve = reserve  # the store whose disk room (store.keep_reserve) answers use
         self.width = len(senders)
         self.clock = clock
         self.policy = policy
@@ -191,6 +194,7 @@ class Delivery:
         for thread in self._threads:
             thread.start()
         self._finished = False
+        self._full: sqlite3.Error | None = None  # the disk filled up: see _commit
 
     def __enter__(self) -> Delivery:
         return self
@@ -311,7 +315,7 @@ class Delivery:
             self._record_if_due()
         for thread in self._threads:
             thread.join()
-        self._record()
+        self._record_last()
         return self.report
 
     def _collect(self, block: bool) -> None:
@@ -341,13 +345,7 @@ class Delivery:
         # One transaction (one commit, the cost that bounds a batch on one core): record
         # what came back meanwhile, each result only after the server's answer, then claim
         # these rows just before they are queued, unless a result stopped the batch.
-        with self.db.atomic():
-            delivered = self._record_in_transaction()
-            go = not self.halted
-            if go:
-                store.claim_many(self.db, [row.id for row in rows], self.clock())
-        self._report(delivered)
-        if not go:
+        if not self._commit(rows):
             return False
         # The bytes a builder handed over with the row, else those stored or rebuilt. (Should
         # `load` fail, the rows stay 'sending', as after a crash: the next run sends them.)
@@ -372,11 +370,45 @@ class Delivery:
         return dict(store.messages(self.db, [row.id for row in rows]))
 
     def _record(self) -> None:
-        if not self._results:
+        if self._results and self._full is None:  # after a full disk: see _record_last
+            self._commit([])
+
+    def _commit(self, claim: list[store.Pending]) -> bool:
+        # Record the results that came back and claim `claim` (if any and the batch goes
+        # on), in one transaction; whether they were claimed.
+        results, claimed = list(self._results), self._claimed
+        try:
+            with self.db.atomic():
+                delivered = self._record_in_transaction()
+                go = bool(claim) and not self.halted
+                if go:
+                    store.claim_many(self.db, [row.id for row in claim], self.clock())
+        except sqlite3.Error as exc:
+            if not (store.is_full(exc) and self.reserve):
+                raise
+            # The disk is full. Messages the server accepted must not stay 'sending' (the
+            # next run would send them again): keep their answers, let the connections take
+            # nothing more, and record them in `finish`, once every answer is in, in the
+            # room the reserve leaves (spent then, not now: the workers may still be storing).
+            self._full = exc
+            self._abort.set()
+            self._results, self._claimed = results, claimed
+            return False
+        self._report(delivered)
+        return go
+
+    def _record_last(self) -> None:
+        # The batch's last commit. After a full disk: in the room the reserve held for it,
+        # then the store's error is raised (the caller reports the full disk).
+        self._record()
+        if self._full is None or self.reserve is None:
             return
+        full, self._full = self._full, None
+        store.spend_reserve(self.reserve)
         with self.db.atomic():
             delivered = self._record_in_transaction()
         self._report(delivered)
+        raise full
 
     def _record_in_transaction(self) -> list[Delivered]:
         results, self._results = self._results, []

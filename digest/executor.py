@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, Generic, Protocol, TypeVar
 
+from .errors import DigestError
+
 log = logging.getLogger("digest")
 
 U = TypeVar("U")
@@ -161,8 +163,9 @@ class ForkPool(Generic[U, R]):
         conn.close()
 
     def _fail(self, why: str) -> None:
-        self.broken = self.broken or f"a worker process failed: {why}"
-        log.error("%s", self.broken)
+        if self.broken is None:  # once: every worker meets a full disk, say
+            self.broken = f"a worker process failed: {why}"
+            log.error("%s", self.broken)
 
     def close(self) -> None:
         """Let the workers finish what they hold, then stop them."""
@@ -187,6 +190,8 @@ def _serve(conn: Connection, start: Callable[[], Work[Any, Any]]) -> None:
     while (units := conn.recv()) is not None:
         try:
             conn.send(work.build(units))
+        except DigestError as exc:  # the store is full, say: the parent logs its one line
+            conn.send(str(exc))
         except Exception as exc:  # a bug: the parent stops the batch
             log.exception("a worker's task failed")
             conn.send(repr(exc))

@@ -326,3 +326,13 @@ def m21_subscriber_cache_index(db: Database) -> None:
     db.table("subscriber_cache").add_column("stat", str)
     db.execute("create index idx_subscriber_cache_email on subscriber_cache"
                " (lower(json_extract(data, '$.email')))")
+
+
+@migrations()
+def m22_a_second_digest_of_a_date(db: Database) -> None:
+    """A subscriber who moved west can get a second digest labelled with a date that already
+    had one (`pipeline.day_digest`), under its own key: the (subscriber_id, local_date) index
+    stays, for its lookups, but no longer unique."""
+    db.execute("drop index if exists idx_digests_subscriber_id_local_date")
+    db.execute("create index idx_digests_subscriber_id_local_date"
+               " on digests (subscriber_id, local_date)")

@@ -142,9 +142,19 @@ class Section:
     similar: bool = False
 
 
-def digest_key(subscriber_id: str, local_date: date) -> str:
-    """The key of a subscriber's digest for one local date: the outbox row's id."""
-    return f"{subscriber_id}/{local_date.isoformat()}"
+def digest_key(subscriber_id: str, local_date: date, nth: int = 1) -> str:
+    """The key of a subscriber's digest for one local date: the outbox row's id. `nth` > 1:
+    a later digest of a date that already had one, by the clock of a zone east of where the
+    subscriber moved (`pipeline.day_digest`): `<id>/<date>.<nth>`."""
+    key = f"{subscriber_id}/{local_date.isoformat()}"
+    return key if nth == 1 else f"{key}.{nth}"
+
+
+def nth_of(key: str) -> int:
+    """The `nth` of a digest key (see `digest_key`)."""
+    _, _, day = key.rpartition("/")
+    _, dot, nth = day.partition(".")
+    return int(nth) if dot else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,7 @@ class Digest:
     generated_at: datetime
     # Whether what the subscriber liked ranked it (`digest.ranking`); the footer says so.
     learned: bool = False
+    nth: int = 1  # which digest of its local date (see `digest_key`)
 
     @property
     def matches(self) -> tuple[Match, ...]:
@@ -165,8 +176,8 @@ class Digest:
 
     @property
     def id(self) -> str:
-        """The digest's stable key: one per subscriber and local date."""
-        return digest_key(self.subscriber.id, self.local_date)
+        """The digest's stable key: one per subscriber and local date (and `nth`)."""
+        return digest_key(self.subscriber.id, self.local_date, self.nth)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from .config import AnySource, Settings, is_subscriber_id, sends_on, tls_context
 from .errors import ConfigError, DigestError, FetchStopped, SourceError, printable
 from .executor import Executor, ForkPool, Serial
 from .links import link_url, missing_secret, unsubscribe_url
-from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key
+from .models import Digest, ParseReport, RenderedEmail, Subscriber, digest_key, nth_of
 from .recipe import Recipe, RecipeError, dumps
 from .recipe import loads as recipe_loads
 from .render import Fitted, Links, environment, fit, refit, template_version
@@ -414,7 +414,39 @@ def is_due(subscriber: Subscriber, now: datetime) -> bool:
     return local.time().replace(tzinfo=None) >= subscriber.send_at
 
 
-def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime) -> str | None:
+# After a move west, the shortest time between the digest of a date made by the clock of the
+# zone left and the one that date gets by the clock of the new zone.
+MOVED_WEST_GAP = timedelta(hours=12)
+
+
+@dataclass(frozen=True, slots=True)
+class DayDigest:
+    """Which digest is `day`'s for a subscriber (`nth`), its state (None: not made yet) and,
+    for nth > 1, when the one before it of that date was made."""
+
+    nth: int
+    state: str | None
+    previous: datetime | None = None
+
+
+def day_digest(db: Database, subscriber: Subscriber, day: date) -> DayDigest:
+    """`day`'s digest, by the calendar of the zone the subscriber is in now.
+
+    A digest sent for `day` by the clock of a zone east of here, made while it was still an
+    earlier date here (Kathmandu's Dec 3 sent at 01:15 UTC, then a move to Honolulu, where
+    that was Dec 2), was that earlier date's digest: `day` gets one of its own, the next
+    `nth`, at send_at, but not within MOVED_WEST_GAP of that one (`too_soon`)."""
+    row = store.day_row(db, subscriber.id, day)
+    if row is None:
+        return DayDigest(1, None)
+    nth = nth_of(row.key)
+    if row.state == "sent" and row.made_at.astimezone(ZoneInfo(subscriber.timezone)).date() < day:
+        return DayDigest(nth + 1, None, row.made_at)
+    return DayDigest(nth, row.state)
+
+
+def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime,
+             previous: datetime | None = None) -> str | None:
     """Why `day`'s digest must wait, or None: the subscriber's last digest (of another local
     date, sent or queued) was made on `day` or later by the clock of their time zone now.
 
@@ -422,13 +454,20 @@ def too_soon(db: Database, subscriber: Subscriber, day: date, now: datetime) -> 
     01:15 UTC, then Honolulu, where that was still Nov 25), the day they are back in gets
     none; moved east, a date that comes round early waits for the next. Without a move the
     last digest was made on an earlier date, however late that day, so nothing waits."""
+    if previous is not None and now - previous < MOVED_WEST_GAP:  # see day_digest
+        return (f"digest for {day} sent {_ago(now, previous)} ago by the clock of another"
+                f" zone (after a move west, {MOVED_WEST_GAP.seconds // 3600} hours between"
+                " two)")
     last = store.last_made(db, subscriber.id, day)
     if last is None or last.made_at.astimezone(ZoneInfo(subscriber.timezone)).date() < day:
         return None
-    minutes = max(0, int((now - last.made_at).total_seconds() // 60))
-    ago = f"{minutes} minutes" if minutes < 120 else f"{minutes // 60} hours"
-    return (f"digest for {last.local_date} {last.state} {ago} ago (one digest a day, whatever"
-            " the timezone)")
+    return (f"digest for {last.local_date} {last.state} {_ago(now, last.made_at)} ago (one"
+            " digest a day, whatever the timezone)")
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    minutes = max(0, int((now - then).total_seconds() // 60))
+    return f"{minutes} minutes" if minutes < 120 else f"{minutes // 60} hours"
 
 
 def setup_problems(settings: Settings) -> list[DigestError]:
@@ -545,6 +584,7 @@ def _send_batch(
     digest built (here or in `workers` processes) and offered as it comes; each result
     lands in `report`. Returns why the batch stopped early, if it did."""
     settings = job.settings
+    store.keep_reserve(settings.store.path)  # a full disk stops here, before anything is built
 
     def on_result(done: delivery.Delivered) -> None:
         row = done.pending
@@ -568,6 +608,7 @@ def _send_batch(
             db, senders, clock, policy=retry_policy(settings),
             rate=settings.smtp.rate_limit if settings.delivery.transport == "smtp" else 0.0,
             stop=stop, on_result=on_result, load=Rebuilder(settings, db, env),
+            reserve=settings.store.path,
         ) as outbox:
             waiting = _waiting(db, today, job.now, job.due_only)
             outbox.offer_many(waiting)
@@ -674,12 +715,12 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
     if isinstance(entry, ConfigError):
         return Outcome(_entry_id(entry), "invalid", detail=entry.message)
     sid, day = entry.id, today[entry.id]
-    key = digest_key(sid, day)
     if store.is_unsubscribed(db, sid):
         return Outcome(sid, "unsubscribed", detail="unsubscribed")
     if store.is_suppressed(db, entry.email):
         return Outcome(sid, "suppressed", detail=f"{entry.email} is suppressed")
-    state = store.digest_state(db, sid, day)
+    todays = day_digest(db, entry, day)
+    state, key = todays.state, digest_key(sid, day, todays.nth)
     if state in store.PENDING_STATES and store.pending_row(db, key):
         return Outcome(sid, "queued", detail=f"stored, not sent ({why}); the next run sends it")
     if state == "sent":
@@ -689,7 +730,7 @@ def _left_over(db: Database, entry: Subscriber | ConfigError, now: datetime, due
                        detail=f"digest for {day} failed; 'digest retry' queues it again")
     if state == "empty" or (due_only and not is_due(entry, now)):
         return Outcome(sid, "not-due" if due_only else "no-matches")
-    wait = too_soon(db, entry, day, now)
+    wait = too_soon(db, entry, day, now, todays.previous)
     if wait is not None:
         return Outcome(sid, "not-due" if due_only else "already-sent", detail=wait)
     return Outcome(sid, "not-sent", detail=f"not built ({why}); the next run builds it")
@@ -737,6 +778,7 @@ class _Write:
     subscriber: Subscriber
     day: date
     composed: Composed | None
+    nth: int = 1  # which digest of `day` (see pipeline.day_digest)
 
 
 def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
@@ -750,10 +792,12 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     no_mail = _no_mail_today(db, subscriber, day)
     if no_mail is not None:
         return no_mail
-    state = store.digest_state(db, subscriber.id, day)
+    todays = day_digest(db, subscriber, day)
+    state = todays.state
     if state == "sent":
         return Outcome(subscriber.id, "already-sent", detail=f"digest for {day} already sent")
-    if state in store.PENDING_STATES and store.pending_row(db, digest_key(subscriber.id, day)):
+    if state in store.PENDING_STATES and store.pending_row(
+            db, digest_key(subscriber.id, day, todays.nth)):
         # What was due of it has been handed over already, from the outbox: a retry whose
         # time has not come is what is left.
         if dry_run:
@@ -768,7 +812,7 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
                        detail=f"digest for {day} failed; 'digest retry' queues it again")
     if due_only and (state == "empty" or not is_due(subscriber, now)):
         return Outcome(subscriber.id, "not-due")
-    wait = too_soon(db, subscriber, day, now)
+    wait = too_soon(db, subscriber, day, now, todays.previous)
     if wait is not None:  # a timezone change brought another date round too soon
         return Outcome(subscriber.id, "not-due" if due_only else "already-sent", detail=wait)
     try:
@@ -776,7 +820,9 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
         if digest is None:
             if dry_run:
                 return Outcome(subscriber.id, "no-matches")
-            return _Write(subscriber, day, None)
+            return _Write(subscriber, day, None, todays.nth)
+        if todays.nth != 1:
+            digest = dataclasses.replace(digest, nth=todays.nth)
         composed = compose(settings, digest, env)
     except ConfigError as exc:  # a `like` naming a paper the store does not hold
         return Outcome(subscriber.id, "invalid", detail=exc.message)
@@ -786,14 +832,14 @@ def _prepare_one(job: _Job, db: Database, env: jinja2.Environment,
     if dry_run:
         return Outcome(subscriber.id, "would-send", len(composed.digest.matches),
                        detail=composed.rendered.subject)
-    return _Write(subscriber, day, composed)
+    return _Write(subscriber, day, composed, todays.nth)
 
 
 def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
     """Store what `_prepare_one` built: the outbox row (None) or the empty day."""
     subscriber = write.subscriber
     if write.composed is None:
-        store.mark_empty(db, subscriber.id, write.day, now)
+        store.mark_empty(db, subscriber.id, write.day, now, write.nth)
         return Outcome(subscriber.id, "no-matches")
     digest, out = write.composed.digest, write.composed.outgoing
     # What compose() produced is stored now: the recipe and the hash of the bytes that get
@@ -878,7 +924,8 @@ class _Builder:
                                          detail=f"unexpected error: {exc!r}")))
         if all(isinstance(item, Outcome) for _, item in built):  # a dry run writes nothing
             return [item for _, item in built if isinstance(item, Outcome)]
-        out = _store_task(db, built, job.now)
+        with store.faults(job.settings.store.path):  # a full disk: one line, not a traceback
+            out = _store_task(db, built, job.now)
         for (_, key), (_, item) in zip(out, built, strict=True):
             if self.files and isinstance(key, str) and isinstance(item, _Write) and item.composed:
                 # The file transport's .html beside the .eml, from the render (FileSender).
@@ -911,7 +958,9 @@ def _store_task(db: Database, built: list[tuple[int, Outcome | _Write]],
     is the transaction rolled back and the task written again, each digest in a savepoint."""
     try:
         return _write_task(db, built, now, isolate=False)
-    except Exception:
+    except Exception as exc:
+        if store.is_full(exc):  # no digest of the task can be stored: no use trying each
+            raise
         return _write_task(db, built, now, isolate=True)
 
 
@@ -933,7 +982,7 @@ def _write_task(db: Database, built: list[tuple[int, Outcome | _Write]], now: da
                     log.exception("subscriber %s: cannot store the digest", item.subscriber.id)
                     outcome = Outcome(item.subscriber.id, "failed",
                                       detail=f"unexpected error: {exc!r}")
-            out.append((i, outcome or digest_key(item.subscriber.id, item.day)))
+            out.append((i, outcome or digest_key(item.subscriber.id, item.day, item.nth)))
     return out
 
 

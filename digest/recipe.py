@@ -73,6 +73,7 @@ def dumps(recipe: Recipe) -> bytes:
                  *([m.reason] if m.reason else [])]
                 for m in s.matches], *([True] if s.similar else [])] for s in d.sections],
         **({"l": True} if d.learned else {}),
+        **({"n": d.nth} if d.nth != 1 else {}),
         "f": [recipe.left_out, recipe.excerpt_chars],
         "t": recipe.dkim_time,
         "tv": recipe.template,
@@ -101,7 +102,8 @@ def loads(blob: bytes, listings: Sequence[Listing]) -> Recipe:
                       for keywords, spans, *reason in matches)
         sections.append(Section(topic, items, trending, similar=bool(similar)))
     digest = Digest(subscriber, date.fromisoformat(data["d"]), tuple(sections),
-                    datetime.fromisoformat(data["g"]), learned=bool(data.get("l")))
+                    datetime.fromisoformat(data["g"]), learned=bool(data.get("l")),
+                    nth=int(data.get("n", 1)))
     left_out, excerpt_chars = data["f"]
     return Recipe(digest, left_out, excerpt_chars, data["t"], data["tv"])
 

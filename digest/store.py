@@ -7,9 +7,11 @@ Timestamps are stored as UTC ISO-8601 strings of one fixed width, so they sort a
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -82,6 +84,9 @@ def store_error(path: Path, exc: sqlite3.Error | OSError,
                 doing: str = "create its folder") -> StoreError:
     """The one-line StoreError for what SQLite or the OS (when `doing` what) said about the
     store at `path`."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(path, "the disk is full",
+                          hint=f"free space on the disk that holds {path.parent}")
     if isinstance(exc, OSError):
         why = (f"{exc.filename} is a file" if isinstance(exc, FileExistsError | NotADirectoryError)
                and exc.filename else exc.strerror or str(exc))
@@ -107,10 +112,23 @@ def store_error(path: Path, exc: sqlite3.Error | OSError,
                           hint="restore it from a backup, or move it aside to start an empty"
                                " store (the record of what was sent is then lost)")
     if name.startswith("SQLITE_CANTOPEN") or name in ("SQLITE_PERM", "SQLITE_AUTH"):
-        why = "it is a folder" if path.is_dir() else "cannot open the file"
-        return StoreError(path, why, hint="set [store] path in digest.toml to a file this user"
-                                          " can read and write")
+        if path.is_dir():
+            return StoreError(path, "it is a folder", hint="set [store] path in digest.toml to"
+                                                           " a file this user can read and write")
+        if not _writable(path):
+            # A store in WAL mode is opened for writing, with its -shm and -wal files next to
+            # it: SQLite says only "unable to open database file" when it cannot.
+            return StoreError(path, "read-only: the file or its folder cannot be written",
+                              hint=f"make {path} and its folder writable by this user")
+        return StoreError(path, "cannot open the file", hint="set [store] path in digest.toml"
+                                                             " to a file this user can read and"
+                                                             " write")
     return StoreError(path, str(exc))
+
+
+def _writable(path: Path) -> bool:
+    # access(2) answers for this user, and says no on a read-only mount even to root.
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 @contextmanager
@@ -120,6 +138,61 @@ def faults(path: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise store_error(path, exc) from exc
+
+
+# Disk room held back for the outbox's answers. A message the server accepted that the store
+# cannot mark 'sent' (the disk filled up: a worker's queued messages, the write-ahead log)
+# stays 'sending' and is sent again by the next run: a duplicate. So a send first makes sure
+# `<store>.reserve` takes this much of the disk, and a commit of answers that finds the disk
+# full deletes it and commits them again in the room it leaves (`spend_reserve`). Enough for
+# a commit of every answer a batch can hold (at most 64 rows, a few 16 KB pages each).
+RESERVE_BYTES = 4 * 1024 * 1024
+
+
+def reserve_path(path: Path) -> Path:
+    """The file that holds disk room for the store at `path` (see RESERVE_BYTES)."""
+    return path.with_name(path.name + ".reserve")
+
+
+def keep_reserve(path: Path) -> None:
+    """Make sure the disk room of RESERVE_BYTES is held for the store at `path` before a
+    send claims anything; a StoreError (the disk is full) if it cannot be."""
+    spare = reserve_path(path)
+    try:
+        held = spare.stat()
+        if held.st_size == RESERVE_BYTES and held.st_blocks * 512 >= RESERVE_BYTES:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise store_error(path, exc, "hold disk room for the outbox") from exc
+    try:
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        spare.unlink(missing_ok=True)
+        if exc.errno == errno.EFBIG:
+            # A file size limit (ulimit -f) below the reserve: no reserve, as room freed on
+            # the disk would not let the store's files grow past that limit either.
+            return
+        raise store_error(path, exc, "hold disk room for the outbox") from exc
+
+
+def spend_reserve(path: Path) -> bool:
+    """Free the disk room held for the store at `path`; False if none was held."""
+    try:
+        reserve_path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether SQLite said the disk holding the store is full."""
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
 
 
 def open_db(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> Store:
@@ -136,6 +209,18 @@ def open_db(path: Path, busy_timeout: float = BUSY_TIMEOUT) -> Store:
         except BaseException:
             db.close()
             raise
+    return db
+
+
+def open_to_look(path: Path) -> Store:
+    """The store at `path` for a command that only looks (preview, explain): opened as
+    `open_db` does when its file exists; else an empty store in memory, so that looking
+    before the first fetch leaves no file (nor folder) behind."""
+    if path.exists() or path.is_symlink():
+        return open_db(path)
+    with faults(path):
+        db = Store(Path(":memory:"))
+        _prepare(db, BUSY_TIMEOUT)
     return db
 
 
@@ -533,6 +618,26 @@ def last_made(db: Database, subscriber_id: str, local_date: date) -> Made | None
     return Made(date.fromisoformat(row[0]), row[1], datetime.fromisoformat(row[2]))
 
 
+@dataclass(frozen=True, slots=True)
+class DayRow:
+    """The latest digest labelled with a local date: its key, state and when it was made."""
+
+    key: str
+    state: str
+    made_at: datetime
+
+
+def day_row(db: Database, subscriber_id: str, local_date: date) -> DayRow | None:
+    """The latest digest of the subscriber labelled `local_date` (there are two after a move
+    west: `pipeline.day_digest`), or None."""
+    row = db.execute(
+        "select id, state, created_at from digests where subscriber_id = ? and local_date = ?"
+        " order by created_at desc, id desc limit 1",
+        [subscriber_id, local_date.isoformat()],
+    ).fetchone()
+    return None if row is None else DayRow(row[0], row[1], datetime.fromisoformat(row[2]))
+
+
 def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | None:
     """The state of that day's digest (see `OUTBOX_STATES`), 'empty', or None."""
     row = next(
@@ -543,9 +648,10 @@ def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | No
     return row["state"] if row else None
 
 
-def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime) -> None:
-    """Record that nothing matched for that day, so no email went out."""
-    key = digest_key(subscriber_id, local_date)
+def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime,
+               nth: int = 1) -> None:
+    """Record that nothing matched for that day (its `nth` digest), so no email went out."""
+    key = digest_key(subscriber_id, local_date, nth)
     stamp = timestamp(now)
     values = {"updated_at": stamp, "state": "empty", "item_count": 0}
     with _transaction(db):  # one write: inside the caller's transaction, no savepoint
@@ -772,10 +878,13 @@ def write_transaction(db: Database) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.conn.commit()
     except BaseException:
-        db.conn.rollback()
+        # Also when the commit failed (a full disk): the transaction is still open then, and
+        # the next BEGIN would fail with "cannot start a transaction within a transaction".
+        if db.conn.in_transaction:
+            db.conn.rollback()
         raise
-    db.conn.commit()
 
 
 @contextmanager

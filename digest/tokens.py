@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,7 +55,11 @@ _WORD = re.compile(
     f"{_LETTERS}+(?:(?=[^\\x00-\\u02ff])[{_MARKS}]+{_LETTERS}*)*|[{_CJK}][{_MARKS}]*")
 # A person's name keeps its ideographs together: "王小明" is one name word, not three.
 _NAME_WORD = re.compile(r"[^\W_]+")
-_STEMMER = snowballstemmer.stemmer("english")
+# One Snowball stemmer per thread: a stemmer keeps the word it is stemming in itself, so one
+# shared by `digest serve`'s request threads raised IndexError (a 500 on the preferences
+# page) or gave a word another word's stem. (Thread-local rather than a lock: a lock held by
+# another thread when `send --workers` forks would stay held in the worker for good.)
+_STEMMERS = threading.local()
 # No English word is longer than about 45 letters: longer tokens (hashes, DNA, junk) are not
 # stemmed. This bounds the work per token for every path (text, keywords, the shared index).
 MAX_STEMMED = 64
@@ -85,7 +90,10 @@ def stem(word: str) -> str:
 
 @lru_cache(maxsize=200_000)  # listed in digest.caches
 def _stem(word: str) -> str:
-    return str(_STEMMER.stemWord(word))
+    stemmer = getattr(_STEMMERS, "english", None)
+    if stemmer is None:
+        stemmer = _STEMMERS.english = snowballstemmer.stemmer("english")
+    return str(stemmer.stemWord(word))
 
 
 def tokenize(text: str) -> list[Token]:

@@ -222,6 +222,10 @@ def test_preview_before_any_fetch_says_to_fetch_first(project: Project) -> None:
         "ada: nothing matches right now, so no email would be sent.",
         f"hint: the store has no listings yet: run `digest fetch --config {project.config}`"
         " first"]
+    # A preview (or explain) leaves no trace: no empty store, nor its folder, made by it.
+    code, output = invoke(project, "explain", "ada", "quantization")
+    assert code == 1 and "no listing has" in output
+    assert not project.db_path.parent.exists()
     invoke(project, "fetch")
     (project.subscribers / "zed.toml").write_text(
         'name = "Zed"\nemail = "zed@example.org"\n[[topics]]\nname = "Z"\n'

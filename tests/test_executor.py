@@ -3,11 +3,17 @@ result, the pool's workers make their own state, and a worker that dies costs on
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
+import pytest
+
+from digest.errors import StoreError
 from digest.executor import ForkPool, Serial
 
 
@@ -82,3 +88,27 @@ def test_a_worker_that_died_idle_stops_the_pool_when_it_is_sent_a_task() -> None
     got = collect(pool, list(range(40)))
     assert pool.broken is not None and "killed by SIGKILL" in pool.broken
     assert len(got) < 40  # the rest are left for the caller to report
+
+
+class Full:
+    """A Work whose every task meets a full disk, as a worker storing its digests does."""
+
+    def build(self, units: list[int]) -> list[tuple[int, int]]:
+        raise StoreError(Path("/srv/digest.db"), "the disk is full")
+
+
+def test_a_worker_that_meets_a_store_error_says_it_in_one_line(
+        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    """A full disk fails every worker's task alike: the batch stops with the store's one
+    line, logged once, and no worker prints a traceback of it (each printed two)."""
+    to_stderr = logging.StreamHandler(sys.stderr)  # what the workers (forked) log goes here
+    logging.getLogger("digest").addHandler(to_stderr)
+    try:
+        pool = ForkPool(Full, 2, poll=0.05, chunk=1)
+        got = collect(pool, list(range(6)))
+    finally:
+        logging.getLogger("digest").removeHandler(to_stderr)
+    assert pool.broken == "a worker process failed: store /srv/digest.db: the disk is full"
+    assert all(r is None for r in got.values())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [pool.broken]
+    assert "Traceback" not in capfd.readouterr().err

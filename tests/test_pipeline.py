@@ -293,7 +293,7 @@ def test_moving_west_sends_no_second_digest_the_same_day(
 ) -> None:
     """Kathmandu's digest of Nov 26 goes at 01:15 UTC; moved to Honolulu, where it is still
     Nov 25 afternoon, nothing more goes that day (neither the scheduler nor `digest send`),
-    and the next day Honolulu has of its own (Nov 27; Nov 26's digest is the one sent) does."""
+    and Nov 27 there goes as every day (Nov 26: the next test)."""
     settings, db = _first_digest(project, "Asia/Kathmandu", _utc(26, 1, 20))
     _moving(project, "Pacific/Honolulu")
     again = pipeline.send(settings, db, _utc(26, 1, 42), only=["kw"], due_only=due_only)
@@ -306,6 +306,36 @@ def test_moving_west_sends_no_second_digest_the_same_day(
     # Nov 27, 07:00 in Honolulu: 40 hours after the last one.
     later = pipeline.send(settings, db, _utc(27, 17, 5), only=["kw"], due_only=True)
     assert [o.status for o in later.outcomes] == ["sent"]
+    assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
+
+
+def test_moving_west_skips_no_day_and_sends_no_two_within_12_hours(project: Project) -> None:
+    """Kathmandu's Nov 26 goes at 01:20 UTC (Nov 25, 15:20 in Honolulu). Moved to Honolulu,
+    the reader's Nov 26 there is a day they have had no digest on: it gets one at 07:00
+    (17:00 UTC, 15 hours after the other), under a key of its own, not within 12 hours of
+    the other (a manual send at 00:30 there waits), and Nov 27 goes as every day."""
+    settings, db = _first_digest(project, "Asia/Kathmandu", _utc(26, 1, 20))
+    _moving(project, "Pacific/Honolulu")
+    early = pipeline.send(settings, db, _utc(26, 10, 30), only=["kw"])  # Nov 26, 00:30 there
+    [outcome] = early.outcomes
+    assert outcome.status == "already-sent"
+    assert outcome.detail == ("digest for 2026-11-26 sent 9 hours ago by the clock of another"
+                              " zone (after a move west, 12 hours between two)")
+    before = pipeline.send(settings, db, _utc(26, 16, 59), only=["kw"], due_only=True)
+    assert [o.status for o in before.outcomes] == ["not-due"]  # 06:59 there
+    due = pipeline.send(settings, db, _utc(26, 17, 0), only=["kw"], due_only=True)
+    assert [o.status for o in due.outcomes] == ["sent"]
+    again = pipeline.send(settings, db, _utc(26, 23, 0), only=["kw"], due_only=True)
+    assert [o.status for o in again.outcomes] == ["already-sent"]
+    rows = [(r["id"], r["state"]) for r in store.digests(db)]
+    assert sorted(rows) == [("kw/2026-11-26", "sent"), ("kw/2026-11-26.2", "sent")]
+    items = [{r[0] for r in db.execute("select listing_id from digest_items where digest_id = ?",
+                                        [key])} for key in ("kw/2026-11-26", "kw/2026-11-26.2")]
+    assert items[0] and items[1] and not items[0] & items[1]  # other papers, none again
+    assert sorted(p.name for p in project.outbox.glob("*.eml")) == [
+        "2026-11-26.2_kw.eml", "2026-11-26_kw.eml"]
+    nextday = pipeline.send(settings, db, _utc(27, 17, 0), only=["kw"], due_only=True)
+    assert [o.status for o in nextday.outcomes] == ["sent"]
     assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
 
 

@@ -87,7 +87,8 @@ def ranked(digest: Digest) -> Digest:
     return dataclasses.replace(digest, sections=(*kept, similar), learned=True)
 
 
-@pytest.mark.parametrize("case", ["plain", "hostile-titles", "cut-to-fit", "ranked"])
+@pytest.mark.parametrize("case", ["plain", "hostile-titles", "cut-to-fit", "ranked",
+                                  "second-of-its-date"])
 def test_a_message_rebuilt_from_its_recipe_is_byte_for_byte_the_one_built(
         project: Project, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     settings, record = configure(project, monkeypatch)
@@ -97,6 +98,8 @@ def test_a_message_rebuilt_from_its_recipe_is_byte_for_byte_the_one_built(
         # More than the size budget holds: fit shortens the excerpts and leaves items out.
         "cut-to-fit": lambda: samples.digest(400),
         "ranked": lambda: ranked(samples.digest(10)),
+        # After a move west (pipeline.day_digest): its key, in its links, is its own.
+        "second-of-its-date": lambda: dataclasses.replace(samples.digest(10), nth=2),
     }[case]()
     composed = pipeline.compose(settings, digest, environment())
     if case == "cut-to-fit":
@@ -110,6 +113,7 @@ def test_a_message_rebuilt_from_its_recipe_is_byte_for_byte_the_one_built(
     assert verify(again.outgoing.data, record)
     if case == "ranked":
         assert b"which you liked (similarity 0.01)" in again.outgoing.data
+    assert again.digest.id == digest.id
 
 
 def first_send_drops(settings: Settings, server: FaultServer, drops: int

@@ -15,7 +15,7 @@ from digest import store, subscribers
 from digest.config import DefaultsConfig
 from digest.index import build_digest
 from digest.migrations import migrations
-from digest.models import Digest, Listing, Subscriber, Topic
+from digest.models import Digest, Listing, Subscriber, Topic, digest_key
 from digest.tokens import title_id
 from tests import outbox_support as outbox
 from tests.conftest import NOW
@@ -406,7 +406,7 @@ APPLIED_ORDER = ["m001_initial", "m03_sources", "m06_outbox", "m11_listing_tldr"
                  "m16_suppression", "m14_signup_tokens", "m14_outbox_recipes",
                  "m17_digest_items_without_rowid", "m18_title_keys_of_readable_titles",
                  "m19_listing_titles", "m20_title_keys_of_cjk_titles",
-                 "m21_subscriber_cache_index"]
+                 "m21_subscriber_cache_index", "m22_a_second_digest_of_a_date"]
 
 
 def test_a_new_store_applies_the_migrations_in_the_order_they_are_listed(
@@ -491,10 +491,15 @@ def test_enqueue_takes_over_an_empty_or_failed_day_and_refuses_a_pending_one(
     assert outbox.sent_listing_ids(db, failed) == ["b"]
     assert db.execute("select state, message_id, attempts from digests where id = ?",
                       [failed]).fetchone() == ("queued", "<f2@x>", 0)
-    with pytest.raises(sqlite3.IntegrityError):  # another key for a subscriber's same day
-        store.enqueue(db, key="other", subscriber_id="f", local_date=day, message_id="<o@x>",
-                      subject="s", envelope_from="d@example.org", recipient="f@example.org",
-                      data=b"x", items=[], now=NOW)
+    # A second digest of that date (after a move west, pipeline.day_digest) has a key of its
+    # own: the store takes it beside the first, which day_row then finds.
+    store.enqueue(db, key=digest_key("f", day, 2), subscriber_id="f", local_date=day,
+                  message_id="<o@x>", subject="s", envelope_from="d@example.org",
+                  recipient="f@example.org", data=b"x", items=[],
+                  now=NOW + dt.timedelta(minutes=1))
+    assert db.execute("select count(*) from digests where subscriber_id = 'f'").fetchone() == (2,)
+    found = store.day_row(db, "f", day)
+    assert found is not None and found.key == "f/" + day.isoformat() + ".2"
 
 
 def test_last_made_finds_the_last_digest_of_another_date_that_went(tmp_path: Path) -> None:

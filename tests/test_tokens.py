@@ -148,3 +148,42 @@ def test_a_listing_of_huge_words_is_matched_with_bounded_work() -> None:
     assert result.stdout.split("\n")[0] == (
         "[('L0', 'T'), ('L1', 'T'), ('L2', 'T'), ('huge', 'Y')]"
     )
+
+
+def test_stemming_from_many_threads_at_once_gives_each_word_its_stem() -> None:
+    """`digest serve` builds previews in a thread pool: one Snowball stemmer shared by the
+    threads (it keeps the word being stemmed in itself) raised IndexError, a 500 on the
+    preferences page, or returned another word's stem."""
+    import random
+    import string
+    import threading
+
+    import snowballstemmer
+
+    rng = random.Random(7)
+    endings = ["ing", "ed", "ies", "ation", "ness", "ly", "ment", "s", "izing", "ational"]
+    batches = [[("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 12)))
+                 + rng.choice(endings)) for _ in range(5_000)] for _ in range(4)]
+    expected = snowballstemmer.stemmer("english")
+    got: list[list[str]] = [[] for _ in batches]
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            got[n] = [stem(w) for w in batches[n]]
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    try:
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(len(batches))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    for words_, stems in zip(batches, got, strict=True):
+        assert stems == [expected.stemWord(w) for w in words_]
