@@ -126,9 +126,23 @@ def _open_store(settings: Settings, to_look: bool = False) -> store.Store:
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
 def cli(verbose: int) -> None:
     """digest: a personalised daily email of new papers that match what you care about."""
+    click.get_current_context().meta[_VERBOSE] = verbose
+    _log_levels(verbose)
+
+
+_VERBOSE = "digest.verbose"
+
+
+def _log_levels(verbose: int, daemon: bool = False) -> None:
+    """Log to stderr: WARNING and up, -v adds INFO, -vv DEBUG. The daemon (`digest run`) logs
+    its routine at INFO by default (each fetch's and send tick's line, start, stop, signals):
+    an operator reads its log, not a summary table; -v adds each message's line (DEBUG).
+    Only digest's own logger moves: APScheduler says INFO every minute ("Running job")."""
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = RichHandler(console=err, show_path=False, show_time=verbose > 0)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("digest").setLevel(
+        (logging.DEBUG if verbose else logging.INFO) if daemon else logging.NOTSET)
 
 
 def main() -> None:
@@ -425,6 +439,7 @@ def run(config_path: Path, once: bool) -> None:
         if report.failed or any(r.error for r in results):
             sys.exit(1)
         return
+    _log_levels(click.get_current_context().meta.get(_VERBOSE, 0), daemon=True)
     schedule.run_forever(settings, _now, on_start=lambda: out.print(
         f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False))
 

@@ -851,7 +851,7 @@ def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
         items=[store.OutboxItem(m.listing.id, m.topic, m.score) for m in digest.matches],
         now=now, recipe=dumps(write.composed.recipe),
     )
-    log.info("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
+    log.debug("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
              len(digest.matches))
     return None
 

@@ -522,3 +522,25 @@ def test_run_once_prints_a_source_error_as_text(project: Project) -> None:
     assert code == 1, output
     (line,) = [x for x in output.splitlines() if x.startswith("source gone:")]
     assert "no[/such]" in line
+
+
+def test_the_daemon_logs_its_routine_by_default_the_other_commands_only_problems() -> None:
+    # `digest run` logged at WARNING like every command, so its routine lines (INFO: each
+    # fetch and send tick, start, stop, signals) were hidden unless run with -v.
+    import logging
+
+    from digest.cli import _log_levels
+
+    digest, apscheduler = logging.getLogger("digest"), logging.getLogger("apscheduler")
+    try:
+        _log_levels(0, daemon=True)
+        assert digest.getEffectiveLevel() == logging.INFO
+        assert apscheduler.getEffectiveLevel() == logging.WARNING  # "Running job" each minute
+        _log_levels(1, daemon=True)
+        assert digest.getEffectiveLevel() == logging.DEBUG  # each message's outcome=sent
+        _log_levels(0)
+        assert digest.getEffectiveLevel() == logging.WARNING  # a summary table is printed
+        _log_levels(1)
+        assert digest.getEffectiveLevel() == logging.INFO
+    finally:
+        digest.setLevel(logging.NOTSET)
