@@ -572,7 +572,29 @@ def _suppression_table(rows: list[store.Suppression], title: str | None = None,
     out.print(f"{len(rows)} suppressed address(es){more}", highlight=False)
 
 
-_STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
+_STATUS_ATTENTION = ("invalid", "failed", "retry", "queued", "sending")
+_STATUS_COLOURS = {"sent": "green", "failed": "red", "invalid": "red", "retry": "yellow",
+                   "sending": "yellow", "queued": "yellow"}
+
+
+def _status_state(row: pipeline.SubscriberStatus) -> str | None:
+    # An invalid file gets nothing until fixed, whatever its last digest was.
+    return "invalid" if row.invalid is not None else row.state
+
+
+def _status_cells(row: pipeline.SubscriberStatus) -> tuple[str, str, str, str]:
+    """A status row's state, items, attempts and note (rich markup, escaped)."""
+    state = _status_state(row)
+    shown = f"[{_STATUS_COLOURS[state]}]{state}[/]" if state in _STATUS_COLOURS else "-"
+    if row.invalid is not None:
+        return shown, "", "", escape(row.invalid)
+    # A sent digest's last error is that of an attempt before the one that went through:
+    # under "last error" it read as if the digest had failed.
+    note = "" if row.state == "sent" else row.last_error or ""
+    if row.state == "retry" and row.next_attempt_at:
+        note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
+    # Escaped: a server's reply (the last error) may hold [brackets], rich's markup.
+    return shown, str(row.items) if row.state else "", str(row.attempts or ""), escape(note)
 
 
 @cli.command()
@@ -581,8 +603,9 @@ _STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
 @click.option("--subscriber", "subscribers", multiple=True, metavar="ID",
               help="Only this subscriber (repeatable).")
 @click.option("--all", "show_all", is_flag=True,
-              help=f"List every subscriber; above {REPORT_ROWS}, only those whose last digest"
-                   " needs attention (failed, retry, queued, sending) are listed by default.")
+              help=f"List every subscriber; above {REPORT_ROWS}, only those whose file is"
+                   " invalid or whose last digest needs attention (failed, retry, queued,"
+                   " sending) are listed by default.")
 def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all: bool) -> None:
     """Show each subscriber's last digest (date, state, items, attempts, error) and recent runs."""
     settings = _settings(config_path)
@@ -591,29 +614,17 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
     rows = _named(everyone, subscribers, settings) if subscribers else everyone
     left_out = cut = 0
     if not show_all and not subscribers:
-        rows, left_out, cut = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
-    colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
-               "queued": "yellow"}
+        rows, left_out, cut = _attention_only(
+            rows, lambda row: _status_state(row) in _STATUS_ATTENTION)
     table = Table(_whole("subscriber"), "date", "state", "items", "attempts",
                   _whole("last error / next try"))
     for row in rows:
-        state = row.state or "-"
-        if row.state in colours:
-            state = f"[{colours[row.state]}]{state}[/]"
-        # A sent digest's last error is that of an attempt before the one that went through:
-        # under "last error" it read as if the digest had failed.
-        note = "" if row.state == "sent" else row.last_error or ""
-        if row.state == "retry" and row.next_attempt_at:
-            note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
         name = row.subscriber_id if row.known else f"{row.subscriber_id} (file removed)"
-        # Escaped: a server's reply (the last error) may hold [brackets], rich's markup.
-        table.add_row(escape(name), row.local_date or "-", state,
-                      str(row.items) if row.state else "", str(row.attempts or ""),
-                      escape(note))
+        table.add_row(escape(name), row.local_date or "-", *_status_cells(row))
     _print_table(table, (left_out, cut), "those that need attention",
                  "--all lists everyone, --subscriber ID one")
-    counts = Counter(row.state or "no digest yet" for row in everyone)
-    out.print(f"{len(everyone)} subscriber(s), by their last digest: "
+    counts = Counter(_status_state(row) or "no digest yet" for row in everyone)
+    out.print(f"{len(everyone)} subscriber(s), by their file and last digest: "
               + ", ".join(f"{n} {state}" for state, n in counts.most_common()), highlight=False)
     history = Table("run", "kind", "started (UTC)", "seconds", "summary", title="recent runs")
     for run_row in store.recent_runs(db, runs):

@@ -22,7 +22,7 @@ import jinja2
 from sqlite_utils import Database
 
 from . import batch, bounces, delivery, inbound, store, subscribers
-from .config import AnySource, Settings, is_subscriber_id, sends_on, tls_context
+from .config import AnySource, Settings, sends_on, tls_context
 from .errors import ConfigError, DigestError, FetchStopped, SourceError, printable
 from .executor import Executor, ForkPool, Serial
 from .links import link_url, missing_secret, unsubscribe_url
@@ -1002,24 +1002,31 @@ class SubscriberStatus:
     next_attempt_at: str | None = None
     message_id: str | None = None
     known: bool = True  # False: recorded in the store, but the subscriber file is gone
+    # The file's problem (its ConfigError, one line with its hint, as `digest validate` and
+    # `send` say it) when the file is invalid: it gets no digest until fixed.
+    invalid: str | None = None
 
 
 def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
     """Each subscriber's last digest (date, state, items, attempts, last error), including
-    subscribers with no digest yet and ones whose file was removed."""
+    subscribers with no digest yet, ones whose file was removed, and every file that is
+    invalid (a name that is no id too, under its name without .toml) with its problem."""
     latest = store.latest_digests(db)
-    # A file whose name is no valid id is no subscriber (`digest validate` says so).
-    ids = {p.stem for p in subscribers.files(settings.subscribers.dir) if is_subscriber_id(p.stem)}
+    # Loaded, not only listed: an invalid file read as "no digest yet" (cached in the store:
+    # unchanged files are read and hashed, not validated again).
+    files = {entry.path.stem if isinstance(entry, ConfigError) else entry.id:
+             entry.with_hint() if isinstance(entry, ConfigError) else None
+             for entry in subscribers.load(settings.subscribers.dir, settings.defaults, db)}
     rows = []
-    for sid in sorted(ids | latest.keys()):
+    for sid in sorted(files.keys() | latest.keys()):
         row = latest.get(sid)
         if row is None:
-            rows.append(SubscriberStatus(sid))
+            rows.append(SubscriberStatus(sid, invalid=files.get(sid)))
             continue
         rows.append(SubscriberStatus(
             sid, row["local_date"], row["state"], row["item_count"] or 0,
             row["attempts"] or 0, row["last_error"], row["next_attempt_at"],
-            row["message_id"], known=sid in ids,
+            row["message_id"], known=sid in files, invalid=files.get(sid),
         ))
     return rows
 
