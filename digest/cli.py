@@ -670,11 +670,22 @@ def explain(config_path: Path, subscriber: str, query: str) -> None:
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
                                        subscriber, query, _now(), settings.ranking)
     if not results:
-        err.print(f"no listing has the id {query!r} or {query!r} in its title", highlight=False)
-        sys.exit(1)
+        raise _nothing_found(query, store.count_listings(db), config_path)
     for r in results:
         out.print(f"{r.listing.title} [{r.listing.id}]", highlight=False, markup=False)
         verdict = "IN the next digest" if r.included else "NOT in the next digest"
         out.print(f"  {verdict}: {r.reason}", highlight=False, markup=False)
         for line in r.details:
             out.print(f"  - {line}", highlight=False, markup=False)
+
+
+def _nothing_found(query: str, stored: int, config_path: Path) -> DigestError:
+    """`explain`'s error when QUERY finds no listing, with what to try: a fetch when the store
+    is empty, else a shorter part of the title or the id."""
+    if stored == 0:
+        hint = f"the store has no listings yet: run `digest fetch --config {config_path}` first"
+    else:
+        hint = (f"{stored} listings are stored: try a shorter part of the title (case and"
+                " punctuation do not matter) or the listing's id, such as an arXiv id"
+                " (2411.01234)")
+    return DigestError(f"no listing has the id or a title containing {query!r}", hint=hint)

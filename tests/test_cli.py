@@ -224,7 +224,10 @@ def test_preview_before_any_fetch_says_to_fetch_first(project: Project) -> None:
         " first"]
     # A preview (or explain) leaves no trace: no empty store, nor its folder, made by it.
     code, output = invoke(project, "explain", "ada", "quantization")
-    assert code == 1 and "no listing has" in output
+    assert code == 1 and output.splitlines() == [
+        "error: no listing has the id or a title containing 'quantization'",
+        f"hint: the store has no listings yet: run `digest fetch --config {project.config}`"
+        " first"]
     assert not project.db_path.parent.exists()
     invoke(project, "fetch")
     (project.subscribers / "zed.toml").write_text(
@@ -544,3 +547,16 @@ def test_the_daemon_logs_its_routine_by_default_the_other_commands_only_problems
         assert digest.getEffectiveLevel() == logging.INFO
     finally:
         digest.setLevel(logging.NOTSET)
+
+
+def test_explain_of_a_query_that_finds_nothing_says_it_once_and_what_to_try(
+        project: Project) -> None:
+    # It said "no listing has the id 'x' or 'x' in its title": the query twice, and no way on.
+    invoke(project, "fetch")
+    code, output = invoke(project, "explain", "ada", "speculative decoding for cats",
+                          env={"COLUMNS": "300"})
+    assert code == 1 and output.splitlines() == [
+        "error: no listing has the id or a title containing 'speculative decoding for cats'",
+        "hint: 350 listings are stored: try a shorter part of the title (case and punctuation"
+        " do not matter) or the listing's id, such as an arXiv id (2411.01234)"]
+    assert output.count("speculative") == 1
