@@ -158,12 +158,14 @@ def fetch(config_path: Path) -> None:
     db = _open_store(settings)
     with _progress() as bar:
         results = pipeline.fetch(settings, db, _now(), _Bar(bar))
-    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds",
+    # "repeated": a listing the source gave twice in this fetch (the seed captures overlap);
+    # under "unchanged" the first fetch read as if the store had held them already.
+    table = Table("source", "new", "updated", "unchanged", "repeated", "skipped", "seconds",
                   _whole("result"))
     for r in results:
-        table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.skipped),
-                      f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]" if r.error
-                      else escape(r.note or "ok"))
+        table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.repeated),
+                      str(r.skipped), f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]"
+                      if r.error else escape(r.note or "ok"))
     out.print(table)
     out.print(f"{store.count_listings(db)} listings in {settings.store.path}")
     if any(r.error for r in results):

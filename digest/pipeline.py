@@ -77,6 +77,7 @@ class SourceResult:
     seconds: float = 0.0
     error: str | None = None
     note: str = ""
+    repeated: int = 0  # copies of a listing this fetch of the source had already stored
 
 
 def _note(report: ParseReport, counts: store.UpsertCounts) -> str:
@@ -108,7 +109,8 @@ def _fetch_one(
     if report.updates:
         more = store.upsert_listings(db, report.updates, now, update_only=True)
         counts = store.UpsertCounts(counts.new, counts.updated + more.updated,
-                                    counts.unchanged + more.unchanged, more.ignored)
+                                    counts.unchanged + more.unchanged, more.ignored,
+                                    counts.repeated + more.repeated)
     # Only now that the listings are stored: a 304 next time must not hide unstored data.
     store.save_validators(db, source.name, report.validators, now)
     seconds = timer.perf_counter() - t0
@@ -118,7 +120,7 @@ def _fetch_one(
         skipped=report.skipped, seconds=seconds,
     )
     return SourceResult(source.name, counts.new, counts.updated, counts.unchanged,
-                        report.skipped, seconds, note=note)
+                        report.skipped, seconds, note=note, repeated=counts.repeated)
 
 
 def fetch(
