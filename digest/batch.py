@@ -83,7 +83,7 @@ class MatchRun:
                 itertools.chain(store.sent_since(self.db, oldest, few), named),
                 ranker=self.relevance,
             )
-            log.info("index: %d subscribers, %d keywords, %d listings scanned",
+            log.debug("index: %d subscribers, %d keywords, %d listings scanned",
                      len(self.subscribers), index.columns, len(listings))
         return self._selection
 

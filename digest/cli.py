@@ -126,9 +126,23 @@ def _open_store(settings: Settings, to_look: bool = False) -> store.Store:
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
 def cli(verbose: int) -> None:
     """digest: a personalised daily email of new papers that match what you care about."""
+    click.get_current_context().meta[_VERBOSE] = verbose
+    _log_levels(verbose)
+
+
+_VERBOSE = "digest.verbose"
+
+
+def _log_levels(verbose: int, daemon: bool = False) -> None:
+    """Log to stderr: WARNING and up, -v adds INFO, -vv DEBUG. The daemon (`digest run`) logs
+    its routine at INFO by default (each fetch's and send tick's line, start, stop, signals):
+    an operator reads its log, not a summary table; -v adds each message's line (DEBUG).
+    Only digest's own logger moves: APScheduler says INFO every minute ("Running job")."""
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = RichHandler(console=err, show_path=False, show_time=verbose > 0)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("digest").setLevel(
+        (logging.DEBUG if verbose else logging.INFO) if daemon else logging.NOTSET)
 
 
 def main() -> None:
@@ -144,12 +158,14 @@ def fetch(config_path: Path) -> None:
     db = _open_store(settings)
     with _progress() as bar:
         results = pipeline.fetch(settings, db, _now(), _Bar(bar))
-    table = Table("source", "new", "updated", "unchanged", "skipped", "seconds",
+    # "repeated": a listing the source gave twice in this fetch (the seed captures overlap);
+    # under "unchanged" the first fetch read as if the store had held them already.
+    table = Table("source", "new", "updated", "unchanged", "repeated", "skipped", "seconds",
                   _whole("result"))
     for r in results:
-        table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.skipped),
-                      f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]" if r.error
-                      else escape(r.note or "ok"))
+        table.add_row(r.name, str(r.new), str(r.updated), str(r.unchanged), str(r.repeated),
+                      str(r.skipped), f"{r.seconds:.2f}", f"[red]{escape(r.error)}[/]"
+                      if r.error else escape(r.note or "ok"))
     out.print(table)
     out.print(f"{store.count_listings(db)} listings in {settings.store.path}")
     if any(r.error for r in results):
@@ -425,6 +441,7 @@ def run(config_path: Path, once: bool) -> None:
         if report.failed or any(r.error for r in results):
             sys.exit(1)
         return
+    _log_levels(click.get_current_context().meta.get(_VERBOSE, 0), daemon=True)
     schedule.run_forever(settings, _now, on_start=lambda: out.print(
         f"digest: scheduler started with {config_path}; Ctrl-C to stop", highlight=False))
 
@@ -557,7 +574,29 @@ def _suppression_table(rows: list[store.Suppression], title: str | None = None,
     out.print(f"{len(rows)} suppressed address(es){more}", highlight=False)
 
 
-_STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
+_STATUS_ATTENTION = ("invalid", "failed", "retry", "queued", "sending")
+_STATUS_COLOURS = {"sent": "green", "failed": "red", "invalid": "red", "retry": "yellow",
+                   "sending": "yellow", "queued": "yellow"}
+
+
+def _status_state(row: pipeline.SubscriberStatus) -> str | None:
+    # An invalid file gets nothing until fixed, whatever its last digest was.
+    return "invalid" if row.invalid is not None else row.state
+
+
+def _status_cells(row: pipeline.SubscriberStatus) -> tuple[str, str, str, str]:
+    """A status row's state, items, attempts and note (rich markup, escaped)."""
+    state = _status_state(row)
+    shown = f"[{_STATUS_COLOURS[state]}]{state}[/]" if state in _STATUS_COLOURS else "-"
+    if row.invalid is not None:
+        return shown, "", "", escape(row.invalid)
+    # A sent digest's last error is that of an attempt before the one that went through:
+    # under "last error" it read as if the digest had failed.
+    note = "" if row.state == "sent" else row.last_error or ""
+    if row.state == "retry" and row.next_attempt_at:
+        note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
+    # Escaped: a server's reply (the last error) may hold [brackets], rich's markup.
+    return shown, str(row.items) if row.state else "", str(row.attempts or ""), escape(note)
 
 
 @cli.command()
@@ -566,8 +605,9 @@ _STATUS_ATTENTION = ("failed", "retry", "queued", "sending")
 @click.option("--subscriber", "subscribers", multiple=True, metavar="ID",
               help="Only this subscriber (repeatable).")
 @click.option("--all", "show_all", is_flag=True,
-              help=f"List every subscriber; above {REPORT_ROWS}, only those whose last digest"
-                   " needs attention (failed, retry, queued, sending) are listed by default.")
+              help=f"List every subscriber; above {REPORT_ROWS}, only those whose file is"
+                   " invalid or whose last digest needs attention (failed, retry, queued,"
+                   " sending) are listed by default.")
 def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all: bool) -> None:
     """Show each subscriber's last digest (date, state, items, attempts, error) and recent runs."""
     settings = _settings(config_path)
@@ -576,29 +616,17 @@ def status(config_path: Path, runs: int, subscribers: tuple[str, ...], show_all:
     rows = _named(everyone, subscribers, settings) if subscribers else everyone
     left_out = cut = 0
     if not show_all and not subscribers:
-        rows, left_out, cut = _attention_only(rows, lambda row: row.state in _STATUS_ATTENTION)
-    colours = {"sent": "green", "failed": "red", "retry": "yellow", "sending": "yellow",
-               "queued": "yellow"}
+        rows, left_out, cut = _attention_only(
+            rows, lambda row: _status_state(row) in _STATUS_ATTENTION)
     table = Table(_whole("subscriber"), "date", "state", "items", "attempts",
                   _whole("last error / next try"))
     for row in rows:
-        state = row.state or "-"
-        if row.state in colours:
-            state = f"[{colours[row.state]}]{state}[/]"
-        # A sent digest's last error is that of an attempt before the one that went through:
-        # under "last error" it read as if the digest had failed.
-        note = "" if row.state == "sent" else row.last_error or ""
-        if row.state == "retry" and row.next_attempt_at:
-            note = f"{note} (next try {row.next_attempt_at[:19]}Z)"
         name = row.subscriber_id if row.known else f"{row.subscriber_id} (file removed)"
-        # Escaped: a server's reply (the last error) may hold [brackets], rich's markup.
-        table.add_row(escape(name), row.local_date or "-", state,
-                      str(row.items) if row.state else "", str(row.attempts or ""),
-                      escape(note))
+        table.add_row(escape(name), row.local_date or "-", *_status_cells(row))
     _print_table(table, (left_out, cut), "those that need attention",
                  "--all lists everyone, --subscriber ID one")
-    counts = Counter(row.state or "no digest yet" for row in everyone)
-    out.print(f"{len(everyone)} subscriber(s), by their last digest: "
+    counts = Counter(_status_state(row) or "no digest yet" for row in everyone)
+    out.print(f"{len(everyone)} subscriber(s), by their file and last digest: "
               + ", ".join(f"{n} {state}" for state, n in counts.most_common()), highlight=False)
     history = Table("run", "kind", "started (UTC)", "seconds", "summary", title="recent runs")
     for run_row in store.recent_runs(db, runs):
@@ -644,11 +672,22 @@ def explain(config_path: Path, subscriber: str, query: str) -> None:
     results = batch.explain_subscriber(settings.subscribers.dir, settings.defaults, db,
                                        subscriber, query, _now(), settings.ranking)
     if not results:
-        err.print(f"no listing has the id {query!r} or {query!r} in its title", highlight=False)
-        sys.exit(1)
+        raise _nothing_found(query, store.count_listings(db), config_path)
     for r in results:
         out.print(f"{r.listing.title} [{r.listing.id}]", highlight=False, markup=False)
         verdict = "IN the next digest" if r.included else "NOT in the next digest"
         out.print(f"  {verdict}: {r.reason}", highlight=False, markup=False)
         for line in r.details:
             out.print(f"  - {line}", highlight=False, markup=False)
+
+
+def _nothing_found(query: str, stored: int, config_path: Path) -> DigestError:
+    """`explain`'s error when QUERY finds no listing, with what to try: a fetch when the store
+    is empty, else a shorter part of the title or the id."""
+    if stored == 0:
+        hint = f"the store has no listings yet: run `digest fetch --config {config_path}` first"
+    else:
+        hint = (f"{stored} listings are stored: try a shorter part of the title (case and"
+                " punctuation do not matter) or the listing's id, such as an arXiv id"
+                " (2411.01234)")
+    return DigestError(f"no listing has the id or a title containing {query!r}", hint=hint)

@@ -422,7 +422,7 @@ class Delivery:
         delivered = []
         for row, result, _ in results:
             if isinstance(result, str):
-                log.info("subscriber %s message_id=%s outcome=sent via=%s attempt=%d",
+                log.debug("subscriber %s message_id=%s outcome=sent via=%s attempt=%d",
                          row.subscriber_id, row.message_id, result, row.attempts + 1)
                 delivered.append(Delivered(row, "sent", result))
             elif result is None:

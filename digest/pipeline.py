@@ -22,7 +22,7 @@ import jinja2
 from sqlite_utils import Database
 
 from . import batch, bounces, delivery, inbound, store, subscribers
-from .config import AnySource, Settings, is_subscriber_id, sends_on, tls_context
+from .config import AnySource, Settings, sends_on, tls_context
 from .errors import ConfigError, DigestError, FetchStopped, SourceError, printable
 from .executor import Executor, ForkPool, Serial
 from .links import link_url, missing_secret, unsubscribe_url
@@ -77,6 +77,7 @@ class SourceResult:
     seconds: float = 0.0
     error: str | None = None
     note: str = ""
+    repeated: int = 0  # copies of a listing this fetch of the source had already stored
 
 
 def _note(report: ParseReport, counts: store.UpsertCounts) -> str:
@@ -108,7 +109,8 @@ def _fetch_one(
     if report.updates:
         more = store.upsert_listings(db, report.updates, now, update_only=True)
         counts = store.UpsertCounts(counts.new, counts.updated + more.updated,
-                                    counts.unchanged + more.unchanged, more.ignored)
+                                    counts.unchanged + more.unchanged, more.ignored,
+                                    counts.repeated + more.repeated)
     # Only now that the listings are stored: a 304 next time must not hide unstored data.
     store.save_validators(db, source.name, report.validators, now)
     seconds = timer.perf_counter() - t0
@@ -118,7 +120,7 @@ def _fetch_one(
         skipped=report.skipped, seconds=seconds,
     )
     return SourceResult(source.name, counts.new, counts.updated, counts.unchanged,
-                        report.skipped, seconds, note=note)
+                        report.skipped, seconds, note=note, repeated=counts.repeated)
 
 
 def fetch(
@@ -851,7 +853,7 @@ def _write_one(db: Database, write: _Write, now: datetime) -> Outcome | None:
         items=[store.OutboxItem(m.listing.id, m.topic, m.score) for m in digest.matches],
         now=now, recipe=dumps(write.composed.recipe),
     )
-    log.info("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
+    log.debug("subscriber %s: queued message_id=%s items=%d", subscriber.id, out.message_id,
              len(digest.matches))
     return None
 
@@ -1002,24 +1004,31 @@ class SubscriberStatus:
     next_attempt_at: str | None = None
     message_id: str | None = None
     known: bool = True  # False: recorded in the store, but the subscriber file is gone
+    # The file's problem (its ConfigError, one line with its hint, as `digest validate` and
+    # `send` say it) when the file is invalid: it gets no digest until fixed.
+    invalid: str | None = None
 
 
 def status(settings: Settings, db: Database) -> list[SubscriberStatus]:
     """Each subscriber's last digest (date, state, items, attempts, last error), including
-    subscribers with no digest yet and ones whose file was removed."""
+    subscribers with no digest yet, ones whose file was removed, and every file that is
+    invalid (a name that is no id too, under its name without .toml) with its problem."""
     latest = store.latest_digests(db)
-    # A file whose name is no valid id is no subscriber (`digest validate` says so).
-    ids = {p.stem for p in subscribers.files(settings.subscribers.dir) if is_subscriber_id(p.stem)}
+    # Loaded, not only listed: an invalid file read as "no digest yet" (cached in the store:
+    # unchanged files are read and hashed, not validated again).
+    files = {entry.path.stem if isinstance(entry, ConfigError) else entry.id:
+             entry.with_hint() if isinstance(entry, ConfigError) else None
+             for entry in subscribers.load(settings.subscribers.dir, settings.defaults, db)}
     rows = []
-    for sid in sorted(ids | latest.keys()):
+    for sid in sorted(files.keys() | latest.keys()):
         row = latest.get(sid)
         if row is None:
-            rows.append(SubscriberStatus(sid))
+            rows.append(SubscriberStatus(sid, invalid=files.get(sid)))
             continue
         rows.append(SubscriberStatus(
             sid, row["local_date"], row["state"], row["item_count"] or 0,
             row["attempts"] or 0, row["last_error"], row["next_attempt_at"],
-            row["message_id"], known=sid in ids,
+            row["message_id"], known=sid in files, invalid=files.get(sid),
         ))
     return rows
 

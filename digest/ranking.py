@@ -308,7 +308,7 @@ def build_relevance(
     similarity = (tfidf.vectors(texts) @ tfidf.weigh(counts).T).tocsr().astype(np.float32)
     similarity.data[similarity.data < config.min_similarity] = 0
     similarity.eliminate_zeros()
-    log.info("ranking: %d subscribers ranked, %d entries read in %.2f s; %d references x %d"
+    log.debug("ranking: %d subscribers ranked, %d entries read in %.2f s; %d references x %d"
              " listings, %.1f%% similar, in %.2f s", len(position), len(refs.subs), t1 - t0,
              len(titles), len(listings),
              100 * similarity.nnz / max(1, len(titles) * len(listings)),

@@ -81,7 +81,16 @@ def fetch_job(settings: Settings, clock: Callable[[], datetime],
     db = store.open_db(settings.store.path)
     with store.faults(settings.store.path):
         results = pipeline.fetch(settings, db, clock(), stop=stop)
-    log.info("fetch: %s", ", ".join(f"{r.name}={r.error or r.new}" for r in results))
+    log.info("%s", fetch_summary(results))
+
+
+def fetch_summary(results: list[pipeline.SourceResult]) -> str:
+    """The fetch job's one log line: totals, then each source's new count or failure (the
+    failure itself was logged by the pipeline, at ERROR)."""
+    failed = sum(1 for r in results if r.error)
+    each = ", ".join(f"{r.name}={'failed' if r.error else r.new}" for r in results)
+    return (f"fetch: {sum(r.new for r in results)} new, {sum(r.updated for r in results)}"
+            f" updated, {failed} failed ({each or 'no sources'})")
 
 
 def send_tick(
@@ -93,9 +102,11 @@ def send_tick(
         report = pipeline.send(settings, db, clock(), due_only=True, stop=stop)
     sent, retry, failed = (report.count(state) for state in ("sent", "retry", "failed"))
     # Only when one of the three is not 0: an invalid subscriber file made every tick say
-    # "0 sent, 0 to retry, 0 failed" (SendTicker says the file's problem, once).
+    # "0 sent, 0 to retry, 0 failed" (SendTicker says the file's problem, once). Routine, so
+    # INFO (what `digest run` shows by default); each message's line is DEBUG, its failure
+    # ERROR.
     if sent or retry or failed:
-        log.warning("send tick: %d sent, %d to retry, %d failed", sent, retry, failed)
+        log.info("send tick: %d sent, %d to retry, %d failed", sent, retry, failed)
     return report
 
 
@@ -235,7 +246,7 @@ def stop_on_signals(then: Callable[[], None] = lambda: None,
     stop = stop or threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.warning("received %s: finishing the message in flight, then stopping",
+        log.info("received %s: finishing the message in flight, then stopping",
                     signal.Signals(signum).name)
         stop.set()
         then()
@@ -272,4 +283,4 @@ def run_forever(
             # start() returns on shutdown while jobs may still be running in their threads:
             # wait for them, so their state is recorded before the lock is released.
             running.wait()
-            log.warning("scheduler stopped")
+            log.info("scheduler stopped")

@@ -586,7 +586,7 @@ class SmtpSender:
                 self._login(smtp, cfg.username)
         except (OSError, smtplib.SMTPException) as exc:
             raise map_smtp_error(exc, cfg, opening=True) from exc
-        log.info("smtp connected to %s (security=%s)", self._where(), cfg.security)
+        log.debug("smtp connected to %s (security=%s)", self._where(), cfg.security)
         self._sent_on_connection = 0
         return smtp
 

@@ -271,12 +271,15 @@ def _enable_wal(db: Store, busy_timeout: float) -> None:
 @dataclass(frozen=True, slots=True)
 class UpsertCounts:
     """What an ingest did to the store. `ignored` counts update-only listings (arXiv
-    replacements) for papers the store does not hold."""
+    replacements) for papers the store does not hold; `repeated` the copies of a listing this
+    same ingest had already added or changed (merged all the same), so `unchanged` means the
+    store had it before."""
 
     new: int = 0
     updated: int = 0
     unchanged: int = 0
     ignored: int = 0
+    repeated: int = 0
 
 
 _LIST_FIELDS = ("authors", "categories", "sources")
@@ -495,9 +498,10 @@ def upsert_listings(
     arXiv id when one arrives, with every reference to it moved along. With `update_only`,
     listings the store does not hold are ignored rather than added.
     """
-    new = updated = unchanged = ignored = 0
+    new = updated = unchanged = ignored = repeated = 0
     stamp = timestamp(now)
     table = db.table("listings")
+    written: set[str] = set()  # the ids this ingest added or changed: a copy is a repeat
     with db.atomic():
         for listing in listings:
             row = _to_row(listing)
@@ -509,8 +513,10 @@ def upsert_listings(
                 row["first_seen"] = stamp
                 row["updated_at"] = stamp
                 table.insert(row)
+                written.add(row["id"])
                 new += 1
                 continue
+            again = target["id"] in written or any(o["id"] in written for o in others)
             merged = _merge(target, row)
             for other in others:
                 merged = {**_merge(other, merged), "id": merged["id"],
@@ -518,11 +524,14 @@ def upsert_listings(
             rekey = bool(row["arxiv_id"]) and target["id"] != row["id"]
             if not rekey and not others:
                 if merged == target:
-                    unchanged += 1
+                    repeated += again
+                    unchanged += not again
                     continue
                 merged["updated_at"] = stamp
                 table.update(target["id"], merged)
-                updated += 1
+                written.add(target["id"])
+                repeated += again
+                updated += not again
                 continue
             merged["updated_at"] = stamp
             if rekey:
@@ -533,8 +542,10 @@ def upsert_listings(
                 table.update(target["id"], merged)
             for other in others:
                 _move_references(db, other["id"], merged["id"], stamp)
-            updated += 1
-    return UpsertCounts(new, updated, unchanged, ignored)
+            written.add(merged["id"])
+            repeated += again
+            updated += not again
+    return UpsertCounts(new, updated, unchanged, ignored, repeated)
 
 
 def get_listing(db: Database, listing_id: str) -> Listing | None:

@@ -190,7 +190,7 @@ def _entries(
     gone = sorted(set(cached) - set(keys)) if whole else []
     if fresh or gone:
         store.cache_subscribers(db, fresh, gone, now or datetime.now().astimezone())
-        log.info("subscriber cache: %d file(s) validated and cached, %d forgotten",
+        log.debug("subscriber cache: %d file(s) validated and cached, %d forgotten",
                  len(fresh), len(gone))
 
 

@@ -32,11 +32,13 @@ def invoke(project: Project, *args: str, env: dict[str, str] | None = None) -> t
 def test_fetch_prints_counts_and_fills_the_store(project: Project) -> None:
     code, output = invoke(project, "fetch")
     assert code == 0, output
-    assert "seeds" in output and "350" in output and "31" in output
+    # The 31 papers two seed captures share are repeats within this fetch: the empty store
+    # had none of them, so none is "unchanged".
+    assert "│ seeds  │ 350 │ 0       │ 0         │ 31       │" in output, output
     assert store.count_listings(store.open_db(project.db_path)) == 350
     code, output = invoke(project, "fetch")
     assert code == 0
-    assert "│ 0   │ 0       │ 381       │" in output  # second time: nothing new or updated
+    assert "│ 0   │ 0       │ 381       │ 0        │" in output  # second time: all stored before
 
 
 def test_fetch_reports_a_failing_source_and_keeps_the_others(project: Project) -> None:
@@ -76,7 +78,7 @@ def test_paths_in_reports_are_never_cut_in_a_narrow_terminal(project: Project) -
     narrow = {"COLUMNS": "80"}
     code, output = invoke(project, "fetch", env=narrow)
     assert code == 1 and "…" not in output, output
-    assert f"{deep}doesnotexist" in _column(output, 7)
+    assert f"{deep}doesnotexist" in _column(output, 8)  # after the "repeated" column
     code, output = invoke(project, "sources", env=narrow)
     assert "…" not in output and str(deep) in _column(output, 3), output
     code, output = invoke(project, "send", env=narrow)
@@ -224,7 +226,10 @@ def test_preview_before_any_fetch_says_to_fetch_first(project: Project) -> None:
         " first"]
     # A preview (or explain) leaves no trace: no empty store, nor its folder, made by it.
     code, output = invoke(project, "explain", "ada", "quantization")
-    assert code == 1 and "no listing has" in output
+    assert code == 1 and output.splitlines() == [
+        "error: no listing has the id or a title containing 'quantization'",
+        f"hint: the store has no listings yet: run `digest fetch --config {project.config}`"
+        " first"]
     assert not project.db_path.parent.exists()
     invoke(project, "fetch")
     (project.subscribers / "zed.toml").write_text(
@@ -522,3 +527,38 @@ def test_run_once_prints_a_source_error_as_text(project: Project) -> None:
     assert code == 1, output
     (line,) = [x for x in output.splitlines() if x.startswith("source gone:")]
     assert "no[/such]" in line
+
+
+def test_the_daemon_logs_its_routine_by_default_the_other_commands_only_problems() -> None:
+    # `digest run` logged at WARNING like every command, so its routine lines (INFO: each
+    # fetch and send tick, start, stop, signals) were hidden unless run with -v.
+    import logging
+
+    from digest.cli import _log_levels
+
+    digest, apscheduler = logging.getLogger("digest"), logging.getLogger("apscheduler")
+    try:
+        _log_levels(0, daemon=True)
+        assert digest.getEffectiveLevel() == logging.INFO
+        assert apscheduler.getEffectiveLevel() == logging.WARNING  # "Running job" each minute
+        _log_levels(1, daemon=True)
+        assert digest.getEffectiveLevel() == logging.DEBUG  # each message's outcome=sent
+        _log_levels(0)
+        assert digest.getEffectiveLevel() == logging.WARNING  # a summary table is printed
+        _log_levels(1)
+        assert digest.getEffectiveLevel() == logging.INFO
+    finally:
+        digest.setLevel(logging.NOTSET)
+
+
+def test_explain_of_a_query_that_finds_nothing_says_it_once_and_what_to_try(
+        project: Project) -> None:
+    # It said "no listing has the id 'x' or 'x' in its title": the query twice, and no way on.
+    invoke(project, "fetch")
+    code, output = invoke(project, "explain", "ada", "speculative decoding for cats",
+                          env={"COLUMNS": "300"})
+    assert code == 1 and output.splitlines() == [
+        "error: no listing has the id or a title containing 'speculative decoding for cats'",
+        "hint: 350 listings are stored: try a shorter part of the title (case and punctuation"
+        " do not matter) or the listing's id, such as an arXiv id (2411.01234)"]
+    assert output.count("speculative") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from click.testing import CliRunner
 
 from digest import cli, store
@@ -58,7 +59,8 @@ def test_status_of_many_lists_who_needs_attention_and_counts_the_rest(
     assert listed == ["s003", "s041"]
     assert "550 5.1.1 [mailbox unknown]" in output  # a reply's brackets are not markup
     assert f"{total - 2} subscriber(s) not listed" in output
-    assert f"{total} subscriber(s), by their last digest: {total - 2} sent, 2 failed" in output
+    assert (f"{total} subscriber(s), by their file and last digest: {total - 2} sent,"
+            " 2 failed") in output
     code, output = status("--all")
     assert code == 0 and output.count("│ s0") == total
     code, output = status("--subscriber", "s010", "--subscriber", "s003")
@@ -115,3 +117,38 @@ def test_readme_documents_the_delivery_commands() -> None:
         command = cli.cli.commands[name]
         assert f"`digest {name}" in readme
         assert (command.help or "").splitlines()[0] in readme
+
+
+def test_status_shows_every_file_an_invalid_one_with_its_problem(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An invalid file showed as "-" like a subscriber with no digest yet, and a file whose
+    # name is no id was left out: the operator did not see that two files send nothing.
+    prepare(project, NOW, 2)
+    project.write_config(sources="")
+    runner = CliRunner()
+    env = {"DIGEST_NOW": NOW.isoformat(), "COLUMNS": "400"}
+
+    def run(*args: str) -> str:
+        result = runner.invoke(cli.cli, [*args, "--config", str(project.config)], env=env)
+        return result.output
+
+    assert "1 sent" in run("send", "--subscriber", "s001")
+    good = (project.subscribers / "s000.toml").read_text(encoding="utf-8")
+    project.subscriber("s001", good.replace("s000@example.org", "not-an-address"))
+    project.subscriber("Bad Name", good.replace("s000@", "bad@"))
+    validate = run("validate")
+    problems = sorted(line.removeprefix("invalid: ") for line in validate.splitlines()
+                      if line.startswith("invalid: "))
+    assert len(problems) == 2 and "Bad Name.toml" in problems[0], validate
+    output = run("status")
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in output.splitlines() if line.startswith("│ ")}
+    # The same one-line problem `digest validate` gives, from the same loader.
+    assert rows["Bad Name"] == ["-", "invalid", "", "", problems[0]]
+    assert rows["s001"] == ["2026-11-25", "invalid", "", "", problems[1]]  # was sent, now broken
+    assert rows["s000"] == ["-", "-", "", "", ""]
+    assert "3 subscriber(s), by their file and last digest: 2 invalid, 1 no digest yet" in output
+    monkeypatch.setattr(cli, "REPORT_ROWS", 2)  # the rule at 50, with 3 rows: invalid listed
+    listed = [line.split("│")[1].strip() for line in run("status").splitlines()
+              if line.startswith(("│ s0", "│ Bad"))]
+    assert listed == ["Bad Name", "s001"]

@@ -128,6 +128,13 @@ def test_daemon_stops_cleanly_on_signal_and_refuses_a_second_instance(
         if daemon.poll() is None:
             daemon.kill()
     assert daemon.returncode == 0, err
+    # Its routine is in its log by default (INFO), each message's line only with -v (DEBUG).
+    info = [line.removeprefix("INFO").strip() for line in err.splitlines()
+            if line.startswith("INFO ")]
+    for said in ("fetch: 0 new, 0 updated, 0 failed", "send tick: ",
+                 f"received {signal.Signals(signum).name}", "scheduler stopped"):
+        assert any(line.startswith(said) for line in info), (said, err)
+    assert "outcome=sent" not in err and "WARNING" not in err
     after = states(project)
     # The message in flight was finished and recorded; nothing is left in doubt.
     assert "sending" not in after.values()

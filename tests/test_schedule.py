@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import socketserver
 import threading
 from collections import Counter
@@ -18,6 +19,7 @@ from digest.config import Settings, load_settings
 
 from .conftest import Project
 from .delivery_support import FaultServer, add_subscriber, fault_server, prepare, smtp_config
+from .loopback import Loopback, Reply
 
 UTC = dt.UTC
 
@@ -168,21 +170,67 @@ def test_a_bad_subscriber_file_is_logged_once_not_every_tick(
     broken.write_text("name = 'x'\n", encoding="utf-8")
     clock = [start]
     ticker = schedule.SendTicker(settings, lambda: clock[0])
-    caplog.set_level("WARNING", logger="digest")
+    caplog.set_level("INFO", logger="digest")  # what `digest run` logs by default
 
-    def lines() -> list[str]:
-        said = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    def lines() -> list[tuple[str, str]]:
+        said = [(r.levelname, r.getMessage()) for r in caplog.records]
         caplog.clear()
         return said
 
     run_ticks(ticker, clock, ticks(start, start + dt.timedelta(minutes=20)))
-    assert lines() == [f"{broken}: email: required key is missing (and 1 more problem)"]
+    assert lines() == [("ERROR", f"{broken}: email: required key is missing (and 1 more"
+                                 " problem)")]
     broken.write_text("name = 'x'\nemail = 'x@example.org'\n", encoding="utf-8")
     assert run_ticks(ticker, clock, ticks(start + dt.timedelta(minutes=25),
                                           start + dt.timedelta(minutes=40))) == {
         "a": [start + dt.timedelta(minutes=30)]}
-    assert lines() == [f"{broken}: topics: required key is missing",
-                       "send tick: 1 sent, 0 to retry, 0 failed"]
+    # The problem is an ERROR; the tick that sent is routine: INFO, not WARNING.
+    assert lines() == [("ERROR", f"{broken}: topics: required key is missing"),
+                       ("INFO", "send tick: 1 sent, 0 to retry, 0 failed")]
+
+
+def test_the_daemon_logs_its_routine_at_info_and_each_message_at_debug(
+        project: Project, server: FaultServer, loopback: Loopback,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The send tick, the signal and the stop said WARNING, while the hourly fetch's line and
+    # each message's outcome=sent were INFO: `journalctl -u digest` showed the routine as
+    # warnings and left out the fetch. Now: routine INFO (shown by `digest run` by default),
+    # each message DEBUG (-v), problems WARNING/ERROR; no URL, address or title in the lines.
+    start = dt.datetime(2026, 11, 25, 7, 5, tzinfo=UTC)
+    prepare(project, start, 0)
+    add_subscriber(project, "a")
+    feed = loopback.route("/new.jsonl", Reply(
+        b'{"id": "x1", "title": "A paper on 4-bit quantization", "url": "https://e.org/1"}\n'))
+    gone = loopback.url("/gone.jsonl")
+    project.write_config(smtp_config(server.port), transport="smtp", sources=f"""
+        [[sources]]
+        name = "new"
+        type = "jsonl"
+        url = "{feed}?key=SECRET"
+        [[sources]]
+        name = "gone"
+        type = "jsonl"
+        url = "{gone}"
+        """ + "\n[http]\nretries = 0\n")
+    settings = load_settings(project.config)
+    caplog.set_level("DEBUG", logger="digest")
+    schedule.fetch_job(settings, lambda: start)
+    schedule.SendTicker(settings, lambda: start)()
+    with schedule.stop_on_signals():
+        signal.raise_signal(signal.SIGINT)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    at = {level: [m for lv, m in said if lv == level] for level in ("INFO", "WARNING")}
+    assert at["INFO"] == [
+        "fetch: 1 new, 0 updated, 1 failed (new=1, gone=failed)",
+        "send tick: 1 sent, 0 to retry, 0 failed",
+        "received SIGINT: finishing the message in flight, then stopping"]
+    assert at["WARNING"] == []
+    assert [m for lv, m in said if lv == "ERROR" and "gone.jsonl" in m]  # the failure: ERROR
+    assert [m for lv, m in said if lv == "DEBUG" and "outcome=sent" in m and " a " in m]
+    for _level, message in said:
+        if _level != "DEBUG":
+            assert "SECRET" not in message and "a@example.org" not in message
+            assert "quantization" not in message
 
 
 def test_a_fatal_error_pauses_sending_with_backoff(project: Project,

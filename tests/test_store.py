@@ -44,12 +44,29 @@ def test_upsert_counts_keeps_first_seen_and_updates_changing_fields(tmp_path: Pa
     db = store.open_db(tmp_path / "d.db")
     counts = store.upsert_listings(db, [make("a", upvotes=1), make("b"), make("a", upvotes=1)],
                                    NOW)
-    assert counts == store.UpsertCounts(new=2, updated=0, unchanged=1)
+    # The second "a" is a repeat within this ingest, not a listing the store already had.
+    assert counts == store.UpsertCounts(new=2, updated=0, unchanged=0, repeated=1)
     later = NOW + dt.timedelta(days=1)
     counts = store.upsert_listings(db, [make("a", upvotes=5), make("b")], later)
     assert counts == store.UpsertCounts(new=0, updated=1, unchanged=1)
     a = store.get_listing(db, "a")
     assert a is not None and a.upvotes == 5 and a.first_seen == NOW
+
+
+def test_a_listing_given_twice_in_one_ingest_counts_as_repeated(tmp_path: Path) -> None:
+    # The first `digest fetch` said "unchanged 31" on an empty store: the seed captures give
+    # 31 papers twice, and the second copy found the row the first had just added. Counted
+    # as repeated now; what is stored is the same (the copies still merge).
+    db = store.open_db(tmp_path / "d.db")
+    batch = [make("a"), make("b"), make("a", upvotes=3), make("b"), make("c")]
+    assert store.upsert_listings(db, batch, NOW) == store.UpsertCounts(new=3, repeated=2)
+    a = store.get_listing(db, "a")
+    assert a is not None and a.upvotes == 3 and store.count_listings(db) == 3
+    # Again: the store had all of them; every copy is unchanged, none repeated.
+    assert store.upsert_listings(db, batch, NOW) == store.UpsertCounts(unchanged=5)
+    # A known listing that changes, then comes again: updated once, then repeated.
+    assert store.upsert_listings(db, [make("c", upvotes=9), make("c", upvotes=9)], NOW) == (
+        store.UpsertCounts(updated=1, repeated=1))
 
 
 def test_unknown_values_never_erase_known_ones_and_lists_are_united(tmp_path: Path) -> None:
