@@ -251,9 +251,12 @@ def _meta(listing: Listing) -> str:
 
 
 def subject_for(digest: Digest) -> str:
-    """'7 new papers: Efficient inference, Diffusion' - the count and the top topics."""
+    """'7 new papers: Efficient inference, Diffusion' - the count and the top topics, each
+    right-to-left one isolated as the body's names are (`_name`): without it the digit of a
+    next topic ("تعلم الآلة, 3D vision") joined the Arabic run, and a client showed
+    "3 ,تعلم الآلةD vision". A Subject without right-to-left letters is unchanged."""
     count = len(digest.matches)
-    topics = [_cut(s.topic, NAME_CHARS) for s in digest.sections]
+    topics = [_name(s.topic) for s in digest.sections]
     shown = ", ".join(topics[:2]) + (f" +{len(topics) - 2} more" if len(topics) > 2 else "")
     return f"{_plural(count, 'new paper')}: {shown}"
 
