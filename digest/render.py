@@ -30,7 +30,7 @@ from .caches import Bounded
 from .errors import DigestError
 from .mime import encode_qp  # the one QP encoder: the size budget is the part as it travels
 from .models import Digest, Listing, Match, RenderedEmail, Section, Span
-from .tokens import nfkc
+from .tokens import displayed, nfkc
 
 EXCERPT_CHARS = 320
 SHORT_EXCERPT_CHARS = 160  # what an excerpt becomes when the email is over its budget
@@ -107,7 +107,7 @@ def excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> l
     """A word-boundary cut of `text` of at most about `limit` characters, as (text, highlighted)
     segments. The window starts at the beginning, or just before the first highlight when that
     would otherwise be cut off."""
-    return _excerpt(nfkc(text), spans, limit)
+    return _excerpt(displayed(text), spans, limit)
 
 
 def _excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> list[Segment]:
@@ -163,13 +163,13 @@ def _make_view(listing: Listing) -> _View:
     link = safe_link(listing.link, "")
     if not link:
         link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
-    abstract = nfkc(listing.abstract)
-    tldr = _cut(nfkc(listing.tldr or "").strip(), TLDR_CHARS)
+    abstract = displayed(listing.abstract)
+    tldr = _cut(displayed(listing.tldr or "").strip(), TLDR_CHARS)
     # The TL;DR is shown when it says something the excerpt does not: a source that had no
     # abstract gave the TL;DR as the abstract.
     if tldr == abstract.strip():
         tldr = ""
-    return (isolate(_cut(nfkc(listing.title), TITLE_CHARS)), link,
+    return (isolate(_cut(displayed(listing.title), TITLE_CHARS)), link,
             _cut(_meta(listing), META_CHARS),
             abstract, tldr, item_links(listing, link), quote(listing.id, safe=""))
 
@@ -364,7 +364,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         # "11 papers" on one line: a heading never ends in a bare number.
         sections.append(SectionView(_name(section.topic), items,
                                     _plural(len(items), "paper").replace(" ", NBSP)))
-    first = _cut(nfkc(digest.matches[0].listing.title), 120)
+    first = _cut(displayed(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
     return {
         "subject": subject_for(digest),
