@@ -218,6 +218,29 @@ def direction(text: str) -> str:
     return "ltr"
 
 
+# Scripts that tell CJK languages apart. Kana is only Japanese (not U+30FB, the katakana
+# middle dot, which Chinese text uses in foreign names); Hangul only Korean; Han is shared,
+# so Han without either is taken as Chinese.
+_KANA = re.compile("[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff"
+                   "\uff66-\uff9d]")
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+
+
+def language(text: str) -> str:
+    """The `lang` of a block that holds only `text` when its script says which CJK language
+    it is: 'ja' with kana, 'ko' with Hangul, 'zh' with Han and neither; else "" (the
+    document's `lang="en"` stands). Han characters have Chinese and Japanese glyph forms:
+    without it a client picks by its own locale, a Chinese title in a Japanese font."""
+    if text.isascii():
+        return ""
+    if _KANA.search(text):
+        return "ja"
+    if _HANGUL.search(text):
+        return "ko"
+    return "zh" if _HAN.search(text) else ""
+
+
 def right_to_left(text: str) -> bool:
     """Whether `text` holds a right-to-left letter (bidi class R or AL)."""
     return not text.isascii() and _RIGHT_TO_LEFT.search(text) is not None
@@ -323,6 +346,8 @@ class ItemView:
     excerpt_text: str
     title_dir: str  # the title's direction, "ltr" or "rtl" (`direction`)
     excerpt_dir: str  # the excerpt's
+    title_lang: str  # the title's CJK language, or "" (`language`)
+    excerpt_lang: str  # the excerpt's
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
@@ -407,6 +432,7 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
     return ItemView(
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
         excerpt_text=text, title_dir=direction(title), excerpt_dir=direction(text),
+        title_lang=language(title), excerpt_lang=language(text),
         keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
         piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),

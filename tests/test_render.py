@@ -5,6 +5,7 @@ import datetime as dt
 import re
 import unicodedata
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -104,6 +105,20 @@ def test_the_subject_isolates_right_to_left_topics_and_leaves_the_others_as_they
     assert long.count("\u2068") == long.count("\u2069") == 1
     assert "…\u2069, 3D vision" in long
     assert subject_for(named("Économie", "3D vision")) == "6 new papers: Économie, 3D vision"
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    ("大規模言語モデルの推論", "ja"),  # kana
+    ("ＬＬＭ推論のためのカタカナ", "ja"),
+    ("基于推测解码的大规模语言模型", "zh"),  # Han alone
+    ("卡尔・马克思", "zh"),  # U+30FB between a foreign name's parts: not kana
+    ("대규모 언어 모델 (推論)", "ko"),  # Hangul, with or without Hanja
+    ("Speculative decoding", ""),
+    ("فك التشفير التخميني", ""),
+    ("Économie de l'inférence", ""),
+])
+def test_the_language_of_a_cjk_text_is_told_by_its_script(text: str, lang: str) -> None:
+    assert rendering.language(text) == lang
 
 
 def test_excerpt_cuts_at_a_word_boundary_and_keeps_highlights() -> None:
