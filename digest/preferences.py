@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import re
 import tomllib
@@ -29,7 +30,7 @@ from typing import Annotated, Any
 
 import tomlkit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from tomlkit.items import AoT, Array
+from tomlkit.items import AoT, Array, Comment, Whitespace
 
 from .config import (
     DefaultsConfig,
@@ -214,7 +215,7 @@ def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
     # `[[topics]]` tables (an AoT), or an inline `topics = [{...}]` array: edited in place.
     # When topics were removed or added, an inline array loses and gains just those items
     # (`_edit_array`: the others keep their lines and comments); `[[topics]]` is rebuilt from
-    # the same tables, which carry their comments.
+    # the same tables, which carry their comments, one blank line apart (`_tables`).
     old = doc.get("topics")
     inline = isinstance(old, Array)
     existing = list(old) if isinstance(old, AoT | Array) else []
@@ -237,10 +238,60 @@ def _apply_topics(doc: Any, topics: list[TopicEdit]) -> None:
         return
     if inline and _edit_array(old, existing, kept):
         return
-    rebuilt: Any = tomlkit.array() if inline else tomlkit.aot()
+    if not inline:
+        doc["topics"] = _tables(existing, kept)
+        return
+    rebuilt = tomlkit.array()
     for table in kept:
         rebuilt.append(table)
     doc["topics"] = rebuilt
+
+
+def _tables(existing: list[Any], kept: list[Any]) -> AoT:
+    """`[[topics]]` holding the tables `kept` (some of them from `existing`, the file's), laid
+    out as a person writes it: one blank line between two tables, each comment above a
+    table's header still above it, the file's end as it was. tomlkit keeps the blank line
+    and the comments above a header at the end of the table before it, and puts a line break
+    before each table it appends: a table that was followed by another then had two blank
+    lines after it, and one that ended the file a blank line at its end."""
+    above: dict[int, list[Any]] = {}  # id of a table -> the comment lines above its header
+    for before, table in itertools.pairwise(existing):
+        above[id(table)] = _comments_at_end(before)
+        _blank_lines_at_end(before)
+    # The file's end: blank lines after the last table (a comment there is the table's own).
+    end = _blank_lines_at_end(existing[-1]) if existing else []
+    rebuilt = tomlkit.aot()
+    for i, table in enumerate(kept):
+        if i > 0:
+            kept[i - 1].value.body.append((None, Whitespace("\n")))
+        rebuilt.append(table)
+        # What is written before the header: its comment lines (and not the line break
+        # `append` adds: the blank line is the one just added). In the indent rather than
+        # in the body of the table before, which the first table has not.
+        table.trivia.indent = "".join(item.as_string() for _, item in above.get(id(table), []))
+    if kept:
+        kept[-1].value.body.extend(end)
+    return rebuilt
+
+
+def _comments_at_end(table: Any) -> list[Any]:
+    """Take the comment lines that end a parsed table's body: those just above the next
+    table's header, which are about it (one followed by a blank line stays: it is the
+    table's own). They hold no key, so the keys' places in the body do not move."""
+    body = table.value.body
+    lead: list[Any] = []
+    while body and body[-1][0] is None and isinstance(body[-1][1], Comment):
+        lead.insert(0, body.pop())
+    return lead
+
+
+def _blank_lines_at_end(table: Any) -> list[Any]:
+    """Take the blank lines that end a parsed table's body (see `_comments_at_end`)."""
+    body = table.value.body
+    blank: list[Any] = []
+    while body and body[-1][0] is None and isinstance(body[-1][1], Whitespace):
+        blank.insert(0, body.pop())
+    return blank
 
 
 def _edit_array(array: Array, existing: list[Any], kept: list[Any]) -> bool:

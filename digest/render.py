@@ -30,7 +30,7 @@ from .caches import Bounded
 from .errors import DigestError
 from .mime import encode_qp  # the one QP encoder: the size budget is the part as it travels
 from .models import Digest, Listing, Match, RenderedEmail, Section, Span
-from .tokens import nfkc
+from .tokens import displayed, nfkc
 
 EXCERPT_CHARS = 320
 SHORT_EXCERPT_CHARS = 160  # what an excerpt becomes when the email is over its budget
@@ -107,7 +107,7 @@ def excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> l
     """A word-boundary cut of `text` of at most about `limit` characters, as (text, highlighted)
     segments. The window starts at the beginning, or just before the first highlight when that
     would otherwise be cut off."""
-    return _excerpt(nfkc(text), spans, limit)
+    return _excerpt(displayed(text), spans, limit)
 
 
 def _excerpt(text: str, spans: tuple[Span, ...], limit: int = EXCERPT_CHARS) -> list[Segment]:
@@ -163,13 +163,13 @@ def _make_view(listing: Listing) -> _View:
     link = safe_link(listing.link, "")
     if not link:
         link = f"https://huggingface.co/papers?q={quote_plus(listing.title)}"
-    abstract = nfkc(listing.abstract)
-    tldr = _cut(nfkc(listing.tldr or "").strip(), TLDR_CHARS)
+    abstract = displayed(listing.abstract)
+    tldr = _cut(displayed(listing.tldr or "").strip(), TLDR_CHARS)
     # The TL;DR is shown when it says something the excerpt does not: a source that had no
     # abstract gave the TL;DR as the abstract.
     if tldr == abstract.strip():
         tldr = ""
-    return (isolate(_cut(nfkc(listing.title), TITLE_CHARS)), link,
+    return (isolate(_cut(displayed(listing.title), TITLE_CHARS)), link,
             _cut(_meta(listing), META_CHARS),
             abstract, tldr, item_links(listing, link), quote(listing.id, safe=""))
 
@@ -218,6 +218,29 @@ def direction(text: str) -> str:
     return "ltr"
 
 
+# Scripts that tell CJK languages apart. Kana is only Japanese (not U+30FB, the katakana
+# middle dot, which Chinese text uses in foreign names); Hangul only Korean; Han is shared,
+# so Han without either is taken as Chinese.
+_KANA = re.compile("[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff"
+                   "\uff66-\uff9d]")
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+
+
+def language(text: str) -> str:
+    """The `lang` of a block that holds only `text` when its script says which CJK language
+    it is: 'ja' with kana, 'ko' with Hangul, 'zh' with Han and neither; else "" (the
+    document's `lang="en"` stands). Han characters have Chinese and Japanese glyph forms:
+    without it a client picks by its own locale, a Chinese title in a Japanese font."""
+    if text.isascii():
+        return ""
+    if _KANA.search(text):
+        return "ja"
+    if _HANGUL.search(text):
+        return "ko"
+    return "zh" if _HAN.search(text) else ""
+
+
 def right_to_left(text: str) -> bool:
     """Whether `text` holds a right-to-left letter (bidi class R or AL)."""
     return not text.isascii() and _RIGHT_TO_LEFT.search(text) is not None
@@ -251,9 +274,12 @@ def _meta(listing: Listing) -> str:
 
 
 def subject_for(digest: Digest) -> str:
-    """'7 new papers: Efficient inference, Diffusion' - the count and the top topics."""
+    """'7 new papers: Efficient inference, Diffusion' - the count and the top topics, each
+    right-to-left one isolated as the body's names are (`_name`): without it the digit of a
+    next topic ("تعلم الآلة, 3D vision") joined the Arabic run, and a client showed
+    "3 ,تعلم الآلةD vision". A Subject without right-to-left letters is unchanged."""
     count = len(digest.matches)
-    topics = [_cut(s.topic, NAME_CHARS) for s in digest.sections]
+    topics = [_name(s.topic) for s in digest.sections]
     shown = ", ".join(topics[:2]) + (f" +{len(topics) - 2} more" if len(topics) > 2 else "")
     return f"{_plural(count, 'new paper')}: {shown}"
 
@@ -320,6 +346,8 @@ class ItemView:
     excerpt_text: str
     title_dir: str  # the title's direction, "ltr" or "rtl" (`direction`)
     excerpt_dir: str  # the excerpt's
+    title_lang: str  # the title's CJK language, or "" (`language`)
+    excerpt_lang: str  # the excerpt's
     keywords: list[str]
     matched: str  # the keywords as the email lists them: "a, b, c"
     links: tuple[tuple[str, str], ...]  # (label, URL): code, PDF, project page
@@ -361,7 +389,7 @@ def context(digest: Digest, links: Links, excerpt_chars: int = EXCERPT_CHARS,
         # "11 papers" on one line: a heading never ends in a bare number.
         sections.append(SectionView(_name(section.topic), items,
                                     _plural(len(items), "paper").replace(" ", NBSP)))
-    first = _cut(nfkc(digest.matches[0].listing.title), 120)
+    first = _cut(displayed(digest.matches[0].listing.title), 120)
     also = f" and {count - 1} more" if count > 1 else ""
     return {
         "subject": subject_for(digest),
@@ -404,6 +432,7 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
     return ItemView(
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
         excerpt_text=text, title_dir=direction(title), excerpt_dir=direction(text),
+        title_lang=language(title), excerpt_lang=language(text),
         keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
         piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),

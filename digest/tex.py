@@ -15,6 +15,13 @@ Only what looks like TeX is converted, piece by piece, with pylatexenc:
 Everything else (plain text, braces, `~`, `%`) is kept byte for byte. A macro pylatexenc
 does not know is dropped and its arguments kept; no `\\name` is ever left behind.
 
+In a math span a superscript or subscript that Unicode can write whole (digits, `+ - = ( )`,
+`n`, `i`: `$n^2$`, `$x_{i+1}$`, `$n^{-1}$`) becomes those characters, "n²", "xᵢ₊₁", "n⁻¹";
+any other (`$x^{ab}$`, `$x^\\prime$`) stays as pylatexenc gives it, "x^ab". pylatexenc 2 has
+no option for this: its parser leaves `^` and `_` as plain characters (their specials are a
+TODO in `latexwalker._defaultspecs`). Title keys and ids are made from the text without
+this step (`scripts=False`), so a paper stored before keeps its key.
+
 Bounded for hostile input: at most `MAX_PIECES` pieces of a text, each at most `MAX_PIECE`
 characters long, go through pylatexenc; the rest are stripped of their markup by a regular
 expression (linear), and converted pieces are remembered.
@@ -53,6 +60,16 @@ _PIECE = re.compile(f"{_MATH}|{_TEXT_COMMAND}", re.DOTALL)
 # A cheap test first: most titles and many abstracts have neither character.
 _MARKERS = ("$", "\\")
 _LEFTOVER = re.compile(r"\\+[A-Za-z]+\*?|\\+([^A-Za-z\\])?|[{}$]")
+# Unicode's superscript and subscript forms of what a math span's ^ or _ may carry whole.
+SUPERSCRIPTS = "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿⁱ"
+SUBSCRIPTS = "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₙᵢ"
+_SUPERSCRIPT = str.maketrans("0123456789+-=()ni", SUPERSCRIPTS)
+_SUBSCRIPT = str.maketrans("0123456789+-=()ni", SUBSCRIPTS)
+# `^x` or `^{...}` (blanks inside are TeX's, not the text's) whose every character has a form;
+# not after a backslash (`\^` is an accent, `\_` an underscore). A command before it is kept
+# apart: "ᵢ" is a letter to pylatexenc, which read `\sumᵢ` as one unknown command.
+_SCRIPT = re.compile(r"(?<!\\)(\\[A-Za-z]+)? *([\^_])"
+                     r"(?:\{ *([0-9+\-=()ni][0-9+\-=()ni ]*)\}|([0-9+\-=()ni]))")
 # A backslash that no piece took (before a character TeX does not escape): dropped, so that
 # nothing reads as a command.
 _STRAY = re.compile(r"\\+(?=\S|$)")
@@ -102,9 +119,23 @@ def strip_markup(piece: str) -> str:
     return _LEFTOVER.sub(lambda m: m.group(1) or "", piece)
 
 
+def unicode_scripts(math: str) -> str:
+    """`math` (TeX) with each superscript and subscript that Unicode can write whole in those
+    characters: `n^{-1}` -> `n⁻¹`, `x_{i+1}` -> `xᵢ₊₁`; `x^{ab}` is left as it is."""
+    def shown(m: re.Match[str]) -> str:
+        command = m.group(1) + "{}" if m.group(1) else ""
+        body = (m.group(3) or m.group(4)).replace(" ", "")
+        return command + body.translate(_SUPERSCRIPT if m.group(2) == "^" else _SUBSCRIPT)
+
+    return _SCRIPT.sub(shown, math)
+
+
 @functools.lru_cache(maxsize=20_000)  # listed in digest.caches
-def convert_piece(piece: str) -> str:
-    """One TeX piece (a math span or a command with its arguments) as readable text."""
+def convert_piece(piece: str, scripts: bool = True) -> str:
+    """One TeX piece (a math span or a command with its arguments) as readable text; with
+    `scripts`, a math span's superscripts and subscripts in Unicode where it can."""
+    if scripts and piece.startswith("$"):
+        piece = unicode_scripts(piece)
     try:
         l2t, parse_db = _converter()
         text = str(l2t.latex_to_text(piece, latex_context=parse_db, tolerant_parsing=True))
@@ -117,8 +148,9 @@ def convert_piece(piece: str) -> str:
     return " ".join(text.split()) if text.strip() else text.replace("\n", " ")
 
 
-def readable(text: str) -> str:
-    """`text` with its inline TeX rendered as readable Unicode; other text unchanged."""
+def readable(text: str, scripts: bool = True) -> str:
+    """`text` with its inline TeX rendered as readable Unicode; other text unchanged.
+    `scripts=False` leaves `^` and `_` as they were before Unicode scripts (for title keys)."""
     if not any(m in text for m in _MARKERS):
         return text
     out: list[str] = []
@@ -127,7 +159,7 @@ def readable(text: str) -> str:
         out.append(text[pos:m.start()])
         piece = m.group()
         if count < MAX_PIECES and len(piece) <= MAX_PIECE + 4:  # + "$$" twice
-            shown = convert_piece(piece)
+            shown = convert_piece(piece, scripts)
         else:
             shown = strip_markup(piece)
         pos = m.end()

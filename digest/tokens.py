@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import snowballstemmer
 
-from .tex import readable
+from .tex import SUBSCRIPTS, SUPERSCRIPTS, readable
 
 # Han ideographs and hiragana: Chinese and Japanese put no spaces between words, so each of
 # these characters is a word of its own (as Lucene's StandardTokenizer has it), and a
@@ -76,8 +76,27 @@ class Token:
 
 
 def nfkc(text: str) -> str:
-    """The NFKC form of `text`: the form that is matched, highlighted and shown."""
+    """The NFKC form of `text`: the form that is matched and highlighted (and, but for
+    superscripts and subscripts, shown: see `displayed`)."""
     return unicodedata.normalize("NFKC", text)
+
+
+# NFKC folds "n²" to "n2" and "x₁" to "x1": shown so, `$n^2$` read worse than "n^2".
+_SCRIPTS = re.compile(f"([{SUPERSCRIPTS}{SUBSCRIPTS}]+)")
+
+
+def displayed(text: str) -> str:
+    """`nfkc(text)` but for superscript and subscript digits, signs and letters (see
+    `tex.unicode_scripts`), which stay as they are: the form the email shows. Each of them is
+    one character in NFKC too, so a span found in `nfkc(text)` marks the same characters
+    here; if a combining mark after one composed with it in NFKC, `nfkc(text)` is returned."""
+    folded = nfkc(text)
+    if text.isascii() or _SCRIPTS.search(text) is None:
+        return folded
+    # Split on a captured group: even parts are the rest, odd ones runs of scripts.
+    kept = "".join(part if i % 2 else nfkc(part)
+                   for i, part in enumerate(_SCRIPTS.split(text)))
+    return kept if len(kept) == len(folded) and nfkc(kept) == folded else folded
 
 
 def stem(word: str) -> str:
@@ -115,8 +134,9 @@ def words(text: str) -> list[str]:
 def title_key(title: str) -> str:
     """A normalised form of a title, equal for titles that differ only in case and punctuation,
     made from its readable text: arXiv writes `$\\varepsilon$-Greedy ... 50\\%` where a blog
-    writes `ε-Greedy ... 50%`, and both are one paper (the email shows the readable form)."""
-    return " ".join(words(readable(title)))
+    writes `ε-Greedy ... 50%`, and both are one paper (the email shows the readable form).
+    Without Unicode scripts (`n^2`, not `n²`): keys stored before them stay the same."""
+    return " ".join(words(readable(title, scripts=False)))
 
 
 def title_id(title: str) -> str:

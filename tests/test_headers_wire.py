@@ -191,6 +191,33 @@ def test_a_long_non_ascii_subject_folds_at_blanks_and_decodes_to_itself(
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_a_right_to_left_topic_is_isolated_in_the_subject_as_in_the_body(
+        path: str, project: Project, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer,
+        dkim_record: bytes) -> None:
+    # Without the isolate the "3" of "3D vision" follows Arabic letters, so a client's bidi
+    # algorithm (UAX #9 W2, N1) set ", 3" inside the Arabic run: "3 ,تعلم الآلةD vision".
+    settings = configure(project, monkeypatch, smtp_server)
+    arabic = "تعلم الآلة للغات منخفضة الموارد والترجمة الآلية العصبية"
+    d = renamed(digest(3), arabic, "3D vision 2026")
+    data = send_through(smtp_server, settings, d, path)
+    value = field(data, "Subject")
+    assert decoded(value) == f"3 new papers: \u2068{arabic}\u2069, 3D vision 2026"
+    # Folded at blanks, each encoded-word whole and at most 75 characters, lines of at most
+    # 76; the ASCII words around the Arabic stay plain, and nothing becomes a new field.
+    assert len(lines(value)) > 1
+    assert all(len(line) <= 76 for line in lines(b"Subject:" + value))
+    words = unfold(value).split()
+    assert all(ENCODED_WORD.fullmatch(w) and len(w) <= 75 for w in words if b"=?" in w)
+    assert b" 3 new papers: " in value and unfold(value).endswith(b" 3D vision 2026")
+    assert [n for n, _ in raw_fields(data)].count("Subject") == 1
+    check_headers(data)
+    assert dkim.verify(data, dnsfunc=lambda n, timeout=5: dkim_record)
+    # A Subject without right-to-left letters goes out as before, byte for byte.
+    latin = send_through(smtp_server, settings, renamed(digest(3), "Économie", "3D vision"), path)
+    assert field(latin, "Subject") == b" 3 new papers: =?utf-8?q?=C3=89conomie=2C?= 3D vision\r\n"
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_long_list_id_and_message_id_stay_raw(
         path: str, project: Project, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer,
         dkim_record: bytes) -> None:

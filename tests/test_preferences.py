@@ -393,6 +393,59 @@ def test_inline_topics_keep_their_lines_and_comments_when_one_goes_or_comes(
     assert names == [n for n in ("A", "B", "C") if n != remove] + ([add] if add else [])
 
 
+TABLES = """\
+name = "A"
+email = "a@example.org"
+timezone = "UTC"
+
+# My topics, best first.
+[[topics]]
+name = "A"
+keywords = ["x"]  # for now
+# A's last word
+
+# B: the one I read first.
+[[topics]]
+name = "B"
+keywords = ["y"]
+
+# C, two lines
+# about it.
+[[topics]]
+name = "C"
+keywords = ["z"]
+"""
+TABLE_A = '[[topics]]\nname = "A"\nkeywords = ["x"]  # for now\n# A\'s last word\n'
+TABLE_B = '# B: the one I read first.\n[[topics]]\nname = "B"\nkeywords = ["y"]\n'
+TABLE_C = '# C, two lines\n# about it.\n[[topics]]\nname = "C"\nkeywords = ["z"]\n'
+TABLE_D = '[[topics]]\nname = "D"\nkeywords = ["q"]\n'
+HEAD = 'name = "A"\nemail = "a@example.org"\ntimezone = "UTC"\n\n# My topics, best first.\n'
+
+
+@pytest.mark.parametrize(("remove", "add", "tables"), [
+    ("A", "", (TABLE_B, TABLE_C)),
+    ("B", "", (TABLE_A, TABLE_C)),
+    ("C", "", (TABLE_A, TABLE_B)),
+    ("", "D", (TABLE_A, TABLE_B, TABLE_C, TABLE_D)),
+    ("B", "D", (TABLE_A, TABLE_C, TABLE_D)),
+])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_saved_topic_tables_read_as_a_person_wrote_them(
+        tmp_path: Path, remove: str, add: str, tables: tuple[str, ...], newline: str) -> None:
+    """Removing or adding a [[topics]] table left two blank lines where one was (tomlkit
+    keeps a table's following blank line in it and adds a line break before each table it
+    appends), and a blank line at the end when the last table went. One blank line between
+    tables; the comments above a header stay above it, a table's own comments with it."""
+    path = tmp_path / "a.toml"
+    raw = TABLES.replace("\n", newline).encode()
+    path.write_bytes(raw)
+    preferences.update(path, preferences.file_hash(raw), edit(timezone="UTC", topics=_topics(
+        "A", "B", "C", remove=remove, add=add)), DEFAULTS)
+    assert path.read_bytes() == (HEAD + "\n".join(tables)).replace("\n", newline).encode()
+    names = [t["name"] for t in tomllib.loads(path.read_text())["topics"]]
+    assert names == [n for n in ("A", "B", "C") if n != remove] + ([add] if add else [])
+
+
 def test_an_added_topic_never_lands_in_a_comment() -> None:
     """tomlkit's `append` puts a new item after the last one's comment, on its line, where
     it would be read as part of the comment: the file must read back as saved."""

@@ -5,12 +5,13 @@ import datetime as dt
 import re
 import unicodedata
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from digest import render as rendering
 from digest.index import build_digest
-from digest.models import Digest, Listing, Subscriber, Topic
+from digest.models import Digest, Listing, Section, Subscriber, Topic
 from digest.render import Links, environment, excerpt, render, subject_for, wrap_text
 from tests.conftest import NOW
 
@@ -86,6 +87,38 @@ def test_text_part_has_every_item_and_link_in_html_order_within_78_columns() -> 
     html_order = [int(n) for n in re.findall(r"Pruning paper number (\d+)", rendered.html)]
     assert list(dict.fromkeys(html_order)) == [int(m.listing.id[-5:]) for m in digest.matches]
     assert rendered.subject == subject_for(digest) == "25 new papers: Pruning & <co>"
+
+
+def test_the_subject_isolates_right_to_left_topics_and_leaves_the_others_as_they_were() -> None:
+    base = digest_of(listings(3))
+
+    def named(*topics: str) -> Digest:
+        (section,) = base.sections
+        return Digest(base.subscriber, base.local_date,
+                      tuple(Section(t, section.matches) for t in topics), base.generated_at)
+
+    arabic = "تعلم الآلة"
+    assert subject_for(named(arabic, "3D vision")) == (
+        f"6 new papers: \u2068{arabic}\u2069, 3D vision")
+    # A name cut to its length: the ellipsis inside the isolate, which is closed.
+    long = subject_for(named("الترجمة " * 20, "3D vision"))
+    assert long.count("\u2068") == long.count("\u2069") == 1
+    assert "…\u2069, 3D vision" in long
+    assert subject_for(named("Économie", "3D vision")) == "6 new papers: Économie, 3D vision"
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    ("大規模言語モデルの推論", "ja"),  # kana
+    ("ＬＬＭ推論のためのカタカナ", "ja"),
+    ("基于推测解码的大规模语言模型", "zh"),  # Han alone
+    ("卡尔・马克思", "zh"),  # U+30FB between a foreign name's parts: not kana
+    ("대규모 언어 모델 (推論)", "ko"),  # Hangul, with or without Hanja
+    ("Speculative decoding", ""),
+    ("فك التشفير التخميني", ""),
+    ("Économie de l'inférence", ""),
+])
+def test_the_language_of_a_cjk_text_is_told_by_its_script(text: str, lang: str) -> None:
+    assert rendering.language(text) == lang
 
 
 def test_excerpt_cuts_at_a_word_boundary_and_keeps_highlights() -> None:

@@ -228,3 +228,41 @@ def test_a_right_to_left_title_and_excerpt_are_set_flush_right(
         assert all(abs(line_right - right) <= 2 for _, line_right in lines), (right, lines)
     for (left, _), lines in (titles[1], excerpts[1]):  # English: flush left, as before
         assert all(abs(line_left - left) <= 2 for line_left, _ in lines), (left, lines)
+
+
+# The language each block's text is in as the browser takes it (:lang, which picks fonts):
+# that of the element holding the block's first words.
+_LANG_JS = """selector => [...document.querySelectorAll(selector)].map(block => {
+  const walker = document.createTreeWalker(block, NodeFilter.SHOW_TEXT);
+  let node = walker.nextNode();
+  while (node && !node.textContent.trim()) node = walker.nextNode();
+  const el = node.parentElement;
+  return ['ja', 'zh', 'ko', 'en'].find(lang => el.matches(`:lang(${lang})`)) || '';
+})"""
+
+
+def test_a_cjk_title_or_excerpt_has_the_lang_its_script_tells(chromium: Any) -> None:  # noqa: F811
+    # Han characters have Chinese and Japanese glyph forms; under the document's lang="en" a
+    # client chose them by its own locale. Kana says Japanese, Hangul Korean, Han alone
+    # Chinese (also with U+30FB, which Chinese text writes between parts of a foreign name).
+    titles = ("大規模言語モデルの推論を高速化する投機的デコーディング",
+              "基于推测解码与量化键值缓存的大规模语言模型高效推理方法",
+              "卡尔・马克思与大规模语言模型",
+              "대규모 언어 모델의 추측 디코딩 (推測)",
+              "Speculative decoding for large language models")
+    japanese = "大規模言語モデルの推論は高価である。本研究では投機的デコーディングを検討する。" * 3
+    items = [listing(i, title) for i, title in enumerate(titles)]
+    items[0] = dataclasses.replace(items[0], abstract=japanese)
+    d = Digest(subscriber(), NOW.date(), (Section("Efficient inference", tuple(
+        Match(item, "Efficient inference", 2.0 - i / 10, ("decoding",))
+        for i, item in enumerate(items))),), NOW)
+    page = open_email(chromium, render(d, LINKS, environment()).html)
+    try:
+        shown_titles = page.evaluate(_LANG_JS, "h3.title")
+        excerpts = page.evaluate(_LANG_JS, "p.excerpt")
+        document = page.evaluate("document.documentElement.lang")
+    finally:
+        page.close()
+    assert shown_titles == ["ja", "zh", "zh", "ko", "en"]
+    assert excerpts == ["ja", "en", "en", "en", "en"]
+    assert document == "en"

@@ -3,11 +3,14 @@ import datetime as dt
 import subprocess
 import sys
 
+import pytest
+
 from digest.index import build_digest
 from digest.match import compile_keyword, document
 from digest.models import Listing, Subscriber, Topic
 from digest.tokens import (
     MAX_STEMMED,
+    displayed,
     name_words,
     nfkc,
     stem,
@@ -56,6 +59,30 @@ def test_title_key_is_made_from_the_readable_title() -> None:
     assert title_key(tex) == title_key(shown) == (
         "scaling laws for ε greedy reasoning models at 50 compute")
     assert title_id(tex) == title_id(shown)
+
+
+@pytest.mark.parametrize(("title", "key", "listing_id"), [
+    (r"From $\mathcal{O}(n^2)$ to $\mathcal{O}(n \log n)$ attention",
+     "from o n 2 to o n log n attention", "title:cd8970a478c226ff"),
+    (r"$\pi_0$: A Vision-Language-Action Flow Model",
+     "π 0 a vision language action flow model", "title:28a996af33c41da6"),
+    (r"Area in m$^{2}$ and $x_{i+1}$", "area in m 2 and x i 1", "title:eb8facab31892489"),
+])
+def test_title_keys_and_ids_of_tex_scripts_are_those_stored_before(
+        title: str, key: str, listing_id: str) -> None:
+    # The email shows "𝒪(n²)"; the key is still made from "𝒪(n^2)", as before.
+    assert title_key(title) == key
+    assert title_id(title) == listing_id
+
+
+def test_the_displayed_form_keeps_scripts_where_nfkc_folds_them() -> None:
+    text = "𝒪(n²) for ﬁve xᵢ₊₁ in Ｆｕｌｌ width"
+    assert displayed(text) == "O(n²) for five xᵢ₊₁ in Full width"
+    assert nfkc(text) == "O(n2) for five xi+1 in Full width"
+    assert len(displayed(text)) == len(nfkc(text))  # highlight spans fall on the same text
+    # A mark that composes with the letter in NFKC: the plain NFKC form, spans kept right.
+    assert displayed("ⁿ\u0303 and n²") == nfkc("ⁿ\u0303 and n²")
+    assert displayed("plain text") == "plain text"
 
 
 def test_a_cjk_keyword_matches_inside_text_written_without_spaces() -> None:
