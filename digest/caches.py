@@ -8,6 +8,7 @@ however many digests one process builds (a worker of `digest send` builds thousa
     render._cached_view      Listing -> its escaped view (title, links)    20,000 (LRU)
     render._wrap_line        (line, width) -> the wrapped text lines       20,000 (LRU)
     render._columns          a character -> its width in columns           4,096 (LRU)
+    render._scripts          a title or abstract -> has RTL, has CJK        20,000 (LRU)
     render._compiled         MJML template -> compiled HTML template       weak keys: one
                                                                            per live template
     render._sources          compiled HTML template -> its source          the same

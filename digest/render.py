@@ -241,6 +241,14 @@ def language(text: str) -> str:
     return "zh" if _HAN.search(text) else ""
 
 
+@functools.lru_cache(maxsize=20_000)  # listed in digest.caches
+def _scripts(text: str) -> tuple[bool, bool]:
+    # Whether `text` has a right-to-left letter, and a CJK one. Asked of a title or an
+    # abstract, the same string object in every digest that shows it (its hash kept): an
+    # English item then costs two lookups instead of five regex scans.
+    return right_to_left(text), bool(language(text))
+
+
 def right_to_left(text: str) -> bool:
     """Whether `text` holds a right-to-left letter (bidi class R or AL)."""
     return not text.isascii() and _RIGHT_TO_LEFT.search(text) is not None
@@ -426,13 +434,17 @@ def _item(m: Match, number: int, excerpt_chars: int, feedback: str) -> ItemView:
     reason = _cut(nfkc(m.reason), TLDR_CHARS)
     segs = _excerpt(abstract, m.abstract_spans, excerpt_chars)
     text = "".join([t for t, _ in segs])
-    if right_to_left(text):  # one isolate, highlights inside it
+    title_rtl, title_cjk = _scripts(title)
+    rtl, cjk = _scripts(abstract)  # an excerpt has no letter its abstract has not
+    if rtl and right_to_left(text):  # one isolate, highlights inside it
         segs = [(FSI, False), *segs, (PDI, False)]
         text = FSI + text + PDI
     return ItemView(
         number=number, title=title, link=link, meta=meta, tldr=tldr, excerpt=segs,
-        excerpt_text=text, title_dir=direction(title), excerpt_dir=direction(text),
-        title_lang=language(title), excerpt_lang=language(text),
+        excerpt_text=text, title_dir=direction(title) if title_rtl else "ltr",
+        excerpt_dir=direction(text) if rtl else "ltr",
+        title_lang=language(title) if title_cjk else "",
+        excerpt_lang=language(text) if cjk else "",
         keywords=list(m.keywords),
         matched=_matched(m.keywords), links=extra, key=key, reason=reason,
         piece_key=(view, m.abstract_spans, m.keywords, excerpt_chars, feedback, reason),
