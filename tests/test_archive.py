@@ -136,6 +136,34 @@ def test_archive_lists_sent_digests_newest_first_a_page_at_a_time(
     assert httpx.get(f"{site}/archive?token={token('archive')}&before=soon").status_code == 400
 
 
+def test_a_page_never_ends_between_two_digests_of_one_date(
+        project: Project, site: str, smtp_server: SmtpServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # After a move west a date has two digests (pipeline.day_digest). Paged by date, the one
+    # that fell just after a page's end was on no page: the next began before that date.
+    monkeypatch.setattr(archive, "ARCHIVE_PAGE", 2)
+    for day in (1, 2, 3):
+        fetch_and_send(project, NOW + dt.timedelta(days=day))
+    db = store.open_db(project.db_path)
+    sent = [r for r in store.digests(db, "ada") if r["state"] == "sent"]
+    dates = sorted({r["local_date"] for r in sent}, reverse=True)
+    second = next(r for r in sent if r["local_date"] == dates[1])
+    row = dict(db["digests"].get(second["id"]))  # type: ignore[union-attr]
+    db["digests"].insert({**row, "id": second["id"] + ".2",
+                          "created_at": row["created_at"][:-6] + "59:59+00:00"})
+    url: str | None = f"{site}/archive?token={token('archive')}"
+    seen: list[str] = []
+    while url:
+        r = httpx.get(url)
+        assert r.status_code == 200
+        seen += re.findall(r"digest=ada%2F([\d-]+(?:\.\d+)?)", r.text)
+        older = re.search(r'href="([^"]+)" id="older"', r.text)
+        url = site + older.group(1).replace("&amp;", "&") if older else None
+    ids = sorted((r["id"].split("/")[1] for r in sent), reverse=True)
+    assert sorted(seen, reverse=True) == sorted([*ids, ids[1] + ".2"], reverse=True)
+    assert len(seen) == len(set(seen))
+
+
 def test_a_token_never_shows_another_subscribers_digest(project: Project, site: str,
                                                         smtp_server: SmtpServer) -> None:
     grace_text, _ = parts(raw_mail(smtp_server, "grace@example.com")[0])

@@ -401,13 +401,15 @@ def test_latest_digests_is_each_subscribers_newest_without_reading_the_history(
             for n, sid in enumerate(["b", "a", "c/x", "a2"])
             for day, state in zip(days[: n + 1], ["sent", "failed", "retry", "queued"],
                                   strict=False)]
+    # After a move west, b's date has a second digest (pipeline.day_digest): the newer one.
+    rows.insert(0, ("b/2026-11-03.2", "b", "2026-11-03", "queued", "t", "t"))
     db.conn.executemany("insert into digests (id, subscriber_id, local_date, state, created_at,"
                         " updated_at) values (?, ?, ?, ?, ?, ?)", rows)
     db.conn.commit()
     latest = store.latest_digests(db)
     assert list(latest) == ["a", "a2", "b", "c/x"]
     assert {sid: (r["local_date"], r["state"]) for sid, r in latest.items()} == {
-        "b": ("2026-11-03", "sent"), "a": ("2026-11-03", "sent"),
+        "b": ("2026-11-03", "queued"), "a": ("2026-11-03", "sent"),
         "c/x": ("2026-11-20", "retry"), "a2": ("2026-11-20", "retry")}
     # Every step is a seek: nothing scans the digests table or its index.
     plan = [row[-1] for row in db.execute(
