@@ -279,6 +279,19 @@ def test_arxiv_rss_new_cross_and_replace(loopback: Loopback) -> None:
     assert report.skipped == 1 and "no arXiv id" in report.warnings[0]
 
 
+def test_arxiv_rss_keeps_tex_inequalities_in_titles_and_abstracts(loopback: Loopback) -> None:
+    # arXiv's RSS texts are plain (TeX escaped in the XML): "$0<p<1$" is text, not a <p> tag.
+    url = loopback.route("/rss/cs.CV", Reply.fixture("arxiv_rss_tex.xml",
+                                                     "application/rss+xml; charset=utf-8"))
+    paper = read(source(type="arxiv", rss=url)).listings[0]
+    assert paper.title == ("Generalized Singular Value Thresholding for $\\ell_p$-norms, "
+                           "$0<p<1$")
+    assert "e.g., $\\ell_p$-norm, $0<p<1$, of $\\ell_0$-norm are special cases), a general " \
+        "solver to find" in paper.abstract
+    assert paper.abstract.startswith("This work studies the Generalized Singular Value")
+    assert paper.authors[0] == "Canyi Lu" and len(paper.authors) == 5
+
+
 # --- feed -------------------------------------------------------------------------------------
 
 

@@ -140,6 +140,19 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
             break
 
 
+# arXiv writes titles and abstracts as plain text, TeX included ("$0<p<1$", "n<m"), escaped
+# in the XML; read as HTML, "<p<1$ and n<m ..." would be taken for tags and the words in
+# them lost. Only a text with an HTML end tag (a feed not of arXiv's own making) is HTML.
+_END_TAG = re.compile(r"</[A-Za-z][A-Za-z0-9]*\s*>")
+
+
+def _text(value: Any, *, apart: bool = False) -> str:
+    """A title or an abstract of arXiv's RSS as the reader should see it."""
+    if not isinstance(value, str):
+        return ""
+    return html_to_text(value, apart=apart) if _END_TAG.search(value) else clean(value)
+
+
 _PREAMBLE = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(Abstract:\s*)?", re.IGNORECASE)
 
 
@@ -148,11 +161,11 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
     arxiv = arxiv_id(entry.get("id")) or arxiv_id(entry.get("link"))
     if not arxiv:
         raise ValueError(f"no arXiv id in guid {entry.get('id')!r} or link {entry.get('link')!r}")
-    title = html_to_text(entry.get("title"), apart=True)
+    title = _text(entry.get("title"), apart=True)
     if not title:
         raise ValueError(f"{arxiv}: no title")
     kind = clean(entry.get("arxiv_announce_type")).lower() or "new"
-    abstract = _PREAMBLE.sub("", html_to_text(entry.get("summary")))
+    abstract = _PREAMBLE.sub("", _text(entry.get("summary")))
     listing = Listing(
         id=arxiv,
         title=title,
@@ -176,7 +189,7 @@ def read_arxiv_rss(config: ArxivSource, ctx: Context) -> None:
     fetched = ctx.get(config.rss, accept=FEED_ACCEPT)
     if fetched is None:
         return
-    for i, entry in enumerate(parse_feed(ctx.name, fetched)):
+    for i, entry in enumerate(parse_feed(ctx.name, fetched, as_written=True)):
         try:
             listing, kind = rss_item(entry, ctx.name)
         except (ValueError, TypeError, AttributeError) as exc:

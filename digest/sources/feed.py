@@ -39,8 +39,9 @@ FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml;q
                "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1")
 
 
-def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
-    """The entries of a fetched RSS or Atom document, as feedparser dicts."""
+def parse_feed(source: str, fetched: Fetched, *, as_written: bool = False) -> list[dict[str, Any]]:
+    """The entries of a fetched RSS or Atom document, as feedparser dicts; `as_written`: each
+    text as the XML holds it, not sanitised as HTML (for a feed whose texts are plain)."""
     # `decode` fails on an HTML page or undecodable bytes.
     text = as_plain_xml(decode(source, fetched, "a feed"))
     # Before feedparser sees it: no DTD anywhere, and well-formed, so feedparser's strict
@@ -50,8 +51,11 @@ def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
     # (an XML media type with a charset outranks the XML declaration, which it rewrites).
     # A stream, never a str: feedparser treats a str that looks like a URL or a file name
     # as something to open.
+    # feedparser reads every RSS <description> as HTML and sanitises it, which drops text that
+    # looks like a tag: arXiv's "for $0<p<1$ and n<m" came out "for $0<p><1$ and n<m>".
     parsed = feedparser.parse(io.BytesIO(text.encode("utf-8")),
-                              response_headers={"content-type": "application/xml; charset=utf-8"})
+                              response_headers={"content-type": "application/xml; charset=utf-8"},
+                              sanitize_html=not as_written, resolve_relative_uris=not as_written)
     if parsed.get("bozo"):
         exc = parsed.get("bozo_exception")
         if isinstance(exc, xml.sax.SAXException):
