@@ -292,6 +292,37 @@ def test_arxiv_rss_keeps_tex_inequalities_in_titles_and_abstracts(loopback: Loop
     assert paper.authors[0] == "Canyi Lu" and len(paper.authors) == 5
 
 
+_ARXIV_ITEM = """<?xml version='1.0' encoding='UTF-8'?>
+<rss xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns:dc="http://purl.org/dc/elements/1.1/" \
+version="2.0"><channel><title>cs.AI updates on arXiv.org</title><item>
+<title>A paper</title><link>https://arxiv.org/abs/2405.00777</link>
+<description>arXiv:2405.00777v1 Announce Type: new \nAbstract: Text.</description>
+<guid isPermaLink="false">oai:arXiv.org:2405.00777v1</guid>
+<arxiv:announce_type>new</arxiv:announce_type><dc:creator>{}</dc:creator>
+</item></channel></rss>"""
+
+
+@pytest.mark.parametrize(
+    ("creator", "authors"),
+    [
+        # arXiv separates names by commas only: a one-word name is an author, not a surname
+        # or a given name of the name next to it.
+        ("Amit Sheth, Mausam", ("Amit Sheth", "Mausam")),
+        ("Mausam, Dan Weld", ("Mausam", "Dan Weld")),
+        ("Antonin Monteil, Paul Pegon", ("Antonin Monteil", "Paul Pegon")),
+        ("ATLAS Collaboration", ("ATLAS Collaboration",)),
+        ("The LIGO Scientific Collaboration and the Virgo Collaboration, Jane Roe",
+         ("The LIGO Scientific Collaboration and the Virgo Collaboration", "Jane Roe")),
+    ],
+)
+def test_arxiv_rss_creators_are_separated_by_commas(
+    loopback: Loopback, creator: str, authors: tuple[str, ...],
+) -> None:
+    body = _ARXIV_ITEM.format(creator).encode()
+    url = loopback.route("/rss/cs.AI", Reply(body, content_type="application/rss+xml"))
+    assert read(source(type="arxiv", rss=url)).listings[0].authors == authors
+
+
 # --- feed -------------------------------------------------------------------------------------
 
 

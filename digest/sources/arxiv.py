@@ -27,7 +27,16 @@ from ..config import ArxivSource
 from ..errors import SourceError
 from ..models import Listing
 from .feed import FEED_ACCEPT, entry_authors, entry_date, entry_tags, parse_feed
-from .items import Context, arxiv_id, clean, decode, html_to_text, parse_date, xml_root
+from .items import (
+    Context,
+    arxiv_id,
+    clean,
+    comma_names,
+    decode,
+    html_to_text,
+    parse_date,
+    xml_root,
+)
 
 log = logging.getLogger("digest")
 
@@ -172,7 +181,8 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
         abstract=abstract,
         url=f"https://arxiv.org/abs/{arxiv}",
         arxiv_id=arxiv,
-        authors=entry_authors(entry),
+        # arXiv separates the names in `dc:creator` by commas, and by nothing else.
+        authors=entry_authors(entry, comma_names),
         published=entry_date(entry),
         categories=entry_tags(entry),
         sources=(source,),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import time
 import xml.sax
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -74,14 +75,16 @@ def entry_date(entry: dict[str, Any]) -> date | None:
     return None
 
 
-def entry_authors(entry: dict[str, Any]) -> tuple[str, ...]:
+def entry_authors(
+    entry: dict[str, Any], split: Callable[[str], list[str]] = split_authors,
+) -> tuple[str, ...]:
     """Whole author names, in order: Atom has one <author> each, RSS one `dc:creator` each
     or one line listing them all ('A. Smith, B. Jones and C. Lee', 'Kaur, M., Shukla, A.',
-    'Smith J, Jones B, et al.'); see `items.split_authors`."""
+    'Smith J, Jones B, et al.'); `split` reads such a line (see `items.split_authors`)."""
     names: list[str] = []
     for author in entry.get("authors") or []:
         if isinstance(author, dict) and isinstance(author.get("name"), str):
-            names += split_authors(author["name"])
+            names += split(author["name"])
     return tuple(dict.fromkeys(names))
 
 
