@@ -323,6 +323,22 @@ def test_arxiv_rss_creators_are_separated_by_commas(
     assert read(source(type="arxiv", rss=url)).listings[0].authors == authors
 
 
+@pytest.mark.parametrize(
+    ("abstract", "expected"),
+    [
+        ("Models reason inside &lt;think&gt; and &lt;/think&gt; tags until &lt;/s&gt;.",
+         "Models reason inside <think> and </think> tags until </s>."),
+        ("&lt;p&gt;An abstract in &lt;i&gt;HTML&lt;/i&gt;.&lt;/p&gt;", "An abstract in HTML."),
+    ],
+)
+def test_arxiv_rss_abstract_quoting_tags_is_text(
+    loopback: Loopback, abstract: str, expected: str,
+) -> None:
+    body = _ARXIV_ITEM.replace("Abstract: Text.", f"Abstract: {abstract}").format("A B")
+    url = loopback.route("/rss/cs.AI", Reply(body.encode(), content_type="application/rss+xml"))
+    assert read(source(type="arxiv", rss=url)).listings[0].abstract == expected
+
+
 # --- feed -------------------------------------------------------------------------------------
 
 

@@ -151,8 +151,11 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
 
 # arXiv writes titles and abstracts as plain text, TeX included ("$0<p<1$", "n<m"), escaped
 # in the XML; read as HTML, "<p<1$ and n<m ..." would be taken for tags and the words in
-# them lost. Only a text with an HTML end tag (a feed not of arXiv's own making) is HTML.
-_END_TAG = re.compile(r"</[A-Za-z][A-Za-z0-9]*\s*>")
+# them lost. Only a text that closes an element HTML markup of an abstract uses (arXiv's
+# retired feeds wrapped abstracts in <p>) is HTML; "<think>...</think>" and "</s>", which
+# abstracts on reasoning models and tokenizers quote, are text.
+_END_TAG = re.compile(r"</(?:p|div|br|a|i|b|em|strong|sub|sup|span|li|ul|ol)\s*>",
+                      re.IGNORECASE)
 
 
 def _text(value: Any, *, apart: bool = False) -> str:
