@@ -261,6 +261,41 @@ def test_arxiv_api_error_entry_fails_the_source_with_arxivs_message(
         read(source(type="arxiv", query="cat:", api_url=url))
 
 
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        # Real arXiv API answers (see fixtures/sources/README.md): old-style ids, a version
+        # in the id, '&lt;' in an abstract, a title that is a single digit.
+        ("arxiv_api_astro-ph_0601001.xml",
+         ("astro-ph/0601001", "Frequency of Hot Jupiters and Very Hot Jupiters from the "
+          "OGLE-III Transit Surveys Toward the Galactic Bulge and Carina",
+          ("Andrew Gould", "Susan Dorsher", "B. Scott Gaudi", "Andrzej Udalski"),
+          dt.date(2006, 1, 2), ("astro-ph",), "V_max<17.5. Hence")),
+        ("arxiv_api_quant-ph_0201082v1.xml",
+         ("quant-ph/0201082", "Quantum Computers and Quantum Computer Languages: Quantum "
+          "Assembly Language and Quantum C Language", ("Stephen Blaha",),
+          dt.date(2002, 1, 18), None, None)),
+        ("arxiv_api_2104.12255v1.xml",
+         ("2104.12255", "0", ("Quan Thoi Minh Nguyen",), dt.date(2021, 4, 20), ("cs.CR",),
+          "What is the funniest number in cryptography? 0.")),
+    ],
+)
+def test_arxiv_api_real_answers(
+    loopback: Loopback, fixture: str, expected: tuple[Any, ...],
+) -> None:
+    url = loopback.route("/api/query", Reply.fixture(fixture, "application/atom+xml"))
+    [paper] = read(source(type="arxiv", query="id:x", api_url=url)).listings
+    arxiv, title, authors, published, categories, in_abstract = expected
+    assert (paper.id, paper.arxiv_id, paper.title) == (arxiv, arxiv, title)
+    assert (paper.authors, paper.published) == (authors, published)
+    assert paper.url == f"https://arxiv.org/abs/{arxiv}"
+    assert dict(paper.links)["pdf"] == f"https://arxiv.org/pdf/{arxiv}"
+    if categories is not None:
+        assert paper.categories == categories
+    if in_abstract is not None:
+        assert in_abstract in paper.abstract
+
+
 def test_arxiv_rss_new_cross_and_replace(loopback: Loopback) -> None:
     url = loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
                                                      "application/rss+xml; charset=utf-8"))
