@@ -358,6 +358,24 @@ def test_arxiv_rss_creators_are_separated_by_commas(
     assert read(source(type="arxiv", rss=url)).listings[0].authors == authors
 
 
+def test_arxiv_rss_replacement_does_not_re_date_the_paper(
+    loopback: Loopback, tmp_path: Path,
+) -> None:
+    # The paper came first from a lesser source with its first version's date; arXiv's RSS
+    # then announces a replacement, whose pubDate is the day the new version came out.
+    db = store.open_db(tmp_path / "s.db")
+    first = Listing(id="2405.00332", title="A Careful Examination", abstract="Short.",
+                    arxiv_id="2405.00332", published=dt.date(2024, 5, 1), authority=2)
+    store.upsert_listings(db, [first], NOW)
+    url = loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
+                                                     "application/rss+xml; charset=utf-8"))
+    report = read(source(type="arxiv", rss=url))
+    store.upsert_listings(db, report.updates, NOW, update_only=True)
+    paper = store.get_listing(db, "2405.00332")
+    assert paper is not None and paper.abstract.startswith("Large language models (LLMs)")
+    assert paper.published == dt.date(2024, 5, 1)
+
+
 @pytest.mark.parametrize(
     ("abstract", "expected"),
     [

@@ -12,7 +12,8 @@ An error comes back as a single entry whose id is `http://arxiv.org/api/errors#.
 RSS (`https://rss.arxiv.org/rss/cs.LG`): one item per announcement with
 `arxiv:announce_type` `new`, `cross` (a cross-list: new to this feed), `replace` or
 `replace-cross` (a new version of an older paper). Replacements only refresh listings
-already in the store: a new version is not a new paper.
+already in the store: a new version is not a new paper, and its announcement date (the
+item's pubDate) is not the paper's date.
 """
 
 from __future__ import annotations
@@ -186,7 +187,9 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
         arxiv_id=arxiv,
         # arXiv separates the names in `dc:creator` by commas, and by nothing else.
         authors=entry_authors(entry, comma_names),
-        published=entry_date(entry),
+        # A replacement's pubDate is when the new version was announced (arXiv's RSS spec),
+        # not the paper's date: it would re-date the stored paper, so it gives none.
+        published=None if kind.startswith("replace") else entry_date(entry),
         categories=entry_tags(entry),
         sources=(source,),
         links=(("abs", f"https://arxiv.org/abs/{arxiv}"),
