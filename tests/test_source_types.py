@@ -10,14 +10,15 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import TypeAdapter
 
 from digest import store
-from digest.config import AnySource
+from digest.config import AnySource, HttpConfig
 from digest.errors import SourceError
 from digest.models import Listing, ParseReport
-from digest.sources import parse_hf_page, read_source
+from digest.sources import Fetcher, parse_hf_page, read_source
 from digest.sources.items import arxiv_id, html_to_text
 from digest.tokens import title_id
 
@@ -356,6 +357,35 @@ def test_arxiv_rss_creators_are_separated_by_commas(
     body = _ARXIV_ITEM.format(creator).encode()
     url = loopback.route("/rss/cs.AI", Reply(body, content_type="application/rss+xml"))
     assert read(source(type="arxiv", rss=url)).listings[0].authors == authors
+
+
+class _ArxivHostsHere(httpx.HTTPTransport):
+    """Sends every request to the loopback server, whatever host its URL names: a feed
+    configured as https://rss.arxiv.org/... is then served by the test."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self.port)
+        return super().handle_request(request)
+
+
+def test_a_feed_on_arxiv_hosts_is_read_as_an_arxiv_listing_feed(loopback: Loopback) -> None:
+    # A user who adds arXiv's listing feed as a plain `feed` got replaced papers as new
+    # ones, and every abstract began "arXiv:2405.00501v1 Announce Type: new Abstract:".
+    loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
+                                               "application/rss+xml; charset=utf-8"))
+    config = source(type="feed", url="https://rss.arxiv.org/rss/cs.LG")
+    with Fetcher(HttpConfig(), transport=_ArxivHostsHere(loopback.port),
+                 sleep=FakeTime().sleep) as fetcher:
+        report = read_source(config, NOW, fetcher)
+    assert {x.id for x in report.listings} == {"2405.00501", "2405.00200"}
+    assert {x.id for x in report.updates} == {"2405.00332", "2301.01234"}
+    moe = by_id(report.listings)["2405.00501"]
+    assert moe.abstract.startswith("We route tokens to experts")
+    assert moe.sources == ("src",) and len(loopback.hits("/rss/cs.LG")) == 1
 
 
 def test_arxiv_rss_replacement_does_not_re_date_the_paper(

@@ -198,11 +198,11 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
     return listing, kind
 
 
-def read_arxiv_rss(config: ArxivSource, ctx: Context) -> None:
-    """Read a listing feed: new and cross-listed papers, and replacements as updates."""
-    assert config.rss is not None
-    ctx.fetcher.pace(config.rss, ARXIV_PAUSE)
-    fetched = ctx.get(config.rss, accept=FEED_ACCEPT)
+def read_listing_feed(url: str, ctx: Context) -> None:
+    """Read an arXiv listing feed (`arxiv` + `rss`, or a `feed` on arXiv's hosts): new and
+    cross-listed papers, and replacements as updates."""
+    ctx.fetcher.pace(url, ARXIV_PAUSE)
+    fetched = ctx.get(url, accept=FEED_ACCEPT)
     if fetched is None:
         return
     for i, entry in enumerate(parse_feed(ctx.name, fetched, as_written=True)):
@@ -219,4 +219,5 @@ def read_arxiv(config: ArxivSource, ctx: Context) -> None:
     if config.query is not None:
         read_arxiv_api(config, ctx)
     else:
-        read_arxiv_rss(config, ctx)
+        assert config.rss is not None
+        read_listing_feed(config.rss, ctx)
