@@ -10,14 +10,15 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import TypeAdapter
 
 from digest import store
-from digest.config import AnySource
+from digest.config import AnySource, HttpConfig
 from digest.errors import SourceError
 from digest.models import Listing, ParseReport
-from digest.sources import parse_hf_page, read_source
+from digest.sources import Fetcher, parse_hf_page, read_source
 from digest.sources.items import arxiv_id, html_to_text
 from digest.tokens import title_id
 
@@ -261,6 +262,41 @@ def test_arxiv_api_error_entry_fails_the_source_with_arxivs_message(
         read(source(type="arxiv", query="cat:", api_url=url))
 
 
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        # Real arXiv API answers (see fixtures/sources/README.md): old-style ids, a version
+        # in the id, '&lt;' in an abstract, a title that is a single digit.
+        ("arxiv_api_astro-ph_0601001.xml",
+         ("astro-ph/0601001", "Frequency of Hot Jupiters and Very Hot Jupiters from the "
+          "OGLE-III Transit Surveys Toward the Galactic Bulge and Carina",
+          ("Andrew Gould", "Susan Dorsher", "B. Scott Gaudi", "Andrzej Udalski"),
+          dt.date(2006, 1, 2), ("astro-ph",), "V_max<17.5. Hence")),
+        ("arxiv_api_quant-ph_0201082v1.xml",
+         ("quant-ph/0201082", "Quantum Computers and Quantum Computer Languages: Quantum "
+          "Assembly Language and Quantum C Language", ("Stephen Blaha",),
+          dt.date(2002, 1, 18), None, None)),
+        ("arxiv_api_2104.12255v1.xml",
+         ("2104.12255", "0", ("Quan Thoi Minh Nguyen",), dt.date(2021, 4, 20), ("cs.CR",),
+          "What is the funniest number in cryptography? 0.")),
+    ],
+)
+def test_arxiv_api_real_answers(
+    loopback: Loopback, fixture: str, expected: tuple[Any, ...],
+) -> None:
+    url = loopback.route("/api/query", Reply.fixture(fixture, "application/atom+xml"))
+    [paper] = read(source(type="arxiv", query="id:x", api_url=url)).listings
+    arxiv, title, authors, published, categories, in_abstract = expected
+    assert (paper.id, paper.arxiv_id, paper.title) == (arxiv, arxiv, title)
+    assert (paper.authors, paper.published) == (authors, published)
+    assert paper.url == f"https://arxiv.org/abs/{arxiv}"
+    assert dict(paper.links)["pdf"] == f"https://arxiv.org/pdf/{arxiv}"
+    if categories is not None:
+        assert paper.categories == categories
+    if in_abstract is not None:
+        assert in_abstract in paper.abstract
+
+
 def test_arxiv_rss_new_cross_and_replace(loopback: Loopback) -> None:
     url = loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
                                                      "application/rss+xml; charset=utf-8"))
@@ -277,6 +313,113 @@ def test_arxiv_rss_new_cross_and_replace(loopback: Loopback) -> None:
     # replace and replace-cross are updates of older papers, never new listings.
     assert {x.id for x in report.updates} == {"2405.00332", "2301.01234"}
     assert report.skipped == 1 and "no arXiv id" in report.warnings[0]
+
+
+def test_arxiv_rss_keeps_tex_inequalities_in_titles_and_abstracts(loopback: Loopback) -> None:
+    # arXiv's RSS texts are plain (TeX escaped in the XML): "$0<p<1$" is text, not a <p> tag.
+    url = loopback.route("/rss/cs.CV", Reply.fixture("arxiv_rss_tex.xml",
+                                                     "application/rss+xml; charset=utf-8"))
+    paper = read(source(type="arxiv", rss=url)).listings[0]
+    assert paper.title == ("Generalized Singular Value Thresholding for $\\ell_p$-norms, "
+                           "$0<p<1$")
+    assert "e.g., $\\ell_p$-norm, $0<p<1$, of $\\ell_0$-norm are special cases), a general " \
+        "solver to find" in paper.abstract
+    assert paper.abstract.startswith("This work studies the Generalized Singular Value")
+    assert paper.authors[0] == "Canyi Lu" and len(paper.authors) == 5
+
+
+_ARXIV_ITEM = """<?xml version='1.0' encoding='UTF-8'?>
+<rss xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns:dc="http://purl.org/dc/elements/1.1/" \
+version="2.0"><channel><title>cs.AI updates on arXiv.org</title><item>
+<title>A paper</title><link>https://arxiv.org/abs/2405.00777</link>
+<description>arXiv:2405.00777v1 Announce Type: new \nAbstract: Text.</description>
+<guid isPermaLink="false">oai:arXiv.org:2405.00777v1</guid>
+<arxiv:announce_type>new</arxiv:announce_type><dc:creator>{}</dc:creator>
+</item></channel></rss>"""
+
+
+@pytest.mark.parametrize(
+    ("creator", "authors"),
+    [
+        # arXiv separates names by commas only: a one-word name is an author, not a surname
+        # or a given name of the name next to it.
+        ("Amit Sheth, Mausam", ("Amit Sheth", "Mausam")),
+        ("Mausam, Dan Weld", ("Mausam", "Dan Weld")),
+        ("Antonin Monteil, Paul Pegon", ("Antonin Monteil", "Paul Pegon")),
+        ("ATLAS Collaboration", ("ATLAS Collaboration",)),
+        ("The LIGO Scientific Collaboration and the Virgo Collaboration, Jane Roe",
+         ("The LIGO Scientific Collaboration and the Virgo Collaboration", "Jane Roe")),
+    ],
+)
+def test_arxiv_rss_creators_are_separated_by_commas(
+    loopback: Loopback, creator: str, authors: tuple[str, ...],
+) -> None:
+    body = _ARXIV_ITEM.format(creator).encode()
+    url = loopback.route("/rss/cs.AI", Reply(body, content_type="application/rss+xml"))
+    assert read(source(type="arxiv", rss=url)).listings[0].authors == authors
+
+
+class _ArxivHostsHere(httpx.HTTPTransport):
+    """Sends every request to the loopback server, whatever host its URL names: a feed
+    configured as https://rss.arxiv.org/... is then served by the test."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self.port)
+        return super().handle_request(request)
+
+
+def test_a_feed_on_arxiv_hosts_is_read_as_an_arxiv_listing_feed(loopback: Loopback) -> None:
+    # A user who adds arXiv's listing feed as a plain `feed` got replaced papers as new
+    # ones, and every abstract began "arXiv:2405.00501v1 Announce Type: new Abstract:".
+    loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
+                                               "application/rss+xml; charset=utf-8"))
+    config = source(type="feed", url="https://rss.arxiv.org/rss/cs.LG")
+    with Fetcher(HttpConfig(), transport=_ArxivHostsHere(loopback.port),
+                 sleep=FakeTime().sleep) as fetcher:
+        report = read_source(config, NOW, fetcher)
+    assert {x.id for x in report.listings} == {"2405.00501", "2405.00200"}
+    assert {x.id for x in report.updates} == {"2405.00332", "2301.01234"}
+    moe = by_id(report.listings)["2405.00501"]
+    assert moe.abstract.startswith("We route tokens to experts")
+    assert moe.sources == ("src",) and len(loopback.hits("/rss/cs.LG")) == 1
+
+
+def test_arxiv_rss_replacement_does_not_re_date_the_paper(
+    loopback: Loopback, tmp_path: Path,
+) -> None:
+    # The paper came first from a lesser source with its first version's date; arXiv's RSS
+    # then announces a replacement, whose pubDate is the day the new version came out.
+    db = store.open_db(tmp_path / "s.db")
+    first = Listing(id="2405.00332", title="A Careful Examination", abstract="Short.",
+                    arxiv_id="2405.00332", published=dt.date(2024, 5, 1), authority=2)
+    store.upsert_listings(db, [first], NOW)
+    url = loopback.route("/rss/cs.LG", Reply.fixture("arxiv_rss_cs.LG.xml",
+                                                     "application/rss+xml; charset=utf-8"))
+    report = read(source(type="arxiv", rss=url))
+    store.upsert_listings(db, report.updates, NOW, update_only=True)
+    paper = store.get_listing(db, "2405.00332")
+    assert paper is not None and paper.abstract.startswith("Large language models (LLMs)")
+    assert paper.published == dt.date(2024, 5, 1)
+
+
+@pytest.mark.parametrize(
+    ("abstract", "expected"),
+    [
+        ("Models reason inside &lt;think&gt; and &lt;/think&gt; tags until &lt;/s&gt;.",
+         "Models reason inside <think> and </think> tags until </s>."),
+        ("&lt;p&gt;An abstract in &lt;i&gt;HTML&lt;/i&gt;.&lt;/p&gt;", "An abstract in HTML."),
+    ],
+)
+def test_arxiv_rss_abstract_quoting_tags_is_text(
+    loopback: Loopback, abstract: str, expected: str,
+) -> None:
+    body = _ARXIV_ITEM.replace("Abstract: Text.", f"Abstract: {abstract}").format("A B")
+    url = loopback.route("/rss/cs.AI", Reply(body.encode(), content_type="application/rss+xml"))
+    assert read(source(type="arxiv", rss=url)).listings[0].abstract == expected
 
 
 # --- feed -------------------------------------------------------------------------------------

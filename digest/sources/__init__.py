@@ -29,12 +29,12 @@ from ..config import (
 )
 from ..errors import SourceError
 from ..models import AUTHORITY, CacheValidators, ParseReport
-from .arxiv import read_arxiv
+from .arxiv import read_arxiv, read_listing_feed
 from .feed import read_feed
 from .hf_daily import read_hf_daily
 from .hf_page import parse_hf_page, read_hf_pages
 from .http import Fetcher
-from .items import Context, bounded
+from .items import Context, bounded, is_arxiv_url
 from .jsonl import read_jsonl
 
 __all__ = ["Fetcher", "missing_path", "parse_hf_page", "read_source", "where"]
@@ -47,6 +47,10 @@ def _read(config: AnySource, ctx: Context) -> None:
         read_hf_daily(config, ctx)
     elif isinstance(config, ArxivSource):
         read_arxiv(config, ctx)
+    elif isinstance(config, FeedSource) and is_arxiv_url(str(config.url)):
+        # A feed arXiv serves is one of its listing feeds: read as the `arxiv` source reads
+        # it, or a replaced paper would come back as new, its abstract behind "Announce Type".
+        read_listing_feed(str(config.url), ctx)
     elif isinstance(config, FeedSource):
         read_feed(config, ctx)
     elif isinstance(config, JsonlSource):

@@ -12,7 +12,8 @@ An error comes back as a single entry whose id is `http://arxiv.org/api/errors#.
 RSS (`https://rss.arxiv.org/rss/cs.LG`): one item per announcement with
 `arxiv:announce_type` `new`, `cross` (a cross-list: new to this feed), `replace` or
 `replace-cross` (a new version of an older paper). Replacements only refresh listings
-already in the store: a new version is not a new paper.
+already in the store: a new version is not a new paper, and its announcement date (the
+item's pubDate) is not the paper's date.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from ..config import ArxivSource
 from ..errors import SourceError
 from ..models import Listing
 from .feed import FEED_ACCEPT, entry_authors, entry_date, entry_tags, parse_feed
-from .items import Context, arxiv_id, clean, decode, html_to_text, parse_date, xml_root
+from .items import (
+    Context,
+    arxiv_id,
+    clean,
+    comma_names,
+    decode,
+    html_to_text,
+    parse_date,
+    xml_root,
+)
 
 log = logging.getLogger("digest")
 
@@ -140,6 +150,22 @@ def read_arxiv_api(config: ArxivSource, ctx: Context) -> None:
             break
 
 
+# arXiv writes titles and abstracts as plain text, TeX included ("$0<p<1$", "n<m"), escaped
+# in the XML; read as HTML, "<p<1$ and n<m ..." would be taken for tags and the words in
+# them lost. Only a text that closes an element HTML markup of an abstract uses (arXiv's
+# retired feeds wrapped abstracts in <p>) is HTML; "<think>...</think>" and "</s>", which
+# abstracts on reasoning models and tokenizers quote, are text.
+_END_TAG = re.compile(r"</(?:p|div|br|a|i|b|em|strong|sub|sup|span|li|ul|ol)\s*>",
+                      re.IGNORECASE)
+
+
+def _text(value: Any, *, apart: bool = False) -> str:
+    """A title or an abstract of arXiv's RSS as the reader should see it."""
+    if not isinstance(value, str):
+        return ""
+    return html_to_text(value, apart=apart) if _END_TAG.search(value) else clean(value)
+
+
 _PREAMBLE = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(Abstract:\s*)?", re.IGNORECASE)
 
 
@@ -148,19 +174,22 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
     arxiv = arxiv_id(entry.get("id")) or arxiv_id(entry.get("link"))
     if not arxiv:
         raise ValueError(f"no arXiv id in guid {entry.get('id')!r} or link {entry.get('link')!r}")
-    title = html_to_text(entry.get("title"), apart=True)
+    title = _text(entry.get("title"), apart=True)
     if not title:
         raise ValueError(f"{arxiv}: no title")
     kind = clean(entry.get("arxiv_announce_type")).lower() or "new"
-    abstract = _PREAMBLE.sub("", html_to_text(entry.get("summary")))
+    abstract = _PREAMBLE.sub("", _text(entry.get("summary")))
     listing = Listing(
         id=arxiv,
         title=title,
         abstract=abstract,
         url=f"https://arxiv.org/abs/{arxiv}",
         arxiv_id=arxiv,
-        authors=entry_authors(entry),
-        published=entry_date(entry),
+        # arXiv separates the names in `dc:creator` by commas, and by nothing else.
+        authors=entry_authors(entry, comma_names),
+        # A replacement's pubDate is when the new version was announced (arXiv's RSS spec),
+        # not the paper's date: it would re-date the stored paper, so it gives none.
+        published=None if kind.startswith("replace") else entry_date(entry),
         categories=entry_tags(entry),
         sources=(source,),
         links=(("abs", f"https://arxiv.org/abs/{arxiv}"),
@@ -169,14 +198,14 @@ def rss_item(entry: dict[str, Any], source: str) -> tuple[Listing, str]:
     return listing, kind
 
 
-def read_arxiv_rss(config: ArxivSource, ctx: Context) -> None:
-    """Read a listing feed: new and cross-listed papers, and replacements as updates."""
-    assert config.rss is not None
-    ctx.fetcher.pace(config.rss, ARXIV_PAUSE)
-    fetched = ctx.get(config.rss, accept=FEED_ACCEPT)
+def read_listing_feed(url: str, ctx: Context) -> None:
+    """Read an arXiv listing feed (`arxiv` + `rss`, or a `feed` on arXiv's hosts): new and
+    cross-listed papers, and replacements as updates."""
+    ctx.fetcher.pace(url, ARXIV_PAUSE)
+    fetched = ctx.get(url, accept=FEED_ACCEPT)
     if fetched is None:
         return
-    for i, entry in enumerate(parse_feed(ctx.name, fetched)):
+    for i, entry in enumerate(parse_feed(ctx.name, fetched, as_written=True)):
         try:
             listing, kind = rss_item(entry, ctx.name)
         except (ValueError, TypeError, AttributeError) as exc:
@@ -190,4 +219,5 @@ def read_arxiv(config: ArxivSource, ctx: Context) -> None:
     if config.query is not None:
         read_arxiv_api(config, ctx)
     else:
-        read_arxiv_rss(config, ctx)
+        assert config.rss is not None
+        read_listing_feed(config.rss, ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import time
 import xml.sax
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -39,8 +40,9 @@ FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml;q
                "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.1")
 
 
-def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
-    """The entries of a fetched RSS or Atom document, as feedparser dicts."""
+def parse_feed(source: str, fetched: Fetched, *, as_written: bool = False) -> list[dict[str, Any]]:
+    """The entries of a fetched RSS or Atom document, as feedparser dicts; `as_written`: each
+    text as the XML holds it, not sanitised as HTML (for a feed whose texts are plain)."""
     # `decode` fails on an HTML page or undecodable bytes.
     text = as_plain_xml(decode(source, fetched, "a feed"))
     # Before feedparser sees it: no DTD anywhere, and well-formed, so feedparser's strict
@@ -50,8 +52,11 @@ def parse_feed(source: str, fetched: Fetched) -> list[dict[str, Any]]:
     # (an XML media type with a charset outranks the XML declaration, which it rewrites).
     # A stream, never a str: feedparser treats a str that looks like a URL or a file name
     # as something to open.
+    # feedparser reads every RSS <description> as HTML and sanitises it, which drops text that
+    # looks like a tag: arXiv's "for $0<p<1$ and n<m" came out "for $0<p><1$ and n<m>".
     parsed = feedparser.parse(io.BytesIO(text.encode("utf-8")),
-                              response_headers={"content-type": "application/xml; charset=utf-8"})
+                              response_headers={"content-type": "application/xml; charset=utf-8"},
+                              sanitize_html=not as_written, resolve_relative_uris=not as_written)
     if parsed.get("bozo"):
         exc = parsed.get("bozo_exception")
         if isinstance(exc, xml.sax.SAXException):
@@ -70,14 +75,16 @@ def entry_date(entry: dict[str, Any]) -> date | None:
     return None
 
 
-def entry_authors(entry: dict[str, Any]) -> tuple[str, ...]:
+def entry_authors(
+    entry: dict[str, Any], split: Callable[[str], list[str]] = split_authors,
+) -> tuple[str, ...]:
     """Whole author names, in order: Atom has one <author> each, RSS one `dc:creator` each
     or one line listing them all ('A. Smith, B. Jones and C. Lee', 'Kaur, M., Shukla, A.',
-    'Smith J, Jones B, et al.'); see `items.split_authors`."""
+    'Smith J, Jones B, et al.'); `split` reads such a line (see `items.split_authors`)."""
     names: list[str] = []
     for author in entry.get("authors") or []:
         if isinstance(author, dict) and isinstance(author.get("name"), str):
-            names += split_authors(author["name"])
+            names += split(author["name"])
     return tuple(dict.fromkeys(names))
 
 

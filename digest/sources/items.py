@@ -575,6 +575,25 @@ def _is_surname(piece: str) -> bool:
     return all(t in _PARTICLES for t in tokens[:-1])
 
 
+def _with_suffixes(text: str) -> list[str]:
+    """The comma-separated pieces of `text`, a suffix joined to the piece before it ("King,
+    M. L., Jr.", "Guy Steele, Jr.")."""
+    merged: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if piece and merged and piece in _SUFFIXES:
+            merged[-1] = f"{merged[-1]}, {piece}"
+        elif piece:
+            merged.append(piece)
+    return merged
+
+
+def comma_names(text: str) -> list[str]:
+    """The whole names in a line that separates them by commas only, as arXiv's RSS
+    `dc:creator` does ("Antonin Monteil, Paul Pegon"): no piece is read as a surname, so a
+    single-word name ("Amit Sheth, Mausam") stays a name of its own."""
+    return _with_suffixes(clean(text))
+
+
 def split_authors(text: str) -> list[str]:
     """The whole names in one line of authors, in order.
 
@@ -589,14 +608,7 @@ def split_authors(text: str) -> list[str]:
     if ";" in text:
         names = (_AND.sub(" ", p).strip(" ,") for p in text.split(";"))
         return [n for n in names if n]
-    pieces = [p.strip() for p in _AND.sub(", ", text).split(",") if p.strip()]
-    merged: list[str] = []
-    for piece in pieces:  # "King, M. L., Jr.": a suffix belongs to the piece before it
-        if merged and piece in _SUFFIXES:
-            merged[-1] = f"{merged[-1]}, {piece}"
-        else:
-            merged.append(piece)
-    pieces = merged
+    pieces = _with_suffixes(_AND.sub(", ", text))
     if len(pieces) % 2 == 0 and all(
         _is_surname(s) and (_is_initials(g) or _is_given_names(g.split(", ")[0]))
         for s, g in zip(pieces[0::2], pieces[1::2], strict=True)
