@@ -24,13 +24,11 @@ from ..models import Listing
 from .http import Fetched
 from .items import (
     Context,
-    arxiv_id,
     as_plain_xml,
     check_xml,
     clean,
     decode,
     html_to_text,
-    is_arxiv_url,
     listing_id,
     safe_url,
     split_authors,
@@ -101,13 +99,12 @@ def feed_item(entry: dict[str, Any], config: FeedSource) -> Listing:
         raise ValueError("no title")
     link = safe_url(entry.get("link"))
     guid = clean(entry.get("id")) or None
-    # An item is an arXiv paper only in a feed arXiv itself serves (a listing feed read as a
-    # plain feed). Elsewhere a link to a paper is what the post is about, not what it is: the
-    # post stays its own listing, and joins the paper only if its title is the paper's.
-    arxiv = (arxiv_id(guid) or arxiv_id(link)) if is_arxiv_url(str(config.url)) else None
+    # A link to a paper is what the post is about, not what it is: the post stays its own
+    # listing, and joins the paper only if its title is the paper's. (A feed arXiv itself
+    # serves is read by the arxiv source's reader: `sources._read`.)
     content = entry.get("content") or []
     body = entry.get("summary") or (content[0].get("value") if content else "")
-    links = {"abs": f"https://arxiv.org/abs/{arxiv}"} if arxiv else {}
+    links: dict[str, str] = {}
     for extra in entry.get("links") or []:
         href = safe_url(extra.get("href"))
         if href and extra.get("rel") == "enclosure":
@@ -118,11 +115,10 @@ def feed_item(entry: dict[str, Any], config: FeedSource) -> Listing:
         if not key:
             raise ValueError("no guid or link to key it by (identity = 'link')")
     return Listing(
-        id=listing_id(arxiv, title, key),
+        id=listing_id(None, title, key),
         title=title,
         abstract=html_to_text(body),
         url=link,
-        arxiv_id=arxiv,
         authors=entry_authors(entry),
         published=entry_date(entry),
         categories=entry_tags(entry),
