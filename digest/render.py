@@ -223,7 +223,7 @@ def direction(text: str) -> str:
 # so Han without either is taken as Chinese.
 _KANA = re.compile("[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff"
                    "\uff66-\uff9d]")
-_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff]")
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 
 
@@ -621,12 +621,9 @@ def _pieces_of(word: str) -> list[str]:
     return pieces
 
 
-# Korean puts blanks between its words, and a line breaks there, not inside a word.
-_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
-
-
 def _breaks_beside(char: str) -> bool:
     # Whether a line may break before or after `char` with no blank between (see _pieces_of).
+    # Korean puts blanks between its words, and a line breaks there, not inside a word.
     return _columns(char) == 2 and _HANGUL.match(char) is None
 
 
