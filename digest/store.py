@@ -649,16 +649,6 @@ def day_row(db: Database, subscriber_id: str, local_date: date) -> DayRow | None
     return None if row is None else DayRow(row[0], row[1], datetime.fromisoformat(row[2]))
 
 
-def digest_state(db: Database, subscriber_id: str, local_date: date) -> str | None:
-    """The state of that day's digest (see `OUTBOX_STATES`), 'empty', or None."""
-    row = next(
-        iter(db.query("select state from digests where id = ?",
-                      [digest_key(subscriber_id, local_date)])),
-        None,
-    )
-    return row["state"] if row else None
-
-
 def mark_empty(db: Database, subscriber_id: str, local_date: date, now: datetime,
                nth: int = 1) -> None:
     """Record that nothing matched for that day (its `nth` digest), so no email went out."""

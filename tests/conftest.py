@@ -22,6 +22,9 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from sqlite_utils import Database
+
+from digest.models import digest_key
 
 # pytest-xdist's workers start with COLUMNS=80 in their environment, and rich fixes a
 # Console's width from COLUMNS when it is made (digest.cli's, at import), so the tests that
@@ -136,6 +139,14 @@ def project(tmp_path: Path) -> Project:
 
 
 # --- SMTP ------------------------------------------------------------------------------------
+
+
+def digest_state(db: Database, subscriber_id: str, local_date: dt.date) -> str | None:
+    """The state of that day's (first) digest (see `store.OUTBOX_STATES`), 'empty', or None:
+    what the tests read back (the library asks `pipeline.day_digest`)."""
+    row = db.execute("select state from digests where id = ?",
+                     [digest_key(subscriber_id, local_date)]).fetchone()
+    return str(row[0]) if row else None
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from digest import store
 from digest.cli import cli
-from tests.conftest import REPO, Project, SmtpServer
+from tests.conftest import REPO, Project, SmtpServer, digest_state
 from tests.delivery_support import smtp_config
 from tests.loopback import ScriptedSmtp, raw_smtp_server
 
@@ -125,7 +125,7 @@ def test_a_send_drops_the_bytes_of_messages_sent_over_a_week_ago(
     assert ("dropped the stored bytes of 2 message(s) sent more than 7 day(s) ago"
             " ([store] keep_sent_days)" in " ".join(output.split()))
     assert store.recipes(db, sent) == {} and store.messages(db, sent) == {}
-    assert store.digest_state(db, "ada", dt.date(2026, 11, 25)) == "sent"
+    assert digest_state(db, "ada", dt.date(2026, 11, 25)) == "sent"
     code, output = invoke(project, "status", env={"COLUMNS": "250"})
     assert "bytes dropped: 2" in output
 

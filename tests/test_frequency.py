@@ -11,7 +11,7 @@ import pytest
 from digest import pipeline, store
 from digest.config import DefaultsConfig, load_settings, parse_subscriber, sends_on
 
-from .conftest import NOW, Project
+from .conftest import NOW, Project, digest_state
 from .samples import load_subscriber
 
 WED, FRI, SAT, SUN, MON = (dt.date(2026, 11, d) for d in (25, 27, 28, 29, 30))
@@ -95,8 +95,8 @@ def test_a_weekend_without_new_listings_sends_nothing_and_repeats_nothing(
         report = pipeline.send(settings, db, at(day, 12), due_only=True)
         assert {o.subscriber_id: o.status for o in report.outcomes} == {
             "ada": "no-matches", "grace": "no-matches", "weekdays": "not-due"}
-        assert store.digest_state(db, "ada", day) == "empty"
-        assert store.digest_state(db, "weekdays", day) is None
+        assert digest_state(db, "ada", day) == "empty"
+        assert digest_state(db, "weekdays", day) is None
         again = pipeline.send(settings, db, at(day, 13), due_only=True)
         assert {o.status for o in again.outcomes} == {"not-due"}
     assert sorted(p.name for p in project.outbox.glob("*.eml")) == sent
@@ -133,7 +133,7 @@ def test_a_manual_send_keeps_to_the_frequency_too(project: Project) -> None:
         "ada": "not-due", "grace": "sent", "weekdays": "sent"}
     assert outcomes["ada"].detail == (
         'frequency = "weekly" (on Fridays): no digest on Wednesday 2026-11-25')
-    assert store.digest_state(db, "ada", WED) is None  # nothing recorded: not a skipped digest
+    assert digest_state(db, "ada", WED) is None  # nothing recorded: not a skipped digest
     friday = pipeline.send(settings, db, at(FRI, 12))
     assert {o.subscriber_id: o.status for o in friday.outcomes}["ada"] == "sent"
     saturday = {o.subscriber_id: o for o in pipeline.send(settings, db, at(SAT, 12)).outcomes}

@@ -31,7 +31,7 @@ from .bounce_support import (
     statuses,
     token,
 )
-from .conftest import Project, SmtpServer, free_port
+from .conftest import Project, SmtpServer, digest_state, free_port
 from .delivery_support import smtp_config
 from .test_bounces import delivered, sample
 
@@ -273,7 +273,7 @@ def test_a_message_queued_before_the_suppression_is_not_sent(project: Project,
     report = send(settings)
     assert statuses(report)["ada"] == "suppressed"
     assert "ada@example.org" not in sink.sink.asked
-    assert store.digest_state(db, "ada", NOW.date()) == "failed"
+    assert digest_state(db, "ada", NOW.date()) == "failed"
     parsed = message_from_bytes(out.data, policy=policy.default)
     assert "unsubscribe+" in str(parsed["List-Unsubscribe"])
 

@@ -13,7 +13,7 @@ from sqlite_utils import Database
 from digest import pipeline, store
 from digest.config import Settings, load_settings
 from tests import outbox_support as outbox
-from tests.conftest import NOW, Project, SmtpServer
+from tests.conftest import NOW, Project, SmtpServer, digest_state
 
 
 def smtp_project(project: Project, server: SmtpServer) -> None:
@@ -62,7 +62,7 @@ def test_send_delivers_the_right_papers_to_each_subscriber(
     (grace,) = got["grace@example.com"]
     assert "diffusion" in body(grace, "plain").lower()
     # Grace lives in New York: at 12:00 UTC her local date is the same day.
-    assert store.digest_state(db, "grace", dt.date(2026, 11, 25)) == "sent"
+    assert digest_state(db, "grace", dt.date(2026, 11, 25)) == "sent"
 
 
 def test_second_send_the_same_day_sends_nothing(project: Project, smtp_server: SmtpServer) -> None:
@@ -111,7 +111,7 @@ def test_a_bad_subscriber_file_and_a_refused_address_do_not_stop_the_others(
     detail = {o.subscriber_id: o.detail for o in report.outcomes}
     assert "topics: must not be empty" in detail["broken"]
     assert "550" in detail["refused"]
-    assert store.digest_state(db, "refused", NOW.date()) == "failed"
+    assert digest_state(db, "refused", NOW.date()) == "failed"
     # The refused subscriber's papers were not marked as sent.
     since = NOW - dt.timedelta(days=7)
     assert len(store.candidates(db, "refused", since)) == 350
@@ -161,8 +161,8 @@ def test_fatal_transport_error_stops_the_batch(project: Project) -> None:
     assert outcomes["ada"][0] == "queued" and "cannot connect" in outcomes["ada"][1]
     assert outcomes["grace"] == ("not-sent", "not built (batch stopped); the next run builds it")
     assert len(report.outcomes) == 2
-    assert store.digest_state(db, "ada", NOW.date()) == "queued"
-    assert store.digest_state(db, "grace", NOW.date()) is None
+    assert digest_state(db, "ada", NOW.date()) == "queued"
+    assert digest_state(db, "grace", NOW.date()) is None
 
 
 def test_no_match_means_no_email(project: Project, smtp_server: SmtpServer) -> None:
@@ -246,7 +246,7 @@ def test_a_digest_waiting_for_retry_is_dropped_when_they_unsubscribe(
     later = pipeline.send(settings, db, NOW + dt.timedelta(minutes=30))
     assert {o.subscriber_id: o.status for o in later.outcomes}["grace"] == "unsubscribed"
     assert set(smtp_server.sink.by_recipient()) == {"ada@example.org"}
-    assert store.digest_state(db, "grace", NOW.date()) == "failed"
+    assert digest_state(db, "grace", NOW.date()) == "failed"
 
 
 def test_a_dry_run_stops_when_asked_and_changes_nothing(project: Project) -> None:
@@ -300,14 +300,14 @@ def test_moving_west_sends_no_second_digest_the_same_day(
     again = pipeline.send(settings, db, _utc(26, 1, 42), only=["kw"], due_only=due_only)
     [outcome] = again.outcomes
     assert outcome.status == ("not-due" if due_only else "already-sent")
-    assert store.digest_state(db, "kw", dt.date(2026, 11, 25)) is None
+    assert digest_state(db, "kw", dt.date(2026, 11, 25)) is None
     assert outcome.detail == (
         "digest for 2026-11-26 sent 22 minutes ago (one digest a day, whatever the timezone)")
     assert sorted(p.name for p in project.outbox.glob("*.eml")) == ["2026-11-26_kw.eml"]
     # Nov 27, 07:00 in Honolulu: 40 hours after the last one.
     later = pipeline.send(settings, db, _utc(27, 17, 5), only=["kw"], due_only=True)
     assert [o.status for o in later.outcomes] == ["sent"]
-    assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
+    assert digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
 
 
 def test_moving_west_skips_no_day_and_sends_no_two_within_12_hours(project: Project) -> None:
@@ -337,7 +337,7 @@ def test_moving_west_skips_no_day_and_sends_no_two_within_12_hours(project: Proj
         "2026-11-26.2_kw.eml", "2026-11-26_kw.eml"]
     nextday = pipeline.send(settings, db, _utc(27, 17, 0), only=["kw"], due_only=True)
     assert [o.status for o in nextday.outcomes] == ["sent"]
-    assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
+    assert digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
 
 
 def test_moving_east_waits_a_day_and_does_not_block_the_next(project: Project) -> None:
@@ -349,10 +349,10 @@ def test_moving_east_waits_a_day_and_does_not_block_the_next(project: Project) -
     for when in (_utc(25, 17, 30), _utc(26, 9, 59)):  # Nov 26, 07:30 and 23:59 there
         early = pipeline.send(settings, db, when, only=["kw"], due_only=True)
         assert [o.status for o in early.outcomes] == ["not-due"]
-    assert store.digest_state(db, "kw", dt.date(2026, 11, 26)) is None
+    assert digest_state(db, "kw", dt.date(2026, 11, 26)) is None
     nextday = pipeline.send(settings, db, _utc(26, 17, 0), only=["kw"], due_only=True)
     assert [o.status for o in nextday.outcomes] == ["sent"]
-    assert store.digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
+    assert digest_state(db, "kw", dt.date(2026, 11, 27)) == "sent"
 
 
 def test_a_late_digest_does_not_hold_back_the_next_morning(project: Project) -> None:
@@ -361,4 +361,4 @@ def test_a_late_digest_does_not_hold_back_the_next_morning(project: Project) -> 
     settings, db = _first_digest(project, "Europe/London", _utc(25, 22, 0))
     morning = pipeline.send(settings, db, _utc(26, 7, 5), only=["kw"], due_only=True)
     assert [o.status for o in morning.outcomes] == ["sent"]  # 9 hours later, the next day
-    assert store.digest_state(db, "kw", dt.date(2026, 11, 26)) == "sent"
+    assert digest_state(db, "kw", dt.date(2026, 11, 26)) == "sent"

@@ -18,7 +18,7 @@ from digest.migrations import migrations
 from digest.models import Digest, Listing, Subscriber, Topic, digest_key
 from digest.tokens import title_id
 from tests import outbox_support as outbox
-from tests.conftest import NOW
+from tests.conftest import NOW, digest_state
 
 
 def make(lid: str, **kw: object) -> Listing:
@@ -112,7 +112,7 @@ def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
     # In flight without stored bytes is not yet sent: still a candidate if the send fails.
     assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
     store.record_failed(db, digest.id, "boom", NOW)
-    assert store.digest_state(db, "ada", NOW.date()) == "failed"
+    assert digest_state(db, "ada", NOW.date()) == "failed"
     assert {c.id for c in store.candidates(db, "ada", since)} == {"a", "b"}
     outbox.queue(db, digest, NOW)
     # Its final bytes wait in the outbox: a late retry must never repeat its items.
@@ -120,7 +120,7 @@ def test_candidates_respect_lookback_and_never_resend(tmp_path: Path) -> None:
     with db.atomic():
         store.claim_many(db, [digest.id], NOW)
         store.record_sent_many(db, [digest.id], NOW)
-    assert store.digest_state(db, "ada", NOW.date()) == "sent"
+    assert digest_state(db, "ada", NOW.date()) == "sent"
     assert {c.id for c in store.candidates(db, "ada", since)} == {"b"}
     assert {c.id for c in store.candidates(db, "grace", since)} == {"a", "b"}
     row = next(store.digests(db, "ada"))
@@ -374,7 +374,7 @@ def test_old_sent_bytes_are_dropped_and_the_record_kept(tmp_path: Path) -> None:
     assert store.messages(db, [*old, recent, waiting, failed]) == {
         key: b"bytes of " + key.encode() for key in (recent, waiting, failed)}
     # The record stays: still sent, its item still given (never offered again).
-    assert store.digest_state(db, "old0", day) == "sent"
+    assert digest_state(db, "old0", day) == "sent"
     assert outbox.sent_listing_ids(db, old[0]) == ["a"]
     since = NOW - dt.timedelta(days=7)
     assert {c.id for c in store.candidates(db, "old0", since)} == {"b"}

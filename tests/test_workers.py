@@ -16,7 +16,7 @@ from digest import pipeline, render, store
 from digest.config import load_settings
 
 from . import samples
-from .conftest import Project
+from .conftest import Project, digest_state
 from .delivery_support import FaultServer, fault_server, prepare, smtp_config
 from .outbox_support import stored_message
 
@@ -105,7 +105,7 @@ def test_a_dead_worker_is_reported_and_loses_nothing(project: Project,
     # Each says what the store holds for the subscriber.
     db = store.open_db(project.db_path)
     for o in not_built:
-        held = store.digest_state(db, o.subscriber_id, NOW.date())
+        held = digest_state(db, o.subscriber_id, NOW.date())
         assert (held == "queued") if o.status == "queued" else held is None, (o, held)
     received = received_by(server)
     rows = stored(project)
