@@ -256,10 +256,10 @@ def _tables(existing: list[Any], kept: list[Any]) -> AoT:
     lines after it, and one that ended the file a blank line at its end."""
     above: dict[int, list[Any]] = {}  # id of a table -> the comment lines above its header
     for before, table in itertools.pairwise(existing):
-        above[id(table)] = _comments_at_end(before)
-        _blank_lines_at_end(before)
+        above[id(table)] = _take_end(before, Comment)
+        _take_end(before, Whitespace)
     # The file's end: blank lines after the last table (a comment there is the table's own).
-    end = _blank_lines_at_end(existing[-1]) if existing else []
+    end = _take_end(existing[-1], Whitespace) if existing else []
     rebuilt = tomlkit.aot()
     for i, table in enumerate(kept):
         if i > 0:
@@ -274,24 +274,16 @@ def _tables(existing: list[Any], kept: list[Any]) -> AoT:
     return rebuilt
 
 
-def _comments_at_end(table: Any) -> list[Any]:
-    """Take the comment lines that end a parsed table's body: those just above the next
-    table's header, which are about it (one followed by a blank line stays: it is the
-    table's own). They hold no key, so the keys' places in the body do not move."""
+def _take_end(table: Any, kind: type[Comment] | type[Whitespace]) -> list[Any]:
+    """Take the lines of `kind` that end a parsed table's body: its comment lines (those
+    just above the next table's header, which are about it; one followed by a blank line
+    stays: it is the table's own) or its blank lines. They hold no key, so the keys' places
+    in the body do not move."""
     body = table.value.body
-    lead: list[Any] = []
-    while body and body[-1][0] is None and isinstance(body[-1][1], Comment):
-        lead.insert(0, body.pop())
-    return lead
-
-
-def _blank_lines_at_end(table: Any) -> list[Any]:
-    """Take the blank lines that end a parsed table's body (see `_comments_at_end`)."""
-    body = table.value.body
-    blank: list[Any] = []
-    while body and body[-1][0] is None and isinstance(body[-1][1], Whitespace):
-        blank.insert(0, body.pop())
-    return blank
+    taken: list[Any] = []
+    while body and body[-1][0] is None and isinstance(body[-1][1], kind):
+        taken.insert(0, body.pop())
+    return taken
 
 
 def _edit_array(array: Array, existing: list[Any], kept: list[Any]) -> bool:
