@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
@@ -175,7 +176,8 @@ def test_when_the_caller_fails_the_rows_waiting_for_a_connection_are_put_back(
     def answer(n: int) -> None:
         if n == 1:
             on_the_wire.set()
-            while not box[0].halted:  # until the caller's error is known
+            give_up = time.monotonic() + 60
+            while not box[0].halted and time.monotonic() < give_up:  # the caller's error
                 threading.Event().wait(0.01)
 
     sender = Scripted(path, answer)
@@ -183,7 +185,7 @@ def test_when_the_caller_fails_the_rows_waiting_for_a_connection_are_put_back(
     box.append(batch)
     with pytest.raises(RuntimeError), batch:
         batch.offer_many(rows)
-        on_the_wire.wait()
+        assert on_the_wire.wait(timeout=60)
         raise RuntimeError("a bug in the caller")
     assert len(sender.handed) == 1
     after = states(path)
