@@ -165,13 +165,14 @@ def _check_email(value: str) -> str:
 def _check_from(value: str) -> str:
     _check_plain_text(value)
     name, addr = parseaddr(value)
+    before, bracket, rest = value.partition("<")
+    if "@" not in addr and bracket and "," in before:
+        # An unquoted comma in the display name: parseaddr ends the first address there
+        # ("Lab"), or (Python 3.11.2, Debian 12's) finds no address at all.
+        raise ValueError(f"{value!r}: a display name with a comma goes in quotes: write"
+                         f" '\"{before.strip()}\" <{rest.strip()}'")
     if not addr:
         raise ValueError(f"{value!r} is not an address like 'Digest <digest@example.org>'")
-    if "@" not in addr and "," in value and "<" in value:
-        # parseaddr takes an unquoted comma as the end of the first address ("Lab").
-        name, _, rest = value.partition("<")
-        raise ValueError(f"{value!r}: a display name with a comma goes in quotes: write"
-                         f" '\"{name.strip()}\" <{rest.strip()}'")
     ascii_addr = _check_email(addr)
     if ascii_addr == addr:
         return value

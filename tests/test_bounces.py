@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from email.utils import getaddresses
 from pathlib import Path
 
 import pytest
@@ -264,9 +265,13 @@ def test_an_encoded_status_part_goes_to_the_email_parser() -> None:
 
 def test_a_message_flufl_cannot_read_is_one_verdict_without_a_logged_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
-    # Its Yale detector raises on a message without From: (and logs the traceback itself).
+    # Its Yale detector raises on a message without From: (and logs the traceback itself),
+    # where email.utils.getaddresses([""]) is [] (Python 3.11.2, Debian 12's, gives
+    # [("", "")] and the detector reads the message as no bounce).
     data = f"Subject: x\r\nTo: bounces+{TOKEN}@bounce.example.org\r\n\r\nhello\r\n".encode()
     with caplog.at_level(logging.DEBUG):
         verdict = classify(data, ADDRESSES)
-    assert verdict.kind == "unknown" and verdict.detail == "unreadable: IndexError"
+    raises = getaddresses([""]) == []
+    assert verdict.kind == "unknown"
+    assert verdict.detail.startswith("unreadable: IndexError" if raises else "not a bounce")
     assert not [r for r in caplog.records if r.name.startswith("flufl")]
