@@ -130,9 +130,10 @@ def test_words_longer_than_the_cap_are_compared_whole() -> None:
                                                        len("On ") + 2 * len(word) + 6)]
 
 
-# Matching a listing of huge words, in a process that may use a few seconds of CPU: the
-# Snowball stemmer is quadratic on long words ("y" * 300_000 took 12 s), so without the cap
-# the kernel stops the process (SIGXCPU) before it prints anything.
+# Matching a listing of huge words, in a process that may use 20 s of CPU (it needs 1.5 s):
+# the Snowball stemmer is quadratic on long words ("y" * 300_000 took 12 s, twice that four
+# times as long), so without the cap the kernel stops the process (SIGXCPU) before it prints
+# anything. (At 6 s and 300,000 a machine 4x slower than ours would have failed it.)
 _HUGE_WORDS = """
 import datetime as dt, random, resource, sys
 resource.setrlimit(resource.RLIMIT_CPU, (int(sys.argv[1]), int(sys.argv[1])))
@@ -151,12 +152,12 @@ while size < 1_000_000:
         rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n))
     parts.append(word)
     size += n + 1
-huge = Listing("huge", "y" * 300_000 + " diffusion", " ".join(parts) + " model",
+huge = Listing("huge", "y" * 600_000 + " diffusion", " ".join(parts) + " model",
                first_seen=now)
 items = [huge] + [Listing(f"L{i}", f"Diffusion models {i}", "A video model.", first_seen=now)
                   for i in range(3)]
 sub = Subscriber("s", "S", "s@example.org", "UTC", dt.time(7), 10, 7,
-                 (Topic("T", ("diffusion model", "video")), Topic("Y", ("y" * 300_000,))))
+                 (Topic("T", ("diffusion model", "video")), Topic("Y", ("y" * 600_000,))))
 reference = build_digest(sub, [document(li) for li in items], now.date(), now)
 fast = Index([sub]).scan(items).digest(sub, now.date(), now)
 assert fast == reference, (fast, reference)
@@ -167,7 +168,7 @@ print(sorted((m.listing.id, m.topic) for m in reference.matches))
 
 def test_a_listing_of_huge_words_is_matched_with_bounded_work() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _HUGE_WORDS, "6"], capture_output=True, text=True,
+        [sys.executable, "-c", _HUGE_WORDS, "20"], capture_output=True, text=True,
         timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
