@@ -160,7 +160,8 @@ def test_a_full_disk_in_the_middle_of_a_send(project: Project) -> None:
 def _can_bind_mount() -> bool:
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30,
+                           check=False)
     return probe.returncode == 0
 
 
@@ -225,14 +226,18 @@ def _mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, check=False).returncode == 0
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(folder)], capture_output=True, timeout=30, check=False)
+    return mounted.returncode == 0 and os.path.ismount(folder)
 
 
 def _fill(folder: Path, leave: int) -> Path:
     """A file taking all the free space of `folder`'s disk but `leave` bytes."""
     filler = folder / "filler"
     stat = os.statvfs(folder)
+    # Only ever a small tmpfs of the test's own: a mount that said yes but is not where the
+    # folder is must not fill the machine's disk (nor take minutes where fallocate is emulated).
+    assert stat.f_blocks * stat.f_frsize <= 64 << 20, f"{folder} is not on the test's tmpfs"
     with filler.open("wb") as out:
         os.posix_fallocate(out.fileno(), 0, stat.f_bavail * stat.f_frsize - leave)
     return filler
@@ -281,5 +286,5 @@ def test_a_disk_that_fills_up_during_a_send_loses_no_answer(
             got = sorted(r.rcpt_tos[0] for r in smtp_server.sink.received)
             assert got == sorted(f"s{i:03d}@example.org" for i in range(60)), left
     finally:
-        subprocess.run(["umount", str(var)], check=False)
+        subprocess.run(["umount", str(var)], timeout=30, check=False)
     assert stopped_mid_batch  # some of them filled the disk after the first message
