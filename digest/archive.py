@@ -73,8 +73,9 @@ def _sent(row: dict[str, object]) -> SentDigest:
 
 def sent_digests(db: Database, subscriber: Subscriber, limit: int = ARCHIVE_PAGE,
                  before: date | None = None) -> list[SentDigest]:
-    """The subscriber's sent digests, newest first: a page of at most `limit`, of local
-    dates before `before` when given."""
+    """The subscriber's sent digests, newest first: a page of `limit`, of local dates before
+    `before` when given, and one more where the last date shown has a second digest (a page
+    never ends inside a date: `store.sent_digests`)."""
     return [_sent(r) for r in store.sent_digests(db, subscriber.id, limit, before)]
 
 

@@ -138,15 +138,15 @@ def project(tmp_path: Path) -> Project:
     return p
 
 
-# --- SMTP ------------------------------------------------------------------------------------
-
-
 def digest_state(db: Database, subscriber_id: str, local_date: dt.date) -> str | None:
     """The state of that day's (first) digest (see `store.OUTBOX_STATES`), 'empty', or None:
     what the tests read back (the library asks `pipeline.day_digest`)."""
     row = db.execute("select state from digests where id = ?",
                      [digest_key(subscriber_id, local_date)]).fetchone()
     return str(row[0]) if row else None
+
+
+# --- SMTP ------------------------------------------------------------------------------------
 
 
 def free_port() -> int:
