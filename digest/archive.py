@@ -79,6 +79,17 @@ def sent_digests(db: Database, subscriber: Subscriber, limit: int = ARCHIVE_PAGE
     return [_sent(r) for r in store.sent_digests(db, subscriber.id, limit, before)]
 
 
+def page(db: Database, subscriber: Subscriber, before: date | None = None
+         ) -> tuple[list[SentDigest], date | None]:
+    """A page of the archive: `sent_digests` of local dates before `before` (the newest
+    when None), and the date the next page starts before, None when nothing older was sent."""
+    shown = sent_digests(db, subscriber, ARCHIVE_PAGE, before)
+    older = shown[-1].local_date if shown else None
+    if older is not None and not store.sent_before(db, subscriber.id, older):
+        older = None
+    return shown, older
+
+
 def rebuild(db: Database, subscriber: Subscriber, digest_id: str,
             highlights: bool = True) -> tuple[SentDigest, Digest] | None:
     """A sent digest of `subscriber` as the `Digest` it was rendered from (see the module

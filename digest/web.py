@@ -600,11 +600,9 @@ class _Site:
         except ValueError:
             return _bad_link("its 'before' is not a date like 2026-11-25")
         with self.db() as database:
-            shown = archive.sent_digests(database, subscriber, archive.ARCHIVE_PAGE, day)
-            more = bool(shown) and store.sent_before(database, subscriber.id,
-                                                     shown[-1].local_date)
-        older = (self.own_url("/archive", subscriber, "archive",
-                              before=shown[-1].local_date.isoformat()) if more else "")
+            shown, next_before = archive.page(database, subscriber, day)
+        older = (self.own_url("/archive", subscriber, "archive", before=next_before.isoformat())
+                 if next_before is not None else "")
         return self.page(
             "archive.html", title="Past digests", email=subscriber.email, older=older,
             paged=day is not None,
